@@ -1,0 +1,52 @@
+# Persona: one Makefile, the same targets locally and in CI.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export OPENBLAS_NUM_THREADS ?= 1
+export OMP_WAIT_POLICY ?= PASSIVE
+
+.PHONY: help install format lint typecheck test test-unit test-integration protos bench demo clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml requirements.lock
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -r requirements.lock
+	# torchrec's metadata pulls the CUDA fbgemm-gpu build; fbgemm-gpu-cpu is in the lock instead.
+	$(PY) -m pip install -q --no-deps torchrec==1.8.0
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $(STAMP)
+
+install: $(STAMP)  ## create .venv and install the pinned set
+
+format: install  ## ruff format + autofix
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+lint: install  ## ruff
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: install  ## mypy
+	$(VENV)/bin/mypy services encoder benchmarks
+
+test: install lint typecheck  ## lint, typecheck, unit and integration tests
+	$(PY) -m pytest -q tests
+
+test-unit: install  ## unit tests only
+	$(PY) -m pytest -q tests/unit
+
+protos: install  ## regenerate proto/*_pb2*.py
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
+
+bench: install  ## run the benchmarks (prints tables)
+	$(PY) benchmarks/ingest.py
+
+demo: install  ## the whole flow on the embedded stack
+	$(PY) -m services.demo
+
+clean:  ## remove caches (keeps .venv)
+	rm -rf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Persona's running parts: ingest, refresh, serving, and what they share."""
