@@ -1,0 +1,1 @@
+"""Pieces the services share: Kafka admin helpers, the KV store client, config glue."""
