@@ -19,7 +19,7 @@ def env(name: str, default: str) -> str:
     return os.environ.get(f"PERSONA_{name}", default)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class KafkaConfig:
     """Where the events are and how the consumer group behaves.
 
@@ -39,7 +39,7 @@ class KafkaConfig:
     auto_offset_reset: Literal["earliest", "latest"] = "earliest"
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class WindowConfig:
     """Per-user window bounds and what the consumer accepts."""
 
@@ -52,7 +52,7 @@ class WindowConfig:
     max_value_bytes: int = 1024
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Settings:
     kafka: KafkaConfig = field(default_factory=KafkaConfig)
     window: WindowConfig = field(default_factory=WindowConfig)

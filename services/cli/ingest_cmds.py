@@ -1,0 +1,125 @@
+"""`persona produce`, `persona ingest`, `persona window`."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from services.config import add_connection_args, add_metrics_arg, settings_from_args
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("produce", help="write events to the events topic")
+    add_connection_args(p)
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--synthetic", action="store_true", help="synthetic users with planted truth")
+    src.add_argument("--file", type=Path, help="JSON lines in the Event JSON shape ('-' = stdin)")
+    p.add_argument("--users", type=int, default=2000, help="synthetic: number of users")
+    p.add_argument("--events", type=int, default=200_000, help="synthetic: total events (about)")
+    p.add_argument("--seed", type=int, default=0, help="synthetic: seed")
+    p.add_argument("--format", choices=("proto", "json"), default="proto", help="wire format")
+    p.set_defaults(func=cmd_produce)
+
+    p = sub.add_parser("ingest", help="consume events into per-user windows")
+    add_connection_args(p)
+    add_metrics_arg(p)
+    p.add_argument("--group", help="consumer group (env PERSONA_GROUP)")
+    p.add_argument(
+        "--until-idle",
+        action="store_true",
+        help="exit 0 once everything up to the end of the topic is applied and committed",
+    )
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("window", help="print a user's window as JSON lines, oldest first")
+    add_connection_args(p)
+    p.add_argument("user_id")
+    p.set_defaults(func=cmd_window)
+
+
+def _ensure_topics(args: argparse.Namespace) -> None:
+    from services.common.kafka_admin import TopicSpec, ensure_topics
+
+    s = settings_from_args(args)
+    ensure_topics(
+        s.kafka.bootstrap,
+        [TopicSpec(s.kafka.topic, s.kafka.partitions), TopicSpec(s.kafka.dlq_topic, 1)],
+    )
+
+
+def cmd_produce(args: argparse.Namespace) -> int:
+    from services.ingest.produce import produce_events, produce_lines
+
+    s = settings_from_args(args)
+    _ensure_topics(args)
+    t0 = time.perf_counter()
+    if args.synthetic:
+        from encoder.synthetic import SyntheticConfig, generate
+
+        per_user = max(1.0, args.events / max(1, args.users))
+        ds = generate(SyntheticConfig(users=args.users, events_per_user=per_user, seed=args.seed))
+        n = produce_events(s.kafka, ds.events, args.format)
+    elif str(args.file) == "-":
+        n = produce_lines(s.kafka, sys.stdin.buffer)
+    else:
+        with args.file.open("rb") as fh:
+            n = produce_lines(s.kafka, fh)
+    dt = time.perf_counter() - t0
+    print(json.dumps({"produced": n, "topic": s.kafka.topic, "seconds": round(dt, 2)}))
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from services.ingest.consumer import Ingestor
+    from services.ingest.metrics import ingest_metrics
+    from services.store.client import connect
+    from services.store.windows import WindowStore
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    s = settings_from_args(args)
+    _ensure_topics(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())  # the handler only sets a flag
+    registry = CollectorRegistry()
+    metrics = ingest_metrics(registry)
+    server = None
+    if s.metrics_port:
+        server, _ = start_http_server(s.metrics_port, addr="0.0.0.0", registry=registry)
+    client = connect(s.redis)
+    try:
+        ingestor = Ingestor(s.kafka, s.window, WindowStore(client, s.window), metrics)
+        t0 = time.perf_counter()
+        stats = ingestor.run(stop, until_idle=args.until_idle)
+        dt = time.perf_counter() - t0
+    finally:
+        client.close()
+        if server is not None:
+            server.shutdown()
+    out = {**stats.__dict__, "seconds": round(dt, 2)}
+    print(json.dumps(out))
+    return 0
+
+
+def cmd_window(args: argparse.Namespace) -> int:
+    from services.store.client import connect
+    from services.store.windows import WindowStore
+
+    s = settings_from_args(args)
+    client = connect(s.redis)
+    try:
+        (w,) = WindowStore(client, s.window).read([args.user_id])
+    finally:
+        client.close()
+    for ev in w.events:
+        print(json.dumps(ev.to_json_dict(), ensure_ascii=False))
+    return 0

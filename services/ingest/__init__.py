@@ -1,0 +1,1 @@
+"""Ingest: Kafka events -> validated -> per-user windows in the KV store (effectively once)."""

@@ -1,0 +1,216 @@
+"""The ingest loop: poll -> decode/validate -> dead-letter or apply -> commit.
+
+Effectively once: offsets are committed only after the store acknowledged every window write
+of the batch and the dead-letter producer acknowledged every bad record. A crash anywhere
+replays from the last commit, and the store's per-user applied offsets turn the replay into a
+no-op (see services/store/LAYOUT.md).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError
+from kafka.structs import OffsetAndMetadata, TopicPartition
+from redis.exceptions import RedisError
+
+from encoder.events import Event
+from services.common import kafka as kafka_clients
+from services.common.codec import BadRecord, decode_event
+from services.config import KafkaConfig, WindowConfig
+from services.ingest.metrics import IngestMetrics
+from services.store.windows import UserUpdate, WindowStore
+
+log = logging.getLogger(__name__)
+
+DLQ_REASON = "persona-dlq-reason"
+DLQ_DETAIL = "persona-dlq-detail"
+DLQ_SOURCE = "persona-dlq-source"
+
+
+@dataclass
+class IngestStats:
+    consumed: int = 0
+    applied: int = 0
+    duplicate: int = 0
+    replayed: int = 0
+    dead_lettered: int = 0
+    batches: int = 0
+
+
+class _Listener(ConsumerRebalanceListener):
+    """Nothing is in flight at a rebalance: poll() runs between batches, and every batch was
+    applied and committed before the next poll. Revoked partitions therefore need no flush;
+    a batch whose commit failed is replayed by the new owner and skipped by the store."""
+
+    def __init__(self, on_change: Callable[[str, Sequence[TopicPartition]], None]) -> None:
+        self._on_change = on_change
+
+    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
+        self._on_change("revoked", revoked)
+
+    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
+        self._on_change("assigned", assigned)
+
+
+class Ingestor:
+    """One consumer-group member.
+
+    Args:
+        kafka_cfg: brokers, topics, group timeouts.
+        window_cfg: window bounds and input limits.
+        store: the window store.
+        metrics: from `ingest_metrics(registry)`.
+        clock_ms: wall clock in ms (for the future-timestamp check); injectable for tests.
+    """
+
+    def __init__(
+        self,
+        kafka_cfg: KafkaConfig,
+        window_cfg: WindowConfig,
+        store: WindowStore,
+        metrics: IngestMetrics,
+        clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+    ) -> None:
+        self.kcfg = kafka_cfg
+        self.wcfg = window_cfg
+        self.store = store
+        self.metrics = metrics
+        self.clock_ms = clock_ms
+        self.stats = IngestStats()
+        self.assignment_changes: list[tuple[str, list[int]]] = []
+        self._lag_labels: set[str] = set()
+
+    def _on_rebalance(self, what: str, tps: Sequence[TopicPartition]) -> None:
+        parts = sorted(tp.partition for tp in tps)
+        self.assignment_changes.append((what, parts))
+        log.info("partitions %s: %s", what, parts)
+        if what == "revoked":
+            for label in {str(p) for p in parts} & self._lag_labels:
+                self.metrics.lag.remove(label)
+                self._lag_labels.discard(label)
+
+    def run(
+        self, stop: threading.Event, until_idle: bool = False, poll_ms: int = 500
+    ) -> IngestStats:
+        """Consume until `stop` is set (or, with `until_idle`, until caught up and committed)."""
+        consumer = kafka_clients.group_consumer(self.kcfg)
+        dlq = kafka_clients.producer(self.kcfg)
+        consumer.subscribe([self.kcfg.topic], listener=_Listener(self._on_rebalance))
+        started = time.monotonic()
+        try:
+            while not stop.is_set():
+                batch = consumer.poll(timeout_ms=poll_ms)
+                if batch:
+                    self._process(consumer, dlq, batch, stop)
+                    self._update_lag(consumer)
+                elif until_idle and self._caught_up(consumer, started):
+                    log.info("caught up with the end of %s; exiting", self.kcfg.topic)
+                    break
+        finally:
+            dlq.close(timeout=10)
+            consumer.close(autocommit=False)
+        return self.stats
+
+    def _caught_up(self, consumer: KafkaConsumer, started: float) -> bool:
+        assignment = list(consumer.assignment())
+        if not assignment:
+            # A member that got no partition after the join settled has nothing to do.
+            return time.monotonic() - started > 2 * self.kcfg.session_timeout_ms / 1000
+        ends = consumer.end_offsets(assignment)
+        return all(consumer.position(tp) >= ends[tp] for tp in assignment)
+
+    def _update_lag(self, consumer: KafkaConsumer) -> None:
+        for tp in consumer.assignment():
+            hw = consumer.highwater(tp)
+            if hw is not None:
+                label = str(tp.partition)
+                self._lag_labels.add(label)
+                self.metrics.lag.labels(label).set(max(0, hw - consumer.position(tp)))
+
+    def _process(
+        self,
+        consumer: KafkaConsumer,
+        dlq: KafkaProducer,
+        batch: Mapping[TopicPartition, Sequence[ConsumerRecord]],
+        stop: threading.Event,
+    ) -> None:
+        now = self.clock_ms()
+        groups: dict[tuple[str, int], list[tuple[int, Event]]] = defaultdict(list)
+        bad: list[tuple[ConsumerRecord, BadRecord]] = []
+        commit: dict[TopicPartition, OffsetAndMetadata] = {}
+        n = 0
+        for tp, records in batch.items():
+            for r in records:
+                try:
+                    ev = decode_event(r.value, self.wcfg, now)
+                except BadRecord as exc:
+                    bad.append((r, exc))
+                else:
+                    groups[(ev.user_id, tp.partition)].append((r.offset, ev))
+            n += len(records)
+            commit[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+        self.metrics.consumed.inc(n)
+        self.metrics.batch_records.observe(n)
+        self.stats.consumed += n
+        if bad:
+            self._dead_letter(dlq, bad)
+        updates = [UserUpdate(uid, p, evs) for (uid, p), evs in groups.items()]
+        if not self._apply_with_retry(updates, stop):
+            return  # stopping while the store is down: nothing committed, replayed later
+        try:
+            consumer.commit(commit)
+        except (CommitFailedError, KafkaError) as exc:
+            # Partitions moved on (rebalance) or the broker is away: the new owner replays
+            # from the last commit and the store skips what this batch applied.
+            log.warning("offset commit failed, batch will be replayed: %s", exc)
+        self.stats.batches += 1
+
+    def _dead_letter(self, dlq: KafkaProducer, bad: list[tuple[ConsumerRecord, BadRecord]]) -> None:
+        futures = []
+        for r, exc in bad:
+            headers = [
+                (DLQ_REASON, exc.reason.encode()),
+                (DLQ_DETAIL, exc.detail.encode("utf-8", "replace")[:1024]),
+                (DLQ_SOURCE, f"{r.topic}/{r.partition}/{r.offset}".encode()),
+            ]
+            futures.append(
+                dlq.send(self.kcfg.dlq_topic, key=r.key, value=r.value or b"", headers=headers)
+            )
+            self.metrics.dead_lettered.labels(exc.reason).inc()
+        dlq.flush()
+        for f in futures:
+            f.get(timeout=30)  # raises: nothing is committed unless the dead letters landed
+        self.stats.dead_lettered += len(bad)
+
+    def _apply_with_retry(self, updates: list[UserUpdate], stop: threading.Event) -> bool:
+        delay = 0.1
+        while True:
+            t0 = time.perf_counter()
+            try:
+                res = self.store.apply(updates)
+            except RedisError as exc:
+                self.metrics.store_errors.inc()
+                log.warning("window write failed (%s); retrying in %.1f s", exc, delay)
+                if stop.wait(delay):
+                    return False
+                delay = min(delay * 2, 5.0)
+                continue
+            self.metrics.batch_write_seconds.observe(time.perf_counter() - t0)
+            self.metrics.applied.inc(res.applied)
+            self.metrics.duplicate.inc(res.duplicate)
+            self.metrics.replayed.inc(res.replayed)
+            self.metrics.trimmed.inc(res.trimmed)
+            for ln in res.window_lengths:
+                self.metrics.window_length.observe(ln)
+            self.stats.applied += res.applied
+            self.stats.duplicate += res.duplicate
+            self.stats.replayed += res.replayed
+            return True

@@ -1,0 +1,57 @@
+"""Write events to the events topic (key = user id), as protobuf or JSON."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable
+from typing import Literal
+
+from encoder.events import Event
+from services.common import kafka as kafka_clients
+from services.common.codec import event_to_json, event_to_proto
+from services.config import KafkaConfig
+
+WireFormat = Literal["proto", "json"]
+
+
+def produce_events(cfg: KafkaConfig, events: Iterable[Event], fmt: WireFormat = "proto") -> int:
+    """Send events keyed by user id; returns how many the broker acknowledged."""
+    encode = event_to_proto if fmt == "proto" else event_to_json
+    prod = kafka_clients.producer(cfg, max_in_flight_requests_per_connection=5)
+    n = 0
+    try:
+        for ev in events:
+            prod.send(cfg.topic, key=ev.user_id.encode("utf-8"), value=encode(ev))
+            n += 1
+        prod.flush()
+    finally:
+        prod.close(timeout=30)
+    return n
+
+
+def produce_lines(cfg: KafkaConfig, lines: Iterable[bytes]) -> int:
+    """Send JSON lines as they are (the consumer validates them; bad ones are dead-lettered).
+
+    The key is the line's user_id when the line parses as an object holding one, else none.
+    Blank lines are skipped.
+    """
+    prod = kafka_clients.producer(cfg)
+    n = 0
+    try:
+        for raw in lines:
+            line = raw.strip()
+            if not line:
+                continue
+            key = None
+            try:
+                obj = json.loads(line)
+                if isinstance(obj, dict) and isinstance(obj.get("user_id"), str):
+                    key = obj["user_id"].encode("utf-8")
+            except (ValueError, RecursionError):
+                pass
+            prod.send(cfg.topic, key=key, value=line)
+            n += 1
+        prod.flush()
+    finally:
+        prod.close(timeout=30)
+    return n

@@ -1,0 +1,11 @@
+-- Read one user's window. KEYS: window zset, event hash, meta hash.
+-- Returns {version, event_id_1, record_1, event_id_2, record_2, ...} oldest first.
+local ids = redis.call('ZRANGE', KEYS[1], 0, -1)
+local out = {redis.call('HGET', KEYS[3], 'v') or '0'}
+if #ids == 0 then return out end
+local recs = redis.call('HMGET', KEYS[2], unpack(ids))
+for j = 1, #ids do
+  out[#out + 1] = ids[j]
+  out[#out + 1] = recs[j] or ''
+end
+return out

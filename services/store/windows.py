@@ -1,0 +1,150 @@
+"""The window store: atomic, idempotent window updates and pipelined window reads.
+
+Pure Python decides nothing here that the Lua scripts do not re-check on the server: the
+scripts hold the rules (replay skip, dedup, trim) so that two consumers racing on one user
+after a rebalance still leave the window as one consumer would. `reference.py` is the plain
+Python model of the same rules, held to the scripts by a parity test.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from encoder.events import Event
+from services.config import WindowConfig
+from services.store import layout
+from services.store.client import Client
+
+
+def _script(name: str) -> str:
+    return resources.files("services.store").joinpath(name).read_text()
+
+
+@dataclass(frozen=True, slots=True)
+class UserUpdate:
+    """Events of one user from one partition, in offset order: [(offset, event), ...]."""
+
+    user_id: str
+    partition: int
+    events: Sequence[tuple[int, Event]]
+
+
+@dataclass(slots=True)
+class ApplyResult:
+    applied: int = 0
+    duplicate: int = 0
+    replayed: int = 0
+    trimmed: int = 0
+    window_lengths: list[int] = field(default_factory=list)
+
+    def add(self, other: ApplyResult) -> None:
+        self.applied += other.applied
+        self.duplicate += other.duplicate
+        self.replayed += other.replayed
+        self.trimmed += other.trimmed
+        self.window_lengths += other.window_lengths
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    user_id: str
+    version: int
+    events: list[Event]  # oldest first
+
+
+class WindowStore:
+    """Windows in a Redis / Valkey node or cluster, laid out as in LAYOUT.md.
+
+    Args:
+        client: from `services.store.client.connect`.
+        cfg: window bounds (max events, horizon).
+    """
+
+    def __init__(self, client: Client, cfg: WindowConfig) -> None:
+        self.client = client
+        self.cfg = cfg
+        self._apply_src = _script("apply.lua")
+        self._read_src = _script("read.lua")
+        self._load_scripts()
+
+    def _load_scripts(self) -> None:
+        # On a cluster SCRIPT LOAD goes to every primary; the SHA is the same everywhere.
+        self._apply_sha = self.client.script_load(self._apply_src)
+        self._read_sha = self.client.script_load(self._read_src)
+
+    def _run(self, sha_name: str, calls: list[tuple[list[bytes], list[Any]]]) -> list[Any]:
+        """EVALSHA each (keys, args) in one pipeline (per shard on a cluster); reload on NOSCRIPT.
+
+        Raises the first store error (connection, timeout, script error) after the pipeline.
+        """
+        for attempt in (0, 1):
+            sha = getattr(self, sha_name)
+            pipe = self.client.pipeline(transaction=False)
+            for keys, args in calls:
+                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+            results = pipe.execute(raise_on_error=False)
+            noscript = any(isinstance(r, NoScriptError) for r in results)
+            if noscript and attempt == 0:
+                # A node restarted and lost its script cache: reload and redo the whole
+                # batch (the scripts are idempotent, so calls that did run change nothing).
+                self._load_scripts()
+                continue
+            for r in results:
+                if isinstance(r, Exception):
+                    raise r
+            return list(results)
+        raise ResponseError("NOSCRIPT after reload")  # pragma: no cover
+
+    def apply(self, updates: Iterable[UserUpdate]) -> ApplyResult:
+        """Apply updates atomically per bucket; idempotent under replay of the same offsets."""
+        by_bucket: dict[int, list[UserUpdate]] = defaultdict(list)
+        for u in updates:
+            if u.events:
+                by_bucket[layout.bucket(u.user_id)].append(u)
+        calls: list[tuple[list[bytes], list[Any]]] = []
+        for b, users in by_bucket.items():
+            keys: list[bytes] = [layout.dirty_key(b)]
+            args: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms]
+            for u in users:
+                keys.extend(layout.user_keys(u.user_id))
+                args += [u.user_id, u.partition, len(u.events)]
+                for off, ev in u.events:
+                    args += [off, ev.event_id, ev.ts_ms, layout.pack_record(ev)]
+            calls.append((keys, args))
+        total = ApplyResult()
+        for r in self._run("_apply_sha", calls):
+            total.add(
+                ApplyResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), [int(x) for x in r[4:]])
+            )
+        return total
+
+    def read(self, user_ids: Sequence[str]) -> list[Window]:
+        """Windows of `user_ids`, in request order; an unknown user has an empty window."""
+        calls: list[tuple[list[bytes], list[Any]]] = [
+            (list(layout.user_keys(uid)), []) for uid in user_ids
+        ]
+        out = []
+        for uid, r in zip(user_ids, self._run("_read_sha", calls), strict=True):
+            events = [
+                layout.unpack_record(uid, r[j].decode("utf-8"), r[j + 1])
+                for j in range(1, len(r), 2)
+            ]
+            out.append(Window(uid, int(r[0]), events))
+        return out
+
+    def offsets(self, user_id: str) -> Mapping[int, int]:
+        """Last applied offset per partition for one user (for operators and tests)."""
+        raw: dict[bytes, bytes] = self.client.hgetall(layout.meta_key(user_id))  # type: ignore[assignment]
+        return {int(k[1:]): int(v) for k, v in raw.items() if k.startswith(b"o")}
+
+    def dirty_count(self) -> int:
+        pipe = self.client.pipeline(transaction=False)
+        for b in range(layout.BUCKETS):
+            pipe.zcard(layout.dirty_key(b))
+        return sum(int(n) for n in pipe.execute())
