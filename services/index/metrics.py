@@ -1,0 +1,41 @@
+"""Prometheus metrics of the lookalike index and its follower. Nothing is registered at
+import time: `index_metrics(registry)` builds them on the registry it is handed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+REBUILD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
+
+
+@dataclass(frozen=True, slots=True)
+class IndexMetrics:
+    size: Gauge
+    rebuild_seconds: Histogram
+    lag_records: Gauge
+    updates: Counter  # label op: upsert | delete | ignored (other model version) | invalid
+
+
+def index_metrics(registry: CollectorRegistry) -> IndexMetrics:
+    return IndexMetrics(
+        size=Gauge("persona_index_size", "Users in the lookalike index.", registry=registry),
+        rebuild_seconds=Histogram(
+            "persona_index_rebuild_seconds",
+            "Duration of lookalike index rebuilds (build plus swap).",
+            buckets=REBUILD_BUCKETS,
+            registry=registry,
+        ),
+        lag_records=Gauge(
+            "persona_index_update_log_lag_records",
+            "Records of the update log not yet applied to the index.",
+            registry=registry,
+        ),
+        updates=Counter(
+            "persona_index_updates_total",
+            "Update-log records applied to the index, by operation.",
+            ["op"],
+            registry=registry,
+        ),
+    )

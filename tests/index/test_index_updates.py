@@ -1,0 +1,65 @@
+"""decode_batch: update-log records to last-value-per-user operations."""
+
+from __future__ import annotations
+
+import numpy as np
+from prometheus_client import CollectorRegistry
+
+from services.index.metrics import index_metrics
+from services.index.updates import decode_batch, encode_update
+
+DIM = 4
+
+
+def vec(x: float) -> np.ndarray:
+    return np.array([x, 1.0, 0.0, 0.0], dtype=np.float32)
+
+
+def test_last_value_per_key_wins() -> None:
+    records = [
+        (b"a", encode_update("a", vec(1), "v1")),
+        (b"b", encode_update("b", vec(2), "v1")),
+        (b"a", encode_update("a", vec(3), "v1")),  # overwrite
+        (b"b", None),  # tombstone after an upsert
+        (b"c", b""),  # empty value is a tombstone too
+        (b"c", encode_update("c", vec(4), "v1")),  # upsert after a tombstone
+    ]
+    batch = decode_batch(records, DIM, None)
+    assert set(batch.upserts) == {"a", "c"} and batch.deletes == {"b"}
+    assert np.array_equal(batch.upserts["a"], vec(3))
+    assert np.array_equal(batch.upserts["c"], vec(4))
+    assert not batch.skipped
+
+
+def test_other_versions_ignored_and_bad_records_counted() -> None:
+    nan = np.array([np.nan, 1, 0, 0], dtype=np.float32)
+    records = [
+        (b"a", encode_update("a", vec(1), "v1")),
+        (b"a", encode_update("a", vec(2), "v2")),  # other version: a keeps vec(1)
+        (None, encode_update("x", vec(1), "v1")),  # no key
+        (b"\xff", encode_update("x", vec(1), "v1")),  # not UTF-8
+        (b"d", b"\x0a\xff\xff"),  # not a proto
+        (b"e", encode_update("e", np.ones(3, np.float32), "v1")),  # wrong dim
+        (b"f", encode_update("f", nan, "v1")),  # NaN
+        (b"g", encode_update("other", vec(1), "v1")),  # key and user_id disagree
+        (b"h", encode_update("h", np.zeros(DIM, np.float32), "v1")),  # zero vector
+    ]
+    batch = decode_batch(records, DIM, "v1")
+    assert list(batch.upserts) == ["a"] and np.array_equal(batch.upserts["a"], vec(1))
+    assert batch.skipped == {"ignored": 1, "invalid": 7}
+    assert set(decode_batch(records[:2], DIM, None).upserts) == {"a"}
+
+
+def test_metrics_names_on_a_fresh_registry() -> None:
+    registry = CollectorRegistry()
+    m = index_metrics(registry)
+    m.size.set(3)
+    m.updates.labels(op="upsert").inc(2)
+    m.rebuild_seconds.observe(0.2)
+    m.lag_records.set(5)
+    get = registry.get_sample_value
+    assert get("persona_index_size") == 3
+    assert get("persona_index_updates_total", {"op": "upsert"}) == 2
+    assert get("persona_index_rebuild_seconds_count") == 1
+    assert get("persona_index_update_log_lag_records") == 5
+    index_metrics(CollectorRegistry())  # a second registry is independent
