@@ -1,0 +1,116 @@
+"""The surface the services use: load a model version, turn windows into vectors.
+
+    enc = Encoder.load(Path("models"))            # the active version
+    vecs = enc.encode([window_a, window_b], now_ms)  # (2, 64) float32, unit rows
+
+Batches are bucketed by length (windows sorted by length, cut into groups under a token
+budget) to limit padding; inference runs under `torch.inference_mode`, on CUDA with bf16
+autocast when a GPU is present, else float32 on the CPU.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from encoder import registry
+from encoder.events import Event
+from encoder.model import ModelConfig, UserEncoder
+from encoder.tokenizer import Tokenizer, TokenizerConfig
+
+log = logging.getLogger(__name__)
+
+
+def active_version(models_dir: Path) -> str | None:
+    return registry.active_version(models_dir)
+
+
+def pick_device(device: str | None) -> torch.device:
+    if device:
+        return torch.device(device)
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def length_buckets(lengths: Sequence[int], max_tokens: int, max_batch: int) -> list[list[int]]:
+    """Window indices grouped by similar length: sorted, then cut when B * T_max > budget."""
+    order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
+    out: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        t = max(lengths[i], 1)
+        if cur and ((len(cur) + 1) * t > max_tokens or len(cur) >= max_batch):
+            out.append(cur)
+            cur = []
+        cur.append(i)
+    if cur:
+        out.append(cur)
+    return out
+
+
+class Encoder:
+    """A loaded model version, ready for inference."""
+
+    def __init__(
+        self,
+        version: str,
+        model: UserEncoder,
+        tokenizer: Tokenizer,
+        device: torch.device,
+        max_tokens: int = 16_384,
+        max_batch: int = 256,
+    ) -> None:
+        self.version = version
+        self.model = model.eval().to(device)
+        self.tokenizer = tokenizer
+        self.device = device
+        self.dim = model.cfg.out_dim
+        self.max_events = tokenizer.config.max_events
+        self.max_tokens, self.max_batch = max_tokens, max_batch
+
+    @classmethod
+    def load(
+        cls, models_dir: Path, version: str | None = None, device: str | None = None
+    ) -> Encoder:
+        """Load `version` (None: the active one) from the registry."""
+        v = registry.resolve(Path(models_dir), version)
+        folder = Path(models_dir) / v
+        tok_cfg = TokenizerConfig.from_json((folder / "tokenizer.json").read_text())
+        model_cfg = ModelConfig.from_json((folder / "model.json").read_text())
+        model = UserEncoder(tok_cfg, model_cfg)
+        state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        return cls(v, model, Tokenizer(tok_cfg), pick_device(device))
+
+    @classmethod
+    def from_model(cls, model: UserEncoder, version: str = "unsaved") -> Encoder:
+        return cls(version, model, Tokenizer(model.tok), pick_device("cpu"))
+
+    def encode(self, windows: Sequence[Sequence[Event]], now_ms: int | Sequence[int]) -> np.ndarray:
+        """Vectors for windows (each oldest first; the last `max_events` are used).
+
+        Args:
+            windows: B windows of events.
+            now_ms: encode time, one for all or one per window (ages are relative to it).
+
+        Returns:
+            (B, dim) float32, rows L2-normalised (an empty window gives a zero row).
+        """
+        nows = [now_ms] * len(windows) if isinstance(now_ms, int) else list(now_ms)
+        out = np.zeros((len(windows), self.dim), dtype=np.float32)
+        lengths = [min(len(w), self.max_events) for w in windows]
+        cuda = self.device.type == "cuda"
+        with (
+            torch.inference_mode(),
+            torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda),
+        ):
+            for idx in length_buckets(lengths, self.max_tokens, self.max_batch):
+                batch = self.tokenizer.encode([windows[i] for i in idx], [nows[i] for i in idx])
+                z = self.model.encode_batch(batch)  # (b, E)
+                z = torch.nn.functional.normalize(z.float(), dim=-1)
+                out[idx] = z.cpu().numpy()
+        out[np.array(lengths) == 0] = 0.0
+        return out

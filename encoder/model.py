@@ -1,0 +1,145 @@
+"""The sequence model: TorchRec tables for the sparse ids, a small Transformer, one vector out.
+
+Shapes: B windows, T = the longest window in the batch, D = ``d_model``, E = ``out_dim``,
+N = total events in the batch (jagged), F = features per event.
+
+    KeyedJaggedTensor (F keys, N ids each)
+      -> EmbeddingCollection: one (rows, D) table per feature     # F x (N, D)
+      -> sum over features                                        # (N, D)
+      -> padded + reverse-position embedding (0 = newest event)  # (B, T, D)
+      -> TransformerEncoder (causal, key padding mask)            # (B, T, D)
+      -> attention pooling over real positions                    # (B, D)
+      -> Linear + L2 normalise                                     # (B, E)
+
+The EmbeddingCollection is the only part that grows with the data (item buckets etc.), so
+it is what `DistributedModelParallel` shards (see `encoder/sharded.py`); the dense part is
+replicated. Padding never changes a vector: padded positions are masked in attention and
+pooling, and positions are counted from the newest event, not from the padded end.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
+
+from encoder.tokenizer import TokenBatch, TokenizerConfig
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+    dropout: float = 0.1
+    out_dim: int = 64
+    max_events: int = 256
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        return cls(**json.loads(text))
+
+
+def make_kjt(batch: TokenBatch, keys: tuple[str, ...], device: torch.device) -> KeyedJaggedTensor:
+    """One KJT for a batch: key f holds the f-th id of every event, B jagged rows per key."""
+    ids = torch.from_numpy(batch.ids).to(device)  # (F, N)
+    lengths = torch.from_numpy(batch.lengths).to(device)  # (B,)
+    return KeyedJaggedTensor.from_lengths_sync(
+        keys=list(keys),
+        values=ids.reshape(-1),
+        lengths=lengths.repeat(len(keys)),
+    )
+
+
+class UserEncoder(nn.Module):
+    """Windows of token ids in, one L2-normalised vector per window out.
+
+    Args:
+        tok: the tokenizer config (fixes the features and their table sizes).
+        cfg: the dense model's sizes.
+        device: where the tables are created ("meta" lets DMP materialise them sharded).
+    """
+
+    def __init__(
+        self, tok: TokenizerConfig, cfg: ModelConfig, device: torch.device | None = None
+    ) -> None:
+        super().__init__()
+        self.tok, self.cfg = tok, cfg
+        self.keys = tok.feature_names
+        rows = tok.num_embeddings()
+        self.ec = EmbeddingCollection(
+            tables=[
+                EmbeddingConfig(
+                    name=f"t_{k}",
+                    embedding_dim=cfg.d_model,
+                    num_embeddings=rows[k],
+                    feature_names=[k],
+                )
+                for k in self.keys
+            ],
+            device=device or torch.device("cpu"),
+        )
+        self.pos = nn.Embedding(cfg.max_events, cfg.d_model)
+        self.norm_in = nn.LayerNorm(cfg.d_model)
+        layer = nn.TransformerEncoderLayer(
+            cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, batch_first=True, norm_first=True
+        )
+        self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
+        self.norm_out = nn.LayerNorm(cfg.d_model)
+        self.pool = nn.Linear(cfg.d_model, 1)
+        self.proj = nn.Linear(cfg.d_model, cfg.out_dim)
+        self._init_tables()
+
+    @torch.no_grad()
+    def _init_tables(self) -> None:
+        for p in self.ec.parameters():
+            if p.device.type != "meta":
+                p.normal_(0.0, 0.02)
+
+    def embed(
+        self, kjt: KeyedJaggedTensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Sum of feature embeddings, padded: x (B, T, D) and the pad mask (B, T), True = pad."""
+        out = self.ec(kjt)
+        summed = torch.stack([out[k].values() for k in self.keys]).sum(0)  # (N, D)
+        b = lengths.shape[0]
+        t = int(lengths.max().item()) if b else 0
+        t = max(t, 1)
+        ar = torch.arange(t, device=lengths.device)  # (T,)
+        real = ar.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+        x = summed.new_zeros(b, t, summed.shape[-1])  # (B, T, D)
+        x[real] = summed
+        rev = (lengths.unsqueeze(1) - 1 - ar.unsqueeze(0)).clamp(min=0)  # (B, T) 0 = newest
+        x = x + self.pos(rev) * real.unsqueeze(-1)
+        return self.norm_in(x), ~real
+
+    def forward(
+        self, kjt: KeyedJaggedTensor, lengths: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns hidden states (B, T, D), the pad mask (B, T) and the user vectors (B, E)."""
+        x, pad = self.embed(kjt, lengths)  # (B, T, D), (B, T)
+        t = x.shape[1]
+        causal = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
+        pad_f = torch.zeros_like(pad, dtype=x.dtype).masked_fill(pad, float("-inf"))  # (B, T)
+        h = self.encoder(x, mask=causal.to(x.dtype), src_key_padding_mask=pad_f)  # (B, T, D)
+        h = self.norm_out(h)
+        score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
+        w = torch.softmax(score, dim=1).nan_to_num(0.0)  # empty windows pool to zero
+        pooled = torch.einsum("bt,btd->bd", w.to(h.dtype), h)  # (B, D)
+        z = F.normalize(self.proj(pooled).float(), dim=-1)  # (B, E)
+        return h, pad, z
+
+    def encode_batch(self, batch: TokenBatch) -> torch.Tensor:
+        """Token batch to user vectors (B, E), on this module's device."""
+        dev = self.pos.weight.device
+        kjt = make_kjt(batch, self.keys, dev)
+        _, _, z = self(kjt, torch.from_numpy(batch.lengths).to(dev))
+        return z

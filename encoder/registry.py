@@ -1,0 +1,211 @@
+"""Model registry: one immutable folder per version, one ACTIVE pointer, a history for rollback.
+
+Layout of ``models/``::
+
+    ACTIVE                 the active version id (replaced atomically: write tmp, os.replace)
+    HISTORY.json           versions that were active before, oldest first (rollback pops)
+    <version>/             written to a temp folder, renamed into place, files made read-only
+        weights.pt         state_dict of `UserEncoder` (training heads are not saved)
+        tokenizer.json     `TokenizerConfig`  (loading a model restores exactly its tokenizer)
+        model.json         `ModelConfig`
+        train.json         objectives and training config
+        metrics.json       training metrics
+        eval.json          evaluation report (may be added once, by `persona eval`)
+        parity.jsonl       parity windows: {"now_ms": .., "events": [Event JSON, ...]} a line
+        parity.npy         (P, E) float32 vectors the trained model gave them
+        MANIFEST.json      sha256 of every file above
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from encoder.events import Event
+
+ACTIVE = "ACTIVE"
+HISTORY = "HISTORY.json"
+
+
+class RegistryError(RuntimeError):
+    pass
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def versions(models_dir: Path) -> list[str]:
+    """Version ids in the registry, oldest first (ids sort by creation time)."""
+    if not models_dir.is_dir():
+        return []
+    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
+
+
+def active_version(models_dir: Path) -> str | None:
+    """The active version id, or None in an empty registry."""
+    p = models_dir / ACTIVE
+    if not p.exists():
+        return None
+    v = p.read_text().strip()
+    return v or None
+
+
+def resolve(models_dir: Path, version: str | None) -> str:
+    """`version` if given (must exist), else the active one."""
+    v = version or active_version(models_dir)
+    if v is None:
+        raise RegistryError(f"no active model in {models_dir}; train one or pass --model")
+    if not (models_dir / v).is_dir():
+        raise RegistryError(f"model version {v!r} not found in {models_dir}")
+    return v
+
+
+def read_json(models_dir: Path, version: str, name: str) -> dict[str, Any]:
+    p = models_dir / version / name
+    return json.loads(p.read_text()) if p.exists() else {}
+
+
+def write_version(
+    models_dir: Path,
+    state_dict: dict[str, Any],
+    texts: dict[str, str],
+    parity_windows: Sequence[Sequence[Event]],
+    parity_now_ms: Sequence[int],
+    parity_vectors: np.ndarray,
+) -> str:
+    """Write a new immutable version; the first one in an empty registry becomes active."""
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(state_dict, buf)
+    weights = buf.getvalue()
+    stamp = time.strftime("%Y%m%d%H%M%S", time.gmtime())
+    version = f"v{stamp}-{hashlib.sha256(weights).hexdigest()[:8]}"
+    models_dir.mkdir(parents=True, exist_ok=True)
+    if (models_dir / version).exists():
+        raise RegistryError(f"version {version} already exists")
+    tmp = Path(tempfile.mkdtemp(dir=models_dir, prefix=".tmp-"))
+    try:
+        (tmp / "weights.pt").write_bytes(weights)
+        for name, text in texts.items():
+            (tmp / name).write_text(text)
+        with (tmp / "parity.jsonl").open("w") as f:
+            for w, now in zip(parity_windows, parity_now_ms, strict=True):
+                f.write(json.dumps({"now_ms": int(now), "events": [e.to_json_dict() for e in w]}))
+                f.write("\n")
+        np.save(tmp / "parity.npy", np.asarray(parity_vectors, dtype=np.float32))
+        _write_manifest(tmp)
+        os.rename(tmp, models_dir / version)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _freeze(models_dir / version)
+    if active_version(models_dir) is None:
+        _atomic_write(models_dir / ACTIVE, version + "\n")
+    return version
+
+
+def _write_manifest(folder: Path) -> None:
+    files = {p.name: _sha(p) for p in sorted(folder.iterdir()) if p.name != "MANIFEST.json"}
+    (folder / "MANIFEST.json").write_text(json.dumps(files, indent=2, sort_keys=True))
+
+
+def _freeze(folder: Path) -> None:
+    for p in folder.iterdir():
+        p.chmod(0o444)
+
+
+def add_report(models_dir: Path, version: str, name: str, payload: dict[str, Any]) -> None:
+    """Add a report file (eval.json, validate.json) to a version once; never overwrite weights."""
+    folder = models_dir / version
+    if name in ("weights.pt", "tokenizer.json", "model.json", "parity.npy", "parity.jsonl"):
+        raise RegistryError(f"{name} is part of the immutable version")
+    folder.chmod(0o755)
+    try:
+        target = folder / name
+        if target.exists():
+            target.chmod(0o644)
+        target.write_text(json.dumps(payload, indent=2, sort_keys=True))
+        manifest = folder / "MANIFEST.json"
+        files = json.loads(manifest.read_text())
+        files[name] = _sha(target)
+        manifest.chmod(0o644)
+        manifest.write_text(json.dumps(files, indent=2, sort_keys=True))
+        _freeze(folder)
+    finally:
+        folder.chmod(0o555)
+
+
+def verify_manifest(models_dir: Path, version: str) -> list[str]:
+    """Files whose content no longer matches the manifest (empty: intact)."""
+    folder = models_dir / version
+    files = json.loads((folder / "MANIFEST.json").read_text())
+    return [n for n, h in files.items() if not (folder / n).exists() or _sha(folder / n) != h]
+
+
+def load_parity(models_dir: Path, version: str) -> tuple[list[list[Event]], list[int], np.ndarray]:
+    windows: list[list[Event]] = []
+    nows: list[int] = []
+    with (models_dir / version / "parity.jsonl").open() as f:
+        for line in f:
+            d = json.loads(line)
+            nows.append(int(d["now_ms"]))
+            windows.append([event_from_json(e) for e in d["events"]])
+    return windows, nows, np.load(models_dir / version / "parity.npy")
+
+
+def event_from_json(d: dict[str, Any]) -> Event:
+    props = {str(k): (v if isinstance(v, str) else float(v)) for k, v in d.get("props", {}).items()}
+    return Event(str(d["user_id"]), str(d["event_id"]), int(d["ts_ms"]), str(d["type"]), props)
+
+
+def set_active(models_dir: Path, version: str) -> str | None:
+    """Make `version` active in one atomic step; the previous one goes on the history."""
+    resolve(models_dir, version)
+    prev = active_version(models_dir)
+    if prev == version:
+        return prev
+    hist = _history(models_dir)
+    if prev is not None:
+        hist.append(prev)
+    _atomic_write(models_dir / HISTORY, json.dumps(hist))
+    _atomic_write(models_dir / ACTIVE, version + "\n")
+    return prev
+
+
+def rollback(models_dir: Path) -> tuple[str, str]:
+    """Re-activate the version active before the current one. Returns (from, to)."""
+    hist = _history(models_dir)
+    cur = active_version(models_dir)
+    if not hist or cur is None:
+        raise RegistryError("nothing to roll back to")
+    prev = hist.pop()
+    _atomic_write(models_dir / HISTORY, json.dumps(hist))
+    _atomic_write(models_dir / ACTIVE, prev + "\n")
+    return cur, prev
+
+
+def _history(models_dir: Path) -> list[str]:
+    p = models_dir / HISTORY
+    return list(json.loads(p.read_text())) if p.exists() else []
