@@ -139,6 +139,7 @@ class IndexFollower:
         if not self.running:
             with self._drive:
                 self._open(deadline)
+                self._step()  # one fetch first, so the high watermark is known (see _fetch_ends)
                 target = self._fetch_ends()
                 while not self._reached(target):
                     if time.monotonic() > deadline or self._stop.is_set():
@@ -236,28 +237,35 @@ class IndexFollower:
         with self._cond:
             self._positions = positions
             asked = self._ends_wanted > self._ends_seq
+            self._cond.notify_all()
         if asked or time.monotonic() - self._ends_at >= self.config.end_offsets_every_s:
             self._fetch_ends()
-        elif records:
-            with self._cond:
-                self._cond.notify_all()
+        else:
+            self._report_lag()
 
     def _fetch_ends(self) -> dict[int, int]:
         consumer = self._consumer
         assert consumer is not None
         with self._cond:
             wanted = self._ends_wanted
+        # max(ListOffsets, high watermark of the last fetch): Tansu 0.6 answers ListOffsets
+        # "latest" with the last batch's base offset + 1, too low after multi-record batches;
+        # the fetch response's high watermark is right (on Apache Kafka both agree).
+        listed = consumer.end_offsets(list(consumer.assignment()))
         ends = {
-            tp.partition: off for tp, off in consumer.end_offsets(consumer.assignment()).items()
+            tp.partition: max(int(off), consumer.highwater(tp) or 0) for tp, off in listed.items()
         }
         with self._cond:
             self._ends, self._ends_at = ends, time.monotonic()
             self._ends_seq = wanted
-            lag = self._lag_locked()
             self._cond.notify_all()
+        self._report_lag()
+        return ends
+
+    def _report_lag(self) -> None:
+        lag = self.lag()
         if self.metrics is not None and lag is not None:
             self.metrics.lag_records.set(lag)
-        return ends
 
     def _apply(self, records: list[tuple[bytes | None, bytes | None]]) -> None:
         # Partitions are independent (a key lives in one), so folding across them is safe.
