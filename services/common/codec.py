@@ -121,17 +121,30 @@ def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
         raise BadRecord("undecodable", "empty record value")
     if len(value) > cfg.max_payload_bytes:
         raise BadRecord("oversized", f"{len(value)} bytes > limit {cfg.max_payload_bytes}")
-    ev = _from_json(value) if value.lstrip()[:1] == b"{" else _from_proto(value)
-    check_event(ev, cfg, now_ms)
+    if value.lstrip()[:1] == b"{":
+        ev = _from_json(value)
+        check_event(ev, cfg, now_ms)
+    else:
+        ev = _from_proto(value)
+        check_event(ev, cfg, now_ms, utf8_checked=True)
     return ev
 
 
-def check_event(ev: Event, cfg: WindowConfig, now_ms: int) -> None:
-    """Validation shared by both wire forms (and by `persona produce --file`)."""
+def _nbytes(s: str) -> int:
+    """UTF-8 length; ASCII-only and short strings answer without encoding."""
+    return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
+
+
+def check_event(ev: Event, cfg: WindowConfig, now_ms: int, utf8_checked: bool = False) -> None:
+    """Validation shared by both wire forms.
+
+    Args:
+        utf8_checked: the strings came from protobuf, which already refused invalid UTF-8.
+    """
+    lim = cfg.max_id_bytes
     for name, s in (("user_id", ev.user_id), ("event_id", ev.event_id), ("type", ev.type)):
-        n = len(s.encode("utf-8", "surrogatepass"))
-        if n > cfg.max_id_bytes:
-            raise BadRecord("too_long", f"{name} is {n} bytes > limit {cfg.max_id_bytes}")
+        if len(s) * 4 > lim and _nbytes(s) > lim:
+            raise BadRecord("too_long", f"{name} is {_nbytes(s)} bytes > limit {lim}")
     if ev.ts_ms <= 0:
         raise BadRecord("bad_timestamp", f"ts_ms {ev.ts_ms} is not a positive epoch time in ms")
     if ev.ts_ms > now_ms + cfg.max_future_ms:
@@ -139,15 +152,17 @@ def check_event(ev: Event, cfg: WindowConfig, now_ms: int) -> None:
         raise BadRecord("future_timestamp", f"ts_ms is {ahead:.0f} s ahead of the wall clock")
     if len(ev.props) > cfg.max_props:
         raise BadRecord("bad_props", f"{len(ev.props)} props > limit {cfg.max_props}")
+    vlim = cfg.max_value_bytes
     for k, v in ev.props.items():
-        if not k or len(k.encode("utf-8", "surrogatepass")) > cfg.max_id_bytes:
+        if not k or (len(k) * 4 > lim and _nbytes(k) > lim):
             raise BadRecord("bad_props", f"prop name {k!r:.40} empty or too long")
-        if isinstance(v, str):
-            if len(v.encode("utf-8", "surrogatepass")) > cfg.max_value_bytes:
-                raise BadRecord("bad_props", f"prop {k!r:.40} value > {cfg.max_value_bytes} bytes")
-        elif not math.isfinite(v):
+        if v.__class__ is str:
+            if len(v) * 4 > vlim and _nbytes(v) > vlim:
+                raise BadRecord("bad_props", f"prop {k!r:.40} value > {vlim} bytes")
+        elif not math.isfinite(v):  # type: ignore[arg-type]
             raise BadRecord("bad_props", f"prop {k!r:.40} is not finite")
-    _check_utf8(ev)
+    if not utf8_checked:
+        _check_utf8(ev)
 
 
 def _check_utf8(ev: Event) -> None:
@@ -155,6 +170,8 @@ def _check_utf8(ev: Event) -> None:
     parts: list[Any] = [ev.user_id, ev.event_id, ev.type, *ev.props]
     parts += [v for v in ev.props.values() if isinstance(v, str)]
     for s in parts:
+        if s.isascii():
+            continue
         try:
             s.encode("utf-8")
         except UnicodeEncodeError:

@@ -13,6 +13,7 @@ import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
@@ -43,6 +44,15 @@ class IngestStats:
     replayed: int = 0
     dead_lettered: int = 0
     batches: int = 0
+    first_batch_at: float | None = None  # time.perf_counter() when the first batch arrived
+    last_commit_at: float | None = None  # ... and when the last batch was committed
+
+    @property
+    def busy_seconds(self) -> float:
+        """Seconds from the first batch to the last commit (the group join left out)."""
+        if self.first_batch_at is None or self.last_commit_at is None:
+            return 0.0
+        return self.last_commit_at - self.first_batch_at
 
 
 class _Listener(ConsumerRebalanceListener):
@@ -86,6 +96,8 @@ class Ingestor:
         self.clock_ms = clock_ms
         self.stats = IngestStats()
         self.assignment_changes: list[tuple[str, list[int]]] = []
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-apply")
+        self._inflight: tuple[Future[bool], dict[TopicPartition, OffsetAndMetadata]] | None = None
         self._lag_labels: set[str] = set()
 
     def _on_rebalance(self, what: str, tps: Sequence[TopicPartition]) -> None:
@@ -93,6 +105,7 @@ class Ingestor:
         self.assignment_changes.append((what, parts))
         log.info("partitions %s: %s", what, parts)
         if what == "revoked":
+            self._finish_inflight()  # flush: the batch in flight is written and committed
             for label in {str(p) for p in parts} & self._lag_labels:
                 self.metrics.lag.remove(label)
                 self._lag_labels.discard(label)
@@ -100,32 +113,70 @@ class Ingestor:
     def run(
         self, stop: threading.Event, until_idle: bool = False, poll_ms: int = 500
     ) -> IngestStats:
-        """Consume until `stop` is set (or, with `until_idle`, until caught up and committed)."""
+        """Consume until `stop` is set (or, with `until_idle`, until caught up and committed).
+
+        Batch i+1 is polled and decoded while batch i is written to the store by a worker
+        thread (the store works on other cores meanwhile); batch i is committed as soon as its
+        write is acknowledged, always before batch i+1's write starts, and always before a
+        rebalance hands its partitions to another member.
+        """
         consumer = kafka_clients.group_consumer(self.kcfg)
         dlq = kafka_clients.producer(self.kcfg)
+        self._consumer = consumer
         consumer.subscribe([self.kcfg.topic], listener=_Listener(self._on_rebalance))
         started = time.monotonic()
         try:
             while not stop.is_set():
                 batch = consumer.poll(timeout_ms=poll_ms)
                 if batch:
-                    self._process(consumer, dlq, batch, stop)
-                    self._update_lag(consumer)
-                elif until_idle and self._caught_up(consumer, started):
-                    log.info("caught up with the end of %s; exiting", self.kcfg.topic)
-                    break
+                    if self.stats.first_batch_at is None:
+                        self.stats.first_batch_at = time.perf_counter()
+                    updates, offsets = self._prepare(dlq, batch)
+                    self._finish_inflight()
+                    fut = self._pool.submit(self._apply_with_retry, updates, stop)
+                    self._inflight = (fut, offsets)
+                else:
+                    self._finish_inflight()
+                    if until_idle and self._caught_up(consumer, started):
+                        log.info("caught up with the end of %s; exiting", self.kcfg.topic)
+                        break
+                self._update_lag(consumer)
+            self._finish_inflight()
         finally:
+            self._pool.shutdown(wait=True)
             dlq.close(timeout=10)
             consumer.close(autocommit=False)
         return self.stats
+
+    def _finish_inflight(self) -> None:
+        """Wait for the batch being written, then commit its offsets (if it was written)."""
+        if self._inflight is None:
+            return
+        fut, offsets = self._inflight
+        self._inflight = None
+        if not fut.result():
+            return  # stopping while the store is down: nothing committed, replayed later
+        try:
+            self._consumer.commit(offsets)
+        except (CommitFailedError, KafkaError) as exc:
+            # Partitions moved on (rebalance) or the broker is away: the new owner replays
+            # from the last commit and the store skips what this batch applied.
+            log.warning("offset commit failed, batch will be replayed: %s", exc)
+        self.stats.batches += 1
+        self.stats.last_commit_at = time.perf_counter()
 
     def _caught_up(self, consumer: KafkaConsumer, started: float) -> bool:
         assignment = list(consumer.assignment())
         if not assignment:
             # A member that got no partition after the join settled has nothing to do.
             return time.monotonic() - started > 2 * self.kcfg.session_timeout_ms / 1000
-        ends = consumer.end_offsets(assignment)
-        return all(consumer.position(tp) >= ends[tp] for tp in assignment)
+        # The high watermark of the last fetch response, not ListOffsets: Tansu 0.6 answers
+        # ListOffsets with a too-low end offset after multi-record batches.
+        for tp in assignment:
+            hw = consumer.highwater(tp)
+            if hw is None or consumer.position(tp) < hw:
+                return False
+        return True
 
     def _update_lag(self, consumer: KafkaConsumer) -> None:
         for tp in consumer.assignment():
@@ -135,26 +186,25 @@ class Ingestor:
                 self._lag_labels.add(label)
                 self.metrics.lag.labels(label).set(max(0, hw - consumer.position(tp)))
 
-    def _process(
-        self,
-        consumer: KafkaConsumer,
-        dlq: KafkaProducer,
-        batch: Mapping[TopicPartition, Sequence[ConsumerRecord]],
-        stop: threading.Event,
-    ) -> None:
+    def _prepare(
+        self, dlq: KafkaProducer, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]]
+    ) -> tuple[list[UserUpdate], dict[TopicPartition, OffsetAndMetadata]]:
+        """Decode and validate a batch; dead-letter (and flush) the bad records."""
         now = self.clock_ms()
         groups: dict[tuple[str, int], list[tuple[int, Event]]] = defaultdict(list)
         bad: list[tuple[ConsumerRecord, BadRecord]] = []
         commit: dict[TopicPartition, OffsetAndMetadata] = {}
         n = 0
+        wcfg = self.wcfg
         for tp, records in batch.items():
+            p = tp.partition
             for r in records:
                 try:
-                    ev = decode_event(r.value, self.wcfg, now)
+                    ev = decode_event(r.value, wcfg, now)
                 except BadRecord as exc:
                     bad.append((r, exc))
                 else:
-                    groups[(ev.user_id, tp.partition)].append((r.offset, ev))
+                    groups[(ev.user_id, p)].append((r.offset, ev))
             n += len(records)
             commit[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         self.metrics.consumed.inc(n)
@@ -162,16 +212,7 @@ class Ingestor:
         self.stats.consumed += n
         if bad:
             self._dead_letter(dlq, bad)
-        updates = [UserUpdate(uid, p, evs) for (uid, p), evs in groups.items()]
-        if not self._apply_with_retry(updates, stop):
-            return  # stopping while the store is down: nothing committed, replayed later
-        try:
-            consumer.commit(commit)
-        except (CommitFailedError, KafkaError) as exc:
-            # Partitions moved on (rebalance) or the broker is away: the new owner replays
-            # from the last commit and the store skips what this batch applied.
-            log.warning("offset commit failed, batch will be replayed: %s", exc)
-        self.stats.batches += 1
+        return [UserUpdate(uid, p, evs) for (uid, p), evs in groups.items()], commit
 
     def _dead_letter(self, dlq: KafkaProducer, bad: list[tuple[ConsumerRecord, BadRecord]]) -> None:
         futures = []

@@ -1,25 +1,30 @@
 -- Atomic window update for the users of one bucket (one hash slot). See LAYOUT.md.
 -- KEYS[1] = dirty set of the bucket; then per user: window zset, event hash, meta hash.
--- ARGV[1] = max_events, ARGV[2] = horizon_ms, then per user:
---   uid, partition, n, then n x (offset, event_id, ts_ms, record)  -- in offset order
+-- ARGV[1] = max_events, ARGV[2] = horizon_ms, then per user: uid, partition, events, where
+-- events packs, in offset order, per event: i64 offset, i64 ts_ms, u16 len + event id,
+-- u16 len + record (little-endian).
 -- Returns {applied, duplicate, replayed, trimmed, len_1, ..., len_k} (len: window length
 -- after the update, for each user whose window changed).
 local maxn = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[2])
 local applied, dup, replayed, trimmed = 0, 0, 0, 0
 local lens = {}
-local i, k = 3, 2
-while i <= #ARGV do
-  local uid, part, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  i = i + 3
+local k = 2
+for i = 3, #ARGV, 3 do
+  local uid, part, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local wk, ek, mk = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   k = k + 3
   local field = 'o' .. part
   local pos = tonumber(redis.call('HGET', mk, field) or '-1')
   local top, changed, newest = pos, 0, nil
-  for _ = 1, n do
-    local off, eid, ts, rec = tonumber(ARGV[i]), ARGV[i + 1], tonumber(ARGV[i + 2]), ARGV[i + 3]
-    i = i + 4
+  local p = 1
+  while p <= #blob do
+    local off, ts, n = struct.unpack('<i8i8I2', blob, p)
+    local eid = string.sub(blob, p + 18, p + 17 + n)
+    p = p + 18 + n
+    local m = struct.unpack('<I2', blob, p)
+    local rec = string.sub(blob, p + 2, p + 1 + m)
+    p = p + 2 + m
     if off <= pos then
       replayed = replayed + 1
     else
@@ -37,10 +42,10 @@ while i <= #ARGV do
   if top > pos then redis.call('HSET', mk, field, string.format('%d', top)) end
   if changed > 0 then
     local last = redis.call('ZRANGE', wk, -1, -1, 'WITHSCORES')
-    local cutoff = tonumber(last[2]) - horizon
-    local old = redis.call('ZRANGEBYSCORE', wk, '-inf', '(' .. string.format('%d', cutoff))
+    local cutoff = '(' .. string.format('%d', tonumber(last[2]) - horizon)
+    local old = redis.call('ZRANGEBYSCORE', wk, '-inf', cutoff)
     if #old > 0 then
-      redis.call('ZREMRANGEBYSCORE', wk, '-inf', '(' .. string.format('%d', cutoff))
+      redis.call('ZREMRANGEBYSCORE', wk, '-inf', cutoff)
       redis.call('HDEL', ek, unpack(old))
       trimmed = trimmed + #old
     end

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 
 from encoder.events import Event, PropValue
 
@@ -14,6 +15,7 @@ _HEAD = struct.Struct("<BqH")  # version, ts_ms, len(type)
 _U16 = struct.Struct("<H")
 _F64 = struct.Struct("<d")
 _CAT, _NUM = 1, 2
+_CAT_TAG, _NUM_TAG = b"\x01", b"\x02"
 
 
 def bucket(user_id: str) -> int:
@@ -47,11 +49,6 @@ def user_keys(user_id: str) -> tuple[bytes, bytes, bytes]:
     return prefix + b"w:" + uid, prefix + b"e:" + uid, prefix + b"m:" + uid
 
 
-def _pack_str(s: str) -> bytes:
-    b = s.encode("utf-8")
-    return _U16.pack(len(b)) + b
-
-
 def pack_record(ev: Event) -> bytes:
     """Event -> record bytes (user id and event id are not included: they are key and field).
 
@@ -60,16 +57,29 @@ def pack_record(ev: Event) -> bytes:
     (29, 1)
     """
     t = ev.type.encode("utf-8")
-    parts = [_HEAD.pack(LAYOUT_VERSION, ev.ts_ms, len(t)), t, bytes([len(ev.props)])]
-    for name in sorted(ev.props):
-        v = ev.props[name]
-        parts.append(_pack_str(name))
-        if isinstance(v, str):
-            parts.append(b"\x01")
-            parts.append(_pack_str(v))
+    props = ev.props
+    parts = [_HEAD.pack(LAYOUT_VERSION, ev.ts_ms, len(t)), t, bytes((len(props),))]
+    for name in sorted(props):
+        v = props[name]
+        nb = name.encode("utf-8")
+        if v.__class__ is str:
+            vb = v.encode("utf-8")
+            parts += [_U16.pack(len(nb)), nb, _CAT_TAG, _U16.pack(len(vb)), vb]
         else:
-            parts.append(b"\x02")
-            parts.append(_F64.pack(v))
+            parts += [_U16.pack(len(nb)), nb, _NUM_TAG, _F64.pack(v)]
+    return b"".join(parts)
+
+
+_UPD = struct.Struct("<qqH")  # offset, ts_ms, len(event id)
+
+
+def pack_updates(events: Sequence[tuple[int, Event]]) -> bytes:
+    """[(offset, event), ...] -> the per-user argument of apply.lua (see its header)."""
+    parts = []
+    for off, ev in events:
+        eid = ev.event_id.encode("utf-8")
+        rec = pack_record(ev)
+        parts += [_UPD.pack(off, ev.ts_ms, len(eid)), eid, _U16.pack(len(rec)), rec]
     return b"".join(parts)
 
 

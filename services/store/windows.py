@@ -18,7 +18,7 @@ from redis.exceptions import NoScriptError, ResponseError
 
 from encoder.events import Event
 from services.config import WindowConfig
-from services.store import layout
+from services.store import layout, sharded
 from services.store.client import Client
 
 
@@ -85,10 +85,10 @@ class WindowStore:
         """
         for attempt in (0, 1):
             sha = getattr(self, sha_name)
-            pipe = self.client.pipeline(transaction=False)
-            for keys, args in calls:
-                pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
-            results = pipe.execute(raise_on_error=False)
+            results = sharded.execute(
+                self.client,
+                [(keys[0], ("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls],
+            )
             noscript = any(isinstance(r, NoScriptError) for r in results)
             if noscript and attempt == 0:
                 # A node restarted and lost its script cache: reload and redo the whole
@@ -113,9 +113,7 @@ class WindowStore:
             args: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms]
             for u in users:
                 keys.extend(layout.user_keys(u.user_id))
-                args += [u.user_id, u.partition, len(u.events)]
-                for off, ev in u.events:
-                    args += [off, ev.event_id, ev.ts_ms, layout.pack_record(ev)]
+                args += [u.user_id, u.partition, layout.pack_updates(u.events)]
             calls.append((keys, args))
         total = ApplyResult()
         for r in self._run("_apply_sha", calls):
@@ -144,7 +142,9 @@ class WindowStore:
         return {int(k[1:]): int(v) for k, v in raw.items() if k.startswith(b"o")}
 
     def dirty_count(self) -> int:
-        pipe = self.client.pipeline(transaction=False)
-        for b in range(layout.BUCKETS):
-            pipe.zcard(layout.dirty_key(b))
-        return sum(int(n) for n in pipe.execute())
+        keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
+        results = sharded.execute(self.client, [(k, ("ZCARD", k)) for k in keys])
+        for r in results:
+            if isinstance(r, Exception):
+                raise r
+        return sum(int(n) for n in results)

@@ -1,0 +1,96 @@
+"""Ingest throughput: a bare kafka-python consume loop vs the full ingest path, same topic.
+
+Both read the same N events (synthetic, protobuf) from the embedded Tansu broker, each with
+its own consumer group and the same consumer settings; the full path also decodes, validates,
+updates windows in the 3-node Valkey cluster and commits offsets after every batch. The group
+join (seconds on Tansu) is left out of both rates: timing runs from the first batch to the
+last record (bare) or the last commit (full).
+
+    .venv/bin/python benchmarks/ingest.py [--users 2000] [--events 200000] [--single]
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import logging
+import pstats
+import threading
+import time
+import uuid
+
+from prometheus_client import CollectorRegistry
+
+from encoder.synthetic import SyntheticConfig, generate
+from services.common import kafka as kafka_clients
+from services.config import KafkaConfig, WindowConfig
+from services.ingest.consumer import Ingestor
+from services.ingest.metrics import ingest_metrics
+from services.ingest.produce import produce_events
+from services.stack import EmbeddedStack, StackConfig
+from services.store.client import connect
+from services.store.windows import WindowStore
+
+
+def bare_loop(cfg: KafkaConfig, n: int) -> float:
+    """Events/s of poll-and-count, from the first batch to the n-th record."""
+    consumer = kafka_clients.group_consumer(cfg)
+    consumer.subscribe([cfg.topic])
+    seen, t0 = 0, None
+    try:
+        while seen < n:
+            for records in consumer.poll(timeout_ms=500).values():
+                if t0 is None:
+                    t0 = time.perf_counter()
+                seen += len(records)
+        assert t0 is not None
+        return seen / (time.perf_counter() - t0)
+    finally:
+        consumer.close(autocommit=False)
+
+
+def full_path(cfg: KafkaConfig, redis_url: str, profile: bool) -> tuple[float, int]:
+    client = connect(redis_url)
+    store = WindowStore(client, WindowConfig())
+    ing = Ingestor(cfg, WindowConfig(), store, ingest_metrics(CollectorRegistry()))
+    prof = cProfile.Profile() if profile else None
+    try:
+        if prof:
+            prof.enable()
+        stats = ing.run(threading.Event(), until_idle=True)
+        if prof:
+            prof.disable()
+            pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
+    finally:
+        client.close()
+    return stats.applied / stats.busy_seconds, stats.applied
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=2000)
+    ap.add_argument("--events", type=int, default=200_000)
+    ap.add_argument("--single", action="store_true", help="one Valkey node instead of a cluster")
+    ap.add_argument("--profile", action="store_true", help="cProfile the full path")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    ds = generate(SyntheticConfig(users=args.users, events_per_user=args.events / args.users))
+    with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:
+        a = stack.addresses
+        base = KafkaConfig(bootstrap=a.bootstrap, topic=a.topic, dlq_topic=a.dlq_topic)
+        n = produce_events(base, ds.events)
+        bare = bare_loop(KafkaConfig(**{**base.__dict__, "group_id": f"b-{uuid.uuid4().hex}"}), n)
+        full_cfg = KafkaConfig(**{**base.__dict__, "group_id": f"f-{uuid.uuid4().hex}"})
+        full, applied = full_path(full_cfg, a.redis, args.profile)
+    store = "1 Valkey node" if args.single else "3-node Valkey cluster"
+    print(f"\n{n} events, {args.users} users, protobuf, {store}, one process\n")
+    print("| path | events/s |")
+    print("| --- | ---: |")
+    print(f"| bare kafka-python consume loop | {bare:,.0f} |")
+    print(f"| full ingest (decode, validate, window update, commit) | {full:,.0f} |")
+    assert applied == n, f"applied {applied} of {n}"
+    print(f"\nratio: {full / bare:.2f}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,135 @@
+"""Helpers for ingest tests: event sets with known quirks, reading a topic back, ground truth."""
+
+from __future__ import annotations
+
+import random
+import threading
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from kafka import KafkaConsumer, TopicPartition
+from prometheus_client import CollectorRegistry
+
+from encoder.events import Event
+from services.common.codec import BadRecord, decode_event
+from services.config import KafkaConfig, WindowConfig
+from services.ingest.consumer import Ingestor, IngestStats
+from services.ingest.metrics import ingest_metrics
+from services.store.client import connect
+from services.store.reference import ReferenceWindows
+from services.store.windows import WindowStore
+
+T0 = 1_763_000_000_000
+TYPES = ("view", "click", "add_to_cart", "purchase")
+
+
+def quirky_events(users: int, n: int, seed: int, prefix: str = "u") -> list[Event]:
+    """n events over `users` users with ~5% re-sent duplicates and out-of-order timestamps."""
+    rng = random.Random(seed)
+    out: list[Event] = []
+    for i in range(n):
+        if out and rng.random() < 0.05:
+            out.append(rng.choice(out))  # a producer retry: same event id again, later offset
+            continue
+        uid = f"{prefix}{rng.randrange(users):05d}"
+        ts = T0 + i * 1000 - rng.randrange(0, 600_000)  # up to 10 min out of order
+        props: dict[str, str | float] = {"item": f"i{rng.randrange(500)}"}
+        if rng.random() < 0.5:
+            props["price"] = round(rng.uniform(1, 100), 2)
+        out.append(Event(uid, f"{prefix}-e{i}", ts, rng.choice(TYPES), props))
+    return out
+
+
+def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, list]]:
+    """Every record of `topic` as (partition, offset, value, headers), each partition in order."""
+    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    try:
+        parts = sorted(c.partitions_for_topic(topic) or [])
+        tps = [TopicPartition(topic, p) for p in parts]
+        c.assign(tps)
+        c.seek_to_beginning(*tps)
+        out: list[tuple[int, int, bytes | None, list]] = []
+        idle = 0
+        while idle < 4:
+            batch = c.poll(timeout_ms=300)
+            idle = 0 if batch else idle + 1
+            for tp, recs in batch.items():
+                out += [(tp.partition, r.offset, r.value, list(r.headers)) for r in recs]
+            if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
+                break
+        return sorted(out, key=lambda r: (r[0], r[1]))
+    finally:
+        c.close()
+
+
+def truth(
+    records: Iterable[tuple[int, int, bytes | None, list]], cfg: WindowConfig
+) -> ReferenceWindows:
+    """The windows the produced records must give, computed by the reference rules."""
+    ref = ReferenceWindows(cfg)
+    now = int(time.time() * 1000)
+    for p, o, value, _ in records:
+        try:
+            ev = decode_event(value, cfg, now)
+        except BadRecord:
+            continue
+        ref.apply(p, o, ev)
+    return ref
+
+
+def mismatches(store: WindowStore, ref: ReferenceWindows) -> list[str]:
+    """User ids whose stored window differs from the reference (events and offsets)."""
+    uids = sorted(ref.users)
+    bad = []
+    for uid, w in zip(uids, store.read(uids), strict=True):
+        if w.events != ref.window(uid) or dict(store.offsets(uid)) != ref.users[uid].offsets:
+            bad.append(uid)
+    return bad
+
+
+@dataclass
+class Run:
+    stats: IngestStats
+    registry: CollectorRegistry
+    ingestor: Ingestor
+
+
+def ingest_until_idle(kcfg: KafkaConfig, redis_url: str, wcfg: WindowConfig | None = None) -> Run:
+    wcfg = wcfg or WindowConfig()
+    registry = CollectorRegistry()
+    client = connect(redis_url)
+    try:
+        ing = Ingestor(kcfg, wcfg, WindowStore(client, wcfg), ingest_metrics(registry))
+        stats = ing.run(threading.Event(), until_idle=True, poll_ms=200)
+    finally:
+        client.close()
+    return Run(stats, registry, ing)
+
+
+def kcfg_for(bootstrap: str, topic: str, group: str, **kw: object) -> KafkaConfig:
+    return KafkaConfig(
+        bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group, **kw
+    )  # type: ignore[arg-type]
+
+
+def sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
+    v = registry.get_sample_value(name, labels or {})
+    return 0.0 if v is None else v
+
+
+def all_users(events: Sequence[Event]) -> set[str]:
+    return {e.user_id for e in events}
+
+
+def produce_raw(kcfg: KafkaConfig, values: Sequence[bytes]) -> None:
+    """Send values byte for byte (no key), in order, to one partition."""
+    from services.common import kafka as kafka_clients
+
+    prod = kafka_clients.producer(kcfg)
+    try:
+        for v in values:
+            prod.send(kcfg.topic, value=v, partition=0)
+        prod.flush()
+    finally:
+        prod.close()

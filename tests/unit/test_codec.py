@@ -1,0 +1,100 @@
+"""Wire decoding and validation: every refusal names its reason."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from encoder.events import Event
+from proto import events_pb2
+from services.common.codec import BadRecord, decode_event, event_to_json, event_to_proto
+from services.config import WindowConfig
+
+NOW = 1_763_900_000_000
+CFG = WindowConfig()
+EV = Event("u1", "e9", 1_732_345_678_123, "click", {"item": "i42", "price": 9.99})
+
+
+def reason(value: bytes | None) -> str:
+    with pytest.raises(BadRecord) as info:
+        decode_event(value, CFG, NOW)
+    return info.value.reason
+
+
+def test_proto_and_json_decode_to_the_same_event() -> None:
+    assert decode_event(event_to_proto(EV), CFG, NOW) == EV
+    assert decode_event(event_to_json(EV), CFG, NOW) == EV
+
+
+def test_json_shape_of_the_issue_is_accepted() -> None:
+    raw = (
+        b'{"user_id": "u1", "event_id": "e9", "ts_ms": 1732345678123, "type": "click",'
+        b' "props": {"item": "i42", "price": 9.99, "qty": 2}}'
+    )
+    ev = decode_event(raw, CFG, NOW)
+    assert ev.props == {"item": "i42", "price": 9.99, "qty": 2.0}
+    assert json.loads(event_to_json(ev))["props"]["item"] == "i42"
+
+
+@pytest.mark.parametrize(
+    ("value", "why"),
+    [
+        (None, "undecodable"),
+        (b"", "undecodable"),
+        (b"\xff\xfe\x00garbage", "undecodable"),
+        (b'{"user_id": "u1", "event_id": ', "undecodable"),
+        (b"[1, 2]", "undecodable"),
+        (b'{"event_id": "e", "ts_ms": 5, "type": "t"}', "missing_user_id"),
+        (b'{"user_id": "", "event_id": "e", "ts_ms": 5, "type": "t"}', "missing_user_id"),
+        (b'{"user_id": "u", "ts_ms": 5, "type": "t"}', "missing_event_id"),
+        (b'{"user_id": "u", "event_id": "e", "ts_ms": "5", "type": "t"}', "bad_timestamp"),
+        (b'{"user_id": "u", "event_id": "e", "ts_ms": true, "type": "t"}', "bad_timestamp"),
+        (b'{"user_id": "u", "event_id": "e", "ts_ms": -1, "type": "t"}', "bad_timestamp"),
+        (b'{"user_id": "u", "event_id": "e", "ts_ms": 5}', "missing_type"),
+        (b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": [1]}', "bad_props"),
+        (
+            b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": {"a": {"b": 1}}}',
+            "bad_props",
+        ),
+        (
+            b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": {"a": null}}',
+            "bad_props",
+        ),
+        (b'{"user_id": "\\ud800", "event_id": "e", "ts_ms": 5, "type": "t"}', "undecodable"),
+        (events_pb2.Event(event_id="e", ts_ms=5, type="t").SerializeToString(), "missing_user_id"),
+        (events_pb2.Event(user_id="u", ts_ms=5, type="t").SerializeToString(), "missing_event_id"),
+    ],
+)
+def test_bad_records_get_a_reason(value: bytes | None, why: str) -> None:
+    assert reason(value) == why
+
+
+def test_future_timestamp_is_refused_but_near_future_accepted() -> None:
+    day = 86_400_000
+    ok = Event("u", "e", NOW + day // 2, "t")
+    assert decode_event(event_to_proto(ok), CFG, NOW) == ok
+    far = Event("u", "e", NOW + 2 * day, "t")
+    assert reason(event_to_proto(far)) == "future_timestamp"
+
+
+def test_oversized_payload_is_refused_before_parsing() -> None:
+    big = Event("u", "e", 5, "t", {"blob": "x" * 70_000})
+    assert reason(event_to_proto(big)) == "oversized"
+
+
+def test_limits_on_ids_props_and_values() -> None:
+    assert reason(event_to_proto(Event("u" * 300, "e", 5, "t"))) == "too_long"
+    assert reason(event_to_proto(Event("u", "e", 5, "t", {f"p{i}": 1.0 for i in range(65)}))) == (
+        "bad_props"
+    )
+    assert reason(event_to_proto(Event("u", "e", 5, "t", {"v": "x" * 2000}))) == "bad_props"
+    nan = b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": {"p": NaN}}'
+    assert reason(nan) == "bad_props"
+
+
+def test_deeply_nested_json_is_refused_not_crashing() -> None:
+    deep = b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": ' + (
+        b"[" * 100_000 + b"]" * 100_000 + b"}"
+    )
+    assert reason(deep[: CFG.max_payload_bytes]) in {"undecodable", "bad_props"}
