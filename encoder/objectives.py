@@ -36,6 +36,8 @@ class ObjectiveConfig:
     w_next_item: float = 1.0
     w_horizon: float = 1.0
     w_pooled: float = 2.0  # the user vector's own copy of the three objectives
+    w_bag: float = 1.0  # the user vector also names items of its window (sampled softmax)
+    bag_size: int = 16
     item_field: str = "item"
     item_negatives: int = 512
 
@@ -50,6 +52,7 @@ class Example:
         horizon: (L, K, Y) bool labels; horizon_ok: (L, K) whether each label is usable.
         p_type, p_item: targets of the user vector (the first event after ``now``).
         p_horizon: (K, Y), p_horizon_ok: (K,).
+        p_bag: (bag_size,) item ids drawn from the window (IGNORE-padded).
     """
 
     ids: np.ndarray
@@ -61,6 +64,7 @@ class Example:
     p_item: int
     p_horizon: np.ndarray
     p_horizon_ok: np.ndarray
+    p_bag: np.ndarray
 
 
 def make_example(
@@ -94,6 +98,11 @@ def make_example(
     horizon_ok = ts[:length, None] + hs[None, :] <= data_end_ms  # (L, K)
     p_ends = np.searchsorted(ts, now_ms + hs, side="right")  # (K,)
     p_horizon = (counts[p_ends] - counts[length][None, :]) > 0  # (K, Y)
+    seen = np.unique(items[:length][items[:length] > 0])
+    if len(seen) > obj.bag_size:  # a deterministic spread over the window's distinct items
+        seen = seen[np.linspace(0, len(seen) - 1, obj.bag_size).astype(np.int64)]
+    p_bag = np.full(obj.bag_size, IGNORE, dtype=np.int64)
+    p_bag[: len(seen)] = seen
     return Example(
         ids=batch.ids,
         next_type=next_type,
@@ -104,6 +113,7 @@ def make_example(
         p_item=int(items[length]) if length < len(seq) and items[length] > 0 else IGNORE,
         p_horizon=p_horizon,
         p_horizon_ok=now_ms + hs <= data_end_ms,
+        p_bag=p_bag,
     )
 
 
@@ -135,6 +145,7 @@ def collate(examples: Sequence[Example]) -> dict[str, torch.Tensor | np.ndarray]
         "p_item": torch.tensor([e.p_item for e in examples]),
         "p_horizon": torch.from_numpy(np.stack([e.p_horizon for e in examples]).astype(np.float32)),
         "p_horizon_ok": torch.from_numpy(np.stack([e.p_horizon_ok for e in examples])),
+        "p_bag": torch.from_numpy(np.stack([e.p_bag for e in examples])),
     }
 
 
@@ -197,9 +208,14 @@ class TrainingHeads(nn.Module):
         p_ok = batch["p_horizon_ok"].unsqueeze(-1).float()  # (B, K, 1)
         p_bce = F.binary_cross_entropy_with_logits(p_logit, batch["p_horizon"], reduction="none")
         p_hz = (p_bce * p_ok).sum() / (p_ok.sum() * self.y).clamp(min=1.0)
+        q = self.vec_item(zs)  # (B, D)
+        nb = batch["p_bag"].shape[1]
+        p_bag = self._item_loss(
+            q.unsqueeze(1).expand(-1, nb, -1).reshape(b * nb, -1), batch["p_bag"].reshape(-1), gen
+        )
         seq = o.w_next_type * l_type + o.w_next_item * l_item + o.w_horizon * l_hz
         vec = o.w_next_type * p_type + o.w_next_item * p_item + o.w_horizon * p_hz
-        total = seq + o.w_pooled * vec
+        total = seq + o.w_pooled * vec + o.w_bag * p_bag
         named = {
             "type": l_type,
             "item": l_item,

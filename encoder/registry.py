@@ -141,7 +141,6 @@ def add_report(models_dir: Path, version: str, name: str, payload: dict[str, Any
     folder = models_dir / version
     if name in ("weights.pt", "tokenizer.json", "model.json", "parity.npy", "parity.jsonl"):
         raise RegistryError(f"{name} is part of the immutable version")
-    folder.chmod(0o755)
     try:
         target = folder / name
         if target.exists():
@@ -152,9 +151,8 @@ def add_report(models_dir: Path, version: str, name: str, payload: dict[str, Any
         files[name] = _sha(target)
         manifest.chmod(0o644)
         manifest.write_text(json.dumps(files, indent=2, sort_keys=True))
-        _freeze(folder)
     finally:
-        folder.chmod(0o555)
+        _freeze(folder)
 
 
 def verify_manifest(models_dir: Path, version: str) -> list[str]:

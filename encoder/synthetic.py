@@ -140,7 +140,7 @@ def _make_world(cfg: SyntheticConfig) -> _World:
     rng = np.random.default_rng([cfg.world_seed, 7919])
     s = cfg.segments
     base = np.array([1.0, 2.0, 0.7, 2.5, 1.0, 1.6, 0.6, 0.35, 0.12])
-    type_probs = rng.dirichlet(base * 3.0, size=s)
+    type_probs = rng.dirichlet(base * 40.0, size=s)  # similar mixes: taste is in items
 
     def pools(n: int) -> list[np.ndarray]:
         perm = rng.permutation(n)
@@ -298,7 +298,10 @@ def _user_events(
         kinds.append(2)
 
     # session lengths (S,), then every per-event draw at once (N,)
-    lens = np.array([_LEN[_state_at(traj, t)] for t in sess]) * cfg.events_per_session
+    states = [_state_at(traj, t) for t in sess]
+    lens = np.array([_LEN[st] for st in states]) * cfg.events_per_session
+    # a fading user is distracted: slower clicks, shorter dwell (invisible to counts)
+    fade = np.array([st in ("fading", "churned") for st in states], dtype=np.float64)
     n_s = np.maximum(rng.geometric(1.0 / lens), np.where(np.array(kinds) > 0, 3, 1))
     n = int(n_s.sum())
     first = np.cumsum(n_s) - n_s  # (S,) index of each session's first event
@@ -325,7 +328,8 @@ def _user_events(
     cp, pp = world.campaign_pools[seg], world.page_pools[seg]
     camps = np.where(own[1], cp[rng.integers(0, len(cp), n)], rng.integers(0, cfg.campaigns, n))
     pages = np.where(own[2], pp[rng.integers(0, len(pp), n)], rng.integers(0, cfg.pages, n))
-    gaps = np.exp(rng.normal(np.log(25.0), 1.0, size=n)) * 1000.0  # ms within a session
+    fz = fade[sid]  # (N,)
+    gaps = np.exp(rng.normal(np.log(25.0) + 1.2 * fz, 1.0, size=n)) * 1000.0  # ms in a session
     gaps[first] = 0.0
     csum = np.cumsum(gaps)
     offs = csum - csum[first][sid]
@@ -333,7 +337,7 @@ def _user_events(
     ts = t0_ms + (np.array(sess)[sid] * DAY_MS + offs).astype(np.int64)
     buying = np.array(kinds)[sid] == 2
     ts = np.where(buying & (ts <= cfg.end_ms), cfg.end_ms + 1 + np.arange(n), ts)
-    dwell = np.round(np.exp(rng.normal(2.5, 1.0, size=n)), 1).tolist()
+    dwell = np.round(np.exp(rng.normal(2.5 - 1.2 * fz, 1.0, size=n)), 1).tolist()
     device = DEVICES[int(rng.integers(0, len(DEVICES)))]
     dev = np.where(rng.random(n) < 0.1, rng.integers(0, len(DEVICES), n), DEVICES.index(device))
     country = COUNTRIES[int(rng.choice(len(COUNTRIES), p=world.country_probs[seg]))]

@@ -31,6 +31,7 @@ class TrainConfig:
     epochs: int = 6
     batch_size: int = 64
     lr: float = 2e-3
+    table_lr_mult: float = 5.0  # embedding rows see few updates each: a larger step
     weight_decay: float = 0.01
     cuts_per_user: int = 3  # time-uniform cuts, plus one at the end of the data
     train_max_events: int = 128  # windows in training (the model serves up to max_events)
@@ -124,11 +125,17 @@ def train(
     model = UserEncoder(tok_cfg, spec.model)
     heads = TrainingHeads(tok_cfg, spec.objectives, spec.model.d_model, spec.model.out_dim)
     params = list(model.parameters()) + list(heads.parameters())
-    opt = torch.optim.AdamW(params, lr=tc.lr, weight_decay=tc.weight_decay)
+    tables = list(model.ec.parameters()) + list(heads.item_out.parameters())
+    ids = {id(p) for p in tables}
+    groups: list[dict[str, Any]] = [
+        {"params": [p for p in params if id(p) not in ids], "lr": tc.lr},
+        {"params": tables, "lr": tc.lr * tc.table_lr_mult, "weight_decay": 0.0},
+    ]
+    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     plan = [_batches(examples, tc.batch_size, rng) for _ in range(tc.epochs)]
     total_steps = sum(len(p) for p in plan)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=tc.lr, total_steps=max(total_steps, 1), pct_start=0.1
+        opt, max_lr=[g["lr"] for g in groups], total_steps=max(total_steps, 1), pct_start=0.1
     )
     from tqdm import tqdm
 

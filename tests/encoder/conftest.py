@@ -1,0 +1,49 @@
+"""Tiny configs so the encoder tests stay fast on 2 shared cores."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from encoder.model import ModelConfig
+from encoder.synthetic import SyntheticConfig, SyntheticDataset, generate
+from encoder.tokenizer import TokenizerConfig
+from encoder.train import TrainConfig, TrainSpec
+
+TINY_SPEC = TrainSpec(
+    tokenizer=TokenizerConfig(
+        categorical=(("item", 4096), ("campaign", 512), ("page", 128), ("device", 8)),
+        numeric=(("price", 16), ("dwell_s", 16)),
+        max_events=64,
+    ),
+    model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, dropout=0.0, max_events=64),
+    train=TrainConfig(
+        epochs=1, batch_size=32, train_max_events=32, cuts_per_user=1, progress=False
+    ),
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_spec() -> TrainSpec:
+    return TINY_SPEC
+
+
+@pytest.fixture(scope="session")
+def small_data() -> SyntheticDataset:
+    return generate(SyntheticConfig(users=120, events_per_user=40.0, seed=21))
+
+
+@pytest.fixture(scope="session")
+def registry_with_two(tmp_path_factory: pytest.TempPathFactory, small_data: SyntheticDataset):  # type: ignore[no-untyped-def]
+    """A registry holding two versions trained with different seeds (the first is active)."""
+    from dataclasses import replace
+
+    from encoder.release import train_version
+
+    models: Path = tmp_path_factory.mktemp("models")
+    end = small_data.config.end_ms
+    v1, _ = train_version(small_data.events, TINY_SPEC, models, end, parity_n=32)
+    spec2 = replace(TINY_SPEC, train=replace(TINY_SPEC.train, seed=1))
+    v2, _ = train_version(small_data.events, spec2, models, end, parity_n=32)
+    return models, v1, v2

@@ -1,0 +1,71 @@
+"""Model: shapes, unit vectors, padding never changes a vector, batching order-free."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from encoder.api import Encoder, length_buckets
+from encoder.model import ModelConfig, UserEncoder
+from encoder.synthetic import SyntheticConfig, generate
+from encoder.tokenizer import Tokenizer, TokenizerConfig, build_vocab
+
+
+@pytest.fixture(scope="module")
+def setup():  # type: ignore[no-untyped-def]
+    ds = generate(SyntheticConfig(users=24, events_per_user=30.0, seed=2))
+    tok = TokenizerConfig(event_types=build_vocab(ds.events), max_events=64)
+    torch.manual_seed(0)
+    model = UserEncoder(tok, ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_events=64))
+    windows = [w for _, w in sorted(ds.windows(64).items())]
+    return model.eval(), Tokenizer(tok), windows, ds.config.end_ms
+
+
+def test_shapes_and_unit_norm(setup) -> None:  # type: ignore[no-untyped-def]
+    model, tok, windows, now = setup
+    with torch.inference_mode():
+        z = model.encode_batch(tok.encode(windows, now))
+    assert z.shape == (len(windows), 64)
+    assert torch.allclose(z.norm(dim=1), torch.ones(len(windows)), atol=1e-5)
+    assert (z[0] - z[1]).abs().max() > 1e-3
+
+
+def test_padding_never_changes_a_vector(setup) -> None:  # type: ignore[no-untyped-def]
+    model, tok, windows, now = setup
+    short = min(windows, key=len)
+    longest = max(windows, key=len)
+    assert len(short) < len(longest)
+    with torch.inference_mode():
+        alone = model.encode_batch(tok.encode([short], now))
+        padded = model.encode_batch(tok.encode([short, longest], now))[:1]
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=0)
+
+
+def test_encoder_api_matches_reference_and_keeps_order(setup) -> None:  # type: ignore[no-untyped-def]
+    model, tok, windows, now = setup
+    enc = Encoder.from_model(model)
+    enc.max_tokens = 200  # force several length buckets
+    got = enc.encode(windows, now)
+    with torch.inference_mode():
+        ref = np.concatenate([model.encode_batch(tok.encode([w], now)).numpy() for w in windows])
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    empty = enc.encode([[], windows[0]], now)
+    assert np.all(empty[0] == 0) and np.isclose(np.linalg.norm(empty[1]), 1.0, atol=1e-5)
+
+
+def test_age_matters(setup) -> None:  # type: ignore[no-untyped-def]
+    model, tok, windows, now = setup
+    with torch.inference_mode():
+        a = model.encode_batch(tok.encode(windows[:1], now))
+        b = model.encode_batch(tok.encode(windows[:1], now + 30 * 86_400_000))
+    assert (a - b).abs().max() > 1e-4
+
+
+def test_length_buckets_cover_all_once() -> None:
+    lengths = [5, 200, 3, 64, 64, 1, 0, 150]
+    groups = length_buckets(lengths, max_tokens=256, max_batch=3)
+    flat = sorted(i for g in groups for i in g)
+    assert flat == list(range(len(lengths)))
+    for g in groups:
+        assert (len(g) <= 3 and len(g) * max(max(lengths[i] for i in g), 1) <= 256) or len(g) == 1
