@@ -1,0 +1,184 @@
+from google.protobuf.internal import containers as _containers
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Iterable as _Iterable, Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class VectorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ENCODING_FLOAT32: _ClassVar[VectorEncoding]
+    ENCODING_FLOAT16: _ClassVar[VectorEncoding]
+
+class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    FALLBACK_NONE: _ClassVar[Fallback]
+    FALLBACK_POPULATION_PRIOR: _ClassVar[Fallback]
+
+class EmbeddingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    STATUS_UNSPECIFIED: _ClassVar[EmbeddingStatus]
+    STATUS_FOUND: _ClassVar[EmbeddingStatus]
+    STATUS_NOT_FOUND: _ClassVar[EmbeddingStatus]
+    STATUS_FALLBACK_PRIOR: _ClassVar[EmbeddingStatus]
+
+class SeedMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SEED_MODE_MEAN: _ClassVar[SeedMode]
+    SEED_MODE_UNION: _ClassVar[SeedMode]
+ENCODING_FLOAT32: VectorEncoding
+ENCODING_FLOAT16: VectorEncoding
+FALLBACK_NONE: Fallback
+FALLBACK_POPULATION_PRIOR: Fallback
+STATUS_UNSPECIFIED: EmbeddingStatus
+STATUS_FOUND: EmbeddingStatus
+STATUS_NOT_FOUND: EmbeddingStatus
+STATUS_FALLBACK_PRIOR: EmbeddingStatus
+SEED_MODE_MEAN: SeedMode
+SEED_MODE_UNION: SeedMode
+
+class GetEmbeddingsRequest(_message.Message):
+    __slots__ = ("user_ids", "model_version", "history_depth", "encoding", "fallback")
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_DEPTH_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    model_version: str
+    history_depth: int
+    encoding: VectorEncoding
+    fallback: Fallback
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., history_depth: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., fallback: _Optional[_Union[Fallback, str]] = ...) -> None: ...
+
+class VectorMeta(_message.Message):
+    __slots__ = ("computed_at_ms", "age_seconds", "n_events", "window_version")
+    COMPUTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    N_EVENTS_FIELD_NUMBER: _ClassVar[int]
+    WINDOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    computed_at_ms: int
+    age_seconds: float
+    n_events: int
+    window_version: int
+    def __init__(self, computed_at_ms: _Optional[int] = ..., age_seconds: _Optional[float] = ..., n_events: _Optional[int] = ..., window_version: _Optional[int] = ...) -> None: ...
+
+class UserEmbedding(_message.Message):
+    __slots__ = ("user_id", "status", "meta", "history")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    status: EmbeddingStatus
+    meta: VectorMeta
+    history: _containers.RepeatedCompositeFieldContainer[VectorMeta]
+    def __init__(self, user_id: _Optional[str] = ..., status: _Optional[_Union[EmbeddingStatus, str]] = ..., meta: _Optional[_Union[VectorMeta, _Mapping]] = ..., history: _Optional[_Iterable[_Union[VectorMeta, _Mapping]]] = ...) -> None: ...
+
+class GetEmbeddingsResponse(_message.Message):
+    __slots__ = ("model_version", "dim", "encoding", "embeddings", "vectors", "history_vectors")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    ENCODING_FIELD_NUMBER: _ClassVar[int]
+    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    VECTORS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    dim: int
+    encoding: VectorEncoding
+    embeddings: _containers.RepeatedCompositeFieldContainer[UserEmbedding]
+    vectors: bytes
+    history_vectors: bytes
+    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., embeddings: _Optional[_Iterable[_Union[UserEmbedding, _Mapping]]] = ..., vectors: _Optional[bytes] = ..., history_vectors: _Optional[bytes] = ...) -> None: ...
+
+class UserList(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class FindLookalikesRequest(_message.Message):
+    __slots__ = ("user_id", "vector", "seeds", "k", "exclude_seeds", "min_score", "model_version", "seed_mode")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_FIELD_NUMBER: _ClassVar[int]
+    K_FIELD_NUMBER: _ClassVar[int]
+    EXCLUDE_SEEDS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SEED_MODE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    vector: VectorQuery
+    seeds: UserList
+    k: int
+    exclude_seeds: bool
+    min_score: float
+    model_version: str
+    seed_mode: SeedMode
+    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Union[VectorQuery, _Mapping]] = ..., seeds: _Optional[_Union[UserList, _Mapping]] = ..., k: _Optional[int] = ..., exclude_seeds: _Optional[bool] = ..., min_score: _Optional[float] = ..., model_version: _Optional[str] = ..., seed_mode: _Optional[_Union[SeedMode, str]] = ...) -> None: ...
+
+class VectorQuery(_message.Message):
+    __slots__ = ("values",)
+    VALUES_FIELD_NUMBER: _ClassVar[int]
+    values: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, values: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Neighbor(_message.Message):
+    __slots__ = ("user_id", "score")
+    USER_ID_FIELD_NUMBER: _ClassVar[int]
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    user_id: str
+    score: float
+    def __init__(self, user_id: _Optional[str] = ..., score: _Optional[float] = ...) -> None: ...
+
+class FindLookalikesResponse(_message.Message):
+    __slots__ = ("model_version", "neighbors", "seeds_used", "seeds_missing")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEIGHBORS_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_USED_FIELD_NUMBER: _ClassVar[int]
+    SEEDS_MISSING_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    neighbors: _containers.RepeatedCompositeFieldContainer[Neighbor]
+    seeds_used: int
+    seeds_missing: int
+    def __init__(self, model_version: _Optional[str] = ..., neighbors: _Optional[_Iterable[_Union[Neighbor, _Mapping]]] = ..., seeds_used: _Optional[int] = ..., seeds_missing: _Optional[int] = ...) -> None: ...
+
+class GetModelInfoRequest(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class ModelVersion(_message.Message):
+    __slots__ = ("version", "state")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    version: str
+    state: str
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+
+class IndexInfo(_message.Message):
+    __slots__ = ("model_version", "size", "kind", "seconds_since_update", "lag_records")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SECONDS_SINCE_UPDATE_FIELD_NUMBER: _ClassVar[int]
+    LAG_RECORDS_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    size: int
+    kind: str
+    seconds_since_update: float
+    lag_records: int
+    def __init__(self, model_version: _Optional[str] = ..., size: _Optional[int] = ..., kind: _Optional[str] = ..., seconds_since_update: _Optional[float] = ..., lag_records: _Optional[int] = ...) -> None: ...
+
+class GetModelInfoResponse(_message.Message):
+    __slots__ = ("active_version", "versions", "dim", "index")
+    ACTIVE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    VERSIONS_FIELD_NUMBER: _ClassVar[int]
+    DIM_FIELD_NUMBER: _ClassVar[int]
+    INDEX_FIELD_NUMBER: _ClassVar[int]
+    active_version: str
+    versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
+    dim: int
+    index: IndexInfo
+    def __init__(self, active_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., dim: _Optional[int] = ..., index: _Optional[_Union[IndexInfo, _Mapping]] = ...) -> None: ...
