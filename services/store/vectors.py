@@ -1,0 +1,288 @@
+"""The vector store: versioned user vectors with history, and the active-version pointer.
+
+Laid out as in LAYOUT.md ("Vectors and model versions"): `p:{B}:v:<ver>:<uid>` lists, newest
+first, of 24-byte-header binary records; `p:{models}:*` keys for the pointer and the states.
+Every batched access goes through `sharded.execute` (one pipeline per shard).
+
+Example::
+
+    store = VectorStore(connect("redis://127.0.0.1:6379"))
+    store.put_batch([StoredVector("u1", "v1", np.ones(4, np.float32), 1_700_000_000_000, 3, 7)])
+    store.set_active("v1")
+    [[latest]] = store.get_batch(["u1"], store.active_version() or "v1")
+"""
+
+from __future__ import annotations
+
+import re
+import struct
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any, Literal
+
+import numpy as np
+from redis.exceptions import NoScriptError, ResponseError
+
+from services.store import layout, sharded
+from services.store.client import Client
+
+VECTOR_LAYOUT = 1
+STATES = ("backfilling", "ready", "active", "retired")
+Dtype = Literal["float32", "float16"]
+
+_HEAD = struct.Struct("<BBHqqI")  # layout, dtype, dim, computed_at_ms, window_version, n_events
+_DTYPES: dict[int, str] = {1: "<f4", 2: "<f2"}
+_CODES: dict[str, int] = {"float32": 1, "float16": 2}
+_VERSION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+ACTIVE_KEY = b"p:{models}:active"
+STATES_KEY = b"p:{models}:states"
+HISTORY_KEY = b"p:{models}:history"
+REGISTRY_SEEN_KEY = b"p:{models}:registry_seen"
+
+
+class CutoverError(RuntimeError):
+    """A version flip the store refused (unknown, retired or not ready version)."""
+
+
+@dataclass(frozen=True)
+class StoredVector:
+    user_id: str
+    model_version: str
+    vector: np.ndarray  # float32 (dim,)
+    computed_at_ms: int
+    n_events: int
+    window_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class UserWrite:
+    """Vectors of one user (at most one per version); `expect_window_version` set: clear the
+    user's dirty mark if the meta `v` still equals it (the refresher's write)."""
+
+    user_id: str
+    vectors: Sequence[StoredVector]
+    expect_window_version: int | None = None
+
+
+@dataclass(slots=True)
+class WriteResult:
+    written: int = 0  # vectors pushed or replacing a head of the same window version
+    skipped: int = 0  # vectors older than the stored head (not written)
+    cleared: int = 0  # dirty marks removed
+    still_dirty: int = 0  # users changed while being encoded (mark kept)
+    replaced_computed_at_ms: list[int] = field(default_factory=list)  # heads written over
+
+
+def check_version(version: str) -> str:
+    if not _VERSION_RE.fullmatch(version):
+        raise ValueError(f"model version {version!r} must match {_VERSION_RE.pattern}")
+    return version
+
+
+def vector_key(user_id: str, version: str) -> bytes:
+    check_version(version)
+    return f"p:{layout.tag(user_id)}:v:{version}:".encode() + user_id.encode("utf-8")
+
+
+def pack_vector(v: StoredVector, dtype: Dtype = "float32") -> bytes:
+    """StoredVector -> record bytes (user and version are in the key).
+
+    >>> len(pack_vector(StoredVector("u", "v1", np.zeros(64, np.float32), 0, 0, 0)))
+    280
+    """
+    vec = np.asarray(v.vector, dtype=_DTYPES[_CODES[dtype]]).reshape(-1)
+    head = _HEAD.pack(
+        VECTOR_LAYOUT, _CODES[dtype], vec.size, v.computed_at_ms, v.window_version, v.n_events
+    )
+    return head + vec.tobytes()
+
+
+def unpack_vector(user_id: str, version: str, rec: bytes) -> StoredVector:
+    """Record bytes -> StoredVector (vector as float32). ValueError on a bad record."""
+    if len(rec) < _HEAD.size:
+        raise ValueError(f"vector record of {len(rec)} bytes is shorter than its header")
+    lay, code, dim, ts, wv, n = _HEAD.unpack_from(rec, 0)
+    if lay != VECTOR_LAYOUT or code not in _DTYPES:
+        raise ValueError(f"vector record layout {lay} dtype {code}; this code reads layout 1")
+    vec = np.frombuffer(rec, dtype=_DTYPES[code], offset=_HEAD.size)
+    if vec.size != dim:
+        raise ValueError(f"vector record holds {vec.size} values, header says {dim}")
+    return StoredVector(user_id, version, vec.astype(np.float32), ts, n, wv)
+
+
+def _script(name: str) -> str:
+    return resources.files("services.store").joinpath(name).read_text()
+
+
+def _raise_first(results: Sequence[Any]) -> None:
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+
+
+class VectorStore:
+    """Versioned vectors in a Redis / Valkey node or cluster.
+
+    Args:
+        client: from `services.store.client.connect`.
+        history: vectors kept per user and version (the oldest drops off).
+        ttl_s: expire a user's vectors this long after their last write (None: never).
+        dtype: value encoding of new writes; reads accept both.
+    """
+
+    def __init__(
+        self, client: Client, history: int = 4, ttl_s: int | None = None, dtype: Dtype = "float32"
+    ) -> None:
+        if history < 1:
+            raise ValueError(f"history must be >= 1, got {history}")
+        self.client = client
+        self.history = history
+        self.ttl_s = ttl_s
+        self.dtype: Dtype = dtype
+        self._src = {"write": _script("write_vectors.lua"), "flip": _script("set_active.lua")}
+        self._sha: dict[str, str] = {}
+        self._load_scripts()
+
+    def _load_scripts(self) -> None:
+        self._sha = {name: str(self.client.script_load(src)) for name, src in self._src.items()}
+
+    def _eval(self, name: str, calls: Sequence[tuple[Sequence[bytes], Sequence[Any]]]) -> list[Any]:
+        """EVALSHA per (keys, args), pipelined per shard; reload once on NOSCRIPT."""
+        for attempt in (0, 1):
+            sha = self._sha[name]
+            results = sharded.execute(
+                self.client, [(k[0], ("EVALSHA", sha, len(k), *k, *a)) for k, a in calls]
+            )
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                self._load_scripts()  # a node lost its script cache; the scripts are idempotent
+                continue
+            _raise_first(results)
+            return list(results)
+        raise ResponseError("NOSCRIPT after reload")  # pragma: no cover
+
+    # ----- the active pointer and version states ---------------------------------------
+
+    def active_version(self) -> str | None:
+        raw = self.client.get(ACTIVE_KEY)
+        return raw.decode() if isinstance(raw, bytes) and raw else None
+
+    def versions(self) -> dict[str, str]:
+        raw: dict[bytes, bytes] = self.client.hgetall(STATES_KEY)  # type: ignore[assignment]
+        return {k.decode(): v.decode() for k, v in raw.items()}
+
+    def set_state(self, version: str, state: str) -> None:
+        """Record a version's state (not "active": that is `set_active`)."""
+        if state not in STATES or state == "active":
+            raise ValueError(f"state must be one of backfilling/ready/retired, got {state!r}")
+        if state == "retired" and self.active_version() == version:
+            raise CutoverError(f"{version} is active; promote another version first")
+        self.client.hset(STATES_KEY, check_version(version), state)
+
+    def set_active(self, version: str, require: str = "") -> str | None:
+        """Make `version` active in one atomic step; the old one becomes "ready" and goes on
+        the history. `require`: refuse unless the version is in this state (e.g. "ready").
+        Returns the previous active version."""
+        return self._flip(check_version(version), "push", require)
+
+    def rollback(self) -> tuple[str | None, str]:
+        """Re-activate the version active before the current one. Returns (from, to)."""
+        raw = self.client.lindex(HISTORY_KEY, 0)
+        if not isinstance(raw, bytes):
+            raise CutoverError("no earlier active version to roll back to")
+        target = raw.decode()
+        return self._flip(target, "pop", ""), target
+
+    def _flip(self, version: str, mode: str, require: str) -> str | None:
+        keys = [ACTIVE_KEY, STATES_KEY, HISTORY_KEY]
+        try:
+            (old,) = self._eval("flip", [(keys, [version, mode, require])])
+        except ResponseError as exc:
+            if str(exc).startswith("CUTOVER"):
+                raise CutoverError(str(exc)[len("CUTOVER ") :]) from exc
+            raise
+        return (old.decode() or None) if isinstance(old, bytes) else None
+
+    def history_versions(self) -> list[str]:
+        raw: list[bytes] = self.client.lrange(HISTORY_KEY, 0, -1)  # type: ignore[assignment]
+        return [r.decode() for r in raw]
+
+    def registry_seen(self) -> str | None:
+        raw = self.client.get(REGISTRY_SEEN_KEY)
+        return raw.decode() if isinstance(raw, bytes) and raw else None
+
+    def set_registry_seen(self, version: str) -> None:
+        self.client.set(REGISTRY_SEEN_KEY, version)
+
+    # ----- vectors -----------------------------------------------------------------------
+
+    def put_batch(self, vectors: Sequence[StoredVector]) -> None:
+        """Write vectors: each becomes its user's newest under its version, atomically per
+        user (history trimmed, TTL renewed). A vector older (by window version) than the
+        stored newest is skipped; one of the same window version replaces it."""
+        pending = list(vectors)
+        while pending:  # a (user, version) twice in one call: later ones in a later round
+            seen: set[tuple[str, str]] = set()
+            now: dict[str, list[StoredVector]] = defaultdict(list)
+            later: list[StoredVector] = []
+            for v in pending:
+                key = (v.user_id, v.model_version)
+                (later if key in seen else now[v.user_id]).append(v)
+                seen.add(key)
+            self.write([UserWrite(uid, vs) for uid, vs in now.items()])
+            pending = later
+
+    def write(self, users: Sequence[UserWrite]) -> WriteResult:
+        """The refresher's write: vectors (any versions) and conditional dirty clears,
+        one atomic script call per bucket."""
+        by_bucket: dict[int, list[UserWrite]] = defaultdict(list)
+        for u in users:
+            by_bucket[layout.bucket(u.user_id)].append(u)
+        ttl_ms = int(self.ttl_s * 1000) if self.ttl_s else 0
+        calls: list[tuple[list[bytes], list[Any]]] = []
+        widths: list[int] = []
+        for b, group in by_bucket.items():
+            vers = sorted({check_version(v.model_version) for u in group for v in u.vectors})
+            keys: list[bytes] = [layout.dirty_key(b)]
+            args: list[Any] = [self.history, ttl_ms, len(vers)]
+            for u in group:
+                by_ver = {v.model_version: v for v in u.vectors}
+                keys.append(layout.meta_key(u.user_id))
+                keys += [vector_key(u.user_id, ver) for ver in vers]
+                expect = "" if u.expect_window_version is None else str(u.expect_window_version)
+                args += [u.user_id, expect]
+                args += [
+                    pack_vector(by_ver[ver], self.dtype) if ver in by_ver else b"" for ver in vers
+                ]
+            calls.append((keys, args))
+            widths.append(len(vers))
+        res = WriteResult()
+        for r, n in zip(self._eval("write", calls), widths, strict=True):
+            codes = [int(x) for x in r]
+            for i in range(0, len(codes), n + 1):
+                cleared = codes[i]
+                res.cleared += cleared == 1
+                res.still_dirty += cleared == 0
+                for c in codes[i + 1 : i + 1 + n]:
+                    res.skipped += c == -2
+                    res.written += c >= -1
+                    if c >= 0:
+                        res.replaced_computed_at_ms.append(c)
+        return res
+
+    def get_batch(
+        self, user_ids: Sequence[str], version: str, history: int = 1
+    ) -> list[list[StoredVector]]:
+        """Per requested id, in request order, its vectors under `version`, newest first
+        (at most `history`); [] when not found. One pipelined read per shard."""
+        check_version(version)
+        n = max(1, history)
+        calls = [(k, ("LRANGE", k, 0, n - 1)) for k in (vector_key(u, version) for u in user_ids)]
+        results = sharded.execute(self.client, calls)
+        _raise_first(results)
+        return [
+            [unpack_vector(uid, version, rec) for rec in recs]
+            for uid, recs in zip(user_ids, results, strict=True)
+        ]
