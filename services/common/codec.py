@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Any
+from collections.abc import Mapping
+from typing import NamedTuple
 
 from google.protobuf.message import DecodeError
 
 from encoder.events import Event, PropValue
 from proto import events_pb2
 from services.config import WindowConfig
+from services.store import layout
 
 REASONS = (
     "oversized",
@@ -29,6 +31,13 @@ REASONS = (
     "bad_props",
     "too_long",
 )
+
+
+class Decoded(NamedTuple):
+    user_id: str
+    event_id: bytes  # UTF-8
+    ts_ms: int
+    record: bytes  # the stored event record (services/store/LAYOUT.md)
 
 
 class BadRecord(ValueError):
@@ -87,7 +96,7 @@ def _from_json(value: bytes) -> Event:
     return Event(uid, eid, ts, typ, props)
 
 
-def _from_proto(value: bytes) -> Event:
+def _parse_proto(value: bytes) -> events_pb2.Event:
     msg = events_pb2.Event()
     try:
         msg.ParseFromString(value)
@@ -101,12 +110,19 @@ def _from_proto(value: bytes) -> Event:
         raise BadRecord("missing_event_id", "event_id missing")
     if not msg.type:
         raise BadRecord("missing_type", "type missing")
-    props: dict[str, PropValue] = dict(msg.cat)
-    for k, v in msg.num.items():
-        if k in props:
-            raise BadRecord("bad_props", f"prop {k!r:.40} is both categorical and numeric")
-        props[k] = v
-    return Event(msg.user_id, msg.event_id, msg.ts_ms, msg.type, props)
+    return msg
+
+
+def _is_json(value: bytes) -> bool:
+    return value.lstrip()[:1] == b"{"
+
+
+def _check_size(value: bytes | None, cfg: WindowConfig) -> bytes:
+    if value is None or len(value) == 0:
+        raise BadRecord("undecodable", "empty record value")
+    if len(value) > cfg.max_payload_bytes:
+        raise BadRecord("oversized", f"{len(value)} bytes > limit {cfg.max_payload_bytes}")
+    return value
 
 
 def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
@@ -117,62 +133,105 @@ def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
         cfg: limits (payload size, id lengths, prop counts, how far ahead a timestamp may be).
         now_ms: the wall clock, for the far-future check.
     """
-    if value is None or len(value) == 0:
-        raise BadRecord("undecodable", "empty record value")
-    if len(value) > cfg.max_payload_bytes:
-        raise BadRecord("oversized", f"{len(value)} bytes > limit {cfg.max_payload_bytes}")
-    if value.lstrip()[:1] == b"{":
+    value = _check_size(value, cfg)
+    if _is_json(value):
         ev = _from_json(value)
-        check_event(ev, cfg, now_ms)
-    else:
-        ev = _from_proto(value)
-        check_event(ev, cfg, now_ms, utf8_checked=True)
-    return ev
+        cat = {k: v for k, v in ev.props.items() if isinstance(v, str)}
+        num = {k: v for k, v in ev.props.items() if not isinstance(v, str)}
+        _check(ev.user_id, ev.event_id, ev.type, ev.ts_ms, cat, num, cfg, now_ms, utf8_ok=False)
+        return ev
+    msg = _parse_proto(value)
+    _check_msg(msg, cfg, now_ms, len(value))
+    props: dict[str, PropValue] = dict(msg.cat)
+    props.update(msg.num)
+    return Event(msg.user_id, msg.event_id, msg.ts_ms, msg.type, props)
+
+
+def decode_for_store(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Decoded:
+    """The ingest hot path: validate and return (user id, event id, ts, stored record bytes).
+
+    A protobuf value is re-serialized without its two ids (no Python-side event object); a
+    JSON value goes through `decode_event`. Same refusals as `decode_event`.
+    """
+    value = _check_size(value, cfg)
+    if _is_json(value):
+        ev = decode_event(value, cfg, now_ms)
+        return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, layout.pack_record(ev))
+    msg = _parse_proto(value)
+    _check_msg(msg, cfg, now_ms, len(value))
+    uid, eid, ts = msg.user_id, msg.event_id.encode("utf-8"), msg.ts_ms
+    return Decoded(uid, eid, ts, layout.record_from_proto(msg))
 
 
 def _nbytes(s: str) -> int:
-    """UTF-8 length; ASCII-only and short strings answer without encoding."""
+    """UTF-8 length; ASCII-only strings answer without encoding."""
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def check_event(ev: Event, cfg: WindowConfig, now_ms: int, utf8_checked: bool = False) -> None:
+def _check_msg(msg: events_pb2.Event, cfg: WindowConfig, now_ms: int, size: int) -> None:
+    """Validate a parsed Event. `size` is the wire size: a record no longer than every
+    per-string limit cannot break one, so small records (the usual case) skip those loops."""
+    cat, num = msg.cat, msg.num
+    if cat and num and any(k in cat for k in num):
+        raise BadRecord("bad_props", "a prop is both categorical and numeric")
+    if size > min(cfg.max_id_bytes, cfg.max_value_bytes, 2 * cfg.max_props):
+        _check(msg.user_id, msg.event_id, msg.type, msg.ts_ms, cat, num, cfg, now_ms, True)
+        return
+    ts_ms = msg.ts_ms
+    if ts_ms <= 0 or ts_ms > now_ms + cfg.max_future_ms:
+        _check_ts(ts_ms, cfg, now_ms)
+    if "" in cat or "" in num:
+        raise BadRecord("bad_props", "empty prop name")
+    if num and not all(map(math.isfinite, num.values())):
+        raise BadRecord("bad_props", "a numeric prop is not finite")
+
+
+def _check_ts(ts_ms: int, cfg: WindowConfig, now_ms: int) -> None:
+    if ts_ms <= 0:
+        raise BadRecord("bad_timestamp", f"ts_ms {ts_ms} is not a positive epoch time in ms")
+    if ts_ms > now_ms + cfg.max_future_ms:
+        ahead = (ts_ms - now_ms) / 1000
+        raise BadRecord("future_timestamp", f"ts_ms is {ahead:.0f} s ahead of the wall clock")
+
+
+def _check(
+    uid: str,
+    eid: str,
+    typ: str,
+    ts_ms: int,
+    cat: Mapping[str, str],
+    num: Mapping[str, float],
+    cfg: WindowConfig,
+    now_ms: int,
+    utf8_ok: bool,
+) -> None:
     """Validation shared by both wire forms.
 
     Args:
-        utf8_checked: the strings came from protobuf, which already refused invalid UTF-8.
+        utf8_ok: the strings came from protobuf, which already refused invalid UTF-8.
     """
     lim = cfg.max_id_bytes
-    for name, s in (("user_id", ev.user_id), ("event_id", ev.event_id), ("type", ev.type)):
+    for name, s in (("user_id", uid), ("event_id", eid), ("type", typ)):
         if len(s) * 4 > lim and _nbytes(s) > lim:
             raise BadRecord("too_long", f"{name} is {_nbytes(s)} bytes > limit {lim}")
-    if ev.ts_ms <= 0:
-        raise BadRecord("bad_timestamp", f"ts_ms {ev.ts_ms} is not a positive epoch time in ms")
-    if ev.ts_ms > now_ms + cfg.max_future_ms:
-        ahead = (ev.ts_ms - now_ms) / 1000
-        raise BadRecord("future_timestamp", f"ts_ms is {ahead:.0f} s ahead of the wall clock")
-    if len(ev.props) > cfg.max_props:
-        raise BadRecord("bad_props", f"{len(ev.props)} props > limit {cfg.max_props}")
+    _check_ts(ts_ms, cfg, now_ms)
+    if len(cat) + len(num) > cfg.max_props:
+        raise BadRecord("bad_props", f"{len(cat) + len(num)} props > limit {cfg.max_props}")
     vlim = cfg.max_value_bytes
-    for k, v in ev.props.items():
+    for k, v in cat.items():
         if not k or (len(k) * 4 > lim and _nbytes(k) > lim):
             raise BadRecord("bad_props", f"prop name {k!r:.40} empty or too long")
-        if v.__class__ is str:
-            if len(v) * 4 > vlim and _nbytes(v) > vlim:
-                raise BadRecord("bad_props", f"prop {k!r:.40} value > {vlim} bytes")
-        elif not math.isfinite(v):  # type: ignore[arg-type]
+        if len(v) * 4 > vlim and _nbytes(v) > vlim:
+            raise BadRecord("bad_props", f"prop {k!r:.40} value > {vlim} bytes")
+    for k, x in num.items():
+        if not k or (len(k) * 4 > lim and _nbytes(k) > lim):
+            raise BadRecord("bad_props", f"prop name {k!r:.40} empty or too long")
+        if not math.isfinite(x):
             raise BadRecord("bad_props", f"prop {k!r:.40} is not finite")
-    if not utf8_checked:
-        _check_utf8(ev)
-
-
-def _check_utf8(ev: Event) -> None:
-    """Lone surrogates (possible in JSON) cannot be stored as UTF-8: refuse them clearly."""
-    parts: list[Any] = [ev.user_id, ev.event_id, ev.type, *ev.props]
-    parts += [v for v in ev.props.values() if isinstance(v, str)]
-    for s in parts:
-        if s.isascii():
-            continue
-        try:
-            s.encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRecord("undecodable", "string holds a lone UTF-16 surrogate") from None
+    if not utf8_ok:
+        for s in (uid, eid, typ, *cat, *cat.values(), *num):
+            if not s.isascii():
+                try:
+                    s.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise BadRecord("undecodable", "string holds a lone UTF-16 surrogate") from None

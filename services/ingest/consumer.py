@@ -22,12 +22,12 @@ from kafka.errors import CommitFailedError, KafkaError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from redis.exceptions import RedisError
 
-from encoder.events import Event
 from services.common import kafka as kafka_clients
-from services.common.codec import BadRecord, decode_event
+from services.common.codec import BadRecord, decode_for_store
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.metrics import IngestMetrics
-from services.store.windows import UserUpdate, WindowStore
+from services.store.layout import pack_update
+from services.store.windows import PackedUpdate, WindowStore
 
 log = logging.getLogger(__name__)
 
@@ -188,10 +188,10 @@ class Ingestor:
 
     def _prepare(
         self, dlq: KafkaProducer, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]]
-    ) -> tuple[list[UserUpdate], dict[TopicPartition, OffsetAndMetadata]]:
+    ) -> tuple[list[PackedUpdate], dict[TopicPartition, OffsetAndMetadata]]:
         """Decode and validate a batch; dead-letter (and flush) the bad records."""
         now = self.clock_ms()
-        groups: dict[tuple[str, int], list[tuple[int, Event]]] = defaultdict(list)
+        groups: dict[tuple[str, int], list[bytes]] = defaultdict(list)
         bad: list[tuple[ConsumerRecord, BadRecord]] = []
         commit: dict[TopicPartition, OffsetAndMetadata] = {}
         n = 0
@@ -200,11 +200,13 @@ class Ingestor:
             p = tp.partition
             for r in records:
                 try:
-                    ev = decode_event(r.value, wcfg, now)
+                    d = decode_for_store(r.value, wcfg, now)
                 except BadRecord as exc:
                     bad.append((r, exc))
                 else:
-                    groups[(ev.user_id, p)].append((r.offset, ev))
+                    groups[(d.user_id, p)].append(
+                        pack_update(r.offset, d.event_id, d.ts_ms, d.record)
+                    )
             n += len(records)
             commit[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
         self.metrics.consumed.inc(n)
@@ -212,7 +214,8 @@ class Ingestor:
         self.stats.consumed += n
         if bad:
             self._dead_letter(dlq, bad)
-        return [UserUpdate(uid, p, evs) for (uid, p), evs in groups.items()], commit
+        updates = [PackedUpdate(uid, p, b"".join(parts)) for (uid, p), parts in groups.items()]
+        return updates, commit
 
     def _dead_letter(self, dlq: KafkaProducer, bad: list[tuple[ConsumerRecord, BadRecord]]) -> None:
         futures = []
@@ -231,12 +234,12 @@ class Ingestor:
             f.get(timeout=30)  # raises: nothing is committed unless the dead letters landed
         self.stats.dead_lettered += len(bad)
 
-    def _apply_with_retry(self, updates: list[UserUpdate], stop: threading.Event) -> bool:
+    def _apply_with_retry(self, updates: list[PackedUpdate], stop: threading.Event) -> bool:
         delay = 0.1
         while True:
             t0 = time.perf_counter()
             try:
-                res = self.store.apply(updates)
+                res = self.store.apply_packed(updates)
             except RedisError as exc:
                 self.metrics.store_errors.inc()
                 log.warning("window write failed (%s); retrying in %.1f s", exc, delay)

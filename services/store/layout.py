@@ -6,16 +6,17 @@ import struct
 import zlib
 from collections.abc import Sequence
 
+from google.protobuf.message import DecodeError
+
 from encoder.events import Event, PropValue
+from proto import events_pb2
 
 LAYOUT_VERSION = 1
 BUCKETS = 1024
 
-_HEAD = struct.Struct("<BqH")  # version, ts_ms, len(type)
 _U16 = struct.Struct("<H")
-_F64 = struct.Struct("<d")
-_CAT, _NUM = 1, 2
-_CAT_TAG, _NUM_TAG = b"\x01", b"\x02"
+_UPD = struct.Struct("<qqH")  # offset, ts_ms, len(event id)
+_VERSION_BYTE = bytes((LAYOUT_VERSION,))
 
 
 def bucket(user_id: str) -> int:
@@ -49,66 +50,52 @@ def user_keys(user_id: str) -> tuple[bytes, bytes, bytes]:
     return prefix + b"w:" + uid, prefix + b"e:" + uid, prefix + b"m:" + uid
 
 
+def record_from_proto(msg: events_pb2.Event) -> bytes:
+    """A decoded wire Event -> record bytes. Clears user_id and event_id (key and field)."""
+    msg.ClearField("user_id")
+    msg.ClearField("event_id")
+    return _VERSION_BYTE + msg.SerializeToString()
+
+
 def pack_record(ev: Event) -> bytes:
-    """Event -> record bytes (user id and event id are not included: they are key and field).
+    """Event -> record bytes: a version byte, then the protobuf Event without its two ids.
 
     >>> rec = pack_record(Event("u1", "e9", 1732345678123, "click", {"item": "i42"}))
     >>> len(rec), rec[0]
-    (29, 1)
+    (28, 1)
     """
-    t = ev.type.encode("utf-8")
-    props = ev.props
-    parts = [_HEAD.pack(LAYOUT_VERSION, ev.ts_ms, len(t)), t, bytes((len(props),))]
-    for name in sorted(props):
-        v = props[name]
-        nb = name.encode("utf-8")
-        if v.__class__ is str:
-            vb = v.encode("utf-8")
-            parts += [_U16.pack(len(nb)), nb, _CAT_TAG, _U16.pack(len(vb)), vb]
+    msg = events_pb2.Event(ts_ms=ev.ts_ms, type=ev.type)
+    for k, v in ev.props.items():
+        if isinstance(v, str):
+            msg.cat[k] = v
         else:
-            parts += [_U16.pack(len(nb)), nb, _NUM_TAG, _F64.pack(v)]
-    return b"".join(parts)
+            msg.num[k] = v
+    return _VERSION_BYTE + msg.SerializeToString()
 
 
-_UPD = struct.Struct("<qqH")  # offset, ts_ms, len(event id)
+def pack_update(offset: int, event_id: bytes, ts_ms: int, record: bytes) -> bytes:
+    """One event in the per-user argument of apply.lua (see its header)."""
+    return _UPD.pack(offset, ts_ms, len(event_id)) + event_id + _U16.pack(len(record)) + record
 
 
 def pack_updates(events: Sequence[tuple[int, Event]]) -> bytes:
-    """[(offset, event), ...] -> the per-user argument of apply.lua (see its header)."""
-    parts = []
-    for off, ev in events:
-        eid = ev.event_id.encode("utf-8")
-        rec = pack_record(ev)
-        parts += [_UPD.pack(off, ev.ts_ms, len(eid)), eid, _U16.pack(len(rec)), rec]
-    return b"".join(parts)
+    """[(offset, event), ...] -> the per-user argument of apply.lua."""
+    return b"".join(
+        pack_update(off, ev.event_id.encode("utf-8"), ev.ts_ms, pack_record(ev))
+        for off, ev in events
+    )
 
 
 def unpack_record(user_id: str, event_id: str, rec: bytes) -> Event:
     """Record bytes -> Event. Raises ValueError on an unknown layout version or a bad record."""
-    version, ts_ms, tlen = _HEAD.unpack_from(rec, 0)
-    if version != LAYOUT_VERSION:
-        raise ValueError(f"event record layout {version}, this code reads {LAYOUT_VERSION}")
-    off = _HEAD.size
-    typ = rec[off : off + tlen].decode("utf-8")
-    off += tlen
-    n = rec[off]
-    off += 1
-    props: dict[str, PropValue] = {}
-    for _ in range(n):
-        (ln,) = _U16.unpack_from(rec, off)
-        name = rec[off + 2 : off + 2 + ln].decode("utf-8")
-        off += 2 + ln
-        kind = rec[off]
-        off += 1
-        if kind == _CAT:
-            (ln,) = _U16.unpack_from(rec, off)
-            props[name] = rec[off + 2 : off + 2 + ln].decode("utf-8")
-            off += 2 + ln
-        elif kind == _NUM:
-            (props[name],) = _F64.unpack_from(rec, off)
-            off += _F64.size
-        else:
-            raise ValueError(f"unknown prop kind {kind}")
-    if off != len(rec):
-        raise ValueError(f"record has {len(rec) - off} trailing bytes")
-    return Event(user_id, event_id, ts_ms, typ, props)
+    if not rec or rec[0] != LAYOUT_VERSION:
+        got = rec[0] if rec else "empty"
+        raise ValueError(f"event record layout {got}, this code reads {LAYOUT_VERSION}")
+    msg = events_pb2.Event()
+    try:
+        msg.ParseFromString(rec[1:])
+    except DecodeError as exc:
+        raise ValueError(f"bad event record: {exc}") from None
+    props: dict[str, PropValue] = dict(msg.cat)
+    props.update(msg.num)
+    return Event(user_id, event_id, msg.ts_ms, msg.type, props)

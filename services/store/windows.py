@@ -35,6 +35,15 @@ class UserUpdate:
     events: Sequence[tuple[int, Event]]
 
 
+@dataclass(frozen=True, slots=True)
+class PackedUpdate:
+    """The same, already packed for apply.lua by the ingest hot path (`layout.pack_update`)."""
+
+    user_id: str
+    partition: int
+    blob: bytes
+
+
 @dataclass(slots=True)
 class ApplyResult:
     applied: int = 0
@@ -103,17 +112,24 @@ class WindowStore:
 
     def apply(self, updates: Iterable[UserUpdate]) -> ApplyResult:
         """Apply updates atomically per bucket; idempotent under replay of the same offsets."""
-        by_bucket: dict[int, list[UserUpdate]] = defaultdict(list)
+        return self.apply_packed(
+            PackedUpdate(u.user_id, u.partition, layout.pack_updates(u.events))
+            for u in updates
+            if u.events
+        )
+
+    def apply_packed(self, updates: Iterable[PackedUpdate]) -> ApplyResult:
+        """`apply` for updates the caller packed itself."""
+        by_bucket: dict[int, list[PackedUpdate]] = defaultdict(list)
         for u in updates:
-            if u.events:
-                by_bucket[layout.bucket(u.user_id)].append(u)
+            by_bucket[layout.bucket(u.user_id)].append(u)
         calls: list[tuple[list[bytes], list[Any]]] = []
         for b, users in by_bucket.items():
             keys: list[bytes] = [layout.dirty_key(b)]
             args: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms]
             for u in users:
                 keys.extend(layout.user_keys(u.user_id))
-                args += [u.user_id, u.partition, layout.pack_updates(u.events)]
+                args += [u.user_id, u.partition, u.blob]
             calls.append((keys, args))
         total = ApplyResult()
         for r in self._run("_apply_sha", calls):

@@ -98,3 +98,28 @@ def test_deeply_nested_json_is_refused_not_crashing() -> None:
         b"[" * 100_000 + b"]" * 100_000 + b"}"
     )
     assert reason(deep[: CFG.max_payload_bytes]) in {"undecodable", "bad_props"}
+
+
+def test_small_protobuf_records_take_the_fast_path_with_the_same_refusals() -> None:
+    nan = events_pb2.Event(user_id="u", event_id="e", ts_ms=5, type="t", num={"p": float("nan")})
+    assert len(nan.SerializeToString()) < 64
+    assert reason(nan.SerializeToString()) == "bad_props"
+    empty = events_pb2.Event(user_id="u", event_id="e", ts_ms=5, type="t", cat={"": "x"})
+    assert reason(empty.SerializeToString()) == "bad_props"
+    both = events_pb2.Event(
+        user_id="u", event_id="e", ts_ms=5, type="t", cat={"a": "x"}, num={"a": 1}
+    )
+    assert reason(both.SerializeToString()) == "bad_props"
+    assert reason(
+        events_pb2.Event(user_id="u", event_id="e", ts_ms=-5, type="t").SerializeToString()
+    ) == ("bad_timestamp")
+
+
+def test_decode_for_store_gives_the_record_of_the_same_event() -> None:
+    from services.common.codec import decode_for_store
+    from services.store import layout
+
+    for raw in (event_to_proto(EV), event_to_json(EV)):
+        d = decode_for_store(raw, CFG, NOW)
+        assert (d.user_id, d.event_id, d.ts_ms) == ("u1", b"e9", EV.ts_ms)
+        assert layout.unpack_record("u1", "e9", d.record) == EV
