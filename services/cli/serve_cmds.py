@@ -1,0 +1,143 @@
+"""`persona serve`: the gRPC service over the vector store and the lookalike index.
+
+The bearer token is never a flag value (flags show in `ps`): it comes from
+`--auth-token-file` or the PERSONA_AUTH_TOKEN environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+from pathlib import Path
+from typing import Any
+
+from services.config import add_connection_args, add_metrics_arg, add_models_arg, env
+
+DEFAULT_DIM = 64
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="serve embeddings and lookalikes over gRPC")
+    add_connection_args(p)
+    add_models_arg(p)
+    add_metrics_arg(p)
+    p.add_argument("--host", default=env("SERVE_HOST", "[::]"), help="listen address")
+    p.add_argument("--port", type=int, default=int(env("SERVE_PORT", "50051")), help="gRPC port")
+    p.add_argument(
+        "--embeddings-topic",
+        default=env("EMBEDDINGS_TOPIC", "persona.embeddings"),
+        help="update log the lookalike index follows (env PERSONA_EMBEDDINGS_TOPIC)",
+    )
+    p.add_argument("--no-index", action="store_true", help="serve GetEmbeddings only")
+    p.add_argument(
+        "--dim",
+        type=int,
+        default=int(env("DIM", "0")),
+        help="embedding dimension; 0 = the registry's active model's out_dim, else 64",
+    )
+    p.add_argument("--max-batch", type=int, default=int(env("MAX_BATCH", "1000")))
+    p.add_argument("--store-timeout-ms", type=int, default=int(env("STORE_TIMEOUT_MS", "1000")))
+    p.add_argument("--grace-s", type=float, default=float(env("GRACE_S", "5")))
+    p.add_argument("--drain-s", type=float, default=float(env("DRAIN_S", "0")))
+    p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
+    p.add_argument("--tls-key", type=Path, help="PEM server private key")
+    p.add_argument("--tls-client-ca", type=Path, help="PEM CA for client certificates (mTLS)")
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        help="file holding the bearer token clients must send (or env PERSONA_AUTH_TOKEN)",
+    )
+    p.set_defaults(func=cmd_serve)
+
+
+def _auth_token(args: argparse.Namespace) -> str | None:
+    if args.auth_token_file is not None:
+        token = args.auth_token_file.read_text().strip()
+        if not token:
+            raise SystemExit(f"{args.auth_token_file} is empty")
+        return token
+    return os.environ.get("PERSONA_AUTH_TOKEN") or None
+
+
+def _dim(args: argparse.Namespace) -> int:
+    if args.dim > 0:
+        return int(args.dim)
+    from encoder import registry
+
+    active = registry.active_version(args.models)
+    out = registry.read_json(args.models, active, "model.json").get("out_dim") if active else None
+    return int(out) if out else DEFAULT_DIM
+
+
+def serve_config(args: argparse.Namespace) -> Any:
+    from services.serving.config import Limits, ServeConfig, TLSConfig
+
+    tls = None
+    if args.tls_cert or args.tls_key:
+        if not (args.tls_cert and args.tls_key):
+            raise SystemExit("--tls-cert and --tls-key go together")
+        tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
+    elif args.tls_client_ca:
+        raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
+    return ServeConfig(
+        host=args.host,
+        port=args.port,
+        dim=_dim(args),
+        limits=Limits(max_batch=args.max_batch),
+        store_timeout_s=args.store_timeout_ms / 1000.0,
+        grace_s=args.grace_s,
+        drain_s=args.drain_s,
+        auth_token=_auth_token(args),
+        tls=tls,
+    )
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from prometheus_client import CollectorRegistry, start_http_server
+
+    from services.index import IndexConfig
+    from services.index.metrics import index_metrics
+    from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
+    from services.serving.metrics import serving_metrics
+    from services.serving.server import ServingServer, bind_index_gauge
+    from services.store.client import connect
+    from services.store.vectors import VectorStore
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    log = logging.getLogger("persona.serve")
+    cfg = serve_config(args)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())  # the handler only sets a flag
+    registry = CollectorRegistry()
+    metrics = serving_metrics(registry)
+    client = connect(args.redis, socket_timeout=max(1.0, 2 * cfg.store_timeout_s))
+    store = VectorStore(client)
+    holder = IndexHolder()
+    bind_index_gauge(metrics, holder)
+    follower = None
+    if not args.no_index:
+        follow = FollowConfig(args.bootstrap, args.embeddings_topic, IndexConfig(dim=cfg.dim))
+        follower = VersionedFollower(follow, holder, store.active_version, index_metrics(registry))
+    http = None
+    server = ServingServer(cfg, store, holder, metrics)
+    try:
+        if args.metrics_port:
+            http, _ = start_http_server(args.metrics_port, addr="0.0.0.0", registry=registry)
+        if follower is not None:
+            follower.start()
+        server.start()
+        log.info("persona serve ready on port %d (dim %d)", server.port, cfg.dim)
+        stop.wait()
+        log.info("shutting down")
+    finally:
+        server.stop()
+        if follower is not None:
+            follower.stop()
+        client.close()
+        if http is not None:
+            http.shutdown()
+    return 0

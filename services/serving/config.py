@@ -1,0 +1,81 @@
+"""Configuration of the serving process: one frozen object, passed in once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True, slots=True)
+class TLSConfig:
+    """Server TLS. `client_ca` set means mutual TLS: clients must present a certificate
+    signed by it.
+
+    Args:
+        cert: PEM certificate chain of the server.
+        key: PEM private key of the server.
+        client_ca: PEM CA bundle that client certificates must chain to (mTLS), or None.
+    """
+
+    cert: Path
+    key: Path
+    client_ca: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What one request may ask for; beyond these it gets INVALID_ARGUMENT.
+
+    Args:
+        max_batch: user ids per GetEmbeddings.
+        max_history: older vectors per user (history_depth).
+        max_k: FindLookalikes k.
+        max_seeds: seed users per FindLookalikes.
+        max_id_bytes: UTF-8 length of one user id.
+    """
+
+    max_batch: int = 1000
+    max_history: int = 3
+    max_k: int = 1000
+    max_seeds: int = 1000
+    max_id_bytes: int = 256
+
+
+@dataclass(frozen=True, slots=True)
+class ServeConfig:
+    """The serving process.
+
+    Args:
+        host, port: where gRPC listens (port 0: the OS picks; `ServingServer.port` says).
+        dim: embedding dimension served (vectors of another length are a store error).
+        limits: request limits.
+        store_timeout_s: longest a store call may take when the client set no deadline
+            (or a longer one); store calls get min(this, remaining deadline - margin).
+        deadline_margin_s: kept back from the client's deadline to answer in time.
+        version_cache_s: the active version and the version states are cached this long.
+            A response is still read under one version; after a cutover a replica answers
+            with the old version for at most this long.
+        workers: gRPC handler threads; store_workers: threads running store calls.
+        max_concurrent_rpcs: beyond this, calls get RESOURCE_EXHAUSTED (None: no limit).
+        grace_s: `stop()` lets in-flight calls finish for this long.
+        drain_s: after health goes NOT_SERVING, keep serving this long before stopping, so
+            load balancers see the change.
+        auth_token: bearer token clients must send (None: no check). Health checks are
+            exempt (probes send no metadata).
+        tls: server TLS / mTLS, or None for plaintext.
+    """
+
+    host: str = "[::]"
+    port: int = 0
+    dim: int = 64
+    limits: Limits = field(default_factory=Limits)
+    store_timeout_s: float = 1.0
+    deadline_margin_s: float = 0.002
+    version_cache_s: float = 1.0
+    workers: int = 16
+    store_workers: int = 16
+    max_concurrent_rpcs: int | None = 256
+    grace_s: float = 5.0
+    drain_s: float = 0.0
+    auth_token: str | None = field(default=None, repr=False)
+    tls: TLSConfig | None = None

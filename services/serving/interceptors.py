@@ -1,0 +1,112 @@
+"""Server interceptors: per-method metrics and a bearer-token check. Each is handed what it
+needs (the metrics object, the token); neither holds global state.
+
+Order matters: `[MetricsInterceptor, AuthInterceptor]` puts metrics outermost, so refused
+calls are counted (code UNAUTHENTICATED) as well.
+"""
+
+from __future__ import annotations
+
+import hmac
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+
+from services.serving.metrics import ServingMetrics
+
+HEALTH_PREFIX = "/grpc.health.v1.Health/"
+
+
+def _split(method: str) -> tuple[str, str]:
+    """'/pkg.Service/Method' -> ('pkg.Service', 'Method')."""
+    service, _, name = method.lstrip("/").rpartition("/")
+    return service or "unknown", name or "unknown"
+
+
+def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
+    """The same kind of handler with its behaviour function passed through `wrap`."""
+    h: Any = handler
+    kinds = {
+        (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
+        (False, True): ("unary_stream", grpc.unary_stream_rpc_method_handler),
+        (True, False): ("stream_unary", grpc.stream_unary_rpc_method_handler),
+        (True, True): ("stream_stream", grpc.stream_stream_rpc_method_handler),
+    }
+    attr, make = kinds[(bool(h.request_streaming), bool(h.response_streaming))]
+    return make(
+        wrap(getattr(h, attr)),
+        request_deserializer=h.request_deserializer,
+        response_serializer=h.response_serializer,
+    )
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts unary calls by (service, method, code) and times them. Streaming calls
+    (health Watch, reflection) pass through untimed."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._m = metrics
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.request_streaming or handler.response_streaming:
+            return handler
+        service, method = _split(handler_call_details.method)
+        m = self._m
+
+        def wrap(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+            def timed(request: Any, context: grpc.ServicerContext) -> Any:
+                t0 = time.perf_counter()
+                code = grpc.StatusCode.UNKNOWN
+                try:
+                    response = behavior(request, context)
+                    code = context.code() or grpc.StatusCode.OK
+                    return response
+                except BaseException:
+                    code = context.code() or grpc.StatusCode.UNKNOWN
+                    raise
+                finally:
+                    m.latency.labels(service, method).observe(time.perf_counter() - t0)
+                    m.requests.labels(service, method, code.name).inc()
+
+            return timed
+
+        return _rewrap(handler, wrap)
+
+
+class AuthInterceptor(grpc.ServerInterceptor):
+    """Refuses calls without `authorization: Bearer <token>` with UNAUTHENTICATED.
+    Health checks are exempt: probes (kubelet, grpc_health_probe) send no metadata."""
+
+    def __init__(self, token: str, exempt_prefixes: tuple[str, ...] = (HEALTH_PREFIX,)) -> None:
+        if not token:
+            raise ValueError("auth token is empty")
+        self._expected = f"Bearer {token}".encode()
+        self._exempt = exempt_prefixes
+
+    def intercept_service(
+        self,
+        continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+        handler_call_details: grpc.HandlerCallDetails,
+    ) -> grpc.RpcMethodHandler | None:
+        details: Any = handler_call_details
+        handler = continuation(handler_call_details)
+        if handler is None or details.method.startswith(self._exempt):
+            return handler
+        got = next((v for k, v in details.invocation_metadata or () if k == "authorization"), "")
+        if isinstance(got, str) and hmac.compare_digest(got.encode(), self._expected):
+            return handler
+
+        def deny(_behavior: Any) -> Any:
+            def refused(_request: Any, context: grpc.ServicerContext) -> Any:
+                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
+
+            return refused
+
+        return _rewrap(handler, deny)

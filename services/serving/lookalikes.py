@@ -1,0 +1,146 @@
+"""FindLookalikes and GetModelInfo as plain functions.
+
+One index is served: the active version's (an index per version is not kept; a replica
+switches its index when the active version changes, see `holder.py`). A request pinning
+another known version gets FAILED_PRECONDITION, an unknown one INVALID_ARGUMENT.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+
+from services.serving import validate
+from services.serving.config import Limits
+from services.serving.errors import invalid, not_found, precondition
+from services.serving.ports import IndexSource, ServedIndex, VectorReader
+from services.serving.store_calls import Budget, StoreCaller
+from services.serving.versions import VersionResolver
+
+
+@dataclass(frozen=True, slots=True)
+class LookalikeQuery:
+    """Exactly one of user_id, vector, seeds is set (the servicer reads the proto oneof)."""
+
+    k: int
+    user_id: str | None = None
+    vector: Sequence[float] | None = None
+    seeds: Sequence[str] | None = None
+    exclude_seeds: bool = False
+    min_score: float | None = None
+    model_version: str = ""
+    seed_mode: Literal["mean", "union"] = "mean"
+
+
+@dataclass(frozen=True, slots=True)
+class LookalikeResult:
+    version: str
+    neighbors: list[tuple[str, float]]
+    seeds_used: int
+    seeds_missing: int
+
+
+def find_lookalikes(
+    q: LookalikeQuery,
+    *,
+    store: VectorReader,
+    versions: VersionResolver,
+    index: IndexSource,
+    caller: StoreCaller,
+    limits: Limits,
+    dim: int,
+    budget: Budget,
+) -> LookalikeResult:
+    given = [x is not None for x in (q.user_id, q.vector, q.seeds)]
+    if sum(given) != 1:
+        raise invalid("set exactly one of user_id, vector, seeds")
+    k = validate.int_range(q.k, "k", 1, limits.max_k)
+    min_score = validate.score(q.min_score, "min_score")
+    query_vec = None if q.vector is None else validate.vector(q.vector, dim, "vector.values")
+    seeds: list[str] = []
+    if q.user_id is not None:
+        seeds = validate.user_ids([q.user_id], "user_id", 1, limits.max_id_bytes)
+    elif q.seeds is not None:
+        seeds = validate.user_ids(q.seeds, "seeds.user_ids", limits.max_seeds, limits.max_id_bytes)
+        seeds = list(dict.fromkeys(seeds))
+    served = _served(q.model_version, index, versions, budget)
+    if query_vec is not None:
+        hits = served.index.search(query_vec[None, :], k, None, min_score)[0]
+        return LookalikeResult(served.version, hits, 0, 0)
+    vecs = _seed_vectors(seeds, served, store, caller, budget)  # (S, D) unit rows
+    if not len(vecs):
+        who = f"user {seeds[0]!r}" if q.user_id is not None else f"none of the {len(seeds)} seeds"
+        raise not_found(f"{who} has no vector under model version {served.version}")
+    exclude = set(seeds) if q.exclude_seeds else None
+    if q.seed_mode == "union" and len(vecs) > 1:
+        hits = _union(served.index.search(vecs, k, exclude, min_score), k)
+    else:
+        mean = vecs.mean(axis=0)
+        norm = float(np.linalg.norm(mean))
+        if norm < 1e-6:
+            raise precondition("the seeds' vectors cancel out (mean is ~0); use SEED_MODE_UNION")
+        hits = served.index.search((mean / norm)[None, :], k, exclude, min_score)[0]
+    return LookalikeResult(served.version, hits, len(vecs), len(seeds) - len(vecs))
+
+
+def _served(pinned: str, index: IndexSource, versions: VersionResolver, b: Budget) -> ServedIndex:
+    served = index.current()
+    if pinned:
+        versions.state_of(pinned, b)  # INVALID_ARGUMENT when unknown or malformed
+        if served is not None and pinned != served.version:
+            raise precondition(
+                f"the lookalike index serves model version {served.version} only; "
+                f"{pinned} is not indexed"
+            )
+    if served is None:
+        raise precondition("the lookalike index is not ready (no active version indexed yet)")
+    return served
+
+
+def _seed_vectors(
+    seeds: list[str], served: ServedIndex, store: VectorReader, caller: StoreCaller, b: Budget
+) -> np.ndarray:
+    """Unit vectors (S', D) of the seeds that have one: from the index, else the store."""
+    found: dict[str, np.ndarray] = {}
+    for u in seeds:
+        v = served.index.vector_of(u)
+        if v is not None:
+            found[u] = v
+    missing = [u for u in seeds if u not in found]
+    if missing:
+        got = caller.call(lambda: store.get_batch(missing, served.version), b, "read seeds")
+        for u, values in zip(missing, got, strict=True):
+            if values and values[0].vector.shape == (served.index.dim,) and values[0].vector.any():
+                found[u] = values[0].vector
+    if not found:
+        return np.zeros((0, served.index.dim), dtype=np.float32)
+    vecs = np.stack([found[u] for u in seeds if u in found]).astype(np.float32)
+    return vecs / np.linalg.norm(vecs, axis=1, keepdims=True)
+
+
+def _union(per_seed: list[list[tuple[str, float]]], k: int) -> list[tuple[str, float]]:
+    """Merges per-seed neighbour lists by each user's best score, best first."""
+    best: dict[str, float] = {}
+    for hits in per_seed:
+        for u, s in hits:
+            if s > best.get(u, -np.inf):
+                best[u] = s
+    return sorted(best.items(), key=lambda us: (-us[1], us[0]))[:k]
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    active: str | None
+    states: dict[str, str]
+    dim: int
+    index: ServedIndex | None
+
+
+def model_info(
+    *, versions: VersionResolver, index: IndexSource, dim: int, budget: Budget
+) -> ModelInfo:
+    active = versions.active(budget)
+    return ModelInfo(active, dict(versions.states(budget)), dim, index.current())

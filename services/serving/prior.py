@@ -1,0 +1,81 @@
+"""The lookalike index, plus the population prior kept current beside it.
+
+The cold-start fallback of GetEmbeddings is the *population prior*: the normalised mean
+direction of the unit vectors the index holds (all users of the served version). Chosen
+because it is what the index already has in memory, costs O(D) per update to keep exact
+(a running float64 sum: add a user's new unit vector, subtract their old one), and for a
+cosine-scored ranker it is the best single guess of an unknown user's direction. Segment
+priors (one per country or acquisition channel) would need segment labels the serving path
+does not have; they are not built.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from services.index import IndexConfig, LookalikeIndex
+from services.serving.ports import Prior
+
+
+def _unit_rows(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+class PriorIndex(LookalikeIndex):
+    """A `LookalikeIndex` that also keeps the running sum of its unit vectors.
+
+    Writers (the follower) are serialised by `_sum_lock`; searches are untouched.
+    """
+
+    def __init__(self, config: IndexConfig | None = None) -> None:
+        super().__init__(config)
+        self._sum = np.zeros(self.dim, dtype=np.float64)  # (D,)
+        self._sum_lock = threading.Lock()
+        self._updated_ms: int | None = None
+
+    def upsert(self, user_ids: Sequence[str], vectors: np.ndarray) -> None:
+        ids = list(user_ids)
+        with self._sum_lock:
+            last = {u: i for i, u in enumerate(ids)}
+            old = [v for v in (self.vector_of(u) for u in last) if v is not None]
+            super().upsert(ids, vectors)  # validates; raises before we touch the sum
+            if not last:
+                return
+            new = _unit_rows(np.asarray(vectors)[list(last.values())])  # (U, D)
+            self._sum += new.sum(axis=0)
+            if old:
+                self._sum -= np.asarray(old, dtype=np.float64).sum(axis=0)
+            self._updated_ms = int(time.time() * 1000)
+
+    def delete(self, user_ids: Iterable[str]) -> int:
+        ids = list(dict.fromkeys(user_ids))
+        with self._sum_lock:
+            old = [v for v in (self.vector_of(u) for u in ids) if v is not None]
+            removed = super().delete(ids)
+            if old:
+                self._sum -= np.asarray(old, dtype=np.float64).sum(axis=0)
+                self._updated_ms = int(time.time() * 1000)
+            return removed
+
+    @property
+    def updated_at_ms(self) -> int | None:
+        """Wall-clock ms of the last write that changed the index, or None."""
+        return self._updated_ms
+
+    def prior(self) -> Prior | None:
+        """The normalised mean direction of the indexed vectors; None when empty or when
+        the vectors cancel out."""
+        with self._sum_lock:
+            if self.size == 0:
+                return None
+            s = self._sum.copy()
+            at = self._updated_ms or 0
+        norm = float(np.linalg.norm(s))
+        if norm < 1e-9 * max(1, self.size):
+            return None
+        return Prior((s / norm).astype(np.float32), at)

@@ -1,0 +1,130 @@
+"""The grpc.Server: the servicer, health checking, reflection, optional TLS / mTLS, and a
+graceful stop.
+
+Example::
+
+    server = ServingServer(ServeConfig(port=0), store, holder, serving_metrics(registry))
+    server.start()            # health SERVING
+    ...
+    server.stop()             # health NOT_SERVING, drain, then in-flight calls get grace_s
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from proto import service_pb2, service_pb2_grpc
+from services.serving.config import ServeConfig, TLSConfig
+from services.serving.interceptors import AuthInterceptor, MetricsInterceptor
+from services.serving.metrics import ServingMetrics
+from services.serving.ports import IndexSource, VectorReader
+from services.serving.servicer import UserEmbeddingServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["UserEmbeddingService"].full_name
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+
+
+def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
+    """TLS credentials; with `client_ca`, clients must present a certificate it signed."""
+    ca = tls.client_ca.read_bytes() if tls.client_ca is not None else None
+    return grpc.ssl_server_credentials(
+        [(tls.key.read_bytes(), tls.cert.read_bytes())],
+        root_certificates=ca,
+        require_client_auth=ca is not None,
+    )
+
+
+class ServingServer:
+    def __init__(
+        self,
+        config: ServeConfig,
+        store: VectorReader,
+        index: IndexSource,
+        metrics: ServingMetrics,
+    ) -> None:
+        self.config = config
+        interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
+        if config.auth_token:
+            interceptors.append(AuthInterceptor(config.auth_token))
+        self._server = grpc.server(
+            ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
+            interceptors=interceptors,
+            maximum_concurrent_rpcs=config.max_concurrent_rpcs,
+            options=[
+                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.so_reuseport", 0),
+            ],
+        )
+        self.servicer = UserEmbeddingServicer(config, store, index, metrics)
+        service_pb2_grpc.add_UserEmbeddingServiceServicer_to_server(self.servicer, self._server)
+        self.health = health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
+        )
+        address = f"{config.host}:{config.port}"
+        if config.tls is not None:
+            self.port = self._server.add_secure_port(address, server_credentials(config.tls))
+        else:
+            self.port = self._server.add_insecure_port(address)
+        if self.port == 0:
+            raise OSError(f"could not bind {address}")
+        self._stopped = False
+
+    def start(self) -> None:
+        self._server.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "serving %s on port %d (%s%s)",
+            SERVICE_NAME,
+            self.port,
+            "mTLS" if self.config.tls and self.config.tls.client_ca else
+            "TLS" if self.config.tls else "plaintext",
+            ", bearer token" if self.config.auth_token else "",
+        )  # fmt: skip
+
+    def stop(self, grace_s: float | None = None) -> None:
+        """Graceful stop, in order: health goes NOT_SERVING for every service (and stays so);
+        serving continues for `drain_s` so load balancers take the replica out; then new
+        calls are refused and in-flight ones get `grace_s` to finish; then the store-call
+        threads are released. Idempotent."""
+        if self._stopped:
+            return
+        self._stopped = True
+        grace = self.config.grace_s if grace_s is None else grace_s
+        self.health.enter_graceful_shutdown()
+        if self.config.drain_s > 0:
+            time.sleep(self.config.drain_s)
+        self._server.stop(grace).wait()
+        self.servicer.close()
+        log.info("server stopped")
+
+    def wait(self, timeout_s: float | None = None) -> bool:
+        return bool(self._server.wait_for_termination(timeout_s))
+
+    def __enter__(self) -> ServingServer:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def bind_index_gauge(metrics: ServingMetrics, index: IndexSource) -> None:
+    """`persona_serving_index_size` reads the served index's size at scrape time."""
+
+    def size() -> float:
+        served = index.current()
+        return float(served.index.size) if served is not None else 0.0
+
+    metrics.index_size.set_function(size)
