@@ -1,0 +1,48 @@
+"""The refresher's one frozen config."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+
+@dataclass(frozen=True)
+class RefreshConfig:
+    """How the refresher schedules, batches and writes.
+
+    Args:
+        interval_s: a pass over the dirty users runs at least this often.
+        drain_threshold: a pass also starts as soon as this many users are dirty.
+        check_every_s: how often the backlog is looked at between passes.
+        batch_size: users per encode batch (and per publish + store write).
+        candidates_per_bucket: dirty users read per bucket per round (oldest first; a round
+            sorts all of them by dirty time and splits them into batches).
+        history: vectors kept per user and version.
+        ttl_s: vectors expire this long after their last write (None: never).
+        dtype: value encoding in the store.
+        embeddings_topic: the update log.
+        device: encoder device ("cpu", "cuda"); None: CUDA when present.
+        backfill_batch: users per back-fill chunk (chunks interleave with dirty passes).
+        follow_registry: start a cutover when the registry's ACTIVE changes (see cutover.py).
+        max_publish_wait_s: flush timeout of the update-log producer per batch.
+    """
+
+    interval_s: float = 30.0
+    drain_threshold: int = 10_000
+    check_every_s: float = 1.0
+    batch_size: int = 512
+    candidates_per_bucket: int = 64
+    history: int = 4
+    ttl_s: int | None = None
+    dtype: Literal["float32", "float16"] = "float32"
+    embeddings_topic: str = "persona.embeddings"
+    device: str | None = None
+    backfill_batch: int = 1024
+    follow_registry: bool = True
+    max_publish_wait_s: float = 30.0
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1 or self.candidates_per_bucket < 1 or self.backfill_batch < 1:
+            raise ValueError("batch_size, candidates_per_bucket, backfill_batch must be >= 1")
+        if self.interval_s <= 0 or self.check_every_s <= 0:
+            raise ValueError("interval_s and check_every_s must be > 0")

@@ -1,0 +1,114 @@
+"""Refresher metrics. Built by a function that takes the registry; nothing at import time.
+
+The index's own metrics (size, rebuild duration, update-log lag) live in
+`services.index.metrics`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+_SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_AGE = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)
+
+
+@dataclass(frozen=True)
+class RefreshMetrics:
+    dirty_users: Gauge
+    batch_users: Histogram
+    stage_seconds: Histogram
+    users_encoded: Counter
+    users_per_second: Gauge
+    staleness_seconds: Histogram
+    event_to_vector_seconds: Histogram
+    vectors_written: Counter
+    vectors_skipped: Counter
+    vectors_published: Counter
+    still_dirty: Counter
+    backfilled: Counter
+    cutovers: Counter
+    active_version: Gauge
+
+
+def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
+    return RefreshMetrics(
+        dirty_users=Gauge(
+            "persona_refresh_dirty_users", "Users waiting to be re-encoded", registry=registry
+        ),
+        batch_users=Histogram(
+            "persona_refresh_batch_users",
+            "Users per refresh batch",
+            buckets=(1, 8, 32, 64, 128, 256, 512, 1024, 2048, 4096),
+            registry=registry,
+        ),
+        stage_seconds=Histogram(
+            "persona_refresh_batch_seconds",
+            "Time per refresh batch, by stage (read, encode, publish, write, total)",
+            ["stage"],
+            buckets=_SECONDS,
+            registry=registry,
+        ),
+        users_encoded=Counter(
+            "persona_refresh_users_encoded",
+            "Users encoded, by model version (rate() = users/s)",
+            ["version"],
+            registry=registry,
+        ),
+        users_per_second=Gauge(
+            "persona_refresh_users_per_second",
+            "Users refreshed per second over the last pass",
+            registry=registry,
+        ),
+        staleness_seconds=Histogram(
+            "persona_refresh_embedding_staleness_seconds",
+            "Age (now - computed_at) of each vector when a newer one replaced it",
+            buckets=_AGE,
+            registry=registry,
+        ),
+        event_to_vector_seconds=Histogram(
+            "persona_refresh_event_to_vector_seconds",
+            "From the event that made a user dirty to its new vector in the store",
+            buckets=_AGE,
+            registry=registry,
+        ),
+        vectors_written=Counter(
+            "persona_refresh_vectors_written",
+            "Vectors written to the store (all versions)",
+            registry=registry,
+        ),
+        vectors_skipped=Counter(
+            "persona_refresh_vectors_skipped",
+            "Vectors not written because the store held a newer window's vector",
+            registry=registry,
+        ),
+        vectors_published=Counter(
+            "persona_refresh_vectors_published",
+            "Vectors published to the update log, by model version",
+            ["version"],
+            registry=registry,
+        ),
+        still_dirty=Counter(
+            "persona_refresh_users_still_dirty",
+            "Users whose window changed while they were encoded (kept dirty)",
+            registry=registry,
+        ),
+        backfilled=Counter(
+            "persona_refresh_backfill_users",
+            "Users back-filled for a version being promoted",
+            ["version"],
+            registry=registry,
+        ),
+        cutovers=Counter(
+            "persona_refresh_cutovers",
+            "Active-version flips done by the refresher (promote after back-fill, registry)",
+            registry=registry,
+        ),
+        active_version=Gauge(
+            "persona_refresh_active_version_info",
+            "1 for the active model version",
+            ["version"],
+            registry=registry,
+        ),
+    )

@@ -1,0 +1,277 @@
+"""The refresher: dirty users, oldest first, re-encoded with every live model version.
+
+A pass runs rounds until no user is dirty. A round reads the oldest dirty users of every
+bucket (one pipelined read per shard), sorts them by dirty time and cuts them into
+batches. For each batch the main thread reads the windows (pipelined) and encodes them with
+every version in the write set (active, back-filling, ready); a writer thread commits the
+batch before (publish, then store) while the next one is encoded. Between passes the loop
+waits for `interval_s`, or less when the backlog passes `drain_threshold`, and works on a
+pending back-fill in chunks (see `cutover.py`).
+
+Shutdown: `stop` is a flag; the loop finishes its batch, waits for the writer, and closes
+the publisher in `finally`.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from services.refresh.config import RefreshConfig
+from services.refresh.dirty import dirty_count, oldest_dirty
+from services.refresh.encoders import EncoderCache
+from services.refresh.metrics import RefreshMetrics
+from services.refresh.publish import Publisher
+from services.store.vectors import StoredVector, UserWrite, VectorStore, WriteResult
+from services.store.windows import Window, WindowStore
+
+log = logging.getLogger(__name__)
+
+WRITTEN_STATES = ("active", "backfilling", "ready")
+
+
+def now_ms() -> int:
+    return time.time_ns() // 1_000_000  # a timestamp (computed_at), not a duration
+
+
+@dataclass
+class RefreshStats:
+    passes: int = 0
+    batches: int = 0
+    users: int = 0
+    vectors_written: int = 0
+    vectors_published: int = 0
+    skipped: int = 0
+    still_dirty: int = 0
+    backfilled: int = 0
+    cutovers: int = 0
+    errors: int = 0
+
+
+@dataclass
+class Prepared:
+    """One encoded batch, ready to commit."""
+
+    writes: list[UserWrite]
+    vectors: list[StoredVector]
+    dirty_ts: list[int] = field(default_factory=list)
+    started: float = 0.0
+
+
+def encode_windows(
+    encoders: EncoderCache, windows: Sequence[Window], versions: Sequence[str], at_ms: int
+) -> dict[str, list[StoredVector | None]]:
+    """Per version, one StoredVector per window (None for an empty window)."""
+    out: dict[str, list[StoredVector | None]] = {}
+    full = [i for i, w in enumerate(windows) if w.events]
+    for ver in versions:
+        enc = encoders.get(ver)
+        rows: list[StoredVector | None] = [None] * len(windows)
+        if full:
+            vecs = enc.encode([windows[i].events for i in full], at_ms)  # (B, dim)
+            for j, i in enumerate(full):
+                w = windows[i]
+                n = min(len(w.events), enc.max_events)
+                rows[i] = StoredVector(w.user_id, ver, vecs[j], at_ms, n, w.version)
+        out[ver] = rows
+    return out
+
+
+class Refresher:
+    def __init__(
+        self,
+        cfg: RefreshConfig,
+        windows: WindowStore,
+        vectors: VectorStore,
+        publisher: Publisher,
+        encoders: EncoderCache,
+        metrics: RefreshMetrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.windows = windows
+        self.vectors = vectors
+        self.publisher = publisher
+        self.encoders = encoders
+        self.metrics = metrics
+        self.stats = RefreshStats()
+        self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-commit")
+
+    # ----- the loop ----------------------------------------------------------------------
+
+    def run(self, stop: threading.Event, until_idle: bool = False) -> RefreshStats:
+        """Refresh until `stop` is set (or, with `until_idle`, until no user is dirty and no
+        back-fill is pending). Store or broker errors are logged and retried after a pause;
+        the dirty marks keep the work."""
+        from services.refresh.cutover import Cutover
+
+        cutover = Cutover(self)
+        last_pass = -float("inf")
+        errors = 0
+        try:
+            while not stop.is_set():
+                try:
+                    cutover.sync()
+                    due = time.monotonic() - last_pass >= self.cfg.interval_s
+                    backlog = self.backlog()
+                    if due or backlog >= self.cfg.drain_threshold or until_idle:
+                        last_pass = time.monotonic()
+                        self.drain(stop)
+                    busy = cutover.step(stop)
+                    errors = 0
+                except Exception:
+                    errors += 1
+                    self.stats.errors += 1
+                    log.exception("refresh failed (%d in a row); retrying", errors)
+                    if until_idle and errors >= 5:
+                        raise
+                    stop.wait(min(30.0, 0.5 * 2**errors))
+                    continue
+                if until_idle and not busy and self.backlog() == 0:
+                    break
+                if not busy:
+                    stop.wait(self.cfg.check_every_s)
+        finally:
+            self.close()
+        return self.stats
+
+    def backlog(self) -> int:
+        n = dirty_count(self.vectors.client)
+        if self.metrics:
+            self.metrics.dirty_users.set(n)
+        return n
+
+    def write_set(self) -> list[str]:
+        """Versions every refreshed user is encoded with: active, back-filling, ready."""
+        states = self.vectors.versions()
+        live = sorted(v for v, s in states.items() if s in WRITTEN_STATES)
+        self.encoders.keep(set(live))
+        return live
+
+    def drain(self, stop: threading.Event) -> int:
+        """Rounds until no user is dirty (or stop). Returns users refreshed."""
+        t0, done = time.perf_counter(), 0
+        self.stats.passes += 1
+        while not stop.is_set():
+            cands = oldest_dirty(self.vectors.client, self.cfg.candidates_per_bucket)
+            if not cands:
+                break
+            done += self.round(cands, self.write_set(), stop)
+        if self.metrics and done:
+            self.metrics.users_per_second.set(done / max(time.perf_counter() - t0, 1e-9))
+        return done
+
+    def round(
+        self, cands: Sequence[tuple[str, int]], versions: Sequence[str], stop: threading.Event
+    ) -> int:
+        """Encode `cands` in batches; each batch's commit overlaps the next batch's encode."""
+        if not versions:
+            raise RuntimeError("no active model version in the store; see `persona cutover`")
+        pending: Future[WriteResult] | None = None
+        n = 0
+        try:
+            for i in range(0, len(cands), self.cfg.batch_size):
+                if stop.is_set():
+                    break
+                chunk = cands[i : i + self.cfg.batch_size]
+                prepared = self.prepare([u for u, _ in chunk], versions, clear_dirty=True)
+                prepared.dirty_ts = [ts for _, ts in chunk]
+                if pending is not None:
+                    pending.result()
+                pending = self._writer.submit(self.commit, prepared)
+                n += len(chunk)
+        finally:
+            if pending is not None:
+                pending.result()
+        return n
+
+    # ----- one batch ---------------------------------------------------------------------
+
+    def prepare(
+        self, user_ids: Sequence[str], versions: Sequence[str], clear_dirty: bool
+    ) -> Prepared:
+        """Read the windows (pipelined) and encode them with each version."""
+        t0 = time.perf_counter()
+        wins = self.windows.read(user_ids)
+        return self.prepare_windows(wins, versions, clear_dirty, t0)
+
+    def prepare_windows(
+        self, wins: Sequence[Window], versions: Sequence[str], clear_dirty: bool, t0: float
+    ) -> Prepared:
+        """Encode windows with each version into the writes of one batch."""
+        t1 = time.perf_counter()
+        at = now_ms()
+        by_ver = encode_windows(self.encoders, wins, versions, at)
+        t2 = time.perf_counter()
+        writes: list[UserWrite] = []
+        flat: list[StoredVector] = []
+        for i, w in enumerate(wins):
+            vs = [v for row in by_ver.values() if (v := row[i]) is not None]
+            writes.append(UserWrite(w.user_id, vs, w.version if clear_dirty else None))
+            flat += vs
+        if self.metrics:
+            self.metrics.stage_seconds.labels(stage="read").observe(t1 - t0)
+            self.metrics.stage_seconds.labels(stage="encode").observe(t2 - t1)
+            for ver in versions:
+                self.metrics.users_encoded.labels(version=ver).inc(sum(1 for w in wins if w.events))
+        return Prepared(writes, flat, started=t0)
+
+    def commit(self, batch: Prepared) -> WriteResult:
+        """Make one encoded batch durable. Steps, in order:
+
+        1. publish every vector to the update log and wait for the broker's acks: a failure
+           here writes nothing to the store and leaves every user dirty;
+        2. one Lua call per bucket writes the vectors (skipping any older than the stored
+           head) and clears each user's dirty mark only if the window version is still the
+           one encoded: a failure leaves the users of the failed buckets dirty, with their
+           vectors already in the log (a retry republishes them, which a compacted log
+           absorbs). The store is therefore never ahead of the log.
+        """
+        t0 = time.perf_counter()
+        if batch.vectors:
+            self.publisher.publish(batch.vectors)
+        t1 = time.perf_counter()
+        res = self.vectors.write(batch.writes)
+        t2 = time.perf_counter()
+        self._account(batch, res, t1 - t0, t2 - t1, t2 - batch.started)
+        return res
+
+    def _account(
+        self, batch: Prepared, res: WriteResult, pub: float, wr: float, total: float
+    ) -> None:
+        s = self.stats
+        s.batches += 1
+        s.users += len(batch.writes)
+        s.vectors_published += len(batch.vectors)
+        s.vectors_written += res.written
+        s.skipped += res.skipped
+        s.still_dirty += res.still_dirty
+        m = self.metrics
+        if m is None:
+            return
+        m.batch_users.observe(len(batch.writes))
+        m.stage_seconds.labels(stage="publish").observe(pub)
+        m.stage_seconds.labels(stage="write").observe(wr)
+        m.stage_seconds.labels(stage="total").observe(total)
+        by_ver: dict[str, int] = {}
+        for v in batch.vectors:
+            by_ver[v.model_version] = by_ver.get(v.model_version, 0) + 1
+        for ver, k in by_ver.items():
+            m.vectors_published.labels(version=ver).inc(k)
+        m.vectors_written.inc(res.written)
+        m.vectors_skipped.inc(res.skipped)
+        m.still_dirty.inc(res.still_dirty)
+        now = now_ms()
+        for ts in res.replaced_computed_at_ms:
+            m.staleness_seconds.observe(max(0, now - ts) / 1000)
+        for ts in batch.dirty_ts:
+            m.event_to_vector_seconds.observe(max(0, now - ts) / 1000)
+
+    def close(self) -> None:
+        try:
+            self._writer.shutdown(wait=True)
+        finally:
+            self.publisher.close()
