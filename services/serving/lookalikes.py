@@ -62,7 +62,7 @@ def find_lookalikes(
     query_vec = None if q.vector is None else validate.vector(q.vector, dim, "vector.values")
     seeds: list[str] = []
     if q.user_id is not None:
-        seeds = validate.user_ids([q.user_id], "user_id", 1, limits.max_id_bytes)
+        seeds = [validate.one_id(q.user_id, "user_id", limits.max_id_bytes)]
     elif q.seeds is not None:
         seeds = validate.user_ids(q.seeds, "seeds.user_ids", limits.max_seeds, limits.max_id_bytes)
         seeds = list(dict.fromkeys(seeds))

@@ -24,6 +24,14 @@ def user_ids(ids: Sequence[str], field: str, limit: int, max_id_bytes: int) -> l
     return list(ids)
 
 
+def one_id(u: str, field: str, max_id_bytes: int) -> str:
+    if not u:
+        raise invalid(f"{field} is empty")
+    if len(u.encode("utf-8")) > max_id_bytes:
+        raise invalid(f"{field} is longer than {max_id_bytes} bytes")
+    return u
+
+
 def int_range(value: int, field: str, lo: int, hi: int) -> int:
     if not lo <= value <= hi:
         raise invalid(f"{field} must be in [{lo}, {hi}], got {value}")
