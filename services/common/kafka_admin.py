@@ -99,3 +99,17 @@ def end_offsets(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> dict
         return {tp.partition: max(listed[tp], int(consumer.highwater(tp) or 0)) for tp in tps}
     finally:
         consumer.close()
+
+
+def topic_id(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> str | None:
+    """The topic's id (hex), which changes when a topic is deleted and created again; None
+    when the broker does not report ids (Kafka < 2.8). Ingest keys applied offsets by it."""
+    from kafka import KafkaConsumer
+
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    try:
+        consumer.topics()  # a metadata request for all topics
+        tid = consumer._client.cluster.topic_id(topic)  # no public accessor in kafka-python
+        return tid.hex if tid is not None else None
+    finally:
+        consumer.close()

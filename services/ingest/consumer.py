@@ -27,7 +27,7 @@ from services.common.codec import BadRecord, decode_for_store
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.metrics import IngestMetrics
 from services.store.layout import pack_update
-from services.store.windows import PackedUpdate, WindowStore
+from services.store.windows import PackedUpdate, WindowStore, source_label
 
 log = logging.getLogger(__name__)
 
@@ -165,6 +165,11 @@ class Ingestor:
         self.stats.batches += 1
         self.stats.last_commit_at = time.perf_counter()
 
+    def _topic_id(self) -> str | None:
+        """The events topic's id from the client's metadata (None if the broker gives none)."""
+        tid = self._consumer._client.cluster.topic_id(self.kcfg.topic)  # no public accessor
+        return tid.hex if tid is not None else None
+
     def _caught_up(self, consumer: KafkaConsumer, started: float) -> bool:
         assignment = list(consumer.assignment())
         if not assignment:
@@ -191,13 +196,14 @@ class Ingestor:
     ) -> tuple[list[PackedUpdate], dict[TopicPartition, OffsetAndMetadata]]:
         """Decode and validate a batch; dead-letter (and flush) the bad records."""
         now = self.clock_ms()
-        groups: dict[tuple[str, int], list[bytes]] = defaultdict(list)
+        groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         bad: list[tuple[ConsumerRecord, BadRecord]] = []
         commit: dict[TopicPartition, OffsetAndMetadata] = {}
         n = 0
         wcfg = self.wcfg
+        tid = self._topic_id()
         for tp, records in batch.items():
-            p = tp.partition
+            p = source_label(tp.partition, tid)
             for r in records:
                 try:
                     d = decode_for_store(r.value, wcfg, now)

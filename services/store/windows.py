@@ -26,12 +26,27 @@ def _script(name: str) -> str:
     return resources.files("services.store").joinpath(name).read_text()
 
 
+def source_label(partition: int, topic_id: str | None) -> str:
+    """The name under which a user's applied offset of one partition is kept.
+
+    Offsets are only comparable within one incarnation of a topic: a topic deleted and
+    created again (or a broker that lost its data) restarts at offset 0, and offsets kept
+    from before would make the store skip every new record as a replay. With the topic id
+    (Kafka >= 2.8 and Tansu report one) in the label, a new incarnation starts fresh, while
+    event-id dedup still refuses events that were applied before.
+    """
+    return f"{partition}@{topic_id}" if topic_id else str(partition)
+
+
 @dataclass(frozen=True, slots=True)
 class UserUpdate:
-    """Events of one user from one partition, in offset order: [(offset, event), ...]."""
+    """Events of one user from one partition, in offset order: [(offset, event), ...].
+
+    `source` names the partition's incarnation, see `source_label`.
+    """
 
     user_id: str
-    partition: int
+    source: str | int
     events: Sequence[tuple[int, Event]]
 
 
@@ -40,7 +55,7 @@ class PackedUpdate:
     """The same, already packed for apply.lua by the ingest hot path (`layout.pack_update`)."""
 
     user_id: str
-    partition: int
+    source: str | int
     blob: bytes
 
 
@@ -113,7 +128,7 @@ class WindowStore:
     def apply(self, updates: Iterable[UserUpdate]) -> ApplyResult:
         """Apply updates atomically per bucket; idempotent under replay of the same offsets."""
         return self.apply_packed(
-            PackedUpdate(u.user_id, u.partition, layout.pack_updates(u.events))
+            PackedUpdate(u.user_id, u.source, layout.pack_updates(u.events))
             for u in updates
             if u.events
         )
@@ -129,7 +144,7 @@ class WindowStore:
             args: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms]
             for u in users:
                 keys.extend(layout.user_keys(u.user_id))
-                args += [u.user_id, u.partition, u.blob]
+                args += [u.user_id, u.source, u.blob]
             calls.append((keys, args))
         total = ApplyResult()
         for r in self._run("_apply_sha", calls):
@@ -152,10 +167,17 @@ class WindowStore:
             out.append(Window(uid, int(r[0]), events))
         return out
 
-    def offsets(self, user_id: str) -> Mapping[int, int]:
-        """Last applied offset per partition for one user (for operators and tests)."""
+    def offsets(self, user_id: str, topic_id: str | None = None) -> Mapping[int, int]:
+        """Last applied offset per partition for one user (for operators and tests), for the
+        topic incarnation `topic_id` (None: offsets stored without a topic id)."""
         raw: dict[bytes, bytes] = self.client.hgetall(layout.meta_key(user_id))  # type: ignore[assignment]
-        return {int(k[1:]): int(v) for k, v in raw.items() if k.startswith(b"o")}
+        out = {}
+        for k, v in raw.items():
+            if k.startswith(b"o"):
+                part, _, tid = k[1:].decode().partition("@")
+                if (tid or None) == topic_id:
+                    out[int(part)] = int(v)
+        return out
 
     def dirty_count(self) -> int:
         keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]

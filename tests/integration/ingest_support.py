@@ -13,6 +13,7 @@ from prometheus_client import CollectorRegistry
 
 from encoder.events import Event
 from services.common.codec import BadRecord, decode_event
+from services.common.kafka_admin import topic_id
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.consumer import Ingestor, IngestStats
 from services.ingest.metrics import ingest_metrics
@@ -78,12 +79,13 @@ def truth(
     return ref
 
 
-def mismatches(store: WindowStore, ref: ReferenceWindows) -> list[str]:
+def mismatches(store: WindowStore, ref: ReferenceWindows, bootstrap: str, topic: str) -> list[str]:
     """User ids whose stored window differs from the reference (events and offsets)."""
+    tid = topic_id(bootstrap, topic)
     uids = sorted(ref.users)
     bad = []
     for uid, w in zip(uids, store.read(uids), strict=True):
-        if w.events != ref.window(uid) or dict(store.offsets(uid)) != ref.users[uid].offsets:
+        if w.events != ref.window(uid) or dict(store.offsets(uid, tid)) != ref.users[uid].offsets:
             bad.append(uid)
     return bad
 

@@ -50,7 +50,7 @@ def test_windows_match_ground_truth_and_replay_changes_nothing(
     client = connect(a.redis)
     try:
         store = WindowStore(client, WCFG)
-        assert mismatches(store, ref) == []
+        assert mismatches(store, ref, a.bootstrap, topic) == []
         applied = sample(run.registry, "persona_ingest_events_applied_total")
         dups = sample(run.registry, "persona_ingest_events_duplicate_total")
         assert applied + dups == n and dups > 0  # the re-sent events were seen and ignored
@@ -61,7 +61,7 @@ def test_windows_match_ground_truth_and_replay_changes_nothing(
             kcfg_for(a.bootstrap, topic, f"g-{uuid.uuid4().hex}"), a.redis, WCFG
         )
         assert again.stats.replayed == n and again.stats.applied == 0
-        assert mismatches(store, ref) == []
+        assert mismatches(store, ref, a.bootstrap, topic) == []
     finally:
         client.close()
 
@@ -140,12 +140,16 @@ def test_two_members_split_partitions_and_give_the_same_windows(
         while time.monotonic() < deadline:
             split = [last_assigned(m) for m in members]
             consumed = sum(m.stats.consumed for m in members)
-            if all(split) and consumed >= len(events) and mismatches(store, ref) == []:
+            if (
+                all(split)
+                and consumed >= len(events)
+                and mismatches(store, ref, a.bootstrap, topic) == []
+            ):
                 break
             time.sleep(0.5)
         split = [last_assigned(m) for m in members]
         assert sorted(split[0] + split[1]) == [0, 1, 2, 3] and all(split), split
-        assert mismatches(store, ref) == []
+        assert mismatches(store, ref, a.bootstrap, topic) == []
         total_applied = sum(m.stats.applied + m.stats.duplicate for m in members)
         assert total_applied <= len(
             events

@@ -100,7 +100,7 @@ def test_sigkill_mid_run_twice_loses_nothing_and_counts_nothing_twice(
     ref = truth(read_topic(a.bootstrap, topic), wcfg)
     client = connect(a.redis)
     try:
-        assert mismatches(WindowStore(client, wcfg), ref) == []
+        assert mismatches(WindowStore(client, wcfg), ref, a.bootstrap, topic) == []
     finally:
         client.close()
     # And as an operator sees it: `persona window` prints the same events, oldest first.
