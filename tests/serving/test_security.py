@@ -1,0 +1,132 @@
+"""TLS, mutual TLS and the bearer-token interceptor, each with a refused client.
+
+Certificates are made per test session with the `openssl` CLI (the `cryptography` package
+is not installed here): a CA, a server certificate for localhost, a client certificate it
+signed, and a client certificate of another CA that the server must refuse.
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from proto import service_pb2 as pb
+from proto import service_pb2_grpc
+from services.serving.config import TLSConfig
+from services.serving.holder import IndexHolder
+from services.store.vectors import VectorStore
+from tests.serving.support import V1, Running
+
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI"),
+]
+
+
+def _ssl(*args: str, cwd: Path) -> None:
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
+
+
+def _ca(d: Path, name: str) -> None:
+    _ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
+         "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d)  # fmt: skip
+
+
+def _leaf(d: Path, name: str, ca: str, san: str | None) -> None:
+    _ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
+         "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
+    ext = d / f"{name}.ext"
+    ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
+    _ssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
+         "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.pem",
+         cwd=d)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("certs")
+    _ca(d, "ca")
+    _ca(d, "rogue")
+    _leaf(d, "server", "ca", "DNS:localhost,IP:127.0.0.1")
+    _leaf(d, "client", "ca", None)
+    _leaf(d, "intruder", "rogue", None)
+    return d
+
+
+def creds(d: Path, client: str | None = None, ca: str = "ca") -> grpc.ChannelCredentials:
+    key = (d / f"{client}.key").read_bytes() if client else None
+    chain = (d / f"{client}.pem").read_bytes() if client else None
+    return grpc.ssl_channel_credentials((d / f"{ca}.pem").read_bytes(), key, chain)
+
+
+def model_info(
+    stub: service_pb2_grpc.UserEmbeddingServiceStub, **kw: object
+) -> pb.GetModelInfoResponse:
+    return stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5, **kw)  # type: ignore[arg-type]
+
+
+@pytest.fixture
+def store_and_index(
+    vstore: VectorStore, holder: IndexHolder, users: object
+) -> tuple[VectorStore, IndexHolder]:
+    return vstore, holder
+
+
+def test_tls_serves_trusting_clients_and_refuses_plaintext(
+    serve: Callable[..., Running], store_and_index: tuple, certs: Path
+) -> None:
+    tls = TLSConfig(certs / "server.pem", certs / "server.key")
+    r = serve(*store_and_index, channel_creds=creds(certs), tls=tls)
+    assert model_info(r.stub).active_version == V1
+    with grpc.insecure_channel(f"localhost:{r.server.port}") as plain:
+        with pytest.raises(grpc.RpcError) as ei:
+            model_info(service_pb2_grpc.UserEmbeddingServiceStub(plain))
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+    # a client that does not trust the server's CA refuses the server
+    with grpc.secure_channel(f"localhost:{r.server.port}", creds(certs, ca="rogue")) as ch:
+        with pytest.raises(grpc.RpcError) as ei:
+            model_info(service_pb2_grpc.UserEmbeddingServiceStub(ch))
+        assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mtls_refuses_clients_without_a_trusted_certificate(
+    serve: Callable[..., Running], store_and_index: tuple, certs: Path
+) -> None:
+    tls = TLSConfig(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
+    r = serve(*store_and_index, channel_creds=creds(certs, "client"), tls=tls)
+    assert model_info(r.stub).active_version == V1
+    for who in (None, "intruder"):
+        with grpc.secure_channel(f"localhost:{r.server.port}", creds(certs, who)) as ch:
+            with pytest.raises(grpc.RpcError) as ei:
+                model_info(service_pb2_grpc.UserEmbeddingServiceStub(ch))
+            assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, who
+
+
+def test_bearer_token_refuses_missing_and_wrong_tokens(
+    serve: Callable[..., Running], store_and_index: tuple
+) -> None:
+    r = serve(*store_and_index, auth_token="s3cret-token")
+    good = (("authorization", "Bearer s3cret-token"),)
+    assert model_info(r.stub, metadata=good).active_version == V1
+    for md in [(), (("authorization", "Bearer wrong"),), (("authorization", "s3cret-token"),)]:
+        with pytest.raises(grpc.RpcError) as ei:
+            model_info(r.stub, metadata=md)
+        assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        assert "s3cret" not in ei.value.details()
+    with pytest.raises(grpc.RpcError) as ei:
+        r.stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=["u1"]), timeout=5)
+    assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    # health probes send no metadata and stay allowed
+    health = health_pb2_grpc.HealthStub(r.channel)
+    resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=5)
+    assert resp.status == health_pb2.HealthCheckResponse.SERVING
+    assert r.sample(
+        "persona_serving_requests_total",
+        service="persona.v1.UserEmbeddingService", method="GetModelInfo", code="UNAUTHENTICATED",
+    ) == 3  # fmt: skip
