@@ -102,7 +102,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.index.metrics import index_metrics
     from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
     from services.serving.metrics import serving_metrics
-    from services.serving.server import ServingServer, bind_index_gauge
+    from services.serving.server import ServingServer
     from services.store.client import connect
     from services.store.vectors import VectorStore
 
@@ -117,7 +117,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     client = connect(args.redis, socket_timeout=max(1.0, 2 * cfg.store_timeout_s))
     store = VectorStore(client)
     holder = IndexHolder()
-    bind_index_gauge(metrics, holder)
     follower = None
     if not args.no_index:
         follow = FollowConfig(args.bootstrap, args.embeddings_topic, IndexConfig(dim=cfg.dim))

@@ -65,6 +65,7 @@ class ServingServer:
             ],
         )
         self.servicer = UserEmbeddingServicer(config, store, index, metrics)
+        bind_index_gauge(metrics, index)
         service_pb2_grpc.add_UserEmbeddingServiceServicer_to_server(self.servicer, self._server)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)

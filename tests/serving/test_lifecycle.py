@@ -1,0 +1,119 @@
+"""Graceful shutdown, /metrics scraped over HTTP, and the population prior kept exact."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from prometheus_client import start_http_server
+from prometheus_client.parser import text_string_to_metric_families
+
+from proto import service_pb2 as pb
+from services.index import IndexConfig
+from services.serving.holder import IndexHolder
+from services.serving.prior import PriorIndex
+from services.stack import free_ports
+from services.store.vectors import VectorStore
+from tests.serving.support import DIM, Running, unit
+from tests.serving.test_edges import SlowStore
+
+
+@pytest.mark.integration
+def test_graceful_shutdown_health_first_then_in_flight_calls_finish(
+    serve: Callable[..., Running], vstore: VectorStore, holder: IndexHolder, users: Any
+) -> None:
+    r = serve(SlowStore(vstore, 1.0), holder, drain_s=0.5, grace_s=5.0, store_timeout_s=5.0)
+    health = health_pb2_grpc.HealthStub(r.channel)
+    service = "persona.v1.UserEmbeddingService"
+    serving = health_pb2.HealthCheckResponse.SERVING
+    assert health.Check(health_pb2.HealthCheckRequest(service=service)).status == serving
+    result: dict[str, Any] = {}
+
+    def slow_call() -> None:
+        result["resp"] = r.stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=["u1"]), timeout=10)
+
+    caller = threading.Thread(target=slow_call)
+    caller.start()
+    time.sleep(0.2)  # the call is in flight, waiting for the slow store
+    stopper = threading.Thread(target=r.server.stop)
+    stopper.start()
+    time.sleep(0.2)  # within drain_s: still answering, but NOT_SERVING
+    status = health.Check(health_pb2.HealthCheckRequest(service=service), timeout=2).status
+    assert status == health_pb2.HealthCheckResponse.NOT_SERVING
+    caller.join(10)
+    stopper.join(10)
+    assert not stopper.is_alive()
+    assert result["resp"].embeddings[0].status == pb.STATUS_FOUND  # finished within grace
+    with pytest.raises(grpc.RpcError) as ei:
+        r.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
+    assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.integration
+def test_metrics_are_scraped_over_http(running: Running) -> None:
+    (port,) = free_ports(1)
+    http, thread = start_http_server(port, addr="127.0.0.1", registry=running.registry)
+    try:
+        running.stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=["u1", "zz"]), timeout=5)
+        with pytest.raises(grpc.RpcError):
+            running.stub.GetEmbeddings(pb.GetEmbeddingsRequest(), timeout=5)
+        running.stub.FindLookalikes(pb.FindLookalikesRequest(user_id="u1", k=5), timeout=5)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            text = resp.read().decode()
+    finally:
+        http.shutdown()
+        thread.join(5)
+    samples = {
+        (smp.name, tuple(sorted(smp.labels.items()))): smp.value
+        for fam in text_string_to_metric_families(text)
+        for smp in fam.samples
+    }
+
+    def value(name: str, **labels: str) -> float | None:
+        return samples.get((name, tuple(sorted(labels.items()))))
+
+    svc = "persona.v1.UserEmbeddingService"
+    req = "persona_serving_requests_total"
+    assert value(req, service=svc, method="GetEmbeddings", code="OK") == 1
+    assert value(req, service=svc, method="GetEmbeddings", code="INVALID_ARGUMENT") == 1
+    assert value(req, service=svc, method="FindLookalikes", code="OK") == 1
+    assert value("persona_serving_embeddings_total", status="found") == 1
+    assert value("persona_serving_embeddings_total", status="not_found") == 1
+    assert value("persona_serving_batch_size_count", method="GetEmbeddings") == 2
+    assert value("persona_serving_lookalike_neighbors_count") == 1
+    lat = "persona_serving_request_seconds_count"
+    assert value(lat, service=svc, method="GetEmbeddings") == 2
+    assert value("persona_serving_index_size") == 200
+    assert "persona_serving_store_errors_total" in text
+
+
+def test_prior_stays_the_mean_direction_through_upserts_replacements_and_deletes() -> None:
+    rng = np.random.default_rng(0)
+    idx = PriorIndex(IndexConfig(dim=DIM, gpu="off"))
+    assert idx.prior() is None
+    truth: dict[str, np.ndarray] = {}
+    for step in range(30):
+        ids = [f"u{i}" for i in rng.integers(0, 60, size=8)]  # repeats and replacements
+        vecs = rng.normal(size=(8, DIM)).astype(np.float32) * rng.uniform(0.1, 5)
+        idx.upsert(ids, vecs)
+        for u, v in zip(ids, vecs, strict=True):
+            truth[u] = unit(v)
+        if step % 3 == 0:
+            gone = [f"u{i}" for i in rng.integers(0, 60, size=5)]
+            idx.delete([*gone, "never-there"])
+            for u in gone:
+                truth.pop(u, None)
+        prior = idx.prior()
+        assert prior is not None and idx.size == len(truth)
+        want = unit(np.mean(list(truth.values()), axis=0))
+        np.testing.assert_allclose(prior.vector, want, atol=1e-5)
+    with pytest.raises(ValueError):
+        idx.upsert(["bad"], np.full((1, DIM), np.nan, np.float32))
+    np.testing.assert_allclose(idx.prior().vector, want, atol=1e-5)  # type: ignore[union-attr]
