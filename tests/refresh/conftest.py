@@ -1,0 +1,115 @@
+"""Fixtures for refresher tests: a registry with two tiny versions, an isolated store."""
+
+from __future__ import annotations
+
+import itertools
+import os
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+
+from encoder.model import ModelConfig
+from encoder.synthetic import SyntheticConfig, generate
+from encoder.tokenizer import TokenizerConfig
+from encoder.train import TrainConfig, TrainSpec
+from services.common.kafka import producer
+from services.config import KafkaConfig, WindowConfig
+from services.refresh.config import RefreshConfig
+from services.refresh.encoders import EncoderCache
+from services.refresh.metrics import RefreshMetrics
+from services.refresh.publish import Publisher
+from services.refresh.refresher import Refresher
+from services.stack import EmbeddedStack
+from services.store.client import Client, connect
+from services.store.vectors import VectorStore
+from services.store.windows import WindowStore
+
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+TINY = TrainSpec(
+    tokenizer=TokenizerConfig(
+        categorical=(("item", 1024), ("campaign", 64)), numeric=(("price", 8),), max_events=32
+    ),
+    model=ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_events=32),
+    train=TrainConfig(
+        epochs=1, batch_size=32, train_max_events=16, cuts_per_user=1, progress=False
+    ),
+)
+_db = itertools.count(3)  # db 0 belongs to the shared tests; each isolated store gets its own
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A registry with two tiny versions (v1 active, v2 another seed)."""
+    from encoder.release import train_version
+
+    ds = generate(SyntheticConfig(users=40, events_per_user=20.0, seed=5))
+    root: Path = tmp_path_factory.mktemp("models")
+    v1, _ = train_version(ds.events, TINY, root, ds.config.end_ms, parity_n=4)
+    spec2 = replace(TINY, train=replace(TINY.train, seed=1))
+    v2, _ = train_version(ds.events, spec2, root, ds.config.end_ms, parity_n=4)
+    return root, v1, v2
+
+
+@dataclass
+class Env:
+    url: str
+    client: Client
+    windows: WindowStore
+    vectors: VectorStore
+    bootstrap: str
+    topic: str
+    models: Path
+    v1: str
+    v2: str
+
+    def refresher(
+        self,
+        cfg: RefreshConfig | None = None,
+        metrics: RefreshMetrics | None = None,
+        cls: type[Refresher] = Refresher,
+        publisher: Publisher | None = None,
+    ) -> Refresher:
+        cfg = cfg or RefreshConfig(
+            embeddings_topic=self.topic, batch_size=64, interval_s=0.2, check_every_s=0.05
+        )
+        pub = publisher or Publisher(
+            producer(KafkaConfig(bootstrap=self.bootstrap)), cfg.embeddings_topic
+        )
+        return cls(
+            cfg,
+            self.windows,
+            VectorStore(self.client, cfg.history, cfg.ttl_s, cfg.dtype),
+            pub,
+            EncoderCache(self.models, "cpu"),
+            metrics,
+        )
+
+
+@pytest.fixture
+def env(
+    stack: EmbeddedStack, models: tuple[Path, str, str], make_topic: Callable[..., str]
+) -> Iterator[Env]:
+    """A fresh Valkey db (own dirty sets and pointer), a fresh update-log topic."""
+    url = f"{stack.addresses.redis}/{next(_db)}"
+    client = connect(url)
+    client.flushdb()
+    topic = make_topic(stack.addresses.bootstrap, 2, "emb", {"cleanup.policy": "compact"})
+    root, v1, v2 = models
+    try:
+        yield Env(
+            url,
+            client,
+            WindowStore(client, WindowConfig()),
+            VectorStore(client),
+            stack.addresses.bootstrap,
+            topic,
+            root,
+            v1,
+            v2,
+        )
+    finally:
+        client.flushdb()
+        client.close()

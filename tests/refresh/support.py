@@ -1,0 +1,28 @@
+"""Helpers: windows written straight into the store, ground-truth checks."""
+
+from __future__ import annotations
+
+import random
+
+from encoder.events import Event
+from services.store.windows import UserUpdate, WindowStore
+
+T0 = 1_763_000_000_000
+
+
+def add_events(ws: WindowStore, users: list[str], n_each: int, seed: int, offset0: int = 0) -> None:
+    """n_each new events per user (partition 0, offsets from offset0)."""
+    rng = random.Random(seed)
+    ups = []
+    for k, uid in enumerate(users):
+        evs = []
+        for j in range(n_each):
+            off = offset0 + k * n_each + j
+            ts = T0 + off * 1000
+            props: dict[str, str | float] = {
+                "item": f"i{rng.randrange(300)}",
+                "price": rng.uniform(1, 50),
+            }
+            evs.append((off, Event(uid, f"{uid}-e{off}", ts, rng.choice(["view", "click"]), props)))
+        ups.append(UserUpdate(uid, 0, evs))
+    ws.apply(ups)

@@ -1,0 +1,154 @@
+"""The refresher against a real store and broker: correctness, commit-step failures, metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from prometheus_client import CollectorRegistry
+
+from proto.embeddings_pb2 import EmbeddingUpdate
+from services.refresh.config import RefreshConfig
+from services.refresh.dirty import dirty_count, oldest_dirty
+from services.refresh.metrics import refresh_metrics
+from services.refresh.publish import Publisher
+from services.refresh.refresher import Prepared, Refresher
+from services.store import layout
+from services.store.vectors import WriteResult
+from tests.integration.ingest_support import read_topic
+from tests.refresh.conftest import Env
+from tests.refresh.support import add_events
+
+pytestmark = pytest.mark.integration
+
+
+def _updates(env: Env) -> dict[str, EmbeddingUpdate]:
+    out = {}
+    for _, _, value, _ in read_topic(env.bootstrap, env.topic):
+        u = EmbeddingUpdate.FromString(value)
+        out[u.user_id] = u
+    return out
+
+
+def test_refresh_until_idle_writes_publishes_and_clears(env: Env) -> None:
+    users = [f"u{i:03d}" for i in range(150)]
+    add_events(env.windows, users, 3, seed=1)
+    assert [u for u, _ in oldest_dirty(env.client, 64)][:3] == ["u000", "u001", "u002"]
+    reg = CollectorRegistry()
+    metrics = refresh_metrics(reg)
+    stats = env.refresher(metrics=metrics).run(threading.Event(), until_idle=True)
+    assert stats.users == 150 and stats.vectors_written == 150 and dirty_count(env.client) == 0
+    assert env.vectors.active_version() == env.v1  # bootstrapped from the registry
+    wins = env.windows.read(users)
+    got = env.vectors.get_batch(users, env.v1)
+    log = _updates(env)
+    for w, [v] in zip(wins, got, strict=True):
+        assert v.model_version == env.v1 and v.window_version == w.version and v.n_events == 3
+        assert abs(time.time() * 1000 - v.computed_at_ms) < 120_000
+        assert np.isclose(np.linalg.norm(v.vector), 1.0, atol=1e-4)
+        u = log[w.user_id]
+        assert u.model_version == env.v1 and u.window_version == w.version
+        assert np.array_equal(np.frombuffer(u.vector, "<f4"), v.vector)
+    assert reg.get_sample_value("persona_refresh_vectors_written_total") == 150
+    assert (
+        reg.get_sample_value("persona_refresh_vectors_published_total", {"version": env.v1}) == 150
+    )
+    assert reg.get_sample_value("persona_refresh_batch_users_count") == 3  # 150 in batches of 64
+    assert reg.get_sample_value("persona_refresh_dirty_users") == 0
+    assert reg.get_sample_value("persona_refresh_event_to_vector_seconds_count") == 150
+
+    add_events(env.windows, users[:10], 2, seed=2, offset0=10_000)  # they move: history grows
+    env.refresher(metrics=metrics).run(threading.Event(), until_idle=True)
+    hist = env.vectors.get_batch(users[:10], env.v1, history=4)
+    assert all([v.window_version for v in h] == [2, 1] for h in hist)
+    assert reg.get_sample_value("persona_refresh_embedding_staleness_seconds_count") == 10
+
+
+class _UpdateDuringEncode(Refresher):
+    """Applies a new event to the first user of each batch between encode and commit."""
+
+    def commit(self, batch: Prepared) -> WriteResult:
+        if not getattr(self, "done", False):
+            self.done = True
+            add_events(self.windows, [batch.writes[0].user_id], 1, seed=9, offset0=50_000)
+        return super().commit(batch)
+
+
+def test_user_updated_during_encoding_stays_dirty(env: Env) -> None:
+    users = [f"r{i}" for i in range(5)]
+    add_events(env.windows, users, 2, seed=3)
+    r = env.refresher(cls=_UpdateDuringEncode)
+    r.vectors.set_active(env.v1)
+    cands = oldest_dirty(env.client, 64)
+    r.round(cands, [env.v1], threading.Event())
+    r.close()
+    assert r.stats.still_dirty == 1 and dirty_count(env.client) == 1
+    (w,) = env.windows.read(["r0"])
+    [[v]] = env.vectors.get_batch(["r0"], env.v1)
+    assert v.window_version == w.version - 1  # written, but for the window it saw
+    env.refresher().run(threading.Event(), until_idle=True)
+    [[v]] = env.vectors.get_batch(["r0"], env.v1)
+    assert v.window_version == w.version and dirty_count(env.client) == 0
+
+
+class _FailingPublisher(Publisher):
+    def publish(self, vectors):  # type: ignore[no-untyped-def]
+        raise ConnectionError("broker down")
+
+
+def test_commit_step1_publish_failure_writes_nothing(env: Env) -> None:
+    users = [f"p{i}" for i in range(20)]
+    add_events(env.windows, users, 2, seed=4)
+    r = env.refresher(publisher=_FailingPublisher(env.refresher().publisher.producer, env.topic))
+    r.vectors.set_active(env.v1)
+    with pytest.raises(ConnectionError):
+        r.round(oldest_dirty(env.client, 64), [env.v1], threading.Event())
+    r.close()
+    assert env.vectors.get_batch(users, env.v1) == [[]] * 20 and dirty_count(env.client) == 20
+
+
+class _FailingStore(Refresher):
+    def commit(self, batch: Prepared) -> WriteResult:
+        self.publisher.publish(batch.vectors)  # step 1 succeeds ...
+        raise ConnectionError("store down")  # ... step 2 fails
+
+
+def test_commit_step2_store_failure_keeps_users_dirty_log_ahead(env: Env) -> None:
+    users = [f"s{i}" for i in range(20)]
+    add_events(env.windows, users, 2, seed=5)
+    r = env.refresher(cls=_FailingStore)
+    r.vectors.set_active(env.v1)
+    with pytest.raises(ConnectionError):
+        r.round(oldest_dirty(env.client, 64), [env.v1], threading.Event())
+    r.close()
+    assert dirty_count(env.client) == 20 and env.vectors.get_batch(users[:1], env.v1) == [[]]
+    assert set(_updates(env)) == set(users)  # the log is ahead, never behind
+    env.refresher().run(threading.Event(), until_idle=True)
+    assert dirty_count(env.client) == 0 and all(env.vectors.get_batch(users, env.v1))
+
+
+def test_schedule_drains_on_threshold_not_before_interval(env: Env) -> None:
+    cfg = RefreshConfig(
+        embeddings_topic=env.topic, interval_s=3600, drain_threshold=30, check_every_s=0.05
+    )
+    r = env.refresher(cfg)
+    stop = threading.Event()
+    r.vectors.set_active(env.v1)
+    add_events(env.windows, [f"t{i}" for i in range(40)], 1, seed=6)  # over the threshold
+    th = threading.Thread(target=r.run, args=(stop,))
+    th.start()
+    try:
+        deadline = time.monotonic() + 30
+        while dirty_count(env.client) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert dirty_count(env.client) == 0  # drained at once: the backlog passed 30
+        add_events(env.windows, [f"q{i}" for i in range(5)], 1, seed=7)  # under it
+        time.sleep(1.0)
+        assert dirty_count(env.client) == 5  # waits for the (1 h) interval
+    finally:
+        stop.set()
+        th.join(30)
+    assert not th.is_alive()
+    assert layout.BUCKETS == 1024
