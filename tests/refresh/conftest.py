@@ -37,6 +37,7 @@ TINY = TrainSpec(
         epochs=1, batch_size=32, train_max_events=16, cuts_per_user=1, progress=False
     ),
 )
+ROOT_DIR = Path(__file__).resolve().parents[2]
 _db = itertools.count(3)  # db 0 belongs to the shared tests; each isolated store gets its own
 
 
