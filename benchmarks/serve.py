@@ -1,0 +1,313 @@
+"""Serving benchmark: GetEmbeddings (100 ids) beside a bare pipelined read of the same keys,
+and FindLookalikes k=50 over a large index; prints a markdown table and the command.
+
+    OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/serve.py \
+        [--users 20000] [--lookalike-n 1000000] [--seconds 8]
+
+Setup, all on loopback: the embedded 3-node Valkey cluster; `--users` vectors (dim 64,
+float32) written with VectorStore. Rows:
+- "bare read": redis-py, one `LRANGE key 0 0` per id pipelined per shard
+  (`services/store/sharded.py`, the read GetEmbeddings does), raw bytes, no decoding.
+- "VectorStore.get_batch": the same read plus decoding into StoredVector.
+- "GetEmbeddings": a `persona serve --no-index` child process, called over gRPC from here
+  (response decoded with one np.frombuffer).
+- "FindLookalikes": a server in a child process holding an IVF index (the index's "auto"
+  choice) over `--lookalike-n` clustered unit vectors; queries are held-out vectors.
+Latency: one call in flight, p50/p99 over `--seconds`. Sustained rate: `--concurrency`
+calls in flight for `--seconds` (threads for the bare read, gRPC futures otherwise).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import grpc
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from proto import service_pb2 as pb
+from proto import service_pb2_grpc
+from services.stack import EmbeddedStack, StackConfig, free_ports
+from services.store import sharded
+from services.store.client import connect
+from services.store.vectors import StoredVector, VectorStore, vector_key
+
+log = logging.getLogger("benchmarks.serve")
+VERSION, DIM = "vbench-1", 64
+
+
+def percentiles(samples: list[float]) -> tuple[float, float]:
+    a = np.asarray(samples) * 1000.0
+    return float(np.percentile(a, 50)), float(np.percentile(a, 99))
+
+
+def latency(call: Callable[[int], object], seconds: float) -> tuple[float, float, int]:
+    """(p50 ms, p99 ms, calls) of `call(i)`, one at a time, after 50 warm-up calls."""
+    for i in range(50):
+        call(i)
+    out: list[float] = []
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        t0 = time.perf_counter()
+        call(i)
+        out.append(time.perf_counter() - t0)
+        i += 1
+    p50, p99 = percentiles(out)
+    return p50, p99, len(out)
+
+
+def interleaved(
+    calls: dict[str, Callable[[int], object]], seconds: float
+) -> dict[str, list[float]]:
+    """Latency samples of each call, taken in turn (a, b, c, a, b, c, ...) so that all see
+    the same machine load; 50 warm-up rounds first."""
+    for i in range(50):
+        for fn in calls.values():
+            fn(i)
+    out: dict[str, list[float]] = {name: [] for name in calls}
+    end = time.monotonic() + seconds
+    i = 0
+    while time.monotonic() < end:
+        for name, fn in calls.items():
+            t0 = time.perf_counter()
+            fn(i)
+            out[name].append(time.perf_counter() - t0)
+        i += 1
+    return out
+
+
+def threaded_rate(call: Callable[[int], object], seconds: float, threads: int) -> float:
+    """Calls per second with `threads` threads calling back to back."""
+    count = [0] * threads
+    end = time.monotonic() + seconds
+
+    def run(t: int) -> None:
+        i = t
+        while time.monotonic() < end:
+            call(i)
+            count[t] += 1
+            i += threads
+
+    ts = [threading.Thread(target=run, args=(t,)) for t in range(threads)]
+    t0 = time.perf_counter()
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    return sum(count) / (time.perf_counter() - t0)
+
+
+def future_rate(submit: Callable[[int], Any], seconds: float, in_flight: int) -> float:
+    """Calls per second keeping `in_flight` gRPC futures outstanding."""
+    done = 0
+    pending = [submit(i) for i in range(in_flight)]
+    i = in_flight
+    t0 = time.perf_counter()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        nxt = []
+        for f in pending:
+            f.result()
+            done += 1
+            nxt.append(submit(i))
+            i += 1
+        pending = nxt
+    for f in pending:
+        f.result()
+        done += 1
+    return done / (time.perf_counter() - t0)
+
+
+def write_users(store: VectorStore, n: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    ids = [f"user-{i}" for i in range(n)]
+    now = int(time.time() * 1000)
+    for lo in range(0, n, 2000):
+        vecs = rng.standard_normal((min(2000, n - lo), DIM)).astype(np.float32)
+        store.put_batch(
+            [StoredVector(u, VERSION, v, now, 10, 1) for u, v in zip(ids[lo:], vecs, strict=False)]
+        )
+    store.set_active(VERSION)
+    return ids
+
+
+def lookalike_server(redis_url: str, n: int, port: int, ready: Any) -> None:
+    """Child process: builds the index over n clustered vectors and serves until killed."""
+    from prometheus_client import CollectorRegistry
+
+    from services.index import IndexConfig
+    from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
+    from services.serving.config import ServeConfig
+    from services.serving.holder import IndexHolder
+    from services.serving.metrics import serving_metrics
+    from services.serving.ports import ServedIndex
+    from services.serving.prior import PriorIndex
+    from services.serving.server import ServingServer
+
+    base, _ = clustered_unit_vectors(n, 0, ClusteredSpec(dim=DIM))
+    t0 = time.perf_counter()
+    index = PriorIndex(IndexConfig(dim=DIM, gpu="off"))
+    for lo in range(0, n, 100_000):
+        index.upsert([f"l{i}" for i in range(lo, min(n, lo + 100_000))], base[lo : lo + 100_000])
+    info = index.rebuild()
+    build_s = time.perf_counter() - t0
+    store = VectorStore(connect(redis_url))
+    cfg = ServeConfig(host="127.0.0.1", port=port, dim=DIM, workers=8)
+    server = ServingServer(cfg, store, IndexHolder(ServedIndex(VERSION, index)),
+                           serving_metrics(CollectorRegistry()))  # fmt: skip
+    server.start()
+    ready.put((build_s, info.kind))
+    server.wait()
+
+
+def wait_healthy(channel: grpc.Channel, proc_alive: Callable[[], bool], timeout_s: float) -> None:
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    stub = health_pb2_grpc.HealthStub(channel)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if not proc_alive():
+            raise RuntimeError("server process exited")
+        try:
+            if stub.Check(health_pb2.HealthCheckRequest(), timeout=1).status == 1:
+                return
+        except grpc.RpcError:
+            time.sleep(0.2)
+    raise TimeoutError("server not healthy")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--users", type=int, default=20_000)
+    p.add_argument("--batch", type=int, default=100)
+    p.add_argument("--lookalike-n", type=int, default=1_000_000)
+    p.add_argument("--k", type=int, default=50)
+    p.add_argument("--seconds", type=float, default=8.0)
+    p.add_argument("--concurrency", type=int, default=4)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    rows: list[tuple[str, str, float, float, float]] = []
+    t_all = time.perf_counter()
+    with EmbeddedStack(StackConfig(cluster=True)) as stack:
+        url = stack.addresses.redis
+        client = connect(url)
+        store = VectorStore(client)
+        ids = write_users(store, args.users)
+        rng = np.random.default_rng(1)
+        batches = [list(rng.choice(ids, args.batch, replace=False)) for _ in range(256)]
+        keys = [[vector_key(u, VERSION) for u in b] for b in batches]
+
+        def bare(i: int) -> object:
+            calls = [(k, ("LRANGE", k, 0, 0)) for k in keys[i % 256]]
+            return sharded.execute(client, calls)
+
+        def decoded(i: int) -> object:
+            return store.get_batch(batches[i % 256], VERSION)
+
+        what = f"{args.batch} ids"
+        port, lport = free_ports(2)
+        cmd = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())",
+               "serve", "--no-index", "--host", "127.0.0.1", "--port", str(port), "--redis", url,
+               "--dim", str(DIM)]  # fmt: skip
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+                wait_healthy(ch, lambda: proc.poll() is None, 60)
+                stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
+                reqs = [pb.GetEmbeddingsRequest(user_ids=b) for b in batches]
+
+                def get(i: int) -> object:
+                    r = stub.GetEmbeddings(reqs[i % 256], timeout=5)
+                    return np.frombuffer(r.vectors, "<f4").reshape(len(r.embeddings), r.dim)
+
+                names = (
+                    "bare read (redis-py pipelined per shard)",
+                    "VectorStore.get_batch (read + decode)",
+                    "GetEmbeddings (gRPC, persona serve)",
+                )
+                samples = interleaved(dict(zip(names, (bare, decoded, get), strict=True)),
+                                      3 * args.seconds)  # fmt: skip
+                rates = [
+                    threaded_rate(bare, args.seconds, args.concurrency),
+                    threaded_rate(decoded, args.seconds, args.concurrency),
+                    future_rate(
+                        lambda i: stub.GetEmbeddings.future(reqs[i % 256], timeout=5),
+                        args.seconds,
+                        args.concurrency,
+                    ),
+                ]
+                for name, rate in zip(names, rates, strict=True):
+                    rows.append((name, what, *percentiles(samples[name]), rate))
+                diff = np.asarray(samples[names[2]]) - np.asarray(samples[names[0]])
+                paired_ms = float(np.median(diff)) * 1000
+        finally:
+            proc.terminate()
+            proc.wait(20)
+
+        ctx = mp.get_context("spawn")
+        ready = ctx.Queue()
+        child = ctx.Process(target=lookalike_server, args=(url, args.lookalike_n, lport, ready))
+        child.start()
+        try:
+            build_s, kind = ready.get(timeout=1800)
+            from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
+
+            _, queries = clustered_unit_vectors(1000, 2000, ClusteredSpec(dim=DIM))
+            with grpc.insecure_channel(f"127.0.0.1:{lport}") as ch:
+                wait_healthy(ch, child.is_alive, 60)
+                stub2 = service_pb2_grpc.UserEmbeddingServiceStub(ch)
+                lreqs = [
+                    pb.FindLookalikesRequest(vector=pb.VectorQuery(values=q.tolist()), k=args.k)
+                    for q in queries
+                ]
+
+                def find(i: int) -> object:
+                    return stub2.FindLookalikes(lreqs[i % len(lreqs)], timeout=5)
+
+                p50, p99, _ = latency(find, args.seconds)
+                rate = future_rate(
+                    lambda i: stub2.FindLookalikes.future(lreqs[i % len(lreqs)], timeout=5),
+                    args.seconds,
+                    args.concurrency,
+                )
+                label = f"k={args.k}, n={args.lookalike_n:,} ({kind}, built in {build_s:.0f} s)"
+                rows.append(("FindLookalikes (gRPC)", label, p50, p99, rate))
+        finally:
+            child.terminate()
+            child.join(20)
+        client.close()
+
+    print(
+        f"\n{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), loopback, "
+        f"3-node Valkey cluster, dim {DIM}, {args.users:,} users stored; "
+        f"sustained = {args.concurrency} in flight"
+    )
+    print("\n| path | request | p50 ms | p99 ms | sustained req/s |")
+    print("| --- | --- | ---: | ---: | ---: |")
+    for name, req, p50, p99, rate in rows:
+        print(f"| {name} | {req} | {p50:.2f} | {p99:.2f} | {rate:,.0f} |")
+    print(
+        f"\nGetEmbeddings p50 minus bare read p50: {rows[2][2] - rows[0][2]:+.2f} ms; "
+        f"median of paired differences (same round): {paired_ms:+.2f} ms"
+    )
+    cmd_line = shlex.join(["python", "benchmarks/serve.py", *(argv or sys.argv[1:])])
+    print(f"\ncommand: `{cmd_line}` (total {time.perf_counter() - t_all:.0f} s)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
