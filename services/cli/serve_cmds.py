@@ -20,7 +20,10 @@ DEFAULT_DIM = 64
 
 
 def register(sub: Any) -> None:
-    p = sub.add_parser("serve", help="serve embeddings and lookalikes over gRPC")
+    # allow_abbrev=False: "--auth-token X" must not be taken for "--auth-token-file X"
+    p = sub.add_parser(
+        "serve", help="serve embeddings and lookalikes over gRPC", allow_abbrev=False
+    )
     add_connection_args(p)
     add_models_arg(p)
     add_metrics_arg(p)
