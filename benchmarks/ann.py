@@ -15,6 +15,7 @@ is upsert plus rebuild. hnswlib's ef is raised until its recall reaches the fais
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import platform
 import shlex
@@ -33,6 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from services.index import IndexConfig, LookalikeIndex
 from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
 
+log = logging.getLogger("benchmarks.ann")
 EF_SWEEP = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
 
 
@@ -133,12 +135,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--skip-hnswlib", action="store_true")
     args = p.parse_args(argv)
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     t0 = time.perf_counter()
     base, queries = clustered_unit_vectors(args.n, args.queries, ClusteredSpec(dim=args.dim))
     single = min(args.single, args.queries)
+    log.info("data ready; exact search")
     exact, truth = bench_exact(base, queries, args.k, single)
+    log.info("default index")
     rows = [exact, bench_default(base, queries, truth, args.k, single)]
     if not args.skip_hnswlib:
+        log.info("hnswlib")
         rows.append(
             bench_hnswlib(
                 base,

@@ -21,6 +21,7 @@ the exclusive lock, replays onto the new index what changed meanwhile and swaps 
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -156,7 +157,7 @@ class LookalikeIndex:
             built = self._built
             if built.ntotal == 0 or len(q) == 0:
                 return out
-            fetch = min(built.max_k, k + built.n_stale + len(exclude))
+            fetch = min(built.max_k, self._first_fetch(built, k + len(exclude)))
             todo = np.arange(len(q))
             while len(todo):
                 scores, fids = built.search(q[todo], fetch)
@@ -171,6 +172,16 @@ class LookalikeIndex:
                 todo = np.asarray(short, dtype=np.int64)
                 fetch = min(built.max_k, fetch * 2)
         return out
+
+    @staticmethod
+    def _first_fetch(built: BuiltIndex, wanted: int) -> int:
+        """Hits to ask faiss for so that, after hidden entries are dropped, `wanted` most
+        likely remain: scaled by the hidden fraction. A short query is asked again with
+        twice as many."""
+        if not built.n_stale:
+            return wanted
+        live_fraction = max(0.05, 1.0 - built.n_stale / max(built.ntotal, 1))
+        return math.ceil(wanted / live_fraction) + 8
 
     def _filter(
         self,

@@ -132,7 +132,8 @@ class IndexFollower:
     def catch_up(self, timeout_s: float) -> bool:
         """Blocks until the index holds everything up to the end offsets at call time.
 
-        Works whether or not the threads run (without them it polls in this thread).
+        Works whether or not the threads run (without them it polls in this thread, then
+        rebuilds the index if it `needs_rebuild()`).
         Returns False on timeout, on stop, or if the reader failed.
         """
         deadline = time.monotonic() + timeout_s
@@ -145,7 +146,9 @@ class IndexFollower:
                     if time.monotonic() > deadline or self._stop.is_set():
                         return False
                     self._step()
-                return True
+            if self.index.needs_rebuild():  # no maintainer thread runs: rebuild here
+                self._rebuild()
+            return True
         with self._cond:
             self._ends_wanted += 1
             want = self._ends_wanted
@@ -291,12 +294,14 @@ class IndexFollower:
                     last = time.monotonic()
                 continue
             try:
-                info = self.index.rebuild()
+                self._rebuild()
             except Exception:
                 log.exception("index rebuild failed; the previous index stays in service")
-                continue
             finally:
                 last = time.monotonic()
-            if self.metrics is not None:
-                self.metrics.rebuild_seconds.observe(info.seconds)
-                self.metrics.size.set(self.index.size)
+
+    def _rebuild(self) -> None:
+        info = self.index.rebuild()
+        if self.metrics is not None:
+            self.metrics.rebuild_seconds.observe(info.seconds)
+            self.metrics.size.set(self.index.size)
