@@ -99,6 +99,7 @@ class Refresher:
         self.metrics = metrics
         self.stats = RefreshStats()
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-commit")
+        self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-read")
 
     # ----- the loop ----------------------------------------------------------------------
 
@@ -167,17 +168,28 @@ class Refresher:
     def round(
         self, cands: Sequence[tuple[str, int]], versions: Sequence[str], stop: threading.Event
     ) -> int:
-        """Encode `cands` in batches; each batch's commit overlaps the next batch's encode."""
+        """Encode `cands` in batches. Three stages overlap: batch k+1's windows are read and
+        batch k-1 is committed while batch k is encoded."""
         if not versions:
             raise RuntimeError("no active model version in the store; see `persona cutover`")
         pending: Future[WriteResult] | None = None
+        chunks = [
+            cands[i : i + self.cfg.batch_size] for i in range(0, len(cands), self.cfg.batch_size)
+        ]
+        reads = (
+            [self._reader.submit(self.windows.read, [u for u, _ in chunks[0]])] if chunks else []
+        )
         n = 0
         try:
-            for i in range(0, len(cands), self.cfg.batch_size):
+            for k, chunk in enumerate(chunks):
                 if stop.is_set():
                     break
-                chunk = cands[i : i + self.cfg.batch_size]
-                prepared = self.prepare([u for u, _ in chunk], versions, clear_dirty=True)
+                t0 = time.perf_counter()
+                wins = reads[k].result()  # read ahead while the batch before was encoded
+                if k + 1 < len(chunks):
+                    nxt = [u for u, _ in chunks[k + 1]]
+                    reads.append(self._reader.submit(self.windows.read, nxt))
+                prepared = self.prepare_windows(wins, versions, clear_dirty=True, t0=t0)
                 prepared.dirty_ts = [ts for _, ts in chunk]
                 if pending is not None:
                     pending.result()
@@ -272,6 +284,7 @@ class Refresher:
 
     def close(self) -> None:
         try:
+            self._reader.shutdown(wait=True)
             self._writer.shutdown(wait=True)
         finally:
             self.publisher.close()
