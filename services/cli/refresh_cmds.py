@@ -107,6 +107,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_cutover(args: argparse.Namespace) -> int:
+    from encoder.registry import RegistryError
     from services.refresh import cutover
     from services.store.client import connect
     from services.store.vectors import CutoverError, VectorStore
@@ -135,7 +136,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
                 print(f"{args.version}: retired")
             else:
                 print(json.dumps(cutover.status(store), indent=2))
-        except CutoverError as exc:
+        except (CutoverError, RegistryError) as exc:
             print(f"refused: {exc}")
             return 1
     finally:
