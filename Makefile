@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed
 export OPENBLAS_NUM_THREADS ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install format lint typecheck test test-unit test-integration protos bench demo clean
+.PHONY: help install format lint typecheck test test-unit faults reliability protos bench demo clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -38,6 +38,14 @@ test: install lint typecheck  ## lint, typecheck, unit and integration tests
 
 test-unit: install  ## unit tests only
 	$(PY) -m pytest -q tests/unit
+
+faults: install  ## the fault suite alone (also part of `make test`)
+	$(PY) -m pytest -q tests/faults
+
+reliability: install  ## run the fault suite and regenerate docs/reliability.md
+	rm -f out/reliability.jsonl
+	PERSONA_RELIABILITY_OUT=out/reliability.jsonl $(PY) -m pytest -q tests/faults
+	$(PY) tests/faults/report.py out/reliability.jsonl docs/reliability.md
 
 protos: install  ## regenerate proto/*_pb2*.py
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto

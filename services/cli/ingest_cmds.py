@@ -36,6 +36,12 @@ def register(sub: Any) -> None:
         action="store_true",
         help="exit 0 once everything up to the end of the topic is applied and committed",
     )
+    p.add_argument(
+        "--rebuild",
+        action="store_true",
+        help="ignore stored offsets (event-id dedup only): with a new --group, re-reads the"
+        " topic to refill windows after a store shard lost its data",
+    )
     p.set_defaults(func=cmd_ingest)
 
     p = sub.add_parser("window", help="print a user's window as JSON lines, oldest first")
@@ -77,6 +83,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())  # the handler only sets a flag
+
     from prometheus_client import CollectorRegistry, start_http_server
 
     from services.ingest.consumer import Ingestor
@@ -87,9 +97,6 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     s = settings_from_args(args)
     _ensure_topics(args)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())  # the handler only sets a flag
     registry = CollectorRegistry()
     metrics = ingest_metrics(registry)
     server = None
@@ -97,7 +104,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         server, _ = start_http_server(s.metrics_port, addr="0.0.0.0", registry=registry)
     client = connect(s.redis)
     try:
-        ingestor = Ingestor(s.kafka, s.window, WindowStore(client, s.window), metrics)
+        ingestor = Ingestor(
+            s.kafka, s.window, WindowStore(client, s.window), metrics, rebuild=args.rebuild
+        )
         t0 = time.perf_counter()
         stats = ingestor.run(stop, until_idle=args.until_idle)
         dt = time.perf_counter() - t0

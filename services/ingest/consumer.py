@@ -79,6 +79,8 @@ class Ingestor:
         store: the window store.
         metrics: from `ingest_metrics(registry)`.
         clock_ms: wall clock in ms (for the future-timestamp check); injectable for tests.
+        rebuild: apply with event-id dedup alone, ignoring stored offsets (`persona ingest
+            --rebuild` with a fresh group refills a shard that lost its data).
     """
 
     def __init__(
@@ -88,7 +90,9 @@ class Ingestor:
         store: WindowStore,
         metrics: IngestMetrics,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
+        rebuild: bool = False,
     ) -> None:
+        self.rebuild = rebuild
         self.kcfg = kafka_cfg
         self.wcfg = window_cfg
         self.store = store
@@ -245,7 +249,7 @@ class Ingestor:
         while True:
             t0 = time.perf_counter()
             try:
-                res = self.store.apply_packed(updates)
+                res = self.store.apply_packed(updates, rebuild=self.rebuild)
             except RedisError as exc:
                 self.metrics.store_errors.inc()
                 log.warning("window write failed (%s); retrying in %.1f s", exc, delay)

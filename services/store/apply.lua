@@ -1,6 +1,8 @@
 -- Atomic window update for the users of one bucket (one hash slot). See LAYOUT.md.
 -- KEYS[1] = dirty set of the bucket; then per user: window zset, event hash, meta hash.
--- ARGV[1] = max_events, ARGV[2] = horizon_ms, then per user: uid, partition, events, where
+-- ARGV[1] = max_events, ARGV[2] = horizon_ms, ARGV[3] = 1 to ignore stored offsets (a rebuild
+-- replay after a shard lost its data: event-id dedup alone keeps it idempotent, see LAYOUT.md),
+-- then per user: uid, partition, events, where
 -- events packs, in offset order, per event: i64 offset, i64 ts_ms, u16 len + event id,
 -- u16 len + record (little-endian).
 -- Returns {applied, duplicate, replayed, trimmed, len_1, ..., len_k} (len: window length
@@ -9,11 +11,12 @@
 -- common case (nothing to trim) costs one HMGET, one HSET and two calls per event.
 local maxn = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[2])
+local rebuild = ARGV[3] == '1'
 local applied, dup, replayed, trimmed = 0, 0, 0, 0
 local lens = {}
 local k = 2
 local function int(x) return string.format('%d', x) end
-for i = 3, #ARGV, 3 do
+for i = 4, #ARGV, 3 do
   local uid, part, blob = ARGV[i], ARGV[i + 1], ARGV[i + 2]
   local wk, ek, mk = KEYS[k], KEYS[k + 1], KEYS[k + 2]
   k = k + 3
@@ -31,7 +34,7 @@ for i = 3, #ARGV, 3 do
     local rlen = struct.unpack('<I2', blob, p)
     local rec = string.sub(blob, p + 2, p + 1 + rlen)
     p = p + 2 + rlen
-    if off <= pos then
+    if off <= pos and not rebuild then
       replayed = replayed + 1
     else
       if off > top then top = off end

@@ -133,15 +133,22 @@ class WindowStore:
             if u.events
         )
 
-    def apply_packed(self, updates: Iterable[PackedUpdate]) -> ApplyResult:
-        """`apply` for updates the caller packed itself."""
+    def apply_packed(self, updates: Iterable[PackedUpdate], rebuild: bool = False) -> ApplyResult:
+        """`apply` for updates the caller packed itself.
+
+        Args:
+            rebuild: ignore the stored offsets and rely on event-id dedup alone. For re-reading
+                a topic after a shard lost its data: the window is the newest `max_events`
+                distinct events within the horizon of everything ever applied, so applying
+                already-seen events again changes nothing, and lost ones come back.
+        """
         by_bucket: dict[int, list[PackedUpdate]] = defaultdict(list)
         for u in updates:
             by_bucket[layout.bucket(u.user_id)].append(u)
         calls: list[tuple[list[bytes], list[Any]]] = []
         for b, users in by_bucket.items():
             keys: list[bytes] = [layout.dirty_key(b)]
-            args: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms]
+            args: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms, int(rebuild)]
             for u in users:
                 keys.extend(layout.user_keys(u.user_id))
                 args += [u.user_id, u.source, u.blob]

@@ -97,12 +97,16 @@ class Run:
     ingestor: Ingestor
 
 
-def ingest_until_idle(kcfg: KafkaConfig, redis_url: str, wcfg: WindowConfig | None = None) -> Run:
+def ingest_until_idle(
+    kcfg: KafkaConfig, redis_url: str, wcfg: WindowConfig | None = None, rebuild: bool = False
+) -> Run:
     wcfg = wcfg or WindowConfig()
     registry = CollectorRegistry()
     client = connect(redis_url)
     try:
-        ing = Ingestor(kcfg, wcfg, WindowStore(client, wcfg), ingest_metrics(registry))
+        ing = Ingestor(
+            kcfg, wcfg, WindowStore(client, wcfg), ingest_metrics(registry), rebuild=rebuild
+        )
         stats = ing.run(threading.Event(), until_idle=True, poll_ms=200)
     finally:
         client.close()
