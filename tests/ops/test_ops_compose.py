@@ -1,0 +1,133 @@
+"""deploy/compose.yaml: what can be checked without a container engine.
+
+- the file parses (anchors and merge keys included) and holds the full stack: Kafka in
+  KRaft mode, a Valkey cluster, Prometheus, Grafana, and the three Persona services;
+- each Persona service's command is a real `persona` command line (parsed by the CLI's own
+  parser, with the service's environment applied, so typed PERSONA_* values are checked too);
+- every PERSONA_* variable it sets is one the code reads;
+- every published port is the service's gRPC or metrics port, and Prometheus scrapes each
+  service on the metrics port it really opens;
+- the files it mounts exist, and Grafana's datasource uid is the one the dashboard uses.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import pytest
+import yaml
+
+from tests.ops.support import (
+    DASHBOARD,
+    DEPLOY,
+    PROM,
+    RUNTIME_ENV,
+    env_vars_read_by_code,
+    parse_persona,
+)
+
+COMPOSE = DEPLOY / "compose.yaml"
+PERSONA = {"persona-ingest": "ingest", "persona-refresh": "refresh", "persona-serve": "serve"}
+
+
+@pytest.fixture(scope="module")
+def services() -> dict[str, Any]:
+    doc = yaml.safe_load(COMPOSE.read_text())
+    return doc["services"]
+
+
+def _persona_services(services: dict[str, Any]) -> dict[str, Any]:
+    return {
+        name: svc
+        for name, svc in services.items()
+        if str(svc.get("image", "")).startswith("persona:")
+        or svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile"
+    }
+
+
+def _env(svc: dict[str, Any]) -> dict[str, str]:
+    env = svc.get("environment", {})
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) for item in env)
+    return {k: str(v) for k, v in env.items()}
+
+
+def _parsed(svc: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    for key in [k for k in os.environ if k.startswith("PERSONA_")]:
+        monkeypatch.delenv(key)
+    for key, value in _env(svc).items():
+        monkeypatch.setenv(key, value)
+    return parse_persona([str(a) for a in svc["command"]])
+
+
+def test_full_stack_is_there(services: dict[str, Any]) -> None:
+    kafka = services["kafka"]
+    assert kafka["image"].startswith("apache/kafka:")
+    roles = kafka["environment"]["KAFKA_PROCESS_ROLES"]
+    assert "controller" in roles and "broker" in roles, "Kafka is not in KRaft combined mode"
+    assert "KAFKA_ZOOKEEPER_CONNECT" not in kafka["environment"]
+    nodes = [s for s in services.values() if "--cluster-enabled" in s.get("command", [])]
+    assert len(nodes) >= 3, "no 3-node Valkey/Redis cluster"
+    assert "--cluster" in " ".join(services["valkey-init"]["command"])
+    assert services["prometheus"]["image"].startswith("prom/prometheus:")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+    assert set(PERSONA) <= set(_persona_services(services))
+
+
+def test_persona_commands_parse(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.config import settings_from_args
+
+    for name, svc in _persona_services(services).items():
+        with monkeypatch.context() as m:
+            try:
+                args = _parsed(svc, m)
+            except SystemExit:
+                pytest.fail(f"{name}: `persona {' '.join(svc['command'])}` does not parse")
+            settings_from_args(args)  # int(...) of every typed PERSONA_* value
+        if name in PERSONA:
+            assert args.command == PERSONA[name], name
+
+
+def test_env_vars_are_read_by_code(services: dict[str, Any]) -> None:
+    read = env_vars_read_by_code()
+    for name, svc in _persona_services(services).items():
+        unknown = set(_env(svc)) - read - RUNTIME_ENV
+        assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
+
+
+def test_ports_match_flags_and_scrape_targets(
+    services: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    targets = {
+        t for job in scrape["scrape_configs"] for sc in job["static_configs"] for t in sc["targets"]
+    }
+    for name, svc in _persona_services(services).items():
+        with monkeypatch.context() as m:
+            args = _parsed(svc, m)
+        opened = {p for p in (getattr(args, "metrics_port", 0), getattr(args, "port", 0)) if p}
+        for mapping in svc.get("ports", []):
+            container = int(str(mapping).split(":")[-1].split("/")[0])
+            assert container in opened, f"{name} publishes {container}, opens {sorted(opened)}"
+        if name in PERSONA:
+            assert args.metrics_port, f"{name} has no /metrics port"
+            assert f"{name}:{args.metrics_port}" in targets, f"Prometheus does not scrape {name}"
+
+
+def test_mounted_files_exist_and_datasource_matches(services: dict[str, Any]) -> None:
+    for name, svc in services.items():
+        for vol in svc.get("volumes", []):
+            src = str(vol).split(":")[0]
+            if src.startswith("."):
+                assert (DEPLOY / src).exists(), f"{name} mounts missing {src}"
+    ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())[
+        "datasources"
+    ][0]
+    uids = {
+        p["datasource"]["uid"]
+        for p in json.loads(DASHBOARD.read_text())["panels"]
+        if "datasource" in p
+    }
+    assert uids == {ds["uid"]}, (uids, ds["uid"])

@@ -1,0 +1,227 @@
+"""k8s/: schema validation plus the cross-checks a schema cannot make.
+
+- Every manifest outside k8s/crds/ passes `kubernetes-validate --strict` (Kubernetes 1.37
+  schemas from the PyPI package; unknown fields rejected). A control shows --strict rejects
+  an unknown field. The custom resources in k8s/crds/ (Strimzi, KEDA, Prometheus Operator)
+  are not in those schemas: they are checked for YAML syntax and apiVersion/kind only, plus
+  the values Persona depends on (topics, partitions, scale target).
+- Each Persona container runs a real `persona` command line with its ConfigMap/env applied;
+  every PERSONA_* it gets is read by the code; its ports and probe ports are the ones that
+  configuration opens; the serving readiness probe names the real gRPC service.
+- Placement and hygiene: the GPU refresher requests nvidia.com/gpu on GPU nodes, every
+  container has requests and limits and runs as non-root; Service, PDB and HPA point at the
+  serving Deployment; NetworkPolicy ports match the container ports.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.ops.support import K8S, RUNTIME_ENV, env_vars_read_by_code, parse_persona, yaml_docs
+
+CRDS = K8S / "crds"
+PLAIN = sorted(p for p in K8S.rglob("*.yaml") if CRDS not in p.parents)
+CRD_KINDS = {
+    "kafka.strimzi.io/v1beta2": {"Kafka", "KafkaNodePool", "KafkaTopic"},
+    "keda.sh/v1alpha1": {"ScaledObject"},
+    "monitoring.coreos.com/v1": {"PodMonitor"},
+}
+TOPICS = {"persona.events", "persona.events.dlq", "persona.embeddings"}
+
+
+def _docs(paths: list[Path]) -> list[dict[str, Any]]:
+    return [d for p in paths for d in yaml_docs(p)]
+
+
+def _by_kind(kind: str) -> dict[str, dict[str, Any]]:
+    return {d["metadata"]["name"]: d for d in _docs(PLAIN) if d["kind"] == kind}
+
+
+def _config() -> dict[str, str]:
+    return {k: str(v) for k, v in _by_kind("ConfigMap")["persona-config"]["data"].items()}
+
+
+def _secret_keys() -> set[str]:
+    return set(_by_kind("Secret")["persona-auth"].get("stringData", {}))
+
+
+def _persona_containers() -> list[tuple[str, dict[str, Any], dict[str, Any]]]:
+    """(deployment, pod spec, container) for every container in the persona namespace."""
+    out = []
+    for name, dep in _by_kind("Deployment").items():
+        if dep["metadata"]["namespace"] != "persona":
+            continue
+        pod = dep["spec"]["template"]["spec"]
+        out += [(name, pod, c) for c in pod["containers"]]
+    return out
+
+
+def _container_env(c: dict[str, Any]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for src in c.get("envFrom", []):
+        if "configMapRef" in src:
+            assert src["configMapRef"]["name"] == "persona-config"
+            env |= _config()
+        if "secretRef" in src:
+            assert src["secretRef"]["name"] == "persona-auth"
+            env |= dict.fromkeys(_secret_keys(), "secret")
+    env |= {e["name"]: str(e.get("value", "")) for e in c.get("env", [])}
+    return env
+
+
+def test_there_is_something_to_validate() -> None:
+    names = {p.name for p in PLAIN}
+    assert {"ingest.yaml", "refresh-gpu.yaml", "refresh-cpu.yaml", "serve.yaml"} <= names
+    assert {"networkpolicy.yaml", "config.yaml"} <= names
+
+
+def test_kubernetes_validate_strict(kubernetes_validate: Path) -> None:
+    proc = subprocess.run(
+        [str(kubernetes_validate), "--strict", "--quiet", *map(str, PLAIN)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, f"kubernetes-validate --strict:\n{proc.stdout}{proc.stderr}"
+
+
+def test_strict_rejects_unknown_fields(kubernetes_validate: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: x}\ndata: {a: b}\nsurprise: 1\n"
+    )
+    proc = subprocess.run(
+        [str(kubernetes_validate), "--strict", "--quiet", str(bad)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode != 0, "--strict accepted an unknown field"
+
+
+def test_custom_resources_parse_with_known_kinds() -> None:
+    docs = _docs(sorted(CRDS.glob("*.yaml")))
+    assert docs
+    for d in docs:
+        assert d["kind"] in CRD_KINDS.get(d["apiVersion"], set()), (d["apiVersion"], d["kind"])
+        assert d["metadata"]["name"] and "spec" in d
+    topics = {d["metadata"]["name"]: d for d in docs if d["kind"] == "KafkaTopic"}
+    assert set(topics) == TOPICS
+    assert topics["persona.embeddings"]["spec"]["config"]["cleanup.policy"] == "compact"
+    partitions = int(_config()["PERSONA_PARTITIONS"])
+    assert topics["persona.events"]["spec"]["partitions"] == partitions
+    kafka = [d for d in docs if d["kind"] == "Kafka"]
+    assert len(kafka) == 1 and kafka[0]["metadata"]["annotations"]["strimzi.io/kraft"] == "enabled"
+    bootstrap = (
+        f"{kafka[0]['metadata']['name']}-kafka-bootstrap.{kafka[0]['metadata']['namespace']}"
+    )
+    assert _config()["PERSONA_BOOTSTRAP"].startswith(bootstrap)
+    (scaled,) = [d for d in docs if d["kind"] == "ScaledObject"]
+    assert scaled["spec"]["scaleTargetRef"]["name"] in _by_kind("Deployment")
+    assert scaled["spec"]["maxReplicaCount"] <= partitions, "more members than partitions"
+    trigger = scaled["spec"]["triggers"][0]["metadata"]
+    assert trigger["topic"] == _config()["PERSONA_TOPIC"]
+    assert trigger["consumerGroup"] == _config()["PERSONA_GROUP"]
+
+
+def test_containers_run_real_commands_with_read_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.config import settings_from_args
+
+    read = env_vars_read_by_code()
+    seen = set()
+    for name, _, c in _persona_containers():
+        env = _container_env(c)
+        unknown = set(env) - read - RUNTIME_ENV
+        assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
+        with monkeypatch.context() as m:
+            for key in [k for k in os.environ if k.startswith("PERSONA_")]:
+                m.delenv(key)
+            for key, value in env.items():
+                m.setenv(key, value)
+            try:
+                args = parse_persona([*c.get("command", []), *c["args"]])
+            except SystemExit:
+                pytest.fail(f"{name}: `persona {' '.join(c['args'])}` does not parse")
+            settings_from_args(args)
+        seen.add(args.command)
+        opened = {p for p in (getattr(args, "metrics_port", 0), getattr(args, "port", 0)) if p}
+        ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+        assert set(ports.values()) <= opened, (name, ports, opened)
+        assert ports.get("metrics") == args.metrics_port, name
+        for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+            spec = c.get(probe)
+            if spec is None:
+                continue
+            port = (spec.get("grpc") or spec.get("httpGet") or spec.get("tcpSocket"))["port"]
+            assert ports.get(port, port) in opened, f"{name} {probe} on a closed port {port}"
+    assert seen == {"ingest", "refresh", "serve"}
+
+
+def test_serving_probes_use_grpc_health() -> None:
+    from proto import service_pb2
+
+    full = service_pb2.DESCRIPTOR.services_by_name["UserEmbeddingService"].full_name
+    (c,) = _by_kind("Deployment")["persona-serve"]["spec"]["template"]["spec"]["containers"]
+    assert "grpc" in c["livenessProbe"] and "grpc" in c["readinessProbe"]
+    assert c["readinessProbe"]["grpc"]["service"] == full
+
+
+def test_gpu_placement_and_cpu_variant() -> None:
+    deps = _by_kind("Deployment")
+    gpu = deps["persona-refresh"]["spec"]["template"]["spec"]
+    (c,) = gpu["containers"]
+    assert c["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert gpu["nodeSelector"] and any(t["key"] == "nvidia.com/gpu" for t in gpu["tolerations"])
+    assert {"name": "PERSONA_DEVICE", "value": "cuda"} in c["env"]
+    assert "cuda" in c["image"]
+    cpu = deps["persona-refresh-cpu"]["spec"]["template"]["spec"]
+    (cc,) = cpu["containers"]
+    assert "nvidia.com/gpu" not in cc["resources"]["limits"]
+    assert {"name": "PERSONA_DEVICE", "value": "cpu"} in cc["env"]
+
+
+def test_resources_and_security() -> None:
+    for name, pod, c in _persona_containers():
+        for kind in ("requests", "limits"):
+            assert {"cpu", "memory"} <= set(c["resources"][kind]), (name, kind)
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        assert c["securityContext"]["allowPrivilegeEscalation"] is False, name
+
+
+def test_service_pdb_hpa_point_at_serving() -> None:
+    dep = _by_kind("Deployment")["persona-serve"]
+    labels = dep["spec"]["template"]["metadata"]["labels"]
+    (c,) = dep["spec"]["template"]["spec"]["containers"]
+    port_names = {p["name"] for p in c["ports"]}
+    for svc in _by_kind("Service").values():
+        if svc["metadata"]["namespace"] != "persona":
+            continue
+        assert svc["spec"]["selector"].items() <= labels.items()
+        assert {p["targetPort"] for p in svc["spec"]["ports"]} <= port_names
+    pdb = _by_kind("PodDisruptionBudget")["persona-serve"]
+    assert pdb["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = _by_kind("HorizontalPodAutoscaler")["persona-serve"]
+    assert hpa["spec"]["scaleTargetRef"]["name"] == "persona-serve"
+    assert hpa["spec"]["minReplicas"] >= 2, "a PDB with one replica blocks node drains"
+
+
+def test_network_policy_ports_match_containers() -> None:
+    cfg = _config()
+    pols = _by_kind("NetworkPolicy")
+    assert pols["default-deny"]["spec"]["podSelector"] == {}
+    assert set(pols["default-deny"]["spec"]["policyTypes"]) == {"Ingress", "Egress"}
+    grpc_ports = {
+        p["port"] for r in pols["persona-serve-grpc"]["spec"]["ingress"] for p in r["ports"]
+    }
+    assert grpc_ports == {int(cfg["PERSONA_SERVE_PORT"])}
+    metrics = {p["port"] for r in pols["persona-metrics"]["spec"]["ingress"] for p in r["ports"]}
+    assert metrics == {int(cfg["PERSONA_METRICS_PORT"])}
+    egress = {p["port"] for r in pols["persona-egress"]["spec"]["egress"] for p in r["ports"]}
+    kafka_port = int(cfg["PERSONA_BOOTSTRAP"].rsplit(":", 1)[1])
+    redis_port = int(cfg["PERSONA_REDIS"].rsplit(":", 1)[1].split("/")[0])
+    assert {53, kafka_port, redis_port} <= egress
