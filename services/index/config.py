@@ -30,6 +30,7 @@ class IndexConfig:
         exact_below: "auto" uses exact search below this many vectors.
         ivf_nlist: IVF lists; None means ~4*sqrt(n), at most n/39 and `ivf_nlist_max`.
         ivf_nprobe: lists visited per query.
+        ivf_train_per_list: k-means training sample, points per list (faiss warns below 39).
         hnsw_m, hnsw_ef_search, hnsw_ef_construction: HNSW graph parameters.
         gpu: "auto" moves flat and IVF indexes to GPU 0 when faiss sees a GPU.
         rebuild_growth: `needs_rebuild()` once the size passes this multiple of the size at
@@ -44,6 +45,7 @@ class IndexConfig:
     ivf_nlist: int | None = None
     ivf_nlist_max: int = 65_536
     ivf_nprobe: int = 16
+    ivf_train_per_list: int = 64
     hnsw_m: int = 32
     hnsw_ef_search: int = 64
     hnsw_ef_construction: int = 40
@@ -56,6 +58,8 @@ class IndexConfig:
             raise ValueError(f"dim must be >= 1, got {self.dim}")
         if self.ivf_nprobe < 1 or self.hnsw_m < 2 or self.hnsw_ef_search < 1:
             raise ValueError("ivf_nprobe, hnsw_ef_search must be >= 1 and hnsw_m >= 2")
+        if self.ivf_train_per_list < 39:
+            raise ValueError(f"ivf_train_per_list must be >= 39, got {self.ivf_train_per_list}")
         if self.ivf_nlist is not None and self.ivf_nlist < 1:
             raise ValueError(f"ivf_nlist must be >= 1 or None, got {self.ivf_nlist}")
         if self.rebuild_growth <= 1.0:
