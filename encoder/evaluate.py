@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -32,20 +32,21 @@ class EvalConfig:
     users: int = 1000
     events_per_user: float = 100.0
     seed: int = 1_000_003  # held out: not a training seed
-    world_seed: int = 0
     first_user: int = 900_000
+    world: SyntheticConfig = field(default_factory=SyntheticConfig)  # world of the training set
     k: int = 10
     folds: int = 5
     max_events: int = 256
 
 
 def heldout(cfg: EvalConfig) -> SyntheticDataset:
+    """Held-out users: the training world (items, segments), other users."""
     return generate(
-        SyntheticConfig(
+        replace(
+            cfg.world,
             users=cfg.users,
             events_per_user=cfg.events_per_user,
             seed=cfg.seed,
-            world_seed=cfg.world_seed,
             first_user=cfg.first_user,
         )
     )
@@ -143,7 +144,7 @@ def evaluate(encode: EncodeFn, cfg: EvalConfig, event_types: Sequence[str]) -> d
         "heldout": {
             "users": len(users),
             "seed": cfg.seed,
-            "world_seed": cfg.world_seed,
+            "world_seed": cfg.world.world_seed,
             "converts_rate": round(float(conv.mean()), 4),
             "churns_rate": round(float(churn.mean()), 4),
         },

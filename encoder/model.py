@@ -20,7 +20,9 @@ pooling, and positions are counted from the newest event, not from the padded en
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -59,6 +61,16 @@ def make_kjt(batch: TokenBatch, keys: tuple[str, ...], device: torch.device) -> 
     )
 
 
+def _pos_bucket(rev: Any) -> Any:
+    """Log-spaced buckets of the distance from the newest event (0, 1, 2, 3, 4-5, 6-7, ...):
+    exact for recent events, shared for old ones, so windows longer than the training
+    windows reuse trained rows. Works on ints and on int tensors."""
+    if isinstance(rev, int):
+        return rev if rev < 4 else int(2 * math.log2(rev))
+    r = rev.float().clamp(min=1.0)
+    return torch.where(rev < 4, rev, (2 * torch.log2(r)).long())
+
+
 class UserEncoder(nn.Module):
     """Windows of token ids in, one L2-normalised vector per window out.
 
@@ -87,7 +99,8 @@ class UserEncoder(nn.Module):
             ],
             device=device or torch.device("cpu"),
         )
-        self.pos = nn.Embedding(cfg.max_events, cfg.d_model)
+        self.pos = nn.Embedding(_pos_bucket(cfg.max_events) + 1, cfg.d_model)
+        nn.init.normal_(self.pos.weight, 0.0, 0.02)
         self.norm_in = nn.LayerNorm(cfg.d_model)
         layer = nn.TransformerEncoderLayer(
             cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, batch_first=True, norm_first=True
@@ -95,7 +108,7 @@ class UserEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm_out = nn.LayerNorm(cfg.d_model)
         self.pool = nn.Linear(cfg.d_model, 1)
-        self.proj = nn.Linear(cfg.d_model, cfg.out_dim)
+        self.proj = nn.Linear(2 * cfg.d_model, cfg.out_dim)
         self._init_tables()
 
     @torch.no_grad()
@@ -118,13 +131,17 @@ class UserEncoder(nn.Module):
         x = summed.new_zeros(b, t, summed.shape[-1])  # (B, T, D)
         x[real] = summed
         rev = (lengths.unsqueeze(1) - 1 - ar.unsqueeze(0)).clamp(min=0)  # (B, T) 0 = newest
-        x = x + self.pos(rev) * real.unsqueeze(-1)
+        x = x + self.pos(_pos_bucket(rev)) * real.unsqueeze(-1)
         return self.norm_in(x), ~real
 
     def forward(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns hidden states (B, T, D), the pad mask (B, T) and the user vectors (B, E)."""
+        """Returns hidden states (B, T, D), the pad mask (B, T) and the user vectors (B, E).
+
+        The user vector reads two summaries: attention pooling over all real positions, and
+        the newest event's hidden state (causal: it has seen the whole window, and carries
+        the window's recency through its age feature)."""
         x, pad = self.embed(kjt, lengths)  # (B, T, D), (B, T)
         t = x.shape[1]
         causal = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
@@ -134,7 +151,10 @@ class UserEncoder(nn.Module):
         score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
         w = torch.softmax(score, dim=1).nan_to_num(0.0)  # empty windows pool to zero
         pooled = torch.einsum("bt,btd->bd", w.to(h.dtype), h)  # (B, D)
-        z = F.normalize(self.proj(pooled).float(), dim=-1)  # (B, E)
+        last = (lengths - 1).clamp(min=0)  # (B,) the newest event saw the whole window
+        newest = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
+        newest = newest * (lengths > 0).unsqueeze(-1).to(h.dtype)
+        z = F.normalize(self.proj(torch.cat([pooled, newest], -1)).float(), dim=-1)  # (B, E)
         return h, pad, z
 
     def encode_batch(self, batch: TokenBatch) -> torch.Tensor:

@@ -31,12 +31,13 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    horizons_ms: tuple[int, ...] = (HOUR, DAY, WEEK)
+    horizons_ms: tuple[int, ...] = (HOUR, DAY, WEEK, 2 * WEEK)  # 2 weeks: the churn horizon
     w_next_type: float = 1.0
     w_next_item: float = 1.0
     w_horizon: float = 1.0
     w_pooled: float = 2.0  # the user vector's own copy of the three objectives
-    w_bag: float = 1.0  # the user vector also names items of its window (sampled softmax)
+    w_vec_horizon: float = 3.0  # extra weight on the user vector's multi-horizon targets
+    w_bag: float = 2.0  # the user vector also names items of its window (sampled softmax)
     bag_size: int = 16
     item_field: str = "item"
     item_negatives: int = 512
@@ -214,7 +215,7 @@ class TrainingHeads(nn.Module):
             q.unsqueeze(1).expand(-1, nb, -1).reshape(b * nb, -1), batch["p_bag"].reshape(-1), gen
         )
         seq = o.w_next_type * l_type + o.w_next_item * l_item + o.w_horizon * l_hz
-        vec = o.w_next_type * p_type + o.w_next_item * p_item + o.w_horizon * p_hz
+        vec = o.w_next_type * p_type + o.w_next_item * p_item + o.w_vec_horizon * p_hz
         total = seq + o.w_pooled * vec + o.w_bag * p_bag
         named = {
             "type": l_type,

@@ -21,14 +21,14 @@ import torch
 from encoder.events import Event
 from encoder.model import ModelConfig, UserEncoder, make_kjt
 from encoder.objectives import Example, ObjectiveConfig, TrainingHeads, collate, make_example
-from encoder.tokenizer import WEEK, TokenBatch, Tokenizer, TokenizerConfig, build_vocab
+from encoder.tokenizer import TokenBatch, Tokenizer, TokenizerConfig, build_vocab
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 6
+    epochs: int = 5
     batch_size: int = 64
     lr: float = 2e-3
     table_lr_mult: float = 5.0  # embedding rows see few updates each: a larger step
@@ -72,7 +72,7 @@ def build_examples(
     for evs in users.values():
         ts = np.array([e.ts_ms for e in evs], dtype=np.int64)
         nows = [data_end_ms]
-        lo, hi = int(ts[0]) + 1, data_end_ms - WEEK
+        lo, hi = int(ts[0]) + 1, data_end_ms - horizon  # every horizon label observable
         if hi > lo:
             nows += [int(x) for x in rng.integers(lo, hi, size=cuts_per_user)]
         for now in nows:

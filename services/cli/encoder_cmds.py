@@ -168,6 +168,22 @@ def cmd_model(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
+def _guarded(fn: Any) -> Any:
+    """Registry errors (no active model, unknown version) end the command with exit code 1."""
+
+    def run(args: argparse.Namespace) -> int:
+        from encoder.registry import RegistryError
+
+        try:
+            return int(fn(args))
+        except RegistryError as exc:
+            log.error("%s", exc)
+            return 1
+
+    run.__name__ = fn.__name__
+    return run
+
+
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train an encoder version into the registry")
     src = p.add_mutually_exclusive_group(required=True)
@@ -178,7 +194,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--epochs", type=int, default=None)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_models_arg(p)
-    p.set_defaults(func=cmd_train)
+    p.set_defaults(func=_guarded(cmd_train))
 
     p = subparsers.add_parser("encode", help="encode each user's window in an event file")
     p.add_argument("--events", type=Path, required=True)
@@ -187,7 +203,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--now-ms", type=int, default=None, help="encode time (default: newest event)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when present)")
     add_models_arg(p)
-    p.set_defaults(func=cmd_encode)
+    p.set_defaults(func=_guarded(cmd_encode))
 
     p = subparsers.add_parser("eval", help="quality on held-out synthetic users")
     p.add_argument("--model", default=None)
@@ -195,7 +211,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-users", type=int, default=None)
     p.add_argument("--check", action="store_true", help="exit 1 when the targets are not met")
     add_models_arg(p)
-    p.set_defaults(func=cmd_eval)
+    p.set_defaults(func=_guarded(cmd_eval))
 
     p = subparsers.add_parser("model", help="list | show | validate | promote | rollback")
     p.add_argument("action", choices=["list", "show", "validate", "promote", "rollback"])
@@ -204,4 +220,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-users", type=int, default=None)
     p.add_argument("--skip-validate", action="store_true", help="promote on parity alone")
     add_models_arg(p)
-    p.set_defaults(func=cmd_model)
+    p.set_defaults(func=_guarded(cmd_model))

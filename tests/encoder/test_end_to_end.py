@@ -11,12 +11,13 @@ from encoder.train import TrainSpec, train
 
 
 def test_train_then_eval_quality_ordering(tiny_spec: TrainSpec) -> None:
-    ds = generate(SyntheticConfig(users=400, events_per_user=40.0, seed=5))
-    spec = replace(tiny_spec, train=replace(tiny_spec.train, epochs=3, cuts_per_user=1))
+    world = SyntheticConfig(users=400, events_per_user=40.0, seed=5, items=400, campaigns=48)
+    ds = generate(world)
+    spec = replace(tiny_spec, train=replace(tiny_spec.train, epochs=3, cuts_per_user=1, lr=5e-3))
     model, tok, metrics = train(ds.events, spec, ds.config.end_ms)
     assert metrics["loss_last"] < metrics["loss_first"]
     enc = Encoder.from_model(model)
-    cfg = EvalConfig(users=240, events_per_user=40.0, folds=3, max_events=64)
+    cfg = EvalConfig(users=240, events_per_user=40.0, folds=3, max_events=64, world=world)
     report = evaluate(enc.encode, cfg, tok.event_types)
     table = format_table(report)
     emb, rnd = report["embedding"], report["random"]
