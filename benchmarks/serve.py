@@ -158,6 +158,7 @@ def lookalike_server(redis_url: str, n: int, port: int, ready: Any) -> None:
     from services.serving.prior import PriorIndex
     from services.serving.server import ServingServer
 
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     base, _ = clustered_unit_vectors(n, 0, ClusteredSpec(dim=DIM))
     t0 = time.perf_counter()
     index = PriorIndex(IndexConfig(dim=DIM, gpu="off"))
@@ -207,6 +208,7 @@ def main(argv: list[str] | None = None) -> int:
         client = connect(url)
         store = VectorStore(client)
         ids = write_users(store, args.users)
+        log.info("wrote %d users; measuring GetEmbeddings beside the bare read", args.users)
         rng = np.random.default_rng(1)
         batches = [list(rng.choice(ids, args.batch, replace=False)) for _ in range(256)]
         keys = [[vector_key(u, VERSION) for u in b] for b in batches]
@@ -258,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             proc.terminate()
             proc.wait(20)
 
+        log.info("building the lookalike index over %d vectors in a child", args.lookalike_n)
         ctx = mp.get_context("spawn")
         ready = ctx.Queue()
         child = ctx.Process(target=lookalike_server, args=(url, args.lookalike_n, lport, ready))
