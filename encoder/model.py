@@ -157,6 +157,20 @@ class UserEncoder(nn.Module):
         z = F.normalize(self.proj(torch.cat([pooled, newest], -1)).float(), dim=-1)  # (B, E)
         return h, pad, z
 
+    def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+        """The user vector of every prefix (training only): z_t as if the window ended at t.
+
+        Attention pooling as running sums, so z at the newest position equals `forward`'s.
+        h: (B, T, D), pad: (B, T) -> (B, T, E).
+        """
+        score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
+        m = score.max(dim=1, keepdim=True).values.clamp(min=-1e4)  # (B, 1)
+        e = torch.exp(score - m).masked_fill(pad, 0.0)  # (B, T)
+        num = torch.cumsum(e.unsqueeze(-1) * h.float(), dim=1)  # (B, T, D)
+        den = torch.cumsum(e, dim=1).clamp(min=1e-30).unsqueeze(-1)  # (B, T, 1)
+        pooled = (num / den).to(h.dtype)  # (B, T, D)
+        return F.normalize(self.proj(torch.cat([pooled, h], -1)).float(), dim=-1)  # (B, T, E)
+
     def encode_batch(self, batch: TokenBatch) -> torch.Tensor:
         """Token batch to user vectors (B, E), on this module's device."""
         dev = self.pos.weight.device

@@ -37,6 +37,7 @@ class ObjectiveConfig:
     w_horizon: float = 1.0
     w_pooled: float = 2.0  # the user vector's own copy of the three objectives
     w_vec_horizon: float = 3.0  # extra weight on the user vector's multi-horizon targets
+    w_prefix: float = 1.0  # the user vector of every prefix predicts that position's targets
     w_bag: float = 2.0  # the user vector also names items of its window (sampled softmax)
     bag_size: int = 16
     item_field: str = "item"
@@ -182,9 +183,16 @@ class TrainingHeads(nn.Module):
         return F.cross_entropy(logits, inv[: target.shape[0]])
 
     def loss(
-        self, h: torch.Tensor, pad: torch.Tensor, z: torch.Tensor, batch: dict, gen: torch.Generator
+        self,
+        h: torch.Tensor,
+        pad: torch.Tensor,
+        z: torch.Tensor,
+        batch: dict,
+        gen: torch.Generator,
+        z_prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
-        """h: (B, T, D) hidden states, pad: (B, T), z: (B, E) user vectors."""
+        """h: (B, T, D) hidden states, pad: (B, T), z: (B, E) user vectors at ``now``,
+        z_prefix: (B, T, E) the user vector of every prefix (type and horizon targets)."""
         o = self.obj
         b, t, _ = h.shape
         real = ~pad  # (B, T)
@@ -217,6 +225,18 @@ class TrainingHeads(nn.Module):
         seq = o.w_next_type * l_type + o.w_next_item * l_item + o.w_horizon * l_hz
         vec = o.w_next_type * p_type + o.w_next_item * p_item + o.w_vec_horizon * p_hz
         total = seq + o.w_pooled * vec + o.w_bag * p_bag
+        pre = z.sum() * 0.0
+        if z_prefix is not None and o.w_prefix > 0:
+            zp = z_prefix * self.scale  # (B, T, E)
+            pre_type = F.cross_entropy(
+                self.vec_type(zp).reshape(b * t, -1),
+                batch["next_type"].reshape(-1),
+                ignore_index=IGNORE,
+            )
+            zp_hz = self.vec_hz(zp).reshape(b, t, self.k, self.y)  # (B, T, K, Y)
+            zb = F.binary_cross_entropy_with_logits(zp_hz, batch["horizon"], reduction="none")
+            pre = pre_type + o.w_vec_horizon * (zb * ok).sum() / (ok.sum() * self.y).clamp(min=1.0)
+            total = total + o.w_prefix * pre
         named = {
             "type": l_type,
             "item": l_item,
@@ -224,6 +244,8 @@ class TrainingHeads(nn.Module):
             "vec_type": p_type,
             "vec_item": p_item,
             "vec_horizon": p_hz,
+            "bag": p_bag,
+            "prefix": pre,
         }
         parts = {k: float(v.detach()) for k, v in named.items()}
         return total, parts

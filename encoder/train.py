@@ -33,8 +33,8 @@ class TrainConfig:
     lr: float = 2e-3
     table_lr_mult: float = 5.0  # embedding rows see few updates each: a larger step
     weight_decay: float = 0.01
-    cuts_per_user: int = 3  # time-uniform cuts, plus one at the end of the data
-    train_max_events: int = 128  # windows in training (the model serves up to max_events)
+    cuts_per_user: int = 2  # time-uniform cuts, plus one at the end of the data
+    train_max_events: int = 64  # windows in training (the model serves up to max_events)
     seed: int = 0
     progress: bool = True
 
@@ -151,7 +151,8 @@ def train(
             tb = TokenBatch(ids=b["ids"], lengths=b["lengths"])  # type: ignore[arg-type]
             lengths = torch.from_numpy(tb.lengths)
             h, pad, z = model(make_kjt(tb, model.keys, torch.device("cpu")), lengths)
-            loss, parts = heads.loss(h, pad, z, b, gen)
+            z_prefix = model.prefix_vectors(h, pad) if spec.objectives.w_prefix > 0 else None
+            loss, parts = heads.loss(h, pad, z, b, gen, z_prefix)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
