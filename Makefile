@@ -33,7 +33,8 @@ lint: install  ## ruff
 typecheck: install  ## mypy
 	$(VENV)/bin/mypy services encoder benchmarks
 
-test: install lint typecheck  ## lint, typecheck, unit and integration tests
+test: install lint typecheck  ## lint, typecheck, unit, integration, fault and ops tests
+	deploy/ensure-tools.sh $(VENV)
 	$(PY) -m pytest -q tests
 
 test-unit: install  ## unit tests only

@@ -1,0 +1,1 @@
+"""`make demo`: the whole product on the embedded stack, step by step, nothing left running."""

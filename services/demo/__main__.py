@@ -1,0 +1,186 @@
+"""`make demo`: train (or reuse) a model, then events -> windows -> vectors -> gRPC, on the
+embedded stack (Tansu + 3-node Valkey cluster), and show what rankers and audience teams see.
+
+Everything runs as it would in production, as `persona` child processes talking to the stack;
+the demo only produces the synthetic events (it keeps their hidden truth to show beside the
+results) and acts as the gRPC client. Nothing is left running at the end.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from encoder import registry
+from encoder.synthetic import SyntheticConfig, generate
+from services.config import KafkaConfig
+from services.demo.client import Client
+from services.demo.plot import user_map
+from services.demo.procs import background, child_env, run, step
+from services.ingest.produce import produce_events
+from services.stack import EmbeddedStack, StackConfig, free_ports
+
+DAY_MS = 86_400_000
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--users", type=int, default=800)
+    ap.add_argument("--events-per-user", type=float, default=80.0)
+    ap.add_argument("--out", type=Path, default=Path("out/demo"))
+    ap.add_argument("--retrain", action="store_true", help="train even if a model is there")
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.ERROR)
+    models = args.out / "models"
+    args.out.mkdir(parents=True, exist_ok=True)
+    env = child_env(PERSONA_MODELS=str(models))
+
+    with step("model: train one on synthetic users (or reuse the demo's earlier one)"):
+        version = None if args.retrain else registry.active_version(models)
+        if version:
+            print(f"    reusing {version} from {models}")
+        else:
+            version = run(["train", "--synthetic"], env, quiet=False).strip().splitlines()[-1]
+            print(f"    trained {version}")
+    with step("quality on held-out synthetic users (embedding vs hand-made aggregates)"):
+        print(run(["eval"], env).rstrip())
+
+    now = int(time.time() * 1000)
+    cfg = SyntheticConfig(
+        users=args.users,
+        events_per_user=args.events_per_user,
+        seed=7,
+        end_ms=now,
+        first_user=500_000,
+    )
+    ds = generate(cfg)
+    print(
+        f"\n    {len(ds.events):,} synthetic events from {len(ds.truth)} users "
+        f"(hidden segments and lifecycle states kept aside for the display)"
+    )
+
+    with step("starting the embedded stack (Tansu broker, 3-node Valkey cluster)"):
+        stack = EmbeddedStack(StackConfig(cluster=True))
+        stack.start()
+    try:
+        a = stack.addresses
+        print("    " + a.to_json())
+        conn = ["--bootstrap", a.bootstrap, "--redis", a.redis]
+        kcfg = KafkaConfig(bootstrap=a.bootstrap, topic=a.topic, dlq_topic=a.dlq_topic)
+        ingest_port, refresh_port, serve_port, serve_metrics = free_ports(4)
+        cutoffs = [now - 10 * DAY_MS, now - 3 * DAY_MS, now + 1]
+        sent = 0
+        for wave, cut in enumerate(cutoffs, 1):
+            batch = [e for e in ds.events[sent:] if e.ts_ms < cut]
+            sent += len(batch)
+            with step(f"wave {wave}/3: produce {len(batch):,} events, ingest, refresh"):
+                t0 = time.perf_counter()
+                produce_events(kcfg, batch)
+                t1 = time.perf_counter()
+                ing = json.loads(
+                    run(
+                        ["ingest", "--until-idle", "--metrics-port", str(ingest_port), *conn], env
+                    ).splitlines()[-1]
+                )
+                t2 = time.perf_counter()
+                run(["refresh", "--until-idle", "--metrics-port", str(refresh_port), *conn], env)
+                t3 = time.perf_counter()
+                print(
+                    f"    produce {t1 - t0:.1f} s | ingest {t2 - t1:.1f} s "
+                    f"({ing['applied']:,} applied, {ing['duplicate']} duplicates) | "
+                    f"refresh {t3 - t2:.1f} s"
+                )
+        with (
+            step("serving: persona serve (gRPC), index built from the update log"),
+            background(
+                ["serve", "--port", str(serve_port), "--metrics-port", str(serve_metrics), *conn],
+                env,
+                args.out / "serve.log",
+            ),
+        ):
+            client = Client(f"127.0.0.1:{serve_port}")
+            try:
+                client.wait_serving()
+                show(client, ds, args.out)
+            finally:
+                client.close()
+            print(
+                f"\n    metrics endpoints: serve http://127.0.0.1:{serve_metrics}/metrics "
+                f"(live until now); ingest :{ingest_port} and refresh :{refresh_port} "
+                f"were up while their steps ran"
+            )
+    finally:
+        with step("stopping everything"):
+            stack.stop()
+
+
+def show(client: Client, ds: object, out: Path) -> None:
+    truth = ds.truth  # type: ignore[attr-defined]
+    uids = sorted(truth)
+    info = client.model_info()
+    print(
+        f"\n    model {info.active_version}, dim {info.dim}, index {info.index.kind} "
+        f"with {info.index.size} users"
+    )
+
+    print("\nWhat a ranker sees (GetEmbeddings):")
+    emb = client.embeddings(uids[:4])
+    for uid, st, meta, vec in zip(uids[:4], emb.statuses, emb.meta, emb.vectors, strict=True):
+        t = truth[uid]
+        print(
+            f"  {uid} {st:<13} version {emb.version}  age {meta.age_seconds:6.1f} s  "
+            f"{meta.n_events:3d} events  [{', '.join(f'{x:+.2f}' for x in vec[:5])}, ...]"
+            f"   (hidden: segment {t.segment}, {t.lifecycle})"
+        )
+
+    print("\nWhat an audience team sees (FindLookalikes):")
+    probe = uids[0]
+    seg = truth[probe].segment
+    nn = client.lookalikes_of_user(probe, 10)
+    same = sum(truth[u].segment == seg for u, _ in nn if u in truth)
+    print(f"  10 users like {probe} (segment {seg}): {same}/10 share its hidden segment")
+    for u, score in nn[:5]:
+        print(f"    {u}  score {score:.3f}  segment {truth[u].segment}")
+    seeds = [u for u in uids if truth[u].segment == 3][:20]
+    found = client.lookalikes_of_seeds(seeds, 50)
+    hits = sum(truth[u].segment == 3 for u, _ in found if u in truth)
+    base = sum(truth[u].segment == 3 for u in uids) / len(uids)
+    print(
+        f"  seed audience of 20 segment-3 users -> 50 lookalikes: {hits}/50 in segment 3 "
+        f"(base rate {base:.0%})"
+    )
+
+    with step("picture: t-SNE map of the user vectors and a few users' vector history"):
+        vecs = np.vstack(
+            [client.embeddings(uids[i : i + 200]).vectors for i in range(0, len(uids), 200)]
+        )
+        # Six users whose vector moved the most times (one history entry per refresh wave).
+        cands = client.embeddings(uids[:200], history=3)
+        order = sorted(range(len(cands.history)), key=lambda i: -len(cands.history[i]))
+        movers = [uids[i] for i in order[:6]]
+        hist = client.embeddings(movers, history=3)
+        paths = [
+            np.vstack([h[::-1], v[None, :]])
+            for h, v in zip(hist.history, hist.vectors, strict=True)
+        ]
+        png = out / "user_map.png"
+        user_map(
+            vecs,
+            np.array([truth[u].segment for u in uids]),
+            [truth[u].lifecycle for u in uids],
+            paths,
+            png,
+            f"{len(uids)} users, model {hist.version}",
+        )
+        lengths = Counter(len(p) for p in paths)
+        print(f"    wrote {png} (history points per highlighted user: {dict(lengths)})")
+
+
+if __name__ == "__main__":
+    main()
