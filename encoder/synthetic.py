@@ -2,7 +2,9 @@
 
 Every user belongs to a hidden *segment* (a taste over items, campaigns, pages and event
 types, and a hidden propensity to buy) and moves through hidden *lifecycle* states
-(new -> engaged <-> fading -> churned). Events come in sessions: bursts a few seconds to
+(new -> engaged <-> fading -> churned; a fading spell that recovers looks as quiet as one
+that ends in churn, but only the latter shows disengagement within its sessions: slower
+clicks, shorter dwell). Events come in sessions: bursts a few seconds to
 minutes apart, with heavy-tailed (Gamma, shape < 1) gaps between sessions whose rate
 depends on the lifecycle state. Outcomes after the window's end are drawn by simulating
 the same hidden process forward, never from raw counts:
@@ -164,23 +166,28 @@ def _make_world(cfg: SyntheticConfig) -> _World:
 
 
 # Relative session rate (sessions a day before scaling) and session length by state.
-_RATE = {"new": 1.6, "engaged": 1.0, "fading": 0.18, "churned": 0.0}
-_LEN = {"new": 1.0, "engaged": 1.15, "fading": 0.7, "churned": 0.7}
+# "fading" ends in churn; "slowing" (reported as lifecycle "fading" too) recovers. Both are
+# equally quiet; only the doomed ones show it in how they use the product (see `_user_events`).
+_RATE = {"new": 1.6, "engaged": 1.0, "fading": 0.18, "slowing": 0.18, "churned": 0.0}
+_LEN = {"new": 1.0, "engaged": 1.15, "fading": 0.7, "slowing": 0.7, "churned": 0.7}
 
 
 def _trajectory(rng: np.random.Generator, start: float, stop: float) -> list[tuple[float, str]]:
     """Lifecycle (time in days, state) change points from `start` up to `stop`."""
     out: list[tuple[float, str]] = [(start, "new")]
     t = start + rng.uniform(2.0, 6.0)
-    state = "engaged" if rng.random() < 0.75 else "fading"
+    def quiet() -> str:  # a quiet spell either ends in churn or recovers, decided on entry
+        return "fading" if rng.random() < 0.5 else "slowing"
+
+    state = "engaged" if rng.random() < 0.75 else quiet()
     while t < stop:
         out.append((t, state))
         if state == "engaged":
             t += rng.exponential(40.0)
-            state = "fading"
-        elif state == "fading":
+            state = quiet()
+        elif state in ("fading", "slowing"):
             t += rng.exponential(10.0)
-            state = "churned" if rng.random() < 0.5 else "engaged"
+            state = "churned" if state == "fading" else "engaged"
         else:
             break
     return out
@@ -224,7 +231,7 @@ def _sessions(
     return out
 
 
-_CONVERT_STATE = {"new": 0.0, "engaged": 0.4, "fading": -0.8, "churned": -3.0}
+_CONVERT_STATE = {"new": 0.0, "engaged": 0.4, "fading": -0.8, "slowing": -0.8, "churned": -3.0}
 _T = {name: k for k, name in enumerate(EVENT_TYPES)}
 
 
@@ -300,7 +307,7 @@ def _user_events(
     # session lengths (S,), then every per-event draw at once (N,)
     states = [_state_at(traj, t) for t in sess]
     lens = np.array([_LEN[st] for st in states]) * cfg.events_per_session
-    # a fading user is distracted: slower clicks, shorter dwell (invisible to counts)
+    # a user on the way out is distracted: slower clicks, shorter dwell (invisible to counts)
     fade = np.array([st in ("fading", "churned") for st in states], dtype=np.float64)
     n_s = np.maximum(rng.geometric(1.0 / lens), np.where(np.array(kinds) > 0, 3, 1))
     n = int(n_s.sum())
@@ -370,6 +377,7 @@ def _user_events(
         out.append((t, etype, props))
     out.sort(key=lambda r: r[0])
     lifecycle = "new" if len(traj) > 1 and span < traj[1][0] else state_end
+    lifecycle = "fading" if lifecycle == "slowing" else lifecycle
     return out, converts, lifecycle
 
 
