@@ -103,13 +103,21 @@ class Ingestor:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-apply")
         self._inflight: tuple[Future[bool], dict[TopicPartition, OffsetAndMetadata]] | None = None
         self._lag_labels: set[str] = set()
+        self._last_offset: dict[int, int] = {}
+        self._tid_stale = True
+        self._tid_checked = 0.0
+        self._known_tid: str | None = None
 
     def _on_rebalance(self, what: str, tps: Sequence[TopicPartition]) -> None:
         parts = sorted(tp.partition for tp in tps)
         self.assignment_changes.append((what, parts))
         log.info("partitions %s: %s", what, parts)
+        self._tid_stale = True
         if what == "revoked":
-            self._finish_inflight()  # flush: the batch in flight is written and committed
+            # Flush: wait until the batch in flight is written. No commit here: kafka-python 3
+            # runs listeners on its IO thread, where blocking client calls are refused. The new
+            # owner re-reads from the last commit and the store skips what was written.
+            self._finish_inflight(commit=False)
             for label in {str(p) for p in parts} & self._lag_labels:
                 self.metrics.lag.remove(label)
                 self._lag_labels.discard(label)
@@ -135,8 +143,11 @@ class Ingestor:
                 if batch:
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = time.perf_counter()
-                    updates, offsets = self._prepare(dlq, batch)
+                    prepared = self._prepare(dlq, batch)
                     self._finish_inflight()
+                    if prepared is None:
+                        continue
+                    updates, offsets = prepared
                     fut = self._pool.submit(self._apply_with_retry, updates, stop)
                     self._inflight = (fut, offsets)
                 else:
@@ -152,14 +163,14 @@ class Ingestor:
             consumer.close(autocommit=False)
         return self.stats
 
-    def _finish_inflight(self) -> None:
+    def _finish_inflight(self, commit: bool = True) -> None:
         """Wait for the batch being written, then commit its offsets (if it was written)."""
         if self._inflight is None:
             return
         fut, offsets = self._inflight
         self._inflight = None
-        if not fut.result():
-            return  # stopping while the store is down: nothing committed, replayed later
+        if not fut.result() or not commit:
+            return  # not written (stopping while the store is down) or not ours any more
         try:
             self._consumer.commit(offsets)
         except (CommitFailedError, KafkaError) as exc:
@@ -170,7 +181,12 @@ class Ingestor:
         self.stats.last_commit_at = time.perf_counter()
 
     def _topic_id(self) -> str | None:
-        """The events topic's id from the client's metadata (None if the broker gives none)."""
+        """The events topic's id (None if the broker gives none), fetched again after an
+        assignment, when offsets went backwards, and every 10 s."""
+        if self._tid_stale or time.monotonic() - self._tid_checked > 10:
+            self._consumer.topics()  # a blocking metadata request
+            self._tid_stale = False
+            self._tid_checked = time.monotonic()
         tid = self._consumer._client.cluster.topic_id(self.kcfg.topic)  # no public accessor
         return tid.hex if tid is not None else None
 
@@ -197,15 +213,35 @@ class Ingestor:
 
     def _prepare(
         self, dlq: KafkaProducer, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]]
-    ) -> tuple[list[PackedUpdate], dict[TopicPartition, OffsetAndMetadata]]:
-        """Decode and validate a batch; dead-letter (and flush) the bad records."""
+    ) -> tuple[list[PackedUpdate], dict[TopicPartition, OffsetAndMetadata]] | None:
+        """Decode and validate a batch; dead-letter (and flush) the bad records. None: the
+        batch was dropped because the topic was recreated (it is read again from 0)."""
         now = self.clock_ms()
         groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         bad: list[tuple[ConsumerRecord, BadRecord]] = []
         commit: dict[TopicPartition, OffsetAndMetadata] = {}
         n = 0
         wcfg = self.wcfg
+        for tp, records in batch.items():
+            last = self._last_offset.get(tp.partition)
+            if last is not None and records[0].offset <= last:
+                self._tid_stale = True  # offsets went back: a replay, or a new topic incarnation
+            self._last_offset[tp.partition] = records[-1].offset
         tid = self._topic_id()
+        if self._known_tid is not None and tid != self._known_tid:
+            # The topic was deleted and created again (or the broker lost its log): offsets
+            # restarted at 0, and a position kept from before may skip the new records. Read
+            # the new incarnation from its beginning; event-id dedup ignores what was applied.
+            log.warning(
+                "events topic id changed (%s -> %s): re-reading it from the start",
+                self._known_tid,
+                tid,
+            )
+            self._known_tid = tid
+            self._consumer.seek_to_beginning(*self._consumer.assignment())
+            self._last_offset.clear()
+            return None
+        self._known_tid = tid
         for tp, records in batch.items():
             p = source_label(tp.partition, tid)
             for r in records:
