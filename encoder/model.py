@@ -40,7 +40,7 @@ class ModelConfig:
     d_ff: int = 256
     dropout: float = 0.1
     out_dim: int = 64
-    max_events: int = 256
+    max_events: int = 64
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

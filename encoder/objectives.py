@@ -31,12 +31,12 @@ IGNORE = -100
 
 @dataclass(frozen=True)
 class ObjectiveConfig:
-    horizons_ms: tuple[int, ...] = (HOUR, DAY, WEEK, 2 * WEEK)  # 2 weeks: the churn horizon
+    horizons_ms: tuple[int, ...] = (HOUR, DAY, 3 * DAY, WEEK, 2 * WEEK)  # 2 w: churn horizon
     w_next_type: float = 1.0
     w_next_item: float = 1.0
     w_horizon: float = 1.0
     w_pooled: float = 2.0  # the user vector's own copy of the three objectives
-    w_vec_horizon: float = 3.0  # extra weight on the user vector's multi-horizon targets
+    w_vec_horizon: float = 4.0  # extra weight on the user vector's multi-horizon targets
     w_prefix: float = 1.0  # the user vector of every prefix predicts that position's targets
     w_bag: float = 2.0  # the user vector also names items of its window (sampled softmax)
     bag_size: int = 16

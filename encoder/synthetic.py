@@ -176,6 +176,7 @@ def _trajectory(rng: np.random.Generator, start: float, stop: float) -> list[tup
     """Lifecycle (time in days, state) change points from `start` up to `stop`."""
     out: list[tuple[float, str]] = [(start, "new")]
     t = start + rng.uniform(2.0, 6.0)
+
     def quiet() -> str:  # a quiet spell either ends in churn or recovers, decided on entry
         return "fading" if rng.random() < 0.5 else "slowing"
 

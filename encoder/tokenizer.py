@@ -8,8 +8,8 @@ Features of one event (id 0 always means "absent"):
 - each numeric field (price, dwell_s): logarithmic bins, ``1 + floor(log1p(x) * per_e)``,
   dense near zero and coarse in the tail, clipped to the field's bin count.
 - ``gap``: time since the previous event, ``age``: time before the encode time ``now_ms``;
-  both in human-readable duration bins (1 s, 5 s, 15 s, 1 min, ... 4 weeks), each 2-5x the
-  one before. The first event of a window has gap id 1 ("no previous event").
+  both in human-readable duration bins (1 s, 5 s, 15 s, 1 min, ... 1 d, 3 d, 1 w, 4 w),
+  each 2-5x the one before. The first event of a window has gap id 1 ("no previous event").
 
 Example: a window ``[app_open @ t, item_view(item=i7, price=9.5) @ t+30 s]`` encoded at
 ``now = t + 2 h`` gives for the second event ``type=id(item_view)``, ``item=1+crc32(...)%B``,
@@ -71,7 +71,7 @@ class TokenizerConfig:
     numeric: tuple[tuple[str, int], ...] = (("price", 32), ("dwell_s", 32))
     numeric_bins_per_e: float = 4.0  # bins per factor e of (1 + x)
     duration_edges_ms: tuple[int, ...] = DURATION_EDGES_MS
-    max_events: int = 256
+    max_events: int = 64  # the newest events of the stored window that the model reads
 
     @property
     def feature_names(self) -> tuple[str, ...]:
