@@ -57,6 +57,9 @@ class ServeConfig:
             with the old version for at most this long.
         workers: gRPC handler threads; store_workers: threads running store calls.
         max_concurrent_rpcs: beyond this, calls get RESOURCE_EXHAUSTED (None: no limit).
+            Accepted calls wait for one of `workers` threads, so this bounds queueing:
+            4 x workers keeps a slow store's backlog to ~4 store timeouts (256 let a
+            200 ms store queue calls for 3 s; tests/faults/test_serving_faults.py).
         grace_s: `stop()` lets in-flight calls finish for this long.
         drain_s: after health goes NOT_SERVING, keep serving this long before stopping, so
             load balancers see the change.
@@ -74,7 +77,7 @@ class ServeConfig:
     version_cache_s: float = 1.0
     workers: int = 16
     store_workers: int = 16
-    max_concurrent_rpcs: int | None = 256
+    max_concurrent_rpcs: int | None = 64
     grace_s: float = 5.0
     drain_s: float = 0.0
     auth_token: str | None = field(default=None, repr=False)
