@@ -41,13 +41,14 @@ class ModelConfig:
     dropout: float = 0.1
     out_dim: int = 64
     max_events: int = 64
+    dense_age: bool = True  # add the exact log age (a Linear of one number) to each event
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
-        return cls(**json.loads(text))
+        return cls(**{"dense_age": False, **json.loads(text)})  # older versions: no dense age
 
 
 def make_kjt(batch: TokenBatch, keys: tuple[str, ...], device: torch.device) -> KeyedJaggedTensor:
@@ -101,6 +102,7 @@ class UserEncoder(nn.Module):
         )
         self.pos = nn.Embedding(_pos_bucket(cfg.max_events) + 1, cfg.d_model)
         nn.init.normal_(self.pos.weight, 0.0, 0.02)
+        self.age_lin = nn.Linear(1, cfg.d_model) if cfg.dense_age else None
         self.norm_in = nn.LayerNorm(cfg.d_model)
         layer = nn.TransformerEncoderLayer(
             cfg.d_model, cfg.n_heads, cfg.d_ff, cfg.dropout, batch_first=True, norm_first=True
@@ -118,11 +120,13 @@ class UserEncoder(nn.Module):
                 p.normal_(0.0, 0.02)
 
     def embed(
-        self, kjt: KeyedJaggedTensor, lengths: torch.Tensor
+        self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sum of feature embeddings, padded: x (B, T, D) and the pad mask (B, T), True = pad."""
         out = self.ec(kjt)
         summed = torch.stack([out[k].values() for k in self.keys]).sum(0)  # (N, D)
+        if self.age_lin is not None and age_h is not None:
+            summed = summed + self.age_lin(age_h.to(summed.dtype).unsqueeze(-1) / 4.0)  # (N, D)
         b = lengths.shape[0]
         t = int(lengths.max().item()) if b else 0
         t = max(t, 1)
@@ -135,14 +139,14 @@ class UserEncoder(nn.Module):
         return self.norm_in(x), ~real
 
     def forward(
-        self, kjt: KeyedJaggedTensor, lengths: torch.Tensor
+        self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Returns hidden states (B, T, D), the pad mask (B, T) and the user vectors (B, E).
 
         The user vector reads two summaries: attention pooling over all real positions, and
         the newest event's hidden state (causal: it has seen the whole window, and carries
         the window's recency through its age feature)."""
-        x, pad = self.embed(kjt, lengths)  # (B, T, D), (B, T)
+        x, pad = self.embed(kjt, lengths, age_h)  # (B, T, D), (B, T)
         t = x.shape[1]
         causal = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
         pad_f = torch.zeros_like(pad, dtype=x.dtype).masked_fill(pad, float("-inf"))  # (B, T)
@@ -175,5 +179,6 @@ class UserEncoder(nn.Module):
         """Token batch to user vectors (B, E), on this module's device."""
         dev = self.pos.weight.device
         kjt = make_kjt(batch, self.keys, dev)
-        _, _, z = self(kjt, torch.from_numpy(batch.lengths).to(dev))
+        age = torch.from_numpy(batch.age_h).to(dev)  # (N,)
+        _, _, z = self(kjt, torch.from_numpy(batch.lengths).to(dev), age)
         return z

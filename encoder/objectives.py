@@ -67,6 +67,7 @@ class Example:
     p_horizon: np.ndarray
     p_horizon_ok: np.ndarray
     p_bag: np.ndarray
+    age_h: np.ndarray  # (L,) exact ages, see `TokenBatch`
 
 
 def make_example(
@@ -116,6 +117,7 @@ def make_example(
         p_horizon=p_horizon,
         p_horizon_ok=now_ms + hs <= data_end_ms,
         p_bag=p_bag,
+        age_h=batch.age_h,
     )
 
 
@@ -138,6 +140,7 @@ def collate(examples: Sequence[Example]) -> dict[str, torch.Tensor | np.ndarray]
         )
     return {
         "ids": np.concatenate([e.ids for e in examples], axis=1),
+        "age_h": np.concatenate([e.age_h for e in examples]),
         "lengths": np.array([e.ids.shape[1] for e in examples], dtype=np.int64),
         "next_type": torch.from_numpy(nt),
         "next_item": torch.from_numpy(ni),

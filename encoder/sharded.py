@@ -85,5 +85,6 @@ def encode_sharded(dmp: nn.Module, keys: tuple[str, ...], batch: TokenBatch) -> 
     device = next(p.device for p in dmp.parameters())
     kjt = make_kjt(batch, keys, device)
     with torch.no_grad():
-        _, _, z = dmp(kjt, torch.from_numpy(batch.lengths).to(device))  # (b, E)
+        lengths = torch.from_numpy(batch.lengths).to(device)
+        _, _, z = dmp(kjt, lengths, torch.from_numpy(batch.age_h).to(device))  # (b, E)
     return z

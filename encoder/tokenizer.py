@@ -146,11 +146,13 @@ class TokenBatch:
         ids: (F, N) int64, N = total events, features in `TokenizerConfig.feature_names`.
         lengths: (B,) events per window (each at most max_events, may be 0).
         ts_ms: (N,) event times, kept for building training targets.
+        age_h: (N,) float32 ``log1p(hours before now)``: the exact age beside its bin.
     """
 
     ids: np.ndarray
     lengths: np.ndarray
     ts_ms: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    age_h: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.float32))
 
     @property
     def offsets(self) -> np.ndarray:
@@ -217,4 +219,7 @@ class Tokenizer:
                 ts.append(e.ts_ms)
         n_feat = len(cfg.feature_names)
         ids = np.asarray(rows, dtype=np.int64).reshape(-1, n_feat).T.copy()  # (F, N)
-        return TokenBatch(ids=ids, lengths=lengths, ts_ms=np.asarray(ts, dtype=np.int64))
+        ts_arr = np.asarray(ts, dtype=np.int64)  # (N,)
+        now_arr = np.repeat(np.asarray(nows, dtype=np.int64), lengths)  # (N,)
+        age_h = np.log1p(np.maximum(now_arr - ts_arr, 0) / HOUR).astype(np.float32)
+        return TokenBatch(ids=ids, lengths=lengths, ts_ms=ts_arr, age_h=age_h)

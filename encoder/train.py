@@ -148,9 +148,10 @@ def train(
     for epoch in range(tc.epochs):
         for idx in plan[epoch]:
             b = collate([examples[k] for k in idx])
-            tb = TokenBatch(ids=b["ids"], lengths=b["lengths"])  # type: ignore[arg-type]
+            tb = TokenBatch(ids=b["ids"], lengths=b["lengths"], age_h=b["age_h"])  # type: ignore[arg-type]
             lengths = torch.from_numpy(tb.lengths)
-            h, pad, z = model(make_kjt(tb, model.keys, torch.device("cpu")), lengths)
+            kjt = make_kjt(tb, model.keys, torch.device("cpu"))
+            h, pad, z = model(kjt, lengths, torch.from_numpy(tb.age_h))
             z_prefix = model.prefix_vectors(h, pad) if spec.objectives.w_prefix > 0 else None
             loss, parts = heads.loss(h, pad, z, b, gen, z_prefix)
             opt.zero_grad(set_to_none=True)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import math
 import subprocess
 import sys
 
@@ -87,6 +88,8 @@ def test_window_tokens() -> None:
     assert col["price"][0] == log_bin(9.5, 32, 4.0) and col["price"][1] == 0
     assert col["gap"][0] == 1 and col["gap"][1] == duration_bin(30 * SECOND, DURATION_EDGES_MS)
     assert col["age"][0] == duration_bin(2 * HOUR, DURATION_EDGES_MS)
+    assert abs(float(b.age_h[0]) - math.log1p(2.0)) < 1e-5  # the exact age beside its bin
+    assert b.age_h.shape == (4,) and b.age_h[1] < b.age_h[0]
     # only the last max_events are kept
     long = [Event("u", f"e{i}", t + i, "view", {}) for i in range(5)]
     assert tok.encode([long], t).lengths.tolist() == [3]
