@@ -11,6 +11,8 @@ Measured (2-core x86_64 CPU shared with other jobs, torch 2.13 CPU, 2 threads, 2
   matmul's 59 GFLOP/s), naive loop 53 users/s; 201 MFLOP per user.
 - the trained default (reads the newest 64 events of a 256-event window): batch 546 users/s
   (21 GFLOP/s, 34% of peak), naive 142 users/s, 3.8x; 38 MFLOP per user.
+  A later run on the busier machine (dense-age model): batch 374 users/s, naive 144, the
+  matmul peak itself down to 27 GFLOP/s: compare paths within one run, not across runs.
 On the CPU the batch path is limited by small (T x 128) matmuls, the key-padding mask taking
 attention off the fused path, and Python tokenization (~30% of the batch time for the
 64-event model, measured separately). No GPU was
