@@ -1,12 +1,51 @@
-"""Kafka clients built from `KafkaConfig`, so every service connects the same way."""
+"""Kafka clients built from `KafkaConfig`, so every service connects the same way.
+
+Security comes from the environment (never from flags, which show in `ps`):
+
+- `PERSONA_KAFKA_SECURITY_PROTOCOL` -> `security_protocol` (PLAINTEXT, SSL, SASL_PLAINTEXT,
+  SASL_SSL)
+- `PERSONA_KAFKA_SASL_MECHANISM` -> `sasl_mechanism` (PLAIN, SCRAM-SHA-256, SCRAM-SHA-512)
+- `PERSONA_KAFKA_SASL_USERNAME` -> `sasl_plain_username`
+- `PERSONA_KAFKA_SASL_PASSWORD_FILE` (or `PERSONA_KAFKA_SASL_PASSWORD`) -> `sasl_plain_password`
+- `PERSONA_KAFKA_SSL_CAFILE`, `_SSL_CERTFILE`, `_SSL_KEYFILE` -> `ssl_cafile`, `ssl_certfile`,
+  `ssl_keyfile`
+"""
 
 from __future__ import annotations
 
+import os
+from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from kafka import KafkaConsumer, KafkaProducer
 
 from services.config import KafkaConfig
+
+_PLAIN = {
+    "SECURITY_PROTOCOL": "security_protocol",
+    "SASL_MECHANISM": "sasl_mechanism",
+    "SASL_USERNAME": "sasl_plain_username",
+    "SSL_CAFILE": "ssl_cafile",
+    "SSL_CERTFILE": "ssl_certfile",
+    "SSL_KEYFILE": "ssl_keyfile",
+}
+
+
+def security_kwargs(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """kafka-python security options from `PERSONA_KAFKA_*` variables (empty: plaintext)."""
+    env = os.environ if environ is None else environ
+    out: dict[str, Any] = {
+        opt: env[f"PERSONA_KAFKA_{name}"]
+        for name, opt in _PLAIN.items()
+        if env.get(f"PERSONA_KAFKA_{name}")
+    }
+    pw_file = env.get("PERSONA_KAFKA_SASL_PASSWORD_FILE")
+    if pw_file:
+        out["sasl_plain_password"] = Path(pw_file).read_text().strip()
+    elif env.get("PERSONA_KAFKA_SASL_PASSWORD"):
+        out["sasl_plain_password"] = env["PERSONA_KAFKA_SASL_PASSWORD"]
+    return out
 
 
 def group_consumer(cfg: KafkaConfig, **overrides: Any) -> KafkaConsumer:
@@ -22,6 +61,7 @@ def group_consumer(cfg: KafkaConfig, **overrides: Any) -> KafkaConsumer:
         max_poll_records=cfg.max_poll_records,
         client_id="persona-ingest",
     )
+    kwargs.update(security_kwargs())
     kwargs.update(overrides)
     return KafkaConsumer(**kwargs)
 
@@ -35,5 +75,6 @@ def producer(cfg: KafkaConfig, **overrides: Any) -> KafkaProducer:
         max_in_flight_requests_per_connection=1,  # keep each partition's order on retries
         client_id="persona",
     )
+    kwargs.update(security_kwargs())
     kwargs.update(overrides)
     return KafkaProducer(**kwargs)

@@ -11,6 +11,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from services.common.kafka import security_kwargs
+
 log = logging.getLogger(__name__)
 
 _TOPIC_ALREADY_EXISTS = 36
@@ -49,7 +51,9 @@ def ensure_topics(
     }
     if not wanted:
         return
-    admin = KafkaAdminClient(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    admin = KafkaAdminClient(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security_kwargs()
+    )
     try:
         result: dict[str, Any] = admin.create_topics(
             wanted, timeout_ms=timeout_ms, raise_errors=False
@@ -78,6 +82,7 @@ def end_offsets(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> dict
     consumer = KafkaConsumer(
         bootstrap_servers=bootstrap,
         request_timeout_ms=timeout_ms,
+        **security_kwargs(),
         enable_auto_commit=False,
         fetch_max_wait_ms=10,
         max_partition_fetch_bytes=64 * 1024,
@@ -106,7 +111,9 @@ def topic_id(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> str | N
     when the broker does not report ids (Kafka < 2.8). Ingest keys applied offsets by it."""
     from kafka import KafkaConsumer
 
-    consumer = KafkaConsumer(bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms)
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security_kwargs()
+    )
     try:
         consumer.topics()  # a metadata request for all topics
         tid = consumer._client.cluster.topic_id(topic)  # no public accessor in kafka-python

@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 from kafka import KafkaConsumer, TopicPartition
 
+from services.common.kafka import security_kwargs
 from services.index.ann import LookalikeIndex
 from services.index.metrics import IndexMetrics
 from services.index.updates import decode_batch
@@ -200,6 +201,7 @@ class IndexFollower:
             enable_auto_commit=False,
             auto_offset_reset="earliest",
             client_id="persona-index-follower",
+            **security_kwargs(),
         )
         try:
             parts = consumer.partitions_for_topic(self.topic)

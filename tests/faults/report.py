@@ -19,9 +19,6 @@ known event set, injects its fault mid-stream, lets the system recover and compa
 final window with the ground truth computed from the produced events. *Lost* counts events
 the truth has and the store lacks; *duplicated* counts events the store has and the truth
 lacks; both must be 0. Recovery time is from the end of the fault to full catch-up.
-
-Scenarios not yet covered here (refresher killed mid-write, server killed mid-request, slow
-store on the serving path, load knee) are listed as open work in the issue notes.
 """
 
 

@@ -123,3 +123,30 @@ def test_decode_for_store_gives_the_record_of_the_same_event() -> None:
         d = decode_for_store(raw, CFG, NOW)
         assert (d.user_id, d.event_id, d.ts_ms) == ("u1", b"e9", EV.ts_ms)
         assert layout.unpack_record("u1", "e9", d.record) == EV
+
+
+def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
+    from pathlib import Path
+
+    from services.common.kafka import security_kwargs
+
+    assert security_kwargs({}) == {}
+    pw = Path(str(tmp_path)) / "pw"
+    pw.write_text("s3cret\n")
+    got = security_kwargs(
+        {
+            "PERSONA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
+            "PERSONA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
+            "PERSONA_KAFKA_SASL_USERNAME": "persona",
+            "PERSONA_KAFKA_SASL_PASSWORD_FILE": str(pw),
+            "PERSONA_KAFKA_SASL_PASSWORD": "ignored when a file is given",
+            "PERSONA_KAFKA_SSL_CAFILE": "/etc/ca.pem",
+        }
+    )
+    assert got == {
+        "security_protocol": "SASL_SSL",
+        "sasl_mechanism": "SCRAM-SHA-512",
+        "sasl_plain_username": "persona",
+        "sasl_plain_password": "s3cret",
+        "ssl_cafile": "/etc/ca.pem",
+    }
