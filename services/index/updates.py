@@ -7,6 +7,7 @@ user, upserts and deletions, plus counts of what was skipped and why.
 from __future__ import annotations
 
 import logging
+import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -33,6 +34,8 @@ def decode_batch(
 ) -> Batch:
     """Folds records, in log order, into the last value per key.
 
+    Keys are `<version>/<user id>` as the refresher writes them; a plain user id is read too.
+
     A record with an empty or missing value is a tombstone (delete). A record of another
     model version is ignored when `model_version` is set (the user's earlier value stands).
     A record that cannot be trusted (no key, bad UTF-8, undecodable proto, key and user_id
@@ -40,11 +43,20 @@ def decode_batch(
     """
     batch = Batch()
     for key, value in records:
-        user = _user(key)
-        if user is None:
+        raw = _user(key)
+        if raw is None:
             _invalid(batch, key, "key is missing or not UTF-8")
             continue
         if not value:
+            # Tombstone. Keys are `<version>/<user id>` (services/refresh/publish.py); a key
+            # whose prefix is another version is that version's delete; one without a
+            # version prefix is a plain user id (older writers, tools).
+            ver, _, rest = raw.partition("/")
+            versioned = bool(rest) and _VERSION.fullmatch(ver) is not None
+            if versioned and model_version is not None and ver != model_version:
+                batch.skipped["ignored"] += 1
+                continue
+            user = rest if versioned else raw
             batch.upserts.pop(user, None)
             batch.deletes.add(user)
             continue
@@ -56,6 +68,8 @@ def decode_batch(
         if model_version is not None and update.model_version != model_version:
             batch.skipped["ignored"] += 1
             continue
+        prefix = f"{update.model_version}/"
+        user = raw[len(prefix) :] if raw.startswith(prefix) else raw
         problem = _vector_problem(update, user, dim)
         if problem:
             _invalid(batch, key, problem)
@@ -63,6 +77,9 @@ def decode_batch(
         batch.deletes.discard(user)
         batch.upserts[user] = np.frombuffer(update.vector, dtype="<f4").astype(np.float32)
     return batch
+
+
+_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the registry's version ids
 
 
 def _user(key: bytes | None) -> str | None:

@@ -63,3 +63,21 @@ def test_metrics_names_on_a_fresh_registry() -> None:
     assert get("persona_index_rebuild_seconds_count") == 1
     assert get("persona_index_update_log_lag_records") == 5
     index_metrics(CollectorRegistry())  # a second registry is independent
+
+
+def test_versioned_keys_survive_compaction_with_two_live_versions() -> None:
+    """The refresher writes `<version>/<user>` keys; compaction keeps the last value per key,
+    so a follower of either version still finds every user after a cutover."""
+    log = []
+    for u in ("a", "b", "c"):  # both versions written for every user, interleaved
+        log.append((f"v1/{u}".encode(), encode_update(u, vec(1), "v1")))
+        log.append((f"v2/{u}".encode(), encode_update(u, vec(2), "v2")))
+    log.append((b"v2/c", None))  # v2 deletes c; v1 keeps it
+    compacted = list({k: (k, v) for k, v in log}.values())  # last value per key
+    v1 = decode_batch(compacted, DIM, "v1")
+    v2 = decode_batch(compacted, DIM, "v2")
+    assert sorted(v1.upserts) == ["a", "b", "c"] and not v1.deletes
+    assert sorted(v2.upserts) == ["a", "b"] and v2.deletes == {"c"}
+    # With plain user-id keys the same compaction would lose v1 for every user.
+    plain = list({k.split(b"/")[1]: (k.split(b"/")[1], v) for k, v in log if v}.values())
+    assert decode_batch(plain, DIM, "v1").upserts == {}
