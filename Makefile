@@ -51,8 +51,12 @@ reliability: install  ## run the fault suite and regenerate docs/reliability.md
 protos: install  ## regenerate proto/*_pb2*.py
 	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
 
-bench: install  ## run the benchmarks (prints tables)
-	$(PY) benchmarks/ingest.py
+bench: install  ## run every benchmark at a quick size (README gives the full-size commands)
+	$(PY) benchmarks/ingest.py --users 1000 --events 60000
+	$(PY) benchmarks/encode.py --users 256
+	$(PY) benchmarks/refresh.py --users 500
+	$(PY) benchmarks/ann.py --n 100000
+	$(PY) benchmarks/serve.py --users 20000 --lookalike-n 200000 --seconds 5
 
 demo: install  ## the whole flow on the embedded stack
 	$(PY) -m services.demo
