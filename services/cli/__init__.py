@@ -24,19 +24,30 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:  # a command group not built yet
-            if exc.name != name:
-                raise
-            continue
-        module.register(sub)
+        importlib.import_module(name).register(sub)
     return parser
+
+
+def _unreachable(exc: BaseException) -> bool:
+    """A store or broker that refused or could not be reached: a one-line error, not a trace."""
+    from kafka.errors import KafkaError
+    from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
+    from redis.exceptions import TimeoutError as RedisTimeout
+
+    if isinstance(exc, AuthenticationError | ConnectionError | RedisTimeout | KafkaError):
+        return True
+    return isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    rc = args.func(args)
+    try:
+        rc = args.func(args)
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
+        print(f"persona {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 1
     return int(rc or 0)
 
 

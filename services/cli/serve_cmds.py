@@ -45,6 +45,15 @@ def register(sub: Any) -> None:
     p.add_argument("--store-timeout-ms", type=int, default=int(env("STORE_TIMEOUT_MS", "1000")))
     p.add_argument("--grace-s", type=float, default=float(env("GRACE_S", "5")))
     p.add_argument("--drain-s", type=float, default=float(env("DRAIN_S", "0")))
+    p.add_argument(
+        "--workers", type=int, default=int(env("SERVE_WORKERS", "16")), help="gRPC handler threads"
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=int(env("MAX_CONCURRENT_RPCS", "64")),
+        help="beyond this many calls in the server, new ones get RESOURCE_EXHAUSTED (0: no limit)",
+    )
     p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
     p.add_argument("--tls-key", type=Path, help="PEM server private key")
     p.add_argument("--tls-client-ca", type=Path, help="PEM CA for client certificates (mTLS)")
@@ -93,6 +102,8 @@ def serve_config(args: argparse.Namespace) -> Any:
         store_timeout_s=args.store_timeout_ms / 1000.0,
         grace_s=args.grace_s,
         drain_s=args.drain_s,
+        workers=args.workers,
+        max_concurrent_rpcs=args.max_concurrent_rpcs or None,
         auth_token=_auth_token(args),
         tls=tls,
     )

@@ -40,3 +40,13 @@ def test_tls_flags(tmp_path: Path) -> None:
     for bad in (["--tls-cert", "c.pem"], ["--tls-client-ca", "ca.pem"]):
         with pytest.raises(SystemExit):
             cfg(*bad)
+
+
+def test_concurrency_flags(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("PERSONA_MAX_CONCURRENT_RPCS", raising=False)
+    assert cfg().max_concurrent_rpcs == 64 and cfg().workers == 16
+    c = cfg("--workers", "4", "--max-concurrent-rpcs", "12")
+    assert (c.workers, c.max_concurrent_rpcs) == (4, 12)
+    assert cfg("--max-concurrent-rpcs", "0").max_concurrent_rpcs is None  # no limit
+    monkeypatch.setenv("PERSONA_MAX_CONCURRENT_RPCS", "32")
+    assert cfg().max_concurrent_rpcs == 32
