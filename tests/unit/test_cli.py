@@ -1,0 +1,26 @@
+"""The `persona` command's own behaviour: help on every subcommand, clean errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from services.cli import build_parser, main
+from services.stack import free_ports
+
+
+def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
+    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    names = list(sub.choices)  # type: ignore[union-attr]
+    assert {"up", "produce", "ingest", "window", "train", "refresh", "serve"} <= set(names)
+    for name in names:
+        with pytest.raises(SystemExit) as info:
+            main([name, "--help"])
+        assert info.value.code == 0
+        assert "usage: persona" in capsys.readouterr().out
+
+
+def test_unreachable_store_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[str]) -> None:
+    (port,) = free_ports(1)  # nothing listens there
+    assert main(["window", "u1", "--redis", f"redis://127.0.0.1:{port}"]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("persona window: ConnectionError") and "\n" not in err
