@@ -114,7 +114,20 @@ def _parse_proto(value: bytes) -> events_pb2.Event:
 
 
 def _is_json(value: bytes) -> bool:
-    return value.lstrip()[:1] == b"{"
+    """JSON starts with `{` (after optional whitespace). A protobuf Event starts with field
+    1's tag 0x0A, which is also `\\n`: a value starting with it is protobuf unless the rest
+    really is a JSON object (a 123-byte user id has length byte 0x7B, `{`)."""
+    first = value[:1]
+    if first == b"{":
+        return True
+    if first not in (b" ", b"\t", b"\r", b"\n") or value.lstrip()[:1] != b"{":
+        return False
+    if first != b"\n":
+        return True
+    try:
+        return isinstance(json.loads(value), dict)
+    except (UnicodeDecodeError, ValueError, RecursionError):
+        return False
 
 
 def _check_size(value: bytes | None, cfg: WindowConfig) -> bytes:

@@ -150,3 +150,12 @@ def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
         "sasl_plain_password": "s3cret",
         "ssl_cafile": "/etc/ca.pem",
     }
+
+
+def test_protobuf_whose_bytes_look_like_json_after_a_newline_is_protobuf() -> None:
+    # Field 1's tag is 0x0A ("\n"); a 123-byte user id puts 0x7B ("{") right after it.
+    ev = Event("{" + "u" * 122, "e1", 5, "view", {"item": "i1"})
+    raw = event_to_proto(ev)
+    assert raw[:2] == b"\n{"
+    assert decode_event(raw, CFG, NOW) == ev
+    assert decode_event(b'\n  {"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t"}', CFG, NOW)
