@@ -48,8 +48,9 @@ reliability: install  ## run the fault suite and regenerate docs/reliability.md
 	PERSONA_RELIABILITY_OUT=out/reliability.jsonl $(PY) -m pytest -q tests/faults
 	$(PY) tests/faults/report.py out/reliability.jsonl docs/reliability.md
 
-protos: install  ## regenerate proto/*_pb2*.py
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. --grpc_python_out=. proto/*.proto
+protos: install  ## regenerate proto/*_pb2*.py (gRPC stubs only where a service is defined)
+	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/*.proto
+	$(PY) -m grpc_tools.protoc -I. --grpc_python_out=. proto/service.proto
 
 bench: install  ## run every benchmark at a quick size (README gives the full-size commands)
 	$(PY) benchmarks/ingest.py --users 1000 --events 60000

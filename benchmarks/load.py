@@ -22,7 +22,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -154,6 +155,26 @@ TABLE_HEAD = (
 )
 
 
+@contextmanager
+def serving_users(
+    stack: EmbeddedStack, users: int
+) -> Iterator[tuple[service_pb2_grpc.UserEmbeddingServiceStub, list[str], subprocess.Popen[bytes]]]:
+    """`users` stored vectors and a `persona serve` child over them: (stub, ids, process)."""
+    client = connect(stack.addresses.redis)
+    try:
+        ids = write_users(VectorStore(client), users)
+    finally:
+        client.close()
+    [port] = free_ports(1)
+    proc = start_serve(stack.addresses.redis, port, stack.workdir / "serve.log")
+    try:
+        wait_serving(port, proc, 60)
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+            yield service_pb2_grpc.UserEmbeddingServiceStub(ch), ids, proc
+    finally:
+        stop_process(proc)
+
+
 def run_step(
     stub: service_pb2_grpc.UserEmbeddingServiceStub,
     requests: Sequence[pb.GetEmbeddingsRequest],
@@ -249,27 +270,17 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
     rates = [float(r) for r in args.rates.split(",")]
-    with EmbeddedStack(StackConfig(cluster=False)) as stack:
-        client = connect(stack.addresses.redis)
-        try:
-            ids = write_users(VectorStore(client), args.users)
-        finally:
-            client.close()
-        [port] = free_ports(1)
-        proc = start_serve(stack.addresses.redis, port, stack.workdir / "serve.log")
-        try:
-            wait_serving(port, proc, 60)
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
-                reqs = requests_for(ids, args.batch)
-                deadline = args.deadline_ms / 1000
-                run_step(stub, reqs, 100, 1.0, deadline)  # warm-up
-                res = find_knee(stub, reqs, rates, args.objective_ms, args.step_s, deadline)
-                rss0 = rss_kb(proc.pid)
-                over = run_step(stub, reqs, 2 * max(res.knee, rates[0]), 2 * args.step_s, deadline)
-                rss1 = rss_kb(proc.pid)
-        finally:
-            stop_process(proc)
+    with (
+        EmbeddedStack(StackConfig(cluster=False)) as stack,
+        serving_users(stack, args.users) as (stub, ids, proc),
+    ):
+        reqs = requests_for(ids, args.batch)
+        deadline = args.deadline_ms / 1000
+        run_step(stub, reqs, 100, 1.0, deadline)  # warm-up
+        res = find_knee(stub, reqs, rates, args.objective_ms, args.step_s, deadline)
+        rss0 = rss_kb(proc.pid)
+        over = run_step(stub, reqs, 2 * max(res.knee, rates[0]), 2 * args.step_s, deadline)
+        rss1 = rss_kb(proc.pid)
     print(
         f"\nGetEmbeddings ({args.batch} ids), objective p99 <= {args.objective_ms:.0f} ms,"
         f" deadline {args.deadline_ms:.0f} ms, {os.cpu_count()} cores; knee {res.knee:,.0f}/s\n"

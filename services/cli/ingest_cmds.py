@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
-import signal
 import sys
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -83,37 +80,33 @@ def cmd_produce(args: argparse.Namespace) -> int:
 
 
 def cmd_ingest(args: argparse.Namespace) -> int:
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())  # the handler only sets a flag
+    from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
 
-    from prometheus_client import CollectorRegistry, start_http_server
+    stop = stop_on_signals()  # first: a SIGTERM during the imports below still drains
+
+    from prometheus_client import CollectorRegistry
 
     from services.ingest.consumer import Ingestor
     from services.ingest.metrics import ingest_metrics
     from services.store.client import connect
     from services.store.windows import WindowStore
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    service_logging()
     s = settings_from_args(args)
     _ensure_topics(args)
     registry = CollectorRegistry()
     metrics = ingest_metrics(registry)
-    server = None
-    if s.metrics_port:
-        server, _ = start_http_server(s.metrics_port, addr="0.0.0.0", registry=registry)
     client = connect(s.redis)
     try:
-        ingestor = Ingestor(
-            s.kafka, s.window, WindowStore(client, s.window), metrics, rebuild=args.rebuild
-        )
-        t0 = time.perf_counter()
-        stats = ingestor.run(stop, until_idle=args.until_idle)
-        dt = time.perf_counter() - t0
+        with metrics_endpoint(s.metrics_port, registry):
+            ingestor = Ingestor(
+                s.kafka, s.window, WindowStore(client, s.window), metrics, rebuild=args.rebuild
+            )
+            t0 = time.perf_counter()
+            stats = ingestor.run(stop, until_idle=args.until_idle)
+            dt = time.perf_counter() - t0
     finally:
         client.close()
-        if server is not None:
-            server.shutdown()
     out = {**stats.__dict__, "seconds": round(dt, 2)}
     print(json.dumps(out))
     return 0

@@ -4,10 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
-import signal
-import threading
 import time
 from typing import Any
 
@@ -49,8 +46,9 @@ def register(sub: Any) -> None:
 
 def cmd_refresh(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
+    from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
     from services.common.kafka import producer
     from services.common.kafka_admin import TopicSpec, ensure_topics
     from services.refresh.config import RefreshConfig
@@ -62,7 +60,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from services.store.vectors import VectorStore
     from services.store.windows import WindowStore
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    service_logging()
     s = settings_from_args(args)
     cfg = RefreshConfig(
         interval_s=args.interval,
@@ -78,30 +76,24 @@ def cmd_refresh(args: argparse.Namespace) -> int:
         s.kafka.bootstrap,
         [TopicSpec(cfg.embeddings_topic, s.kafka.partitions, {"cleanup.policy": "compact"})],
     )
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())  # the handler only sets a flag
+    stop = stop_on_signals()
     registry = CollectorRegistry()
-    server = None
-    if s.metrics_port:
-        server, _ = start_http_server(s.metrics_port, addr="0.0.0.0", registry=registry)
     client = connect(s.redis)
     try:
-        refresher = Refresher(
-            cfg,
-            WindowStore(client, s.window),
-            VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype),
-            Publisher(producer(s.kafka), cfg.embeddings_topic, cfg.max_publish_wait_s),
-            EncoderCache(s.models, cfg.device),
-            refresh_metrics(registry),
-        )
-        t0 = time.perf_counter()
-        stats = refresher.run(stop, until_idle=args.until_idle)
-        dt = time.perf_counter() - t0
+        with metrics_endpoint(s.metrics_port, registry):
+            refresher = Refresher(
+                cfg,
+                WindowStore(client, s.window),
+                VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype),
+                Publisher(producer(s.kafka), cfg.embeddings_topic, cfg.max_publish_wait_s),
+                EncoderCache(s.models, cfg.device),
+                refresh_metrics(registry),
+            )
+            t0 = time.perf_counter()
+            stats = refresher.run(stop, until_idle=args.until_idle)
+            dt = time.perf_counter() - t0
     finally:
         client.close()
-        if server is not None:
-            server.shutdown()
     print(json.dumps({**stats.__dict__, "seconds": round(dt, 2)}))
     return 0
 

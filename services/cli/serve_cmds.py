@@ -9,8 +9,6 @@ from __future__ import annotations
 import argparse
 import logging
 import os
-import signal
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -110,8 +108,9 @@ def serve_config(args: argparse.Namespace) -> Any:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from prometheus_client import CollectorRegistry, start_http_server
+    from prometheus_client import CollectorRegistry
 
+    from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
     from services.index import IndexConfig
     from services.index.metrics import index_metrics
     from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
@@ -120,12 +119,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.store.client import connect
     from services.store.vectors import VectorStore
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    service_logging()
     log = logging.getLogger("persona.serve")
     cfg = serve_config(args)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())  # the handler only sets a flag
+    stop = stop_on_signals()
     registry = CollectorRegistry()
     metrics = serving_metrics(registry)
     client = connect(args.redis, socket_timeout=max(1.0, 2 * cfg.store_timeout_s))
@@ -135,22 +132,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.no_index:
         follow = FollowConfig(args.bootstrap, args.embeddings_topic, IndexConfig(dim=cfg.dim))
         follower = VersionedFollower(follow, holder, store.active_version, index_metrics(registry))
-    http = None
     server = ServingServer(cfg, store, holder, metrics)
     try:
-        if args.metrics_port:
-            http, _ = start_http_server(args.metrics_port, addr="0.0.0.0", registry=registry)
-        if follower is not None:
-            follower.start()
-        server.start()
-        log.info("persona serve ready on port %d (dim %d)", server.port, cfg.dim)
-        stop.wait()
-        log.info("shutting down")
+        with metrics_endpoint(args.metrics_port, registry):
+            if follower is not None:
+                follower.start()
+            server.start()
+            log.info("persona serve ready on port %d (dim %d)", server.port, cfg.dim)
+            stop.wait()
+            log.info("shutting down")
+            server.stop()  # inside the block: /metrics stays up while the server drains
     finally:
         server.stop()
         if follower is not None:
             follower.stop()
         client.close()
-        if http is not None:
-            http.shutdown()
     return 0

@@ -6,6 +6,7 @@ from typing import Any
 
 from services.store import layout, sharded
 from services.store.client import Client
+from services.store.windows import dirty_count  # noqa: F401 - re-exported
 
 
 def _pairs(raw: Any) -> list[tuple[bytes, float]]:
@@ -31,12 +32,3 @@ def oldest_dirty(client: Client, per_bucket: int) -> list[tuple[str, int]]:
         out += [(m.decode("utf-8"), int(s)) for m, s in _pairs(r)]
     out.sort(key=lambda p: (p[1], p[0]))
     return out
-
-
-def dirty_count(client: Client) -> int:
-    keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
-    results = sharded.execute(client, [(k, ("ZCARD", k)) for k in keys])
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
-    return sum(int(n) for n in results)

@@ -57,6 +57,23 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         left = context.time_remaining()
         return Budget.make(left, self._cfg.store_timeout_s, self._cfg.deadline_margin_s)
 
+    def _call(self, fn: Callable[..., T], query: Any, context: grpc.ServicerContext) -> T:
+        """`fn(query, **dependencies)` within the call's budget, errors mapped to status codes."""
+        budget = self._budget(context)
+        return self._run(
+            context,
+            lambda: fn(
+                query,
+                store=self._store,
+                versions=self._versions,
+                index=self._index,
+                caller=self._caller,
+                limits=self._cfg.limits,
+                dim=self._cfg.dim,
+                budget=budget,
+            ),
+        )
+
     def _run(self, context: grpc.ServicerContext, fn: Callable[[], T]) -> T:
         try:
             return fn()
@@ -80,20 +97,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             history_depth=request.history_depth,
             fallback=request.fallback == pb.FALLBACK_POPULATION_PRIOR,
         )
-        budget = self._budget(context)
-        r = self._run(
-            context,
-            lambda: get_embeddings(
-                q,
-                store=self._store,
-                versions=self._versions,
-                index=self._index,
-                caller=self._caller,
-                limits=self._cfg.limits,
-                dim=self._cfg.dim,
-                budget=budget,
-            ),
-        )
+        r = self._call(get_embeddings, q, context)
         for status, count in Counter(r.statuses).items():
             self._m.embeddings.labels(status).inc(count)
         out = []
@@ -137,20 +141,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             model_version=request.model_version,
             seed_mode="union" if request.seed_mode == pb.SEED_MODE_UNION else "mean",
         )
-        budget = self._budget(context)
-        r = self._run(
-            context,
-            lambda: find_lookalikes(
-                q,
-                store=self._store,
-                versions=self._versions,
-                index=self._index,
-                caller=self._caller,
-                limits=self._cfg.limits,
-                dim=self._cfg.dim,
-                budget=budget,
-            ),
-        )
+        r = self._call(find_lookalikes, q, context)
         self._m.neighbors.observe(len(r.neighbors))
         return pb.FindLookalikesResponse(
             model_version=r.version,

@@ -187,9 +187,14 @@ class WindowStore:
         return out
 
     def dirty_count(self) -> int:
-        keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
-        results = sharded.execute(self.client, [(k, ("ZCARD", k)) for k in keys])
-        for r in results:
-            if isinstance(r, Exception):
-                raise r
-        return sum(int(n) for n in results)
+        return dirty_count(self.client)
+
+
+def dirty_count(client: Client) -> int:
+    """Users marked dirty across all buckets (one ZCARD per bucket, pipelined per shard)."""
+    keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
+    results = sharded.execute(client, [(k, ("ZCARD", k)) for k in keys])
+    for r in results:
+        if isinstance(r, Exception):
+            raise r
+    return sum(int(n) for n in results)

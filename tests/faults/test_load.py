@@ -16,7 +16,6 @@ import time
 import uuid
 from collections.abc import Callable
 
-import grpc
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
@@ -25,18 +24,13 @@ from benchmarks.load import (
     requests_for,
     rss_kb,
     run_step,
-    start_serve,
-    stop_process,
-    wait_serving,
-    write_users,
+    serving_users,
 )
-from proto import service_pb2_grpc
 from services.common import kafka as kafka_clients
 from services.common.codec import event_to_proto
 from services.config import WindowConfig
-from services.stack import EmbeddedStack, StackConfig, free_ports
+from services.stack import EmbeddedStack, StackConfig
 from services.store.client import connect
-from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 from tests.faults.delay_proxy import DelayProxy
 from tests.faults.support import compare, wait_for
@@ -51,36 +45,26 @@ PERSONA = [sys.executable, "-m", "services.cli"]
 def test_get_embeddings_knee_and_shedding_at_twice_the_knee(
     report: Callable[..., None],
 ) -> None:
-    with EmbeddedStack(StackConfig(cluster=False)) as stack:
-        client = connect(stack.addresses.redis)
-        try:
-            ids = write_users(VectorStore(client), 5000)
-        finally:
-            client.close()
-        [port] = free_ports(1)
-        proc = start_serve(stack.addresses.redis, port, stack.workdir / "serve.log")
-        try:
-            wait_serving(port, proc, 60)
-            with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-                stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
-                reqs = requests_for(ids, 20)
-                run_step(stub, reqs, 100, 1.0, 1.0)  # warm-up
-                res = find_knee(stub, reqs, RATES, OBJECTIVE_MS, step_s=1.5, deadline_s=1.0)
-                assert res.knee > 0, [s.row() for s in res.steps]
-                assert res.knee < RATES[-1], "no knee found: raise RATES"
-                rss0 = rss_kb(proc.pid)
-                # Twice the knee with a generous 5 s deadline: what bounds the latency of
-                # accepted calls is the server's concurrency limit, not the client's patience.
-                # The generator shares the 2 cores with the server, so a noisy knee can leave
-                # 2x inside capacity; then 3x and 4x follow (bounded), until the server sheds.
-                for mult in (2, 3, 4):
-                    over = run_step(stub, reqs, mult * res.knee, 3.0, deadline_s=5.0)
-                    if over.codes["RESOURCE_EXHAUSTED"] + over.codes["UNAVAILABLE"] > 0:
-                        break
-                rss1 = rss_kb(proc.pid)
-                after = run_step(stub, reqs, res.knee / 2, 1.5, deadline_s=1.0)
-        finally:
-            stop_process(proc)
+    with (
+        EmbeddedStack(StackConfig(cluster=False)) as stack,
+        serving_users(stack, 5000) as (stub, ids, proc),
+    ):
+        reqs = requests_for(ids, 20)
+        run_step(stub, reqs, 100, 1.0, 1.0)  # warm-up
+        res = find_knee(stub, reqs, RATES, OBJECTIVE_MS, step_s=1.5, deadline_s=1.0)
+        assert res.knee > 0, [s.row() for s in res.steps]
+        assert res.knee < RATES[-1], "no knee found: raise RATES"
+        rss0 = rss_kb(proc.pid)
+        # Twice the knee with a generous 5 s deadline: what bounds the latency of
+        # accepted calls is the server's concurrency limit, not the client's patience.
+        # The generator shares the 2 cores with the server, so a noisy knee can leave
+        # 2x inside capacity; then 3x and 4x follow (bounded), until the server sheds.
+        for mult in (2, 3, 4):
+            over = run_step(stub, reqs, mult * res.knee, 3.0, deadline_s=5.0)
+            if over.codes["RESOURCE_EXHAUSTED"] + over.codes["UNAVAILABLE"] > 0:
+                break
+        rss1 = rss_kb(proc.pid)
+        after = run_step(stub, reqs, res.knee / 2, 1.5, deadline_s=1.0)
     shed = over.codes["RESOURCE_EXHAUSTED"] + over.codes["UNAVAILABLE"]
     assert shed > 0, over.row()
     # Overload may also end calls by deadline or cancellation (the generator shares the two

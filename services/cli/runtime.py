@@ -1,0 +1,39 @@
+"""What every long-running `persona` command sets up the same way: a stop flag raised by
+SIGINT/SIGTERM, logging, and an optional Prometheus `/metrics` endpoint."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from prometheus_client import CollectorRegistry
+
+
+def stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM: the handler only sets the flag, the loop drains."""
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    return stop
+
+
+def service_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+
+
+@contextmanager
+def metrics_endpoint(port: int, registry: CollectorRegistry) -> Iterator[None]:
+    """Serve `registry` on http://0.0.0.0:PORT/metrics for the block (port 0: no endpoint)."""
+    if not port:
+        yield
+        return
+    from prometheus_client import start_http_server
+
+    server, _ = start_http_server(port, addr="0.0.0.0", registry=registry)
+    try:
+        yield
+    finally:
+        server.shutdown()
