@@ -62,7 +62,12 @@ def test_metrics_endpoint_and_sigterm(stack: EmbeddedStack, make_topic: Callable
                 seen = scrape(port)
             except OSError:
                 seen = {}
-            if seen.get("persona_ingest_events_consumed_total", 0) >= n:
+            # consumed counts at poll time, applied/duplicate only after the store
+            # acked (the write overlaps the next poll), so wait for the latter.
+            done = seen.get("persona_ingest_events_applied_total", 0) + seen.get(
+                "persona_ingest_events_duplicate_total", 0
+            )
+            if done >= n:
                 break
             time.sleep(0.3)
         assert seen["persona_ingest_events_consumed_total"] == n
