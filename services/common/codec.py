@@ -20,6 +20,8 @@ from proto import events_pb2
 from services.config import WindowConfig
 from services.store import layout
 
+_WS_OR_BRACE = frozenset(b" \t\n\r\x0b\x0c{")  # bytes.lstrip() whitespace, and `{`
+
 REASONS = (
     "oversized",
     "undecodable",
@@ -154,7 +156,7 @@ def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
         _check(ev.user_id, ev.event_id, ev.type, ev.ts_ms, cat, num, cfg, now_ms, utf8_ok=False)
         return ev
     msg = _parse_proto(value)
-    _check_msg(msg, cfg, now_ms, len(value))
+    _check_msg(msg, cfg, now_ms, value)
     props: dict[str, PropValue] = dict(msg.cat)
     props.update(msg.num)
     return Event(msg.user_id, msg.event_id, msg.ts_ms, msg.type, props)
@@ -163,17 +165,19 @@ def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
 def decode_for_store(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Decoded:
     """The ingest hot path: validate and return (user id, event id, ts, stored record bytes).
 
-    A protobuf value is re-serialized without its two ids (no Python-side event object); a
-    JSON value goes through `decode_event`. Same refusals as `decode_event`.
+    A protobuf value becomes its record without a Python-side event object (the two ids are
+    sliced off the wire bytes when they come first, as every protobuf encoder writes them);
+    a JSON value goes through `decode_event`. Same refusals as `decode_event`.
     """
     value = _check_size(value, cfg)
-    if _is_json(value):
+    if (value[0] != 0x0A or len(value) < 2 or value[1] in _WS_OR_BRACE) and _is_json(value):
         ev = decode_event(value, cfg, now_ms)
         return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, layout.pack_record(ev))
     msg = _parse_proto(value)
-    _check_msg(msg, cfg, now_ms, len(value))
-    uid, eid, ts = msg.user_id, msg.event_id.encode("utf-8"), msg.ts_ms
-    return Decoded(uid, eid, ts, layout.record_from_proto(msg))
+    _check_msg(msg, cfg, now_ms, value)
+    return Decoded(
+        msg.user_id, msg.event_id.encode("utf-8"), msg.ts_ms, layout.record_from_wire(value, msg)
+    )
 
 
 def _nbytes(s: str) -> int:
@@ -181,22 +185,34 @@ def _nbytes(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def _check_msg(msg: events_pb2.Event, cfg: WindowConfig, now_ms: int, size: int) -> None:
-    """Validate a parsed Event. `size` is the wire size: a record no longer than every
-    per-string limit cannot break one, so small records (the usual case) skip those loops."""
-    cat, num = msg.cat, msg.num
-    if cat and num and any(k in cat for k in num):
-        raise BadRecord("bad_props", "a prop is both categorical and numeric")
-    if size > min(cfg.max_id_bytes, cfg.max_value_bytes, 2 * cfg.max_props):
+def _check_msg(msg: events_pb2.Event, cfg: WindowConfig, now_ms: int, value: bytes) -> None:
+    """Validate a parsed Event from its wire bytes `value`. A record no longer than every
+    per-string limit cannot break one, so small records (the usual case) skip those loops,
+    and look at the numeric props only when there are some."""
+    if len(value) > min(cfg.max_id_bytes, cfg.max_value_bytes, 2 * cfg.max_props):
+        cat, num = msg.cat, msg.num
+        if cat and num and any(k in cat for k in num):
+            raise BadRecord("bad_props", "a prop is both categorical and numeric")
         _check(msg.user_id, msg.event_id, msg.type, msg.ts_ms, cat, num, cfg, now_ms, True)
         return
     ts_ms = msg.ts_ms
     if ts_ms <= 0 or ts_ms > now_ms + cfg.max_future_ms:
         _check_ts(ts_ms, cfg, now_ms)
-    if "" in cat or "" in num:
+    cat = msg.cat
+    if "" in cat:
         raise BadRecord("bad_props", "empty prop name")
-    if num and not all(map(math.isfinite, num.values())):
-        raise BadRecord("bad_props", "a numeric prop is not finite")
+    num = msg.num
+    if num:
+        if "" in num:
+            raise BadRecord("bad_props", "empty prop name")
+        if cat and any(k in cat for k in num):
+            raise BadRecord("bad_props", "a prop is both categorical and numeric")
+        # A non-finite double has all exponent bits set: its top byte is 0x7F or 0xFF, so a
+        # value holding neither byte has only finite numbers (the usual case, ~97 %).
+        if (value.find(0x7F) >= 0 or value.find(0xFF) >= 0) and not all(
+            map(math.isfinite, num.values())
+        ):
+            raise BadRecord("bad_props", "a numeric prop is not finite")
 
 
 def _check_ts(ts_ms: int, cfg: WindowConfig, now_ms: int) -> None:

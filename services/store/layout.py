@@ -7,6 +7,7 @@ import zlib
 from collections.abc import Sequence
 
 from google.protobuf.message import DecodeError
+from redis.crc import key_slot
 
 from encoder.events import Event, PropValue
 from proto import events_pb2
@@ -21,6 +22,9 @@ _VERSION_BYTE = bytes((LAYOUT_VERSION,))
 
 def bucket(user_id: str) -> int:
     return zlib.crc32(user_id.encode("utf-8")) % BUCKETS
+
+
+BUCKET_SLOTS = tuple(key_slot(b"{%d}" % b) for b in range(BUCKETS))  # cluster slot per bucket
 
 
 def tag(user_id: str) -> str:
@@ -55,6 +59,23 @@ def record_from_proto(msg: events_pb2.Event) -> bytes:
     msg.ClearField("user_id")
     msg.ClearField("event_id")
     return _VERSION_BYTE + msg.SerializeToString()
+
+
+def record_from_wire(value: bytes, msg: events_pb2.Event) -> bytes:
+    """`record_from_proto` for a value whose parse is `msg`, without re-serializing when the
+    two ids are its first two fields (every protobuf encoder writes fields in number order):
+    a message is the concatenation of its fields, so the rest of the bytes is the record.
+
+    >>> wire = events_pb2.Event(user_id="u1", event_id="e9", ts_ms=5, type="t").SerializeToString()
+    >>> msg = events_pb2.Event.FromString(wire)
+    >>> record_from_wire(wire, msg) == record_from_proto(events_pb2.Event.FromString(wire))
+    True
+    """
+    if value[0] == 0x0A and value[1] < 0x80:  # field 1 (user_id) first, length < 128
+        p = 2 + value[1]
+        if len(value) > p + 1 and value[p] == 0x12 and value[p + 1] < 0x80:  # then field 2
+            return _VERSION_BYTE + value[p + 2 + value[p + 1] :]
+    return record_from_proto(msg)
 
 
 def pack_record(ev: Event) -> bytes:

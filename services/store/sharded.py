@@ -31,6 +31,27 @@ def _pipeline(conn: Any, calls: Sequence[Call]) -> list[Any]:
     return list(pipe.execute(raise_on_error=False))
 
 
+def node_groups(client: Client, slots: Sequence[int]) -> list[list[int]]:
+    """Indices into `slots`, grouped by the node that serves each slot (a single node: one
+    group). For calls that touch several slots of one node (scripts with the
+    allow-cross-slot-keys flag); the slot map is the client's current one."""
+    if not isinstance(client, RedisCluster):
+        return [list(range(len(slots)))]
+    groups: dict[str, list[int]] = defaultdict(list)
+    names: dict[int, str] = {}
+    nm = client.nodes_manager
+    for i, slot in enumerate(slots):
+        name = names.get(slot)
+        if name is None:
+            # The primary is first in the slot's list; `get_node_from_slot` says the same at
+            # ~15 us a call (a lock and a deprecation wrapper) and raises for a bare slot.
+            owners = nm.slots_cache.get(slot)
+            node = owners[0] if owners else nm.get_node_from_slot(slot)
+            name = names[slot] = node.name
+        groups[name].append(i)
+    return list(groups.values())
+
+
 def _redirected(r: Any) -> bool:
     return isinstance(r, ResponseError) and str(r).startswith(("MOVED", "ASK", "TRYAGAIN"))
 
