@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from encoder.events import Event
 from proto import events_pb2
@@ -159,3 +161,30 @@ def test_protobuf_whose_bytes_look_like_json_after_a_newline_is_protobuf() -> No
     assert raw[:2] == b"\n{"
     assert decode_event(raw, CFG, NOW) == ev
     assert decode_event(b'\n  {"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t"}', CFG, NOW)
+
+
+_text = st.text(min_size=1, max_size=200)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    uid=_text,
+    eid=_text,
+    ts=st.integers(1, NOW),
+    cat=st.dictionaries(_text, st.text(max_size=50), max_size=4),
+    extra=st.sampled_from([b"", b"\x0a\x01z", b"\x12\x01q"]),  # a repeated id field at the end
+)
+def test_record_sliced_off_the_wire_equals_the_reserialized_record(
+    uid: str, eid: str, ts: int, cat: dict[str, str], extra: bytes
+) -> None:
+    from services.common.codec import decode_for_store
+    from services.store import layout
+
+    wire = events_pb2.Event(user_id=uid, event_id=eid, ts_ms=ts, type="t", cat=cat)
+    value = wire.SerializeToString() + extra
+    d = decode_for_store(value, WindowConfig(max_id_bytes=1024), NOW)
+    msg = events_pb2.Event.FromString(value)
+    assert (d.user_id, d.event_id) == (msg.user_id, msg.event_id.encode())
+    slow = layout.record_from_proto(events_pb2.Event.FromString(value))
+    got = layout.unpack_record(d.user_id, msg.event_id, d.record)
+    assert got == layout.unpack_record(d.user_id, msg.event_id, slow)
