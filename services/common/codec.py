@@ -20,6 +20,7 @@ from proto import events_pb2
 from services.config import WindowConfig
 from services.store import layout
 
+_EVENT = events_pb2.Event
 _WS_OR_BRACE = frozenset(b" \t\n\r\x0b\x0c{")  # bytes.lstrip() whitespace, and `{`
 
 REASONS = (
@@ -156,7 +157,7 @@ def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
         _check(ev.user_id, ev.event_id, ev.type, ev.ts_ms, cat, num, cfg, now_ms, utf8_ok=False)
         return ev
     msg = _parse_proto(value)
-    _check_msg(msg, cfg, now_ms, value)
+    _check_msg(msg, cfg, now_ms, value, msg.ts_ms)
     props: dict[str, PropValue] = dict(msg.cat)
     props.update(msg.num)
     return Event(msg.user_id, msg.event_id, msg.ts_ms, msg.type, props)
@@ -173,11 +174,18 @@ def decode_for_store(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Dec
     if (value[0] != 0x0A or len(value) < 2 or value[1] in _WS_OR_BRACE) and _is_json(value):
         ev = decode_event(value, cfg, now_ms)
         return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, layout.pack_record(ev))
-    msg = _parse_proto(value)
-    _check_msg(msg, cfg, now_ms, value)
-    return Decoded(
-        msg.user_id, msg.event_id.encode("utf-8"), msg.ts_ms, layout.record_from_wire(value, msg)
-    )
+    msg = _EVENT()
+    try:
+        msg.ParseFromString(value)
+    except (DecodeError, RuntimeError):
+        msg = _parse_proto(value)  # raises, with the reason
+    # Each field read from a parsed message costs ~0.3 us here: read each once.
+    uid, eid = msg.user_id, msg.event_id
+    if not uid or not eid or not msg.type:
+        _parse_proto(value)  # raises, with the reason
+    ts_ms = msg.ts_ms
+    _check_msg(msg, cfg, now_ms, value, ts_ms)
+    return Decoded(uid, eid.encode("utf-8"), ts_ms, layout.record_from_wire(value, msg))
 
 
 def _nbytes(s: str) -> int:
@@ -185,17 +193,19 @@ def _nbytes(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def _check_msg(msg: events_pb2.Event, cfg: WindowConfig, now_ms: int, value: bytes) -> None:
-    """Validate a parsed Event from its wire bytes `value`. A record no longer than every
+def _check_msg(
+    msg: events_pb2.Event, cfg: WindowConfig, now_ms: int, value: bytes, ts_ms: int
+) -> None:
+    """Validate a parsed Event from its wire bytes `value` (`ts_ms` is `msg.ts_ms`, read once
+    by the caller). A record no longer than every
     per-string limit cannot break one, so small records (the usual case) skip those loops,
     and look at the numeric props only when there are some."""
     if len(value) > min(cfg.max_id_bytes, cfg.max_value_bytes, 2 * cfg.max_props):
         cat, num = msg.cat, msg.num
         if cat and num and any(k in cat for k in num):
             raise BadRecord("bad_props", "a prop is both categorical and numeric")
-        _check(msg.user_id, msg.event_id, msg.type, msg.ts_ms, cat, num, cfg, now_ms, True)
+        _check(msg.user_id, msg.event_id, msg.type, ts_ms, cat, num, cfg, now_ms, True)
         return
-    ts_ms = msg.ts_ms
     if ts_ms <= 0 or ts_ms > now_ms + cfg.max_future_ms:
         _check_ts(ts_ms, cfg, now_ms)
     cat = msg.cat
