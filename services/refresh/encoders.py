@@ -10,6 +10,10 @@ from encoder.api import Encoder
 log = logging.getLogger(__name__)
 
 
+class ModelLoadError(RuntimeError):
+    """A model version the refresher must write could not be loaded from the registry."""
+
+
 class EncoderCache:
     """`get(version)` loads a version from the registry once and keeps it; `keep(versions)`
     drops the ones no longer written (a retired version frees its memory)."""
@@ -22,7 +26,10 @@ class EncoderCache:
     def get(self, version: str) -> Encoder:
         enc = self._loaded.get(version)
         if enc is None:
-            enc = Encoder.load(self.models_dir, version, self.device)
+            try:
+                enc = Encoder.load(self.models_dir, version, self.device)
+            except Exception as exc:
+                raise ModelLoadError(f"model {version} from {self.models_dir}: {exc}") from exc
             log.info("loaded model %s on %s (dim %d)", version, enc.device, enc.dim)
             self._loaded[version] = enc
         return enc

@@ -30,6 +30,7 @@ class RefreshMetrics:
     backfilled: Counter
     cutovers: Counter
     active_version: Gauge
+    errors: Counter
 
 
 def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
@@ -109,6 +110,12 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
             "persona_refresh_active_version_info",
             "1 for the active model version",
             ["version"],
+            registry=registry,
+        ),
+        errors=Counter(
+            "persona_refresh_errors",
+            "Refresh passes that failed and will be retried, by kind (store, broker, model, other)",
+            ["kind"],
             registry=registry,
         ),
     )

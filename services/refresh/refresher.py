@@ -21,9 +21,10 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
 from services.refresh.dirty import dirty_count, oldest_dirty
-from services.refresh.encoders import EncoderCache
+from services.refresh.encoders import EncoderCache, ModelLoadError
 from services.refresh.metrics import RefreshMetrics
 from services.refresh.publish import Publisher
 from services.store.vectors import StoredVector, UserWrite, VectorStore, WriteResult
@@ -32,6 +33,20 @@ from services.store.windows import Window, WindowStore
 log = logging.getLogger(__name__)
 
 WRITTEN_STATES = ("active", "backfilling", "ready")
+
+
+def error_kind(exc: BaseException) -> str:
+    """The `kind` label of `persona_refresh_errors_total`: which dependency failed."""
+    from kafka.errors import KafkaError
+    from redis.exceptions import RedisError
+
+    if isinstance(exc, RedisError):
+        return "store"
+    if isinstance(exc, KafkaError):
+        return "broker"
+    if isinstance(exc, ModelLoadError | RegistryError):
+        return "model"
+    return "other"
 
 
 def now_ms() -> int:
@@ -123,9 +138,11 @@ class Refresher:
                         self.drain(stop)
                     busy = cutover.step(stop)
                     errors = 0
-                except Exception:
+                except Exception as exc:
                     errors += 1
                     self.stats.errors += 1
+                    if self.metrics:
+                        self.metrics.errors.labels(error_kind(exc)).inc()
                     log.exception("refresh failed (%d in a row); retrying", errors)
                     if until_idle and errors >= 5:
                         raise

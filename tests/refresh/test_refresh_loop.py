@@ -152,3 +152,41 @@ def test_schedule_drains_on_threshold_not_before_interval(env: Env) -> None:
         th.join(30)
     assert not th.is_alive()
     assert layout.BUCKETS == 1024
+
+
+def test_failed_pass_is_counted_by_kind_and_keeps_the_work(env: Env) -> None:
+    """An active version missing from the registry: each pass fails with kind "model", is
+    retried with backoff, and the users stay dirty."""
+    registry = CollectorRegistry()
+    r = env.refresher(metrics=refresh_metrics(registry))
+    r.vectors.set_active("v-not-in-registry")
+    add_events(env.windows, [f"m{i}" for i in range(3)], 1, seed=8)
+    stop = threading.Event()
+    th = threading.Thread(target=r.run, args=(stop,))
+    th.start()
+    try:
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline and not registry.get_sample_value(
+            "persona_refresh_errors_total", {"kind": "model"}
+        ):
+            time.sleep(0.05)
+    finally:
+        stop.set()
+        th.join(30)
+    assert not th.is_alive()
+    assert registry.get_sample_value("persona_refresh_errors_total", {"kind": "model"}) >= 1
+    assert registry.get_sample_value("persona_refresh_errors_total", {"kind": "store"}) is None
+    assert dirty_count(env.client) == 3
+
+
+def test_error_kinds() -> None:
+    from kafka.errors import KafkaTimeoutError
+    from redis.exceptions import ConnectionError as RedisConnectionError
+
+    from services.refresh.encoders import ModelLoadError
+    from services.refresh.refresher import error_kind
+
+    assert error_kind(RedisConnectionError("down")) == "store"
+    assert error_kind(KafkaTimeoutError()) == "broker"
+    assert error_kind(ModelLoadError("gone")) == "model"
+    assert error_kind(ZeroDivisionError()) == "other"
