@@ -6,11 +6,16 @@ and FindLookalikes k=50 over a large index; prints a markdown table and the comm
 
 Setup, all on loopback: the embedded 3-node Valkey cluster; `--users` vectors (dim 64,
 float32) written with VectorStore. Rows:
-- "bare read": redis-py, one `LRANGE key 0 0` per id pipelined per shard
-  (`services/store/sharded.py`, the read GetEmbeddings does), raw bytes, no decoding.
-- "VectorStore.get_batch": the same read plus decoding into StoredVector.
+- "bare read": redis-py connections, one `LRANGE key 0 0` per id (keys made beforehand),
+  pipelined per shard without threads: every shard's commands written, then the replies
+  read (`services/store/scatter.py`, the read GetEmbeddings does); raw bytes, no decoding.
+- "threaded read": the same keys through `sharded.execute` (a redis-py pipeline per shard
+  on a thread each: the read GetEmbeddings did before, for comparison); raw bytes.
+- "VectorStore.read_batch": the bare read plus making the keys and decoding the records
+  into arrays, as GetEmbeddings does.
 - "GetEmbeddings": a `persona serve --no-index` child process, called over gRPC from here
   (response decoded with one np.frombuffer).
+The paired difference is GetEmbeddings minus the bare read, in the same round.
 - "FindLookalikes": a server in a child process holding an IVF index (the index's "auto"
   choice) over `--lookalike-n` clustered unit vectors; queries are held-out vectors.
 Latency: one call in flight, p50/p99 over `--seconds`. Sustained rate: `--concurrency`
@@ -35,6 +40,7 @@ from typing import Any
 
 import grpc
 import numpy as np
+from redis.crc import key_slot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
@@ -43,6 +49,7 @@ from proto import service_pb2_grpc
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store import sharded
 from services.store.client import connect
+from services.store.scatter import ShardReader
 from services.store.vectors import StoredVector, VectorStore, vector_key
 
 log = logging.getLogger("benchmarks.serve")
@@ -213,12 +220,17 @@ def main(argv: list[str] | None = None) -> int:
         batches = [list(rng.choice(ids, args.batch, replace=False)) for _ in range(256)]
         keys = [[vector_key(u, VERSION) for u in b] for b in batches]
 
+        calls = [[(key_slot(k), ("LRANGE", k, 0, 0)) for k in ks] for ks in keys]
+        reader = ShardReader()
+
         def bare(i: int) -> object:
-            calls = [(k, ("LRANGE", k, 0, 0)) for k in keys[i % 256]]
-            return sharded.execute(client, calls)
+            return reader.read(client, calls[i % 256], time.monotonic() + 5)
+
+        def threaded(i: int) -> object:
+            return sharded.execute(client, [(k, ("LRANGE", k, 0, 0)) for k in keys[i % 256]])
 
         def decoded(i: int) -> object:
-            return store.get_batch(batches[i % 256], VERSION)
+            return store.read_batch(batches[i % 256], VERSION, 1, time.monotonic() + 5)
 
         what = f"{args.batch} ids"
         port, lport = free_ports(2)
@@ -237,14 +249,16 @@ def main(argv: list[str] | None = None) -> int:
                     return np.frombuffer(r.vectors, "<f4").reshape(len(r.embeddings), r.dim)
 
                 names = (
-                    "bare read (redis-py pipelined per shard)",
-                    "VectorStore.get_batch (read + decode)",
+                    "bare read (redis-py, pipelined per shard, no threads)",
+                    "threaded read (sharded.execute, the old read path)",
+                    "VectorStore.read_batch (read + decode)",
                     "GetEmbeddings (gRPC, persona serve)",
                 )
-                samples = interleaved(dict(zip(names, (bare, decoded, get), strict=True)),
-                                      3 * args.seconds)  # fmt: skip
+                fns = (bare, threaded, decoded, get)
+                samples = interleaved(dict(zip(names, fns, strict=True)), 3 * args.seconds)
                 rates = [
                     threaded_rate(bare, args.seconds, args.concurrency),
+                    threaded_rate(threaded, args.seconds, args.concurrency),
                     threaded_rate(decoded, args.seconds, args.concurrency),
                     future_rate(
                         lambda i: stub.GetEmbeddings.future(reqs[i % 256], timeout=5),
@@ -254,9 +268,10 @@ def main(argv: list[str] | None = None) -> int:
                 ]
                 for name, rate in zip(names, rates, strict=True):
                     rows.append((name, what, *percentiles(samples[name]), rate))
-                diff = np.asarray(samples[names[2]]) - np.asarray(samples[names[0]])
+                diff = np.asarray(samples[names[3]]) - np.asarray(samples[names[0]])
                 paired_ms = float(np.median(diff)) * 1000
         finally:
+            reader.close()
             proc.terminate()
             proc.wait(20)
 
@@ -304,7 +319,7 @@ def main(argv: list[str] | None = None) -> int:
     for name, req, p50, p99, rate in rows:
         print(f"| {name} | {req} | {p50:.2f} | {p99:.2f} | {rate:,.0f} |")
     print(
-        f"\nGetEmbeddings p50 minus bare read p50: {rows[2][2] - rows[0][2]:+.2f} ms; "
+        f"\nGetEmbeddings p50 minus bare read p50: {rows[3][2] - rows[0][2]:+.2f} ms; "
         f"median of paired differences (same round): {paired_ms:+.2f} ms"
     )
     cmd_line = shlex.join(["python", "benchmarks/serve.py", *(argv or sys.argv[1:])])

@@ -55,7 +55,9 @@ class ServeConfig:
         version_cache_s: the active version and the version states are cached this long.
             A response is still read under one version; after a cutover a replica answers
             with the old version for at most this long.
-        workers: gRPC handler threads; store_workers: threads running store calls.
+        workers: gRPC handler threads; store_workers: threads running the store calls that
+            are not bounded by a deadline themselves (version lookups, lookalike seeds;
+            GetEmbeddings reads on the handler thread, `VectorStore.read_batch`).
         max_concurrent_rpcs: beyond this, calls get RESOURCE_EXHAUSTED (None: no limit).
             Accepted calls wait for one of `workers` threads, so this bounds queueing:
             4 x workers keeps a slow store's backlog to ~4 store timeouts (256 let a
@@ -76,7 +78,7 @@ class ServeConfig:
     deadline_margin_s: float = 0.002
     version_cache_s: float = 1.0
     workers: int = 16
-    store_workers: int = 16
+    store_workers: int = 8
     max_concurrent_rpcs: int | None = 64
     grace_s: float = 5.0
     drain_s: float = 0.0

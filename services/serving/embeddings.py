@@ -1,11 +1,12 @@
-"""GetEmbeddings as a plain function: validate, resolve the version once, one batched read,
-vectors packed into one (N, D) array in request order."""
+"""GetEmbeddings as a plain function: validate, resolve the version once, one batched read
+on the calling thread (`VectorStore.read_batch`, bounded by the request's budget), vectors
+decoded into one (N, D) array in request order."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import numpy as np
@@ -16,7 +17,7 @@ from services.serving.errors import precondition
 from services.serving.ports import IndexSource, Prior, VectorReader
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
-from services.store.vectors import StoredVector
+from services.store.vectors import VectorBatch
 
 Status = Literal["found", "not_found", "fallback"]
 
@@ -31,15 +32,21 @@ class EmbeddingsQuery:
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingsResult:
-    """rows[i] is user_ids[i]'s vector (zeros when not found); `latest[i]` its stored value
-    (None unless found), `history[i]` its older values, newest first."""
+    """Row i answers user_ids[i]: `statuses[i]`, `rows[i]` its vector (zeros when not
+    found, the prior on fallback), `stored` its stored values in request order (newest
+    first, at most 1 + history_depth; `stored.count[i]` = 0 unless found)."""
 
     version: str
     statuses: list[Status]
     rows: np.ndarray  # (N, D) float32
-    latest: list[StoredVector | None]
-    history: list[list[StoredVector]]
+    stored: VectorBatch  # (N, 1 + depth, D) and its (N, 1 + depth) metadata
     prior: Prior | None  # set when some row is the fallback
+
+    def history_rows(self) -> np.ndarray:
+        """The older stored vectors of every user, user order then newest first: (R, D)."""
+        older = np.arange(1, self.stored.vectors.shape[1])  # (H - 1,)
+        mask = older[None, :] < self.stored.count[:, None]  # (N, H - 1)
+        return self.stored.vectors[:, 1:][mask]
 
 
 def get_embeddings(
@@ -57,35 +64,38 @@ def get_embeddings(
     depth = validate.int_range(q.history_depth, "history_depth", 0, limits.max_history)
     version = versions.resolve(q.model_version, budget)
     uniq = list(dict.fromkeys(ids))
-    got = caller.call(
-        lambda: store.get_batch(uniq, version, history=1 + depth), budget, "read vectors"
+    got = caller.call_inline(
+        lambda deadline: store.read_batch(uniq, version, 1 + depth, deadline),
+        budget,
+        "read vectors",
     )
-    by_id = dict(zip(uniq, got, strict=True))
+    if got.dim not in (0, dim):
+        raise precondition(
+            f"stored vectors of version {version} have {got.dim} components; "
+            f"this server serves dimension {dim}"
+        )
+    if len(uniq) != len(ids):  # duplicates: each gets its entry
+        at = {u: i for i, u in enumerate(uniq)}
+        got = _take(got, np.fromiter((at[u] for u in ids), np.int64, len(ids)))
     n = len(ids)
-    rows = np.zeros((n, dim), dtype=np.float32)  # (N, D)
-    statuses: list[Status] = ["not_found"] * n
-    latest: list[StoredVector | None] = [None] * n
-    history: list[list[StoredVector]] = [[] for _ in range(n)]
-    missing: list[int] = []
-    for i, u in enumerate(ids):
-        values = by_id[u]
-        if not values:
-            missing.append(i)
-            continue
-        head = values[0]
-        if head.vector.shape != (dim,):
-            raise precondition(
-                f"stored vectors of version {version} have {head.vector.size} components; "
-                f"this server serves dimension {dim}"
-            )
-        rows[i] = head.vector
-        statuses[i], latest[i], history[i] = "found", head, values[1 : 1 + depth]
+    if got.dim == 0:  # nobody found
+        got = replace(got, vectors=np.zeros((n, got.vectors.shape[1], dim), np.float32))
+    rows = got.vectors[:, 0].copy()  # (N, D), zeros where not found
+    found = (got.count > 0).tolist()
+    statuses: list[Status] = ["found" if f else "not_found" for f in found]
+    missing = [i for i, f in enumerate(found) if not f]
     prior = _prior(index, version) if q.fallback and missing else None
     if prior is not None:
         rows[missing] = prior.vector
         for i in missing:
             statuses[i] = "fallback"
-    return EmbeddingsResult(version, statuses, rows, latest, history, prior)
+    return EmbeddingsResult(version, statuses, rows, got, prior)
+
+
+def _take(b: VectorBatch, pos: np.ndarray) -> VectorBatch:
+    """The batch's users at `pos` (N',) in that order."""
+    return VectorBatch(b.vectors[pos], b.count[pos], b.computed_at_ms[pos], b.n_events[pos],
+                       b.window_version[pos])  # fmt: skip
 
 
 def _prior(index: IndexSource, version: str) -> Prior | None:

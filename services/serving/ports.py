@@ -12,7 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from services.serving.prior import PriorIndex
-    from services.store.vectors import StoredVector
+    from services.store.vectors import StoredVector, VectorBatch
 
 
 class VectorReader(Protocol):
@@ -23,6 +23,13 @@ class VectorReader(Protocol):
     def get_batch(
         self, user_ids: Sequence[str], version: str, history: int = 1
     ) -> list[list[StoredVector]]: ...
+
+    def read_batch(
+        self, user_ids: Sequence[str], version: str, history: int, deadline: float
+    ) -> VectorBatch:
+        """GetEmbeddings' read; runs on the handler thread, so it must return or raise
+        `services.store.scatter.DeadlineReached` by `deadline` (time.monotonic())."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)

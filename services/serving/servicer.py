@@ -4,8 +4,9 @@ beyond translation; errors become `context.abort(code, details)`."""
 from __future__ import annotations
 
 import logging
+import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import grpc
@@ -13,8 +14,14 @@ import numpy as np
 
 from proto import service_pb2 as pb
 from proto import service_pb2_grpc as pb_grpc
+from services.serving import wire
 from services.serving.config import ServeConfig
-from services.serving.embeddings import EmbeddingsQuery, age_seconds, get_embeddings
+from services.serving.embeddings import (
+    EmbeddingsQuery,
+    EmbeddingsResult,
+    age_seconds,
+    get_embeddings,
+)
 from services.serving.errors import ServingError
 from services.serving.lookalikes import LookalikeQuery, find_lookalikes, model_info
 from services.serving.metrics import ServingMetrics
@@ -100,29 +107,19 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         r = self._call(get_embeddings, q, context)
         for status, count in Counter(r.statuses).items():
             self._m.embeddings.labels(status).inc(count)
-        out = []
-        hist_rows: list[np.ndarray] = []
-        for u, status, head, older in zip(
-            request.user_ids, r.statuses, r.latest, r.history, strict=True
-        ):
-            e = pb.UserEmbedding(user_id=u, status=_STATUS[status])
-            if head is not None:
-                _fill(e.meta, head.computed_at_ms, head.n_events, head.window_version)
-            elif status == "fallback" and r.prior is not None:
-                _fill(e.meta, r.prior.computed_at_ms, 0, 0)
-            for h in older:
-                _fill(e.history.add(), h.computed_at_ms, h.n_events, h.window_version)
-                hist_rows.append(h.vector)
-            out.append(e)
-        hist = np.stack(hist_rows).astype(dtype).tobytes() if hist_rows else b""
-        return pb.GetEmbeddingsResponse(
-            model_version=r.version,
-            dim=self._cfg.dim,
-            encoding=request.encoding,
-            embeddings=out,
-            vectors=r.rows.astype(dtype, copy=False).tobytes(),
-            history_vectors=hist,
-        )
+        st = r.stored
+        codes = np.fromiter((_STATUS[x] for x in r.statuses), np.uint8, len(r.statuses))
+        prior_ms = r.prior.computed_at_ms if r.prior is not None else None
+        resp = wire.response(request.user_ids, codes, st.count, st.computed_at_ms, st.n_events,
+                             st.window_version, time.time(), prior_ms)  # fmt: skip
+        hist = r.history_rows()
+        resp.model_version = r.version
+        resp.dim = self._cfg.dim
+        resp.encoding = request.encoding
+        resp.vectors = r.rows.astype(dtype, copy=False).tobytes()
+        if len(hist):
+            resp.history_vectors = hist.astype(dtype, copy=False).tobytes()
+        return resp
 
     def FindLookalikes(
         self, request: pb.FindLookalikesRequest, context: grpc.ServicerContext
@@ -180,11 +177,30 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         return resp
 
 
-def _fill(meta: Any, computed_at_ms: int, n_events: int, window_version: int) -> None:
-    meta.computed_at_ms = computed_at_ms
-    meta.age_seconds = age_seconds(computed_at_ms)
-    meta.n_events = n_events
-    meta.window_version = window_version
+def fill_entries(resp: pb.GetEmbeddingsResponse, user_ids: Sequence[str], r: EmbeddingsResult,
+                 now: float) -> None:  # fmt: skip
+    """One UserEmbedding per requested id: status, the newest value's meta, the older
+    values' metas, built message by message: the plain reference of `wire.response`,
+    which the servicer uses (tests/serving/test_wire.py holds them together)."""
+    s = r.stored
+    count, ts, ne, wv = (s.count.tolist(), s.computed_at_ms.tolist(), s.n_events.tolist(),
+                         s.window_version.tolist())  # fmt: skip
+    prior = r.prior
+    add = resp.embeddings.add
+    for i, (u, status) in enumerate(zip(user_ids, r.statuses, strict=True)):
+        e = add(user_id=u, status=_STATUS[status])
+        c = count[i]
+        if c:
+            t, n, w = ts[i], ne[i], wv[i]
+            m = e.meta
+            m.computed_at_ms, m.n_events, m.window_version = t[0], n[0], w[0]
+            m.age_seconds = max(0.0, now - t[0] / 1000.0)
+            for j in range(1, c):
+                h = e.history.add(computed_at_ms=t[j], n_events=n[j], window_version=w[j])
+                h.age_seconds = max(0.0, now - t[j] / 1000.0)
+        elif status == "fallback" and prior is not None:
+            e.meta.computed_at_ms = prior.computed_at_ms
+            e.meta.age_seconds = max(0.0, now - prior.computed_at_ms / 1000.0)
 
 
 def _lag(lag: Callable[[], int | None] | None) -> int:

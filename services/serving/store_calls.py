@@ -1,19 +1,22 @@
 """Store calls bounded by the caller's deadline.
 
-A `Budget` is made once per request from the time the client has left; every store call of
-that request runs in a worker thread and is waited for at most the budget's remaining time,
-so a slow or silent store gives DEADLINE_EXCEEDED (the client's deadline was the limit) or
-UNAVAILABLE (the server's own `store_timeout_s` was), never a hang. The worker thread itself
-is freed by the client's socket timeout.
+A `Budget` is made once per request from the time the client has left. A store call runs
+either in a worker thread and is waited for at most the budget's remaining time (`call`:
+for any function; the worker thread itself is freed by the client's socket timeout), or on
+the calling thread with the budget's end as its deadline (`call_inline`: for reads that
+bound every socket wait by it, `VectorStore.read_batch`; no thread hand-off). Either way a
+slow or silent store gives DEADLINE_EXCEEDED (the client's deadline was the limit) or
+UNAVAILABLE (the server's own `store_timeout_s` was), never a hang.
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TypeVar
 
@@ -21,6 +24,7 @@ import grpc
 import redis
 
 from services.serving.errors import ServingError
+from services.store.scatter import DeadlineReached
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -56,15 +60,37 @@ class StoreCaller:
         self._on_error = on_error or (lambda kind: None)
 
     def call(self, fn: Callable[[], T], budget: Budget, what: str) -> T:
+        """`fn()` on a worker thread, waited for until the budget ends."""
         left = budget.remaining()
         if left <= 0:
             raise self._timeout(budget, what, 0.0)
         future = self._pool.submit(fn)
+        with self._mapped(what):
+            try:
+                return future.result(timeout=left)
+            except FutureTimeout:
+                future.cancel()
+                raise self._timeout(budget, what, left) from None
+        raise AssertionError("unreachable")  # pragma: no cover (for mypy)
+
+    def call_inline(self, fn: Callable[[float], T], budget: Budget, what: str) -> T:
+        """`fn(deadline)` on this thread; `fn` must return or raise `DeadlineReached` by
+        `deadline` (time.monotonic())."""
+        left = budget.remaining()
+        if left <= 0:
+            raise self._timeout(budget, what, 0.0)
+        with self._mapped(what):
+            try:
+                return fn(budget.until)
+            except DeadlineReached:
+                raise self._timeout(budget, what, left) from None
+        raise AssertionError("unreachable")  # pragma: no cover (for mypy)
+
+    @contextmanager
+    def _mapped(self, what: str) -> Iterator[None]:
+        """Store failures -> ServingError (UNAVAILABLE, or INTERNAL for a bad record)."""
         try:
-            return future.result(timeout=left)
-        except FutureTimeout:
-            future.cancel()
-            raise self._timeout(budget, what, left) from None
+            yield
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             self._on_error("unavailable")
             log.warning("store unavailable during %s: %s", what, exc)

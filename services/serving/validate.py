@@ -16,12 +16,15 @@ def user_ids(ids: Sequence[str], field: str, limit: int, max_id_bytes: int) -> l
         raise invalid(f"{field} is empty")
     if len(ids) > limit:
         raise invalid(f"{field} has {len(ids)} ids; at most {limit} a request")
-    for i, u in enumerate(ids):
+    out = list(ids)
+    if all(out) and max(map(len, out)) * 4 <= max_id_bytes:  # a code point is <= 4 bytes
+        return out
+    for i, u in enumerate(out):
         if not u:
             raise invalid(f"{field}[{i}] is empty")
         if len(u) > max_id_bytes or len(u.encode("utf-8")) > max_id_bytes:
             raise invalid(f"{field}[{i}] is longer than {max_id_bytes} bytes")
-    return list(ids)
+    return out
 
 
 def one_id(u: str, field: str, max_id_bytes: int) -> str:

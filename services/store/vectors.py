@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import re
 import struct
+import zlib
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,10 +24,12 @@ from importlib import resources
 from typing import Any, Literal
 
 import numpy as np
+from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from services.store import layout, sharded
 from services.store.client import Client
+from services.store.scatter import ShardReader
 
 VECTOR_LAYOUT = 1
 STATES = ("backfilling", "ready", "active", "retired")
@@ -113,6 +116,107 @@ def unpack_vector(user_id: str, version: str, rec: bytes) -> StoredVector:
     return StoredVector(user_id, version, vec.astype(np.float32), ts, n, wv)
 
 
+@dataclass(frozen=True, slots=True)
+class VectorBatch:
+    """The vectors of N users under one version, up to H per user, newest first, decoded
+    into arrays (`VectorStore.read_batch`). User i has `count[i]` values (0: not found);
+    row `vectors[i, j]` and its metadata are meaningful for j < count[i], zeros beyond.
+
+    Example: users ["a", "b"] with history 2, "a" holding two vectors and "b" none::
+
+        count          [2, 0]
+        vectors        (2, 2, D): [[a_newest, a_older], [0, 0]]
+        computed_at_ms [[t_a1, t_a0], [0, 0]]
+    """
+
+    vectors: np.ndarray  # (N, H, D) float32; D = 0 when no user was found
+    count: np.ndarray  # (N,) int64
+    computed_at_ms: np.ndarray  # (N, H) int64
+    n_events: np.ndarray  # (N, H) int64
+    window_version: np.ndarray  # (N, H) int64
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[2])
+
+
+def _record_dtype(code: int, dim: int) -> np.dtype[Any]:
+    """A record as a numpy structured type (the `_HEAD` fields, then the vector)."""
+    return np.dtype(
+        [("layout", "u1"), ("dtype", "u1"), ("dim", "<u2"), ("computed_at_ms", "<i8"),
+         ("window_version", "<i8"), ("n_events", "<u4"), ("vector", _DTYPES[code], (dim,))]
+    )  # fmt: skip
+
+
+_REC_DTYPES: dict[int, np.dtype[Any]] = {}  # record length -> float32 record type
+
+
+def _float32_records(size: int) -> np.dtype[Any] | None:
+    dt = _REC_DTYPES.get(size)
+    if dt is None and size > _HEAD.size and (size - _HEAD.size) % 4 == 0:
+        dt = _REC_DTYPES[size] = _record_dtype(1, (size - _HEAD.size) // 4)
+    return dt
+
+
+def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatch:
+    """LRANGE replies (one list of records per user, newest first) -> VectorBatch.
+
+    Records of one float32 length are decoded in one `np.frombuffer` over their
+    concatenation; anything else (float16, mixed lengths) record by record through
+    `unpack_vector`. ValueError on a bad record, or on records of different dimensions.
+    """
+    n, h = len(replies), max(1, history)
+    count = np.fromiter(map(len, replies), np.int64, n)
+    if int(count.max(initial=0)) > h:
+        raise ValueError(f"a user has {int(count.max())} vectors; {h} were asked for")
+    recs = [r for rep in replies for r in rep]  # user order, newest first
+    meta = {f: np.zeros((n, h), np.int64) for f in ("computed_at_ms", "n_events", "window_version")}
+    if not recs:
+        return VectorBatch(np.zeros((n, h, 0), np.float32), count, **meta)
+    size = len(recs[0])
+    dt = _float32_records(size)
+    if dt is not None and all(len(r) == size for r in recs):
+        arr = np.frombuffer(b"".join(recs), dtype=dt)
+        if (arr["layout"] != VECTOR_LAYOUT).any() or (arr["dtype"] != 1).any():
+            raise ValueError(
+                "vector record of an unknown layout or dtype; this code reads layout 1"
+            )
+        dim = dt["vector"].shape[0]
+        if (arr["dim"] != dim).any():
+            raise ValueError(f"vector record holds {dim} values, header says otherwise")
+        vecs = arr["vector"]  # (R, D)
+        cols = {f: arr[f] for f in meta}
+    else:
+        unpacked = [unpack_vector("", "", r) for r in recs]
+        dims = {v.vector.size for v in unpacked}
+        if len(dims) != 1:
+            raise ValueError(f"vector records of different dimensions {sorted(dims)}")
+        dim = dims.pop()
+        vecs = np.stack([v.vector for v in unpacked])
+        cols = {f: np.array([getattr(v, f) for v in unpacked], np.int64) for f in meta}
+    vectors = np.zeros((n, h, dim), np.float32)  # (N, H, D)
+    if h == 1:
+        where: Any = (count > 0, 0)
+    else:
+        users = np.repeat(np.arange(n), count)  # (R,) user of each record
+        starts = np.repeat(np.cumsum(count) - count, count)
+        where = (users, np.arange(len(recs)) - starts)
+    vectors[where] = vecs
+    for f, col in cols.items():
+        meta[f][where] = col
+    return VectorBatch(vectors, count, **meta)
+
+
+_BUCKET_SLOTS = tuple(key_slot(b"{%d}" % b) for b in range(layout.BUCKETS))
+
+
+def _vector_key(user_id: str, prefix: bytes) -> tuple[int, bytes]:
+    """(cluster slot, `vector_key`) with the version already checked, in `prefix`."""
+    raw = user_id.encode("utf-8")
+    b = zlib.crc32(raw) % layout.BUCKETS
+    return _BUCKET_SLOTS[b], b"p:{%d}:v:" % b + prefix + raw
+
+
 def _script(name: str) -> str:
     return resources.files("services.store").joinpath(name).read_text()
 
@@ -144,6 +248,7 @@ class VectorStore:
         self.dtype: Dtype = dtype
         self._src = {"write": _script("write_vectors.lua"), "flip": _script("set_active.lua")}
         self._sha: dict[str, str] = {}
+        self._reader = ShardReader()
         self._load_scripts()
 
     def _load_scripts(self) -> None:
@@ -286,3 +391,28 @@ class VectorStore:
             [unpack_vector(uid, version, rec) for rec in recs]
             for uid, recs in zip(user_ids, results, strict=True)
         ]
+
+    def read_raw(
+        self, user_ids: Sequence[str], version: str, history: int, deadline: float
+    ) -> list[Any]:
+        """The LRANGE replies (raw record bytes, newest first) of `user_ids`, one pipelined
+        write per shard then the replies, all on this thread, bounded by `deadline`
+        (`time.monotonic()`; `scatter.DeadlineReached` when it passes)."""
+        prefix = (check_version(version) + ":").encode()
+        last = max(1, history) - 1
+        calls = [(s, ("LRANGE", k, 0, last)) for s, k in (_vector_key(u, prefix) for u in user_ids)]
+        results = self._reader.read(self.client, calls, deadline)
+        _raise_first(results)
+        return results
+
+    def read_batch(
+        self, user_ids: Sequence[str], version: str, history: int, deadline: float
+    ) -> VectorBatch:
+        """`get_batch` decoded into arrays (VectorBatch), read with `read_raw`: the serving
+        path. Same values as `get_batch` (tests/serving/test_read_batch.py holds them
+        together)."""
+        return decode_batch(self.read_raw(user_ids, version, history, deadline), history)
+
+    def close_reads(self) -> None:
+        """Close the connections `read_raw` keeps (the client's own are the client's)."""
+        self._reader.close()

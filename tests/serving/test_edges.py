@@ -18,6 +18,7 @@ from redis.retry import Retry
 from proto import service_pb2 as pb
 from services.serving.holder import IndexHolder
 from services.stack import free_ports
+from services.store.scatter import DeadlineReached
 from services.store.vectors import StoredVector, VectorStore
 from tests.serving.support import DIM, V1, V2, Running
 
@@ -92,7 +93,10 @@ def test_seeds_that_cancel_out(serve: Callable[..., Running], vstore: VectorStor
 
 
 class SlowStore:
-    """Delegates to a real store after `delay_s`."""
+    """Delegates to a real store after `delay_s`. `read_batch` keeps the port's contract
+    (answer or raise DeadlineReached by the deadline), as the real one does by bounding
+    every socket wait; the real sockets are tested below (a hung Valkey) and in
+    tests/faults (a delaying proxy)."""
 
     def __init__(self, inner: VectorStore, delay_s: float) -> None:
         self.inner, self.delay_s = inner, delay_s
@@ -107,9 +111,19 @@ class SlowStore:
         time.sleep(self.delay_s)
         return self.inner.get_batch(ids, version, history)
 
+    def read_batch(self, ids: Sequence[str], version: str, history: int, deadline: float) -> Any:
+        wait = min(self.delay_s, deadline - time.monotonic())
+        time.sleep(max(0.0, wait))
+        if wait < self.delay_s:
+            raise DeadlineReached("slow store")
+        return self.inner.read_batch(ids, version, history, deadline)
+
 
 class BrokenStore(SlowStore):
     def get_batch(self, ids: Sequence[str], version: str, history: int = 1) -> Any:
+        raise RuntimeError("secret internals at 0xdeadbeef")
+
+    def read_batch(self, ids: Sequence[str], version: str, history: int, deadline: float) -> Any:
         raise RuntimeError("secret internals at 0xdeadbeef")
 
 
