@@ -55,7 +55,8 @@ def now_ms() -> int:
 
 @dataclass
 class RefreshStats:
-    passes: int = 0
+    passes: int = 0  # started
+    passes_done: int = 0  # ended (no user left dirty, or stopped)
     batches: int = 0
     users: int = 0
     vectors_written: int = 0
@@ -178,6 +179,7 @@ class Refresher:
             if not cands:
                 break
             done += self.round(cands, self.write_set(), stop)
+        self.stats.passes_done += 1
         if self.metrics and done:
             self.metrics.users_per_second.set(done / max(time.perf_counter() - t0, 1e-9))
         return done
