@@ -38,6 +38,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, ResponseError, TryAgainError
 
 from services.store.client import Client
+from services.store.sharded import primary_of
 
 Call = tuple[bytes | int, tuple[Any, ...]]  # (routing key or its cluster slot, command args)
 
@@ -197,14 +198,10 @@ def _route(client: Client, calls: Sequence[Call], todo: list[int]) -> list[tuple
     """(connection pool, indices into `calls`) per primary serving the calls' slots."""
     if not isinstance(client, RedisCluster):
         return [(client.connection_pool, todo)]
-    nodes = client.nodes_manager
-    slots = nodes.slots_cache  # slot -> [primary, replicas...]; read only, no lock needed
     by_name: dict[str, tuple[Any, list[int]]] = {}
     for i in todo:
         key = calls[i][0]
-        slot = key if isinstance(key, int) else key_slot(key)
-        served = slots.get(slot)
-        node = served[0] if served else nodes.get_node_from_slot(slot)  # raises: not covered
+        node = primary_of(client, key if isinstance(key, int) else key_slot(key))
         group = by_name.get(node.name)
         if group is None:
             pool = client.get_redis_connection(node).connection_pool

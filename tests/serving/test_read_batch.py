@@ -52,26 +52,24 @@ def _fill(store: VectorStore, n: int, dim: int = 8) -> list[str]:
     return users
 
 
-@pytest.fixture(scope="module")
-def cluster_store(cluster_stack: EmbeddedStack) -> Iterator[VectorStore]:
-    client = connect(cluster_stack.addresses.redis)
+def _store(url: str) -> Iterator[VectorStore]:
+    client = connect(url)
     store = VectorStore(client)
     try:
         yield store
     finally:
         store.close_reads()
         client.close()
+
+
+@pytest.fixture(scope="module")
+def cluster_store(cluster_stack: EmbeddedStack) -> Iterator[VectorStore]:
+    yield from _store(cluster_stack.addresses.redis)
 
 
 @pytest.fixture(scope="module")
 def node_store(stack: EmbeddedStack) -> Iterator[VectorStore]:
-    client = connect(f"{stack.addresses.redis}/{DB}")
-    store = VectorStore(client)
-    try:
-        yield store
-    finally:
-        store.close_reads()
-        client.close()
+    yield from _store(f"{stack.addresses.redis}/{DB}")
 
 
 @pytest.mark.parametrize("which", ["node_store", "cluster_store"])
