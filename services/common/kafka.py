@@ -9,6 +9,9 @@ Security comes from the environment (never from flags, which show in `ps`):
 - `PERSONA_KAFKA_SASL_PASSWORD_FILE` (or `PERSONA_KAFKA_SASL_PASSWORD`) -> `sasl_plain_password`
 - `PERSONA_KAFKA_SSL_CAFILE`, `_SSL_CERTFILE`, `_SSL_KEYFILE` -> `ssl_cafile`, `ssl_certfile`,
   `ssl_keyfile`
+
+`rdkafka_config` gives the same settings under librdkafka's names, for the ingest consumer
+(services/ingest/source.py), the one place that uses confluent-kafka.
 """
 
 from __future__ import annotations
@@ -45,6 +48,28 @@ def security_kwargs(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
         out["sasl_plain_password"] = Path(pw_file).read_text().strip()
     elif env.get("PERSONA_KAFKA_SASL_PASSWORD"):
         out["sasl_plain_password"] = env["PERSONA_KAFKA_SASL_PASSWORD"]
+    return out
+
+
+_RDKAFKA_NAMES = {
+    "security_protocol": "security.protocol",
+    "sasl_mechanism": "sasl.mechanism",
+    "sasl_plain_username": "sasl.username",
+    "sasl_plain_password": "sasl.password",
+    "ssl_cafile": "ssl.ca.location",
+    "ssl_certfile": "ssl.certificate.location",
+    "ssl_keyfile": "ssl.key.location",
+}
+
+
+def rdkafka_config(
+    bootstrap: str, client_id: str = "persona", environ: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """librdkafka (confluent-kafka) settings: the brokers plus the `PERSONA_KAFKA_*` security
+    options, the same ones `security_kwargs` gives kafka-python."""
+    out: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": client_id}
+    for opt, value in security_kwargs(environ).items():
+        out[_RDKAFKA_NAMES[opt]] = value
     return out
 
 

@@ -16,16 +16,13 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
-from kafka import ConsumerRebalanceListener, KafkaConsumer, KafkaProducer
-from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError
-from kafka.structs import OffsetAndMetadata, TopicPartition
+from confluent_kafka import KafkaException, Message
 from redis.exceptions import RedisError
 
-from services.common import kafka as kafka_clients
 from services.common.codec import BadRecord, decode_for_store
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.metrics import IngestMetrics
+from services.ingest.source import DeadLetters, EventSource, Headers, offset_of
 from services.store.layout import pack_update
 from services.store.windows import PackedUpdate, WindowStore, source_label
 
@@ -53,21 +50,6 @@ class IngestStats:
         if self.first_batch_at is None or self.last_commit_at is None:
             return 0.0
         return self.last_commit_at - self.first_batch_at
-
-
-class _Listener(ConsumerRebalanceListener):
-    """Nothing is in flight at a rebalance: poll() runs between batches, and every batch was
-    applied and committed before the next poll. Revoked partitions therefore need no flush;
-    a batch whose commit failed is replayed by the new owner and skipped by the store."""
-
-    def __init__(self, on_change: Callable[[str, Sequence[TopicPartition]], None]) -> None:
-        self._on_change = on_change
-
-    def on_partitions_revoked(self, revoked: Sequence[TopicPartition]) -> None:
-        self._on_change("revoked", revoked)
-
-    def on_partitions_assigned(self, assigned: Sequence[TopicPartition]) -> None:
-        self._on_change("assigned", assigned)
 
 
 class Ingestor:
@@ -101,23 +83,23 @@ class Ingestor:
         self.stats = IngestStats()
         self.assignment_changes: list[tuple[str, list[int]]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-apply")
-        self._inflight: tuple[Future[bool], dict[TopicPartition, OffsetAndMetadata]] | None = None
+        self._inflight: tuple[Future[bool], dict[int, int]] | None = None
         self._lag_labels: set[str] = set()
         self._last_offset: dict[int, int] = {}
         self._tid_stale = True
         self._tid_checked = 0.0
         self._known_tid: str | None = None
+        self._tid: str | None = None
 
-    def _on_rebalance(self, what: str, tps: Sequence[TopicPartition]) -> None:
-        parts = sorted(tp.partition for tp in tps)
-        self.assignment_changes.append((what, parts))
-        log.info("partitions %s: %s", what, parts)
+    def _on_rebalance(self, what: str, parts: Sequence[int]) -> None:
+        """Runs inside poll, between batches: at most the batch being written is in flight.
+        Revoked: it is flushed and committed (the partitions are still ours). Lost: flushed,
+        not committed; the new owner replays it and the store skips what was written."""
+        self.assignment_changes.append((what, list(parts)))
+        log.info("partitions %s: %s", what, list(parts))
         self._tid_stale = True
-        if what == "revoked":
-            # Flush: wait until the batch in flight is written. No commit here: kafka-python 3
-            # runs listeners on its IO thread, where blocking client calls are refused. The new
-            # owner re-reads from the last commit and the store skips what was written.
-            self._finish_inflight(commit=False)
+        if what in ("revoked", "lost"):
+            self._finish_inflight(commit=what == "revoked")
             for label in {str(p) for p in parts} & self._lag_labels:
                 self.metrics.lag.remove(label)
                 self._lag_labels.discard(label)
@@ -132,14 +114,12 @@ class Ingestor:
         write is acknowledged, always before batch i+1's write starts, and always before a
         rebalance hands its partitions to another member.
         """
-        consumer = kafka_clients.group_consumer(self.kcfg)
-        dlq = kafka_clients.producer(self.kcfg)
-        self._consumer = consumer
-        consumer.subscribe([self.kcfg.topic], listener=_Listener(self._on_rebalance))
+        self._consumer = consumer = EventSource(self.kcfg, self._on_rebalance)
+        dlq = DeadLetters(self.kcfg)
         started = time.monotonic()
         try:
             while not stop.is_set():
-                batch = consumer.poll(timeout_ms=poll_ms)
+                batch = consumer.poll(poll_ms / 1000)
                 if batch:
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = time.perf_counter()
@@ -159,8 +139,8 @@ class Ingestor:
             self._finish_inflight()
         finally:
             self._pool.shutdown(wait=True)
-            dlq.close(timeout=10)
-            consumer.close(autocommit=False)
+            dlq.close()
+            consumer.close()
         return self.stats
 
     def _finish_inflight(self, commit: bool = True) -> None:
@@ -173,7 +153,7 @@ class Ingestor:
             return  # not written (stopping while the store is down) or not ours any more
         try:
             self._consumer.commit(offsets)
-        except (CommitFailedError, KafkaError) as exc:
+        except KafkaException as exc:
             # Partitions moved on (rebalance) or the broker is away: the new owner replays
             # from the last commit and the store skips what this batch applied.
             log.warning("offset commit failed, batch will be replayed: %s", exc)
@@ -184,49 +164,48 @@ class Ingestor:
         """The events topic's id (None if the broker gives none), fetched again after an
         assignment, when offsets went backwards, and every 10 s."""
         if self._tid_stale or time.monotonic() - self._tid_checked > 10:
-            self._consumer.topics()  # a blocking metadata request
+            self._tid = self._consumer.topic_id()  # a blocking metadata request
             self._tid_stale = False
             self._tid_checked = time.monotonic()
-        tid = self._consumer._client.cluster.topic_id(self.kcfg.topic)  # no public accessor
-        return tid.hex if tid is not None else None
+        return self._tid
 
-    def _caught_up(self, consumer: KafkaConsumer, started: float) -> bool:
-        assignment = list(consumer.assignment())
+    def _caught_up(self, consumer: EventSource, started: float) -> bool:
+        assignment = consumer.assignment()
         if not assignment:
             # A member that got no partition after the join settled has nothing to do.
             return time.monotonic() - started > 2 * self.kcfg.session_timeout_ms / 1000
-        # The high watermark of the last fetch response, not ListOffsets: Tansu 0.6 answers
-        # ListOffsets with a too-low end offset after multi-record batches.
-        for tp in assignment:
-            hw = consumer.highwater(tp)
-            if hw is None or consumer.position(tp) < hw:
+        for p in assignment:
+            hw = consumer.highwater(p)
+            pos = consumer.position(p)
+            if hw is None or pos is None or pos < hw:
                 return False
         return True
 
-    def _update_lag(self, consumer: KafkaConsumer) -> None:
-        for tp in consumer.assignment():
-            hw = consumer.highwater(tp)
-            if hw is not None:
-                label = str(tp.partition)
+    def _update_lag(self, consumer: EventSource) -> None:
+        for p in consumer.assignment():
+            hw = consumer.highwater(p)
+            pos = consumer.position(p) if hw is not None else None
+            if hw is not None and pos is not None:
+                label = str(p)
                 self._lag_labels.add(label)
-                self.metrics.lag.labels(label).set(max(0, hw - consumer.position(tp)))
+                self.metrics.lag.labels(label).set(max(0, hw - pos))
 
     def _prepare(
-        self, dlq: KafkaProducer, batch: Mapping[TopicPartition, Sequence[ConsumerRecord]]
-    ) -> tuple[list[PackedUpdate], dict[TopicPartition, OffsetAndMetadata]] | None:
+        self, dlq: DeadLetters, batch: Mapping[int, Sequence[Message]]
+    ) -> tuple[list[PackedUpdate], dict[int, int]] | None:
         """Decode and validate a batch; dead-letter (and flush) the bad records. None: the
         batch was dropped because the topic was recreated (it is read again from 0)."""
         now = self.clock_ms()
         groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
-        bad: list[tuple[ConsumerRecord, BadRecord]] = []
-        commit: dict[TopicPartition, OffsetAndMetadata] = {}
+        bad: list[tuple[Message, BadRecord]] = []
+        commit: dict[int, int] = {}
         n = 0
         wcfg = self.wcfg
-        for tp, records in batch.items():
-            last = self._last_offset.get(tp.partition)
-            if last is not None and records[0].offset <= last:
+        for part, records in batch.items():
+            last = self._last_offset.get(part)
+            if last is not None and offset_of(records[0]) <= last:
                 self._tid_stale = True  # offsets went back: a replay, or a new topic incarnation
-            self._last_offset[tp.partition] = records[-1].offset
+            self._last_offset[part] = offset_of(records[-1])
         tid = self._topic_id()
         if self._known_tid is not None and tid != self._known_tid:
             # The topic was deleted and created again (or the broker lost its log): offsets
@@ -238,23 +217,23 @@ class Ingestor:
                 tid,
             )
             self._known_tid = tid
-            self._consumer.seek_to_beginning(*self._consumer.assignment())
+            self._consumer.seek_to_beginning()
             self._last_offset.clear()
             return None
         self._known_tid = tid
-        for tp, records in batch.items():
-            p = source_label(tp.partition, tid)
+        for part, records in batch.items():
+            p = source_label(part, tid)
             for r in records:
                 try:
-                    d = decode_for_store(r.value, wcfg, now)
+                    d = decode_for_store(r.value(), wcfg, now)
                 except BadRecord as exc:
                     bad.append((r, exc))
                 else:
                     groups[(d.user_id, p)].append(
-                        pack_update(r.offset, d.event_id, d.ts_ms, d.record)
+                        pack_update(offset_of(r), d.event_id, d.ts_ms, d.record)
                     )
             n += len(records)
-            commit[tp] = OffsetAndMetadata(records[-1].offset + 1, "", -1)
+            commit[part] = offset_of(records[-1]) + 1
         self.metrics.consumed.inc(n)
         self.metrics.batch_records.observe(n)
         self.stats.consumed += n
@@ -263,21 +242,18 @@ class Ingestor:
         updates = [PackedUpdate(uid, p, b"".join(parts)) for (uid, p), parts in groups.items()]
         return updates, commit
 
-    def _dead_letter(self, dlq: KafkaProducer, bad: list[tuple[ConsumerRecord, BadRecord]]) -> None:
-        futures = []
+    def _dead_letter(self, dlq: DeadLetters, bad: list[tuple[Message, BadRecord]]) -> None:
+        out = []
         for r, exc in bad:
-            headers = [
+            headers: Headers = [
                 (DLQ_REASON, exc.reason.encode()),
                 (DLQ_DETAIL, exc.detail.encode("utf-8", "replace")[:1024]),
-                (DLQ_SOURCE, f"{r.topic}/{r.partition}/{r.offset}".encode()),
+                (DLQ_SOURCE, f"{r.topic()}/{r.partition()}/{r.offset()}".encode()),
             ]
-            futures.append(
-                dlq.send(self.kcfg.dlq_topic, key=r.key, value=r.value or b"", headers=headers)
-            )
+            out.append((r.key(), r.value() or b"", headers))
+        dlq.send_all(out)  # raises: nothing is committed unless the dead letters landed
+        for _r, exc in bad:
             self.metrics.dead_lettered.labels(exc.reason).inc()
-        dlq.flush()
-        for f in futures:
-            f.get(timeout=30)  # raises: nothing is committed unless the dead letters landed
         self.stats.dead_lettered += len(bad)
 
     def _apply_with_retry(self, updates: list[PackedUpdate], stop: threading.Event) -> bool:

@@ -130,7 +130,7 @@ def test_decode_for_store_gives_the_record_of_the_same_event() -> None:
 def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
     from pathlib import Path
 
-    from services.common.kafka import security_kwargs
+    from services.common.kafka import rdkafka_config, security_kwargs
 
     assert security_kwargs({}) == {}
     pw = Path(str(tmp_path)) / "pw"
@@ -152,6 +152,11 @@ def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
         "sasl_plain_password": "s3cret",
         "ssl_cafile": "/etc/ca.pem",
     }
+    rd = rdkafka_config(
+        "b:9092", "me", {"PERSONA_KAFKA_SASL_PASSWORD": "p", "PERSONA_KAFKA_SSL_KEYFILE": "/k"}
+    )
+    assert rd == {"bootstrap.servers": "b:9092", "client.id": "me", "sasl.password": "p",
+                  "ssl.key.location": "/k"}  # fmt: skip
 
 
 def test_protobuf_whose_bytes_look_like_json_after_a_newline_is_protobuf() -> None:

@@ -1,0 +1,194 @@
+"""The events topic as the ingest loop sees it: librdkafka (confluent-kafka) underneath.
+
+The ingest hot path uses librdkafka rather than kafka-python: its fetcher runs in C threads
+and hands over records already parsed, where kafka-python decodes every record batch in
+Python on the consuming thread (about 18 us an event here, more than Persona's own decode
+and validation). The rest of Persona (producers, the refresher's update log, the index
+follower, admin) stays on kafka-python. `benchmarks/ingest.py` measures both clients.
+
+Example::
+
+    src = EventSource(cfg, on_rebalance=lambda what, parts: ...)
+    batch = src.poll(0.5)                    # {partition: [Message, ...]}
+    src.commit({0: 1234})                    # next offset to read, per partition
+    src.close()
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from typing import cast
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicCollection,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient
+
+from services.common.kafka import rdkafka_config
+from services.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+_rdlog = logging.getLogger("rdkafka")
+
+RebalanceHook = Callable[[str, Sequence[int]], None]
+Headers = list[tuple[str, str | bytes | None]]
+
+
+class EventSource:
+    """One member of `cfg.group_id` reading `cfg.topic`, with manual commits.
+
+    `on_rebalance(what, partitions)` runs on the polling thread, inside `poll`, with what
+    one of "assigned", "revoked" (the partitions are still ours: a commit there succeeds)
+    and "lost" (they may already be another member's: a commit there fails).
+    """
+
+    def __init__(self, cfg: KafkaConfig, on_rebalance: RebalanceHook) -> None:
+        self.topic = cfg.topic
+        self.max_records = cfg.max_poll_records
+        self._cfg = cfg
+        self._consumer = Consumer(
+            {
+                **rdkafka_config(cfg.bootstrap, client_id="persona-ingest"),
+                "group.id": cfg.group_id,
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+                "auto.offset.reset": cfg.auto_offset_reset,
+                "session.timeout.ms": cfg.session_timeout_ms,
+                "heartbeat.interval.ms": cfg.heartbeat_interval_ms,
+                "max.poll.interval.ms": cfg.max_poll_interval_ms,
+            },
+            logger=_rdlog,
+        )
+        self._admin: AdminClient | None = None
+
+        def hook(what: str) -> Callable[[Consumer, list[TopicPartition]], None]:
+            return lambda _c, tps: on_rebalance(what, sorted(tp.partition for tp in tps))
+
+        self._consumer.subscribe(
+            [cfg.topic], on_assign=hook("assigned"), on_revoke=hook("revoked"), on_lost=hook("lost")
+        )
+
+    def poll(self, timeout_s: float) -> dict[int, list[Message]]:
+        """Up to `max_poll_records` records, by partition, in offset order."""
+        out: dict[int, list[Message]] = {}
+        for m in self._consumer.consume(self.max_records, timeout_s):
+            err = m.error()
+            if err is None:
+                p = cast(int, m.partition())  # set on every record without an error
+                part = out.get(p)
+                if part is None:
+                    out[p] = [m]
+                else:
+                    part.append(m)
+            elif err.fatal():
+                raise KafkaException(err)
+            else:  # transient (a broker away, a rebalance): librdkafka retries by itself
+                log.warning("consumer: %s", err)
+        return out
+
+    def commit(self, offsets: Mapping[int, int]) -> None:
+        """Commit `offsets` (partition -> next offset to read); raises KafkaException."""
+        tps = [TopicPartition(self.topic, p, o) for p, o in offsets.items()]
+        for tp in self._consumer.commit(offsets=tps, asynchronous=False) or []:
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+
+    def assignment(self) -> list[int]:
+        return sorted(tp.partition for tp in self._consumer.assignment())
+
+    def highwater(self, partition: int) -> int | None:
+        """End offset from the last fetch response (no request), None before any fetch.
+
+        Not ListOffsets: Tansu 0.6 answers it with a too-low end offset after multi-record
+        batches."""
+        tp = TopicPartition(self.topic, partition)
+        got = self._consumer.get_watermark_offsets(tp, cached=True)
+        if got is not None and got[1] >= 0:
+            return int(got[1])
+        # librdkafka caches the end offset only from fetched records: ask the broker, and
+        # trust its answer only for an empty partition (where a too-low answer is no risk).
+        got = self._consumer.get_watermark_offsets(tp, timeout=5)
+        return int(got[1]) if got is not None and 0 <= got[1] <= got[0] else None
+
+    def position(self, partition: int) -> int | None:
+        """Next offset this member will read: after the last record returned, else the
+        group's committed offset; None when neither is known yet."""
+        tp = TopicPartition(self.topic, partition)
+        (pos,) = self._consumer.position([tp])
+        if pos.offset >= 0:
+            return int(pos.offset)
+        (com,) = self._consumer.committed([tp], timeout=10)
+        if com.offset >= 0:
+            return int(com.offset)
+        got = self._consumer.get_watermark_offsets(tp, timeout=5)  # nothing read, no commit:
+        return int(got[0]) if got is not None and got[0] >= 0 else None  # starts at the low end
+
+    def seek_to_beginning(self) -> None:
+        for tp in self._consumer.assignment():
+            self._consumer.seek(TopicPartition(self.topic, tp.partition, OFFSET_BEGINNING))
+
+    def topic_id(self) -> str | None:
+        """The topic's id as 32 hex digits (as kafka-python writes it), None if the broker
+        gives none. A metadata request: call it now and then, not per batch."""
+        if self._admin is None:
+            self._admin = AdminClient(rdkafka_config(self._cfg.bootstrap), logger=_rdlog)
+        fut = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=10)
+        tid = fut[self.topic].result().topic_id
+        if tid is None:
+            return None
+        hi = tid.get_most_significant_bits() & (1 << 64) - 1
+        lo = tid.get_least_significant_bits() & (1 << 64) - 1
+        return None if hi == lo == 0 else f"{hi:016x}{lo:016x}"
+
+    def close(self) -> None:
+        """Leave the group (no commit)."""
+        self._consumer.close()
+
+
+class DeadLetters:
+    """A producer for the dead-letter topic that waits for every send to be acknowledged."""
+
+    def __init__(self, cfg: KafkaConfig) -> None:
+        self.topic = cfg.dlq_topic
+        self._producer = Producer(
+            {
+                **rdkafka_config(cfg.bootstrap, client_id="persona-ingest-dlq"),
+                "acks": "all",
+                "enable.idempotence": False,
+                "max.in.flight.requests.per.connection": 1,
+                "linger.ms": 5,
+            },
+            logger=_rdlog,
+        )
+
+    def send_all(self, records: Sequence[tuple[bytes | None, bytes, Headers]]) -> None:
+        """Send (key, value, headers) records; return once all are acknowledged, raise
+        KafkaException if any is not (within 30 s)."""
+        failed: list[KafkaError] = []
+
+        def done(err: KafkaError | None, _msg: Message) -> None:
+            if err is not None:
+                failed.append(err)
+
+        for key, value, headers in records:
+            self._producer.produce(self.topic, value, key, headers=headers, on_delivery=done)
+            self._producer.poll(0)
+        left = self._producer.flush(30)
+        if failed or left:
+            raise KafkaException(failed[0] if failed else KafkaError(KafkaError._TIMED_OUT))
+
+    def close(self) -> None:
+        self._producer.flush(10)
+
+
+def offset_of(m: Message) -> int:
+    """A record's offset (typed: librdkafka sets it on every record `poll` returns)."""
+    return cast(int, m.offset())
