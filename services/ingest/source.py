@@ -53,7 +53,7 @@ class EventSource:
     def __init__(self, cfg: KafkaConfig, on_rebalance: RebalanceHook) -> None:
         self.topic = cfg.topic
         self.max_records = cfg.max_poll_records
-        self._cfg = cfg
+        self._bootstrap = cfg.bootstrap
         self._consumer = Consumer(
             {
                 **rdkafka_config(cfg.bootstrap, client_id="persona-ingest"),
@@ -68,9 +68,17 @@ class EventSource:
             logger=_rdlog,
         )
         self._admin: AdminClient | None = None
+        # Broker answers `highwater` / `position` fall back on, per (what, partition); they
+        # hold until the assignment changes, so the per-batch lag update asks once, not
+        # every batch.
+        self._asked: dict[tuple[str, int], int] = {}
 
         def hook(what: str) -> Callable[[Consumer, list[TopicPartition]], None]:
-            return lambda _c, tps: on_rebalance(what, sorted(tp.partition for tp in tps))
+            def changed(_c: Consumer, tps: list[TopicPartition]) -> None:
+                self._asked.clear()
+                on_rebalance(what, sorted(tp.partition for tp in tps))
+
+            return changed
 
         self._consumer.subscribe(
             [cfg.topic], on_assign=hook("assigned"), on_revoke=hook("revoked"), on_lost=hook("lost")
@@ -105,18 +113,18 @@ class EventSource:
         return sorted(tp.partition for tp in self._consumer.assignment())
 
     def highwater(self, partition: int) -> int | None:
-        """End offset from the last fetch response (no request), None before any fetch.
+        """End offset from the last fetch response (no request); before any record of the
+        partition was fetched, the broker's answer if it says the partition is empty; else None.
 
-        Not ListOffsets: Tansu 0.6 answers it with a too-low end offset after multi-record
-        batches."""
+        Not ListOffsets otherwise: Tansu 0.6 answers it with a too-low end offset after
+        multi-record batches."""
         tp = TopicPartition(self.topic, partition)
         got = self._consumer.get_watermark_offsets(tp, cached=True)
         if got is not None and got[1] >= 0:
             return int(got[1])
         # librdkafka caches the end offset only from fetched records: ask the broker, and
         # trust its answer only for an empty partition (where a too-low answer is no risk).
-        got = self._consumer.get_watermark_offsets(tp, timeout=5)
-        return int(got[1]) if got is not None and 0 <= got[1] <= got[0] else None
+        return self._ask("empty-end", partition, lambda lo, hi: hi if 0 <= hi <= lo else None)
 
     def position(self, partition: int) -> int | None:
         """Next offset this member will read: after the last record returned, else the
@@ -125,13 +133,31 @@ class EventSource:
         (pos,) = self._consumer.position([tp])
         if pos.offset >= 0:
             return int(pos.offset)
-        (com,) = self._consumer.committed([tp], timeout=10)
-        if com.offset >= 0:
-            return int(com.offset)
-        got = self._consumer.get_watermark_offsets(tp, timeout=5)  # nothing read, no commit:
-        return int(got[0]) if got is not None and got[0] >= 0 else None  # starts at the low end
+        com = self._asked.get(("committed", partition))
+        if com is None:
+            (got,) = self._consumer.committed([tp], timeout=10)
+            com = self._asked["committed", partition] = int(got.offset)
+        if com >= 0:
+            return com
+        # nothing read, no commit: reading starts at the low end
+        return self._ask("low", partition, lambda lo, _hi: lo if lo >= 0 else None)
+
+    def _ask(self, what: str, partition: int, pick: Callable[[int, int], int | None]) -> int | None:
+        """`pick(low, high)` of the broker's watermarks, asked once per assignment (a None
+        answer is not kept: it is asked again next time)."""
+        key = (what, partition)
+        if key not in self._asked:
+            got = self._consumer.get_watermark_offsets(
+                TopicPartition(self.topic, partition), timeout=5
+            )
+            picked = pick(int(got[0]), int(got[1])) if got is not None else None
+            if picked is None:
+                return None
+            self._asked[key] = picked
+        return self._asked[key]
 
     def seek_to_beginning(self) -> None:
+        self._asked.clear()
         for tp in self._consumer.assignment():
             self._consumer.seek(TopicPartition(self.topic, tp.partition, OFFSET_BEGINNING))
 
@@ -139,7 +165,7 @@ class EventSource:
         """The topic's id as 32 hex digits (as kafka-python writes it), None if the broker
         gives none. A metadata request: call it now and then, not per batch."""
         if self._admin is None:
-            self._admin = AdminClient(rdkafka_config(self._cfg.bootstrap), logger=_rdlog)
+            self._admin = AdminClient(rdkafka_config(self._bootstrap), logger=_rdlog)
         fut = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=10)
         tid = fut[self.topic].result().topic_id
         if tid is None:
