@@ -244,13 +244,19 @@ def find_knee(
     deadline_s: float,
 ) -> KneeResult:
     """Step through `rates` until a step misses the objective (p99 of OK calls above
-    `objective_ms`, or more than 0.1 % of calls not OK); the knee is the step before."""
+    `objective_ms`, or more than 0.1 % of calls not OK) twice running; the knee is the
+    step before. A step that misses once is run again: on a shared machine one stall (a
+    neighbour's burst, a GC pause) can sink a short step far below capacity."""
     knee, steps = 0.0, []
     for rate in rates:
-        s = run_step(stub, requests, rate, step_s, deadline_s)
-        steps.append(s)
-        log.info("rate %.0f: p99 %.1f ms, %d not OK of %d", rate, s.p(99), s.errors, s.sent)
-        if s.p(99) > objective_ms or s.errors > 0.001 * s.sent:
+        for _attempt in range(2):
+            s = run_step(stub, requests, rate, step_s, deadline_s)
+            steps.append(s)
+            log.info("rate %.0f: p99 %.1f ms, %d not OK of %d", rate, s.p(99), s.errors, s.sent)
+            missed = s.p(99) > objective_ms or s.errors > 0.001 * s.sent
+            if not missed:
+                break
+        if missed:
             break
         knee = rate
     return KneeResult(knee, steps)
