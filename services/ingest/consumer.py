@@ -119,7 +119,9 @@ class Ingestor:
         started = time.monotonic()
         try:
             while not stop.is_set():
-                batch = consumer.poll(poll_ms / 1000)
+                # While a batch is being written, only take what is already fetched: when
+                # there is none, commit that batch now rather than after the next record.
+                batch = consumer.poll(0 if self._inflight else poll_ms / 1000)
                 if batch:
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = time.perf_counter()

@@ -85,9 +85,21 @@ class EventSource:
         )
 
     def poll(self, timeout_s: float) -> dict[int, list[Message]]:
-        """Up to `max_poll_records` records, by partition, in offset order."""
+        """Up to `max_poll_records` records, by partition, in offset order: what is already
+        fetched, at once; when nothing is, the first records to arrive within `timeout_s`.
+
+        (librdkafka's `consume(n, timeout)` alone would sit until n records came or the
+        timeout passed: a tail of a burst, or a quiet topic, would wait the whole timeout.)
+        """
+        c = self._consumer
+        msgs = c.consume(self.max_records, 0)
+        if not msgs and timeout_s > 0:
+            first = c.poll(timeout_s)  # returns on the first record (or error) to arrive
+            if first is None:
+                return {}
+            msgs = [first, *c.consume(self.max_records - 1, 0)]
         out: dict[int, list[Message]] = {}
-        for m in self._consumer.consume(self.max_records, timeout_s):
+        for m in msgs:
             err = m.error()
             if err is None:
                 p = cast(int, m.partition())  # set on every record without an error

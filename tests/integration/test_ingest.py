@@ -161,3 +161,36 @@ def test_two_members_split_partitions_and_give_the_same_windows(
         for c in clients:
             c.close()
     assert not any(t.is_alive() for t in threads)
+
+
+def test_a_small_burst_is_applied_and_committed_without_waiting_for_the_poll_timeout(
+    cluster_stack: EmbeddedStack, make_topic: Callable[..., str]
+) -> None:
+    """A burst smaller than a batch must not wait for more records (or for the poll
+    timeout) before it is applied, nor for the next record before it is committed: the
+    poll timeout here is 30 s, and both must happen well within it."""
+    a = cluster_stack.addresses
+    topic = make_topic(a.bootstrap, 2, "burst")
+    kcfg = kcfg_for(a.bootstrap, topic, f"g-{uuid.uuid4().hex}")
+    client = connect(a.redis)
+    ing = Ingestor(kcfg, WCFG, WindowStore(client, WCFG), ingest_metrics(CollectorRegistry()))
+    stop = threading.Event()
+    worker = threading.Thread(target=ing.run, args=(stop,), kwargs={"poll_ms": 10_000})
+    worker.start()
+    try:
+        deadline = time.monotonic() + 60
+        while not ing.assignment_changes and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert ing.assignment_changes, "no partitions assigned within 60 s"
+        events = quirky_events(users=3, n=5, seed=7, prefix=f"{topic}-")
+        n = produce_events(kcfg, events, "proto")
+        sent = time.monotonic()
+        while ing.stats.batches == 0 and time.monotonic() - sent < 8:
+            time.sleep(0.05)
+        assert ing.stats.batches >= 1, "the burst was not committed within 8 s"
+        assert ing.stats.consumed == n and ing.stats.applied + ing.stats.duplicate == n
+    finally:
+        stop.set()  # the poll in progress still runs out its 10 s timeout
+        worker.join(timeout=30)
+        client.close()
+    assert not worker.is_alive()
