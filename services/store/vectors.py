@@ -217,6 +217,24 @@ def _vector_key(user_id: str, prefix: bytes) -> tuple[int, bytes]:
     return _BUCKET_SLOTS[b], b"p:{%d}:v:" % b + prefix + raw
 
 
+def _lrange_tail(last: int) -> bytes:
+    """The RESP of `LRANGE key 0 last` after the key (see `_lrange`)."""
+    n = b"%d" % last
+    return b"\r\n$1\r\n0\r\n$%d\r\n%s\r\n" % (len(n), n)
+
+
+def _lrange(key: bytes, tail: bytes) -> bytes:
+    """`LRANGE key 0 last` packed in RESP, `tail` from `_lrange_tail(last)`: one format per
+    key instead of a general packer's walk over four arguments.
+
+    >>> import hiredis
+    >>> key = b"p:{7}:v:v1:u"
+    >>> _lrange(key, _lrange_tail(12)) == hiredis.pack_command(("LRANGE", key, 0, 12))
+    True
+    """
+    return b"*4\r\n$6\r\nLRANGE\r\n$%d\r\n%s%s" % (len(key), key, tail)
+
+
 def _script(name: str) -> str:
     return resources.files("services.store").joinpath(name).read_text()
 
@@ -399,8 +417,8 @@ class VectorStore:
         write per shard then the replies, all on this thread, bounded by `deadline`
         (`time.monotonic()`; `scatter.DeadlineReached` when it passes)."""
         prefix = (check_version(version) + ":").encode()
-        last = max(1, history) - 1
-        calls = [(s, ("LRANGE", k, 0, last)) for s, k in (_vector_key(u, prefix) for u in user_ids)]
+        tail = _lrange_tail(max(1, history) - 1)
+        calls = [(s, _lrange(k, tail)) for s, k in (_vector_key(u, prefix) for u in user_ids)]
         results = self._reader.read(self.client, calls, deadline)
         _raise_first(results)
         return results

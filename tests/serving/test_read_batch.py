@@ -7,9 +7,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 
+import hiredis
 import numpy as np
 import pytest
 from redis.crc import key_slot
+from redis.exceptions import ResponseError
 
 from services.stack import EmbeddedStack
 from services.store.client import connect
@@ -18,6 +20,8 @@ from services.store.vectors import (
     StoredVector,
     VectorBatch,
     VectorStore,
+    _lrange,
+    _lrange_tail,
     _vector_key,
     decode_batch,
     pack_vector,
@@ -97,6 +101,38 @@ def test_fast_key_is_the_layout_key() -> None:
     for u in ["u1", "é" * 20, "x" * 256]:
         slot, key = _vector_key(u, (VER + ":").encode())
         assert key == vector_key(u, VER) and slot == key_slot(key)
+
+
+def test_packed_lrange_is_what_a_packer_writes() -> None:
+    for key in [b"k", "p:{3}:v:v1:é".encode(), b"x" * 300]:
+        for last in [0, 1, 9, 10, 255]:
+            assert _lrange(key, _lrange_tail(last)) == hiredis.pack_command(
+                ("LRANGE", key, 0, last)
+            )
+
+
+def test_a_stale_slot_map_is_followed_through_moved(cluster_store: VectorStore) -> None:
+    """The replies are parsed straight off the sockets: a MOVED error reply must still come
+    back as redis-py's redirection, so the reader learns the slot map again and re-reads."""
+    users = _fill(cluster_store, 20)
+    ref = cluster_store.get_batch(users, VER, history=2)
+    nm = cluster_store.client.nodes_manager  # type: ignore[union-attr]
+    slot = key_slot(vector_key(users[0], VER))
+    owner = nm.slots_cache[slot][0]
+    other = next(n for n in cluster_store.client.get_primaries() if n.name != owner.name)  # type: ignore[union-attr]
+    nm.slots_cache[slot] = [other]  # the client now sends users[0]'s read to the wrong node
+    got = cluster_store.read_batch(users, VER, 2, time.monotonic() + 5)
+    _assert_same(got, ref, 2)
+    assert nm.slots_cache[slot][0].name == owner.name  # the map was learnt again
+
+
+def test_an_error_reply_is_raised_and_the_connection_stays_usable(node_store: VectorStore) -> None:
+    users = _fill(node_store, 4)
+    node_store.client.set(vector_key("wrong-type", VER), b"not a list")
+    with pytest.raises(ResponseError, match="WRONGTYPE"):
+        node_store.read_raw([users[0], "wrong-type", users[1]], VER, 1, time.monotonic() + 5)
+    ref = node_store.get_batch(users, VER, history=1)
+    _assert_same(node_store.read_batch(users, VER, 1, time.monotonic() + 5), ref, 1)
 
 
 def test_decode_slow_path_and_bad_records() -> None:
