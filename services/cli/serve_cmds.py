@@ -34,6 +34,13 @@ def register(sub: Any) -> None:
     )
     p.add_argument("--no-index", action="store_true", help="serve GetEmbeddings only")
     p.add_argument(
+        "--serve-before-index",
+        action="store_true",
+        help="report health SERVING at start; by default a replica that follows the index"
+        " stays NOT_SERVING until the active version's index has caught up (or there is no"
+        " active version)",
+    )
+    p.add_argument(
         "--dim",
         type=int,
         default=int(env("DIM", "0")),
@@ -137,8 +144,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         with metrics_endpoint(args.metrics_port, registry):
             if follower is not None:
                 follower.start()
-            server.start()
-            log.info("persona serve ready on port %d (dim %d)", server.port, cfg.dim)
+            wait = follower is not None and not args.serve_before_index
+            server.start(ready=holder.wait_ready if wait else None)
+            log.info("persona serve listening on port %d (dim %d)%s", server.port, cfg.dim,
+                     "; health SERVING once the index caught up" if wait else "")  # fmt: skip
             stop.wait()
             log.info("shutting down")
             server.stop()  # inside the block: /metrics stays up while the server drains

@@ -5,7 +5,8 @@ service, replaced atomically. `VersionedFollower` watches the store's active ver
 it changes (and at start) it builds a fresh `PriorIndex` fed by an `IndexFollower` that
 reads the update log for that version from the beginning, waits until it has caught up (at
 most `catch_up_s`), swaps it in, then stops the previous follower. Until the first swap
-FindLookalikes answers FAILED_PRECONDITION.
+FindLookalikes answers FAILED_PRECONDITION, and `persona serve` keeps its health NOT_SERVING
+(`IndexHolder.wait_ready`; `--serve-before-index` turns that off).
 
 Shutdown: `stop()` sets a flag and joins; the followers are stopped in `finally`.
 """
@@ -27,15 +28,30 @@ log = logging.getLogger(__name__)
 
 
 class IndexHolder:
+    """Also says when the replica is ready for lookalike traffic (`wait_ready`): once an
+    index was swapped in, or the follower found no active version to build one for."""
+
     def __init__(self, served: ServedIndex | None = None) -> None:
         self._served = served
+        self._ready = threading.Event()
+        if served is not None:
+            self._ready.set()
 
     def current(self) -> ServedIndex | None:
         return self._served
 
     def swap(self, served: ServedIndex | None) -> ServedIndex | None:
         old, self._served = self._served, served
+        if served is not None:
+            self._ready.set()
         return old
+
+    def mark_ready(self) -> None:
+        """Nothing to wait for (no active version yet): ready without an index."""
+        self._ready.set()
+
+    def wait_ready(self, timeout_s: float) -> bool:
+        return self._ready.wait(timeout_s)
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,7 +110,10 @@ class VersionedFollower:
     def _check(self) -> None:
         version = self._active_version()
         served = self._holder.current()
-        if version is None or (served is not None and served.version == version):
+        if version is None:
+            self._holder.mark_ready()  # no model yet: no index to wait for
+            return
+        if served is not None and served.version == version:
             return
         log.info("building the lookalike index for model version %s", version)
         index = PriorIndex(self._cfg.index)

@@ -12,7 +12,9 @@ Example::
 from __future__ import annotations
 
 import logging
+import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 import grpc
@@ -80,11 +82,25 @@ class ServingServer:
         if self.port == 0:
             raise OSError(f"could not bind {address}")
         self._stopped = False
+        self._ready_thread: threading.Thread | None = None
 
-    def start(self) -> None:
+    def start(self, ready: Callable[[float], bool] | None = None) -> None:
+        """Start answering calls. Health says SERVING at once, or, with `ready` (called with
+        a timeout in seconds, True once the replica may take traffic: e.g.
+        `IndexHolder.wait_ready`), the Persona service (readiness) says NOT_SERVING until
+        `ready` says so, checked on a thread so that start does not wait; the server as a
+        whole ("", liveness) says SERVING at once, so that a long index build is not taken
+        for a hung process. A stop before then keeps it NOT_SERVING."""
         self._server.start()
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        if ready is None:
+            self._set_serving()
+        else:
+            self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+            self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+            self._ready_thread = threading.Thread(
+                target=self._serve_when, args=(ready,), name="health-ready", daemon=True
+            )
+            self._ready_thread.start()
         log.info(
             "serving %s on port %d (%s%s)",
             SERVICE_NAME,
@@ -93,6 +109,18 @@ class ServingServer:
             "TLS" if self.config.tls else "plaintext",
             ", bearer token" if self.config.auth_token else "",
         )  # fmt: skip
+
+    def _set_serving(self) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+
+    def _serve_when(self, ready: Callable[[float], bool]) -> None:
+        while not self._stopped:
+            if ready(0.5):
+                if not self._stopped:  # (health ignores it after a stop began, too)
+                    self._set_serving()
+                    log.info("ready: health SERVING")
+                return
 
     def stop(self, grace_s: float | None = None) -> None:
         """Graceful stop, in order: health goes NOT_SERVING for every service (and stays so);
@@ -107,6 +135,8 @@ class ServingServer:
         if self.config.drain_s > 0:
             time.sleep(self.config.drain_s)
         self._server.stop(grace).wait()
+        if self._ready_thread is not None:
+            self._ready_thread.join(1.0)  # wakes every 0.5 s to see the stop
         self.servicer.close()
         log.info("server stopped")
 

@@ -60,14 +60,17 @@ def holder(users: dict[str, dict[str, np.ndarray]]) -> IndexHolder:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Running]]:
-    """`serve(store, index, **config_overrides)` -> a Running server; all stopped after."""
+    """`serve(store, index, channel_creds=None, ready=None, **config_overrides)` -> a Running
+    server (`ready`: see `ServingServer.start`); all stopped after."""
     started: list[Running] = []
 
-    def start(store: Any, index: Any, channel_creds: Any = None, **over: Any) -> Running:
+    def start(
+        store: Any, index: Any, channel_creds: Any = None, ready: Any = None, **over: Any
+    ) -> Running:
         registry = CollectorRegistry()
         metrics = serving_metrics(registry)
         server = ServingServer(replace(BASE, **over), store, index, metrics)
-        server.start()
+        server.start(ready=ready)
         target = f"localhost:{server.port}"
         channel = (
             grpc.secure_channel(target, channel_creds)

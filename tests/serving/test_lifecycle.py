@@ -17,11 +17,11 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from proto import service_pb2 as pb
 from services.index import IndexConfig
-from services.serving.holder import IndexHolder
+from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
 from services.serving.prior import PriorIndex
 from services.stack import free_ports
 from services.store.vectors import VectorStore
-from tests.serving.support import DIM, Running, unit
+from tests.serving.support import DIM, V1, Running, unit
 from tests.serving.test_edges import SlowStore
 
 
@@ -54,6 +54,49 @@ def test_graceful_shutdown_health_first_then_in_flight_calls_finish(
     with pytest.raises(grpc.RpcError) as ei:
         r.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+@pytest.mark.integration
+def test_health_waits_for_the_index_then_says_serving(
+    serve: Callable[..., Running], vstore: VectorStore, holder: IndexHolder, users: Any
+) -> None:
+    """A replica that follows the index reports its service NOT_SERVING (readiness: probes
+    keep traffic away) until an index is in, the server as a whole SERVING (liveness);
+    calls are answered meanwhile, lookalikes refused."""
+    empty = IndexHolder()
+    r = serve(vstore, empty, ready=empty.wait_ready)
+    health = health_pb2_grpc.HealthStub(r.channel)
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    service = health_pb2.HealthCheckRequest(service="persona.v1.UserEmbeddingService")
+    assert health.Check(service, timeout=5).status == not_serving
+    whole = health.Check(health_pb2.HealthCheckRequest(), timeout=5).status
+    assert whole == health_pb2.HealthCheckResponse.SERVING
+    uid = next(iter(users[V1]))
+    got = r.stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=[uid]), timeout=5)
+    assert got.embeddings[0].status == pb.STATUS_FOUND
+    with pytest.raises(grpc.RpcError) as ei:
+        r.stub.FindLookalikes(pb.FindLookalikesRequest(user_id=uid, k=3), timeout=5)
+    assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+    empty.swap(holder.current())
+    deadline = time.monotonic() + 10
+    status = not_serving
+    while time.monotonic() < deadline and status == not_serving:
+        time.sleep(0.05)
+        status = health.Check(service, timeout=5).status
+    assert status == health_pb2.HealthCheckResponse.SERVING
+    assert len(r.stub.FindLookalikes(pb.FindLookalikesRequest(user_id=uid, k=3)).neighbors) == 3
+
+
+def test_follower_with_no_active_version_is_ready_without_an_index() -> None:
+    empty = IndexHolder()
+    follow = FollowConfig("127.0.0.1:1", "unused", IndexConfig(dim=DIM, gpu="off"), check_s=60)
+    follower = VersionedFollower(follow, empty, lambda: None)
+    follower.start()
+    try:
+        assert empty.wait_ready(10)
+        assert empty.current() is None
+    finally:
+        follower.stop()
 
 
 @pytest.mark.integration
