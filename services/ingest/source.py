@@ -54,6 +54,7 @@ class EventSource:
         self.topic = cfg.topic
         self.max_records = cfg.max_poll_records
         self._bootstrap = cfg.bootstrap
+        self._reset_latest = cfg.auto_offset_reset == "latest"
         self._consumer = Consumer(
             {
                 **rdkafka_config(cfg.bootstrap, client_id="persona-ingest"),
@@ -140,7 +141,8 @@ class EventSource:
 
     def position(self, partition: int) -> int | None:
         """Next offset this member will read: after the last record returned, else the
-        group's committed offset; None when neither is known yet."""
+        group's committed offset, else where `auto_offset_reset` starts it (the low end, or
+        with "latest" the end); None when not known yet."""
         tp = TopicPartition(self.topic, partition)
         (pos,) = self._consumer.position([tp])
         if pos.offset >= 0:
@@ -151,6 +153,16 @@ class EventSource:
             com = self._asked["committed", partition] = int(got.offset)
         if com >= 0:
             return com
+        if self._reset_latest:
+            # Nothing read, no commit, reading from the end: the member starts where the
+            # partition ended when first looked at (kept, so records that arrive later
+            # count as unread until they are returned).
+            start = self._asked.get(("start", partition))
+            if start is None:
+                start = self.highwater(partition)
+                if start is not None:
+                    self._asked["start", partition] = start
+            return start
         # nothing read, no commit: reading starts at the low end
         return self._ask("low", partition, lambda lo, _hi: lo if lo >= 0 else None)
 
