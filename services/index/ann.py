@@ -119,6 +119,16 @@ class LookalikeIndex:
             row = self._row_of.get(user_id)
             return None if row is None else self._vecs[row].copy()
 
+    def sum_of(self, user_ids: Iterable[str]) -> np.ndarray:
+        """(D,) float64: the sum of the stored (unit) vectors of those of `user_ids` that
+        have one (zeros if none do); one lock and one gather for the whole list."""
+        with self._lock.read():
+            get = self._row_of.get
+            rows = [r for r in map(get, user_ids) if r is not None]
+            if not rows:
+                return np.zeros(self.dim, np.float64)
+            return self._vecs[rows].sum(axis=0, dtype=np.float64)
+
     def needs_rebuild(self) -> bool:
         """True when the structure no longer fits the data: the config wants another kind
         for this size, the size passed `rebuild_growth` times the built size, or too many

@@ -1,6 +1,6 @@
 """IndexFollower: keeps a LookalikeIndex current from the compacted update log.
 
-It reads `persona.embeddings` with a plain KafkaConsumer, no consumer group: every
+It reads `persona.embeddings` with librdkafka (confluent-kafka), no consumer group: every
 partition is assigned and read from the beginning, so a new replica rebuilds its whole
 index from the log (compaction keeps the last value per user), and replicas never share
 or commit offsets.
@@ -25,14 +25,15 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
 
-from services.common.kafka import security_kwargs
+from services.common.kafka import rdkafka_config
 from services.index.ann import LookalikeIndex
 from services.index.metrics import IndexMetrics
 from services.index.updates import decode_batch
 
 log = logging.getLogger(__name__)
+_rdlog = logging.getLogger("rdkafka")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,7 +71,9 @@ class IndexFollower:
         self.config = config or FollowerConfig()
         self.metrics = metrics
         self.failure: BaseException | None = None
-        self._consumer: Any | None = None  # KafkaConsumer; used by one thread at a time
+        self._consumer: Any | None = None  # a librdkafka Consumer; one thread at a time
+        self._tps: list[TopicPartition] = []
+        self._lows: dict[int, int] = {}  # low watermarks, for partitions nothing was read from
         self._drive = threading.Lock()  # held by whoever polls the consumer
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -142,7 +145,7 @@ class IndexFollower:
             with self._drive:
                 self._open(deadline)
                 self._step()  # one fetch first, so the high watermark is known (see _fetch_ends)
-                target = self._fetch_ends()
+                target = self._fetch_ends(ask_broker=True)
                 while not self._reached(target):
                     if time.monotonic() > deadline or self._stop.is_set():
                         return False
@@ -195,29 +198,38 @@ class IndexFollower:
         """Creates the consumer, assigns every partition and seeks to the beginning."""
         if self._consumer is not None:
             return
-        consumer = KafkaConsumer(
-            bootstrap_servers=self.bootstrap,
-            group_id=None,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            client_id="persona-index-follower",
-            **security_kwargs(),
+        consumer = Consumer(
+            {
+                **rdkafka_config(self.bootstrap, client_id="persona-index-follower"),
+                # assign() only: never joins this group, never commits
+                "group.id": f"persona-index-follower-{id(self):x}",
+                "enable.auto.commit": False,
+                "enable.auto.offset.store": False,
+            },
+            logger=_rdlog,
         )
         try:
-            parts = consumer.partitions_for_topic(self.topic)
+            parts = self._partitions(consumer)
             while not parts:
                 if time.monotonic() > deadline or self._stop.is_set():
                     raise TimeoutError(f"topic {self.topic!r} has no partitions (yet)")
                 time.sleep(0.2)
-                parts = consumer.partitions_for_topic(self.topic)
-            tps = [TopicPartition(self.topic, p) for p in sorted(parts)]
+                parts = self._partitions(consumer)
+            tps = [TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in parts]
             consumer.assign(tps)
-            consumer.seek_to_beginning(*tps)
         except BaseException:
             consumer.close()
             raise
+        self._tps = [TopicPartition(self.topic, p) for p in parts]
+        self._lows = {}
         self._consumer = consumer
         log.info("following %s (%d partitions) from the beginning", self.topic, len(tps))
+
+    def _partitions(self, consumer: Any) -> list[int]:
+        meta = consumer.list_topics(self.topic, timeout=5).topics.get(self.topic)
+        if meta is None or meta.error is not None:
+            return []
+        return sorted(meta.partitions)
 
     def _close(self) -> None:
         if self._consumer is not None:
@@ -230,36 +242,76 @@ class IndexFollower:
         """One poll: apply it, record positions, refresh end offsets when due or asked."""
         consumer = self._consumer
         assert consumer is not None
-        polled = consumer.poll(
-            timeout_ms=self.config.poll_timeout_ms, max_records=self.config.max_poll_records
-        )
-        records = [
-            (r.key, r.value) for tp in sorted(polled, key=lambda t: t.partition) for r in polled[tp]
-        ]
+        # What is already fetched, else the first records to come within the timeout.
+        n = self.config.max_poll_records
+        msgs = consumer.consume(n, 0) or consumer.consume(1, self.config.poll_timeout_ms / 1000)
+        if len(msgs) == 1:
+            msgs += consumer.consume(n - 1, 0)
+        records = []
+        for m in msgs:
+            err = m.error()
+            if err is None:
+                records.append((m.key(), m.value()))
+            elif err.fatal():
+                raise KafkaException(err)
+            else:  # transient (a broker away): librdkafka retries by itself
+                log.warning("index follower: %s", err)
         if records:
-            self._apply(records)
-        positions = {tp.partition: consumer.position(tp) for tp in consumer.assignment()}
+            self._apply(records)  # per partition in order; a key lives in one partition
+        positions = self._positions_now(consumer)
         with self._cond:
             self._positions = positions
             asked = self._ends_wanted > self._ends_seq
             self._cond.notify_all()
         if asked or time.monotonic() - self._ends_at >= self.config.end_offsets_every_s:
-            self._fetch_ends()
+            self._fetch_ends(ask_broker=asked)
         else:
             self._report_lag()
 
-    def _fetch_ends(self) -> dict[int, int]:
+    def _positions_now(self, consumer: Any) -> dict[int, int]:
+        """Next offset to read per partition: after the last record returned, else (nothing
+        read yet) the partition's low watermark, where reading from the beginning starts."""
+        out = {}
+        for tp in consumer.position(self._tps):
+            if tp.offset >= 0:
+                out[tp.partition] = int(tp.offset)
+            else:
+                out[tp.partition] = self._low(consumer, tp.partition)
+        return out
+
+    def _low(self, consumer: Any, partition: int) -> int:
+        low = self._lows.get(partition)
+        if low is None:
+            got = consumer.get_watermark_offsets(TopicPartition(self.topic, partition), cached=True)
+            if got is None or got[0] < 0:
+                got = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, partition), timeout=5
+                )
+            low = max(0, int(got[0])) if got is not None else 0
+            self._lows[partition] = low
+        return low
+
+    def _fetch_ends(self, ask_broker: bool) -> dict[int, int]:
+        """End offsets per partition. `ask_broker`: as the broker has them now (for
+        `catch_up`: everything written before the call); else from the last fetch responses
+        (for `lag()`; no request, except for a partition not fetched yet)."""
         consumer = self._consumer
         assert consumer is not None
         with self._cond:
             wanted = self._ends_wanted
         # max(ListOffsets, high watermark of the last fetch): Tansu 0.6 answers ListOffsets
-        # "latest" with the last batch's base offset + 1, too low after multi-record batches;
-        # the fetch response's high watermark is right (on Apache Kafka both agree).
-        listed = consumer.end_offsets(list(consumer.assignment()))
-        ends = {
-            tp.partition: max(int(off), consumer.highwater(tp) or 0) for tp, off in listed.items()
-        }
+        # "latest" with the last batch's base offset + 1, too low after multi-record batches
+        # (still past every earlier batch, and a batch is read whole); the fetch response's
+        # watermark is right. ListOffsets costs ~0.2 s a partition on Tansu: asked for
+        # catch_up only, not for the lag refreshed every second.
+        ends = {}
+        for tp in self._tps:
+            got = consumer.get_watermark_offsets(tp, cached=True)
+            hi = int(got[1]) if got is not None else -1
+            if ask_broker or hi < 0:
+                listed = consumer.get_watermark_offsets(tp, timeout=5)
+                hi = max(hi, int(listed[1]) if listed is not None else -1)
+            ends[tp.partition] = max(0, hi)
         with self._cond:
             self._ends, self._ends_at = ends, time.monotonic()
             self._ends_seq = wanted

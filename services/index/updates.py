@@ -42,6 +42,10 @@ def decode_batch(
     disagreeing, wrong length, NaN or zero vector) is counted "invalid" and logged.
     """
     batch = Batch()
+    # Pass 1, per record in log order: the cheap checks, and the operations to fold. The
+    # vectors' values are checked in pass 2, all at once (one array, not one per record).
+    ops: list[tuple[str, bytes | None, int]] = []  # (user, key, vector index or -1: delete)
+    vecs: list[bytes] = []
     for key, value in records:
         raw = _user(key)
         if raw is None:
@@ -56,26 +60,39 @@ def decode_batch(
             if versioned and model_version is not None and ver != model_version:
                 batch.skipped["ignored"] += 1
                 continue
-            user = rest if versioned else raw
-            batch.upserts.pop(user, None)
-            batch.deletes.add(user)
+            ops.append((rest if versioned else raw, key, -1))
             continue
         try:
             update = EmbeddingUpdate.FromString(value)
         except DecodeError:
             _invalid(batch, key, "value is not an EmbeddingUpdate")
             continue
-        if model_version is not None and update.model_version != model_version:
+        mv = update.model_version
+        if model_version is not None and mv != model_version:
             batch.skipped["ignored"] += 1
             continue
-        prefix = f"{update.model_version}/"
+        prefix = f"{mv}/"
         user = raw[len(prefix) :] if raw.startswith(prefix) else raw
-        problem = _vector_problem(update, user, dim)
+        problem = _shape_problem(update, user, dim)
         if problem:
             _invalid(batch, key, problem)
             continue
-        batch.deletes.discard(user)
-        batch.upserts[user] = np.frombuffer(update.vector, dtype="<f4").astype(np.float32)
+        ops.append((user, key, len(vecs)))
+        vecs.append(update.vector)
+    # Pass 2: NaN / inf / all-zero vectors refused, then the operations folded in order
+    # (a refused record leaves the user's earlier value in the run standing).
+    arr = np.frombuffer(b"".join(vecs), dtype="<f4").astype(np.float32).reshape(len(vecs), dim)
+    good = np.isfinite(arr).all(axis=1) & arr.any(axis=1)  # (N,) bool
+    ok: list[bool] = np.asarray(good).tolist()
+    for user, key, i in ops:
+        if i < 0:
+            batch.upserts.pop(user, None)
+            batch.deletes.add(user)
+        elif ok[i]:
+            batch.deletes.discard(user)
+            batch.upserts[user] = arr[i]
+        else:
+            _invalid(batch, key, "vector has NaN/inf values or is all zeros")
     return batch
 
 
@@ -91,14 +108,13 @@ def _user(key: bytes | None) -> str | None:
         return None
 
 
-def _vector_problem(update: EmbeddingUpdate, user: str, dim: int) -> str | None:
-    if update.user_id and update.user_id != user:
-        return f"user_id {update.user_id!r} differs from the key"
-    if len(update.vector) != 4 * dim or (update.dim and update.dim != dim):
-        return f"vector has {len(update.vector)} bytes, dim {update.dim}; index dim is {dim}"
-    vec = np.frombuffer(update.vector, dtype="<f4")
-    if not np.isfinite(vec).all() or not vec.any():
-        return "vector has NaN/inf values or is all zeros"
+def _shape_problem(update: EmbeddingUpdate, user: str, dim: int) -> str | None:
+    uid = update.user_id
+    if uid and uid != user:
+        return f"user_id {uid!r} differs from the key"
+    n = len(update.vector)
+    if n != 4 * dim or (update.dim and update.dim != dim):
+        return f"vector has {n} bytes, dim {update.dim}; index dim is {dim}"
     return None
 
 

@@ -42,23 +42,21 @@ class PriorIndex(LookalikeIndex):
         ids = list(user_ids)
         with self._sum_lock:
             last = {u: i for i, u in enumerate(ids)}
-            old = [v for v in (self.vector_of(u) for u in last) if v is not None]
+            old = self.sum_of(last)  # (D,) the replaced vectors
             super().upsert(ids, vectors)  # validates; raises before we touch the sum
             if not last:
                 return
             new = _unit_rows(np.asarray(vectors)[list(last.values())])  # (U, D)
-            self._sum += new.sum(axis=0)
-            if old:
-                self._sum -= np.asarray(old, dtype=np.float64).sum(axis=0)
+            self._sum += new.sum(axis=0) - old
             self._updated_ms = int(time.time() * 1000)
 
     def delete(self, user_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(user_ids))
         with self._sum_lock:
-            old = [v for v in (self.vector_of(u) for u in ids) if v is not None]
+            old = self.sum_of(ids)
             removed = super().delete(ids)
-            if old:
-                self._sum -= np.asarray(old, dtype=np.float64).sum(axis=0)
+            if removed:
+                self._sum -= old
                 self._updated_ms = int(time.time() * 1000)
             return removed
 

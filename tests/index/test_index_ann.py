@@ -49,6 +49,9 @@ def test_upsert_replaces_and_delete_removes(kind: str) -> None:
     idx, vecs = loaded(kind)
     idx.upsert(["u0"], vecs[1:2])  # u0 now sits where u1 is
     assert np.allclose(idx.vector_of("u0"), vecs[1])
+    both = idx.vector_of("u0") + idx.vector_of("u2")  # type: ignore[operator]
+    assert np.allclose(idx.sum_of(["u0", "nobody", "u2"]), both)
+    assert not idx.sum_of(["nobody"]).any() and idx.sum_of([]).shape == (idx.dim,)
     assert idx.search(vecs[0:1], k=1)[0][0][0] != "u0"  # its old vector is gone
     assert {u for u, _ in idx.search(vecs[1:2], k=2)[0]} == {"u0", "u1"}
     assert idx.delete(["u1", "nobody"]) == 1

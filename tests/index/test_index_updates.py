@@ -50,6 +50,25 @@ def test_other_versions_ignored_and_bad_records_counted() -> None:
     assert set(decode_batch(records[:2], DIM, None).upserts) == {"a"}
 
 
+def test_a_refused_record_leaves_the_earlier_value_of_the_run_standing() -> None:
+    nan = np.array([1, np.inf, 0, 0], dtype=np.float32)
+    records = [
+        (b"a", encode_update("a", vec(1), "v1")),
+        (b"a", encode_update("a", nan, "v1")),  # refused: a keeps vec(1)
+        (b"b", None),
+        (b"b", encode_update("b", np.zeros(DIM, np.float32), "v1")),  # refused: b stays deleted
+        (b"c", encode_update("c", nan, "v1")),
+        (b"c", encode_update("c", vec(5), "v1")),  # a good value after a refused one
+    ]
+    batch = decode_batch(records, DIM, "v1")
+    assert set(batch.upserts) == {"a", "c"} and batch.deletes == {"b"}
+    assert np.array_equal(batch.upserts["a"], vec(1))
+    assert np.array_equal(batch.upserts["c"], vec(5))
+    assert batch.skipped == {"invalid": 3}
+    empty = decode_batch([], DIM, "v1")
+    assert not empty.upserts and not empty.deletes and not empty.skipped
+
+
 def test_metrics_names_on_a_fresh_registry() -> None:
     registry = CollectorRegistry()
     m = index_metrics(registry)
