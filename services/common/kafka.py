@@ -10,8 +10,9 @@ Security comes from the environment (never from flags, which show in `ps`):
 - `PERSONA_KAFKA_SSL_CAFILE`, `_SSL_CERTFILE`, `_SSL_KEYFILE` -> `ssl_cafile`, `ssl_certfile`,
   `ssl_keyfile`
 
-`rdkafka_config` gives the same settings under librdkafka's names, for the ingest consumer
-(services/ingest/source.py), the one place that uses confluent-kafka.
+`rdkafka_config` gives the same settings under librdkafka's names, for the two readers that
+use confluent-kafka: the ingest consumer (services/ingest/source.py) and the index follower
+(services/index/follower.py).
 """
 
 from __future__ import annotations
