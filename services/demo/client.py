@@ -27,11 +27,14 @@ class Client:
         self.stub = service_pb2_grpc.UserEmbeddingServiceStub(self.channel)
 
     def wait_serving(self, timeout_s: float = 90) -> None:
+        """Until the Persona service's health (readiness: the lookalike index caught up with
+        the update log) says SERVING; the server as a whole ("") says so from its start."""
         health = health_pb2_grpc.HealthStub(self.channel)
+        ready = health_pb2.HealthCheckRequest(service="persona.v1.UserEmbeddingService")
         deadline = time.monotonic() + timeout_s
         while True:
             try:
-                resp = health.Check(health_pb2.HealthCheckRequest(service=""), timeout=2)
+                resp = health.Check(ready, timeout=2)
                 if resp.status == health_pb2.HealthCheckResponse.SERVING:
                     return
             except grpc.RpcError:

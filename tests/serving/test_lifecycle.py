@@ -16,6 +16,7 @@ from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from proto import service_pb2 as pb
+from services.demo.client import Client
 from services.index import IndexConfig
 from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
 from services.serving.prior import PriorIndex
@@ -85,6 +86,25 @@ def test_health_waits_for_the_index_then_says_serving(
         status = health.Check(service, timeout=5).status
     assert status == health_pb2.HealthCheckResponse.SERVING
     assert len(r.stub.FindLookalikes(pb.FindLookalikesRequest(user_id=uid, k=3)).neighbors) == 3
+
+
+@pytest.mark.integration
+def test_demo_client_waits_for_readiness_not_liveness(
+    serve: Callable[..., Running], vstore: VectorStore, holder: IndexHolder, users: Any
+) -> None:
+    """`make demo` asks for lookalikes right after `wait_serving`: it must wait for the
+    index (the server as a whole is SERVING from its start)."""
+    empty = IndexHolder()
+    r = serve(vstore, empty, ready=empty.wait_ready)
+    client = Client(f"localhost:{r.server.port}")
+    try:
+        with pytest.raises(TimeoutError):
+            client.wait_serving(timeout_s=1.0)
+        empty.swap(holder.current())
+        client.wait_serving(timeout_s=10)
+        assert len(client.lookalikes_of_user(next(iter(users[V1])), 3)) == 3
+    finally:
+        client.close()
 
 
 def test_follower_with_no_active_version_is_ready_without_an_index() -> None:
