@@ -53,7 +53,7 @@ from proto import service_pb2_grpc
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
 from services.store.scatter import ShardReader
-from services.store.sharded import primary_of
+from services.store.sharded import primary_lookup
 from services.store.vectors import StoredVector, VectorStore, vector_key
 
 log = logging.getLogger("benchmarks.serve")
@@ -157,8 +157,9 @@ class LeanRedisPyRead:
         if conns is None:
             conns = self.local.conns = {}
         groups: dict[str, list[bytes]] = {}
+        primary = primary_lookup(self.client)
         for k in keys:
-            groups.setdefault(primary_of(self.client, key_slot(k)).name, []).append(k)
+            groups.setdefault(primary(key_slot(k)).name, []).append(k)
         sent = []
         for name, ks in groups.items():
             conn = conns.get(name)

@@ -17,14 +17,19 @@ use confluent-kafka: the ingest consumer (services/ingest/source.py) and the ind
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from confluent_kafka import Consumer, KafkaException, Message
 from kafka import KafkaConsumer, KafkaProducer
 
 from services.config import KafkaConfig
+
+log = logging.getLogger(__name__)
+RDKAFKA_LOG = logging.getLogger("rdkafka")  # librdkafka's own log lines, for `logger=`
 
 _PLAIN = {
     "SECURITY_PROTOCOL": "security_protocol",
@@ -71,6 +76,32 @@ def rdkafka_config(
     out: dict[str, Any] = {"bootstrap.servers": bootstrap, "client.id": client_id}
     for opt, value in security_kwargs(environ).items():
         out[_RDKAFKA_NAMES[opt]] = value
+    return out
+
+
+def consume_ready(consumer: Consumer, max_records: int, timeout_s: float) -> list[Message]:
+    """Up to `max_records` records from a librdkafka consumer: what is already fetched, at
+    once; when nothing is, the first records to arrive within `timeout_s` (0: none).
+
+    librdkafka's `consume(n, timeout)` alone sits until n records came or the timeout
+    passed, so the tail of a burst, or a quiet topic, would wait the whole timeout. Rebalance
+    callbacks run inside these calls. Raises KafkaException on a fatal error; transient
+    ones (a broker away) are logged and dropped, librdkafka retries by itself.
+    """
+    msgs = consumer.consume(max_records, 0)
+    if not msgs and timeout_s > 0:
+        msgs = consumer.consume(1, timeout_s)
+        if msgs:
+            msgs += consumer.consume(max_records - 1, 0)
+    out = []
+    for m in msgs:
+        err = m.error()
+        if err is None:
+            out.append(m)
+        elif err.fatal():
+            raise KafkaException(err)
+        else:
+            log.warning("kafka consumer: %s", err)
     return out
 
 

@@ -25,15 +25,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 
-from services.common.kafka import rdkafka_config
+from services.common.kafka import RDKAFKA_LOG, consume_ready, rdkafka_config
 from services.index.ann import LookalikeIndex
 from services.index.metrics import IndexMetrics
 from services.index.updates import decode_batch
 
 log = logging.getLogger(__name__)
-_rdlog = logging.getLogger("rdkafka")
 
 
 @dataclass(frozen=True, slots=True)
@@ -206,7 +205,7 @@ class IndexFollower:
                 "enable.auto.commit": False,
                 "enable.auto.offset.store": False,
             },
-            logger=_rdlog,
+            logger=RDKAFKA_LOG,
         )
         try:
             parts = self._partitions(consumer)
@@ -242,20 +241,10 @@ class IndexFollower:
         """One poll: apply it, record positions, refresh end offsets when due or asked."""
         consumer = self._consumer
         assert consumer is not None
-        # What is already fetched, else the first records to come within the timeout.
-        n = self.config.max_poll_records
-        msgs = consumer.consume(n, 0) or consumer.consume(1, self.config.poll_timeout_ms / 1000)
-        if len(msgs) == 1:
-            msgs += consumer.consume(n - 1, 0)
-        records = []
-        for m in msgs:
-            err = m.error()
-            if err is None:
-                records.append((m.key(), m.value()))
-            elif err.fatal():
-                raise KafkaException(err)
-            else:  # transient (a broker away): librdkafka retries by itself
-                log.warning("index follower: %s", err)
+        msgs = consume_ready(
+            consumer, self.config.max_poll_records, self.config.poll_timeout_ms / 1000
+        )
+        records = [(m.key(), m.value()) for m in msgs]
         if records:
             self._apply(records)  # per partition in order; a key lives in one partition
         positions = self._positions_now(consumer)

@@ -132,12 +132,13 @@ class Ingestor:
                     updates, offsets = prepared
                     fut = self._pool.submit(self._apply_with_retry, updates, stop)
                     self._inflight = (fut, offsets)
+                    self._update_lag(consumer)
                 else:
                     self._finish_inflight()
-                    if until_idle and self._caught_up(consumer, started):
+                    lags = self._update_lag(consumer)
+                    if until_idle and self._caught_up(lags, started):
                         log.info("caught up with the end of %s; exiting", self.kcfg.topic)
                         break
-                self._update_lag(consumer)
             self._finish_inflight()
         finally:
             self._pool.shutdown(wait=True)
@@ -171,26 +172,26 @@ class Ingestor:
             self._tid_checked = time.monotonic()
         return self._tid
 
-    def _caught_up(self, consumer: EventSource, started: float) -> bool:
-        assignment = consumer.assignment()
-        if not assignment:
+    def _caught_up(self, lags: Mapping[int, int | None], started: float) -> bool:
+        """`lags` from `_update_lag`: every assigned partition read to its end."""
+        if not lags:
             # A member that got no partition after the join settled has nothing to do.
             return time.monotonic() - started > 2 * self.kcfg.session_timeout_ms / 1000
-        for p in assignment:
-            hw = consumer.highwater(p)
-            pos = consumer.position(p)
-            if hw is None or pos is None or pos < hw:
-                return False
-        return True
+        return all(lag == 0 for lag in lags.values())
 
-    def _update_lag(self, consumer: EventSource) -> None:
+    def _update_lag(self, consumer: EventSource) -> dict[int, int | None]:
+        """Sets the lag gauge of each assigned partition; returns the lags (None: end or
+        position not known yet)."""
+        lags: dict[int, int | None] = {}
         for p in consumer.assignment():
             hw = consumer.highwater(p)
             pos = consumer.position(p) if hw is not None else None
-            if hw is not None and pos is not None:
+            lag = lags[p] = None if hw is None or pos is None else max(0, hw - pos)
+            if lag is not None:
                 label = str(p)
                 self._lag_labels.add(label)
-                self.metrics.lag.labels(label).set(max(0, hw - pos))
+                self.metrics.lag.labels(label).set(lag)
+        return lags
 
     def _prepare(
         self, dlq: DeadLetters, batch: Mapping[int, Sequence[Message]]

@@ -3,8 +3,9 @@
 The ingest hot path uses librdkafka rather than kafka-python: its fetcher runs in C threads
 and hands over records already parsed, where kafka-python decodes every record batch in
 Python on the consuming thread (about 18 us an event here, more than Persona's own decode
-and validation). The rest of Persona (producers, the refresher's update log, the index
-follower, admin) stays on kafka-python. `benchmarks/ingest.py` measures both clients.
+and validation). The index follower reads with librdkafka too; the rest of Persona
+(producers, the refresher's update log, admin) stays on kafka-python.
+`benchmarks/ingest.py` measures both clients.
 
 Example::
 
@@ -16,7 +17,6 @@ Example::
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable, Mapping, Sequence
 from typing import cast
 
@@ -32,11 +32,8 @@ from confluent_kafka import (
 )
 from confluent_kafka.admin import AdminClient
 
-from services.common.kafka import rdkafka_config
+from services.common.kafka import RDKAFKA_LOG, consume_ready, rdkafka_config
 from services.config import KafkaConfig
-
-log = logging.getLogger(__name__)
-_rdlog = logging.getLogger("rdkafka")
 
 RebalanceHook = Callable[[str, Sequence[int]], None]
 Headers = list[tuple[str, str | bytes | None]]
@@ -66,7 +63,7 @@ class EventSource:
                 "heartbeat.interval.ms": cfg.heartbeat_interval_ms,
                 "max.poll.interval.ms": cfg.max_poll_interval_ms,
             },
-            logger=_rdlog,
+            logger=RDKAFKA_LOG,
         )
         self._admin: AdminClient | None = None
         # Broker answers `highwater` / `position` fall back on, per (what, partition); they
@@ -87,32 +84,15 @@ class EventSource:
 
     def poll(self, timeout_s: float) -> dict[int, list[Message]]:
         """Up to `max_poll_records` records, by partition, in offset order: what is already
-        fetched, at once; when nothing is, the first records to arrive within `timeout_s`.
-
-        (librdkafka's `consume(n, timeout)` alone would sit until n records came or the
-        timeout passed: a tail of a burst, or a quiet topic, would wait the whole timeout.)
-        """
-        c = self._consumer
-        msgs = c.consume(self.max_records, 0)
-        if not msgs and timeout_s > 0:
-            first = c.poll(timeout_s)  # returns on the first record (or error) to arrive
-            if first is None:
-                return {}
-            msgs = [first, *c.consume(self.max_records - 1, 0)]
+        fetched, at once, else the first to arrive within `timeout_s` (`consume_ready`)."""
         out: dict[int, list[Message]] = {}
-        for m in msgs:
-            err = m.error()
-            if err is None:
-                p = cast(int, m.partition())  # set on every record without an error
-                part = out.get(p)
-                if part is None:
-                    out[p] = [m]
-                else:
-                    part.append(m)
-            elif err.fatal():
-                raise KafkaException(err)
-            else:  # transient (a broker away, a rebalance): librdkafka retries by itself
-                log.warning("consumer: %s", err)
+        for m in consume_ready(self._consumer, self.max_records, timeout_s):
+            p = cast(int, m.partition())  # set on every record without an error
+            part = out.get(p)
+            if part is None:
+                out[p] = [m]
+            else:
+                part.append(m)
         return out
 
     def commit(self, offsets: Mapping[int, int]) -> None:
@@ -189,7 +169,7 @@ class EventSource:
         """The topic's id as 32 hex digits (as kafka-python writes it), None if the broker
         gives none. A metadata request: call it now and then, not per batch."""
         if self._admin is None:
-            self._admin = AdminClient(rdkafka_config(self._bootstrap), logger=_rdlog)
+            self._admin = AdminClient(rdkafka_config(self._bootstrap), logger=RDKAFKA_LOG)
         fut = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=10)
         tid = fut[self.topic].result().topic_id
         if tid is None:
@@ -216,7 +196,7 @@ class DeadLetters:
                 "max.in.flight.requests.per.connection": 1,
                 "linger.ms": 5,
             },
-            logger=_rdlog,
+            logger=RDKAFKA_LOG,
         )
 
     def send_all(self, records: Sequence[tuple[bytes | None, bytes, Headers]]) -> None:

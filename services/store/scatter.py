@@ -40,7 +40,7 @@ from redis.crc import key_slot
 from redis.exceptions import AskError, InvalidResponse, TryAgainError
 
 from services.store.client import Client
-from services.store.sharded import primary_of
+from services.store.sharded import node_groups, primary_of
 
 # (routing key or its cluster slot, command args or the command already packed in RESP)
 Call = tuple[bytes | int, tuple[Any, ...] | bytes]
@@ -219,16 +219,11 @@ def _route(client: Client, calls: Sequence[Call], todo: list[int]) -> list[tuple
     """(connection pool, indices into `calls`) per primary serving the calls' slots."""
     if not isinstance(client, RedisCluster):
         return [(client.connection_pool, todo)]
-    by_name: dict[str, tuple[Any, list[int]]] = {}
-    owners_of = client.nodes_manager.slots_cache.get  # primary_of, without a call per key
-    for i in todo:
-        key = calls[i][0]
-        slot = key if isinstance(key, int) else key_slot(key)
-        owners = owners_of(slot)
-        node = owners[0] if owners else primary_of(client, slot)
-        group = by_name.get(node.name)
-        if group is None:
-            pool = client.get_redis_connection(node).connection_pool
-            group = by_name[node.name] = (pool, [])
-        group[1].append(i)
-    return list(by_name.values())
+    slots = [k if isinstance(k, int) else key_slot(k) for k in (calls[i][0] for i in todo)]
+    return [
+        (
+            client.get_redis_connection(primary_of(client, slots[group[0]])).connection_pool,
+            [todo[j] for j in group],
+        )
+        for group in node_groups(client, slots)
+    ]
