@@ -12,10 +12,11 @@ float32) written with VectorStore. Rows:
 - "bare read, redis-py connections": a leaner redis-py read of the same keys: one
   connection per shard kept, each shard's commands packed in one write, then
   `read_response` per reply (the service's read until session 4).
-- "ShardReader.read": the read GetEmbeddings does (`services/store/scatter.py`): the same
-  writes, the replies parsed by one hiredis reader fed straight from each socket.
-- "VectorStore.read_batch": ShardReader.read plus making the keys and decoding the records
-  into arrays, as GetEmbeddings does.
+- "ShardReader.read_packed": the read GetEmbeddings does (`services/store/scatter.py`), the
+  commands packed beforehand (`vectors.packed_lranges`): the same writes, routed with numpy,
+  the replies parsed by one hiredis reader fed straight from each socket.
+- "VectorStore.read_batch": ShardReader.read_packed plus making the keys and decoding the
+  records into arrays, as GetEmbeddings does.
 - "GetEmbeddings": a `persona serve --no-index` child process, called over gRPC from here
   (response decoded with one np.frombuffer).
 The paired difference is GetEmbeddings minus the faster of the two bare redis-py reads, in
@@ -54,7 +55,7 @@ from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
 from services.store.scatter import ShardReader
 from services.store.sharded import primary_lookup
-from services.store.vectors import StoredVector, VectorStore, vector_key
+from services.store.vectors import StoredVector, VectorStore, packed_lranges, vector_key
 
 log = logging.getLogger("benchmarks.serve")
 VERSION, DIM = "vbench-1", 64
@@ -259,7 +260,7 @@ def main(argv: list[str] | None = None) -> int:
         batches = [list(rng.choice(ids, args.batch, replace=False)) for _ in range(256)]
         keys = [[vector_key(u, VERSION) for u in b] for b in batches]
 
-        calls = [[(key_slot(k), ("LRANGE", k, 0, 0)) for k in ks] for ks in keys]
+        packs = [packed_lranges(b, VERSION, 0) for b in batches]
         reader = ShardReader()
         lean = LeanRedisPyRead(client)
 
@@ -273,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             return lean.read(keys[i % 256])
 
         def scatter(i: int) -> object:
-            return reader.read(client, calls[i % 256], time.monotonic() + 5)
+            return reader.read_packed(client, *packs[i % 256], time.monotonic() + 5)
 
         def decoded(i: int) -> object:
             return store.read_batch(batches[i % 256], VERSION, 1, time.monotonic() + 5)
@@ -297,8 +298,8 @@ def main(argv: list[str] | None = None) -> int:
                 names = (
                     "bare read, redis-py pipeline (client.pipeline(), the baseline)",
                     "bare read, redis-py connections (pipelined per shard, no threads)",
-                    "ShardReader.read (hiredis fed from the sockets, the service's read)",
-                    "VectorStore.read_batch (ShardReader.read + keys + decode)",
+                    "ShardReader.read_packed (hiredis fed from the sockets, the service's read)",
+                    "VectorStore.read_batch (read_packed + keys + decode)",
                     "GetEmbeddings (gRPC, persona serve)",
                 )
                 fns = (pipeline, connections, scatter, decoded, get)

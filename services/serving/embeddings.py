@@ -20,6 +20,8 @@ from services.serving.versions import VersionResolver
 from services.store.vectors import VectorBatch
 
 Status = Literal["found", "not_found", "fallback"]
+STATUSES: tuple[Status, ...] = ("found", "not_found", "fallback")  # EmbeddingsResult.status codes
+FOUND, NOT_FOUND, FALLBACK = range(3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,15 +34,21 @@ class EmbeddingsQuery:
 
 @dataclass(frozen=True, slots=True)
 class EmbeddingsResult:
-    """Row i answers user_ids[i]: `statuses[i]`, `rows[i]` its vector (zeros when not
-    found, the prior on fallback), `stored` its stored values in request order (newest
-    first, at most 1 + history_depth; `stored.count[i]` = 0 unless found)."""
+    """Row i answers user_ids[i]: `status[i]` (FOUND, NOT_FOUND or FALLBACK), `rows[i]` its
+    vector (zeros when not found, the prior on fallback), `stored` its stored values in
+    request order (newest first, at most 1 + history_depth; `stored.count[i]` = 0 unless
+    found)."""
 
     version: str
-    statuses: list[Status]
+    status: np.ndarray  # (N,) uint8, codes into STATUSES
     rows: np.ndarray  # (N, D) float32
     stored: VectorBatch  # (N, 1 + depth, D) and its (N, 1 + depth) metadata
     prior: Prior | None  # set when some row is the fallback
+
+    @property
+    def statuses(self) -> list[Status]:
+        """`status` by name."""
+        return [STATUSES[c] for c in self.status.tolist()]
 
     def history_rows(self) -> np.ndarray:
         """The older stored vectors of every user, user order then newest first: (R, D)."""
@@ -81,15 +89,13 @@ def get_embeddings(
     if got.dim == 0:  # nobody found
         got = replace(got, vectors=np.zeros((n, got.vectors.shape[1], dim), np.float32))
     rows = got.vectors[:, 0].copy()  # (N, D), zeros where not found
-    found = (got.count > 0).tolist()
-    statuses: list[Status] = ["found" if f else "not_found" for f in found]
-    missing = [i for i, f in enumerate(found) if not f]
-    prior = _prior(index, version) if q.fallback and missing else None
+    missing = got.count == 0  # (N,)
+    status = np.where(missing, NOT_FOUND, FOUND).astype(np.uint8)
+    prior = _prior(index, version) if q.fallback and missing.any() else None
     if prior is not None:
         rows[missing] = prior.vector
-        for i in missing:
-            statuses[i] = "fallback"
-    return EmbeddingsResult(version, statuses, rows, got, prior)
+        status[missing] = FALLBACK
+    return EmbeddingsResult(version, status, rows, got, prior)
 
 
 def _take(b: VectorBatch, pos: np.ndarray) -> VectorBatch:

@@ -42,12 +42,31 @@ def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.
     )
 
 
+class _PerMethod:
+    """Wrapped handlers kept per method, so that a call costs one dict lookup, not a new
+    handler: a method's handler is the same object call after call, and when it is not
+    (another interceptor made it), the new one is wrapped and kept instead."""
+
+    def __init__(self, wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]):
+        self._wrap = wrap
+        self._kept: dict[str, tuple[grpc.RpcMethodHandler, grpc.RpcMethodHandler]] = {}
+
+    def get(self, handler: grpc.RpcMethodHandler, method: str) -> grpc.RpcMethodHandler:
+        kept = self._kept.get(method)
+        if kept is not None and kept[0] is handler:
+            return kept[1]
+        wrapped = self._wrap(handler, method)
+        self._kept[method] = (handler, wrapped)  # methods are the registered ones: bounded
+        return wrapped
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Counts unary calls by (service, method, code) and times them. Streaming calls
     (health Watch, reflection) pass through untimed."""
 
     def __init__(self, metrics: ServingMetrics) -> None:
         self._m = metrics
+        self._timed = _PerMethod(self._time)
 
     def intercept_service(
         self,
@@ -57,8 +76,19 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
-        service, method = _split(handler_call_details.method)
-        m = self._m
+        return self._timed.get(handler, handler_call_details.method)
+
+    def _time(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
+        service, method = _split(full_method)
+        latency = self._m.latency.labels(service, method)
+        requests = self._m.requests
+        by_code: dict[grpc.StatusCode, Any] = {}
+
+        def count(code: grpc.StatusCode) -> None:
+            counter = by_code.get(code)
+            if counter is None:
+                counter = by_code[code] = requests.labels(service, method, code.name)
+            counter.inc()
 
         def wrap(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
             def timed(request: Any, context: grpc.ServicerContext) -> Any:
@@ -72,8 +102,8 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                     code = context.code() or grpc.StatusCode.UNKNOWN
                     raise
                 finally:
-                    m.latency.labels(service, method).observe(time.perf_counter() - t0)
-                    m.requests.labels(service, method, code.name).inc()
+                    latency.observe(time.perf_counter() - t0)
+                    count(code)
 
             return timed
 
@@ -89,6 +119,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
             raise ValueError("auth token is empty")
         self._expected = f"Bearer {token}".encode()
         self._exempt = exempt_prefixes
+        self._refused = _PerMethod(lambda handler, _method: _rewrap(handler, _deny))
 
     def intercept_service(
         self,
@@ -102,11 +133,11 @@ class AuthInterceptor(grpc.ServerInterceptor):
         got = next((v for k, v in details.invocation_metadata or () if k == "authorization"), "")
         if isinstance(got, str) and hmac.compare_digest(got.encode(), self._expected):
             return handler
+        return self._refused.get(handler, details.method)
 
-        def deny(_behavior: Any) -> Any:
-            def refused(_request: Any, context: grpc.ServicerContext) -> Any:
-                context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-            return refused
+def _deny(_behavior: Any) -> Any:
+    def refused(_request: Any, context: grpc.ServicerContext) -> Any:
+        context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
-        return _rewrap(handler, deny)
+    return refused

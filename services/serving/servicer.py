@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
@@ -17,6 +16,7 @@ from proto import service_pb2_grpc as pb_grpc
 from services.serving import wire
 from services.serving.config import ServeConfig
 from services.serving.embeddings import (
+    STATUSES,
     EmbeddingsQuery,
     EmbeddingsResult,
     age_seconds,
@@ -37,6 +37,7 @@ _STATUS = {
     "not_found": pb.STATUS_NOT_FOUND,
     "fallback": pb.STATUS_FALLBACK_PRIOR,
 }
+_STATUS_CODES = np.array([_STATUS[s] for s in STATUSES], np.uint8)  # EmbeddingsResult.status
 _DTYPE = {pb.ENCODING_FLOAT32: "<f4", pb.ENCODING_FLOAT16: "<f2"}
 
 
@@ -56,6 +57,8 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             config.store_workers, lambda kind: metrics.store_errors.labels(kind).inc()
         )
         self._versions = VersionResolver(store, self._caller, config.version_cache_s)
+        self._status_counts = [metrics.embeddings.labels(s) for s in STATUSES]
+        self._get_batch_size = metrics.batch_size.labels("GetEmbeddings")
 
     def close(self) -> None:
         self._caller.close()
@@ -97,7 +100,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         dtype = _DTYPE.get(request.encoding)
         if dtype is None:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown encoding {request.encoding}")
-        self._m.batch_size.labels("GetEmbeddings").observe(len(request.user_ids))
+        self._get_batch_size.observe(len(request.user_ids))
         q = EmbeddingsQuery(
             user_ids=request.user_ids,
             model_version=request.model_version,
@@ -105,10 +108,12 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             fallback=request.fallback == pb.FALLBACK_POPULATION_PRIOR,
         )
         r = self._call(get_embeddings, q, context)
-        for status, count in Counter(r.statuses).items():
-            self._m.embeddings.labels(status).inc(count)
+        counts = np.bincount(r.status, minlength=len(STATUSES)).tolist()
+        for counter, count in zip(self._status_counts, counts, strict=True):
+            if count:
+                counter.inc(count)
         st = r.stored
-        codes = np.fromiter((_STATUS[x] for x in r.statuses), np.uint8, len(r.statuses))
+        codes = _STATUS_CODES[r.status]
         prior_ms = r.prior.computed_at_ms if r.prior is not None else None
         resp = wire.response(request.user_ids, codes, st.count, st.computed_at_ms, st.n_events,
                              st.window_version, time.time(), prior_ms)  # fmt: skip

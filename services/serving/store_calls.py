@@ -22,6 +22,7 @@ from typing import TypeVar
 
 import grpc
 import redis
+from redis.exceptions import RedisClusterException
 
 from services.serving.errors import ServingError
 from services.store.scatter import DeadlineReached
@@ -88,10 +89,11 @@ class StoreCaller:
 
     @contextmanager
     def _mapped(self, what: str) -> Iterator[None]:
-        """Store failures -> ServingError (UNAVAILABLE, or INTERNAL for a bad record)."""
+        """Store failures -> ServingError (UNAVAILABLE, or INTERNAL for a bad record). A
+        cluster slot that no node serves (RedisClusterException) is UNAVAILABLE too."""
         try:
             yield
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except (redis.ConnectionError, redis.TimeoutError, OSError, RedisClusterException) as exc:
             self._on_error("unavailable")
             log.warning("store unavailable during %s: %s", what, exc)
             raise ServingError(grpc.StatusCode.UNAVAILABLE, f"store unavailable ({what})") from None

@@ -14,10 +14,10 @@ Every varint of a VectorMeta is written in its longest form, 10 bytes (a parser 
 over-long varints; upb does), so every VectorMeta is 44 bytes and the part of an entry
 after its id is a fixed layout: status, then `meta`, then the history values, of which a
 user has a prefix (`m` values: 0 when not found, 1 for the prior, `count` when found). An
-entry is then three variable pieces (tag + length, id tag + length, id) and that prefix;
-masking out the padding of each piece and reading the matrix in row order gives the
-concatenated entries. The parse keeps the values, so the message gRPC serializes is the
-canonical (shortest) one.
+entry is then three variable pieces (tag + length, id tag + length, id) and that prefix:
+`embeddings_bytes` writes each piece padded, a column per user, and masking out the
+padding and reading the matrix user by user gives the concatenated entries. The parse
+keeps the values, so the message gRPC serializes is the canonical (shortest) one.
 
 Example: found user "u1" (one value)::
 
@@ -49,9 +49,11 @@ def long_varints(x: np.ndarray) -> np.ndarray:
     return ((u[..., None] >> _SHIFTS) & np.uint64(0x7F)).astype(np.uint8) | _CONT
 
 
-_SMALL = tuple(  # varints of 0 <= x < 2**14: id lengths and entry lengths
-    bytes([x]) if x < 0x80 else bytes([(x & 0x7F) | 0x80, x >> 7]) for x in range(1 << 14)
-)
+_LEN_MAX = 1 << 21  # entry and id lengths are written as varints of at most 3 bytes
+_LEN_SHIFTS = np.array([0, 7, 14]).reshape(1, 3, 1)  # (1, 3, 1)
+_DIGITS = _SHIFTS.reshape(1, 10, 1, 1)  # (1, 10, 1, 1)
+_DIGIT_CONT = _CONT.astype(np.uint64).reshape(1, 10, 1, 1)  # (1, 10, 1, 1)
+_VARINT_COLS = np.r_[3:13, 23:33, 34:44]  # computed_at_ms, n_events, window_version in a meta
 
 
 @functools.cache
@@ -63,6 +65,15 @@ def _template(h: int) -> np.ndarray:
     metas[0] = 0x1A  # `meta` (3), then `history` (4)
     metas[_META::_META] = 0x22
     return np.concatenate([np.array([0x10, 0], np.uint8), metas])
+
+
+def _utf8(ids: Sequence[str]) -> tuple[bytes, np.ndarray]:
+    """All ids' UTF-8 bytes, concatenated, and (N,) each id's byte length."""
+    joined = "".join(ids)
+    raw = joined.encode()
+    if len(raw) == len(joined):  # ASCII: a byte per character
+        return raw, np.fromiter(map(len, ids), np.int64, len(ids))
+    return raw, np.fromiter(map(len, map(str.encode, ids)), np.int64, len(ids))
 
 
 def embeddings_bytes(
@@ -77,6 +88,17 @@ def embeddings_bytes(
 ) -> bytes:
     """The `embeddings` field (all entries, tags included) of a GetEmbeddingsResponse.
 
+    All entries are written into one uint8 matrix `mat`, a column per user (numpy's inner
+    loops then run along the users, not along a few bytes), with a boolean `mask` of the
+    same shape marking the bytes an entry has; `mat.T[mask.T]` reads user by user, so it
+    is the concatenated entries. Rows, W the batch's longest id, T = 2 + 44 H::
+
+        0..3        0x22, entry length: a varint in 1..3 slots (lengths < 2**21)
+        4..7        0x0a, id length, the same
+        8..8+W-1    id bytes (an id fills its length)
+        8+W..       status tag and value, then H VectorMeta of 44 bytes (a user has its
+                    first `m` of them, see the module docstring)
+
     Args:
         ids: (N) user ids, request order; at most 16 KiB each.
         status: (N,) EmbeddingStatus values.
@@ -85,34 +107,55 @@ def embeddings_bytes(
         computed_at_ms, n_events, window_version: (N, H) newest first; column 0 is `meta`,
             columns 1..count-1 are `history`.
         now_s: the wall clock that ages are measured against.
+
+    Raises:
+        ValueError: `ids` is not N long, or an entry is 2 MiB or longer.
     """
     n, h = computed_at_ms.shape
-    ts, ne, wv = (np.array(a, np.int64) for a in (computed_at_ms, n_events, window_version))
-    metas = np.asarray(count, np.int64)
+    if len(ids) != n:
+        raise ValueError(f"{len(ids)} ids for {n} users")
+    raw, id_len = _utf8(ids)  # (N,)
+    w = int(id_len.max(initial=0))
+    v = np.array((computed_at_ms.T, n_events.T, window_version.T), np.int64)  # (3, H, N)
+    m = np.asarray(count, np.int64)  # (N,) metas written
     if prior_ms is not None:
-        fallback = (metas == 0) & (np.asarray(status) == pb.STATUS_FALLBACK_PRIOR)
-        ts[fallback, 0], ne[fallback, 0], wv[fallback, 0] = prior_ms, 0, 0
-        metas = metas + fallback
-    tail = np.empty((n, 2 + _META * h), np.uint8)  # (N, 2 + 44 H)
-    tail[:] = _template(h)
-    tail[:, 1] = status
-    m = tail[:, 2:].reshape(n, h, _META)  # (N, H, 44), a view
-    var = long_varints(np.stack([ts, ne, wv], axis=2))  # (N, H, 3, 10)
-    m[:, :, 3:13], m[:, :, 23:33], m[:, :, 34:44] = var[:, :, 0], var[:, :, 1], var[:, :, 2]
-    ages = np.maximum(0.0, now_s - ts / 1000.0).astype("<f8")  # (N, H)
-    m[:, :, 14:22] = ages.view(np.uint8).reshape(n, h, 8)
-    buf = tail.tobytes()
-    width = tail.shape[1]
-    small = _SMALL
-    out: list[bytes] = []
-    start = 0
-    for u, k in zip(ids, (2 + _META * metas).tolist(), strict=True):
-        raw = u.encode("utf-8")
-        ulen = small[len(raw)]
-        out += (b"\x22", small[1 + len(ulen) + len(raw) + k], b"\x0a", ulen, raw,
-                buf[start : start + k])  # fmt: skip
-        start += width
-    return b"".join(out)
+        fallback = (m == 0) & (np.asarray(status) == pb.STATUS_FALLBACK_PRIOR)
+        v[:, 0, fallback] = [[prior_ms], [0], [0]]
+        m = m + fallback
+
+    lengths = np.empty((2, n), np.int64)  # (2, N): entry length, id length
+    lengths[1] = id_len
+    # id tag, id length varint (a byte per 7 bits), id, status (2 bytes), the metas
+    lengths[0] = id_len + (id_len > 0x7F) + (id_len > 0x3FFF) + 4 + _META * m
+    if n and lengths[0].max() >= _LEN_MAX:
+        raise ValueError(f"an entry of {lengths[0].max()} bytes; at most {_LEN_MAX - 1}")
+    groups = lengths[:, None] >> _LEN_SHIFTS  # (2, 3, N): bits 0.., 7.., 14..
+    more = groups > 0x7F  # (2, 3, N): another varint byte follows
+
+    t = 2 + _META * h
+    mat = np.empty((8 + w + t, n), np.uint8)  # (8 + W + T, N)
+    mask = np.empty((8 + w + t, n), np.bool_)  # (8 + W + T, N)
+    head, head_mask = mat[:8].reshape(2, 4, n), mask[:8].reshape(2, 4, n)  # (2, 4, N) views
+    head[:, 0] = [[0x22], [0x0A]]
+    head[:, 1:] = groups | more << 7  # the assignment keeps the low byte
+    head_mask[:, :2] = True
+    head_mask[:, 2:] = more[:, :2]
+
+    id_mask = mask[8 : 8 + w]  # (W, N)
+    np.less(np.arange(w)[:, None], id_len, out=id_mask)
+    mat[8 : 8 + w].T[id_mask.T] = np.frombuffer(raw, np.uint8)  # user by user
+
+    tail = mat[8 + w :]  # (T, N)
+    tail[:] = _template(h)[:, None]
+    tail[1] = status
+    mask[8 + w : 10 + w] = True
+    mask[10 + w :].reshape(h, _META, n)[:] = (m > np.arange(h)[:, None])[:, None]
+    metas = tail[2:].reshape(h, _META, n)  # (H, 44, N), a view
+    digits = (v.view(np.uint64)[:, None] >> _DIGITS) | _DIGIT_CONT  # (3, 10, H, N)
+    metas[:, _VARINT_COLS] = digits.reshape(30, h, n).transpose(1, 0, 2)  # low bytes
+    ages = np.maximum(0.0, now_s - v[0] / 1000.0)  # (H, N) float64, little-endian
+    metas[:, 14:22] = ages.view(np.uint8).reshape(h, n, 8).transpose(0, 2, 1)
+    return mat.T[mask.T].tobytes()
 
 
 def response(

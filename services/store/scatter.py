@@ -30,21 +30,26 @@ from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass
+from itertools import chain, islice, repeat
 from typing import Any
 
 import hiredis
+import numpy as np
 import redis
 from redis._parsers.base import BaseParser
 from redis.cluster import RedisCluster
-from redis.crc import key_slot
-from redis.exceptions import AskError, InvalidResponse, TryAgainError
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.exceptions import AskError, ClusterError, InvalidResponse, TryAgainError
 
 from services.store.client import Client
-from services.store.sharded import node_groups, primary_of
 
 # (routing key or its cluster slot, command args or the command already packed in RESP)
 Call = tuple[bytes | int, tuple[Any, ...] | bytes]
+Packed = tuple[bytes, ...]  # one command's RESP, in pieces to be written one after the other
 _RECV_BYTES = 256 * 1024
+_MORE = object()  # hiredis: no complete reply buffered (a reply can be False under RESP3)
+_REDIRECTS = (AskError, TryAgainError)  # MovedError is an AskError
 
 
 class DeadlineReached(redis.TimeoutError):
@@ -63,6 +68,7 @@ class ShardReader:
         self._lock = threading.Lock()
         self._idle: dict[int, list[Any]] = defaultdict(list)  # id(pool) -> connections
         self._pools: dict[int, Any] = {}  # keeps the pools alive so their ids stay theirs
+        self._slot_maps: dict[int, _SlotOwners] = {}  # id(cluster client) -> its slot map
         self._threads = ThreadPoolExecutor(connect_threads, thread_name_prefix="store-connect")
 
     def read(self, client: Client, calls: Sequence[Call], deadline: float) -> list[Any]:
@@ -71,11 +77,23 @@ class ShardReader:
         Raises `DeadlineReached` when `deadline` (time.monotonic()) passes first, and
         redis.ConnectionError / redis.TimeoutError when the store fails sooner.
         """
-        results: list[Any] = [None] * len(calls)
-        todo = list(range(len(calls)))
+        slots = np.fromiter(
+            (k if isinstance(k, int) else key_slot(k) for k, _ in calls), np.int64, len(calls)
+        )
+        return self.read_packed(client, slots, [(_packed(c),) for _, c in calls], deadline)
+
+    def read_packed(
+        self, client: Client, slots: np.ndarray, cmds: Sequence[Packed], deadline: float
+    ) -> list[Any]:
+        """`read` of commands already packed in RESP: `cmds[i]` (its RESP bytes in pieces,
+        written one after the other) goes to the node serving cluster slot `slots[i]` ((N,)
+        ints; ignored on a single node). The serving path's entry: routing is numpy over the
+        slots, each node's write one join, the replies parsed in C."""
+        results: list[Any] = [None] * len(cmds)
+        todo = np.arange(len(cmds))
         for attempt in range(4):
-            redirected = self._read_once(client, calls, todo, deadline, results)
-            if not redirected or attempt == 3:
+            redirected = self._read_once(client, slots, cmds, todo, deadline, results)
+            if not len(redirected) or attempt == 3:
                 break
             if isinstance(client, RedisCluster):
                 client.nodes_manager.initialize()  # the slot map moved: learn it again
@@ -83,22 +101,22 @@ class ShardReader:
         return results
 
     def _read_once(
-        self, client: Client, calls: Sequence[Call], todo: list[int], deadline: float,
-        results: list[Any],
-    ) -> list[int]:  # fmt: skip
+        self, client: Client, slots: np.ndarray, cmds: Sequence[Packed], todo: np.ndarray,
+        deadline: float, results: list[Any],
+    ) -> np.ndarray:  # fmt: skip
         """Read `todo` into `results`; the indices whose reply was a redirection."""
-        groups = _route(client, calls, todo)
+        groups = self._route(client, slots, todo)
         sent: list[tuple[Any, Any, list[int]]] = []
+        got: list[Any] = []  # the replies, in the order of `sent`'s indices
         drained = 0
         try:
             for pool, idx in groups:
                 conn = self._acquire(pool, deadline)
                 sent.append((pool, conn, idx))
-                packed = b"".join([_packed(calls[i][1]) for i in idx])
-                conn.send_packed_command([packed], check_health=False)
+                data = b"".join(chain.from_iterable(map(cmds.__getitem__, idx)))
+                conn.send_packed_command([data], check_health=False)
             for _pool, conn, idx in sent:
-                for i, reply in zip(idx, _read_replies(conn, len(idx), deadline), strict=True):
-                    results[i] = reply
+                got += _read_replies(conn, len(idx), deadline)
                 drained += 1
         except redis.TimeoutError as exc:
             if time.monotonic() >= deadline and not isinstance(exc, DeadlineReached):
@@ -110,7 +128,48 @@ class ShardReader:
                     self._release(pool, conn)
                 else:
                     conn.disconnect()  # replies left unread: the connection is out of step
-        return [i for i in todo if isinstance(results[i], (AskError, TryAgainError))]
+        order = [i for _, _, idx in sent for i in idx]  # (len(todo),) where each reply goes
+        if len(order) == len(results):  # every call: place all replies at once
+            results[:] = map(got.__getitem__, np.argsort(order).tolist())
+        else:
+            for i, reply in zip(order, got, strict=True):
+                results[i] = reply
+        if not any(map(isinstance, got, repeat(_REDIRECTS))):
+            return todo[:0]
+        return np.array([i for i in order if isinstance(results[i], _REDIRECTS)], np.int64)
+
+    def _route(
+        self, client: Client, slots: np.ndarray, todo: np.ndarray
+    ) -> list[tuple[Any, list[int]]]:
+        """(connection pool, indices into the calls) per primary serving `slots[todo]`."""
+        if not isinstance(client, RedisCluster):
+            return [(client.connection_pool, todo.tolist())]
+        owners = self._owners(client)
+        node = owners.node[slots[todo]]  # (T,) index into owners.pools, -1: slot not mapped
+        try:
+            present = np.bincount(node, minlength=len(owners.pools))  # raises on -1
+        except ValueError:
+            owners = self._owners(client, refresh=True)
+            node = owners.node[slots[todo]]
+            if (node < 0).any():  # uncovered: redis-py says so (SlotNotCoveredError)
+                client.nodes_manager.get_node_from_slot(int(slots[todo][node < 0][0]))
+                raise ClusterError("slot map changed while routing; try again") from None
+            present = np.bincount(node, minlength=len(owners.pools))
+        return [(owners.pools[k], todo[node == k].tolist()) for k in np.flatnonzero(present)]
+
+    def _owners(self, client: RedisCluster, refresh: bool = False) -> _SlotOwners:
+        """The client's current slot map as an array, remade when the client replaced its
+        map (a refresh after MOVED makes a new one). redis-py also patches single slots in
+        place after a MOVED it saw itself; a read routed by the older map then gets MOVED
+        too, and the refresh that follows remakes this one."""
+        slots_cache = client.nodes_manager.slots_cache
+        with self._lock:
+            have = self._slot_maps.get(id(client))
+        if have is None or have.source is not slots_cache or refresh:
+            have = _SlotOwners.of(client, slots_cache)
+            with self._lock:
+                self._slot_maps[id(client)] = have
+        return have
 
     def _acquire(self, pool: Any, deadline: float) -> Any:
         """An idle connected connection of `pool`, or a new one this read asks a connect
@@ -175,18 +234,15 @@ def _read_replies(conn: Any, n: int, deadline: float) -> list[Any]:
     }
     if conn.encoder.decode_responses:
         kwargs["encoding"] = conn.encoder.encoding
-    reader = hiredis.Reader(**kwargs)
+    reader = hiredis.Reader(notEnoughData=_MORE, **kwargs)
     out: list[Any] = []
     try:
         while True:
-            reply = reader.gets()
-            while reply is not False:
-                out.append(reply)
-                if len(out) == n:
-                    if reader.has_data():
-                        raise InvalidResponse("the store sent more replies than asked for")
-                    return out
-                reply = reader.gets()
+            out += islice(iter(reader.gets, _MORE), n - len(out))  # what is buffered, in C
+            if len(out) == n:
+                if reader.has_data():
+                    raise InvalidResponse("the store sent more replies than asked for")
+                return out
             left = deadline - time.monotonic()
             if left <= 0:
                 raise DeadlineReached("the store did not answer before the deadline")
@@ -215,15 +271,26 @@ def _packed(cmd: tuple[Any, ...] | bytes) -> bytes:
     return cmd if isinstance(cmd, bytes) else hiredis.pack_command(cmd)
 
 
-def _route(client: Client, calls: Sequence[Call], todo: list[int]) -> list[tuple[Any, list[int]]]:
-    """(connection pool, indices into `calls`) per primary serving the calls' slots."""
-    if not isinstance(client, RedisCluster):
-        return [(client.connection_pool, todo)]
-    slots = [k if isinstance(k, int) else key_slot(k) for k in (calls[i][0] for i in todo)]
-    return [
-        (
-            client.get_redis_connection(primary_of(client, slots[group[0]])).connection_pool,
-            [todo[j] for j in group],
-        )
-        for group in node_groups(client, slots)
-    ]
+@dataclass(frozen=True)
+class _SlotOwners:
+    """A cluster client's slot map as arrays: `node[slot]` indexes `pools` (the primary's
+    connection pool), -1 for a slot the map lacks. `source` is the map it was read from."""
+
+    source: object
+    node: np.ndarray  # (16384,) int
+    pools: list[Any]
+
+    @classmethod
+    def of(cls, client: RedisCluster, slots_cache: dict[int, list[Any]]) -> _SlotOwners:
+        node = np.full(REDIS_CLUSTER_HASH_SLOTS, -1, np.int64)
+        index: dict[str, int] = {}
+        pools: list[Any] = []
+        for slot, owners in list(slots_cache.items()):
+            if not owners:
+                continue
+            k = index.get(owners[0].name)
+            if k is None:
+                k = index[owners[0].name] = len(pools)
+                pools.append(client.get_redis_connection(owners[0]).connection_pool)
+            node[slot] = k
+        return cls(slots_cache, node, pools)

@@ -46,11 +46,6 @@ def primary_lookup(client: RedisCluster) -> Callable[[int], Any]:
     return primary
 
 
-def primary_of(client: RedisCluster, slot: int) -> Any:
-    """`primary_lookup` for one slot."""
-    return primary_lookup(client)(slot)
-
-
 def node_groups(client: Client, slots: Sequence[int]) -> list[list[int]]:
     """Indices into `slots`, grouped by the node that serves each slot (a single node: one
     group). For calls that touch several slots of one node (scripts with the

@@ -14,6 +14,7 @@ Example::
 
 from __future__ import annotations
 
+import functools
 import re
 import struct
 import zlib
@@ -21,15 +22,15 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from importlib import resources
+from itertools import chain, repeat
 from typing import Any, Literal
 
 import numpy as np
-from redis.crc import key_slot
 from redis.exceptions import NoScriptError, ResponseError
 
 from services.store import layout, sharded
 from services.store.client import Client
-from services.store.scatter import ShardReader
+from services.store.scatter import Packed, ShardReader
 
 VECTOR_LAYOUT = 1
 STATES = ("backfilling", "ready", "active", "retired")
@@ -169,13 +170,13 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
     count = np.fromiter(map(len, replies), np.int64, n)
     if int(count.max(initial=0)) > h:
         raise ValueError(f"a user has {int(count.max())} vectors; {h} were asked for")
-    recs = [r for rep in replies for r in rep]  # user order, newest first
+    recs = list(chain.from_iterable(replies))  # user order, newest first
     meta = {f: np.zeros((n, h), np.int64) for f in ("computed_at_ms", "n_events", "window_version")}
     if not recs:
         return VectorBatch(np.zeros((n, h, 0), np.float32), count, **meta)
     size = len(recs[0])
     dt = _float32_records(size)
-    if dt is not None and all(len(r) == size for r in recs):
+    if dt is not None and len(set(map(len, recs))) == 1:
         arr = np.frombuffer(b"".join(recs), dtype=dt)
         if (arr["layout"] != VECTOR_LAYOUT).any() or (arr["dtype"] != 1).any():
             raise ValueError(
@@ -207,32 +208,59 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
     return VectorBatch(vectors, count, **meta)
 
 
-_BUCKET_SLOTS = tuple(key_slot(b"{%d}" % b) for b in range(layout.BUCKETS))
-
-
-def _vector_key(user_id: str, prefix: bytes) -> tuple[int, bytes]:
-    """(cluster slot, `vector_key`) with the version already checked, in `prefix`."""
-    raw = user_id.encode("utf-8")
-    b = zlib.crc32(raw) % layout.BUCKETS
-    return _BUCKET_SLOTS[b], b"p:{%d}:v:" % b + prefix + raw
-
-
-def _lrange_tail(last: int) -> bytes:
-    """The RESP of `LRANGE key 0 last` after the key (see `_lrange`)."""
-    n = b"%d" % last
-    return b"\r\n$1\r\n0\r\n$%d\r\n%s\r\n" % (len(n), n)
-
-
-def _lrange(key: bytes, tail: bytes) -> bytes:
-    """`LRANGE key 0 last` packed in RESP, `tail` from `_lrange_tail(last)`: one format per
-    key instead of a general packer's walk over four arguments.
+def packed_lranges(
+    user_ids: Sequence[str], version: str, last: int
+) -> tuple[np.ndarray, list[Packed]]:
+    """`LRANGE vector_key(u, version) 0 last` for every id, packed in RESP (in four pieces,
+    see `scatter.Packed`), and the cluster slot of each key: (N,) slots, N commands. The
+    serving read's keys, with no per-id Python code: C-level encode, crc32, table lookups
+    (the key up to the id comes from a per-version table of the 1024 bucket prefixes).
 
     >>> import hiredis
-    >>> key = b"p:{7}:v:v1:u"
-    >>> _lrange(key, _lrange_tail(12)) == hiredis.pack_command(("LRANGE", key, 0, 12))
+    >>> from redis.crc import key_slot
+    >>> slots, [cmd] = packed_lranges(["u1"], "v1", 3)
+    >>> b"".join(cmd) == hiredis.pack_command(("LRANGE", vector_key("u1", "v1"), 0, 3))
+    True
+    >>> int(slots[0]) == key_slot(vector_key("u1", "v1"))
     True
     """
-    return b"*4\r\n$6\r\nLRANGE\r\n$%d\r\n%s%s" % (len(key), key, tail)
+    heads = _key_heads(check_version(version))
+    raws = list(map(str.encode, user_ids))  # UTF-8
+    n = len(raws)
+    buckets = np.fromiter(map(zlib.crc32, raws), np.int64, n) % layout.BUCKETS  # (N,)
+    key_lens = heads.lens[buckets] + np.fromiter(map(len, raws), np.int64, n)  # (N,)
+    n_last = b"%d" % last
+    tail = b"\r\n$1\r\n0\r\n$%d\r\n%s\r\n" % (len(n_last), n_last)  # "0", last
+    short = key_lens.max(initial=0) < len(_LRANGE_HEADS)
+    head = _LRANGE_HEADS.__getitem__ if short else _lrange_head
+    cmds: list[Packed] = list(zip(map(head, key_lens.tolist()), map(heads.of.__getitem__,
+                              buckets.tolist()), raws, repeat(tail)))  # fmt: skip
+    return _SLOT_OF_BUCKET[buckets], cmds
+
+
+_SLOT_OF_BUCKET = np.asarray(layout.BUCKET_SLOTS, np.int64)  # (BUCKETS,)
+_LRANGE_HEADS = tuple(b"*4\r\n$6\r\nLRANGE\r\n$%d\r\n" % n for n in range(1024))
+
+
+def _lrange_head(key_len: int) -> bytes:
+    """The RESP of `LRANGE` up to a key of `key_len` bytes."""
+    if key_len < len(_LRANGE_HEADS):
+        return _LRANGE_HEADS[key_len]
+    return b"*4\r\n$6\r\nLRANGE\r\n$%d\r\n" % key_len
+
+
+@dataclass(frozen=True)
+class _KeyHeads:
+    """`vector_key` up to the user id, per bucket, for one version."""
+
+    of: tuple[bytes, ...]  # (BUCKETS,) b"p:{b}:v:<version>:"
+    lens: np.ndarray  # (BUCKETS,) their lengths
+
+
+@functools.lru_cache(maxsize=64)
+def _key_heads(version: str) -> _KeyHeads:
+    of = tuple(b"p:{%d}:v:%s:" % (b, version.encode()) for b in range(layout.BUCKETS))
+    return _KeyHeads(of, np.fromiter(map(len, of), np.int64, len(of)))
 
 
 def _script(name: str) -> str:
@@ -416,11 +444,10 @@ class VectorStore:
         """The LRANGE replies (raw record bytes, newest first) of `user_ids`, one pipelined
         write per shard then the replies, all on this thread, bounded by `deadline`
         (`time.monotonic()`; `scatter.DeadlineReached` when it passes)."""
-        prefix = (check_version(version) + ":").encode()
-        tail = _lrange_tail(max(1, history) - 1)
-        calls = [(s, _lrange(k, tail)) for s, k in (_vector_key(u, prefix) for u in user_ids)]
-        results = self._reader.read(self.client, calls, deadline)
-        _raise_first(results)
+        slots, cmds = packed_lranges(user_ids, version, max(1, history) - 1)
+        results = self._reader.read_packed(self.client, slots, cmds, deadline)
+        if any(map(isinstance, results, repeat(Exception))):
+            _raise_first(results)
         return results
 
     def read_batch(

@@ -11,7 +11,7 @@ import hiredis
 import numpy as np
 import pytest
 from redis.crc import key_slot
-from redis.exceptions import ResponseError
+from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from services.stack import EmbeddedStack
 from services.store.client import connect
@@ -20,11 +20,9 @@ from services.store.vectors import (
     StoredVector,
     VectorBatch,
     VectorStore,
-    _lrange,
-    _lrange_tail,
-    _vector_key,
     decode_batch,
     pack_vector,
+    packed_lranges,
     vector_key,
 )
 from tests.serving.support import DB
@@ -97,18 +95,15 @@ def test_nobody_found_and_expired_deadline(node_store: VectorStore) -> None:
         node_store.read_batch(["none-1"], VER, 1, time.monotonic() - 1)
 
 
-def test_fast_key_is_the_layout_key() -> None:
-    for u in ["u1", "é" * 20, "x" * 256]:
-        slot, key = _vector_key(u, (VER + ":").encode())
-        assert key == vector_key(u, VER) and slot == key_slot(key)
-
-
-def test_packed_lrange_is_what_a_packer_writes() -> None:
-    for key in [b"k", "p:{3}:v:v1:é".encode(), b"x" * 300]:
-        for last in [0, 1, 9, 10, 255]:
-            assert _lrange(key, _lrange_tail(last)) == hiredis.pack_command(
-                ("LRANGE", key, 0, last)
-            )
+def test_packed_lranges_are_what_a_packer_writes_for_the_layout_keys() -> None:
+    ids = ["u1", "é" * 20, "x" * 256, "🙂", "u1", "y" * 1000, "z" * 5000]  # keys past 1 KiB
+    for last in [0, 1, 9, 10, 255]:
+        slots, cmds = packed_lranges(ids, VER, last)
+        keys = [vector_key(u, VER) for u in ids]
+        assert slots.tolist() == [key_slot(k) for k in keys]
+        assert [b"".join(c) for c in cmds] == [
+            hiredis.pack_command(("LRANGE", k, 0, last)) for k in keys
+        ]
 
 
 def test_a_stale_slot_map_is_followed_through_moved(cluster_store: VectorStore) -> None:
@@ -120,10 +115,26 @@ def test_a_stale_slot_map_is_followed_through_moved(cluster_store: VectorStore) 
     slot = key_slot(vector_key(users[0], VER))
     owner = nm.slots_cache[slot][0]
     other = next(n for n in cluster_store.client.get_primaries() if n.name != owner.name)  # type: ignore[union-attr]
-    nm.slots_cache[slot] = [other]  # the client now sends users[0]'s read to the wrong node
+    cluster_store.read_batch(users, VER, 2, time.monotonic() + 5)  # the reader maps the slots
+    # a new map, as a refresh makes, that sends users[0]'s read to the wrong node
+    nm.slots_cache = {**nm.slots_cache, slot: [other]}
     got = cluster_store.read_batch(users, VER, 2, time.monotonic() + 5)
     _assert_same(got, ref, 2)
     assert nm.slots_cache[slot][0].name == owner.name  # the map was learnt again
+
+
+def test_a_slot_the_map_lacks_is_refused_not_misrouted(cluster_store: VectorStore) -> None:
+    users = _fill(cluster_store, 5)
+    nm = cluster_store.client.nodes_manager  # type: ignore[union-attr]
+    slot = key_slot(vector_key(users[0], VER))
+    nm.slots_cache = {s: owners for s, owners in nm.slots_cache.items() if s != slot}
+    try:
+        with pytest.raises(SlotNotCoveredError):
+            cluster_store.read_batch(users, VER, 1, time.monotonic() + 5)
+    finally:
+        nm.initialize()
+    got = cluster_store.read_batch(users, VER, 1, time.monotonic() + 5)
+    _assert_same(got, cluster_store.get_batch(users, VER, history=1), 1)
 
 
 def test_an_error_reply_is_raised_and_the_connection_stays_usable(node_store: VectorStore) -> None:
