@@ -19,6 +19,8 @@ float32) written with VectorStore. Rows:
   records into arrays, as GetEmbeddings does.
 - "GetEmbeddings": a `persona serve --no-index` child process, called over gRPC from here
   (response decoded with one np.frombuffer).
+- "GetModelInfo": the same server's cheapest call (answered from the version cache, no
+  store read): what a Python gRPC round trip costs on this machine, for the decomposition.
 The paired difference is GetEmbeddings minus the faster of the two bare redis-py reads, in
 the same round.
 - "FindLookalikes": a server in a child process holding an IVF index (the index's "auto"
@@ -295,19 +297,32 @@ def main(argv: list[str] | None = None) -> int:
                     r = stub.GetEmbeddings(reqs[i % 256], timeout=5)
                     return np.frombuffer(r.vectors, "<f4").reshape(len(r.embeddings), r.dim)
 
+                info_req = pb.GetModelInfoRequest()
+
+                def info(i: int) -> object:
+                    return stub.GetModelInfo(info_req, timeout=5)
+
                 names = (
                     "bare read, redis-py pipeline (client.pipeline(), the baseline)",
                     "bare read, redis-py connections (pipelined per shard, no threads)",
                     "ShardReader.read_packed (hiredis fed from the sockets, the service's read)",
                     "VectorStore.read_batch (read_packed + keys + decode)",
                     "GetEmbeddings (gRPC, persona serve)",
+                    "GetModelInfo (gRPC, same server; no store read: the round trip's floor)",
                 )
-                fns = (pipeline, connections, scatter, decoded, get)
+                fns = (pipeline, connections, scatter, decoded, get, info)
                 samples = interleaved(dict(zip(names, fns, strict=True)), 3 * args.seconds)
                 rates = [threaded_rate(f, args.seconds, args.concurrency) for f in fns[:4]]
                 rates.append(
                     future_rate(
                         lambda i: stub.GetEmbeddings.future(reqs[i % 256], timeout=5),
+                        args.seconds,
+                        args.concurrency,
+                    )
+                )
+                rates.append(
+                    future_rate(
+                        lambda i: stub.GetModelInfo.future(info_req, timeout=5),
                         args.seconds,
                         args.concurrency,
                     )
@@ -318,6 +333,8 @@ def main(argv: list[str] | None = None) -> int:
                 diff = np.asarray(samples[names[4]]) - bare
                 paired_ms = float(np.median(diff)) * 1000
                 bare_p50 = float(np.median(bare)) * 1000
+                served = np.asarray(samples[names[4]]) - np.asarray(samples[names[5]])
+                served_ms = float(np.median(served)) * 1000
         finally:
             reader.close()
             lean.close()
@@ -371,6 +388,10 @@ def main(argv: list[str] | None = None) -> int:
         f"\nGetEmbeddings p50 minus the faster bare redis-py read's p50: "
         f"{rows[4][2] - bare_p50:+.2f} ms; median of paired differences (same round): "
         f"{paired_ms:+.2f} ms"
+    )
+    print(
+        f"GetEmbeddings minus GetModelInfo (paired): {served_ms:+.2f} ms, of which "
+        f"VectorStore.read_batch p50 {rows[3][2]:.2f} ms"
     )
     cmd_line = shlex.join(["python", "benchmarks/serve.py", *(argv or sys.argv[1:])])
     print(f"\ncommand: `{cmd_line}` (total {time.perf_counter() - t_all:.0f} s)")

@@ -52,6 +52,8 @@ class EmbeddingsResult:
 
     def history_rows(self) -> np.ndarray:
         """The older stored vectors of every user, user order then newest first: (R, D)."""
+        if self.stored.vectors.shape[1] == 1:  # no history asked for
+            return self.stored.vectors[:0, 0]
         older = np.arange(1, self.stored.vectors.shape[1])  # (H - 1,)
         mask = older[None, :] < self.stored.count[:, None]  # (N, H - 1)
         return self.stored.vectors[:, 1:][mask]

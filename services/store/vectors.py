@@ -159,6 +159,9 @@ def _float32_records(size: int) -> np.dtype[Any] | None:
     return dt
 
 
+_META_FIELDS = ("computed_at_ms", "n_events", "window_version")
+
+
 def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatch:
     """LRANGE replies (one list of records per user, newest first) -> VectorBatch.
 
@@ -171,9 +174,9 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
     if int(count.max(initial=0)) > h:
         raise ValueError(f"a user has {int(count.max())} vectors; {h} were asked for")
     recs = list(chain.from_iterable(replies))  # user order, newest first
-    meta = {f: np.zeros((n, h), np.int64) for f in ("computed_at_ms", "n_events", "window_version")}
     if not recs:
-        return VectorBatch(np.zeros((n, h, 0), np.float32), count, **meta)
+        return VectorBatch(np.zeros((n, h, 0), np.float32), count,
+                           **{f: np.zeros((n, h), np.int64) for f in _META_FIELDS})  # fmt: skip
     size = len(recs[0])
     dt = _float32_records(size)
     if dt is not None and len(set(map(len, recs))) == 1:
@@ -186,7 +189,7 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
         if (arr["dim"] != dim).any():
             raise ValueError(f"vector record holds {dim} values, header says otherwise")
         vecs = arr["vector"]  # (R, D)
-        cols = {f: arr[f] for f in meta}
+        cols = {f: arr[f] for f in _META_FIELDS}
     else:
         unpacked = [unpack_vector("", "", r) for r in recs]
         dims = {v.vector.size for v in unpacked}
@@ -194,7 +197,11 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
             raise ValueError(f"vector records of different dimensions {sorted(dims)}")
         dim = dims.pop()
         vecs = np.stack([v.vector for v in unpacked])
-        cols = {f: np.array([getattr(v, f) for v in unpacked], np.int64) for f in meta}
+        cols = {f: np.array([getattr(v, f) for v in unpacked], np.int64) for f in _META_FIELDS}
+    if len(recs) == n * h:  # every user has all H values: the records are the batch, in order
+        meta = {f: col.reshape(n, h).astype(np.int64) for f, col in cols.items()}
+        return VectorBatch(vecs.reshape(n, h, dim), count, **meta)  # (a read-only view)
+    meta = {f: np.zeros((n, h), np.int64) for f in _META_FIELDS}
     vectors = np.zeros((n, h, dim), np.float32)  # (N, H, D)
     if h == 1:
         where: Any = (count > 0, 0)

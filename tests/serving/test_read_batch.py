@@ -158,3 +158,24 @@ def test_decode_slow_path_and_bad_records() -> None:
         decode_batch([[b"\x02" + rec32[1:]]], 1)  # layout 2
     with pytest.raises(ValueError):
         decode_batch([[rec32[:-4]]], 1)  # header says 4 values, 3 there
+
+
+@pytest.mark.parametrize("history", [1, 3])
+def test_decode_when_every_user_has_every_value(history: int) -> None:
+    """All found with full history: the records are the batch as they are (no scatter);
+    the same values as when one more user, not found, forces the scatter."""
+    rng = np.random.default_rng(history)
+
+    def value(i: int, j: int) -> StoredVector:
+        return StoredVector(f"u{i}", VER, rng.standard_normal(8).astype(np.float32),
+                            1000 * i + j, i, j)  # fmt: skip
+
+    ref = [[value(i, j) for j in range(history)] for i in range(5)]
+    replies = [[pack_vector(v) for v in vs] for vs in ref]
+    full = decode_batch(replies, history)
+    _assert_same(full, ref, history)
+    scattered = decode_batch([*replies, []], history)
+    assert np.array_equal(full.vectors, scattered.vectors[:5])
+    for f in ("computed_at_ms", "n_events", "window_version"):
+        assert getattr(full, f).dtype == np.int64
+        assert np.array_equal(getattr(full, f), getattr(scattered, f)[:5])
