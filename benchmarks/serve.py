@@ -328,7 +328,8 @@ def main(argv: list[str] | None = None) -> int:
                     )
                 )
                 for name, rate in zip(names, rates, strict=True):
-                    rows.append((name, what, *percentiles(samples[name]), rate))
+                    req = "no arguments" if name == names[5] else what
+                    rows.append((name, req, *percentiles(samples[name]), rate))
                 bare = np.minimum(np.asarray(samples[names[0]]), np.asarray(samples[names[1]]))
                 diff = np.asarray(samples[names[4]]) - bare
                 paired_ms = float(np.median(diff)) * 1000
