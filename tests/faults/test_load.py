@@ -4,7 +4,7 @@ ingester fed faster than it can apply.
 Objective: p99 of GetEmbeddings (20 ids) at or under 50 ms, on this 2-core machine with the
 load generator, the server and Valkey sharing the cores. The measuring pieces are in
 benchmarks/load.py (run it alone for a table). Everything here is count and time limited:
-at most ~45 s of load in all.
+at most ~55 s of load in all.
 """
 
 from __future__ import annotations
@@ -58,8 +58,9 @@ def test_get_embeddings_knee_and_shedding_at_twice_the_knee(
         # Twice the knee with a generous 5 s deadline: what bounds the latency of
         # accepted calls is the server's concurrency limit, not the client's patience.
         # The generator shares the 2 cores with the server, so a noisy knee can leave
-        # 2x inside capacity; then 3x and 4x follow (bounded), until the server sheds.
-        for mult in (2, 3, 4):
+        # 2x inside capacity (a stall during the search once made the knee 200/s where
+        # 400/s had p99 4 ms); then 3x .. 8x follow (bounded), until the server sheds.
+        for mult in (2, 3, 4, 6, 8):
             over = run_step(stub, reqs, mult * res.knee, 3.0, deadline_s=5.0)
             if over.codes["RESOURCE_EXHAUSTED"] + over.codes["UNAVAILABLE"] > 0:
                 break
@@ -77,7 +78,7 @@ def test_get_embeddings_knee_and_shedding_at_twice_the_knee(
     knee_step = [s for s in res.steps if s.rate == res.knee][-1]  # the passing run
     report(
         scenario=f"Load: GetEmbeddings (20 ids) knee at p99 <= {OBJECTIVE_MS:.0f} ms,"
-        " then 2x (3x, 4x) until it sheds",
+        " then 2x (3x .. 8x) until it sheds",
         produced=over.sent,
         applied=over.ok,
         duplicated=0,
