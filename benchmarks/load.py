@@ -36,7 +36,8 @@ from proto import service_pb2 as pb
 from proto import service_pb2_grpc
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
-from services.store.vectors import StoredVector, VectorStore
+from services.store.records import StoredVector
+from services.store.vectors import VectorStore
 
 log = logging.getLogger("benchmarks.load")
 VERSION, DIM = "vload-1", 8

@@ -13,7 +13,7 @@ float32) written with VectorStore. Rows:
   connection per shard kept, each shard's commands packed in one write, then
   `read_response` per reply (the service's read until session 4).
 - "ShardReader.read_packed": the read GetEmbeddings does (`services/store/scatter.py`), the
-  commands packed beforehand (`vectors.packed_lranges`): the same writes, routed with numpy,
+  commands packed beforehand (`records.packed_lranges`): the same writes, routed with numpy,
   the replies parsed by one hiredis reader fed straight from each socket.
 - "VectorStore.read_batch": ShardReader.read_packed plus making the keys and decoding the
   records into arrays, as GetEmbeddings does.
@@ -55,9 +55,10 @@ from proto import service_pb2 as pb
 from proto import service_pb2_grpc
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
+from services.store.records import StoredVector, packed_lranges, vector_key
 from services.store.scatter import ShardReader
 from services.store.sharded import primary_lookup
-from services.store.vectors import StoredVector, VectorStore, packed_lranges, vector_key
+from services.store.vectors import VectorStore
 
 log = logging.getLogger("benchmarks.serve")
 VERSION, DIM = "vbench-1", 64

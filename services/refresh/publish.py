@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from proto.embeddings_pb2 import EmbeddingUpdate
-from services.store.vectors import StoredVector
+from services.store.records import StoredVector
 
 log = logging.getLogger(__name__)
 

@@ -27,7 +27,8 @@ from services.refresh.dirty import dirty_count, oldest_dirty
 from services.refresh.encoders import EncoderCache, ModelLoadError
 from services.refresh.metrics import RefreshMetrics
 from services.refresh.publish import Publisher
-from services.store.vectors import StoredVector, UserWrite, VectorStore, WriteResult
+from services.store.records import StoredVector
+from services.store.vectors import UserWrite, VectorStore, WriteResult
 from services.store.windows import Window, WindowStore
 
 log = logging.getLogger(__name__)

@@ -17,7 +17,7 @@ from services.serving.errors import precondition
 from services.serving.ports import IndexSource, Prior, VectorReader
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
-from services.store.vectors import VectorBatch
+from services.store.records import VectorBatch
 
 Status = Literal["found", "not_found", "fallback"]
 STATUSES: tuple[Status, ...] = ("found", "not_found", "fallback")  # EmbeddingsResult.status codes

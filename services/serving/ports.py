@@ -12,7 +12,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from services.serving.prior import PriorIndex
-    from services.store.vectors import StoredVector, VectorBatch
+    from services.store.records import StoredVector, VectorBatch
 
 
 class VectorReader(Protocol):

@@ -2,7 +2,7 @@
 
 `sharded.execute` runs one redis-py pipeline per shard on a thread each; for a 100-key read
 that is three thread hand-offs and redis-py's per-command pipeline bookkeeping on top of
-the round trip. `ShardReader.read` does the same read on the calling thread: the calls are
+the round trip. `ShardReader.read_packed` does the same read on the calling thread: the calls are
 grouped by the node that owns each call's slot, every node's commands are written first
 (one packed write per node, so the nodes work in parallel), then the replies are read node
 after node. Every socket wait is bounded by the time left until `deadline` (monotonic), so
@@ -19,7 +19,9 @@ TRYAGAIN reply refreshes the slot map and those calls are read again.
 Example::
 
     reader = ShardReader()
-    [[rec]] = reader.read(client, [(key, ("LRANGE", key, 0, 0))], time.monotonic() + 0.05)
+    cmd = (hiredis.pack_command(("LRANGE", key, 0, 0)),)
+    [[rec]] = reader.read_packed(client, np.array([key_slot(key)]), [cmd],
+                                 time.monotonic() + 0.05)
 """
 
 from __future__ import annotations
@@ -39,13 +41,12 @@ import numpy as np
 import redis
 from redis._parsers.base import BaseParser
 from redis.cluster import RedisCluster
-from redis.crc import REDIS_CLUSTER_HASH_SLOTS, key_slot
+from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 from redis.exceptions import AskError, ClusterError, InvalidResponse, TryAgainError
 
 from services.store.client import Client
 
 # (routing key or its cluster slot, command args or the command already packed in RESP)
-Call = tuple[bytes | int, tuple[Any, ...] | bytes]
 Packed = tuple[bytes, ...]  # one command's RESP, in pieces to be written one after the other
 _RECV_BYTES = 256 * 1024
 _MORE = object()  # hiredis: no complete reply buffered (a reply can be False under RESP3)
@@ -71,24 +72,17 @@ class ShardReader:
         self._slot_maps: dict[int, _SlotOwners] = {}  # id(cluster client) -> its slot map
         self._threads = ThreadPoolExecutor(connect_threads, thread_name_prefix="store-connect")
 
-    def read(self, client: Client, calls: Sequence[Call], deadline: float) -> list[Any]:
-        """Results of `calls` in order (error replies as exception values, not raised).
+    def read_packed(
+        self, client: Client, slots: np.ndarray, cmds: Sequence[Packed], deadline: float
+    ) -> list[Any]:
+        """Results of commands packed in RESP, in order (error replies as exception values,
+        not raised): `cmds[i]` (its RESP bytes in pieces, written one after the other) goes
+        to the node serving cluster slot `slots[i]` ((N,) ints; ignored on a single node).
+        Routing is numpy over the slots, each node's write one join, the replies parsed in C.
 
         Raises `DeadlineReached` when `deadline` (time.monotonic()) passes first, and
         redis.ConnectionError / redis.TimeoutError when the store fails sooner.
         """
-        slots = np.fromiter(
-            (k if isinstance(k, int) else key_slot(k) for k, _ in calls), np.int64, len(calls)
-        )
-        return self.read_packed(client, slots, [(_packed(c),) for _, c in calls], deadline)
-
-    def read_packed(
-        self, client: Client, slots: np.ndarray, cmds: Sequence[Packed], deadline: float
-    ) -> list[Any]:
-        """`read` of commands already packed in RESP: `cmds[i]` (its RESP bytes in pieces,
-        written one after the other) goes to the node serving cluster slot `slots[i]` ((N,)
-        ints; ignored on a single node). The serving path's entry: routing is numpy over the
-        slots, each node's write one join, the replies parsed in C."""
         results: list[Any] = [None] * len(cmds)
         todo = np.arange(len(cmds))
         for attempt in range(4):
@@ -265,10 +259,6 @@ def _connect(pool: Any) -> Any:
     conn = pool.connection_class(**pool.connection_kwargs)
     conn.connect()
     return conn
-
-
-def _packed(cmd: tuple[Any, ...] | bytes) -> bytes:
-    return cmd if isinstance(cmd, bytes) else hiredis.pack_command(cmd)
 
 
 @dataclass(frozen=True)

@@ -11,15 +11,8 @@ import pytest
 from services.stack import EmbeddedStack
 from services.store import layout
 from services.store.client import Client, connect
-from services.store.vectors import (
-    CutoverError,
-    StoredVector,
-    UserWrite,
-    VectorStore,
-    pack_vector,
-    unpack_vector,
-    vector_key,
-)
+from services.store.records import StoredVector, pack_vector, unpack_vector, vector_key
+from services.store.vectors import CutoverError, UserWrite, VectorStore
 
 pytestmark = pytest.mark.integration
 _n = itertools.count()

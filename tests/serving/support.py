@@ -12,7 +12,8 @@ from proto import service_pb2_grpc
 from services.serving.config import Limits, ServeConfig
 from services.serving.metrics import ServingMetrics
 from services.serving.server import ServingServer
-from services.store.vectors import StoredVector, VectorStore
+from services.store.records import StoredVector
+from services.store.vectors import VectorStore
 
 DB = 9
 DIM = 8

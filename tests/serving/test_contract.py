@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from proto import service_pb2 as pb
-from services.store.vectors import StoredVector, VectorStore
+from services.store.records import StoredVector
+from services.store.vectors import VectorStore
 from tests.serving.support import DIM, NOW_MS, V1, V2, Running, unit
 
 pytestmark = pytest.mark.integration

@@ -18,8 +18,9 @@ from redis.retry import Retry
 from proto import service_pb2 as pb
 from services.serving.holder import IndexHolder
 from services.stack import free_ports
+from services.store.records import StoredVector
 from services.store.scatter import DeadlineReached
-from services.store.vectors import StoredVector, VectorStore
+from services.store.vectors import VectorStore
 from tests.serving.support import DIM, V1, V2, Running
 
 pytestmark = pytest.mark.integration

@@ -15,16 +15,16 @@ from redis.exceptions import ResponseError, SlotNotCoveredError
 
 from services.stack import EmbeddedStack
 from services.store.client import connect
-from services.store.scatter import DeadlineReached
-from services.store.vectors import (
+from services.store.records import (
     StoredVector,
     VectorBatch,
-    VectorStore,
     decode_batch,
     pack_vector,
     packed_lranges,
     vector_key,
 )
+from services.store.scatter import DeadlineReached
+from services.store.vectors import VectorStore
 from tests.serving.support import DB
 
 pytestmark = pytest.mark.integration

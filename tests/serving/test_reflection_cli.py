@@ -28,7 +28,8 @@ from kafka import KafkaProducer
 from services.index.updates import encode_update
 from services.stack import EmbeddedStack, free_ports
 from services.store.client import connect
-from services.store.vectors import StoredVector, VectorStore
+from services.store.records import StoredVector
+from services.store.vectors import VectorStore
 
 pytestmark = pytest.mark.integration
 PERSONA = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]

@@ -14,7 +14,7 @@ from services.serving import wire
 from services.serving.embeddings import STATUSES, EmbeddingsResult, Status
 from services.serving.ports import Prior
 from services.serving.servicer import _STATUS, fill_entries
-from services.store.vectors import VectorBatch
+from services.store.records import VectorBatch
 
 NOW = 1_700_000_123.25
 
