@@ -30,8 +30,8 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 
+from contract.events import Event
 from encoder.api import Encoder
-from encoder.events import Event
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import EVENT_TYPES, SyntheticConfig, generate
 from encoder.tokenizer import Tokenizer, TokenizerConfig

@@ -1,7 +1,7 @@
 """Index follower catch-up: reading the update log into a lookalike index, beside bare reads.
 
 A replica's readiness waits for its index to catch up with `persona.embeddings` (see
-services/serving/holder.py), so how fast the follower reads the log is how fast a new
+services/index/holder.py), so how fast the follower reads the log is how fast a new
 replica takes traffic. One run, same topic (N update records, 4 partitions, embedded
 Tansu), in turn:
 - bare kafka-python loop: assign, seek to the beginning, poll and count;
@@ -31,11 +31,10 @@ from kafka.admin import KafkaAdminClient, NewTopic
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from contract.updates import encode_update, log_key
 from services.index import IndexConfig
 from services.index.follower import IndexFollower
-from services.index.updates import encode_update
-from services.refresh.publish import log_key
-from services.serving.prior import PriorIndex
+from services.index.prior import PriorIndex
 from services.stack import EmbeddedStack, StackConfig
 
 VERSION, DIM, PARTS = "vfollow-1", 64, 4

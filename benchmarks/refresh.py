@@ -26,6 +26,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from prometheus_client import CollectorRegistry
 
+from contract.record import pack_record
 from encoder.api import Encoder
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, generate
@@ -40,8 +41,9 @@ from services.refresh.publish import Publisher
 from services.refresh.refresher import Refresher
 from services.stack import EmbeddedStack, StackConfig
 from services.store.client import connect
+from services.store.layout import pack_update
 from services.store.vectors import VectorStore
-from services.store.windows import UserUpdate, WindowStore
+from services.store.windows import PackedUpdate, WindowStore
 
 log = logging.getLogger("bench.refresh")
 
@@ -49,9 +51,15 @@ log = logging.getLogger("bench.refresh")
 def load_windows(ws: WindowStore, users: int, per_user: float, seed: int) -> list[str]:
     ds = generate(SyntheticConfig(users=users, events_per_user=per_user, seed=seed))
     by_user = group_by_user(ds.events)
-    ups = [UserUpdate(u, 0, list(enumerate(evs))) for u, evs in by_user.items()]
+    ups = [
+        PackedUpdate(u, 0, b"".join(
+            pack_update(off, ev.event_id.encode(), ev.ts_ms, pack_record(ev))
+            for off, ev in enumerate(evs)
+        ))
+        for u, evs in by_user.items()
+    ]  # fmt: skip
     for i in range(0, len(ups), 500):
-        ws.apply(ups[i : i + 500])
+        ws.apply_packed(ups[i : i + 500])
     return list(by_user)
 
 

@@ -200,12 +200,11 @@ def lookalike_server(redis_url: str, n: int, port: int, ready: Any) -> None:
     from prometheus_client import CollectorRegistry
 
     from services.index import IndexConfig
+    from services.index.holder import IndexHolder, ServedIndex
+    from services.index.prior import PriorIndex
     from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
     from services.serving.config import ServeConfig
-    from services.serving.holder import IndexHolder
     from services.serving.metrics import serving_metrics
-    from services.serving.ports import ServedIndex
-    from services.serving.prior import PriorIndex
     from services.serving.server import ServingServer
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from contract.events import Event
 from encoder import registry
-from encoder.events import Event
 from encoder.model import ModelConfig, UserEncoder
 from encoder.tokenizer import Tokenizer, TokenizerConfig
 

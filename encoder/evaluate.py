@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from encoder.events import Event
+from contract.events import Event
 from encoder.synthetic import SyntheticConfig, SyntheticDataset, generate
 from encoder.tokenizer import DAY, HOUR
 

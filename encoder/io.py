@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from encoder.events import Event, PropValue
+from contract.events import Event, PropValue
 
 
 def _props(raw: Any) -> dict[str, PropValue]:

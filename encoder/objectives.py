@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from encoder.events import Event
+from contract.events import Event
 from encoder.tokenizer import DAY, HOUR, WEEK, Tokenizer, TokenizerConfig
 
 IGNORE = -100

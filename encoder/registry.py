@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from encoder.events import Event
+from contract.events import Event
 
 ACTIVE = "ACTIVE"
 HISTORY = "HISTORY.json"

@@ -21,10 +21,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from contract.events import Event
 from encoder import registry
 from encoder.api import Encoder
 from encoder.evaluate import EvalConfig, evaluate
-from encoder.events import Event
 from encoder.model import UserEncoder
 from encoder.tokenizer import Tokenizer
 from encoder.train import TrainSpec, group_by_user, train

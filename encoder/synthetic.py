@@ -30,7 +30,7 @@ from typing import Literal
 
 import numpy as np
 
-from encoder.events import Event, PropValue
+from contract.events import Event, PropValue
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000

@@ -26,7 +26,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from encoder.events import Event
+from contract.events import Event
 
 SECOND = 1000
 MINUTE = 60 * SECOND

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from encoder.events import Event
+from contract.events import Event
 from encoder.model import ModelConfig, UserEncoder, make_kjt
 from encoder.objectives import Example, ObjectiveConfig, TrainingHeads, collate, make_example
 from encoder.tokenizer import TokenBatch, Tokenizer, TokenizerConfig, build_vocab

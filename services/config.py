@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from contract import topics
+
 DAY_MS = 86_400_000
 
 
@@ -28,8 +30,8 @@ class KafkaConfig:
     """
 
     bootstrap: str = "127.0.0.1:9092"
-    topic: str = "persona.events"
-    dlq_topic: str = "persona.events.dlq"
+    topic: str = topics.EVENTS
+    dlq_topic: str = topics.DEAD_LETTERS
     group_id: str = "persona-ingest"
     partitions: int = 4
     session_timeout_ms: int = 6000
@@ -101,7 +103,7 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
     kafka = KafkaConfig(
         bootstrap=getattr(args, "bootstrap", KafkaConfig.bootstrap),
         topic=getattr(args, "topic", KafkaConfig.topic),
-        dlq_topic=env("DLQ_TOPIC", getattr(args, "topic", KafkaConfig.topic) + ".dlq"),
+        dlq_topic=env("DLQ_TOPIC", topics.dead_letters(getattr(args, "topic", KafkaConfig.topic))),
         group_id=getattr(args, "group", None) or env("GROUP", KafkaConfig.group_id),
         partitions=int(env("PARTITIONS", str(KafkaConfig.partitions))),
         session_timeout_ms=int(env("SESSION_TIMEOUT_MS", str(KafkaConfig.session_timeout_ms))),

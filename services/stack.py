@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from contract import topics
 from services.children import (
     Child,
     StackError,
@@ -53,9 +54,9 @@ class StackConfig:
     cluster: bool = False
     cluster_nodes: int = 3
     partitions: int = 4
-    topic: str = "persona.events"
-    dlq_topic: str = "persona.events.dlq"
-    embeddings_topic: str = "persona.embeddings"
+    topic: str = topics.EVENTS
+    dlq_topic: str = topics.DEAD_LETTERS
+    embeddings_topic: str = topics.EMBEDDINGS
     topics: tuple[TopicSpec, ...] | None = None
     workdir: Path | None = None  # a temp dir, made and removed, when None
     valkey_args: tuple[str, ...] = ()  # extra valkey-server arguments

@@ -8,6 +8,7 @@ import os
 import time
 from typing import Any
 
+from contract import topics
 from services.config import (
     add_connection_args,
     add_metrics_arg,
@@ -32,7 +33,7 @@ def register(sub: Any) -> None:
     p.add_argument("--ttl-s", type=int, default=int(env("VECTOR_TTL_S", "0")), help="0 = none")
     p.add_argument("--float16", action="store_true", help="store vectors as float16")
     p.add_argument("--device", default=env("DEVICE", "") or None, help="cpu / cuda")
-    p.add_argument("--embeddings-topic", default=env("EMBEDDINGS_TOPIC", "persona.embeddings"))
+    p.add_argument("--embeddings-topic", default=env("EMBEDDINGS_TOPIC", topics.EMBEDDINGS))
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser("cutover", help="model version cutover in the store: promote | rollback")

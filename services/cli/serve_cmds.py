@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from contract import topics
 from services.config import add_connection_args, add_metrics_arg, add_models_arg, env
 
 DEFAULT_DIM = 64
@@ -29,7 +30,7 @@ def register(sub: Any) -> None:
     p.add_argument("--port", type=int, default=int(env("SERVE_PORT", "50051")), help="gRPC port")
     p.add_argument(
         "--embeddings-topic",
-        default=env("EMBEDDINGS_TOPIC", "persona.embeddings"),
+        default=env("EMBEDDINGS_TOPIC", topics.EMBEDDINGS),
         help="update log the lookalike index follows (env PERSONA_EMBEDDINGS_TOPIC)",
     )
     p.add_argument("--no-index", action="store_true", help="serve GetEmbeddings only")
@@ -119,8 +120,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
     from services.index import IndexConfig
+    from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
     from services.index.metrics import index_metrics
-    from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
     from services.serving.metrics import serving_metrics
     from services.serving.server import ServingServer
     from services.store.client import connect

@@ -7,7 +7,6 @@ user, upserts and deletions, plus counts of what was skipped and why.
 from __future__ import annotations
 
 import logging
-import re
 from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -15,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from google.protobuf.message import DecodeError
 
+from contract.versions import is_version
 from proto.embeddings_pb2 import EmbeddingUpdate
 
 log = logging.getLogger(__name__)
@@ -52,11 +52,11 @@ def decode_batch(
             _invalid(batch, key, "key is missing or not UTF-8")
             continue
         if not value:
-            # Tombstone. Keys are `<version>/<user id>` (services/refresh/publish.py); a key
+            # Tombstone. Keys are `<version>/<user id>` (contract.updates); a key
             # whose prefix is another version is that version's delete; one without a
             # version prefix is a plain user id (older writers, tools).
             ver, _, rest = raw.partition("/")
-            versioned = bool(rest) and _VERSION.fullmatch(ver) is not None
+            versioned = bool(rest) and is_version(ver)
             if versioned and model_version is not None and ver != model_version:
                 batch.skipped["ignored"] += 1
                 continue
@@ -96,9 +96,6 @@ def decode_batch(
     return batch
 
 
-_VERSION = re.compile(r"[A-Za-z0-9._-]{1,64}")  # the registry's version ids
-
-
 def _user(key: bytes | None) -> str | None:
     if not key:
         return None
@@ -121,17 +118,3 @@ def _shape_problem(update: EmbeddingUpdate, user: str, dim: int) -> str | None:
 def _invalid(batch: Batch, key: bytes | None, why: str) -> None:
     batch.skipped["invalid"] += 1
     log.warning("update-log record skipped (key %r): %s", key[:64] if key else key, why)
-
-
-def encode_update(
-    user_id: str, vector: np.ndarray, model_version: str, computed_at_ms: int = 0
-) -> bytes:
-    """The value a producer writes for a vector (D,): used by tests and tools."""
-    vec = np.asarray(vector, dtype="<f4")
-    return EmbeddingUpdate(
-        user_id=user_id,
-        model_version=model_version,
-        computed_at_ms=computed_at_ms,
-        vector=vec.tobytes(),
-        dim=int(vec.size),
-    ).SerializeToString()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from confluent_kafka import KafkaException, Message
 from redis.exceptions import RedisError
 
-from services.common.codec import BadRecord, decode_for_store
+from contract.codec import BadRecord, decode_for_store
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.metrics import IngestMetrics
 from services.ingest.source import DeadLetters, EventSource, Headers, offset_of

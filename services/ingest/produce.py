@@ -6,9 +6,9 @@ import json
 from collections.abc import Iterable
 from typing import Literal
 
-from encoder.events import Event
+from contract.codec import event_to_json, event_to_proto
+from contract.events import Event
 from services.common import kafka as kafka_clients
-from services.common.codec import event_to_json, event_to_proto
 from services.config import KafkaConfig
 
 WireFormat = Literal["proto", "json"]

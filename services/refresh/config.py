@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from contract import topics
+
 
 @dataclass(frozen=True)
 class RefreshConfig:
@@ -35,7 +37,7 @@ class RefreshConfig:
     history: int = 4
     ttl_s: int | None = None
     dtype: Literal["float32", "float16"] = "float32"
-    embeddings_topic: str = "persona.embeddings"
+    embeddings_topic: str = topics.EMBEDDINGS
     device: str | None = None
     backfill_batch: int = 1024
     follow_registry: bool = True

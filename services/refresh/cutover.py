@@ -20,17 +20,21 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from itertools import islice
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from encoder import registry
 from services.refresh.backfill import scan_users
+from services.refresh.config import RefreshConfig
+from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.store.vectors import CutoverError, VectorStore
+from services.store.windows import Window, WindowStore
 
-if TYPE_CHECKING:
-    from services.refresh.refresher import Refresher
+# (windows, version, perf_counter at the read) -> the windows encoded with that version and
+# committed, dirty marks left alone: `Refresher.encode_and_commit`
+EncodeAndCommit = Callable[[Sequence[Window], str, float], None]
 
 log = logging.getLogger(__name__)
 
@@ -82,16 +86,38 @@ def wait_active(store: VectorStore, version: str, timeout_s: float, poll_s: floa
 
 
 class Cutover:
-    """The refresher's side of a cutover: bootstrap, registry following, back-fill steps."""
+    """The refresher's side of a cutover: bootstrap, registry following, back-fill steps.
 
-    def __init__(self, refresher: Refresher) -> None:
-        self.r = refresher
-        self.store = refresher.vectors
+    Args:
+        cfg: `follow_registry` and `backfill_batch` are read.
+        store, windows: the vector store (pointer, states, heads) and the window store.
+        models_dir: the registry whose ACTIVE is followed.
+        encode_and_commit: encodes and commits a back-fill chunk.
+        stats, metrics: where cutovers and back-filled users are counted.
+    """
+
+    def __init__(
+        self,
+        cfg: RefreshConfig,
+        store: VectorStore,
+        windows: WindowStore,
+        models_dir: Path,
+        encode_and_commit: EncodeAndCommit,
+        stats: RefreshStats,
+        metrics: RefreshMetrics | None = None,
+    ) -> None:
+        self.cfg = cfg
+        self.store = store
+        self.windows = windows
+        self.models_dir = models_dir
+        self.encode_and_commit = encode_and_commit
+        self.stats = stats
+        self.metrics = metrics
         self._scans: dict[str, Iterator[str]] = {}
 
     def sync(self) -> None:
         """Bootstrap the pointer from the registry; follow registry changes."""
-        models = self.r.encoders.models_dir
+        models = self.models_dir
         reg = registry.active_version(models)
         if self.store.active_version() is None:
             if reg is None:
@@ -99,11 +125,11 @@ class Cutover:
             self.store.set_active(reg)
             self.store.set_registry_seen(reg)
             log.info("active model version initialised from the registry: %s", reg)
-        elif self.r.cfg.follow_registry and reg and reg != self.store.registry_seen():
+        elif self.cfg.follow_registry and reg and reg != self.store.registry_seen():
             state = promote(self.store, models, reg)
             self.store.set_registry_seen(reg)
             log.info("registry ACTIVE changed to %s: %s", reg, state)
-        m = self.r.metrics
+        m = self.metrics
         if m is not None:
             active = self.store.active_version()
             for v in self.store.versions():
@@ -119,21 +145,21 @@ class Cutover:
             return False
         ver = filling[0]
         scan = self._scans.setdefault(ver, scan_users(self.store.client))
-        chunk = list(dict.fromkeys(islice(scan, self.r.cfg.backfill_batch)))
+        chunk = list(dict.fromkeys(islice(scan, self.cfg.backfill_batch)))
         if chunk:
             self._backfill(ver, chunk)
             return True
         del self._scans[ver]
         prev = self.store.set_active(ver, require="backfilling")
-        self.r.stats.cutovers += 1
-        if self.r.metrics is not None:
-            self.r.metrics.cutovers.inc()
+        self.stats.cutovers += 1
+        if self.metrics is not None:
+            self.metrics.cutovers.inc()
         log.info("back-fill of %s complete: active %s -> %s", ver, prev, ver)
         return True
 
     def _backfill(self, ver: str, users: list[str]) -> None:
         t0 = time.perf_counter()
-        wins = self.r.windows.read(users)
+        wins = self.windows.read(users)
         heads = self.store.get_batch(users, ver)
         todo = [
             w
@@ -141,7 +167,7 @@ class Cutover:
             if w.events and not (h and h[0].window_version >= w.version)
         ]
         if todo:
-            self.r.commit(self.r.prepare_windows(todo, [ver], clear_dirty=False, t0=t0))
-        self.r.stats.backfilled += len(todo)
-        if self.r.metrics is not None:
-            self.r.metrics.backfilled.labels(version=ver).inc(len(todo))
+            self.encode_and_commit(todo, ver, t0)
+        self.stats.backfilled += len(todo)
+        if self.metrics is not None:
+            self.metrics.backfilled.labels(version=ver).inc(len(todo))

@@ -1,4 +1,5 @@
 """Refresher metrics. Built by a function that takes the registry; nothing at import time.
+`RefreshStats` counts the same things for one run, as plain numbers (returned by `run`).
 
 The index's own metrics (size, rebuild duration, update-log lag) live in
 `services.index.metrics`.
@@ -12,6 +13,21 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _AGE = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)
+
+
+@dataclass
+class RefreshStats:
+    passes: int = 0  # started
+    passes_done: int = 0  # ended (no user left dirty, or stopped)
+    batches: int = 0
+    users: int = 0
+    vectors_written: int = 0
+    vectors_published: int = 0
+    skipped: int = 0
+    still_dirty: int = 0
+    backfilled: int = 0
+    cutovers: int = 0
+    errors: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,9 +1,5 @@
-"""Publishing vectors to the update log (`persona.embeddings`, key = `<version>/<user id>`).
-
-The key carries the model version because two versions are written side by side during a
-back-fill and after a cutover (the previous one stays fresh for an instant rollback): with
-the user id alone, log compaction would keep whichever version was written last and a new
-replica following the other version would miss that user. Version ids never hold `/`.
+"""Publishing vectors to the update log (`persona.embeddings`); the record and its key
+(`<version>/<user id>`, and why the version is in it) are `contract.updates`.
 """
 
 from __future__ import annotations
@@ -12,30 +8,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from proto.embeddings_pb2 import EmbeddingUpdate
+from contract.updates import encode_update, log_key
 from services.store.records import StoredVector
 
 log = logging.getLogger(__name__)
-
-
-def log_key(model_version: str, user_id: str) -> bytes:
-    """The update-log key of one user's vector of one version."""
-    return f"{model_version}/{user_id}".encode()
-
-
-def encode_update(v: StoredVector) -> bytes:
-    vec = np.asarray(v.vector, dtype="<f4")
-    return EmbeddingUpdate(
-        user_id=v.user_id,
-        model_version=v.model_version,
-        computed_at_ms=v.computed_at_ms,
-        vector=vec.tobytes(),
-        dim=int(vec.size),
-        n_events=v.n_events,
-        window_version=v.window_version,
-    ).SerializeToString()
 
 
 class Publisher:
@@ -50,9 +26,7 @@ class Publisher:
 
     def publish(self, vectors: Sequence[StoredVector]) -> None:
         futures = [
-            self.producer.send(
-                self.topic, key=log_key(v.model_version, v.user_id), value=encode_update(v)
-            )
+            self.producer.send(self.topic, key=log_key(v.model_version, v.user_id), value=_value(v))
             for v in vectors
         ]
         self.producer.flush(timeout=self.flush_timeout_s)
@@ -64,3 +38,9 @@ class Publisher:
             self.producer.flush(timeout=self.flush_timeout_s)
         finally:
             self.producer.close()
+
+
+def _value(v: StoredVector) -> bytes:
+    return encode_update(
+        v.user_id, v.vector, v.model_version, v.computed_at_ms, v.n_events, v.window_version
+    )

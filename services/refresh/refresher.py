@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 
 from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
+from services.refresh.cutover import Cutover
 from services.refresh.dirty import dirty_count, oldest_dirty
 from services.refresh.encoders import EncoderCache, ModelLoadError
-from services.refresh.metrics import RefreshMetrics
+from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.publish import Publisher
 from services.store.records import StoredVector
 from services.store.vectors import UserWrite, VectorStore, WriteResult
@@ -52,21 +53,6 @@ def error_kind(exc: BaseException) -> str:
 
 def now_ms() -> int:
     return time.time_ns() // 1_000_000  # a timestamp (computed_at), not a duration
-
-
-@dataclass
-class RefreshStats:
-    passes: int = 0  # started
-    passes_done: int = 0  # ended (no user left dirty, or stopped)
-    batches: int = 0
-    users: int = 0
-    vectors_written: int = 0
-    vectors_published: int = 0
-    skipped: int = 0
-    still_dirty: int = 0
-    backfilled: int = 0
-    cutovers: int = 0
-    errors: int = 0
 
 
 @dataclass
@@ -124,9 +110,10 @@ class Refresher:
         """Refresh until `stop` is set (or, with `until_idle`, until no user is dirty and no
         back-fill is pending). Store or broker errors are logged and retried after a pause;
         the dirty marks keep the work."""
-        from services.refresh.cutover import Cutover
-
-        cutover = Cutover(self)
+        cutover = Cutover(
+            self.cfg, self.vectors, self.windows, self.encoders.models_dir,
+            self.encode_and_commit, self.stats, self.metrics,
+        )  # fmt: skip
         last_pass = -float("inf")
         errors = 0
         try:
@@ -222,14 +209,6 @@ class Refresher:
 
     # ----- one batch ---------------------------------------------------------------------
 
-    def prepare(
-        self, user_ids: Sequence[str], versions: Sequence[str], clear_dirty: bool
-    ) -> Prepared:
-        """Read the windows (pipelined) and encode them with each version."""
-        t0 = time.perf_counter()
-        wins = self.windows.read(user_ids)
-        return self.prepare_windows(wins, versions, clear_dirty, t0)
-
     def prepare_windows(
         self, wins: Sequence[Window], versions: Sequence[str], clear_dirty: bool, t0: float
     ) -> Prepared:
@@ -250,6 +229,11 @@ class Refresher:
             for ver in versions:
                 self.metrics.users_encoded.labels(version=ver).inc(sum(1 for w in wins if w.events))
         return Prepared(writes, flat, started=t0)
+
+    def encode_and_commit(self, wins: Sequence[Window], version: str, t0: float) -> None:
+        """Encode windows with one version and commit them, leaving dirty marks alone (the
+        cutover's back-fill)."""
+        self.commit(self.prepare_windows(wins, [version], clear_dirty=False, t0=t0))
 
     def commit(self, batch: Prepared) -> WriteResult:
         """Make one encoded batch durable. Steps, in order:

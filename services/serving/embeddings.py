@@ -7,17 +7,20 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from services.serving import validate
 from services.serving.config import Limits
 from services.serving.errors import precondition
-from services.serving.ports import IndexSource, Prior, VectorReader
+from services.serving.ports import IndexSource, VectorReader
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
 from services.store.records import VectorBatch
+
+if TYPE_CHECKING:
+    from services.index.prior import Prior
 
 Status = Literal["found", "not_found", "fallback"]
 STATUSES: tuple[Status, ...] = ("found", "not_found", "fallback")  # EmbeddingsResult.status codes

@@ -9,16 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from services.serving import validate
 from services.serving.config import Limits
 from services.serving.errors import invalid, not_found, precondition
-from services.serving.ports import IndexSource, ServedIndex, VectorReader
+from services.serving.ports import IndexSource, VectorReader
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
+
+if TYPE_CHECKING:
+    from services.index.holder import ServedIndex
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,15 +8,13 @@ resolved here, so it never mixes versions.
 
 from __future__ import annotations
 
-import re
 import threading
 import time
 
+from contract.versions import is_version
 from services.serving.errors import invalid, precondition
 from services.serving.ports import VectorReader
 from services.serving.store_calls import Budget, StoreCaller
-
-VERSION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")  # services/store/LAYOUT.md
 
 
 class VersionResolver:
@@ -64,7 +62,7 @@ class VersionResolver:
 
     def state_of(self, version: str, budget: Budget) -> str:
         """The state of a known version; INVALID_ARGUMENT when malformed or unknown."""
-        if not VERSION_RE.fullmatch(version):
+        if not is_version(version):
             raise invalid(f"model_version {version[:80]!r} is not a version id")
         states = self.states(budget)
         if version not in states:

@@ -12,7 +12,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import re
 import struct
 import zlib
 from collections.abc import Sequence
@@ -22,6 +21,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from contract.versions import check_version
 from services.store import layout
 from services.store.scatter import Packed
 
@@ -31,7 +31,6 @@ Dtype = Literal["float32", "float16"]
 _HEAD = struct.Struct("<BBHqqI")  # layout, dtype, dim, computed_at_ms, window_version, n_events
 _DTYPES: dict[int, str] = {1: "<f4", 2: "<f2"}
 _CODES: dict[str, int] = {"float32": 1, "float16": 2}
-_VERSION_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -42,12 +41,6 @@ class StoredVector:
     computed_at_ms: int
     n_events: int
     window_version: int
-
-
-def check_version(version: str) -> str:
-    if not _VERSION_RE.fullmatch(version):
-        raise ValueError(f"model version {version!r} must match {_VERSION_RE.pattern}")
-    return version
 
 
 def vector_key(user_id: str, version: str) -> bytes:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from encoder.events import Event
+from contract.events import Event
 from services.config import WindowConfig
 
 

@@ -25,13 +25,13 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
+from contract.versions import check_version
 from services.store import layout, sharded
 from services.store.client import Client
 from services.store.records import (
     Dtype,
     StoredVector,
     VectorBatch,
-    check_version,
     decode_batch,
     pack_vector,
     packed_lranges,

@@ -15,7 +15,8 @@ from typing import Any
 
 from redis.exceptions import NoScriptError, ResponseError
 
-from encoder.events import Event
+from contract.events import Event
+from contract.record import unpack_record
 from services.config import WindowConfig
 from services.store import layout, sharded
 from services.store.client import Client
@@ -38,20 +39,10 @@ def source_label(partition: int, topic_id: str | None) -> str:
 
 
 @dataclass(frozen=True, slots=True)
-class UserUpdate:
-    """Events of one user from one partition, in offset order: [(offset, event), ...].
-
-    `source` names the partition's incarnation, see `source_label`.
-    """
-
-    user_id: str
-    source: str | int
-    events: Sequence[tuple[int, Event]]
-
-
-@dataclass(frozen=True, slots=True)
 class PackedUpdate:
-    """The same, already packed for apply.lua by the ingest hot path (`layout.pack_update`)."""
+    """Events of one user from one partition, in offset order, packed for apply.lua
+    (`layout.pack_update` per event). `source` names the partition's incarnation, see
+    `source_label`."""
 
     user_id: str
     source: str | int
@@ -129,16 +120,8 @@ class WindowStore:
             return list(results)
         raise ResponseError("NOSCRIPT after reload")  # pragma: no cover
 
-    def apply(self, updates: Iterable[UserUpdate]) -> ApplyResult:
-        """Apply updates atomically per user; idempotent under replay of the same offsets."""
-        return self.apply_packed(
-            PackedUpdate(u.user_id, u.source, layout.pack_updates(u.events))
-            for u in updates
-            if u.events
-        )
-
     def apply_packed(self, updates: Iterable[PackedUpdate], rebuild: bool = False) -> ApplyResult:
-        """`apply` for updates the caller packed itself.
+        """Apply updates atomically per user; idempotent under replay of the same offsets.
 
         Args:
             rebuild: ignore the stored offsets and rely on event-id dedup alone. For re-reading
@@ -174,8 +157,7 @@ class WindowStore:
         out = []
         for uid, r in zip(user_ids, self._run("_read_sha", calls), strict=True):
             events = [
-                layout.unpack_record(uid, r[j].decode("utf-8"), r[j + 1])
-                for j in range(1, len(r), 2)
+                unpack_record(uid, r[j].decode("utf-8"), r[j + 1]) for j in range(1, len(r), 2)
             ]
             out.append(Window(uid, int(r[0]), events))
         return out

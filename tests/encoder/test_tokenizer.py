@@ -10,7 +10,7 @@ import sys
 from hypothesis import given
 from hypothesis import strategies as st
 
-from encoder.events import Event
+from contract.events import Event
 from encoder.tokenizer import (
     DAY,
     DURATION_EDGES_MS,

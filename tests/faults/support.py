@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from prometheus_client import CollectorRegistry
 
-from encoder.events import Event
+from contract.events import Event
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.consumer import Ingestor
 from services.ingest.metrics import ingest_metrics

@@ -120,7 +120,7 @@ def test_broker_restarted_consumer_reconnects_and_rebuild_restores_exactness(
         finally:
             ing.stop()
         ref = ReferenceWindows(WCFG)
-        from services.common.codec import decode_event
+        from contract.codec import decode_event
 
         now = int(time.time() * 1000)
         for incarnation, recs in (

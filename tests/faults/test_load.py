@@ -26,8 +26,8 @@ from benchmarks.load import (
     run_step,
     serving_users,
 )
+from contract.codec import event_to_proto
 from services.common import kafka as kafka_clients
-from services.common.codec import event_to_proto
 from services.config import WindowConfig
 from services.stack import EmbeddedStack, StackConfig
 from services.store.client import connect

@@ -10,11 +10,11 @@ import pytest
 from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
+from contract.updates import encode_update
 from services.index import IndexConfig, LookalikeIndex
 from services.index.follower import FollowerConfig, IndexFollower
 from services.index.metrics import index_metrics
 from services.index.synthetic import normalise
-from services.index.updates import encode_update
 from services.stack import EmbeddedStack
 
 pytestmark = pytest.mark.integration

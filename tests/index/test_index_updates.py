@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 from prometheus_client import CollectorRegistry
 
+from contract.updates import encode_update
 from services.index.metrics import index_metrics
-from services.index.updates import decode_batch, encode_update
+from services.index.updates import decode_batch
 
 DIM = 4
 

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from kafka import KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from encoder.events import Event
-from services.common.codec import BadRecord, decode_event
+from contract.codec import BadRecord, decode_event
+from contract.events import Event
 from services.common.kafka_admin import topic_id
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.consumer import Ingestor, IngestStats

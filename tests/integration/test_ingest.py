@@ -10,9 +10,9 @@ from collections.abc import Callable
 import pytest
 from prometheus_client import CollectorRegistry
 
-from encoder.events import Event
+from contract.codec import event_to_json, event_to_proto
+from contract.events import Event
 from proto import events_pb2
-from services.common.codec import event_to_json, event_to_proto
 from services.config import WindowConfig
 from services.ingest.consumer import DLQ_REASON, DLQ_SOURCE, Ingestor
 from services.ingest.metrics import ingest_metrics

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from kafka import KafkaConsumer, TopicPartition
 
-from services.common.codec import event_to_json
+from contract.codec import event_to_json
 from services.config import WindowConfig
 from services.stack import EmbeddedStack
 from services.store.client import connect

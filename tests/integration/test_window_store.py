@@ -8,13 +8,14 @@ from collections import defaultdict
 import pytest
 from redis.exceptions import ResponseError
 
-from encoder.events import Event
+from contract.events import Event
 from services.config import WindowConfig
 from services.stack import EmbeddedStack
 from services.store import layout
 from services.store.client import connect, is_cluster
 from services.store.reference import ReferenceWindows
-from services.store.windows import UserUpdate, WindowStore
+from services.store.windows import WindowStore
+from tests.store_support import UserUpdate, apply_events
 
 pytestmark = pytest.mark.integration
 
@@ -50,9 +51,9 @@ def test_lua_matches_reference_under_replays_duplicates_and_disorder(store: Wind
         for p, o, ev in chunk:
             groups[(ev.user_id, p)].append((o, ev))
         ups = [UserUpdate(u, p, evs) for (u, p), evs in groups.items()]
-        store.apply(ups)
+        apply_events(store, ups)
         if rng.random() < 0.3:  # a replay of the same batch changes nothing
-            again = store.apply(ups)
+            again = apply_events(store, ups)
             assert again.applied == 0 and again.replayed == len(chunk)
         i += len(chunk)
     uids = sorted(ref.users)
@@ -65,7 +66,7 @@ def test_hostile_user_ids_keep_separate_windows(store: WindowStore) -> None:
     ids = ["{a}", "a", "{a", "a}", "x\ny", "x\r\ny", "é{}", "z" * 256, "{" + "b" * 10 + "}:w:c"]
     ids = [f"h{random.randrange(10**9)}{u}" for u in ids] + ["}{", "{}"]
     ups = [UserUpdate(u, 0, [(1_000_000, Event(u, f"e-{u}", 5, "view"))]) for u in ids]
-    res = store.apply(ups)
+    res = apply_events(store, ups)
     assert res.applied + res.replayed == len(ids)
     for u, w in zip(ids, store.read(ids), strict=True):
         assert [e.user_id for e in w.events] == [u]
@@ -79,12 +80,15 @@ def test_unknown_user_has_an_empty_window(store: WindowStore) -> None:
 
 def test_update_marks_user_dirty_with_newest_event_time(store: WindowStore) -> None:
     uid = f"d{random.randrange(10**9)}"
-    store.apply(
-        [UserUpdate(uid, 0, [(0, Event(uid, "a", 700, "v")), (1, Event(uid, "b", 900, "v"))])]
+    apply_events(
+        store,
+        [UserUpdate(uid, 0, [(0, Event(uid, "a", 700, "v")), (1, Event(uid, "b", 900, "v"))])],
     )
     score = store.client.zscore(layout.dirty_key(layout.bucket(uid)), uid)
     assert score == 900
-    store.apply([UserUpdate(uid, 0, [(2, Event(uid, "c", 950, "v"))])])  # NX: keeps its place
+    apply_events(
+        store, [UserUpdate(uid, 0, [(2, Event(uid, "c", 950, "v"))])]
+    )  # NX: keeps its place
     assert store.client.zscore(layout.dirty_key(layout.bucket(uid)), uid) == 900
     assert store.dirty_count() >= 1
 
@@ -108,7 +112,7 @@ def test_many_users_in_small_chunks_per_node(store: WindowStore) -> None:
     """Users spread over every node, cut into chunks of 3 users per script call."""
     chunked = WindowStore(store.client, store.cfg, users_per_call=3)
     ups = _updates(f"c{random.randrange(10**9)}-", 200, 4)
-    res = chunked.apply(ups)
+    res = apply_events(chunked, ups)
     assert (res.applied, res.duplicate, res.replayed) == (800, 0, 0)
     assert sorted(res.window_lengths) == [4] * 200
     for u, w in zip(ups, chunked.read([u.user_id for u in ups]), strict=True):
@@ -129,9 +133,9 @@ def test_stale_slot_map_fails_the_call_and_a_retry_converges(
         everything_on_one = lambda client, slots: [list(range(len(slots)))]  # noqa: E731
         monkeypatch.setattr("services.store.sharded.node_groups", everything_on_one)
         with pytest.raises(ResponseError, match="non local key"):
-            store.apply(ups)
+            apply_events(store, ups)
         monkeypatch.undo()
-        res = store.apply(ups)
+        res = apply_events(store, ups)
         assert res.applied + res.replayed == 120 and res.duplicate == 0
         assert 0 < res.replayed < 120  # some users went in with the failed call, not all
         for u, w in zip(ups, store.read([u.user_id for u in ups]), strict=True):

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import random
 
-from encoder.events import Event
-from services.store.windows import UserUpdate, WindowStore
+from contract.events import Event
+from services.store.windows import WindowStore
+from tests.store_support import UserUpdate, apply_events
 
 T0 = 1_763_000_000_000
 
@@ -25,4 +26,4 @@ def add_events(ws: WindowStore, users: list[str], n_each: int, seed: int, offset
             }
             evs.append((off, Event(uid, f"{uid}-e{off}", ts, rng.choice(["view", "click"]), props)))
         ups.append(UserUpdate(uid, 0, evs))
-    ws.apply(ups)
+    apply_events(ws, ups)

@@ -17,10 +17,9 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from services.index import IndexConfig
-from services.serving.holder import IndexHolder
+from services.index.holder import IndexHolder, ServedIndex
+from services.index.prior import PriorIndex
 from services.serving.metrics import serving_metrics
-from services.serving.ports import ServedIndex
-from services.serving.prior import PriorIndex
 from services.serving.server import ServingServer
 from services.stack import EmbeddedStack
 from services.store.client import connect

@@ -16,7 +16,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from proto import service_pb2 as pb
-from services.serving.holder import IndexHolder
+from services.index.holder import IndexHolder
 from services.stack import free_ports
 from services.store.records import StoredVector
 from services.store.scatter import DeadlineReached

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from kafka import KafkaProducer
 
+from contract.updates import encode_update
 from services.index import IndexConfig
-from services.index.updates import encode_update
-from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
+from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
 from services.stack import EmbeddedStack
 from services.store.client import connect
 from services.store.vectors import VectorStore

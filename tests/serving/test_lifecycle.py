@@ -18,8 +18,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from proto import service_pb2 as pb
 from services.demo.client import Client
 from services.index import IndexConfig
-from services.serving.holder import FollowConfig, IndexHolder, VersionedFollower
-from services.serving.prior import PriorIndex
+from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
+from services.index.prior import PriorIndex
 from services.stack import free_ports
 from services.store.vectors import VectorStore
 from tests.serving.support import DIM, V1, Running, unit

@@ -25,7 +25,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 from kafka import KafkaProducer
 
-from services.index.updates import encode_update
+from contract.updates import encode_update
 from services.stack import EmbeddedStack, free_ports
 from services.store.client import connect
 from services.store.records import StoredVector

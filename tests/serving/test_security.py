@@ -18,8 +18,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from proto import service_pb2 as pb
 from proto import service_pb2_grpc
+from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
-from services.serving.holder import IndexHolder
 from services.store.vectors import VectorStore
 from tests.serving.support import V1, Running
 

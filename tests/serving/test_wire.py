@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from proto import service_pb2 as pb
+from services.index.prior import Prior
 from services.serving import wire
 from services.serving.embeddings import STATUSES, EmbeddingsResult, Status
-from services.serving.ports import Prior
 from services.serving.servicer import _STATUS, fill_entries
 from services.store.records import VectorBatch
 

@@ -8,9 +8,10 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from encoder.events import Event
+from contract.codec import BadRecord, decode_event, event_to_json, event_to_proto
+from contract.events import Event
+from contract.record import record_from_proto, unpack_record
 from proto import events_pb2
-from services.common.codec import BadRecord, decode_event, event_to_json, event_to_proto
 from services.config import WindowConfig
 
 NOW = 1_763_900_000_000
@@ -118,13 +119,12 @@ def test_small_protobuf_records_take_the_fast_path_with_the_same_refusals() -> N
 
 
 def test_decode_for_store_gives_the_record_of_the_same_event() -> None:
-    from services.common.codec import decode_for_store
-    from services.store import layout
+    from contract.codec import decode_for_store
 
     for raw in (event_to_proto(EV), event_to_json(EV)):
         d = decode_for_store(raw, CFG, NOW)
         assert (d.user_id, d.event_id, d.ts_ms) == ("u1", b"e9", EV.ts_ms)
-        assert layout.unpack_record("u1", "e9", d.record) == EV
+        assert unpack_record("u1", "e9", d.record) == EV
 
 
 def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
@@ -182,14 +182,13 @@ _text = st.text(min_size=1, max_size=200)
 def test_record_sliced_off_the_wire_equals_the_reserialized_record(
     uid: str, eid: str, ts: int, cat: dict[str, str], extra: bytes
 ) -> None:
-    from services.common.codec import decode_for_store
-    from services.store import layout
+    from contract.codec import decode_for_store
 
     wire = events_pb2.Event(user_id=uid, event_id=eid, ts_ms=ts, type="t", cat=cat)
     value = wire.SerializeToString() + extra
     d = decode_for_store(value, WindowConfig(max_id_bytes=1024), NOW)
     msg = events_pb2.Event.FromString(value)
     assert (d.user_id, d.event_id) == (msg.user_id, msg.event_id.encode())
-    slow = layout.record_from_proto(events_pb2.Event.FromString(value))
-    got = layout.unpack_record(d.user_id, msg.event_id, d.record)
-    assert got == layout.unpack_record(d.user_id, msg.event_id, slow)
+    slow = record_from_proto(events_pb2.Event.FromString(value))
+    got = unpack_record(d.user_id, msg.event_id, d.record)
+    assert got == unpack_record(d.user_id, msg.event_id, slow)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from encoder.events import Event
+from contract.events import Event
 from services.config import WindowConfig
 from services.store.reference import ReferenceWindows
 

@@ -1,6 +1,7 @@
 """The lookalike index a replica serves, and the thread that keeps it on the active version.
 
-`IndexHolder` is the swap point: `current()` returns the `ServedIndex` (version + index) in
+`ServedIndex` is an index in service with the one model version it holds. `IndexHolder` is
+the swap point: `current()` returns the `ServedIndex` (version + index) in
 service, replaced atomically. `VersionedFollower` watches the store's active version; when
 it changes (and at start) it builds a fresh `PriorIndex` fed by an `IndexFollower` that
 reads the update log for that version from the beginning, waits until it has caught up (at
@@ -18,13 +19,25 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from services.index import IndexConfig
+from services.index.config import IndexConfig
 from services.index.follower import IndexFollower
 from services.index.metrics import IndexMetrics
-from services.serving.ports import ServedIndex
-from services.serving.prior import PriorIndex
+from services.index.prior import PriorIndex
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class ServedIndex:
+    """The lookalike index in service and the one model version it holds.
+
+    `lag` (when a follower feeds the index) gives its update-log lag in records, or None
+    while unknown.
+    """
+
+    version: str
+    index: PriorIndex
+    lag: Callable[[], int | None] | None = None
 
 
 class IndexHolder:

@@ -14,11 +14,20 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
-from services.index import IndexConfig, LookalikeIndex
-from services.serving.ports import Prior
+from services.index.ann import LookalikeIndex
+from services.index.config import IndexConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Prior:
+    """The population prior of one version: unit vector (D,) and when it was last updated."""
+
+    vector: np.ndarray
+    computed_at_ms: int
 
 
 def _unit_rows(x: np.ndarray) -> np.ndarray:

@@ -11,14 +11,13 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Mapping
-from typing import NamedTuple
+from typing import NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
 
-from encoder.events import Event, PropValue
+from contract.events import Event, PropValue
+from contract.record import pack_record, record_from_wire
 from proto import events_pb2
-from services.config import WindowConfig
-from services.store import layout
 
 _EVENT = events_pb2.Event
 _WS_OR_BRACE = frozenset(b" \t\n\r\x0b\x0c{")  # bytes.lstrip() whitespace, and `{`
@@ -36,11 +35,26 @@ REASONS = (
 )
 
 
+class Limits(Protocol):
+    """What a record may hold (`services.config.WindowConfig` carries these)."""
+
+    @property
+    def max_future_ms(self) -> int: ...  # an event stamped further ahead is refused
+    @property
+    def max_payload_bytes(self) -> int: ...
+    @property
+    def max_id_bytes(self) -> int: ...  # user id, event id, type, prop names
+    @property
+    def max_props(self) -> int: ...
+    @property
+    def max_value_bytes(self) -> int: ...  # a categorical prop's value
+
+
 class Decoded(NamedTuple):
     user_id: str
     event_id: bytes  # UTF-8
     ts_ms: int
-    record: bytes  # the stored event record (services/store/LAYOUT.md)
+    record: bytes  # the stored event record (contract.record)
 
 
 class BadRecord(ValueError):
@@ -133,7 +147,7 @@ def _is_json(value: bytes) -> bool:
         return False
 
 
-def _check_size(value: bytes | None, cfg: WindowConfig) -> bytes:
+def _check_size(value: bytes | None, cfg: Limits) -> bytes:
     if value is None or len(value) == 0:
         raise BadRecord("undecodable", "empty record value")
     if len(value) > cfg.max_payload_bytes:
@@ -141,7 +155,7 @@ def _check_size(value: bytes | None, cfg: WindowConfig) -> bytes:
     return value
 
 
-def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
+def decode_event(value: bytes | None, cfg: Limits, now_ms: int) -> Event:
     """Decode and validate one record value. Raises `BadRecord` for anything not applicable.
 
     Args:
@@ -163,7 +177,7 @@ def decode_event(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Event:
     return Event(msg.user_id, msg.event_id, msg.ts_ms, msg.type, props)
 
 
-def decode_for_store(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Decoded:
+def decode_for_store(value: bytes | None, cfg: Limits, now_ms: int) -> Decoded:
     """The ingest hot path: validate and return (user id, event id, ts, stored record bytes).
 
     A protobuf value becomes its record without a Python-side event object (the two ids are
@@ -173,7 +187,7 @@ def decode_for_store(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Dec
     value = _check_size(value, cfg)
     if (value[0] != 0x0A or len(value) < 2 or value[1] in _WS_OR_BRACE) and _is_json(value):
         ev = decode_event(value, cfg, now_ms)
-        return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, layout.pack_record(ev))
+        return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, pack_record(ev))
     msg = _EVENT()
     try:
         msg.ParseFromString(value)
@@ -185,7 +199,7 @@ def decode_for_store(value: bytes | None, cfg: WindowConfig, now_ms: int) -> Dec
         _parse_proto(value)  # raises, with the reason
     ts_ms = msg.ts_ms
     _check_msg(msg, cfg, now_ms, value, ts_ms)
-    return Decoded(uid, eid.encode("utf-8"), ts_ms, layout.record_from_wire(value, msg))
+    return Decoded(uid, eid.encode("utf-8"), ts_ms, record_from_wire(value, msg))
 
 
 def _nbytes(s: str) -> int:
@@ -193,9 +207,7 @@ def _nbytes(s: str) -> int:
     return len(s) if s.isascii() else len(s.encode("utf-8", "surrogatepass"))
 
 
-def _check_msg(
-    msg: events_pb2.Event, cfg: WindowConfig, now_ms: int, value: bytes, ts_ms: int
-) -> None:
+def _check_msg(msg: events_pb2.Event, cfg: Limits, now_ms: int, value: bytes, ts_ms: int) -> None:
     """Validate a parsed Event from its wire bytes `value` (`ts_ms` is `msg.ts_ms`, read once
     by the caller). A record no longer than every
     per-string limit cannot break one, so small records (the usual case) skip those loops,
@@ -225,7 +237,7 @@ def _check_msg(
             raise BadRecord("bad_props", "a numeric prop is not finite")
 
 
-def _check_ts(ts_ms: int, cfg: WindowConfig, now_ms: int) -> None:
+def _check_ts(ts_ms: int, cfg: Limits, now_ms: int) -> None:
     if ts_ms <= 0:
         raise BadRecord("bad_timestamp", f"ts_ms {ts_ms} is not a positive epoch time in ms")
     if ts_ms > now_ms + cfg.max_future_ms:
@@ -240,7 +252,7 @@ def _check(
     ts_ms: int,
     cat: Mapping[str, str],
     num: Mapping[str, float],
-    cfg: WindowConfig,
+    cfg: Limits,
     now_ms: int,
     utf8_ok: bool,
 ) -> None:

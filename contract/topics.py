@@ -1,0 +1,25 @@
+"""Default topic names. Every command takes the actual names as flags or PERSONA_*
+variables; these are the defaults they fall back on, written once.
+
+- `EVENTS`: producers' events, key = user id, value = `persona.v1.Event` (or its JSON);
+- `dead_letters(topic)`: the records of `topic` ingest refused, with the reason in headers;
+- `EMBEDDINGS`: the update log, compacted, key = `<version>/<user id>`, value =
+  `persona.v1.EmbeddingUpdate` (`contract.updates`).
+"""
+
+from __future__ import annotations
+
+EVENTS = "persona.events"
+EMBEDDINGS = "persona.embeddings"
+
+
+def dead_letters(events_topic: str) -> str:
+    """The dead-letter topic of an events topic.
+
+    >>> dead_letters(EVENTS)
+    'persona.events.dlq'
+    """
+    return f"{events_topic}.dlq"
+
+
+DEAD_LETTERS = dead_letters(EVENTS)
