@@ -12,10 +12,10 @@ float32) written with VectorStore. Rows:
 - "bare read, redis-py connections": a leaner redis-py read of the same keys: one
   connection per shard kept, each shard's commands packed in one write, then
   `read_response` per reply (the service's read until session 4).
-- "ShardReader.read_packed": the read GetEmbeddings does (`services/store/scatter.py`), the
+- "StoreRouter.read_packed": the read GetEmbeddings does (`services/store/router.py`), the
   commands packed beforehand (`records.packed_lranges`): the same writes, routed with numpy,
   the replies parsed by one hiredis reader fed straight from each socket.
-- "VectorStore.read_batch": ShardReader.read_packed plus making the keys and decoding the
+- "VectorStore.read_batch": StoreRouter.read_packed plus making the keys and decoding the
   records into arrays, as GetEmbeddings does.
 - "GetEmbeddings": a `persona serve --no-index` child process, called over gRPC from here
   (response decoded with one np.frombuffer).
@@ -56,8 +56,7 @@ from proto import service_pb2_grpc
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
 from services.store.records import StoredVector, packed_lranges, vector_key
-from services.store.scatter import ShardReader
-from services.store.sharded import primary_lookup
+from services.store.router import StoreRouter
 from services.store.vectors import VectorStore
 
 log = logging.getLogger("benchmarks.serve")
@@ -151,8 +150,9 @@ class LeanRedisPyRead:
     """redis-py alone, lean: one kept connection per shard; every shard's LRANGEs packed by
     redis-py into one write, all shards written first, then `read_response` per reply."""
 
-    def __init__(self, client: Any) -> None:
+    def __init__(self, client: Any, router: StoreRouter) -> None:
         self.client = client
+        self.router = router
         self.local = threading.local()  # .conns: node name -> connection, per thread
         self.taken: list[tuple[Any, Any]] = []  # (pool, connection), to give back
 
@@ -161,9 +161,9 @@ class LeanRedisPyRead:
         if conns is None:
             conns = self.local.conns = {}
         groups: dict[str, list[bytes]] = {}
-        primary = primary_lookup(self.client)
-        for k in keys:
-            groups.setdefault(primary(key_slot(k)).name, []).append(k)
+        slots = np.fromiter(map(key_slot, keys), np.int64, len(keys))
+        for k, name in zip(keys, self.router.primary_names(slots), strict=True):
+            groups.setdefault(name, []).append(k)
         sent = []
         for name, ks in groups.items():
             conn = conns.get(name)
@@ -263,8 +263,8 @@ def main(argv: list[str] | None = None) -> int:
         keys = [[vector_key(u, VERSION) for u in b] for b in batches]
 
         packs = [packed_lranges(b, VERSION, 0) for b in batches]
-        reader = ShardReader()
-        lean = LeanRedisPyRead(client)
+        router = StoreRouter(client)
+        lean = LeanRedisPyRead(client, router)
 
         def pipeline(i: int) -> object:
             pipe = client.pipeline()
@@ -276,7 +276,7 @@ def main(argv: list[str] | None = None) -> int:
             return lean.read(keys[i % 256])
 
         def scatter(i: int) -> object:
-            return reader.read_packed(client, *packs[i % 256], time.monotonic() + 5)
+            return router.read_packed(*packs[i % 256], time.monotonic() + 5)
 
         def decoded(i: int) -> object:
             return store.read_batch(batches[i % 256], VERSION, 1, time.monotonic() + 5)
@@ -305,7 +305,7 @@ def main(argv: list[str] | None = None) -> int:
                 names = (
                     "bare read, redis-py pipeline (client.pipeline(), the baseline)",
                     "bare read, redis-py connections (pipelined per shard, no threads)",
-                    "ShardReader.read_packed (hiredis fed from the sockets, the service's read)",
+                    "StoreRouter.read_packed (hiredis fed from the sockets, the service's read)",
                     "VectorStore.read_batch (read_packed + keys + decode)",
                     "GetEmbeddings (gRPC, persona serve)",
                     "GetModelInfo (gRPC, same server; no store read: the round trip's floor)",
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
                 served = np.asarray(samples[names[4]]) - np.asarray(samples[names[5]])
                 served_ms = float(np.median(served)) * 1000
         finally:
-            reader.close()
+            router.close()
             lean.close()
             proc.terminate()
             proc.wait(20)
@@ -374,6 +374,7 @@ def main(argv: list[str] | None = None) -> int:
         finally:
             child.terminate()
             child.join(20)
+        store.close()
         client.close()
 
     print(

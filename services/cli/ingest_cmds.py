@@ -97,15 +97,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     registry = CollectorRegistry()
     metrics = ingest_metrics(registry)
     client = connect(s.redis)
+    windows = WindowStore(client, s.window)
     try:
         with metrics_endpoint(s.metrics_port, registry):
-            ingestor = Ingestor(
-                s.kafka, s.window, WindowStore(client, s.window), metrics, rebuild=args.rebuild
-            )
+            ingestor = Ingestor(s.kafka, s.window, windows, metrics, rebuild=args.rebuild)
             t0 = time.perf_counter()
             stats = ingestor.run(stop, until_idle=args.until_idle)
             dt = time.perf_counter() - t0
     finally:
+        windows.close()
         client.close()
     out = {**stats.__dict__, "seconds": round(dt, 2)}
     print(json.dumps(out))
@@ -118,9 +118,11 @@ def cmd_window(args: argparse.Namespace) -> int:
 
     s = settings_from_args(args)
     client = connect(s.redis)
+    windows = WindowStore(client, s.window)
     try:
-        (w,) = WindowStore(client, s.window).read([args.user_id])
+        (w,) = windows.read([args.user_id])
     finally:
+        windows.close()
         client.close()
     for ev in w.events:
         print(json.dumps(ev.to_json_dict(), ensure_ascii=False))

@@ -80,12 +80,14 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     stop = stop_on_signals()
     registry = CollectorRegistry()
     client = connect(s.redis)
+    windows = WindowStore(client, s.window)
+    vectors = VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype)
     try:
         with metrics_endpoint(s.metrics_port, registry):
             refresher = Refresher(
                 cfg,
-                WindowStore(client, s.window),
-                VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype),
+                windows,
+                vectors,
                 Publisher(producer(s.kafka), cfg.embeddings_topic, cfg.max_publish_wait_s),
                 EncoderCache(s.models, cfg.device),
                 refresh_metrics(registry),
@@ -94,6 +96,8 @@ def cmd_refresh(args: argparse.Namespace) -> int:
             stats = refresher.run(stop, until_idle=args.until_idle)
             dt = time.perf_counter() - t0
     finally:
+        windows.close()
+        vectors.close()
         client.close()
     print(json.dumps({**stats.__dict__, "seconds": round(dt, 2)}))
     return 0

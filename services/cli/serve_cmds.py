@@ -156,5 +156,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
         server.stop()
         if follower is not None:
             follower.stop()
+        store.close()  # the read connections and threads of the store's router
         client.close()
     return 0

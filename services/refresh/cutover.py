@@ -5,8 +5,11 @@
 - otherwise V is marked "backfilling". A running refresher then (a) encodes every dirty user
   with V besides the active version and (b) back-fills V for every user with a window, in
   chunks between its dirty passes, skipping users whose V vector already saw their current
-  window. When the scan is done it flips the active pointer to V in one atomic step (the old
-  version becomes "ready", still written, so `rollback` is instant and fresh).
+  window. The users come from `WindowStore.users` (SCAN): every user who has a window when
+  the back-fill starts is visited; users who appear later are dirty, and the dirty path
+  encodes them with every version written, the back-filling one included. When the scan is
+  done it flips the active pointer to V in one atomic step (the old version becomes
+  "ready", still written, so `rollback` is instant and fresh).
 
 `persona model promote V` (encoder) flips the registry's ACTIVE file; with
 `follow_registry` the refresher notices the change (edge-triggered: it remembers the last
@@ -26,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 from encoder import registry
-from services.refresh.backfill import scan_users
 from services.refresh.config import RefreshConfig
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.store.vectors import CutoverError, VectorStore
@@ -144,7 +146,7 @@ class Cutover:
         if not filling or stop.is_set():
             return False
         ver = filling[0]
-        scan = self._scans.setdefault(ver, scan_users(self.store.client))
+        scan = self._scans.setdefault(ver, self.windows.users())
         chunk = list(dict.fromkeys(islice(scan, self.cfg.backfill_batch)))
         if chunk:
             self._backfill(ver, chunk)

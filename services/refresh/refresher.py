@@ -24,7 +24,6 @@ from dataclasses import dataclass, field
 from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
 from services.refresh.cutover import Cutover
-from services.refresh.dirty import dirty_count, oldest_dirty
 from services.refresh.encoders import EncoderCache, ModelLoadError
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.publish import Publisher
@@ -146,7 +145,7 @@ class Refresher:
         return self.stats
 
     def backlog(self) -> int:
-        n = dirty_count(self.vectors.client)
+        n = self.windows.dirty_count()
         if self.metrics:
             self.metrics.dirty_users.set(n)
         return n
@@ -163,7 +162,7 @@ class Refresher:
         t0, done = time.perf_counter(), 0
         self.stats.passes += 1
         while not stop.is_set():
-            cands = oldest_dirty(self.vectors.client, self.cfg.candidates_per_bucket)
+            cands = self.windows.oldest_dirty(self.cfg.candidates_per_bucket)
             if not cands:
                 break
             done += self.round(cands, self.write_set(), stop)

@@ -26,7 +26,7 @@ class VectorReader(Protocol):
         self, user_ids: Sequence[str], version: str, history: int, deadline: float
     ) -> VectorBatch:
         """GetEmbeddings' read; runs on the handler thread, so it must return or raise
-        `services.store.scatter.DeadlineReached` by `deadline` (time.monotonic())."""
+        `services.store.router.DeadlineReached` by `deadline` (time.monotonic())."""
         ...
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any, TypeVar
 
 import grpc
@@ -18,7 +18,6 @@ from services.serving.config import ServeConfig
 from services.serving.embeddings import (
     STATUSES,
     EmbeddingsQuery,
-    EmbeddingsResult,
     age_seconds,
     get_embeddings,
 )
@@ -32,12 +31,12 @@ from services.serving.versions import VersionResolver
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_STATUS = {
+PB_STATUS = {  # embeddings.STATUSES -> the proto's Status
     "found": pb.STATUS_FOUND,
     "not_found": pb.STATUS_NOT_FOUND,
     "fallback": pb.STATUS_FALLBACK_PRIOR,
 }
-_STATUS_CODES = np.array([_STATUS[s] for s in STATUSES], np.uint8)  # EmbeddingsResult.status
+_STATUS_CODES = np.array([PB_STATUS[s] for s in STATUSES], np.uint8)  # EmbeddingsResult.status
 _DTYPE = {pb.ENCODING_FLOAT32: "<f4", pb.ENCODING_FLOAT16: "<f2"}
 
 
@@ -180,32 +179,6 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
                 )
             )
         return resp
-
-
-def fill_entries(resp: pb.GetEmbeddingsResponse, user_ids: Sequence[str], r: EmbeddingsResult,
-                 now: float) -> None:  # fmt: skip
-    """One UserEmbedding per requested id: status, the newest value's meta, the older
-    values' metas, built message by message: the plain reference of `wire.response`,
-    which the servicer uses (tests/serving/test_wire.py holds them together)."""
-    s = r.stored
-    count, ts, ne, wv = (s.count.tolist(), s.computed_at_ms.tolist(), s.n_events.tolist(),
-                         s.window_version.tolist())  # fmt: skip
-    prior = r.prior
-    add = resp.embeddings.add
-    for i, (u, status) in enumerate(zip(user_ids, r.statuses, strict=True)):
-        e = add(user_id=u, status=_STATUS[status])
-        c = count[i]
-        if c:
-            t, n, w = ts[i], ne[i], wv[i]
-            m = e.meta
-            m.computed_at_ms, m.n_events, m.window_version = t[0], n[0], w[0]
-            m.age_seconds = max(0.0, now - t[0] / 1000.0)
-            for j in range(1, c):
-                h = e.history.add(computed_at_ms=t[j], n_events=n[j], window_version=w[j])
-                h.age_seconds = max(0.0, now - t[j] / 1000.0)
-        elif status == "fallback" and prior is not None:
-            e.meta.computed_at_ms = prior.computed_at_ms
-            e.meta.age_seconds = max(0.0, now - prior.computed_at_ms / 1000.0)
 
 
 def _lag(lag: Callable[[], int | None] | None) -> int:

@@ -25,7 +25,7 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from services.serving.errors import ServingError
-from services.store.scatter import DeadlineReached
+from services.store.router import DeadlineReached
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")

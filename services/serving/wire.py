@@ -1,6 +1,6 @@
 """GetEmbeddingsResponse.embeddings written as protobuf wire bytes with numpy, for all users
 at once, then parsed once (upb, in C): the fast twin of building one UserEmbedding message
-per user in Python (`servicer.fill_entries`). tests/serving/test_wire.py holds them together.
+per user in Python (`fill_entries` in tests/serving/test_wire.py, which holds them together).
 
 Wire format (proto/service.proto; tag byte = field number << 3 | wire type)::
 

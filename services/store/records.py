@@ -1,6 +1,6 @@
 """Vector records and their keys: the 24-byte-header binary record (LAYOUT.md, "Vectors and
 model versions"), `p:{B}:v:<ver>:<uid>` keys, and the batched read's two ends: the LRANGEs
-packed for `scatter.ShardReader.read_packed` (`packed_lranges`) and their replies decoded
+packed for `router.StoreRouter.read_packed` (`packed_lranges`) and their replies decoded
 into arrays (`decode_batch` -> `VectorBatch`). `vectors.VectorStore` is the store over them.
 
 Example::
@@ -23,7 +23,7 @@ import numpy as np
 
 from contract.versions import check_version
 from services.store import layout
-from services.store.scatter import Packed
+from services.store.router import Packed
 
 VECTOR_LAYOUT = 1
 Dtype = Literal["float32", "float16"]
@@ -176,7 +176,7 @@ def packed_lranges(
     user_ids: Sequence[str], version: str, last: int
 ) -> tuple[np.ndarray, list[Packed]]:
     """`LRANGE vector_key(u, version) 0 last` for every id, packed in RESP (in four pieces,
-    see `scatter.Packed`), and the cluster slot of each key: (N,) slots, N commands. The
+    see `router.Packed`), and the cluster slot of each key: (N,) slots, N commands. The
     serving read's keys, with no per-id Python code: C-level encode, crc32, table lookups
     (the key up to the id from a per-version table of the 1024 bucket prefixes).
 

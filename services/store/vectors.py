@@ -3,8 +3,8 @@
 Laid out as in LAYOUT.md ("Vectors and model versions"): `p:{B}:v:<ver>:<uid>` lists, newest
 first, of 24-byte-header binary records (`records`: the format, keys, batch encode/decode);
 `p:{models}:*` keys for the pointer and the states. Batched writes and `get_batch` go
-through `sharded.execute` (one pipeline per shard); the serving read (`read_batch`) through
-`scatter.ShardReader` on the calling thread.
+through `router.StoreRouter.execute` (one pipeline per node, on threads); the serving read
+(`read_batch`) through `StoreRouter.read_packed` on the calling thread.
 
 Example::
 
@@ -19,14 +19,12 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from importlib import resources
-from itertools import repeat
 from typing import Any
 
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
 from contract.versions import check_version
-from services.store import layout, sharded
+from services.store import layout
 from services.store.client import Client
 from services.store.records import (
     Dtype,
@@ -38,7 +36,8 @@ from services.store.records import (
     unpack_vector,
     vector_key,
 )
-from services.store.scatter import ShardReader
+from services.store.router import StoreRouter, raise_first
+from services.store.scripts import ScriptCall, Scripts
 
 STATES = ("backfilling", "ready", "active", "retired")
 ACTIVE_KEY = b"p:{models}:active"
@@ -70,20 +69,11 @@ class WriteResult:
     replaced_computed_at_ms: list[int] = field(default_factory=list)  # heads written over
 
 
-def _script(name: str) -> str:
-    return resources.files("services.store").joinpath(name).read_text()
-
-
-def _raise_first(results: Sequence[Any]) -> None:
-    if any(map(isinstance, results, repeat(Exception))):  # (in C: the batch read's path)
-        raise next(r for r in results if isinstance(r, Exception))
-
-
 class VectorStore:
     """Versioned vectors in a Redis / Valkey node or cluster.
 
     Args:
-        client: from `services.store.client.connect`.
+        client: from `services.store.client.connect` (stays the caller's; `close` leaves it).
         history: vectors kept per user and version (the oldest drops off).
         ttl_s: expire a user's vectors this long after their last write (None: never).
         dtype: value encoding of new writes; reads accept both.
@@ -98,27 +88,8 @@ class VectorStore:
         self.history = history
         self.ttl_s = ttl_s
         self.dtype: Dtype = dtype
-        self._src = {"write": _script("write_vectors.lua"), "flip": _script("set_active.lua")}
-        self._sha: dict[str, str] = {}
-        self._reader = ShardReader()
-        self._load_scripts()
-
-    def _load_scripts(self) -> None:
-        self._sha = {name: str(self.client.script_load(src)) for name, src in self._src.items()}
-
-    def _eval(self, name: str, calls: Sequence[tuple[Sequence[bytes], Sequence[Any]]]) -> list[Any]:
-        """EVALSHA per (keys, args), pipelined per shard; reload once on NOSCRIPT."""
-        for attempt in (0, 1):
-            sha = self._sha[name]
-            results = sharded.execute(
-                self.client, [(k[0], ("EVALSHA", sha, len(k), *k, *a)) for k, a in calls]
-            )
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                self._load_scripts()  # a node lost its script cache; the scripts are idempotent
-                continue
-            _raise_first(results)
-            return list(results)
-        raise ResponseError("NOSCRIPT after reload")  # pragma: no cover
+        self.router = StoreRouter(client)
+        self._scripts = Scripts(self.router, "write_vectors.lua", "set_active.lua")
 
     # ----- the active pointer and version states ---------------------------------------
 
@@ -155,7 +126,7 @@ class VectorStore:
     def _flip(self, version: str, mode: str, require: str) -> str | None:
         keys = [ACTIVE_KEY, STATES_KEY, HISTORY_KEY]
         try:
-            (old,) = self._eval("flip", [(keys, [version, mode, require])])
+            (old,) = self._scripts.run("set_active.lua", [(keys, [version, mode, require])])
         except ResponseError as exc:
             if str(exc).startswith("CUTOVER"):
                 raise CutoverError(str(exc)[len("CUTOVER ") :]) from exc
@@ -198,7 +169,7 @@ class VectorStore:
         for u in users:
             by_bucket[layout.bucket(u.user_id)].append(u)
         ttl_ms = int(self.ttl_s * 1000) if self.ttl_s else 0
-        calls: list[tuple[list[bytes], list[Any]]] = []
+        calls: list[ScriptCall] = []
         widths: list[int] = []
         for b, group in by_bucket.items():
             vers = sorted({check_version(v.model_version) for u in group for v in u.vectors})
@@ -216,7 +187,7 @@ class VectorStore:
             calls.append((keys, args))
             widths.append(len(vers))
         res = WriteResult()
-        for r, n in zip(self._eval("write", calls), widths, strict=True):
+        for r, n in zip(self._scripts.run("write_vectors.lua", calls), widths, strict=True):
             codes = [int(x) for x in r]
             for i in range(0, len(codes), n + 1):
                 cleared = codes[i]
@@ -237,8 +208,8 @@ class VectorStore:
         check_version(version)
         n = max(1, history)
         calls = [(k, ("LRANGE", k, 0, n - 1)) for k in (vector_key(u, version) for u in user_ids)]
-        results = sharded.execute(self.client, calls)
-        _raise_first(results)
+        results = self.router.execute(calls)
+        raise_first(results)
         return [
             [unpack_vector(uid, version, rec) for rec in recs]
             for uid, recs in zip(user_ids, results, strict=True)
@@ -249,10 +220,10 @@ class VectorStore:
     ) -> list[Any]:
         """The LRANGE replies (raw record bytes, newest first) of `user_ids`, one pipelined
         write per shard then the replies, all on this thread, bounded by `deadline`
-        (`time.monotonic()`; `scatter.DeadlineReached` when it passes)."""
+        (`time.monotonic()`; `router.DeadlineReached` when it passes)."""
         slots, cmds = packed_lranges(user_ids, version, max(1, history) - 1)
-        results = self._reader.read_packed(self.client, slots, cmds, deadline)
-        _raise_first(results)
+        results = self.router.read_packed(slots, cmds, deadline)
+        raise_first(results)
         return results
 
     def read_batch(
@@ -263,6 +234,7 @@ class VectorStore:
         together)."""
         return decode_batch(self.read_raw(user_ids, version, history, deadline), history)
 
-    def close_reads(self) -> None:
-        """Close the connections `read_raw` keeps (the client's own are the client's)."""
-        self._reader.close()
+    def close(self) -> None:
+        """Stop the router's threads and close the connections `read_raw` keeps (the client
+        stays open: it is the caller's)."""
+        self.router.close()

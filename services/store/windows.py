@@ -8,22 +8,19 @@ Python model of the same rules, held to the scripts by a parity test.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any
-
-from redis.exceptions import NoScriptError, ResponseError
 
 from contract.events import Event
 from contract.record import unpack_record
 from services.config import WindowConfig
-from services.store import layout, sharded
+from services.store import layout
 from services.store.client import Client
+from services.store.router import StoreRouter, raise_first
+from services.store.scripts import ScriptCall, Scripts
 
-
-def _script(name: str) -> str:
-    return resources.files("services.store").joinpath(name).read_text()
+_META_MATCH = "p:{*}:m:*"  # every user with a window has a meta hash
 
 
 def source_label(partition: int, topic_id: str | None) -> str:
@@ -73,10 +70,12 @@ class Window:
 
 
 class WindowStore:
-    """Windows in a Redis / Valkey node or cluster, laid out as in LAYOUT.md.
+    """Windows in a Redis / Valkey node or cluster, laid out as in LAYOUT.md: the ingest
+    side writes them (`apply_packed`), the refresh side reads them (`read`) and the dirty
+    marks the writes leave (`oldest_dirty`, `dirty_count`, `users`).
 
     Args:
-        client: from `services.store.client.connect`.
+        client: from `services.store.client.connect` (stays the caller's; `close` leaves it).
         cfg: window bounds (max events, horizon).
         users_per_call: users per apply script call. One call per node and chunk instead of
             one per bucket cuts the client's per-call work ~50x; the chunk bounds how long
@@ -88,37 +87,8 @@ class WindowStore:
         self.client = client
         self.cfg = cfg
         self.users_per_call = users_per_call
-        self._apply_src = _script("apply.lua")
-        self._read_src = _script("read.lua")
-        self._load_scripts()
-
-    def _load_scripts(self) -> None:
-        # On a cluster SCRIPT LOAD goes to every primary; the SHA is the same everywhere.
-        self._apply_sha = self.client.script_load(self._apply_src)
-        self._read_sha = self.client.script_load(self._read_src)
-
-    def _run(self, sha_name: str, calls: list[tuple[list[bytes], list[Any]]]) -> list[Any]:
-        """EVALSHA each (keys, args) in one pipeline (per shard on a cluster); reload on NOSCRIPT.
-
-        Raises the first store error (connection, timeout, script error) after the pipeline.
-        """
-        for attempt in (0, 1):
-            sha = getattr(self, sha_name)
-            results = sharded.execute(
-                self.client,
-                [(keys[0], ("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls],
-            )
-            noscript = any(isinstance(r, NoScriptError) for r in results)
-            if noscript and attempt == 0:
-                # A node restarted and lost its script cache: reload and redo the whole
-                # batch (the scripts are idempotent, so calls that did run change nothing).
-                self._load_scripts()
-                continue
-            for r in results:
-                if isinstance(r, Exception):
-                    raise r
-            return list(results)
-        raise ResponseError("NOSCRIPT after reload")  # pragma: no cover
+        self.router = StoreRouter(client)
+        self._scripts = Scripts(self.router, "apply.lua", "read.lua")
 
     def apply_packed(self, updates: Iterable[PackedUpdate], rebuild: bool = False) -> ApplyResult:
         """Apply updates atomically per user; idempotent under replay of the same offsets.
@@ -132,9 +102,9 @@ class WindowStore:
         ups = list(updates)
         buckets = [layout.bucket(u.user_id) for u in ups]
         head: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms, int(rebuild)]
-        calls: list[tuple[list[bytes], list[Any]]] = []
+        calls: list[ScriptCall] = []
         slots = [layout.BUCKET_SLOTS[b] for b in buckets]
-        for group in sharded.node_groups(self.client, slots):
+        for group in self.router.node_groups(slots):
             for lo in range(0, len(group), self.users_per_call):
                 chunk = group[lo : lo + self.users_per_call]
                 args = list(head)
@@ -143,7 +113,7 @@ class WindowStore:
                     args += [buckets[i], u.user_id, u.source, u.blob]
                 calls.append(([layout.dirty_key(buckets[chunk[0]])], args))
         total = ApplyResult()
-        for r in self._run("_apply_sha", calls):
+        for r in self._scripts.run("apply.lua", calls):
             total.add(
                 ApplyResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), [int(x) for x in r[4:]])
             )
@@ -151,11 +121,9 @@ class WindowStore:
 
     def read(self, user_ids: Sequence[str]) -> list[Window]:
         """Windows of `user_ids`, in request order; an unknown user has an empty window."""
-        calls: list[tuple[list[bytes], list[Any]]] = [
-            (list(layout.user_keys(uid)), []) for uid in user_ids
-        ]
+        calls: list[ScriptCall] = [(layout.user_keys(uid), []) for uid in user_ids]
         out = []
-        for uid, r in zip(user_ids, self._run("_read_sha", calls), strict=True):
+        for uid, r in zip(user_ids, self._scripts.run("read.lua", calls), strict=True):
             events = [
                 unpack_record(uid, r[j].decode("utf-8"), r[j + 1]) for j in range(1, len(r), 2)
             ]
@@ -174,15 +142,44 @@ class WindowStore:
                     out[int(part)] = int(v)
         return out
 
+    # ----- the dirty marks and the users (the refresh side) ------------------------------
+
     def dirty_count(self) -> int:
-        return dirty_count(self.client)
+        """Users marked dirty across all buckets (one ZCARD per bucket, pipelined per node)."""
+        keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
+        results = self.router.execute([(k, ("ZCARD", k)) for k in keys])
+        raise_first(results)
+        return sum(int(n) for n in results)
+
+    def oldest_dirty(self, per_bucket: int) -> list[tuple[str, int]]:
+        """Up to `per_bucket` oldest dirty users of every bucket, as (user id, dirty ts_ms),
+        sorted oldest first. One pipelined read per node."""
+        keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
+        results = self.router.execute(
+            [(k, ("ZRANGE", k, 0, per_bucket - 1, "WITHSCORES")) for k in keys]
+        )
+        raise_first(results)
+        out = [(m.decode("utf-8"), int(s)) for r in results for m, s in _pairs(r)]
+        out.sort(key=lambda p: (p[1], p[0]))
+        return out
+
+    def users(self, count: int = 1000) -> Iterator[str]:
+        """User ids of every window in the store, by SCAN (each node of a cluster in turn).
+        SCAN returns every key present for the whole scan, some maybe twice."""
+        for node in self.router.primaries():
+            for key in node.scan_iter(match=_META_MATCH, count=count):
+                # p:{B}:m:<uid>: the tag holds only digits, so the first "}:m:" ends it
+                yield key[key.index(b"}:m:") + 4 :].decode("utf-8")
+
+    def close(self) -> None:
+        """Stop the router's threads (the client stays open: it is the caller's)."""
+        self.router.close()
 
 
-def dirty_count(client: Client) -> int:
-    """Users marked dirty across all buckets (one ZCARD per bucket, pipelined per shard)."""
-    keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
-    results = sharded.execute(client, [(k, ("ZCARD", k)) for k in keys])
-    for r in results:
-        if isinstance(r, Exception):
-            raise r
-    return sum(int(n) for n in results)
+def _pairs(raw: Any) -> list[tuple[bytes, float]]:
+    """ZRANGE .. WITHSCORES as pairs, whether the client parsed them or not (RESP2/3)."""
+    if not raw:
+        return []
+    if isinstance(raw[0], list | tuple):
+        return [(m, float(s)) for m, s in raw]
+    return [(raw[i], float(raw[i + 1])) for i in range(0, len(raw), 2)]

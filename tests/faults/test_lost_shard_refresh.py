@@ -12,7 +12,6 @@ import pytest
 
 from services.config import WindowConfig
 from services.ingest.produce import produce_events
-from services.refresh.dirty import dirty_count
 from services.stack import EmbeddedStack, StackConfig
 from services.store import layout
 from services.store.client import connect
@@ -53,7 +52,7 @@ def test_users_of_a_lost_shard_are_re_encoded(
             stack.restart_valkey(1)  # empty: windows, vectors and dirty marks of a shard gone
             client.close()
             client = connect(a.redis)
-            vectors = VectorStore(client)
+            vectors, windows = VectorStore(client), WindowStore(client, WCFG)
             lost_port = int(a.redis_nodes[1].rsplit(":", 1)[1])
             on_lost = [
                 u
@@ -67,17 +66,17 @@ def test_users_of_a_lost_shard_are_re_encoded(
             rebuild = ingest_until_idle(
                 kcfg_for(a.bootstrap, a.topic, f"r-{uuid.uuid4().hex}"), a.redis, WCFG, True
             )
-            assert dirty_count(client) == len(on_lost)  # exactly the lost shard's users
+            assert windows.dirty_count() == len(on_lost)  # exactly the lost shard's users
             _refresh_until_idle(a.redis, a.bootstrap, models)
             recovery = time.monotonic() - t0
-            wins = WindowStore(client, WCFG).read(users)
+            wins = windows.read(users)
             got = vectors.get_batch(users, version)
             missing = sum(1 for v in got if not v)
             stale = sum(
                 1 for w, v in zip(wins, got, strict=True) if v and v[0].window_version != w.version
             )
             assert (missing, stale) == (0, 0)
-            assert dirty_count(client) == 0
+            assert windows.dirty_count() == 0
         finally:
             client.close()
     report(

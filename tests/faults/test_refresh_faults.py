@@ -23,7 +23,6 @@ import numpy as np
 import pytest
 
 from services.config import WindowConfig
-from services.refresh.dirty import dirty_count
 from services.stack import EmbeddedStack, StackConfig
 from services.store.client import connect
 from services.store.vectors import VectorStore
@@ -73,21 +72,21 @@ def test_refresher_sigkilled_mid_write_then_restarted(
             users = [f"rf{i:05d}" for i in range(USERS)]
             for k in range(0, USERS, 500):
                 add_events(windows, users[k : k + 500], 3, seed=k, offset0=k * 3)
-            assert dirty_count(client) == USERS
+            assert windows.dirty_count() == USERS
 
             proc = _refresh(a.redis, a.bootstrap, models)
             assert proc.stdout is not None and proc.stderr is not None
 
             def some_written() -> bool:
                 assert proc is not None and proc.poll() is None, "refresher exited early"
-                return dirty_count(client) <= USERS - 200
+                return windows.dirty_count() <= USERS - 200
 
             wait_for(some_written, 120, "the refresher to write its first batches")
             proc.send_signal(signal.SIGKILL)  # mid-run: a batch is being encoded or written
             proc.wait(timeout=10)
             proc.stdout.close()
             proc.stderr.close()
-            left = dirty_count(client)
+            left = windows.dirty_count()
             assert 0 < left < USERS, f"the kill came too late ({left} dirty)"
 
             # While the refresher is down, 300 users get new events: their windows move on,
@@ -103,7 +102,7 @@ def test_refresher_sigkilled_mid_write_then_restarted(
             stats = json.loads(out.strip().splitlines()[-1])
             assert stats["users"] >= left  # the restart picked up every user left dirty
 
-            assert dirty_count(client) == 0
+            assert windows.dirty_count() == 0
             assert vectors.active_version() == version
             wins = windows.read(users)
             got = vectors.get_batch(users, version, history=4)

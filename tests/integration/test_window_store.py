@@ -130,8 +130,8 @@ def test_stale_slot_map_fails_the_call_and_a_retry_converges(
     try:
         store = WindowStore(client, WindowConfig())
         ups = _updates(f"s{random.randrange(10**9)}-", 60, 2)
-        everything_on_one = lambda client, slots: [list(range(len(slots)))]  # noqa: E731
-        monkeypatch.setattr("services.store.sharded.node_groups", everything_on_one)
+        everything_on_one = lambda slots: [list(range(len(slots)))]  # noqa: E731
+        monkeypatch.setattr(store.router, "node_groups", everything_on_one)
         with pytest.raises(ResponseError, match="non local key"):
             apply_events(store, ups)
         monkeypatch.undo()

@@ -99,12 +99,13 @@ def env(
     client.flushdb()
     topic = make_topic(stack.addresses.bootstrap, 2, "emb", {"cleanup.policy": "compact"})
     root, v1, v2 = models
+    env_windows, env_vectors = WindowStore(client, WindowConfig()), VectorStore(client)
     try:
         yield Env(
             url,
             client,
-            WindowStore(client, WindowConfig()),
-            VectorStore(client),
+            env_windows,
+            env_vectors,
             stack.addresses.bootstrap,
             topic,
             root,
@@ -113,4 +114,6 @@ def env(
         )
     finally:
         client.flushdb()
+        env_windows.close()
+        env_vectors.close()
         client.close()

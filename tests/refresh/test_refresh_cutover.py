@@ -11,7 +11,6 @@ import pytest
 
 from encoder import registry
 from services.refresh import cutover
-from services.refresh.dirty import dirty_count
 from services.store.vectors import VectorStore
 from tests.refresh.conftest import Env
 from tests.refresh.support import add_events
@@ -63,7 +62,7 @@ def test_promote_backfills_then_flips_atomically_rollback_and_pin(env: Env) -> N
         add_events(env.windows, moved, 2, seed=12, offset0=90_000)  # dirtied during the cutover
         assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
         deadline = time.monotonic() + 30
-        while dirty_count(env.client) and time.monotonic() < deadline:
+        while env.windows.dirty_count() and time.monotonic() < deadline:
             time.sleep(0.05)
         time.sleep(0.3)
         assert cutover.rollback(env.vectors) == (env.v2, env.v1)

@@ -18,7 +18,6 @@ from services.index.ann import LookalikeIndex
 from services.index.config import IndexConfig
 from services.index.follower import IndexFollower
 from services.ingest.produce import produce_events
-from services.refresh.dirty import dirty_count
 from services.stack import EmbeddedStack
 from tests.integration.ingest_support import all_users, ingest_until_idle, kcfg_for, quirky_events
 from tests.refresh.conftest import ROOT_DIR, Env
@@ -52,14 +51,14 @@ def test_events_to_store_and_index(
     run = ingest_until_idle(kcfg, env.url)
     assert run.stats.applied > 0
     users = sorted(all_users(events))
-    assert dirty_count(env.client) == len(users)
+    assert env.windows.dirty_count() == len(users)
 
     t0 = time.time() * 1000
     cli = ["--redis", env.url, "--bootstrap", env.bootstrap, "--models", str(env.models)]
     out = _persona("refresh", "--until-idle", "--embeddings-topic", env.topic, *cli)
     assert out.returncode == 0, out.stderr[-3000:]
     stats = json.loads(out.stdout.strip().splitlines()[-1])
-    assert stats["users"] == len(users) and dirty_count(env.client) == 0
+    assert stats["users"] == len(users) and env.windows.dirty_count() == 0
 
     got = env.vectors.get_batch(users, env.v1)
     wins = env.windows.read(users)

@@ -11,7 +11,6 @@ from prometheus_client import CollectorRegistry
 
 from proto.embeddings_pb2 import EmbeddingUpdate
 from services.refresh.config import RefreshConfig
-from services.refresh.dirty import dirty_count, oldest_dirty
 from services.refresh.metrics import refresh_metrics
 from services.refresh.publish import Publisher
 from services.refresh.refresher import Prepared, Refresher
@@ -35,11 +34,11 @@ def _updates(env: Env) -> dict[str, EmbeddingUpdate]:
 def test_refresh_until_idle_writes_publishes_and_clears(env: Env) -> None:
     users = [f"u{i:03d}" for i in range(150)]
     add_events(env.windows, users, 3, seed=1)
-    assert [u for u, _ in oldest_dirty(env.client, 64)][:3] == ["u000", "u001", "u002"]
+    assert [u for u, _ in env.windows.oldest_dirty(64)][:3] == ["u000", "u001", "u002"]
     reg = CollectorRegistry()
     metrics = refresh_metrics(reg)
     stats = env.refresher(metrics=metrics).run(threading.Event(), until_idle=True)
-    assert stats.users == 150 and stats.vectors_written == 150 and dirty_count(env.client) == 0
+    assert stats.users == 150 and stats.vectors_written == 150 and env.windows.dirty_count() == 0
     assert env.vectors.active_version() == env.v1  # bootstrapped from the registry
     wins = env.windows.read(users)
     got = env.vectors.get_batch(users, env.v1)
@@ -81,16 +80,16 @@ def test_user_updated_during_encoding_stays_dirty(env: Env) -> None:
     add_events(env.windows, users, 2, seed=3)
     r = env.refresher(cls=_UpdateDuringEncode)
     r.vectors.set_active(env.v1)
-    cands = oldest_dirty(env.client, 64)
+    cands = env.windows.oldest_dirty(64)
     r.round(cands, [env.v1], threading.Event())
     r.close()
-    assert r.stats.still_dirty == 1 and dirty_count(env.client) == 1
+    assert r.stats.still_dirty == 1 and env.windows.dirty_count() == 1
     (w,) = env.windows.read(["r0"])
     [[v]] = env.vectors.get_batch(["r0"], env.v1)
     assert v.window_version == w.version - 1  # written, but for the window it saw
     env.refresher().run(threading.Event(), until_idle=True)
     [[v]] = env.vectors.get_batch(["r0"], env.v1)
-    assert v.window_version == w.version and dirty_count(env.client) == 0
+    assert v.window_version == w.version and env.windows.dirty_count() == 0
 
 
 class _FailingPublisher(Publisher):
@@ -104,9 +103,9 @@ def test_commit_step1_publish_failure_writes_nothing(env: Env) -> None:
     r = env.refresher(publisher=_FailingPublisher(env.refresher().publisher.producer, env.topic))
     r.vectors.set_active(env.v1)
     with pytest.raises(ConnectionError):
-        r.round(oldest_dirty(env.client, 64), [env.v1], threading.Event())
+        r.round(env.windows.oldest_dirty(64), [env.v1], threading.Event())
     r.close()
-    assert env.vectors.get_batch(users, env.v1) == [[]] * 20 and dirty_count(env.client) == 20
+    assert env.vectors.get_batch(users, env.v1) == [[]] * 20 and env.windows.dirty_count() == 20
 
 
 class _FailingStore(Refresher):
@@ -121,12 +120,12 @@ def test_commit_step2_store_failure_keeps_users_dirty_log_ahead(env: Env) -> Non
     r = env.refresher(cls=_FailingStore)
     r.vectors.set_active(env.v1)
     with pytest.raises(ConnectionError):
-        r.round(oldest_dirty(env.client, 64), [env.v1], threading.Event())
+        r.round(env.windows.oldest_dirty(64), [env.v1], threading.Event())
     r.close()
-    assert dirty_count(env.client) == 20 and env.vectors.get_batch(users[:1], env.v1) == [[]]
+    assert env.windows.dirty_count() == 20 and env.vectors.get_batch(users[:1], env.v1) == [[]]
     assert set(_updates(env)) == set(users)  # the log is ahead, never behind
     env.refresher().run(threading.Event(), until_idle=True)
-    assert dirty_count(env.client) == 0 and all(env.vectors.get_batch(users, env.v1))
+    assert env.windows.dirty_count() == 0 and all(env.vectors.get_batch(users, env.v1))
 
 
 def test_schedule_drains_on_threshold_not_before_interval(env: Env) -> None:
@@ -142,12 +141,14 @@ def test_schedule_drains_on_threshold_not_before_interval(env: Env) -> None:
     try:
         deadline = time.monotonic() + 30
         # the pass ends once it finds no dirty user: events added before that join it
-        while (dirty_count(env.client) or not r.stats.passes_done) and time.monotonic() < deadline:
+        while (
+            env.windows.dirty_count() or not r.stats.passes_done
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert dirty_count(env.client) == 0  # drained at once: the backlog passed 30
+        assert env.windows.dirty_count() == 0  # drained at once: the backlog passed 30
         add_events(env.windows, [f"q{i}" for i in range(5)], 1, seed=7)  # under it
         time.sleep(1.0)
-        assert dirty_count(env.client) == 5  # waits for the (1 h) interval
+        assert env.windows.dirty_count() == 5  # waits for the (1 h) interval
     finally:
         stop.set()
         th.join(30)
@@ -177,7 +178,7 @@ def test_failed_pass_is_counted_by_kind_and_keeps_the_work(env: Env) -> None:
     assert not th.is_alive()
     assert registry.get_sample_value("persona_refresh_errors_total", {"kind": "model"}) >= 1
     assert registry.get_sample_value("persona_refresh_errors_total", {"kind": "store"}) is None
-    assert dirty_count(env.client) == 3
+    assert env.windows.dirty_count() == 3
 
 
 def test_error_kinds() -> None:

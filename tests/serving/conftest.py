@@ -36,6 +36,7 @@ def vstore(stack: EmbeddedStack) -> Iterator[VectorStore]:
     try:
         yield store
     finally:
+        store.close()
         client.close()
 
 

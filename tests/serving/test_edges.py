@@ -19,7 +19,7 @@ from proto import service_pb2 as pb
 from services.index.holder import IndexHolder
 from services.stack import free_ports
 from services.store.records import StoredVector
-from services.store.scatter import DeadlineReached
+from services.store.router import DeadlineReached
 from services.store.vectors import VectorStore
 from tests.serving.support import DIM, V1, V2, Running
 

@@ -23,7 +23,7 @@ from services.store.records import (
     packed_lranges,
     vector_key,
 )
-from services.store.scatter import DeadlineReached
+from services.store.router import DeadlineReached
 from services.store.vectors import VectorStore
 from tests.serving.support import DB
 
@@ -60,7 +60,7 @@ def _store(url: str) -> Iterator[VectorStore]:
     try:
         yield store
     finally:
-        store.close_reads()
+        store.close()
         client.close()
 
 

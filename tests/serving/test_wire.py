@@ -1,8 +1,10 @@
 """`wire.response` (entries written with numpy, parsed once) against the reference
-`servicer.fill_entries` (one message per user): the same messages, for found, missing,
+`fill_entries` here (one message per user): the same messages, for found, missing,
 fallback and duplicate users, history, unicode and long ids, zero and huge values."""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import pytest
@@ -13,10 +15,36 @@ from proto import service_pb2 as pb
 from services.index.prior import Prior
 from services.serving import wire
 from services.serving.embeddings import STATUSES, EmbeddingsResult, Status
-from services.serving.servicer import _STATUS, fill_entries
+from services.serving.servicer import PB_STATUS
 from services.store.records import VectorBatch
 
 NOW = 1_700_000_123.25
+
+
+def fill_entries(resp: pb.GetEmbeddingsResponse, user_ids: Sequence[str], r: EmbeddingsResult,
+                 now: float) -> None:  # fmt: skip
+    """One UserEmbedding per requested id: status, the newest value's meta, the older
+    values' metas, built message by message: the plain reference of `wire.response`,
+    which the servicer uses."""
+    s = r.stored
+    count, ts, ne, wv = (s.count.tolist(), s.computed_at_ms.tolist(), s.n_events.tolist(),
+                         s.window_version.tolist())  # fmt: skip
+    prior = r.prior
+    add = resp.embeddings.add
+    for i, (u, status) in enumerate(zip(user_ids, r.statuses, strict=True)):
+        e = add(user_id=u, status=PB_STATUS[status])
+        c = count[i]
+        if c:
+            t, n, w = ts[i], ne[i], wv[i]
+            m = e.meta
+            m.computed_at_ms, m.n_events, m.window_version = t[0], n[0], w[0]
+            m.age_seconds = max(0.0, now - t[0] / 1000.0)
+            for j in range(1, c):
+                h = e.history.add(computed_at_ms=t[j], n_events=n[j], window_version=w[j])
+                h.age_seconds = max(0.0, now - t[j] / 1000.0)
+        elif status == "fallback" and prior is not None:
+            e.meta.computed_at_ms = prior.computed_at_ms
+            e.meta.age_seconds = max(0.0, now - prior.computed_at_ms / 1000.0)
 
 
 def _result(statuses: list[Status], count: list[int], h: int, seed: int,
@@ -40,7 +68,7 @@ def _both(ids: list[str], r: EmbeddingsResult) -> tuple[pb.GetEmbeddingsResponse
     ref = pb.GetEmbeddingsResponse()
     fill_entries(ref, ids, r, NOW)
     s = r.stored
-    codes = np.array([_STATUS[x] for x in r.statuses], np.uint8)
+    codes = np.array([PB_STATUS[x] for x in r.statuses], np.uint8)
     prior_ms = r.prior.computed_at_ms if r.prior is not None else None
     fast = wire.response(ids, codes, s.count, s.computed_at_ms, s.n_events, s.window_version,
                          NOW, prior_ms)  # fmt: skip

@@ -1,0 +1,51 @@
+"""The stores' Lua scripts (the `.lua` files beside this module): loaded by SHA, run with
+EVALSHA, pipelined per node through the router, reloaded once when a node lost its script
+cache (NOSCRIPT: a restart, a failover, SCRIPT FLUSH). Every script is idempotent, so a batch
+redone after a reload changes nothing that already ran.
+
+Example::
+
+    scripts = Scripts(router, "apply.lua", "read.lua")
+    [reply] = scripts.run("read.lua", [([window_key, events_key, meta_key], [])])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from importlib import resources
+from typing import Any
+
+from redis.exceptions import NoScriptError, ResponseError
+
+from services.store.router import StoreRouter, raise_first
+
+ScriptCall = tuple[Sequence[bytes], Sequence[Any]]  # (keys, args); keys[0] routes the call
+
+
+class Scripts:
+    def __init__(self, router: StoreRouter, *names: str) -> None:
+        self._router = router
+        folder = resources.files("services.store")
+        self._src = {name: folder.joinpath(name).read_text() for name in names}
+        self._sha: dict[str, str] = {}
+        self.load()
+
+    def load(self) -> None:
+        """SCRIPT LOAD every script (on a cluster: on every primary; the SHA is the same)."""
+        client = self._router.client
+        self._sha = {name: str(client.script_load(src)) for name, src in self._src.items()}
+
+    def run(self, name: str, calls: Sequence[ScriptCall]) -> list[Any]:
+        """EVALSHA `name` once per (keys, args), pipelined per node; the replies in order.
+        Raises the first store error (connection, timeout, script error) after the batch."""
+        for attempt in (0, 1):
+            sha = self._sha[name]
+            results = self._router.execute(
+                [(keys[0], ("EVALSHA", sha, len(keys), *keys, *args)) for keys, args in calls]
+            )
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                self.load()
+                continue
+            raise_first(results)
+            return results
+        raise ResponseError("NOSCRIPT after reload")  # pragma: no cover
