@@ -14,7 +14,8 @@ from dataclasses import dataclass
 from contract.events import Event
 from contract.record import pack_record
 from services.store.layout import pack_update
-from services.store.windows import ApplyResult, PackedUpdate, WindowStore
+from services.store.protocols import Windows
+from services.store.windows import ApplyResult, PackedUpdate
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +42,6 @@ def packed(updates: Iterable[UserUpdate]) -> list[PackedUpdate]:
     return [PackedUpdate(u.user_id, u.source, pack_updates(u.events)) for u in updates if u.events]
 
 
-def apply_events(store: WindowStore, updates: Iterable[UserUpdate]) -> ApplyResult:
+def apply_events(store: Windows, updates: Iterable[UserUpdate]) -> ApplyResult:
     """Apply updates atomically per user; idempotent under replay of the same offsets."""
     return store.apply_packed(packed(updates))

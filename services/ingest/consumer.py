@@ -1,9 +1,9 @@
-"""The ingest loop: poll -> decode/validate -> dead-letter or apply -> commit.
+"""The ingest loop: poll -> decode/validate -> commit (dead letters, windows, offsets).
 
-Effectively once: offsets are committed only after the store acknowledged every window write
-of the batch and the dead-letter producer acknowledged every bad record. A crash anywhere
-replays from the last commit, and the store's per-user applied offsets turn the replay into a
-no-op (see services/store/LAYOUT.md).
+Effectively once: a batch's offsets are committed only after its dead letters and its
+window writes were acknowledged; `Ingestor.commit` lists the steps in order and what a
+failure at each leaves behind. A crash anywhere replays from the last commit, and the
+store's per-user applied offsets turn the replay into a no-op (services/store/LAYOUT.md).
 """
 
 from __future__ import annotations
@@ -24,13 +24,24 @@ from services.config import KafkaConfig, WindowConfig
 from services.ingest.metrics import IngestMetrics
 from services.ingest.source import DeadLetters, EventSource, Headers, offset_of
 from services.store.layout import pack_update
-from services.store.windows import PackedUpdate, WindowStore, source_label
+from services.store.protocols import Windows
+from services.store.windows import PackedUpdate, source_label
 
 log = logging.getLogger(__name__)
 
 DLQ_REASON = "persona-dlq-reason"
 DLQ_DETAIL = "persona-dlq-detail"
 DLQ_SOURCE = "persona-dlq-source"
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """One polled batch, decoded: the window updates, the refused records, and the offsets
+    to commit once both are acknowledged (partition -> next offset to read)."""
+
+    updates: list[PackedUpdate]
+    bad: list[tuple[Message, BadRecord]]
+    offsets: dict[int, int]
 
 
 @dataclass
@@ -69,7 +80,7 @@ class Ingestor:
         self,
         kafka_cfg: KafkaConfig,
         window_cfg: WindowConfig,
-        store: WindowStore,
+        store: Windows,
         metrics: IngestMetrics,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         rebuild: bool = False,
@@ -83,7 +94,7 @@ class Ingestor:
         self.stats = IngestStats()
         self.assignment_changes: list[tuple[str, list[int]]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ingest-apply")
-        self._inflight: tuple[Future[bool], dict[int, int]] | None = None
+        self._inflight: tuple[Future[bool], Prepared] | None = None
         self._lag_labels: set[str] = set()
         self._last_offset: dict[int, int] = {}
         self._tid_stale = True
@@ -99,7 +110,7 @@ class Ingestor:
         log.info("partitions %s: %s", what, list(parts))
         self._tid_stale = True
         if what in ("revoked", "lost"):
-            self._finish_inflight(commit=what == "revoked")
+            self.commit(offsets=what == "revoked")
             for label in {str(p) for p in parts} & self._lag_labels:
                 self.metrics.lag.remove(label)
                 self._lag_labels.discard(label)
@@ -109,10 +120,9 @@ class Ingestor:
     ) -> IngestStats:
         """Consume until `stop` is set (or, with `until_idle`, until caught up and committed).
 
-        Batch i+1 is polled and decoded while batch i is written to the store by a worker
-        thread (the store works on other cores meanwhile); batch i is committed as soon as its
-        write is acknowledged, always before batch i+1's write starts, and always before a
-        rebalance hands its partitions to another member.
+        Batch i+1 is polled and decoded while batch i's dead letters and windows are written
+        by the writer thread (the store works on other cores meanwhile); `commit` finishes
+        batch i before batch i+1 is handed to the writer (see its steps).
         """
         self._consumer = consumer = EventSource(self.kcfg, self._on_rebalance)
         dlq = DeadLetters(self.kcfg)
@@ -125,43 +135,73 @@ class Ingestor:
                 if batch:
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = time.perf_counter()
-                    prepared = self._prepare(dlq, batch)
-                    self._finish_inflight()
+                    prepared = self._prepare(batch)
+                    self.commit()
                     if prepared is None:
                         continue
-                    updates, offsets = prepared
-                    fut = self._pool.submit(self._apply_with_retry, updates, stop)
-                    self._inflight = (fut, offsets)
+                    fut = self._pool.submit(self._write, prepared, dlq, stop)
+                    self._inflight = (fut, prepared)
                     self._update_lag(consumer)
                 else:
-                    self._finish_inflight()
+                    self.commit()
                     lags = self._update_lag(consumer)
                     if until_idle and self._caught_up(lags, started):
                         log.info("caught up with the end of %s; exiting", self.kcfg.topic)
                         break
-            self._finish_inflight()
+            self.commit()
         finally:
             self._pool.shutdown(wait=True)
             dlq.close()
             consumer.close()
         return self.stats
 
-    def _finish_inflight(self, commit: bool = True) -> None:
-        """Wait for the batch being written, then commit its offsets (if it was written)."""
+    @property
+    def in_flight(self) -> bool:
+        """A batch is handed to the writer and not committed yet."""
+        return self._inflight is not None
+
+    def commit(self, offsets: bool = True) -> None:
+        """Finish the batch in flight. Its steps, in order (a failure test for each in
+        tests/integration/test_ingest_commit.py):
+
+        1. Dead letters (writer thread, `_write`): every refused record is sent to the
+           dead-letter topic with its reason in the headers, and the producer's acks are
+           awaited. Fails (KafkaException): raised here, `run` stops; nothing of the batch
+           is written or committed, and the restarted consumer reads the batch again.
+        2. Windows (writer thread, `_write`): the updates are applied, one script call per
+           node and chunk of users, and the store acknowledges. Store errors are retried
+           with backoff until the store answers or `stop` is set; stopped: the batch's
+           offsets are not committed, and the replay after a restart is skipped by the
+           store for what was applied.
+        3. Offsets (this thread, which owns the consumer): the next offset of every
+           partition of the batch, committed synchronously. Fails (a rebalance moved the
+           partitions, the broker is away): logged; whoever reads the partitions next
+           replays from the last commit, and the store counts the batch as replays.
+
+        Steps 1-2 of batch i run while batch i+1 is polled and decoded; step 3 of batch i
+        always comes before batch i+1 is handed to the writer, and before a rebalance hands
+        the partitions on: revoked, they are still ours and committed; lost
+        (`offsets=False`), they may be another member's already and are not.
+        """
         if self._inflight is None:
             return
-        fut, offsets = self._inflight
+        fut, batch = self._inflight
         self._inflight = None
-        if not fut.result() or not commit:
+        if not fut.result() or not offsets:  # steps 1-2 (raises step 1's failure)
             return  # not written (stopping while the store is down) or not ours any more
         try:
-            self._consumer.commit(offsets)
+            self._consumer.commit(batch.offsets)  # step 3
         except KafkaException as exc:
-            # Partitions moved on (rebalance) or the broker is away: the new owner replays
-            # from the last commit and the store skips what this batch applied.
             log.warning("offset commit failed, batch will be replayed: %s", exc)
         self.stats.batches += 1
         self.stats.last_commit_at = time.perf_counter()
+
+    def _write(self, batch: Prepared, dlq: DeadLetters, stop: threading.Event) -> bool:
+        """Steps 1 and 2 of `commit`, on the writer thread. False: stopped before the
+        windows were written."""
+        if batch.bad:
+            self._dead_letter(dlq, batch.bad)
+        return self._apply_with_retry(batch.updates, stop)
 
     def _topic_id(self) -> str | None:
         """The events topic's id (None if the broker gives none), fetched again after an
@@ -193,11 +233,9 @@ class Ingestor:
                 self.metrics.lag.labels(label).set(lag)
         return lags
 
-    def _prepare(
-        self, dlq: DeadLetters, batch: Mapping[int, Sequence[Message]]
-    ) -> tuple[list[PackedUpdate], dict[int, int]] | None:
-        """Decode and validate a batch; dead-letter (and flush) the bad records. None: the
-        batch was dropped because the topic was recreated (it is read again from 0)."""
+    def _prepare(self, batch: Mapping[int, Sequence[Message]]) -> Prepared | None:
+        """Decode and validate a batch. None: the batch was dropped because the topic was
+        recreated (it is read again from 0)."""
         now = self.clock_ms()
         groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
         bad: list[tuple[Message, BadRecord]] = []
@@ -240,10 +278,8 @@ class Ingestor:
         self.metrics.consumed.inc(n)
         self.metrics.batch_records.observe(n)
         self.stats.consumed += n
-        if bad:
-            self._dead_letter(dlq, bad)
         updates = [PackedUpdate(uid, p, b"".join(parts)) for (uid, p), parts in groups.items()]
-        return updates, commit
+        return Prepared(updates, bad, commit)
 
     def _dead_letter(self, dlq: DeadLetters, bad: list[tuple[Message, BadRecord]]) -> None:
         out = []
@@ -254,7 +290,7 @@ class Ingestor:
                 (DLQ_SOURCE, f"{r.topic()}/{r.partition()}/{r.offset()}".encode()),
             ]
             out.append((r.key(), r.value() or b"", headers))
-        dlq.send_all(out)  # raises: nothing is committed unless the dead letters landed
+        dlq.send_all(out)  # raises: `commit` step 1
         for _r, exc in bad:
             self.metrics.dead_lettered.labels(exc.reason).inc()
         self.stats.dead_lettered += len(bad)

@@ -5,7 +5,7 @@
 - otherwise V is marked "backfilling". A running refresher then (a) encodes every dirty user
   with V besides the active version and (b) back-fills V for every user with a window, in
   chunks between its dirty passes, skipping users whose V vector already saw their current
-  window. The users come from `WindowStore.users` (SCAN): every user who has a window when
+  window. The users come from `Windows.users` (SCAN on Valkey): every user who has a window when
   the back-fill starts is visited; users who appear later are dirty, and the dirty path
   encodes them with every version written, the back-filling one included. When the scan is
   done it flips the active pointer to V in one atomic step (the old version becomes
@@ -31,8 +31,9 @@ from typing import Any
 from encoder import registry
 from services.refresh.config import RefreshConfig
 from services.refresh.metrics import RefreshMetrics, RefreshStats
-from services.store.vectors import CutoverError, VectorStore
-from services.store.windows import Window, WindowStore
+from services.store.protocols import Vectors, Windows
+from services.store.vectors import CutoverError
+from services.store.windows import Window
 
 # (windows, version, perf_counter at the read) -> the windows encoded with that version and
 # committed, dirty marks left alone: `Refresher.encode_and_commit`
@@ -41,7 +42,7 @@ EncodeAndCommit = Callable[[Sequence[Window], str, float], None]
 log = logging.getLogger(__name__)
 
 
-def promote(store: VectorStore, models_dir: Path | None, version: str) -> str:
+def promote(store: Vectors, models_dir: Path | None, version: str) -> str:
     """Request `version` (checked against the registry when `models_dir` is given).
     Returns its state afterwards: "active" (flipped or already) or "backfilling"."""
     if models_dir is not None:
@@ -58,17 +59,17 @@ def promote(store: VectorStore, models_dir: Path | None, version: str) -> str:
     return "backfilling"
 
 
-def rollback(store: VectorStore) -> tuple[str | None, str]:
+def rollback(store: Vectors) -> tuple[str | None, str]:
     """Flip back to the version active before. Returns (from, to)."""
     return store.rollback()
 
 
-def retire(store: VectorStore, version: str) -> None:
+def retire(store: Vectors, version: str) -> None:
     """Stop writing `version` (not the active one); its vectors age out by TTL."""
     store.set_state(version, "retired")
 
 
-def status(store: VectorStore) -> dict[str, Any]:
+def status(store: Vectors) -> dict[str, Any]:
     return {
         "active": store.active_version(),
         "versions": store.versions(),
@@ -77,7 +78,7 @@ def status(store: VectorStore) -> dict[str, Any]:
     }
 
 
-def wait_active(store: VectorStore, version: str, timeout_s: float, poll_s: float = 0.5) -> bool:
+def wait_active(store: Vectors, version: str, timeout_s: float, poll_s: float = 0.5) -> bool:
     """Block until `version` is active (the back-fill done) or the timeout passes."""
     deadline = time.monotonic() + timeout_s
     while store.active_version() != version:
@@ -101,8 +102,8 @@ class Cutover:
     def __init__(
         self,
         cfg: RefreshConfig,
-        store: VectorStore,
-        windows: WindowStore,
+        store: Vectors,
+        windows: Windows,
         models_dir: Path,
         encode_and_commit: EncodeAndCommit,
         stats: RefreshStats,

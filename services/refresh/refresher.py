@@ -27,9 +27,10 @@ from services.refresh.cutover import Cutover
 from services.refresh.encoders import EncoderCache, ModelLoadError
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.publish import Publisher
+from services.store.protocols import Vectors, Windows
 from services.store.records import StoredVector
-from services.store.vectors import UserWrite, VectorStore, WriteResult
-from services.store.windows import Window, WindowStore
+from services.store.vectors import UserWrite, WriteResult
+from services.store.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -87,8 +88,8 @@ class Refresher:
     def __init__(
         self,
         cfg: RefreshConfig,
-        windows: WindowStore,
-        vectors: VectorStore,
+        windows: Windows,
+        vectors: Vectors,
         publisher: Publisher,
         encoders: EncoderCache,
         metrics: RefreshMetrics | None = None,

@@ -50,7 +50,7 @@ def test_valkey_node_lost_and_restarted_empty(report: Callable[..., None]) -> No
             stack.restart_valkey(1)
             total = len(events)
             recovery = wait_for(lambda: ing.ingestor.stats.consumed >= total, 120, "catch-up")
-            wait_for(lambda: ing.ingestor._inflight is None, 30, "the last commit")
+            wait_for(lambda: not ing.ingestor.in_flight, 30, "the last commit")
             assert ing.registry.get_sample_value("persona_ingest_store_errors_total") >= 1
         finally:
             ing.stop()

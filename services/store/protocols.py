@@ -1,0 +1,79 @@
+"""What the rest of Persona calls on the stores, and nothing more, as Protocols.
+
+- `Windows`: ingest writes windows (`apply_packed`); the refresher reads them and the dirty
+  marks those writes leave (`read`, `dirty_count`, `oldest_dirty`, `users`).
+- `Vectors`: the refresher writes vectors and clears dirty marks (`write`); the cutover moves
+  the active pointer and version states; serving reads (`active_version`, `versions`,
+  `get_batch`, `read_batch`; its own narrower port is `serving/ports.VectorReader`).
+
+Implemented by `windows.WindowStore` / `vectors.VectorStore` (a Valkey / Redis node or
+cluster) and `memory.MemoryWindows` / `memory.MemoryVectors`; tests/store/ runs one
+contract suite against the three set-ups. `close()` releases what the store made (threads,
+connections of its own), never the client it was given.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Protocol
+
+from services.store.records import StoredVector, VectorBatch
+from services.store.vectors import UserWrite, WriteResult
+from services.store.windows import ApplyResult, PackedUpdate, Window
+
+
+class Windows(Protocol):
+    def apply_packed(
+        self, updates: Iterable[PackedUpdate], rebuild: bool = False
+    ) -> ApplyResult: ...
+
+    def read(self, user_ids: Sequence[str]) -> list[Window]: ...
+
+    def dirty_count(self) -> int: ...
+
+    def oldest_dirty(self, per_bucket: int) -> list[tuple[str, int]]: ...
+
+    def users(self, count: int = 1000) -> Iterator[str]: ...
+
+    def close(self) -> None: ...
+
+
+class Vectors(Protocol):
+    def active_version(self) -> str | None: ...
+
+    def versions(self) -> dict[str, str]: ...
+
+    def history_versions(self) -> list[str]: ...
+
+    def set_state(self, version: str, state: str) -> None: ...
+
+    def set_active(self, version: str, require: str = "") -> str | None: ...
+
+    def rollback(self) -> tuple[str | None, str]: ...
+
+    def registry_seen(self) -> str | None: ...
+
+    def set_registry_seen(self, version: str) -> None: ...
+
+    def write(self, users: Sequence[UserWrite]) -> WriteResult: ...
+
+    def get_batch(
+        self, user_ids: Sequence[str], version: str, history: int = 1
+    ) -> list[list[StoredVector]]: ...
+
+    def read_batch(
+        self, user_ids: Sequence[str], version: str, history: int, deadline: float
+    ) -> VectorBatch: ...
+
+    def close(self) -> None: ...
+
+
+if TYPE_CHECKING:  # mypy holds every implementation to its Protocol
+    from services.store.memory import MemoryVectors, MemoryWindows
+    from services.store.vectors import VectorStore
+    from services.store.windows import WindowStore
+
+    def _implementations(
+        w: WindowStore, mw: MemoryWindows, v: VectorStore, mv: MemoryVectors
+    ) -> tuple[Windows, Windows, Vectors, Vectors]:
+        return w, mw, v, mv
