@@ -26,12 +26,13 @@ format: install  ## ruff format + autofix
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
 
-lint: install  ## ruff
+lint: install  ## ruff, and the import rules (lint-imports: [tool.importlinter] in pyproject.toml)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
 
 typecheck: install  ## mypy
-	$(VENV)/bin/mypy services encoder benchmarks
+	$(VENV)/bin/mypy contract services encoder benchmarks
 
 test: install lint typecheck  ## lint, typecheck, unit, integration, fault and ops tests
 	deploy/ensure-tools.sh $(VENV)
@@ -63,4 +64,4 @@ demo: install  ## the whole flow on the embedded stack
 	$(PY) -m services.demo
 
 clean:  ## remove caches (keeps .venv)
-	rm -rf .pytest_cache .mypy_cache .ruff_cache
+	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -23,7 +23,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Message
+from confluent_kafka import Consumer, KafkaException, Message, TopicCollection
+from confluent_kafka.admin import AdminClient
 from kafka import KafkaConsumer, KafkaProducer
 
 from services.config import KafkaConfig
@@ -103,6 +104,19 @@ def consume_ready(consumer: Consumer, max_records: int, timeout_s: float) -> lis
         else:
             log.warning("kafka consumer: %s", err)
     return out
+
+
+def topic_id(admin: AdminClient, topic: str) -> str | None:
+    """The topic's id as 32 hex digits (as kafka-python writes it), None if the broker gives
+    none (Kafka < 2.8). It changes when a topic is deleted and created again; ingest keys
+    applied offsets by it. A metadata request: call it now and then, not per batch."""
+    fut = admin.describe_topics(TopicCollection([topic]), request_timeout=10)
+    tid = fut[topic].result().topic_id
+    if tid is None:
+        return None
+    hi = tid.get_most_significant_bits() & (1 << 64) - 1
+    lo = tid.get_least_significant_bits() & (1 << 64) - 1
+    return None if hi == lo == 0 else f"{hi:016x}{lo:016x}"
 
 
 def group_consumer(cfg: KafkaConfig, **overrides: Any) -> KafkaConsumer:

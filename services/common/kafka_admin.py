@@ -1,4 +1,4 @@
-"""Topic helpers over kafka-python's admin client: create topics idempotently, read end offsets.
+"""Topic helpers: create topics idempotently, read end offsets (kafka-python), a topic's id.
 
 They work the same against the embedded Tansu broker and a production Kafka cluster.
 """
@@ -106,17 +106,12 @@ def end_offsets(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> dict
         consumer.close()
 
 
-def topic_id(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> str | None:
+def topic_id(bootstrap: str, topic: str) -> str | None:
     """The topic's id (hex), which changes when a topic is deleted and created again; None
     when the broker does not report ids (Kafka < 2.8). Ingest keys applied offsets by it."""
-    from kafka import KafkaConsumer
+    from confluent_kafka.admin import AdminClient
 
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security_kwargs()
-    )
-    try:
-        consumer.topics()  # a metadata request for all topics
-        tid = consumer._client.cluster.topic_id(topic)  # no public accessor in kafka-python
-        return tid.hex if tid is not None else None
-    finally:
-        consumer.close()
+    from services.common.kafka import RDKAFKA_LOG, rdkafka_config
+    from services.common.kafka import topic_id as describe
+
+    return describe(AdminClient(rdkafka_config(bootstrap), logger=RDKAFKA_LOG), topic)

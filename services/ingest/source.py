@@ -27,12 +27,11 @@ from confluent_kafka import (
     KafkaException,
     Message,
     Producer,
-    TopicCollection,
     TopicPartition,
 )
 from confluent_kafka.admin import AdminClient
 
-from services.common.kafka import RDKAFKA_LOG, consume_ready, rdkafka_config
+from services.common.kafka import RDKAFKA_LOG, consume_ready, rdkafka_config, topic_id
 from services.config import KafkaConfig
 
 RebalanceHook = Callable[[str, Sequence[int]], None]
@@ -166,17 +165,10 @@ class EventSource:
             self._consumer.seek(TopicPartition(self.topic, tp.partition, OFFSET_BEGINNING))
 
     def topic_id(self) -> str | None:
-        """The topic's id as 32 hex digits (as kafka-python writes it), None if the broker
-        gives none. A metadata request: call it now and then, not per batch."""
+        """The topic's id (`common.kafka.topic_id`): a metadata request, now and then."""
         if self._admin is None:
             self._admin = AdminClient(rdkafka_config(self._bootstrap), logger=RDKAFKA_LOG)
-        fut = self._admin.describe_topics(TopicCollection([self.topic]), request_timeout=10)
-        tid = fut[self.topic].result().topic_id
-        if tid is None:
-            return None
-        hi = tid.get_most_significant_bits() & (1 << 64) - 1
-        lo = tid.get_least_significant_bits() & (1 << 64) - 1
-        return None if hi == lo == 0 else f"{hi:016x}{lo:016x}"
+        return topic_id(self._admin, self.topic)
 
     def close(self) -> None:
         """Leave the group (no commit)."""
@@ -213,7 +205,7 @@ class DeadLetters:
             self._producer.poll(0)
         left = self._producer.flush(30)
         if failed or left:
-            raise KafkaException(failed[0] if failed else KafkaError(KafkaError._TIMED_OUT))
+            raise KafkaException(failed[0] if failed else f"{left} dead letters unacknowledged")
 
     def close(self) -> None:
         self._producer.flush(10)

@@ -91,7 +91,7 @@ def test_exclude_and_min_score() -> None:
 def test_many_hidden_entries_still_fill_k() -> None:
     idx, vecs = loaded("hnsw", n=300)
     idx.upsert([f"u{i}" for i in range(200)], vecs[200:300].repeat(2, axis=0))
-    assert idx._built.n_stale == 200  # HNSW cannot remove: the old vectors are hidden
+    assert idx._built.n_stale == 200  # noqa: SLF001  # HNSW cannot remove: the old vectors are hidden
     assert not idx.needs_rebuild()  # under the floor of 1,000 hidden entries
     res = idx.search(vecs[250:251], k=5)[0]  # u100, u101 now hold vecs[250], like u250
     assert len(res) == 5 and len({u for u, _ in res}) == 5
@@ -171,7 +171,7 @@ def test_writes_during_a_build_are_replayed(kind: str, monkeypatch: pytest.Monke
     monkeypatch.setattr(ann, "build", build_then_write)
     info = idx.rebuild()
     assert info.size == idx.size == 300  # 300 - u1 + brand-new
-    assert idx._built.ntotal - idx._built.n_stale == 300
+    assert idx._built.ntotal - idx._built.n_stale == 300  # noqa: SLF001
     assert idx.search(fresh[:2], k=1) == [
         [("u0", pytest.approx(1.0, abs=1e-5))],
         [("brand-new", pytest.approx(1.0, abs=1e-5))],
@@ -233,5 +233,5 @@ def test_rebuild_swap_under_concurrent_searches_and_writes(kind: str) -> None:
             assert np.allclose(idx.vector_of(user), vec)
             assert idx.search(vec[None], k=1)[0][0][0] == user
     idx.rebuild()
-    assert idx._built.n_stale == 0
-    assert idx._built.ntotal == idx.size
+    assert idx._built.n_stale == 0  # noqa: SLF001
+    assert idx._built.ntotal == idx.size  # noqa: SLF001

@@ -98,7 +98,7 @@ def test_follower_applies_log_and_new_replica_rebuilds_from_start(
         )
     finally:
         follower.stop()
-    assert not follower.running and follower._consumer is None and follower.failure is None
+    assert not follower.running and follower._consumer is None and follower.failure is None  # noqa: SLF001
     get = registry.get_sample_value
     assert get("persona_index_updates_total", {"op": "ignored"}) == 1
     assert get("persona_index_updates_total", {"op": "invalid"}) == 1
@@ -113,7 +113,7 @@ def test_follower_applies_log_and_new_replica_rebuilds_from_start(
         assert replica.catch_up(timeout_s=30)
     finally:
         replica.stop()
-    assert replica._consumer is None
+    assert replica._consumer is None  # noqa: SLF001
     assert_matches(second, expected, users)
     # catch_up rebuilt it like the first (one IVF list at this size: both search exactly).
     assert second.kind == first.kind == "ivf"

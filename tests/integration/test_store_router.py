@@ -65,10 +65,10 @@ def test_a_connected_connection_exposes_its_socket(client: Client) -> None:
     conn = pool.connection_class(**pool.connection_kwargs)
     conn.connect()
     try:
-        assert isinstance(conn._sock, socket.socket)
+        assert isinstance(conn._sock, socket.socket)  # noqa: SLF001
     finally:
         conn.disconnect()
-    assert conn._sock is None
+    assert conn._sock is None  # noqa: SLF001
 
 
 def test_the_slot_map_is_a_dict_replaced_on_refresh(cluster_stack: EmbeddedStack) -> None:

@@ -22,7 +22,7 @@ VENV_BIN = Path(sys.executable).parent
 
 # Where the code reads settings from the environment: `env("NAME", ...)` (PERSONA_ + NAME)
 # and literal "PERSONA_..." lookups (os.environ.get("PERSONA_AUTH_TOKEN")).
-CODE_DIRS = (ROOT / "services", ROOT / "encoder")
+CODE_DIRS = (ROOT / "contract", ROOT / "services", ROOT / "encoder")
 _ENV_CALL = re.compile(r"""\benv\(\s*["']([A-Z0-9_]+)["']""")
 _ENV_LITERAL = re.compile(r"""environ(?:\.get)?[\(\[]\s*["'](PERSONA_[A-Z0-9_]+)["']""")
 
@@ -64,8 +64,8 @@ def subcommands() -> set[str]:
     from services.cli import build_parser
 
     parser = build_parser()
-    for action in parser._actions:
-        if isinstance(action, argparse._SubParsersAction):
+    for action in parser._actions:  # noqa: SLF001
+        if isinstance(action, argparse._SubParsersAction):  # noqa: SLF001
             return set(action.choices)
     raise AssertionError("persona has no subcommands")
 
@@ -157,7 +157,7 @@ def code_metric_labels() -> dict[str, set[str]]:
         bundle = build(registry)
         for f in fields(bundle):
             metric = getattr(bundle, f.name)
-            out[base_metric(metric._name)] = set(metric._labelnames)
+            out[base_metric(metric._name)] = set(metric._labelnames)  # noqa: SLF001
     return out
 
 

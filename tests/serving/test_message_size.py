@@ -14,7 +14,7 @@ pytestmark = pytest.mark.integration
 
 def test_oversized_request_is_refused_and_the_server_keeps_serving(running: Running) -> None:
     # The client's own send limit is lifted, so the server's receive limit is what refuses.
-    target = running.channel._channel.target().decode()  # type: ignore[attr-defined]
+    target = running.channel._channel.target().decode()  # type: ignore[attr-defined]  # noqa: SLF001
     big_id = "u" * 1024
     n = MAX_MESSAGE_BYTES // len(big_id) + 64  # just over the server's limit
     opts = [("grpc.max_send_message_length", -1)]

@@ -140,10 +140,10 @@ def _reference_bytes(ids: list[str], status: np.ndarray, count: np.ndarray,
         fallback = (metas == 0) & (np.asarray(status) == pb.STATUS_FALLBACK_PRIOR)
         ts[fallback, 0], ne[fallback, 0], wv[fallback, 0] = prior_ms, 0, 0
         metas = metas + fallback
-    tail = np.empty((n, 2 + wire._META * h), np.uint8)  # (N, 2 + 44 H)
-    tail[:] = wire._template(h)
+    tail = np.empty((n, 2 + wire._META * h), np.uint8)  # noqa: SLF001  # (N, 2 + 44 H)
+    tail[:] = wire._template(h)  # noqa: SLF001
     tail[:, 1] = status
-    m = tail[:, 2:].reshape(n, h, wire._META)  # (N, H, 44), a view
+    m = tail[:, 2:].reshape(n, h, wire._META)  # noqa: SLF001  # (N, H, 44), a view
     var = wire.long_varints(np.stack([ts, ne, wv], axis=2))  # (N, H, 3, 10)
     m[:, :, 3:13], m[:, :, 23:33], m[:, :, 34:44] = var[:, :, 0], var[:, :, 1], var[:, :, 2]
     ages = np.maximum(0.0, now_s - ts / 1000.0).astype("<f8")  # (N, H)
@@ -152,7 +152,7 @@ def _reference_bytes(ids: list[str], status: np.ndarray, count: np.ndarray,
     width = tail.shape[1]
     out: list[bytes] = []
     start = 0
-    for u, k in zip(ids, (2 + wire._META * metas).tolist(), strict=True):
+    for u, k in zip(ids, (2 + wire._META * metas).tolist(), strict=True):  # noqa: SLF001
         raw = u.encode("utf-8")
         ulen = _varint(len(raw))
         out += (b"\x22", _varint(1 + len(ulen) + len(raw) + k), b"\x0a", ulen, raw,

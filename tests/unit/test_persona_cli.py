@@ -9,7 +9,7 @@ from services.stack import free_ports
 
 
 def test_every_subcommand_has_help(capsys: pytest.CaptureFixture[str]) -> None:
-    sub = next(a for a in build_parser()._actions if a.dest == "command")
+    sub = next(a for a in build_parser()._actions if a.dest == "command")  # noqa: SLF001
     names = list(sub.choices)  # type: ignore[union-attr]
     assert {"up", "produce", "ingest", "window", "train", "refresh", "serve"} <= set(names)
     for name in names:
