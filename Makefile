@@ -3,21 +3,25 @@ SHELL := /bin/bash
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+BUF := deploy/tools/node_modules/.bin/buf
+PYGEN := clients/python/src
 export OPENBLAS_NUM_THREADS ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install format lint typecheck test test-unit faults reliability protos bench demo clean
+.PHONY: help install format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench demo clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements.lock
+$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q -r requirements.lock
 	# torchrec's metadata pulls the CUDA fbgemm-gpu build; fbgemm-gpu-cpu is in the lock instead.
 	$(PY) -m pip install -q --no-deps torchrec==1.8.0
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# The persona.v1 contract and the Python client (torch-free, installable on its own).
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e clients/python
 	touch $(STAMP)
 
 install: $(STAMP)  ## create .venv and install the pinned set
@@ -32,9 +36,17 @@ lint: install  ## ruff, and the import rules (lint-imports: [tool.importlinter] 
 	$(VENV)/bin/lint-imports
 
 typecheck: install  ## mypy
-	$(VENV)/bin/mypy contract services encoder benchmarks
+	$(VENV)/bin/mypy contract services encoder benchmarks clients/python/src/persona_client
 
-test: install lint typecheck  ## lint, typecheck, unit, integration, fault and ops tests
+proto-check: install  ## buf lint (STANDARD) and buf breaking against the v1 baseline
+	deploy/ensure-tools.sh $(VENV)
+	$(BUF) lint
+	$(BUF) breaking --against proto/baseline.json
+
+proto-baseline:  ## accept proto/ as the new compatibility baseline (only for a reviewed, deliberate break)
+	$(BUF) build --exclude-source-info -o '-#format=json' | $(PY) -m json.tool --indent 1 > proto/baseline.json
+
+test: install lint typecheck proto-check  ## lint, typecheck, the contract, unit, integration, fault, ops and client tests
 	deploy/ensure-tools.sh $(VENV)
 	$(PY) -m pytest -q tests
 
@@ -49,9 +61,9 @@ reliability: install  ## run the fault suite and regenerate docs/reliability.md
 	PERSONA_RELIABILITY_OUT=out/reliability.jsonl $(PY) -m pytest -q tests/faults
 	$(PY) tests/faults/report.py out/reliability.jsonl docs/reliability.md
 
-protos: install  ## regenerate proto/*_pb2*.py (gRPC stubs only where a service is defined)
-	$(PY) -m grpc_tools.protoc -I. --python_out=. --pyi_out=. proto/*.proto
-	$(PY) -m grpc_tools.protoc -I. --grpc_python_out=. proto/service.proto
+protos: install  ## regenerate the persona.v1 code: Python (clients/python/src/persona/v1)
+	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PYGEN) --pyi_out=$(PYGEN) proto/persona/v1/*.proto
+	$(PY) -m grpc_tools.protoc -Iproto --grpc_python_out=$(PYGEN) proto/persona/v1/service.proto
 
 bench: install  ## run every benchmark at a quick size (README gives the full-size commands)
 	$(PY) benchmarks/ingest.py --users 1000 --events 60000

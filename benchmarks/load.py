@@ -32,8 +32,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proto import service_pb2 as pb
-from proto import service_pb2_grpc
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc
+
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
 from services.store.records import StoredVector

@@ -51,8 +51,9 @@ from redis.crc import key_slot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from proto import service_pb2 as pb
-from proto import service_pb2_grpc
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc
+
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
 from services.store.records import StoredVector, packed_lranges, vector_key
@@ -295,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
 
                 def get(i: int) -> object:
                     r = stub.GetEmbeddings(reqs[i % 256], timeout=5)
-                    return np.frombuffer(r.vectors, "<f4").reshape(len(r.embeddings), r.dim)
+                    return np.frombuffer(r.vectors, "<f4").reshape(len(r.statuses), r.dim)
 
                 info_req = pb.GetModelInfoRequest()
 

@@ -2,7 +2,7 @@
 
 `encoder/` and `services/` both import this package; it imports neither (import-linter
 checks that, see `.importlinter`). What lives here changes only with the wire contracts in
-`proto/` and `services/store/LAYOUT.md`:
+`proto/persona/v1/` and `services/store/LAYOUT.md`:
 
 - `events`: the Event record as Python sees it;
 - `codec`: Kafka record value (protobuf or JSON) <-> Event, with validation;

@@ -14,10 +14,10 @@ from collections.abc import Mapping
 from typing import NamedTuple, Protocol
 
 from google.protobuf.message import DecodeError
+from persona.v1 import events_pb2
 
 from contract.events import Event, PropValue
 from contract.record import pack_record, record_from_wire
-from proto import events_pb2
 
 _EVENT = events_pb2.Event
 _WS_OR_BRACE = frozenset(b" \t\n\r\x0b\x0c{")  # bytes.lstrip() whitespace, and `{`

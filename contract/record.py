@@ -7,9 +7,9 @@ event id the hash field). Written by ingest (`codec.decode_for_store`), read bac
 from __future__ import annotations
 
 from google.protobuf.message import DecodeError
+from persona.v1 import events_pb2
 
 from contract.events import Event, PropValue
-from proto import events_pb2
 
 RECORD_VERSION = 1  # the first byte of every stored event record
 _VERSION_BYTE = bytes((RECORD_VERSION,))

@@ -15,8 +15,7 @@ b'v1/u1'
 from __future__ import annotations
 
 import numpy as np
-
-from proto.embeddings_pb2 import EmbeddingUpdate
+from persona.v1.embeddings_pb2 import EmbeddingUpdate
 
 
 def log_key(model_version: str, user_id: str) -> bytes:

@@ -16,11 +16,11 @@ from collections import Counter
 from pathlib import Path
 
 import numpy as np
+from persona_client import ClientConfig, PersonaClient
 
 from encoder import registry
 from encoder.synthetic import SyntheticConfig, generate
 from services.config import KafkaConfig
-from services.demo.client import Client
 from services.demo.plot import user_map
 from services.demo.procs import background, child_env, run, step
 from services.ingest.produce import produce_events
@@ -104,12 +104,9 @@ def main() -> None:
                 args.out / "serve.log",
             ),
         ):
-            client = Client(f"127.0.0.1:{serve_port}")
-            try:
-                client.wait_serving()
+            with PersonaClient(ClientConfig(f"127.0.0.1:{serve_port}", timeout_s=10)) as client:
+                client.wait_ready(90)
                 show(client, ds, args.out)
-            finally:
-                client.close()
             print(
                 f"\n    metrics endpoints: serve http://127.0.0.1:{serve_metrics}/metrics "
                 f"(live until now); ingest :{ingest_port} and refresh :{refresh_port} "
@@ -120,7 +117,7 @@ def main() -> None:
             stack.stop()
 
 
-def show(client: Client, ds: object, out: Path) -> None:
+def show(client: PersonaClient, ds: object, out: Path) -> None:
     truth = ds.truth  # type: ignore[attr-defined]
     uids = sorted(truth)
     info = client.model_info()
@@ -130,26 +127,28 @@ def show(client: Client, ds: object, out: Path) -> None:
     )
 
     print("\nWhat a ranker sees (GetEmbeddings):")
-    emb = client.embeddings(uids[:4])
-    for uid, st, meta, vec in zip(uids[:4], emb.statuses, emb.meta, emb.vectors, strict=True):
+    emb = client.get_embeddings(uids[:4])
+    for i, (uid, vec) in enumerate(zip(emb.user_ids, emb.vectors, strict=True)):
         t = truth[uid]
+        st = emb.status_names[i].removeprefix("EMBEDDING_STATUS_").lower()
         print(
-            f"  {uid} {st:<13} version {emb.version}  age {meta.age_seconds:6.1f} s  "
-            f"{meta.n_events:3d} events  [{', '.join(f'{x:+.2f}' for x in vec[:5])}, ...]"
+            f"  {uid} {st:<14} version {emb.model_version}  age {emb.meta.age_seconds[i]:6.1f} s  "
+            f"{emb.meta.n_events[i]:3d} events  [{', '.join(f'{x:+.2f}' for x in vec[:5])}, ...]"
             f"   (hidden: segment {t.segment}, {t.lifecycle})"
         )
 
     print("\nWhat an audience team sees (FindLookalikes):")
     probe = uids[0]
     seg = truth[probe].segment
-    nn = client.lookalikes_of_user(probe, 10)
+    near = client.find_lookalikes(user_id=probe, k=10)
+    nn = list(zip(near.user_ids, near.scores.tolist(), strict=True))
     same = sum(truth[u].segment == seg for u, _ in nn if u in truth)
     print(f"  10 users like {probe} (segment {seg}): {same}/10 share its hidden segment")
     for u, score in nn[:5]:
         print(f"    {u}  score {score:.3f}  segment {truth[u].segment}")
     seeds = [u for u in uids if truth[u].segment == 3][:20]
-    found = client.lookalikes_of_seeds(seeds, 50)
-    hits = sum(truth[u].segment == 3 for u, _ in found if u in truth)
+    found = client.find_lookalikes(seeds=seeds, k=50, exclude_seeds=True).user_ids
+    hits = sum(truth[u].segment == 3 for u in found if u in truth)
     base = sum(truth[u].segment == 3 for u in uids) / len(uids)
     print(
         f"  seed audience of 20 segment-3 users -> 50 lookalikes: {hits}/50 in segment 3 "
@@ -158,17 +157,14 @@ def show(client: Client, ds: object, out: Path) -> None:
 
     with step("picture: t-SNE map of the user vectors and a few users' vector history"):
         vecs = np.vstack(
-            [client.embeddings(uids[i : i + 200]).vectors for i in range(0, len(uids), 200)]
+            [client.get_embeddings(uids[i : i + 200]).vectors for i in range(0, len(uids), 200)]
         )
         # Six users whose vector moved the most times (one history entry per refresh wave).
-        cands = client.embeddings(uids[:200], history=3)
-        order = sorted(range(len(cands.history)), key=lambda i: -len(cands.history[i]))
+        cands = client.get_embeddings(uids[:200], history_depth=3)
+        order = np.argsort(-cands.history_counts, kind="stable")
         movers = [uids[i] for i in order[:6]]
-        hist = client.embeddings(movers, history=3)
-        paths = [
-            np.vstack([h[::-1], v[None, :]])
-            for h, v in zip(hist.history, hist.vectors, strict=True)
-        ]
+        hist = client.get_embeddings(movers, history_depth=3)
+        paths = [np.vstack([hist.history(i)[::-1], v[None, :]]) for i, v in enumerate(hist.vectors)]
         png = out / "user_map.png"
         user_map(
             vecs,
@@ -176,7 +172,7 @@ def show(client: Client, ds: object, out: Path) -> None:
             [truth[u].lifecycle for u in uids],
             paths,
             png,
-            f"{len(uids)} users, model {hist.version}",
+            f"{len(uids)} users, model {hist.model_version}",
         )
         lengths = Counter(len(p) for p in paths)
         print(f"    wrote {png} (history points per highlighted user: {dict(lengths)})")

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 from google.protobuf.message import DecodeError
+from persona.v1.embeddings_pb2 import EmbeddingUpdate
 
 from contract.versions import is_version
-from proto.embeddings_pb2 import EmbeddingUpdate
 
 log = logging.getLogger(__name__)
 

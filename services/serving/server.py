@@ -20,8 +20,8 @@ from concurrent.futures import ThreadPoolExecutor
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from persona.v1 import service_pb2, service_pb2_grpc
 
-from proto import service_pb2, service_pb2_grpc
 from services.serving.config import ServeConfig, TLSConfig
 from services.serving.interceptors import AuthInterceptor, MetricsInterceptor
 from services.serving.metrics import ServingMetrics

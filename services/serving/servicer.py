@@ -1,5 +1,6 @@
-"""The gRPC servicer: protos in, plain-function calls, protos out. No logic of its own
-beyond translation; errors become `context.abort(code, details)`."""
+"""The gRPC servicer: requests in, plain-function calls, responses out (built by
+`responses.py`). No logic of its own beyond translation; errors become
+`context.abort(code, details)`."""
 
 from __future__ import annotations
 
@@ -10,34 +11,26 @@ from typing import Any, TypeVar
 
 import grpc
 import numpy as np
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc as pb_grpc
 
-from proto import service_pb2 as pb
-from proto import service_pb2_grpc as pb_grpc
-from services.serving import wire
 from services.serving.config import ServeConfig
-from services.serving.embeddings import (
-    STATUSES,
-    EmbeddingsQuery,
-    age_seconds,
-    get_embeddings,
-)
+from services.serving.embeddings import STATUSES, EmbeddingsQuery, get_embeddings
 from services.serving.errors import ServingError
 from services.serving.lookalikes import LookalikeQuery, find_lookalikes, model_info
 from services.serving.metrics import ServingMetrics
 from services.serving.ports import IndexSource, VectorReader
+from services.serving.responses import (
+    DTYPES,
+    embeddings_response,
+    lookalikes_response,
+    model_info_response,
+)
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
-
-PB_STATUS = {  # embeddings.STATUSES -> the proto's Status
-    "found": pb.STATUS_FOUND,
-    "not_found": pb.STATUS_NOT_FOUND,
-    "fallback": pb.STATUS_FALLBACK_PRIOR,
-}
-_STATUS_CODES = np.array([PB_STATUS[s] for s in STATUSES], np.uint8)  # EmbeddingsResult.status
-_DTYPE = {pb.ENCODING_FLOAT32: "<f4", pb.ENCODING_FLOAT16: "<f2"}
 
 
 class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
@@ -96,8 +89,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
     def GetEmbeddings(
         self, request: pb.GetEmbeddingsRequest, context: grpc.ServicerContext
     ) -> pb.GetEmbeddingsResponse:
-        dtype = _DTYPE.get(request.encoding)
-        if dtype is None:
+        if request.encoding not in DTYPES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown encoding {request.encoding}")
         self._get_batch_size.observe(len(request.user_ids))
         q = EmbeddingsQuery(
@@ -111,19 +103,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         for counter, count in zip(self._status_counts, counts, strict=True):
             if count:
                 counter.inc(count)
-        st = r.stored
-        codes = _STATUS_CODES[r.status]
-        prior_ms = r.prior.computed_at_ms if r.prior is not None else None
-        resp = wire.response(request.user_ids, codes, st.count, st.computed_at_ms, st.n_events,
-                             st.window_version, time.time(), prior_ms)  # fmt: skip
-        hist = r.history_rows()
-        resp.model_version = r.version
-        resp.dim = self._cfg.dim
-        resp.encoding = request.encoding
-        resp.vectors = r.rows.astype(dtype, copy=False).tobytes()
-        if len(hist):
-            resp.history_vectors = hist.astype(dtype, copy=False).tobytes()
-        return resp
+        return embeddings_response(r, request.encoding, self._cfg.dim, time.time())
 
     def FindLookalikes(
         self, request: pb.FindLookalikesRequest, context: grpc.ServicerContext
@@ -144,12 +124,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         )
         r = self._call(find_lookalikes, q, context)
         self._m.neighbors.observe(len(r.neighbors))
-        return pb.FindLookalikesResponse(
-            model_version=r.version,
-            neighbors=[pb.Neighbor(user_id=u, score=s) for u, s in r.neighbors],
-            seeds_used=r.seeds_used,
-            seeds_missing=r.seeds_missing,
-        )
+        return lookalikes_response(r)
 
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
@@ -161,26 +136,4 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
                 versions=self._versions, index=self._index, dim=self._cfg.dim, budget=budget
             ),
         )
-        resp = pb.GetModelInfoResponse(
-            active_version=info.active or "",
-            versions=[pb.ModelVersion(version=v, state=s) for v, s in sorted(info.states.items())],
-            dim=info.dim,
-        )
-        if info.index is not None:
-            idx = info.index.index
-            updated = idx.updated_at_ms
-            resp.index.CopyFrom(
-                pb.IndexInfo(
-                    model_version=info.index.version,
-                    size=idx.size,
-                    kind=idx.kind,
-                    seconds_since_update=-1.0 if updated is None else age_seconds(updated),
-                    lag_records=_lag(info.index.lag),
-                )
-            )
-        return resp
-
-
-def _lag(lag: Callable[[], int | None] | None) -> int:
-    value = lag() if lag is not None else None
-    return -1 if value is None else value
+        return model_info_response(info)

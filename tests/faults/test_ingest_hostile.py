@@ -16,10 +16,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from persona.v1 import events_pb2
 
 from contract.codec import event_to_json, event_to_proto
 from contract.events import Event
-from proto import events_pb2
 from services.common.kafka_admin import TopicSpec, ensure_topics
 from services.config import WindowConfig
 from services.ingest.consumer import DLQ_REASON

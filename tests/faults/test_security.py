@@ -18,10 +18,10 @@ from pathlib import Path
 import grpc
 import pytest
 import redis
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc
 
 from benchmarks.load import VERSION, stop_process, wait_serving, write_users
-from proto import service_pb2 as pb
-from proto import service_pb2_grpc
 from services.config import WindowConfig
 from services.ingest.produce import produce_events
 from services.stack import EmbeddedStack, StackConfig, free_ports
@@ -141,7 +141,7 @@ def test_valkey_auth_and_acl_secrets_from_env_and_files_never_in_argv_or_logs(
                     auth = (("authorization", f"Bearer {token}"),)
                     resp = stub.GetEmbeddings(req, timeout=5, metadata=auth)
                     assert resp.model_version == VERSION
-                    assert all(e.status == pb.STATUS_FOUND for e in resp.embeddings)
+                    assert all(s == pb.EMBEDDING_STATUS_FOUND for s in resp.statuses)
                     with pytest.raises(grpc.RpcError) as ei:
                         stub.GetEmbeddings(req, timeout=5)
                     assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED

@@ -17,6 +17,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc
 
 from benchmarks.load import (
     DIM,
@@ -27,8 +29,6 @@ from benchmarks.load import (
     wait_serving,
     write_users,
 )
-from proto import service_pb2 as pb
-from proto import service_pb2_grpc
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
 from services.store.vectors import VectorStore
@@ -121,7 +121,7 @@ def test_server_sigkilled_mid_request_clients_see_unavailable_then_recover(
     ch, stub = _stub(served.port)
     try:
         req = pb.GetEmbeddingsRequest(user_ids=served.ids[:10])
-        assert len(stub.GetEmbeddings(req, timeout=5).embeddings) == 10
+        assert len(stub.GetEmbeddings(req, timeout=5).statuses) == 10
         served.proxy.delay_s = 1.0  # calls now wait on the store: they are in flight
         r0 = served.proxy.requests
         futs = [stub.GetEmbeddings.future(req, timeout=10) for _ in range(20)]
@@ -140,7 +140,7 @@ def test_server_sigkilled_mid_request_clients_see_unavailable_then_recover(
 
         def answers() -> bool:
             try:
-                return len(stub.GetEmbeddings(req, timeout=1).embeddings) == 10
+                return len(stub.GetEmbeddings(req, timeout=1).statuses) == 10
             except grpc.RpcError:
                 return False
 
@@ -226,7 +226,7 @@ def test_slow_store_answers_within_deadline_or_fails_fast_and_in_flight_is_bound
         # 4. The store heals: the next call answers.
         served.proxy.delay_s = 0.0
         t_heal = time.monotonic()
-        assert len(stub.GetEmbeddings(req, timeout=2).embeddings) == 20
+        assert len(stub.GetEmbeddings(req, timeout=2).statuses) == 20
         heal_s = time.monotonic() - t_heal
     finally:
         ch.close()

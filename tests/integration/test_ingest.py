@@ -8,11 +8,11 @@ import uuid
 from collections.abc import Callable
 
 import pytest
+from persona.v1 import events_pb2
 from prometheus_client import CollectorRegistry
 
 from contract.codec import event_to_json, event_to_proto
 from contract.events import Event
-from proto import events_pb2
 from services.config import WindowConfig
 from services.ingest.consumer import DLQ_REASON, DLQ_SOURCE, Ingestor
 from services.ingest.metrics import ingest_metrics

@@ -163,7 +163,7 @@ def test_containers_run_real_commands_with_read_settings(monkeypatch: pytest.Mon
 
 
 def test_serving_probes_use_grpc_health() -> None:
-    from proto import service_pb2
+    from persona.v1 import service_pb2
 
     full = service_pb2.DESCRIPTOR.services_by_name["UserEmbeddingService"].full_name
     (c,) = _by_kind("Deployment")["persona-serve"]["spec"]["template"]["spec"]["containers"]

@@ -6,9 +6,9 @@ import time
 
 import grpc
 import numpy as np
+from persona.v1 import service_pb2_grpc
 from prometheus_client import CollectorRegistry
 
-from proto import service_pb2_grpc
 from services.serving.config import Limits, ServeConfig
 from services.serving.metrics import ServingMetrics
 from services.serving.server import ServingServer

@@ -8,8 +8,8 @@ import time
 import grpc
 import numpy as np
 import pytest
+from persona.v1 import service_pb2 as pb
 
-from proto import service_pb2 as pb
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from tests.serving.support import DIM, NOW_MS, V1, V2, Running, unit
@@ -18,7 +18,10 @@ pytestmark = pytest.mark.integration
 
 
 def rows(resp: pb.GetEmbeddingsResponse, dtype: str = "<f4") -> np.ndarray:
-    return np.frombuffer(resp.vectors, dtype).reshape(len(resp.embeddings), resp.dim)
+    return np.frombuffer(resp.vectors, dtype).reshape(len(resp.statuses), resp.dim)
+
+
+FOUND, NOT_FOUND = pb.EMBEDDING_STATUS_FOUND, pb.EMBEDDING_STATUS_NOT_FOUND
 
 
 def test_get_embeddings_in_request_order_with_not_found_and_duplicates(
@@ -27,18 +30,18 @@ def test_get_embeddings_in_request_order_with_not_found_and_duplicates(
     ids = ["u3", "nobody", "u0", "u3", "u199"]
     resp = running.stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=ids), timeout=5)
     assert resp.model_version == V1 and resp.dim == DIM
-    assert [e.user_id for e in resp.embeddings] == ids
-    assert [e.status for e in resp.embeddings] == [
-        pb.STATUS_FOUND, pb.STATUS_NOT_FOUND, pb.STATUS_FOUND, pb.STATUS_FOUND, pb.STATUS_FOUND
-    ]  # fmt: skip
+    assert resp.encoding == pb.VECTOR_ENCODING_FLOAT32  # unset in the request: float32, named
+    assert list(resp.statuses) == [FOUND, NOT_FOUND, FOUND, FOUND, FOUND]
     got = rows(resp)  # one frombuffer for the batch
     for i, u in enumerate(ids):
         want = users[V1].get(u, np.zeros(DIM, np.float32))
         np.testing.assert_array_equal(got[i], want)
-    e = resp.embeddings[0]
-    assert e.meta.computed_at_ms == NOW_MS - 5000 and e.meta.n_events == 13
-    assert e.meta.age_seconds == pytest.approx(time.time() - (NOW_MS - 5000) / 1000, abs=60)
-    assert e.meta.age_seconds >= 5
+    m = resp.meta  # columns, one entry per row
+    assert list(m.computed_at_ms) == [NOW_MS - 5000, 0, NOW_MS - 5000, NOW_MS - 5000, NOW_MS - 5000]
+    assert list(m.n_events) == [13, 0, 10, 13, 209] and list(m.window_version) == [1, 0, 1, 1, 1]
+    assert m.age_seconds[0] == pytest.approx(time.time() - (NOW_MS - 5000) / 1000, abs=60)
+    assert m.age_seconds[0] >= 5 and m.age_seconds[1] == 0
+    assert not resp.history_counts and not resp.history_vectors  # no history asked for
     assert running.sample("persona_serving_embeddings_total", status="not_found") == 1
     assert running.sample("persona_serving_embeddings_total", status="found") == 4
 
@@ -47,10 +50,10 @@ def test_float16_encoding_and_pinned_version(
     running: Running, users: dict[str, dict[str, np.ndarray]]
 ) -> None:
     req = pb.GetEmbeddingsRequest(
-        user_ids=["u1", "u2"], model_version=V2, encoding=pb.ENCODING_FLOAT16
+        user_ids=["u1", "u2"], model_version=V2, encoding=pb.VECTOR_ENCODING_FLOAT16
     )
     resp = running.stub.GetEmbeddings(req, timeout=5)
-    assert resp.model_version == V2 and resp.encoding == pb.ENCODING_FLOAT16
+    assert resp.model_version == V2 and resp.encoding == pb.VECTOR_ENCODING_FLOAT16
     assert len(resp.vectors) == 2 * DIM * 2
     want = np.stack([users[V2]["u1"], users[V2]["u2"]])
     np.testing.assert_allclose(rows(resp, "<f2").astype(np.float32), want, rtol=2e-3, atol=2e-3)
@@ -64,10 +67,13 @@ def test_history_newest_first(running: Running, vstore: VectorStore) -> None:
     req = pb.GetEmbeddingsRequest(user_ids=["hist", "nobody", "u5"], history_depth=2)
     resp = running.stub.GetEmbeddings(req, timeout=5)
     np.testing.assert_array_equal(rows(resp)[0], vecs[2])
-    h = resp.embeddings[0].history
-    assert [m.window_version for m in h] == [2, 1]
+    assert list(resp.meta.window_version) == [3, 0, 1]
+    assert list(resp.history_counts) == [2, 0, 0]  # "nobody" and u5 (one vector) add none
+    h = resp.history_meta
+    assert list(h.window_version) == [2, 1] and list(h.computed_at_ms) == [NOW_MS + 1, NOW_MS]
+    assert list(h.n_events) == [5, 5] and all(a >= 0 for a in h.age_seconds)
     hist = np.frombuffer(resp.history_vectors, "<f4").reshape(-1, DIM)
-    assert len(hist) == 2  # "nobody" and u5 (one vector only) add no history rows
+    assert len(hist) == sum(resp.history_counts)
     np.testing.assert_array_equal(hist, np.stack([vecs[1], vecs[0]]))
 
 
@@ -78,15 +84,16 @@ def test_cold_start_fallback_is_the_flagged_population_prior(
         user_ids=["new-user", "u7"], fallback=pb.FALLBACK_POPULATION_PRIOR
     )
     resp = running.stub.GetEmbeddings(req, timeout=5)
-    assert [e.status for e in resp.embeddings] == [pb.STATUS_FALLBACK_PRIOR, pb.STATUS_FOUND]
+    assert list(resp.statuses) == [pb.EMBEDDING_STATUS_FALLBACK_PRIOR, FOUND]
     prior = unit(np.mean([unit(v) for v in users[V1].values()], axis=0))
     np.testing.assert_allclose(rows(resp)[0], prior, atol=1e-5)
-    assert resp.embeddings[0].meta.n_events == 0
+    assert resp.meta.n_events[0] == 0 and resp.meta.window_version[0] == 0
+    assert resp.meta.computed_at_ms[0] > 0 and resp.meta.age_seconds[0] >= 0
     assert running.sample("persona_serving_embeddings_total", status="fallback") == 1
     # the index holds V1 only: a request pinned to V2 has no prior, the user stays NOT_FOUND
     req.model_version = V2
     resp = running.stub.GetEmbeddings(req, timeout=5)
-    assert resp.embeddings[0].status == pb.STATUS_NOT_FOUND
+    assert resp.statuses[0] == NOT_FOUND and resp.meta.computed_at_ms[0] == 0
     assert not rows(resp)[0].any()
 
 
@@ -197,7 +204,8 @@ def test_lookalike_errors(running: Running) -> None:
 def test_model_info(running: Running) -> None:
     info = running.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=5)
     assert info.active_version == V1 and info.dim == DIM
-    assert {(v.version, v.state) for v in info.versions} >= {(V1, "active"), (V2, "ready")}
+    states = {(v.version, v.state) for v in info.versions}
+    assert states >= {(V1, pb.MODEL_VERSION_STATE_ACTIVE), (V2, pb.MODEL_VERSION_STATE_READY)}
     assert info.index.model_version == V1 and info.index.size == 200
     assert info.index.kind == "flat" and info.index.lag_records == -1
     assert 0 <= info.index.seconds_since_update < 600

@@ -12,10 +12,10 @@ import grpc
 import numpy as np
 import pytest
 import redis
+from persona.v1 import service_pb2 as pb
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from proto import service_pb2 as pb
 from services.index.holder import IndexHolder
 from services.stack import free_ports
 from services.store.records import StoredVector
@@ -229,4 +229,4 @@ def test_no_index_yet_is_failed_precondition(
     assert "not ready" in ei.value.details()
     req = E(user_ids=["nobody"], fallback=pb.FALLBACK_POPULATION_PRIOR)
     resp = r.stub.GetEmbeddings(req, timeout=5)  # no index: no prior, plain NOT_FOUND
-    assert resp.embeddings[0].status == pb.STATUS_NOT_FOUND
+    assert resp.statuses[0] == pb.EMBEDDING_STATUS_NOT_FOUND

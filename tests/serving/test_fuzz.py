@@ -9,8 +9,8 @@ import grpc
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from persona.v1 import service_pb2 as pb
 
-from proto import service_pb2 as pb
 from tests.serving.support import DIM, Running
 
 pytestmark = pytest.mark.integration
@@ -34,7 +34,7 @@ embeddings = st.builds(
     model_version=versions,
     history_depth=st.integers(0, 2**32 - 1),
     encoding=st.sampled_from([0, 1, 2, 99]),
-    fallback=st.sampled_from([0, 1, 5]),
+    fallback=st.sampled_from([0, 1, 2, 5]),
 )
 queries = st.one_of(
     st.fixed_dictionaries({"user_id": ids}),
@@ -55,7 +55,7 @@ lookalikes = st.builds(
     exclude_seeds=st.booleans(),
     min_score=st.one_of(st.none(), floats),
     model_version=versions,
-    seed_mode=st.sampled_from([0, 1, 3]),
+    seed_mode=st.sampled_from([0, 1, 2, 3]),
 )
 calls = st.one_of(
     st.tuples(st.just("GetEmbeddings"), embeddings),
@@ -80,8 +80,8 @@ def test_random_requests_never_break_the_server(running: Running) -> None:
             return
         seen.add(grpc.StatusCode.OK)
         if method == "GetEmbeddings":
-            assert len(resp.embeddings) == len(req.user_ids)
-            width = 2 if req.encoding == pb.ENCODING_FLOAT16 else 4
+            assert len(resp.statuses) == len(req.user_ids)
+            width = 2 if req.encoding == pb.VECTOR_ENCODING_FLOAT16 else 4
             assert len(resp.vectors) == len(req.user_ids) * DIM * width
         elif method == "FindLookalikes":
             assert len(resp.neighbors) <= req.k

@@ -12,11 +12,11 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from persona.v1 import service_pb2 as pb
+from persona_client import ClientConfig, PersonaClient
 from prometheus_client import start_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
-from proto import service_pb2 as pb
-from services.demo.client import Client
 from services.index import IndexConfig
 from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
 from services.index.prior import PriorIndex
@@ -51,7 +51,7 @@ def test_graceful_shutdown_health_first_then_in_flight_calls_finish(
     caller.join(10)
     stopper.join(10)
     assert not stopper.is_alive()
-    assert result["resp"].embeddings[0].status == pb.STATUS_FOUND  # finished within grace
+    assert result["resp"].statuses[0] == pb.EMBEDDING_STATUS_FOUND  # finished within grace
     with pytest.raises(grpc.RpcError) as ei:
         r.stub.GetModelInfo(pb.GetModelInfoRequest(), timeout=2)
     assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -74,7 +74,7 @@ def test_health_waits_for_the_index_then_says_serving(
     assert whole == health_pb2.HealthCheckResponse.SERVING
     uid = next(iter(users[V1]))
     got = r.stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=[uid]), timeout=5)
-    assert got.embeddings[0].status == pb.STATUS_FOUND
+    assert got.statuses[0] == pb.EMBEDDING_STATUS_FOUND
     with pytest.raises(grpc.RpcError) as ei:
         r.stub.FindLookalikes(pb.FindLookalikesRequest(user_id=uid, k=3), timeout=5)
     assert ei.value.code() == grpc.StatusCode.FAILED_PRECONDITION
@@ -96,15 +96,12 @@ def test_demo_client_waits_for_readiness_not_liveness(
     index (the server as a whole is SERVING from its start)."""
     empty = IndexHolder()
     r = serve(vstore, empty, ready=empty.wait_ready)
-    client = Client(f"localhost:{r.server.port}")
-    try:
+    with PersonaClient(ClientConfig(f"localhost:{r.server.port}", timeout_s=5)) as client:
         with pytest.raises(TimeoutError):
-            client.wait_serving(timeout_s=1.0)
+            client.wait_ready(timeout_s=1.0)
         empty.swap(holder.current())
-        client.wait_serving(timeout_s=10)
-        assert len(client.lookalikes_of_user(next(iter(users[V1])), 3)) == 3
-    finally:
-        client.close()
+        client.wait_ready(timeout_s=10)
+        assert len(client.find_lookalikes(user_id=next(iter(users[V1])), k=3).user_ids) == 3
 
 
 def test_follower_with_no_active_version_is_ready_without_an_index() -> None:

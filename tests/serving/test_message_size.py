@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import grpc
 import pytest
+from persona.v1 import service_pb2 as pb
 
-from proto import service_pb2 as pb
 from services.serving.server import MAX_MESSAGE_BYTES
 from tests.serving.support import Running
 

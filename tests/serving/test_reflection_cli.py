@@ -138,7 +138,8 @@ def test_generic_reflection_client_calls_every_method(
         assert info["active_version"] == VERSION and info["dim"] == DIM
 
         got = client.call(SERVICE, "GetEmbeddings", {"user_ids": ["r1", "ghost"]})
-        assert [e["status"] for e in got["embeddings"]] == ["STATUS_FOUND", "STATUS_NOT_FOUND"]
+        assert got["statuses"] == ["EMBEDDING_STATUS_FOUND", "EMBEDDING_STATUS_NOT_FOUND"]
+        assert got["meta"]["n_events"] == [3, 0] and got["encoding"] == "VECTOR_ENCODING_FLOAT32"
         rows = np.frombuffer(base64.b64decode(got["vectors"]), "<f4").reshape(2, DIM)
         np.testing.assert_array_equal(rows[0], vecs["r1"])
 

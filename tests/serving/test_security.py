@@ -15,9 +15,9 @@ from pathlib import Path
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc
 
-from proto import service_pb2 as pb
-from proto import service_pb2_grpc
 from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
 from services.store.vectors import VectorStore

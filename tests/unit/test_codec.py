@@ -7,11 +7,11 @@ import json
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from persona.v1 import events_pb2
 
 from contract.codec import BadRecord, decode_event, event_to_json, event_to_proto
 from contract.events import Event
 from contract.record import record_from_proto, unpack_record
-from proto import events_pb2
 from services.config import WindowConfig
 
 NOW = 1_763_900_000_000

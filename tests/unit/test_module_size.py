@@ -1,5 +1,6 @@
 """Files stay small enough to read in one sitting (STYLE.md): no module under contract/,
-encoder/ or services/ passes `LIMIT` lines, except the few named here with the reason."""
+encoder/, services/ or the Python client passes `LIMIT` lines, except the few named here
+with the reason."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ EXCEPTIONS = {
 
 def test_no_module_passes_the_limit() -> None:
     over = {}
-    for folder in ("contract", "encoder", "services"):
+    for folder in ("contract", "encoder", "services", "clients/python/src/persona_client"):
         for path in sorted((ROOT / folder).rglob("*.py")):
             name = path.relative_to(ROOT).as_posix()
             lines = len(path.read_text(encoding="utf-8").splitlines())

@@ -3,7 +3,7 @@
 import grpc
 import warnings
 
-from proto import service_pb2 as proto_dot_service__pb2
+from persona.v1 import service_pb2 as persona_dot_v1_dot_service__pb2
 
 GRPC_GENERATED_VERSION = '1.85.1'
 GRPC_VERSION = grpc.__version__
@@ -18,7 +18,7 @@ except ImportError:
 if _version_not_supported:
     raise RuntimeError(
         f'The grpc package installed is at version {GRPC_VERSION},'
-        + ' but the generated code in proto/service_pb2_grpc.py depends on'
+        + ' but the generated code in persona/v1/service_pb2_grpc.py depends on'
         + f' grpcio>={GRPC_GENERATED_VERSION}.'
         + f' Please upgrade your grpc module to grpcio>={GRPC_GENERATED_VERSION}'
         + f' or downgrade your generated code using grpcio-tools<={GRPC_VERSION}.'
@@ -36,18 +36,18 @@ class UserEmbeddingServiceStub:
         """
         self.GetEmbeddings = channel.unary_unary(
                 '/persona.v1.UserEmbeddingService/GetEmbeddings',
-                request_serializer=proto_dot_service__pb2.GetEmbeddingsRequest.SerializeToString,
-                response_deserializer=proto_dot_service__pb2.GetEmbeddingsResponse.FromString,
+                request_serializer=persona_dot_v1_dot_service__pb2.GetEmbeddingsRequest.SerializeToString,
+                response_deserializer=persona_dot_v1_dot_service__pb2.GetEmbeddingsResponse.FromString,
                 _registered_method=True)
         self.FindLookalikes = channel.unary_unary(
                 '/persona.v1.UserEmbeddingService/FindLookalikes',
-                request_serializer=proto_dot_service__pb2.FindLookalikesRequest.SerializeToString,
-                response_deserializer=proto_dot_service__pb2.FindLookalikesResponse.FromString,
+                request_serializer=persona_dot_v1_dot_service__pb2.FindLookalikesRequest.SerializeToString,
+                response_deserializer=persona_dot_v1_dot_service__pb2.FindLookalikesResponse.FromString,
                 _registered_method=True)
         self.GetModelInfo = channel.unary_unary(
                 '/persona.v1.UserEmbeddingService/GetModelInfo',
-                request_serializer=proto_dot_service__pb2.GetModelInfoRequest.SerializeToString,
-                response_deserializer=proto_dot_service__pb2.GetModelInfoResponse.FromString,
+                request_serializer=persona_dot_v1_dot_service__pb2.GetModelInfoRequest.SerializeToString,
+                response_deserializer=persona_dot_v1_dot_service__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
 
 
@@ -55,7 +55,7 @@ class UserEmbeddingServiceServicer:
     """Missing associated documentation comment in .proto file."""
 
     def GetEmbeddings(self, request, context):
-        """Vectors for a batch of users, one entry per requested id, in request order.
+        """Vectors for a batch of users, one row per requested id, in request order.
         A response never mixes model versions: the version is resolved once per request.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -81,18 +81,18 @@ def add_UserEmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
             'GetEmbeddings': grpc.unary_unary_rpc_method_handler(
                     servicer.GetEmbeddings,
-                    request_deserializer=proto_dot_service__pb2.GetEmbeddingsRequest.FromString,
-                    response_serializer=proto_dot_service__pb2.GetEmbeddingsResponse.SerializeToString,
+                    request_deserializer=persona_dot_v1_dot_service__pb2.GetEmbeddingsRequest.FromString,
+                    response_serializer=persona_dot_v1_dot_service__pb2.GetEmbeddingsResponse.SerializeToString,
             ),
             'FindLookalikes': grpc.unary_unary_rpc_method_handler(
                     servicer.FindLookalikes,
-                    request_deserializer=proto_dot_service__pb2.FindLookalikesRequest.FromString,
-                    response_serializer=proto_dot_service__pb2.FindLookalikesResponse.SerializeToString,
+                    request_deserializer=persona_dot_v1_dot_service__pb2.FindLookalikesRequest.FromString,
+                    response_serializer=persona_dot_v1_dot_service__pb2.FindLookalikesResponse.SerializeToString,
             ),
             'GetModelInfo': grpc.unary_unary_rpc_method_handler(
                     servicer.GetModelInfo,
-                    request_deserializer=proto_dot_service__pb2.GetModelInfoRequest.FromString,
-                    response_serializer=proto_dot_service__pb2.GetModelInfoResponse.SerializeToString,
+                    request_deserializer=persona_dot_v1_dot_service__pb2.GetModelInfoRequest.FromString,
+                    response_serializer=persona_dot_v1_dot_service__pb2.GetModelInfoResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -120,8 +120,8 @@ class UserEmbeddingService:
             request,
             target,
             '/persona.v1.UserEmbeddingService/GetEmbeddings',
-            proto_dot_service__pb2.GetEmbeddingsRequest.SerializeToString,
-            proto_dot_service__pb2.GetEmbeddingsResponse.FromString,
+            persona_dot_v1_dot_service__pb2.GetEmbeddingsRequest.SerializeToString,
+            persona_dot_v1_dot_service__pb2.GetEmbeddingsResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -147,8 +147,8 @@ class UserEmbeddingService:
             request,
             target,
             '/persona.v1.UserEmbeddingService/FindLookalikes',
-            proto_dot_service__pb2.FindLookalikesRequest.SerializeToString,
-            proto_dot_service__pb2.FindLookalikesResponse.FromString,
+            persona_dot_v1_dot_service__pb2.FindLookalikesRequest.SerializeToString,
+            persona_dot_v1_dot_service__pb2.FindLookalikesResponse.FromString,
             options,
             channel_credentials,
             insecure,
@@ -174,8 +174,8 @@ class UserEmbeddingService:
             request,
             target,
             '/persona.v1.UserEmbeddingService/GetModelInfo',
-            proto_dot_service__pb2.GetModelInfoRequest.SerializeToString,
-            proto_dot_service__pb2.GetModelInfoResponse.FromString,
+            persona_dot_v1_dot_service__pb2.GetModelInfoRequest.SerializeToString,
+            persona_dot_v1_dot_service__pb2.GetModelInfoResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -9,35 +9,54 @@ DESCRIPTOR: _descriptor.FileDescriptor
 
 class VectorEncoding(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    ENCODING_FLOAT32: _ClassVar[VectorEncoding]
-    ENCODING_FLOAT16: _ClassVar[VectorEncoding]
+    VECTOR_ENCODING_UNSPECIFIED: _ClassVar[VectorEncoding]
+    VECTOR_ENCODING_FLOAT32: _ClassVar[VectorEncoding]
+    VECTOR_ENCODING_FLOAT16: _ClassVar[VectorEncoding]
 
 class Fallback(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
+    FALLBACK_UNSPECIFIED: _ClassVar[Fallback]
     FALLBACK_NONE: _ClassVar[Fallback]
     FALLBACK_POPULATION_PRIOR: _ClassVar[Fallback]
 
 class EmbeddingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
-    STATUS_UNSPECIFIED: _ClassVar[EmbeddingStatus]
-    STATUS_FOUND: _ClassVar[EmbeddingStatus]
-    STATUS_NOT_FOUND: _ClassVar[EmbeddingStatus]
-    STATUS_FALLBACK_PRIOR: _ClassVar[EmbeddingStatus]
+    EMBEDDING_STATUS_UNSPECIFIED: _ClassVar[EmbeddingStatus]
+    EMBEDDING_STATUS_FOUND: _ClassVar[EmbeddingStatus]
+    EMBEDDING_STATUS_NOT_FOUND: _ClassVar[EmbeddingStatus]
+    EMBEDDING_STATUS_FALLBACK_PRIOR: _ClassVar[EmbeddingStatus]
 
 class SeedMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
+    SEED_MODE_UNSPECIFIED: _ClassVar[SeedMode]
     SEED_MODE_MEAN: _ClassVar[SeedMode]
     SEED_MODE_UNION: _ClassVar[SeedMode]
-ENCODING_FLOAT32: VectorEncoding
-ENCODING_FLOAT16: VectorEncoding
+
+class ModelVersionState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    MODEL_VERSION_STATE_UNSPECIFIED: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_BACKFILLING: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_READY: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_ACTIVE: _ClassVar[ModelVersionState]
+    MODEL_VERSION_STATE_RETIRED: _ClassVar[ModelVersionState]
+VECTOR_ENCODING_UNSPECIFIED: VectorEncoding
+VECTOR_ENCODING_FLOAT32: VectorEncoding
+VECTOR_ENCODING_FLOAT16: VectorEncoding
+FALLBACK_UNSPECIFIED: Fallback
 FALLBACK_NONE: Fallback
 FALLBACK_POPULATION_PRIOR: Fallback
-STATUS_UNSPECIFIED: EmbeddingStatus
-STATUS_FOUND: EmbeddingStatus
-STATUS_NOT_FOUND: EmbeddingStatus
-STATUS_FALLBACK_PRIOR: EmbeddingStatus
+EMBEDDING_STATUS_UNSPECIFIED: EmbeddingStatus
+EMBEDDING_STATUS_FOUND: EmbeddingStatus
+EMBEDDING_STATUS_NOT_FOUND: EmbeddingStatus
+EMBEDDING_STATUS_FALLBACK_PRIOR: EmbeddingStatus
+SEED_MODE_UNSPECIFIED: SeedMode
 SEED_MODE_MEAN: SeedMode
 SEED_MODE_UNION: SeedMode
+MODEL_VERSION_STATE_UNSPECIFIED: ModelVersionState
+MODEL_VERSION_STATE_BACKFILLING: ModelVersionState
+MODEL_VERSION_STATE_READY: ModelVersionState
+MODEL_VERSION_STATE_ACTIVE: ModelVersionState
+MODEL_VERSION_STATE_RETIRED: ModelVersionState
 
 class GetEmbeddingsRequest(_message.Message):
     __slots__ = ("user_ids", "model_version", "history_depth", "encoding", "fallback")
@@ -53,45 +72,39 @@ class GetEmbeddingsRequest(_message.Message):
     fallback: Fallback
     def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., history_depth: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., fallback: _Optional[_Union[Fallback, str]] = ...) -> None: ...
 
-class VectorMeta(_message.Message):
+class VectorMetaColumns(_message.Message):
     __slots__ = ("computed_at_ms", "age_seconds", "n_events", "window_version")
     COMPUTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     N_EVENTS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_VERSION_FIELD_NUMBER: _ClassVar[int]
-    computed_at_ms: int
-    age_seconds: float
-    n_events: int
-    window_version: int
-    def __init__(self, computed_at_ms: _Optional[int] = ..., age_seconds: _Optional[float] = ..., n_events: _Optional[int] = ..., window_version: _Optional[int] = ...) -> None: ...
-
-class UserEmbedding(_message.Message):
-    __slots__ = ("user_id", "status", "meta", "history")
-    USER_ID_FIELD_NUMBER: _ClassVar[int]
-    STATUS_FIELD_NUMBER: _ClassVar[int]
-    META_FIELD_NUMBER: _ClassVar[int]
-    HISTORY_FIELD_NUMBER: _ClassVar[int]
-    user_id: str
-    status: EmbeddingStatus
-    meta: VectorMeta
-    history: _containers.RepeatedCompositeFieldContainer[VectorMeta]
-    def __init__(self, user_id: _Optional[str] = ..., status: _Optional[_Union[EmbeddingStatus, str]] = ..., meta: _Optional[_Union[VectorMeta, _Mapping]] = ..., history: _Optional[_Iterable[_Union[VectorMeta, _Mapping]]] = ...) -> None: ...
+    computed_at_ms: _containers.RepeatedScalarFieldContainer[int]
+    age_seconds: _containers.RepeatedScalarFieldContainer[float]
+    n_events: _containers.RepeatedScalarFieldContainer[int]
+    window_version: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, computed_at_ms: _Optional[_Iterable[int]] = ..., age_seconds: _Optional[_Iterable[float]] = ..., n_events: _Optional[_Iterable[int]] = ..., window_version: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetEmbeddingsResponse(_message.Message):
-    __slots__ = ("model_version", "dim", "encoding", "embeddings", "vectors", "history_vectors")
+    __slots__ = ("model_version", "dim", "encoding", "statuses", "vectors", "meta", "history_counts", "history_vectors", "history_meta")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
-    EMBEDDINGS_FIELD_NUMBER: _ClassVar[int]
+    STATUSES_FIELD_NUMBER: _ClassVar[int]
     VECTORS_FIELD_NUMBER: _ClassVar[int]
+    META_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_COUNTS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_VECTORS_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_META_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     dim: int
     encoding: VectorEncoding
-    embeddings: _containers.RepeatedCompositeFieldContainer[UserEmbedding]
+    statuses: _containers.RepeatedScalarFieldContainer[EmbeddingStatus]
     vectors: bytes
+    meta: VectorMetaColumns
+    history_counts: _containers.RepeatedScalarFieldContainer[int]
     history_vectors: bytes
-    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., embeddings: _Optional[_Iterable[_Union[UserEmbedding, _Mapping]]] = ..., vectors: _Optional[bytes] = ..., history_vectors: _Optional[bytes] = ...) -> None: ...
+    history_meta: VectorMetaColumns
+    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., statuses: _Optional[_Iterable[_Union[EmbeddingStatus, str]]] = ..., vectors: _Optional[bytes] = ..., meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., history_counts: _Optional[_Iterable[int]] = ..., history_vectors: _Optional[bytes] = ..., history_meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ...) -> None: ...
 
 class UserList(_message.Message):
     __slots__ = ("user_ids",)
@@ -154,8 +167,8 @@ class ModelVersion(_message.Message):
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     version: str
-    state: str
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[str] = ...) -> None: ...
+    state: ModelVersionState
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
     __slots__ = ("model_version", "size", "kind", "seconds_since_update", "lag_records")
