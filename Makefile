@@ -48,6 +48,7 @@ proto-baseline:  ## accept proto/ as the new compatibility baseline (only for a 
 
 test: install lint typecheck proto-check  ## lint, typecheck, the contract, unit, integration, fault, ops and client tests
 	deploy/ensure-tools.sh $(VENV)
+	deploy/ensure-client-tools.sh
 	$(PY) -m pytest -q tests
 
 test-unit: install  ## unit tests only
@@ -61,9 +62,10 @@ reliability: install  ## run the fault suite and regenerate docs/reliability.md
 	PERSONA_RELIABILITY_OUT=out/reliability.jsonl $(PY) -m pytest -q tests/faults
 	$(PY) tests/faults/report.py out/reliability.jsonl docs/reliability.md
 
-protos: install  ## regenerate the persona.v1 code: Python (clients/python/src/persona/v1)
+protos: install  ## regenerate the persona.v1 code: Python (clients/python/src/persona/v1), Go (clients/go/personav1)
 	$(PY) -m grpc_tools.protoc -Iproto --python_out=$(PYGEN) --pyi_out=$(PYGEN) proto/persona/v1/*.proto
 	$(PY) -m grpc_tools.protoc -Iproto --grpc_python_out=$(PYGEN) proto/persona/v1/service.proto
+	clients/go/generate.sh
 
 bench: install  ## run every benchmark at a quick size (README gives the full-size commands)
 	$(PY) benchmarks/ingest.py --users 1000 --events 60000
