@@ -20,7 +20,6 @@ from contract.events import Event, PropValue
 from contract.record import pack_record, record_from_wire
 
 _EVENT = events_pb2.Event
-_WS_OR_BRACE = frozenset(b" \t\n\r\x0b\x0c{")  # bytes.lstrip() whitespace, and `{`
 
 REASONS = (
     "oversized",
@@ -185,7 +184,7 @@ def decode_for_store(value: bytes | None, cfg: Limits, now_ms: int) -> Decoded:
     a JSON value goes through `decode_event`. Same refusals as `decode_event`.
     """
     value = _check_size(value, cfg)
-    if (value[0] != 0x0A or len(value) < 2 or value[1] in _WS_OR_BRACE) and _is_json(value):
+    if _is_json(value):
         ev = decode_event(value, cfg, now_ms)
         return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, pack_record(ev))
     msg = _EVENT()

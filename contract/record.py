@@ -27,6 +27,14 @@ def record_from_wire(value: bytes, msg: events_pb2.Event) -> bytes:
     two ids are its first two fields (every protobuf encoder writes fields in number order):
     a message is the concatenation of its fields, so the rest of the bytes is the record.
 
+    The one place ingest reads protobuf tag bytes itself (field 1 then field 2, lengths
+    under 128; anything else goes to the library). Measured on the ingest hot path (a
+    93-byte Event with two categorical and one numeric property, 2 cores, Dec 2026): 0.6 us
+    against 1.3 us for the library's two ClearField and SerializeToString; ingest handles
+    ~25 us a record, so this is ~3 % of it. tests/unit/test_codec.py
+    (`test_record_sliced_off_the_wire_equals_the_reserialized_record`, hypothesis, ids of
+    any length and a repeated id field at the end) holds it equal to `record_from_proto`.
+
     >>> wire = events_pb2.Event(user_id="u1", event_id="e9", ts_ms=5, type="t").SerializeToString()
     >>> msg = events_pb2.Event.FromString(wire)
     >>> record_from_wire(wire, msg) == record_from_proto(events_pb2.Event.FromString(wire))
