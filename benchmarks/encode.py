@@ -32,8 +32,9 @@ import torch
 
 from contract.events import Event
 from encoder.api import Encoder
+from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
-from encoder.synthetic import EVENT_TYPES, SyntheticConfig, generate
+from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import Tokenizer, TokenizerConfig
 
 
@@ -104,7 +105,8 @@ def main() -> None:
             enc = Encoder.load(args.models, device=name)
         else:
             torch.manual_seed(0)
-            tok = TokenizerConfig(event_types=EVENT_TYPES, max_events=args.length)
+            spec = discover(generate(SyntheticConfig(users=200)).events)
+            tok = TokenizerConfig(features=spec, max_events=args.length)
             model = UserEncoder(tok, ModelConfig(max_events=args.length)).eval()
             enc = Encoder("random-init", model, Tokenizer(tok), torch.device(name))
         dev = enc.device

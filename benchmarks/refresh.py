@@ -28,6 +28,7 @@ from prometheus_client import CollectorRegistry
 
 from contract.record import pack_record
 from encoder.api import Encoder
+from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import TokenizerConfig
@@ -87,7 +88,8 @@ def main() -> None:
         enc = Encoder.load(args.models)
     else:
         torch.manual_seed(args.seed)
-        model = UserEncoder(TokenizerConfig(), ModelConfig(dropout=0.0))
+        tok = TokenizerConfig(features=discover(generate(SyntheticConfig(users=200)).events))
+        model = UserEncoder(tok, ModelConfig(dropout=0.0))
         enc = Encoder.from_model(model, version="vbench")
     with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:
         a = stack.addresses

@@ -13,14 +13,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from contract.events import Event
 from encoder import registry
+from encoder.eventlog import EventLog
 from encoder.model import ModelConfig, UserEncoder
-from encoder.tokenizer import Tokenizer, TokenizerConfig
+from encoder.tokenizer import TokenBatch, Tokenizer, TokenizerConfig, TokenizerFormatError
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +80,10 @@ class Encoder:
         """Load `version` (None: the active one) from the registry."""
         v = registry.resolve(Path(models_dir), version)
         folder = Path(models_dir) / v
-        tok_cfg = TokenizerConfig.from_json((folder / "tokenizer.json").read_text())
+        try:
+            tok_cfg = TokenizerConfig.from_json((folder / "tokenizer.json").read_text())
+        except TokenizerFormatError as exc:
+            raise registry.RegistryError(f"model version {v}: {exc}") from None
         model_cfg = ModelConfig.from_json((folder / "model.json").read_text())
         model = UserEncoder(tok_cfg, model_cfg)
         state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
@@ -99,18 +104,36 @@ class Encoder:
         Returns:
             (B, dim) float32, rows L2-normalised (an empty window gives a zero row).
         """
-        nows = [now_ms] * len(windows) if isinstance(now_ms, int) else list(now_ms)
-        out = np.zeros((len(windows), self.dim), dtype=np.float32)
+        nows = np.broadcast_to(np.asarray(now_ms, dtype=np.int64), (len(windows),))
         lengths = [min(len(w), self.max_events) for w in windows]
+
+        def batch(idx: list[int]) -> TokenBatch:
+            return self.tokenizer.encode([windows[i] for i in idx], nows[idx])
+
+        return self._run(lengths, batch)
+
+    def encode_rows(
+        self, log: EventLog, lo: np.ndarray, hi: np.ndarray, now_ms: np.ndarray
+    ) -> np.ndarray:
+        """Vectors of the windows ``log`` rows ``lo[b]:hi[b]`` (the newest `max_events` of
+        each are read) at `now_ms`. The same output as `encode` on the same windows; no
+        `Event` objects are made. (B, dim) float32."""
+        lo = np.maximum(lo, hi - self.max_events)
+
+        def batch(idx: list[int]) -> TokenBatch:
+            return log.token_batch(lo[idx], hi[idx], now_ms[idx], self.tokenizer)
+
+        return self._run((hi - lo).tolist(), batch)
+
+    def _run(self, lengths: Sequence[int], batch: Any) -> np.ndarray:
+        out = np.zeros((len(lengths), self.dim), dtype=np.float32)
         cuda = self.device.type == "cuda"
         with (
             torch.inference_mode(),
             torch.autocast(device_type=self.device.type, dtype=torch.bfloat16, enabled=cuda),
         ):
             for idx in length_buckets(lengths, self.max_tokens, self.max_batch):
-                batch = self.tokenizer.encode([windows[i] for i in idx], [nows[i] for i in idx])
-                z = self.model.encode_batch(batch)  # (b, E)
-                z = torch.nn.functional.normalize(z.float(), dim=-1)
-                out[idx] = z.cpu().numpy()
-        out[np.array(lengths) == 0] = 0.0
+                z = self.model.encode_batch(batch(idx))  # (b, E)
+                out[idx] = z.float().cpu().numpy()
+        out[np.asarray(lengths) == 0] = 0.0
         return out

@@ -2,7 +2,8 @@
 
 - Linear-probe ROC AUC for `converts` and `churns` (5-fold cross-validated logistic
   regression on standardised inputs) from the embedding, and from hand-crafted aggregate
-  features: event counts per type over the last 1, 7 and 30 days, recency, distinct items.
+  features: event counts per type over the last 1, 7 and 30 days, recency, distinct values of
+  each string property, total events.
 - Lookalike precision@10: the share of a user's 10 nearest neighbours that share its hidden
   segment (cosine for the embedding, Euclidean on standardised aggregates), and the same
   for 10 random users.
@@ -21,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from contract.events import Event
+from encoder.evaluate_log import neighbours
 from encoder.synthetic import SyntheticConfig, SyntheticDataset, generate
 from encoder.tokenizer import DAY, HOUR
 
@@ -55,12 +57,17 @@ def heldout(cfg: EvalConfig) -> SyntheticDataset:
 def aggregate_features(
     windows: Sequence[Sequence[Event]], now_ms: int, types: Sequence[str]
 ) -> np.ndarray:
-    """(B, 3 * types + 3): counts per type over 1/7/30 days, log recency, distinct items, total."""
+    """(B, 3 * types + P + 2): counts per type over 1/7/30 days, log recency, distinct values
+    of each of the P string properties found in the windows, total events."""
     col = {t: i for i, t in enumerate(types)}
     n = len(types)
-    out = np.zeros((len(windows), 3 * n + 3), dtype=np.float64)
+    props = sorted(
+        {k for w in windows for e in w for k, v in e.props.items() if isinstance(v, str)}
+    )
+    pcol = {k: i for i, k in enumerate(props)}
+    out = np.zeros((len(windows), 3 * n + len(props) + 2), dtype=np.float64)
     for b, w in enumerate(windows):
-        items: set[str] = set()
+        seen: list[set[str]] = [set() for _ in props]
         for e in w:
             age = now_ms - e.ts_ms
             c = col.get(e.type)
@@ -68,12 +75,14 @@ def aggregate_features(
                 for k, span in enumerate((DAY, 7 * DAY, 30 * DAY)):
                     if age <= span:
                         out[b, k * n + c] += 1.0
-            if "item" in e.props:
-                items.add(str(e.props["item"]))
+            for name, v in e.props.items():
+                if isinstance(v, str):
+                    seen[pcol[name]].add(v)
         last = w[-1].ts_ms if w else now_ms - 60 * DAY
         out[b, 3 * n] = math.log1p(max(now_ms - last, 0) / HOUR)
-        out[b, 3 * n + 1] = math.log1p(len(items))
-        out[b, 3 * n + 2] = math.log1p(len(w))
+        for i, s in enumerate(seen):
+            out[b, 3 * n + 1 + i] = math.log1p(len(s))
+        out[b, -1] = math.log1p(len(w))
     out[:, : 3 * n] = np.log1p(out[:, : 3 * n])
     return out
 
@@ -96,15 +105,7 @@ def probe_auc(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> float:
 
 def precision_at_k(x: np.ndarray, labels: np.ndarray, k: int, metric: str) -> float:
     """Mean share of each row's k nearest other rows with the same label."""
-    if metric == "cosine":
-        xn = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        d = -(xn @ xn.T)
-    else:
-        z = (x - x.mean(0)) / np.maximum(x.std(0), 1e-9)
-        sq = (z * z).sum(1)
-        d = sq[:, None] + sq[None, :] - 2 * z @ z.T
-    np.fill_diagonal(d, np.inf)
-    nn = np.argpartition(d, k, axis=1)[:, :k]  # (B, k)
+    nn = neighbours(x, k, metric)  # (B, k)
     return float((labels[nn] == labels[:, None]).mean())
 
 

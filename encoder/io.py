@@ -1,14 +1,16 @@
 """Reading and writing event dumps and vector files.
 
-Events: JSON lines in the Event JSON shape (see `encoder/events.py`), or Parquet with the
+Events: JSON lines in the Event JSON shape (see `contract/events.py`), or Parquet with the
 columns ``user_id, event_id, ts_ms, type, props`` where ``props`` is a JSON string, a
-struct or a map. Vectors: Parquet with ``user_id, vector, model_version, n_events``.
+struct or a map. Both are streamed (`iter_events`): nothing reads a whole file into memory.
+Property values: strings are categorical, numbers numeric, JSON booleans the numbers 0 / 1.
+Vectors: Parquet with ``user_id, vector, model_version, n_events``.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -42,20 +44,46 @@ def event_from_dict(d: dict[str, Any]) -> Event:
     )
 
 
-def read_events(path: Path) -> list[Event]:
-    """All events of a JSON-lines or Parquet file, in file order."""
+class EventFileError(ValueError):
+    """A line or row of an event file that is not an event (the message names where)."""
+
+
+def iter_events(path: Path, batch_rows: int = 65_536) -> Iterator[Event]:
+    """Stream the events of a JSON-lines or Parquet file, in file order, in bounded memory
+    (one line, or one Parquet batch of `batch_rows`, at a time)."""
     path = Path(path)
     if path.suffix in (".parquet", ".pq"):
         import pyarrow.parquet as pq
 
-        return [event_from_dict(r) for r in pq.read_table(path).to_pylist()]
-    out: list[Event] = []
+        rows = 0
+        for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+            for r in batch.to_pylist():
+                rows += 1
+                try:
+                    yield event_from_dict(r)
+                except (KeyError, TypeError, ValueError) as exc:
+                    raise EventFileError(f"{path}: row {rows}: not an event: {exc!r}") from None
+        return
     with path.open() as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             line = line.strip()
-            if line:
-                out.append(event_from_dict(json.loads(line)))
-    return out
+            if not line:
+                continue
+            try:
+                yield event_from_dict(json.loads(line))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise EventFileError(f"{path}: line {n}: not an event: {exc!r}") from None
+
+
+def read_events(path: Path) -> list[Event]:
+    """All events of a JSON-lines or Parquet file, in file order (small files; training and
+    encoding stream with `iter_events`)."""
+    return list(iter_events(path))
+
+
+def events_source(path: Path) -> Callable[[], Iterator[Event]]:
+    """A function that opens a fresh stream of the file's events each time it is called."""
+    return lambda: iter_events(path)
 
 
 def write_events_jsonl(path: Path, events: Iterable[Event]) -> None:

@@ -42,6 +42,7 @@ class ModelConfig:
     out_dim: int = 64
     max_events: int = 64
     dense_age: bool = True  # add the exact log age (a Linear of one number) to each event
+    normalize: bool = False  # unit vectors (cosine only) or vectors whose length carries counts
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -110,7 +111,8 @@ class UserEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm_out = nn.LayerNorm(cfg.d_model)
         self.pool = nn.Linear(cfg.d_model, 1)
-        self.proj = nn.Linear(2 * cfg.d_model, cfg.out_dim)
+        self.bag_keys = tuple(k for k in self.keys if k == "type" or k.startswith("c"))
+        self.proj = nn.Linear(4 * cfg.d_model, cfg.out_dim)
         self._init_tables()
 
     @torch.no_grad()
@@ -121,10 +123,14 @@ class UserEncoder(nn.Module):
 
     def embed(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Sum of feature embeddings, padded: x (B, T, D) and the pad mask (B, T), True = pad."""
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sum of feature embeddings, padded: x (B, T, D), the pad mask (B, T), True = pad,
+        and the sum of the type and categorical embeddings alone, raw (B, T, D): what the
+        window's bag of values is made of."""
         out = self.ec(kjt)
-        summed = torch.stack([out[k].values() for k in self.keys]).sum(0)  # (N, D)
+        values = {k: out[k].values() for k in self.keys}
+        cats = torch.stack([values[k] for k in self.bag_keys]).sum(0)  # (N, D)
+        summed = cats + torch.stack([values[k] for k in self.keys if k not in self.bag_keys]).sum(0)
         if self.age_lin is not None and age_h is not None:
             summed = summed + self.age_lin(age_h.to(summed.dtype).unsqueeze(-1) / 4.0)  # (N, D)
         b = lengths.shape[0]
@@ -134,19 +140,22 @@ class UserEncoder(nn.Module):
         real = ar.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
         x = summed.new_zeros(b, t, summed.shape[-1])  # (B, T, D)
         x[real] = summed
+        raw = torch.zeros_like(x)  # (B, T, D)
+        raw[real] = cats
         rev = (lengths.unsqueeze(1) - 1 - ar.unsqueeze(0)).clamp(min=0)  # (B, T) 0 = newest
         x = x + self.pos(_pos_bucket(rev)) * real.unsqueeze(-1)
-        return self.norm_in(x), ~real
+        return self.norm_in(x), ~real, raw
 
     def forward(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Returns hidden states (B, T, D), the pad mask (B, T) and the user vectors (B, E).
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Returns hidden states (B, T, D), the pad mask (B, T), the user vectors (B, E) and
+        the raw categorical embeddings (B, T, D) (for `prefix_vectors`).
 
         The user vector reads two summaries: attention pooling over all real positions, and
         the newest event's hidden state (causal: it has seen the whole window, and carries
         the window's recency through its age feature)."""
-        x, pad = self.embed(kjt, lengths, age_h)  # (B, T, D), (B, T)
+        x, pad, raw = self.embed(kjt, lengths, age_h)  # (B, T, D), (B, T), (B, T, D)
         t = x.shape[1]
         causal = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
         pad_f = torch.zeros_like(pad, dtype=x.dtype).masked_fill(pad, float("-inf"))  # (B, T)
@@ -155,13 +164,16 @@ class UserEncoder(nn.Module):
         score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
         w = torch.softmax(score, dim=1).nan_to_num(0.0)  # empty windows pool to zero
         pooled = torch.einsum("bt,btd->bd", w.to(h.dtype), h)  # (B, D)
+        realf = (~pad).unsqueeze(-1).to(h.dtype)  # (B, T, 1)
+        bag = (h * realf).sum(1) / self.cfg.max_events  # (B, D) the window's sum: counts kept
         last = (lengths - 1).clamp(min=0)  # (B,) the newest event saw the whole window
         newest = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
         newest = newest * (lengths > 0).unsqueeze(-1).to(h.dtype)
-        z = F.normalize(self.proj(torch.cat([pooled, newest], -1)).float(), dim=-1)  # (B, E)
-        return h, pad, z
+        raw_bag = raw.sum(1)  # (B, D) counts of the window's values, unscaled
+        z = self._out(torch.cat([pooled, bag, newest, raw_bag], -1))  # (B, E)
+        return h, pad, z, raw
 
-    def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
+    def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
         """The user vector of every prefix (training only): z_t as if the window ended at t.
 
         Attention pooling as running sums, so z at the newest position equals `forward`'s.
@@ -173,12 +185,20 @@ class UserEncoder(nn.Module):
         num = torch.cumsum(e.unsqueeze(-1) * h.float(), dim=1)  # (B, T, D)
         den = torch.cumsum(e, dim=1).clamp(min=1e-30).unsqueeze(-1)  # (B, T, 1)
         pooled = (num / den).to(h.dtype)  # (B, T, D)
-        return F.normalize(self.proj(torch.cat([pooled, h], -1)).float(), dim=-1)  # (B, T, E)
+        realf = (~pad).unsqueeze(-1).to(h.float().dtype)  # (B, T, 1)
+        bag = (torch.cumsum(h.float() * realf, dim=1) / self.cfg.max_events).to(h.dtype)
+        raw_bag = torch.cumsum(raw.float(), dim=1).to(h.dtype)
+        return self._out(torch.cat([pooled, bag, h, raw_bag], -1))  # (B, T, E)
+
+    def _out(self, summary: torch.Tensor) -> torch.Tensor:
+        """(..., 3D) summaries -> (..., E) user vectors (L2-normalised if configured)."""
+        z = self.proj(summary).float()
+        return F.normalize(z, dim=-1) if self.cfg.normalize else z
 
     def encode_batch(self, batch: TokenBatch) -> torch.Tensor:
         """Token batch to user vectors (B, E), on this module's device."""
         dev = self.pos.weight.device
         kjt = make_kjt(batch, self.keys, dev)
         age = torch.from_numpy(batch.age_h).to(dev)  # (N,)
-        _, _, z = self(kjt, torch.from_numpy(batch.lengths).to(dev), age)
+        _, _, z, _ = self(kjt, torch.from_numpy(batch.lengths).to(dev), age)
         return z

@@ -1,21 +1,24 @@
-"""Self-supervised objectives, from event data alone.
+"""Self-supervised objectives for any schema, from event data alone.
 
-From every position t of a window (the hidden state h_t, causal) and, separately, from the
-user vector z at the encode time ``now``:
+From every position t of a window (the hidden state h_t, causal), from the user vector of
+every prefix, and from the user vector z at the encode time ``now``:
 
 - next event type (softmax over the type vocabulary);
-- next event's hashed item (sampled softmax: the batch's positives plus uniform negatives);
-- multi-horizon: which event types occur within the next hour, day and week (multi-label).
-  A horizon label is only used when its whole horizon lies inside the data (``anchor + H <=
-  data_end``), so the end of a dump is not read as "nothing happened".
+- next value of each high-cardinality categorical property (`value_targets`: sampled
+  softmax, the batch's positives plus uniform negatives);
+- multi-horizon: which outcomes (`encoder/outcomes.py`: any event, event types, top values
+  of the categorical properties) occur within each horizon (multi-label). A horizon label is
+  only used when its whole horizon lies inside the data (``anchor + H <= data_end``), so the
+  end of a dump is not read as "nothing happened";
+- from z only: the bag of the window's values of each value target (sampled softmax).
 
-Example: window ``[view i7 @ 0 s, cart i7 @ 40 s]``, next event ``purchase i7 @ 2 h`` and
-nothing after: position 0 targets ``type=cart, item=i7, 1 h={cart}, 1 d={cart, purchase}``.
+Example: window ``[view(sku=a7) @ 0 s, cart(sku=a7) @ 40 s]``, next event
+``buy(sku=a7) @ 2 h`` and nothing after: position 0 targets ``type=cart, sku=a7,
+1 h={(any), type=cart, sku=a7}, 1 d={(any), type=cart, type=buy, sku=a7}``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +26,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contract.events import Event
-from encoder.tokenizer import DAY, HOUR, WEEK, Tokenizer, TokenizerConfig
+from encoder.eventlog import EventLog
+from encoder.features import FeatureSpec
+from encoder.outcomes import OutcomeSpace, occurred
+from encoder.tokenizer import DAY, HOUR, WEEK, TokenBatch, Tokenizer
 
 IGNORE = -100
 
@@ -33,164 +38,204 @@ IGNORE = -100
 class ObjectiveConfig:
     horizons_ms: tuple[int, ...] = (HOUR, DAY, 3 * DAY, WEEK, 2 * WEEK)  # 2 w: churn horizon
     w_next_type: float = 1.0
-    w_next_item: float = 1.0
+    w_next_value: float = 1.0
     w_horizon: float = 1.0
     w_pooled: float = 2.0  # the user vector's own copy of the three objectives
     w_vec_horizon: float = 4.0  # extra weight on the user vector's multi-horizon targets
     w_prefix: float = 1.0  # the user vector of every prefix predicts that position's targets
-    w_bag: float = 2.0  # the user vector also names items of its window (sampled softmax)
+    w_bag: float = 2.0  # the user vector also names values of its window (sampled softmax)
     bag_size: int = 16
-    item_field: str = "item"
-    item_negatives: int = 512
+    negatives: int = 512
+    top_types: int = 32  # outcomes: this many event types ...
+    top_values: int = 16  # ... and this many top values of each categorical property
+    max_value_targets: int = 4  # next-value targets: the most common properties with ...
+    min_target_distinct: int = 32  # ... at least this many distinct values
+
+
+def value_targets(spec: FeatureSpec, obj: ObjectiveConfig) -> tuple[int, ...]:
+    """Categorical indices whose next value is predicted (high-cardinality properties)."""
+    picked = [
+        i
+        for i, c in enumerate(spec.categorical)
+        if c.kind == "categorical" and len(c.vocab) + c.buckets >= obj.min_target_distinct
+    ]
+    return tuple(picked[: obj.max_value_targets])
 
 
 @dataclass
-class Example:
-    """One training window and its targets. L = window length, K = horizons, Y = type rows.
+class Batch:
+    """A training batch: jagged inputs and padded targets. B windows, T = longest, K
+    horizons, Y outcomes, P value targets.
 
     Attributes:
-        ids: (F, L) token ids of the window.
-        next_type, next_item: (L,) targets per position (IGNORE where unknown).
-        horizon: (L, K, Y) bool labels; horizon_ok: (L, K) whether each label is usable.
-        p_type, p_item: targets of the user vector (the first event after ``now``).
-        p_horizon: (K, Y), p_horizon_ok: (K,).
-        p_bag: (bag_size,) item ids drawn from the window (IGNORE-padded).
+        tokens: the windows.
+        next_type: (B, T); next_value: (P, B, T) (IGNORE where unknown).
+        horizon: (B, T, K, Y) float labels; horizon_ok: (B, T, K).
+        p_type: (B,); p_value: (P, B); p_horizon: (B, K, Y); p_horizon_ok: (B, K).
+        p_bag: (P, B, bag_size) window values (IGNORE-padded).
     """
 
-    ids: np.ndarray
-    next_type: np.ndarray
-    next_item: np.ndarray
-    horizon: np.ndarray
-    horizon_ok: np.ndarray
-    p_type: int
-    p_item: int
-    p_horizon: np.ndarray
-    p_horizon_ok: np.ndarray
-    p_bag: np.ndarray
-    age_h: np.ndarray  # (L,) exact ages, see `TokenBatch`
+    tokens: TokenBatch
+    next_type: torch.Tensor
+    next_value: torch.Tensor
+    horizon: torch.Tensor
+    horizon_ok: torch.Tensor
+    p_type: torch.Tensor
+    p_value: torch.Tensor
+    p_horizon: torch.Tensor
+    p_horizon_ok: torch.Tensor
+    p_bag: torch.Tensor
 
 
-def make_example(
+def make_batch(
+    log: EventLog,
     tok: Tokenizer,
+    space: OutcomeSpace,
     obj: ObjectiveConfig,
-    window: Sequence[Event],
-    after: Sequence[Event],
-    now_ms: int,
+    users: np.ndarray,
+    nows: np.ndarray,
+    max_events: int,
     data_end_ms: int,
-) -> Example:
-    """Targets for `window` (events up to ``now``) given the events `after` it (oldest first)."""
-    cfg: TokenizerConfig = tok.config
-    item_col = 1 + [n for n, _ in cfg.categorical].index(obj.item_field)
-    batch = tok.encode([window], now_ms)
-    seq = list(window) + list(after)
-    rows = np.array([tok.event_ids(e) for e in seq], dtype=np.int64).reshape(len(seq), -1)
-    types, items = rows[:, 0], rows[:, item_col]  # (S,)
-    ts = np.array([e.ts_ms for e in seq], dtype=np.int64)  # (S,)
-    n_types = len(cfg.event_types) + 2
-    length = len(window)
-    nxt = np.arange(1, length + 1)  # (L,)
-    has = nxt < len(seq)
-    next_type = np.where(has, types[np.minimum(nxt, len(seq) - 1)], IGNORE)
-    next_item = np.where(has, items[np.minimum(nxt, len(seq) - 1)], 0)
-    next_item = np.where(next_item > 0, next_item, IGNORE)
-    counts = np.zeros((len(seq) + 1, n_types), dtype=np.int32)
-    counts[1:] = np.cumsum(np.eye(n_types, dtype=np.int32)[types], axis=0)  # (S+1, Y)
-    hs = np.array(obj.horizons_ms, dtype=np.int64)  # (K,)
-    ends = np.searchsorted(ts, ts[:length, None] + hs[None, :], side="right")  # (L, K)
-    horizon = (counts[ends] - counts[nxt][:, None, :]) > 0  # (L, K, Y)
-    horizon_ok = ts[:length, None] + hs[None, :] <= data_end_ms  # (L, K)
-    p_ends = np.searchsorted(ts, now_ms + hs, side="right")  # (K,)
-    p_horizon = (counts[p_ends] - counts[length][None, :]) > 0  # (K, Y)
-    seen = np.unique(items[:length][items[:length] > 0])
-    if len(seen) > obj.bag_size:  # a deterministic spread over the window's distinct items
-        seen = seen[np.linspace(0, len(seen) - 1, obj.bag_size).astype(np.int64)]
-    p_bag = np.full(obj.bag_size, IGNORE, dtype=np.int64)
-    p_bag[: len(seen)] = seen
-    return Example(
-        ids=batch.ids,
-        next_type=next_type,
-        next_item=next_item,
-        horizon=horizon,
-        horizon_ok=horizon_ok,
-        p_type=int(types[length]) if length < len(seq) else IGNORE,
-        p_item=int(items[length]) if length < len(seq) and items[length] > 0 else IGNORE,
-        p_horizon=p_horizon,
-        p_horizon_ok=now_ms + hs <= data_end_ms,
-        p_bag=p_bag,
-        age_h=batch.age_h,
-    )
-
-
-def collate(examples: Sequence[Example]) -> dict[str, torch.Tensor | np.ndarray]:
-    """Stack examples: jagged ids (F, N) plus padded targets (B, T, ...)."""
-    b = len(examples)
-    t = max(1, max(e.ids.shape[1] for e in examples))
-    k, y = examples[0].p_horizon.shape
+) -> Batch:
+    """Windows of `users` at `nows` (events at or before now) and their targets from the
+    events after them."""
+    targets = value_targets(tok.config.features, obj)
+    cols = [1 + c for c in targets]
+    lo, hi = log.window_bounds(users, nows, max_events)
+    tokens = log.token_batch(lo, hi, nows, tok)
+    b, p = len(users), len(cols)
+    t = max(1, int((hi - lo).max()) if b else 1)
+    hs = np.asarray(obj.horizons_ms, dtype=np.int64)
+    k, y = len(hs), space.size
     nt = np.full((b, t), IGNORE, dtype=np.int64)
-    ni = np.full((b, t), IGNORE, dtype=np.int64)
+    nv = np.full((p, b, t), IGNORE, dtype=np.int64)
     hz = np.zeros((b, t, k, y), dtype=np.float32)
     hok = np.zeros((b, t, k), dtype=bool)
-    for i, e in enumerate(examples):
-        n = e.ids.shape[1]
-        nt[i, :n], ni[i, :n], hz[i, :n], hok[i, :n] = (
-            e.next_type,
-            e.next_item,
-            e.horizon,
-            e.horizon_ok,
-        )
-    return {
-        "ids": np.concatenate([e.ids for e in examples], axis=1),
-        "age_h": np.concatenate([e.age_h for e in examples]),
-        "lengths": np.array([e.ids.shape[1] for e in examples], dtype=np.int64),
-        "next_type": torch.from_numpy(nt),
-        "next_item": torch.from_numpy(ni),
-        "horizon": torch.from_numpy(hz),
-        "horizon_ok": torch.from_numpy(hok),
-        "p_type": torch.tensor([e.p_type for e in examples]),
-        "p_item": torch.tensor([e.p_item for e in examples]),
-        "p_horizon": torch.from_numpy(np.stack([e.p_horizon for e in examples]).astype(np.float32)),
-        "p_horizon_ok": torch.from_numpy(np.stack([e.p_horizon_ok for e in examples])),
-        "p_bag": torch.from_numpy(np.stack([e.p_bag for e in examples])),
-    }
+    p_type = np.full(b, IGNORE, dtype=np.int64)
+    p_value = np.full((p, b), IGNORE, dtype=np.int64)
+    p_hz = np.zeros((b, k, y), dtype=np.float32)
+    p_bag = np.full((p, b, obj.bag_size), IGNORE, dtype=np.int64)
+    ends = log.offsets[users + 1]
+    horizon_end = log.positions(users, nows + hs.max(), strict=False)
+    for i in range(b):
+        w0, w1, end = int(lo[i]), int(hi[i]), int(ends[i])
+        n = w1 - w0
+        j = max(int(horizon_end[i]), min(w1 + 1, end))
+        seq_ts = log.ts[w0:j]
+        labels = space.labels(log.static[w0:j])  # (S, C)
+        nxt = np.arange(w0 + 1, w1 + 1)  # (n,) rows of the next events
+        has = nxt < end
+        safe = np.minimum(nxt, end - 1)
+        nt[i, :n] = np.where(has, log.static[safe, 0], IGNORE)
+        for q, col in enumerate(cols):
+            v = np.where(has, log.static[safe, col], 0)
+            nv[q, i, :n] = np.where(v > 0, v, IGNORE)
+        # positions: events strictly after position t, up to t's time + H
+        stop = np.searchsorted(seq_ts, seq_ts[:n, None] + hs[None, :], side="right")  # (n, K)
+        starts = np.repeat(np.arange(1, n + 1), k)
+        hz[i, :n] = occurred(labels, starts, stop.reshape(-1), y).reshape(n, k, y)
+        hok[i, :n] = seq_ts[:n, None] + hs[None, :] <= data_end_ms
+        # the user vector at now: events after now, up to now + H
+        now = int(nows[i])
+        p_stop = np.searchsorted(seq_ts, now + hs, side="right")  # (K,)
+        p_hz[i] = occurred(labels, np.full(k, n), p_stop, y)
+        if w1 < end:
+            p_type[i] = log.static[w1, 0]
+            for q, col in enumerate(cols):
+                val = int(log.static[w1, col])
+                p_value[q, i] = val if val > 0 else IGNORE
+        for q, col in enumerate(cols):
+            seen = np.unique(log.static[w0:w1, col])
+            seen = seen[seen > 0]
+            if len(seen) > obj.bag_size:  # a deterministic spread over the window's values
+                seen = seen[np.linspace(0, len(seen) - 1, obj.bag_size).astype(np.int64)]
+            p_bag[q, i, : len(seen)] = seen
+    return Batch(
+        tokens=tokens,
+        next_type=torch.from_numpy(nt),
+        next_value=torch.from_numpy(nv),
+        horizon=torch.from_numpy(hz),
+        horizon_ok=torch.from_numpy(hok),
+        p_type=torch.from_numpy(p_type),
+        p_value=torch.from_numpy(p_value),
+        p_horizon=torch.from_numpy(p_hz),
+        p_horizon_ok=torch.from_numpy(nows[:, None] + hs[None, :] <= data_end_ms),
+        p_bag=torch.from_numpy(p_bag),
+    )
 
 
 class TrainingHeads(nn.Module):
     """Prediction heads used only in training; not saved with the serving model."""
 
-    def __init__(self, tok: TokenizerConfig, obj: ObjectiveConfig, d_model: int, out_dim: int):
+    def __init__(
+        self,
+        tok: Tokenizer,
+        space: OutcomeSpace,
+        obj: ObjectiveConfig,
+        d_model: int,
+        out_dim: int,
+        normalized: bool = False,
+    ) -> None:
         super().__init__()
         self.obj = obj
-        y = len(tok.event_types) + 2
-        k = len(obj.horizons_ms)
-        self.k, self.y = k, y
-        self.item_rows = dict(tok.categorical)[obj.item_field] + 1
-        self.item_out = nn.Embedding(self.item_rows, d_model)
-        nn.init.normal_(self.item_out.weight, 0.0, 0.02)
-        self.seq_type, self.seq_hz = nn.Linear(d_model, y), nn.Linear(d_model, k * y)
-        self.seq_item = nn.Linear(d_model, d_model)
-        self.vec_type, self.vec_hz = nn.Linear(out_dim, y), nn.Linear(out_dim, k * y)
-        self.vec_item = nn.Linear(out_dim, d_model)
-        self.scale = nn.Parameter(torch.tensor(10.0))  # temperature of the unit user vector
+        spec = tok.config.features
+        n_types = len(spec.event_types) + 2
+        self.k, self.y = len(obj.horizons_ms), space.size
+        self.register_buffer("hz_weight", torch.from_numpy(space.weights()), persistent=False)
+        self.targets = value_targets(spec, obj)
+        self.value_rows = [spec.categorical[c].rows for c in self.targets]
+        self.value_out = nn.ModuleList([nn.Embedding(r, d_model) for r in self.value_rows])
+        for emb in self.value_out:
+            nn.init.normal_(emb.weight, 0.0, 0.02)  # type: ignore[arg-type]
+        self.seq_value = nn.ModuleList([nn.Linear(d_model, d_model) for _ in self.targets])
+        self.vec_value = nn.ModuleList([nn.Linear(out_dim, d_model) for _ in self.targets])
+        self.seq_type, self.seq_hz = (
+            nn.Linear(d_model, n_types),
+            nn.Linear(d_model, self.k * self.y),
+        )
+        self.vec_type, self.vec_hz = (
+            nn.Linear(out_dim, n_types),
+            nn.Linear(out_dim, self.k * self.y),
+        )
+        # temperature of the user vector (unit vectors need a large one)
+        self.scale = nn.Parameter(torch.tensor(10.0 if normalized else 1.0))
 
-    def _item_loss(
-        self, q: torch.Tensor, target: torch.Tensor, gen: torch.Generator
+    def _value_loss(
+        self, q: torch.Tensor, target: torch.Tensor, p: int, gen: torch.Generator
     ) -> torch.Tensor:
-        """Sampled softmax. q: (M, D) queries, target: (M,) bucket ids (IGNORE skipped)."""
+        """Sampled softmax. q: (M, D) queries, target: (M,) ids of target p (IGNORE skipped)."""
         keep = target != IGNORE
         if not bool(keep.any()):
             return q.sum() * 0.0
         q, target = q[keep], target[keep]  # (M', D), (M',)
-        neg = torch.randint(1, self.item_rows, (self.obj.item_negatives,), generator=gen)
+        neg = torch.randint(1, self.value_rows[p], (self.obj.negatives,), generator=gen)
         cand, inv = torch.unique(torch.cat([target, neg]), return_inverse=True)  # (C,)
-        logits = q @ self.item_out(cand).T  # (M', C)
+        logits = q @ self.value_out[p](cand).T  # (M', C)
         return F.cross_entropy(logits, inv[: target.shape[0]])
+
+    def _values(
+        self, q_of: nn.ModuleList, x: torch.Tensor, target: torch.Tensor, gen: torch.Generator
+    ) -> torch.Tensor:
+        """Mean sampled-softmax loss over the value targets. x: (M, D_in), target: (P, M)."""
+        if not self.targets:
+            return x.sum() * 0.0
+        parts = [self._value_loss(q_of[p](x), target[p], p, gen) for p in range(len(self.targets))]
+        return torch.stack(parts).mean()
+
+    def _horizon(self, logit: torch.Tensor, labels: torch.Tensor, ok: torch.Tensor) -> torch.Tensor:
+        """Group-weighted BCE. logit, labels: (..., K, Y); ok: (..., K) usable labels."""
+        bce = F.binary_cross_entropy_with_logits(logit, labels, reduction="none")  # (..., K, Y)
+        weight: torch.Tensor = self.hz_weight  # type: ignore[assignment]
+        per = (bce * weight).sum(-1)  # (..., K)
+        okf = ok.float()
+        return (per * okf).sum() / okf.sum().clamp(min=1.0)
 
     def loss(
         self,
         h: torch.Tensor,
         pad: torch.Tensor,
         z: torch.Tensor,
-        batch: dict,
+        batch: Batch,
         gen: torch.Generator,
         z_prefix: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, dict[str, float]]:
@@ -199,56 +244,50 @@ class TrainingHeads(nn.Module):
         o = self.obj
         b, t, _ = h.shape
         real = ~pad  # (B, T)
+        flat_h = h.reshape(b * t, -1)
         l_type = F.cross_entropy(
-            self.seq_type(h).reshape(b * t, -1), batch["next_type"].reshape(-1), ignore_index=IGNORE
+            self.seq_type(flat_h), batch.next_type.reshape(-1), ignore_index=IGNORE
         )
-        l_item = self._item_loss(
-            self.seq_item(h).reshape(b * t, -1), batch["next_item"].reshape(-1), gen
-        )
-        hz_logit = self.seq_hz(h).reshape(b, t, self.k, self.y)  # (B, T, K, Y)
-        ok = (batch["horizon_ok"] & real.unsqueeze(-1)).unsqueeze(-1).float()  # (B, T, K, 1)
-        bce = F.binary_cross_entropy_with_logits(hz_logit, batch["horizon"], reduction="none")
-        l_hz = (bce * ok).sum() / (ok.sum() * self.y).clamp(min=1.0)
+        l_value = self._values(self.seq_value, flat_h, batch.next_value.reshape(-1, b * t), gen)
+        ok = batch.horizon_ok & real.unsqueeze(-1)  # (B, T, K)
+        l_hz = self._horizon(self.seq_hz(h).reshape(b, t, self.k, self.y), batch.horizon, ok)
         zs = z * self.scale  # (B, E)
         p_type = (
-            F.cross_entropy(self.vec_type(zs), batch["p_type"], ignore_index=IGNORE)
-            if bool((batch["p_type"] != IGNORE).any())
+            F.cross_entropy(self.vec_type(zs), batch.p_type, ignore_index=IGNORE)
+            if bool((batch.p_type != IGNORE).any())
             else z.sum() * 0.0
         )
-        p_item = self._item_loss(self.vec_item(zs), batch["p_item"], gen)
-        p_logit = self.vec_hz(zs).reshape(b, self.k, self.y)  # (B, K, Y)
-        p_ok = batch["p_horizon_ok"].unsqueeze(-1).float()  # (B, K, 1)
-        p_bce = F.binary_cross_entropy_with_logits(p_logit, batch["p_horizon"], reduction="none")
-        p_hz = (p_bce * p_ok).sum() / (p_ok.sum() * self.y).clamp(min=1.0)
-        q = self.vec_item(zs)  # (B, D)
-        nb = batch["p_bag"].shape[1]
-        p_bag = self._item_loss(
-            q.unsqueeze(1).expand(-1, nb, -1).reshape(b * nb, -1), batch["p_bag"].reshape(-1), gen
+        p_value = self._values(self.vec_value, zs, batch.p_value, gen)
+        p_hz = self._horizon(
+            self.vec_hz(zs).reshape(b, self.k, self.y), batch.p_horizon, batch.p_horizon_ok
         )
-        seq = o.w_next_type * l_type + o.w_next_item * l_item + o.w_horizon * l_hz
-        vec = o.w_next_type * p_type + o.w_next_item * p_item + o.w_vec_horizon * p_hz
+        nb = batch.p_bag.shape[-1]
+        zb = zs.unsqueeze(1).expand(-1, nb, -1).reshape(b * nb, -1)
+        p_bag = self._values(
+            self.vec_value, zb, batch.p_bag.reshape(len(self.targets), b * nb), gen
+        )
+        seq = o.w_next_type * l_type + o.w_next_value * l_value + o.w_horizon * l_hz
+        vec = o.w_next_type * p_type + o.w_next_value * p_value + o.w_vec_horizon * p_hz
         total = seq + o.w_pooled * vec + o.w_bag * p_bag
         pre = z.sum() * 0.0
         if z_prefix is not None and o.w_prefix > 0:
             zp = z_prefix * self.scale  # (B, T, E)
             pre_type = F.cross_entropy(
                 self.vec_type(zp).reshape(b * t, -1),
-                batch["next_type"].reshape(-1),
+                batch.next_type.reshape(-1),
                 ignore_index=IGNORE,
             )
             zp_hz = self.vec_hz(zp).reshape(b, t, self.k, self.y)  # (B, T, K, Y)
-            zb = F.binary_cross_entropy_with_logits(zp_hz, batch["horizon"], reduction="none")
-            pre = pre_type + o.w_vec_horizon * (zb * ok).sum() / (ok.sum() * self.y).clamp(min=1.0)
+            pre = pre_type + o.w_vec_horizon * self._horizon(zp_hz, batch.horizon, ok)
             total = total + o.w_prefix * pre
         named = {
             "type": l_type,
-            "item": l_item,
+            "value": l_value,
             "horizon": l_hz,
             "vec_type": p_type,
-            "vec_item": p_item,
+            "vec_value": p_value,
             "vec_horizon": p_hz,
             "bag": p_bag,
             "prefix": pre,
         }
-        parts = {k: float(v.detach()) for k, v in named.items()}
-        return total, parts
+        return total, {k: float(v.detach()) for k, v in named.items()}

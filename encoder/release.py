@@ -5,16 +5,20 @@
 2. parity: the serving-side batch `Encoder`, loading the version from disk, reproduces the
    parity sample's vectors (computed one window at a time at training time) within `tol`;
 3. validate: on the held-out evaluation, no metric of the candidate falls more than
-   `tolerance` below the active version's (skipped when nothing is active yet);
+   `tolerance` below the active version's (skipped when nothing is active yet). The held-out
+   evaluation is the candidate's own: the time split of the event file it was trained from
+   (both versions encoded and probed on the same split), or held-out synthetic users for a
+   synthetic model;
 4. the ACTIVE pointer is replaced in one atomic step (the old one goes on the history).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -25,9 +29,11 @@ from contract.events import Event
 from encoder import registry
 from encoder.api import Encoder
 from encoder.evaluate import EvalConfig, evaluate
+from encoder.evaluate_log import LogEvalConfig, evaluate_log
+from encoder.io import events_source
 from encoder.model import UserEncoder
 from encoder.tokenizer import Tokenizer
-from encoder.train import TrainSpec, group_by_user, train
+from encoder.train import EventSource, TrainSpec, train
 
 log = logging.getLogger(__name__)
 
@@ -55,27 +61,41 @@ def reference_vectors(
 
 
 def train_version(
-    events: Sequence[Event],
+    events: EventSource,
     spec: TrainSpec,
     models_dir: Path,
     data_end_ms: int | None = None,
     parity_n: int = 256,
     extra_metrics: dict[str, Any] | None = None,
+    until_ms: int | None = None,
+    eval_split: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Train, then write an immutable version (with its parity sample). Returns (id, metrics)."""
-    model, tok_cfg, metrics = train(events, spec, data_end_ms)
+    """Train, then write an immutable version (with its parity sample). Returns (id, metrics).
+
+    Args:
+        events: a sequence, or a function opening a fresh stream (read twice).
+        until_ms: train only on events before this time.
+        eval_split: for a model trained from an event file with a held-out split:
+            ``{"events": path, "sha256": ..., "split_at_ms": T}``; `validate` evaluates
+            candidate and active version on exactly that split.
+    """
+    model, tok_cfg, metrics, evlog = train(events, spec, data_end_ms, until_ms, keep_raw=parity_n)
     metrics.update(extra_metrics or {})
-    users = group_by_user(events)
+    if eval_split is not None:
+        metrics["eval_split"] = eval_split
     end = int(metrics["data_end_ms"])
-    picked = list(users)[:parity_n]
-    windows = [users[u][-tok_cfg.max_events :] for u in picked]
+    windows = [evlog.raw[u] for u in sorted(evlog.raw)]
     nows = [end] * len(windows)
     vectors = reference_vectors(model, windows, nows)
     texts = {
         "tokenizer.json": tok_cfg.to_json(),
         "model.json": model.cfg.to_json(),
         "train.json": json.dumps(
-            {"objectives": asdict(spec.objectives), "train": asdict(spec.train)},
+            {
+                "objectives": asdict(spec.objectives),
+                "train": asdict(spec.train),
+                "spec_options": asdict(spec.spec_options),
+            },
             indent=2,
             sort_keys=True,
         ),
@@ -119,23 +139,87 @@ def cached_eval(models_dir: Path, version: str, cfg: EvalConfig) -> dict[str, An
     return eval_version(models_dir, version, cfg)
 
 
+def file_sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def log_eval_version(
+    models_dir: Path, version: str, split: dict[str, Any], cfg: LogEvalConfig | None = None
+) -> dict[str, Any]:
+    """`evaluate_log` of `version` on ``split`` (``{"events", "sha256", "split_at_ms"}``),
+    cached in the version's ``eval_log.json``. ``leak`` says the version was trained on
+    events at or after the split (its numbers are then optimistic)."""
+    cfg = replace(cfg or LogEvalConfig(), split_at=int(split["split_at_ms"]))
+    key = {"split": split, "config": asdict(cfg)}
+    saved = registry.read_json(models_dir, version, "eval_log.json")
+    if saved.get("key") == key:
+        return saved
+    events = Path(split["events"])
+    if not events.exists():
+        raise registry.RegistryError(f"evaluation log {events} not found")
+    if file_sha256(events) != split["sha256"]:
+        raise registry.RegistryError(f"evaluation log {events} changed since the split was made")
+    enc = Encoder.load(models_dir, version)
+    report = evaluate_log(enc.encode_rows, enc.tokenizer.config, events_source(events), cfg)
+    until = registry.read_json(models_dir, version, "metrics.json").get("until_ms")
+    report.update(key=key, model_version=version, leak=until is None or until > cfg.split_at)
+    registry.add_report(models_dir, version, "eval_log.json", report)
+    return report
+
+
+def _log_metrics(report: dict[str, Any]) -> dict[str, float]:
+    return {
+        "mean_auc": report["mean_auc"]["embedding"],
+        "lookalike_jaccard": report["lookalike_jaccard_at_k"]["embedding"],
+    }
+
+
 def validate(
     models_dir: Path, candidate: str, cfg: EvalConfig, tolerance: float = 0.02
 ) -> dict[str, Any]:
-    """Compare the candidate with the active version; ok=False on a regression > tolerance."""
+    """Compare the candidate with the active version; ok=False on a regression > tolerance.
+
+    A version trained from an event file with a held-out split is compared with the active
+    one on that split of that file (`log_eval_version`); a synthetic one on held-out
+    synthetic users; one trained from events without a split cannot be validated."""
     active = registry.active_version(models_dir)
-    cand = cached_eval(models_dir, candidate, cfg)
     result: dict[str, Any] = {"candidate": candidate, "active": active, "tolerance": tolerance}
-    result["candidate_metrics"] = cand["embedding"]
+    metrics = registry.read_json(models_dir, candidate, "metrics.json")
+    split = metrics.get("eval_split")
+    if split is None and metrics.get("source_kind") == "events":
+        result.update(
+            ok=False,
+            regressions=[
+                "trained from events without a held-out split: nothing to validate it on "
+                "(train with --split-at, or promote with --skip-validate)"
+            ],
+        )
+        return result
+    if split is not None:
+        result["on"] = f"{split['events']} split at {split['split_at_ms']}"
+        cand = _log_metrics(log_eval_version(models_dir, candidate, split))
+    else:
+        result["on"] = "held-out synthetic users"
+        cand = cached_eval(models_dir, candidate, cfg)["embedding"]
+    result["candidate_metrics"] = cand
     if active is None or active == candidate:
         result.update(ok=True, regressions=[])
         return result
-    base = cached_eval(models_dir, active, cfg)
-    result["active_metrics"] = base["embedding"]
+    if split is not None:
+        base_report = log_eval_version(models_dir, active, split)
+        result["active_leak"] = base_report["leak"]
+        base = _log_metrics(base_report)
+    else:
+        base = cached_eval(models_dir, active, cfg)["embedding"]
+    result["active_metrics"] = base
     regressions = [
-        f"{k}: {cand['embedding'][k]:.4f} < {base['embedding'][k]:.4f} - {tolerance}"
-        for k in ("auc_converts", "auc_churns", "precision_at_10")
-        if cand["embedding"][k] < base["embedding"][k] - tolerance
+        f"{k}: {cand[k]:.4f} < {base[k]:.4f} - {tolerance}"
+        for k in cand
+        if k in base and cand[k] < base[k] - tolerance
     ]
     result.update(ok=not regressions, regressions=regressions)
     return result

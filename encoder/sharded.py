@@ -86,5 +86,5 @@ def encode_sharded(dmp: nn.Module, keys: tuple[str, ...], batch: TokenBatch) -> 
     kjt = make_kjt(batch, keys, device)
     with torch.no_grad():
         lengths = torch.from_numpy(batch.lengths).to(device)
-        _, _, z = dmp(kjt, lengths, torch.from_numpy(batch.age_h).to(device))  # (b, E)
+        _, _, z, _ = dmp(kjt, lengths, torch.from_numpy(batch.age_h).to(device))  # (b, E)
     return z

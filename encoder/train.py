@@ -1,17 +1,29 @@
-"""Training: events in, a trained `UserEncoder` (plus tokenizer config and metrics) out.
+"""Training: an event stream in, a trained `UserEncoder` (plus tokenizer config and metrics) out.
 
-Each user's history is cut at a few times ``now``; the window is the last events before the
-cut and the targets come from the events after it (see `encoder/objectives.py`). Cuts are
-drawn uniformly in time (so some windows end in a long silence, as at encode time for a
-fading user) and one cut sits at the end of the data. Batches are bucketed by length.
+Order of work:
+
+1. profile the events and discover the feature spec (`encoder/features.py`), unless the
+   spec already names one; one streaming pass;
+2. tokenize the events into an `EventLog` (second streaming pass; events at or after
+   ``until_ms`` are left out: they belong to the evaluation split);
+3. hold out a validation share of the users (when there are enough);
+4. cut each user's history at a few times ``now`` (one at the end of the data, the rest
+   uniform in time, more cuts per user for small logs); the window is the last events up to
+   the cut and the targets come from the events after it (`encoder/objectives.py`);
+5. train with AdamW + one-cycle on length-bucketed batches; after every epoch measure the
+   validation loss, keep the best epoch's weights and stop after `patience` epochs without
+   improvement. The metrics say which epoch was kept and why training stopped.
+
 Deterministic under `TrainConfig.seed` on a given machine and thread count.
 """
 
 from __future__ import annotations
 
+import copy
 import logging
+import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -19,37 +31,60 @@ import numpy as np
 import torch
 
 from contract.events import Event
+from encoder.eventlog import EventLog, build_log
+from encoder.features import FeaturesFile, Profile, SpecOptions, spec_from_profile
 from encoder.model import ModelConfig, UserEncoder, make_kjt
-from encoder.objectives import Example, ObjectiveConfig, TrainingHeads, collate, make_example
-from encoder.tokenizer import TokenBatch, Tokenizer, TokenizerConfig, build_vocab
+from encoder.objectives import ObjectiveConfig, TrainingHeads, make_batch
+from encoder.outcomes import OutcomeSpace
+from encoder.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger(__name__)
+
+EventSource = Sequence[Event] | Callable[[], Iterable[Event]]
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    epochs: int = 5
+    epochs: int = 8  # at most: early stopping on the validation loss decides
+    patience: int = 2  # epochs without a better validation loss before stopping
+    val_share: float = 0.1  # users held out for validation ...
+    min_val_users: int = 20  # ... when that is at least this many
     batch_size: int = 64
     lr: float = 2e-3
     table_lr_mult: float = 5.0  # embedding rows see few updates each: a larger step
     weight_decay: float = 0.01
-    cuts_per_user: int = 2  # time-uniform cuts, plus one at the end of the data
+    table_weight_decay: float = 0.0
+    cuts_per_user: int = 2  # time-uniform cuts, plus one at the end of the data ...
+    min_examples: int = 4000  # ... raised for small logs to reach this many windows ...
+    max_cuts_per_user: int = 16  # ... up to this many
     train_max_events: int = 64  # windows in training (the model serves up to max_events)
+    feature_dropout: float = 0.1  # share of categorical values hidden (set absent) in training
     seed: int = 0
     progress: bool = True
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """Everything that defines a training run (saved with the version)."""
+    """Everything that defines a training run (saved with the version). An empty
+    ``tokenizer.features`` means "discover the features from the events"."""
 
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     objectives: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    spec_options: SpecOptions = field(default_factory=SpecOptions)
+    features_file: FeaturesFile | None = None
 
 
-def group_by_user(events: Sequence[Event]) -> dict[str, list[Event]]:
+def stream(source: EventSource, until_ms: int | None = None) -> Iterator[Event]:
+    """One pass over `source` (a sequence, or a function that opens a new stream)."""
+    it = source() if callable(source) else iter(source)
+    if until_ms is None:
+        return iter(it)
+    return (e for e in it if e.ts_ms < until_ms)
+
+
+def group_by_user(events: Iterable[Event]) -> dict[str, list[Event]]:
     """Events per user in window order (sorted by ts, event id), duplicates by id dropped."""
     out: dict[str, dict[str, Event]] = {}
     for e in events:
@@ -57,103 +92,201 @@ def group_by_user(events: Sequence[Event]) -> dict[str, list[Event]]:
     return {u: sorted(d.values(), key=Event.sort_key) for u, d in sorted(out.items())}
 
 
-def build_examples(
-    users: dict[str, list[Event]],
-    tok: Tokenizer,
-    obj: ObjectiveConfig,
-    cuts_per_user: int,
-    max_events: int,
-    data_end_ms: int,
-    rng: np.random.Generator,
-) -> list[Example]:
-    """Cut every user's history into (window, targets) examples."""
-    examples: list[Example] = []
-    horizon = max(obj.horizons_ms)
-    for evs in users.values():
-        ts = np.array([e.ts_ms for e in evs], dtype=np.int64)
-        nows = [data_end_ms]
-        lo, hi = int(ts[0]) + 1, data_end_ms - horizon  # every horizon label observable
-        if hi > lo:
-            nows += [int(x) for x in rng.integers(lo, hi, size=cuts_per_user)]
-        for now in nows:
-            i = int(np.searchsorted(ts, now, side="right"))
-            if i == 0:
-                continue
-            j = int(np.searchsorted(ts, now + horizon, side="right"))
-            j = max(j, min(i + 1, len(evs)))
-            window = evs[max(0, i - max_events) : i]
-            examples.append(make_example(tok, obj, window, evs[i:j], now, data_end_ms))
-    return examples
+def cut_times(
+    evlog: EventLog, users: np.ndarray, cuts: int, horizon_ms: int, end_ms: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user, now) pairs: one cut at the end of the data per user, plus `cuts` uniform in
+    ``(first event, end - horizon]`` (every horizon label observable) where that exists."""
+    rng = np.random.default_rng(seed)
+    first = evlog.ts[evlog.offsets[users]]
+    lo, hi = first + 1, end_ms - horizon_ms
+    us = [users]
+    nows = [np.full(len(users), end_ms, dtype=np.int64)]
+    ok = hi > lo
+    for _ in range(cuts):
+        u = users[ok]
+        span = (hi - lo[ok]).astype(np.float64)
+        us.append(u)
+        nows.append(lo[ok] + (rng.random(len(u)) * span).astype(np.int64))
+    return np.concatenate(us), np.concatenate(nows)
 
 
-def _batches(examples: list[Example], size: int, rng: np.random.Generator) -> list[list[int]]:
-    order = sorted(range(len(examples)), key=lambda k: (examples[k].ids.shape[1], k))
+def _plan(lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Example indices in batches of similar window length, batches in random order."""
+    order = np.lexsort((np.arange(len(lengths)), lengths))
     chunks = [order[k : k + size] for k in range(0, len(order), size)]
     return [chunks[k] for k in rng.permutation(len(chunks))]
 
 
+class _Run:
+    """The model, heads and data of one training run (forward + loss of one batch)."""
+
+    def __init__(self, spec: TrainSpec, tok: Tokenizer, evlog: EventLog, end_ms: int) -> None:
+        self.spec, self.tok, self.log, self.end = spec, tok, evlog, end_ms
+        self.rng = np.random.default_rng(spec.train.seed + 7)
+        self.space = OutcomeSpace.from_spec(
+            tok.config.features, spec.objectives.top_types, spec.objectives.top_values
+        )
+        self.model = UserEncoder(tok.config, spec.model)
+        self.heads = TrainingHeads(
+            tok,
+            self.space,
+            spec.objectives,
+            spec.model.d_model,
+            spec.model.out_dim,
+            spec.model.normalize,
+        )
+
+    def loss(
+        self, users: np.ndarray, nows: np.ndarray, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        b = make_batch(
+            self.log,
+            self.tok,
+            self.space,
+            self.spec.objectives,
+            users,
+            nows,
+            self.spec.train.train_max_events,
+            self.end,
+        )
+        tb = b.tokens
+        p = self.spec.train.feature_dropout
+        n_cats = len(self.tok.config.features.categorical)
+        if self.model.training and p > 0 and n_cats:
+            cats = tb.ids[1 : 1 + n_cats]  # (C, N)
+            drop = self.rng.random(cats.shape) < p
+            cats[drop] = 0
+        kjt = make_kjt(tb, self.model.keys, torch.device("cpu"))
+        h, pad, z, raw = self.model(kjt, torch.from_numpy(tb.lengths), torch.from_numpy(tb.age_h))
+        w_prefix = self.spec.objectives.w_prefix
+        z_prefix = self.model.prefix_vectors(h, pad, raw) if w_prefix > 0 else None
+        return self.heads.loss(h, pad, z, b, gen, z_prefix)
+
+
+def _val_loss(
+    run: _Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
+) -> tuple[float, dict[str, float]]:
+    """Mean validation loss (and its parts) in eval mode, the same negatives every time."""
+    run.model.eval()
+    run.heads.eval()
+    gen = torch.Generator().manual_seed(12345)
+    total, n = 0.0, 0
+    parts: dict[str, float] = {}
+    with torch.no_grad():
+        for idx in batches:
+            loss, p = run.loss(users[idx], nows[idx], gen)
+            total += float(loss) * len(idx)
+            for k, v in p.items():
+                parts[k] = parts.get(k, 0.0) + v * len(idx)
+            n += len(idx)
+    run.model.train()
+    run.heads.train()
+    return total / max(n, 1), {k: round(v / max(n, 1), 4) for k, v in parts.items()}
+
+
 def train(
-    events: Sequence[Event], spec: TrainSpec, data_end_ms: int | None = None
-) -> tuple[UserEncoder, TokenizerConfig, dict[str, Any]]:
-    """Train a model on `events`. Returns the model (eval mode), its tokenizer config, metrics.
+    events: EventSource,
+    spec: TrainSpec,
+    data_end_ms: int | None = None,
+    until_ms: int | None = None,
+    keep_raw: int = 0,
+) -> tuple[UserEncoder, TokenizerConfig, dict[str, Any], EventLog]:
+    """Train a model. Returns the model (eval mode), its tokenizer config, metrics and the
+    tokenized log (its ``raw`` holds `keep_raw` users' newest events: the parity sample).
 
     Args:
-        events: any order; grouped per user here.
-        spec: configs; ``spec.tokenizer.event_types`` empty means "build the vocabulary".
-        data_end_ms: the end of the data (default: the newest event).
+        events: a sequence, or a function returning a fresh stream (read twice).
+        spec: configs; empty ``spec.tokenizer.features`` means "discover them".
+        data_end_ms: the end of the data (default: ``until_ms - 1``, else the newest event).
+        until_ms: train only on events before this time (the evaluation split).
     """
     tc = spec.train
     torch.manual_seed(tc.seed)
     rng = np.random.default_rng(tc.seed)
     gen = torch.Generator().manual_seed(tc.seed)
-    tok_cfg = spec.tokenizer
-    if not tok_cfg.event_types:
-        tok_cfg = replace(tok_cfg, event_types=build_vocab(events))
-    tok = Tokenizer(tok_cfg)
-    users = group_by_user(events)
-    end = data_end_ms if data_end_ms is not None else max(e.ts_ms for e in events)
     t0 = time.perf_counter()
-    examples = build_examples(
-        users, tok, spec.objectives, tc.cuts_per_user, tc.train_max_events, end, rng
+    tok_cfg = spec.tokenizer
+    if not tok_cfg.features.event_types:
+        profile = Profile(tc.seed).add_all(stream(events, until_ms))
+        if profile.events == 0:
+            raise ValueError("no events to train on")
+        tok_cfg = replace(
+            tok_cfg, features=spec_from_profile(profile, spec.spec_options, spec.features_file)
+        )
+    tok = Tokenizer(tok_cfg)
+    evlog = build_log(stream(events, until_ms), tok, keep_raw=keep_raw)
+    if evlog.n_events == 0:
+        raise ValueError("no events to train on")
+    end = (
+        data_end_ms
+        if data_end_ms is not None
+        else (until_ms - 1 if until_ms is not None else evlog.end_ms)
     )
+    n_users = len(evlog.users)
+    perm = rng.permutation(n_users)
+    n_val = round(tc.val_share * n_users)
+    if n_val < tc.min_val_users:
+        n_val = 0
+    val_users, train_users = np.sort(perm[:n_val]), np.sort(perm[n_val:])
+    horizon = max(spec.objectives.horizons_ms)
+    cuts = int(
+        np.clip(
+            math.ceil(tc.min_examples / max(n_users, 1)) - 1,
+            tc.cuts_per_user,
+            max(tc.cuts_per_user, tc.max_cuts_per_user),
+        )
+    )
+    tr_u, tr_now = cut_times(evlog, train_users, cuts, horizon, end, tc.seed)
+    va_u, va_now = cut_times(evlog, val_users, cuts, horizon, end, tc.seed + 1)
+    maxe = tc.train_max_events
+    tr_len = np.subtract(*evlog.window_bounds(tr_u, tr_now, maxe)[::-1])
+    va_len = np.subtract(*evlog.window_bounds(va_u, va_now, maxe)[::-1])
     log.info(
-        "built %d examples from %d users in %.1fs",
-        len(examples),
-        len(users),
+        "%d users, %d examples (%d cuts each), %d validation users, prepared in %.1fs",
+        n_users,
+        len(tr_u),
+        cuts + 1,
+        n_val,
         time.perf_counter() - t0,
     )
-    model = UserEncoder(tok_cfg, spec.model)
-    heads = TrainingHeads(tok_cfg, spec.objectives, spec.model.d_model, spec.model.out_dim)
+    run = _Run(spec, tok, evlog, end)
+    model, heads = run.model, run.heads
     params = list(model.parameters()) + list(heads.parameters())
-    tables = list(model.ec.parameters()) + list(heads.item_out.parameters())
+    tables = list(model.ec.parameters()) + list(heads.value_out.parameters())
     ids = {id(p) for p in tables}
     groups: list[dict[str, Any]] = [
         {"params": [p for p in params if id(p) not in ids], "lr": tc.lr},
-        {"params": tables, "lr": tc.lr * tc.table_lr_mult, "weight_decay": 0.0},
+        {"params": tables, "lr": tc.lr * tc.table_lr_mult, "weight_decay": tc.table_weight_decay},
     ]
     opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    plan = [_batches(examples, tc.batch_size, rng) for _ in range(tc.epochs)]
+    plan = [_plan(tr_len, tc.batch_size, rng) for _ in range(tc.epochs)]
+    val_plan = _plan(va_len, tc.batch_size, np.random.default_rng(0))
     total_steps = sum(len(p) for p in plan)
+    # warm up over 10% of the steps; OneCycleLR divides by zero unless the warm-up ends past
+    # its first step, so short runs warm up over 1.5 steps
+    steps = max(total_steps, 4)
     sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt, max_lr=[g["lr"] for g in groups], total_steps=max(total_steps, 1), pct_start=0.1
+        opt,
+        max_lr=[g["lr"] for g in groups],
+        total_steps=steps,
+        pct_start=max(0.1, 1.5 / steps),
     )
-    from tqdm import tqdm
+    from encoder.progress import progress_bar
 
-    bar = tqdm(total=total_steps, disable=not tc.progress, desc="train", unit="step")
+    bar = progress_bar(total_steps, "train", tc.progress)
     history: list[float] = []
+    val_history: list[float] = []
     parts: dict[str, float] = {}
+    best: tuple[float, int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
+    stop = f"ran all {tc.epochs} epochs"
     model.train()
     heads.train()
-    t0 = time.perf_counter()
+    t1 = time.perf_counter()
+    epochs_run = 0
     for epoch in range(tc.epochs):
         for idx in plan[epoch]:
-            b = collate([examples[k] for k in idx])
-            tb = TokenBatch(ids=b["ids"], lengths=b["lengths"], age_h=b["age_h"])  # type: ignore[arg-type]
-            lengths = torch.from_numpy(tb.lengths)
-            kjt = make_kjt(tb, model.keys, torch.device("cpu"))
-            h, pad, z = model(kjt, lengths, torch.from_numpy(tb.age_h))
-            z_prefix = model.prefix_vectors(h, pad) if spec.objectives.w_prefix > 0 else None
-            loss, parts = heads.loss(h, pad, z, b, gen, z_prefix)
+            loss, parts = run.loss(tr_u[idx], tr_now[idx], gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -162,18 +295,47 @@ def train(
             history.append(float(loss.detach()))
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(history[-20:]):.3f}")
             bar.update(1)
+        epochs_run = epoch + 1
+        if not val_plan:
+            continue
+        vl, vparts = _val_loss(run, va_u, va_now, val_plan)
+        val_history.append(round(vl, 4))
+        log.info("epoch %d: validation loss %.4f %s", epoch + 1, vl, vparts)
+        if best is None or vl < best[0]:
+            best = (vl, epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(heads.state_dict()))
+        elif epoch - best[1] >= tc.patience:
+            stop = f"validation loss did not improve for {tc.patience} epochs"
+            break
     bar.close()
+    kept = epochs_run - 1
+    if best is not None:
+        model.load_state_dict(best[2])
+        heads.load_state_dict(best[3])
+        kept = best[1]
     model.eval()
     metrics: dict[str, Any] = {
-        "users": len(users),
-        "events": len(events),
-        "examples": len(examples),
-        "steps": total_steps,
-        "train_seconds": round(time.perf_counter() - t0, 2),
+        "users": n_users,
+        "events": evlog.n_events,
+        "examples": len(tr_u),
+        "validation_users": n_val,
+        "validation_examples": len(va_u),
+        "steps": len(history),
+        "epochs_run": epochs_run,
+        "epoch_kept": kept + 1,
+        "stopped": stop,
+        "kept_because": (
+            "lowest validation loss"
+            if best is not None
+            else f"last epoch (no validation split: fewer than {tc.min_val_users} validation users)"
+        ),
+        "validation_loss": val_history,
+        "train_seconds": round(time.perf_counter() - t1, 2),
         "loss_first": round(float(np.mean(history[:20])), 4) if history else None,
         "loss_last": round(float(np.mean(history[-20:])), 4) if history else None,
         "loss_parts_last": {k: round(v, 4) for k, v in parts.items()},
+        "outcomes": list(run.space.names),
         "data_end_ms": end,
+        "until_ms": until_ms,
         "seed": tc.seed,
     }
-    return model, tok_cfg, metrics
+    return model, tok_cfg, metrics, evlog

@@ -13,6 +13,7 @@ COMMAND_MODULES = (
     "services.cli.stack_cmds",
     "services.cli.ingest_cmds",
     "services.cli.encoder_cmds",
+    "services.cli.eval_cmds",
     "services.cli.refresh_cmds",
     "services.cli.serve_cmds",
 )

@@ -19,7 +19,7 @@ from services.config import add_models_arg
 log = logging.getLogger("persona.encoder")
 
 
-def _quiet_runtime() -> None:
+def quiet_runtime() -> None:
     """Before torch loads: no OpenMP spinning on a shared machine; hide torchrec's chatter."""
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
@@ -27,45 +27,101 @@ def _quiet_runtime() -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def _eval_cfg(args: argparse.Namespace) -> Any:
+def eval_config(args: argparse.Namespace) -> Any:
     from encoder.evaluate import EvalConfig
 
     users = getattr(args, "eval_users", None)
     return EvalConfig(users=users) if users else EvalConfig()
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    _quiet_runtime()
+AUTO = -1
+
+
+def split_arg(text: str) -> int | None:
+    """``auto`` (`AUTO`: the default split), ``none`` (no held-out part) or a time in ms."""
+    if text == "auto":
+        return AUTO
+    return None if text == "none" else int(text)
+
+
+def _train_spec(args: argparse.Namespace) -> Any:
     from dataclasses import replace
 
-    from encoder.io import read_events
-    from encoder.release import train_version
-    from encoder.synthetic import SyntheticConfig, generate
-    from encoder.train import TrainConfig, TrainSpec
+    from encoder.features import FeaturesFile
+    from encoder.train import TrainSpec
 
     spec = TrainSpec()
     tc = replace(spec.train, seed=args.seed, progress=not args.quiet)
     if args.epochs is not None:
         tc = replace(tc, epochs=args.epochs)
     spec = replace(spec, train=tc)
+    if args.max_events is not None:
+        m = args.max_events
+        spec = replace(
+            spec,
+            tokenizer=replace(spec.tokenizer, max_events=m),
+            model=replace(spec.model, max_events=m),
+            train=replace(spec.train, train_max_events=m),
+        )
+    if args.features is not None:
+        spec = replace(spec, features_file=FeaturesFile.load(args.features))
+    return spec
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    quiet_runtime()
+    from encoder.evaluate_log import default_split
+    from encoder.features import Profile
+    from encoder.io import events_source
+    from encoder.release import file_sha256, train_version
+    from encoder.synthetic import SyntheticConfig, generate
+
+    spec = _train_spec(args)
     extra: dict[str, Any] = {}
+    split = None
+    eval_split = None
     if args.events:
-        events = read_events(args.events)
+        source: Any = events_source(args.events)
         end = None
-        extra["source"] = str(args.events)
+        extra.update(source=str(args.events), source_kind="events")
+        split = split_arg(args.split_at)
+        if split == AUTO:
+            prof = Profile().add_all(source())
+            if prof.first_ts is None or prof.last_ts is None:
+                log.error("no events in %s", args.events)
+                return 2
+            split = default_split(prof.first_ts, prof.last_ts)
+        if split is not None:
+            path = args.events.resolve()
+            eval_split = {"events": str(path), "sha256": file_sha256(path), "split_at_ms": split}
+            print(
+                f"training on events before {split} (held out for evaluation: the rest)",
+                file=sys.stderr,
+            )
     else:
         cfg = SyntheticConfig(users=args.users, seed=args.seed)
-        ds = generate(cfg)
-        events, end = ds.events, cfg.end_ms
-        extra["source"] = f"synthetic(users={cfg.users}, seed={cfg.seed})"
-    if not events:
-        log.error("no events to train on")
+        source = generate(cfg).events
+        end = cfg.end_ms
+        extra.update(
+            source=f"synthetic(users={cfg.users}, seed={cfg.seed})", source_kind="synthetic"
+        )
+    try:
+        version, metrics = train_version(
+            source,
+            spec,
+            args.models,
+            end,
+            extra_metrics=extra,
+            until_ms=split,
+            eval_split=eval_split,
+        )
+    except ValueError as exc:  # no events, or a line that is not an event
+        log.error("%s", exc)
         return 2
-    assert isinstance(spec.train, TrainConfig)
-    version, metrics = train_version(events, spec, args.models, end, extra_metrics=extra)
     print(
         f"trained on {metrics['users']} users / {metrics['events']} events in "
-        f"{metrics['train_seconds']} s; loss {metrics['loss_first']} -> {metrics['loss_last']}",
+        f"{metrics['train_seconds']} s; kept epoch {metrics['epoch_kept']} of "
+        f"{metrics['epochs_run']} ({metrics['kept_because']}; {metrics['stopped']})",
         file=sys.stderr,
     )
     print(version)
@@ -73,51 +129,47 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
-    _quiet_runtime()
+    quiet_runtime()
     import time
 
+    import numpy as np
+
     from encoder.api import Encoder
-    from encoder.io import read_events, write_vectors
-    from encoder.train import group_by_user
+    from encoder.eventlog import build_log
+    from encoder.io import iter_events, write_vectors
 
     enc = Encoder.load(args.models, args.model, args.device)
-    users = group_by_user(read_events(args.events))
-    if not users:
+    evlog = build_log(iter_events(args.events), enc.tokenizer)
+    if not evlog.n_events:
         log.error("no events in %s", args.events)
         return 2
-    now = args.now_ms or max(w[-1].ts_ms for w in users.values())
-    ids = list(users)
-    windows = [users[u][-enc.max_events :] for u in ids]
+    now = args.now_ms or evlog.end_ms
+    users = np.arange(len(evlog.users))
+    nows = np.full(len(users), now, dtype=np.int64)
+    lo, hi = evlog.window_bounds(users, nows, enc.max_events)
     t0 = time.perf_counter()
-    vecs = enc.encode(windows, now)
+    vecs = enc.encode_rows(evlog, lo, hi, nows)
     dt = time.perf_counter() - t0
-    write_vectors(args.out, ids, vecs, enc.version, [len(w) for w in windows])
+    write_vectors(args.out, evlog.users, vecs, enc.version, (hi - lo).tolist())
     print(
-        f"encoded {len(ids)} users with {enc.version} in {dt:.2f} s -> {args.out}", file=sys.stderr
+        f"encoded {len(users)} users with {enc.version} in {dt:.2f} s -> {args.out}",
+        file=sys.stderr,
     )
     return 0
 
 
-def cmd_eval(args: argparse.Namespace) -> int:
-    _quiet_runtime()
-    from encoder import registry
-    from encoder.evaluate import format_table, meets_targets
-    from encoder.release import eval_version
+def _features(models: Path, version: str) -> list[str]:
+    from encoder.tokenizer import TokenizerConfig
 
-    version = registry.resolve(args.models, args.model)
-    report = eval_version(args.models, version, _eval_cfg(args))
-    print(f"model {version}, held-out users {report['heldout']['users']}")
-    print(format_table(report))
-    ok, problems = meets_targets(report)
-    print("targets: met" if ok else "targets: NOT met: " + "; ".join(problems))
-    if args.json:
-        keep = {k: report[k] for k in ("embedding", "aggregate_baseline", "random")}
-        Path(args.json).write_text(json.dumps(keep, indent=2))
-    return 0 if ok or not args.check else 1
+    text = (models / version / "tokenizer.json").read_text()
+    try:
+        return TokenizerConfig.from_json(text).features.summary()
+    except ValueError as exc:
+        return [str(exc)]
 
 
 def cmd_model(args: argparse.Namespace) -> int:
-    _quiet_runtime()
+    quiet_runtime()
     from encoder import registry
 
     models: Path = args.models
@@ -138,7 +190,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         out = {
             "version": version,
             "active": version == registry.active_version(models),
-            "tokenizer": registry.read_json(models, version, "tokenizer.json"),
+            "features": _features(models, version),
             "model": registry.read_json(models, version, "model.json"),
             "metrics": registry.read_json(models, version, "metrics.json"),
             "eval": {
@@ -154,11 +206,11 @@ def cmd_model(args: argparse.Namespace) -> int:
 
     if args.action == "validate":
         par = parity_check(models, version)
-        val = validate(models, version, _eval_cfg(args), args.tolerance)
+        val = validate(models, version, eval_config(args), args.tolerance)
         print(json.dumps({"parity": par.__dict__, "validate": val}, indent=2, default=str))
         return 0 if par.ok and val["ok"] else 1
     if args.action == "promote":
-        rep = promote(models, version, _eval_cfg(args), args.tolerance, args.skip_validate)
+        rep = promote(models, version, eval_config(args), args.tolerance, args.skip_validate)
         print(json.dumps(rep, indent=2, default=str), file=sys.stderr)
         if not rep["ok"]:
             print(f"refused: {rep['reason']}")
@@ -168,7 +220,7 @@ def cmd_model(args: argparse.Namespace) -> int:
     raise AssertionError(args.action)
 
 
-def _guarded(fn: Any) -> Any:
+def guarded(fn: Any) -> Any:
     """Registry errors (no active model, unknown version) end the command with exit code 1."""
 
     def run(args: argparse.Namespace) -> int:
@@ -188,13 +240,37 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("train", help="train an encoder version into the registry")
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--synthetic", action="store_true", help="train on the synthetic set")
-    src.add_argument("--events", type=Path, help="JSON lines or Parquet of events")
-    p.add_argument("--users", type=int, default=2000, help="synthetic users")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--epochs", type=int, default=None)
+    src.add_argument("--events", type=Path, help="JSON lines or Parquet of events (streamed)")
+    p.add_argument(
+        "--split-at",
+        default="auto",
+        help="with --events: train on events before this time (ms) and keep the rest for "
+        "`persona eval` and the promotion gate; 'auto' (default): two weeks before the end "
+        "(a quarter of the span for logs shorter than 8 weeks); 'none': train on everything",
+    )
+    p.add_argument(
+        "--features",
+        type=Path,
+        default=None,
+        help="JSON file that pins, excludes or sizes properties (encoder/features.py)",
+    )
+    p.add_argument(
+        "--max-events",
+        type=int,
+        default=None,
+        help="newest events of a window the model reads (default 64)",
+    )
+    p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
+    p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=None,
+        help="most epochs (default 8; early stopping on a validation split)",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_models_arg(p)
-    p.set_defaults(func=_guarded(cmd_train))
+    p.set_defaults(func=guarded(cmd_train))
 
     p = subparsers.add_parser("encode", help="encode each user's window in an event file")
     p.add_argument("--events", type=Path, required=True)
@@ -203,15 +279,7 @@ def register(subparsers: Any) -> None:
     p.add_argument("--now-ms", type=int, default=None, help="encode time (default: newest event)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when present)")
     add_models_arg(p)
-    p.set_defaults(func=_guarded(cmd_encode))
-
-    p = subparsers.add_parser("eval", help="quality on held-out synthetic users")
-    p.add_argument("--model", default=None)
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--eval-users", type=int, default=None)
-    p.add_argument("--check", action="store_true", help="exit 1 when the targets are not met")
-    add_models_arg(p)
-    p.set_defaults(func=_guarded(cmd_eval))
+    p.set_defaults(func=guarded(cmd_encode))
 
     p = subparsers.add_parser("model", help="list | show | validate | promote | rollback")
     p.add_argument("action", choices=["list", "show", "validate", "promote", "rollback"])
@@ -220,4 +288,4 @@ def register(subparsers: Any) -> None:
     p.add_argument("--eval-users", type=int, default=None)
     p.add_argument("--skip-validate", action="store_true", help="promote on parity alone")
     add_models_arg(p)
-    p.set_defaults(func=_guarded(cmd_model))
+    p.set_defaults(func=guarded(cmd_model))

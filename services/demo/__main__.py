@@ -29,6 +29,17 @@ from services.stack import EmbeddedStack, StackConfig, free_ports
 DAY_MS = 86_400_000
 
 
+def _loadable(models: Path, version: str) -> bool:
+    """Whether this code can read the version's tokenizer (older formats must be retrained)."""
+    from encoder.tokenizer import TokenizerConfig
+
+    try:
+        TokenizerConfig.from_json((models / version / "tokenizer.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return True
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=800)
@@ -43,6 +54,9 @@ def main() -> None:
 
     with step("model: train one on synthetic users (or reuse the demo's earlier one)"):
         version = None if args.retrain else registry.active_version(models)
+        if version and not _loadable(models, version):
+            print(f"    {version} was saved by an older Persona (fixed features): retraining")
+            version = None
         if version:
             print(f"    reusing {version} from {models}")
         else:

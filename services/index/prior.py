@@ -1,12 +1,15 @@
 """The lookalike index, plus the population prior kept current beside it.
 
-The cold-start fallback of GetEmbeddings is the *population prior*: the normalised mean
-direction of the unit vectors the index holds (all users of the served version). Chosen
-because it is what the index already has in memory, costs O(D) per update to keep exact
-(a running float64 sum: add a user's new unit vector, subtract their old one), and for a
-cosine-scored ranker it is the best single guess of an unknown user's direction. Segment
-priors (one per country or acquisition channel) would need segment labels the serving path
-does not have; they are not built.
+The cold-start fallback of GetEmbeddings is the *population prior*: the mean direction of
+the vectors the index holds (all users of the served version), at their mean length. The
+index keeps unit copies (it scores by cosine), while served vectors carry a length (it
+counts what a window holds), so the prior is the normalised sum of the unit vectors times
+the mean of the served lengths. Chosen because it is what the index already has in memory,
+costs O(D) per update to keep exact (running float64 sums: add a user's new unit vector
+and length, subtract their old ones), and for a cosine-scored ranker it is the best single
+guess of an unknown user's direction, at a typical length. Segment priors (one per country
+or acquisition channel) would need segment labels the serving path does not have; they are
+not built.
 """
 
 from __future__ import annotations
@@ -24,15 +27,10 @@ from services.index.config import IndexConfig
 
 @dataclass(frozen=True, slots=True)
 class Prior:
-    """The population prior of one version: unit vector (D,) and when it was last updated."""
+    """The population prior of one version: its vector (D,) and when it was last updated."""
 
     vector: np.ndarray
     computed_at_ms: int
-
-
-def _unit_rows(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float64)
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 class PriorIndex(LookalikeIndex):
@@ -43,7 +41,9 @@ class PriorIndex(LookalikeIndex):
 
     def __init__(self, config: IndexConfig | None = None) -> None:
         super().__init__(config)
-        self._sum = np.zeros(self.dim, dtype=np.float64)  # (D,)
+        self._sum = np.zeros(self.dim, dtype=np.float64)  # (D,) sum of unit vectors
+        self._length_of: dict[str, float] = {}  # served length of each user's vector
+        self._length_sum = 0.0
         self._sum_lock = threading.Lock()
         self._updated_ms: int | None = None
 
@@ -55,8 +55,12 @@ class PriorIndex(LookalikeIndex):
             super().upsert(ids, vectors)  # validates; raises before we touch the sum
             if not last:
                 return
-            new = _unit_rows(np.asarray(vectors)[list(last.values())])  # (U, D)
-            self._sum += new.sum(axis=0) - old
+            raw = np.asarray(vectors, dtype=np.float64)[list(last.values())]  # (U, D)
+            lengths = np.linalg.norm(raw, axis=1)  # (U,)
+            self._sum += (raw / lengths[:, None]).sum(axis=0) - old
+            for u, n in zip(last, lengths.tolist(), strict=True):
+                self._length_sum += n - self._length_of.get(u, 0.0)
+                self._length_of[u] = n
             self._updated_ms = int(time.time() * 1000)
 
     def delete(self, user_ids: Iterable[str]) -> int:
@@ -64,6 +68,8 @@ class PriorIndex(LookalikeIndex):
         with self._sum_lock:
             old = self.sum_of(ids)
             removed = super().delete(ids)
+            for u in ids:
+                self._length_sum -= self._length_of.pop(u, 0.0)
             if removed:
                 self._sum -= old
                 self._updated_ms = int(time.time() * 1000)
@@ -75,14 +81,15 @@ class PriorIndex(LookalikeIndex):
         return self._updated_ms
 
     def prior(self) -> Prior | None:
-        """The normalised mean direction of the indexed vectors; None when empty or when
-        the vectors cancel out."""
+        """The mean direction of the indexed vectors at their mean length; None when empty
+        or when the directions cancel out."""
         with self._sum_lock:
             if self.size == 0:
                 return None
             s = self._sum.copy()
+            length = self._length_sum / self.size
             at = self._updated_ms or 0
         norm = float(np.linalg.norm(s))
         if norm < 1e-9 * max(1, self.size):
             return None
-        return Prior((s / norm).astype(np.float32), at)
+        return Prior((s / norm * length).astype(np.float32), at)

@@ -47,6 +47,7 @@ class RefreshMetrics:
     cutovers: Counter
     active_version: Gauge
     errors: Counter
+    unknown_properties: Counter
 
 
 def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
@@ -132,6 +133,13 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
             "persona_refresh_errors",
             "Refresh passes that failed and will be retried, by kind (store, broker, model, other)",
             ["kind"],
+            registry=registry,
+        ),
+        unknown_properties=Counter(
+            "persona_refresh_unknown_properties",
+            "Event properties the model version was not trained on, skipped when encoding, by "
+            "name (at most 64 names per version, the rest as '(other)')",
+            ["version", "property"],
             registry=registry,
         ),
     )

@@ -228,6 +228,9 @@ class Refresher:
             self.metrics.stage_seconds.labels(stage="encode").observe(t2 - t1)
             for ver in versions:
                 self.metrics.users_encoded.labels(version=ver).inc(sum(1 for w in wins if w.events))
+                unknown = self.encoders.get(ver).tokenizer.take_unknown()
+                for prop, n in unknown.items():
+                    self.metrics.unknown_properties.labels(version=ver, property=prop).inc(n)
         return Prepared(writes, flat, started=t0)
 
     def encode_and_commit(self, wins: Sequence[Window], version: str, t0: float) -> None:

@@ -12,14 +12,15 @@ from encoder.tokenizer import TokenizerConfig
 from encoder.train import TrainConfig, TrainSpec
 
 TINY_SPEC = TrainSpec(
-    tokenizer=TokenizerConfig(
-        categorical=(("item", 4096), ("campaign", 512), ("page", 128), ("device", 8)),
-        numeric=(("price", 16), ("dwell_s", 16)),
-        max_events=64,
-    ),
+    tokenizer=TokenizerConfig(max_events=64),  # features discovered from the events
     model=ModelConfig(d_model=32, n_layers=1, n_heads=2, d_ff=64, dropout=0.0, max_events=64),
     train=TrainConfig(
-        epochs=1, batch_size=32, train_max_events=32, cuts_per_user=1, progress=False
+        epochs=1,
+        batch_size=32,
+        train_max_events=32,
+        cuts_per_user=1,
+        min_examples=0,
+        progress=False,
     ),
 )
 

@@ -10,8 +10,6 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from encoder.io import write_events_jsonl
-from encoder.synthetic import SyntheticConfig, generate
 from services.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -31,7 +29,7 @@ def test_help_is_fast_and_lists_commands() -> None:
 
 
 @pytest.mark.slow
-def test_train_encode_model_commands(
+def test_train_encode_eval_model_commands(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # the CLI trains the default-size model; shrink it for the test through the defaults
@@ -43,24 +41,30 @@ def test_train_encode_model_commands(
     tiny = replace(
         tiny,
         model=replace(tiny.model, d_model=32, n_layers=1, n_heads=2, d_ff=64),
-        train=replace(tiny.train, epochs=1, train_max_events=16, cuts_per_user=1),
+        train=replace(tiny.train, epochs=1, train_max_events=16, cuts_per_user=1, min_examples=0),
     )
     monkeypatch.setattr(train_mod, "TrainSpec", lambda: tiny)
     models = tmp_path / "models"
-    ds = generate(SyntheticConfig(users=60, events_per_user=20.0, seed=9))
     events = tmp_path / "events.jsonl"
-    write_events_jsonl(events, ds.events)
+    data = ["data", "synthetic", "--users", "120", "--seed", "9", "--rename", "--out", str(events)]
+    assert main(data) == 0
+    split = capsys.readouterr().out.strip()
 
-    assert main(["train", "--events", str(events), "--models", str(models), "--quiet"]) == 0
+    # trained on everything: no held-out part, so the gate and `eval` refuse to judge it
+    argv = ["train", "--events", str(events), "--models", str(models), "--quiet"]
+    assert main([*argv, "--split-at", "none"]) == 0
     version = capsys.readouterr().out.strip().splitlines()[-1]
     assert version.startswith("v") and (models / version / "weights.pt").exists()
+    leak = ["eval", "--events", str(events), "--split-at", split, "--models", str(models)]
+    assert main(leak) == 1
+    capsys.readouterr()
 
     out = tmp_path / "vecs.parquet"
     assert (
         main(["encode", "--events", str(events), "--out", str(out), "--models", str(models)]) == 0
     )
     table = pq.read_table(out).to_pylist()
-    assert len(table) == 60 and table[0]["model_version"] == version
+    assert len(table) == 120 and table[0]["model_version"] == version
     assert len(table[0]["vector"]) == 64 and table[0]["n_events"] > 0
 
     capsys.readouterr()
@@ -69,25 +73,29 @@ def test_train_encode_model_commands(
     assert main(["model", "show", version, "--models", str(models)]) == 0
     shown = json.loads(capsys.readouterr().out)
     assert shown["active"] is True and shown["tampered_files"] == []
+    assert any(line.startswith("sku:") for line in shown["features"])  # the discovered spec
     assert main(["model", "rollback", "--models", str(models)]) == 1  # nothing to roll back to
-    assert (
-        main(
-            [
-                "encode",
-                "--events",
-                str(events),
-                "--out",
-                str(out),
-                "--models",
-                str(tmp_path / "empty"),
-            ]
-        )
-        == 1
-    )  # no active model: a clear error, exit 1
+    empty = ["encode", "--events", str(events), "--out", str(out), "--models", str(tmp_path / "e")]
+    assert main(empty) == 1  # no active model: a clear error, exit 1
 
+    # trained with the held-out split: eval and the gate run on it
+    assert main([*argv, "--split-at", split]) == 0
+    held = capsys.readouterr().out.strip().splitlines()[-1]
     report = tmp_path / "eval.json"
-    assert main(["eval", "--eval-users", "60", "--json", str(report), "--models", str(models)]) == 0
+    argv_eval = ["eval", "--model", held, "--json", str(report), "--models", str(models)]
+    assert main(argv_eval) == 0
     rep = json.loads(report.read_text())
-    assert set(rep) == {"embedding", "aggregate_baseline", "random"}
-    assert set(rep["embedding"]) == {"auc_converts", "auc_churns", "precision_at_10"}
-    assert 0.0 <= rep["random"]["precision_at_10"] <= 1.0
+    assert set(rep["mean_auc"]) == {"embedding", "aggregates", "both"}
+    assert rep["split"]["split_at_ms"] == int(split) and rep["outcomes"]
+    assert "mean AUC" in capsys.readouterr().out
+    assert main(["model", "validate", held, "--models", str(models), "--tolerance", "1"]) == 0
+    assert str(events.resolve()) in capsys.readouterr().out
+
+    # a synthetic model is judged on held-out synthetic users
+    syn = tmp_path / "syn"
+    assert main(["train", "--synthetic", "--users", "60", "--models", str(syn), "--quiet"]) == 0
+    report2 = tmp_path / "eval2.json"
+    assert main(["eval", "--eval-users", "60", "--json", str(report2), "--models", str(syn)]) == 0
+    rep2 = json.loads(report2.read_text())
+    assert set(rep2) == {"embedding", "aggregate_baseline", "random"}
+    assert set(rep2["embedding"]) == {"auc_converts", "auc_churns", "precision_at_10"}

@@ -2,33 +2,42 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
 
 from encoder.api import Encoder, length_buckets
+from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, generate
-from encoder.tokenizer import Tokenizer, TokenizerConfig, build_vocab
+from encoder.tokenizer import Tokenizer, TokenizerConfig
 
 
 @pytest.fixture(scope="module")
 def setup():  # type: ignore[no-untyped-def]
     ds = generate(SyntheticConfig(users=24, events_per_user=30.0, seed=2))
-    tok = TokenizerConfig(event_types=build_vocab(ds.events), max_events=64)
+    tok = TokenizerConfig(features=discover(ds.events), max_events=64)
     torch.manual_seed(0)
     model = UserEncoder(tok, ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_events=64))
     windows = [w for _, w in sorted(ds.windows(64).items())]
     return model.eval(), Tokenizer(tok), windows, ds.config.end_ms
 
 
-def test_shapes_and_unit_norm(setup) -> None:  # type: ignore[no-untyped-def]
+def test_shapes_and_norms(setup) -> None:  # type: ignore[no-untyped-def]
     model, tok, windows, now = setup
     with torch.inference_mode():
         z = model.encode_batch(tok.encode(windows, now))
-    assert z.shape == (len(windows), 64)
-    assert torch.allclose(z.norm(dim=1), torch.ones(len(windows)), atol=1e-5)
+    assert z.shape == (len(windows), 64) and bool(torch.isfinite(z).all())
     assert (z[0] - z[1]).abs().max() > 1e-3
+    # the default vector keeps its length (it carries counts); unit vectors on request
+    unit = UserEncoder(model.tok, replace(model.cfg, normalize=True)).eval()
+    unit.load_state_dict(model.state_dict())
+    with torch.inference_mode():
+        zu = unit.encode_batch(tok.encode(windows, now))
+    assert torch.allclose(zu.norm(dim=1), torch.ones(len(windows)), atol=1e-5)
+    torch.testing.assert_close(zu, torch.nn.functional.normalize(z, dim=-1), atol=1e-5, rtol=0)
 
 
 def test_padding_never_changes_a_vector(setup) -> None:  # type: ignore[no-untyped-def]
@@ -51,7 +60,7 @@ def test_encoder_api_matches_reference_and_keeps_order(setup) -> None:  # type: 
         ref = np.concatenate([model.encode_batch(tok.encode([w], now)).numpy() for w in windows])
     np.testing.assert_allclose(got, ref, atol=1e-5)
     empty = enc.encode([[], windows[0]], now)
-    assert np.all(empty[0] == 0) and np.isclose(np.linalg.norm(empty[1]), 1.0, atol=1e-5)
+    assert np.all(empty[0] == 0) and np.linalg.norm(empty[1]) > 0
 
 
 def test_age_matters(setup) -> None:  # type: ignore[no-untyped-def]

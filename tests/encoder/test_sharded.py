@@ -19,17 +19,14 @@ def _free_port() -> int:
 
 
 def _tiny():  # type: ignore[no-untyped-def]
+    from encoder.features import SpecOptions, discover
     from encoder.model import ModelConfig
     from encoder.synthetic import SyntheticConfig, generate
-    from encoder.tokenizer import TokenizerConfig, build_vocab
+    from encoder.tokenizer import TokenizerConfig
 
     ds = generate(SyntheticConfig(users=12, events_per_user=20.0, seed=11))
-    tok = TokenizerConfig(
-        event_types=build_vocab(ds.events),
-        categorical=(("item", 101), ("campaign", 37), ("device", 7)),
-        numeric=(("price", 8),),
-        max_events=32,
-    )
+    spec = discover(ds.events, SpecOptions(min_value_count=2, min_events=5))
+    tok = TokenizerConfig(features=spec, max_events=32)
     cfg = ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_events=32)
     windows = [w for _, w in sorted(ds.windows(32).items())]
     return ds.config.end_ms, tok, cfg, windows
@@ -79,6 +76,6 @@ def test_sharded_equals_unsharded(tmp_path: Path) -> None:
         assert bool(r["has_sharded_ec"])
         assert r["plain"].shape == r["sharded"].shape and r["plain"].shape[0] > 0
         np.testing.assert_allclose(r["sharded"], r["plain"], atol=1e-5)
-        # the vectors are real (unit rows, not all equal)
-        assert np.allclose(np.linalg.norm(r["plain"], axis=1), 1.0, atol=1e-4)
+        # the vectors are real (finite, non-zero, not all equal)
+        assert np.isfinite(r["plain"]).all() and (np.linalg.norm(r["plain"], axis=1) > 0).all()
         assert np.abs(r["plain"][0] - r["plain"][1]).max() > 1e-3

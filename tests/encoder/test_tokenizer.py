@@ -1,30 +1,33 @@
-"""Tokenizer: duration bins, log bins, stable hashing, vocabulary, config round trip."""
+"""Tokenizer: duration bins, stable hashing, ids from a feature spec, unknown properties,
+config round trip."""
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import subprocess
 import sys
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.events import Event
+from encoder.features import Categorical, FeatureSpec, Numeric, hash_value
 from encoder.tokenizer import (
     DAY,
     DURATION_EDGES_MS,
     HOUR,
+    MAX_UNKNOWN_NAMES,
     MINUTE,
     OOV,
     SECOND,
     WEEK,
     Tokenizer,
     TokenizerConfig,
-    build_vocab,
+    TokenizerFormatError,
     duration_bin,
-    hash_bucket,
-    log_bin,
 )
 
 
@@ -49,57 +52,79 @@ def test_duration_bins_monotone(a: int, b: int) -> None:
     assert duration_bin(lo, DURATION_EDGES_MS) <= duration_bin(hi, DURATION_EDGES_MS)
 
 
-def test_log_bins_dense_near_zero_coarse_in_tail() -> None:
-    assert log_bin(0.0, 32, 4.0) == 1
-    assert log_bin(1.0, 32, 4.0) != log_bin(3.0, 32, 4.0)  # small values apart
-    assert log_bin(1000.0, 32, 4.0) == log_bin(1080.0, 32, 4.0)  # large values together
-    assert log_bin(1e12, 32, 4.0) == 32  # clipped
-    assert log_bin(float("nan"), 32, 4.0) == 1
-
-
 def test_hash_is_stable_across_processes() -> None:
-    here = hash_bucket("item", "i42", 20_000)
-    code = "from encoder.tokenizer import hash_bucket; print(hash_bucket('item', 'i42', 20000))"
+    here = hash_value("i42", 20_000)
+    code = "from encoder.features import hash_value; print(hash_value('i42', 20000))"
     there = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     ).stdout.strip()
     assert int(there) == here
-    assert 1 <= here <= 20_000
-    assert hash_bucket("item", "i42", 20_000) != hash_bucket("campaign", "i42", 20_000)
+    assert 0 <= here < 20_000
+
+
+SPEC = FeatureSpec(
+    event_types=("view", "cart"),
+    categorical=(
+        Categorical("item", vocab=("i7", "i8"), buckets=16),
+        Categorical("member", vocab=("0", "1"), buckets=1, kind="bool"),
+    ),
+    numeric=(Numeric("price", edges=(5.0, 20.0)),),
+)
 
 
 def test_window_tokens() -> None:
-    cfg = TokenizerConfig(event_types=("view", "cart"), max_events=3)
+    cfg = TokenizerConfig(features=SPEC, max_events=3)
     tok = Tokenizer(cfg)
     t = 1_700_000_000_000
     w = [
-        Event("u", "e1", t, "view", {"item": "i7", "price": 9.5}),
-        Event("u", "e2", t + 30 * SECOND, "cart", {"item": "i7", "device": "ios"}),
-        Event("u", "e3", t + 40 * SECOND, "refund", {}),
+        Event("u", "e1", t, "view", {"item": "i8", "price": 9.5, "member": 1.0}),
+        Event("u", "e2", t + 30 * SECOND, "cart", {"item": "zz", "price": 25.0}),
+        Event("u", "e3", t + 40 * SECOND, "refund", {"price": "n/a"}),
     ]
     b = tok.encode([w, w[:1], []], now_ms=t + 2 * HOUR)
     names = cfg.feature_names
+    assert names == ("type", "c0", "c1", "n0", "gap", "age")  # positional, never prop names
     col = {n: b.ids[names.index(n)] for n in names}
     assert b.lengths.tolist() == [3, 1, 0]
     assert b.ids.shape == (len(names), 4)
     assert col["type"][:3].tolist() == [2, 3, OOV]
-    assert col["item"][0] == col["item"][1] == hash_bucket("item", "i7", 20_000)
-    assert col["item"][2] == 0 and col["device"][0] == 0 and col["device"][1] > 0
-    assert col["price"][0] == log_bin(9.5, 32, 4.0) and col["price"][1] == 0
+    assert col["c0"][0] == 2  # vocabulary id of i8
+    assert col["c0"][1] == 1 + 2 + hash_value("zz", 16)  # past the vocabulary: hashed
+    assert col["c0"][2] == 0 and col["c1"][0] == 2 and col["c1"][1] == 0
+    assert col["n0"][:3].tolist() == [2, 3, 0]  # 9.5 in (5, 20]; 25 above; a string: absent
     assert col["gap"][0] == 1 and col["gap"][1] == duration_bin(30 * SECOND, DURATION_EDGES_MS)
     assert col["age"][0] == duration_bin(2 * HOUR, DURATION_EDGES_MS)
     assert abs(float(b.age_h[0]) - math.log1p(2.0)) < 1e-5  # the exact age beside its bin
     assert b.age_h.shape == (4,) and b.age_h[1] < b.age_h[0]
+    assert col["gap"][3] == 1  # the first event of the second window has no previous one
     # only the last max_events are kept
     long = [Event("u", f"e{i}", t + i, "view", {}) for i in range(5)]
     assert tok.encode([long], t).lengths.tolist() == [3]
 
 
-def test_vocab_and_config_round_trip() -> None:
-    evs = [Event("u", str(i), i, t, {}) for i, t in enumerate(["a", "b", "b", "c", "b", "a"])]
-    assert build_vocab(evs) == ("b", "a", "c")
-    assert build_vocab(evs, min_count=2) == ("b", "a")
-    cfg = TokenizerConfig(event_types=("b", "a"), max_events=64)
+def test_unknown_properties_are_skipped_and_counted() -> None:
+    tok = Tokenizer(TokenizerConfig(features=SPEC))
+    e = Event("u", "e1", 1, "view", {"item": "i7", "coupon": "x", "score": 3.0})
+    known = Tokenizer(TokenizerConfig(features=SPEC)).static_ids(
+        Event("u", "e1", 1, "view", {"item": "i7"})
+    )
+    assert tok.static_ids(e) == known  # unknown properties change nothing ...
+    tok.static_ids(e)
+    assert tok.take_unknown() == {"coupon": 2, "score": 2}  # ... and are counted by name
+    assert tok.take_unknown() == {}
+    many = Event("u", "e2", 1, "view", {f"p{i}": "v" for i in range(200)})
+    tok.static_ids(many)
+    counts = tok.take_unknown()
+    assert len(counts) == MAX_UNKNOWN_NAMES + 1 and counts["(other)"] == 200 - MAX_UNKNOWN_NAMES
+
+
+def test_config_round_trip_and_old_format_refused() -> None:
+    cfg = TokenizerConfig(features=SPEC, max_events=64)
     again = TokenizerConfig.from_json(cfg.to_json())
     assert again == cfg
-    assert again.num_embeddings()["type"] == 4
+    assert again.num_embeddings() == {
+        "type": 4, "c0": 1 + 2 + 16, "c1": 1 + 2 + 1, "n0": 4, "gap": 17, "age": 17
+    }  # fmt: skip
+    old = json.dumps({"event_types": ["a"], "categorical": [["item", 10]], "numeric": []})
+    with pytest.raises(TokenizerFormatError, match="retrain"):
+        TokenizerConfig.from_json(old)

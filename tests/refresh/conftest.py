@@ -29,12 +29,15 @@ from services.store.windows import WindowStore
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 TINY = TrainSpec(
-    tokenizer=TokenizerConfig(
-        categorical=(("item", 1024), ("campaign", 64)), numeric=(("price", 8),), max_events=32
-    ),
+    tokenizer=TokenizerConfig(max_events=32),  # features discovered from the events
     model=ModelConfig(d_model=16, n_layers=1, n_heads=2, d_ff=32, dropout=0.0, max_events=32),
     train=TrainConfig(
-        epochs=1, batch_size=32, train_max_events=16, cuts_per_user=1, progress=False
+        epochs=1,
+        batch_size=32,
+        train_max_events=16,
+        cuts_per_user=1,
+        min_examples=0,
+        progress=False,
     ),
 )
 ROOT_DIR = Path(__file__).resolve().parents[2]

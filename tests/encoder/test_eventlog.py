@@ -1,0 +1,81 @@
+"""The event log as arrays: streaming input, window order, duplicates, and the same tokens
+as the Event path the refresher uses."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from contract.events import Event
+from encoder.eventlog import build_log, ranges
+from encoder.features import discover
+from encoder.io import EventFileError, iter_events, write_events_jsonl
+from encoder.synthetic import SyntheticConfig, generate
+from encoder.tokenizer import Tokenizer, TokenizerConfig
+from encoder.train import group_by_user
+
+
+def test_ranges() -> None:
+    got = ranges(np.array([3, 0, 7]), np.array([5, 0, 9]))
+    assert got.tolist() == [3, 4, 7, 8]
+
+
+def test_order_duplicates_and_offsets() -> None:
+    evs = [
+        Event("u1", "e2", 5, "a", {"p": "x"}),
+        Event("u2", "e1", 1, "a", {}),
+        Event("u1", "e1", 5, "b", {"p": "y"}),  # same time as e2: event id decides
+        Event("u1", "e0", 9, "a", {}),
+        Event("u1", "e0", 3, "b", {}),  # a duplicate id: the later one in the stream wins
+    ]
+    tok = Tokenizer(TokenizerConfig(features=discover(evs)))
+    log = build_log(evs, tok, keep_raw=2)
+    assert log.users == ["u1", "u2"] and log.offsets.tolist() == [0, 3, 4]
+    assert log.ts.tolist() == [3, 5, 5, 1]
+    types = {t: i + 2 for i, t in enumerate(tok.config.event_types)}
+    assert log.static[:3, 0].tolist() == [types["b"], types["b"], types["a"]]  # e0, e1, e2
+    assert [e.event_id for e in log.raw["u1"]] == ["e0", "e1", "e2"]
+    assert [e.event_id for e in group_by_user(evs)["u1"]] == ["e0", "e1", "e2"]
+
+
+def test_windows_match_the_event_path() -> None:
+    ds = generate(SyntheticConfig(users=30, events_per_user=40.0, seed=4))
+    tok = Tokenizer(TokenizerConfig(features=discover(ds.events), max_events=16))
+    log = build_log(reversed(ds.events), tok)  # any input order
+    users = np.arange(len(log.users))
+    now = ds.config.end_ms - 3 * 86_400_000
+    nows = np.full(len(users), now)
+    lo, hi = log.window_bounds(users, nows, 16)
+    got = log.token_batch(lo, hi, nows, tok)
+    by_user = group_by_user(ds.events)
+    windows = [[e for e in by_user[u] if e.ts_ms <= now][-16:] for u in log.users]
+    want = tok.encode(windows, now)
+    np.testing.assert_array_equal(got.lengths, want.lengths)
+    np.testing.assert_array_equal(got.ids, want.ids)
+    np.testing.assert_allclose(got.age_h, want.age_h)
+    # strict: events at exactly `now` are left out; a time horizon trims old events
+    at = int(log.ts[log.offsets[0] + 3])
+    lo_s, hi_s = log.window_bounds(users[:1], np.array([at]), 100, strict=True)
+    assert (log.ts[lo_s[0] : hi_s[0]] < at).all()
+    lo_h, hi_h = log.window_bounds(users[:1], np.array([now]), 100, horizon_ms=86_400_000)
+    assert (log.ts[lo_h[0] : hi_h[0]] >= now - 86_400_000).all()
+
+
+def test_streams_jsonl_and_parquet(tmp_path: Path) -> None:
+    ds = generate(SyntheticConfig(users=5, events_per_user=10.0, seed=1))
+    jl = tmp_path / "e.jsonl"
+    write_events_jsonl(jl, ds.events)
+    assert list(iter_events(jl)) == ds.events
+    rows = [dict(e.to_json_dict(), props=json.dumps(e.to_json_dict()["props"])) for e in ds.events]
+    pqf = tmp_path / "e.parquet"
+    pq.write_table(pa.Table.from_pylist(rows), pqf, row_group_size=7)
+    assert list(iter_events(pqf, batch_rows=4)) == ds.events
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(jl.read_text().splitlines()[0] + "\n{not json\n")
+    with pytest.raises(EventFileError, match="line 2"):
+        list(iter_events(bad))
