@@ -85,7 +85,8 @@ def test_cold_start_fallback_is_the_flagged_population_prior(
     )
     resp = running.stub.GetEmbeddings(req, timeout=5)
     assert list(resp.statuses) == [pb.EMBEDDING_STATUS_FALLBACK_PRIOR, FOUND]
-    prior = unit(np.mean([unit(v) for v in users[V1].values()], axis=0))
+    vs = list(users[V1].values())  # the prior: their mean direction at their mean length
+    prior = unit(np.mean([unit(v) for v in vs], axis=0)) * np.mean(np.linalg.norm(vs, axis=1))
     np.testing.assert_allclose(rows(resp)[0], prior, atol=1e-5)
     assert resp.meta.n_events[0] == 0 and resp.meta.window_version[0] == 0
     assert resp.meta.computed_at_ms[0] > 0 and resp.meta.age_seconds[0] >= 0

@@ -85,7 +85,8 @@ const (
 	// A user without a vector gets EMBEDDING_STATUS_NOT_FOUND and a row of zeros.
 	Fallback_FALLBACK_NONE Fallback = 1
 	// A user without a vector gets the population prior (EMBEDDING_STATUS_FALLBACK_PRIOR):
-	// the normalised mean direction of the lookalike index's vectors of the same version.
+	// the mean direction of the lookalike index's vectors of the same version, at their
+	// mean length.
 	Fallback_FALLBACK_POPULATION_PRIOR Fallback = 2
 )
 
