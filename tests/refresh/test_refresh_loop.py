@@ -7,9 +7,9 @@ import time
 
 import numpy as np
 import pytest
+from persona.v1.embeddings_pb2 import EmbeddingUpdate
 from prometheus_client import CollectorRegistry
 
-from proto.embeddings_pb2 import EmbeddingUpdate
 from services.refresh.config import RefreshConfig
 from services.refresh.metrics import refresh_metrics
 from services.refresh.publish import Publisher
