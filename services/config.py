@@ -1,24 +1,26 @@
-"""One typed settings object for the services, built once from flags and PERSONA_* variables.
+"""The configs every service shares, and how a flag says which setting it sets.
 
-Precedence: a flag given on the command line, else the `PERSONA_<NAME>` environment variable,
-else the default here. Components receive the frozen sub-config they need and nothing else.
+Each component owns one frozen config (here: `KafkaConfig`, `WindowConfig`, `StoreConfig`,
+`ProcessConfig`, `TelemetryConfig`; `RefreshConfig`, `ServeConfig`, `IndexConfig` beside
+their components). Its field defaults are the only place a default is written. The settings
+tree (`services/cli/settings.py`) names, for each field, its `PERSONA_*` variable, validates
+what the flags and the environment give, and hands each component its config.
+
+A command's flag for a setting is declared with `setting_flag`: it carries the setting's
+path (`"refresh.batch_size"`), defaults to None (= not given), and the tree fills in the
+effective value after parsing. Precedence: flag, then `PERSONA_<NAME>`, then the default.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from contract import topics
 
 DAY_MS = 86_400_000
-
-
-def env(name: str, default: str) -> str:
-    return os.environ.get(f"PERSONA_{name}", default)
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,18 @@ class KafkaConfig:
 
     The group timeouts default to values that join quickly on the embedded Tansu broker
     (about 3 s); production Kafka usually wants larger ones (session 45 s).
+
+    Args:
+        bootstrap: Kafka bootstrap servers, HOST:PORT[,HOST:PORT...].
+        topic: the events topic.
+        dlq_topic: where refused records go (default: `<topic>.dlq`).
+        group_id: the ingest consumer group.
+        partitions: partitions of the topics Persona creates when they are missing.
+        session_timeout_ms: consumer group session timeout.
+        heartbeat_interval_ms: consumer group heartbeat interval.
+        max_poll_interval_ms: longest time between polls before the member is dropped.
+        max_poll_records: most records one poll hands over.
+        auto_offset_reset: where a group without committed offsets starts.
     """
 
     bootstrap: str = "127.0.0.1:9092"
@@ -43,11 +57,21 @@ class KafkaConfig:
 
 @dataclass(frozen=True)
 class WindowConfig:
-    """Per-user window bounds and what the consumer accepts."""
+    """Per-user window bounds and what the consumer accepts.
+
+    Args:
+        max_events: events kept per user window (the newest).
+        horizon_ms: events older than this before the user's newest event are dropped.
+        max_future_ms: an event stamped further ahead of the wall clock is refused.
+        max_payload_bytes: larger Kafka values are refused.
+        max_id_bytes: longest user or event id (UTF-8 bytes).
+        max_props: most properties an event may carry.
+        max_value_bytes: longest categorical property value (UTF-8 bytes).
+    """
 
     max_events: int = 256
     horizon_ms: int = 30 * DAY_MS
-    max_future_ms: int = DAY_MS  # an event stamped further ahead of the wall clock is refused
+    max_future_ms: int = DAY_MS
     max_payload_bytes: int = 64 * 1024
     max_id_bytes: int = 256
     max_props: int = 64
@@ -55,76 +79,116 @@ class WindowConfig:
 
 
 @dataclass(frozen=True)
-class Settings:
-    kafka: KafkaConfig = field(default_factory=KafkaConfig)
-    window: WindowConfig = field(default_factory=WindowConfig)
+class StoreConfig:
+    """The KV store and its credentials.
+
+    The credentials are read where the connection is made (`services/store/client.py`,
+    from the environment or a mounted file), so they never travel inside a config object
+    that may be logged; they are listed here so the settings tree validates and shows them.
+
+    Args:
+        redis: redis://HOST:PORT (rediss:// for TLS) of a single node or any node of a cluster.
+        username: ACL user (default: the `default` user).
+        password: the password itself (prefer password_file).
+        password_file: a file holding the password (a mounted secret).
+    """
+
     redis: str = "redis://127.0.0.1:6379"
+    username: str | None = None
+    password: str | None = field(default=None, repr=False)
+    password_file: Path | None = None
+
+
+@dataclass(frozen=True)
+class KafkaSecurityConfig:
+    """Kafka TLS / SASL, read where the clients are made (`services/common/kafka.py`).
+
+    Args:
+        security_protocol: PLAINTEXT, SSL, SASL_PLAINTEXT or SASL_SSL (unset: PLAINTEXT).
+        sasl_mechanism: PLAIN, SCRAM-SHA-256 or SCRAM-SHA-512.
+        sasl_username: SASL user.
+        sasl_password: SASL password itself (prefer sasl_password_file).
+        sasl_password_file: a file holding the SASL password.
+        ssl_cafile: PEM CA bundle for the brokers' certificates.
+        ssl_certfile: PEM client certificate (mTLS).
+        ssl_keyfile: PEM client key (mTLS).
+    """
+
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] | None = None
+    sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] | None = None
+    sasl_username: str | None = None
+    sasl_password: str | None = field(default=None, repr=False)
+    sasl_password_file: Path | None = None
+    ssl_cafile: Path | None = None
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
+
+
+@dataclass(frozen=True)
+class ProcessConfig:
+    """What every `persona` process has.
+
+    Args:
+        models: the model registry folder.
+        metrics_port: serve Prometheus /metrics on this port (0: no endpoint).
+    """
+
     models: Path = Path("models")
-    metrics_port: int = 0  # 0: no /metrics endpoint
+    metrics_port: int = 0
+
+
+@dataclass(frozen=True)
+class TelemetryConfig:
+    """Logs and traces.
+
+    Args:
+        log_format: "text" (one readable line) or "json" (one JSON object a line, with the
+            request id and trace id when there is one).
+        log_level: DEBUG, INFO, WARNING or ERROR.
+        traces: "off" (default), "otlp" (export spans to otlp_endpoint over gRPC) or
+            "console" (print spans to stderr).
+        otlp_endpoint: OTLP/gRPC collector address for traces="otlp".
+        service_name: the `service.name` resource of the spans (default: persona-<command>).
+    """
+
+    log_format: Literal["text", "json"] = "text"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    traces: Literal["off", "otlp", "console"] = "off"
+    otlp_endpoint: str = "http://127.0.0.1:4317"
+    service_name: str | None = None
+
+
+def setting_flag(
+    p: argparse.ArgumentParser, path: str, *names: str, **kwargs: Any
+) -> argparse.Action:
+    """A flag that sets the setting at `path` ("section.field"); the tree validates it.
+
+    The flag defaults to None (not given); after parsing, `services.cli.parse` puts the
+    effective value (flag, else `PERSONA_*`, else default) in its place, typed. Its help
+    gets the default and the variable's name from the tree. `const=` makes a switch that
+    sets that value (`--float16` -> refresh.dtype = "float16").
+    """
+    if "const" in kwargs:
+        kwargs.setdefault("action", "store_const")
+    kwargs.setdefault("help", path)  # the tree's help formatter puts the setting's own text here
+    action = p.add_argument(*names, default=None, **kwargs)
+    action.setting = path  # type: ignore[attr-defined]
+    declared = dict(p.get_default("setting_flags") or {})
+    declared[action.dest] = (path, "/".join(action.option_strings))
+    p.set_defaults(setting_flags=declared)
+    return action
 
 
 def add_connection_args(p: argparse.ArgumentParser) -> None:
     """--bootstrap / --redis (and topic) for every command that talks to the stack."""
-    p.add_argument(
-        "--bootstrap",
-        default=env("BOOTSTRAP", KafkaConfig.bootstrap),
-        help="Kafka bootstrap HOST:PORT (env PERSONA_BOOTSTRAP)",
-    )
-    p.add_argument(
-        "--redis",
-        default=env("REDIS", Settings.redis),
-        help="redis://HOST:PORT of a single node or any node of a cluster (env PERSONA_REDIS)",
-    )
-    p.add_argument(
-        "--topic", default=env("TOPIC", KafkaConfig.topic), help="events topic (env PERSONA_TOPIC)"
-    )
+    setting_flag(p, "kafka.bootstrap", "--bootstrap", metavar="HOST:PORT")
+    setting_flag(p, "store.redis", "--redis", metavar="URL")
+    setting_flag(p, "kafka.topic", "--topic")
 
 
 def add_models_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--models",
-        type=Path,
-        default=Path(env("MODELS", "models")),
-        help="model registry folder (env PERSONA_MODELS)",
-    )
+    setting_flag(p, "process.models", "--models", type=Path, metavar="DIR")
 
 
 def add_metrics_arg(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--metrics-port",
-        type=int,
-        default=int(env("METRICS_PORT", "0")),
-        help="serve Prometheus /metrics on this port; 0 = off (env PERSONA_METRICS_PORT)",
-    )
-
-
-def settings_from_args(args: argparse.Namespace) -> Settings:
-    """The one Settings object for a command, from its parsed flags (env already applied)."""
-    kafka = KafkaConfig(
-        bootstrap=getattr(args, "bootstrap", KafkaConfig.bootstrap),
-        topic=getattr(args, "topic", KafkaConfig.topic),
-        dlq_topic=env("DLQ_TOPIC", topics.dead_letters(getattr(args, "topic", KafkaConfig.topic))),
-        group_id=getattr(args, "group", None) or env("GROUP", KafkaConfig.group_id),
-        partitions=int(env("PARTITIONS", str(KafkaConfig.partitions))),
-        session_timeout_ms=int(env("SESSION_TIMEOUT_MS", str(KafkaConfig.session_timeout_ms))),
-        heartbeat_interval_ms=int(
-            env("HEARTBEAT_INTERVAL_MS", str(KafkaConfig.heartbeat_interval_ms))
-        ),
-        max_poll_interval_ms=int(
-            env("MAX_POLL_INTERVAL_MS", str(KafkaConfig.max_poll_interval_ms))
-        ),
-        max_poll_records=int(env("MAX_POLL_RECORDS", str(KafkaConfig.max_poll_records))),
-    )
-    window = WindowConfig(
-        max_events=int(env("WINDOW_EVENTS", str(WindowConfig.max_events))),
-        horizon_ms=int(env("WINDOW_HORIZON_MS", str(WindowConfig.horizon_ms))),
-        max_future_ms=int(env("MAX_FUTURE_MS", str(WindowConfig.max_future_ms))),
-        max_payload_bytes=int(env("MAX_PAYLOAD_BYTES", str(WindowConfig.max_payload_bytes))),
-    )
-    return Settings(
-        kafka=kafka,
-        window=window,
-        redis=getattr(args, "redis", Settings.redis),
-        models=getattr(args, "models", Settings.models),
-        metrics_port=getattr(args, "metrics_port", 0),
-    )
+    setting_flag(p, "process.metrics_port", "--metrics-port", metavar="PORT")

@@ -7,9 +7,12 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from services.config import add_connection_args, add_metrics_arg, settings_from_args
+from services.config import add_connection_args, add_metrics_arg, setting_flag
+
+if TYPE_CHECKING:
+    from services.cli.settings import Settings
 
 
 def register(sub: Any) -> None:
@@ -20,6 +23,8 @@ def register(sub: Any) -> None:
     src.add_argument("--file", type=Path, help="JSON lines in the Event JSON shape ('-' = stdin)")
     p.add_argument("--users", type=int, default=2000, help="synthetic: number of users")
     p.add_argument("--events", type=int, default=200_000, help="synthetic: total events (about)")
+    setting_flag(p, "kafka.partitions", "--partitions", metavar="N",
+                 help="partitions of the topics, when they are created here")  # fmt: skip
     p.add_argument("--seed", type=int, default=0, help="synthetic: seed")
     p.add_argument("--format", choices=("proto", "json"), default="proto", help="wire format")
     p.set_defaults(func=cmd_produce)
@@ -27,7 +32,7 @@ def register(sub: Any) -> None:
     p = sub.add_parser("ingest", help="consume events into per-user windows")
     add_connection_args(p)
     add_metrics_arg(p)
-    p.add_argument("--group", help="consumer group (env PERSONA_GROUP)")
+    setting_flag(p, "kafka.group_id", "--group", metavar="GROUP")
     p.add_argument(
         "--until-idle",
         action="store_true",
@@ -43,14 +48,13 @@ def register(sub: Any) -> None:
 
     p = sub.add_parser("window", help="print a user's window as JSON lines, oldest first")
     add_connection_args(p)
-    p.add_argument("user_id")
+    p.add_argument("user_id", help="the user whose window to print")
     p.set_defaults(func=cmd_window)
 
 
-def _ensure_topics(args: argparse.Namespace) -> None:
+def _ensure_topics(s: Settings) -> None:
     from services.common.kafka_admin import TopicSpec, ensure_topics
 
-    s = settings_from_args(args)
     ensure_topics(
         s.kafka.bootstrap,
         [TopicSpec(s.kafka.topic, s.kafka.partitions), TopicSpec(s.kafka.dlq_topic, 1)],
@@ -60,8 +64,8 @@ def _ensure_topics(args: argparse.Namespace) -> None:
 def cmd_produce(args: argparse.Namespace) -> int:
     from services.ingest.produce import produce_events, produce_lines
 
-    s = settings_from_args(args)
-    _ensure_topics(args)
+    s: Settings = args.settings
+    _ensure_topics(s)
     t0 = time.perf_counter()
     if args.synthetic:
         from encoder.synthetic import SyntheticConfig, generate
@@ -91,15 +95,15 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from services.store.client import connect
     from services.store.windows import WindowStore
 
-    service_logging()
-    s = settings_from_args(args)
-    _ensure_topics(args)
+    s: Settings = args.settings
+    service_logging(s.telemetry, "ingest")
+    _ensure_topics(s)
     registry = CollectorRegistry()
     metrics = ingest_metrics(registry)
-    client = connect(s.redis)
+    client = connect(s.store.redis)
     windows = WindowStore(client, s.window)
     try:
-        with metrics_endpoint(s.metrics_port, registry):
+        with metrics_endpoint(s.process.metrics_port, registry):
             ingestor = Ingestor(s.kafka, s.window, windows, metrics, rebuild=args.rebuild)
             t0 = time.perf_counter()
             stats = ingestor.run(stop, until_idle=args.until_idle)
@@ -116,8 +120,8 @@ def cmd_window(args: argparse.Namespace) -> int:
     from services.store.client import connect
     from services.store.windows import WindowStore
 
-    s = settings_from_args(args)
-    client = connect(s.redis)
+    s: Settings = args.settings
+    client = connect(s.store.redis)
     windows = WindowStore(client, s.window)
     try:
         (w,) = windows.read([args.user_id])

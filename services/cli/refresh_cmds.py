@@ -5,17 +5,19 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from contract import topics
 from services.config import (
     add_connection_args,
     add_metrics_arg,
     add_models_arg,
-    env,
-    settings_from_args,
+    setting_flag,
 )
+
+if TYPE_CHECKING:
+    from services.cli.settings import Settings
 
 
 def register(sub: Any) -> None:
@@ -24,22 +26,42 @@ def register(sub: Any) -> None:
     add_models_arg(p)
     add_metrics_arg(p)
     p.add_argument("--until-idle", action="store_true", help="exit 0 once no user is dirty")
-    p.add_argument("--interval", type=float, default=float(env("REFRESH_INTERVAL_S", "30")))
-    p.add_argument(
-        "--drain-threshold", type=int, default=int(env("REFRESH_DRAIN_THRESHOLD", "10000"))
+    setting_flag(p, "refresh.interval_s", "--interval", metavar="S")
+    setting_flag(p, "refresh.drain_threshold", "--drain-threshold", metavar="N")
+    setting_flag(p, "refresh.batch_size", "--batch-size", metavar="N")
+    setting_flag(p, "refresh.history", "--history", metavar="N")
+    setting_flag(
+        p, "refresh.ttl_s", "--ttl-s", metavar="S", help="vectors expire after S s; 0 = never"
     )
-    p.add_argument("--batch-size", type=int, default=int(env("REFRESH_BATCH", "512")))
-    p.add_argument("--history", type=int, default=int(env("VECTOR_HISTORY", "4")))
-    p.add_argument("--ttl-s", type=int, default=int(env("VECTOR_TTL_S", "0")), help="0 = none")
-    p.add_argument("--float16", action="store_true", help="store vectors as float16")
-    p.add_argument("--device", default=env("DEVICE", "") or None, help="cpu / cuda")
-    p.add_argument("--embeddings-topic", default=env("EMBEDDINGS_TOPIC", topics.EMBEDDINGS))
+    setting_flag(p, "refresh.dtype", "--float16", const="float16", help="store vectors as float16")
+    setting_flag(
+        p,
+        "refresh.device",
+        "--device",
+        metavar="DEVICE",
+        help="encoder device: cpu / cuda; unset = cuda when present",
+    )
+    setting_flag(p, "refresh.embeddings_topic", "--embeddings-topic", metavar="TOPIC")
     p.set_defaults(func=cmd_refresh)
 
-    p = sub.add_parser("cutover", help="model version cutover in the store: promote | rollback")
-    p.add_argument("action", choices=["promote", "rollback", "retire", "status"])
-    p.add_argument("version", nargs="?", default=None)
-    p.add_argument("--wait", type=float, default=0.0, help="promote: wait up to S s for the flip")
+    p = sub.add_parser(
+        "cutover",
+        help="model version cutover in the store: promote | rollback | retire | status",
+        description="promote V: mark V back-filling (the refresher back-fills it, then flips"
+        " the active pointer); rollback: flip back to the previous version; retire V: stop"
+        " writing V; status: the versions and their states. Exit 1 when refused or when"
+        " --wait runs out.",
+    )
+    p.add_argument("action", choices=["promote", "rollback", "retire", "status"], help="what to do")
+    p.add_argument("version", nargs="?", default=None, help="the model version (promote, retire)")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=0.0,
+        metavar="S",
+        help="promote: wait up to S s for the back-fill and the flip (a progress bar on a"
+        " terminal); 0 = return at once",
+    )
     add_connection_args(p)
     add_models_arg(p)
     p.set_defaults(func=cmd_cutover)
@@ -49,10 +71,10 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from prometheus_client import CollectorRegistry
 
+    from services.cli.progress import watch
     from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
     from services.common.kafka import producer
     from services.common.kafka_admin import TopicSpec, ensure_topics
-    from services.refresh.config import RefreshConfig
     from services.refresh.encoders import EncoderCache
     from services.refresh.metrics import refresh_metrics
     from services.refresh.publish import Publisher
@@ -61,39 +83,31 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from services.store.vectors import VectorStore
     from services.store.windows import WindowStore
 
-    service_logging()
-    s = settings_from_args(args)
-    cfg = RefreshConfig(
-        interval_s=args.interval,
-        drain_threshold=args.drain_threshold,
-        batch_size=args.batch_size,
-        history=args.history,
-        ttl_s=args.ttl_s or None,
-        dtype="float16" if args.float16 else "float32",
-        embeddings_topic=args.embeddings_topic,
-        device=args.device,
-    )
+    s: Settings = args.settings
+    service_logging(s.telemetry, "refresh")
+    cfg = s.refresh
     ensure_topics(
         s.kafka.bootstrap,
         [TopicSpec(cfg.embeddings_topic, s.kafka.partitions, {"cleanup.policy": "compact"})],
     )
     stop = stop_on_signals()
     registry = CollectorRegistry()
-    client = connect(s.redis)
+    client = connect(s.store.redis)
     windows = WindowStore(client, s.window)
     vectors = VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype)
     try:
-        with metrics_endpoint(s.metrics_port, registry):
+        with metrics_endpoint(s.process.metrics_port, registry):
             refresher = Refresher(
                 cfg,
                 windows,
                 vectors,
                 Publisher(producer(s.kafka), cfg.embeddings_topic, cfg.max_publish_wait_s),
-                EncoderCache(s.models, cfg.device),
+                EncoderCache(s.process.models, cfg.device),
                 refresh_metrics(registry),
             )
             t0 = time.perf_counter()
-            stats = refresher.run(stop, until_idle=args.until_idle)
+            with watch(lambda: refresher.stats.backfilled, "back-fill", "user"):
+                stats = refresher.run(stop, until_idle=args.until_idle)
             dt = time.perf_counter() - t0
     finally:
         windows.close()
@@ -105,23 +119,33 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 def cmd_cutover(args: argparse.Namespace) -> int:
     from encoder.registry import RegistryError
+    from services.cli.progress import countdown
     from services.refresh import cutover
     from services.store.client import connect
     from services.store.vectors import CutoverError, VectorStore
 
-    s = settings_from_args(args)
-    client = connect(s.redis)
+    s: Settings = args.settings
+    if args.action in ("promote", "retire") and not args.version:
+        print(f"persona cutover: {args.action} needs a VERSION", file=sys.stderr)
+        return 2
+    client = connect(s.store.redis)
     try:
         store = VectorStore(client)
-        if args.action in ("promote", "retire") and not args.version:
-            print(f"cutover {args.action} needs a VERSION")
-            return 2
         try:
             if args.action == "promote":
-                state = cutover.promote(store, s.models, args.version)
+                state = cutover.promote(store, s.process.models, args.version)
                 if state != "active" and args.wait > 0:
-                    if not cutover.wait_active(store, args.version, args.wait):
-                        print(f"{args.version}: still back-filling after {args.wait} s")
+                    tick = countdown(args.wait, f"back-fill of {args.version}")
+                    try:
+                        ok = cutover.wait_active(store, args.version, args.wait, on_poll=tick)
+                    finally:
+                        tick(-1, "")
+                    if not ok:
+                        print(
+                            f"persona cutover: {args.version} still back-filling after"
+                            f" {args.wait} s",
+                            file=sys.stderr,
+                        )
                         return 1
                     state = "active"
                 print(f"{args.version}: {state}")
@@ -134,7 +158,7 @@ def cmd_cutover(args: argparse.Namespace) -> int:
             else:
                 print(json.dumps(cutover.status(store), indent=2))
         except (CutoverError, RegistryError) as exc:
-            print(f"refused: {exc}")
+            print(f"persona cutover: refused: {exc}", file=sys.stderr)
             return 1
     finally:
         client.close()

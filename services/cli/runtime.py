@@ -3,13 +3,14 @@ SIGINT/SIGTERM, logging, and an optional Prometheus `/metrics` endpoint."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry
+
+from services.config import TelemetryConfig
 
 
 def stop_on_signals() -> threading.Event:
@@ -20,8 +21,12 @@ def stop_on_signals() -> threading.Event:
     return stop
 
 
-def service_logging() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+def service_logging(cfg: TelemetryConfig, command: str) -> None:
+    """Logs (text or JSON lines, on stderr) and, when asked for, traces, for one command."""
+    from services.telemetry import setup_logging, setup_tracing
+
+    setup_logging(cfg)
+    setup_tracing(cfg, f"persona-{command}")
 
 
 @contextmanager

@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from contract import topics
-from services.config import add_connection_args, add_metrics_arg, add_models_arg, env
+from services.config import add_connection_args, add_metrics_arg, add_models_arg, setting_flag
+
+if TYPE_CHECKING:
+    from services.cli.settings import Settings
+    from services.serving.config import ServeConfig
 
 DEFAULT_DIM = 64
 
@@ -26,12 +28,14 @@ def register(sub: Any) -> None:
     add_connection_args(p)
     add_models_arg(p)
     add_metrics_arg(p)
-    p.add_argument("--host", default=env("SERVE_HOST", "[::]"), help="listen address")
-    p.add_argument("--port", type=int, default=int(env("SERVE_PORT", "50051")), help="gRPC port")
-    p.add_argument(
+    setting_flag(p, "serve.host", "--host", metavar="ADDR", help="listen address")
+    setting_flag(p, "serve.port", "--port", metavar="PORT", help="gRPC port")
+    setting_flag(
+        p,
+        "refresh.embeddings_topic",
         "--embeddings-topic",
-        default=env("EMBEDDINGS_TOPIC", topics.EMBEDDINGS),
-        help="update log the lookalike index follows (env PERSONA_EMBEDDINGS_TOPIC)",
+        metavar="TOPIC",
+        help="update log the lookalike index follows",
     )
     p.add_argument("--no-index", action="store_true", help="serve GetEmbeddings only")
     p.add_argument(
@@ -41,23 +45,27 @@ def register(sub: Any) -> None:
         " stays NOT_SERVING until the active version's index has caught up (or there is no"
         " active version)",
     )
-    p.add_argument(
+    setting_flag(
+        p,
+        "serve.dim",
         "--dim",
-        type=int,
-        default=int(env("DIM", "0")),
+        metavar="N",
         help="embedding dimension; 0 = the registry's active model's out_dim, else 64",
     )
-    p.add_argument("--max-batch", type=int, default=int(env("MAX_BATCH", "1000")))
-    p.add_argument("--store-timeout-ms", type=int, default=int(env("STORE_TIMEOUT_MS", "1000")))
-    p.add_argument("--grace-s", type=float, default=float(env("GRACE_S", "5")))
-    p.add_argument("--drain-s", type=float, default=float(env("DRAIN_S", "0")))
-    p.add_argument(
-        "--workers", type=int, default=int(env("SERVE_WORKERS", "16")), help="gRPC handler threads"
-    )
-    p.add_argument(
+    setting_flag(p, "serve.limits.max_batch", "--max-batch", metavar="N")
+    setting_flag(p, "serve.limits.max_k", "--max-k", metavar="N")
+    setting_flag(p, "serve.limits.max_seeds", "--max-seeds", metavar="N")
+    setting_flag(p, "serve.store_timeout_s", "--store-timeout-ms", metavar="MS",
+                 help="longest a store call may take when the client set no (or a longer)"
+                 " deadline")  # fmt: skip
+    setting_flag(p, "serve.grace_s", "--grace-s", metavar="S")
+    setting_flag(p, "serve.drain_s", "--drain-s", metavar="S")
+    setting_flag(p, "serve.workers", "--workers", metavar="N")
+    setting_flag(
+        p,
+        "serve.max_concurrent_rpcs",
         "--max-concurrent-rpcs",
-        type=int,
-        default=int(env("MAX_CONCURRENT_RPCS", "64")),
+        metavar="N",
         help="beyond this many calls in the server, new ones get RESOURCE_EXHAUSTED (0: no limit)",
     )
     p.add_argument("--tls-cert", type=Path, help="PEM server certificate (enables TLS)")
@@ -71,28 +79,34 @@ def register(sub: Any) -> None:
     p.set_defaults(func=cmd_serve)
 
 
-def _auth_token(args: argparse.Namespace) -> str | None:
+def _auth_token(args: argparse.Namespace, s: Settings) -> str | None:
     if args.auth_token_file is not None:
         token = args.auth_token_file.read_text().strip()
         if not token:
             raise SystemExit(f"{args.auth_token_file} is empty")
-        return token
-    return os.environ.get("PERSONA_AUTH_TOKEN") or None
+        return str(token)
+    return s.serve.auth_token
 
 
-def _dim(args: argparse.Namespace) -> int:
-    if args.dim > 0:
-        return int(args.dim)
+def _dim(s: Settings) -> int:
+    if s.serve.dim > 0:
+        return s.serve.dim
     from encoder import registry
 
-    active = registry.active_version(args.models)
-    out = registry.read_json(args.models, active, "model.json").get("out_dim") if active else None
+    models = s.process.models
+    active = registry.active_version(models)
+    out = registry.read_json(models, active, "model.json").get("out_dim") if active else None
     return int(out) if out else DEFAULT_DIM
 
 
-def serve_config(args: argparse.Namespace) -> Any:
-    from services.serving.config import Limits, ServeConfig, TLSConfig
+def serve_config(args: argparse.Namespace) -> ServeConfig:
+    """The serving section of the settings, with what only flags give: TLS files, the token
+    file, and the dimension read from the registry when it is 0."""
+    from dataclasses import replace
 
+    from services.serving.config import TLSConfig
+
+    s: Settings = args.settings
     tls = None
     if args.tls_cert or args.tls_key:
         if not (args.tls_cert and args.tls_key):
@@ -100,26 +114,15 @@ def serve_config(args: argparse.Namespace) -> Any:
         tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
     elif args.tls_client_ca:
         raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
-    return ServeConfig(
-        host=args.host,
-        port=args.port,
-        dim=_dim(args),
-        limits=Limits(max_batch=args.max_batch),
-        store_timeout_s=args.store_timeout_ms / 1000.0,
-        grace_s=args.grace_s,
-        drain_s=args.drain_s,
-        workers=args.workers,
-        max_concurrent_rpcs=args.max_concurrent_rpcs or None,
-        auth_token=_auth_token(args),
-        tls=tls,
-    )
+    return replace(s.serve, dim=_dim(s), auth_token=_auth_token(args, s), tls=tls)
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
     from prometheus_client import CollectorRegistry
 
     from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
-    from services.index import IndexConfig
     from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
     from services.index.metrics import index_metrics
     from services.serving.metrics import serving_metrics
@@ -127,22 +130,24 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.store.client import connect
     from services.store.vectors import VectorStore
 
-    service_logging()
+    s: Settings = args.settings
+    service_logging(s.telemetry, "serve")
     log = logging.getLogger("persona.serve")
     cfg = serve_config(args)
     stop = stop_on_signals()
     registry = CollectorRegistry()
     metrics = serving_metrics(registry)
-    client = connect(args.redis, socket_timeout=max(1.0, 2 * cfg.store_timeout_s))
+    client = connect(s.store.redis, socket_timeout=max(1.0, 2 * cfg.store_timeout_s))
     store = VectorStore(client)
     holder = IndexHolder()
     follower = None
     if not args.no_index:
-        follow = FollowConfig(args.bootstrap, args.embeddings_topic, IndexConfig(dim=cfg.dim))
+        index = replace(s.index, dim=cfg.dim)
+        follow = FollowConfig(s.kafka.bootstrap, s.refresh.embeddings_topic, index)
         follower = VersionedFollower(follow, holder, store.active_version, index_metrics(registry))
     server = ServingServer(cfg, store, holder, metrics)
     try:
-        with metrics_endpoint(args.metrics_port, registry):
+        with metrics_endpoint(s.process.metrics_port, registry):
             if follower is not None:
                 follower.start()
             wait = follower is not None and not args.serve_before_index

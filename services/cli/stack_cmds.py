@@ -9,6 +9,8 @@ import sys
 import threading
 from types import FrameType
 
+from services.config import setting_flag
+
 log = logging.getLogger(__name__)
 
 
@@ -23,16 +25,16 @@ def register(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) ->
         ),
     )
     p.add_argument("--cluster", action="store_true", help="a 3-node Valkey cluster")
-    p.add_argument(
-        "--partitions", type=int, default=4, help="partitions of the events topic (default 4)"
-    )
+    setting_flag(p, "kafka.partitions", "--partitions", metavar="N",
+                 help="partitions of the events topic")  # fmt: skip
     p.set_defaults(func=cmd_up)
 
 
 def cmd_up(args: argparse.Namespace) -> int:
+    from services.cli.runtime import service_logging
     from services.stack import EmbeddedStack, StackConfig
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    service_logging(args.settings.telemetry, "up")
     stopping = threading.Event()
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
@@ -40,7 +42,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    stack = EmbeddedStack(StackConfig(cluster=args.cluster, partitions=args.partitions))
+    stack = EmbeddedStack(
+        StackConfig(cluster=args.cluster, partitions=args.settings.kafka.partitions)
+    )
     try:
         addresses = stack.start()
         sys.stdout.write(addresses.to_json() + "\n")

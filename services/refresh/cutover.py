@@ -78,11 +78,23 @@ def status(store: Vectors) -> dict[str, Any]:
     }
 
 
-def wait_active(store: Vectors, version: str, timeout_s: float, poll_s: float = 0.5) -> bool:
-    """Block until `version` is active (the back-fill done) or the timeout passes."""
-    deadline = time.monotonic() + timeout_s
+def wait_active(
+    store: Vectors,
+    version: str,
+    timeout_s: float,
+    poll_s: float = 0.5,
+    on_poll: Callable[[float, str], None] | None = None,
+) -> bool:
+    """Block until `version` is active (the back-fill done) or the timeout passes.
+
+    `on_poll(elapsed_s, state)` is called after each look at the store (a progress bar).
+    """
+    t0 = time.monotonic()
     while store.active_version() != version:
-        if time.monotonic() > deadline:
+        elapsed = time.monotonic() - t0
+        if on_poll is not None:
+            on_poll(elapsed, store.versions().get(version, "unknown"))
+        if elapsed > timeout_s:
             return False
         time.sleep(poll_s)
     return True

@@ -46,7 +46,8 @@ class ServeConfig:
     """The serving process.
 
     Args:
-        host, port: where gRPC listens (port 0: the OS picks; `ServingServer.port` says).
+        host: where gRPC listens.
+        port: the gRPC port (0: the OS picks; `ServingServer.port` says).
         dim: embedding dimension served (vectors of another length are a store error).
         limits: request limits.
         store_timeout_s: longest a store call may take when the client set no deadline
@@ -55,9 +56,10 @@ class ServeConfig:
         version_cache_s: the active version and the version states are cached this long.
             A response is still read under one version; after a cutover a replica answers
             with the old version for at most this long.
-        workers: gRPC handler threads; store_workers: threads running the store calls that
-            are not bounded by a deadline themselves (version lookups, lookalike seeds;
-            GetEmbeddings reads on the handler thread, `VectorStore.read_batch`).
+        workers: gRPC handler threads.
+        store_workers: threads running the store calls that are not bounded by a deadline
+            themselves (version lookups, lookalike seeds; GetEmbeddings reads on the handler
+            thread, `VectorStore.read_batch`).
         max_concurrent_rpcs: beyond this, calls get RESOURCE_EXHAUSTED (None: no limit).
             Accepted calls wait for one of `workers` threads, so this bounds queueing:
             4 x workers keeps a slow store's backlog to ~4 store timeouts (256 let a

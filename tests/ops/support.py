@@ -20,11 +20,11 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "persona.json"
 RUNBOOK = ROOT / "docs" / "operations.md"
 VENV_BIN = Path(sys.executable).parent
 
-# Where the code reads settings from the environment: `env("NAME", ...)` (PERSONA_ + NAME)
-# and literal "PERSONA_..." lookups (os.environ.get("PERSONA_AUTH_TOKEN")).
+# Where the code reads settings from the environment: the settings tree
+# (services/cli/settings.py) and literal "PERSONA_..." lookups (os.environ.get(...)).
 CODE_DIRS = (ROOT / "contract", ROOT / "services", ROOT / "encoder")
-_ENV_CALL = re.compile(r"""\benv\(\s*["']([A-Z0-9_]+)["']""")
 _ENV_LITERAL = re.compile(r"""environ(?:\.get)?[\(\[]\s*["'](PERSONA_[A-Z0-9_]+)["']""")
+_ENV_FSTRING = re.compile(r"""(?:env|environ)(?:\.get)?[\(\[]\s*f["'](PERSONA_[A-Z0-9_]*)\{""")
 
 # Variables a deployment may set that are not Persona settings, each read by the runtime.
 RUNTIME_ENV = {
@@ -41,23 +41,35 @@ PROMETHEUS_SERIES = {"up"}
 
 
 def env_vars_read_by_code() -> set[str]:
-    found: set[str] = set()
+    """Every PERSONA_* variable in the settings tree, plus literal lookups elsewhere."""
+    from services.cli.settings import SETTINGS
+
+    found = {s.var for s in SETTINGS}
     for base in CODE_DIRS:
         for path in base.rglob("*.py"):
-            text = path.read_text()
-            found |= {f"PERSONA_{m}" for m in _ENV_CALL.findall(text)}
-            found |= set(_ENV_LITERAL.findall(text))
+            found |= set(_ENV_LITERAL.findall(path.read_text()))
     return found
 
 
+def literal_env_reads() -> dict[str, set[str]]:
+    """{file: PERSONA_* names} read outside the tree by a literal or f-string lookup."""
+    out: dict[str, set[str]] = {}
+    for base in CODE_DIRS:
+        for path in base.rglob("*.py"):
+            text = path.read_text()
+            names = set(_ENV_LITERAL.findall(text)) | set(_ENV_FSTRING.findall(text))
+            if names:
+                out[str(path.relative_to(ROOT))] = names
+    return out
+
+
 def parse_persona(argv: list[str]) -> argparse.Namespace:
-    """Parse a `persona` command line with the real parser; SystemExit means it is not one.
+    """Parse a `persona` command line with the real parser and resolve its settings (with the
+    environment as it is now); SystemExit means it is not a command line, SettingsError that
+    a value is refused. Flags for settings hold their effective values afterwards."""
+    from services.cli import parse
 
-    Build the parser after the environment is set: flag defaults read PERSONA_* then.
-    """
-    from services.cli import build_parser
-
-    return build_parser().parse_args(argv)
+    return parse(argv)
 
 
 def subcommands() -> set[str]:

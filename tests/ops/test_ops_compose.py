@@ -77,15 +77,12 @@ def test_full_stack_is_there(services: dict[str, Any]) -> None:
 
 
 def test_persona_commands_parse(services: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.config import settings_from_args
-
     for name, svc in _persona_services(services).items():
         with monkeypatch.context() as m:
             try:
                 args = _parsed(svc, m)
             except SystemExit:
                 pytest.fail(f"{name}: `persona {' '.join(svc['command'])}` does not parse")
-            settings_from_args(args)  # int(...) of every typed PERSONA_* value
         if name in PERSONA:
             assert args.command == PERSONA[name], name
 

@@ -130,8 +130,6 @@ def test_custom_resources_parse_with_known_kinds() -> None:
 
 
 def test_containers_run_real_commands_with_read_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    from services.config import settings_from_args
-
     read = env_vars_read_by_code()
     seen = set()
     for name, _, c in _persona_containers():
@@ -147,7 +145,6 @@ def test_containers_run_real_commands_with_read_settings(monkeypatch: pytest.Mon
                 args = parse_persona([*c.get("command", []), *c["args"]])
             except SystemExit:
                 pytest.fail(f"{name}: `persona {' '.join(c['args'])}` does not parse")
-            settings_from_args(args)
         seen.add(args.command)
         opened = {p for p in (getattr(args, "metrics_port", 0), getattr(args, "port", 0)) if p}
         ports = {p["name"]: p["containerPort"] for p in c["ports"]}

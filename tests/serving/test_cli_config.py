@@ -6,12 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import build_parser
+from services.cli import build_parser, parse
 from services.cli.serve_cmds import serve_config
+from services.cli.settings import SettingsError
 
 
 def cfg(*argv: str):  # type: ignore[no-untyped-def]
-    return serve_config(build_parser().parse_args(["serve", "--dim", "8", *argv]))
+    return serve_config(parse(["serve", "--dim", "8", *argv]))
 
 
 def test_token_from_file_or_env_never_a_flag(
@@ -50,3 +51,15 @@ def test_concurrency_flags(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cfg("--max-concurrent-rpcs", "0").max_concurrent_rpcs is None  # no limit
     monkeypatch.setenv("PERSONA_MAX_CONCURRENT_RPCS", "32")
     assert cfg().max_concurrent_rpcs == 32
+
+
+def test_limits_and_index_are_settable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PERSONA_MAX_K", "50")
+    monkeypatch.setenv("PERSONA_INDEX_IVF_NPROBE", "4")
+    args = parse(["serve", "--max-seeds", "7"])
+    c = serve_config(args)
+    assert (c.limits.max_k, c.limits.max_seeds, c.limits.max_batch) == (50, 7, 1000)
+    assert args.settings.index.ivf_nprobe == 4
+    monkeypatch.setenv("PERSONA_INDEX_IVF_NPROBE", "0")  # IndexConfig's own check refuses it
+    with pytest.raises(SettingsError, match="ivf_nprobe"):
+        parse(["serve"])

@@ -14,7 +14,7 @@ from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc
 
 from services.children import free_ports
-from services.cli import build_parser
+from services.cli import parse
 from services.stack import EmbeddedStack
 from services.store.client import connect
 from services.store.vectors import VectorStore
@@ -32,7 +32,7 @@ def test_serve_shutdown_closes_the_store_reads(
 ) -> None:
     stop = threading.Event()
     monkeypatch.setattr("services.cli.runtime.stop_on_signals", lambda: stop)
-    monkeypatch.setattr("services.cli.runtime.service_logging", lambda: None)
+    monkeypatch.setattr("services.cli.runtime.service_logging", lambda *_: None)
     closed: list[VectorStore] = []
     close = VectorStore.close
     monkeypatch.setattr(VectorStore, "close", lambda self: (closed.append(self), close(self))[1])
@@ -40,7 +40,7 @@ def test_serve_shutdown_closes_the_store_reads(
     url = f"{stack.addresses.redis}/{DB}"
     argv = ["serve", "--no-index", "--dim", str(DIM), "--host", "127.0.0.1",
             "--port", str(port), "--redis", url, "--grace-s", "1"]  # fmt: skip
-    args = build_parser().parse_args(argv)
+    args = parse(argv)
     probe = connect(url)
     before = _connections(probe)
     server = threading.Thread(target=args.func, args=(args,), name="persona-serve-test")
