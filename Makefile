@@ -8,7 +8,7 @@ PYGEN := clients/python/src
 export OPENBLAS_NUM_THREADS ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench demo clean
+.PHONY: help install format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench demo runbook-links clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -76,6 +76,10 @@ bench: install  ## run every benchmark at a quick size (README gives the full-si
 
 demo: install  ## the whole flow on the embedded stack
 	$(PY) -m services.demo
+
+runbook-links:  ## point the alerts' runbook links at RUNBOOK_BASE_URL (where docs/ is served)
+	@test -n "$(RUNBOOK_BASE_URL)" || { echo "usage: make runbook-links RUNBOOK_BASE_URL=https://HOST/PATH/docs" >&2; exit 2; }
+	$(PY) deploy/prometheus/runbook_base.py "$(RUNBOOK_BASE_URL)"
 
 clean:  ## remove caches (keeps .venv)
 	rm -rf .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

@@ -29,7 +29,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from contextvars import ContextVar
 from typing import Any
 
@@ -125,16 +125,19 @@ def kafka_headers() -> list[tuple[str, bytes]]:
     return [(k, v.encode()) for k, v in carrier.items()]
 
 
-def links_from_headers(
-    all_headers: Iterable[Sequence[tuple[str, bytes]] | None],
-) -> list[trace.Link]:
-    """One span link per distinct trace context found in the records' headers."""
+def links_from_headers(all_headers: Iterable[Any]) -> list[trace.Link]:
+    """One span link per distinct trace context found in the records' headers (lists of
+    (key, value) pairs, as both Kafka clients give them; None for none)."""
     seen: set[tuple[int, int]] = set()
     links = []
     for headers in all_headers:
         if not headers:
             continue
-        carrier = {k: v.decode("latin-1") for k, v in headers if k in ("traceparent", "tracestate")}
+        carrier = {
+            k: v.decode("latin-1") if isinstance(v, bytes) else str(v)
+            for k, v in headers
+            if k in ("traceparent", "tracestate")
+        }
         if "traceparent" not in carrier:
             continue
         ctx = trace.get_current_span(extract(carrier)).get_span_context()

@@ -94,6 +94,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     from services.ingest.metrics import ingest_metrics
     from services.store.client import connect
     from services.store.windows import WindowStore
+    from services.telemetry import tracer
 
     s: Settings = args.settings
     service_logging(s.telemetry, "ingest")
@@ -104,7 +105,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     windows = WindowStore(client, s.window)
     try:
         with metrics_endpoint(s.process.metrics_port, registry):
-            ingestor = Ingestor(s.kafka, s.window, windows, metrics, rebuild=args.rebuild)
+            ingestor = Ingestor(
+                s.kafka, s.window, windows, metrics, rebuild=args.rebuild, tracer=tracer()
+            )
             t0 = time.perf_counter()
             stats = ingestor.run(stop, until_idle=args.until_idle)
             dt = time.perf_counter() - t0

@@ -82,6 +82,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from services.store.client import connect
     from services.store.vectors import VectorStore
     from services.store.windows import WindowStore
+    from services.telemetry import tracer
 
     s: Settings = args.settings
     service_logging(s.telemetry, "refresh")
@@ -104,6 +105,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
                 Publisher(producer(s.kafka), cfg.embeddings_topic, cfg.max_publish_wait_s),
                 EncoderCache(s.process.models, cfg.device),
                 refresh_metrics(registry),
+                tracer(),
             )
             t0 = time.perf_counter()
             with watch(lambda: refresher.stats.backfilled, "back-fill", "user"):

@@ -17,6 +17,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, Message
+from opentelemetry.trace import SpanKind, Tracer
 from redis.exceptions import RedisError
 
 from contract.codec import BadRecord, decode_for_store
@@ -26,6 +27,7 @@ from services.ingest.source import DeadLetters, EventSource, Headers, offset_of
 from services.store.layout import pack_update
 from services.store.protocols import Windows
 from services.store.windows import PackedUpdate, source_label
+from services.telemetry import links_from_headers
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,9 @@ class Ingestor:
         metrics: IngestMetrics,
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         rebuild: bool = False,
+        tracer: Tracer | None = None,
     ) -> None:
+        self.tracer = tracer
         self.rebuild = rebuild
         self.kcfg = kafka_cfg
         self.wcfg = window_cfg
@@ -135,7 +139,7 @@ class Ingestor:
                 if batch:
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = time.perf_counter()
-                    prepared = self._prepare(batch)
+                    prepared = self._traced_prepare(batch)
                     self.commit()
                     if prepared is None:
                         continue
@@ -232,6 +236,21 @@ class Ingestor:
                 self._lag_labels.add(label)
                 self.metrics.lag.labels(label).set(lag)
         return lags
+
+    def _traced_prepare(self, batch: Mapping[int, Sequence[Message]]) -> Prepared | None:
+        """`_prepare` inside a span linked to the producers' traces (their `traceparent`
+        headers), when traces are on."""
+        if self.tracer is None:
+            return self._prepare(batch)
+        msgs = [m for part in batch.values() for m in part]
+        with self.tracer.start_as_current_span(
+            "persona.ingest batch",
+            kind=SpanKind.CONSUMER,
+            links=links_from_headers(m.headers() for m in msgs),
+            attributes={"messaging.batch.message_count": len(msgs),
+                        "messaging.source.name": self.kcfg.topic},
+        ):  # fmt: skip
+            return self._prepare(batch)
 
     def _prepare(self, batch: Mapping[int, Sequence[Message]]) -> Prepared | None:
         """Decode and validate a batch. None: the batch was dropped because the topic was

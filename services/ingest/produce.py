@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
-from typing import Literal
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from typing import Any, Literal
+
+from opentelemetry.trace import SpanKind
 
 from contract.codec import event_to_json, event_to_proto
 from contract.events import Event
 from services.common import kafka as kafka_clients
 from services.config import KafkaConfig
+from services.telemetry import kafka_headers, tracer
 
 WireFormat = Literal["proto", "json"]
 
@@ -19,14 +23,28 @@ def produce_events(cfg: KafkaConfig, events: Iterable[Event], fmt: WireFormat = 
     encode = event_to_proto if fmt == "proto" else event_to_json
     prod = kafka_clients.producer(cfg, max_in_flight_requests_per_connection=5)
     n = 0
-    try:
-        for ev in events:
-            prod.send(cfg.topic, key=ev.user_id.encode("utf-8"), value=encode(ev))
-            n += 1
-        prod.flush()
-    finally:
-        prod.close(timeout=30)
+    with _span("persona.produce", cfg.topic):
+        headers = kafka_headers() or None  # the trace context, when traces are on
+        try:
+            for ev in events:
+                key = ev.user_id.encode("utf-8")
+                prod.send(cfg.topic, key=key, value=encode(ev), headers=headers)
+                n += 1
+            prod.flush()
+        finally:
+            prod.close(timeout=30)
     return n
+
+
+@contextmanager
+def _span(name: str, topic: str) -> Iterator[None]:
+    t = tracer()
+    if t is None:
+        yield
+        return
+    with t.start_as_current_span(name, kind=SpanKind.PRODUCER,
+                                 attributes={"messaging.destination.name": topic}):  # fmt: skip
+        yield
 
 
 def produce_lines(cfg: KafkaConfig, lines: Iterable[bytes]) -> int:
@@ -36,6 +54,14 @@ def produce_lines(cfg: KafkaConfig, lines: Iterable[bytes]) -> int:
     Blank lines are skipped.
     """
     prod = kafka_clients.producer(cfg)
+    n = 0
+    with _span("persona.produce", cfg.topic):
+        n = _send_lines(prod, cfg.topic, lines)
+    return n
+
+
+def _send_lines(prod: Any, topic: str, lines: Iterable[bytes]) -> int:
+    headers = kafka_headers() or None
     n = 0
     try:
         for raw in lines:
@@ -49,7 +75,7 @@ def produce_lines(cfg: KafkaConfig, lines: Iterable[bytes]) -> int:
                     key = obj["user_id"].encode("utf-8")
             except (ValueError, RecursionError):
                 pass
-            prod.send(cfg.topic, key=key, value=line)
+            prod.send(topic, key=key, value=line, headers=headers)
             n += 1
         prod.flush()
     finally:

@@ -24,9 +24,17 @@ class Publisher:
         self.topic = topic
         self.flush_timeout_s = flush_timeout_s
 
-    def publish(self, vectors: Sequence[StoredVector]) -> None:
+    def publish(
+        self, vectors: Sequence[StoredVector], headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
+        """`headers` go on every record (the batch's trace context, `traceparent`)."""
         futures = [
-            self.producer.send(self.topic, key=log_key(v.model_version, v.user_id), value=_value(v))
+            self.producer.send(
+                self.topic,
+                key=log_key(v.model_version, v.user_id),
+                value=_value(v),
+                headers=headers or None,
+            )
             for v in vectors
         ]
         self.producer.flush(timeout=self.flush_timeout_s)

@@ -20,6 +20,9 @@ import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import trace
 
 from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
@@ -31,6 +34,7 @@ from services.store.protocols import Vectors, Windows
 from services.store.records import StoredVector
 from services.store.vectors import UserWrite, WriteResult
 from services.store.windows import Window
+from services.telemetry import kafka_headers
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +67,7 @@ class Prepared:
     vectors: list[StoredVector]
     dirty_ts: list[int] = field(default_factory=list)
     started: float = 0.0
+    span: Any = None  # the batch's trace span (None: traces off), ended by `commit`
 
 
 def encode_windows(
@@ -93,7 +98,11 @@ class Refresher:
         publisher: Publisher,
         encoders: EncoderCache,
         metrics: RefreshMetrics | None = None,
+        tracer: trace.Tracer | None = None,
     ) -> None:
+        """`tracer`: one span per batch, from its encode to its store write, whose context
+        goes to the update log in each record's headers (None: no spans)."""
+        self.tracer = tracer
         self.cfg = cfg
         self.windows = windows
         self.vectors = vectors
@@ -215,6 +224,13 @@ class Refresher:
         """Encode windows with each version into the writes of one batch."""
         t1 = time.perf_counter()
         at = now_ms()
+        span = None
+        if self.tracer is not None:
+            span = self.tracer.start_span(
+                "persona.refresh batch",
+                attributes={"persona.users": len(wins), "persona.versions": list(versions),
+                            "persona.backfill": not clear_dirty},
+            )  # fmt: skip
         by_ver = encode_windows(self.encoders, wins, versions, at)
         t2 = time.perf_counter()
         writes: list[UserWrite] = []
@@ -231,7 +247,7 @@ class Refresher:
                 unknown = self.encoders.get(ver).tokenizer.take_unknown()
                 for prop, n in unknown.items():
                     self.metrics.unknown_properties.labels(version=ver, property=prop).inc(n)
-        return Prepared(writes, flat, started=t0)
+        return Prepared(writes, flat, started=t0, span=span)
 
     def encode_and_commit(self, wins: Sequence[Window], version: str, t0: float) -> None:
         """Encode windows with one version and commit them, leaving dirty marks alone (the
@@ -249,9 +265,17 @@ class Refresher:
            vectors already in the log (a retry republishes them, which a compacted log
            absorbs). The store is therefore never ahead of the log.
         """
+        if batch.span is None:
+            return self._commit(batch)
+        with trace.use_span(batch.span, end_on_exit=True):  # on the writer thread
+            return self._commit(batch, kafka_headers())
+
+    def _commit(
+        self, batch: Prepared, headers: list[tuple[str, bytes]] | None = None
+    ) -> WriteResult:
         t0 = time.perf_counter()
         if batch.vectors:
-            self.publisher.publish(batch.vectors)
+            self.publisher.publish(batch.vectors, headers)
         t1 = time.perf_counter()
         res = self.vectors.write(batch.writes)
         t2 = time.perf_counter()

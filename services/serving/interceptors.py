@@ -1,20 +1,24 @@
-"""Server interceptors: per-method metrics and a bearer-token check. Each is handed what it
-needs (the metrics object, the token); neither holds global state.
+"""Server interceptors: per-method metrics, request ids and a bearer-token check. Each is
+handed what it needs (the metrics object, the token); none holds global state.
 
-Order matters: `[MetricsInterceptor, AuthInterceptor]` puts metrics outermost, so refused
-calls are counted (code UNAUTHENTICATED) as well.
+Order matters: `[tracing, MetricsInterceptor, RequestIdInterceptor, AuthInterceptor]` puts the
+span (when traces are on) and the metrics outermost, so refused calls are traced and counted
+(code UNAUTHENTICATED) as well, and carry a request id.
 """
 
 from __future__ import annotations
 
 import hmac
 import time
+import uuid
 from collections.abc import Callable
 from typing import Any
 
 import grpc
+from opentelemetry import trace
 
 from services.serving.metrics import ServingMetrics
+from services.telemetry import REQUEST_ID
 
 HEALTH_PREFIX = "/grpc.health.v1.Health/"
 
@@ -60,13 +64,12 @@ class _PerMethod:
         return wrapped
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts unary calls by (service, method, code) and times them. Streaming calls
-    (health Watch, reflection) pass through untimed."""
+class _UnaryInterceptor(grpc.ServerInterceptor):
+    """Wraps every unary method's handler once (`_PerMethod`); streaming calls (health
+    Watch, reflection) pass through as they are."""
 
-    def __init__(self, metrics: ServingMetrics) -> None:
-        self._m = metrics
-        self._timed = _PerMethod(self._time)
+    def __init__(self, wrap: Callable[[grpc.RpcMethodHandler, str], grpc.RpcMethodHandler]):
+        self._wrapped = _PerMethod(wrap)
 
     def intercept_service(
         self,
@@ -76,7 +79,16 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         handler = continuation(handler_call_details)
         if handler is None or handler.request_streaming or handler.response_streaming:
             return handler
-        return self._timed.get(handler, handler_call_details.method)
+        return self._wrapped.get(handler, handler_call_details.method)
+
+
+class MetricsInterceptor(_UnaryInterceptor):
+    """Counts unary calls by (service, method, code) and times them. Streaming calls
+    (health Watch, reflection) pass through untimed."""
+
+    def __init__(self, metrics: ServingMetrics) -> None:
+        self._m = metrics
+        super().__init__(self._time)
 
     def _time(self, handler: grpc.RpcMethodHandler, full_method: str) -> grpc.RpcMethodHandler:
         service, method = _split(full_method)
@@ -141,3 +153,33 @@ def _deny(_behavior: Any) -> Any:
         context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong bearer token")
 
     return refused
+
+
+REQUEST_ID_KEY = "x-request-id"
+
+
+class RequestIdInterceptor(_UnaryInterceptor):
+    """Gives every unary call a request id: the caller's `x-request-id` metadata (up to 64
+    characters), else a new one. For the length of the call it is `telemetry.REQUEST_ID`
+    (JSON log lines carry it) and an attribute of the call's span when traces are on; the
+    caller gets it back in the response's initial metadata."""
+
+    def __init__(self) -> None:
+        super().__init__(lambda handler, _method: _rewrap(handler, _with_request_id))
+
+
+def _with_request_id(behavior: Callable[[Any, grpc.ServicerContext], Any]) -> Any:
+    def call(request: Any, context: grpc.ServicerContext) -> Any:
+        got = next((v for k, v in context.invocation_metadata() or () if k == REQUEST_ID_KEY), "")
+        rid = got[:64] if isinstance(got, str) and got else uuid.uuid4().hex[:16]
+        token = REQUEST_ID.set(rid)
+        try:
+            context.send_initial_metadata(((REQUEST_ID_KEY, rid),))
+            span = trace.get_current_span()
+            if span.is_recording():
+                span.set_attribute("persona.request_id", rid)
+            return behavior(request, context)
+        finally:
+            REQUEST_ID.reset(token)
+
+    return call

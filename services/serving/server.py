@@ -16,6 +16,7 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
@@ -23,10 +24,15 @@ from grpc_reflection.v1alpha import reflection
 from persona.v1 import service_pb2, service_pb2_grpc
 
 from services.serving.config import ServeConfig, TLSConfig
-from services.serving.interceptors import AuthInterceptor, MetricsInterceptor
+from services.serving.interceptors import (
+    AuthInterceptor,
+    MetricsInterceptor,
+    RequestIdInterceptor,
+)
 from services.serving.metrics import ServingMetrics
 from services.serving.ports import IndexSource, VectorReader
 from services.serving.servicer import UserEmbeddingServicer
+from services.telemetry import tracer
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +57,19 @@ class ServingServer:
         store: VectorReader,
         index: IndexSource,
         metrics: ServingMetrics,
+        tracer_provider: Any = None,
     ) -> None:
+        """`tracer_provider`: a server span per call, joined to the caller's trace (None: the
+        OpenTelemetry global, which records nothing unless `PERSONA_TRACES` set one up)."""
         self.config = config
-        interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)]
+        interceptors: list[grpc.ServerInterceptor] = [
+            MetricsInterceptor(metrics),
+            RequestIdInterceptor(),
+        ]
+        if tracer_provider is not None or tracer() is not None:
+            from opentelemetry.instrumentation.grpc import server_interceptor  # 0.2 s: only then
+
+            interceptors.insert(0, server_interceptor(tracer_provider=tracer_provider))
         if config.auth_token:
             interceptors.append(AuthInterceptor(config.auth_token))
         self._server = grpc.server(

@@ -122,9 +122,25 @@ def test_mounted_files_exist_and_datasource_matches(services: dict[str, Any]) ->
     ds = yaml.safe_load((DEPLOY / "grafana/provisioning/datasources/prometheus.yaml").read_text())[
         "datasources"
     ][0]
-    uids = {
-        p["datasource"]["uid"]
-        for p in json.loads(DASHBOARD.read_text())["panels"]
-        if "datasource" in p
-    }
-    assert uids == {ds["uid"]}, (uids, ds["uid"])
+    assert ds["type"] == "prometheus"
+    board = json.loads(DASHBOARD.read_text())
+    uids = {p["datasource"]["uid"] for p in board["panels"] if "datasource" in p}
+    assert uids == {"${datasource}"}, "panels name the datasource variable, not one uid"
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == ds["type"]
+
+
+def test_dashboard_filters_by_job_and_namespace() -> None:
+    from tests.ops.support import dashboard_exprs, promql_metric_names, promql_selector_labels
+
+    board = json.loads(DASHBOARD.read_text())
+    variables = {v["name"]: v for v in board["templating"]["list"]}
+    for name in ("job", "namespace"):
+        assert variables[name]["includeAll"] and variables[name]["allValue"] == ".*"
+    for title, expr in dashboard_exprs():
+        selected = {
+            m for m, labels in promql_selector_labels(expr) if {"job", "namespace"} <= labels
+        }
+        assert promql_metric_names(expr) <= selected, f"{title}: {expr}"
+        assert "$job" in expr and "$namespace" in expr, title

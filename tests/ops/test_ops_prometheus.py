@@ -4,13 +4,15 @@
 - `promtool check rules` on alerts.yml;
 - `promtool test rules` on alerts_test.yml, and every alert in alerts.yml has a case in it
   where it fires (exp_alerts not empty); the alerts the issue asks for are all there;
-- every alert's runbook_url points at a heading that exists in docs/operations.md;
+- every alert's runbook_url is absolute, from one base URL, and points at a heading that
+  exists in docs/operations.md;
 - every dashboard query is valid PromQL (promtool checks them as recording rules).
 Which metric names these use is checked against a live scrape in test_ops_metrics.py.
 """
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -68,19 +70,36 @@ def test_every_alert_has_a_firing_case() -> None:
     assert alerts <= quiet, f"alerts without a must-not-fire case: {sorted(alerts - quiet)}"
 
 
-def test_runbook_links_resolve() -> None:
+def test_runbook_links_are_absolute_from_one_base_and_resolve() -> None:
+    """Absolute links (`make runbook-links RUNBOOK_BASE_URL=...` sets the base), each to a
+    heading of docs/operations.md."""
+    import importlib.util
+
     anchors = {
         github_slug(line.lstrip("#"))
         for line in RUNBOOK.read_text().splitlines()
         if line.startswith("#")
     }
+    bases = set()
     for r in rules():
         if "alert" not in r:
             continue
         url = r["annotations"]["runbook_url"]
         path, _, anchor = url.partition("#")
-        assert path == "docs/operations.md", url
+        assert re.fullmatch(r"https?://[^/]+/.*/operations\.md", path), url
+        bases.add(path.removesuffix("/operations.md"))
         assert anchor in anchors, f"{r['alert']}: no heading for #{anchor} in {RUNBOOK.name}"
+    assert len(bases) == 1, bases
+    spec = importlib.util.spec_from_file_location("runbook_base", PROM / "runbook_base.py")
+    assert spec is not None and spec.loader is not None
+    tool = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(tool)
+    for path in tool.FILES:
+        text = path.read_text()
+        assert tool.current_base(text) == bases, path.name  # rules and their tests agree
+        moved = tool.LINK.sub(lambda m: f"{m.group(1)}https://x.test/d/operations.md#", text)
+        assert tool.current_base(moved) == {"https://x.test/d"}
+        assert moved.count("operations.md#") == text.count("operations.md#")
 
 
 def test_dashboard_queries_are_valid_promql(promtool: Path, tmp_path: Path) -> None:

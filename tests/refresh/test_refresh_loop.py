@@ -93,7 +93,7 @@ def test_user_updated_during_encoding_stays_dirty(env: Env) -> None:
 
 
 class _FailingPublisher(Publisher):
-    def publish(self, vectors):  # type: ignore[no-untyped-def]
+    def publish(self, vectors, headers=None):  # type: ignore[no-untyped-def]
         raise ConnectionError("broker down")
 
 
