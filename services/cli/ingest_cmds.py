@@ -62,9 +62,11 @@ def _ensure_topics(s: Settings) -> None:
 
 
 def cmd_produce(args: argparse.Namespace) -> int:
+    from services.cli.runtime import service_logging
     from services.ingest.produce import produce_events, produce_lines
 
     s: Settings = args.settings
+    service_logging(s.telemetry, "produce")  # and traces, when on: the records carry them
     _ensure_topics(s)
     t0 = time.perf_counter()
     if args.synthetic:

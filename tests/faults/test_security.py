@@ -186,7 +186,8 @@ def test_valkey_auth_and_acl_secrets_from_env_and_files_never_in_argv_or_logs(
 
 
 def test_pip_audit_over_the_lock(report: Callable[..., None]) -> None:
-    """pip-audit over requirements.lock (no resolution: the lock pins everything). Here no
+    """pip-audit over requirements.lock, the runtime set the image carries (no resolution: the
+    lock pins and hashes everything). Here no
     vulnerability service may be reachable: then the row says so and the test does not
     fail; a vulnerability found in an audited package does fail it."""
     lock = ROOT / "requirements.lock"
@@ -198,7 +199,7 @@ def test_pip_audit_over_the_lock(report: Callable[..., None]) -> None:
                duplicated=0, lost=0, recovery_s=0.0,
                note="pip-audit not installed (pip install pip-audit==2.10.1)")  # fmt: skip
         pytest.skip("pip-audit not installed")
-    argv = [sys.executable, "-m", "pip_audit", "-r", str(lock), "--no-deps", "--disable-pip",
+    argv = [sys.executable, "-m", "pip_audit", "-r", str(lock), "--require-hashes", "--disable-pip",
             "--progress-spinner", "off", "-f", "json"]  # fmt: skip
     run = subprocess.run(argv, capture_output=True, text=True, timeout=180)
     deps = json.loads(run.stdout)["dependencies"] if run.stdout.strip() else []
