@@ -8,7 +8,7 @@ caller's `x-request-id` metadata, else a new one, sent back in the response's me
 
 Traces are off by default (the OpenTelemetry API's no-op provider: nothing is recorded,
 nothing is sent). `PERSONA_TRACES=otlp` exports spans over OTLP/gRPC to
-`PERSONA_OTLP_ENDPOINT` (needs the `otlp` extra), `console` prints them to stderr. Where
+`PERSONA_OTLP_ENDPOINT`, `console` prints them to stderr. Where
 they come from:
 - gRPC: every call to `persona serve` is a server span, joined to the caller's trace when
   the call carries `traceparent` metadata (`opentelemetry-instrumentation-grpc`);
@@ -92,12 +92,8 @@ def setup_tracing(cfg: TelemetryConfig, service: str) -> Any:
     if cfg.traces == "console":
         exporter = ConsoleSpanExporter(out=sys.stderr)
     else:
-        try:
-            from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-        except ImportError:
-            raise SystemExit(
-                "PERSONA_TRACES=otlp needs the OTLP exporter: pip install 'persona[otlp]'"
-            ) from None
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
         exporter = OTLPSpanExporter(endpoint=cfg.otlp_endpoint, insecure=True)
     provider = TracerProvider(
         resource=Resource.create({"service.name": cfg.service_name or service})
