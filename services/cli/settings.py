@@ -18,6 +18,7 @@ secrets masked.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import typing
@@ -80,6 +81,11 @@ class Setting:
         """Raw text (or a flag's value) -> what pydantic validates."""
         if isinstance(raw, str) and raw.strip() in self.none_if:
             return None
+        if isinstance(raw, str) and raw.lstrip().startswith("["):  # a list: JSON, "[10, 50]"
+            try:
+                return json.loads(raw)
+            except ValueError:
+                return raw  # pydantic names the bad value
         if self.unit_ms:
             try:
                 return float(raw) / 1000.0
@@ -158,12 +164,13 @@ SETTINGS: tuple[Setting, ...] = (
     S("serve.limits.max_k", "MAX_K"),
     S("serve.limits.max_seeds", "MAX_SEEDS"),
     S("serve.limits.max_id_bytes", "SERVE_MAX_ID_BYTES"),
-    # The lookalike index: every IndexConfig field but dim (the served dimension, serve.dim).
+    # The lookalike index: every IndexConfig field but dim (the served dimension, serve.dim);
+    # an empty value is None (where the field takes None: "choose it", else an error).
     *(
         S(
             f"index.{f.name}",
             f"INDEX_{f.name.upper()}",
-            none_if=("",) if f.name == "ivf_nlist" else (),
+            none_if=("",),
             help="most IVF lists, whatever ivf_nlist says" if f.name == "ivf_nlist_max" else "",
         )
         for f in fields(IndexConfig)

@@ -163,3 +163,12 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
         main(["--version"])
     assert info.value.code == 0
     assert capsys.readouterr().out.startswith("persona ")
+
+
+def test_raw_values_convert_before_validation() -> None:
+    from services.cli.settings import Setting
+
+    assert Setting("index.x", "X").convert("[10, 50]") == [10, 50]  # a list field, as JSON
+    assert Setting("index.x", "X").convert("[oops") == "[oops"  # left for pydantic to refuse
+    assert Setting("serve.x", "X", unit_ms=True).convert("250") == 0.25
+    assert Setting("refresh.x", "X", none_if=("", "0")).convert("0") is None
