@@ -1,15 +1,22 @@
 """The sequence model: TorchRec tables for the sparse ids, a small Transformer, one vector out.
 
 Shapes: B windows, T = the longest window in the batch, D = ``d_model``, E = ``out_dim``,
-N = total events in the batch (jagged), F = features per event.
+N = total events in the batch (jagged), F = features per event, S = 4 + decay scales.
 
     KeyedJaggedTensor (F keys, N ids each)
       -> EmbeddingCollection: one (rows, D) table per feature     # F x (N, D)
       -> sum over features                                        # (N, D)
       -> padded + reverse-position embedding (0 = newest event)  # (B, T, D)
       -> TransformerEncoder (causal, key padding mask)            # (B, T, D)
-      -> attention pooling over real positions                    # (B, D)
-      -> Linear + L2 normalise                                     # (B, E)
+      -> summaries: attention pooling, sum of states, newest state,
+         bags of the events' own embeddings (plain and decayed)   # (B, S * D)
+      -> Linear                                                   # (B, E)
+
+The bags give the vector what hand-made aggregates count (how often each value occurs in
+the window, recently and overall) and are why it is not L2-normalised by default: its
+length carries those counts (lookalike search normalises a copy; `ModelConfig.normalize`
+makes unit vectors). Example: a window holding sku ``a7`` three times, once yesterday,
+adds three ``a7`` rows to the plain bag and about ``exp(-1)`` of one to the daily bag.
 
 The EmbeddingCollection is the only part that grows with the data (item buckets etc.), so
 it is what `DistributedModelParallel` shards (see `encoder/sharded.py`); the dense part is
@@ -43,13 +50,36 @@ class ModelConfig:
     max_events: int = 64
     dense_age: bool = True  # add the exact log age (a Linear of one number) to each event
     normalize: bool = False  # unit vectors (cosine only) or vectors whose length carries counts
+    # time scales (hours) of bags decayed by age, beside the plain bag; none by default: on
+    # Instacart (1, 7, 30 days) measured 0.773 against 0.776 mean AUC without
+    decays_h: tuple[float, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
 
     @classmethod
     def from_json(cls, text: str) -> ModelConfig:
-        return cls(**{"dense_age": False, **json.loads(text)})  # older versions: no dense age
+        d = json.loads(text)
+        return cls(**{**d, "decays_h": tuple(d.get("decays_h", ()))})
+
+
+_MAX_DECAY = 600.0  # exp(600) fits a float64: older events weigh exp(-600), i.e. nothing
+
+
+@dataclass
+class Bags:
+    """What the window's bags are made of: raw (B, T, D) each event's embeddings apart from
+    its age (type, properties, gap), zero at padding; hours (B, T) float64 its age at
+    ``now``. The user vector reads the plain sum of raw (counts of what the window holds)
+    and sums decayed by age at each time scale of `ModelConfig.decays_h` (recent counts)."""
+
+    raw: torch.Tensor
+    hours: torch.Tensor
+
+    def weight(self, tau_h: float, dtype: torch.dtype | None = None) -> torch.Tensor:
+        """(B, T, 1) ``exp(-hours / tau)``."""
+        w = torch.exp(-self.hours.clamp(max=_MAX_DECAY * tau_h) / tau_h).unsqueeze(-1)
+        return w.to(dtype or self.raw.dtype)
 
 
 def make_kjt(batch: TokenBatch, keys: tuple[str, ...], device: torch.device) -> KeyedJaggedTensor:
@@ -111,8 +141,11 @@ class UserEncoder(nn.Module):
         self.encoder = nn.TransformerEncoder(layer, cfg.n_layers, enable_nested_tensor=False)
         self.norm_out = nn.LayerNorm(cfg.d_model)
         self.pool = nn.Linear(cfg.d_model, 1)
+        # the bags sum what an event is: its type and categorical values (numeric bins and
+        # gaps in the bags drowned the values' counts: 0.69 against 0.78 mean AUC, Instacart)
         self.bag_keys = tuple(k for k in self.keys if k == "type" or k.startswith("c"))
-        self.proj = nn.Linear(4 * cfg.d_model, cfg.out_dim)
+        n_summaries = 4 + len(cfg.decays_h)
+        self.proj = nn.Linear(n_summaries * cfg.d_model, cfg.out_dim)
         self._init_tables()
 
     @torch.no_grad()
@@ -123,14 +156,14 @@ class UserEncoder(nn.Module):
 
     def embed(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, Bags]:
         """Sum of feature embeddings, padded: x (B, T, D), the pad mask (B, T), True = pad,
-        and the sum of the type and categorical embeddings alone, raw (B, T, D): what the
-        window's bag of values is made of."""
+        and what the window's bags are made of (`Bags`)."""
         out = self.ec(kjt)
         values = {k: out[k].values() for k in self.keys}
-        cats = torch.stack([values[k] for k in self.bag_keys]).sum(0)  # (N, D)
-        summed = cats + torch.stack([values[k] for k in self.keys if k not in self.bag_keys]).sum(0)
+        static = torch.stack([values[k] for k in self.bag_keys]).sum(0)  # (N, D)
+        rest = [values[k] for k in self.keys if k not in self.bag_keys]
+        summed = static + torch.stack(rest).sum(0)
         if self.age_lin is not None and age_h is not None:
             summed = summed + self.age_lin(age_h.to(summed.dtype).unsqueeze(-1) / 4.0)  # (N, D)
         b = lengths.shape[0]
@@ -141,21 +174,24 @@ class UserEncoder(nn.Module):
         x = summed.new_zeros(b, t, summed.shape[-1])  # (B, T, D)
         x[real] = summed
         raw = torch.zeros_like(x)  # (B, T, D)
-        raw[real] = cats
+        raw[real] = static
+        hours = torch.zeros(b, t, dtype=torch.float64, device=x.device)  # (B, T)
+        if age_h is not None:
+            hours[real] = torch.expm1(age_h.to(torch.float64))
         rev = (lengths.unsqueeze(1) - 1 - ar.unsqueeze(0)).clamp(min=0)  # (B, T) 0 = newest
         x = x + self.pos(_pos_bucket(rev)) * real.unsqueeze(-1)
-        return self.norm_in(x), ~real, raw
+        return self.norm_in(x), ~real, Bags(raw, hours)
 
     def forward(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Bags]:
         """Returns hidden states (B, T, D), the pad mask (B, T), the user vectors (B, E) and
-        the raw categorical embeddings (B, T, D) (for `prefix_vectors`).
+        the window's bag inputs (for `prefix_vectors`).
 
-        The user vector reads two summaries: attention pooling over all real positions, and
-        the newest event's hidden state (causal: it has seen the whole window, and carries
-        the window's recency through its age feature)."""
-        x, pad, raw = self.embed(kjt, lengths, age_h)  # (B, T, D), (B, T), (B, T, D)
+        The user vector reads: attention pooling over the hidden states, their sum, the
+        newest event's hidden state (causal: it has seen the whole window, and carries the
+        window's recency through its age feature), and the bags (`Bags`)."""
+        x, pad, bags = self.embed(kjt, lengths, age_h)  # (B, T, D), (B, T)
         t = x.shape[1]
         causal = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
         pad_f = torch.zeros_like(pad, dtype=x.dtype).masked_fill(pad, float("-inf"))  # (B, T)
@@ -165,18 +201,20 @@ class UserEncoder(nn.Module):
         w = torch.softmax(score, dim=1).nan_to_num(0.0)  # empty windows pool to zero
         pooled = torch.einsum("bt,btd->bd", w.to(h.dtype), h)  # (B, D)
         realf = (~pad).unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        bag = (h * realf).sum(1) / self.cfg.max_events  # (B, D) the window's sum: counts kept
+        hsum = (h * realf).sum(1) / self.cfg.max_events  # (B, D)
         last = (lengths - 1).clamp(min=0)  # (B,) the newest event saw the whole window
         newest = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
         newest = newest * (lengths > 0).unsqueeze(-1).to(h.dtype)
-        raw_bag = raw.sum(1)  # (B, D) counts of the window's values, unscaled
-        z = self._out(torch.cat([pooled, bag, newest, raw_bag], -1))  # (B, E)
-        return h, pad, z, raw
+        decayed = [(bags.raw * bags.weight(tau)).sum(1) for tau in self.cfg.decays_h]
+        summary = torch.cat([pooled, hsum, newest, bags.raw.sum(1), *decayed], -1)
+        return h, pad, self._out(summary), bags
 
-    def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
+    def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
         """The user vector of every prefix (training only): z_t as if the window ended at t.
 
-        Attention pooling as running sums, so z at the newest position equals `forward`'s.
+        Attention pooling and the bags as running sums, so z at the newest position equals
+        `forward`'s. A decayed bag at t weighs event i by ``exp(-(ts_t - ts_i) / tau)``,
+        i.e. its weight at ``now`` rescaled by ``exp((now - ts_t) / tau)``.
         h: (B, T, D), pad: (B, T) -> (B, T, E).
         """
         score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
@@ -186,12 +224,17 @@ class UserEncoder(nn.Module):
         den = torch.cumsum(e, dim=1).clamp(min=1e-30).unsqueeze(-1)  # (B, T, 1)
         pooled = (num / den).to(h.dtype)  # (B, T, D)
         realf = (~pad).unsqueeze(-1).to(h.float().dtype)  # (B, T, 1)
-        bag = (torch.cumsum(h.float() * realf, dim=1) / self.cfg.max_events).to(h.dtype)
-        raw_bag = torch.cumsum(raw.float(), dim=1).to(h.dtype)
-        return self._out(torch.cat([pooled, bag, h, raw_bag], -1))  # (B, T, E)
+        hsum = (torch.cumsum(h.float() * realf, dim=1) / self.cfg.max_events).to(h.dtype)
+        raw64 = bags.raw.to(torch.float64)
+        parts = [pooled, hsum, h, torch.cumsum(raw64, dim=1).to(h.dtype)]
+        for tau in self.cfg.decays_h:
+            scaled = torch.cumsum(raw64 * bags.weight(tau, torch.float64), dim=1)  # (B, T, D)
+            back = torch.exp(bags.hours.clamp(max=_MAX_DECAY * tau) / tau).unsqueeze(-1)
+            parts.append((scaled * back).to(h.dtype))
+        return self._out(torch.cat(parts, -1))  # (B, T, E)
 
     def _out(self, summary: torch.Tensor) -> torch.Tensor:
-        """(..., 3D) summaries -> (..., E) user vectors (L2-normalised if configured)."""
+        """(..., S) summaries -> (..., E) user vectors (L2-normalised if configured)."""
         z = self.proj(summary).float()
         return F.normalize(z, dim=-1) if self.cfg.normalize else z
 

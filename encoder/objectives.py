@@ -50,6 +50,7 @@ class ObjectiveConfig:
     top_values: int = 16  # ... and this many top values of each categorical property
     max_value_targets: int = 4  # next-value targets: the most common properties with ...
     min_target_distinct: int = 32  # ... at least this many distinct values
+    vocab_targets_only: bool = False  # next-value / bag targets only among vocabulary values
 
 
 def value_targets(spec: FeatureSpec, obj: ObjectiveConfig) -> tuple[int, ...]:
@@ -96,12 +97,19 @@ def make_batch(
     nows: np.ndarray,
     max_events: int,
     data_end_ms: int,
+    window_ms: int | None = None,
 ) -> Batch:
-    """Windows of `users` at `nows` (events at or before now) and their targets from the
-    events after them."""
-    targets = value_targets(tok.config.features, obj)
+    """Windows of `users` at `nows` (events at or before now, at most `max_events`, none
+    older than `window_ms`) and their targets from the events after them."""
+    spec = tok.config.features
+    targets = value_targets(spec, obj)
     cols = [1 + c for c in targets]
-    lo, hi = log.window_bounds(users, nows, max_events)
+    # the highest id a value target may take: beyond the vocabulary are shared rare buckets
+    limit = [
+        len(spec.categorical[c].vocab) if obj.vocab_targets_only else spec.categorical[c].rows
+        for c in targets
+    ]
+    lo, hi = log.window_bounds(users, nows, max_events, horizon_ms=window_ms)
     tokens = log.token_batch(lo, hi, nows, tok)
     b, p = len(users), len(cols)
     t = max(1, int((hi - lo).max()) if b else 1)
@@ -129,7 +137,7 @@ def make_batch(
         nt[i, :n] = np.where(has, log.static[safe, 0], IGNORE)
         for q, col in enumerate(cols):
             v = np.where(has, log.static[safe, col], 0)
-            nv[q, i, :n] = np.where(v > 0, v, IGNORE)
+            nv[q, i, :n] = np.where((v > 0) & (v <= limit[q]), v, IGNORE)
         # positions: events strictly after position t, up to t's time + H
         stop = np.searchsorted(seq_ts, seq_ts[:n, None] + hs[None, :], side="right")  # (n, K)
         starts = np.repeat(np.arange(1, n + 1), k)
@@ -143,10 +151,10 @@ def make_batch(
             p_type[i] = log.static[w1, 0]
             for q, col in enumerate(cols):
                 val = int(log.static[w1, col])
-                p_value[q, i] = val if val > 0 else IGNORE
+                p_value[q, i] = val if 0 < val <= limit[q] else IGNORE
         for q, col in enumerate(cols):
             seen = np.unique(log.static[w0:w1, col])
-            seen = seen[seen > 0]
+            seen = seen[(seen > 0) & (seen <= limit[q])]
             if len(seen) > obj.bag_size:  # a deterministic spread over the window's values
                 seen = seen[np.linspace(0, len(seen) - 1, obj.bag_size).astype(np.int64)]
             p_bag[q, i, : len(seen)] = seen

@@ -10,22 +10,22 @@ Order of work:
 4. cut each user's history at a few times ``now`` (one at the end of the data, the rest
    uniform in time, more cuts per user for small logs); the window is the last events up to
    the cut and the targets come from the events after it (`encoder/objectives.py`);
-5. train with AdamW + one-cycle on length-bucketed batches; after every epoch measure the
-   validation loss, keep the best epoch's weights and stop after `patience` epochs without
-   improvement. The metrics say which epoch was kept and why training stopped.
+5. train with AdamW on length-bucketed batches; after every epoch measure the validation
+   loss. When it does not improve, go back to the best epoch's weights and cut the learning
+   rate (`Schedule`); stop after `patience` cuts without improvement. The best epoch's
+   weights are kept; the metrics say which epoch that was and why training stopped.
 
 Deterministic under `TrainConfig.seed` on a given machine and thread count.
 """
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -33,6 +33,7 @@ import torch
 from contract.events import Event
 from encoder.eventlog import EventLog, build_log
 from encoder.features import FeaturesFile, Profile, SpecOptions, spec_from_profile
+from encoder.fitting import BestEpoch, Schedule
 from encoder.model import ModelConfig, UserEncoder, make_kjt
 from encoder.objectives import ObjectiveConfig, TrainingHeads, make_batch
 from encoder.outcomes import OutcomeSpace
@@ -46,7 +47,9 @@ EventSource = Sequence[Event] | Callable[[], Iterable[Event]]
 @dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 8  # at most: early stopping on the validation loss decides
-    patience: int = 2  # epochs without a better validation loss before stopping
+    patience: int = 2  # learning-rate cuts (or epochs, one-cycle) without a better validation
+    schedule: Literal["plateau", "one_cycle"] = "plateau"
+    lr_cut: float = 0.3  # plateau: the learning rate's factor when validation stops improving
     val_share: float = 0.1  # users held out for validation ...
     min_val_users: int = 20  # ... when that is at least this many
     batch_size: int = 64
@@ -58,7 +61,9 @@ class TrainConfig:
     min_examples: int = 4000  # ... raised for small logs to reach this many windows ...
     max_cuts_per_user: int = 16  # ... up to this many
     train_max_events: int = 64  # windows in training (the model serves up to max_events)
+    window_ms: int | None = None  # training windows hold no older events (as the store's)
     feature_dropout: float = 0.1  # share of categorical values hidden (set absent) in training
+    max_steps: int | None = None  # stop after this many steps (benchmarks of the data path)
     seed: int = 0
     progress: bool = True
 
@@ -149,6 +154,7 @@ class _Run:
             nows,
             self.spec.train.train_max_events,
             self.end,
+            self.spec.train.window_ms,
         )
         tb = b.tokens
         p = self.spec.train.feature_dropout
@@ -240,8 +246,9 @@ def train(
     tr_u, tr_now = cut_times(evlog, train_users, cuts, horizon, end, tc.seed)
     va_u, va_now = cut_times(evlog, val_users, cuts, horizon, end, tc.seed + 1)
     maxe = tc.train_max_events
-    tr_len = np.subtract(*evlog.window_bounds(tr_u, tr_now, maxe)[::-1])
-    va_len = np.subtract(*evlog.window_bounds(va_u, va_now, maxe)[::-1])
+    wms = tc.window_ms
+    tr_len = np.subtract(*evlog.window_bounds(tr_u, tr_now, maxe, horizon_ms=wms)[::-1])
+    va_len = np.subtract(*evlog.window_bounds(va_u, va_now, maxe, horizon_ms=wms)[::-1])
     log.info(
         "%d users, %d examples (%d cuts each), %d validation users, prepared in %.1fs",
         n_users,
@@ -261,37 +268,36 @@ def train(
     ]
     opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
     plan = [_plan(tr_len, tc.batch_size, rng) for _ in range(tc.epochs)]
+    if tc.max_steps is not None:  # keep the first max_steps batches
+        budget, capped = tc.max_steps, []
+        for p in plan:
+            capped.append(p[:budget])
+            budget -= len(capped[-1])
+        plan = [p for p in capped if len(p)]
     val_plan = _plan(va_len, tc.batch_size, np.random.default_rng(0))
     total_steps = sum(len(p) for p in plan)
-    # warm up over 10% of the steps; OneCycleLR divides by zero unless the warm-up ends past
-    # its first step, so short runs warm up over 1.5 steps
-    steps = max(total_steps, 4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(
-        opt,
-        max_lr=[g["lr"] for g in groups],
-        total_steps=steps,
-        pct_start=max(0.1, 1.5 / steps),
-    )
+    sched = Schedule(opt, tc.lr_cut, plan, plateau=tc.schedule == "plateau" and bool(val_plan))
     from encoder.progress import progress_bar
 
     bar = progress_bar(total_steps, "train", tc.progress)
     history: list[float] = []
     val_history: list[float] = []
     parts: dict[str, float] = {}
-    best: tuple[float, int, dict[str, torch.Tensor], dict[str, torch.Tensor]] | None = None
-    stop = f"ran all {tc.epochs} epochs"
+    best: BestEpoch | None = None
+    stop = f"ran all {len(plan)} epochs"
     model.train()
     heads.train()
     t1 = time.perf_counter()
     epochs_run = 0
-    for epoch in range(tc.epochs):
+    for epoch in range(len(plan)):
         for idx in plan[epoch]:
             loss, parts = run.loss(tr_u[idx], tr_now[idx], gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
+            sched.before_step()
             opt.step()
-            sched.step()
+            sched.after_step()
             history.append(float(loss.detach()))
             bar.set_postfix(epoch=epoch, loss=f"{np.mean(history[-20:]):.3f}")
             bar.update(1)
@@ -301,17 +307,22 @@ def train(
         vl, vparts = _val_loss(run, va_u, va_now, val_plan)
         val_history.append(round(vl, 4))
         log.info("epoch %d: validation loss %.4f %s", epoch + 1, vl, vparts)
-        if best is None or vl < best[0]:
-            best = (vl, epoch, copy.deepcopy(model.state_dict()), copy.deepcopy(heads.state_dict()))
-        elif epoch - best[1] >= tc.patience:
+        if best is None or vl < best.loss:
+            best = BestEpoch(vl, epoch, model, heads, opt)
+        elif sched.plateau:
+            if sched.cuts >= tc.patience:
+                stop = f"validation loss stopped improving after {sched.cuts} learning-rate cuts"
+                break
+            best.restore(model, heads, opt)  # go on from the best epoch, more slowly
+            sched.cut()
+        elif epoch - best.epoch >= tc.patience:
             stop = f"validation loss did not improve for {tc.patience} epochs"
             break
     bar.close()
     kept = epochs_run - 1
     if best is not None:
-        model.load_state_dict(best[2])
-        heads.load_state_dict(best[3])
-        kept = best[1]
+        best.restore(model, heads, None)
+        kept = best.epoch
     model.eval()
     metrics: dict[str, Any] = {
         "users": n_users,

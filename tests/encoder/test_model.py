@@ -10,7 +10,7 @@ import torch
 
 from encoder.api import Encoder, length_buckets
 from encoder.features import discover
-from encoder.model import ModelConfig, UserEncoder
+from encoder.model import ModelConfig, UserEncoder, make_kjt
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import Tokenizer, TokenizerConfig
 
@@ -78,3 +78,25 @@ def test_length_buckets_cover_all_once() -> None:
     assert flat == list(range(len(lengths)))
     for g in groups:
         assert (len(g) <= 3 and len(g) * max(max(lengths[i] for i in g), 1) <= 256) or len(g) == 1
+
+
+def test_prefix_vectors_end_at_the_vector_and_survive_old_events(setup) -> None:  # type: ignore[no-untyped-def]
+    """Training's prefix vectors (running sums; a prefix's decayed bags weigh its events by
+    age at the prefix's own time) end at `forward`'s vector when it is encoded at the newest
+    event's time, and stay finite for events older than exp() can weigh."""
+    _, tok, windows, _ = setup
+    torch.manual_seed(1)
+    model = UserEncoder(tok.config, ModelConfig(d_model=32, n_heads=4, d_ff=64, decays_h=(24.0,)))
+    model.eval()
+    w = max(windows, key=len)[-12:]
+    newest = w[-1].ts_ms
+    for at in (newest, newest + 400 * 86_400_000):  # 400 days on, the daily bag underflows
+        batch = tok.encode([w], at)
+        kjt = make_kjt(batch, model.keys, torch.device("cpu"))
+        lengths, ages = torch.from_numpy(batch.lengths), torch.from_numpy(batch.age_h)
+        with torch.inference_mode():
+            h, pad, z, bags = model(kjt, lengths, ages)
+            prefix = model.prefix_vectors(h, pad, bags)[0]  # (T, E)
+        assert prefix.shape == (len(w), 64) and bool(torch.isfinite(prefix).all())
+        if at == newest:
+            torch.testing.assert_close(prefix[-1], z[0], atol=1e-4, rtol=1e-4)

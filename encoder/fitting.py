@@ -1,0 +1,80 @@
+"""The training loop's bookkeeping: the learning-rate schedule and the best epoch kept.
+
+`Schedule` warms the learning rates up over the first epoch, then holds them until the
+validation loss stops improving and cuts them there (training goes on from the best epoch,
+more slowly), or runs one cycle when there is no validation split. `BestEpoch` keeps the
+weights and optimizer state of the epoch with the lowest validation loss.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+
+@dataclass
+class BestEpoch:
+    """The weights (and optimizer state) of the epoch with the lowest validation loss."""
+
+    loss: float
+    epoch: int
+    model_state: dict[str, Any]
+    heads_state: dict[str, Any]
+    opt_state: dict[str, Any]
+
+    def __init__(
+        self, loss: float, epoch: int, model: nn.Module, heads: nn.Module, opt: Any
+    ) -> None:
+        self.loss, self.epoch = loss, epoch
+        self.model_state = copy.deepcopy(model.state_dict())
+        self.heads_state = copy.deepcopy(heads.state_dict())
+        self.opt_state = copy.deepcopy(opt.state_dict())
+
+    def restore(self, model: nn.Module, heads: nn.Module, opt: Any | None) -> None:
+        model.load_state_dict(self.model_state)
+        heads.load_state_dict(self.heads_state)
+        if opt is not None:
+            lrs = [g["lr"] for g in opt.param_groups]
+            opt.load_state_dict(copy.deepcopy(self.opt_state))
+            for g, lr in zip(opt.param_groups, lrs, strict=True):
+                g["lr"] = lr
+
+
+class Schedule:
+    """Learning rates: a linear warm-up over the first epoch (at most 100 steps), then either
+    constant until the validation loss stops improving, where `cut` scales them by
+    `lr_cut` (plateau: training goes on from the best epoch, more slowly), or
+    one cycle over all planned steps (no validation split, or ``schedule="one_cycle"``)."""
+
+    def __init__(self, opt: Any, lr_cut: float, plan: list[list[np.ndarray]], plateau: bool):
+        self.opt, self.plateau, self.factor = opt, plateau, lr_cut
+        self.base = [g["lr"] for g in opt.param_groups]
+        self.warm = max(1, min(100, len(plan[0]) if plan else 1))
+        self.step, self.scale, self.cuts = 0, 1.0, 0
+        self.cycle = None
+        if not plateau:
+            steps = max(sum(len(p) for p in plan), 4)
+            # OneCycleLR divides by zero unless its warm-up ends past its first step
+            self.cycle = torch.optim.lr_scheduler.OneCycleLR(
+                opt, max_lr=self.base, total_steps=steps, pct_start=max(0.1, 1.5 / steps)
+            )
+
+    def before_step(self) -> None:
+        if self.cycle is None:
+            f = min(1.0, (self.step + 1) / self.warm) * self.scale
+            for g, lr in zip(self.opt.param_groups, self.base, strict=True):
+                g["lr"] = lr * f
+
+    def after_step(self) -> None:
+        self.step += 1
+        if self.cycle is not None:
+            self.cycle.step()
+
+    def cut(self) -> None:
+        self.scale *= self.factor
+        self.cuts += 1
