@@ -213,7 +213,7 @@ def cmd_model(args: argparse.Namespace) -> int:
         rep = promote(models, version, eval_config(args), args.tolerance, args.skip_validate)
         print(json.dumps(rep, indent=2, default=str), file=sys.stderr)
         if not rep["ok"]:
-            print(f"refused: {rep['reason']}")
+            print(f"refused: {rep['reason']}", file=sys.stderr)
             return 1
         print(f"active: {version} (was {rep.get('previous')})")
         return 0
@@ -273,7 +273,7 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=guarded(cmd_train))
 
     p = subparsers.add_parser("encode", help="encode each user's window in an event file")
-    p.add_argument("--events", type=Path, required=True)
+    p.add_argument("--events", type=Path, required=True, help="JSON lines or Parquet (streamed)")
     p.add_argument("--out", type=Path, required=True, help="output Parquet")
     p.add_argument("--model", default=None, help="version (default: active)")
     p.add_argument("--now-ms", type=int, default=None, help="encode time (default: newest event)")
@@ -282,10 +282,20 @@ def register(subparsers: Any) -> None:
     p.set_defaults(func=guarded(cmd_encode))
 
     p = subparsers.add_parser("model", help="list | show | validate | promote | rollback")
-    p.add_argument("action", choices=["list", "show", "validate", "promote", "rollback"])
-    p.add_argument("version", nargs="?", default=None)
+    p.add_argument(
+        "action",
+        choices=["list", "show", "validate", "promote", "rollback"],
+        help="list versions; show one (features, metrics); validate or promote one through "
+        "the gate; roll back to the previously active one",
+    )
+    p.add_argument("version", nargs="?", default=None, help="version (default: the active one)")
     p.add_argument("--tolerance", type=float, default=0.02, help="allowed metric drop")
-    p.add_argument("--eval-users", type=int, default=None)
+    p.add_argument(
+        "--eval-users",
+        type=int,
+        default=None,
+        help="held-out synthetic users for a synthetic model's gate (default 1000)",
+    )
     p.add_argument("--skip-validate", action="store_true", help="promote on parity alone")
     add_models_arg(p)
     p.set_defaults(func=guarded(cmd_model))

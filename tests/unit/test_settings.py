@@ -19,9 +19,6 @@ from tests.ops.support import ROOT, literal_env_reads
 # Where a PERSONA_* variable may still be read outside the tree: the credentials, read where
 # the connection is made so they never sit in a config object (services/config.py says why).
 CREDENTIAL_READERS = {"services/store/client.py", "services/common/kafka.py"}
-# Flags of the encoder's commands are that module's owner's to document (see the report of
-# issue #14); every other flag has its own help.
-ENCODER_MODULES = ("services.cli.encoder_cmds", "services.cli.eval_cmds")
 
 
 @pytest.fixture(autouse=True)
@@ -63,7 +60,7 @@ def test_env_is_read_only_by_the_tree_except_credentials() -> None:
 def test_flags_are_declared_against_the_tree_with_help_and_defaults() -> None:
     from services.cli import COMMAND_MODULES
 
-    own = {m for m in COMMAND_MODULES if m not in ENCODER_MODULES}
+    own = set(COMMAND_MODULES)
     for name, p in _subparsers().items():
         for action in p._actions:  # noqa: SLF001
             if not action.option_strings or action.dest == "help":
