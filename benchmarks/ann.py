@@ -1,20 +1,38 @@
-"""Lookalike index benchmark: recall@10 and queries/s of the configured default index,
-beside exact search (faiss IndexFlatIP) and hnswlib tuned to the same recall.
+"""Lookalike index benchmark: Persona's index beside the public ANN peers on the same data in
+the same run, at matched recall, and beside the bare faiss search it wraps.
 
     OPENBLAS_NUM_THREADS=1 OMP_WAIT_POLICY=PASSIVE .venv/bin/python benchmarks/ann.py [--n 1000000]
 
-Data: clustered unit vectors (services/index/synthetic.py, the golden test's generator),
-held-out queries from the same clusters. Recall is measured like faiss
-contrib.evaluation.knn_intersection_measure against the exact top-k. "single" is one
-query per call (the serving path), "batched" one call for all queries. The default index
-is timed through LookalikeIndex (user-id mapping and filtering included); its build time
-is upsert plus rebuild. hnswlib's ef is raised until its recall reaches the faiss index's
-(hnswlib silently uses max(ef, k), so the sweep starts at k).
+Data: clustered unit vectors (services/index/synthetic.py, the golden test's generator);
+held-out queries from the same clusters; truth from exact search (faiss IndexFlatIP).
+Recall@k as faiss contrib's knn_intersection_measure.
+
+Contenders, all in this process, built one after another:
+- Persona: `LookalikeIndex` at its defaults (the search setting chosen at the build from the
+  recall target), searched with `search_arrays` (ids mapped, lock taken). Build = upsert of
+  string ids + rebuild (training, filling, calibration). The `search()` tuples row adds the
+  Python (user, score) pair per hit.
+- faiss under Persona: the same built structure searched with faiss's Python `search` and
+  the same parameters: the "bare faiss search it wraps".
+- faiss IVF-Flat: `IVF{4 sqrt n},Flat` (faiss's guideline for lists), trained on the same
+  64-a-list sample as Persona with faiss's default k-means (25 iterations), filled with
+  `add`; nprobe raised until its recall@k reaches Persona's.
+- hnswlib: M 16, efConstruction 100; ef raised from k until its recall@k reaches Persona's.
+
+Speeds: "batched" = all queries in one call (every core); "single" = one query per call,
+one thread (faiss with one OpenMP thread in the calling thread, hnswlib num_threads=1; a
+single-query search with 2 OpenMP threads spends most of its time waking them), p50/p99
+over `--single` queries. Contenders are timed in turns (`--rounds`, order alternating),
+medians kept, so a load change on a shared machine hits all alike. Memory: anonymous RSS
+growth over the build (after malloc_trim), the data arrays excluded; Persona's own
+accounting (`LookalikeIndex.memory()`) beside it.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
+import gc
 import logging
 import os
 import platform
@@ -22,8 +40,9 @@ import shlex
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -32,149 +51,259 @@ from faiss.contrib.evaluation import knn_intersection_measure
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.index import IndexConfig, LookalikeIndex
+from services.index._built import omp_threads_for
 from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
 
 log = logging.getLogger("benchmarks.ann")
-EF_SWEEP = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512)
+KS = (10, 50)
+NPROBE_SWEEP = (1, 2, 3, 4, 5, 6, 8, 10, 12, 16, 20, 24, 32, 48, 64, 96, 128, 192, 256)
+EF_SWEEP = (10, 12, 16, 20, 24, 32, 40, 48, 64, 80, 96, 128, 160, 192, 256, 384, 512, 768)
+
+Search = Callable[[np.ndarray, int], Any]
 
 
-@dataclass(frozen=True, slots=True)
-class Row:
+@dataclass(slots=True)
+class Contender:
     name: str
-    params: str
-    build_s: float
-    recall: float
-    qps_single: float
-    qps_batched: float
+    build_s: float = 0.0
+    memory_mib: float = 0.0
+    params: dict[int, str] = field(default_factory=dict)
+    recall: dict[int, float] = field(default_factory=dict)
+    batched: Search | None = None  # (queries, k) -> anything
+    single: Search | None = None
+    # (k, recall to reach, recall@k of the current setting) -> the setting chosen
+    tune: Callable[[int, float, Callable[[int], float]], None] | None = None
+    qps: dict[int, list[float]] = field(default_factory=dict)
+    lat: dict[int, list[float]] = field(default_factory=dict)  # seconds a query
 
 
-def qps(
-    search: Callable[[np.ndarray], object], queries: np.ndarray, single: int
-) -> tuple[float, float]:
-    """(single-query QPS over the first `single` queries, batched QPS over all)."""
+def anon_mib() -> float:
+    """Anonymous resident memory of this process, MiB, after returning freed heap."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/status") as f:
+        kb = next(int(line.split()[1]) for line in f if line.startswith("RssAnon:"))
+    return kb / 1024
+
+
+def measured(build: Callable[[], Any]) -> tuple[Any, float, float]:
+    """(what build returned, seconds, MiB of anonymous memory it kept)."""
+    before = anon_mib()
     t0 = time.perf_counter()
-    for i in range(single):
-        search(queries[i : i + 1])
-    one = single / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
-    search(queries)
-    return one, len(queries) / (time.perf_counter() - t0)
+    out = build()
+    seconds = time.perf_counter() - t0
+    return out, seconds, anon_mib() - before
 
 
-def bench_exact(
-    base: np.ndarray, queries: np.ndarray, k: int, single: int
-) -> tuple[Row, np.ndarray]:
-    t0 = time.perf_counter()
-    exact = faiss.IndexFlatIP(base.shape[1])
-    exact.add(base)
-    build = time.perf_counter() - t0
-    _, truth = exact.search(queries, k)  # (Q, k) row numbers
-    one, batched = qps(lambda q: exact.search(q, k), queries, single)
-    return Row("exact (faiss IndexFlatIP)", "-", build, 1.0, one, batched), truth
+def rows_of(found: Any, k: int) -> np.ndarray:
+    return np.asarray(found, dtype=np.int64)[:, :k]
 
 
-def bench_default(
-    base: np.ndarray, queries: np.ndarray, truth: np.ndarray, k: int, single: int
-) -> Row:
-    cfg = IndexConfig(dim=base.shape[1])
-    idx = LookalikeIndex(cfg)
-    t0 = time.perf_counter()
-    idx.upsert([str(i) for i in range(len(base))], base)
-    info = idx.rebuild()
-    build = time.perf_counter() - t0
-    found = np.array([[int(u) for u, _ in h] for h in idx.search(queries, k)], dtype=np.int64)
-    recall = knn_intersection_measure(found, truth)
-    one, batched = qps(lambda q: idx.search(q, k), queries, single)
-    if info.kind == "ivf":
-        params = f"IVF-Flat nlist {cfg.nlist_for(len(base))}, nprobe {cfg.ivf_nprobe}"
-    else:
-        params = info.kind
-    where = "GPU" if info.on_gpu else "CPU"
-    return Row(f"default LookalikeIndex ({where})", params, build, recall, one, batched)
+def persona(base: np.ndarray) -> tuple[Contender, Contender, Contender, LookalikeIndex]:
+    def build() -> LookalikeIndex:
+        idx = LookalikeIndex(IndexConfig(dim=base.shape[1], gpu="off"))
+        idx.upsert([str(i) for i in range(len(base))], base)
+        idx.rebuild()
+        return idx
+
+    idx, seconds, mib = measured(build)
+    built = idx.built
+    cal = built.calibration
+    params = {k: f"{built.kind}, setting {cal.param_for(k) if cal else '-'}" for k in KS}
+    arrays = Contender("Persona LookalikeIndex.search_arrays", seconds, mib, params)
+    arrays.batched = arrays.single = idx.search_arrays
+    tuples = Contender("Persona LookalikeIndex.search (tuples)", seconds, mib, params)
+    tuples.batched = tuples.single = idx.search
+
+    def bare(q: np.ndarray, k: int) -> Any:
+        omp_threads_for(len(q))
+        return built.index.search(q, k, params=built.params_for(k))
+
+    under = Contender("faiss under Persona (bare search)", float("nan"), float("nan"), params)
+    under.batched = under.single = bare
+    return arrays, tuples, under, idx
 
 
-def bench_hnswlib(
-    base: np.ndarray,
-    queries: np.ndarray,
-    truth: np.ndarray,
-    k: int,
-    single: int,
-    target: float,
-    m: int,
-    ef_construction: int,
-) -> Row:
+def faiss_ivf(base: np.ndarray, per_list: int) -> Contender:
+    n, dim = base.shape
+    nlist = max(1, min(round(4 * np.sqrt(n)), n // 39))
+
+    def build() -> Any:
+        index: Any = faiss.index_factory(dim, f"IVF{nlist},Flat", faiss.METRIC_INNER_PRODUCT)
+        rows = np.random.default_rng(0).choice(n, size=min(n, per_list * nlist), replace=False)
+        index.train(base[np.sort(rows)])
+        index.add(base)
+        return index
+
+    index, seconds, mib = measured(build)
+    ivf = Contender(f"faiss IVF-Flat (nlist {nlist})", seconds, mib)
+    chosen: dict[int, Any] = {}
+
+    def search(q: np.ndarray, k: int) -> Any:
+        omp_threads_for(len(q))
+        return index.search(q, k, params=chosen[k])[1]
+
+    def tune(k: int, target: float, recall: Callable[[int], float]) -> None:
+        for p in NPROBE_SWEEP:
+            chosen[k] = faiss.SearchParametersIVF(nprobe=min(p, nlist))  # type: ignore[call-arg]
+            if recall(k) >= target or p >= nlist:
+                ivf.params[k] = f"nprobe {min(p, nlist)}"
+                return
+
+    ivf.batched = ivf.single = search
+    ivf.tune = tune
+    return ivf
+
+
+def hnswlib_peer(base: np.ndarray, m: int, ef_construction: int) -> Contender:
     import hnswlib
 
+    def build() -> Any:
+        index = hnswlib.Index(space="ip", dim=base.shape[1])
+        index.init_index(len(base), M=m, ef_construction=ef_construction, random_seed=0)
+        index.add_items(base, np.arange(len(base)))
+        return index
+
+    index, seconds, mib = measured(build)
+    peer = Contender(f"hnswlib (M {m}, efC {ef_construction})", seconds, mib)
+    efs: dict[int, int] = {}
+
+    def batched(q: np.ndarray, k: int) -> Any:
+        index.set_ef(efs[k])
+        return index.knn_query(q, k=k, num_threads=-1)[0]
+
+    def single(q: np.ndarray, k: int) -> Any:
+        index.set_ef(efs[k])
+        return index.knn_query(q, k=k, num_threads=1)[0]
+
+    def tune(k: int, target: float, recall: Callable[[int], float]) -> None:
+        for ef in (e for e in EF_SWEEP if e >= k):
+            efs[k] = ef
+            if recall(k) >= target or ef == EF_SWEEP[-1]:
+                peer.params[k] = f"ef {ef}"
+                return
+
+    peer.batched, peer.single, peer.tune = batched, single, tune
+    return peer
+
+
+def time_round(c: Contender, queries: np.ndarray, k: int, single: int) -> None:
+    assert c.batched is not None and c.single is not None
     t0 = time.perf_counter()
-    index = hnswlib.Index(space="ip", dim=base.shape[1])
-    index.init_index(max_elements=len(base), M=m, ef_construction=ef_construction, random_seed=0)
-    index.add_items(base, np.arange(len(base)))
-    build = time.perf_counter() - t0
-    ef, recall = EF_SWEEP[0], 0.0
-    for ef in (e for e in EF_SWEEP if e >= k):
-        index.set_ef(ef)
-        labels, _ = index.knn_query(queries, k=k)
-        recall = knn_intersection_measure(labels.astype(np.int64), truth)
-        if recall >= target:
-            break
-    one, batched = qps(
-        lambda q: index.knn_query(q, k=k, num_threads=1 if len(q) == 1 else -1), queries, single
-    )
-    return Row("hnswlib", f"M {m}, efC {ef_construction}, ef {ef}", build, recall, one, batched)
+    c.batched(queries, k)
+    c.qps.setdefault(k, []).append(len(queries) / (time.perf_counter() - t0))
+    lat = c.lat.setdefault(k, [])
+    one = c.single
+    for i in range(single):
+        q = queries[i : i + 1]
+        t0 = time.perf_counter()
+        one(q, k)
+        lat.append(time.perf_counter() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     p.add_argument("--n", type=int, default=1_000_000, help="base vectors")
-    p.add_argument("--queries", type=int, default=1_000)
-    p.add_argument("--single", type=int, default=500, help="queries timed one by one")
-    p.add_argument("--k", type=int, default=10)
+    p.add_argument("--queries", type=int, default=2_000)
+    p.add_argument("--single", type=int, default=1_000, help="queries timed one by one")
+    p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--hnsw-ef-construction", type=int, default=100)
     p.add_argument("--skip-hnswlib", action="store_true")
     args = p.parse_args(argv)
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    t0 = time.perf_counter()
+
+    t_start = time.perf_counter()
     base, queries = clustered_unit_vectors(args.n, args.queries, ClusteredSpec(dim=args.dim))
+    _, truth = faiss.knn(queries, base, max(KS), metric=faiss.METRIC_INNER_PRODUCT)
     single = min(args.single, args.queries)
-    log.info("data ready; exact search")
-    exact, truth = bench_exact(base, queries, args.k, single)
-    log.info("default index")
-    rows = [exact, bench_default(base, queries, truth, args.k, single)]
+
+    def recall_of(c: Contender, k: int) -> float:
+        assert c.batched is not None
+        found = c.batched(queries, k)
+        if isinstance(found, tuple):  # Neighbours (ids, scores) or faiss (scores, ids)
+            found = found[0] if found[0].dtype.kind == "S" else found[1]
+        if found.dtype.kind == "S":  # the benchmark's user ids are row numbers
+            found = np.where(found == b"", b"-1", found).astype(np.int64)
+        return knn_intersection_measure(rows_of(found, k), truth[:, :k])
+
+    log.info("Persona")
+    arrays, tuples, under, idx = persona(base)
+    per_list = idx.config.ivf_train_per_list
+    contenders = [arrays, tuples, under]
+    log.info("faiss IVF-Flat")
+    contenders.append(faiss_ivf(base, per_list))
     if not args.skip_hnswlib:
         log.info("hnswlib")
-        rows.append(
-            bench_hnswlib(
-                base,
-                queries,
-                truth,
-                args.k,
-                single,
-                rows[1].recall,
-                args.hnsw_m,
-                args.hnsw_ef_construction,
-            )
-        )
-    total = time.perf_counter() - t0
+        contenders.append(hnswlib_peer(base, args.hnsw_m, args.hnsw_ef_construction))
+    for k in KS:
+        arrays.recall[k] = tuples.recall[k] = under.recall[k] = recall_of(arrays, k)
+        for c in contenders[3:]:
+            assert c.tune is not None
+            c.tune(k, arrays.recall[k], lambda kk, c=c: recall_of(c, kk))  # type: ignore[misc]
+            c.recall[k] = recall_of(c, k)
+    log.info("timing: %d rounds", args.rounds)
+    for r in range(args.rounds):
+        for k in KS:
+            for c in contenders if r % 2 == 0 else contenders[::-1]:
+                time_round(c, queries, k, single)
+    total = time.perf_counter() - t_start
+    report(args, contenders, idx, single, total, argv)
+    return 0
 
-    k = args.k
+
+def report(
+    args: argparse.Namespace,
+    contenders: list[Contender],
+    idx: LookalikeIndex,
+    single: int,
+    total: float,
+    argv: list[str] | None,
+) -> None:
     print(
-        f"n {args.n:,} x dim {args.dim}, {args.queries} queries ({single} timed singly), "
-        f"k {k}; {os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), "
-        f"faiss {faiss.__version__}, OPENBLAS_NUM_THREADS={os.getenv('OPENBLAS_NUM_THREADS')}\n"
+        f"\nn {args.n:,} x dim {args.dim}, {args.queries} held-out queries ({single} timed "
+        f"singly), {args.rounds} rounds; {os.cpu_count()} CPUs "
+        f"({platform.processor() or platform.machine()}), faiss {faiss.__version__}, "
+        f"OPENBLAS_NUM_THREADS={os.getenv('OPENBLAS_NUM_THREADS')}\n"
     )
-    print(f"| index | parameters | build s | recall@{k} | QPS single | QPS batched |")
-    print("| --- | --- | ---: | ---: | ---: | ---: |")
-    for r in rows:
-        print(
-            f"| {r.name} | {r.params} | {r.build_s:.1f} | {r.recall:.4f} | "
-            f"{r.qps_single:,.0f} | {r.qps_batched:,.0f} |"
-        )
+    print("| index | k | parameters | recall@k | QPS batched | single p50 us | single p99 us "
+          "| build s | memory MiB |")  # fmt: skip
+    print("| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    for k in KS:
+        for c in contenders:
+            lat = np.array(c.lat[k]) * 1e6
+            print(
+                f"| {c.name} | {k} | {c.params.get(k, '-')} | {c.recall[k]:.4f} | "
+                f"{np.median(c.qps[k]):,.0f} | {np.percentile(lat, 50):.0f} | "
+                f"{np.percentile(lat, 99):.0f} | {c.build_s:.1f} | {c.memory_mib:.0f} |"
+            )
+    arrays, _, under, *peers = contenders
+    mem = idx.memory()
+    print(
+        f"\nPersona's accounting: {sum(mem.values()) / 2**20:.0f} MiB ("
+        + ", ".join(f"{part} {n / 2**20:.0f}" for part, n in mem.items())
+        + ")"
+    )
+    print("\nratios (Persona search_arrays / other; QPS > 1 and latency, build, memory < 1 "
+          "favour Persona):")  # fmt: skip
+    for other in [under, *peers]:
+        for k in KS:
+            a, o = np.array(arrays.lat[k]), np.array(other.lat[k])
+            qps = np.median(arrays.qps[k]) / np.median(other.qps[k])
+            print(
+                f"- vs {other.name}, k={k}: QPS {qps:.2f}, "
+                f"single p50 {np.percentile(a, 50) / np.percentile(o, 50):.2f}, "
+                f"p99 {np.percentile(a, 99) / np.percentile(o, 99):.2f}"
+                + (
+                    ""
+                    if other is under
+                    else f", build {arrays.build_s / other.build_s:.2f}, "
+                    f"memory {arrays.memory_mib / other.memory_mib:.2f}"
+                )
+            )
     cmd = shlex.join(["python", "benchmarks/ann.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"\ncommand: `{cmd}` (total {total:.0f} s)")
-    return 0
 
 
 if __name__ == "__main__":

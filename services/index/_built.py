@@ -1,23 +1,47 @@
-"""One built faiss index and what the lookalike index needs to know about it.
+"""One built faiss structure and what the lookalike index needs to know about it.
 
 Kept apart from `ann.py` so the faiss specifics (factory strings, direct maps, GPU cloning,
-which structures can remove ids) live in one place.
+which structures can remove ids, how vectors are read back) live in one place.
+
+The structure is the master copy of the vectors (chosen by measurement, see
+`benchmarks/ann.py` and docs/benchmarks.md): flat and IVF-Flat hold every vector in float32
+and give it back by id (`reconstruct`), so no second copy is kept beside them. IVF lists are
+filled one list at a time with each list's exact size (faiss's own `add` grows each list's
+buffer by doubling: ~1.4x the vectors' bytes at 1M), and an id -> (list, offset) hash map
+makes removal and read-back O(ids). HNSW stores its vectors flat too. IVF-PQ cannot give
+its vectors back: its index keeps a float16 copy (`ann.RowCopy`) and re-ranks with it.
+A GPU index searches a clone; the CPU structure stays the master.
+
+faiss ids are the index's row numbers; -1 means "no hit".
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import faiss
 import numpy as np
 
+from services.index.calibrate import Calibration, calibrate, ivf_rank_guess
 from services.index.config import IndexConfig, IndexKind
+from services.index.neighbours import rerank
 
 log = logging.getLogger(__name__)
 
 GPU_MAX_K = 2048  # faiss GPU search refuses larger k
+HNSW_MAX_EF = 4096
+SMALL_BATCH = 4  # queries searched with one OpenMP thread (waking the team costs more)
+fx: Any = faiss  # faiss's stubs miss much of its SWIG surface
+_ptr = fx._swigfaiss.swig_ptr  # noqa: SLF001  # faiss.swig_ptr is a Python wrapper of it
+_DEFAULT_THREADS = faiss.omp_get_max_threads()
+_omp = threading.local()
+
+# rows (R,) -> their vectors (R, D) float32, from a copy kept outside the structure
+Gather = Callable[[np.ndarray], np.ndarray]
 
 
 def gpu_available(cfg: IndexConfig) -> bool:
@@ -26,21 +50,41 @@ def gpu_available(cfg: IndexConfig) -> bool:
     return cfg.gpu == "auto" and faiss.get_num_gpus() > 0
 
 
+def omp_threads_for(n_queries: int) -> None:
+    """One OpenMP thread in this thread for a small batch, the default for a large one.
+
+    A single-query IVF search with 2 threads spent ~80 us of ~130 us waking the team
+    (OMP_WAIT_POLICY=PASSIVE); with one it took ~50 us. The setting is per calling thread
+    (OpenMP's nthreads-var), so concurrent batched searches elsewhere keep their threads.
+    """
+    want = 1 if n_queries <= SMALL_BATCH else _DEFAULT_THREADS
+    if getattr(_omp, "threads", _DEFAULT_THREADS) != want:
+        faiss.omp_set_num_threads(want)
+        _omp.threads = want
+
+
 @dataclass(slots=True)
 class BuiltIndex:
-    """A faiss index holding (vector, faiss id) pairs.
+    """A faiss structure holding (vector, row) pairs.
 
-    `removable` says whether `remove_ids` works (CPU flat and IVF). Otherwise (HNSW, any
-    GPU index) a replaced or deleted entry stays in the structure, hidden at search time,
-    and `n_stale` counts them until the next rebuild drops them.
+    `removable` says whether `remove_ids` works on the searched structure (CPU flat and
+    IVF). Otherwise (HNSW, IVF-PQ, any GPU index) a replaced or deleted entry stays in it,
+    hidden at search time (its row maps to no user), and `n_stale` counts them until the
+    next rebuild drops them. `rerank` > 1: the structure's scores are approximate; ask it
+    for `rerank` x k hits and score them again from `gather`.
     """
 
-    index: Any  # faiss.Index; faiss's stubs type the SWIG classes loosely
+    index: Any  # faiss.Index searched (maybe a GPU clone); faiss's stubs type SWIG loosely
+    master: Any  # the CPU faiss.Index holding the vectors (None when `gather` holds them)
     kind: IndexKind
     on_gpu: bool
     removable: bool
     built_size: int
+    calibration: Calibration | None = None
+    rerank: int = 1
+    gather: Gather | None = None
     n_stale: int = 0
+    params: dict[int, Any] = field(default_factory=dict)  # k -> faiss.SearchParameters
 
     @property
     def ntotal(self) -> int:
@@ -50,71 +94,259 @@ class BuiltIndex:
     def max_k(self) -> int:
         return GPU_MAX_K if self.on_gpu else max(1, self.ntotal)
 
-    def add(self, vectors: np.ndarray, fids: np.ndarray) -> None:
-        """vectors: (N, D) float32 unit rows; fids: (N,) int64."""
-        if len(fids):
-            self.index.add_with_ids(vectors, fids)
+    def add(self, vectors: np.ndarray, rows: np.ndarray) -> None:
+        """vectors: (N, D) float32 unit rows; rows: (N,) int64."""
+        if len(rows):
+            self.index.add_with_ids(vectors, rows)
+            if self.master is not None and self.master is not self.index:
+                self.master.add_with_ids(vectors, rows)
 
-    def remove(self, fids: np.ndarray) -> None:
-        """Removes fids (N,) int64 that the index holds, or hides them when it cannot."""
-        if not len(fids):
+    def remove(self, rows: np.ndarray) -> None:
+        """Removes rows (N,) the structure holds, or hides them when it cannot."""
+        if not len(rows):
             return
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if self.master is not None and self.master is not self.index:
+            self.master.remove_ids(rows)
         if not self.removable:
-            self.n_stale += len(fids)
+            self.n_stale += len(rows)
             return
-        removed = int(self.index.remove_ids(np.ascontiguousarray(fids, dtype=np.int64)))
-        if removed != len(fids):
-            log.warning("faiss removed %d of %d ids", removed, len(fids))
+        removed = int(self.index.remove_ids(rows))
+        if removed != len(rows):
+            log.warning("faiss removed %d of %d ids", removed, len(rows))
+
+    @property
+    def fast_k(self) -> int:
+        """The largest k searched as asked (faiss pads past ntotal; GPU refuses more)."""
+        return GPU_MAX_K if self.on_gpu else 1 << 62
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """queries: (Q, D) -> scores (Q, k) float32, fids (Q, k) int64 (-1 where none)."""
-        scores, fids = self.index.search(queries, k)
-        return scores, fids
+        """queries: (Q, D) unit float32, C-contiguous -> scores (Q, k) float32, rows (Q, k)
+        int64 (-1 where none), with the calibrated setting for k. Calls faiss's C entry
+        directly (faiss's Python `search` re-checks and re-converts what callers checked)."""
+        n = len(queries)
+        omp_threads_for(n)
+        scores = np.empty((n, k), dtype=np.float32)
+        rows = np.empty((n, k), dtype=np.int64)
+        params = self.params.get(k) or self.params_for(k)
+        self.index.search_c(n, _ptr(queries), k, _ptr(scores), _ptr(rows), params)
+        return scores, rows
+
+    def params_for(self, k: int) -> Any:
+        """The faiss.SearchParameters calibrated for a search of k (None: the index's own)."""
+        found = self.params.get(k)
+        if found is None and self.params:
+            ks = sorted(self.params)
+            found = self.params[next((c for c in ks if c >= k), ks[-1])]
+        return found
+
+    def reconstruct(self, rows: np.ndarray) -> np.ndarray:
+        """(R,) rows the structure holds -> their vectors (R, D) float32."""
+        rows = np.ascontiguousarray(rows, dtype=np.int64)
+        if self.gather is not None:
+            return self.gather(rows)
+        if not len(rows):
+            return np.zeros((0, self.index.d), np.float32)
+        return np.asarray(self.master.reconstruct_batch(rows), dtype=np.float32)
+
+    def snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """Every (row, vector) the master holds: rows (N,), vectors (N, D) float32 (stale
+        entries of a non-removable structure included; the caller keeps the live ones)."""
+        m = self.master
+        if isinstance(m, faiss.IndexIVF):
+            return _ivf_contents(m)
+        ids = faiss.vector_to_array(m.id_map).astype(np.int64)  # IndexIDMap2
+        inner: Any = fx.downcast_index(m.index)
+        flat: Any = (
+            inner if isinstance(inner, faiss.IndexFlat) else fx.downcast_index(inner.storage)
+        )
+        vecs = faiss.rev_swig_ptr(flat.get_xb(), flat.ntotal * flat.d)
+        return ids, np.array(vecs, dtype=np.float32).reshape(flat.ntotal, flat.d)
+
+    def structure_bytes(self) -> int:
+        """Bytes the master structure holds for its vectors, ids and maps (estimated: faiss
+        does not say; the id hash map counted at 60 bytes an entry: a 32-byte node and ~1.5
+        buckets of 8, as measured against the process's resident memory)."""
+        m, d = self.master, self.index.d
+        if m is None:
+            ivf = faiss.extract_index_ivf(self.index)
+            return _ivf_bytes(ivf) + ivf.quantizer.ntotal * d * 4
+        if isinstance(m, faiss.IndexIVF):
+            return _ivf_bytes(m) + m.quantizer.ntotal * d * 4 + m.ntotal * 60
+        inner = faiss.downcast_index(m.index)
+        graph = 0
+        if isinstance(inner, faiss.IndexHNSW):
+            graph = fx.downcast_index(inner).hnsw.neighbors.size() * 4 + inner.ntotal * 16
+        return m.ntotal * (d * 4 + 8 + 40) + graph
+
+
+def _ivf_contents(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
+    lists = ivf.invlists
+    sizes = [lists.list_size(i) for i in range(ivf.nlist)]
+    n, d = sum(sizes), ivf.d
+    ids = np.empty(n, np.int64)
+    vecs = np.empty((n, d), np.float32)
+    at = 0
+    for i, size in enumerate(sizes):
+        if size:
+            ids[at : at + size] = faiss.rev_swig_ptr(lists.get_ids(i), size)
+            codes = faiss.rev_swig_ptr(lists.get_codes(i), size * ivf.code_size)
+            vecs[at : at + size] = np.frombuffer(codes, np.float32).reshape(size, d)
+            at += size
+    return ids, vecs
+
+
+def _ivf_bytes(ivf: Any) -> int:
+    n = sum(ivf.invlists.list_size(i) for i in range(ivf.nlist))
+    return int(n * (ivf.code_size + 8))
 
 
 def build(
     cfg: IndexConfig,
     vectors: np.ndarray,
-    fids: np.ndarray,
+    rows: np.ndarray,
     gpu_resources: Any | None,
+    gather: Gather | None = None,
 ) -> BuiltIndex:
-    """Builds the structure `cfg.kind_for(len(vectors))` over vectors (N, D) with ids fids (N,).
+    """Builds the structure `cfg.kind_for(len(vectors))` over vectors (N, D) with ids rows
+    (N,), then calibrates its search setting (`calibrate.py`) unless the config pins it.
 
-    IVF is trained on a sample of the vectors, `ivf_train_per_list` points a list.
-    `gpu_resources` (a `faiss.StandardGpuResources`) moves flat and IVF indexes to GPU 0;
-    HNSW stays on the CPU.
+    `gather` reads vectors back by row for the kinds that cannot (IVF-PQ). `gpu_resources`
+    (a `faiss.StandardGpuResources`) moves flat and IVF searches to GPU 0.
     """
     n, dim = vectors.shape
     kind = cfg.kind_for(n)
-    metric = faiss.METRIC_INNER_PRODUCT
-    index: Any
-    removable = True
+    ip = faiss.METRIC_INNER_PRODUCT
     if kind == "flat":
-        index = faiss.index_factory(dim, "IDMap,Flat", metric)
-    elif kind == "ivf":
-        nlist = cfg.nlist_for(n)
-        index = faiss.index_factory(dim, f"IVF{nlist},Flat", metric)
-        index.train(_training_sample(vectors, cfg.ivf_train_per_list * nlist))
-        # A hash table from id to (list, offset) makes remove_ids cost O(removed), not O(n).
-        index.set_direct_map_type(faiss.DirectMap.Hashtable)  # type: ignore[attr-defined]
-        index.nprobe = min(cfg.ivf_nprobe, nlist)
+        master = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        built = BuiltIndex(master, master, kind, False, True, n)
+        built.add(vectors, rows)
+    elif kind in ("ivf", "ivfpq"):
+        built = _build_ivf(cfg, kind, vectors, rows, gather)
     else:
-        index = faiss.index_factory(dim, f"IDMap,HNSW{cfg.hnsw_m},Flat", metric)
-        hnsw: Any = faiss.downcast_index(index.index)
-        hnsw.hnsw.efConstruction = cfg.hnsw_ef_construction
-        hnsw.hnsw.efSearch = cfg.hnsw_ef_search
-        removable = False
-    on_gpu = False
-    if gpu_resources is not None and kind != "hnsw":
-        if kind == "ivf":
-            index.set_direct_map_type(faiss.DirectMap.NoMap)  # type: ignore[attr-defined]
-        index = faiss.index_cpu_to_gpu(gpu_resources, 0, index)
-        if kind == "ivf":
-            index.nprobe = min(cfg.ivf_nprobe, cfg.nlist_for(n))
-        on_gpu, removable = True, False
-    built = BuiltIndex(index=index, kind=kind, on_gpu=on_gpu, removable=removable, built_size=n)
-    built.add(vectors, fids)
+        master = faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip))
+        hnsw = fx.downcast_index(master.index).hnsw
+        hnsw.efConstruction = cfg.hnsw_ef_construction
+        built = BuiltIndex(master, master, kind, False, False, n)
+        built.add(vectors, rows)
+        _calibrate_hnsw(cfg, built, vectors, rows)
+    if gpu_resources is not None and kind in ("flat", "ivf"):
+        built.index = faiss.index_cpu_to_gpu(gpu_resources, 0, built.master)
+        if built.calibration is not None:  # GPU search takes the setting as an attribute
+            built.index.nprobe = max(built.calibration.params.values())
+        built.params, built.on_gpu, built.removable = {}, True, False
     return built
+
+
+def _build_ivf(
+    cfg: IndexConfig, kind: IndexKind, vectors: np.ndarray, rows: np.ndarray, gather: Gather | None
+) -> BuiltIndex:
+    n, dim = vectors.shape
+    nlist = cfg.nlist_for(n)
+    code = "Flat" if kind == "ivf" else f"PQ{cfg.pq_bytes_for(dim)}np"  # np: no polysemous
+    ivf: Any = faiss.index_factory(dim, f"IVF{nlist},{code}", faiss.METRIC_INNER_PRODUCT)
+    ivf.cp.niter = cfg.ivf_kmeans_iters
+    if kind == "ivfpq":  # one 256-centroid k-means per code byte: a smaller sample, fewer rounds
+        ivf.pq.cp.niter, ivf.pq.cp.max_points_per_centroid = cfg.ivf_kmeans_iters, 64
+    train = cfg.ivf_train_per_list * nlist
+    ivf.train(_training_sample(vectors, max(train, 64 * 256 if kind == "ivfpq" else 0)))
+    _, assigned = ivf.quantizer.search(vectors, 1)
+    list_of = assigned[:, 0]  # (N,) each vector's list
+    _add_by_list(ivf, vectors, rows, list_of)
+    if kind == "ivf":
+        ivf.set_direct_map_type(fx.DirectMap.Hashtable)
+        built = BuiltIndex(ivf, ivf, kind, False, True, n)
+    else:
+        built = BuiltIndex(ivf, None, kind, False, False, n, rerank=cfg.ivfpq_rerank)
+        built.gather = gather
+    if cfg.ivf_nprobe is not None:
+        built.params = {1: fx.SearchParametersIVF(nprobe=min(cfg.ivf_nprobe, nlist))}
+        return built
+    guess = ivf_rank_guess(ivf.quantizer, list_of, nlist, cfg.recall_target)
+
+    def search_at(q: np.ndarray, k: int, nprobe: int) -> np.ndarray:
+        built.params = {1: fx.SearchParametersIVF(nprobe=nprobe)}
+        return _reranked(built, q, k)
+
+    _calibrate(cfg, built, vectors, rows, search_at, guess, nlist)
+    built.params = {k: fx.SearchParametersIVF(nprobe=p) for k, p in _params(built).items()}
+    return built
+
+
+def _calibrate_hnsw(
+    cfg: IndexConfig, built: BuiltIndex, vectors: np.ndarray, rows: np.ndarray
+) -> None:
+    def params(ef: int) -> Any:
+        p = fx.SearchParametersHNSW()
+        p.efSearch = ef
+        return p
+
+    if cfg.hnsw_ef_search is not None:
+        built.params = {1: params(cfg.hnsw_ef_search)}
+        return
+
+    def search_at(q: np.ndarray, k: int, ef: int) -> np.ndarray:
+        built.params = {1: params(max(ef, k))}
+        return built.search(q, k)[1]
+
+    _calibrate(cfg, built, vectors, rows, search_at, min(cfg.recall_ks), HNSW_MAX_EF)
+    built.params = {k: params(max(ef, k)) for k, ef in _params(built).items()}
+
+
+def _calibrate(
+    cfg: IndexConfig,
+    built: BuiltIndex,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    search_at: Callable[[np.ndarray, int, int], np.ndarray],
+    first: Any,
+    most: int,
+) -> None:
+    if len(vectors) < 2:
+        return
+    built.calibration = calibrate(
+        vectors,
+        rows,
+        search_at,
+        target=cfg.recall_target,
+        ks=cfg.recall_ks,
+        sample=cfg.recall_sample,
+        first=first,
+        most=most,
+    )
+
+
+def _params(built: BuiltIndex) -> dict[int, int]:
+    return built.calibration.params if built.calibration is not None else {}
+
+
+def _reranked(built: BuiltIndex, queries: np.ndarray, k: int) -> np.ndarray:
+    """Rows (Q, k) of a search, re-scored from the exact copy where the codes are lossy."""
+    if built.rerank <= 1 or built.gather is None:
+        return built.search(queries, k)[1]
+    _, found = built.search(queries, min(built.max_k, k * built.rerank))
+    return rerank(queries, found, built.gather, k)[1]
+
+
+def _add_by_list(ivf: Any, vectors: np.ndarray, rows: np.ndarray, list_of: np.ndarray) -> None:
+    """Fills each IVF list in one `add_entries` call, so each list's buffer is its exact size
+    (faiss's `add` grows them by doubling). vectors (N, D), rows (N,), list_of (N,)."""
+    order = np.argsort(list_of, kind="stable")
+    sp, n = faiss.swig_ptr, len(rows)
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        codes = np.ascontiguousarray(vectors[order]).view(np.uint8)  # (N, D * 4)
+    else:  # (N, code_size) the codes `add` would store (PQ of the residuals)
+        codes = np.empty((n, ivf.code_size), dtype=np.uint8)
+        x, lists = np.ascontiguousarray(vectors[order]), np.ascontiguousarray(list_of[order])
+        ivf.encode_vectors(n, sp(x), sp(lists), sp(codes))
+    ids = np.ascontiguousarray(rows[order], dtype=np.int64)
+    counts = np.bincount(list_of, minlength=ivf.nlist)
+    invlists, at = ivf.invlists, 0
+    for lst in np.flatnonzero(counts).tolist():
+        c = int(counts[lst])
+        invlists.add_entries(lst, c, sp(ids[at : at + c]), sp(codes[at : at + c]))
+        at += c
+    ivf.ntotal = len(rows)
 
 
 def _training_sample(vectors: np.ndarray, at_most: int) -> np.ndarray:

@@ -3,6 +3,11 @@
 Many searches may run at once (faiss search is const and releases the GIL); an upsert,
 delete or index swap waits for them to finish and blocks new readers while it waits, so a
 steady stream of searches cannot starve the follower. Not reentrant.
+
+The read side is on the search path, so `acquire_read` / `release_read` are plain methods
+taking one C-level mutex when no writer is about (about 0.5 us together, against ~6 us
+for a `@contextmanager` over a `Condition`); `read()` is the context-manager form for
+callers off the hot path.
 """
 
 from __future__ import annotations
@@ -14,28 +19,35 @@ from contextlib import contextmanager
 
 class RWLock:
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._mutex = threading.Lock()
+        self._cond = threading.Condition(self._mutex)
         self._readers = 0
         self._writer = False
         self._writers_waiting = 0
 
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
+    def acquire_read(self) -> None:
+        with self._mutex:
             while self._writer or self._writers_waiting:
                 self._cond.wait()
             self._readers += 1
+
+    def release_read(self) -> None:
+        with self._mutex:
+            self._readers -= 1
+            if self._readers == 0 and self._writers_waiting:
+                self._cond.notify_all()
+
+    @contextmanager
+    def read(self) -> Iterator[None]:
+        self.acquire_read()
         try:
             yield
         finally:
-            with self._cond:
-                self._readers -= 1
-                if self._readers == 0:
-                    self._cond.notify_all()
+            self.release_read()
 
     @contextmanager
     def write(self) -> Iterator[None]:
-        with self._cond:
+        with self._mutex:
             self._writers_waiting += 1
             try:
                 while self._writer or self._readers:
@@ -46,6 +58,6 @@ class RWLock:
         try:
             yield
         finally:
-            with self._cond:
+            with self._mutex:
                 self._writer = False
                 self._cond.notify_all()

@@ -1,10 +1,16 @@
 """LookalikeIndex: nearest users by cosine over L2-normalised vectors, kept current in place.
 
-Storage. The master copy of every vector lives in numpy (`_vecs`, one row a user), so a
-rebuild needs nothing but the index itself. A row's faiss id is `(generation << 32) | row`;
-the generation moves on every write or delete of the row, so an id is never reused and a
-faiss hit whose generation is out of date (a replaced or deleted vector that the structure
-could not remove) is recognised and dropped at search time.
+Rows. Each user holds a row number, and the faiss structure stores the user's unit vector
+with that row as its id, so the hits of a whole batch map to users with one gather
+(`_users[rows]`, an object array whose last slot stays None: faiss's -1 "no hit" maps to no
+user). Where the structure removes ids (CPU flat and IVF) an update replaces the row's entry
+and a freed row is reused at once. Where it cannot (HNSW, IVF-PQ, GPU) an update moves the
+user to a new row, the old entry stays in the structure but maps to no user, and freed rows
+wait until a rebuild has dropped their entries.
+
+Storage. The faiss structure is the master copy of the vectors (see `_built.py`); IVF-PQ,
+whose codes are lossy, keeps a float16 copy by row (`RowCopy`). `_lengths` keeps each
+vector's length as given (the population prior's input, `prior.py`).
 
 Example:
     >>> idx = LookalikeIndex(IndexConfig(dim=2))
@@ -14,14 +20,14 @@ Example:
 
 Concurrency. Searches take a shared lock; upserts, deletes and the swap at the end of a
 rebuild take it exclusively. `rebuild()` copies the live vectors under the shared lock,
-builds without any lock (searches and upserts go on against the old index), then, under
-the exclusive lock, replays onto the new index what changed meanwhile and swaps it in.
+builds and calibrates without any lock (searches and upserts go on against the old index),
+then, under the exclusive lock, replays onto the new index what changed meanwhile and swaps
+it in.
 """
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Iterable, Sequence
@@ -33,27 +39,38 @@ import numpy as np
 from services.index._built import BuiltIndex, build, gpu_available
 from services.index._rwlock import RWLock
 from services.index.config import IndexConfig, IndexKind
+from services.index.filtered import filtered_search
+from services.index.neighbours import EMPTY_SCORE, Neighbours, hit_lists
+from services.index.rows import RowTable, checked_ids, checked_vectors, unit_queries
 
 log = logging.getLogger(__name__)
 
-_ROW_BITS = 32
-_ROW_MASK = (1 << _ROW_BITS) - 1
+_new_tuple = tuple.__new__
+
+
+def _neighbours(fields: tuple[np.ndarray, np.ndarray]) -> Neighbours:
+    return _new_tuple(Neighbours, fields)  # C-level; NamedTuple's __new__ is Python
 
 
 @dataclass(frozen=True, slots=True)
 class BuildInfo:
-    """What a `rebuild()` produced."""
+    """What a `rebuild()` produced: for approximate kinds, the search setting chosen for each
+    calibrated k (`params`: nprobe or efSearch) and the recall@k measured with it."""
 
     kind: IndexKind
     size: int
     seconds: float
     on_gpu: bool
+    params: dict[int, int] = field(default_factory=dict)
+    recall: dict[int, float] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
 class _Journal:
-    """faiss ids retired and added while a rebuild was building."""
+    """Rows retired and added while a rebuild was building, and rows it will free."""
 
+    removable: bool  # whether the structure being built can remove ids
+    releasing: list[int]
     retired: list[np.ndarray] = field(default_factory=list)
     added: list[np.ndarray] = field(default_factory=list)
 
@@ -63,6 +80,7 @@ class LookalikeIndex:
 
     def __init__(self, config: IndexConfig | None = None) -> None:
         self.config = config or IndexConfig()
+        self._dim = self.config.dim
         self._lock = RWLock()
         self._rebuild_lock = threading.Lock()
         self._gpu_res: Any | None = None
@@ -70,35 +88,27 @@ class LookalikeIndex:
             import faiss
 
             self._gpu_res = faiss.StandardGpuResources()
-        dim = self.config.dim
-        self._vecs = np.zeros((0, dim), dtype=np.float32)  # (capacity, D) master copy
-        self._gen = np.zeros(0, dtype=np.int64)  # (capacity,) bumped on every write/delete
-        self._live = np.zeros(0, dtype=bool)  # (capacity,)
-        self._users: list[str | None] = []  # row -> user id
-        self._row_of: dict[str, int] = {}
-        self._free: list[int] = []
+        self._rows = RowTable(self._dim, with_copy=self.config.kind == "ivfpq")
         self._journal: _Journal | None = None
         self._changes_since_build = 0
-        self._built = build(
-            self.config, np.zeros((0, dim), np.float32), np.zeros(0, np.int64), self._gpu_res
-        )
+        self._built = self._build(np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64))
 
     # ----- reads -------------------------------------------------------------------------
 
     @property
     def dim(self) -> int:
-        return self.config.dim
+        return self._dim
 
     @property
     def size(self) -> int:
         """Number of users held."""
-        return len(self._row_of)
+        return len(self._rows.row_of)
 
     def __len__(self) -> int:
         return self.size
 
     def __contains__(self, user_id: object) -> bool:
-        return user_id in self._row_of
+        return user_id in self._rows.row_of
 
     @property
     def kind(self) -> IndexKind:
@@ -110,24 +120,46 @@ class LookalikeIndex:
         return self._built.on_gpu
 
     @property
+    def built(self) -> BuiltIndex:
+        """The faiss structure in service (for benchmarks and diagnostics; do not mutate)."""
+        return self._built
+
+    @property
     def changes_since_build(self) -> int:
         return self._changes_since_build
 
     def vector_of(self, user_id: str) -> np.ndarray | None:
         """A copy of the user's stored (unit) vector, or None."""
         with self._lock.read():
-            row = self._row_of.get(user_id)
-            return None if row is None else self._vecs[row].copy()
+            row = self._rows.row_of.get(user_id)
+            return None if row is None else self._built.reconstruct(np.array([row]))[0]
 
     def sum_of(self, user_ids: Iterable[str]) -> np.ndarray:
         """(D,) float64: the sum of the stored (unit) vectors of those of `user_ids` that
-        have one (zeros if none do); one lock and one gather for the whole list."""
+        have one (zeros if none do); one lock and one read-back for the whole list."""
         with self._lock.read():
-            get = self._row_of.get
-            rows = [r for r in map(get, user_ids) if r is not None]
+            rows = self._held(user_ids)
             if not rows:
-                return np.zeros(self.dim, np.float64)
-            return self._vecs[rows].sum(axis=0, dtype=np.float64)
+                return np.zeros(self._dim, np.float64)
+            return self._built.reconstruct(np.asarray(rows)).sum(axis=0, dtype=np.float64)
+
+    def length_sum_of(self, user_ids: Iterable[str]) -> float:
+        """The sum of the lengths the vectors of those of `user_ids` held had when given."""
+        with self._lock.read():
+            rows = self._held(user_ids)
+            return float(self._rows.lengths[rows].sum()) if rows else 0.0
+
+    def _held(self, user_ids: Iterable[str]) -> list[int]:
+        return [r for r in map(self._rows.row_of.get, user_ids) if r is not None]
+
+    def memory(self) -> dict[str, int]:
+        """Estimated bytes by part: `vectors` (the faiss structure: codes, ids, id map,
+        coarse centroids), `copy` (IVF-PQ's float16 vectors), `ids` (user ids and their
+        maps), `rows` (per-row lengths). Costs a walk of the IVF lists and a sample of ids.
+        """
+        with self._lock.read():
+            out = {"vectors": self._built.structure_bytes(), **self._rows.bytes()}
+        return out
 
     def needs_rebuild(self) -> bool:
         """True when the structure no longer fits the data: the config wants another kind
@@ -147,74 +179,73 @@ class LookalikeIndex:
         exclude: set[str] | None = None,
         min_score: float | None = None,
     ) -> list[list[tuple[str, float]]]:
-        """Nearest users for each query, best first.
+        """Nearest users for each query, best first, as (user_id, cosine) pairs: what
+        `search_arrays` finds, with a str per hit (see `neighbours.py` for the cost).
+
+        Returns:
+            Q lists of up to k (user_id, cosine) pairs, highest cosine first.
+        """
+        users, scores = self._search(queries, k, exclude, min_score, as_str=True)
+        return hit_lists(users.tolist(), scores)
+
+    def search_arrays(
+        self,
+        queries: np.ndarray,
+        k: int,
+        exclude: set[str] | None = None,
+        min_score: float | None = None,
+    ) -> Neighbours:
+        """Nearest users for each query, best first, as arrays (`neighbours.Neighbours`).
 
         Args:
             queries: (Q, D) vectors; normalised here, so any non-zero length works.
             k: results per query, at most.
             exclude: user ids never returned (e.g. the seed audience).
             min_score: drop results with cosine below this.
-
-        Returns:
-            Q lists of up to k (user_id, cosine) pairs, highest cosine first.
         """
-        if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-            raise ValueError(f"k must be a positive int, got {k!r}")
-        q = self._checked(queries, "queries")
-        exclude = exclude or set()
-        out: list[list[tuple[str, float]]] = [[] for _ in range(len(q))]
-        with self._lock.read():
-            built = self._built
-            if built.ntotal == 0 or len(q) == 0:
-                return out
-            fetch = min(built.max_k, self._first_fetch(built, k + len(exclude)))
-            todo = np.arange(len(q))
-            while len(todo):
-                scores, fids = built.search(q[todo], fetch)
-                short = []
-                for j, qi in enumerate(todo):
-                    out[qi] = self._filter(scores[j], fids[j], k, exclude, min_score)
-                    below = min_score is not None and scores[j, -1] < min_score
-                    if len(out[qi]) < k and fids[j, -1] >= 0 and not below:
-                        short.append(qi)
-                if fetch >= built.max_k:
-                    break
-                todo = np.asarray(short, dtype=np.int64)
-                fetch = min(built.max_k, fetch * 2)
-        return out
+        if not exclude and min_score is None and type(k) is int and k > 0:
+            # The hot path, kept to as few Python steps as it can be: one normalisation,
+            # the shared lock, faiss's C search, one gather of the ids.
+            q = unit_queries(queries, self._dim)
+            lock = self._lock
+            lock.acquire_read()
+            try:
+                built = self._built
+                if not built.n_stale and built.rerank == 1 and k <= built.fast_k:
+                    scores, rows = built.search(q, k)
+                    return _neighbours((self._rows.ids[rows], scores))
+            finally:
+                lock.release_read()
+        return Neighbours(*self._search(queries, k, exclude, min_score, as_str=False))
 
-    @staticmethod
-    def _first_fetch(built: BuiltIndex, wanted: int) -> int:
-        """Hits to ask faiss for so that, after hidden entries are dropped, `wanted` most
-        likely remain: scaled by the hidden fraction. A short query is asked again with
-        twice as many."""
-        if not built.n_stale:
-            return wanted
-        live_fraction = max(0.05, 1.0 - built.n_stale / max(built.ntotal, 1))
-        return math.ceil(wanted / live_fraction) + 8
-
-    def _filter(
+    def _search(
         self,
-        scores: np.ndarray,
-        fids: np.ndarray,
+        queries: np.ndarray,
         k: int,
-        exclude: set[str],
+        exclude: set[str] | None,
         min_score: float | None,
-    ) -> list[tuple[str, float]]:
-        """One query's raw hits (F,) -> at most k live, allowed (user, score) pairs."""
-        rows = np.where(fids >= 0, fids & _ROW_MASK, 0)
-        ok = (fids >= 0) & self._live[rows] & (self._gen[rows] == fids >> _ROW_BITS)
-        hits: list[tuple[str, float]] = []
-        for row, score, good in zip(rows.tolist(), scores.tolist(), ok.tolist(), strict=True):
-            if min_score is not None and score < min_score:
-                break
-            user = self._users[row]
-            if not good or user is None or user in exclude:
-                continue
-            hits.append((user, score))
-            if len(hits) == k:
-                break
-        return hits
+        as_str: bool,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(hits (Q, k) from the str or the bytes id table, scores (Q, k))."""
+        if type(k) is not int or k < 1:
+            raise ValueError(f"k must be a positive int, got {k!r}")
+        q = unit_queries(queries, self._dim)
+        self._lock.acquire_read()
+        try:
+            table = self._rows.users if as_str else self._rows.ids
+            built = self._built
+            if exclude or built.n_stale or built.rerank > 1 or k > built.fast_k:
+                banned = np.asarray(self._held(exclude or ()), dtype=np.int64)
+                rows, scores = filtered_search(built, self._rows, q, k, banned, min_score)
+            else:
+                scores, rows = built.search(q, k)
+            hits = table[rows]
+        finally:
+            self._lock.release_read()
+        if min_score is not None:
+            below = scores < min_score
+            hits[below], scores[below] = table[-1], EMPTY_SCORE
+        return hits, scores
 
     # ----- writes ------------------------------------------------------------------------
 
@@ -225,151 +256,134 @@ class LookalikeIndex:
             user_ids: N non-empty strings; a repeated id keeps its last vector.
             vectors: (N, D) finite, non-zero.
         """
-        ids = self._checked_ids(user_ids)
-        vecs = self._checked(vectors, "vectors")
+        ids = checked_ids(user_ids)
+        vecs, lengths = checked_vectors(vectors, self._dim, "vectors")
         if len(ids) != len(vecs):
             raise ValueError(f"{len(ids)} user ids but {len(vecs)} vectors")
         last = {u: i for i, u in enumerate(ids)}
         if len(last) != len(ids):
-            ids, vecs = list(last), vecs[list(last.values())]
+            pick = list(last.values())
+            ids, vecs, lengths = list(last), vecs[pick], lengths[pick]
         if not ids:
             return
         with self._lock.write():
-            retired: list[int] = []
-            rows = np.empty(len(ids), dtype=np.int64)
-            for i, user in enumerate(ids):
-                row = self._row_of.get(user)
-                if row is None:
-                    row = self._alloc_row(user)
-                else:
-                    retired.append(self._fid(row))
-                rows[i] = row
-            self._gen[rows] += 1
-            self._vecs[rows] = vecs
-            self._live[rows] = True
-            self._apply(np.asarray(retired, dtype=np.int64), self._gen[rows] << _ROW_BITS | rows)
+            table, in_place = self._rows, self._in_place()
+            held = [table.row_of.get(u) for u in ids]
+            old = [r for r in held if r is not None]
+            if in_place:  # held users keep their rows; their entries are replaced
+                moved = [i for i, r in enumerate(held) if r is None]
+            else:  # every user moves to a new row; the old entries stay hidden
+                moved = list(range(len(ids)))
+                table.release(old, reuse_now=False)
+            rows = np.asarray([-1 if r is None else r for r in held], dtype=np.int64)
+            if moved:
+                rows[moved] = table.assign([ids[i] for i in moved])
+            table.lengths[rows] = lengths
+            self._apply(np.asarray(old, dtype=np.int64), rows, vecs)
 
     def delete(self, user_ids: Iterable[str]) -> int:
         """Removes the users; unknown ids are ignored. Returns how many were removed."""
         with self._lock.write():
-            rows = [r for r in (self._row_of.pop(u, None) for u in user_ids) if r is not None]
+            pop = self._rows.row_of.pop
+            rows = [r for r in (pop(u, None) for u in user_ids) if r is not None]
             if not rows:
                 return 0
-            arr = np.asarray(rows, dtype=np.int64)
-            retired = self._gen[arr] << _ROW_BITS | arr
-            self._gen[arr] += 1
-            self._live[arr] = False
-            for row in rows:
-                self._users[row] = None
-            self._free.extend(rows)
-            self._apply(retired, np.zeros(0, dtype=np.int64))
+            self._rows.release(rows, reuse_now=self._in_place())
+            self._apply(np.asarray(rows, dtype=np.int64), np.zeros(0, np.int64), None)
             return len(rows)
 
     def rebuild(self) -> BuildInfo:
-        """Builds a fresh structure from the master vectors and swaps it in atomically.
+        """Builds a fresh structure from the stored vectors and swaps it in atomically.
 
-        Picks the kind for the current size, retrains IVF lists and drops hidden entries.
-        Searches and writes proceed during the build; writes made meanwhile are replayed
-        onto the new structure before the swap. One rebuild runs at a time.
+        Picks the kind for the current size, retrains IVF lists, drops hidden entries and
+        chooses the search setting from the recall target. Searches and writes proceed
+        during the build; writes made meanwhile are replayed onto the new structure before
+        the swap. One rebuild runs at a time.
         """
         with self._rebuild_lock:
             t0 = time.perf_counter()
-            with self._lock.read():
-                rows = np.flatnonzero(self._live)
-                vecs = self._vecs[rows]  # (N, D) copy
-                fids = self._gen[rows] << _ROW_BITS | rows
-                journal = self._journal = _Journal()
+            with self._lock.read():  # no writer runs, so the journal starts consistent
+                rows, vecs = self._snapshot()
+                removable = self.config.kind_for(len(rows)) in ("flat", "ivf")
+                journal = _Journal(removable and self._gpu_res is None, self._rows.pending)
+                self._journal, self._rows.pending = journal, []
             try:
-                new = build(self.config, vecs, fids, self._gpu_res)
+                new = self._build(vecs, rows)
+                del vecs
+            except BaseException:  # a failed build leaves the old structure in place
                 with self._lock.write():
-                    self._replay(new, journal, fids)
-                    self._built = new
-                    self._changes_since_build = 0
+                    self._rows.pending.extend(journal.releasing)
                     self._journal = None
-            finally:
-                self._journal = None  # a failed build leaves the old structure in place
+                raise
+            with self._lock.write():
+                self._replay(new, journal, rows)
+                self._built, self._journal = new, None
+                self._rows.free.extend(journal.releasing)
+                self._changes_since_build = 0
+            cal = new.calibration
             info = BuildInfo(
-                new.kind, new.ntotal - new.n_stale, time.perf_counter() - t0, new.on_gpu
+                new.kind,
+                new.ntotal - new.n_stale,
+                time.perf_counter() - t0,
+                new.on_gpu,
+                dict(cal.params) if cal else {},
+                dict(cal.recall) if cal else {},
             )
+        settings = "".join(
+            f"; k={k}: setting {p}, recall {info.recall[k]:.3f}" for k, p in info.params.items()
+        )
         log.info(
-            "index rebuilt: %s over %d vectors in %.2f s%s",
+            "index rebuilt: %s over %d vectors in %.2f s%s%s",
             info.kind,
             info.size,
             info.seconds,
             " on GPU" if info.on_gpu else "",
+            settings,
         )
         return info
 
-    # ----- internals (callers hold the write lock) ---------------------------------------
+    # ----- internals ---------------------------------------------------------------------
 
-    def _fid(self, row: int) -> int:
-        return int(self._gen[row]) << _ROW_BITS | row
+    def _build(self, vecs: np.ndarray, rows: np.ndarray) -> BuiltIndex:
+        copy = self._rows.copy
+        return build(self.config, vecs, rows, self._gpu_res, copy.gather if copy else None)
 
-    def _alloc_row(self, user: str) -> int:
-        if self._free:
-            row = self._free.pop()
-        else:
-            row = len(self._users)
-            if row > _ROW_MASK:
-                raise ValueError("index full: 2**32 rows")
-            if row == len(self._vecs):
-                self._grow(max(1024, 2 * row))
-            self._users.append(None)
-        self._users[row] = user
-        self._row_of[user] = row
-        return row
+    def _snapshot(self) -> tuple[np.ndarray, np.ndarray]:
+        """The live (rows (N,), unit vectors (N, D)) the index holds (caller: read lock)."""
+        built = self._built
+        if built.master is None:
+            rows = self._rows.live_rows()
+            return rows, built.reconstruct(rows)
+        rows, vecs = built.snapshot()
+        if not built.removable:
+            live = self._rows.live(rows)
+            rows, vecs = rows[live], vecs[live]
+        return rows, vecs
 
-    def _grow(self, capacity: int) -> None:
-        extra = capacity - len(self._vecs)
-        self._vecs = np.concatenate([self._vecs, np.zeros((extra, self.dim), np.float32)])
-        self._gen = np.concatenate([self._gen, np.zeros(extra, np.int64)])
-        self._live = np.concatenate([self._live, np.zeros(extra, bool)])
+    def _in_place(self) -> bool:
+        """Whether an entry can be replaced under its row: every structure that holds or
+        will hold it removes ids (caller: write lock)."""
+        j = self._journal
+        return self._built.removable and (j is None or j.removable)
 
-    def _apply(self, retired: np.ndarray, added: np.ndarray) -> None:
+    def _apply(self, retired: np.ndarray, added: np.ndarray, vecs: np.ndarray | None) -> None:
         """Brings the live structure (and a running rebuild's journal) up to date."""
         self._built.remove(retired)
-        rows = added & _ROW_MASK
-        self._built.add(self._vecs[rows], added)
+        if vecs is not None:
+            if self._rows.copy is not None:
+                self._rows.copy.put(added, vecs)
+            self._built.add(vecs, added)
         self._changes_since_build += len(retired) + len(added)
         if self._journal is not None:
             self._journal.retired.append(retired)
             self._journal.added.append(added)
 
-    def _replay(self, new: BuiltIndex, journal: _Journal, snapshot_fids: np.ndarray) -> None:
-        """Applies to `new` (built from snapshot_fids) the writes recorded during the build."""
+    def _replay(self, new: BuiltIndex, journal: _Journal, snapshot_rows: np.ndarray) -> None:
+        """Applies to `new` (built from snapshot_rows) the writes recorded during the build."""
         if journal.retired:
-            retired = np.concatenate(journal.retired)
-            new.remove(retired[np.isin(retired, snapshot_fids)])
+            retired = np.unique(np.concatenate(journal.retired))
+            new.remove(retired[np.isin(retired, snapshot_rows)])
         if journal.added:
-            added = np.concatenate(journal.added)
-            rows = added & _ROW_MASK
-            current = self._live[rows] & (self._gen[rows] == added >> _ROW_BITS)
-            new.add(self._vecs[rows[current]], added[current])
-
-    # ----- validation --------------------------------------------------------------------
-
-    def _checked(self, x: np.ndarray, what: str) -> np.ndarray:
-        """(N, D) finite non-zero rows -> unit float32 rows, or ValueError."""
-        arr = np.asarray(x)
-        if arr.ndim != 2 or arr.shape[1] != self.dim:
-            raise ValueError(f"{what} must have shape (N, {self.dim}), got {arr.shape}")
-        if not np.issubdtype(arr.dtype, np.number) or np.iscomplexobj(arr):
-            raise ValueError(f"{what} must be real numbers, got dtype {arr.dtype}")
-        arr = np.ascontiguousarray(arr, dtype=np.float32)
-        if not np.isfinite(arr).all():
-            bad = int(np.flatnonzero(~np.isfinite(arr).all(axis=1))[0])
-            raise ValueError(f"{what} row {bad} has NaN or infinite values")
-        norms = np.linalg.norm(arr, axis=1, keepdims=True)
-        if len(arr) and not (norms > 0).all():
-            raise ValueError(f"{what} row {int(np.flatnonzero(norms == 0)[0])} is all zeros")
-        return arr / norms if len(arr) else arr
-
-    @staticmethod
-    def _checked_ids(user_ids: Sequence[str]) -> list[str]:
-        if isinstance(user_ids, str | bytes):
-            raise ValueError("user_ids must be a sequence of strings, not one string")
-        ids = list(user_ids)
-        for u in ids:
-            if not isinstance(u, str) or not u:
-                raise ValueError(f"user ids must be non-empty strings, got {u!r}")
-        return ids
+            added = np.unique(np.concatenate(journal.added))
+            live = added[self._rows.live(added)]
+            new.add(self._built.reconstruct(live), live)

@@ -6,7 +6,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
-IndexKind = Literal["flat", "ivf", "hnsw"]
+IndexKind = Literal["flat", "ivf", "ivfpq", "hnsw"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -16,22 +16,39 @@ class IndexConfig:
     `kind="auto"` is exact flat inner product below `exact_below` vectors and IVF-Flat above.
     IVF-Flat rather than HNSW, by measurement on clustered 64-d unit vectors (2 CPU cores):
     at 100k, IVF (1264 lists) reached recall@10 0.99 at nprobe 2 with 55k batched queries/s
-    where HNSW (M 32) needed efSearch 32 for 0.99 at 16k queries/s; at 1M IVF builds in ~35 s
-    against ~210-270 s for HNSW. IVF also removes ids for real (upserts and deletions stay
-    compact between rebuilds; HNSW can only hide them), needs no graph memory (HNSW M 32 adds
-    ~256 bytes a vector, as much as the vector) and clones to a GPU index.
+    where HNSW (M 32) needed efSearch 32 for 0.99 at 16k queries/s; at 1M IVF builds several
+    times faster than HNSW. IVF also removes ids for real (upserts and deletions stay compact
+    between rebuilds; HNSW can only hide them), needs no graph memory (HNSW M 32 adds ~256
+    bytes a vector, as much as the vector) and clones to a GPU index. `kind="ivfpq"` is the
+    memory-lean option for larger populations: IVF with 8-bit product-quantised codes
+    (`pq_bytes` a vector) finds `ivfpq_rerank` x k candidates, re-scored exactly against a
+    float16 copy of the vectors (~150 bytes a vector against IVF-Flat's ~300).
 
-    `ivf_nprobe=16` leaves a margin: on the golden data it gives recall@10 ~0.999 where 0.95
-    needs ~2; on data with clusters 25 % wider it still gives ~0.94.
+    The search setting (IVF `nprobe`, HNSW `efSearch`) is chosen at every build, for each k in
+    `recall_ks`, as the cheapest reaching `recall_target` recall@k against exact search on
+    `recall_sample` of the indexed vectors (`calibrate.py`): a fixed nprobe 16 visited 4-8x
+    more lists than recall@10 0.95 needed on 1M clustered vectors, and reached only 0.92 on
+    a 60k population with wider clusters. Setting `ivf_nprobe` / `hnsw_ef_search` pins it.
 
     Args:
         dim: vector length.
         kind: index structure; "auto" picks by size as above.
         exact_below: "auto" uses exact search below this many vectors.
         ivf_nlist: IVF lists; None means ~4*sqrt(n), at most n/39 and `ivf_nlist_max`.
-        ivf_nprobe: lists visited per query.
+        ivf_nlist_max: most IVF lists, whatever ivf_nlist says.
+        ivf_nprobe: lists visited per query; None chooses it at each build from recall_target.
         ivf_train_per_list: k-means training sample, points per list (faiss warns below 39).
-        hnsw_m, hnsw_ef_search, hnsw_ef_construction: HNSW graph parameters.
+        ivf_kmeans_iters: k-means iterations (faiss's default 25; 10 gave the same recall at
+            the same nprobe on 1M clustered vectors, in 40 % of the time).
+        pq_bytes: bytes of an IVF-PQ code (0: dim / 4); must divide dim.
+        ivfpq_rerank: IVF-PQ candidates re-scored per result wanted.
+        hnsw_m, hnsw_ef_construction: HNSW graph parameters.
+        hnsw_ef_search: HNSW search breadth; None chooses it at each build from recall_target.
+        recall_target: recall@k the chosen search setting must reach on the build's sample.
+        recall_ks: the k values calibrated; a search of k uses the setting of the smallest
+            calibrated k >= k (the largest's beyond them).
+        recall_sample: indexed vectors measured as queries at each build (exact search over
+            all vectors for each: ~4 s for 1000 at 1M on 2 cores).
         gpu: "auto" moves flat and IVF indexes to GPU 0 when faiss sees a GPU.
         rebuild_growth: `needs_rebuild()` once the size passes this multiple of the size at
             the last build (IVF lists were trained for the smaller set).
@@ -40,15 +57,21 @@ class IndexConfig:
     """
 
     dim: int = 64
-    kind: Literal["auto", "flat", "ivf", "hnsw"] = "auto"
+    kind: Literal["auto", "flat", "ivf", "ivfpq", "hnsw"] = "auto"
     exact_below: int = 50_000
     ivf_nlist: int | None = None
     ivf_nlist_max: int = 65_536
-    ivf_nprobe: int = 16
+    ivf_nprobe: int | None = None
     ivf_train_per_list: int = 64
+    ivf_kmeans_iters: int = 10
+    pq_bytes: int = 0
+    ivfpq_rerank: int = 4
     hnsw_m: int = 32
-    hnsw_ef_search: int = 64
     hnsw_ef_construction: int = 40
+    hnsw_ef_search: int | None = None
+    recall_target: float = 0.95
+    recall_ks: tuple[int, ...] = (10, 50)
+    recall_sample: int = 1000
     gpu: Literal["auto", "off"] = "auto"
     rebuild_growth: float = 2.0
     max_stale_fraction: float = 0.2
@@ -56,21 +79,35 @@ class IndexConfig:
     def __post_init__(self) -> None:
         if self.dim < 1:
             raise ValueError(f"dim must be >= 1, got {self.dim}")
-        if self.ivf_nprobe < 1 or self.hnsw_m < 2 or self.hnsw_ef_search < 1:
-            raise ValueError("ivf_nprobe, hnsw_ef_search must be >= 1 and hnsw_m >= 2")
+        for name in ("ivf_nprobe", "hnsw_ef_search"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be >= 1 or None, got {value}")
+        if self.hnsw_m < 2:
+            raise ValueError(f"hnsw_m must be >= 2, got {self.hnsw_m}")
         if self.ivf_train_per_list < 39:
             raise ValueError(f"ivf_train_per_list must be >= 39, got {self.ivf_train_per_list}")
         if self.ivf_nlist is not None and self.ivf_nlist < 1:
             raise ValueError(f"ivf_nlist must be >= 1 or None, got {self.ivf_nlist}")
+        if self.ivf_kmeans_iters < 1 or self.ivfpq_rerank < 1:
+            raise ValueError("ivf_kmeans_iters and ivfpq_rerank must be >= 1")
+        if self.pq_bytes < 0 or (self.pq_bytes and self.dim % self.pq_bytes):
+            raise ValueError(f"pq_bytes must divide dim {self.dim}, got {self.pq_bytes}")
+        if not 0.0 < self.recall_target <= 1.0:
+            raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target}")
+        if not self.recall_ks or min(self.recall_ks) < 1:
+            raise ValueError(f"recall_ks must be positive ints, got {self.recall_ks}")
+        if self.recall_sample < 10:
+            raise ValueError(f"recall_sample must be >= 10, got {self.recall_sample}")
         if self.rebuild_growth <= 1.0:
             raise ValueError(f"rebuild_growth must be > 1, got {self.rebuild_growth}")
 
     def kind_for(self, n: int) -> IndexKind:
-        """The structure a build over n vectors uses. IVF needs training data, so an empty
-        or tiny set is flat whatever the kind."""
+        """The structure a build over n vectors uses. IVF needs training data (IVF-PQ 256
+        points a sub-quantizer), so a small set is flat whatever the kind."""
         if self.kind == "auto":
             return "flat" if n < self.exact_below else "ivf"
-        if self.kind == "ivf" and n < 2:
+        if (self.kind == "ivf" and n < 2) or (self.kind == "ivfpq" and n < 10_000):
             return "flat"
         return self.kind
 
@@ -79,3 +116,10 @@ class IndexConfig:
         n/39 lists (faiss k-means wants >= 39 points per centroid)."""
         want = self.ivf_nlist if self.ivf_nlist is not None else round(4 * math.sqrt(n))
         return max(1, min(want, self.ivf_nlist_max, n // 39))
+
+    def pq_bytes_for(self, dim: int) -> int:
+        """Bytes of an IVF-PQ code: `pq_bytes`, else dim / 4 (the largest divisor of dim
+        not above it)."""
+        if self.pq_bytes:
+            return self.pq_bytes
+        return max(m for m in range(1, max(1, dim // 4) + 1) if dim % m == 0)

@@ -348,3 +348,10 @@ class IndexFollower:
         if self.metrics is not None:
             self.metrics.rebuild_seconds.observe(info.seconds)
             self.metrics.size.set(self.index.size)
+            self.metrics.nprobe.clear()
+            self.metrics.recall.clear()
+            for k, setting in info.params.items():
+                self.metrics.nprobe.labels(k=str(k)).set(setting)
+                self.metrics.recall.labels(k=str(k)).set(info.recall[k])
+            for part, n in self.index.memory().items():
+                self.metrics.memory.labels(part=part).set(n)

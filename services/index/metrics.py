@@ -16,6 +16,9 @@ class IndexMetrics:
     rebuild_seconds: Histogram
     lag_records: Gauge
     updates: Counter  # label op: upsert | delete | ignored (other model version) | invalid
+    nprobe: Gauge  # label k
+    recall: Gauge  # label k
+    memory: Gauge  # label part
 
 
 def index_metrics(registry: CollectorRegistry) -> IndexMetrics:
@@ -36,6 +39,26 @@ def index_metrics(registry: CollectorRegistry) -> IndexMetrics:
             "persona_index_updates_total",
             "Update-log records applied to the index, by operation.",
             ["op"],
+            registry=registry,
+        ),
+        nprobe=Gauge(
+            "persona_index_nprobe",
+            "Search setting chosen at the last build for searches of up to k results: IVF "
+            "lists probed (HNSW efSearch), the cheapest reaching the recall target.",
+            ["k"],
+            registry=registry,
+        ),
+        recall=Gauge(
+            "persona_index_recall_ratio",
+            "Recall@k measured at the last build with the chosen setting, against exact "
+            "search on a sample of the indexed vectors.",
+            ["k"],
+            registry=registry,
+        ),
+        memory=Gauge(
+            "persona_index_memory_bytes",
+            "Estimated bytes the lookalike index holds, by part (vectors, ids, rows, copy).",
+            ["part"],
             registry=registry,
         ),
     )

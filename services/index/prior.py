@@ -42,8 +42,7 @@ class PriorIndex(LookalikeIndex):
     def __init__(self, config: IndexConfig | None = None) -> None:
         super().__init__(config)
         self._sum = np.zeros(self.dim, dtype=np.float64)  # (D,) sum of unit vectors
-        self._length_of: dict[str, float] = {}  # served length of each user's vector
-        self._length_sum = 0.0
+        self._length_sum = 0.0  # sum of the served lengths (the index keeps each by row)
         self._sum_lock = threading.Lock()
         self._updated_ms: int | None = None
 
@@ -52,26 +51,25 @@ class PriorIndex(LookalikeIndex):
         with self._sum_lock:
             last = {u: i for i, u in enumerate(ids)}
             old = self.sum_of(last)  # (D,) the replaced vectors
+            old_length = self.length_sum_of(last)
             super().upsert(ids, vectors)  # validates; raises before we touch the sum
             if not last:
                 return
             raw = np.asarray(vectors, dtype=np.float64)[list(last.values())]  # (U, D)
             lengths = np.linalg.norm(raw, axis=1)  # (U,)
             self._sum += (raw / lengths[:, None]).sum(axis=0) - old
-            for u, n in zip(last, lengths.tolist(), strict=True):
-                self._length_sum += n - self._length_of.get(u, 0.0)
-                self._length_of[u] = n
+            self._length_sum += self.length_sum_of(last) - old_length
             self._updated_ms = int(time.time() * 1000)
 
     def delete(self, user_ids: Iterable[str]) -> int:
         ids = list(dict.fromkeys(user_ids))
         with self._sum_lock:
             old = self.sum_of(ids)
+            old_length = self.length_sum_of(ids)
             removed = super().delete(ids)
-            for u in ids:
-                self._length_sum -= self._length_of.pop(u, 0.0)
             if removed:
                 self._sum -= old
+                self._length_sum -= old_length
                 self._updated_ms = int(time.time() * 1000)
             return removed
 

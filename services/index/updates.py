@@ -49,7 +49,7 @@ def decode_batch(
     for key, value in records:
         raw = _user(key)
         if raw is None:
-            _invalid(batch, key, "key is missing or not UTF-8")
+            _invalid(batch, key, "key is missing, not UTF-8 or holds NUL")
             continue
         if not value:
             # Tombstone. Keys are `<version>/<user id>` (contract.updates); a key
@@ -97,7 +97,7 @@ def decode_batch(
 
 
 def _user(key: bytes | None) -> str | None:
-    if not key:
+    if not key or b"\x00" in key:  # the index refuses NUL in ids (rows.checked_ids)
         return None
     try:
         return key.decode("utf-8")

@@ -16,7 +16,8 @@ KINDS = ["flat", "ivf", "hnsw"]
 
 
 def make(kind: str = "flat", **kw: object) -> LookalikeIndex:
-    cfg = IndexConfig(dim=DIM, kind=kind, ivf_nlist=8, ivf_nprobe=8, gpu="off", **kw)  # type: ignore[arg-type]
+    kw = {"ivf_nlist": 8, "ivf_nprobe": 8} | kw
+    cfg = IndexConfig(dim=DIM, kind=kind, gpu="off", **kw)  # type: ignore[arg-type]
     return LookalikeIndex(cfg)
 
 
@@ -26,7 +27,7 @@ def unit(rng: np.random.Generator, n: int) -> np.ndarray:
 
 def loaded(kind: str, n: int = 500, seed: int = 0) -> tuple[LookalikeIndex, np.ndarray]:
     vecs = unit(np.random.default_rng(seed), n)
-    idx = make(kind)
+    idx = make(kind, ivf_nlist=64 if n > 5_000 else 8)
     idx.upsert([f"u{i}" for i in range(n)], vecs)
     idx.rebuild()  # trains IVF / builds HNSW over the loaded data
     assert idx.kind == kind
@@ -235,3 +236,23 @@ def test_rebuild_swap_under_concurrent_searches_and_writes(kind: str) -> None:
     idx.rebuild()
     assert idx._built.n_stale == 0  # noqa: SLF001
     assert idx._built.ntotal == idx.size  # noqa: SLF001
+
+
+def test_ivfpq_writes_rebuild_and_reads_back_from_its_copy() -> None:
+    """IVF-PQ cannot remove or give back vectors: replaced ones are hidden until a rebuild,
+    scores and read-backs come from the float16 copy (exact to ~1e-3)."""
+    n = 10_500  # IVF-PQ trains 256 centroids a code byte; fewer vectors stay flat
+    idx, vecs = loaded("ivfpq", n=n)
+    assert idx.built.rerank > 1 and idx.built.calibration is None  # make() pins nprobe
+    hits = idx.search(vecs[:20], k=3)
+    assert [h[0][0] for h in hits] == [f"u{i}" for i in range(20)]
+    assert all(h[0][1] == pytest.approx(1.0, abs=2e-3) for h in hits)
+    idx.upsert(["u0"], vecs[1:2])
+    assert idx.built.n_stale == 1 and np.allclose(idx.vector_of("u0"), vecs[1], atol=2e-3)
+    assert {u for u, _ in idx.search(vecs[1:2], k=2)[0]} == {"u0", "u1"}
+    assert idx.delete(["u1"]) == 1 and "u1" not in {u for u, _ in idx.search(vecs[1:2], k=5)[0]}
+    arrays = idx.search_arrays(vecs[:5], k=4, exclude={"u2"})
+    assert arrays.lists() == idx.search(vecs[:5], k=4, exclude={"u2"})
+    info = idx.rebuild()
+    assert info.kind == "ivfpq" and info.size == idx.size == n - 1 and idx.built.n_stale == 0
+    assert idx.search(vecs[1:2], k=1)[0][0][0] == "u0"

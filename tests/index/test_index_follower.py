@@ -104,6 +104,11 @@ def test_follower_applies_log_and_new_replica_rebuilds_from_start(
     assert get("persona_index_updates_total", {"op": "invalid"}) == 1
     assert get("persona_index_size") == len(expected)
     assert get("persona_index_update_log_lag_records") == 0
+    # Each IVF build chose its nprobe from the recall target and exported what it measured.
+    for k in ("10", "50"):
+        assert (get("persona_index_nprobe", {"k": k}) or 0) >= 1
+        assert (get("persona_index_recall_ratio", {"k": k}) or 0) >= CFG.recall_target
+    assert (get("persona_index_memory_bytes", {"part": "vectors"}) or 0) > len(expected) * DIM * 4
 
     # A replica started later reads the log from the beginning into the same index,
     # here without threads: catch_up polls in the calling thread.

@@ -1,0 +1,60 @@
+"""Memory accounting of the lookalike index: what `LookalikeIndex.memory()` reports (and the
+follower exports as `persona_index_memory_bytes`) against what the process really keeps."""
+
+from __future__ import annotations
+
+import ctypes
+import gc
+
+import pytest
+
+from services.index import IndexConfig, LookalikeIndex
+from services.index.synthetic import clustered_unit_vectors
+
+N = 100_000
+
+
+def anon_bytes() -> int:
+    """Anonymous resident memory of this process, after returning freed heap to the OS."""
+    gc.collect()
+    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("RssAnon:")) * 1024
+
+
+def held_and_reported(kind: str) -> tuple[int, dict[str, int]]:
+    base, _ = clustered_unit_vectors(N, 0)  # (N, 64), outside the measurement
+    before = anon_bytes()
+    idx = LookalikeIndex(IndexConfig(kind=kind, gpu="off"))  # type: ignore[arg-type]
+    idx.upsert([f"user-{i}" for i in range(N)], base)  # the index keeps the id strings
+    idx.rebuild()
+    assert idx.kind == kind
+    held = anon_bytes() - before
+    return held, idx.memory()
+
+
+@pytest.fixture(scope="module")
+def measured() -> dict[str, tuple[int, dict[str, int]]]:
+    return {kind: held_and_reported(kind) for kind in ("ivf", "ivfpq")}
+
+
+@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+def test_reported_memory_is_what_the_process_holds(
+    kind: str, measured: dict[str, tuple[int, dict[str, int]]]
+) -> None:
+    held, parts = measured[kind]
+    print(f"\n{kind}: held {held / 2**20:.1f} MiB, reported {sum(parts.values()) / 2**20:.1f}")
+    assert set(parts) == {"vectors", "ids", "rows", "copy"}
+    assert 0.85 * held <= sum(parts.values()) <= 1.15 * held
+    # The parts say where it goes: 64 float32 (IVF-Flat) or 16 code bytes and a float16 copy
+    # (IVF-PQ) a vector, each with an 8-byte id; the id strings and their maps.
+    if kind == "ivf":
+        assert N * (256 + 8) <= parts["vectors"] <= N * (256 + 8 + 80) and parts["copy"] == 0
+    else:
+        assert N * (16 + 8) <= parts["vectors"] <= N * (16 + 8 + 16)
+        assert N * 128 <= parts["copy"] <= 1.25 * N * 128
+    assert N * 50 <= parts["ids"] <= N * 250
+
+
+def test_the_lean_option_holds_less(measured: dict[str, tuple[int, dict[str, int]]]) -> None:
+    assert measured["ivfpq"][0] <= 0.8 * measured["ivf"][0]
