@@ -22,8 +22,9 @@ Contenders, all in this process, built one after another:
 Speeds: "batched" = all queries in one call (every core); "single" = one query per call,
 one thread (faiss with one OpenMP thread in the calling thread, hnswlib num_threads=1; a
 single-query search with 2 OpenMP threads spends most of its time waking them), p50/p99
-over `--single` queries. Contenders are timed in turns (`--rounds`, order alternating),
-medians kept, so a load change on a shared machine hits all alike. Memory: anonymous RSS
+over `--single` queries, each query put to every contender in turn. Batched calls are timed
+in turns (`--rounds`, order alternating), medians kept, so a load change on a shared machine
+hits all alike. Memory: anonymous RSS
 growth over the build (after malloc_trim), the data arrays excluded; Persona's own
 accounting (`LookalikeIndex.memory()`) beside it.
 """
@@ -97,6 +98,23 @@ def measured(build: Callable[[], Any]) -> tuple[Any, float, float]:
 
 def rows_of(found: Any, k: int) -> np.ndarray:
     return np.asarray(found, dtype=np.int64)[:, :k]
+
+
+def persona_lean(base: np.ndarray) -> Contender:
+    """The memory-lean option (`kind="ivfpq"`) at its own calibrated setting."""
+
+    def build() -> LookalikeIndex:
+        idx = LookalikeIndex(IndexConfig(dim=base.shape[1], kind="ivfpq", gpu="off"))
+        idx.upsert([str(i) for i in range(len(base))], base)
+        idx.rebuild()
+        return idx
+
+    idx, seconds, mib = measured(build)
+    cal = idx.built.calibration
+    params = {k: f"ivfpq, setting {cal.param_for(k) if cal else '-'}" for k in KS}
+    lean = Contender("Persona IVF-PQ + re-rank (memory-lean)", seconds, mib, params)
+    lean.batched = lean.single = idx.search_arrays
+    return lean
 
 
 def persona(base: np.ndarray) -> tuple[Contender, Contender, Contender, LookalikeIndex]:
@@ -187,18 +205,23 @@ def hnswlib_peer(base: np.ndarray, m: int, ef_construction: int) -> Contender:
     return peer
 
 
-def time_round(c: Contender, queries: np.ndarray, k: int, single: int) -> None:
-    assert c.batched is not None and c.single is not None
-    t0 = time.perf_counter()
-    c.batched(queries, k)
-    c.qps.setdefault(k, []).append(len(queries) / (time.perf_counter() - t0))
-    lat = c.lat.setdefault(k, [])
-    one = c.single
+def time_round(contenders: list[Contender], queries: np.ndarray, k: int, single: int) -> None:
+    """One batched call each (in the given order), then `single` queries one at a time, each
+    query put to every contender in turn (a load change mid-loop hits all of them alike)."""
+    for c in contenders:
+        assert c.batched is not None
+        t0 = time.perf_counter()
+        c.batched(queries, k)
+        c.qps.setdefault(k, []).append(len(queries) / (time.perf_counter() - t0))
+    calls = [(c.single, c.lat.setdefault(k, [])) for c in contenders]
+    clock = time.perf_counter
     for i in range(single):
         q = queries[i : i + 1]
-        t0 = time.perf_counter()
-        one(q, k)
-        lat.append(time.perf_counter() - t0)
+        for one, lat in calls if i % 2 == 0 else calls[::-1]:
+            assert one is not None
+            t0 = clock()
+            one(q, k)
+            lat.append(clock() - t0)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -206,11 +229,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=1_000_000, help="base vectors")
     p.add_argument("--queries", type=int, default=2_000)
     p.add_argument("--single", type=int, default=1_000, help="queries timed one by one")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--hnsw-ef-construction", type=int, default=100)
     p.add_argument("--skip-hnswlib", action="store_true")
+    p.add_argument("--lean", action="store_true", help="also Persona's kind=ivfpq")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -237,19 +261,22 @@ def main(argv: list[str] | None = None) -> int:
     if not args.skip_hnswlib:
         log.info("hnswlib")
         contenders.append(hnswlib_peer(base, args.hnsw_m, args.hnsw_ef_construction))
+    if args.lean:
+        log.info("Persona IVF-PQ")
+        contenders.append(persona_lean(base))
     for k in KS:
         arrays.recall[k] = tuples.recall[k] = under.recall[k] = recall_of(arrays, k)
         for c in contenders[3:]:
-            assert c.tune is not None
-            c.tune(k, arrays.recall[k], lambda kk, c=c: recall_of(c, kk))  # type: ignore[misc]
+            if c.tune is not None:  # a peer: its setting raised to Persona's recall
+                c.tune(k, arrays.recall[k], lambda kk, c=c: recall_of(c, kk))  # type: ignore[misc]
             c.recall[k] = recall_of(c, k)
     log.info("timing: %d rounds", args.rounds)
     for r in range(args.rounds):
         for k in KS:
-            for c in contenders if r % 2 == 0 else contenders[::-1]:
-                time_round(c, queries, k, single)
+            time_round(contenders if r % 2 == 0 else contenders[::-1], queries, k, single)
     total = time.perf_counter() - t_start
-    report(args, contenders, idx, single, total, argv)
+    report(args, contenders, idx, single)
+    _command(total, argv)
     return 0
 
 
@@ -258,8 +285,6 @@ def report(
     contenders: list[Contender],
     idx: LookalikeIndex,
     single: int,
-    total: float,
-    argv: list[str] | None,
 ) -> None:
     print(
         f"\nn {args.n:,} x dim {args.dim}, {args.queries} held-out queries ({single} timed "
@@ -285,23 +310,28 @@ def report(
         + ", ".join(f"{part} {n / 2**20:.0f}" for part, n in mem.items())
         + ")"
     )
-    print("\nratios (Persona search_arrays / other; QPS > 1 and latency, build, memory < 1 "
-          "favour Persona):")  # fmt: skip
-    for other in [under, *peers]:
+    print("\nratios (Persona / other; QPS > 1 and latency, build, memory < 1 favour Persona):")
+    lean = [c for c in peers if c.tune is None]
+    public = [c for c in peers if c.tune is not None]
+    for mine, other in [(arrays, under), *((m, o) for m in [arrays, *lean] for o in public)]:
         for k in KS:
-            a, o = np.array(arrays.lat[k]), np.array(other.lat[k])
-            qps = np.median(arrays.qps[k]) / np.median(other.qps[k])
-            print(
-                f"- vs {other.name}, k={k}: QPS {qps:.2f}, "
-                f"single p50 {np.percentile(a, 50) / np.percentile(o, 50):.2f}, "
-                f"p99 {np.percentile(a, 99) / np.percentile(o, 99):.2f}"
-                + (
-                    ""
-                    if other is under
-                    else f", build {arrays.build_s / other.build_s:.2f}, "
-                    f"memory {arrays.memory_mib / other.memory_mib:.2f}"
-                )
-            )
+            print(f"- {mine.name} vs {other.name}, k={k}: " + ratios(mine, other, k))
+
+
+def ratios(mine: Contender, other: Contender, k: int) -> str:
+    a, o = np.array(mine.lat[k]), np.array(other.lat[k])
+    out = (
+        f"QPS {np.median(mine.qps[k]) / np.median(other.qps[k]):.2f}, "
+        f"single p50 {np.percentile(a, 50) / np.percentile(o, 50):.2f}, "
+        f"p99 {np.percentile(a, 99) / np.percentile(o, 99):.2f}"
+    )
+    if np.isfinite(other.build_s):  # not the bare search (same build)
+        out += f", build {mine.build_s / other.build_s:.2f}, "
+        out += f"memory {mine.memory_mib / other.memory_mib:.2f}"
+    return out
+
+
+def _command(total: float, argv: list[str] | None) -> None:
     cmd = shlex.join(["python", "benchmarks/ann.py", *(argv if argv is not None else sys.argv[1:])])
     print(f"\ncommand: `{cmd}` (total {total:.0f} s)")
 

@@ -9,7 +9,7 @@ and give it back by id (`reconstruct`), so no second copy is kept beside them. I
 filled one list at a time with each list's exact size (faiss's own `add` grows each list's
 buffer by doubling: ~1.4x the vectors' bytes at 1M), and an id -> (list, offset) hash map
 makes removal and read-back O(ids). HNSW stores its vectors flat too. IVF-PQ cannot give
-its vectors back: its index keeps a float16 copy (`ann.RowCopy`) and re-ranks with it.
+its vectors back: its index keeps a float16 copy (`rows.RowCopy`) and re-ranks with it.
 A GPU index searches a clone; the CPU structure stays the master.
 
 faiss ids are the index's row numbers; -1 means "no hit".

@@ -1,15 +1,15 @@
 """LookalikeIndex: nearest users by cosine over L2-normalised vectors, kept current in place.
 
 Rows. Each user holds a row number, and the faiss structure stores the user's unit vector
-with that row as its id, so the hits of a whole batch map to users with one gather
-(`_users[rows]`, an object array whose last slot stays None: faiss's -1 "no hit" maps to no
+with that row as its id, so the hits of a whole batch map to users with one gather from the
+row table (`rows.RowTable.ids`, whose last slot stays empty: faiss's -1 "no hit" maps to no
 user). Where the structure removes ids (CPU flat and IVF) an update replaces the row's entry
 and a freed row is reused at once. Where it cannot (HNSW, IVF-PQ, GPU) an update moves the
 user to a new row, the old entry stays in the structure but maps to no user, and freed rows
 wait until a rebuild has dropped their entries.
 
 Storage. The faiss structure is the master copy of the vectors (see `_built.py`); IVF-PQ,
-whose codes are lossy, keeps a float16 copy by row (`RowCopy`). `_lengths` keeps each
+whose codes are lossy, keeps a float16 copy by row (`rows.RowCopy`). The row table keeps each
 vector's length as given (the population prior's input, `prior.py`).
 
 Example:

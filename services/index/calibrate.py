@@ -93,8 +93,12 @@ def recall_at(found: np.ndarray, truth: np.ndarray) -> float:
 def ivf_rank_guess(quantizer: faiss.Index, list_of: np.ndarray, nlist: int, target: float) -> Guess:
     """Step 3 for IVF: list_of (N,) is each indexed vector's list, as assigned when added."""
 
+    centroids = quantizer.reconstruct_n(0, nlist)  # (nlist, D)
+
     def guess(queries: np.ndarray, truth: np.ndarray, k: int) -> int:
-        _, order = quantizer.search(queries, nlist)  # (S, nlist) lists, best first
+        # (S, nlist) lists, best first: one matmul and a sort (a faiss search with k=nlist
+        # keeps a heap of nlist a query, ~10x slower)
+        order = np.argsort(-(queries @ centroids.T), axis=1, kind="stable")
         rank = np.empty_like(order)
         np.put_along_axis(rank, order, np.arange(nlist, dtype=order.dtype)[None, :], axis=1)
         ranks = np.take_along_axis(rank, list_of[truth[:, :k]], axis=1)  # (S, k)
