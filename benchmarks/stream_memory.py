@@ -36,7 +36,7 @@ from encoder.io import events_source
 from encoder.train import TrainSpec, train
 spec = TrainSpec()
 spec = replace(spec, train=replace(spec.train, max_steps=20, progress=False))
-model, tok, metrics, log = train(events_source(sys.argv[1]), spec)
+model, tok, metrics, log, _ = train(events_source(sys.argv[1]), spec)
 print(metrics["events"], metrics["users"], metrics["steps"])
 """
 

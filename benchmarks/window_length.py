@@ -74,7 +74,7 @@ def main() -> None:
     rows = []
     for length in args.lengths:
         t0 = time.perf_counter()
-        model, tok, metrics, _ = train(src, spec_for(length, args.seed), until_ms=split)
+        model, tok, metrics, _, _ = train(src, spec_for(length, args.seed), until_ms=split)
         train_s = time.perf_counter() - t0
         timed = TimedEncoder(Encoder.from_model(model))
         data = prepare(timed.encode_rows, tok, src, LogEvalConfig(split_at=split))

@@ -22,6 +22,7 @@ from contract.events import Event
 from encoder import registry
 from encoder.eventlog import EventLog
 from encoder.model import ModelConfig, UserEncoder
+from encoder.propensity import OutcomeHeads
 from encoder.tokenizer import TokenBatch, Tokenizer, TokenizerConfig, TokenizerFormatError
 
 log = logging.getLogger(__name__)
@@ -64,8 +65,10 @@ class Encoder:
         device: torch.device,
         max_tokens: int = 16_384,
         max_batch: int = 256,
+        outcomes: OutcomeHeads | None = None,
     ) -> None:
         self.version = version
+        self.outcomes = outcomes  # calibrated outcome heads (None: a version without them)
         self.model = model.eval().to(device)
         self.tokenizer = tokenizer
         self.device = device
@@ -88,11 +91,15 @@ class Encoder:
         model = UserEncoder(tok_cfg, model_cfg)
         state = torch.load(folder / "weights.pt", map_location="cpu", weights_only=True)
         model.load_state_dict(state)
-        return cls(v, model, Tokenizer(tok_cfg), pick_device(device))
+        heads = folder / "outcomes.json"
+        outcomes = OutcomeHeads.from_json(heads.read_text()) if heads.exists() else None
+        return cls(v, model, Tokenizer(tok_cfg), pick_device(device), outcomes=outcomes)
 
     @classmethod
-    def from_model(cls, model: UserEncoder, version: str = "unsaved") -> Encoder:
-        return cls(version, model, Tokenizer(model.tok), pick_device("cpu"))
+    def from_model(
+        cls, model: UserEncoder, version: str = "unsaved", outcomes: OutcomeHeads | None = None
+    ) -> Encoder:
+        return cls(version, model, Tokenizer(model.tok), pick_device("cpu"), outcomes=outcomes)
 
     def encode(self, windows: Sequence[Sequence[Event]], now_ms: int | Sequence[int]) -> np.ndarray:
         """Vectors for windows (each oldest first; the last `max_events` are used).

@@ -3,7 +3,8 @@
 `Schedule` warms the learning rates up over the first epoch, then holds them until the
 validation loss stops improving and cuts them there (training goes on from the best epoch,
 more slowly), or runs one cycle when there is no validation split. `BestEpoch` keeps the
-weights and optimizer state of the epoch with the lowest validation loss.
+weights and optimizer state of the epoch with the lowest validation loss. `cut_times`
+chooses the (user, now) examples, `plan_batches` orders them into batches.
 """
 
 from __future__ import annotations
@@ -15,6 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+
+from encoder.eventlog import EventLog
 
 
 @dataclass
@@ -78,3 +81,29 @@ class Schedule:
     def cut(self) -> None:
         self.scale *= self.factor
         self.cuts += 1
+
+
+def cut_times(
+    evlog: EventLog, users: np.ndarray, cuts: int, horizon_ms: int, end_ms: int, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """(user, now) pairs: one cut at the end of the data per user, plus `cuts` uniform in
+    ``(first event, end - horizon]`` (every horizon label observable) where that exists."""
+    rng = np.random.default_rng(seed)
+    first = evlog.ts[evlog.offsets[users]]
+    lo, hi = first + 1, end_ms - horizon_ms
+    us = [users]
+    nows = [np.full(len(users), end_ms, dtype=np.int64)]
+    ok = hi > lo
+    for _ in range(cuts):
+        u = users[ok]
+        span = (hi - lo[ok]).astype(np.float64)
+        us.append(u)
+        nows.append(lo[ok] + (rng.random(len(u)) * span).astype(np.int64))
+    return np.concatenate(us), np.concatenate(nows)
+
+
+def plan_batches(lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """Example indices in batches of similar window length, batches in random order."""
+    order = np.lexsort((np.arange(len(lengths)), lengths))
+    chunks = [order[k : k + size] for k in range(0, len(order), size)]
+    return [chunks[k] for k in rng.permutation(len(chunks))]

@@ -10,6 +10,7 @@ Layout of ``models/``::
         model.json         `ModelConfig`
         train.json         objectives and training config
         metrics.json       training metrics
+        outcomes.json      the calibrated outcome heads (`encoder/propensity.py`)
         eval.json          evaluation report (may be added once, by `persona eval`)
         parity.jsonl       parity windows: {"now_ms": .., "events": [Event JSON, ...]} a line
         parity.npy         (P, E) float32 vectors the trained model gave them

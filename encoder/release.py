@@ -28,8 +28,9 @@ import torch
 from contract.events import Event
 from encoder import registry
 from encoder.api import Encoder
-from encoder.evaluate import EvalConfig, evaluate
+from encoder.evaluate import EvalConfig, evaluate, heldout
 from encoder.evaluate_log import LogEvalConfig, evaluate_log
+from encoder.evaluate_outcomes import outcome_report
 from encoder.io import events_source
 from encoder.model import UserEncoder
 from encoder.tokenizer import Tokenizer
@@ -79,7 +80,9 @@ def train_version(
             ``{"events": path, "sha256": ..., "split_at_ms": T}``; `validate` evaluates
             candidate and active version on exactly that split.
     """
-    model, tok_cfg, metrics, evlog = train(events, spec, data_end_ms, until_ms, keep_raw=parity_n)
+    model, tok_cfg, metrics, evlog, outcomes = train(
+        events, spec, data_end_ms, until_ms, keep_raw=parity_n
+    )
     metrics.update(extra_metrics or {})
     if eval_split is not None:
         metrics["eval_split"] = eval_split
@@ -100,6 +103,7 @@ def train_version(
             sort_keys=True,
         ),
         "metrics.json": json.dumps(metrics, indent=2, sort_keys=True),
+        "outcomes.json": outcomes.to_json(),
     }
     version = registry.write_version(models_dir, model.state_dict(), texts, windows, nows, vectors)
     return version, metrics
@@ -169,6 +173,38 @@ def log_eval_version(
     report.update(key=key, model_version=version, leak=until is None or until > cfg.split_at)
     registry.add_report(models_dir, version, "eval_log.json", report)
     return report
+
+
+def outcomes_eval_version(
+    models_dir: Path,
+    version: str,
+    split: dict[str, Any] | None = None,
+    cfg: EvalConfig | None = None,
+) -> dict[str, Any] | None:
+    """AUC and calibration of the version's outcome propensities (`evaluate_outcomes`) on
+    the log split ``split`` (as `log_eval_version`), or else on held-out synthetic users
+    (`cfg`) followed 14 days past their windows. None for a version without outcome heads."""
+    enc = Encoder.load(models_dir, version)
+    if enc.outcomes is None:
+        return None
+    obj = registry.read_json(models_dir, version, "train.json")["objectives"]
+    top = (int(obj["top_types"]), int(obj["top_values"]))
+    tok = enc.tokenizer.config
+    if split is not None:
+        src, at = events_source(Path(split["events"])), int(split["split_at_ms"])
+        return outcome_report(enc.encode_rows, enc.outcomes, tok, top, src, at)
+    ds = heldout(cfg or EvalConfig())
+    events = [*ds.events, *ds.future_events]
+    end = ds.config.end_ms
+    return outcome_report(
+        enc.encode_rows,
+        enc.outcomes,
+        tok,
+        top,
+        lambda: events,
+        end + 1,
+        data_end_ms=end + 14 * 86_400_000,
+    )
 
 
 def _log_metrics(report: dict[str, Any]) -> dict[str, float]:

@@ -25,7 +25,7 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
@@ -33,10 +33,11 @@ import torch
 from contract.events import Event
 from encoder.eventlog import EventLog, build_log
 from encoder.features import FeaturesFile, Profile, SpecOptions, spec_from_profile
-from encoder.fitting import BestEpoch, Schedule
-from encoder.model import ModelConfig, UserEncoder, make_kjt
-from encoder.objectives import ObjectiveConfig, TrainingHeads, make_batch
+from encoder.fitting import BestEpoch, Schedule, cut_times, plan_batches
+from encoder.model import Bags, ModelConfig, UserEncoder, make_kjt
+from encoder.objectives import Batch, ObjectiveConfig, TrainingHeads, make_batch
 from encoder.outcomes import OutcomeSpace
+from encoder.propensity import OutcomeHeads, calibrate
 from encoder.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,7 @@ class TrainConfig:
     min_val_users: int = 20  # ... when that is at least this many
     batch_size: int = 64
     lr: float = 2e-3
-    table_lr_mult: float = 5.0  # embedding rows see few updates each: a larger step
+    table_lr_mult: float = 1.0  # tables' step over the dense step (5.0 overfit rare values)
     weight_decay: float = 0.01
     table_weight_decay: float = 0.0
     cuts_per_user: int = 2  # time-uniform cuts, plus one at the end of the data ...
@@ -97,32 +98,6 @@ def group_by_user(events: Iterable[Event]) -> dict[str, list[Event]]:
     return {u: sorted(d.values(), key=Event.sort_key) for u, d in sorted(out.items())}
 
 
-def cut_times(
-    evlog: EventLog, users: np.ndarray, cuts: int, horizon_ms: int, end_ms: int, seed: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """(user, now) pairs: one cut at the end of the data per user, plus `cuts` uniform in
-    ``(first event, end - horizon]`` (every horizon label observable) where that exists."""
-    rng = np.random.default_rng(seed)
-    first = evlog.ts[evlog.offsets[users]]
-    lo, hi = first + 1, end_ms - horizon_ms
-    us = [users]
-    nows = [np.full(len(users), end_ms, dtype=np.int64)]
-    ok = hi > lo
-    for _ in range(cuts):
-        u = users[ok]
-        span = (hi - lo[ok]).astype(np.float64)
-        us.append(u)
-        nows.append(lo[ok] + (rng.random(len(u)) * span).astype(np.int64))
-    return np.concatenate(us), np.concatenate(nows)
-
-
-def _plan(lengths: np.ndarray, size: int, rng: np.random.Generator) -> list[np.ndarray]:
-    """Example indices in batches of similar window length, batches in random order."""
-    order = np.lexsort((np.arange(len(lengths)), lengths))
-    chunks = [order[k : k + size] for k in range(0, len(order), size)]
-    return [chunks[k] for k in rng.permutation(len(chunks))]
-
-
 class _Run:
     """The model, heads and data of one training run (forward + loss of one batch)."""
 
@@ -142,9 +117,10 @@ class _Run:
             spec.model.normalize,
         )
 
-    def loss(
-        self, users: np.ndarray, nows: np.ndarray, gen: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(
+        self, users: np.ndarray, nows: np.ndarray
+    ) -> tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor, Bags]:
+        """The batch of these (user, now) examples and the model's (h, pad, z, bags)."""
         b = make_batch(
             self.log,
             self.tok,
@@ -165,6 +141,12 @@ class _Run:
             cats[drop] = 0
         kjt = make_kjt(tb, self.model.keys, torch.device("cpu"))
         h, pad, z, raw = self.model(kjt, torch.from_numpy(tb.lengths), torch.from_numpy(tb.age_h))
+        return b, h, pad, z, raw
+
+    def loss(
+        self, users: np.ndarray, nows: np.ndarray, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        b, h, pad, z, raw = self.forward(users, nows)
         w_prefix = self.spec.objectives.w_prefix
         z_prefix = self.model.prefix_vectors(h, pad, raw) if w_prefix > 0 else None
         return self.heads.loss(h, pad, z, b, gen, z_prefix)
@@ -191,15 +173,51 @@ def _val_loss(
     return total / max(n, 1), {k: round(v / max(n, 1), 4) for k, v in parts.items()}
 
 
+def _outcome_heads(
+    run: _Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
+) -> OutcomeHeads:
+    """The vector's outcome heads, calibrated on the validation examples (`propensity`)."""
+    run.model.eval()
+    zs, ys, oks = [], [], []
+    with torch.no_grad():
+        for idx in batches:
+            b, _, _, z, _ = run.forward(users[idx], nows[idx])
+            zs.append(z.float().numpy())
+            ys.append(b.p_horizon.numpy() > 0.5)
+            oks.append(b.p_horizon_ok.numpy())
+    e = run.spec.model.out_dim
+    k, y = run.heads.k, run.heads.y
+    hz, scale = run.heads.vec_hz, float(run.heads.scale.detach())
+    return calibrate(
+        run.space.names,
+        tuple(int(h) for h in run.spec.objectives.horizons_ms),
+        hz.weight.detach().numpy() * scale,
+        hz.bias.detach().numpy(),
+        np.concatenate(zs) if zs else np.zeros((0, e), np.float32),
+        np.concatenate(ys) if ys else np.zeros((0, k, y), bool),
+        np.concatenate(oks) if oks else np.zeros((0, k), bool),
+    )
+
+
+class Trained(NamedTuple):
+    """What `train` returns: the model (eval mode), its tokenizer config, the metrics, the
+    tokenized log (its ``raw`` holds the parity sample) and the calibrated outcome heads."""
+
+    model: UserEncoder
+    tokenizer: TokenizerConfig
+    metrics: dict[str, Any]
+    log: EventLog
+    outcomes: OutcomeHeads
+
+
 def train(
     events: EventSource,
     spec: TrainSpec,
     data_end_ms: int | None = None,
     until_ms: int | None = None,
     keep_raw: int = 0,
-) -> tuple[UserEncoder, TokenizerConfig, dict[str, Any], EventLog]:
-    """Train a model. Returns the model (eval mode), its tokenizer config, metrics and the
-    tokenized log (its ``raw`` holds `keep_raw` users' newest events: the parity sample).
+) -> Trained:
+    """Train a model (see `Trained`; ``log.raw`` holds `keep_raw` users' newest events).
 
     Args:
         events: a sequence, or a function returning a fresh stream (read twice).
@@ -267,14 +285,14 @@ def train(
         {"params": tables, "lr": tc.lr * tc.table_lr_mult, "weight_decay": tc.table_weight_decay},
     ]
     opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
-    plan = [_plan(tr_len, tc.batch_size, rng) for _ in range(tc.epochs)]
+    plan = [plan_batches(tr_len, tc.batch_size, rng) for _ in range(tc.epochs)]
     if tc.max_steps is not None:  # keep the first max_steps batches
         budget, capped = tc.max_steps, []
         for p in plan:
             capped.append(p[:budget])
             budget -= len(capped[-1])
         plan = [p for p in capped if len(p)]
-    val_plan = _plan(va_len, tc.batch_size, np.random.default_rng(0))
+    val_plan = plan_batches(va_len, tc.batch_size, np.random.default_rng(0))
     total_steps = sum(len(p) for p in plan)
     sched = Schedule(opt, tc.lr_cut, plan, plateau=tc.schedule == "plateau" and bool(val_plan))
     from encoder.progress import progress_bar
@@ -323,6 +341,7 @@ def train(
     if best is not None:
         best.restore(model, heads, None)
         kept = best.epoch
+    outcomes = _outcome_heads(run, va_u, va_now, val_plan)
     model.eval()
     metrics: dict[str, Any] = {
         "users": n_users,
@@ -345,8 +364,9 @@ def train(
         "loss_last": round(float(np.mean(history[-20:])), 4) if history else None,
         "loss_parts_last": {k: round(v, 4) for k, v in parts.items()},
         "outcomes": list(run.space.names),
+        "calibration": outcomes.report,
         "data_end_ms": end,
         "until_ms": until_ms,
         "seed": tc.seed,
     }
-    return model, tok_cfg, metrics, evlog
+    return Trained(model, tok_cfg, metrics, evlog, outcomes)

@@ -200,6 +200,9 @@ def cmd_model(args: argparse.Namespace) -> int:
             },
             "tampered_files": registry.verify_manifest(models, version),
         }
+        heads = registry.read_json(models, version, "outcomes.json")
+        if heads:  # the calibrated outcome heads: what they predict, not their weights
+            out["propensities"] = {k: heads[k] for k in ("names", "horizons_ms", "report")}
         print(json.dumps(out, indent=2))
         return 0
     from encoder.release import parity_check, promote, validate

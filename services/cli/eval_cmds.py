@@ -68,9 +68,35 @@ def _eval_log(args: argparse.Namespace, version: str) -> int:
         )
     ok, problems = meets_log_targets(report)
     print("targets: met" if ok else "targets: NOT met: " + "; ".join(problems))
+    report["propensities"] = _propensities(args, version, split)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
     return 0 if ok or not args.check else 1
+
+
+def _propensities(
+    args: argparse.Namespace, version: str, split: dict[str, Any] | None
+) -> dict[str, Any] | None:
+    """Print the outcome propensities' AUC and calibration; write the reliability diagram."""
+    from encoder.evaluate_outcomes import format_outcome_table, write_reliability_png
+    from encoder.release import outcomes_eval_version
+
+    rep = outcomes_eval_version(args.models, version, split, None if split else eval_config(args))
+    if rep is None:
+        print("outcome propensities: none in this version")
+        return None
+    from encoder import registry
+
+    heads = registry.read_json(args.models, version, "outcomes.json")
+    print(f"outcome propensities ({rep['users']} users, cells with enough of each class):")
+    print(format_outcome_table(rep, tuple(heads["horizons_ms"])))
+    if rep["cells"] == 0:
+        print(f"no outcome and horizon has {rep['min_class']} positives and negatives")
+        return rep
+    png = args.reliability or Path(f"reliability-{version}.png")
+    write_reliability_png(rep, png, f"{version}: outcome propensities, held out")
+    print(f"reliability diagram: {png}")
+    return rep
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -88,8 +114,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(format_table(report))
     ok, problems = meets_targets(report)
     print("targets: met" if ok else "targets: NOT met: " + "; ".join(problems))
+    propensities = _propensities(args, version, None)
     if args.json:
         keep = {k: report[k] for k in ("embedding", "aggregate_baseline", "random")}
+        keep["propensities"] = propensities
         Path(args.json).write_text(json.dumps(keep, indent=2))
     return 0 if ok or not args.check else 1
 
@@ -139,6 +167,12 @@ def register(subparsers: Any) -> None:
         help="report even if the model saw events after the split",
     )
     p.add_argument("--json", type=Path, default=None, help="also write the report here")
+    p.add_argument(
+        "--reliability",
+        type=Path,
+        default=None,
+        help="PNG of the propensities' reliability diagram (default: reliability-VERSION.png)",
+    )
     p.add_argument(
         "--eval-users",
         type=int,

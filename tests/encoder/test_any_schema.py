@@ -21,8 +21,8 @@ def test_a_renamed_schema_trains_the_same_model(tiny_spec: TrainSpec) -> None:
     other, _ = synthetic_log(cfg)
     torch.set_num_threads(1)  # bit-for-bit: one thread
     try:
-        m1, t1, _, log1 = train(plain, tiny_spec, until_ms=split, keep_raw=5)
-        m2, t2, _, log2 = train(other, tiny_spec, until_ms=split, keep_raw=5)
+        m1, t1, _, log1, _ = train(plain, tiny_spec, until_ms=split, keep_raw=5)
+        m2, t2, _, log2, _ = train(other, tiny_spec, until_ms=split, keep_raw=5)
     finally:
         torch.set_num_threads(2)
     assert t1.features.property_names != t2.features.property_names
@@ -55,7 +55,7 @@ def test_a_signal_in_unfamiliar_properties_reaches_the_vectors(tiny_spec: TrainS
 
     events, trait = _planted(200, 0)
     spec = replace(tiny_spec, train=replace(tiny_spec.train, epochs=2))
-    model, tok, _, log = train(events, spec)
+    model, tok, _, log, _ = train(events, spec)
     assert set(tok.features.property_names) == {"zq_7", "wx"}
     users = np.arange(len(log.users))
     nows = np.full(len(users), log.end_ms + 1)
@@ -68,7 +68,7 @@ def test_a_signal_in_unfamiliar_properties_reaches_the_vectors(tiny_spec: TrainS
 
 def test_a_property_unseen_in_training_is_skipped_and_counted(tiny_spec: TrainSpec) -> None:
     events, _ = _planted(40, 1)
-    model, _, _, _ = train(events, tiny_spec)
+    model, _, _, _, _ = train(events, tiny_spec)
     enc = Encoder.from_model(model)
     window = [e for e in events if e.user_id == "p0"]
     before = enc.encode([window], 2_000_000_000)

@@ -74,6 +74,7 @@ def test_train_encode_eval_model_commands(
     shown = json.loads(capsys.readouterr().out)
     assert shown["active"] is True and shown["tampered_files"] == []
     assert any(line.startswith("sku:") for line in shown["features"])  # the discovered spec
+    assert shown["propensities"]["names"][0] == "(any)" and shown["propensities"]["horizons_ms"]
     assert main(["model", "rollback", "--models", str(models)]) == 1  # nothing to roll back to
     empty = ["encode", "--events", str(events), "--out", str(out), "--models", str(tmp_path / "e")]
     assert main(empty) == 1  # no active model: a clear error, exit 1
@@ -82,12 +83,17 @@ def test_train_encode_eval_model_commands(
     assert main([*argv, "--split-at", split]) == 0
     held = capsys.readouterr().out.strip().splitlines()[-1]
     report = tmp_path / "eval.json"
+    png = tmp_path / "reliability.png"
     argv_eval = ["eval", "--model", held, "--json", str(report), "--models", str(models)]
-    assert main(argv_eval) == 0
+    assert main([*argv_eval, "--reliability", str(png)]) == 0
     rep = json.loads(report.read_text())
     assert set(rep["mean_auc"]) == {"embedding", "aggregates", "both"}
     assert rep["split"]["split_at_ms"] == int(split) and rep["outcomes"]
-    assert "mean AUC" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "mean AUC" in printed and "outcome propensities" in printed
+    prop = rep["propensities"]  # the version's calibrated heads, on the same split
+    assert prop["split_at_ms"] == int(split) and prop["users"] == rep["split"]["users"]
+    assert prop["cells"] > 0 and png.read_bytes()[:4] == b"\x89PNG"
     assert main(["model", "validate", held, "--models", str(models), "--tolerance", "1"]) == 0
     assert str(events.resolve()) in capsys.readouterr().out
 
@@ -95,7 +101,9 @@ def test_train_encode_eval_model_commands(
     syn = tmp_path / "syn"
     assert main(["train", "--synthetic", "--users", "60", "--models", str(syn), "--quiet"]) == 0
     report2 = tmp_path / "eval2.json"
-    assert main(["eval", "--eval-users", "60", "--json", str(report2), "--models", str(syn)]) == 0
+    png2 = tmp_path / "reliability2.png"
+    argv2 = ["eval", "--eval-users", "60", "--json", str(report2), "--reliability", str(png2)]
+    assert main([*argv2, "--models", str(syn)]) == 0
     rep2 = json.loads(report2.read_text())
-    assert set(rep2) == {"embedding", "aggregate_baseline", "random"}
+    assert set(rep2) == {"embedding", "aggregate_baseline", "random", "propensities"}
     assert set(rep2["embedding"]) == {"auc_converts", "auc_churns", "precision_at_10"}

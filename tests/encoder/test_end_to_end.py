@@ -15,7 +15,7 @@ def test_train_then_eval_quality_ordering(tiny_spec: TrainSpec) -> None:
     ds = generate(world)
     train_cfg = replace(tiny_spec.train, epochs=6, batch_size=16, cuts_per_user=1, lr=5e-3)
     spec = replace(tiny_spec, train=train_cfg)
-    model, tok, metrics, _ = train(ds.events, spec, ds.config.end_ms)
+    model, tok, metrics, _, _ = train(ds.events, spec, ds.config.end_ms)
     assert metrics["loss_last"] < metrics["loss_first"]
     enc = Encoder.from_model(model)
     cfg = EvalConfig(users=240, events_per_user=40.0, folds=3, max_events=64, world=world)

@@ -1,0 +1,227 @@
+"""Calibrated outcome propensities: P(outcome within horizon | user vector), kept with the
+version.
+
+Training learns, from each user vector, the logit of "outcome y happens within horizon k"
+(`TrainingHeads.vec_hz`, one linear map from the vector). Those logits are trained with
+group weights (`OutcomeSpace.weights`: rare outcomes count as much as frequent ones), so
+their raw sigmoids are not probabilities. After training, Platt scaling per (horizon,
+outcome), fitted on the validation users (held out of every gradient step), maps them to
+probabilities: ``p = sigmoid(a * logit + b)``. A cell with fewer than `min_class`
+positives or negatives keeps ``a = 1, b = 0`` and says so (``calibrated[k, y]`` false).
+
+Shapes: B users, E vector dimensions, K horizons, Y outcomes.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class OutcomeHeads:
+    """The linear outcome heads of a version with their calibration.
+
+    Attributes:
+        names: (Y,) outcome names (`OutcomeSpace.names`).
+        horizons_ms: (K,) horizons.
+        weight: (K*Y, E) float32, the vector temperature folded in.
+        bias: (K*Y,) float32.
+        a, b: (K, Y) float64 Platt slope and intercept.
+        calibrated: (K, Y) bool, whether (a, b) were fitted (enough positives and negatives).
+        report: what the calibration measured on the validation users (ECE before/after).
+    """
+
+    names: tuple[str, ...]
+    horizons_ms: tuple[int, ...]
+    weight: np.ndarray
+    bias: np.ndarray
+    a: np.ndarray
+    b: np.ndarray
+    calibrated: np.ndarray
+    report: dict[str, Any]
+
+    def logits(self, z: np.ndarray) -> np.ndarray:
+        """(B, E) vectors -> (B, K, Y) raw (uncalibrated) logits."""
+        k, y = len(self.horizons_ms), len(self.names)
+        out = np.asarray(z, dtype=np.float32) @ self.weight.T + self.bias
+        return out.reshape(-1, k, y).astype(np.float64)
+
+    def probabilities(self, z: np.ndarray, calibrated: bool = True) -> np.ndarray:
+        """(B, E) vectors -> (B, K, Y) float32 probabilities."""
+        s = self.logits(z)
+        if calibrated:
+            s = self.a * s + self.b
+        return _sigmoid(s).astype(np.float32)
+
+    def to_json(self) -> str:
+        return json.dumps(
+            {
+                "names": list(self.names),
+                "horizons_ms": list(self.horizons_ms),
+                "weight": self.weight.astype(np.float32).tolist(),
+                "bias": self.bias.astype(np.float32).tolist(),
+                "a": self.a.tolist(),
+                "b": self.b.tolist(),
+                "calibrated": self.calibrated.tolist(),
+                "report": self.report,
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str) -> OutcomeHeads:
+        d = json.loads(text)
+        return cls(
+            names=tuple(d["names"]),
+            horizons_ms=tuple(int(h) for h in d["horizons_ms"]),
+            weight=np.asarray(d["weight"], dtype=np.float32),
+            bias=np.asarray(d["bias"], dtype=np.float32),
+            a=np.asarray(d["a"], dtype=np.float64),
+            b=np.asarray(d["b"], dtype=np.float64),
+            calibrated=np.asarray(d["calibrated"], dtype=bool),
+            report=d.get("report", {}),
+        )
+
+
+def _sigmoid(x: np.ndarray) -> np.ndarray:
+    return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
+
+
+def fit_platt(
+    s: np.ndarray, y: np.ndarray, ok: np.ndarray, min_class: int = 10, iters: int = 40
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Platt scaling per cell: ``a, b`` minimising the log loss of ``sigmoid(a * s + b)``
+    with a weak pull towards the identity, ``a >= 0`` (a ranking is never reversed: where
+    the best slope is negative the cell gets its base rate, ``a = 0``). Damped Newton steps,
+    all cells at once.
+
+    Args:
+        s: (N, K, Y) logits; y: (N, K, Y) 0/1 labels; ok: (N, K) usable rows.
+    Returns:
+        a, b: (K, Y) slope and intercept (1, 0 where not fitted); fitted: (K, Y) bool.
+    """
+    w = ok[..., None].astype(np.float64) * np.ones_like(s)  # (N, K, Y)
+    yf = y.astype(np.float64)
+    pos = (w * yf).sum(0)
+    neg = (w * (1 - yf)).sum(0)
+    fitted = (pos >= min_class) & (neg >= min_class)
+    lam = 1e-3 * np.maximum(w.sum(0), 1.0)
+
+    def objective(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return _log_loss(a * s + b, yf, w) + 0.5 * lam * ((a - 1) ** 2 + b**2)
+
+    a, b = np.ones(s.shape[1:]), np.zeros(s.shape[1:])
+    cur = objective(a, b)
+    for _ in range(iters):
+        p = _sigmoid(a * s + b)
+        r, v = w * (p - yf), w * p * (1 - p)
+        ga, gb = (r * s).sum(0) + lam * (a - 1), r.sum(0) + lam * b
+        haa, hab, hbb = (v * s * s).sum(0) + lam, (v * s).sum(0), v.sum(0) + lam
+        det = np.maximum(haa * hbb - hab * hab, 1e-12)
+        da, db = (hbb * ga - hab * gb) / det, (haa * gb - hab * ga) / det
+        step = 1.0
+        for _ in range(8):  # halve where the step does not lower the objective
+            na, nb = a - step * da, b - step * db
+            new = objective(na, nb)
+            better = new <= cur
+            a, b = np.where(better, na, a), np.where(better, nb, b)
+            cur = np.where(better, new, cur)
+            da, db = np.where(better, 0.0, da), np.where(better, 0.0, db)
+            step *= 0.5
+    flip = a < 0
+    a = np.where(flip, 0.0, a)
+    b = np.where(flip, np.log(np.maximum(pos, 1.0) / np.maximum(neg, 1.0)), b)
+    return np.where(fitted, a, 1.0), np.where(fitted, b, 0.0), fitted
+
+
+def _log_loss(logit: np.ndarray, y: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """Summed (weighted) binary log loss per cell: (N, K, Y) -> (K, Y)."""
+    return (w * (np.logaddexp(0.0, logit) - y * logit)).sum(0)
+
+
+def log_loss(probs: np.ndarray, y: np.ndarray, ok: np.ndarray, cells: np.ndarray) -> float:
+    """Mean log loss over the usable rows of the cells marked in `cells` (K, Y)."""
+    p = np.clip(probs.astype(np.float64), 1e-7, 1 - 1e-7)
+    ll = -(y * np.log(p) + (1 - y) * np.log(1 - p))  # (N, K, Y)
+    m = ok[..., None] & cells[None]
+    return round(float(ll[m].mean()), 5) if m.any() else float("nan")
+
+
+def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
+    """Expected calibration error over equal-width bins, and the diagram's points.
+
+    Args:
+        p, y: (N,) probabilities and 0/1 labels.
+    Returns:
+        ``{"ece", "bins": [[mean p, observed rate, count], ...]}``.
+    """
+    edges = np.minimum((p * bins).astype(np.int64), bins - 1)
+    n = np.bincount(edges, minlength=bins).astype(np.float64)
+    mp = np.bincount(edges, weights=p, minlength=bins)
+    my = np.bincount(edges, weights=y.astype(np.float64), minlength=bins)
+    nz = n > 0
+    gap = np.abs(mp[nz] / n[nz] - my[nz] / n[nz])
+    ece = float((n[nz] * gap).sum() / max(n.sum(), 1.0))
+    pts = [[mp[i] / n[i], my[i] / n[i], int(n[i])] for i in np.flatnonzero(nz)]
+    return {"ece": round(ece, 5), "bins": [[round(a, 5), round(o, 5), c] for a, o, c in pts]}
+
+
+def cell_ece(probs: np.ndarray, y: np.ndarray, ok: np.ndarray, cells: np.ndarray) -> float:
+    """Mean ECE over the cells marked in `cells` (K, Y); probs, y: (N, K, Y), ok: (N, K)."""
+    out = [
+        reliability(probs[ok[:, k], k, j], y[ok[:, k], k, j])["ece"]
+        for k, j in zip(*np.nonzero(cells), strict=True)
+    ]
+    return round(float(np.mean(out)), 5) if out else float("nan")
+
+
+def calibrate(
+    names: tuple[str, ...],
+    horizons_ms: tuple[int, ...],
+    weight: np.ndarray,
+    bias: np.ndarray,
+    z: np.ndarray,
+    y: np.ndarray,
+    ok: np.ndarray,
+    min_class: int = 10,
+) -> OutcomeHeads:
+    """Fit the calibration of linear heads ``(weight, bias)`` on held-out vectors.
+
+    Args:
+        z: (N, E) held-out user vectors; y: (N, K, Y) labels; ok: (N, K) usable labels.
+    """
+    raw = OutcomeHeads(
+        names,
+        horizons_ms,
+        weight.astype(np.float32),
+        bias.astype(np.float32),
+        np.ones((len(horizons_ms), len(names))),
+        np.zeros((len(horizons_ms), len(names))),
+        np.zeros((len(horizons_ms), len(names)), dtype=bool),
+        {},
+    )
+    if len(z) == 0:
+        return _with(raw, a=raw.a, b=raw.b, fitted=raw.calibrated, report={"examples": 0})
+    s = raw.logits(z)
+    a, b, fitted = fit_platt(s, y, ok, min_class)
+    out = _with(raw, a=a, b=b, fitted=fitted, report={})
+    report = {
+        "examples": len(z),
+        "cells": int(fitted.size),
+        "cells_calibrated": int(fitted.sum()),
+        "ece_before": cell_ece(raw.probabilities(z, calibrated=False), y, ok, fitted),
+        "ece_after": cell_ece(out.probabilities(z), y, ok, fitted),
+        "log_loss_before": log_loss(raw.probabilities(z, calibrated=False), y, ok, fitted),
+        "log_loss_after": log_loss(out.probabilities(z), y, ok, fitted),
+        "min_class": min_class,
+    }
+    return _with(out, a=a, b=b, fitted=fitted, report=report)
+
+
+def _with(
+    h: OutcomeHeads, a: np.ndarray, b: np.ndarray, fitted: np.ndarray, report: dict[str, Any]
+) -> OutcomeHeads:
+    return OutcomeHeads(h.names, h.horizons_ms, h.weight, h.bias, a, b, fitted, report)

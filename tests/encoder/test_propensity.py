@@ -1,0 +1,130 @@
+"""Outcome propensities: Platt scaling recovers a planted miscalibration, the heads travel
+with the version, and the held-out report measures AUC and calibration per horizon."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from contract.events import Event
+from encoder.api import Encoder
+from encoder.evaluate import EvalConfig
+from encoder.evaluate_outcomes import horizon_labels, write_reliability_png
+from encoder.eventlog import build_log
+from encoder.features import discover
+from encoder.outcomes import OutcomeSpace
+from encoder.propensity import OutcomeHeads, calibrate, fit_platt, reliability
+from encoder.release import outcomes_eval_version, train_version
+from encoder.synthetic import SyntheticConfig, generate
+from encoder.tokenizer import DAY, Tokenizer, TokenizerConfig
+from encoder.train import TrainSpec
+
+
+def _sig(x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-x))
+
+
+def test_platt_recovers_a_planted_miscalibration() -> None:
+    rng = np.random.default_rng(0)
+    s = rng.normal(0, 2, size=(20_000, 2, 1))  # (N, K=2, Y=1) logits
+    truth = _sig(0.5 * s - 1.0)  # the real probability: a = 0.5, b = -1
+    y = rng.random(truth.shape) < truth
+    ok = np.ones((20_000, 2), dtype=bool)
+    ok[10_000:, 1] = False  # horizon 1 observable for half the rows only
+    a, b, fitted = fit_platt(s, y, ok)
+    assert fitted.all()
+    np.testing.assert_allclose(a[:, 0], [0.5, 0.5], atol=0.06)
+    np.testing.assert_allclose(b[:, 0], [-1.0, -1.0], atol=0.08)
+    before = reliability(_sig(s[:, 0, 0]), y[:, 0, 0])["ece"]
+    after = reliability(_sig(a[0, 0] * s[:, 0, 0] + b[0, 0]), y[:, 0, 0])["ece"]
+    assert before > 0.1 and after < 0.02
+
+
+def test_cells_without_both_classes_keep_the_identity() -> None:
+    s = np.linspace(-3, 3, 200)[:, None, None] * np.ones((1, 1, 2))  # (N, K=1, Y=2)
+    y = np.zeros_like(s, dtype=bool)
+    y[:100, 0, 0] = True  # outcome 0: both classes; outcome 1: never happens
+    a, b, fitted = fit_platt(s, y, np.ones((200, 1), dtype=bool), min_class=10)
+    assert fitted[0, 0] and not fitted[0, 1]
+    assert (a[0, 1], b[0, 1]) == (1.0, 0.0)
+
+
+def test_ece_of_known_cases() -> None:
+    assert reliability(np.full(50, 0.9), np.zeros(50, dtype=bool))["ece"] == pytest.approx(0.9)
+    p = np.repeat([0.25, 0.75], 400)
+    y = np.concatenate([np.arange(400) < 100, np.arange(400) < 300])
+    assert reliability(p, y)["ece"] == pytest.approx(0.0, abs=1e-9)
+
+
+def test_horizon_labels_count_only_events_inside_each_horizon() -> None:
+    t0 = 100 * DAY
+    evs = [
+        Event("u", "a", t0 - DAY, "view", {}),
+        Event("u", "b", t0 + 2 * 3_600_000, "buy", {}),  # 2 h after the split
+        Event("u", "c", t0 + 3 * DAY, "view", {}),  # 3 d after
+    ]
+    spec = discover(evs)
+    tok = Tokenizer(TokenizerConfig(features=spec))
+    log = build_log(evs, tok)
+    space = OutcomeSpace.from_spec(spec)
+    users = np.array([0])
+    hi = log.positions(users, np.array([t0]), True)
+    hz = np.array([t0 + 3_600_000, t0 + DAY, t0 + 7 * DAY])
+    y = horizon_labels(log, space, users, hi, hz)[0]  # (K, Y)
+    col = {n: i for i, n in enumerate(space.names)}
+    assert not y[0].any()  # nothing within 1 h
+    assert y[1, col["type=buy"]] and not y[1, col["type=view"]] and y[1, col["(any)"]]
+    assert y[2, col["type=view"]]
+
+
+@pytest.fixture(scope="module")
+def calibrated_version(
+    tmp_path_factory: pytest.TempPathFactory, tiny_spec: TrainSpec
+) -> tuple[Path, str]:
+    """A version trained on 300 users: 30 validation users, enough to calibrate."""
+    ds = generate(SyntheticConfig(users=300, events_per_user=30.0, seed=5))
+    models = tmp_path_factory.mktemp("models")
+    version, _ = train_version(ds.events, tiny_spec, models, ds.config.end_ms, parity_n=16)
+    return models, version
+
+
+def test_heads_are_saved_calibrated_and_reload_identically(
+    calibrated_version: tuple[Path, str],
+) -> None:
+    models, version = calibrated_version
+    enc = Encoder.load(models, version)
+    heads = enc.outcomes
+    assert heads is not None
+    rep = heads.report
+    assert rep["examples"] > 0 and rep["cells_calibrated"] > 0
+    # fitted on these examples with the identity among the candidates: never a worse fit
+    assert rep["log_loss_after"] <= rep["log_loss_before"] + 1e-3
+    again = OutcomeHeads.from_json(heads.to_json())
+    z = np.random.default_rng(0).normal(size=(5, heads.weight.shape[1])).astype(np.float32)
+    np.testing.assert_array_equal(again.probabilities(z), heads.probabilities(z))
+    p = heads.probabilities(z)
+    assert p.shape == (5, len(heads.horizons_ms), len(heads.names))
+    assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_uncalibrated_heads_say_so() -> None:
+    h = calibrate(("(any)",), (DAY,), np.ones((1, 4)), np.zeros(1), *_empty())
+    assert h.report == {"examples": 0} and not h.calibrated.any()
+
+
+def _empty() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    return np.zeros((0, 4), np.float32), np.zeros((0, 1, 1), bool), np.zeros((0, 1), bool)
+
+
+def test_held_out_report_and_diagram(calibrated_version: tuple[Path, str], tmp_path: Path) -> None:
+    models, version = calibrated_version
+    world = SyntheticConfig(seed=5)
+    rep = outcomes_eval_version(models, version, None, EvalConfig(users=200, world=world))
+    assert rep is not None and rep["cells"] > 0
+    for row in rep["per_cell"]:
+        assert 0.0 <= row["auc"] <= 1.0 and 0.0 <= row["ece_after"] <= 1.0
+    png = tmp_path / "r.png"
+    write_reliability_png(rep, png, "test")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
