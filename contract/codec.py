@@ -31,6 +31,7 @@ REASONS = (
     "missing_type",
     "bad_props",
     "too_long",
+    "decode_error",  # the decoder itself failed (a bug): the record is kept, not applied
 )
 
 
@@ -83,7 +84,9 @@ def event_to_json(ev: Event) -> bytes:
 def _from_json(value: bytes) -> Event:
     try:
         obj = json.loads(value)
-    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+    except (ValueError, RecursionError) as exc:
+        # ValueError: JSONDecodeError, UnicodeDecodeError, and an integer longer than
+        # Python's integer-string limit (4300 digits)
         raise BadRecord("undecodable", f"invalid JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise BadRecord("undecodable", f"JSON value is a {type(obj).__name__}, not an object")
@@ -106,7 +109,10 @@ def _from_json(value: bytes) -> Event:
         if isinstance(v, str):
             props[k] = v
         elif isinstance(v, int | float) and not isinstance(v, bool):
-            props[k] = float(v)
+            try:
+                props[k] = float(v)
+            except OverflowError:  # an integer beyond the float range (1e309 and up)
+                raise BadRecord("bad_props", f"prop {k!r:.40} is outside the float range") from None
         else:
             raise BadRecord("bad_props", f"prop {k!r:.40} is a {type(v).__name__}, not str/number")
     return Event(uid, eid, ts, typ, props)
@@ -238,10 +244,12 @@ def _check_msg(msg: events_pb2.Event, cfg: Limits, now_ms: int, value: bytes, ts
 
 def _check_ts(ts_ms: int, cfg: Limits, now_ms: int) -> None:
     if ts_ms <= 0:
-        raise BadRecord("bad_timestamp", f"ts_ms {ts_ms} is not a positive epoch time in ms")
+        raise BadRecord("bad_timestamp", f"ts_ms {ts_ms!s:.40} is not a positive epoch time in ms")
     if ts_ms > now_ms + cfg.max_future_ms:
-        ahead = (ts_ms - now_ms) / 1000
-        raise BadRecord("future_timestamp", f"ts_ms is {ahead:.0f} s ahead of the wall clock")
+        ahead = str((ts_ms - now_ms) // 1000)  # integers: a JSON ts_ms may have 4300 digits
+        if len(ahead) > 12:
+            ahead = f"~1e{len(ahead) - 1}"
+        raise BadRecord("future_timestamp", f"ts_ms is {ahead} s ahead of the wall clock")
 
 
 def _check(

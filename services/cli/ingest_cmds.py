@@ -14,6 +14,8 @@ from services.config import add_connection_args, add_metrics_arg, setting_flag
 if TYPE_CHECKING:
     from services.cli.settings import Settings
 
+EXIT_NOT_CAUGHT_UP = 3  # `ingest --until-idle` gave up: the topic is not committed to its end
+
 
 def register(sub: Any) -> None:
     p = sub.add_parser("produce", help="write events to the events topic")
@@ -36,7 +38,9 @@ def register(sub: Any) -> None:
     p.add_argument(
         "--until-idle",
         action="store_true",
-        help="exit 0 once everything up to the end of the topic is applied and committed",
+        help="exit 0 once every partition of the topic (not only this member's) is applied"
+        f" and committed to its end; exit {EXIT_NOT_CAUGHT_UP} when that wait makes no"
+        " progress for the session timeout plus the max poll interval",
     )
     p.add_argument(
         "--rebuild",
@@ -118,6 +122,13 @@ def cmd_ingest(args: argparse.Namespace) -> int:
         client.close()
     out = {**stats.__dict__, "seconds": round(dt, 2)}
     print(json.dumps(out))
+    if stats.caught_up is False:
+        print(
+            "persona ingest --until-idle: gave up waiting; some partitions of the topic are"
+            " not committed to their end (see the log)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_CAUGHT_UP
     return 0
 
 

@@ -22,18 +22,23 @@ from redis.exceptions import RedisError
 
 from contract.codec import BadRecord, decode_for_store
 from services.config import KafkaConfig, WindowConfig
+from services.ingest.dead_letters import (
+    DLQ_DETAIL,
+    DLQ_REASON,
+    DLQ_SOURCE,
+    dead_letter,
+    source_of,
+)
+from services.ingest.idle import UntilIdle
 from services.ingest.metrics import IngestMetrics
-from services.ingest.source import DeadLetters, EventSource, Headers, offset_of
+from services.ingest.source import DeadLetters, EventSource, offset_of
 from services.store.layout import pack_update
 from services.store.protocols import Windows
 from services.store.windows import PackedUpdate, source_label
 from services.telemetry import links_from_headers
 
 log = logging.getLogger(__name__)
-
-DLQ_REASON = "persona-dlq-reason"
-DLQ_DETAIL = "persona-dlq-detail"
-DLQ_SOURCE = "persona-dlq-source"
+__all__ = ["DLQ_DETAIL", "DLQ_REASON", "DLQ_SOURCE", "IngestStats", "Ingestor"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +61,7 @@ class IngestStats:
     batches: int = 0
     first_batch_at: float | None = None  # time.perf_counter() when the first batch arrived
     last_commit_at: float | None = None  # ... and when the last batch was committed
+    caught_up: bool | None = None  # until-idle: every partition committed to its end?
 
     @property
     def busy_seconds(self) -> float:
@@ -105,6 +111,7 @@ class Ingestor:
         self._tid_checked = 0.0
         self._known_tid: str | None = None
         self._tid: str | None = None
+        self._decode_bug_logged = -1e9
 
     def _on_rebalance(self, what: str, parts: Sequence[int]) -> None:
         """Runs inside poll, between batches: at most the batch being written is in flight.
@@ -122,7 +129,9 @@ class Ingestor:
     def run(
         self, stop: threading.Event, until_idle: bool = False, poll_ms: int = 500
     ) -> IngestStats:
-        """Consume until `stop` is set (or, with `until_idle`, until caught up and committed).
+        """Consume until `stop` is set, or, with `until_idle`, until every partition of the
+        topic is applied and committed (`stats.caught_up` True) or that wait gave up
+        (False; services/ingest/idle.py).
 
         Batch i+1 is polled and decoded while batch i's dead letters and windows are written
         by the writer thread (the store works on other cores meanwhile); `commit` finishes
@@ -130,7 +139,7 @@ class Ingestor:
         """
         self._consumer = consumer = EventSource(self.kcfg, self._on_rebalance)
         dlq = DeadLetters(self.kcfg)
-        started = time.monotonic()
+        idle = UntilIdle(self.kcfg) if until_idle else None
         try:
             while not stop.is_set():
                 # While a batch is being written, only take what is already fetched: when
@@ -139,6 +148,8 @@ class Ingestor:
                 if batch:
                     if self.stats.first_batch_at is None:
                         self.stats.first_batch_at = time.perf_counter()
+                    if idle is not None:
+                        idle.progress()
                     prepared = self._traced_prepare(batch)
                     self.commit()
                     if prepared is None:
@@ -149,8 +160,11 @@ class Ingestor:
                 else:
                     self.commit()
                     lags = self._update_lag(consumer)
-                    if until_idle and self._caught_up(lags, started):
-                        log.info("caught up with the end of %s; exiting", self.kcfg.topic)
+                    done = None if idle is None else idle.check(consumer, lags)
+                    if done is not None:
+                        self.stats.caught_up = done
+                        if done:
+                            log.info("caught up with the end of %s; exiting", self.kcfg.topic)
                         break
             self.commit()
         finally:
@@ -215,13 +229,6 @@ class Ingestor:
             self._tid_stale = False
             self._tid_checked = time.monotonic()
         return self._tid
-
-    def _caught_up(self, lags: Mapping[int, int | None], started: float) -> bool:
-        """`lags` from `_update_lag`: every assigned partition read to its end."""
-        if not lags:
-            # A member that got no partition after the join settled has nothing to do.
-            return time.monotonic() - started > 2 * self.kcfg.session_timeout_ms / 1000
-        return all(lag == 0 for lag in lags.values())
 
     def _update_lag(self, consumer: EventSource) -> dict[int, int | None]:
         """Sets the lag gauge of each assigned partition; returns the lags (None: end or
@@ -288,10 +295,13 @@ class Ingestor:
                     d = decode_for_store(r.value(), wcfg, now)
                 except BadRecord as exc:
                     bad.append((r, exc))
-                else:
-                    groups[(d.user_id, p)].append(
-                        pack_update(offset_of(r), d.event_id, d.ts_ms, d.record)
-                    )
+                    continue
+                except Exception as exc:  # a decoder bug must not stop the partition
+                    bad.append((r, self._decode_bug(r, exc)))
+                    continue
+                groups[(d.user_id, p)].append(
+                    pack_update(offset_of(r), d.event_id, d.ts_ms, d.record)
+                )
             n += len(records)
             commit[part] = offset_of(records[-1]) + 1
         self.metrics.consumed.inc(n)
@@ -300,19 +310,19 @@ class Ingestor:
         updates = [PackedUpdate(uid, p, b"".join(parts)) for (uid, p), parts in groups.items()]
         return Prepared(updates, bad, commit)
 
+    def _decode_bug(self, r: Message, exc: Exception) -> BadRecord:
+        """A decoder exception other than `BadRecord` (a bug: tests/unit/test_codec_fuzz.py
+        looks for them) as a dead letter with reason `decode_error`; logged with its
+        traceback at most once a minute."""
+        now = time.monotonic()
+        if now - self._decode_bug_logged > 60:
+            self._decode_bug_logged = now
+            log.error("decoding %s failed; dead-lettered", source_of(r), exc_info=exc)
+        return BadRecord("decode_error", f"{type(exc).__name__}: {exc!s:.200}")
+
     def _dead_letter(self, dlq: DeadLetters, bad: list[tuple[Message, BadRecord]]) -> None:
-        out = []
-        for r, exc in bad:
-            headers: Headers = [
-                (DLQ_REASON, exc.reason.encode()),
-                (DLQ_DETAIL, exc.detail.encode("utf-8", "replace")[:1024]),
-                (DLQ_SOURCE, f"{r.topic()}/{r.partition()}/{r.offset()}".encode()),
-            ]
-            out.append((r.key(), r.value() or b"", headers))
-        dlq.send_all(out)  # raises: `commit` step 1
-        for _r, exc in bad:
-            self.metrics.dead_lettered.labels(exc.reason).inc()
-        self.stats.dead_lettered += len(bad)
+        """Whole, by reference, or logged and skipped (services/ingest/dead_letters.py)."""
+        self.stats.dead_lettered += dead_letter(dlq, bad, self.metrics)  # raises: step 1
 
     def _apply_with_retry(self, updates: list[PackedUpdate], stop: threading.Event) -> bool:
         delay = 0.1

@@ -15,6 +15,8 @@ class IngestMetrics:
     replayed: Counter
     trimmed: Counter
     dead_lettered: Counter
+    dead_letters_by_reference: Counter
+    skipped: Counter
     store_errors: Counter
     lag: Gauge
     batch_write_seconds: Histogram
@@ -50,6 +52,18 @@ def ingest_metrics(registry: CollectorRegistry) -> IngestMetrics:
         dead_lettered=Counter(
             "persona_ingest_events_dead_lettered",
             "Records sent to the dead-letter topic, by reason",
+            ["reason"],
+            registry=registry,
+        ),
+        dead_letters_by_reference=Counter(
+            "persona_ingest_dead_letters_by_reference",
+            "Dead letters the topic refused whole (too large): sent as a reference instead",
+            registry=registry,
+        ),
+        skipped=Counter(
+            "persona_ingest_records_skipped",
+            "Refused records that neither whole nor by reference reached the dead-letter"
+            " topic: logged with topic/partition/offset and skipped, by reason",
             ["reason"],
             registry=registry,
         ),

@@ -35,6 +35,17 @@ from services.common.kafka import RDKAFKA_LOG, consume_ready, rdkafka_config, to
 from services.config import KafkaConfig
 
 RebalanceHook = Callable[[str, Sequence[int]], None]
+# Producer errors that belong to one record (its size, its form): sending it again fails
+# the same way, so the dead-letter path sends a reference instead (services/ingest/dead_letters.py).
+REFUSED_RECORD = frozenset(
+    (
+        KafkaError.MSG_SIZE_TOO_LARGE,
+        KafkaError.INVALID_MSG_SIZE,
+        KafkaError.INVALID_RECORD,
+        KafkaError.INVALID_MSG,
+        KafkaError.RECORD_LIST_TOO_LARGE,
+    )
+)
 Headers = list[tuple[str, str | bytes | None]]
 
 
@@ -159,6 +170,17 @@ class EventSource:
             self._asked[key] = picked
         return self._asked[key]
 
+    def committed(self, partitions: Sequence[int]) -> dict[int, int]:
+        """The group's committed offsets (next offset to read) of any partitions of the
+        topic, this member's or not; -1 where none is committed. Raises KafkaException."""
+        tps = [TopicPartition(self.topic, p) for p in partitions]
+        out = {}
+        for tp in self._consumer.committed(tps, timeout=10):
+            if tp.error is not None:
+                raise KafkaException(tp.error)
+            out[tp.partition] = int(tp.offset)
+        return out
+
     def seek_to_beginning(self) -> None:
         self._asked.clear()
         for tp in self._consumer.assignment():
@@ -191,21 +213,47 @@ class DeadLetters:
             logger=RDKAFKA_LOG,
         )
 
-    def send_all(self, records: Sequence[tuple[bytes | None, bytes, Headers]]) -> None:
-        """Send (key, value, headers) records; return once all are acknowledged, raise
-        KafkaException if any is not (within 30 s)."""
+    def send_all(self, records: Sequence[tuple[bytes | None, bytes, Headers]]) -> list[int]:
+        """Send (key, value, headers) records and wait until each is acknowledged or refused.
+
+        Returns the indices of the records refused for themselves (too large for the
+        producer or the topic, an invalid record: `REFUSED_RECORD`), which no retry
+        would deliver. Raises KafkaException for anything else (the broker away, the topic
+        missing, acks not in within 30 s).
+        """
         failed: list[KafkaError] = []
+        refused: list[int] = []
 
-        def done(err: KafkaError | None, _msg: Message) -> None:
-            if err is not None:
-                failed.append(err)
+        def done(i: int) -> Callable[[KafkaError | None, Message], None]:
+            def callback(err: KafkaError | None, _msg: Message) -> None:
+                if err is None:
+                    return
+                if err.code() in REFUSED_RECORD:
+                    refused.append(i)
+                else:
+                    failed.append(err)
 
-        for key, value, headers in records:
-            self._producer.produce(self.topic, value, key, headers=headers, on_delivery=done)
+            return callback
+
+        for i, (key, value, headers) in enumerate(records):
+            while True:
+                try:
+                    self._producer.produce(
+                        self.topic, value, key, headers=headers, on_delivery=done(i)
+                    )
+                except BufferError:  # the local queue is full: let it drain, then again
+                    self._producer.poll(0.5)
+                    continue
+                except KafkaException as exc:  # refused before sending (message.max.bytes)
+                    if exc.args[0].code() not in REFUSED_RECORD:
+                        raise
+                    refused.append(i)
+                break
             self._producer.poll(0)
         left = self._producer.flush(30)
         if failed or left:
             raise KafkaException(failed[0] if failed else f"{left} dead letters unacknowledged")
+        return sorted(refused)
 
     def close(self) -> None:
         self._producer.flush(10)

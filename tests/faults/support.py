@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -17,6 +18,9 @@ from services.ingest.metrics import ingest_metrics
 from services.store.client import Client, connect
 from services.store.reference import ReferenceWindows
 from services.store.windows import WindowStore
+
+# `persona ...` as a child process, run by this interpreter
+PERSONA = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
 
 
 @dataclass

@@ -8,7 +8,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -27,7 +26,7 @@ from services.ingest.produce import produce_events
 from services.stack import EmbeddedStack
 from services.store.client import connect
 from services.store.windows import WindowStore
-from tests.faults.support import compare, wait_for
+from tests.faults.support import PERSONA, compare, wait_for
 from tests.integration.ingest_support import (
     ingest_until_idle,
     kcfg_for,
@@ -39,7 +38,6 @@ from tests.integration.ingest_support import (
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
 WCFG = WindowConfig(max_events=24)
-PERSONA = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
 
 
 def hostile_records(rng: random.Random, now: int, n: int) -> list[bytes]:

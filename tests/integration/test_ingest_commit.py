@@ -156,7 +156,10 @@ def test_step_2_store_down_offsets_not_committed_replay_exact(
 def test_step_3_offsets_fail_the_next_reader_replays_as_no_op(
     stack: EmbeddedStack, topic: str, windows: WindowStore, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    kcfg = kcfg_for(stack.addresses.bootstrap, topic, f"g-{uuid.uuid4().hex}")
+    # until-idle gives up after session timeout + max poll interval without progress
+    kcfg = kcfg_for(
+        stack.addresses.bootstrap, topic, f"g-{uuid.uuid4().hex}", max_poll_interval_ms=6000
+    )
     evs = _events(topic, 6)
     produce_raw(kcfg, [event_to_json(e) for e in evs])
     moved = KafkaException(KafkaError(KafkaError.REBALANCE_IN_PROGRESS))
@@ -164,6 +167,7 @@ def test_step_3_offsets_fail_the_next_reader_replays_as_no_op(
     _spy(monkeypatch, EventSource, "commit", tries, "O", fail=moved)
     first = _ingestor(kcfg, windows).run(threading.Event(), until_idle=True, poll_ms=200)
     assert first.applied == len(evs) and tries and _committed(kcfg) is None
+    assert first.caught_up is False  # never committed: not "caught up" (issue #18)
     monkeypatch.undo()
     again = ingest_until_idle(kcfg, stack.addresses.redis, WCFG)
     assert (again.stats.applied, again.stats.replayed) == (0, len(evs))
