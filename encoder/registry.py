@@ -15,6 +15,12 @@ Layout of ``models/``::
         parity.jsonl       parity windows: {"now_ms": .., "events": [Event JSON, ...]} a line
         parity.npy         (P, E) float32 vectors the trained model gave them
         MANIFEST.json      sha256 of every file above
+
+Every function here refuses a version name that is not one folder of the registry
+(`check_name`: "v" then letters, digits, ".", "_", "-"; no path can leave `models/`), the
+ACTIVE pointer's included. Loaders open a version with `open_version`, which also refuses
+one whose files no longer match its MANIFEST.json (issue #18); `resolve` does not verify,
+so that `persona model show/validate/promote` can still report a tampered version.
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import hashlib
 import io
 import json
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -36,10 +43,19 @@ from contract.events import Event
 
 ACTIVE = "ACTIVE"
 HISTORY = "HISTORY.json"
+_NAME = re.compile(r"v[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 class RegistryError(RuntimeError):
     pass
+
+
+def check_name(version: str) -> str:
+    """`version` if it names one folder of the registry, else RegistryError ("../x", "/x",
+    "v1/../../x" and anything not written by `write_version` are refused)."""
+    if not isinstance(version, str) or not _NAME.fullmatch(version):
+        raise RegistryError(f"{str(version)[:80]!r} is not a model version name")
+    return version
 
 
 def _sha(path: Path) -> str:
@@ -69,21 +85,34 @@ def active_version(models_dir: Path) -> str | None:
     if not p.exists():
         return None
     v = p.read_text().strip()
-    return v or None
+    return check_name(v) if v else None
 
 
 def resolve(models_dir: Path, version: str | None) -> str:
-    """`version` if given (must exist), else the active one."""
+    """`version` if given (must exist, named as `check_name` wants), else the active one."""
     v = version or active_version(models_dir)
     if v is None:
         raise RegistryError(f"no active model in {models_dir}; train one or pass --model")
-    if not (models_dir / v).is_dir():
+    if not (models_dir / check_name(v)).is_dir():
         raise RegistryError(f"model version {v!r} not found in {models_dir}")
     return v
 
 
+def open_version(models_dir: Path, version: str | None) -> str:
+    """`resolve`, then the manifest check: what every loader calls before reading a
+    version's files (refresh, serve, encode). RegistryError names the files that changed."""
+    v = resolve(models_dir, version)
+    tampered = verify_manifest(models_dir, v)
+    if tampered:
+        raise RegistryError(
+            f"model version {v} does not match its MANIFEST.json ({', '.join(tampered)}"
+            " changed or missing); refusing to load it"
+        )
+    return v
+
+
 def read_json(models_dir: Path, version: str, name: str) -> dict[str, Any]:
-    p = models_dir / version / name
+    p = models_dir / check_name(version) / name
     return json.loads(p.read_text()) if p.exists() else {}
 
 
@@ -139,7 +168,7 @@ def _freeze(folder: Path) -> None:
 
 def add_report(models_dir: Path, version: str, name: str, payload: dict[str, Any]) -> None:
     """Add a report file (eval.json, validate.json) to a version once; never overwrite weights."""
-    folder = models_dir / version
+    folder = models_dir / check_name(version)
     if name in ("weights.pt", "tokenizer.json", "model.json", "parity.npy", "parity.jsonl"):
         raise RegistryError(f"{name} is part of the immutable version")
     try:
@@ -157,16 +186,29 @@ def add_report(models_dir: Path, version: str, name: str, payload: dict[str, Any
 
 
 def verify_manifest(models_dir: Path, version: str) -> list[str]:
-    """Files whose content no longer matches the manifest (empty: intact)."""
-    folder = models_dir / version
-    files = json.loads((folder / "MANIFEST.json").read_text())
-    return [n for n, h in files.items() if not (folder / n).exists() or _sha(folder / n) != h]
+    """Files whose content no longer matches the manifest (empty: intact); a missing or
+    unreadable manifest is ["MANIFEST.json"], a listed name that is not a plain file name
+    of the folder is listed as tampered too."""
+    folder = models_dir / check_name(version)
+    try:
+        files = json.loads((folder / "MANIFEST.json").read_text())
+        if not isinstance(files, dict) or not files:
+            raise ValueError("not a non-empty object")
+    except (OSError, ValueError):
+        return ["MANIFEST.json"]
+    bad = []
+    for n, h in files.items():
+        if not isinstance(n, str) or Path(n).name != n or n in ("", ".", ".."):
+            bad.append(str(n))
+        elif not (folder / n).is_file() or _sha(folder / n) != h:
+            bad.append(n)
+    return bad
 
 
 def load_parity(models_dir: Path, version: str) -> tuple[list[list[Event]], list[int], np.ndarray]:
     windows: list[list[Event]] = []
     nows: list[int] = []
-    with (models_dir / version / "parity.jsonl").open() as f:
+    with (models_dir / check_name(version) / "parity.jsonl").open() as f:
         for line in f:
             d = json.loads(line)
             nows.append(int(d["now_ms"]))

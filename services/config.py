@@ -131,10 +131,14 @@ class ProcessConfig:
     Args:
         models: the model registry folder.
         metrics_port: serve Prometheus /metrics on this port (0: no endpoint).
+        metrics_host: the address /metrics listens on: every interface by default (a
+            cluster's Prometheus scrapes the pod's address); the embedded stack (`persona
+            demo`) sets 127.0.0.1.
     """
 
     models: Path = Path("models")
     metrics_port: int = 0
+    metrics_host: str = "0.0.0.0"
 
 
 @dataclass(frozen=True)
@@ -192,3 +196,6 @@ def add_models_arg(p: argparse.ArgumentParser) -> None:
 
 def add_metrics_arg(p: argparse.ArgumentParser) -> None:
     setting_flag(p, "process.metrics_port", "--metrics-port", metavar="PORT")
+    setting_flag(
+        p, "process.metrics_host", "--metrics-host", metavar="ADDR", help="/metrics listen address"
+    )

@@ -110,7 +110,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     client = connect(s.store.redis)
     windows = WindowStore(client, s.window)
     try:
-        with metrics_endpoint(s.process.metrics_port, registry):
+        with metrics_endpoint(s.process, registry):
             ingestor = Ingestor(
                 s.kafka, s.window, windows, metrics, rebuild=args.rebuild, tracer=tracer()
             )

@@ -97,7 +97,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     windows = WindowStore(client, s.window)
     vectors = VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype)
     try:
-        with metrics_endpoint(s.process.metrics_port, registry):
+        with metrics_endpoint(s.process, registry):
             refresher = Refresher(
                 cfg,
                 windows,

@@ -10,7 +10,7 @@ from contextlib import contextmanager
 
 from prometheus_client import CollectorRegistry
 
-from services.config import TelemetryConfig
+from services.config import ProcessConfig, TelemetryConfig
 
 
 def stop_on_signals() -> threading.Event:
@@ -30,15 +30,20 @@ def service_logging(cfg: TelemetryConfig, command: str) -> None:
 
 
 @contextmanager
-def metrics_endpoint(port: int, registry: CollectorRegistry) -> Iterator[None]:
-    """Serve `registry` on http://0.0.0.0:PORT/metrics for the block (port 0: no endpoint)."""
-    if not port:
-        yield
+def metrics_endpoint(
+    cfg: ProcessConfig, registry: CollectorRegistry
+) -> Iterator[tuple[str, int] | None]:
+    """Serve `registry` on http://METRICS_HOST:METRICS_PORT/metrics for the block; yields
+    the address bound (None: port 0, no endpoint)."""
+    if not cfg.metrics_port:
+        yield None
         return
     from prometheus_client import start_http_server
 
-    server, _ = start_http_server(port, addr="0.0.0.0", registry=registry)
+    server, _ = start_http_server(cfg.metrics_port, addr=cfg.metrics_host, registry=registry)
     try:
-        yield
+        host, port = server.server_address[:2]
+        yield str(host), int(port)
     finally:
         server.shutdown()
+        server.server_close()

@@ -80,12 +80,21 @@ def register(sub: Any) -> None:
 
 
 def _auth_token(args: argparse.Namespace, s: Settings) -> str | None:
+    """The file's token, else PERSONA_AUTH_TOKEN's; None when neither is given. An empty
+    one (blank file, PERSONA_AUTH_TOKEN="") is refused: it reads as "auth on" to whoever
+    set it, and would serve every caller (issue #18)."""
     if args.auth_token_file is not None:
         token = args.auth_token_file.read_text().strip()
         if not token:
             raise SystemExit(f"{args.auth_token_file} is empty")
         return str(token)
-    return s.serve.auth_token
+    token = s.serve.auth_token
+    if token is not None and not token.strip():
+        raise SystemExit(
+            "PERSONA_AUTH_TOKEN is set but empty: set the token, or unset the variable to"
+            " serve without one"
+        )
+    return token
 
 
 def _dim(s: Settings) -> int:
@@ -94,7 +103,12 @@ def _dim(s: Settings) -> int:
     from encoder import registry
 
     models = s.process.models
-    active = registry.active_version(models)
+    try:
+        active = registry.active_version(models)
+        if active is not None:
+            registry.open_version(models, active)  # a tampered model.json is not read
+    except registry.RegistryError as exc:
+        raise SystemExit(f"--dim 0 reads the active model's dimension: {exc}") from None
     out = registry.read_json(models, active, "model.json").get("out_dim") if active else None
     return int(out) if out else DEFAULT_DIM
 
@@ -147,7 +161,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         follower = VersionedFollower(follow, holder, store.active_version, index_metrics(registry))
     server = ServingServer(cfg, store, holder, metrics)
     try:
-        with metrics_endpoint(s.process.metrics_port, registry):
+        with metrics_endpoint(s.process, registry):
             if follower is not None:
                 follower.start()
             wait = follower is not None and not args.serve_before_index

@@ -99,6 +99,7 @@ _MANY = ("", "0")
 SETTINGS: tuple[Setting, ...] = (
     S("process.models", "MODELS"),
     S("process.metrics_port", "METRICS_PORT"),
+    S("process.metrics_host", "METRICS_HOST"),
     S("telemetry.log_format", "LOG_FORMAT"),
     S("telemetry.log_level", "LOG_LEVEL"),
     S("telemetry.traces", "TRACES"),
@@ -158,7 +159,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("serve.max_concurrent_rpcs", "MAX_CONCURRENT_RPCS", none_if=_MANY),
     S("serve.grace_s", "GRACE_S"),
     S("serve.drain_s", "DRAIN_S"),
-    S("serve.auth_token", "AUTH_TOKEN", secret=True, none_if=("",)),
+    # "" is kept (not None): `persona serve` refuses an empty token rather than serve openly
+    S("serve.auth_token", "AUTH_TOKEN", secret=True),
     S("serve.limits.max_batch", "MAX_BATCH"),
     S("serve.limits.max_history", "MAX_HISTORY"),
     S("serve.limits.max_k", "MAX_K"),

@@ -50,7 +50,10 @@ def main() -> None:
     logging.basicConfig(level=logging.ERROR)
     models = args.out / "models"
     args.out.mkdir(parents=True, exist_ok=True)
-    env = child_env(PERSONA_MODELS=str(models))
+    # the embedded stack listens on loopback only: gRPC and every /metrics endpoint
+    env = child_env(
+        PERSONA_MODELS=str(models), PERSONA_SERVE_HOST="127.0.0.1", PERSONA_METRICS_HOST="127.0.0.1"
+    )
 
     with step("model: train one on synthetic users (or reuse the demo's earlier one)"):
         version = None if args.retrain else registry.active_version(models)

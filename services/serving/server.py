@@ -21,9 +21,10 @@ from typing import Any
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
-from persona.v1 import service_pb2, service_pb2_grpc
+from persona.v1 import service_pb2
 
 from services.serving.config import ServeConfig, TLSConfig
+from services.serving.handlers import add_service
 from services.serving.interceptors import (
     AuthInterceptor,
     MetricsInterceptor,
@@ -38,6 +39,7 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["UserEmbeddingService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
 
 def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
@@ -70,7 +72,9 @@ class ServingServer:
             from opentelemetry.instrumentation.grpc import server_interceptor  # 0.2 s: only then
 
             interceptors.insert(0, server_interceptor(tracer_provider=tracer_provider))
-        if config.auth_token:
+        if config.auth_token is not None:
+            if not config.auth_token.strip():
+                raise ValueError("auth_token is empty: give a token, or None for no check")
             interceptors.append(AuthInterceptor(config.auth_token))
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
@@ -84,7 +88,9 @@ class ServingServer:
         )
         self.servicer = UserEmbeddingServicer(config, store, index, metrics)
         bind_index_gauge(metrics, index)
-        service_pb2_grpc.add_UserEmbeddingServiceServicer_to_server(self.servicer, self._server)
+        add_service(
+            self.servicer, self._server, "UserEmbeddingService"
+        )  # bad bodies: INVALID_ARGUMENT
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
@@ -118,13 +124,20 @@ class ServingServer:
             )
             self._ready_thread.start()
         log.info(
-            "serving %s on port %d (%s%s)",
+            "serving %s on %s:%d (%s%s)",
             SERVICE_NAME,
+            self.config.host,
             self.port,
             "mTLS" if self.config.tls and self.config.tls.client_ca else
             "TLS" if self.config.tls else "plaintext",
             ", bearer token" if self.config.auth_token else "",
         )  # fmt: skip
+        if self.config.auth_token is None and self.config.host not in LOOPBACK:
+            log.warning(
+                "no bearer token: any client that reaches %s:%d is served (set"
+                " PERSONA_AUTH_TOKEN or --auth-token-file, or listen on 127.0.0.1)",
+                self.config.host, self.port,
+            )  # fmt: skip
 
     def _set_serving(self) -> None:
         for name in ("", SERVICE_NAME):

@@ -91,6 +91,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
     ) -> pb.GetEmbeddingsResponse:
         if request.encoding not in DTYPES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown encoding {request.encoding}")
+        _known_enum(context, "fallback", request.fallback, pb.Fallback)
         self._get_batch_size.observe(len(request.user_ids))
         q = EmbeddingsQuery(
             user_ids=request.user_ids,
@@ -108,6 +109,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
     def FindLookalikes(
         self, request: pb.FindLookalikesRequest, context: grpc.ServicerContext
     ) -> pb.FindLookalikesResponse:
+        _known_enum(context, "seed_mode", request.seed_mode, pb.SeedMode)
         which = request.WhichOneof("query")
         seeds = list(request.seeds.user_ids) if which == "seeds" else None
         if seeds is not None:
@@ -137,3 +139,11 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             ),
         )
         return model_info_response(info)
+
+
+def _known_enum(context: grpc.ServicerContext, field: str, value: int, enum: Any) -> None:
+    """A value the enum does not define (a newer client, a bug) is INVALID_ARGUMENT, not
+    silently the default (proto3 keeps unknown values as plain ints)."""
+    if value not in enum.values():
+        names = ", ".join(enum.keys())
+        context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown {field} {value} (one of {names})")

@@ -47,14 +47,30 @@ def score(value: float | None, field: str) -> float | None:
     return value
 
 
+# A query's norm must lie here: its square is then a normal float32, so no float32 step
+# on the way (the index's normalisation, a dot product) underflows to 0 or overflows to inf.
+MIN_NORM, MAX_NORM = 1e-18, 1e18
+
+
 def vector(values: Sequence[float], dim: int, field: str) -> np.ndarray:
-    """dim finite values, not all zero -> (D,) float32."""
-    v = np.asarray(values, dtype=np.float32)
+    """dim finite values, not all zero, of a norm in [MIN_NORM, MAX_NORM] -> the unit
+    vector (D,) float32 (only the direction counts: scores are cosines).
+
+    Example: [3, 4] -> [0.6, 0.8]; 64 x 1e-30 (norm 8e-30: its square underflows float32)
+    and 64 x 1e30 (its square overflows) are refused (issue #18).
+    """
+    v = np.asarray(values, dtype=np.float64)
     if v.shape != (dim,):
         raise invalid(f"{field} has {v.size} values; the served dimension is {dim}")
-    bad = ~np.isfinite(v)
+    bad = ~np.isfinite(v.astype(np.float32))  # what the wire carried (float32)
     if bad.any():
         raise invalid(f"{field}[{int(np.flatnonzero(bad)[0])}] is NaN or infinite")
     if not v.any():
         raise invalid(f"{field} is all zeros")
-    return v
+    norm = float(np.sqrt(np.dot(v, v)))  # float64: exact enough for any float32 input
+    if not MIN_NORM <= norm <= MAX_NORM:
+        raise invalid(
+            f"{field} has norm {norm:.3g}, outside [{MIN_NORM:g}, {MAX_NORM:g}] where float32"
+            " arithmetic holds it; scale it (only its direction counts)"
+        )
+    return (v / norm).astype(np.float32)

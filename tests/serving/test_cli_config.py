@@ -2,13 +2,21 @@
 
 from __future__ import annotations
 
+import urllib.request
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from services.cli import build_parser, parse
+from services.cli.runtime import metrics_endpoint
 from services.cli.serve_cmds import serve_config
 from services.cli.settings import SettingsError
+from services.index.holder import IndexHolder
+from services.serving.server import ServingServer
+from services.stack import free_ports
+from tests.serving.support import BASE
 
 
 def cfg(*argv: str):  # type: ignore[no-untyped-def]
@@ -63,3 +71,39 @@ def test_limits_and_index_are_settable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("PERSONA_INDEX_IVF_NPROBE", "0")  # IndexConfig's own check refuses it
     with pytest.raises(SettingsError, match="ivf_nprobe"):
         parse(["serve"])
+
+
+@pytest.mark.parametrize("value", ["", "  "])
+def test_an_empty_token_is_refused_not_taken_for_no_auth(
+    monkeypatch: pytest.MonkeyPatch, value: str
+) -> None:
+    """Issue #18: PERSONA_AUTH_TOKEN="" served every caller, without a word."""
+    monkeypatch.setenv("PERSONA_AUTH_TOKEN", value)
+    with pytest.raises(SystemExit, match="PERSONA_AUTH_TOKEN is set but empty"):
+        cfg()
+    with pytest.raises(ValueError, match="auth_token is empty"):
+        ServingServer(replace(BASE, auth_token=value), None, IndexHolder(), None)  # type: ignore[arg-type]
+
+
+def test_listen_addresses_are_configurable(monkeypatch: pytest.MonkeyPatch) -> None:
+    """gRPC (`--host`, PERSONA_SERVE_HOST) and /metrics (`--metrics-host`,
+    PERSONA_METRICS_HOST; every interface by default) bind where they are told (issue #18:
+    /metrics was bound to 0.0.0.0 whatever was configured)."""
+    for name in ("PERSONA_SERVE_HOST", "PERSONA_METRICS_HOST"):
+        monkeypatch.delenv(name, raising=False)
+    (port,) = free_ports(1)
+    args = parse(["serve", "--metrics-port", str(port)])
+    assert args.settings.process.metrics_host == "0.0.0.0"
+    args = parse(["serve", "--host", "127.0.0.1", "--metrics-host", "127.0.0.1",
+                  "--metrics-port", str(port)])  # fmt: skip
+    assert serve_config(args).host == "127.0.0.1"
+    with metrics_endpoint(args.settings.process, CollectorRegistry()) as bound:
+        assert bound == ("127.0.0.1", port)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            assert resp.status == 200
+    monkeypatch.setenv("PERSONA_METRICS_HOST", "127.0.0.1")
+    monkeypatch.setenv("PERSONA_SERVE_HOST", "::1")
+    args = parse(["serve"])
+    assert (args.settings.process.metrics_host, serve_config(args).host) == ("127.0.0.1", "::1")
+    with metrics_endpoint(args.settings.process, CollectorRegistry()) as bound:
+        assert bound is None  # port 0: no endpoint

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import socket
 import threading
 import time
@@ -54,6 +55,13 @@ INVALID: list[tuple[str, Any, str]] = [
     ("FindLookalikes", L(vector=vec([1.0] * 7 + [float("nan")]), k=5), "[7] is NaN"),
     ("FindLookalikes", L(vector=vec([float("inf")] + [1.0] * 7), k=5), "[0] is NaN or inf"),
     ("FindLookalikes", L(vector=vec([0.0] * DIM), k=5), "all zeros"),
+    # issue #18: the norm's square underflows / overflows float32 (INTERNAL / score-0 before)
+    ("FindLookalikes", L(vector=vec([1e-30] * DIM), k=5), "has norm 2.83e-30, outside"),
+    ("FindLookalikes", L(vector=vec([1e30] * DIM), k=5), "has norm 2.83e+30, outside"),
+    ("FindLookalikes", L(vector=vec([3e38] * DIM), k=5), "has norm 8.49e+38, outside"),
+    # issue #18: unknown enum values were taken as the default
+    ("GetEmbeddings", E(user_ids=["u1"], fallback=5), "unknown fallback 5"),
+    ("FindLookalikes", L(user_id="u1", k=5, seed_mode=3), "unknown seed_mode 3"),
     ("FindLookalikes", L(seeds=pb.UserList(), k=5), "seeds.user_ids is empty"),
     ("FindLookalikes", L(seeds=pb.UserList(user_ids=["a"] * 51), k=5), "at most 50"),
     ("FindLookalikes", L(seeds=pb.UserList(user_ids=["a", ""]), k=5), "user_ids[1] is empty"),
@@ -70,6 +78,38 @@ def test_invalid_argument_says_what_is_wrong(
         getattr(running.stub, method)(request_, timeout=5)
     assert ei.value.code() == BAD, ei.value.details()
     assert message.replace("must be finite", "must be a finite number") in ei.value.details()
+
+
+def test_a_query_vector_counts_by_its_direction(running: Running, users: Any) -> None:
+    """A scaled query (here by 1e15 and 1e-15) finds what its unit vector finds."""
+    direction = np.asarray(users[V1]["u7"], dtype=np.float64)
+    direction /= np.linalg.norm(direction)
+    unit = running.stub.FindLookalikes(L(vector=vec(direction), k=10), timeout=5)
+    assert unit.neighbors and unit.neighbors[0].user_id == "u7"
+    for scale in (1e15, 1e-15):
+        got = running.stub.FindLookalikes(L(vector=vec(direction * scale), k=10), timeout=5)
+        assert [n.user_id for n in got.neighbors] == [n.user_id for n in unit.neighbors]
+        assert [n.score for n in got.neighbors] == pytest.approx(
+            [n.score for n in unit.neighbors], abs=1e-5
+        )
+
+
+@pytest.mark.parametrize("method", ["GetEmbeddings", "FindLookalikes", "GetModelInfo"])
+def test_a_malformed_body_is_invalid_argument_without_a_traceback(
+    running: Running, method: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Bytes that do not parse as the request (before issue #18: INTERNAL, and a traceback
+    in the log for each call)."""
+    raw = running.channel.unary_unary(f"/persona.v1.UserEmbeddingService/{method}")
+    with caplog.at_level(logging.WARNING), pytest.raises(grpc.RpcError) as ei:
+        raw(b"\x0a\xff\xff\xff\x0f", timeout=5)  # a field 1 longer than the body
+    assert ei.value.code() == BAD, ei.value.details()
+    assert "malformed request body" in ei.value.details()
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert running.sample(
+        "persona_serving_requests_total",
+        service="persona.v1.UserEmbeddingService", method=method, code="INVALID_ARGUMENT",
+    ) >= 1  # fmt: skip
 
 
 def test_retired_version_is_failed_precondition(running: Running, vstore: VectorStore) -> None:
