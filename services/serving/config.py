@@ -70,6 +70,9 @@ class ServeConfig:
         auth_token: bearer token clients must send (None: no check). Health checks are
             exempt (probes send no metadata).
         tls: server TLS / mTLS, or None for plaintext.
+        store_probe_s: the store is probed this often (the active-version read); 0: never.
+        store_probe_failures: this many failed probes in a row make readiness NOT_SERVING
+            until a probe succeeds (services/serving/readiness.py).
     """
 
     host: str = "[::]"
@@ -86,3 +89,5 @@ class ServeConfig:
     drain_s: float = 0.0
     auth_token: str | None = field(default=None, repr=False)
     tls: TLSConfig | None = None
+    store_probe_s: float = 1.0
+    store_probe_failures: int = 2

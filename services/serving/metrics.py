@@ -28,6 +28,7 @@ class ServingMetrics:
     store_errors: Counter  # labels: kind (timeout | unavailable | error)
     neighbors: Histogram  # neighbours returned per FindLookalikes
     index_size: Gauge  # users in the served lookalike index (read at scrape)
+    store_reachable: Gauge  # 1 while the last store probe answered, else 0
 
 
 def serving_metrics(registry: CollectorRegistry) -> ServingMetrics:
@@ -73,6 +74,12 @@ def serving_metrics(registry: CollectorRegistry) -> ServingMetrics:
         index_size=Gauge(
             "persona_serving_index_size",
             "Users in the lookalike index this replica serves.",
+            registry=registry,
+        ),
+        store_reachable=Gauge(
+            "persona_serving_store_reachable",
+            "1 while the last store probe answered, 0 while it fails (readiness goes"
+            " NOT_SERVING after a few failures in a row).",
             registry=registry,
         ),
     )

@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from persona.v1 import service_pb2
 
@@ -32,6 +32,7 @@ from services.serving.interceptors import (
 )
 from services.serving.metrics import ServingMetrics
 from services.serving.ports import IndexSource, VectorReader
+from services.serving.readiness import Readiness, StoreWatch
 from services.serving.servicer import UserEmbeddingServicer
 from services.telemetry import tracer
 
@@ -92,6 +93,19 @@ class ServingServer:
             self.servicer, self._server, "UserEmbeddingService"
         )  # bad bodies: INVALID_ARGUMENT
         self.health = health.HealthServicer()
+        self.readiness = Readiness(self.health, SERVICE_NAME)
+        metrics.store_reachable.set(1)
+        self._store_watch = (
+            StoreWatch(
+                store.active_version,
+                lambda ok: self.readiness.update(store_ok=ok),
+                config.store_probe_s,
+                config.store_probe_failures,
+                on_probe=lambda ok: metrics.store_reachable.set(1 if ok else 0),
+            )
+            if config.store_probe_s > 0
+            else None
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
@@ -112,13 +126,13 @@ class ServingServer:
         `IndexHolder.wait_ready`), the Persona service (readiness) says NOT_SERVING until
         `ready` says so, checked on a thread so that start does not wait; the server as a
         whole ("", liveness) says SERVING at once, so that a long index build is not taken
-        for a hung process. A stop before then keeps it NOT_SERVING."""
+        for a hung process. A stop before then keeps it NOT_SERVING. Readiness also goes
+        NOT_SERVING while the store is unreachable (`readiness.py`), and back after."""
         self._server.start()
-        if ready is None:
-            self._set_serving()
-        else:
-            self.health.set("", health_pb2.HealthCheckResponse.SERVING)
-            self.health.set(SERVICE_NAME, health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.readiness.update(index_ready=ready is None)
+        if self._store_watch is not None:
+            self._store_watch.start()
+        if ready is not None:
             self._ready_thread = threading.Thread(
                 target=self._serve_when, args=(ready,), name="health-ready", daemon=True
             )
@@ -139,16 +153,12 @@ class ServingServer:
                 self.config.host, self.port,
             )  # fmt: skip
 
-    def _set_serving(self) -> None:
-        for name in ("", SERVICE_NAME):
-            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-
     def _serve_when(self, ready: Callable[[float], bool]) -> None:
         while not self._stopped:
             if ready(0.5):
                 if not self._stopped:  # (health ignores it after a stop began, too)
-                    self._set_serving()
-                    log.info("ready: health SERVING")
+                    self.readiness.update(index_ready=True)
+                    log.info("index ready")
                 return
 
     def stop(self, grace_s: float | None = None) -> None:
@@ -160,6 +170,9 @@ class ServingServer:
             return
         self._stopped = True
         grace = self.config.grace_s if grace_s is None else grace_s
+        self.readiness.stop()
+        if self._store_watch is not None:
+            self._store_watch.stop()
         self.health.enter_graceful_shutdown()
         if self.config.drain_s > 0:
             time.sleep(self.config.drain_s)

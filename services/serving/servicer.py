@@ -17,6 +17,7 @@ from persona.v1 import service_pb2_grpc as pb_grpc
 from services.serving.config import ServeConfig
 from services.serving.embeddings import STATUSES, EmbeddingsQuery, get_embeddings
 from services.serving.errors import ServingError
+from services.serving.log_limit import LogLimit
 from services.serving.lookalikes import LookalikeQuery, find_lookalikes, model_info
 from services.serving.metrics import ServingMetrics
 from services.serving.ports import IndexSource, VectorReader
@@ -51,6 +52,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         self._versions = VersionResolver(store, self._caller, config.version_cache_s)
         self._status_counts = [metrics.embeddings.labels(s) for s in STATUSES]
         self._get_batch_size = metrics.batch_size.labels("GetEmbeddings")
+        self._log_limit = LogLimit(10.0)  # a traceback per error type at most every 10 s
 
     def close(self) -> None:
         self._caller.close()
@@ -81,8 +83,9 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             return fn()
         except ServingError as exc:
             context.abort(exc.code, exc.message)
-        except Exception:
-            log.exception("unexpected error serving a call")
+        except Exception as exc:
+            if (held := self._log_limit(type(exc).__name__)) is not None:
+                log.exception("unexpected error serving a call%s", LogLimit.more(held))
             context.abort(grpc.StatusCode.INTERNAL, "internal error")
         raise AssertionError("unreachable: context.abort raises")
 

@@ -25,6 +25,7 @@ import redis
 from redis.exceptions import RedisClusterException
 
 from services.serving.errors import ServingError
+from services.serving.log_limit import LogLimit
 from services.store.router import DeadlineReached
 
 log = logging.getLogger(__name__)
@@ -59,6 +60,7 @@ class StoreCaller:
     def __init__(self, workers: int, on_error: Callable[[str], None] | None = None) -> None:
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="store-call")
         self._on_error = on_error or (lambda kind: None)
+        self._log_limit = LogLimit(10.0)  # an outage: one line per kind and call site / 10 s
 
     def call(self, fn: Callable[[], T], budget: Budget, what: str) -> T:
         """`fn()` on a worker thread, waited for until the budget ends."""
@@ -95,15 +97,20 @@ class StoreCaller:
             yield
         except (redis.ConnectionError, redis.TimeoutError, OSError, RedisClusterException) as exc:
             self._on_error("unavailable")
-            log.warning("store unavailable during %s: %s", what, exc)
+            if (held := self._log_limit(("unavailable", what))) is not None:
+                log.warning("store unavailable during %s: %s%s", what, exc, LogLimit.more(held))
             raise ServingError(grpc.StatusCode.UNAVAILABLE, f"store unavailable ({what})") from None
         except redis.RedisError as exc:
             self._on_error("error")
-            log.warning("store error during %s: %s", what, exc)
+            if (held := self._log_limit(("error", what))) is not None:
+                log.warning("store error during %s: %s%s", what, exc, LogLimit.more(held))
             raise ServingError(grpc.StatusCode.UNAVAILABLE, f"store error ({what})") from None
         except ValueError as exc:  # an unreadable record (layout, length)
             self._on_error("error")
-            log.error("bad record from the store during %s: %s", what, exc)
+            if (held := self._log_limit(("record", what))) is not None:
+                log.error(
+                    "bad record from the store during %s: %s%s", what, exc, LogLimit.more(held)
+                )
             raise ServingError(
                 grpc.StatusCode.INTERNAL, f"the store returned an unreadable record ({what})"
             ) from None
