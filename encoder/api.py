@@ -80,8 +80,9 @@ class Encoder:
     def load(
         cls, models_dir: Path, version: str | None = None, device: str | None = None
     ) -> Encoder:
-        """Load `version` (None: the active one) from the registry."""
-        v = registry.resolve(Path(models_dir), version)
+        """Load `version` (None: the active one) from the registry; a version whose files do
+        not match its manifest is refused (RegistryError)."""
+        v = registry.open_version(Path(models_dir), version)
         folder = Path(models_dir) / v
         try:
             tok_cfg = TokenizerConfig.from_json((folder / "tokenizer.json").read_text())

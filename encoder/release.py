@@ -203,7 +203,7 @@ def outcomes_eval_version(
         top,
         lambda: events,
         end + 1,
-        data_end_ms=end + 14 * 86_400_000,
+        data_end_ms=end + 1 + 14 * 86_400_000,  # the future: (end, end + 14 d]
     )
 
 

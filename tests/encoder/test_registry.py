@@ -65,6 +65,8 @@ def test_parity_refuses_tampered_model(registry_with_two, tmp_path: Path) -> Non
     bad = _tampered_copy(models, v2, tmp_path / "bad")
     res = parity_check(bad, v2)
     assert not res.ok and res.max_abs_diff > 1e-3 and "weights.pt" in res.tampered_files
+    with pytest.raises(registry.RegistryError, match="MANIFEST"):  # refresh, serve, encode
+        Encoder.load(bad, v2)
     rep = promote(bad, v2, TINY_EVAL, skip_validate=True)
     assert rep["ok"] is False and "parity" in rep["reason"]
     assert active_version(bad) != v2
