@@ -19,6 +19,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from services.common.log_limit import LogLimit
 from services.index.config import IndexConfig
 from services.index.follower import IndexFollower
 from services.index.metrics import IndexMetrics
@@ -98,6 +99,7 @@ class VersionedFollower:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._follower: IndexFollower | None = None
+        self._log_limit = LogLimit(10.0)
 
     def start(self) -> None:
         self._thread = threading.Thread(target=self._loop, name="index-versions", daemon=True)
@@ -113,8 +115,12 @@ class VersionedFollower:
             while not self._stop.is_set():
                 try:
                     self._check()
-                except Exception:
-                    log.exception("index version check failed; the current index stays")
+                except Exception as exc:  # e.g. the store is gone: one line per 10 s
+                    if (held := self._log_limit(type(exc).__name__)) is not None:
+                        log.exception(
+                            "index version check failed; the current index stays%s",
+                            LogLimit.more(held),
+                        )
                 self._stop.wait(self._cfg.check_s)
         finally:
             if self._follower is not None:

@@ -14,10 +14,10 @@ import numpy as np
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 
+from services.common.log_limit import LogLimit
 from services.serving.config import ServeConfig
 from services.serving.embeddings import STATUSES, EmbeddingsQuery, get_embeddings
 from services.serving.errors import ServingError
-from services.serving.log_limit import LogLimit
 from services.serving.lookalikes import LookalikeQuery, find_lookalikes, model_info
 from services.serving.metrics import ServingMetrics
 from services.serving.ports import IndexSource, VectorReader

@@ -24,8 +24,8 @@ import grpc
 import redis
 from redis.exceptions import RedisClusterException
 
+from services.common.log_limit import LogLimit
 from services.serving.errors import ServingError
-from services.serving.log_limit import LogLimit
 from services.store.router import DeadlineReached
 
 log = logging.getLogger(__name__)

@@ -74,3 +74,23 @@ def test_index_switches_to_the_new_active_version(
         assert first.index.size == 30  # the old index was swapped out whole, not mutated
     finally:
         follower.stop()
+
+
+def test_a_failing_version_check_logs_once_per_interval(caplog: pytest.LogCaptureFixture) -> None:
+    """The store gone: the check fails every `check_s`, the log gets one line per 10 s."""
+    calls = []
+
+    def gone() -> str | None:
+        calls.append(1)
+        raise ConnectionError("store unreachable")
+
+    cfg = FollowConfig("127.0.0.1:1", "persona.embeddings", IndexConfig(), check_s=0.01)
+    follower = VersionedFollower(cfg, IndexHolder(), gone)
+    with caplog.at_level("ERROR", logger="services.index.holder"):
+        follower.start()
+        try:
+            wait_for(lambda: len(calls) >= 5)
+        finally:
+            follower.stop()
+    lines = [r for r in caplog.records if "version check failed" in r.getMessage()]
+    assert len(lines) == 1
