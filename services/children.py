@@ -42,7 +42,7 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
-def _die_with_parent(parent_pid: int) -> Callable[[], None] | None:
+def die_with_parent(parent_pid: int) -> Callable[[], None] | None:
     """A preexec_fn that makes the child get SIGKILL when its parent (thread) dies."""
     if not sys.platform.startswith("linux"):
         return None
@@ -75,7 +75,7 @@ class Child:
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,  # a Ctrl-C on the terminal reaches us, not the children
-                preexec_fn=_die_with_parent(os.getpid()),
+                preexec_fn=die_with_parent(os.getpid()),
             )
         log.debug("started %s pid %d: %s", self.name, self.proc.pid, " ".join(self.argv))
 

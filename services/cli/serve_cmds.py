@@ -14,8 +14,11 @@ from typing import TYPE_CHECKING, Any
 from services.config import add_connection_args, add_metrics_arg, add_models_arg, setting_flag
 
 if TYPE_CHECKING:
+    from collections.abc import Iterator
+
     from services.cli.settings import Settings
     from services.serving.config import ServeConfig
+    from services.serving.processes import Member
 
 DEFAULT_DIM = 64
 
@@ -61,6 +64,7 @@ def register(sub: Any) -> None:
     setting_flag(p, "serve.grace_s", "--grace-s", metavar="S")
     setting_flag(p, "serve.drain_s", "--drain-s", metavar="S")
     setting_flag(p, "serve.workers", "--workers", metavar="N")
+    setting_flag(p, "serve.processes", "--processes", metavar="N")
     setting_flag(
         p,
         "serve.max_concurrent_rpcs",
@@ -131,7 +135,47 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
     return replace(s.serve, dim=_dim(s), auth_token=_auth_token(args, s), tls=tls)
 
 
-def cmd_serve(args: argparse.Namespace) -> int:
+def _serve_processes(args: argparse.Namespace) -> int:
+    """`--processes N` > 1: the parent of N members that each run `cmd_serve(args, member)`
+    on the one port (services/serving/processes.py); its /metrics shows theirs."""
+    from contextlib import contextmanager
+
+    from prometheus_client import CollectorRegistry
+
+    from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
+    from services.serving.processes import MemberMetrics, run_members
+
+    s: Settings = args.settings
+    service_logging(s.telemetry, "serve")
+    cfg = serve_config(args)  # a bad flag or token fails here, not N times
+    stop = stop_on_signals()
+
+    @contextmanager
+    def parent_endpoint(port: int, members: MemberMetrics | None) -> Iterator[None]:
+        registry = CollectorRegistry()
+        if members is not None:
+            registry.register(members)
+        with metrics_endpoint(s.process, registry):
+            logging.getLogger("persona.serve").info(
+                "persona serve: %d processes on port %d", cfg.processes, port
+            )
+            yield
+
+    timeout = cfg.drain_s + cfg.grace_s + 10.0
+    return run_members(cmd_serve, args, cfg.host, cfg.port, cfg.processes,
+                       bool(s.process.metrics_port), stop, timeout, parent_endpoint)  # fmt: skip
+
+
+def _as_member(s: Settings, cfg: ServeConfig, member: Member) -> tuple[Settings, ServeConfig]:
+    """One member's settings: the shared port, its own loopback /metrics port."""
+    from dataclasses import replace
+
+    process = replace(s.process, metrics_port=member.metrics_port, metrics_host="127.0.0.1")
+    return s.model_copy(update={"process": process}), replace(cfg, port=member.port)
+
+
+def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
+    """`persona serve`; `member`: run as one of `--processes N` (processes.py)."""
     from dataclasses import replace
 
     from prometheus_client import CollectorRegistry
@@ -140,14 +184,21 @@ def cmd_serve(args: argparse.Namespace) -> int:
     from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
     from services.index.metrics import index_metrics
     from services.serving.metrics import serving_metrics
+    from services.serving.processes import ReadyBarrier
     from services.serving.server import ServingServer
     from services.store.client import connect
     from services.store.vectors import VectorStore
 
     s: Settings = args.settings
+    if member is None and s.serve.processes > 1:
+        return _serve_processes(args)
+    if member is not None:
+        member.enter()
     service_logging(s.telemetry, "serve")
     log = logging.getLogger("persona.serve")
     cfg = serve_config(args)
+    if member is not None:
+        s, cfg = _as_member(s, cfg, member)
     stop = stop_on_signals()
     registry = CollectorRegistry()
     metrics = serving_metrics(registry)
@@ -165,7 +216,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             if follower is not None:
                 follower.start()
             wait = follower is not None and not args.serve_before_index
-            server.start(ready=holder.wait_ready if wait else None)
+            ready = holder.wait_ready if wait else None
+            server.start(ready=ready if member is None else ReadyBarrier(member, ready))
             log.info("persona serve listening on port %d (dim %d)%s", server.port, cfg.dim,
                      "; health SERVING once the index caught up" if wait else "")  # fmt: skip
             stop.wait()

@@ -159,6 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("serve.max_concurrent_rpcs", "MAX_CONCURRENT_RPCS", none_if=_MANY),
     S("serve.grace_s", "GRACE_S"),
     S("serve.drain_s", "DRAIN_S"),
+    S("serve.processes", "SERVE_PROCESSES"),
     # "" is kept (not None): `persona serve` refuses an empty token rather than serve openly
     S("serve.auth_token", "AUTH_TOKEN", secret=True),
     S("serve.limits.max_batch", "MAX_BATCH"),

@@ -73,6 +73,8 @@ class ServeConfig:
         store_probe_s: the store is probed this often (the active-version read); 0: never.
         store_probe_failures: this many failed probes in a row make readiness NOT_SERVING
             until a probe succeeds (services/serving/readiness.py).
+        processes: serving processes sharing the port (SO_REUSEPORT), each with its own
+            index replica; more than 1 uses more cores (services/serving/processes.py).
     """
 
     host: str = "[::]"
@@ -91,3 +93,8 @@ class ServeConfig:
     tls: TLSConfig | None = None
     store_probe_s: float = 1.0
     store_probe_failures: int = 2
+    processes: int = 1
+
+    def __post_init__(self) -> None:
+        if self.processes < 1:
+            raise ValueError(f"processes must be at least 1, not {self.processes}")

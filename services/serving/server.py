@@ -84,7 +84,7 @@ class ServingServer:
             options=[
                 ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-                ("grpc.so_reuseport", 0),
+                ("grpc.so_reuseport", 1 if config.processes > 1 else 0),  # processes.py
             ],
         )
         self.servicer = UserEmbeddingServicer(config, store, index, metrics)
