@@ -1,6 +1,7 @@
 """`persona serve --processes N` (services/serving/processes.py): members share one port,
-health speaks for all of them, the parent's /metrics shows each, and no member outlives the
-parent, whether it is stopped (SIGTERM) or killed (SIGKILL).
+health speaks for all of them, the parent's /metrics shows each, no member outlives the
+parent, whether it is stopped (SIGTERM) or killed (SIGKILL), and a member that dies takes the
+others and the parent down with it (exit 1).
 
 The integration tests run the parent as a real `python -m services.cli serve` process against
 the shared Valkey; they wait on conditions (with a generous deadline), never on durations.
@@ -243,5 +244,16 @@ def test_a_killed_parent_leaves_no_member_behind(parent: Parent) -> None:
     assert len(members) >= 2 and all(_alive(pid) for pid in members)
     parent.proc.kill()  # SIGKILL: no handler runs; PR_SET_PDEATHSIG takes the members
     parent.proc.wait(30)
+    _until("every member gone", lambda: not any(_alive(pid) for pid in members))
+    _until("the port free", lambda: not _listening(parent.port))
+
+
+@pytest.mark.integration
+def test_a_member_that_dies_stops_the_others_and_the_parent_exits_1(parent: Parent) -> None:
+    members = parent.members
+    serving = [pid for pid in members if b"spawn_main" in Path(f"/proc/{pid}/cmdline").read_bytes()]
+    assert len(serving) == 2  # (beside them: multiprocessing's resource tracker)
+    os.kill(serving[0], signal.SIGKILL)
+    assert parent.proc.wait(60) == 1  # the pod restarts whole, not with a member short
     _until("every member gone", lambda: not any(_alive(pid) for pid in members))
     _until("the port free", lambda: not _listening(parent.port))
