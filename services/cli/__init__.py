@@ -26,6 +26,7 @@ COMMAND_MODULES = (
     "services.cli.encoder_cmds",
     "services.cli.eval_cmds",
     "services.cli.refresh_cmds",
+    "services.cli.forget_cmds",
     "services.cli.serve_cmds",
     "services.cli.config_cmds",
 )

@@ -42,6 +42,8 @@ def register(sub: Any) -> None:
         help="encoder device: cpu / cuda; unset = cuda when present",
     )
     setting_flag(p, "refresh.embeddings_topic", "--embeddings-topic", metavar="TOPIC")
+    setting_flag(p, "refresh.expire_after_days", "--expire-after-days", metavar="DAYS",
+                 help="forget users without events for DAYS days; 0 = never")  # fmt: skip
     p.set_defaults(func=cmd_refresh)
 
     p = sub.add_parser(
@@ -80,6 +82,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from services.refresh.publish import Publisher
     from services.refresh.refresher import Refresher
     from services.store.client import connect
+    from services.store.forget import StoreForgetter
     from services.store.vectors import VectorStore
     from services.store.windows import WindowStore
     from services.telemetry import tracer
@@ -96,6 +99,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     client = connect(s.store.redis)
     windows = WindowStore(client, s.window)
     vectors = VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype)
+    forgetter = StoreForgetter(client)
     try:
         with metrics_endpoint(s.process, registry):
             refresher = Refresher(
@@ -106,6 +110,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
                 EncoderCache(s.process.models, cfg.device),
                 refresh_metrics(registry),
                 tracer(),
+                forgetter,
             )
             t0 = time.perf_counter()
             with watch(lambda: refresher.stats.backfilled, "back-fill", "user"):
@@ -114,6 +119,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     finally:
         windows.close()
         vectors.close()
+        forgetter.close()
         client.close()
     print(json.dumps({**stats.__dict__, "seconds": round(dt, 2)}))
     return 0

@@ -148,6 +148,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("refresh.backfill_batch", "REFRESH_BACKFILL_BATCH"),
     S("refresh.follow_registry", "REFRESH_FOLLOW_REGISTRY"),
     S("refresh.max_publish_wait_s", "REFRESH_MAX_PUBLISH_WAIT_S"),
+    S("refresh.expire_after_days", "EXPIRE_AFTER_DAYS", none_if=_MANY),
+    S("refresh.expire_every_s", "EXPIRE_EVERY_S"),
     S("serve.host", "SERVE_HOST"),
     S("serve.port", "SERVE_PORT", default=50051),
     S("serve.dim", "DIM", default=0),

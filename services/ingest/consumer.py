@@ -57,6 +57,7 @@ class IngestStats:
     applied: int = 0
     duplicate: int = 0
     replayed: int = 0
+    forgotten: int = 0
     dead_lettered: int = 0
     batches: int = 0
     first_batch_at: float | None = None  # time.perf_counter() when the first batch arrived
@@ -341,10 +342,12 @@ class Ingestor:
             self.metrics.applied.inc(res.applied)
             self.metrics.duplicate.inc(res.duplicate)
             self.metrics.replayed.inc(res.replayed)
+            self.metrics.forgotten.inc(res.forgotten)
             self.metrics.trimmed.inc(res.trimmed)
             for ln in res.window_lengths:
                 self.metrics.window_length.observe(ln)
             self.stats.applied += res.applied
             self.stats.duplicate += res.duplicate
             self.stats.replayed += res.replayed
+            self.stats.forgotten += res.forgotten
             return True

@@ -13,6 +13,7 @@ class IngestMetrics:
     applied: Counter
     duplicate: Counter
     replayed: Counter
+    forgotten: Counter
     trimmed: Counter
     dead_lettered: Counter
     dead_letters_by_reference: Counter
@@ -42,6 +43,11 @@ def ingest_metrics(registry: CollectorRegistry) -> IngestMetrics:
         replayed=Counter(
             "persona_ingest_events_replayed",
             "Records at or below the user's applied offset (a replay; changes nothing)",
+            registry=registry,
+        ),
+        forgotten=Counter(
+            "persona_ingest_events_forgotten",
+            "Events of a forgotten user at or before the forget time (refused)",
             registry=registry,
         ),
         trimmed=Counter(

@@ -27,6 +27,12 @@ class RefreshConfig:
         backfill_batch: users per back-fill chunk (chunks interleave with dirty passes).
         follow_registry: start a cutover when the registry's ACTIVE changes (see cutover.py).
         max_publish_wait_s: flush timeout of the update-log producer per batch.
+        expire_after_days: forget users whose newest event is older than this many days
+            (window, vectors of every version, index entries; services/refresh/forget.py);
+            None: never. Off here (the embedded stack replays old event times); the
+            production settings (k8s/config.yaml) set 90.
+        expire_every_s: how often the refresher looks for such users (a pass SCANs every
+            user's meta hash and blocks the refresh loop meanwhile: daily by default).
     """
 
     interval_s: float = 30.0
@@ -42,9 +48,13 @@ class RefreshConfig:
     backfill_batch: int = 1024
     follow_registry: bool = True
     max_publish_wait_s: float = 30.0
+    expire_after_days: float | None = None
+    expire_every_s: float = 86_400.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.candidates_per_bucket < 1 or self.backfill_batch < 1:
             raise ValueError("batch_size, candidates_per_bucket, backfill_batch must be >= 1")
-        if self.interval_s <= 0 or self.check_every_s <= 0:
-            raise ValueError("interval_s and check_every_s must be > 0")
+        if self.interval_s <= 0 or self.check_every_s <= 0 or self.expire_every_s <= 0:
+            raise ValueError("interval_s, check_every_s and expire_every_s must be > 0")
+        if self.expire_after_days is not None and self.expire_after_days <= 0:
+            raise ValueError("expire_after_days must be > 0 (unset: no expiry)")

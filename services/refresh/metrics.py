@@ -28,6 +28,8 @@ class RefreshStats:
     backfilled: int = 0
     cutovers: int = 0
     errors: int = 0
+    expired: int = 0  # users forgotten for inactivity (expire_after_days)
+    refused_forgotten: int = 0  # vectors refused: encoded from a window since forgotten
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,7 @@ class RefreshMetrics:
     vectors_written: Counter
     vectors_skipped: Counter
     vectors_published: Counter
+    users_expired: Counter
     still_dirty: Counter
     backfilled: Counter
     cutovers: Counter
@@ -99,6 +102,11 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
         vectors_skipped=Counter(
             "persona_refresh_vectors_skipped",
             "Vectors not written because the store held a newer window's vector",
+            registry=registry,
+        ),
+        users_expired=Counter(
+            "persona_refresh_users_expired",
+            "Users forgotten because they had no events for expire_after_days",
             registry=registry,
         ),
         vectors_published=Counter(

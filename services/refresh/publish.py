@@ -41,6 +41,16 @@ class Publisher:
         for f in futures:
             f.get(timeout=0)  # raises the send's error, if any: the store write must not follow
 
+    def tombstones(self, pairs: Sequence[tuple[str, str]]) -> None:
+        """Send a tombstone (key `<version>/<user id>`, no value) per (user, version) and
+        wait for the acks: every replica's index follower drops the user from that version's
+        index, and compaction drops the user's vectors from the log."""
+        futures = [self.producer.send(self.topic, key=log_key(ver, uid), value=None)
+                   for uid, ver in pairs]  # fmt: skip
+        self.producer.flush(timeout=self.flush_timeout_s)
+        for f in futures:
+            f.get(timeout=0)  # raises the send's error: the caller must retry the forget
+
     def close(self) -> None:
         try:
             self.producer.flush(timeout=self.flush_timeout_s)

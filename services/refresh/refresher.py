@@ -6,7 +6,8 @@ batches. For each batch the main thread reads the windows (pipelined) and encode
 every version in the write set (active, back-filling, ready); a writer thread commits the
 batch before (publish, then store) while the next one is encoded. Between passes the loop
 waits for `interval_s`, or less when the backlog passes `drain_threshold`, and works on a
-pending back-fill in chunks (see `cutover.py`).
+pending back-fill in chunks (see `cutover.py`); every `expire_every_s` it forgets the users
+inactive for `expire_after_days`, when set (see `forget.py`).
 
 Shutdown: `stop` is a flag; the loop finishes its batch, waits for the writer, and closes
 the publisher in `finally`.
@@ -28,9 +29,10 @@ from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
 from services.refresh.cutover import Cutover
 from services.refresh.encoders import EncoderCache, ModelLoadError
+from services.refresh.forget import expire_inactive
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.publish import Publisher
-from services.store.protocols import Vectors, Windows
+from services.store.protocols import Forgetter, Vectors, Windows
 from services.store.records import StoredVector
 from services.store.vectors import UserWrite, WriteResult
 from services.store.windows import Window
@@ -99,9 +101,12 @@ class Refresher:
         encoders: EncoderCache,
         metrics: RefreshMetrics | None = None,
         tracer: trace.Tracer | None = None,
+        forgetter: Forgetter | None = None,
     ) -> None:
         """`tracer`: one span per batch, from its encode to its store write, whose context
-        goes to the update log in each record's headers (None: no spans)."""
+        goes to the update log in each record's headers (None: no spans). `forgetter`: the
+        store's, for the expiry (None: no expiry whatever the config says)."""
+        self.forgetter = forgetter
         self.tracer = tracer
         self.cfg = cfg
         self.windows = windows
@@ -123,7 +128,7 @@ class Refresher:
             self.cfg, self.vectors, self.windows, self.encoders.models_dir,
             self.encode_and_commit, self.stats, self.metrics,
         )  # fmt: skip
-        last_pass = -float("inf")
+        last_pass = last_expiry = -float("inf")
         errors = 0
         try:
             while not stop.is_set():
@@ -135,6 +140,9 @@ class Refresher:
                         last_pass = time.monotonic()
                         self.drain(stop)
                     busy = cutover.step(stop)
+                    if time.monotonic() - last_expiry >= self.cfg.expire_every_s:
+                        last_expiry = time.monotonic()
+                        self.expire()
                     errors = 0
                 except Exception as exc:
                     errors += 1
@@ -153,6 +161,18 @@ class Refresher:
         finally:
             self.close()
         return self.stats
+
+    def expire(self) -> int:
+        """Forget the users without events for `expire_after_days` (store, then update-log
+        tombstones); returns how many. Nothing when the expiry is off."""
+        days = self.cfg.expire_after_days
+        if self.forgetter is None or days is None:
+            return 0
+        n = len(expire_inactive(self.forgetter, self.publisher, now_ms(), days).users)
+        self.stats.expired += n
+        if self.metrics:
+            self.metrics.users_expired.inc(n)
+        return n
 
     def backlog(self) -> int:
         n = self.windows.dirty_count()
@@ -263,7 +283,10 @@ class Refresher:
            head) and clears each user's dirty mark only if the window version is still the
            one encoded: a failure leaves the users of the failed buckets dirty, with their
            vectors already in the log (a retry republishes them, which a compacted log
-           absorbs). The store is therefore never ahead of the log.
+           absorbs). The store is therefore never ahead of the log;
+        3. vectors the store refused because their user was forgotten after the window was
+           read (`WriteResult.forgotten`) get a tombstone, so the log ends with one
+           (services/refresh/forget.py).
         """
         if batch.span is None:
             return self._commit(batch)
@@ -278,6 +301,9 @@ class Refresher:
             self.publisher.publish(batch.vectors, headers)
         t1 = time.perf_counter()
         res = self.vectors.write(batch.writes)
+        if res.forgotten:
+            self.publisher.tombstones(res.forgotten)
+            self.stats.refused_forgotten += len(res.forgotten)
         t2 = time.perf_counter()
         self._account(batch, res, t1 - t0, t2 - t1, t2 - batch.started)
         return res

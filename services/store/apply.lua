@@ -9,15 +9,16 @@
 -- then per user: bucket, uid, partition, events, where
 -- events packs, in offset order, per event: i64 offset, i64 ts_ms, u16 len + event id,
 -- u16 len + record (little-endian).
--- Returns {applied, duplicate, replayed, trimmed, len_1, ..., len_k} (len: window length
--- after the update, for each user whose window changed).
+-- Returns {applied, duplicate, replayed, trimmed, forgotten, len_1, ..., len_k} (len: window
+-- length after the update, for each user whose window changed; forgotten: events at or before
+-- the user's forget time, meta `x`, refused: see LAYOUT.md "Forgetting a user").
 -- The meta hash caches newest (t) and oldest (f) event time and the count (n), so the
 -- common case (nothing to trim) costs six calls per user (HMGET meta, HMGET ids, HSET records,
 -- ZADD ids, HSET meta, ZADD dirty), whatever the number of its events.
 local maxn = tonumber(ARGV[1])
 local horizon = tonumber(ARGV[2])
 local rebuild = ARGV[3] == '1'
-local applied, dup, replayed, trimmed = 0, 0, 0, 0
+local applied, dup, replayed, trimmed, forgotten = 0, 0, 0, 0, 0
 local lens = {}
 local function int(x) return string.format('%d', x) end
 -- redis.call(cmd, key, list[1..n]) in slices: Lua's unpack() is limited to a few thousand
@@ -36,10 +37,11 @@ for i = 4, #ARGV, 4 do
   local pre, uid, part, blob = 'p:{' .. ARGV[i] .. '}:', ARGV[i + 1], ARGV[i + 2], ARGV[i + 3]
   local wk, ek, mk = pre .. 'w:' .. uid, pre .. 'e:' .. uid, pre .. 'm:' .. uid
   local field = 'o' .. part
-  local m = redis.call('HMGET', mk, field, 'v', 't', 'f', 'n')
+  local m = redis.call('HMGET', mk, field, 'v', 't', 'f', 'n', 'x')
   local pos = tonumber(m[1] or '-1')
   local ver, newest = tonumber(m[2] or '0'), tonumber(m[3] or '-1')
   local oldest, card = tonumber(m[4] or '-1'), tonumber(m[5] or '0')
+  local forgot = tonumber(m[6] or '-1')
   local top, added, upd_newest = pos, 0, nil
   -- the user's events that are not replays, in offset order
   local eids, recs, tss, cn = {}, {}, {}, 0
@@ -55,8 +57,12 @@ for i = 4, #ARGV, 4 do
       replayed = replayed + 1
     else
       if off > top then top = off end
-      cn = cn + 1
-      eids[cn], recs[cn], tss[cn] = eid, rec, ts
+      if ts <= forgot then
+        forgotten = forgotten + 1
+      else
+        cn = cn + 1
+        eids[cn], recs[cn], tss[cn] = eid, rec, ts
+      end
     end
   end
   -- dedup against the stored ids and within the call, then one HSET and one ZADD per user
@@ -108,6 +114,6 @@ for i = 4, #ARGV, 4 do
     redis.call('HSET', mk, field, int(top))
   end
 end
-local out = {applied, dup, replayed, trimmed}
+local out = {applied, dup, replayed, trimmed, forgotten}
 for j = 1, #lens do out[#out + 1] = lens[j] end
 return out

@@ -48,6 +48,8 @@ class _User:
     records: dict[bytes, tuple[int, bytes]] = field(default_factory=dict)  # eid -> (ts, rec)
     offsets: dict[str, int] = field(default_factory=dict)  # source label -> last offset
     version: int = 0
+    forgot_at: int = -1  # meta `x`: events at or before it are refused (forget.lua)
+    forgot_version: int = 0  # meta `xv`: vectors of an earlier window are refused
 
 
 class MemoryWindows:
@@ -76,6 +78,9 @@ class MemoryWindows:
                 total.replayed += 1
                 continue
             top = max(top, off)
+            if ts <= st.forgot_at:
+                total.forgotten += 1
+                continue
             if eid in st.records or eid in seen:
                 total.duplicate += 1
                 continue
@@ -133,6 +138,38 @@ class MemoryWindows:
         with self._lock:
             st = self._users.get(user_id)
             return st.version if st else 0
+
+    def forgotten_version(self, user_id: str) -> int:
+        """The meta `xv` of one user (0: never forgotten), as write_vectors.lua reads it."""
+        with self._lock:
+            st = self._users.get(user_id)
+            return st.forgot_version if st else 0
+
+    def forget_user(self, user_id: str, at_ms: int, before_ms: int | None) -> tuple[int, ...]:
+        """forget.lua's window part: its reply {forgotten, window, 0, dirty}."""
+        with self._lock:
+            st = self._users.get(user_id) or _User()
+            if before_ms is not None:
+                if not st.records or max(ts for ts, _ in st.records.values()) >= before_ms:
+                    return (0, 0, 0, 0)
+                at_ms = max(ts for ts, _ in st.records.values())
+            had = int(bool(st.records))
+            ver = st.version + 1
+            self._users[user_id] = _User(
+                version=ver, forgot_at=max(at_ms, st.forgot_at), forgot_version=ver
+            )
+            return (1, had, 0, int(self._dirty.pop(user_id, None) is not None))
+
+    def inactive(self, before_ms: int, count: int = 1000) -> Iterator[list[str]]:
+        """As `StoreForgetter.inactive`."""
+        with self._lock:
+            ids = [
+                u
+                for u, st in self._users.items()
+                if st.records and max(ts for ts, _ in st.records.values()) < before_ms
+            ]
+        for lo in range(0, len(ids), count):
+            yield ids[lo : lo + count]
 
     def clear_dirty(self, user_id: str) -> None:
         with self._lock:
@@ -277,7 +314,18 @@ class MemoryVectors:
                     res.still_dirty += 1
         return res
 
+    def drop_user(self, user_id: str) -> int:
+        """forget.lua's vector part: delete the user's lists of every version."""
+        with self._lock:
+            keys = [k for k in self._lists if k[1] == user_id]
+            for k in keys:
+                del self._lists[k]
+            return len(keys)
+
     def _put(self, v: StoredVector, res: WriteResult) -> None:
+        if self.windows and v.window_version < self.windows.forgotten_version(v.user_id):
+            res.forgotten.append((v.user_id, v.model_version))
+            return
         rec = pack_vector(v, self.dtype)
         vals = self._lists.setdefault((v.model_version, v.user_id), [])
         if vals:

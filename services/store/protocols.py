@@ -2,6 +2,8 @@
 
 - `Windows`: ingest writes windows (`apply_packed`); the refresher reads them and the dirty
   marks those writes leave (`read`, `dirty_count`, `oldest_dirty`, `users`).
+- `Forgetter`: forget users (a privacy request, `persona forget`) or expire inactive ones
+  (the refresher): window, dirty mark and vectors of every version go, a marker stays.
 - `Vectors`: the refresher writes vectors and clears dirty marks (`write`); the cutover moves
   the active pointer and version states; serving reads (`active_version`, `versions`,
   `get_batch`, `read_batch`; its own narrower port is `serving/ports.VectorReader`).
@@ -17,6 +19,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from services.store.forget import ForgetResult
 from services.store.records import StoredVector, VectorBatch
 from services.store.vectors import UserWrite, WriteResult
 from services.store.windows import ApplyResult, PackedUpdate, Window
@@ -68,7 +71,18 @@ class Vectors(Protocol):
     def close(self) -> None: ...
 
 
+class Forgetter(Protocol):
+    def forget(self, user_ids: Sequence[str], at_ms: int) -> ForgetResult: ...
+
+    def expire(self, user_ids: Sequence[str], before_ms: int) -> ForgetResult: ...
+
+    def inactive(self, before_ms: int, count: int = 1000) -> Iterator[list[str]]: ...
+
+    def close(self) -> None: ...
+
+
 if TYPE_CHECKING:  # mypy holds every implementation to its Protocol
+    from services.store.forget import MemoryForgetter, StoreForgetter
     from services.store.memory import MemoryVectors, MemoryWindows
     from services.store.vectors import VectorStore
     from services.store.windows import WindowStore
@@ -77,3 +91,6 @@ if TYPE_CHECKING:  # mypy holds every implementation to its Protocol
         w: WindowStore, mw: MemoryWindows, v: VectorStore, mv: MemoryVectors
     ) -> tuple[Windows, Windows, Vectors, Vectors]:
         return w, mw, v, mv
+
+    def _forgetters(f: StoreForgetter, mf: MemoryForgetter) -> tuple[Forgetter, Forgetter]:
+        return f, mf

@@ -67,6 +67,9 @@ class WriteResult:
     cleared: int = 0  # dirty marks removed
     still_dirty: int = 0  # users changed while being encoded (mark kept)
     replaced_computed_at_ms: list[int] = field(default_factory=list)  # heads written over
+    # (user, version) of vectors refused because they were encoded from a window the user
+    # asked to forget (LAYOUT.md "Forgetting a user"): the refresher tombstones them
+    forgotten: list[tuple[str, str]] = field(default_factory=list)
 
 
 class VectorStore:
@@ -170,7 +173,7 @@ class VectorStore:
             by_bucket[layout.bucket(u.user_id)].append(u)
         ttl_ms = int(self.ttl_s * 1000) if self.ttl_s else 0
         calls: list[ScriptCall] = []
-        widths: list[int] = []
+        planned: list[tuple[list[UserWrite], list[str]]] = []
         for b, group in by_bucket.items():
             vers = sorted({check_version(v.model_version) for u in group for v in u.vectors})
             keys: list[bytes] = [layout.dirty_key(b)]
@@ -185,19 +188,24 @@ class VectorStore:
                     pack_vector(by_ver[ver], self.dtype) if ver in by_ver else b"" for ver in vers
                 ]
             calls.append((keys, args))
-            widths.append(len(vers))
+            planned.append((group, vers))
         res = WriteResult()
-        for r, n in zip(self._scripts.run("write_vectors.lua", calls), widths, strict=True):
+        for r, (group, vers) in zip(
+            self._scripts.run("write_vectors.lua", calls), planned, strict=True
+        ):
             codes = [int(x) for x in r]
-            for i in range(0, len(codes), n + 1):
+            n = len(vers)
+            for u, i in zip(group, range(0, len(codes), n + 1), strict=True):
                 cleared = codes[i]
                 res.cleared += cleared == 1
                 res.still_dirty += cleared == 0
-                for c in codes[i + 1 : i + 1 + n]:
+                for ver, c in zip(vers, codes[i + 1 : i + 1 + n], strict=True):
                     res.skipped += c == -2
                     res.written += c >= -1
                     if c >= 0:
                         res.replaced_computed_at_ms.append(c)
+                    elif c == -4:
+                        res.forgotten.append((u.user_id, ver))
         return res
 
     def get_batch(

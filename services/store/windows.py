@@ -52,6 +52,7 @@ class ApplyResult:
     duplicate: int = 0
     replayed: int = 0
     trimmed: int = 0
+    forgotten: int = 0  # events at or before their user's forget time (LAYOUT.md): refused
     window_lengths: list[int] = field(default_factory=list)
 
     def add(self, other: ApplyResult) -> None:
@@ -59,6 +60,7 @@ class ApplyResult:
         self.duplicate += other.duplicate
         self.replayed += other.replayed
         self.trimmed += other.trimmed
+        self.forgotten += other.forgotten
         self.window_lengths += other.window_lengths
 
 
@@ -98,6 +100,9 @@ class WindowStore:
                 a topic after a shard lost its data: the window is the newest `max_events`
                 distinct events within the horizon of everything ever applied, so applying
                 already-seen events again changes nothing, and lost ones come back.
+
+        Either way, a forgotten user's events at or before the forget time are refused
+        (`ApplyResult.forgotten`; LAYOUT.md "Forgetting a user").
         """
         ups = list(updates)
         buckets = [layout.bucket(u.user_id) for u in ups]
@@ -114,9 +119,8 @@ class WindowStore:
                 calls.append(([layout.dirty_key(buckets[chunk[0]])], args))
         total = ApplyResult()
         for r in self._scripts.run("apply.lua", calls):
-            total.add(
-                ApplyResult(int(r[0]), int(r[1]), int(r[2]), int(r[3]), [int(x) for x in r[4:]])
-            )
+            a, d, rp, t, f = (int(x) for x in r[:5])
+            total.add(ApplyResult(a, d, rp, t, f, [int(x) for x in r[5:]]))
         return total
 
     def read(self, user_ids: Sequence[str]) -> list[Window]:

@@ -4,7 +4,8 @@
 -- then per user: uid, expected window version ('' = leave the dirty mark alone),
 -- n values (vector records, layout v1; '' = nothing for that version).
 -- Returns per user: cleared (1 cleared, 0 still dirty, -1 not asked), then per version:
--- the replaced head's computed_at_ms (-1 no head, -2 value skipped: head is newer, -3 no value).
+-- the replaced head's computed_at_ms (-1 no head, -2 value skipped: head is newer, -3 no value,
+-- -4 value refused: encoded from a window the user asked to forget, meta `xv`; see LAYOUT.md).
 local hist = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
@@ -15,12 +16,19 @@ while a <= #ARGV do
   local uid, expect = ARGV[a], ARGV[a + 1]
   local mk = KEYS[k]
   local res = {}
+  local xv = tonumber(redis.call('HGET', mk, 'xv') or '0')
   for j = 1, n do
     local vk, val = KEYS[k + j], ARGV[a + 1 + j]
-    local r = -3
+    local r, wv = -3, 0
     if #val >= 24 then
       r = -1
-      local wv = struct.unpack('<i8', val, 13)
+      wv = struct.unpack('<i8', val, 13)
+      if wv < xv then
+        r = -4
+        val = ''
+      end
+    end
+    if #val >= 24 then
       local head = redis.call('LINDEX', vk, 0)
       local action = 'push'
       if head and #head >= 24 and string.byte(head, 1) == 1 then

@@ -1,0 +1,28 @@
+-- Forget one user (see LAYOUT.md "Forgetting a user"), in one atomic step.
+-- KEYS[1] = the bucket's dirty set; KEYS[2..4] = the user's window, events and meta keys;
+-- KEYS[5..] = the user's vector list under every model version the store knows.
+-- ARGV[1] = uid; ARGV[2] = forget time ms (events with ts_ms <= it are refused from now on);
+-- ARGV[3] = '' to forget unconditionally, or a cutoff ms (expiry): forget only when the
+-- window's newest event (meta `t`) is older than the cutoff, and then at that newest time.
+-- Returns {forgotten (1, or 0: expiry found the user active or without a window),
+--          window deleted (0/1), vector lists deleted, dirty mark removed (0/1)}.
+local function int(x) return string.format('%d', x) end
+local uid, at, cutoff = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+local m = redis.call('HMGET', KEYS[4], 'v', 'x', 't')
+if cutoff ~= '' then
+  local newest = tonumber(m[3] or '')
+  if newest == nil or newest >= tonumber(cutoff) then return {0, 0, 0, 0} end
+  at = newest
+end
+local ver = tonumber(m[1] or '0') + 1
+local prev = tonumber(m[2] or '-1')
+if prev > at then at = prev end
+local had = redis.call('EXISTS', KEYS[2])
+redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
+local dirty = redis.call('ZREM', KEYS[1], uid)
+local nvec = 0
+for i = 5, #KEYS do nvec = nvec + redis.call('DEL', KEYS[i]) end
+-- the meta keeps only the marker: the window version goes on (a vector encoded from the
+-- window before is refused by write_vectors.lua), `x` refuses old events, `xv` old vectors
+redis.call('HSET', KEYS[4], 'v', int(ver), 'x', int(at), 'xv', int(ver))
+return {1, had, nvec, dirty}
