@@ -181,12 +181,16 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
     from prometheus_client import CollectorRegistry
 
     from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
+    from services.common.kafka import producer
     from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
     from services.index.metrics import index_metrics
+    from services.refresh.publish import Publisher
+    from services.serving.admin import AdminServicer
     from services.serving.metrics import serving_metrics
     from services.serving.processes import ReadyBarrier
     from services.serving.server import ServingServer
     from services.store.client import connect
+    from services.store.forget import StoreForgetter
     from services.store.vectors import VectorStore
 
     s: Settings = args.settings
@@ -210,7 +214,14 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
         index = replace(s.index, dim=cfg.dim)
         follow = FollowConfig(s.kafka.bootstrap, s.refresh.embeddings_topic, index)
         follower = VersionedFollower(follow, holder, store.active_version, index_metrics(registry))
-    server = ServingServer(cfg, store, holder, metrics)
+    forgetter = StoreForgetter(client)
+    rc = s.refresh
+    admin = AdminServicer(
+        forgetter,
+        lambda: Publisher(producer(s.kafka), rc.embeddings_topic, rc.max_publish_wait_s),
+        cfg.limits.max_batch,
+    )
+    server = ServingServer(cfg, store, holder, metrics, admin=admin)
     try:
         with metrics_endpoint(s.process, registry):
             if follower is not None:
@@ -228,5 +239,6 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
         if follower is not None:
             follower.stop()
         store.close()  # the read connections and threads of the store's router
+        forgetter.close()
         client.close()
     return 0

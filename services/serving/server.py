@@ -23,6 +23,7 @@ from grpc_health.v1 import health, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from persona.v1 import service_pb2
 
+from services.serving.admin import AdminServicer
 from services.serving.config import ServeConfig, TLSConfig
 from services.serving.handlers import add_service
 from services.serving.interceptors import (
@@ -39,6 +40,7 @@ from services.telemetry import tracer
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["UserEmbeddingService"].full_name
+ADMIN_SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
 
@@ -61,10 +63,14 @@ class ServingServer:
         index: IndexSource,
         metrics: ServingMetrics,
         tracer_provider: Any = None,
+        admin: AdminServicer | None = None,
     ) -> None:
         """`tracer_provider`: a server span per call, joined to the caller's trace (None: the
-        OpenTelemetry global, which records nothing unless `PERSONA_TRACES` set one up)."""
+        OpenTelemetry global, which records nothing unless `PERSONA_TRACES` set one up).
+        `admin`: the AdminService (ForgetUsers), served beside, behind the same interceptors
+        (None: not served); `stop` closes it."""
         self.config = config
+        self.admin = admin
         interceptors: list[grpc.ServerInterceptor] = [
             MetricsInterceptor(metrics),
             RequestIdInterceptor(),
@@ -106,10 +112,12 @@ class ServingServer:
             if config.store_probe_s > 0
             else None
         )
+        names = [SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME]
+        if admin is not None:
+            add_service(admin, self._server, "AdminService")
+            names.append(ADMIN_SERVICE_NAME)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self._server)
-        reflection.enable_server_reflection(
-            (SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), self._server
-        )
+        reflection.enable_server_reflection(tuple(names), self._server)
         address = f"{config.host}:{config.port}"
         if config.tls is not None:
             self.port = self._server.add_secure_port(address, server_credentials(config.tls))
@@ -180,6 +188,8 @@ class ServingServer:
         if self._ready_thread is not None:
             self._ready_thread.join(1.0)  # wakes every 0.5 s to see the stop
         self.servicer.close()
+        if self.admin is not None:
+            self.admin.close()
         log.info("server stopped")
 
     def wait(self, timeout_s: float | None = None) -> bool:

@@ -175,3 +175,96 @@ var _UserEmbeddingService_serviceDesc = grpc.ServiceDesc{
 	Streams:  []grpc.StreamDesc{},
 	Metadata: "persona/v1/service.proto",
 }
+
+// AdminServiceClient is the client API for AdminService service.
+//
+// For semantics around ctx use and closing/ending streaming RPCs, please refer to https://pkg.go.dev/google.golang.org/grpc/?tab=doc#ClientConn.NewStream.
+type AdminServiceClient interface {
+	// Forget users (privacy requests), as `persona forget` does: each user's window, dirty
+	// mark and vectors of every model version are deleted, a tombstone per version goes to
+	// the update log (every replica's lookalike index drops the user), and the user's events
+	// stamped at or before the request stay refused by ingest, through replays and rebuilds;
+	// an event after it starts a new window. Idempotent: retry on UNAVAILABLE.
+	ForgetUsers(ctx context.Context, in *ForgetUsersRequest, opts ...grpc.CallOption) (*ForgetUsersResponse, error)
+}
+
+type adminServiceClient struct {
+	cc grpc.ClientConnInterface
+}
+
+func NewAdminServiceClient(cc grpc.ClientConnInterface) AdminServiceClient {
+	return &adminServiceClient{cc}
+}
+
+func (c *adminServiceClient) ForgetUsers(ctx context.Context, in *ForgetUsersRequest, opts ...grpc.CallOption) (*ForgetUsersResponse, error) {
+	out := new(ForgetUsersResponse)
+	err := c.cc.Invoke(ctx, "/persona.v1.AdminService/ForgetUsers", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+// AdminServiceServer is the server API for AdminService service.
+// All implementations must embed UnimplementedAdminServiceServer
+// for forward compatibility
+type AdminServiceServer interface {
+	// Forget users (privacy requests), as `persona forget` does: each user's window, dirty
+	// mark and vectors of every model version are deleted, a tombstone per version goes to
+	// the update log (every replica's lookalike index drops the user), and the user's events
+	// stamped at or before the request stay refused by ingest, through replays and rebuilds;
+	// an event after it starts a new window. Idempotent: retry on UNAVAILABLE.
+	ForgetUsers(context.Context, *ForgetUsersRequest) (*ForgetUsersResponse, error)
+	mustEmbedUnimplementedAdminServiceServer()
+}
+
+// UnimplementedAdminServiceServer must be embedded to have forward compatible implementations.
+type UnimplementedAdminServiceServer struct {
+}
+
+func (UnimplementedAdminServiceServer) ForgetUsers(context.Context, *ForgetUsersRequest) (*ForgetUsersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ForgetUsers not implemented")
+}
+func (UnimplementedAdminServiceServer) mustEmbedUnimplementedAdminServiceServer() {}
+
+// UnsafeAdminServiceServer may be embedded to opt out of forward compatibility for this service.
+// Use of this interface is not recommended, as added methods to AdminServiceServer will
+// result in compilation errors.
+type UnsafeAdminServiceServer interface {
+	mustEmbedUnimplementedAdminServiceServer()
+}
+
+func RegisterAdminServiceServer(s *grpc.Server, srv AdminServiceServer) {
+	s.RegisterService(&_AdminService_serviceDesc, srv)
+}
+
+func _AdminService_ForgetUsers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ForgetUsersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(AdminServiceServer).ForgetUsers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/persona.v1.AdminService/ForgetUsers",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(AdminServiceServer).ForgetUsers(ctx, req.(*ForgetUsersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+var _AdminService_serviceDesc = grpc.ServiceDesc{
+	ServiceName: "persona.v1.AdminService",
+	HandlerType: (*AdminServiceServer)(nil),
+	Methods: []grpc.MethodDesc{
+		{
+			MethodName: "ForgetUsers",
+			Handler:    _AdminService_ForgetUsers_Handler,
+		},
+	},
+	Streams:  []grpc.StreamDesc{},
+	Metadata: "persona/v1/service.proto",
+}

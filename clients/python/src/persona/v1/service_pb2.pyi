@@ -195,3 +195,23 @@ class GetModelInfoResponse(_message.Message):
     dim: int
     index: IndexInfo
     def __init__(self, active_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., dim: _Optional[int] = ..., index: _Optional[_Union[IndexInfo, _Mapping]] = ...) -> None: ...
+
+class ForgetUsersRequest(_message.Message):
+    __slots__ = ("user_ids",)
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ForgetUsersResponse(_message.Message):
+    __slots__ = ("forgotten", "windows", "vector_lists", "tombstones", "forgotten_at_ms")
+    FORGOTTEN_FIELD_NUMBER: _ClassVar[int]
+    WINDOWS_FIELD_NUMBER: _ClassVar[int]
+    VECTOR_LISTS_FIELD_NUMBER: _ClassVar[int]
+    TOMBSTONES_FIELD_NUMBER: _ClassVar[int]
+    FORGOTTEN_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    forgotten: int
+    windows: int
+    vector_lists: int
+    tombstones: int
+    forgotten_at_ms: int
+    def __init__(self, forgotten: _Optional[int] = ..., windows: _Optional[int] = ..., vector_lists: _Optional[int] = ..., tombstones: _Optional[int] = ..., forgotten_at_ms: _Optional[int] = ...) -> None: ...

@@ -185,3 +185,86 @@ class UserEmbeddingService:
             timeout,
             metadata,
             _registered_method=True)
+
+
+class AdminServiceStub:
+    """Operator calls, not for rankers: served by `persona serve` beside UserEmbeddingService,
+    behind the same bearer token (give the admin callers their own network path).
+    """
+
+    def __init__(self, channel):
+        """Constructor.
+
+        Args:
+            channel: A grpc.Channel.
+        """
+        self.ForgetUsers = channel.unary_unary(
+                '/persona.v1.AdminService/ForgetUsers',
+                request_serializer=persona_dot_v1_dot_service__pb2.ForgetUsersRequest.SerializeToString,
+                response_deserializer=persona_dot_v1_dot_service__pb2.ForgetUsersResponse.FromString,
+                _registered_method=True)
+
+
+class AdminServiceServicer:
+    """Operator calls, not for rankers: served by `persona serve` beside UserEmbeddingService,
+    behind the same bearer token (give the admin callers their own network path).
+    """
+
+    def ForgetUsers(self, request, context):
+        """Forget users (privacy requests), as `persona forget` does: each user's window, dirty
+        mark and vectors of every model version are deleted, a tombstone per version goes to
+        the update log (every replica's lookalike index drops the user), and the user's events
+        stamped at or before the request stay refused by ingest, through replays and rebuilds;
+        an event after it starts a new window. Idempotent: retry on UNAVAILABLE.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+
+def add_AdminServiceServicer_to_server(servicer, server):
+    rpc_method_handlers = {
+            'ForgetUsers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ForgetUsers,
+                    request_deserializer=persona_dot_v1_dot_service__pb2.ForgetUsersRequest.FromString,
+                    response_serializer=persona_dot_v1_dot_service__pb2.ForgetUsersResponse.SerializeToString,
+            ),
+    }
+    generic_handler = grpc.method_handlers_generic_handler(
+            'persona.v1.AdminService', rpc_method_handlers)
+    server.add_generic_rpc_handlers((generic_handler,))
+    server.add_registered_method_handlers('persona.v1.AdminService', rpc_method_handlers)
+
+
+ # This class is part of an EXPERIMENTAL API.
+class AdminService:
+    """Operator calls, not for rankers: served by `persona serve` beside UserEmbeddingService,
+    behind the same bearer token (give the admin callers their own network path).
+    """
+
+    @staticmethod
+    def ForgetUsers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/persona.v1.AdminService/ForgetUsers',
+            persona_dot_v1_dot_service__pb2.ForgetUsersRequest.SerializeToString,
+            persona_dot_v1_dot_service__pb2.ForgetUsersResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
