@@ -4,6 +4,7 @@ before a forget cannot bring the user back, and the loop's expiry forgets inacti
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -11,6 +12,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from contract.events import Event
+from services.cli import main
 from services.common.kafka import producer
 from services.config import KafkaConfig
 from services.index import IndexConfig, LookalikeIndex
@@ -83,7 +85,9 @@ def test_a_batch_encoded_before_a_forget_is_refused_and_tombstoned(env: Env) -> 
         forgetter.close()
 
 
-def test_the_loop_expires_users_without_recent_events(env: Env) -> None:
+def test_the_loop_expires_users_without_recent_events(
+    env: Env, capsys: pytest.CaptureFixture[str]
+) -> None:
     now = time.time_ns() // 1_000_000
     add_events(env.windows, ["x-old"], 3, seed=4)  # events of November 2025
     recent = [(k, Event("x-new", f"n{k}", now - 86_400_000 + k, "view", {"item": "i1"}))
@@ -103,3 +107,13 @@ def test_the_loop_expires_users_without_recent_events(env: Env) -> None:
     got = env.vectors.get_batch(["x-old", "x-new"], env.v1)
     assert [len(x) for x in got] == [0, 1]
     assert _indexed(env, ["x-old", "x-new"], got[1][0].vector.size) == ["x-new"]
+
+    # the same pass on demand: `persona forget --expired` (and no ids nor --expired: usage)
+    add_events(env.windows, ["x-old2"], 2, seed=5, offset0=50)
+    conn = ["--redis", env.url, "--bootstrap", env.bootstrap, "--embeddings-topic", env.topic]
+    assert main(["forget", *conn]) == 2
+    capsys.readouterr()
+    assert main(["forget", "--expired", "--expire-after-days", "7", *conn]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert (out["forgotten"], out["windows"]) == (1, 1)
+    assert [len(w.events) for w in env.windows.read(["x-old2", "x-new"])] == [0, 3]
