@@ -66,7 +66,7 @@ def main() -> None:
             version = run(["train", "--synthetic"], env, quiet=False).strip().splitlines()[-1]
             print(f"    trained {version}")
     with step("quality on held-out synthetic users (embedding vs hand-made aggregates)"):
-        print(run(["eval"], env).rstrip())
+        print(run(["eval", "--reliability", str(args.out / "reliability.png")], env).rstrip())
 
     now = int(time.time() * 1000)
     cfg = SyntheticConfig(
