@@ -188,6 +188,9 @@ def parent(
     try:
         _until("SERVING", lambda: proc.poll() is not None or _health(port) == SERVING)
         assert proc.poll() is None, log.read_text()
+        # every member sees the last mark on its own next check (every 50 ms; longer on a
+        # loaded machine): SERVING on 10 fresh connections in a row, then the test starts
+        _until("SERVING on every member", lambda: all(_health(port) == SERVING for _ in range(10)))
         p.members = _children(proc.pid)
         yield p
     finally:
@@ -210,7 +213,7 @@ def test_two_processes_answer_on_one_port_and_health_speaks_for_both(
             stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
             resp = stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=ids), timeout=10)
             assert len(resp.statuses) == len(ids)
-            # one member said SERVING, so every member is ready: any connection says so
+            # every member is ready (the fixture saw it): any connection says so
             req = health_pb2.HealthCheckRequest(service=SERVICE_NAME)
             assert health_pb2_grpc.HealthStub(ch).Check(req, timeout=5).status == SERVING
     samples = parent.metrics()
