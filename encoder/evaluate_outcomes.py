@@ -81,6 +81,7 @@ def outcome_report(
         "split_at_ms": split,
         "users": len(users),
         "min_class": min_class,
+        "horizons_ms": list(heads.horizons_ms),
     }
 
 

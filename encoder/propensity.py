@@ -15,7 +15,7 @@ Shapes: B users, E vector dimensions, K horizons, Y outcomes.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -204,24 +204,18 @@ def calibrate(
         {},
     )
     if len(z) == 0:
-        return _with(raw, a=raw.a, b=raw.b, fitted=raw.calibrated, report={"examples": 0})
-    s = raw.logits(z)
-    a, b, fitted = fit_platt(s, y, ok, min_class)
-    out = _with(raw, a=a, b=b, fitted=fitted, report={})
+        return replace(raw, report={"examples": 0})
+    a, b, fitted = fit_platt(raw.logits(z), y, ok, min_class)
+    out = replace(raw, a=a, b=b, calibrated=fitted)
+    before, after = raw.probabilities(z, calibrated=False), out.probabilities(z)
     report = {
         "examples": len(z),
         "cells": int(fitted.size),
         "cells_calibrated": int(fitted.sum()),
-        "ece_before": cell_ece(raw.probabilities(z, calibrated=False), y, ok, fitted),
-        "ece_after": cell_ece(out.probabilities(z), y, ok, fitted),
-        "log_loss_before": log_loss(raw.probabilities(z, calibrated=False), y, ok, fitted),
-        "log_loss_after": log_loss(out.probabilities(z), y, ok, fitted),
+        "ece_before": cell_ece(before, y, ok, fitted),
+        "ece_after": cell_ece(after, y, ok, fitted),
+        "log_loss_before": log_loss(before, y, ok, fitted),
+        "log_loss_after": log_loss(after, y, ok, fitted),
         "min_class": min_class,
     }
-    return _with(out, a=a, b=b, fitted=fitted, report=report)
-
-
-def _with(
-    h: OutcomeHeads, a: np.ndarray, b: np.ndarray, fitted: np.ndarray, report: dict[str, Any]
-) -> OutcomeHeads:
-    return OutcomeHeads(h.names, h.horizons_ms, h.weight, h.bias, a, b, fitted, report)
+    return replace(out, report=report)

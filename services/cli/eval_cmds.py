@@ -85,11 +85,8 @@ def _propensities(
     if rep is None:
         print("outcome propensities: none in this version")
         return None
-    from encoder import registry
-
-    heads = registry.read_json(args.models, version, "outcomes.json")
     print(f"outcome propensities ({rep['users']} users, cells with enough of each class):")
-    print(format_outcome_table(rep, tuple(heads["horizons_ms"])))
+    print(format_outcome_table(rep, tuple(rep["horizons_ms"])))
     if rep["cells"] == 0:
         print(f"no outcome and horizon has {rep['min_class']} positives and negatives")
         return rep

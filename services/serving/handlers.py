@@ -55,7 +55,7 @@ def add_service(servicer: object, server: grpc.Server, service: str) -> None:
     handlers = {}
     for m in desc.methods:
         if m.client_streaming or m.server_streaming:  # none yet; this file would need them
-            raise NotImplementedError(f"{m.full_name} streams")
+            raise TypeError(f"{m.full_name} streams: add_service registers unary methods only")
         request = getattr(service_pb2, m.input_type.name)
         response = getattr(service_pb2, m.output_type.name)
         handlers[m.name] = grpc.unary_unary_rpc_method_handler(
