@@ -4,13 +4,16 @@ variables; these are the defaults they fall back on, written once.
 - `EVENTS`: producers' events, key = user id, value = `persona.v1.Event` (or its JSON);
 - `dead_letters(topic)`: the records of `topic` ingest refused, with the reason in headers;
 - `EMBEDDINGS`: the update log, compacted, key = `<version>/<user id>`, value =
-  `persona.v1.EmbeddingUpdate` (`contract.updates`).
+  `persona.v1.EmbeddingUpdate` (`contract.updates`);
+- `REFRESH_SHARES`: no records; its partitions stand for bucket ranges, and the refresh
+  workers' consumer group divides them (`services/refresh/share.py`).
 """
 
 from __future__ import annotations
 
 EVENTS = "persona.events"
 EMBEDDINGS = "persona.embeddings"
+REFRESH_SHARES = "persona.refresh.shares"
 
 
 def dead_letters(events_topic: str) -> str:

@@ -42,6 +42,14 @@ def register(sub: Any) -> None:
         help="encoder device: cpu / cuda; unset = cuda when present",
     )
     setting_flag(p, "refresh.embeddings_topic", "--embeddings-topic", metavar="TOPIC")
+    setting_flag(
+        p,
+        "refresh.share_group",
+        "--share-group",
+        metavar="GROUP",
+        help="divide the buckets with the other refreshers of GROUP (a Kafka consumer group);"
+        " unset = take every bucket",
+    )
     setting_flag(p, "refresh.expire_after_days", "--expire-after-days", metavar="DAYS",
                  help="forget users without events for DAYS days; 0 = never")  # fmt: skip
     p.set_defaults(func=cmd_refresh)
@@ -81,6 +89,7 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     from services.refresh.metrics import refresh_metrics
     from services.refresh.publish import Publisher
     from services.refresh.refresher import Refresher
+    from services.refresh.share import GroupShare, group_share
     from services.store.client import connect
     from services.store.forget import StoreForgetter
     from services.store.vectors import VectorStore
@@ -100,7 +109,13 @@ def cmd_refresh(args: argparse.Namespace) -> int:
     windows = WindowStore(client, s.window)
     vectors = VectorStore(client, cfg.history, cfg.ttl_s, cfg.dtype)
     forgetter = StoreForgetter(client)
+    share: GroupShare | None = None
     try:
+        if cfg.share_group:
+            share = group_share(cfg, s.kafka)
+            share.start()
+            if args.until_idle and not share.wait_assigned(60):
+                raise TimeoutError(f"no bucket ranges from group {cfg.share_group} in 60 s")
         with metrics_endpoint(s.process, registry):
             refresher = Refresher(
                 cfg,
@@ -111,12 +126,15 @@ def cmd_refresh(args: argparse.Namespace) -> int:
                 refresh_metrics(registry),
                 tracer(),
                 forgetter,
+                share,
             )
             t0 = time.perf_counter()
             with watch(lambda: refresher.stats.backfilled, "back-fill", "user"):
                 stats = refresher.run(stop, until_idle=args.until_idle)
             dt = time.perf_counter() - t0
     finally:
+        if share is not None:
+            share.close()  # leaves the group: the others take its buckets at once
         windows.close()
         vectors.close()
         forgetter.close()

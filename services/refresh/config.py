@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from contract import topics
+from services.store.layout import BUCKETS
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,12 @@ class RefreshConfig:
             production settings (k8s/config.yaml) set 90.
         expire_every_s: how often the refresher looks for such users (a pass SCANs every
             user's meta hash and blocks the refresh loop meanwhile: daily by default).
+        share_group: refreshers started with the same group divide the store's buckets
+            through a Kafka consumer group of this id (services/refresh/share.py); unset:
+            this refresher takes every bucket (one refresher, the embedded stack).
+        share_topic: the topic whose partitions stand for bucket ranges (no records).
+        share_ranges: partitions of `share_topic` when it is created (bucket ranges: at most
+            1024, and at least the most refreshers you will run).
     """
 
     interval_s: float = 30.0
@@ -50,11 +57,16 @@ class RefreshConfig:
     max_publish_wait_s: float = 30.0
     expire_after_days: float | None = None
     expire_every_s: float = 86_400.0
+    share_group: str | None = None
+    share_topic: str = topics.REFRESH_SHARES
+    share_ranges: int = 32
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.candidates_per_bucket < 1 or self.backfill_batch < 1:
             raise ValueError("batch_size, candidates_per_bucket, backfill_batch must be >= 1")
         if self.interval_s <= 0 or self.check_every_s <= 0 or self.expire_every_s <= 0:
             raise ValueError("interval_s, check_every_s and expire_every_s must be > 0")
+        if not 1 <= self.share_ranges <= BUCKETS:
+            raise ValueError("share_ranges must be between 1 and 1024 (the buckets)")
         if self.expire_after_days is not None and self.expire_after_days <= 0:
             raise ValueError("expire_after_days must be > 0 (unset: no expiry)")

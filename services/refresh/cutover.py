@@ -7,9 +7,14 @@
   chunks between its dirty passes, skipping users whose V vector already saw their current
   window. The users come from `Windows.users` (SCAN on Valkey): every user who has a window when
   the back-fill starts is visited; users who appear later are dirty, and the dirty path
-  encodes them with every version written, the back-filling one included. When the scan is
-  done it flips the active pointer to V in one atomic step (the old version becomes
-  "ready", still written, so `rollback` is instant and fresh).
+  encodes them with every version written, the back-filling one included.
+  The back-fill goes by bucket range: a refresher scans each range its share holds
+  (`share.py`; alone: one range, every bucket) and, when a range's scan is done, records its
+  buckets as back-filled in the store (`Vectors.mark_backfilled`). Whichever refresher then
+  finds all 1024 buckets recorded flips the active pointer to V in one atomic step (the old
+  version becomes "ready", still written, so `rollback` is instant and fresh). Completion is
+  read from the store, so a refresher that dies mid-range loses nothing: the member that
+  gets its range scans it again, and skips the users already done without encoding them.
 
 `persona model promote V` (encoder) flips the registry's ACTIVE file; with
 `follow_registry` the refresher notices the change (edge-triggered: it remembers the last
@@ -31,6 +36,8 @@ from typing import Any
 from encoder import registry
 from services.refresh.config import RefreshConfig
 from services.refresh.metrics import RefreshMetrics, RefreshStats
+from services.refresh.share import AllBuckets
+from services.store import layout
 from services.store.protocols import Vectors, Windows
 from services.store.vectors import CutoverError
 from services.store.windows import Window
@@ -52,9 +59,12 @@ def promote(store: Vectors, models_dir: Path | None, version: str) -> str:
     if store.active_version() is None:
         store.set_active(version)  # nothing served yet: nothing to back-fill against
         return "active"
-    if store.versions().get(version) == "ready":
+    state = store.versions().get(version)
+    if state == "ready":
         store.set_active(version, require="ready")
         return "active"
+    if state != "backfilling":
+        store.reset_backfill(version)  # progress of an earlier, abandoned back-fill
     store.set_state(version, "backfilling")
     return "backfilling"
 
@@ -75,6 +85,9 @@ def status(store: Vectors) -> dict[str, Any]:
         "versions": store.versions(),
         "history": store.history_versions(),
         "registry_seen": store.registry_seen(),
+        "backfilled_buckets": {
+            v: len(store.backfilled(v)) for v, s in store.versions().items() if s == "backfilling"
+        },
     }
 
 
@@ -109,6 +122,7 @@ class Cutover:
         models_dir: the registry whose ACTIVE is followed.
         encode_and_commit: encodes and commits a back-fill chunk.
         stats, metrics: where cutovers and back-filled users are counted.
+        share: which bucket ranges this refresher back-fills (None: all, one range).
     """
 
     def __init__(
@@ -120,6 +134,7 @@ class Cutover:
         encode_and_commit: EncodeAndCommit,
         stats: RefreshStats,
         metrics: RefreshMetrics | None = None,
+        share: AllBuckets | None = None,
     ) -> None:
         self.cfg = cfg
         self.store = store
@@ -128,7 +143,8 @@ class Cutover:
         self.encode_and_commit = encode_and_commit
         self.stats = stats
         self.metrics = metrics
-        self._scans: dict[str, Iterator[str]] = {}
+        self.share = share or AllBuckets()
+        self._scans: dict[tuple[str, range], Iterator[str]] = {}  # (version, range): its SCAN
 
     def sync(self) -> None:
         """Bootstrap the pointer from the registry; follow registry changes."""
@@ -151,28 +167,60 @@ class Cutover:
                 m.active_version.labels(version=v).set(1 if v == active else 0)
 
     def step(self, stop: threading.Event) -> bool:
-        """One back-fill chunk of the oldest back-filling version, or its flip when the scan
-        is done. Returns False when there is nothing to back-fill."""
+        """One back-fill chunk of the oldest back-filling version in a range of this share
+        that the store does not record as done; else, when a range's scan ends, record it;
+        else, when the store records every bucket, the flip. Returns False when none of
+        that was to do (nothing back-filling, or this share's ranges all done)."""
         filling = sorted(v for v, s in self.store.versions().items() if s == "backfilling")
-        for gone in set(self._scans) - set(filling):
-            del self._scans[gone]
+        ranges = self.share.ranges()
+        for key in [k for k in self._scans if k[0] not in filling or k[1] not in ranges]:
+            del self._scans[key]  # the version flipped or stopped, or the range moved away
         if not filling or stop.is_set():
             return False
         ver = filling[0]
-        scan = self._scans.setdefault(ver, self.windows.users())
-        chunk = list(dict.fromkeys(islice(scan, self.cfg.backfill_batch)))
-        if chunk:
-            self._backfill(ver, chunk)
-            return True
-        del self._scans[ver]
+        done = self.store.backfilled(ver)
+        for r in ranges:
+            if done.issuperset(r):
+                continue
+            scan = self._scans.setdefault((ver, r), self._range_users(r))
+            chunk = list(dict.fromkeys(islice(scan, self.cfg.backfill_batch)))
+            if chunk:
+                if not self._backfill(ver, chunk):  # the range moved away meanwhile: this
+                    del self._scans[(ver, r)]  # scan skipped users, it cannot finish it
+                return True
+            del self._scans[(ver, r)]
+            if r in self.share.ranges():  # ours for the whole scan: every user visited
+                self.store.mark_backfilled(ver, r)
+                done |= set(r)
+            break
+        if len(done) < layout.BUCKETS:
+            return bool(ranges) and not done.issuperset(b for r in ranges for b in r)
         prev = self.store.set_active(ver, require="backfilling")
-        self.stats.cutovers += 1
-        if self.metrics is not None:
-            self.metrics.cutovers.inc()
-        log.info("back-fill of %s complete: active %s -> %s", ver, prev, ver)
+        self.store.reset_backfill(ver)
+        if prev != ver:  # another refresher of the group may have flipped it first
+            self.stats.cutovers += 1
+            if self.metrics is not None:
+                self.metrics.cutovers.inc()
+            log.info("back-fill of %s complete: active %s -> %s", ver, prev, ver)
         return True
 
-    def _backfill(self, ver: str, users: list[str]) -> None:
+    def _range_users(self, r: range) -> Iterator[str]:
+        if r == range(layout.BUCKETS):
+            return self.windows.users()
+        return (u for u in self.windows.users() if layout.bucket(u) in r)
+
+    def _backfill(self, ver: str, users: list[str]) -> bool:
+        """Back-fill the users still in this share; False if some were not."""
+        keep = self.share.claim(users)  # the range may have moved since the chunk was cut
+        try:
+            if keep:
+                self._backfill_claimed(ver, [users[i] for i in keep])
+        finally:
+            if keep:
+                self.share.release()
+        return len(keep) == len(users)
+
+    def _backfill_claimed(self, ver: str, users: list[str]) -> None:
         t0 = time.perf_counter()
         wins = self.windows.read(users)
         heads = self.store.get_batch(users, ver)

@@ -9,6 +9,10 @@ waits for `interval_s`, or less when the backlog passes `drain_threshold`, and w
 pending back-fill in chunks (see `cutover.py`); every `expire_every_s` it forgets the users
 inactive for `expire_after_days`, when set (see `forget.py`).
 
+Several refreshers divide the work when they share a group (`share.py`): each scans, encodes
+and back-fills only the buckets its share holds now, and claims each batch from the share,
+which drops the users of buckets revoked since the round's scan. Alone it takes every bucket.
+
 Shutdown: `stop` is a flag; the loop finishes its batch, waits for the writer, and closes
 the publisher in `finally`.
 """
@@ -32,6 +36,7 @@ from services.refresh.encoders import EncoderCache, ModelLoadError
 from services.refresh.forget import expire_inactive
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.publish import Publisher
+from services.refresh.share import AllBuckets
 from services.store.protocols import Forgetter, Vectors, Windows
 from services.store.records import StoredVector
 from services.store.vectors import UserWrite, WriteResult
@@ -102,10 +107,13 @@ class Refresher:
         metrics: RefreshMetrics | None = None,
         tracer: trace.Tracer | None = None,
         forgetter: Forgetter | None = None,
+        share: AllBuckets | None = None,
     ) -> None:
         """`tracer`: one span per batch, from its encode to its store write, whose context
         goes to the update log in each record's headers (None: no spans). `forgetter`: the
-        store's, for the expiry (None: no expiry whatever the config says)."""
+        store's, for the expiry (None: no expiry whatever the config says). `share`: the
+        buckets to work on (a started `share.GroupShare`; None: all, `AllBuckets`)."""
+        self.share = share or AllBuckets()
         self.forgetter = forgetter
         self.tracer = tracer
         self.cfg = cfg
@@ -126,7 +134,7 @@ class Refresher:
         the dirty marks keep the work."""
         cutover = Cutover(
             self.cfg, self.vectors, self.windows, self.encoders.models_dir,
-            self.encode_and_commit, self.stats, self.metrics,
+            self.encode_and_commit, self.stats, self.metrics, self.share,
         )  # fmt: skip
         last_pass = last_expiry = -float("inf")
         errors = 0
@@ -154,7 +162,7 @@ class Refresher:
                         raise
                     stop.wait(min(30.0, 0.5 * 2**errors))
                     continue
-                if until_idle and not busy and self.backlog() == 0:
+                if until_idle and not busy and self.idle():
                     break
                 if not busy:
                     stop.wait(self.cfg.check_every_s)
@@ -164,9 +172,11 @@ class Refresher:
 
     def expire(self) -> int:
         """Forget the users without events for `expire_after_days` (store, then update-log
-        tombstones); returns how many. Nothing when the expiry is off."""
+        tombstones); returns how many. Nothing when the expiry is off, or when a share
+        without bucket 0 (one member of a group runs it)."""
         days = self.cfg.expire_after_days
-        if self.forgetter is None or days is None:
+        owned = self.share.owned()
+        if self.forgetter is None or days is None or (owned is not None and 0 not in owned):
             return 0
         n = len(expire_inactive(self.forgetter, self.publisher, now_ms(), days).users)
         self.stats.expired += n
@@ -175,10 +185,20 @@ class Refresher:
         return n
 
     def backlog(self) -> int:
-        n = self.windows.dirty_count()
+        """Dirty users in this refresher's buckets."""
+        n = self.windows.dirty_count(self.share.owned())
         if self.metrics:
             self.metrics.dirty_users.set(n)
         return n
+
+    def idle(self) -> bool:
+        """Nothing left to do (`run(until_idle=True)` ends): no user dirty; with a share,
+        in no bucket (another member's share may move here) and no back-fill pending."""
+        n = self.backlog()
+        if n or self.share.owned() is None:
+            return n == 0
+        states = self.vectors.versions().values()
+        return self.windows.dirty_count() == 0 and "backfilling" not in states
 
     def write_set(self) -> list[str]:
         """Versions every refreshed user is encoded with: active, back-filling, ready."""
@@ -192,7 +212,7 @@ class Refresher:
         t0, done = time.perf_counter(), 0
         self.stats.passes += 1
         while not stop.is_set():
-            cands = self.windows.oldest_dirty(self.cfg.candidates_per_bucket)
+            cands = self.windows.oldest_dirty(self.cfg.candidates_per_bucket, self.share.owned())
             if not cands:
                 break
             done += self.round(cands, self.write_set(), stop)
@@ -225,12 +245,20 @@ class Refresher:
                 if k + 1 < len(chunks):
                     nxt = [u for u, _ in chunks[k + 1]]
                     reads.append(self._reader.submit(self.windows.read, nxt))
-                prepared = self.prepare_windows(wins, versions, clear_dirty=True, t0=t0)
-                prepared.dirty_ts = [ts for _, ts in chunk]
-                if pending is not None:
-                    pending.result()
-                pending = self._writer.submit(self.commit, prepared)
-                n += len(chunk)
+                keep = self.share.claim([u for u, _ in chunk])  # buckets still ours
+                if not keep:
+                    continue
+                try:
+                    wins = [wins[i] for i in keep]
+                    prepared = self.prepare_windows(wins, versions, clear_dirty=True, t0=t0)
+                    prepared.dirty_ts = [chunk[i][1] for i in keep]
+                    if pending is not None:
+                        pending.result()
+                except BaseException:
+                    self.share.release()
+                    raise
+                pending = self._writer.submit(self._commit_claimed, prepared)
+                n += len(keep)
         finally:
             if pending is not None:
                 pending.result()
@@ -268,6 +296,12 @@ class Refresher:
                 for prop, n in unknown.items():
                     self.metrics.unknown_properties.labels(version=ver, property=prop).inc(n)
         return Prepared(writes, flat, started=t0, span=span)
+
+    def _commit_claimed(self, batch: Prepared) -> WriteResult:
+        try:
+            return self.commit(batch)
+        finally:
+            self.share.release()
 
     def encode_and_commit(self, wins: Sequence[Window], version: str, t0: float) -> None:
         """Encode windows with one version and commit them, leaving dirty marks alone (the

@@ -18,7 +18,7 @@ from __future__ import annotations
 import struct
 import threading
 import time
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from contract.record import unpack_record
@@ -175,15 +175,21 @@ class MemoryWindows:
         with self._lock:
             self._dirty.pop(user_id, None)
 
-    def dirty_count(self) -> int:
+    def dirty_count(self, buckets: Collection[int] | None = None) -> int:
         with self._lock:
-            return len(self._dirty)
+            if buckets is None:
+                return len(self._dirty)
+            return sum(1 for uid in self._dirty if layout.bucket(uid) in buckets)
 
-    def oldest_dirty(self, per_bucket: int) -> list[tuple[str, int]]:
+    def oldest_dirty(
+        self, per_bucket: int, buckets: Collection[int] | None = None
+    ) -> list[tuple[str, int]]:
         by_bucket: dict[int, list[tuple[int, bytes, str]]] = {}
         with self._lock:
             for uid, ts in self._dirty.items():
-                by_bucket.setdefault(layout.bucket(uid), []).append((ts, uid.encode(), uid))
+                b = layout.bucket(uid)
+                if buckets is None or b in buckets:
+                    by_bucket.setdefault(b, []).append((ts, uid.encode(), uid))
         out = [
             (uid, ts) for marks in by_bucket.values() for ts, _, uid in sorted(marks)[:per_bucket]
         ]
@@ -235,6 +241,7 @@ class MemoryVectors:
         self._active: str | None = None
         self._history: list[str] = []
         self._seen: str | None = None
+        self._backfilled: dict[str, set[int]] = {}
         self._lock = threading.Lock()
 
     def active_version(self) -> str | None:
@@ -293,6 +300,18 @@ class MemoryVectors:
 
     def set_registry_seen(self, version: str) -> None:
         self._seen = version
+
+    def backfilled(self, version: str) -> set[int]:
+        with self._lock:
+            return set(self._backfilled.get(check_version(version), ()))
+
+    def mark_backfilled(self, version: str, buckets: Iterable[int]) -> None:
+        with self._lock:
+            self._backfilled.setdefault(check_version(version), set()).update(buckets)
+
+    def reset_backfill(self, version: str) -> None:
+        with self._lock:
+            self._backfilled.pop(check_version(version), None)
 
     def write(self, users: Sequence[UserWrite]) -> WriteResult:
         for u in users:  # refused before anything is written, as the store does

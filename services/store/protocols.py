@@ -1,11 +1,13 @@
 """What the rest of Persona calls on the stores, and nothing more, as Protocols.
 
 - `Windows`: ingest writes windows (`apply_packed`); the refresher reads them and the dirty
-  marks those writes leave (`read`, `dirty_count`, `oldest_dirty`, `users`).
+  marks those writes leave (`read`, `dirty_count`, `oldest_dirty`, `users`), of all buckets
+  or of the ones a refresher's share holds.
 - `Forgetter`: forget users (a privacy request, `persona forget`) or expire inactive ones
   (the refresher): window, dirty mark and vectors of every version go, a marker stays.
 - `Vectors`: the refresher writes vectors and clears dirty marks (`write`); the cutover moves
-  the active pointer and version states; serving reads (`active_version`, `versions`,
+  the active pointer and version states and records which buckets a back-fill has done
+  (`backfilled`, `mark_backfilled`, `reset_backfill`); serving reads (`active_version`, `versions`,
   `get_batch`, `read_batch`; its own narrower port is `serving/ports.VectorReader`).
 
 Implemented by `windows.WindowStore` / `vectors.VectorStore` (a Valkey / Redis node or
@@ -16,7 +18,7 @@ connections of its own), never the client it was given.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from services.store.forget import ForgetResult
@@ -32,9 +34,11 @@ class Windows(Protocol):
 
     def read(self, user_ids: Sequence[str]) -> list[Window]: ...
 
-    def dirty_count(self) -> int: ...
+    def dirty_count(self, buckets: Collection[int] | None = None) -> int: ...
 
-    def oldest_dirty(self, per_bucket: int) -> list[tuple[str, int]]: ...
+    def oldest_dirty(
+        self, per_bucket: int, buckets: Collection[int] | None = None
+    ) -> list[tuple[str, int]]: ...
 
     def users(self, count: int = 1000) -> Iterator[str]: ...
 
@@ -57,6 +61,12 @@ class Vectors(Protocol):
     def registry_seen(self) -> str | None: ...
 
     def set_registry_seen(self, version: str) -> None: ...
+
+    def backfilled(self, version: str) -> set[int]: ...
+
+    def mark_backfilled(self, version: str, buckets: Iterable[int]) -> None: ...
+
+    def reset_backfill(self, version: str) -> None: ...
 
     def write(self, users: Sequence[UserWrite]) -> WriteResult: ...
 

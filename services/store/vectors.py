@@ -17,7 +17,7 @@ Example::
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,6 +44,11 @@ ACTIVE_KEY = b"p:{models}:active"
 STATES_KEY = b"p:{models}:states"
 HISTORY_KEY = b"p:{models}:history"
 REGISTRY_SEEN_KEY = b"p:{models}:registry_seen"
+
+
+def backfill_key(version: str) -> bytes:
+    """The set of buckets whose back-fill of `version` is done (LAYOUT.md)."""
+    return b"p:{models}:backfill:" + check_version(version).encode()
 
 
 class CutoverError(RuntimeError):
@@ -146,6 +151,18 @@ class VectorStore:
 
     def set_registry_seen(self, version: str) -> None:
         self.client.set(REGISTRY_SEEN_KEY, version)
+
+    def backfilled(self, version: str) -> set[int]:
+        """The buckets whose back-fill of `version` is done (by any refresher)."""
+        raw: set[bytes] = self.client.smembers(backfill_key(version))  # type: ignore[assignment]
+        return {int(b) for b in raw}
+
+    def mark_backfilled(self, version: str, buckets: Iterable[int]) -> None:
+        if bs := list(buckets):
+            self.client.sadd(backfill_key(version), *bs)
+
+    def reset_backfill(self, version: str) -> None:
+        self.client.delete(backfill_key(version))
 
     # ----- vectors -----------------------------------------------------------------------
 

@@ -8,7 +8,7 @@ Python model of the same rules, held to the scripts by a parity test.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,17 +148,20 @@ class WindowStore:
 
     # ----- the dirty marks and the users (the refresh side) ------------------------------
 
-    def dirty_count(self) -> int:
-        """Users marked dirty across all buckets (one ZCARD per bucket, pipelined per node)."""
-        keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
+    def dirty_count(self, buckets: Collection[int] | None = None) -> int:
+        """Users marked dirty across `buckets` (None: all; one ZCARD per bucket, pipelined
+        per node)."""
+        keys = [layout.dirty_key(b) for b in _buckets(buckets)]
         results = self.router.execute([(k, ("ZCARD", k)) for k in keys])
         raise_first(results)
         return sum(int(n) for n in results)
 
-    def oldest_dirty(self, per_bucket: int) -> list[tuple[str, int]]:
-        """Up to `per_bucket` oldest dirty users of every bucket, as (user id, dirty ts_ms),
-        sorted oldest first. One pipelined read per node."""
-        keys = [layout.dirty_key(b) for b in range(layout.BUCKETS)]
+    def oldest_dirty(
+        self, per_bucket: int, buckets: Collection[int] | None = None
+    ) -> list[tuple[str, int]]:
+        """Up to `per_bucket` oldest dirty users of every bucket in `buckets` (None: all), as
+        (user id, dirty ts_ms), sorted oldest first. One pipelined read per node."""
+        keys = [layout.dirty_key(b) for b in _buckets(buckets)]
         results = self.router.execute(
             [(k, ("ZRANGE", k, 0, per_bucket - 1, "WITHSCORES")) for k in keys]
         )
@@ -178,6 +181,10 @@ class WindowStore:
     def close(self) -> None:
         """Stop the router's threads (the client stays open: it is the caller's)."""
         self.router.close()
+
+
+def _buckets(buckets: Collection[int] | None) -> Iterable[int]:
+    return range(layout.BUCKETS) if buckets is None else sorted(buckets)
 
 
 def _pairs(raw: Any) -> list[tuple[bytes, float]]:

@@ -118,6 +118,17 @@ def test_pointer_flip_states_rollback_and_refusals(stores: Stores) -> None:
     assert v.registry_seen() == v1
 
 
+def test_backfill_progress_by_bucket(stores: Stores) -> None:
+    v, ver = stores.vectors, _ver()
+    assert v.backfilled(ver) == set()
+    v.mark_backfilled(ver, range(0, 32))
+    v.mark_backfilled(ver, [31, 1000])
+    v.mark_backfilled(ver, [])
+    assert v.backfilled(ver) == {*range(32), 1000}
+    v.reset_backfill(ver)
+    assert v.backfilled(ver) == set()
+
+
 def test_a_bad_version_id_is_refused(stores: Stores) -> None:
     for call in (
         lambda: stores.vectors.set_active("a:b"),

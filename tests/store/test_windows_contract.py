@@ -130,6 +130,21 @@ def test_dirty_marks_keep_their_first_time_and_come_oldest_first(stores: Stores)
         assert one == [b]  # the oldest of the bucket only
 
 
+def test_dirty_marks_of_some_buckets_only(stores: Stores) -> None:
+    """A refresher's share reads and counts the dirty marks of its buckets only."""
+    pre = _pre()
+    ids = [f"{pre}{k}" for k in range(40)]
+    apply_events(stores.windows, [UserUpdate(u, 0, [(0, _ev(u, "1", 500))]) for u in ids])
+    half = {layout.bucket(u) for u in ids[:20]}
+    inside = {u for u in ids if layout.bucket(u) in half}
+    got = {u for u, _ in stores.windows.oldest_dirty(64, half) if u.startswith(pre)}
+    assert got == inside
+    assert all(layout.bucket(u) in half for u, _ in stores.windows.oldest_dirty(64, half))
+    assert stores.windows.dirty_count(half) >= len(inside)
+    assert stores.windows.dirty_count(frozenset()) == 0
+    assert stores.windows.oldest_dirty(64, set()) == []
+
+
 def test_users_lists_everyone_with_a_window(stores: Stores) -> None:
     pre = _pre()
     ids = [f"{pre}{k}" for k in range(30)]
