@@ -118,11 +118,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def _unreachable(exc: BaseException) -> bool:
     """A store or broker that refused or could not be reached: a one-line error, not a trace."""
-    from kafka.errors import KafkaError
+    from confluent_kafka import KafkaException
     from redis.exceptions import AuthenticationError, ConnectionError, ResponseError
     from redis.exceptions import TimeoutError as RedisTimeout
 
-    if isinstance(exc, AuthenticationError | ConnectionError | RedisTimeout | KafkaError):
+    if isinstance(exc, AuthenticationError | ConnectionError | RedisTimeout | KafkaException):
         return True
     return isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
 

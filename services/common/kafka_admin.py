@@ -1,4 +1,4 @@
-"""Topic helpers: create topics idempotently, read end offsets (kafka-python), a topic's id.
+"""Topic helpers (librdkafka): create topics idempotently, read end offsets, a topic's id.
 
 They work the same against the embedded Tansu broker and a production Kafka cluster.
 """
@@ -7,15 +7,17 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any
 
-from services.common.kafka import security_kwargs
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from services.common.kafka import RDKAFKA_LOG, rdkafka_config
+from services.common.kafka import topic_id as describe
 
 log = logging.getLogger(__name__)
-
-_TOPIC_ALREADY_EXISTS = 36
 
 
 @dataclass(frozen=True)
@@ -36,37 +38,28 @@ def ensure_topics(
 ) -> None:
     """Create each topic in `specs` that does not exist yet; existing topics are left as they are.
 
-    Raises the broker's error for any failure other than "topic already exists".
+    Raises KafkaException with the broker's error for any failure other than "topic already
+    exists" (the broker away: `_TIMED_OUT` after `timeout_ms`).
     """
-    from kafka import errors as kafka_errors
-    from kafka.admin import KafkaAdminClient
-
-    wanted = {
-        s.name: {
-            "num_partitions": s.partitions,
-            "replication_factor": replication_factor,
-            "configs": dict(s.config or {}),
-        }
+    wanted = [
+        NewTopic(s.name, s.partitions, replication_factor, config=dict(s.config or {}))
         for s in specs
-    }
+    ]
     if not wanted:
         return
-    admin = KafkaAdminClient(
-        bootstrap_servers=bootstrap, request_timeout_ms=timeout_ms, **security_kwargs()
+    admin = AdminClient(rdkafka_config(bootstrap), logger=RDKAFKA_LOG)
+    futures = admin.create_topics(
+        wanted, operation_timeout=timeout_ms / 1000, request_timeout=timeout_ms / 1000
     )
-    try:
-        result: dict[str, Any] = admin.create_topics(
-            wanted, timeout_ms=timeout_ms, raise_errors=False
-        )
-        for topic in result["topics"]:
-            code = topic["error_code"]
-            if code == 0:
-                log.info("created topic %s", topic["name"])
-            elif code != _TOPIC_ALREADY_EXISTS:
-                error = kafka_errors.for_code(code)
-                raise error(f"creating topic {topic['name']}: {topic.get('error_message')}")
-    finally:
-        admin.close()
+    for name, fut in futures.items():
+        try:
+            fut.result()
+            log.info("created topic %s", name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise KafkaException(
+                    KafkaError(exc.args[0].code(), f"creating topic {name}: {exc.args[0].str()}")
+                ) from exc
 
 
 def end_offsets(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> dict[int, int]:
@@ -77,31 +70,42 @@ def end_offsets(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> dict
     The fetch response's high watermark is right, so we fetch from that base offset and take the
     larger of the two (on Apache Kafka both agree).
     """
-    from kafka import KafkaConsumer, TopicPartition
-
-    consumer = KafkaConsumer(
-        bootstrap_servers=bootstrap,
-        request_timeout_ms=timeout_ms,
-        **security_kwargs(),
-        enable_auto_commit=False,
-        fetch_max_wait_ms=10,
-        max_partition_fetch_bytes=64 * 1024,
+    consumer = Consumer(
+        {
+            **rdkafka_config(bootstrap),
+            # assign() only: never joins this group, never commits
+            "group.id": f"persona-end-offsets-{uuid.uuid4().hex}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "fetch.wait.max.ms": 10,
+            "max.partition.fetch.bytes": 64 * 1024,
+        },
+        logger=RDKAFKA_LOG,
     )
     try:
-        parts = consumer.partitions_for_topic(topic)
-        if not parts:
+        timeout_s = timeout_ms / 1000
+        meta = consumer.list_topics(topic, timeout=timeout_s).topics.get(topic)
+        if meta is None or meta.error is not None or not meta.partitions:
             raise KeyError(f"topic {topic!r} not found at {bootstrap}")
-        tps = [TopicPartition(topic, p) for p in sorted(parts)]
-        listed = {tp: int(off) for tp, off in consumer.end_offsets(tps).items()}
-        consumer.assign(tps)
+        tps = [TopicPartition(topic, p) for p in sorted(meta.partitions)]
+        listed = {}
         for tp in tps:
-            consumer.seek(tp, max(listed[tp] - 1, 0))
-        deadline = time.monotonic() + timeout_ms / 1000
-        while any(consumer.highwater(tp) is None for tp in tps):
+            _, hi = consumer.get_watermark_offsets(tp, timeout=timeout_s)
+            listed[tp.partition] = int(hi)
+        consumer.assign([TopicPartition(topic, p, max(o - 1, 0)) for p, o in listed.items()])
+        deadline = time.monotonic() + timeout_s
+        fetched: dict[int, int] = {}
+        while len(fetched) < len(tps):
+            for tp in tps:
+                got = consumer.get_watermark_offsets(tp, cached=True)  # the last fetch's
+                if got is not None and got[1] >= 0:
+                    fetched[tp.partition] = int(got[1])
+            if len(fetched) == len(tps):
+                break
             if time.monotonic() > deadline:
                 raise TimeoutError(f"no fetch response for every partition of {topic!r}")
-            consumer.poll(timeout_ms=50)
-        return {tp.partition: max(listed[tp], int(consumer.highwater(tp) or 0)) for tp in tps}
+            consumer.consume(64, 0.05)
+        return {p: max(listed[p], fetched[p]) for p in listed}
     finally:
         consumer.close()
 
@@ -109,9 +113,4 @@ def end_offsets(bootstrap: str, topic: str, *, timeout_ms: int = 10_000) -> dict
 def topic_id(bootstrap: str, topic: str) -> str | None:
     """The topic's id (hex), which changes when a topic is deleted and created again; None
     when the broker does not report ids (Kafka < 2.8). Ingest keys applied offsets by it."""
-    from confluent_kafka.admin import AdminClient
-
-    from services.common.kafka import RDKAFKA_LOG, rdkafka_config
-    from services.common.kafka import topic_id as describe
-
     return describe(AdminClient(rdkafka_config(bootstrap), logger=RDKAFKA_LOG), topic)

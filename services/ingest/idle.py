@@ -15,7 +15,6 @@ import time
 from collections.abc import Mapping
 
 from confluent_kafka import KafkaException
-from kafka.errors import KafkaError as KafkaPythonError
 
 from services.common.kafka_admin import end_offsets
 from services.config import KafkaConfig
@@ -45,7 +44,7 @@ def topic_behind(source: EventSource, cfg: KafkaConfig) -> dict[int, int] | None
         if mine:
             source.commit(mine)
             committed.update(mine)
-    except (KafkaException, KafkaPythonError, TimeoutError, KeyError, OSError) as exc:
+    except (KafkaException, TimeoutError, KeyError, OSError) as exc:
         log.warning("until-idle: cannot read or commit the topic's offsets (%s); again", exc)
         return None
     done = {p: max(committed.get(p, -1), 0) for p in ends}

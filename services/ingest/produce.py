@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import Literal
 
 from opentelemetry.trace import SpanKind
 
@@ -21,7 +21,7 @@ WireFormat = Literal["proto", "json"]
 def produce_events(cfg: KafkaConfig, events: Iterable[Event], fmt: WireFormat = "proto") -> int:
     """Send events keyed by user id; returns how many the broker acknowledged."""
     encode = event_to_proto if fmt == "proto" else event_to_json
-    prod = kafka_clients.producer(cfg, max_in_flight_requests_per_connection=5)
+    prod = kafka_clients.producer(cfg, {"max.in.flight.requests.per.connection": 5})
     n = 0
     with _span("persona.produce", cfg.topic):
         headers = kafka_headers() or None  # the trace context, when traces are on
@@ -30,9 +30,9 @@ def produce_events(cfg: KafkaConfig, events: Iterable[Event], fmt: WireFormat = 
                 key = ev.user_id.encode("utf-8")
                 prod.send(cfg.topic, key=key, value=encode(ev), headers=headers)
                 n += 1
-            prod.flush()
+            prod.flush()  # raises unless every record was acknowledged
         finally:
-            prod.close(timeout=30)
+            prod.close(timeout_s=30)
     return n
 
 
@@ -60,7 +60,7 @@ def produce_lines(cfg: KafkaConfig, lines: Iterable[bytes]) -> int:
     return n
 
 
-def _send_lines(prod: Any, topic: str, lines: Iterable[bytes]) -> int:
+def _send_lines(prod: kafka_clients.AckedProducer, topic: str, lines: Iterable[bytes]) -> int:
     headers = kafka_headers() or None
     n = 0
     try:
@@ -77,7 +77,7 @@ def _send_lines(prod: Any, topic: str, lines: Iterable[bytes]) -> int:
                 pass
             prod.send(topic, key=key, value=line, headers=headers)
             n += 1
-        prod.flush()
+        prod.flush()  # raises unless every record was acknowledged
     finally:
-        prod.close(timeout=30)
+        prod.close(timeout_s=30)
     return n

@@ -1,11 +1,10 @@
 """The events topic as the ingest loop sees it: librdkafka (confluent-kafka) underneath.
 
-The ingest hot path uses librdkafka rather than kafka-python: its fetcher runs in C threads
-and hands over records already parsed, where kafka-python decodes every record batch in
-Python on the consuming thread (about 18 us an event here, more than Persona's own decode
-and validation). The index follower reads with librdkafka too; the rest of Persona
-(producers, the refresher's update log, admin) stays on kafka-python.
-`benchmarks/ingest.py` measures both clients.
+librdkafka's fetcher runs in C threads and hands over records already parsed (kafka-python,
+which this path used first, decoded every record batch in Python on the consuming thread:
+about 18 us an event here, more than Persona's own decode and validation). Every other
+Kafka client in Persona is librdkafka too (`services/common/kafka.py`).
+`benchmarks/ingest.py` measures the bare client beside the full path.
 
 Example::
 

@@ -17,7 +17,12 @@ log = logging.getLogger(__name__)
 class Publisher:
     """Sends vectors and waits for the broker's acks (`flush`), so that the caller writes the
     store only after the log has them: a crash leaves the log ahead of the store, never
-    behind (a replay republishes; the compacted log keeps the last value per version and user)."""
+    behind (a replay republishes; the compacted log keeps the last value per version and user).
+
+    `producer`: `services.common.kafka.producer(...)` (an `AckedProducer`), or anything with
+    its `send(topic, key=, value=, headers=)` and `flush(timeout_s)`, which raises unless
+    every record was acknowledged.
+    """
 
     def __init__(self, producer: Any, topic: str, flush_timeout_s: float = 30.0) -> None:
         self.producer = producer
@@ -28,34 +33,29 @@ class Publisher:
         self, vectors: Sequence[StoredVector], headers: list[tuple[str, bytes]] | None = None
     ) -> None:
         """`headers` go on every record (the batch's trace context, `traceparent`)."""
-        futures = [
+        for v in vectors:
             self.producer.send(
                 self.topic,
                 key=log_key(v.model_version, v.user_id),
                 value=_value(v),
                 headers=headers or None,
             )
-            for v in vectors
-        ]
-        self.producer.flush(timeout=self.flush_timeout_s)
-        for f in futures:
-            f.get(timeout=0)  # raises the send's error, if any: the store write must not follow
+        # raises a send's error, or on acks not in time: the store write must not follow
+        self.producer.flush(self.flush_timeout_s)
 
     def tombstones(self, pairs: Sequence[tuple[str, str]]) -> None:
         """Send a tombstone (key `<version>/<user id>`, no value) per (user, version) and
         wait for the acks: every replica's index follower drops the user from that version's
         index, and compaction drops the user's vectors from the log."""
-        futures = [self.producer.send(self.topic, key=log_key(ver, uid), value=None)
-                   for uid, ver in pairs]  # fmt: skip
-        self.producer.flush(timeout=self.flush_timeout_s)
-        for f in futures:
-            f.get(timeout=0)  # raises the send's error: the caller must retry the forget
+        for uid, ver in pairs:
+            self.producer.send(self.topic, key=log_key(ver, uid), value=None)
+        self.producer.flush(self.flush_timeout_s)  # raises: the caller must retry the forget
 
     def close(self) -> None:
         try:
-            self.producer.flush(timeout=self.flush_timeout_s)
+            self.producer.flush(self.flush_timeout_s)
         finally:
-            self.producer.close()
+            self.producer.close(self.flush_timeout_s)
 
 
 def _value(v: StoredVector) -> bytes:

@@ -50,12 +50,12 @@ WRITTEN_STATES = ("active", "backfilling", "ready")
 
 def error_kind(exc: BaseException) -> str:
     """The `kind` label of `persona_refresh_errors_total`: which dependency failed."""
-    from kafka.errors import KafkaError
+    from confluent_kafka import KafkaException
     from redis.exceptions import RedisError
 
     if isinstance(exc, RedisError):
         return "store"
-    if isinstance(exc, KafkaError):
+    if isinstance(exc, KafkaException):
         return "broker"
     if isinstance(exc, ModelLoadError | RegistryError):
         return "model"

@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 
 import grpc
-from kafka.errors import KafkaError
+from confluent_kafka import KafkaException
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 from redis.exceptions import RedisError
@@ -63,7 +63,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 if self._publisher is None:
                     self._publisher = self._make_publisher()
                 res = forget_users(self._forgetter, self._publisher, ids, at)
-        except (RedisError, KafkaError) as exc:
+        except (RedisError, KafkaException) as exc:
             log.warning("ForgetUsers failed (the caller retries): %s", exc)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"store or broker: {exc!s:.200}")
         return pb.ForgetUsersResponse(

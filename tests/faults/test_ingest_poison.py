@@ -17,7 +17,6 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, TopicPartition
-from kafka import KafkaProducer
 
 import services.ingest.consumer as consumer_module
 from contract.codec import decode_for_store, event_to_json, event_to_proto
@@ -33,6 +32,7 @@ from tests.faults.support import PERSONA, compare, wait_for
 from tests.integration.ingest_support import (
     ingest_until_idle,
     kcfg_for,
+    produce_raw,
     quirky_events,
     read_topic,
     sample,
@@ -66,16 +66,6 @@ def _committed(group: str, bootstrap: str, topic: str, partitions: int) -> dict[
         c.close()
 
 
-def _produce(bootstrap: str, topic: str, values: list[bytes]) -> None:
-    prod = KafkaProducer(bootstrap_servers=bootstrap, acks="all", max_request_size=4 << 20)
-    try:
-        for v in values:
-            prod.send(topic, value=v, key=b"k", partition=0)
-        prod.flush()
-    finally:
-        prod.close()
-
-
 def test_poison_records_are_dead_lettered_and_the_partition_goes_on(
     stack: EmbeddedStack,
     make_topic: Callable[..., str],
@@ -100,7 +90,7 @@ def test_poison_records_are_dead_lettered_and_the_partition_goes_on(
         values.append(event_to_proto(ev) if i % 2 else event_to_json(ev))
         if i % 60 == 30:  # each poison record with good events before and behind it
             values += list(poison.values())
-    _produce(a.bootstrap, topic, values)
+    produce_raw(kcfg, values, key=b"k", max_record_bytes=4 << 20)
 
     t0 = time.monotonic()
     run = ingest_until_idle(kcfg, a.redis, WCFG)

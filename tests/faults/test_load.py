@@ -17,7 +17,7 @@ import uuid
 from collections.abc import Callable
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import Consumer, TopicPartition
 
 from benchmarks.load import (
     find_knee,
@@ -92,10 +92,10 @@ def test_get_embeddings_knee_and_shedding_at_twice_the_knee(
     )
 
 
-def _lag_and_committed(c: KafkaConsumer, topic: str, parts: int) -> tuple[int, int]:
+def _lag_and_committed(c: Consumer, topic: str, parts: int) -> tuple[int, int]:
     tps = [TopicPartition(topic, p) for p in range(parts)]
-    end = sum(c.end_offsets(tps).values())
-    done = sum(c.committed(tp) or 0 for tp in tps)
+    end = sum(c.get_watermark_offsets(tp, timeout=10)[1] for tp in tps)  # ListOffsets
+    done = sum(max(0, tp.offset) for tp in c.committed(tps, timeout=10))
     return end - done, done
 
 
@@ -120,8 +120,8 @@ def test_ingest_fed_faster_than_it_applies_lag_grows_memory_flat(
                     [*argv, "--redis", proxy.url], env=env, stdout=out, stderr=subprocess.STDOUT
                 )
             prod = kafka_clients.producer(kcfg)
-            watch = KafkaConsumer(bootstrap_servers=a.bootstrap, group_id=group,
-                                  enable_auto_commit=False)  # fmt: skip
+            # the group's offsets, read without joining it (never subscribes)
+            watch = Consumer({**kafka_clients.rdkafka_config(a.bootstrap), "group.id": group})
             samples: list[tuple[float, int, int, int]] = []  # (t, lag, committed, rss KiB)
             try:
                 # Start-up (group join) with a fast store, then the store slows down.
@@ -148,7 +148,7 @@ def test_ingest_fed_faster_than_it_applies_lag_grows_memory_flat(
                 wait_for(lambda: _lag_and_committed(watch, a.topic, 4)[1] >= sent, 90, "the drain")
                 drain_s = time.monotonic() - t_fast
             finally:
-                prod.close(timeout=10)
+                prod.close(timeout_s=10)
                 watch.close()
                 proc.terminate()
                 try:

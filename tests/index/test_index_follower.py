@@ -7,10 +7,11 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from kafka import KafkaProducer
 from prometheus_client import CollectorRegistry
 
 from contract.updates import encode_update
+from services.common.kafka import producer as kafka_producer
+from services.config import KafkaConfig
 from services.index import IndexConfig, LookalikeIndex
 from services.index.follower import FollowerConfig, IndexFollower
 from services.index.metrics import index_metrics
@@ -23,7 +24,7 @@ CFG = IndexConfig(dim=DIM, exact_below=40, gpu="off")  # crosses to IVF during t
 
 
 def produce(bootstrap: str, topic: str, records: list[tuple[str, bytes | None]]) -> None:
-    producer = KafkaProducer(bootstrap_servers=bootstrap, linger_ms=5)
+    producer = kafka_producer(KafkaConfig(bootstrap=bootstrap))
     try:
         for user, value in records:
             producer.send(topic, key=user.encode(), value=value)

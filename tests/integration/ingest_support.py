@@ -8,11 +8,12 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from kafka import KafkaConsumer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
 from contract.codec import BadRecord, decode_event
 from contract.events import Event
+from services.common.kafka import rdkafka_config
 from services.common.kafka_admin import topic_id
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.consumer import Ingestor, IngestStats
@@ -44,22 +45,52 @@ def quirky_events(users: int, n: int, seed: int, prefix: str = "u") -> list[Even
 
 def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None, list]]:
     """Every record of `topic` as (partition, offset, value, headers), each partition in order."""
-    c = KafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False)
+    c = _assigning_consumer(bootstrap)
     try:
-        parts = sorted(c.partitions_for_topic(topic) or [])
+        meta = c.list_topics(topic, timeout=10).topics.get(topic)
+        parts = sorted(meta.partitions) if meta is not None and meta.error is None else []
         tps = [TopicPartition(topic, p) for p in parts]
-        c.assign(tps)
-        c.seek_to_beginning(*tps)
+        c.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in parts])
         out: list[tuple[int, int, bytes | None, list]] = []
         idle = 0
         while idle < 4:
-            batch = c.poll(timeout_ms=300)
+            batch = c.consume(500, 0.3)
             idle = 0 if batch else idle + 1
-            for tp, recs in batch.items():
-                out += [(tp.partition, r.offset, r.value, list(r.headers)) for r in recs]
-            if all(c.highwater(tp) is not None and c.position(tp) >= c.highwater(tp) for tp in tps):
+            for m in batch:
+                if m.error() is None:
+                    out.append((m.partition(), m.offset(), m.value(), list(m.headers() or [])))
+            if all(_read_to_end(c, tp) for tp in tps):
                 break
         return sorted(out, key=lambda r: (r[0], r[1]))
+    finally:
+        c.close()
+
+
+def _assigning_consumer(bootstrap: str, group: str | None = None) -> Consumer:
+    """A librdkafka consumer for assign() and committed(); it never joins `group`."""
+    return Consumer(
+        {
+            **rdkafka_config(bootstrap),
+            "group.id": group or f"tests-reader-{time.monotonic_ns()}",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+        }
+    )
+
+
+def _read_to_end(c: Consumer, tp: TopicPartition) -> bool:
+    """Whether the position reached the high watermark of the last fetch response."""
+    got = c.get_watermark_offsets(tp, cached=True)
+    (pos,) = c.position([tp])
+    return got is not None and got[1] >= 0 and pos.offset >= got[1]
+
+
+def committed(bootstrap: str, topic: str, group: str, partitions: int) -> dict[int, int]:
+    """`group`'s committed offsets (next offset to read) by partition; 0 where none is."""
+    c = _assigning_consumer(bootstrap, group)
+    try:
+        tps = [TopicPartition(topic, p) for p in range(partitions)]
+        return {tp.partition: max(0, int(tp.offset)) for tp in c.committed(tps, timeout=10)}
     finally:
         c.close()
 
@@ -128,14 +159,23 @@ def all_users(events: Sequence[Event]) -> set[str]:
     return {e.user_id for e in events}
 
 
-def produce_raw(kcfg: KafkaConfig, values: Sequence[bytes]) -> None:
-    """Send values byte for byte (no key), in order, to one partition."""
+def produce_raw(
+    kcfg: KafkaConfig,
+    values: Sequence[bytes],
+    *,
+    key: bytes | None = None,
+    max_record_bytes: int | None = None,
+) -> None:
+    """Send values byte for byte (with `key`, default none), in order, to partition 0.
+    `max_record_bytes` raises the producer's cap on one record (librdkafka's
+    `message.max.bytes`, 1,000,000 by default)."""
     from services.common import kafka as kafka_clients
 
-    prod = kafka_clients.producer(kcfg)
+    cap = {} if max_record_bytes is None else {"message.max.bytes": max_record_bytes}
+    prod = kafka_clients.producer(kcfg, cap)
     try:
         for v in values:
-            prod.send(kcfg.topic, value=v, partition=0)
+            prod.send(kcfg.topic, value=v, key=key, partition=0)
         prod.flush()
     finally:
         prod.close()

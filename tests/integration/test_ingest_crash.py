@@ -17,13 +17,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer, TopicPartition
 
 from contract.codec import event_to_json
 from services.config import WindowConfig
 from services.stack import EmbeddedStack
 from services.store.client import connect
 from services.store.windows import WindowStore
+from tests.integration.ingest_support import committed as committed_offsets
 from tests.integration.ingest_support import mismatches, quirky_events, read_topic, truth
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -31,11 +31,7 @@ PERSONA = [sys.executable, "-c", "import sys; from services.cli import main; sys
 
 
 def committed(bootstrap: str, topic: str, group: str, partitions: int) -> int:
-    c = KafkaConsumer(bootstrap_servers=bootstrap, group_id=group, enable_auto_commit=False)
-    try:
-        return sum(c.committed(TopicPartition(topic, p)) or 0 for p in range(partitions))
-    finally:
-        c.close()
+    return sum(committed_offsets(bootstrap, topic, group, partitions).values())
 
 
 def test_sigkill_mid_run_twice_loses_nothing_and_counts_nothing_twice(

@@ -153,12 +153,10 @@ def test_trace_context_from_producer_to_ingest_and_into_the_update_log(
     sent: list[dict[str, Any]] = []
 
     class Producer:  # what Publisher sends, kept
-        def send(self, topic: str, **kw: Any) -> Any:
+        def send(self, topic: str, **kw: Any) -> None:
             sent.append(kw)
-            done: Any = type("F", (), {"get": lambda self, timeout=0: None})()
-            return done
 
-        def flush(self, timeout: float = 0) -> None: ...
+        def flush(self, timeout_s: float = 0) -> None: ...
 
     import numpy as np
 

@@ -198,13 +198,13 @@ def test_a_property_the_model_never_saw_is_skipped_and_counted(env: Env) -> None
 
 
 def test_error_kinds() -> None:
-    from kafka.errors import KafkaTimeoutError
+    from confluent_kafka import KafkaError, KafkaException
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from services.refresh.encoders import ModelLoadError
     from services.refresh.refresher import error_kind
 
     assert error_kind(RedisConnectionError("down")) == "store"
-    assert error_kind(KafkaTimeoutError()) == "broker"
+    assert error_kind(KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT))) == "broker"
     assert error_kind(ModelLoadError("gone")) == "model"
     assert error_kind(ZeroDivisionError()) == "other"

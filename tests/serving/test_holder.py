@@ -7,9 +7,10 @@ from collections.abc import Callable, Iterator
 
 import numpy as np
 import pytest
-from kafka import KafkaProducer
 
 from contract.updates import encode_update
+from services.common.kafka import producer as kafka_producer
+from services.config import KafkaConfig
 from services.index import IndexConfig
 from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
 from services.stack import EmbeddedStack
@@ -42,7 +43,7 @@ def test_index_switches_to_the_new_active_version(
 ) -> None:
     topic = make_topic(stack.addresses.bootstrap, 2, "emb")
     rng = np.random.default_rng(0)
-    producer = KafkaProducer(bootstrap_servers=stack.addresses.bootstrap)
+    producer = kafka_producer(KafkaConfig(bootstrap=stack.addresses.bootstrap))
     try:
         for version, n in (("va", 30), ("vb", 20)):
             for i in range(n):

@@ -23,9 +23,10 @@ from google.protobuf import descriptor_pool, json_format, message_factory
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from kafka import KafkaProducer
 
 from contract.updates import encode_update
+from services.common.kafka import producer as kafka_producer
+from services.config import KafkaConfig
 from services.stack import EmbeddedStack, free_ports
 from services.store.client import connect
 from services.store.records import StoredVector
@@ -85,7 +86,7 @@ def _seed(stack: EmbeddedStack, topic: str) -> dict[str, np.ndarray]:
         store.set_active(VERSION)
     finally:
         client.close()
-    producer = KafkaProducer(bootstrap_servers=stack.addresses.bootstrap)
+    producer = kafka_producer(KafkaConfig(bootstrap=stack.addresses.bootstrap))
     try:
         for u, v in vecs.items():
             producer.send(topic, key=u.encode(), value=encode_update(u, v, VERSION))

@@ -130,12 +130,14 @@ def test_decode_for_store_gives_the_record_of_the_same_event() -> None:
 def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
     from pathlib import Path
 
-    from services.common.kafka import rdkafka_config, security_kwargs
+    from services.common.kafka import rdkafka_config
 
-    assert security_kwargs({}) == {}
+    assert rdkafka_config("b:9092", "me", {}) == {"bootstrap.servers": "b:9092", "client.id": "me"}
     pw = Path(str(tmp_path)) / "pw"
     pw.write_text("s3cret\n")
-    got = security_kwargs(
+    got = rdkafka_config(
+        "b:9092",
+        "me",
         {
             "PERSONA_KAFKA_SECURITY_PROTOCOL": "SASL_SSL",
             "PERSONA_KAFKA_SASL_MECHANISM": "SCRAM-SHA-512",
@@ -143,14 +145,16 @@ def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
             "PERSONA_KAFKA_SASL_PASSWORD_FILE": str(pw),
             "PERSONA_KAFKA_SASL_PASSWORD": "ignored when a file is given",
             "PERSONA_KAFKA_SSL_CAFILE": "/etc/ca.pem",
-        }
+        },
     )
     assert got == {
-        "security_protocol": "SASL_SSL",
-        "sasl_mechanism": "SCRAM-SHA-512",
-        "sasl_plain_username": "persona",
-        "sasl_plain_password": "s3cret",
-        "ssl_cafile": "/etc/ca.pem",
+        "bootstrap.servers": "b:9092",
+        "client.id": "me",
+        "security.protocol": "SASL_SSL",
+        "sasl.mechanism": "SCRAM-SHA-512",
+        "sasl.username": "persona",
+        "sasl.password": "s3cret",
+        "ssl.ca.location": "/etc/ca.pem",
     }
     rd = rdkafka_config(
         "b:9092", "me", {"PERSONA_KAFKA_SASL_PASSWORD": "p", "PERSONA_KAFKA_SSL_KEYFILE": "/k"}
