@@ -40,6 +40,10 @@ class RefreshConfig:
         share_topic: the topic whose partitions stand for bucket ranges (no records).
         share_ranges: partitions of `share_topic` when it is created (bucket ranges: at most
             1024, and at least the most refreshers you will run).
+        share_session_timeout_ms: the share group's session timeout: a refresher that
+            stops heartbeating (killed, hung host) loses its buckets to the others after
+            this long (heartbeats every fifth of it). Kafka's broker floor is 6 s
+            (`group.min.session.timeout.ms`).
     """
 
     interval_s: float = 30.0
@@ -60,6 +64,7 @@ class RefreshConfig:
     share_group: str | None = None
     share_topic: str = topics.REFRESH_SHARES
     share_ranges: int = 32
+    share_session_timeout_ms: int = 6000
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.candidates_per_bucket < 1 or self.backfill_batch < 1:
@@ -68,5 +73,7 @@ class RefreshConfig:
             raise ValueError("interval_s, check_every_s and expire_every_s must be > 0")
         if not 1 <= self.share_ranges <= BUCKETS:
             raise ValueError("share_ranges must be between 1 and 1024 (the buckets)")
+        if self.share_session_timeout_ms < 1000:
+            raise ValueError("share_session_timeout_ms must be >= 1000")
         if self.expire_after_days is not None and self.expire_after_days <= 0:
             raise ValueError("expire_after_days must be > 0 (unset: no expiry)")

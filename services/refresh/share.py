@@ -7,7 +7,7 @@ has one partition per contiguous bucket range: partition p of P holds the bucket
 [p * 1024 // P, (p + 1) * 1024 // P). Every refresher started with the same `share_group`
 (`--share-group`, PERSONA_REFRESH_GROUP) subscribes to it in that group, and the group
 coordinator does the rest: it gives each live member some partitions, moves a dead member's
-partitions to the others once its session times out (`session_timeout_ms`, 6 s by
+partitions to the others once its session times out (`share_session_timeout_ms`, 6 s by
 default), and rebalances when a member joins or leaves.
 
 `GroupShare`, in order:
@@ -203,9 +203,10 @@ class GroupShare(AllBuckets):
 def group_share(cfg: RefreshConfig, kafka: KafkaConfig) -> GroupShare:
     """The share of `cfg.share_group`, its topic created when missing (not started).
 
-    The group's session and heartbeat are the ingest group's (`kafka.session_timeout_ms`,
-    6 s, and `heartbeat_interval_ms`, 1 s): a dead refresher's buckets move within about
-    the session timeout. The revoke fence waits at most half of `max_poll_interval_ms`.
+    A dead refresher's buckets move after `cfg.share_session_timeout_ms` (6 s; its own
+    setting: the ingest group's production timeout is 45 s) plus a rebalance; heartbeats go
+    every fifth of it. The revoke fence waits at most 15 s, or half of
+    `kafka.max_poll_interval_ms` (the rebalance timeout librdkafka sends) when shorter.
     """
     from services.common.kafka import rdkafka_config
     from services.common.kafka_admin import TopicSpec, ensure_topics
@@ -218,8 +219,8 @@ def group_share(cfg: RefreshConfig, kafka: KafkaConfig) -> GroupShare:
         "group.id": cfg.share_group,
         "enable.auto.commit": False,
         "auto.offset.reset": "latest",
-        "session.timeout.ms": kafka.session_timeout_ms,
-        "heartbeat.interval.ms": kafka.heartbeat_interval_ms,
+        "session.timeout.ms": cfg.share_session_timeout_ms,
+        "heartbeat.interval.ms": max(cfg.share_session_timeout_ms // 5, 100),
         "max.poll.interval.ms": kafka.max_poll_interval_ms,
     }
-    return GroupShare(conf, cfg.share_topic, kafka.max_poll_interval_ms / 2000)
+    return GroupShare(conf, cfg.share_topic, min(15.0, kafka.max_poll_interval_ms / 2000))

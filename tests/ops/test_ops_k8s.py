@@ -31,7 +31,7 @@ CRD_KINDS = {
     "keda.sh/v1alpha1": {"ScaledObject"},
     "monitoring.coreos.com/v1": {"PodMonitor"},
 }
-TOPICS = {"persona.events", "persona.events.dlq", "persona.embeddings"}
+TOPICS = {"persona.events", "persona.events.dlq", "persona.embeddings", "persona.refresh.shares"}
 
 
 def _docs(paths: list[Path]) -> list[dict[str, Any]]:
@@ -180,6 +180,22 @@ def test_gpu_placement_and_cpu_variant() -> None:
     (cc,) = cpu["containers"]
     assert "nvidia.com/gpu" not in cc["resources"]["limits"]
     assert {"name": "PERSONA_DEVICE", "value": "cpu"} in cc["env"]
+
+
+def test_refreshers_scale_by_replicas_in_one_share_group() -> None:
+    """Both refresh Deployments join one share group, so their replicas divide the buckets;
+    the shares topic has the partitions a refresher would create it with."""
+    from services.refresh.config import RefreshConfig
+
+    deps = _by_kind("Deployment")
+    groups = set()
+    for name in ("persona-refresh", "persona-refresh-cpu"):
+        (c,) = deps[name]["spec"]["template"]["spec"]["containers"]
+        groups.add(_container_env(c).get("PERSONA_REFRESH_GROUP"))
+    assert len(groups) == 1 and None not in groups and "" not in groups, groups
+    crds = _docs(sorted(CRDS.glob("*.yaml")))
+    (shares,) = [d for d in crds if d["metadata"]["name"] == RefreshConfig().share_topic]
+    assert shares["spec"]["partitions"] == RefreshConfig().share_ranges
 
 
 def test_resources_and_security() -> None:
