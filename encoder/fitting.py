@@ -9,43 +9,29 @@ chooses the (user, now) examples, `plan_batches` orders them into batches.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from torch import nn
 
 from encoder.eventlog import EventLog
 
 
 @dataclass
 class BestEpoch:
-    """The weights (and optimizer state) of the epoch with the lowest validation loss."""
+    """The weights (full, unsharded) and optimizer state of the epoch with the lowest
+    validation loss; `restore` puts them back through the run's `encoder.parallel` place."""
 
     loss: float
     epoch: int
-    model_state: dict[str, Any]
-    heads_state: dict[str, Any]
+    weights: dict[str, torch.Tensor]
     opt_state: dict[str, Any]
 
-    def __init__(
-        self, loss: float, epoch: int, model: nn.Module, heads: nn.Module, opt: Any
-    ) -> None:
-        self.loss, self.epoch = loss, epoch
-        self.model_state = copy.deepcopy(model.state_dict())
-        self.heads_state = copy.deepcopy(heads.state_dict())
-        self.opt_state = copy.deepcopy(opt.state_dict())
-
-    def restore(self, model: nn.Module, heads: nn.Module, opt: Any | None) -> None:
-        model.load_state_dict(self.model_state)
-        heads.load_state_dict(self.heads_state)
-        if opt is not None:
-            lrs = [g["lr"] for g in opt.param_groups]
-            opt.load_state_dict(copy.deepcopy(self.opt_state))
-            for g, lr in zip(opt.param_groups, lrs, strict=True):
-                g["lr"] = lr
+    def restore(self, where: Any, with_opt: bool) -> None:
+        where.load_weights(self.weights)
+        if with_opt:
+            where.load_opt_state(self.opt_state)
 
 
 class Schedule:
@@ -63,8 +49,15 @@ class Schedule:
         if not plateau:
             steps = max(sum(len(p) for p in plan), 4)
             # OneCycleLR divides by zero unless its warm-up ends past its first step
+            # momentum cycles only where every group has one (a fused table optimizer of a
+            # sharded run, or row-wise Adagrad, has none)
+            momentum = all("betas" in g or "momentum" in g for g in opt.param_groups)
             self.cycle = torch.optim.lr_scheduler.OneCycleLR(
-                opt, max_lr=self.base, total_steps=steps, pct_start=max(0.1, 1.5 / steps)
+                opt,
+                max_lr=self.base,
+                total_steps=steps,
+                pct_start=max(0.1, 1.5 / steps),
+                cycle_momentum=momentum,
             )
 
     def before_step(self) -> None:

@@ -19,7 +19,7 @@ Example: window ``[view(sku=a7) @ 0 s, cart(sku=a7) @ 40 s]``, next event
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 
 import numpy as np
 import torch
@@ -86,6 +86,18 @@ class Batch:
     p_horizon: torch.Tensor
     p_horizon_ok: torch.Tensor
     p_bag: torch.Tensor
+
+
+def batch_to(b: Batch, device: torch.device) -> Batch:
+    """The batch's target tensors on `device` (the tokens stay numpy: `make_kjt` moves them)."""
+    if device.type == "cpu":
+        return b
+    moved = {
+        f.name: getattr(b, f.name).to(device)
+        for f in fields(b)
+        if isinstance(getattr(b, f.name), torch.Tensor)
+    }
+    return replace(b, **moved)
 
 
 def make_batch(
@@ -217,6 +229,7 @@ class TrainingHeads(nn.Module):
             return q.sum() * 0.0
         q, target = q[keep], target[keep]  # (M', D), (M',)
         neg = torch.randint(1, self.value_rows[p], (self.obj.negatives,), generator=gen)
+        neg = neg.to(target.device)  # the generator is a CPU one wherever the model runs
         cand, inv = torch.unique(torch.cat([target, neg]), return_inverse=True)  # (C,)
         logits = q @ self.value_out[p](cand).T  # (M', C)
         return F.cross_entropy(logits, inv[: target.shape[0]])

@@ -33,6 +33,7 @@ from encoder.evaluate_log import LogEvalConfig, evaluate_log
 from encoder.evaluate_outcomes import outcome_report
 from encoder.io import events_source
 from encoder.model import UserEncoder
+from encoder.parallel import Local
 from encoder.tokenizer import Tokenizer
 from encoder.train import EventSource, TrainSpec, train
 
@@ -70,8 +71,11 @@ def train_version(
     extra_metrics: dict[str, Any] | None = None,
     until_ms: int | None = None,
     eval_split: dict[str, Any] | None = None,
+    parallel: Local | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> tuple[str, dict[str, Any]]:
-    """Train, then write an immutable version (with its parity sample). Returns (id, metrics).
+    """Train, then write an immutable version (with its parity sample). Returns (id, metrics);
+    in a multi-process run (`parallel`) only rank 0 writes, the others return ("", metrics).
 
     Args:
         events: a sequence, or a function opening a fresh stream (read twice).
@@ -81,8 +85,10 @@ def train_version(
             candidate and active version on exactly that split.
     """
     model, tok_cfg, metrics, evlog, outcomes = train(
-        events, spec, data_end_ms, until_ms, keep_raw=parity_n
+        events, spec, data_end_ms, until_ms, parity_n, parallel, checkpoint_dir
     )
+    if parallel is not None and parallel.rank != 0:
+        return "", metrics
     metrics.update(extra_metrics or {})
     if eval_split is not None:
         metrics["eval_split"] = eval_split

@@ -23,7 +23,7 @@ from encoder.model import UserEncoder, make_kjt
 from encoder.tokenizer import TokenBatch
 
 
-def _copy_into_shards(local: dict[str, Any], full: dict[str, torch.Tensor]) -> None:
+def copy_into_shards(local: dict[str, Any], full: dict[str, torch.Tensor]) -> None:
     """Copy full tensors into this rank's shards (ShardedTensor / DTensor) or plain tensors."""
     from torch.distributed._shard.sharded_tensor import ShardedTensor
     from torch.distributed.tensor import DTensor
@@ -76,7 +76,7 @@ def shard_model(
         sharders=sharders,
         env=ShardingEnv.from_process_group(pg),
     )
-    _copy_into_shards(dmp.state_dict(), full)
+    copy_into_shards(dmp.state_dict(), full)
     return dmp.eval()
 
 

@@ -10,9 +10,12 @@ Order of work:
 4. cut each user's history at a few times ``now`` (one at the end of the data, the rest
    uniform in time, more cuts per user for small logs); the window is the last events up to
    the cut and the targets come from the events after it (`encoder/objectives.py`);
-5. train with AdamW on length-bucketed batches; after every epoch measure the validation
-   loss. When it does not improve, go back to the best epoch's weights and cut the learning
-   rate (`Schedule`); stop after `patience` cuts without improvement. The best epoch's
+5. train on length-bucketed batches (AdamW; `encoder/parallel.py` says where the steps run:
+   one process, or several under torchrun with the tables sharded); after every epoch
+   measure the validation loss and, with a checkpoint directory, save the run's state
+   (`encoder/checkpoint.py`; the same run started again resumes there). When the loss
+   does not improve, go back to the best epoch's weights and cut the learning rate
+   (`Schedule`); stop after `patience` cuts without improvement. The best epoch's
    weights are kept; the metrics say which epoch that was and why training stopped.
 
 Deterministic under `TrainConfig.seed` on a given machine and thread count.
@@ -25,19 +28,22 @@ import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import torch
 
 from contract.events import Event
+from encoder.checkpoint import Checkpoint, Progress
 from encoder.eventlog import EventLog, build_log
 from encoder.features import FeaturesFile, Profile, SpecOptions, spec_from_profile
 from encoder.fitting import BestEpoch, Schedule, cut_times, plan_batches
-from encoder.model import Bags, ModelConfig, UserEncoder, make_kjt
-from encoder.objectives import Batch, ObjectiveConfig, TrainingHeads, make_batch
-from encoder.outcomes import OutcomeSpace
-from encoder.propensity import OutcomeHeads, calibrate
+from encoder.model import ModelConfig, UserEncoder
+from encoder.objectives import ObjectiveConfig
+from encoder.parallel import Local
+from encoder.propensity import OutcomeHeads
+from encoder.steps import Run, outcome_heads, val_loss
 from encoder.tokenizer import Tokenizer, TokenizerConfig
 
 log = logging.getLogger(__name__)
@@ -65,6 +71,11 @@ class TrainConfig:
     window_ms: int | None = None  # training windows hold no older events (as the store's)
     feature_dropout: float = 0.1  # share of categorical values hidden (set absent) in training
     max_steps: int | None = None  # stop after this many steps (benchmarks of the data path)
+    # the input tables' optimizer: AdamW with the rest, or row-wise Adagrad (what a sharded
+    # run on CPUs uses: fbgemm's CPU kernels have no fused Adam), stepping at
+    # lr * table_lr_mult * adagrad_lr_mult (Adagrad's steps shrink as its sums grow)
+    table_optimizer: Literal["adamw", "rowwise_adagrad"] = "adamw"
+    adagrad_lr_mult: float = 5.0
     seed: int = 0
     progress: bool = True
 
@@ -98,107 +109,6 @@ def group_by_user(events: Iterable[Event]) -> dict[str, list[Event]]:
     return {u: sorted(d.values(), key=Event.sort_key) for u, d in sorted(out.items())}
 
 
-class _Run:
-    """The model, heads and data of one training run (forward + loss of one batch)."""
-
-    def __init__(self, spec: TrainSpec, tok: Tokenizer, evlog: EventLog, end_ms: int) -> None:
-        self.spec, self.tok, self.log, self.end = spec, tok, evlog, end_ms
-        self.rng = np.random.default_rng(spec.train.seed + 7)
-        self.space = OutcomeSpace.from_spec(
-            tok.config.features, spec.objectives.top_types, spec.objectives.top_values
-        )
-        self.model = UserEncoder(tok.config, spec.model)
-        self.heads = TrainingHeads(
-            tok,
-            self.space,
-            spec.objectives,
-            spec.model.d_model,
-            spec.model.out_dim,
-            spec.model.normalize,
-        )
-
-    def forward(
-        self, users: np.ndarray, nows: np.ndarray
-    ) -> tuple[Batch, torch.Tensor, torch.Tensor, torch.Tensor, Bags]:
-        """The batch of these (user, now) examples and the model's (h, pad, z, bags)."""
-        b = make_batch(
-            self.log,
-            self.tok,
-            self.space,
-            self.spec.objectives,
-            users,
-            nows,
-            self.spec.train.train_max_events,
-            self.end,
-            self.spec.train.window_ms,
-        )
-        tb = b.tokens
-        p = self.spec.train.feature_dropout
-        n_cats = len(self.tok.config.features.categorical)
-        if self.model.training and p > 0 and n_cats:
-            cats = tb.ids[1 : 1 + n_cats]  # (C, N)
-            drop = self.rng.random(cats.shape) < p
-            cats[drop] = 0
-        kjt = make_kjt(tb, self.model.keys, torch.device("cpu"))
-        h, pad, z, raw = self.model(kjt, torch.from_numpy(tb.lengths), torch.from_numpy(tb.age_h))
-        return b, h, pad, z, raw
-
-    def loss(
-        self, users: np.ndarray, nows: np.ndarray, gen: torch.Generator
-    ) -> tuple[torch.Tensor, dict[str, float]]:
-        b, h, pad, z, raw = self.forward(users, nows)
-        w_prefix = self.spec.objectives.w_prefix
-        z_prefix = self.model.prefix_vectors(h, pad, raw) if w_prefix > 0 else None
-        return self.heads.loss(h, pad, z, b, gen, z_prefix)
-
-
-def _val_loss(
-    run: _Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
-) -> tuple[float, dict[str, float]]:
-    """Mean validation loss (and its parts) in eval mode, the same negatives every time."""
-    run.model.eval()
-    run.heads.eval()
-    gen = torch.Generator().manual_seed(12345)
-    total, n = 0.0, 0
-    parts: dict[str, float] = {}
-    with torch.no_grad():
-        for idx in batches:
-            loss, p = run.loss(users[idx], nows[idx], gen)
-            total += float(loss) * len(idx)
-            for k, v in p.items():
-                parts[k] = parts.get(k, 0.0) + v * len(idx)
-            n += len(idx)
-    run.model.train()
-    run.heads.train()
-    return total / max(n, 1), {k: round(v / max(n, 1), 4) for k, v in parts.items()}
-
-
-def _outcome_heads(
-    run: _Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
-) -> OutcomeHeads:
-    """The vector's outcome heads, calibrated on the validation examples (`propensity`)."""
-    run.model.eval()
-    zs, ys, oks = [], [], []
-    with torch.no_grad():
-        for idx in batches:
-            b, _, _, z, _ = run.forward(users[idx], nows[idx])
-            zs.append(z.float().numpy())
-            ys.append(b.p_horizon.numpy() > 0.5)
-            oks.append(b.p_horizon_ok.numpy())
-    e = run.spec.model.out_dim
-    k, y = run.heads.k, run.heads.y
-    hz, scale = run.heads.vec_hz, float(run.heads.scale.detach())
-    return calibrate(
-        run.space.names,
-        tuple(int(h) for h in run.spec.objectives.horizons_ms),
-        hz.weight.detach().numpy() * scale,
-        hz.bias.detach().numpy(),
-        np.concatenate(zs) if zs else np.zeros((0, e), np.float32),
-        np.concatenate(ys) if ys else np.zeros((0, k, y), bool),
-        np.concatenate(oks) if oks else np.zeros((0, k), bool),
-    )
-
-
 class Trained(NamedTuple):
     """What `train` returns: the model (eval mode), its tokenizer config, the metrics, the
     tokenized log (its ``raw`` holds the parity sample) and the calibrated outcome heads."""
@@ -216,6 +126,8 @@ def train(
     data_end_ms: int | None = None,
     until_ms: int | None = None,
     keep_raw: int = 0,
+    parallel: Local | None = None,
+    checkpoint_dir: Path | None = None,
 ) -> Trained:
     """Train a model (see `Trained`; ``log.raw`` holds `keep_raw` users' newest events).
 
@@ -224,6 +136,10 @@ def train(
         spec: configs; empty ``spec.tokenizer.features`` means "discover them".
         data_end_ms: the end of the data (default: ``until_ms - 1``, else the newest event).
         until_ms: train only on events before this time (the evaluation split).
+        parallel: where the steps run (`encoder/parallel.py`): one process by default, or
+            `Sharded` in every rank of a process group (each rank reads the whole stream).
+        checkpoint_dir: after every epoch the run's state goes here; a run started with
+            the same spec, data and process count resumes after the last saved epoch.
     """
     tc = spec.train
     torch.manual_seed(tc.seed)
@@ -275,16 +191,9 @@ def train(
         n_val,
         time.perf_counter() - t0,
     )
-    run = _Run(spec, tok, evlog, end)
-    model, heads = run.model, run.heads
-    params = list(model.parameters()) + list(heads.parameters())
-    tables = list(model.ec.parameters()) + list(heads.value_out.parameters())
-    ids = {id(p) for p in tables}
-    groups: list[dict[str, Any]] = [
-        {"params": [p for p in params if id(p) not in ids], "lr": tc.lr},
-        {"params": tables, "lr": tc.lr * tc.table_lr_mult, "weight_decay": tc.table_weight_decay},
-    ]
-    opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
+    where = parallel or Local()
+    run = Run(spec, tok, evlog, end, where)
+    opt, params = where.setup(run.step, tc)
     plan = [plan_batches(tr_len, tc.batch_size, rng) for _ in range(tc.epochs)]
     if tc.max_steps is not None:  # keep the first max_steps batches
         budget, capped = tc.max_steps, []
@@ -295,20 +204,23 @@ def train(
     val_plan = plan_batches(va_len, tc.batch_size, np.random.default_rng(0))
     total_steps = sum(len(p) for p in plan)
     sched = Schedule(opt, tc.lr_cut, plan, plateau=tc.schedule == "plateau" and bool(val_plan))
+    state = Progress(stop=f"ran all {len(plan)} epochs")
+    ckpt = Checkpoint(checkpoint_dir, spec, where.world, len(tr_u)) if checkpoint_dir else None
+    if ckpt is not None and ckpt.resume(state, where, sched):
+        log.warning("resuming from %s after epoch %d", ckpt.path, state.epochs_run)
     from encoder.progress import progress_bar
 
-    bar = progress_bar(total_steps, "train", tc.progress)
-    history: list[float] = []
-    val_history: list[float] = []
+    bar = progress_bar(total_steps, "train", tc.progress and where.rank == 0)
+    bar.update(sum(len(p) for p in plan[: state.epochs_run]))
     parts: dict[str, float] = {}
-    best: BestEpoch | None = None
-    stop = f"ran all {len(plan)} epochs"
-    model.train()
-    heads.train()
+    where.net.train()
     t1 = time.perf_counter()
-    epochs_run = 0
-    for epoch in range(len(plan)):
-        for idx in plan[epoch]:
+    for epoch in range(state.epochs_run, len(plan) if not state.done else 0):
+        run.epoch_seed(epoch, gen)
+        for batch in plan[epoch]:
+            idx = where.part(batch)
+            if idx is None:
+                continue
             loss, parts = run.loss(tr_u[idx], tr_now[idx], gen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -316,57 +228,68 @@ def train(
             sched.before_step()
             opt.step()
             sched.after_step()
-            history.append(float(loss.detach()))
-            bar.set_postfix(epoch=epoch, loss=f"{np.mean(history[-20:]):.3f}")
+            state.history.append(float(loss.detach()))
+            bar.set_postfix(epoch=epoch, loss=f"{np.mean(state.history[-20:]):.3f}")
             bar.update(1)
-        epochs_run = epoch + 1
-        if not val_plan:
-            continue
-        vl, vparts = _val_loss(run, va_u, va_now, val_plan)
-        val_history.append(round(vl, 4))
-        log.info("epoch %d: validation loss %.4f %s", epoch + 1, vl, vparts)
-        if best is None or vl < best.loss:
-            best = BestEpoch(vl, epoch, model, heads, opt)
-        elif sched.plateau:
-            if sched.cuts >= tc.patience:
-                stop = f"validation loss stopped improving after {sched.cuts} learning-rate cuts"
-                break
-            best.restore(model, heads, opt)  # go on from the best epoch, more slowly
-            sched.cut()
-        elif epoch - best.epoch >= tc.patience:
-            stop = f"validation loss did not improve for {tc.patience} epochs"
+        state.epochs_run = epoch + 1
+        if val_plan:
+            vl, vparts = val_loss(run, va_u, va_now, val_plan)
+            state.val_history.append(round(vl, 4))
+            log.info("epoch %d: validation loss %.4f %s", epoch + 1, vl, vparts)
+            best = state.best
+            if best is None or vl < best.loss:
+                state.best = BestEpoch(vl, epoch, where.weights(), where.opt_state())
+            elif sched.plateau:
+                if sched.cuts >= tc.patience:
+                    state.stop = (
+                        f"validation loss stopped improving after {sched.cuts} learning-rate cuts"
+                    )
+                    state.done = True
+                else:
+                    best.restore(where, with_opt=True)  # go on from the best epoch, more slowly
+                    sched.cut()
+            elif epoch - best.epoch >= tc.patience:
+                state.stop = f"validation loss did not improve for {tc.patience} epochs"
+                state.done = True
+        if ckpt is not None:
+            ckpt.save(state, where, sched)
+        if state.done:
             break
     bar.close()
-    kept = epochs_run - 1
-    if best is not None:
-        best.restore(model, heads, None)
-        kept = best.epoch
-    outcomes = _outcome_heads(run, va_u, va_now, val_plan)
-    model.eval()
+    kept = state.epochs_run - 1
+    if state.best is not None:
+        state.best.restore(where, with_opt=False)
+        kept = state.best.epoch
+    final = where.final().cpu().eval()
+    run.model, run.heads = final.model, final.heads
+    model, hist = final.model, state.history
+    outcomes = outcome_heads(run, va_u, va_now, val_plan)
     metrics: dict[str, Any] = {
         "users": n_users,
         "events": evlog.n_events,
         "examples": len(tr_u),
         "validation_users": n_val,
         "validation_examples": len(va_u),
-        "steps": len(history),
-        "epochs_run": epochs_run,
+        "steps": len(state.history),
+        "epochs_run": state.epochs_run,
         "epoch_kept": kept + 1,
-        "stopped": stop,
+        "stopped": state.stop,
         "kept_because": (
             "lowest validation loss"
-            if best is not None
+            if state.best is not None
             else f"last epoch (no validation split: fewer than {tc.min_val_users} validation users)"
         ),
-        "validation_loss": val_history,
+        "validation_loss": state.val_history,
         "train_seconds": round(time.perf_counter() - t1, 2),
-        "loss_first": round(float(np.mean(history[:20])), 4) if history else None,
-        "loss_last": round(float(np.mean(history[-20:])), 4) if history else None,
+        "loss_first": round(float(np.mean(hist[:20])), 4) if hist else None,
+        "loss_last": round(float(np.mean(hist[-20:])), 4) if hist else None,
         "loss_parts_last": {k: round(v, 4) for k, v in parts.items()},
         "outcomes": list(run.space.names),
         "calibration": outcomes.report,
         "data_end_ms": end,
         "until_ms": until_ms,
         "seed": tc.seed,
+        "processes": where.world,
+        "table_optimizer": where.table_optimizer,
     }
     return Trained(model, tok_cfg, metrics, evlog, outcomes)

@@ -69,7 +69,28 @@ def _train_spec(args: argparse.Namespace) -> Any:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
+        from services.cli.train_launch import launch
+
+        return launch(args)
     quiet_runtime()
+    from encoder.parallel import Local, from_env
+
+    where = from_env(args.device)
+    try:
+        if where is None and args.device is not None:
+            import torch
+
+            return _train(args, Local(torch.device(args.device)))
+        return _train(args, where)
+    finally:
+        if where is not None:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
+
+
+def _train(args: argparse.Namespace, where: Any) -> int:
     from encoder.evaluate_log import default_split
     from encoder.features import Profile
     from encoder.io import events_source
@@ -114,10 +135,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             extra_metrics=extra,
             until_ms=split,
             eval_split=eval_split,
+            parallel=where,
+            checkpoint_dir=args.checkpoint_dir,
         )
     except ValueError as exc:  # no events, or a line that is not an event
         log.error("%s", exc)
         return 2
+    if where is not None and where.rank != 0:
+        return 0  # rank 0 wrote the version and reports it
     print(
         f"trained on {metrics['users']} users / {metrics['events']} events in "
         f"{metrics['train_seconds']} s; kept epoch {metrics['epoch_kept']} of "
@@ -272,6 +297,20 @@ def register(subparsers: Any) -> None:
         help="most epochs (default 8; early stopping on a validation split)",
     )
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--nproc",
+        type=int,
+        default=1,
+        help="train in N processes under torchrun: tables sharded, dense part data-parallel "
+        "(one per GPU with --device cuda; gloo CPU processes otherwise)",
+    )
+    p.add_argument("--device", default=None, help="cpu / cuda (default: cpu for one process)")
+    p.add_argument(
+        "--checkpoint-dir",
+        type=Path,
+        default=None,
+        help="save the run after every epoch here; rerunning the same command resumes",
+    )
     add_models_arg(p)
     p.set_defaults(func=guarded(cmd_train))
 

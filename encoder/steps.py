@@ -1,0 +1,138 @@
+"""One training run's model, heads and batches (`Run`: inputs, forward and loss of a batch),
+its validation loss and the data that calibrates the outcome heads. `encoder/train.py`
+drives the loop; `encoder/parallel.py` says where the steps run.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from encoder.eventlog import EventLog
+from encoder.model import UserEncoder, make_kjt
+from encoder.objectives import Batch, TrainingHeads, batch_to, make_batch
+from encoder.outcomes import OutcomeSpace
+from encoder.parallel import Local, LossModule
+from encoder.propensity import OutcomeHeads, calibrate
+from encoder.tokenizer import Tokenizer
+
+
+class Run:
+    """The model, heads and data of one training run (forward + loss of one batch)."""
+
+    def __init__(
+        self, spec: Any, tok: Tokenizer, evlog: EventLog, end_ms: int, where: Local
+    ) -> None:
+        self.spec, self.tok, self.log, self.end, self.where = spec, tok, evlog, end_ms, where
+        self.rng = np.random.default_rng(spec.train.seed + 7)
+        self.space = OutcomeSpace.from_spec(
+            tok.config.features, spec.objectives.top_types, spec.objectives.top_values
+        )
+        self.model = UserEncoder(tok.config, spec.model)
+        self.heads = TrainingHeads(
+            tok,
+            self.space,
+            spec.objectives,
+            spec.model.d_model,
+            spec.model.out_dim,
+            spec.model.normalize,
+        )
+        self.step = LossModule(self.model, self.heads, spec.objectives.w_prefix)
+
+    def epoch_seed(self, epoch: int, gen: torch.Generator) -> None:
+        """Each epoch's randomness from the seed alone (a resumed run repeats it exactly)."""
+        seed = self.spec.train.seed + 1000 * epoch
+        self.rng = np.random.default_rng(seed + 7 + 7919 * self.where.rank)
+        gen.manual_seed(seed + 7919 * self.where.rank)
+
+    def inputs(
+        self, users: np.ndarray, nows: np.ndarray, device: torch.device | None = None
+    ) -> tuple[Batch, Any, Any, Any]:
+        """The batch of these (user, now) examples and the model's inputs, on the device."""
+        b = make_batch(
+            self.log,
+            self.tok,
+            self.space,
+            self.spec.objectives,
+            users,
+            nows,
+            self.spec.train.train_max_events,
+            self.end,
+            self.spec.train.window_ms,
+        )
+        tb = b.tokens
+        p = self.spec.train.feature_dropout
+        n_cats = len(self.tok.config.features.categorical)
+        if self.step.training and p > 0 and n_cats:
+            cats = tb.ids[1 : 1 + n_cats]  # (C, N)
+            drop = self.rng.random(cats.shape) < p
+            cats[drop] = 0
+        dev = device or self.where.device
+        kjt = make_kjt(tb, self.model.keys, dev)
+        lengths, age = torch.from_numpy(tb.lengths).to(dev), torch.from_numpy(tb.age_h).to(dev)
+        return batch_to(b, dev), kjt, lengths, age
+
+    def loss(
+        self, users: np.ndarray, nows: np.ndarray, gen: torch.Generator
+    ) -> tuple[torch.Tensor, dict[str, float]]:
+        b, kjt, lengths, age = self.inputs(users, nows)
+        with self.where.autocast():
+            loss, parts = self.where.net(kjt, lengths, age, b, gen)
+        return loss, parts
+
+
+def val_loss(
+    run: Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
+) -> tuple[float, dict[str, float]]:
+    """Mean validation loss (and its parts) in eval mode, the same negatives every time
+    (summed across ranks: each takes its share of every batch)."""
+    run.where.net.eval()
+    gen = torch.Generator().manual_seed(12345)
+    total, n = 0.0, 0.0
+    parts: dict[str, float] = {}
+    with torch.no_grad():
+        for batch in batches:
+            idx = run.where.part(batch)
+            if idx is None:
+                continue
+            loss, p = run.loss(users[idx], nows[idx], gen)
+            total += float(loss) * len(idx)
+            for k, v in p.items():
+                parts[k] = parts.get(k, 0.0) + v * len(idx)
+            n += len(idx)
+    run.where.net.train()
+    names = sorted(parts)
+    total, n, *sums = run.where.sum([total, n, *(parts[k] for k in names)])
+    return total / max(n, 1), {k: round(v / max(n, 1), 4) for k, v in zip(names, sums, strict=True)}
+
+
+def outcome_heads(
+    run: Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
+) -> OutcomeHeads:
+    """The vector's outcome heads, calibrated on the validation examples (`propensity`);
+    ``run.model`` and ``run.heads`` are the final, plain modules on the CPU."""
+    run.model.eval()
+    run.heads.eval()
+    cpu = torch.device("cpu")
+    zs, ys, oks = [], [], []
+    with torch.no_grad():
+        for idx in batches:
+            b, kjt, lengths, age = run.inputs(users[idx], nows[idx], cpu)
+            z = run.model(kjt, lengths, age)[2]
+            zs.append(z.float().numpy())
+            ys.append(b.p_horizon.numpy() > 0.5)
+            oks.append(b.p_horizon_ok.numpy())
+    e = run.spec.model.out_dim
+    k, y = run.heads.k, run.heads.y
+    hz, scale = run.heads.vec_hz, float(run.heads.scale.detach())
+    return calibrate(
+        run.space.names,
+        tuple(int(h) for h in run.spec.objectives.horizons_ms),
+        hz.weight.detach().numpy() * scale,
+        hz.bias.detach().numpy(),
+        np.concatenate(zs) if zs else np.zeros((0, e), np.float32),
+        np.concatenate(ys) if ys else np.zeros((0, k, y), bool),
+        np.concatenate(oks) if oks else np.zeros((0, k), bool),
+    )

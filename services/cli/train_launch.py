@@ -1,0 +1,49 @@
+"""`persona train --nproc N`: the same command in N processes under torchrun.
+
+The parent starts ``python -m torch.distributed.run --standalone --nproc-per-node N -m
+services.cli train ...`` with the same flags (settings from ``PERSONA_*`` variables pass
+through the environment), waits, and returns its exit code; a Ctrl-C or SIGTERM reaches
+torchrun, which stops its workers. Each worker sees ``WORLD_SIZE`` and trains its share
+(`encoder/parallel.py`); rank 0 writes the version. Several machines: run the printed
+``torchrun`` line on each with ``--nnodes`` and a rendezvous endpoint instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+
+def child_argv(args: argparse.Namespace) -> list[str]:
+    """The `persona train` flags of `args`, without --nproc."""
+    out = ["train", "--events", str(args.events)] if args.events else ["train", "--synthetic"]
+    out += ["--split-at", str(args.split_at), "--users", str(args.users)]
+    out += ["--seed", str(args.seed), "--models", str(args.models)]
+    for flag, value in (
+        ("--features", args.features),
+        ("--max-events", args.max_events),
+        ("--epochs", args.epochs),
+        ("--device", args.device),
+        ("--checkpoint-dir", args.checkpoint_dir),
+    ):
+        if value is not None:
+            out += [flag, str(value)]
+    return out + (["--quiet"] if args.quiet else [])
+
+
+def launch(args: argparse.Namespace) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    cmd += [f"--nproc-per-node={args.nproc}", "-m", "services.cli", *child_argv(args)]
+    print("persona train: " + " ".join(cmd[1:]), file=sys.stderr)
+    proc = subprocess.Popen(cmd)
+    try:
+        return proc.wait()
+    finally:
+        if proc.poll() is None:  # interrupted: torchrun passes the signal to its workers
+            proc.terminate()
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
