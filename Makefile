@@ -88,6 +88,7 @@ bench: install  ## run every benchmark at a quick size (README gives the full-si
 	$(PY) benchmarks/ingest.py --users 1000 --events 60000
 	$(PY) benchmarks/encode.py --users 256
 	$(PY) benchmarks/refresh.py --users 500
+	$(PY) benchmarks/refresh_workers.py --users 300 --seconds 10
 	$(PY) benchmarks/ann.py --n 100000
 	$(PY) benchmarks/serve.py --users 20000 --lookalike-n 200000 --seconds 5
 
