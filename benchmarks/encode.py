@@ -1,22 +1,20 @@
-"""Batch encoding throughput for 256-event windows: batched `Encoder` vs a naive eager loop.
+"""Batch encoding throughput for 256-event windows: the `Encoder` against its reference
+forward and a naive eager loop, in the same run.
 
-Prints users/s for both, the model FLOPs per user, and the useful FLOP/s of each path
-against a large matmul measured in the same run (the machine's practical peak). On a GPU
-(when present) the same on CUDA with bf16 autocast.
+Paths, taking turns in each round (a shared machine's load moves between rounds, so each
+round's ratios and its own matmul peak are what to compare):
+- batch: `Encoder.encode` (column-wise tokenising, one `embedding_bag` per group over the
+  fused tables, causal `scaled_dot_product_attention`);
+- reference: the same windows and weights through the reference forward the fast paths
+  replace (event-by-event tokenising, one lookup per table, `nn.TransformerEncoder` with
+  causal and key-padding masks);
+- naive: one user at a time through the batch path.
 
-    .venv/bin/python benchmarks/encode.py [--users 256] [--models DIR] [--device cpu|cuda]
+Prints users/s, the useful FLOP/s against a 2048^2 matmul measured in the same round (the
+machine's practical peak), and the median of the per-round batch / reference ratios. On a
+GPU (when present) the same on CUDA with bf16 autocast.
 
-Measured (2-core x86_64 CPU shared with other jobs, torch 2.13 CPU, 2 threads, 256 users):
-- random-init model reading all 256 events: batch 84 users/s (17 GFLOP/s, 29% of a 2048^2
-  matmul's 59 GFLOP/s), naive loop 53 users/s; 201 MFLOP per user.
-- the trained default (reads the newest 64 events of a 256-event window): batch 546 users/s
-  (21 GFLOP/s, 34% of peak), naive 142 users/s, 3.8x; 38 MFLOP per user.
-  A later run on the busier machine (dense-age model): batch 374 users/s, naive 144, the
-  matmul peak itself down to 27 GFLOP/s: compare paths within one run, not across runs.
-On the CPU the batch path is limited by small (T x 128) matmuls, the key-padding mask taking
-attention off the fused path, and Python tokenization (~30% of the batch time for the
-64-event model, measured separately). No GPU was
-available to this session: the CUDA + bf16 row has not been measured yet.
+    .venv/bin/python benchmarks/encode.py [--users 256] [--rounds 3] [--models DIR]
 """
 
 from __future__ import annotations
@@ -28,6 +26,7 @@ from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+import numpy as np
 import torch
 
 from contract.events import Event
@@ -69,23 +68,67 @@ def windows_of(n: int, length: int) -> tuple[list[list[Event]], int]:
     return [long[i % len(long)] for i in range(n)], ds.config.end_ms
 
 
+class _ReferenceTokenizer(Tokenizer):
+    def static_matrix(self, events):
+        rows = [self.static_ids(e) for e in events]  # event by event
+        return np.asarray(rows, dtype=np.int32).reshape(len(events), self.n_static)
+
+
+class ReferenceModel(UserEncoder):
+    """The reference forward: one lookup per table, `nn.TransformerEncoder` with masks."""
+
+    def fuse_tables(self) -> None:
+        pass  # keep the per-table lookups
+
+    def embed(self, kjt, lengths, age_h=None):
+        x, pad, bags = super().embed(kjt, lengths, age_h)
+        self._pad = pad
+        return x, pad, bags
+
+    def layers(self, x: torch.Tensor) -> torch.Tensor:
+        t = x.shape[1]
+        causal = torch.triu(torch.full((t, t), float("-inf"), device=x.device), diagonal=1)
+        pad_f = torch.zeros_like(self._pad, dtype=x.dtype).masked_fill(self._pad, float("-inf"))
+        return self.encoder(x, mask=causal.to(x.dtype), src_key_padding_mask=pad_f)
+
+
+def reference_encoder(enc: Encoder) -> Encoder:
+    """The same weights through the reference forward (see the module docstring)."""
+    model = ReferenceModel(enc.model.tok, enc.model.cfg)
+    model.load_state_dict(enc.model.state_dict())
+    return Encoder("reference", model, _ReferenceTokenizer(enc.tokenizer.config), enc.device)
+
+
+def timed(fn: object) -> float:
+    t0 = time.perf_counter()
+    fn()  # type: ignore[operator]
+    return time.perf_counter() - t0
+
+
 def bench(enc: Encoder, windows: list[list[Event]], now: int, naive_n: int) -> dict[str, float]:
     dev = enc.device
-    enc.encode(windows[:8], now)  # warm up
-    _sync(dev)
-    t0 = time.perf_counter()
-    enc.encode(windows, now)
-    _sync(dev)
-    batch_s = time.perf_counter() - t0
-    tok = Tokenizer(enc.tokenizer.config)
-    model = enc.model
-    t0 = time.perf_counter()
-    with torch.inference_mode():
-        for w in windows[:naive_n]:  # the naive loop: one user at a time, eager
-            model.encode_batch(tok.encode([w], now)).cpu()
-    _sync(dev)
-    naive_s = time.perf_counter() - t0
-    return {"batch_ups": len(windows) / batch_s, "naive_ups": naive_n / naive_s}
+    ref = reference_encoder(enc)
+    for e in (enc, ref):
+        e.encode(windows[:8], now)  # warm up
+
+    def run(e: Encoder) -> None:
+        e.encode(windows, now)
+        _sync(dev)
+
+    def naive() -> None:
+        with torch.inference_mode():
+            for w in windows[:naive_n]:  # one user at a time
+                enc.model.encode_batch(enc.tokenizer.encode([w], now)).cpu()
+        _sync(dev)
+
+    peak = matmul_peak(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    batch_s, ref_s, naive_s = timed(lambda: run(enc)), timed(lambda: run(ref)), timed(naive)
+    return {
+        "batch_ups": len(windows) / batch_s,
+        "ref_ups": len(windows) / ref_s,
+        "naive_ups": naive_n / naive_s,
+        "peak": peak,
+    }
 
 
 def main() -> None:
@@ -94,12 +137,12 @@ def main() -> None:
     ap.add_argument("--length", type=int, default=256)
     ap.add_argument("--models", type=Path, default=None, help="load the active version from here")
     ap.add_argument("--device", default=None)
+    ap.add_argument("--rounds", type=int, default=3)
     args = ap.parse_args()
     devices = (
         [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     )
     windows, now = windows_of(args.users, args.length)
-    rows = []
     for name in devices:
         if args.models:
             enc = Encoder.load(args.models, device=name)
@@ -109,33 +152,25 @@ def main() -> None:
             tok = TokenizerConfig(features=spec, max_events=args.length)
             model = UserEncoder(tok, ModelConfig(max_events=args.length)).eval()
             enc = Encoder("random-init", model, Tokenizer(tok), torch.device(name))
-        dev = enc.device
         fl = flops_per_user(enc.model.cfg, min(args.length, enc.max_events))  # what it reads
-        peak = matmul_peak(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
-        r = bench(enc, windows, now, naive_n=min(len(windows), 64))
-        rows.append((name, r, fl, peak))
-    cfg = enc.model.cfg
-    print(
-        f"threads={torch.get_num_threads()} users={args.users} window={args.length} "
-        f"model d={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads} "
-        f"reads the newest {enc.max_events} events ({enc.version})"
-    )
-    hdr = (
-        f"{'device':7s} {'path':7s} {'users/s':>10s} {'MFLOP/user':>11s} "
-        f"{'GFLOP/s':>9s} {'peak GFLOP/s':>13s} {'% peak':>7s}"
-    )
-    print(hdr)
-    for name, r, fl, peak in rows:
-        for path, ups in (("batch", r["batch_ups"]), ("naive", r["naive_ups"])):
-            gf = ups * fl / 1e9
-            print(
-                f"{name:7s} {path:7s} {ups:10.1f} {fl / 1e6:11.1f} {gf:9.2f} "
-                f"{peak / 1e9:13.1f} {100 * gf / (peak / 1e9):6.1f}%"
-            )
-    print(
-        "speed-up batch/naive: "
-        + ", ".join(f"{n}={r['batch_ups'] / r['naive_ups']:.2f}x" for n, r, _, _ in rows)
-    )
+        cfg = enc.model.cfg
+        print(
+            f"{name}: threads={torch.get_num_threads()} users={args.users} window={args.length}"
+            f" model d={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads}, reads the"
+            f" newest {enc.max_events} events ({enc.version}), {fl / 1e6:.1f} MFLOP/user"
+        )
+        print(
+            f"{'round':>5s} {'path':9s} {'users/s':>9s} {'GFLOP/s':>8s} {'peak':>6s} {'% peak':>7s}"
+        )
+        ratios = []
+        for rnd in range(1, args.rounds + 1):
+            r = bench(enc, windows, now, naive_n=min(len(windows), 64))
+            for path in ("batch", "ref", "naive"):
+                ups = r[f"{path}_ups"]
+                gf, pk = ups * fl / 1e9, r["peak"] / 1e9
+                print(f"{rnd:5d} {path:9s} {ups:8.1f} {gf:8.2f} {pk:8.1f} {100 * gf / pk:7.1f}%")
+            ratios.append(r["batch_ups"] / r["ref_ups"])
+        print(f"batch / reference, median of {len(ratios)} rounds: {np.median(ratios):.2f}x")
 
 
 if __name__ == "__main__":

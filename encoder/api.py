@@ -70,6 +70,7 @@ class Encoder:
         self.version = version
         self.outcomes = outcomes  # calibrated outcome heads (None: a version without them)
         self.model = model.eval().to(device)
+        self.model.fuse_tables()  # one embedding_bag per group at inference (model.py)
         self.tokenizer = tokenizer
         self.device = device
         self.dim = model.cfg.out_dim

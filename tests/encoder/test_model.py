@@ -100,3 +100,30 @@ def test_prefix_vectors_end_at_the_vector_and_survive_old_events(setup) -> None:
         assert prefix.shape == (len(w), 64) and bool(torch.isfinite(prefix).all())
         if at == newest:
             torch.testing.assert_close(prefix[-1], z[0], atol=1e-4, rtol=1e-4)
+
+
+def test_fast_paths_equal_the_reference_modules(setup) -> None:  # type: ignore[no-untyped-def]
+    """The fused causal attention equals `nn.TransformerEncoder` with causal and key-padding
+    masks on every real position, and the fused table lookup equals the per-table one."""
+    model, tok, windows, now = setup
+    fresh = UserEncoder(model.tok, model.cfg).eval()
+    fresh.load_state_dict(model.state_dict())
+    batch = tok.encode(windows, now)  # windows of different lengths: padded positions
+    kjt = make_kjt(batch, fresh.keys, torch.device("cpu"))
+    lengths, age = torch.from_numpy(batch.lengths), torch.from_numpy(batch.age_h)
+    with torch.inference_mode():
+        x, pad, _ = fresh.embed(kjt, lengths, age)
+        t = x.shape[1]
+        causal = torch.triu(torch.full((t, t), float("-inf")), diagonal=1)
+        pad_f = torch.zeros_like(pad, dtype=x.dtype).masked_fill(pad, float("-inf"))
+        ref = fresh.encoder(x, mask=causal, src_key_padding_mask=pad_f)
+        got = fresh.layers(x)
+        assert bool(pad.any())
+        torch.testing.assert_close(got[~pad], ref[~pad], atol=1e-5, rtol=0)
+        per_table = fresh.encode_batch(batch)
+        fresh.fuse_tables()
+        fused = fresh.encode_batch(batch)
+    torch.testing.assert_close(fused, per_table, atol=1e-5, rtol=0)
+    # the tables are views of the fused matrix: the weights saved are unchanged
+    for k, v in model.state_dict().items():
+        torch.testing.assert_close(fresh.state_dict()[k], v, atol=0, rtol=0)

@@ -128,3 +128,39 @@ def test_config_round_trip_and_old_format_refused() -> None:
     old = json.dumps({"event_types": ["a"], "categorical": [["item", 10]], "numeric": []})
     with pytest.raises(TokenizerFormatError, match="retrain"):
         TokenizerConfig.from_json(old)
+
+
+_VALUES = st.one_of(
+    st.none(),
+    st.sampled_from(["i7", "i8", "0", "1", "x", ""]),
+    st.text(max_size=4),
+    st.booleans(),
+    st.integers(-50, 50),
+    st.floats(allow_nan=True, allow_infinity=True),
+)
+_NAMES = st.sampled_from(["item", "member", "price", "other", "zz"])
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["view", "cart", "new"]),
+            st.dictionaries(_NAMES, _VALUES, max_size=5),
+        ),
+        max_size=30,
+    )
+)
+def test_static_matrix_equals_static_ids_event_by_event(rows: list) -> None:  # type: ignore[type-arg]
+    """The column-by-column batch path gives every event the ids (and the unknown-property
+    counts) that the event-by-event reference gives."""
+    events = [
+        Event("u", f"e{i}", i, t, {k: v for k, v in p.items() if v is not None})
+        for i, (t, p) in enumerate(rows)
+    ]
+    cfg = TokenizerConfig(features=SPEC, max_events=3)
+    batch, single = Tokenizer(cfg), Tokenizer(cfg)
+    got = batch.static_matrix(events)
+    want = [single.static_ids(e) for e in events]
+    assert got.shape == (len(events), batch.n_static)
+    assert got.tolist() == want
+    assert batch.take_unknown() == single.take_unknown()
