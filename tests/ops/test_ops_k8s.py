@@ -168,6 +168,13 @@ def test_serving_probes_use_grpc_health() -> None:
     assert c["readinessProbe"]["grpc"]["service"] == full
 
 
+def test_serving_runs_one_process_per_requested_core() -> None:
+    """`persona serve --processes N` answers from N cores: N follows the CPU request."""
+    (c,) = _by_kind("Deployment")["persona-serve"]["spec"]["template"]["spec"]["containers"]
+    procs = int(_container_env(c)["PERSONA_SERVE_PROCESSES"])
+    assert procs > 1 and procs == int(c["resources"]["requests"]["cpu"])
+
+
 def test_gpu_placement_and_cpu_variant() -> None:
     deps = _by_kind("Deployment")
     gpu = deps["persona-refresh"]["spec"]["template"]["spec"]
