@@ -17,8 +17,11 @@ if TYPE_CHECKING:
     from collections.abc import Iterator
 
     from services.cli.settings import Settings
+    from services.common.kafka import AckedProducer
     from services.serving.config import ServeConfig
+    from services.serving.metrics import ServingMetrics
     from services.serving.processes import Member
+    from services.serving.served_log import ServedLog
 
 DEFAULT_DIM = 64
 
@@ -65,6 +68,9 @@ def register(sub: Any) -> None:
     setting_flag(p, "serve.drain_s", "--drain-s", metavar="S")
     setting_flag(p, "serve.workers", "--workers", metavar="N")
     setting_flag(p, "serve.processes", "--processes", metavar="N")
+    setting_flag(p, "serve.served_log.rate", "--served-log-rate", metavar="R",
+                 help="share of GetEmbeddings answers sampled to the served-log topic"
+                 " (0: off)")  # fmt: skip
     setting_flag(
         p,
         "serve.max_concurrent_rpcs",
@@ -174,6 +180,22 @@ def _as_member(s: Settings, cfg: ServeConfig, member: Member) -> tuple[Settings,
     return s.model_copy(update={"process": process}), replace(cfg, port=member.port)
 
 
+def _served_log(s: Settings, cfg: ServeConfig, metrics: ServingMetrics) -> ServedLog | None:
+    """The served log (None when its rate is 0); its thread creates the topic, if missing,
+    before the producer sends (services/serving/served_log.py)."""
+    if cfg.served_log.rate <= 0:
+        return None
+    from services.common.kafka import producer
+    from services.common.kafka_admin import TopicSpec, ensure_topics
+    from services.serving.served_log import ServedLog
+
+    def open_producer() -> AckedProducer:
+        ensure_topics(s.kafka.bootstrap, [TopicSpec(cfg.served_log.topic, s.kafka.partitions)])
+        return producer(s.kafka, {"linger.ms": 50})
+
+    return ServedLog(cfg.served_log, open_producer, metrics)
+
+
 def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
     """`persona serve`; `member`: run as one of `--processes N` (processes.py)."""
     from dataclasses import replace
@@ -221,7 +243,8 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
         lambda: Publisher(producer(s.kafka), rc.embeddings_topic, rc.max_publish_wait_s),
         cfg.limits.max_batch,
     )
-    server = ServingServer(cfg, store, holder, metrics, admin=admin)
+    served_log = _served_log(s, cfg, metrics)
+    server = ServingServer(cfg, store, holder, metrics, admin=admin, served_log=served_log)
     try:
         with metrics_endpoint(s.process, registry):
             if follower is not None:

@@ -173,6 +173,9 @@ SETTINGS: tuple[Setting, ...] = (
     S("serve.limits.max_k", "MAX_K"),
     S("serve.limits.max_seeds", "MAX_SEEDS"),
     S("serve.limits.max_id_bytes", "SERVE_MAX_ID_BYTES"),
+    S("serve.served_log.rate", "SERVED_LOG_RATE"),
+    S("serve.served_log.topic", "SERVED_TOPIC"),
+    S("serve.served_log.queue", "SERVED_LOG_QUEUE"),
     # The lookalike index: every IndexConfig field but dim (the served dimension, serve.dim);
     # an empty value is None (where the field takes None: "choose it", else an error).
     *(

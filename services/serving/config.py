@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract import topics
+
 
 @dataclass(frozen=True, slots=True)
 class TLSConfig:
@@ -42,6 +44,29 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class ServedLogConfig:
+    """The served log: a sample of GetEmbeddings answers on a Kafka topic
+    (services/serving/served_log.py).
+
+    Args:
+        rate: share of GetEmbeddings answers (per user id) written to the topic; 0: off.
+        topic: the served-log topic (created at start with `kafka.partitions` partitions).
+        queue: most calls' samples waiting for the producer; beyond, a call's sample is
+            dropped and counted, the call never waits.
+    """
+
+    rate: float = 0.01
+    topic: str = topics.SERVED
+    queue: int = 10_000
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"rate must be within [0, 1], not {self.rate}")
+        if self.queue < 1:
+            raise ValueError(f"queue must be at least 1, not {self.queue}")
+
+
+@dataclass(frozen=True, slots=True)
 class ServeConfig:
     """The serving process.
 
@@ -75,6 +100,7 @@ class ServeConfig:
             until a probe succeeds (services/serving/readiness.py).
         processes: serving processes sharing the port (SO_REUSEPORT), each with its own
             index replica; more than 1 uses more cores (services/serving/processes.py).
+        served_log: the sample of answers written to Kafka (`ServedLogConfig`).
     """
 
     host: str = "[::]"
@@ -94,6 +120,7 @@ class ServeConfig:
     store_probe_s: float = 1.0
     store_probe_failures: int = 2
     processes: int = 1
+    served_log: ServedLogConfig = field(default_factory=ServedLogConfig)
 
     def __post_init__(self) -> None:
         if self.processes < 1:

@@ -29,6 +29,7 @@ class ServingMetrics:
     neighbors: Histogram  # neighbours returned per FindLookalikes
     index_size: Gauge  # users in the served lookalike index (read at scrape)
     store_reachable: Gauge  # 1 while the last store probe answered, else 0
+    served_log: Counter  # labels: outcome (sent | dropped | failed), answers of the served log
 
 
 def serving_metrics(registry: CollectorRegistry) -> ServingMetrics:
@@ -80,6 +81,13 @@ def serving_metrics(registry: CollectorRegistry) -> ServingMetrics:
             "persona_serving_store_reachable",
             "1 while the last store probe answered, 0 while it fails (readiness goes"
             " NOT_SERVING after a few failures in a row).",
+            registry=registry,
+        ),
+        served_log=Counter(
+            "persona_serving_served_log_records_total",
+            "Sampled GetEmbeddings answers of the served log, by outcome: sent (acknowledged by"
+            " Kafka), dropped (its queue was full), failed (not acknowledged).",
+            ["outcome"],
             registry=registry,
         ),
     )

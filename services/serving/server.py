@@ -34,6 +34,7 @@ from services.serving.interceptors import (
 from services.serving.metrics import ServingMetrics
 from services.serving.ports import IndexSource, VectorReader
 from services.serving.readiness import Readiness, StoreWatch
+from services.serving.served_log import ServedLog
 from services.serving.servicer import UserEmbeddingServicer
 from services.telemetry import tracer
 
@@ -64,13 +65,16 @@ class ServingServer:
         metrics: ServingMetrics,
         tracer_provider: Any = None,
         admin: AdminServicer | None = None,
+        served_log: ServedLog | None = None,
     ) -> None:
         """`tracer_provider`: a server span per call, joined to the caller's trace (None: the
         OpenTelemetry global, which records nothing unless `PERSONA_TRACES` set one up).
         `admin`: the AdminService (ForgetUsers), served beside, behind the same interceptors
-        (None: not served); `stop` closes it."""
+        (None: not served); `stop` closes it. `served_log`: a sample of GetEmbeddings answers
+        to Kafka (None: none); `start` starts its thread, `stop` flushes and stops it."""
         self.config = config
         self.admin = admin
+        self.served_log = served_log
         interceptors: list[grpc.ServerInterceptor] = [
             MetricsInterceptor(metrics),
             RequestIdInterceptor(),
@@ -93,7 +97,7 @@ class ServingServer:
                 ("grpc.so_reuseport", 1 if config.processes > 1 else 0),  # processes.py
             ],
         )
-        self.servicer = UserEmbeddingServicer(config, store, index, metrics)
+        self.servicer = UserEmbeddingServicer(config, store, index, metrics, served_log)
         bind_index_gauge(metrics, index)
         add_service(
             self.servicer, self._server, "UserEmbeddingService"
@@ -136,6 +140,8 @@ class ServingServer:
         whole ("", liveness) says SERVING at once, so that a long index build is not taken
         for a hung process. A stop before then keeps it NOT_SERVING. Readiness also goes
         NOT_SERVING while the store is unreachable (`readiness.py`), and back after."""
+        if self.served_log is not None:
+            self.served_log.start()
         self._server.start()
         self.readiness.update(index_ready=ready is None)
         if self._store_watch is not None:
@@ -173,7 +179,7 @@ class ServingServer:
         """Graceful stop, in order: health goes NOT_SERVING for every service (and stays so);
         serving continues for `drain_s` so load balancers take the replica out; then new
         calls are refused and in-flight ones get `grace_s` to finish; then the store-call
-        threads are released. Idempotent."""
+        threads are released and the served log sends what it holds. Idempotent."""
         if self._stopped:
             return
         self._stopped = True
@@ -188,6 +194,8 @@ class ServingServer:
         if self._ready_thread is not None:
             self._ready_thread.join(1.0)  # wakes every 0.5 s to see the stop
         self.servicer.close()
+        if self.served_log is not None:
+            self.served_log.close()
         if self.admin is not None:
             self.admin.close()
         log.info("server stopped")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -30,6 +30,9 @@ from services.serving.responses import (
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
 
+if TYPE_CHECKING:
+    from services.serving.served_log import ServedLog
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -41,8 +44,11 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         store: VectorReader,
         index: IndexSource,
         metrics: ServingMetrics,
+        served_log: ServedLog | None = None,
     ) -> None:
+        """`served_log`: GetEmbeddings answers are offered to it (None: not logged)."""
         self._cfg = config
+        self._served_log = served_log
         self._store = store
         self._index = index
         self._m = metrics
@@ -107,6 +113,8 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         for counter, count in zip(self._status_counts, counts, strict=True):
             if count:
                 counter.inc(count)
+        if self._served_log is not None:
+            self._served_log.offer(request.user_ids, r)
         return embeddings_response(r, request.encoding, self._cfg.dim, time.time())
 
     def FindLookalikes(

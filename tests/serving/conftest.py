@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from services.index import IndexConfig
 from services.index.holder import IndexHolder, ServedIndex
 from services.index.prior import PriorIndex
-from services.serving.metrics import serving_metrics
+from services.serving.metrics import ServingMetrics, serving_metrics
 from services.serving.server import ServingServer
 from services.stack import EmbeddedStack
 from services.store.client import connect
@@ -60,16 +60,22 @@ def holder(users: dict[str, dict[str, np.ndarray]]) -> IndexHolder:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Running]]:
-    """`serve(store, index, channel_creds=None, ready=None, **config_overrides)` -> a Running
-    server (`ready`: see `ServingServer.start`); all stopped after."""
+    """`serve(store, index, channel_creds=None, ready=None, served_log=None, **config_overrides)`
+    -> a Running server (`ready`: see `ServingServer.start`); all stopped after."""
     started: list[Running] = []
 
     def start(
-        store: Any, index: Any, channel_creds: Any = None, ready: Any = None, **over: Any
+        store: Any,
+        index: Any,
+        channel_creds: Any = None,
+        ready: Any = None,
+        served_log: Callable[[ServingMetrics], Any] | None = None,
+        **over: Any,
     ) -> Running:
         registry = CollectorRegistry()
         metrics = serving_metrics(registry)
-        server = ServingServer(replace(BASE, **over), store, index, metrics)
+        log = served_log(metrics) if served_log is not None else None
+        server = ServingServer(replace(BASE, **over), store, index, metrics, served_log=log)
         server.start(ready=ready)
         target = f"localhost:{server.port}"
         channel = (
