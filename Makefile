@@ -8,7 +8,7 @@ PYGEN := clients/python/src
 export OPENBLAS_NUM_THREADS ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: help python-check install lock format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench demo runbook-links clean
+.PHONY: help python-check install lock format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench bench-feast-env demo runbook-links clean
 
 help:  ## list targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
@@ -91,6 +91,15 @@ bench: install  ## run every benchmark at a quick size (README gives the full-si
 	$(PY) benchmarks/refresh_workers.py --users 300 --seconds 10
 	$(PY) benchmarks/ann.py --n 100000
 	$(PY) benchmarks/serve.py --users 20000 --lookalike-n 200000 --seconds 5
+	$(PY) benchmarks/serve_processes.py --users 20000 --seconds 5
+
+# Feast, the serving benchmark's peer, in a virtualenv of its own: no Persona dependency, no
+# lock of Persona's touched. benchmarks/serve.py runs its Feast side there when it exists.
+FEAST_VENV := .venv-feast
+FEAST_SPEC := feast[redis]==0.67.0
+bench-feast-env: python-check  ## make .venv-feast with Feast for benchmarks/serve.py's Feast rows
+	test -x $(FEAST_VENV)/bin/python || $(PYTHON) -m venv $(FEAST_VENV)
+	$(FEAST_VENV)/bin/python -m pip install -q "$(FEAST_SPEC)"
 
 demo: install  ## the whole flow on the embedded stack
 	$(PY) -m services.demo
