@@ -20,12 +20,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
-# Hypothesis' per-example deadline (200 ms) is a timing assertion: a loaded CI machine trips
-# it on correct code (a fresh-clone run did, in the tokenizer's equivalence test). Examples
-# are still shrunk and reported; only the clock is off.
-settings.register_profile("persona", deadline=None)
+# Hypothesis' per-example deadline (200 ms) and its "input generation is slow" health check
+# are timing assertions: a loaded CI machine trips them on correct code (a fresh-clone run
+# failed the tokenizer's equivalence test on the second). Examples are still generated,
+# shrunk and reported; only the clock is off.
+settings.register_profile("persona", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("persona")
 
 ROOT = Path(__file__).resolve().parents[1]

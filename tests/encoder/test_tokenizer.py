@@ -133,7 +133,7 @@ def test_config_round_trip_and_old_format_refused() -> None:
 _VALUES = st.one_of(
     st.none(),
     st.sampled_from(["i7", "i8", "0", "1", "x", ""]),
-    st.text(max_size=4),
+    st.text(max_size=3),
     st.booleans(),
     st.integers(-50, 50),
     st.floats(allow_nan=True, allow_infinity=True),
@@ -145,9 +145,9 @@ _NAMES = st.sampled_from(["item", "member", "price", "other", "zz"])
     st.lists(
         st.tuples(
             st.sampled_from(["view", "cart", "new"]),
-            st.dictionaries(_NAMES, _VALUES, max_size=5),
+            st.dictionaries(_NAMES, _VALUES, max_size=4),
         ),
-        max_size=30,
+        max_size=12,
     )
 )
 def test_static_matrix_equals_static_ids_event_by_event(rows: list) -> None:  # type: ignore[type-arg]
