@@ -76,7 +76,8 @@ faults: install  ## the fault suite alone (also part of `make test`)
 
 reliability: install  ## run the fault suite and regenerate docs/reliability.md
 	rm -f out/reliability.jsonl
-	PERSONA_RELIABILITY_OUT=out/reliability.jsonl $(PY) -m pytest -q tests/faults
+	PERSONA_RELIABILITY_OUT=out/reliability.jsonl $(PY) -m pytest -q tests/faults \
+		tests/integration/test_forget.py tests/serving/test_store_health.py
 	$(PY) tests/faults/report.py out/reliability.jsonl docs/reliability.md
 
 protos: install  ## regenerate the persona.v1 code: Python (clients/python/src/persona/v1), Go (clients/go/personav1)

@@ -7,17 +7,23 @@
 - Tests share these stacks: make your own topics and groups with `unique_name` /
   `fresh_topic` / `make_topic`, and do not kill or restart the shared stacks' processes
   (build a private `EmbeddedStack` for fault tests).
+- `report`: a reliability scenario's row. With PERSONA_RELIABILITY_OUT=path set, the rows of
+  the session are written there as JSON lines at the end of the run; `make reliability`
+  runs the scenarios (tests/faults and the few outside it that the Makefile names) and
+  `tests/faults/report.py` renders them into docs/reliability.md.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -91,3 +97,28 @@ def make_topic() -> Callable[..., str]:
 def fresh_topic(stack: EmbeddedStack, make_topic: Callable[..., str]) -> str:
     """A new 4-partition topic on the single-node `stack`'s broker."""
     return make_topic(stack.addresses.bootstrap, 4, "fresh")
+
+
+_ROWS: list[dict[str, Any]] = []
+
+
+@pytest.fixture
+def report() -> Callable[..., None]:
+    """`report(scenario=..., produced=, applied=, duplicated=, lost=, recovery_s=, note=)`"""
+
+    def add(**row: Any) -> None:
+        _ROWS.append(row)
+
+    return add
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _write_report() -> Iterator[None]:
+    yield
+    out = os.environ.get("PERSONA_RELIABILITY_OUT")
+    if out and _ROWS:
+        path = Path(out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a") as fh:
+            for row in _ROWS:
+                fh.write(json.dumps(row) + "\n")

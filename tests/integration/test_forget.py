@@ -41,7 +41,7 @@ def _in_index(f: IndexFollower, users: list[str]) -> list[str]:
 
 
 def test_forget_reaches_store_index_and_survives_a_rebuild(
-    stack: EmbeddedStack, make_topic: Callable[..., str]
+    stack: EmbeddedStack, make_topic: Callable[..., str], report: Callable[..., None]
 ) -> None:
     a = stack.addresses
     events_topic = make_topic(a.bootstrap, 2, "fev")
@@ -84,9 +84,11 @@ def test_forget_reaches_store_index_and_survives_a_rebuild(
         assert [len(x) for x in vectors.get_batch(users, ver)] == [0, 1]
 
         # the topic read again from the start, offsets ignored: the old events stay out
+        t0 = time.monotonic()
         run = ingest_until_idle(
             kcfg_for(a.bootstrap, events_topic, f"g2-{pre}"), a.redis, rebuild=True
         )
+        replay_s = time.monotonic() - t0
         assert sample(run.registry, "persona_ingest_events_forgotten_total") == 5
         w_gone, w_stays = windows.read(users)
         assert w_gone.events == [] and len(w_stays.events) == 5
@@ -97,6 +99,19 @@ def test_forget_reaches_store_index_and_survives_a_rebuild(
         ingest_until_idle(kcfg_for(a.bootstrap, events_topic, f"g2-{pre}"), a.redis)
         (w_gone,) = windows.read([gone])
         assert [e.event_id for e in w_gone.events] == [new.event_id]
+        report(
+            scenario="A forgotten user through a replay: `persona forget`, then `persona ingest"
+            " --rebuild` of the whole topic, then a new event",
+            produced=len(evs) + 1,
+            applied=len(evs) - 5 + 1,
+            duplicated=0,
+            lost=0,
+            recovery_s=round(replay_s, 1),
+            note="the user's window, vectors and dirty mark gone from the store; a running and"
+            " a newly started index replica drop it; the replay skips its 5 old events"
+            " (counted as forgotten) and keeps the other user's; an event after the request"
+            " starts a new window; recovery = the replay's run time",
+        )
     finally:
         first.stop()
         pub.close()
