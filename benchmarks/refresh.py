@@ -9,7 +9,13 @@ Valkey cluster unless --single) and marked dirty; then
 The ratio full / encoder shows what the I/O costs. The model is the default architecture
 (untrained weights cost the same FLOPs) unless --models names a registry.
 
+`--drift-rounds N` then measures what the drift signal costs (services/refresh/drift.py:
+one more pipelined read per batch): every user gets one new event and is refreshed again,
+N times with drift off and N times on, taking turns (a loaded machine's noise falls on both
+alike); it prints the median users/s of each and the drift observed.
+
     .venv/bin/python benchmarks/refresh.py [--users 4000] [--events-per-user 60] [--single]
+        [--drift-rounds 3]
 """
 
 from __future__ import annotations
@@ -17,8 +23,10 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import statistics
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
@@ -26,6 +34,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import torch
 from prometheus_client import CollectorRegistry
 
+from contract.events import Event
 from contract.record import pack_record
 from encoder.api import Encoder
 from encoder.features import discover
@@ -49,7 +58,8 @@ from services.store.windows import PackedUpdate, WindowStore
 log = logging.getLogger("bench.refresh")
 
 
-def load_windows(ws: WindowStore, users: int, per_user: float, seed: int) -> list[str]:
+def load_windows(ws: WindowStore, users: int, per_user: float, seed: int) -> dict[str, Event]:
+    """Writes the users' windows; returns each user's newest event."""
     ds = generate(SyntheticConfig(users=users, events_per_user=per_user, seed=seed))
     by_user = group_by_user(ds.events)
     ups = [
@@ -61,7 +71,21 @@ def load_windows(ws: WindowStore, users: int, per_user: float, seed: int) -> lis
     ]  # fmt: skip
     for i in range(0, len(ups), 500):
         ws.apply_packed(ups[i : i + 500])
-    return list(by_user)
+    return {u: evs[-1] for u, evs in by_user.items()}
+
+
+def touch(ws: WindowStore, last: dict[str, Event], k: int) -> None:
+    """One new event per user (a copy of its newest, later): every user dirty again."""
+    again = [
+        replace(ev, event_id=f"{ev.event_id}-again{k}", ts_ms=ev.ts_ms + k) for ev in last.values()
+    ]
+    ups = [
+        PackedUpdate(ev.user_id, 0, pack_update(1_000_000 + k, ev.event_id.encode(), ev.ts_ms,
+                                                pack_record(ev)))
+        for ev in again
+    ]  # fmt: skip
+    for i in range(0, len(ups), 500):
+        ws.apply_packed(ups[i : i + 500])
 
 
 def encoder_alone(enc: Encoder, ws: WindowStore, ids: list[str], batch: int) -> float:
@@ -82,6 +106,7 @@ def main() -> None:
     ap.add_argument("--single", action="store_true", help="one Valkey node, not a cluster")
     ap.add_argument("--models", type=Path, default=None, help="registry (default: untrained)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--drift-rounds", type=int, default=0, help="passes with drift off / on")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.models:
@@ -95,7 +120,8 @@ def main() -> None:
         a = stack.addresses
         client = connect(a.redis)
         ws = WindowStore(client, WindowConfig())
-        ids = load_windows(ws, args.users, args.events_per_user, args.seed)
+        last = load_windows(ws, args.users, args.events_per_user, args.seed)
+        ids = list(last)
         mean_len = sum(len(w.events) for w in ws.read(ids[:500])) / min(500, len(ids))
         cfg = RefreshConfig(
             embeddings_topic=a.embeddings_topic,
@@ -117,6 +143,24 @@ def main() -> None:
         full_s = time.perf_counter() - t0
         assert stats.users == len(ids), stats
         alone_s = encoder_alone(enc, ws, ids, args.batch_size)
+        rates: dict[bool, list[float]] = {False: [], True: []}
+        regs = {False: CollectorRegistry(), True: CollectorRegistry()}
+        metrics = {on: refresh_metrics(reg) for on, reg in regs.items()}
+        for k in range(2 * args.drift_rounds):
+            drift = k % 2 == 1
+            touch(ws, last, k)
+            pub = Publisher(
+                kafka_clients.producer(KafkaConfig(bootstrap=a.bootstrap)), cfg.embeddings_topic
+            )
+            r = Refresher(replace(cfg, drift=drift), ws, vectors, pub, encoders, metrics[drift])
+            t1 = time.perf_counter()
+            assert r.run(threading.Event(), until_idle=True).users == len(ids)
+            rates[drift].append(len(ids) / (time.perf_counter() - t1))
+        prev_read_ms = []  # what drift adds to a batch's read stage, alone
+        for i in range(0, min(len(ids), 20 * args.batch_size), args.batch_size):
+            t1 = time.perf_counter()
+            vectors.read_batch(ids[i : i + args.batch_size], enc.version, 1, time.monotonic() + 10)
+            prev_read_ms.append((time.perf_counter() - t1) * 1000)
         stages = {
             s: reg.get_sample_value("persona_refresh_batch_seconds_sum", {"stage": s}) or 0.0
             for s in ("read", "encode", "publish", "write")
@@ -137,6 +181,33 @@ def main() -> None:
     )
     print("\nfull-path stage seconds (publish + write overlap the next batch's encode):")
     print(" ".join(f"{k}={v:.2f}" for k, v in stages.items()))
+    if args.drift_rounds:
+        off, on = statistics.median(rates[False]), statistics.median(rates[True])
+        print(f"\nreturning users (one new event each), {args.drift_rounds} passes each, median:")
+        print("| drift | users/s | passes (users/s) |")
+        print("| --- | ---: | --- |")
+        for name, med, rs in (("off", off, rates[False]), ("on", on, rates[True])):
+            print(f"| {name} | {med:,.0f} | {', '.join(f'{x:,.0f}' for x in rs)} |")
+        read_s = {
+            on: (reg.get_sample_value("persona_refresh_batch_seconds_sum", {"stage": "read"}) or 0)
+            / max(
+                1,
+                reg.get_sample_value("persona_refresh_batch_seconds_count", {"stage": "read"}) or 0,
+            )
+            for on, reg in regs.items()
+        }
+        print(
+            f"read stage wait per batch: off {read_s[False] * 1000:.1f} ms, on "
+            f"{read_s[True] * 1000:.1f} ms; previous vectors of {args.batch_size} users read"
+            f" alone: median {statistics.median(prev_read_ms):.1f} ms"
+        )
+        dreg = regs[True]
+        lbl = {"version": enc.version}
+        n_obs = dreg.get_sample_value("persona_refresh_vector_drift_cosine_count", lbl) or 0
+        mean = (dreg.get_sample_value("persona_refresh_vector_drift_cosine_sum", lbl) or 0) / max(
+            n_obs, 1
+        )
+        print(f"on / off {on / off:.3f}; drift observed: {n_obs:.0f} users, mean {mean:.4f}")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,8 @@ class RefreshConfig:
             stops heartbeating (killed, hung host) loses its buckets to the others after
             this long (heartbeats every fifth of it). Kafka's broker floor is 6 s
             (`group.min.session.timeout.ms`).
+        drift: measure how far refreshed vectors moved from the users' previous ones (one
+            more pipelined store read per batch and version; services/refresh/drift.py).
     """
 
     interval_s: float = 30.0
@@ -65,6 +67,7 @@ class RefreshConfig:
     share_topic: str = topics.REFRESH_SHARES
     share_ranges: int = 32
     share_session_timeout_ms: int = 6000
+    drift: bool = True
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.candidates_per_bucket < 1 or self.backfill_batch < 1:

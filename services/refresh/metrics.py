@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+_DRIFT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
 _AGE = (1, 5, 15, 60, 300, 900, 3600, 4 * 3600, 86400, 7 * 86400, 30 * 86400)
 
 
@@ -51,6 +52,8 @@ class RefreshMetrics:
     active_version: Gauge
     errors: Counter
     unknown_properties: Counter
+    drift: Histogram  # labels: version
+    norm_ratio: Gauge  # labels: version
 
 
 def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
@@ -148,6 +151,21 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
             "Event properties the model version was not trained on, skipped when encoding, by "
             "name (at most 64 names per version, the rest as '(other)')",
             ["version", "property"],
+            registry=registry,
+        ),
+        drift=Histogram(
+            "persona_refresh_vector_drift_cosine",
+            "Cosine distance (1 - cos) of a user's new vector from its previous one of the same"
+            " model version, per user refreshed that had one (services/refresh/drift.py)",
+            ["version"],
+            buckets=_DRIFT,
+            registry=registry,
+        ),
+        norm_ratio=Gauge(
+            "persona_refresh_vector_norm_ratio",
+            "Mean vector length of the last refresh batch over that of the version's parity"
+            " sample (its training windows); 1 = as in training",
+            ["version"],
             registry=registry,
         ),
     )

@@ -32,6 +32,7 @@ from opentelemetry import trace
 from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
 from services.refresh.cutover import Cutover
+from services.refresh.drift import Drift, Previous
 from services.refresh.encoders import EncoderCache, ModelLoadError
 from services.refresh.forget import expire_inactive
 from services.refresh.metrics import RefreshMetrics, RefreshStats
@@ -75,6 +76,7 @@ class Prepared:
     dirty_ts: list[int] = field(default_factory=list)
     started: float = 0.0
     span: Any = None  # the batch's trace span (None: traces off), ended by `commit`
+    previous: Previous | None = None  # the users' vectors before (drift.py)
 
 
 def encode_windows(
@@ -123,6 +125,9 @@ class Refresher:
         self.encoders = encoders
         self.metrics = metrics
         self.stats = RefreshStats()
+        self.drift = (  # drift.py: one more read per batch
+            Drift(vectors, metrics, encoders.models_dir) if metrics and cfg.drift else None
+        )
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-commit")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-read")
 
@@ -232,19 +237,18 @@ class Refresher:
         chunks = [
             cands[i : i + self.cfg.batch_size] for i in range(0, len(cands), self.cfg.batch_size)
         ]
-        reads = (
-            [self._reader.submit(self.windows.read, [u for u, _ in chunks[0]])] if chunks else []
-        )
+        first = [u for u, _ in chunks[0]] if chunks else []
+        reads = [self._reader.submit(self._read, first, versions)] if chunks else []
         n = 0
         try:
             for k, chunk in enumerate(chunks):
                 if stop.is_set():
                     break
                 t0 = time.perf_counter()
-                wins = reads[k].result()  # read ahead while the batch before was encoded
+                wins, previous = reads[k].result()  # read while the batch before was encoded
                 if k + 1 < len(chunks):
                     nxt = [u for u, _ in chunks[k + 1]]
-                    reads.append(self._reader.submit(self.windows.read, nxt))
+                    reads.append(self._reader.submit(self._read, nxt, versions))
                 keep = self.share.claim([u for u, _ in chunk])  # buckets still ours
                 if not keep:
                     continue
@@ -252,6 +256,7 @@ class Refresher:
                     wins = [wins[i] for i in keep]
                     prepared = self.prepare_windows(wins, versions, clear_dirty=True, t0=t0)
                     prepared.dirty_ts = [chunk[i][1] for i in keep]
+                    prepared.previous = previous
                     if pending is not None:
                         pending.result()
                 except BaseException:
@@ -263,6 +268,13 @@ class Refresher:
             if pending is not None:
                 pending.result()
         return n
+
+    def _read(
+        self, uids: list[str], versions: Sequence[str]
+    ) -> tuple[list[Window], Previous | None]:
+        """The read stage: the windows, and the users' vectors before when drift is on."""
+        previous = self.drift.read(uids, versions) if self.drift is not None else None
+        return self.windows.read(uids), previous
 
     # ----- one batch ---------------------------------------------------------------------
 
@@ -372,6 +384,8 @@ class Refresher:
             m.staleness_seconds.observe(max(0, now - ts) / 1000)
         for ts in batch.dirty_ts:
             m.event_to_vector_seconds.observe(max(0, now - ts) / 1000)
+        if self.drift is not None and batch.dirty_ts:  # a round's batch, not a back-fill
+            self.drift.observe(batch.previous, batch.vectors)
 
     def close(self) -> None:
         try:
