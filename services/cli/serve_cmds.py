@@ -206,6 +206,7 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
     from services.common.kafka import producer
     from services.index.holder import FollowConfig, IndexHolder, VersionedFollower
     from services.index.metrics import index_metrics
+    from services.index.probe import RecallProbe
     from services.refresh.publish import Publisher
     from services.serving.admin import AdminServicer
     from services.serving.metrics import serving_metrics
@@ -231,11 +232,15 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
     client = connect(s.store.redis, socket_timeout=max(1.0, 2 * cfg.store_timeout_s))
     store = VectorStore(client)
     holder = IndexHolder()
-    follower = None
+    follower = probe = None
     if not args.no_index:
         index = replace(s.index, dim=cfg.dim)
         follow = FollowConfig(s.kafka.bootstrap, s.refresh.embeddings_topic, index)
-        follower = VersionedFollower(follow, holder, store.active_version, index_metrics(registry))
+        imetrics = index_metrics(registry)
+        follower = VersionedFollower(follow, holder, store.active_version, imetrics)
+        if index.probe_every_s > 0:
+            probe = RecallProbe(holder, imetrics.live_recall, index.recall_ks,
+                                index.probe_every_s, index.probe_queries)  # fmt: skip
     forgetter = StoreForgetter(client)
     rc = s.refresh
     admin = AdminServicer(
@@ -249,6 +254,8 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
         with metrics_endpoint(s.process, registry):
             if follower is not None:
                 follower.start()
+            if probe is not None:
+                probe.start()
             wait = follower is not None and not args.serve_before_index
             ready = holder.wait_ready if wait else None
             server.start(ready=ready if member is None else ReadyBarrier(member, ready))
@@ -259,6 +266,8 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
             server.stop()  # inside the block: /metrics stays up while the server drains
     finally:
         server.stop()
+        if probe is not None:
+            probe.stop()
         if follower is not None:
             follower.stop()
         store.close()  # the read connections and threads of the store's router

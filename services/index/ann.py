@@ -149,6 +149,11 @@ class LookalikeIndex:
             rows = self._held(user_ids)
             return float(self._rows.lengths[rows].sum()) if rows else 0.0
 
+    def live_vectors(self) -> np.ndarray:
+        """A copy of every held unit vector (N, D), in no order (the live recall probe)."""
+        with self._lock.read():
+            return self._snapshot()[1]
+
     def _held(self, user_ids: Iterable[str]) -> list[int]:
         return [r for r in map(self._rows.row_of.get, user_ids) if r is not None]
 

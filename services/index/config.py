@@ -54,6 +54,9 @@ class IndexConfig:
             the last build (IVF lists were trained for the smaller set).
         max_stale_fraction: `needs_rebuild()` once hidden (replaced/deleted, not removable)
             entries exceed this fraction of the size.
+        probe_every_s: the live recall probe measures the index in service this often
+            (services/index/probe.py); 0: never.
+        probe_queries: held vectors the probe uses as queries.
     """
 
     dim: int = 64
@@ -75,6 +78,8 @@ class IndexConfig:
     gpu: Literal["auto", "off"] = "auto"
     rebuild_growth: float = 2.0
     max_stale_fraction: float = 0.2
+    probe_every_s: float = 300.0
+    probe_queries: int = 64
 
     def __post_init__(self) -> None:
         if self.dim < 1:
@@ -99,6 +104,8 @@ class IndexConfig:
             raise ValueError(f"recall_ks must be positive ints, got {self.recall_ks}")
         if self.recall_sample < 10:
             raise ValueError(f"recall_sample must be >= 10, got {self.recall_sample}")
+        if self.probe_every_s < 0 or self.probe_queries < 1:
+            raise ValueError("probe_every_s must be >= 0 and probe_queries >= 1")
         if self.rebuild_growth <= 1.0:
             raise ValueError(f"rebuild_growth must be > 1, got {self.rebuild_growth}")
 

@@ -18,6 +18,7 @@ class IndexMetrics:
     updates: Counter  # label op: upsert | delete | ignored (other model version) | invalid
     nprobe: Gauge  # label k
     recall: Gauge  # label k
+    live_recall: Gauge  # label k (probe.py)
     memory: Gauge  # label part
 
 
@@ -52,6 +53,13 @@ def index_metrics(registry: CollectorRegistry) -> IndexMetrics:
             "persona_index_recall_ratio",
             "Recall@k measured at the last build with the chosen setting, against exact "
             "search on a sample of the indexed vectors.",
+            ["k"],
+            registry=registry,
+        ),
+        live_recall=Gauge(
+            "persona_index_live_recall_ratio",
+            "Recall@k of the index in service measured by the live probe (every few minutes,"
+            " between builds), against exact search on a sample of the held vectors.",
             ["k"],
             registry=registry,
         ),
