@@ -86,25 +86,37 @@ def register(sub: Any) -> None:
         type=Path,
         help="file holding the bearer token clients must send (or env PERSONA_AUTH_TOKEN)",
     )
+    p.add_argument(
+        "--admin-token-file",
+        type=Path,
+        help="file holding the AdminService's own bearer token (or env PERSONA_ADMIN_TOKEN);"
+        " without one the AdminService (ForgetUsers) is not served",
+    )
     p.set_defaults(func=cmd_serve)
 
 
-def _auth_token(args: argparse.Namespace, s: Settings) -> str | None:
-    """The file's token, else PERSONA_AUTH_TOKEN's; None when neither is given. An empty
-    one (blank file, PERSONA_AUTH_TOKEN="") is refused: it reads as "auth on" to whoever
-    set it, and would serve every caller (issue #18)."""
-    if args.auth_token_file is not None:
-        token = args.auth_token_file.read_text().strip()
+def _token(file: Path | None, value: str | None, env: str) -> str | None:
+    """The file's token, else the variable's; None when neither is given. An empty one
+    (blank file, PERSONA_AUTH_TOKEN="") is refused: it reads as "auth on" to whoever set
+    it, and would serve every caller (issue #18)."""
+    if file is not None:
+        token = file.read_text().strip()
         if not token:
-            raise SystemExit(f"{args.auth_token_file} is empty")
+            raise SystemExit(f"{file} is empty")
         return str(token)
-    token = s.serve.auth_token
-    if token is not None and not token.strip():
+    if value is not None and not value.strip():
         raise SystemExit(
-            "PERSONA_AUTH_TOKEN is set but empty: set the token, or unset the variable to"
-            " serve without one"
+            f"{env} is set but empty: set the token, or unset the variable to serve without one"
         )
-    return token
+    return value
+
+
+def _auth_token(args: argparse.Namespace, s: Settings) -> str | None:
+    return _token(args.auth_token_file, s.serve.auth_token, "PERSONA_AUTH_TOKEN")
+
+
+def _admin_token(args: argparse.Namespace, s: Settings) -> str | None:
+    return _token(args.admin_token_file, s.serve.admin_token, "PERSONA_ADMIN_TOKEN")
 
 
 def _dim(s: Settings) -> int:
@@ -138,7 +150,8 @@ def serve_config(args: argparse.Namespace) -> ServeConfig:
         tls = TLSConfig(args.tls_cert, args.tls_key, args.tls_client_ca)
     elif args.tls_client_ca:
         raise SystemExit("--tls-client-ca needs --tls-cert and --tls-key")
-    return replace(s.serve, dim=_dim(s), auth_token=_auth_token(args, s), tls=tls)
+    auth, admin = _auth_token(args, s), _admin_token(args, s)
+    return replace(s.serve, dim=_dim(s), auth_token=auth, admin_token=admin, tls=tls)
 
 
 def _serve_processes(args: argparse.Namespace) -> int:
@@ -241,13 +254,15 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
         if index.probe_every_s > 0:
             probe = RecallProbe(holder, imetrics.live_recall, index.recall_ks,
                                 index.probe_every_s, index.probe_queries)  # fmt: skip
-    forgetter = StoreForgetter(client)
-    rc = s.refresh
-    admin = AdminServicer(
-        forgetter,
-        lambda: Publisher(producer(s.kafka), rc.embeddings_topic, rc.max_publish_wait_s),
-        cfg.limits.max_batch,
-    )
+    forgetter = admin = None
+    if cfg.admin_token is not None:  # the AdminService only behind its own token
+        forgetter = StoreForgetter(client)
+        rc = s.refresh
+        admin = AdminServicer(
+            forgetter,
+            lambda: Publisher(producer(s.kafka), rc.embeddings_topic, rc.max_publish_wait_s),
+            cfg.limits.max_batch,
+        )
     served_log = _served_log(s, cfg, metrics)
     server = ServingServer(cfg, store, holder, metrics, admin=admin, served_log=served_log)
     try:
@@ -271,6 +286,7 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
         if follower is not None:
             follower.stop()
         store.close()  # the read connections and threads of the store's router
-        forgetter.close()
+        if forgetter is not None:
+            forgetter.close()
         client.close()
     return 0

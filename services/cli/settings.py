@@ -169,6 +169,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("serve.processes", "SERVE_PROCESSES"),
     # "" is kept (not None): `persona serve` refuses an empty token rather than serve openly
     S("serve.auth_token", "AUTH_TOKEN", secret=True),
+    S("serve.admin_token", "ADMIN_TOKEN", secret=True),
     S("serve.limits.max_batch", "MAX_BATCH"),
     S("serve.limits.max_history", "MAX_HISTORY"),
     S("serve.limits.max_k", "MAX_K"),

@@ -94,6 +94,8 @@ class ServeConfig:
             load balancers see the change.
         auth_token: bearer token clients must send (None: no check). Health checks are
             exempt (probes send no metadata).
+        admin_token: the AdminService's own bearer token (ForgetUsers deletes users: the
+            rankers' token must not reach it). None: the AdminService is not served.
         tls: server TLS / mTLS, or None for plaintext.
         store_probe_s: the store is probed this often (the active-version read); 0: never.
         store_probe_failures: this many failed probes in a row make readiness NOT_SERVING
@@ -116,6 +118,7 @@ class ServeConfig:
     grace_s: float = 5.0
     drain_s: float = 0.0
     auth_token: str | None = field(default=None, repr=False)
+    admin_token: str | None = field(default=None, repr=False)
     tls: TLSConfig | None = None
     store_probe_s: float = 1.0
     store_probe_failures: int = 2

@@ -123,14 +123,21 @@ class MetricsInterceptor(_UnaryInterceptor):
 
 
 class AuthInterceptor(grpc.ServerInterceptor):
-    """Refuses calls without `authorization: Bearer <token>` with UNAUTHENTICATED.
-    Health checks are exempt: probes (kubelet, grpc_health_probe) send no metadata."""
+    """Refuses calls without the right `authorization: Bearer <token>` with UNAUTHENTICATED.
 
-    def __init__(self, token: str, exempt_prefixes: tuple[str, ...] = (HEALTH_PREFIX,)) -> None:
-        if not token:
+    `rules`: (method prefix, token) pairs, the first prefix that matches decides; a token of
+    None lets the call through. Health checks are always let through: probes (kubelet,
+    grpc_health_probe) send no metadata. `persona serve` passes the AdminService's prefix
+    with the admin token, then "" with the serving token, so a ranker's token never
+    reaches an operator call.
+    """
+
+    def __init__(self, rules: list[tuple[str, str | None]]) -> None:
+        if any(t is not None and not t.strip() for _, t in rules):
             raise ValueError("auth token is empty")
-        self._expected = f"Bearer {token}".encode()
-        self._exempt = exempt_prefixes
+        self._rules = [(HEALTH_PREFIX, None)] + [
+            (p, None if t is None else f"Bearer {t}".encode()) for p, t in rules
+        ]
         self._refused = _PerMethod(lambda handler, _method: _rewrap(handler, _deny))
 
     def intercept_service(
@@ -140,10 +147,13 @@ class AuthInterceptor(grpc.ServerInterceptor):
     ) -> grpc.RpcMethodHandler | None:
         details: Any = handler_call_details
         handler = continuation(handler_call_details)
-        if handler is None or details.method.startswith(self._exempt):
+        if handler is None:
+            return handler
+        expected = next((t for p, t in self._rules if details.method.startswith(p)), None)
+        if expected is None:
             return handler
         got = next((v for k, v in details.invocation_metadata or () if k == "authorization"), "")
-        if isinstance(got, str) and hmac.compare_digest(got.encode(), self._expected):
+        if isinstance(got, str) and hmac.compare_digest(got.encode(), expected):
             return handler
         return self._refused.get(handler, details.method)
 

@@ -83,10 +83,14 @@ class ServingServer:
             from opentelemetry.instrumentation.grpc import server_interceptor  # 0.2 s: only then
 
             interceptors.insert(0, server_interceptor(tracer_provider=tracer_provider))
-        if config.auth_token is not None:
-            if not config.auth_token.strip():
-                raise ValueError("auth_token is empty: give a token, or None for no check")
-            interceptors.append(AuthInterceptor(config.auth_token))
+        for name, token in (("auth_token", config.auth_token), ("admin_token", config.admin_token)):
+            if token is not None and not token.strip():
+                raise ValueError(f"{name} is empty: give a token, or None for no check")
+        if admin is not None and config.admin_token is None:
+            raise ValueError("the AdminService needs its own token (ServeConfig.admin_token)")
+        if config.auth_token is not None or config.admin_token is not None:
+            rules = [(f"/{ADMIN_SERVICE_NAME}/", config.admin_token), ("", config.auth_token)]
+            interceptors.append(AuthInterceptor(rules))
         self._server = grpc.server(
             ThreadPoolExecutor(max_workers=config.workers, thread_name_prefix="grpc"),
             interceptors=interceptors,

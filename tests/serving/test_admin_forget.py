@@ -36,7 +36,8 @@ from tests.store_support import UserUpdate, apply_events
 
 pytestmark = pytest.mark.integration
 AT = 1_765_000_000_000  # the server's clock for the request
-TOKEN = [("authorization", "Bearer s3cret")]
+SERVING_TOKEN = [("authorization", "Bearer s3cret")]
+TOKEN = [("authorization", "Bearer adm1n")]  # the AdminService's own
 
 
 def test_forget_users_rpc(stack: EmbeddedStack, make_topic: Callable[..., str]) -> None:
@@ -71,8 +72,13 @@ def test_forget_users_rpc(stack: EmbeddedStack, make_topic: Callable[..., str]) 
             max_users=10,
             clock_ms=lambda: AT,
         )
+        with pytest.raises(ValueError, match="its own token"):
+            ServingServer(
+                replace(BASE, auth_token="s3cret"), vectors, IndexHolder(),
+                serving_metrics(CollectorRegistry()), admin=admin,
+            )  # fmt: skip
         server = ServingServer(
-            replace(BASE, auth_token="s3cret"), vectors, IndexHolder(),
+            replace(BASE, auth_token="s3cret", admin_token="adm1n"), vectors, IndexHolder(),
             serving_metrics(CollectorRegistry()), admin=admin,
         )  # fmt: skip
         server.start()
@@ -81,6 +87,14 @@ def test_forget_users_rpc(stack: EmbeddedStack, make_topic: Callable[..., str]) 
 
         with pytest.raises(grpc.RpcError) as no_token:
             stub.ForgetUsers(pb.ForgetUsersRequest(user_ids=[gone]), timeout=10)
+        with pytest.raises(grpc.RpcError) as rankers_token:  # serving's token is not enough
+            stub.ForgetUsers(pb.ForgetUsersRequest(user_ids=[gone]), metadata=SERVING_TOKEN)
+        assert rankers_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        serving = pb_grpc.UserEmbeddingServiceStub(channel)
+        with pytest.raises(grpc.RpcError) as admins_token:  # and the admin's is not a ranker's
+            serving.GetModelInfo(pb.GetModelInfoRequest(), metadata=TOKEN, timeout=10)
+        assert admins_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
+        serving.GetModelInfo(pb.GetModelInfoRequest(), metadata=SERVING_TOKEN, timeout=10)
         with pytest.raises(grpc.RpcError) as empty:
             stub.ForgetUsers(pb.ForgetUsersRequest(user_ids=[gone, ""]), metadata=TOKEN)
         assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
