@@ -34,6 +34,8 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import logging
+import warnings
 from typing import Any
 
 import numpy as np
@@ -172,7 +174,9 @@ def _full(tensor: Any, pg: Any) -> torch.Tensor:
         return tensor.full_tensor().detach().cpu()
     if not isinstance(tensor, ShardedTensor):
         return tensor.detach().cpu().clone()
-    out = torch.zeros(tuple(tensor.size()), dtype=tensor.dtype)
+    with warnings.catch_warnings():  # TorchRec's row-wise tables are ShardedTensors still
+        warnings.simplefilter("ignore", FutureWarning)
+        out = torch.zeros(tuple(tensor.size()), dtype=tensor.dtype)
     for shard in tensor.local_shards():
         r0, c0 = shard.metadata.shard_offsets[:2]
         r, c = shard.tensor.shape[:2]
@@ -210,6 +214,9 @@ class Sharded(Local):
         from torchrec.optim.optimizers import in_backward_optimizer_filter
         from torchrec.optim.rowwise_adagrad import RowWiseAdagrad
 
+        logging.getLogger("torchrec.distributed.planner").setLevel(logging.ERROR)
+        warnings.filterwarnings("ignore", category=FutureWarning, module="torchrec")
+        warnings.filterwarnings("ignore", message=".*find_unused_parameters=true.*")
         self.plain = copy.deepcopy(step)  # what `final` fills with the trained weights
         adagrad = self.device.type == "cpu" or tc.table_optimizer == "rowwise_adagrad"
         self.table_optimizer = "rowwise_adagrad" if adagrad else "adam"

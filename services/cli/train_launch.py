@@ -11,6 +11,7 @@ torchrun, which stops its workers. Each worker sees ``WORLD_SIZE`` and trains it
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 
@@ -36,7 +37,9 @@ def launch(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
     cmd += [f"--nproc-per-node={args.nproc}", "-m", "services.cli", *child_argv(args)]
     print("persona train: " + " ".join(cmd[1:]), file=sys.stderr)
-    proc = subprocess.Popen(cmd)
+    env = dict(os.environ)  # each rank its share of the cores (torchrun would say 1, loudly)
+    env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // args.nproc)))
+    proc = subprocess.Popen(cmd, env=env)
     try:
         return proc.wait()
     finally:
