@@ -134,9 +134,10 @@ def test_broker_restarted_consumer_reconnects_and_rebuild_restores_exactness(
             store = WindowStore(client, WCFG)
             live_lost, live_extra = compare(store, ref)
             # A log that restarted at offset 0 under a consumer whose position was further on
-            # can be partly skipped by the live consumer (kafka-python fetches by topic name,
-            # not topic id). The runbook's answer, as for a lost store shard: a rebuild replay
-            # of the new log with a fresh group; event-id dedup makes it safe to repeat.
+            # can be partly skipped by the live consumer (it resumes at its committed position
+            # in a topic of the same name: offsets below it are never fetched). The runbook's
+            # answer, as for a lost store shard: a rebuild replay of the new log with a fresh
+            # group; event-id dedup makes it safe to repeat.
             rebuild = ingest_until_idle(
                 kcfg_for(a.bootstrap, a.topic, f"r-{uuid.uuid4().hex}"), a.redis, WCFG, True
             )
