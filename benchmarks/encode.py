@@ -75,10 +75,8 @@ class _ReferenceTokenizer(Tokenizer):
 
 
 class ReferenceModel(UserEncoder):
-    """The reference forward: one lookup per table, `nn.TransformerEncoder` with masks."""
-
-    def fuse_tables(self) -> None:
-        pass  # keep the per-table lookups
+    """The reference forward: one lookup per table (the encoder is made with
+    ``fuse_tables=False``), `nn.TransformerEncoder` with masks."""
 
     def embed(self, kjt, lengths, age_h=None):
         x, pad, bags = super().embed(kjt, lengths, age_h)
@@ -96,7 +94,8 @@ def reference_encoder(enc: Encoder) -> Encoder:
     """The same weights through the reference forward (see the module docstring)."""
     model = ReferenceModel(enc.model.tok, enc.model.cfg)
     model.load_state_dict(enc.model.state_dict())
-    return Encoder("reference", model, _ReferenceTokenizer(enc.tokenizer.config), enc.device)
+    tok = _ReferenceTokenizer(enc.tokenizer.config)
+    return Encoder("reference", model, tok, enc.device, fuse_tables=False)
 
 
 def timed(fn: object) -> float:

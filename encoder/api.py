@@ -66,11 +66,13 @@ class Encoder:
         max_tokens: int = 16_384,
         max_batch: int = 256,
         outcomes: OutcomeHeads | None = None,
+        fuse_tables: bool = True,
     ) -> None:
         self.version = version
         self.outcomes = outcomes  # calibrated outcome heads (None: a version without them)
         self.model = model.eval().to(device)
-        self.model.fuse_tables()  # one embedding_bag per group at inference (model.py)
+        if fuse_tables:  # one embedding_bag per group at inference (model.py)
+            self.model.fuse_tables()
         self.tokenizer = tokenizer
         self.device = device
         self.dim = model.cfg.out_dim
