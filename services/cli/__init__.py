@@ -25,6 +25,7 @@ COMMAND_MODULES = (
     "services.cli.ingest_cmds",
     "services.cli.encoder_cmds",
     "services.cli.eval_cmds",
+    "services.cli.explain_cmds",
     "services.cli.refresh_cmds",
     "services.cli.forget_cmds",
     "services.cli.serve_cmds",
