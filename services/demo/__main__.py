@@ -19,6 +19,7 @@ import numpy as np
 from persona_client import ClientConfig, PersonaClient
 
 from encoder import registry
+from encoder.io import write_events_jsonl
 from encoder.synthetic import SyntheticConfig, generate
 from services.config import KafkaConfig
 from services.demo.plot import user_map
@@ -81,6 +82,16 @@ def main() -> None:
         f"\n    {len(ds.events):,} synthetic events from {len(ds.truth)} users "
         f"(hidden segments and lifecycle states kept aside for the display)"
     )
+
+    with step("what moved a user: persona explain on one whose hidden lifecycle ended in churn"):
+        events, png = args.out / "events.jsonl", args.out / "explain.png"
+        write_events_jsonl(events, ds.events)
+        windows = ds.windows()
+        churned = [u for u in sorted(ds.truth) if ds.truth[u].lifecycle == "churned"]
+        who = max(churned or sorted(ds.truth), key=lambda u: len(windows[u]))
+        argv = ["explain", who, "--events", str(events), "--outcome", "(any)", "--top", "3"]
+        print(run([*argv, "--neighbours", "10", "--png", str(png)], env).rstrip())
+        print(f"    wrote {png}")
 
     with step("starting the embedded stack (Tansu broker, 3-node Valkey cluster)"):
         stack = EmbeddedStack(StackConfig(cluster=True))
