@@ -7,6 +7,10 @@ BUF := deploy/tools/node_modules/.bin/buf
 PYGEN := clients/python/src
 export OPENBLAS_NUM_THREADS ?= 1
 export OMP_WAIT_POLICY ?= PASSIVE
+# `make test` runs the suite in TEST_WORKERS pytest-xdist processes, a test file per worker
+# at a time (module fixtures stay whole): most tests wait on brokers, stores and child
+# processes, so 2 workers on 2 cores take ~0.65x the serial time. TEST_WORKERS=0: serial.
+TEST_WORKERS ?= 2
 
 .PHONY: help python-check install lock format lint typecheck proto-check proto-baseline test test-unit faults reliability protos bench bench-feast-env demo runbook-links clean
 
@@ -66,7 +70,7 @@ proto-baseline:  ## accept proto/ as the new compatibility baseline (only for a 
 test: install lint typecheck proto-check  ## lint, typecheck, the contract, unit, integration, fault, ops and client tests
 	deploy/ensure-tools.sh $(VENV)
 	deploy/ensure-client-tools.sh
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q tests -n $(TEST_WORKERS) --dist loadfile
 
 test-unit: install  ## unit tests only
 	$(PY) -m pytest -q tests/unit
