@@ -30,9 +30,12 @@ def encode_update(
     computed_at_ms: int = 0,
     n_events: int = 0,
     window_version: int = 0,
+    scores: np.ndarray | None = None,
 ) -> bytes:
-    """The update-log value of a vector (D,), as little-endian float32."""
+    """The update-log value of a vector (D,) and its outcome scores (S,), as little-endian
+    float32."""
     vec = np.asarray(vector, dtype="<f4")
+    sc = b"" if scores is None else np.asarray(scores, dtype="<f4").tobytes()
     return EmbeddingUpdate(
         user_id=user_id,
         model_version=model_version,
@@ -41,4 +44,5 @@ def encode_update(
         dim=int(vec.size),
         n_events=n_events,
         window_version=window_version,
+        scores=sc,
     ).SerializeToString()

@@ -20,6 +20,8 @@ from typing import Any
 
 import numpy as np
 
+MAX_SERVED = 256  # score columns a record carries at most (2 bytes each)
+
 
 @dataclass(frozen=True)
 class OutcomeHeads:
@@ -56,6 +58,32 @@ class OutcomeHeads:
         if calibrated:
             s = self.a * s + self.b
         return _sigmoid(s).astype(np.float32)
+
+    def score_columns(self) -> list[tuple[int, int]]:
+        """The (horizon, outcome) cells stored and served with each vector, outcome-major:
+        `(any)` and every event type (`type=...`) at every horizon, at most `MAX_SERVED`.
+        The property-value outcomes stay in the version for `persona eval` and
+        `persona explain` (serving all of them would multiply the record by ~4)."""
+        ys = [j for j, n in enumerate(self.names) if n == "(any)" or n.startswith("type=")]
+        cells = [(k, j) for j in ys for k in range(len(self.horizons_ms))]
+        return cells[:MAX_SERVED]
+
+    def scores(self, z: np.ndarray) -> np.ndarray:
+        """(B, E) vectors -> (B, S) calibrated probabilities of `score_columns`."""
+        cells = self.score_columns()
+        p = self.probabilities(z)  # (B, K, Y)
+        ks = np.fromiter((k for k, _ in cells), np.int64, len(cells))
+        ys = np.fromiter((j for _, j in cells), np.int64, len(cells))
+        return p[:, ks, ys]
+
+    def columns_json(self) -> str:
+        """What column i of `scores` is, as the store keeps it for serving."""
+        cols = [
+            {"outcome": self.names[j], "horizon_ms": self.horizons_ms[k],
+             "calibrated": bool(self.calibrated[k, j])}
+            for k, j in self.score_columns()
+        ]  # fmt: skip
+        return json.dumps({"columns": cols}, separators=(",", ":"))
 
     def to_json(self) -> str:
         return json.dumps(

@@ -1,11 +1,15 @@
-"""Loaded encoder versions, one per model version the refresher writes."""
+"""Loaded encoder versions, one per model version the refresher writes, and the encode step
+that turns windows into the vectors (and outcome scores) of each."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 from encoder.api import Encoder
+from services.store.records import StoredVector
+from services.store.windows import Window
 
 log = logging.getLogger(__name__)
 
@@ -41,3 +45,25 @@ class EncoderCache:
     def keep(self, versions: set[str]) -> None:
         for v in set(self._loaded) - versions:
             del self._loaded[v]
+
+
+def encode_windows(
+    encoders: EncoderCache, windows: Sequence[Window], versions: Sequence[str], at_ms: int
+) -> dict[str, list[StoredVector | None]]:
+    """Per version, one StoredVector per window (None for an empty window), with the
+    calibrated outcome scores when the version has outcome heads."""
+    out: dict[str, list[StoredVector | None]] = {}
+    full = [i for i, w in enumerate(windows) if w.events]
+    for ver in versions:
+        enc = encoders.get(ver)
+        rows: list[StoredVector | None] = [None] * len(windows)
+        if full:
+            vecs = enc.encode([windows[i].events for i in full], at_ms)  # (B, dim)
+            scores = None if enc.outcomes is None else enc.outcomes.scores(vecs)  # (B, S)
+            for j, i in enumerate(full):
+                w = windows[i]
+                n = min(len(w.events), enc.max_events)
+                sc = None if scores is None else scores[j]
+                rows[i] = StoredVector(w.user_id, ver, vecs[j], at_ms, n, w.version, sc)
+        out[ver] = rows
+    return out

@@ -60,5 +60,6 @@ class Publisher:
 
 def _value(v: StoredVector) -> bytes:
     return encode_update(
-        v.user_id, v.vector, v.model_version, v.computed_at_ms, v.n_events, v.window_version
-    )
+        v.user_id, v.vector, v.model_version, v.computed_at_ms, v.n_events, v.window_version,
+        v.scores,
+    )  # fmt: skip

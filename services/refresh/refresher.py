@@ -33,7 +33,7 @@ from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
 from services.refresh.cutover import Cutover
 from services.refresh.drift import Drift, Previous
-from services.refresh.encoders import EncoderCache, ModelLoadError
+from services.refresh.encoders import EncoderCache, ModelLoadError, encode_windows
 from services.refresh.forget import expire_inactive
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.publish import Publisher
@@ -79,25 +79,6 @@ class Prepared:
     previous: Previous | None = None  # the users' vectors before (drift.py)
 
 
-def encode_windows(
-    encoders: EncoderCache, windows: Sequence[Window], versions: Sequence[str], at_ms: int
-) -> dict[str, list[StoredVector | None]]:
-    """Per version, one StoredVector per window (None for an empty window)."""
-    out: dict[str, list[StoredVector | None]] = {}
-    full = [i for i, w in enumerate(windows) if w.events]
-    for ver in versions:
-        enc = encoders.get(ver)
-        rows: list[StoredVector | None] = [None] * len(windows)
-        if full:
-            vecs = enc.encode([windows[i].events for i in full], at_ms)  # (B, dim)
-            for j, i in enumerate(full):
-                w = windows[i]
-                n = min(len(w.events), enc.max_events)
-                rows[i] = StoredVector(w.user_id, ver, vecs[j], at_ms, n, w.version)
-        out[ver] = rows
-    return out
-
-
 class Refresher:
     def __init__(
         self,
@@ -128,6 +109,7 @@ class Refresher:
         self.drift = (  # drift.py: one more read per batch
             Drift(vectors, metrics, encoders.models_dir) if metrics and cfg.drift else None
         )
+        self._described: set[str] = set()  # versions whose score columns are recorded
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-commit")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-read")
 
@@ -291,6 +273,7 @@ class Refresher:
                 attributes={"persona.users": len(wins), "persona.versions": list(versions),
                             "persona.backfill": not clear_dirty},
             )  # fmt: skip
+        self._describe(versions)
         by_ver = encode_windows(self.encoders, wins, versions, at)
         t2 = time.perf_counter()
         writes: list[UserWrite] = []
@@ -308,6 +291,16 @@ class Refresher:
                 for prop, n in unknown.items():
                     self.metrics.unknown_properties.labels(version=ver, property=prop).inc(n)
         return Prepared(writes, flat, started=t0, span=span)
+
+    def _describe(self, versions: Sequence[str]) -> None:
+        """Record each version's score columns in the store once, before its first vector
+        with scores is written (serving names the columns from it)."""
+        for ver in versions:
+            if ver not in self._described:
+                heads = self.encoders.get(ver).outcomes
+                if heads is not None:
+                    self.vectors.set_score_columns(ver, heads.columns_json())
+                self._described.add(ver)
 
     def _commit_claimed(self, batch: Prepared) -> WriteResult:
         try:

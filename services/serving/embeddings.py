@@ -1,6 +1,7 @@
 """GetEmbeddings as a plain function: validate, resolve the version once, one batched read
 on the calling thread (`VectorStore.read_batch`, bounded by the request's budget), vectors
-decoded into one (N, D) array in request order."""
+decoded into one (N, D) array in request order; the outcome scores, when asked for, come
+from the same records (LAYOUT.md, layout 2) and the version's score columns."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from services.serving.config import Limits
 from services.serving.errors import precondition
 from services.serving.ports import IndexSource, VectorReader
 from services.serving.store_calls import Budget, StoreCaller
-from services.serving.versions import VersionResolver
+from services.serving.versions import ScoreColumn, VersionResolver
 from services.store.records import VectorBatch
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class EmbeddingsQuery:
     model_version: str = ""  # "" = active
     history_depth: int = 0
     fallback: bool = False
+    include_scores: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +49,15 @@ class EmbeddingsResult:
     rows: np.ndarray  # (N, D) float32
     stored: VectorBatch  # (N, 1 + depth, D) and its (N, 1 + depth) metadata
     prior: Prior | None  # set when some row is the fallback
+    columns: tuple[ScoreColumn, ...] = ()  # the score columns, when asked for and stored
+    scores: np.ndarray | None = None  # (N, 1 + depth, S) float32, NaN where none; S = columns
+
+    def history_scores(self) -> np.ndarray:
+        """The scores of `history_rows`, same order: (R, S)."""
+        if self.scores is None or self.scores.shape[1] == 1:
+            return np.zeros((0, len(self.columns)), np.float32)
+        older = np.arange(1, self.scores.shape[1])  # (H - 1,)
+        return self.scores[:, 1:][older[None, :] < self.stored.count[:, None]]
 
     @property
     def statuses(self) -> list[Status]:
@@ -100,13 +111,28 @@ def get_embeddings(
     if prior is not None:
         rows[missing] = prior.vector
         status[missing] = FALLBACK
-    return EmbeddingsResult(version, status, rows, got, prior)
+    if not q.include_scores:
+        return EmbeddingsResult(version, status, rows, got, prior)
+    columns = versions.score_columns(version, budget)
+    return EmbeddingsResult(version, status, rows, got, prior, columns, _scores(got, columns))
+
+
+def _scores(got: VectorBatch, columns: tuple[ScoreColumn, ...]) -> np.ndarray:
+    """(N, H, S) stored scores for S = len(columns) columns: NaN where a value has none (not
+    found, or written without scores)."""
+    n, h = got.count.shape[0], got.computed_at_ms.shape[1]
+    out = np.full((n, h, len(columns)), np.nan, np.float32)
+    if got.scores is not None and columns:
+        w = min(got.scores.shape[2], len(columns))
+        out[:, :, :w] = got.scores[:, :, :w]
+    return out
 
 
 def _take(b: VectorBatch, pos: np.ndarray) -> VectorBatch:
     """The batch's users at `pos` (N',) in that order."""
+    scores = None if b.scores is None else b.scores[pos]
     return VectorBatch(b.vectors[pos], b.count[pos], b.computed_at_ms[pos], b.n_events[pos],
-                       b.window_version[pos])  # fmt: skip
+                       b.window_version[pos], scores)  # fmt: skip
 
 
 def _prior(index: IndexSource, version: str) -> Prior | None:

@@ -8,7 +8,7 @@ another known version gets FAILED_PRECONDITION, an unknown one INVALID_ARGUMENT.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -18,7 +18,7 @@ from services.serving.config import Limits
 from services.serving.errors import invalid, not_found, precondition
 from services.serving.ports import IndexSource, VectorReader
 from services.serving.store_calls import Budget, StoreCaller
-from services.serving.versions import VersionResolver
+from services.serving.versions import ScoreColumn, VersionResolver
 
 if TYPE_CHECKING:
     from services.index.holder import ServedIndex
@@ -140,10 +140,15 @@ class ModelInfo:
     states: dict[str, str]
     dim: int
     index: ServedIndex | None
+    columns: dict[str, tuple[ScoreColumn, ...]] = field(default_factory=dict)
 
 
 def model_info(
     *, versions: VersionResolver, index: IndexSource, dim: int, budget: Budget
 ) -> ModelInfo:
+    """The versions with their states and score columns (the retired ones' columns are not
+    read: they are no longer served)."""
     active = versions.active(budget)
-    return ModelInfo(active, dict(versions.states(budget)), dim, index.current())
+    states = dict(versions.states(budget))
+    columns = {v: versions.score_columns(v, budget) for v, s in states.items() if s != "retired"}
+    return ModelInfo(active, states, dim, index.current(), columns)

@@ -88,12 +88,18 @@ def embeddings_response(
         vectors=r.rows.astype(dtype, copy=False).tobytes(),
         meta=meta_columns(ts, n_events, window_version, present, now_s),
     )
+    if r.scores is not None and r.columns:
+        resp.n_scores = len(r.columns)
+        rows = r.scores[:, 0]  # (N, S); NaN where not found, so the fallback rows are NaN
+        resp.scores = rows.astype(dtype, copy=False).tobytes()
     depth = s.computed_at_ms.shape[1] - 1
     if depth:
         older = np.arange(1, depth + 1)[None, :] < s.count[:, None]  # (N, H - 1)
         hist_ts = s.computed_at_ms[:, 1:][older]  # (R,) user order, newest first
         resp.history_counts.extend(older.sum(axis=1).tolist())
         resp.history_vectors = r.history_rows().astype(dtype, copy=False).tobytes()
+        if resp.n_scores:
+            resp.history_scores = r.history_scores().astype(dtype, copy=False).tobytes()
         resp.history_meta.CopyFrom(
             meta_columns(hist_ts, s.n_events[:, 1:][older], s.window_version[:, 1:][older],
                          np.ones(len(hist_ts), np.bool_), now_s)
@@ -114,7 +120,16 @@ def model_info_response(info: ModelInfo) -> pb.GetModelInfoResponse:
     resp = pb.GetModelInfoResponse(
         active_version=info.active or "",
         versions=[
-            pb.ModelVersion(version=v, state=PB_STATE.get(s, pb.MODEL_VERSION_STATE_UNSPECIFIED))
+            pb.ModelVersion(
+                version=v,
+                state=PB_STATE.get(s, pb.MODEL_VERSION_STATE_UNSPECIFIED),
+                score_columns=[
+                    pb.ScoreColumn(
+                        outcome=c.outcome, horizon_ms=c.horizon_ms, calibrated=c.calibrated
+                    )
+                    for c in info.columns.get(v, ())
+                ],
+            )
             for v, s in sorted(info.states.items())
         ],
         dim=info.dim,

@@ -107,6 +107,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             model_version=request.model_version,
             history_depth=request.history_depth,
             fallback=request.fallback == pb.FALLBACK_POPULATION_PRIOR,
+            include_scores=request.include_scores,
         )
         r = self._call(get_embeddings, q, context)
         counts = np.bincount(r.status, minlength=len(STATUSES)).tolist()

@@ -8,13 +8,34 @@ resolved here, so it never mixes versions.
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from dataclasses import dataclass
 
 from contract.versions import is_version
 from services.serving.errors import invalid, precondition
 from services.serving.ports import VectorReader
 from services.serving.store_calls import Budget, StoreCaller
+
+
+@dataclass(frozen=True, slots=True)
+class ScoreColumn:
+    """Column j of a version's outcome scores: P(outcome within horizon_ms)."""
+
+    outcome: str
+    horizon_ms: int
+    calibrated: bool
+
+
+def parse_columns(text: str | None) -> tuple[ScoreColumn, ...]:
+    """The store's `p:{models}:scores:<ver>` JSON -> columns (() when absent)."""
+    if not text:
+        return ()
+    return tuple(
+        ScoreColumn(str(c["outcome"]), int(c["horizon_ms"]), bool(c["calibrated"]))
+        for c in json.loads(text)["columns"]
+    )
 
 
 class VersionResolver:
@@ -27,6 +48,7 @@ class VersionResolver:
         self._active_at = -float("inf")
         self._states: dict[str, str] = {}
         self._states_at = -float("inf")
+        self._columns: dict[str, tuple[tuple[ScoreColumn, ...], float]] = {}
 
     def active(self, budget: Budget) -> str | None:
         with self._lock:
@@ -71,3 +93,21 @@ class VersionResolver:
             known = ", ".join(sorted(states)[-5:]) or "none"
             raise invalid(f"unknown model_version {version!r} (known: {known})")
         return states[version]
+
+    def score_columns(self, version: str, budget: Budget) -> tuple[ScoreColumn, ...]:
+        """The version's score columns. A version's columns never change once written, so
+        they are kept for good; "none yet" (no refresher has written the version) is asked
+        again after `ttl_s`."""
+        with self._lock:
+            got = self._columns.get(version)
+            if got is not None and (got[0] or time.monotonic() - got[1] < self._ttl_s):
+                return got[0]
+        text = self._caller.call(
+            lambda: self._store.score_columns(version), budget, "score columns"
+        )
+        cols = parse_columns(text)
+        with self._lock:
+            if len(self._columns) > 256:  # versions come and go; a bound, not an LRU
+                self._columns.clear()
+            self._columns[version] = (cols, time.monotonic())
+        return cols

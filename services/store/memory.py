@@ -242,6 +242,7 @@ class MemoryVectors:
         self._history: list[str] = []
         self._seen: str | None = None
         self._backfilled: dict[str, set[int]] = {}
+        self._columns: dict[str, str] = {}  # version -> score columns JSON
         self._lock = threading.Lock()
 
     def active_version(self) -> str | None:
@@ -297,6 +298,12 @@ class MemoryVectors:
 
     def registry_seen(self) -> str | None:
         return self._seen
+
+    def set_score_columns(self, version: str, columns_json: str) -> None:
+        self._columns[check_version(version)] = columns_json
+
+    def score_columns(self, version: str) -> str | None:
+        return self._columns.get(version)
 
     def set_registry_seen(self, version: str) -> None:
         self._seen = version

@@ -3,6 +3,10 @@ model versions"), `p:{B}:v:<ver>:<uid>` keys, and the batched read's two ends: t
 packed for `router.StoreRouter.read_packed` (`packed_lranges`) and their replies decoded
 into arrays (`decode_batch` -> `VectorBatch`). `vectors.VectorStore` is the store over them.
 
+Layout 1 is the header and the vector; layout 2 (a version with outcome heads) adds the
+user's outcome scores after the vector (u16 count, then float16 probabilities), so a vector
+and its scores are one value: one write, one history, one read.
+
 Example::
 
     rec = pack_vector(StoredVector("u1", "v1", np.ones(4, np.float32), 1_700_000_000_000, 3, 7))
@@ -25,10 +29,14 @@ from contract.versions import check_version
 from services.store import layout
 from services.store.router import Packed
 
-VECTOR_LAYOUT = 1
+VECTOR_LAYOUT = 1  # header + vector
+SCORED_LAYOUT = 2  # header + vector + u16 n_scores + n_scores float16 probabilities
+LAYOUTS = (VECTOR_LAYOUT, SCORED_LAYOUT)
 Dtype = Literal["float32", "float16"]
 
 _HEAD = struct.Struct("<BBHqqI")  # layout, dtype, dim, computed_at_ms, window_version, n_events
+_NSCORES = struct.Struct("<H")
+MAX_SCORES = 4096
 _DTYPES: dict[int, str] = {1: "<f4", 2: "<f2"}
 _CODES: dict[str, int] = {"float32": 1, "float16": 2}
 
@@ -41,6 +49,7 @@ class StoredVector:
     computed_at_ms: int
     n_events: int
     window_version: int
+    scores: np.ndarray | None = None  # (S,) outcome probabilities (None: layout 1)
 
 
 def vector_key(user_id: str, version: str) -> bytes:
@@ -49,29 +58,46 @@ def vector_key(user_id: str, version: str) -> bytes:
 
 
 def pack_vector(v: StoredVector, dtype: Dtype = "float32") -> bytes:
-    """StoredVector -> record bytes (user and version are in the key).
+    """StoredVector -> record bytes (user and version are in the key); layout 2 when the
+    vector carries scores (stored as float16 whatever `dtype`).
 
     >>> len(pack_vector(StoredVector("u", "v1", np.zeros(64, np.float32), 0, 0, 0)))
     280
+    >>> len(pack_vector(StoredVector("u", "v1", np.zeros(64, np.float32), 0, 0, 0, np.zeros(5))))
+    292
     """
     vec = np.asarray(v.vector, dtype=_DTYPES[_CODES[dtype]]).reshape(-1)
-    head = _HEAD.pack(
-        VECTOR_LAYOUT, _CODES[dtype], vec.size, v.computed_at_ms, v.window_version, v.n_events
-    )
-    return head + vec.tobytes()
+    lay = VECTOR_LAYOUT if v.scores is None else SCORED_LAYOUT
+    head = _HEAD.pack(lay, _CODES[dtype], vec.size, v.computed_at_ms, v.window_version, v.n_events)
+    if v.scores is None:
+        return head + vec.tobytes()
+    sc = np.asarray(v.scores, dtype="<f2").reshape(-1)
+    if sc.size > MAX_SCORES:
+        raise ValueError(f"{sc.size} scores; a record holds at most {MAX_SCORES}")
+    return head + vec.tobytes() + _NSCORES.pack(sc.size) + sc.tobytes()
 
 
 def unpack_vector(user_id: str, version: str, rec: bytes) -> StoredVector:
-    """Record bytes -> StoredVector (vector as float32). ValueError on a bad record."""
+    """Record bytes -> StoredVector (vector and scores as float32). ValueError on a bad
+    record."""
     if len(rec) < _HEAD.size:
         raise ValueError(f"vector record of {len(rec)} bytes is shorter than its header")
     lay, code, dim, ts, wv, n = _HEAD.unpack_from(rec, 0)
-    if lay != VECTOR_LAYOUT or code not in _DTYPES:
-        raise ValueError(f"vector record layout {lay} dtype {code}; this code reads layout 1")
-    vec = np.frombuffer(rec, dtype=_DTYPES[code], offset=_HEAD.size)
-    if vec.size != dim:
-        raise ValueError(f"vector record holds {vec.size} values, header says {dim}")
-    return StoredVector(user_id, version, vec.astype(np.float32), ts, n, wv)
+    if lay not in LAYOUTS or code not in _DTYPES:
+        raise ValueError(f"vector record layout {lay} dtype {code}; this code reads layouts 1-2")
+    end = _HEAD.size + dim * np.dtype(_DTYPES[code]).itemsize
+    scores = None
+    if lay == SCORED_LAYOUT:
+        if len(rec) < end + _NSCORES.size:
+            raise ValueError(f"layout 2 record of {len(rec)} bytes ends before its scores")
+        (k,) = _NSCORES.unpack_from(rec, end)
+        if len(rec) != end + _NSCORES.size + 2 * k:
+            raise ValueError(f"layout 2 record of {len(rec)} bytes, not {dim} values, {k} scores")
+        scores = np.frombuffer(rec, "<f2", k, end + _NSCORES.size).astype(np.float32)
+    elif len(rec) != end:
+        raise ValueError(f"vector record of {len(rec)} bytes, header says {dim} values")
+    vec = np.frombuffer(rec, dtype=_DTYPES[code], count=dim, offset=_HEAD.size)
+    return StoredVector(user_id, version, vec.astype(np.float32), ts, n, wv, scores)
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,39 +118,62 @@ class VectorBatch:
     computed_at_ms: np.ndarray  # (N, H) int64
     n_events: np.ndarray  # (N, H) int64
     window_version: np.ndarray  # (N, H) int64
+    scores: np.ndarray | None = None  # (N, H, S) float32, NaN where a value has none
 
     @property
     def dim(self) -> int:
         return int(self.vectors.shape[2])
 
-
-def _record_dtype(code: int, dim: int) -> np.dtype[Any]:
-    """A record as a numpy structured type (the `_HEAD` fields, then the vector)."""
-    return np.dtype(
-        [("layout", "u1"), ("dtype", "u1"), ("dim", "<u2"), ("computed_at_ms", "<i8"),
-         ("window_version", "<i8"), ("n_events", "<u4"), ("vector", _DTYPES[code], (dim,))]
-    )  # fmt: skip
+    @property
+    def n_scores(self) -> int:
+        return 0 if self.scores is None else int(self.scores.shape[2])
 
 
-_REC_DTYPES: dict[int, np.dtype[Any]] = {}  # record length -> float32 record type
-
-
-def _float32_records(size: int) -> np.dtype[Any] | None:
-    dt = _REC_DTYPES.get(size)
-    if dt is None and size > _HEAD.size and (size - _HEAD.size) % 4 == 0:
-        dt = _REC_DTYPES[size] = _record_dtype(1, (size - _HEAD.size) // 4)
-    return dt
+def _record_dtype(code: int, dim: int, n_scores: int | None) -> np.dtype[Any]:
+    """A record as a numpy structured type (the `_HEAD` fields, the vector, and for layout 2
+    the score count and the scores)."""
+    fields = [("layout", "u1"), ("dtype", "u1"), ("dim", "<u2"), ("computed_at_ms", "<i8"),
+              ("window_version", "<i8"), ("n_events", "<u4"),
+              ("vector", _DTYPES[code], (dim,))]  # fmt: skip
+    if n_scores is not None:
+        fields += [("n_scores", "<u2"), ("scores", "<f2", (n_scores,))]
+    return np.dtype(fields)
 
 
 _META_FIELDS = ("computed_at_ms", "n_events", "window_version")
 
 
+def _uniform(recs: list[bytes]) -> np.ndarray | None:
+    """All records as one structured array, when they share one float32 shape (the common
+    case: one `np.frombuffer` over their concatenation); else None."""
+    first = recs[0]
+    if len(first) < _HEAD.size or first[1] != 1 or first[0] not in LAYOUTS:
+        return None
+    dim = _HEAD.unpack_from(first, 0)[2]
+    n_scores = None
+    if first[0] == SCORED_LAYOUT:
+        at = _HEAD.size + 4 * dim
+        if len(first) < at + _NSCORES.size:
+            return None
+        n_scores = _NSCORES.unpack_from(first, at)[0]
+    dt = _record_dtype(1, dim, n_scores)
+    if dt.itemsize != len(first) or any(len(r) != dt.itemsize for r in recs):
+        return None
+    arr = np.frombuffer(b"".join(recs), dtype=dt)
+    same = (arr["layout"] == first[0]) & (arr["dtype"] == 1) & (arr["dim"] == dim)
+    if n_scores is not None:
+        same &= arr["n_scores"] == n_scores
+    return arr if same.all() else None
+
+
 def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatch:
     """LRANGE replies (one list of records per user, newest first) -> VectorBatch.
 
-    Records of one float32 length are decoded in one `np.frombuffer` over their
-    concatenation; anything else (float16, mixed lengths) record by record through
-    `unpack_vector`. ValueError on a bad record, or on records of different dimensions.
+    Records of one float32 shape are decoded in one `np.frombuffer` over their
+    concatenation; anything else (float16, mixed layouts) record by record through
+    `unpack_vector`. Scores: (N, H, S) with S the most any record holds, NaN where a
+    record holds fewer (None when no record holds any). ValueError on a bad record, or on
+    records of different dimensions.
     """
     n, h = len(replies), max(1, history)
     count = np.fromiter(map(len, replies), np.int64, n)
@@ -134,30 +183,31 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
     if not recs:
         return VectorBatch(np.zeros((n, h, 0), np.float32), count,
                            **{f: np.zeros((n, h), np.int64) for f in _META_FIELDS})  # fmt: skip
-    size = len(recs[0])
-    dt = _float32_records(size)
-    if dt is not None and len(set(map(len, recs))) == 1:
-        arr = np.frombuffer(b"".join(recs), dtype=dt)
-        if (arr["layout"] != VECTOR_LAYOUT).any() or (arr["dtype"] != 1).any():
-            raise ValueError(
-                "vector record of an unknown layout or dtype; this code reads layout 1"
-            )
-        dim = dt["vector"].shape[0]
-        if (arr["dim"] != dim).any():
-            raise ValueError(f"vector record holds {dim} values, header says otherwise")
+    arr = _uniform(recs)
+    scores: np.ndarray | None = None  # (R, S)
+    if arr is not None:
         vecs = arr["vector"]  # (R, D)
         cols = {f: arr[f] for f in _META_FIELDS}
+        if "scores" in (arr.dtype.names or ()):
+            scores = arr["scores"].astype(np.float32)
     else:
         unpacked = [unpack_vector("", "", r) for r in recs]
         dims = {v.vector.size for v in unpacked}
         if len(dims) != 1:
             raise ValueError(f"vector records of different dimensions {sorted(dims)}")
-        dim = dims.pop()
         vecs = np.stack([v.vector for v in unpacked])
         cols = {f: np.array([getattr(v, f) for v in unpacked], np.int64) for f in _META_FIELDS}
+        width = max((v.scores.size for v in unpacked if v.scores is not None), default=-1)
+        if width >= 0:
+            scores = np.full((len(recs), width), np.nan, np.float32)
+            for i, v in enumerate(unpacked):
+                if v.scores is not None:
+                    scores[i, : v.scores.size] = v.scores
+    dim = vecs.shape[1]
     if len(recs) == n * h:  # every user has all H values: the records are the batch, in order
         meta = {f: col.reshape(n, h).astype(np.int64) for f, col in cols.items()}
-        return VectorBatch(vecs.reshape(n, h, dim), count, **meta)  # (a read-only view)
+        sc = None if scores is None else scores.reshape(n, h, -1)
+        return VectorBatch(vecs.reshape(n, h, dim), count, **meta, scores=sc)  # (read-only)
     meta = {f: np.zeros((n, h), np.int64) for f in _META_FIELDS}
     vectors = np.zeros((n, h, dim), np.float32)  # (N, H, D)
     if h == 1:
@@ -169,7 +219,11 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
     vectors[where] = vecs
     for f, col in cols.items():
         meta[f][where] = col
-    return VectorBatch(vectors, count, **meta)
+    full = None
+    if scores is not None:
+        full = np.full((n, h, scores.shape[1]), np.nan, np.float32)  # (N, H, S)
+        full[where] = scores
+    return VectorBatch(vectors, count, **meta, scores=full)
 
 
 def packed_lranges(

@@ -46,6 +46,11 @@ HISTORY_KEY = b"p:{models}:history"
 REGISTRY_SEEN_KEY = b"p:{models}:registry_seen"
 
 
+def scores_key(version: str) -> bytes:
+    """`p:{models}:scores:<ver>`: what the version's score columns are (LAYOUT.md)."""
+    return b"p:{models}:scores:" + check_version(version).encode()
+
+
 def backfill_key(version: str) -> bytes:
     """The set of buckets whose back-fill of `version` is done (LAYOUT.md)."""
     return b"p:{models}:backfill:" + check_version(version).encode()
@@ -151,6 +156,16 @@ class VectorStore:
 
     def set_registry_seen(self, version: str) -> None:
         self.client.set(REGISTRY_SEEN_KEY, version)
+
+    def set_score_columns(self, version: str, columns_json: str) -> None:
+        """Record what column i of the version's scores is (JSON, `OutcomeHeads.columns_json`;
+        the same value on every call: a version never changes)."""
+        self.client.set(scores_key(version), columns_json)
+
+    def score_columns(self, version: str) -> str | None:
+        """The version's score columns as recorded (None: the version stores no scores)."""
+        raw = self.client.get(scores_key(version))
+        return raw.decode() if isinstance(raw, bytes) and raw else None
 
     def backfilled(self, version: str) -> set[int]:
         """The buckets whose back-fill of `version` is done (by any refresher)."""

@@ -2,7 +2,7 @@
 -- KEYS[1] = dirty set of the bucket; then per user: meta hash, then one vector list per version.
 -- ARGV[1] = history, ARGV[2] = ttl_ms (0 = none), ARGV[3] = number of versions n;
 -- then per user: uid, expected window version ('' = leave the dirty mark alone),
--- n values (vector records, layout v1; '' = nothing for that version).
+-- n values (vector records, layout 1 or 2: same header; '' = nothing for that version).
 -- Returns per user: cleared (1 cleared, 0 still dirty, -1 not asked), then per version:
 -- the replaced head's computed_at_ms (-1 no head, -2 value skipped: head is newer, -3 no value,
 -- -4 value refused: encoded from a window the user asked to forget, meta `xv`; see LAYOUT.md).
@@ -31,7 +31,7 @@ while a <= #ARGV do
     if #val >= 24 then
       local head = redis.call('LINDEX', vk, 0)
       local action = 'push'
-      if head and #head >= 24 and string.byte(head, 1) == 1 then
+      if head and #head >= 24 and (string.byte(head, 1) == 1 or string.byte(head, 1) == 2) then
         local hts, hwv = struct.unpack('<i8i8', head, 5)
         r = hts
         if hwv > wv then

@@ -49,8 +49,11 @@ def test_record_round_trip_and_refusals() -> None:
     assert half.vector.dtype == np.float32 and np.allclose(half.vector, v.vector, atol=1e-2)
     assert len(pack_vector(v, "float16")) == 24 + 2 * 8
     bad = bytearray(pack_vector(v))
-    bad[0] = 2
+    bad[0] = 3  # no such layout
     with pytest.raises(ValueError, match="layout"):
+        unpack_vector("u", "v1", bytes(bad))
+    bad[0] = 2  # layout 2 without its score block
+    with pytest.raises(ValueError, match="layout 2"):
         unpack_vector("u", "v1", bytes(bad))
     with pytest.raises(ValueError):
         unpack_vector("u", "v1", pack_vector(v)[:-4])

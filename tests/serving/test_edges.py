@@ -148,6 +148,9 @@ class SlowStore:
     def versions(self) -> dict[str, str]:
         return self.inner.versions()
 
+    def score_columns(self, version: str) -> str | None:
+        return self.inner.score_columns(version)
+
     def get_batch(self, ids: Sequence[str], version: str, history: int = 1) -> Any:
         time.sleep(self.delay_s)
         return self.inner.get_batch(ids, version, history)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 import uuid
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -137,3 +138,36 @@ def test_a_bad_version_id_is_refused(stores: Stores) -> None:
     ):
         with pytest.raises(ValueError, match="must match"):
             call()
+
+
+def test_scores_ride_in_the_record_replace_skip_history_and_columns(stores: Stores) -> None:
+    """Layout 2 (vector + outcome scores) through the same write rules as layout 1: an
+    older window is skipped, the same window replaces (scores too), history may mix a
+    layout-1 value with layout-2 ones, and the fast read equals the record-by-record one."""
+    ver, uid = _ver(), f"sc-{_ver()}"
+    plain = _vec(uid, ver, 1, ts=1)
+    scored = [
+        StoredVector(uid, ver, _vec(uid, ver, wv).vector, 10 + wv, wv + 1, wv,
+                     np.linspace(0.01, 0.99, 5) * (wv / 10))
+        for wv in (2, 3)
+    ]  # fmt: skip
+    stores.vectors.write([UserWrite(uid, [plain])])
+    stores.vectors.write([UserWrite(uid, [scored[0]])])
+    older = stores.vectors.write([UserWrite(uid, [replace(scored[0], window_version=0)])])
+    assert older.skipped == 1
+    again = replace(scored[0], scores=np.full(5, 0.5))
+    assert stores.vectors.write([UserWrite(uid, [again])]).replaced_computed_at_ms == [12]
+    stores.vectors.write([UserWrite(uid, [scored[1]])])
+    [vs] = stores.vectors.get_batch([uid], ver, history=HISTORY)
+    assert [v.window_version for v in vs] == [3, 2, 1][:HISTORY]
+    np.testing.assert_allclose(vs[0].scores, scored[1].scores, atol=1e-3)  # float16
+    np.testing.assert_allclose(vs[1].scores, 0.5)
+    batch = stores.vectors.read_batch([uid, "nobody"], ver, HISTORY, time.monotonic() + 5)
+    assert batch.scores is not None and batch.scores.shape == (2, HISTORY, 5)
+    np.testing.assert_allclose(batch.scores[0, 0], scored[1].scores, atol=1e-3)
+    if HISTORY >= 3:  # the layout-1 value has no scores: NaN, not zeros
+        assert np.isnan(batch.scores[0, 2]).all()
+    assert np.isnan(batch.scores[1]).all()
+    assert stores.vectors.score_columns(ver) is None
+    stores.vectors.set_score_columns(ver, '{"columns": []}')
+    assert stores.vectors.score_columns(ver) == '{"columns": []}'

@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpersona/v1/embeddings.proto\x12\npersona.v1\"\x98\x01\n\x0f\x45mbeddingUpdate\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0e\x63omputed_at_ms\x18\x03 \x01(\x03\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x10\n\x08n_events\x18\x06 \x01(\x05\x12\x16\n\x0ewindow_version\x18\x07 \x01(\x03\x42:\n\x0e\x64\x65v.persona.v1P\x01Z&persona/clients/go/personav1;personav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1bpersona/v1/embeddings.proto\x12\npersona.v1\"\xa8\x01\n\x0f\x45mbeddingUpdate\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x16\n\x0e\x63omputed_at_ms\x18\x03 \x01(\x03\x12\x0e\n\x06vector\x18\x04 \x01(\x0c\x12\x0b\n\x03\x64im\x18\x05 \x01(\x05\x12\x10\n\x08n_events\x18\x06 \x01(\x05\x12\x16\n\x0ewindow_version\x18\x07 \x01(\x03\x12\x0e\n\x06scores\x18\x08 \x01(\x0c\x42:\n\x0e\x64\x65v.persona.v1P\x01Z&persona/clients/go/personav1;personav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,5 +33,5 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.persona.v1P\001Z&persona/clients/go/personav1;personav1'
   _globals['_EMBEDDINGUPDATE']._serialized_start=44
-  _globals['_EMBEDDINGUPDATE']._serialized_end=196
+  _globals['_EMBEDDINGUPDATE']._serialized_end=212
 # @@protoc_insertion_point(module_scope)

@@ -59,18 +59,20 @@ MODEL_VERSION_STATE_ACTIVE: ModelVersionState
 MODEL_VERSION_STATE_RETIRED: ModelVersionState
 
 class GetEmbeddingsRequest(_message.Message):
-    __slots__ = ("user_ids", "model_version", "history_depth", "encoding", "fallback")
+    __slots__ = ("user_ids", "model_version", "history_depth", "encoding", "fallback", "include_scores")
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_DEPTH_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
+    INCLUDE_SCORES_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[str]
     model_version: str
     history_depth: int
     encoding: VectorEncoding
     fallback: Fallback
-    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., history_depth: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., fallback: _Optional[_Union[Fallback, str]] = ...) -> None: ...
+    include_scores: bool
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., history_depth: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., include_scores: _Optional[bool] = ...) -> None: ...
 
 class VectorMetaColumns(_message.Message):
     __slots__ = ("computed_at_ms", "age_seconds", "n_events", "window_version")
@@ -85,7 +87,7 @@ class VectorMetaColumns(_message.Message):
     def __init__(self, computed_at_ms: _Optional[_Iterable[int]] = ..., age_seconds: _Optional[_Iterable[float]] = ..., n_events: _Optional[_Iterable[int]] = ..., window_version: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetEmbeddingsResponse(_message.Message):
-    __slots__ = ("model_version", "dim", "encoding", "statuses", "vectors", "meta", "history_counts", "history_vectors", "history_meta")
+    __slots__ = ("model_version", "dim", "encoding", "statuses", "vectors", "meta", "history_counts", "history_vectors", "history_meta", "n_scores", "scores", "history_scores")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -95,6 +97,9 @@ class GetEmbeddingsResponse(_message.Message):
     HISTORY_COUNTS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_VECTORS_FIELD_NUMBER: _ClassVar[int]
     HISTORY_META_FIELD_NUMBER: _ClassVar[int]
+    N_SCORES_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    HISTORY_SCORES_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     dim: int
     encoding: VectorEncoding
@@ -104,7 +109,10 @@ class GetEmbeddingsResponse(_message.Message):
     history_counts: _containers.RepeatedScalarFieldContainer[int]
     history_vectors: bytes
     history_meta: VectorMetaColumns
-    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., statuses: _Optional[_Iterable[_Union[EmbeddingStatus, str]]] = ..., vectors: _Optional[bytes] = ..., meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., history_counts: _Optional[_Iterable[int]] = ..., history_vectors: _Optional[bytes] = ..., history_meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ...) -> None: ...
+    n_scores: int
+    scores: bytes
+    history_scores: bytes
+    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., statuses: _Optional[_Iterable[_Union[EmbeddingStatus, str]]] = ..., vectors: _Optional[bytes] = ..., meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., history_counts: _Optional[_Iterable[int]] = ..., history_vectors: _Optional[bytes] = ..., history_meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., n_scores: _Optional[int] = ..., scores: _Optional[bytes] = ..., history_scores: _Optional[bytes] = ...) -> None: ...
 
 class UserList(_message.Message):
     __slots__ = ("user_ids",)
@@ -163,12 +171,24 @@ class GetModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "state")
+    __slots__ = ("version", "state", "score_columns")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
     version: str
     state: ModelVersionState
-    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ...) -> None: ...
+    score_columns: _containers.RepeatedCompositeFieldContainer[ScoreColumn]
+    def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., score_columns: _Optional[_Iterable[_Union[ScoreColumn, _Mapping]]] = ...) -> None: ...
+
+class ScoreColumn(_message.Message):
+    __slots__ = ("outcome", "horizon_ms", "calibrated")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_MS_FIELD_NUMBER: _ClassVar[int]
+    CALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    horizon_ms: int
+    calibrated: bool
+    def __init__(self, outcome: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., calibrated: _Optional[bool] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
     __slots__ = ("model_version", "size", "kind", "seconds_since_update", "lag_records")

@@ -1,0 +1,110 @@
+"""Outcome scores written with the vectors (issue #16 item 2) and served with them.
+
+The refresher writes each user's calibrated outcome probabilities into the vector record
+(LAYOUT.md, layout 2) and records the version's score columns; `GetEmbeddings` with
+`include_scores` returns them under the version it read, through a cutover; without the
+flag the response carries none. Real Valkey, real broker, real tiny models.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import replace
+
+import grpc
+import numpy as np
+import pytest
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc
+from prometheus_client import CollectorRegistry
+
+from encoder.api import Encoder
+from services.index.holder import IndexHolder
+from services.refresh import cutover
+from services.serving.metrics import serving_metrics
+from services.serving.server import ServingServer
+from services.serving.versions import parse_columns
+from tests.refresh.conftest import Env
+from tests.refresh.support import add_events
+from tests.serving.support import BASE
+
+pytestmark = pytest.mark.integration
+
+
+def _expected(env: Env, version: str, users: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """The stored vectors of `users` under `version` and the scores the version's heads give
+    them: (N, D), (N, S)."""
+    enc = Encoder.load(env.models, version, "cpu")
+    assert enc.outcomes is not None, "a trained version keeps its outcome heads"
+    got = env.vectors.get_batch(users, version)
+    vecs = np.stack([vs[0].vector for vs in got])
+    return vecs, enc.outcomes.scores(vecs)
+
+
+def test_scores_written_with_vectors_and_served_by_version_through_a_cutover(env: Env) -> None:
+    users = [f"s{i:03d}" for i in range(60)]
+    add_events(env.windows, users, 4, seed=21)
+    env.refresher().run(threading.Event(), until_idle=True)
+    v1 = env.v1
+    assert env.vectors.active_version() == v1
+
+    # 1. the store: every record carries the scores its version's heads give its vector
+    cols = parse_columns(env.vectors.score_columns(v1))
+    heads = Encoder.load(env.models, v1, "cpu").outcomes
+    assert heads is not None and len(cols) == len(heads.score_columns()) > 0
+    assert {c.outcome for c in cols} >= {"(any)"} and all(
+        c.outcome == "(any)" or c.outcome.startswith("type=") for c in cols
+    )
+    vecs1, want1 = _expected(env, v1, users)
+    stored = np.stack([vs[0].scores for vs in env.vectors.get_batch(users, v1)])  # (N, S)
+    np.testing.assert_allclose(stored, want1, atol=1e-3)  # float16 in the store
+    assert ((stored >= 0) & (stored <= 1)).all()
+
+    # 2. a cutover to v2: back-filled with v2's scores, then flipped
+    r = env.refresher()
+    stop = threading.Event()
+    loop = threading.Thread(target=r.run, args=(stop,))
+    loop.start()
+    try:
+        assert cutover.promote(env.vectors, env.models, env.v2) == "backfilling"
+        assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
+    finally:
+        stop.set()
+        loop.join(30)
+    _, want2 = _expected(env, env.v2, users)
+    assert not np.allclose(want1, want2, atol=1e-3), "two seeds, two sets of heads"
+
+    # 3. served: the active version's scores, a pinned version's own, none when not asked
+    cfg = replace(BASE, dim=vecs1.shape[1])
+    server = ServingServer(cfg, env.vectors, IndexHolder(), serving_metrics(CollectorRegistry()))
+    server.start()
+    channel = grpc.insecure_channel(f"localhost:{server.port}")
+    try:
+        stub = service_pb2_grpc.UserEmbeddingServiceStub(channel)
+        ids = [*users[:10], "nobody"]
+        for pinned, want in (("", want2), (v1, want1)):
+            resp = stub.GetEmbeddings(
+                pb.GetEmbeddingsRequest(user_ids=ids, model_version=pinned, include_scores=True)
+            )
+            assert resp.model_version == (pinned or env.v2)
+            assert resp.n_scores == want.shape[1]
+            got = np.frombuffer(resp.scores, "<f4").reshape(len(ids), resp.n_scores)
+            np.testing.assert_allclose(got[:10], want[:10], atol=1e-3)
+            assert np.isnan(got[10]).all()  # not found: NaN, never a made-up probability
+        half = stub.GetEmbeddings(
+            pb.GetEmbeddingsRequest(user_ids=ids, include_scores=True, encoding=2, history_depth=1)
+        )
+        got16 = np.frombuffer(half.scores, "<f2").reshape(len(ids), half.n_scores)
+        np.testing.assert_allclose(got16[:10].astype(np.float32), want2[:10], atol=2e-3)
+        assert sum(half.history_counts) * half.n_scores * 2 == len(half.history_scores)
+        plain = stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=ids))
+        assert plain.n_scores == 0 and plain.scores == b"" and plain.history_scores == b""
+        info = stub.GetModelInfo(pb.GetModelInfoRequest())
+        by_ver = {v.version: v for v in info.versions}
+        for ver in (v1, env.v2):
+            named = [(c.outcome, c.horizon_ms) for c in by_ver[ver].score_columns]
+            stored_cols = parse_columns(env.vectors.score_columns(ver))
+            assert named == [(c.outcome, c.horizon_ms) for c in stored_cols]
+    finally:
+        channel.close()
+        server.stop(grace_s=0)
