@@ -15,7 +15,7 @@ import pytest
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from tests.clients.conftest import GO_IMPORT, check_neighbors
-from tests.serving.support import DIM, NOW_MS, V1, Running
+from tests.serving.support import DIM, NOW_MS, V1, V2, Running
 
 pytestmark = pytest.mark.integration
 
@@ -65,6 +65,20 @@ def test_go_client_fetches_embeddings_and_lookalikes(
 
     half = _fetch(go_fetch, running, go_env, "-ids", "u1", "-float16")
     np.testing.assert_allclose(half["vectors"][0], u["u1"], rtol=2e-3, atol=2e-3)
+
+
+def test_go_client_fetches_outcome_scores(
+    go_fetch: Path, go_env: dict[str, str], running: Running, vstore: VectorStore
+) -> None:
+    """-scores: the stored scores per row, null (NaN) for a row without any; none unasked."""
+    cols = [{"outcome": "(any)", "horizon_ms": 3_600_000, "calibrated": True}] * 2
+    vstore.set_score_columns(V2, json.dumps({"columns": cols}))
+    vstore.put_batch([StoredVector("go-s", V2, np.ones(DIM, np.float32), NOW_MS, 3, 1,
+                                   np.array([0.25, 0.75], np.float32))])  # fmt: skip
+    got = _fetch(go_fetch, running, go_env, "-ids", "go-s,nobody", "-version", V2, "-scores")
+    assert got["n_scores"] == 2 and got["outcome_scores"] == [[0.25, 0.75], [None, None]]
+    plain = _fetch(go_fetch, running, go_env, "-ids", "go-s", "-version", V2)
+    assert plain["n_scores"] == 0 and plain["outcome_scores"] == [[]]
 
 
 def test_go_client_reports_an_unreachable_server(go_fetch: Path, go_env: dict[str, str]) -> None:

@@ -27,6 +27,7 @@ from persona_client import (
     NOT_FOUND,
     ClientConfig,
     PersonaClient,
+    score_columns,
     service_config,
 )
 
@@ -96,6 +97,43 @@ def test_history_rows_per_user(running: Running, vstore: VectorStore) -> None:
     np.testing.assert_array_equal(emb.history(1), np.stack([vecs[1], vecs[0]]))
     assert emb.history(0).shape == (0, DIM)
     assert emb.history_meta.window_version.tolist() == [2, 1]
+
+
+_COLUMNS = [("(any)", 3_600_000), ("type=click", 3_600_000), ("(any)", 86_400_000)]
+
+
+@pytest.mark.integration
+def test_outcome_scores(running: Running, vstore: VectorStore) -> None:
+    """include_scores: (N, S) scores in the request's encoding, NaN for a row without any,
+    history rows' scores, the columns named from GetModelInfo; none without the flag."""
+    from services.store.records import StoredVector
+    from tests.serving.support import NOW_MS
+
+    cols = [{"outcome": o, "horizon_ms": h, "calibrated": True} for o, h in _COLUMNS]
+    vstore.set_score_columns(V2, json.dumps({"columns": cols}))
+    sc = [np.array([0.25, 0.5, 0.75], np.float32) * (i + 1) / 2 for i in range(2)]
+    vecs = [np.full(DIM, float(i + 1), np.float32) for i in range(2)]
+    vstore.put_batch(
+        [StoredVector("sc", V2, v, NOW_MS + i, 4, i + 1, sc[i]) for i, v in enumerate(vecs)]
+    )
+    ids = ["sc", "nobody", "u1"]  # u1: a V2 vector written without scores
+    with _client(running) as client:
+        plain = client.get_embeddings(ids, model_version=V2)
+        assert plain.scores.shape == (3, 0) and plain.history_scores.shape == (0, 0)
+        emb = client.get_embeddings(ids, model_version=V2, include_scores=True, history_depth=1)
+        assert emb.scores.shape == (3, 3) and emb.scores.dtype == np.float32
+        np.testing.assert_array_equal(emb.scores[0], sc[1])  # exact in float16
+        assert np.isnan(emb.scores[1:]).all()
+        assert emb.history_counts.tolist() == [1, 0, 0]
+        np.testing.assert_array_equal(emb.history_scores, sc[:1])
+        half = client.get_embeddings(["sc"], model_version=V2, include_scores=True,
+                                     encoding="float16")  # fmt: skip
+        assert half.scores.dtype == np.float16
+        np.testing.assert_array_equal(half.scores[0], sc[1])
+        info = client.model_info()
+    assert score_columns(info, V2) == _COLUMNS and score_columns(info, V1) == []
+    with pytest.raises(KeyError):
+        score_columns(info, "v-none")
 
 
 @pytest.mark.integration

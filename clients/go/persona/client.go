@@ -7,6 +7,10 @@
 //	emb, err := c.GetEmbeddings(ctx, &personav1.GetEmbeddingsRequest{UserIds: ids})
 //	emb.Vectors[i] // []float32 of Dim components, row i answers ids[i]
 //
+// With IncludeScores set in the request, emb.Scores[i] holds the user's NScores calibrated
+// outcome probabilities (NaN where the row has none); column j is ScoreColumns(info,
+// emb.ModelVersion)[j] from GetModelInfo.
+//
 // Retries: grpc-go enables service-config retries by default from v1.40; older releases
 // (Debian 12 packages v1.33) need GRPC_GO_RETRY=on in the environment.
 package persona
@@ -106,6 +110,9 @@ func (c *Client) ctx(ctx context.Context) (context.Context, context.CancelFunc) 
 
 // Embeddings is a decoded GetEmbeddingsResponse; index i of every slice answers the i-th
 // requested id. History rows of user i are HistoryVectors[HistoryStart(i):][:HistoryCounts[i]].
+// Scores and HistoryScores have a row of NScores values per vector row when the request set
+// IncludeScores and the version stores scores (NaN where a row has none); else NScores is 0
+// and every row is empty.
 type Embeddings struct {
 	ModelVersion   string
 	Dim            int
@@ -115,6 +122,9 @@ type Embeddings struct {
 	HistoryCounts  []uint32 // empty when no history was asked for
 	HistoryVectors [][]float32
 	HistoryMeta    *personav1.VectorMetaColumns
+	NScores        int
+	Scores         [][]float32 // len(Status) rows of NScores outcome probabilities
+	HistoryScores  [][]float32 // len(HistoryVectors) rows of NScores
 }
 
 // GetEmbeddings calls GetEmbeddings and decodes the packed vectors.
@@ -142,11 +152,64 @@ func DecodeEmbeddings(resp *personav1.GetEmbeddingsResponse) (*Embeddings, error
 	if err != nil {
 		return nil, err
 	}
+	nScores := int(resp.GetNScores())
+	scores, err := decodeScores(resp.GetScores(), resp.GetEncoding(), len(rows), nScores)
+	if err != nil {
+		return nil, fmt.Errorf("scores: %w", err)
+	}
+	histScores, err := decodeScores(resp.GetHistoryScores(), resp.GetEncoding(), len(hist), nScores)
+	if err != nil {
+		return nil, fmt.Errorf("history_scores: %w", err)
+	}
 	return &Embeddings{
 		ModelVersion: resp.GetModelVersion(), Dim: dim, Status: resp.GetStatuses(), Vectors: rows,
 		Meta: resp.GetMeta(), HistoryCounts: resp.GetHistoryCounts(), HistoryVectors: hist,
-		HistoryMeta: resp.GetHistoryMeta(),
+		HistoryMeta: resp.GetHistoryMeta(), NScores: nScores, Scores: scores, HistoryScores: histScores,
 	}, nil
+}
+
+// decodeScores is DecodeVectors for a block of n rows of nScores (0: no scores, an empty
+// row per vector row).
+func decodeScores(raw []byte, enc personav1.VectorEncoding, n, nScores int) ([][]float32, error) {
+	if nScores < 0 {
+		return nil, fmt.Errorf("n_scores %d", nScores)
+	}
+	if nScores == 0 {
+		if len(raw) != 0 {
+			return nil, fmt.Errorf("%d bytes of scores with n_scores 0", len(raw))
+		}
+		return make([][]float32, n), nil
+	}
+	rows, err := DecodeVectors(raw, enc, nScores)
+	if err != nil {
+		return nil, err
+	}
+	if len(rows) != n {
+		return nil, fmt.Errorf("%d score rows for %d vector rows", len(rows), n)
+	}
+	return rows, nil
+}
+
+// ScoreColumn names column j of Embeddings.Scores: P(Outcome within HorizonMs).
+type ScoreColumn struct {
+	Outcome    string // "(any)" or "type=<event type>"
+	HorizonMs  int64
+	Calibrated bool
+}
+
+// ScoreColumns are the score columns of version in a GetModelInfo answer (nil when the
+// version stores no scores); ok is false when info does not list the version.
+func ScoreColumns(info *personav1.GetModelInfoResponse, version string) (cols []ScoreColumn, ok bool) {
+	for _, v := range info.GetVersions() {
+		if v.GetVersion() != version {
+			continue
+		}
+		for _, c := range v.GetScoreColumns() {
+			cols = append(cols, ScoreColumn{c.GetOutcome(), c.GetHorizonMs(), c.GetCalibrated()})
+		}
+		return cols, true
+	}
+	return nil, false
 }
 
 // HistoryStart is the index of user i's first history row in HistoryVectors.

@@ -2,6 +2,7 @@
 // it got as one JSON object (tests/clients/test_go_client.py checks it against the store).
 //
 //	persona-fetch -target 127.0.0.1:50051 -ids u1,u2,nobody -history 2 -lookalike u1 -k 5
+//	persona-fetch -ids u1 -scores -version v2   # also the users' outcome scores
 package main
 
 import (
@@ -9,6 +10,7 @@ import (
 	"encoding/json"
 	"flag"
 	"fmt"
+	"math"
 	"os"
 	"strings"
 	"time"
@@ -18,15 +20,17 @@ import (
 )
 
 type output struct {
-	ModelVersion   string      `json:"model_version"`
-	Statuses       []string    `json:"statuses"`
-	Vectors        [][]float32 `json:"vectors"`
-	NEvents        []int32     `json:"n_events"`
-	AgeSeconds     []float64   `json:"age_seconds"`
-	HistoryCounts  []uint32    `json:"history_counts"`
-	HistoryVectors [][]float32 `json:"history_vectors"`
-	Neighbors      []string    `json:"neighbors"`
-	Scores         []float32   `json:"scores"`
+	ModelVersion   string       `json:"model_version"`
+	Statuses       []string     `json:"statuses"`
+	Vectors        [][]float32  `json:"vectors"`
+	NEvents        []int32      `json:"n_events"`
+	AgeSeconds     []float64    `json:"age_seconds"`
+	HistoryCounts  []uint32     `json:"history_counts"`
+	HistoryVectors [][]float32  `json:"history_vectors"`
+	NScores        int          `json:"n_scores"`
+	OutcomeScores  [][]*float32 `json:"outcome_scores"` // null where NaN (no score)
+	Neighbors      []string     `json:"neighbors"`
+	Scores         []float32    `json:"scores"`
 }
 
 func main() {
@@ -37,14 +41,21 @@ func main() {
 	lookalike := flag.String("lookalike", "", "user id to find lookalikes of")
 	k := flag.Int("k", 5, "neighbours")
 	timeout := flag.Duration("timeout", 5*time.Second, "deadline per call")
+	scores := flag.Bool("scores", false, "ask for the users' outcome scores too")
+	version := flag.String("version", "", "model version (empty: the active one)")
 	flag.Parse()
-	if err := run(*target, strings.Split(*ids, ","), uint32(*history), *f16, *lookalike, *k, *timeout); err != nil {
+	req := &personav1.GetEmbeddingsRequest{UserIds: strings.Split(*ids, ","), HistoryDepth: uint32(*history),
+		IncludeScores: *scores, ModelVersion: *version}
+	if *f16 {
+		req.Encoding = personav1.VectorEncoding_VECTOR_ENCODING_FLOAT16
+	}
+	if err := run(*target, req, *lookalike, *k, *timeout); err != nil {
 		fmt.Fprintln(os.Stderr, "persona-fetch:", err)
 		os.Exit(1)
 	}
 }
 
-func run(target string, ids []string, history uint32, f16 bool, lookalike string, k int, timeout time.Duration) error {
+func run(target string, req *personav1.GetEmbeddingsRequest, lookalike string, k int, timeout time.Duration) error {
 	c, err := persona.Dial(target, persona.Options{Timeout: timeout, Token: os.Getenv("PERSONA_TOKEN")})
 	if err != nil {
 		return err
@@ -52,17 +63,23 @@ func run(target string, ids []string, history uint32, f16 bool, lookalike string
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), timeout)
 	defer cancel()
-	enc := personav1.VectorEncoding_VECTOR_ENCODING_FLOAT32
-	if f16 {
-		enc = personav1.VectorEncoding_VECTOR_ENCODING_FLOAT16
-	}
-	emb, err := c.GetEmbeddings(ctx, &personav1.GetEmbeddingsRequest{UserIds: ids, HistoryDepth: history, Encoding: enc})
+	emb, err := c.GetEmbeddings(ctx, req)
 	if err != nil {
 		return fmt.Errorf("GetEmbeddings: %w", err)
 	}
 	out := output{
 		ModelVersion: emb.ModelVersion, Vectors: emb.Vectors, NEvents: emb.Meta.GetNEvents(),
 		AgeSeconds: emb.Meta.GetAgeSeconds(), HistoryCounts: emb.HistoryCounts, HistoryVectors: emb.HistoryVectors,
+		NScores: emb.NScores,
+	}
+	for _, row := range emb.Scores { // encoding/json refuses NaN
+		vals := make([]*float32, len(row))
+		for j := range row {
+			if !math.IsNaN(float64(row[j])) {
+				vals[j] = &row[j]
+			}
+		}
+		out.OutcomeScores = append(out.OutcomeScores, vals)
 	}
 	for _, s := range emb.Status {
 		out.Statuses = append(out.Statuses, s.String())

@@ -8,6 +8,7 @@ needs grpcio, protobuf and numpy only.
     with PersonaClient(ClientConfig("dns:///persona-serve:50051", timeout_s=0.05,
                                     load_balancing="round_robin")) as client:
         emb = client.get_embeddings(["u1", "u2"])   # emb.vectors (2, D), emb.status, emb.meta
+        # get_embeddings(ids, include_scores=True).scores: (2, S) outcome probabilities
 
 The generated messages and stubs are `persona.v1.service_pb2` / `service_pb2_grpc`.
 """
@@ -22,6 +23,7 @@ from persona_client.results import (
     Lookalikes,
     VectorMeta,
     embeddings_from_proto,
+    score_columns,
 )
 
 __all__ = [
@@ -36,5 +38,6 @@ __all__ = [
     "VectorMeta",
     "embeddings_from_proto",
     "open_channel",
+    "score_columns",
     "service_config",
 ]

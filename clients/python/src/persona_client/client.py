@@ -62,6 +62,7 @@ class PersonaClient:
         model_version: str = "",
         encoding: Literal["float32", "float16"] = "float32",
         fallback_prior: bool = False,
+        include_scores: bool = False,
         timeout_s: float | None = None,
     ) -> Embeddings:
         """Vectors of `user_ids` (request order; duplicates each get a row) under one model
@@ -72,6 +73,9 @@ class PersonaClient:
             encoding: "float16" halves the response; vectors come back as float16.
             fallback_prior: a user without a vector gets the population prior (status
                 FALLBACK_PRIOR) instead of a row of zeros (NOT_FOUND).
+            include_scores: also the users' calibrated outcome probabilities, read with the
+                vectors: `Embeddings.scores` (N, S), NaN where a row has none; column j is
+                `score_columns(client.model_info(), emb.model_version)[j]`.
             timeout_s: this call's deadline (default `config.timeout_s`).
         """
         ids = tuple(user_ids)
@@ -81,6 +85,7 @@ class PersonaClient:
             history_depth=history_depth,
             encoding=_ENCODINGS[encoding],
             fallback=pb.FALLBACK_POPULATION_PRIOR if fallback_prior else pb.FALLBACK_NONE,
+            include_scores=include_scores,
         )
         resp = self.stub.GetEmbeddings(
             req, timeout=self._timeout(timeout_s), metadata=self._metadata

@@ -10,6 +10,10 @@ found::
     meta.n_events   [12, 0]
     history_counts  [1, 0]
     history_vectors (1, D): [a_older]        Embeddings.history(0) -> (1, D)
+
+With `include_scores` and a version that stores outcome scores, `scores` is (N, S) (NaN
+where a row has none, e.g. "b") and `history_scores` (R, S); column j is the version's
+`score_columns(info, version)[j]` from GetModelInfo. Otherwise both have S = 0 columns.
 """
 
 from __future__ import annotations
@@ -47,8 +51,8 @@ class VectorMeta:
 @dataclass(frozen=True, slots=True)
 class Embeddings:
     """One GetEmbeddings answer; row i answers `user_ids[i]` (request order, duplicates
-    included). `vectors` and `history_vectors` are read-only views of the response bytes
-    (float32, or float16 when asked for): `.copy()` them to write."""
+    included). `vectors`, `history_vectors`, `scores` and `history_scores` are read-only views
+    of the response bytes (float32, or float16 when asked for): `.copy()` them to write."""
 
     model_version: str
     user_ids: tuple[str, ...]  # as requested
@@ -58,6 +62,8 @@ class Embeddings:
     history_counts: np.ndarray  # (N,) int64, older vectors per user
     history_vectors: np.ndarray  # (R, D), R = history_counts.sum(), user order, newest first
     history_meta: VectorMeta  # (R,) columns
+    scores: np.ndarray  # (N, S) outcome probabilities, NaN where none; S = 0 when not asked
+    history_scores: np.ndarray  # (R, S), the history rows' scores
 
     @property
     def found(self) -> np.ndarray:
@@ -99,7 +105,12 @@ def embeddings_from_proto(resp: pb.GetEmbeddingsResponse, user_ids: tuple[str, .
     elif len(counts) != n:
         raise ValueError(f"{len(counts)} history counts for {n} rows")
     vectors = _rows(resp.vectors, dtype, n, dim, "vectors")
-    history = _rows(resp.history_vectors, dtype, int(counts.sum()), dim, "history_vectors")
+    n_hist, n_scores = int(counts.sum()), resp.n_scores
+    history = _rows(resp.history_vectors, dtype, n_hist, dim, "history_vectors")
+    if n_scores < 0:
+        raise ValueError(f"n_scores {n_scores}")
+    scores = _rows(resp.scores, dtype, n, n_scores, "scores")
+    history_scores = _rows(resp.history_scores, dtype, n_hist, n_scores, "history_scores")
     return Embeddings(
         model_version=resp.model_version,
         user_ids=user_ids,
@@ -109,7 +120,22 @@ def embeddings_from_proto(resp: pb.GetEmbeddingsResponse, user_ids: tuple[str, .
         history_counts=counts,
         history_vectors=history,
         history_meta=VectorMeta.from_proto(resp.history_meta),
+        scores=scores,
+        history_scores=history_scores,
     )
+
+
+def score_columns(info: pb.GetModelInfoResponse, version: str) -> list[tuple[str, int]]:
+    """What column j of `Embeddings.scores` is under `version`: (outcome, horizon_ms), e.g.
+    ("(any)", 3600000) for P(any event within 1 h); [] when the version stores no scores.
+
+    Raises:
+        KeyError: `info` (a GetModelInfo answer) does not list `version`.
+    """
+    for v in info.versions:
+        if v.version == version:
+            return [(c.outcome, int(c.horizon_ms)) for c in v.score_columns]
+    raise KeyError(f"GetModelInfo lists no version {version!r}")
 
 
 def _rows(raw: bytes, dtype: str, rows: int, dim: int, name: str) -> np.ndarray:
