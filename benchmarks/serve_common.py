@@ -6,6 +6,7 @@ Feast virtualenv's Python) times its calls with the very loop that times GetEmbe
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -15,6 +16,23 @@ import numpy as np
 
 VERSION, DIM = "vbench-1", 64
 WARMUP = 50  # calls before any timing
+N_SCORES = 50  # outcome scores per user: the synthetic world's served columns
+HORIZONS_MS = (3_600_000, 86_400_000, 259_200_000, 604_800_000, 1_209_600_000)  # 1 h .. 2 w
+
+
+def score_columns_json(n_scores: int) -> str:
+    """The version's score columns as the store keeps them (services/store/LAYOUT.md,
+    `p:{models}:scores:<ver>`): "(any)" and "type=e<k>" outcomes, each at every horizon."""
+    outcomes = ["(any)"] + [f"type=e{k}" for k in range(-(-n_scores // len(HORIZONS_MS)) - 1)]
+    cols = [
+        {"outcome": o, "horizon_ms": h, "calibrated": True} for o in outcomes for h in HORIZONS_MS
+    ]
+    return json.dumps({"columns": cols[:n_scores]})
+
+
+def user_scores(n: int, n_scores: int) -> np.ndarray:
+    """The benchmark's users' outcome probabilities, (n, n_scores) float32 (seeded)."""
+    return np.random.default_rng(2).random((n, n_scores), np.float32)
 
 
 def user_vectors(n: int) -> tuple[list[str], np.ndarray]:
@@ -122,17 +140,20 @@ def future_rate(submit: Callable[[int], Any], seconds: float, in_flight: int) ->
     return done / (time.perf_counter() - t0)
 
 
-def write_users(store: Any, ids: list[str], vecs: np.ndarray) -> None:
+def write_users(store: Any, ids: list[str], vecs: np.ndarray, n_scores: int = 0) -> None:
     """Writes the users' vectors as version VERSION with a Persona `VectorStore` and makes
-    it the active version (imported here: the Feast side never calls this)."""
+    it the active version (imported here: the Feast side never calls this). `n_scores` > 0:
+    scored records (`user_scores`, layout 2) and the version's score columns recorded first,
+    as the refresher does."""
     from services.store.records import StoredVector
 
     now = int(time.time() * 1000)
+    scores: list[np.ndarray | None] = [None] * len(ids)
+    if n_scores:
+        store.set_score_columns(VERSION, score_columns_json(n_scores))
+        scores = list(user_scores(len(ids), n_scores))
     for lo in range(0, len(ids), 2000):
-        store.put_batch(
-            [
-                StoredVector(u, VERSION, v, now, 10, 1)
-                for u, v in zip(ids[lo : lo + 2000], vecs[lo : lo + 2000], strict=True)
-            ]
-        )
+        hi = lo + 2000
+        rows = zip(ids[lo:hi], vecs[lo:hi], scores[lo:hi], strict=True)
+        store.put_batch([StoredVector(u, VERSION, v, now, 10, 1, s) for u, v, s in rows])
     store.set_active(VERSION)
