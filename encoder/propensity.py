@@ -76,11 +76,14 @@ class OutcomeHeads:
         ys = np.fromiter((j for _, j in cells), np.int64, len(cells))
         return p[:, ks, ys]
 
-    def columns_json(self) -> str:
-        """What column i of `scores` is, as the store keeps it for serving."""
+    def columns_json(self, audiences: str = "(any)") -> str:
+        """What column i of `scores` is, as the store keeps it for serving; `audience`: the
+        column is also kept in audience sets ("all", "none" or comma-separated outcomes)."""
+        wanted = {a.strip() for a in audiences.split(",")}
         cols = [
             {"outcome": self.names[j], "horizon_ms": self.horizons_ms[k],
-             "calibrated": bool(self.calibrated[k, j])}
+             "calibrated": bool(self.calibrated[k, j]),
+             "audience": audiences == "all" or self.names[j] in wanted}
             for k, j in self.score_columns()
         ]  # fmt: skip
         return json.dumps({"columns": cols}, separators=(",", ":"))

@@ -155,6 +155,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("refresh.share_ranges", "REFRESH_SHARE_RANGES"),
     S("refresh.share_session_timeout_ms", "REFRESH_SESSION_TIMEOUT_MS"),
     S("refresh.drift", "REFRESH_DRIFT"),
+    S("refresh.audiences", "REFRESH_AUDIENCES"),
     S("serve.host", "SERVE_HOST"),
     S("serve.port", "SERVE_PORT", default=50051),
     S("serve.dim", "DIM", default=0),

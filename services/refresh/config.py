@@ -44,6 +44,14 @@ class RefreshConfig:
             stops heartbeating (killed, hung host) loses its buckets to the others after
             this long (heartbeats every fifth of it). Kafka's broker floor is 6 s
             (`group.min.session.timeout.ms`).
+        audiences: which score columns also go into the version's audience sets (what
+            GetAudience reads; services/store/audience.py): "all", "none", or outcome names
+            separated by commas (e.g. "type=purchase,(any)": every horizon of those).
+            Default "(any)": activity / churn audiences at every horizon. Each indexed
+            column is a sorted-set entry per user, updated on every write: all 50 columns of
+            the synthetic world cost ~4x the store write time and ~5x the store memory of
+            vectors alone, "(any)" ~1.5x (benchmarks/audience.py). Set it alike on every
+            refresher (the version's score columns record it when first written).
         drift: measure how far refreshed vectors moved from the users' previous ones (one
             more pipelined store read per batch and version; services/refresh/drift.py).
     """
@@ -68,6 +76,7 @@ class RefreshConfig:
     share_ranges: int = 32
     share_session_timeout_ms: int = 6000
     drift: bool = True
+    audiences: str = "(any)"
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.candidates_per_bucket < 1 or self.backfill_batch < 1:

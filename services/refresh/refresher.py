@@ -299,7 +299,8 @@ class Refresher:
             if ver not in self._described:
                 heads = self.encoders.get(ver).outcomes
                 if heads is not None:
-                    self.vectors.set_score_columns(ver, heads.columns_json())
+                    cols = heads.columns_json(self.cfg.audiences)
+                    self.vectors.set_score_columns(ver, cols)
                 self._described.add(ver)
 
     def _commit_claimed(self, batch: Prepared) -> WriteResult:

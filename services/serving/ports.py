@@ -9,6 +9,8 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
+    import numpy as np
+
     from services.index.holder import ServedIndex
     from services.store.records import StoredVector, VectorBatch
 
@@ -30,6 +32,18 @@ class VectorReader(Protocol):
         """GetEmbeddings' read; runs on the handler thread, so it must return or raise
         `services.store.router.DeadlineReached` by `deadline` (time.monotonic())."""
         ...
+
+
+class AudienceReader(Protocol):
+    """GetAudience's reads (`services.store.audience` over the store's router)."""
+
+    def audience_counts(self, version: str, column: int, min_score: float) -> np.ndarray: ...
+
+    def audience_members(
+        self, version: str, column: int, min_score: float, spans: Sequence[tuple[int, int, int]]
+    ) -> list[tuple[list[str], list[float]]]: ...
+
+    def audience_threshold(self, version: str, column: int, n: int) -> float: ...
 
 
 class IndexSource(Protocol):

@@ -125,7 +125,10 @@ def model_info_response(info: ModelInfo) -> pb.GetModelInfoResponse:
                 state=PB_STATE.get(s, pb.MODEL_VERSION_STATE_UNSPECIFIED),
                 score_columns=[
                     pb.ScoreColumn(
-                        outcome=c.outcome, horizon_ms=c.horizon_ms, calibrated=c.calibrated
+                        outcome=c.outcome,
+                        horizon_ms=c.horizon_ms,
+                        calibrated=c.calibrated,
+                        audience=c.audience,
                     )
                     for c in info.columns.get(v, ())
                 ],

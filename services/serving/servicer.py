@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import grpc
 import numpy as np
@@ -15,12 +15,13 @@ from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 
 from services.common.log_limit import LogLimit
+from services.serving.audiences import AudienceQuery, get_audience
 from services.serving.config import ServeConfig
 from services.serving.embeddings import STATUSES, EmbeddingsQuery, get_embeddings
 from services.serving.errors import ServingError
 from services.serving.lookalikes import LookalikeQuery, find_lookalikes, model_info
 from services.serving.metrics import ServingMetrics
-from services.serving.ports import IndexSource, VectorReader
+from services.serving.ports import AudienceReader, IndexSource, VectorReader
 from services.serving.responses import (
     DTYPES,
     embeddings_response,
@@ -151,6 +152,35 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             ),
         )
         return model_info_response(info)
+
+    def GetAudience(
+        self, request: pb.GetAudienceRequest, context: grpc.ServicerContext
+    ) -> pb.GetAudienceResponse:
+        which = request.WhichOneof("select")
+        q = AudienceQuery(
+            outcome=request.outcome,
+            horizon_ms=request.horizon_ms,
+            min_score=request.min_score if which == "min_score" else None,
+            top_n=request.top_n if which == "top_n" else None,
+            page_size=request.page_size,
+            page_token=request.page_token,
+            model_version=request.model_version,
+        )
+        budget = self._budget(context)
+        store = cast("AudienceReader", self._store)  # the real store reads audiences too
+        r = self._run(
+            context,
+            lambda: get_audience(
+                q, store=store, versions=self._versions, caller=self._caller, budget=budget
+            ),
+        )
+        return pb.GetAudienceResponse(
+            model_version=r.version,
+            user_ids=r.user_ids,
+            scores=r.scores,
+            next_page_token=r.next_token,
+            threshold=r.threshold,
+        )
 
 
 def _known_enum(context: grpc.ServicerContext, field: str, value: int, enum: Any) -> None:

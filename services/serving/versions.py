@@ -26,6 +26,7 @@ class ScoreColumn:
     outcome: str
     horizon_ms: int
     calibrated: bool
+    audience: bool = True  # kept in the audience sets (GetAudience)
 
 
 def parse_columns(text: str | None) -> tuple[ScoreColumn, ...]:
@@ -33,7 +34,12 @@ def parse_columns(text: str | None) -> tuple[ScoreColumn, ...]:
     if not text:
         return ()
     return tuple(
-        ScoreColumn(str(c["outcome"]), int(c["horizon_ms"]), bool(c["calibrated"]))
+        ScoreColumn(
+            str(c["outcome"]),
+            int(c["horizon_ms"]),
+            bool(c["calibrated"]),
+            bool(c.get("audience", True)),
+        )
         for c in json.loads(text)["columns"]
     )
 

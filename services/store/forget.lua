@@ -21,7 +21,20 @@ local had = redis.call('EXISTS', KEYS[2])
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local dirty = redis.call('ZREM', KEYS[1], uid)
 local nvec = 0
-for i = 5, #KEYS do nvec = nvec + redis.call('DEL', KEYS[i]) end
+for i = 5, #KEYS do
+  -- out of the version's audience sets too (write_vectors.lua): their count is in the
+  -- newest value (layout 2)
+  local head = redis.call('LINDEX', KEYS[i], 0)
+  if head and #head >= 24 and string.byte(head, 1) == 2 then
+    local dim = struct.unpack('<I2', head, 3)
+    local off = 25 + dim * ((string.byte(head, 2) == 2) and 2 or 4)
+    if #head >= off + 1 then
+      local prefix = string.gsub(string.sub(KEYS[i], 1, #KEYS[i] - #uid), '^(p:{%d+}):v:', '%1:a:', 1)
+      for j = 0, struct.unpack('<I2', head, off) - 1 do redis.call('ZREM', prefix .. j, uid) end
+    end
+  end
+  nvec = nvec + redis.call('DEL', KEYS[i])
+end
 -- the meta keeps only the marker: the window version goes on (a vector encoded from the
 -- window before is refused by write_vectors.lua), `x` refuses old events, `xv` old vectors
 redis.call('HSET', KEYS[4], 'v', int(ver), 'x', int(at), 'xv', int(ver))

@@ -16,15 +16,17 @@ Example::
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 from redis.exceptions import ResponseError
 
 from contract.versions import check_version
-from services.store import layout
+from services.store import audience, layout
 from services.store.client import Client
 from services.store.records import (
     Dtype,
@@ -103,6 +105,9 @@ class VectorStore:
         self.dtype: Dtype = dtype
         self.router = StoreRouter(client)
         self._scripts = Scripts(self.router, "write_vectors.lua", "set_active.lua")
+        # version -> its audience mask (write_vectors.lua), from `set_score_columns`; a
+        # version this store was not told about keeps every column in its audience sets
+        self._masks: dict[str, str] = {}
 
     # ----- the active pointer and version states ---------------------------------------
 
@@ -161,6 +166,8 @@ class VectorStore:
         """Record what column i of the version's scores is (JSON, `OutcomeHeads.columns_json`;
         the same value on every call: a version never changes)."""
         self.client.set(scores_key(version), columns_json)
+        cols = json.loads(columns_json)["columns"]
+        self._masks[version] = "".join("1" if c.get("audience", True) else "0" for c in cols)
 
     def score_columns(self, version: str) -> str | None:
         """The version's score columns as recorded (None: the version stores no scores)."""
@@ -210,6 +217,7 @@ class VectorStore:
             vers = sorted({check_version(v.model_version) for u in group for v in u.vectors})
             keys: list[bytes] = [layout.dirty_key(b)]
             args: list[Any] = [self.history, ttl_ms, len(vers)]
+            args += [self._masks.get(ver, "") for ver in vers]
             for u in group:
                 by_ver = {v.model_version: v for v in u.vectors}
                 keys.append(layout.meta_key(u.user_id))
@@ -273,6 +281,20 @@ class VectorStore:
         path. Same values as `get_batch` (tests/serving/test_read_batch.py holds them
         together)."""
         return decode_batch(self.read_raw(user_ids, version, history, deadline), history)
+
+    # ----- audiences (audience.py) -------------------------------------------------------
+
+    def audience_counts(self, version: str, column: int, min_score: float) -> np.ndarray:
+        """(BUCKETS,) members of each bucket's audience set with score >= min_score."""
+        return audience.counts(self.router, version, column, min_score)
+
+    def audience_members(
+        self, version: str, column: int, min_score: float, spans: Sequence[audience.Span]
+    ) -> list[tuple[list[str], list[float]]]:
+        return audience.members(self.router, version, column, min_score, spans)
+
+    def audience_threshold(self, version: str, column: int, n: int) -> float:
+        return audience.threshold_for_top(self.router, version, column, n)
 
     def close(self) -> None:
         """Stop the router's threads and close the connections `read_raw` keeps (the client

@@ -1,17 +1,42 @@
 -- Write vectors of the users of one bucket (one hash slot); see LAYOUT.md "Vectors".
 -- KEYS[1] = dirty set of the bucket; then per user: meta hash, then one vector list per version.
 -- ARGV[1] = history, ARGV[2] = ttl_ms (0 = none), ARGV[3] = number of versions n;
--- then per user: uid, expected window version ('' = leave the dirty mark alone),
+-- ARGV[4 .. 3 + n] = per version, its audience mask: '' = every score column, else one
+-- character per column, '1' = kept in the audience sets; then per user: uid, expected window version ('' = leave the dirty mark alone),
 -- n values (vector records, layout 1 or 2: same header; '' = nothing for that version).
 -- Returns per user: cleared (1 cleared, 0 still dirty, -1 not asked), then per version:
 -- the replaced head's computed_at_ms (-1 no head, -2 value skipped: head is newer, -3 no value,
 -- -4 value refused: encoded from a window the user asked to forget, meta `xv`; see LAYOUT.md).
+-- A layout-2 value also puts the user, at each score, into the version's audience sets
+-- p:{B}:a:<ver>:<column> (sorted sets, same slot as the vector list; LAYOUT.md "Audiences"),
+-- in the same step and only when the value is written (a skipped value changes nothing).
+local function half(h)  -- IEEE half float (u16) -> number
+  local sign = 1
+  if h >= 32768 then sign, h = -1, h - 32768 end
+  local e, m = math.floor(h / 1024), h % 1024
+  if e == 0 then return sign * math.ldexp(m, -24) end
+  if e == 31 then return sign * math.huge end
+  return sign * math.ldexp(m + 1024, e - 25)
+end
+local function audience(vk, uid, val, mask)
+  if string.byte(val, 1) ~= 2 then return end
+  local dim = struct.unpack('<I2', val, 3)
+  local off = 25 + dim * ((string.byte(val, 2) == 2) and 2 or 4)
+  if #val < off + 1 then return end
+  local ns = struct.unpack('<I2', val, off)
+  local prefix = string.gsub(string.sub(vk, 1, #vk - #uid), '^(p:{%d+}):v:', '%1:a:', 1)
+  for j = 0, ns - 1 do
+    if mask == '' or string.byte(mask, j + 1) == 49 then
+      redis.call('ZADD', prefix .. j, half(struct.unpack('<I2', val, off + 2 + 2 * j)), uid)
+    end
+  end
+end
 local hist = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local out = {}
 local k = 2
-local a = 4
+local a = 4 + n
 while a <= #ARGV do
   local uid, expect = ARGV[a], ARGV[a + 1]
   local mk = KEYS[k]
@@ -48,6 +73,7 @@ while a <= #ARGV do
         redis.call('LSET', vk, 0, val)
       end
       if action ~= 'skip' and ttl > 0 then redis.call('PEXPIRE', vk, ttl) end
+      if action ~= 'skip' then audience(vk, uid, val, ARGV[3 + j]) end
     end
     res[j] = r
   end

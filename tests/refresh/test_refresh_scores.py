@@ -9,6 +9,7 @@ flag the response carries none. Real Valkey, real broker, real tiny models.
 from __future__ import annotations
 
 import threading
+import time
 from dataclasses import replace
 
 import grpc
@@ -24,6 +25,7 @@ from services.refresh import cutover
 from services.serving.metrics import serving_metrics
 from services.serving.server import ServingServer
 from services.serving.versions import parse_columns
+from services.store.forget import StoreForgetter
 from tests.refresh.conftest import Env
 from tests.refresh.support import add_events
 from tests.serving.support import BASE
@@ -105,6 +107,69 @@ def test_scores_written_with_vectors_and_served_by_version_through_a_cutover(env
             named = [(c.outcome, c.horizon_ms) for c in by_ver[ver].score_columns]
             stored_cols = parse_columns(env.vectors.score_columns(ver))
             assert named == [(c.outcome, c.horizon_ms) for c in stored_cols]
+        _audiences(env, stub, users, want2)
     finally:
         channel.close()
         server.stop(grace_s=0)
+
+
+def _audiences(
+    env: Env, stub: service_pb2_grpc.UserEmbeddingServiceStub, users: list[str], want: np.ndarray
+) -> None:
+    """GetAudience on the active version (v2): threshold, paging, top N, refusals, forget."""
+    cols = parse_columns(env.vectors.score_columns(env.v2))
+    kept = [j for j, c in enumerate(cols) if c.audience]
+    assert {cols[j].outcome for j in kept} == {"(any)"}  # the default PERSONA_REFRESH_AUDIENCES
+    j = max(kept, key=lambda c: float(np.std(want[:, c])))  # the most spread of them
+    col, p = cols[j], want[:, j]
+    t = float(np.median(p))
+    clear = np.abs(p - t) > 2e-3  # float16 in the store: leave the users at the edge out
+    expect = {u for u, keep, q in zip(users, clear, p, strict=True) if keep and q >= t}
+
+    def pages(**kw: object) -> list[pb.GetAudienceResponse]:
+        out, token = [], ""
+        while True:
+            r = stub.GetAudience(pb.GetAudienceRequest(outcome=col.outcome,
+                                                       horizon_ms=col.horizon_ms,
+                                                       page_token=token, **kw))  # fmt: skip
+            out.append(r)
+            if not (token := r.next_page_token):
+                return out
+
+    paged = pages(min_score=t, page_size=7)
+    got = [u for r in paged for u in r.user_ids]
+    assert len(got) == len(set(got)), "a user on two pages"
+    assert len(paged) >= 2 and all(len(r.user_ids) <= 7 for r in paged)
+    assert {r.model_version for r in paged} == {env.v2}
+    assert expect <= set(got) and all(p[users.index(u)] >= t - 2e-3 for u in got)
+    scores = np.array([s for r in paged for s in r.scores])
+    np.testing.assert_allclose(scores, [p[users.index(u)] for u in got], atol=2e-3)
+
+    [top] = pages(top_n=5)
+    best = np.sort(p)[::-1]
+    assert len(top.user_ids) == 5 and top.threshold <= best[4] + 2e-3
+    assert all(p[users.index(u)] >= best[5] - 2e-3 for u in top.user_ids)
+
+    for bad in ({"outcome": "type=no-such", "horizon_ms": col.horizon_ms, "min_score": 0.5},
+                {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "min_score": 1.5},
+                {"outcome": col.outcome, "horizon_ms": col.horizon_ms},
+                {"page_token": "garbage", "min_score": 0.1}):  # fmt: skip
+        with pytest.raises(grpc.RpcError) as err:
+            stub.GetAudience(pb.GetAudienceRequest(**bad))  # type: ignore[arg-type]
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+
+    other = next(c for c in cols if not c.audience)  # scored, not kept in audience sets
+    with pytest.raises(grpc.RpcError) as err:
+        req = pb.GetAudienceRequest(outcome=other.outcome, horizon_ms=other.horizon_ms)
+        req.min_score = 0.5
+        stub.GetAudience(req)
+    assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+    gone = got[0]  # a forgotten user leaves every audience of every version
+    forgetter = StoreForgetter(env.client)
+    try:
+        forgetter.forget([gone], at_ms=int(time.time() * 1000))
+    finally:
+        forgetter.close()
+    after = {u for r in pages(min_score=0.0) for u in r.user_ids}
+    assert gone not in after and len(after) == len(users) - 1

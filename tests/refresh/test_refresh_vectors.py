@@ -4,7 +4,9 @@ record format, and TTLs (Valkey only), on a single node and a 3-node cluster."""
 from __future__ import annotations
 
 import itertools
+import json
 from collections.abc import Iterator
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +14,7 @@ import pytest
 from services.stack import EmbeddedStack
 from services.store.client import Client, connect
 from services.store.records import StoredVector, pack_vector, unpack_vector, vector_key
-from services.store.vectors import VectorStore
+from services.store.vectors import UserWrite, VectorStore
 
 pytestmark = pytest.mark.integration
 _n = itertools.count()
@@ -68,3 +70,33 @@ def test_ttl_applied(client: Client) -> None:
     assert 0 < int(client.pttl(vector_key(uid, ver))) <= 100_000
     VectorStore(client).put_batch([_vec(f"nottl-{ver}", ver, 1)])
     assert int(client.pttl(vector_key(f"nottl-{ver}", ver))) == -1
+
+
+def test_audience_sets_follow_the_mask_and_forget(client: Client) -> None:
+    """write_vectors.lua keeps a layout-2 value's scores in the audience sets of the columns
+    its version's mask names, only when the value is written; forget.lua takes the user out."""
+    from services.store.audience import audience_key
+    from services.store.forget import StoreForgetter
+    from services.store.layout import bucket
+
+    store = VectorStore(client)
+    ver, uid = _ver(), f"aud-{_ver()}"
+    cols = [{"outcome": "(any)", "horizon_ms": 1, "calibrated": True, "audience": a}
+            for a in (True, False, True)]  # fmt: skip
+    store.set_score_columns(ver, json.dumps({"columns": cols}))
+    store.set_state(ver, "ready")  # forget reaches the versions the store knows
+    keys = [audience_key(bucket(uid), ver, j) for j in range(3)]
+    v = replace(_vec(uid, ver, 3), scores=np.array([0.25, 0.5, 0.75], np.float32))
+    store.write([UserWrite(uid, [v])])
+    assert [client.zscore(k, uid) for k in keys] == [0.25, None, 0.75]
+    store.write([UserWrite(uid, [replace(v, window_version=2, scores=np.full(3, 0.1))])])
+    assert client.zscore(keys[0], uid) == 0.25  # an older window: skipped, audience too
+    store.write([UserWrite(uid, [replace(v, scores=np.full(3, 0.5))])])  # same window
+    assert client.zscore(keys[2], uid) == 0.5
+    forgetter = StoreForgetter(client)
+    try:
+        forgetter.forget([uid], at_ms=1)
+    finally:
+        forgetter.close()
+    assert [client.zscore(k, uid) for k in keys] == [None, None, None]
+    store.close()

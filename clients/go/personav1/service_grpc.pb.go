@@ -24,6 +24,9 @@ type UserEmbeddingServiceClient interface {
 	FindLookalikes(ctx context.Context, in *FindLookalikesRequest, opts ...grpc.CallOption) (*FindLookalikesResponse, error)
 	// Active version, versions available, dim, lookalike index size and freshness.
 	GetModelInfo(ctx context.Context, in *GetModelInfoRequest, opts ...grpc.CallOption) (*GetModelInfoResponse, error)
+	// The users whose calibrated outcome score is at least a threshold, or the top N, for
+	// one outcome and horizon, a page at a time (next_page_token until it is empty).
+	GetAudience(ctx context.Context, in *GetAudienceRequest, opts ...grpc.CallOption) (*GetAudienceResponse, error)
 }
 
 type userEmbeddingServiceClient struct {
@@ -61,6 +64,15 @@ func (c *userEmbeddingServiceClient) GetModelInfo(ctx context.Context, in *GetMo
 	return out, nil
 }
 
+func (c *userEmbeddingServiceClient) GetAudience(ctx context.Context, in *GetAudienceRequest, opts ...grpc.CallOption) (*GetAudienceResponse, error) {
+	out := new(GetAudienceResponse)
+	err := c.cc.Invoke(ctx, "/persona.v1.UserEmbeddingService/GetAudience", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // UserEmbeddingServiceServer is the server API for UserEmbeddingService service.
 // All implementations must embed UnimplementedUserEmbeddingServiceServer
 // for forward compatibility
@@ -72,6 +84,9 @@ type UserEmbeddingServiceServer interface {
 	FindLookalikes(context.Context, *FindLookalikesRequest) (*FindLookalikesResponse, error)
 	// Active version, versions available, dim, lookalike index size and freshness.
 	GetModelInfo(context.Context, *GetModelInfoRequest) (*GetModelInfoResponse, error)
+	// The users whose calibrated outcome score is at least a threshold, or the top N, for
+	// one outcome and horizon, a page at a time (next_page_token until it is empty).
+	GetAudience(context.Context, *GetAudienceRequest) (*GetAudienceResponse, error)
 	mustEmbedUnimplementedUserEmbeddingServiceServer()
 }
 
@@ -87,6 +102,9 @@ func (UnimplementedUserEmbeddingServiceServer) FindLookalikes(context.Context, *
 }
 func (UnimplementedUserEmbeddingServiceServer) GetModelInfo(context.Context, *GetModelInfoRequest) (*GetModelInfoResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method GetModelInfo not implemented")
+}
+func (UnimplementedUserEmbeddingServiceServer) GetAudience(context.Context, *GetAudienceRequest) (*GetAudienceResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method GetAudience not implemented")
 }
 func (UnimplementedUserEmbeddingServiceServer) mustEmbedUnimplementedUserEmbeddingServiceServer() {}
 
@@ -155,6 +173,24 @@ func _UserEmbeddingService_GetModelInfo_Handler(srv interface{}, ctx context.Con
 	return interceptor(ctx, in, info, handler)
 }
 
+func _UserEmbeddingService_GetAudience_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetAudienceRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(UserEmbeddingServiceServer).GetAudience(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/persona.v1.UserEmbeddingService/GetAudience",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(UserEmbeddingServiceServer).GetAudience(ctx, req.(*GetAudienceRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _UserEmbeddingService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "persona.v1.UserEmbeddingService",
 	HandlerType: (*UserEmbeddingServiceServer)(nil),
@@ -170,6 +206,10 @@ var _UserEmbeddingService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetModelInfo",
 			Handler:    _UserEmbeddingService_GetModelInfo_Handler,
+		},
+		{
+			MethodName: "GetAudience",
+			Handler:    _UserEmbeddingService_GetAudience_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},

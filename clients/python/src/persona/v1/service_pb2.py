@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18persona/v1/service.proto\x12\npersona.v1\"\xc4\x01\n\x14GetEmbeddingsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rhistory_depth\x18\x03 \x01(\r\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.persona.v1.VectorEncoding\x12&\n\x08\x66\x61llback\x18\x05 \x01(\x0e\x32\x14.persona.v1.Fallback\x12\x16\n\x0einclude_scores\x18\x06 \x01(\x08\"j\n\x11VectorMetaColumns\x12\x16\n\x0e\x63omputed_at_ms\x18\x01 \x03(\x03\x12\x13\n\x0b\x61ge_seconds\x18\x02 \x03(\x01\x12\x10\n\x08n_events\x18\x03 \x03(\x05\x12\x16\n\x0ewindow_version\x18\x04 \x03(\x03\"\xf6\x02\n\x15GetEmbeddingsResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12,\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1a.persona.v1.VectorEncoding\x12-\n\x08statuses\x18\x04 \x03(\x0e\x32\x1b.persona.v1.EmbeddingStatus\x12\x0f\n\x07vectors\x18\x05 \x01(\x0c\x12+\n\x04meta\x18\x06 \x01(\x0b\x32\x1d.persona.v1.VectorMetaColumns\x12\x16\n\x0ehistory_counts\x18\x07 \x03(\r\x12\x17\n\x0fhistory_vectors\x18\x08 \x01(\x0c\x12\x33\n\x0chistory_meta\x18\t \x01(\x0b\x32\x1d.persona.v1.VectorMetaColumns\x12\x10\n\x08n_scores\x18\n \x01(\x05\x12\x0e\n\x06scores\x18\x0b \x01(\x0c\x12\x16\n\x0ehistory_scores\x18\x0c \x01(\x0c\"\x1c\n\x08UserList\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"\x8d\x02\n\x15\x46indLookalikesRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12)\n\x06vector\x18\x02 \x01(\x0b\x32\x17.persona.v1.VectorQueryH\x00\x12%\n\x05seeds\x18\x03 \x01(\x0b\x32\x14.persona.v1.UserListH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x15\n\rexclude_seeds\x18\x05 \x01(\x08\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\'\n\tseed_mode\x18\x08 \x01(\x0e\x32\x14.persona.v1.SeedModeB\x07\n\x05queryB\x0c\n\n_min_score\"\x1d\n\x0bVectorQuery\x12\x0e\n\x06values\x18\x01 \x03(\x02\"*\n\x08Neighbor\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x83\x01\n\x16\x46indLookalikesResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\'\n\tneighbors\x18\x02 \x03(\x0b\x32\x14.persona.v1.Neighbor\x12\x12\n\nseeds_used\x18\x03 \x01(\x05\x12\x15\n\rseeds_missing\x18\x04 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"}\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.persona.v1.ModelVersionState\x12.\n\rscore_columns\x18\x03 \x03(\x0b\x32\x17.persona.v1.ScoreColumn\"F\n\x0bScoreColumn\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x12\n\nhorizon_ms\x18\x02 \x01(\x03\x12\x12\n\ncalibrated\x18\x03 \x01(\x08\"q\n\tIndexInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1c\n\x14seconds_since_update\x18\x04 \x01(\x01\x12\x13\n\x0blag_records\x18\x05 \x01(\x03\"\x8d\x01\n\x14GetModelInfoResponse\x12\x16\n\x0e\x61\x63tive_version\x18\x01 \x01(\t\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.persona.v1.ModelVersion\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12$\n\x05index\x18\x04 \x01(\x0b\x32\x15.persona.v1.IndexInfo\"&\n\x12\x46orgetUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"|\n\x13\x46orgetUsersResponse\x12\x11\n\tforgotten\x18\x01 \x01(\x05\x12\x0f\n\x07windows\x18\x02 \x01(\x05\x12\x14\n\x0cvector_lists\x18\x03 \x01(\x05\x12\x12\n\ntombstones\x18\x04 \x01(\x05\x12\x17\n\x0f\x66orgotten_at_ms\x18\x05 \x01(\x03*k\n\x0eVectorEncoding\x12\x1f\n\x1bVECTOR_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17VECTOR_ENCODING_FLOAT32\x10\x01\x12\x1b\n\x17VECTOR_ENCODING_FLOAT16\x10\x02*V\n\x08\x46\x61llback\x12\x18\n\x14\x46\x41LLBACK_UNSPECIFIED\x10\x00\x12\x11\n\rFALLBACK_NONE\x10\x01\x12\x1d\n\x19\x46\x41LLBACK_POPULATION_PRIOR\x10\x02*\x94\x01\n\x0f\x45mbeddingStatus\x12 \n\x1c\x45MBEDDING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45MBEDDING_STATUS_FOUND\x10\x01\x12\x1e\n\x1a\x45MBEDDING_STATUS_NOT_FOUND\x10\x02\x12#\n\x1f\x45MBEDDING_STATUS_FALLBACK_PRIOR\x10\x03*N\n\x08SeedMode\x12\x19\n\x15SEED_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEED_MODE_MEAN\x10\x01\x12\x13\n\x0fSEED_MODE_UNION\x10\x02*\xbd\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12#\n\x1fMODEL_VERSION_STATE_BACKFILLING\x10\x01\x12\x1d\n\x19MODEL_VERSION_STATE_READY\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_ACTIVE\x10\x03\x12\x1f\n\x1bMODEL_VERSION_STATE_RETIRED\x10\x04\x32\x98\x02\n\x14UserEmbeddingService\x12T\n\rGetEmbeddings\x12 .persona.v1.GetEmbeddingsRequest\x1a!.persona.v1.GetEmbeddingsResponse\x12W\n\x0e\x46indLookalikes\x12!.persona.v1.FindLookalikesRequest\x1a\".persona.v1.FindLookalikesResponse\x12Q\n\x0cGetModelInfo\x12\x1f.persona.v1.GetModelInfoRequest\x1a .persona.v1.GetModelInfoResponse2^\n\x0c\x41\x64minService\x12N\n\x0b\x46orgetUsers\x12\x1e.persona.v1.ForgetUsersRequest\x1a\x1f.persona.v1.ForgetUsersResponseB:\n\x0e\x64\x65v.persona.v1P\x01Z&persona/clients/go/personav1;personav1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x18persona/v1/service.proto\x12\npersona.v1\"\xc4\x01\n\x14GetEmbeddingsRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\x12\x15\n\rmodel_version\x18\x02 \x01(\t\x12\x15\n\rhistory_depth\x18\x03 \x01(\r\x12,\n\x08\x65ncoding\x18\x04 \x01(\x0e\x32\x1a.persona.v1.VectorEncoding\x12&\n\x08\x66\x61llback\x18\x05 \x01(\x0e\x32\x14.persona.v1.Fallback\x12\x16\n\x0einclude_scores\x18\x06 \x01(\x08\"j\n\x11VectorMetaColumns\x12\x16\n\x0e\x63omputed_at_ms\x18\x01 \x03(\x03\x12\x13\n\x0b\x61ge_seconds\x18\x02 \x03(\x01\x12\x10\n\x08n_events\x18\x03 \x03(\x05\x12\x16\n\x0ewindow_version\x18\x04 \x03(\x03\"\xf6\x02\n\x15GetEmbeddingsResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\x05\x12,\n\x08\x65ncoding\x18\x03 \x01(\x0e\x32\x1a.persona.v1.VectorEncoding\x12-\n\x08statuses\x18\x04 \x03(\x0e\x32\x1b.persona.v1.EmbeddingStatus\x12\x0f\n\x07vectors\x18\x05 \x01(\x0c\x12+\n\x04meta\x18\x06 \x01(\x0b\x32\x1d.persona.v1.VectorMetaColumns\x12\x16\n\x0ehistory_counts\x18\x07 \x03(\r\x12\x17\n\x0fhistory_vectors\x18\x08 \x01(\x0c\x12\x33\n\x0chistory_meta\x18\t \x01(\x0b\x32\x1d.persona.v1.VectorMetaColumns\x12\x10\n\x08n_scores\x18\n \x01(\x05\x12\x0e\n\x06scores\x18\x0b \x01(\x0c\x12\x16\n\x0ehistory_scores\x18\x0c \x01(\x0c\"\x1c\n\x08UserList\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"\x8d\x02\n\x15\x46indLookalikesRequest\x12\x11\n\x07user_id\x18\x01 \x01(\tH\x00\x12)\n\x06vector\x18\x02 \x01(\x0b\x32\x17.persona.v1.VectorQueryH\x00\x12%\n\x05seeds\x18\x03 \x01(\x0b\x32\x14.persona.v1.UserListH\x00\x12\t\n\x01k\x18\x04 \x01(\x05\x12\x15\n\rexclude_seeds\x18\x05 \x01(\x08\x12\x16\n\tmin_score\x18\x06 \x01(\x02H\x01\x88\x01\x01\x12\x15\n\rmodel_version\x18\x07 \x01(\t\x12\'\n\tseed_mode\x18\x08 \x01(\x0e\x32\x14.persona.v1.SeedModeB\x07\n\x05queryB\x0c\n\n_min_score\"\x1d\n\x0bVectorQuery\x12\x0e\n\x06values\x18\x01 \x03(\x02\"*\n\x08Neighbor\x12\x0f\n\x07user_id\x18\x01 \x01(\t\x12\r\n\x05score\x18\x02 \x01(\x02\"\x83\x01\n\x16\x46indLookalikesResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\'\n\tneighbors\x18\x02 \x03(\x0b\x32\x14.persona.v1.Neighbor\x12\x12\n\nseeds_used\x18\x03 \x01(\x05\x12\x15\n\rseeds_missing\x18\x04 \x01(\x05\"\x15\n\x13GetModelInfoRequest\"}\n\x0cModelVersion\x12\x0f\n\x07version\x18\x01 \x01(\t\x12,\n\x05state\x18\x02 \x01(\x0e\x32\x1d.persona.v1.ModelVersionState\x12.\n\rscore_columns\x18\x03 \x03(\x0b\x32\x17.persona.v1.ScoreColumn\"X\n\x0bScoreColumn\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x12\n\nhorizon_ms\x18\x02 \x01(\x03\x12\x12\n\ncalibrated\x18\x03 \x01(\x08\x12\x10\n\x08\x61udience\x18\x04 \x01(\x08\"q\n\tIndexInfo\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x0c\n\x04size\x18\x02 \x01(\x03\x12\x0c\n\x04kind\x18\x03 \x01(\t\x12\x1c\n\x14seconds_since_update\x18\x04 \x01(\x01\x12\x13\n\x0blag_records\x18\x05 \x01(\x03\"\x8d\x01\n\x14GetModelInfoResponse\x12\x16\n\x0e\x61\x63tive_version\x18\x01 \x01(\t\x12*\n\x08versions\x18\x02 \x03(\x0b\x32\x18.persona.v1.ModelVersion\x12\x0b\n\x03\x64im\x18\x03 \x01(\x05\x12$\n\x05index\x18\x04 \x01(\x0b\x32\x15.persona.v1.IndexInfo\"\xa7\x01\n\x12GetAudienceRequest\x12\x0f\n\x07outcome\x18\x01 \x01(\t\x12\x12\n\nhorizon_ms\x18\x02 \x01(\x03\x12\x13\n\tmin_score\x18\x03 \x01(\x02H\x00\x12\x0f\n\x05top_n\x18\x04 \x01(\rH\x00\x12\x11\n\tpage_size\x18\x05 \x01(\r\x12\x12\n\npage_token\x18\x06 \x01(\t\x12\x15\n\rmodel_version\x18\x07 \x01(\tB\x08\n\x06select\"z\n\x13GetAudienceResponse\x12\x15\n\rmodel_version\x18\x01 \x01(\t\x12\x10\n\x08user_ids\x18\x02 \x03(\t\x12\x0e\n\x06scores\x18\x03 \x03(\x02\x12\x17\n\x0fnext_page_token\x18\x04 \x01(\t\x12\x11\n\tthreshold\x18\x05 \x01(\x02\"&\n\x12\x46orgetUsersRequest\x12\x10\n\x08user_ids\x18\x01 \x03(\t\"|\n\x13\x46orgetUsersResponse\x12\x11\n\tforgotten\x18\x01 \x01(\x05\x12\x0f\n\x07windows\x18\x02 \x01(\x05\x12\x14\n\x0cvector_lists\x18\x03 \x01(\x05\x12\x12\n\ntombstones\x18\x04 \x01(\x05\x12\x17\n\x0f\x66orgotten_at_ms\x18\x05 \x01(\x03*k\n\x0eVectorEncoding\x12\x1f\n\x1bVECTOR_ENCODING_UNSPECIFIED\x10\x00\x12\x1b\n\x17VECTOR_ENCODING_FLOAT32\x10\x01\x12\x1b\n\x17VECTOR_ENCODING_FLOAT16\x10\x02*V\n\x08\x46\x61llback\x12\x18\n\x14\x46\x41LLBACK_UNSPECIFIED\x10\x00\x12\x11\n\rFALLBACK_NONE\x10\x01\x12\x1d\n\x19\x46\x41LLBACK_POPULATION_PRIOR\x10\x02*\x94\x01\n\x0f\x45mbeddingStatus\x12 \n\x1c\x45MBEDDING_STATUS_UNSPECIFIED\x10\x00\x12\x1a\n\x16\x45MBEDDING_STATUS_FOUND\x10\x01\x12\x1e\n\x1a\x45MBEDDING_STATUS_NOT_FOUND\x10\x02\x12#\n\x1f\x45MBEDDING_STATUS_FALLBACK_PRIOR\x10\x03*N\n\x08SeedMode\x12\x19\n\x15SEED_MODE_UNSPECIFIED\x10\x00\x12\x12\n\x0eSEED_MODE_MEAN\x10\x01\x12\x13\n\x0fSEED_MODE_UNION\x10\x02*\xbd\x01\n\x11ModelVersionState\x12#\n\x1fMODEL_VERSION_STATE_UNSPECIFIED\x10\x00\x12#\n\x1fMODEL_VERSION_STATE_BACKFILLING\x10\x01\x12\x1d\n\x19MODEL_VERSION_STATE_READY\x10\x02\x12\x1e\n\x1aMODEL_VERSION_STATE_ACTIVE\x10\x03\x12\x1f\n\x1bMODEL_VERSION_STATE_RETIRED\x10\x04\x32\xe8\x02\n\x14UserEmbeddingService\x12T\n\rGetEmbeddings\x12 .persona.v1.GetEmbeddingsRequest\x1a!.persona.v1.GetEmbeddingsResponse\x12W\n\x0e\x46indLookalikes\x12!.persona.v1.FindLookalikesRequest\x1a\".persona.v1.FindLookalikesResponse\x12Q\n\x0cGetModelInfo\x12\x1f.persona.v1.GetModelInfoRequest\x1a .persona.v1.GetModelInfoResponse\x12N\n\x0bGetAudience\x12\x1e.persona.v1.GetAudienceRequest\x1a\x1f.persona.v1.GetAudienceResponse2^\n\x0c\x41\x64minService\x12N\n\x0b\x46orgetUsers\x12\x1e.persona.v1.ForgetUsersRequest\x1a\x1f.persona.v1.ForgetUsersResponseB:\n\x0e\x64\x65v.persona.v1P\x01Z&persona/clients/go/personav1;personav1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -32,16 +32,16 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'persona.v1.service_pb2', _g
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.persona.v1P\001Z&persona/clients/go/personav1;personav1'
-  _globals['_VECTORENCODING']._serialized_start=1882
-  _globals['_VECTORENCODING']._serialized_end=1989
-  _globals['_FALLBACK']._serialized_start=1991
-  _globals['_FALLBACK']._serialized_end=2077
-  _globals['_EMBEDDINGSTATUS']._serialized_start=2080
-  _globals['_EMBEDDINGSTATUS']._serialized_end=2228
-  _globals['_SEEDMODE']._serialized_start=2230
-  _globals['_SEEDMODE']._serialized_end=2308
-  _globals['_MODELVERSIONSTATE']._serialized_start=2311
-  _globals['_MODELVERSIONSTATE']._serialized_end=2500
+  _globals['_VECTORENCODING']._serialized_start=2194
+  _globals['_VECTORENCODING']._serialized_end=2301
+  _globals['_FALLBACK']._serialized_start=2303
+  _globals['_FALLBACK']._serialized_end=2389
+  _globals['_EMBEDDINGSTATUS']._serialized_start=2392
+  _globals['_EMBEDDINGSTATUS']._serialized_end=2540
+  _globals['_SEEDMODE']._serialized_start=2542
+  _globals['_SEEDMODE']._serialized_end=2620
+  _globals['_MODELVERSIONSTATE']._serialized_start=2623
+  _globals['_MODELVERSIONSTATE']._serialized_end=2812
   _globals['_GETEMBEDDINGSREQUEST']._serialized_start=41
   _globals['_GETEMBEDDINGSREQUEST']._serialized_end=237
   _globals['_VECTORMETACOLUMNS']._serialized_start=239
@@ -63,17 +63,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELVERSION']._serialized_start=1258
   _globals['_MODELVERSION']._serialized_end=1383
   _globals['_SCORECOLUMN']._serialized_start=1385
-  _globals['_SCORECOLUMN']._serialized_end=1455
-  _globals['_INDEXINFO']._serialized_start=1457
-  _globals['_INDEXINFO']._serialized_end=1570
-  _globals['_GETMODELINFORESPONSE']._serialized_start=1573
-  _globals['_GETMODELINFORESPONSE']._serialized_end=1714
-  _globals['_FORGETUSERSREQUEST']._serialized_start=1716
-  _globals['_FORGETUSERSREQUEST']._serialized_end=1754
-  _globals['_FORGETUSERSRESPONSE']._serialized_start=1756
-  _globals['_FORGETUSERSRESPONSE']._serialized_end=1880
-  _globals['_USEREMBEDDINGSERVICE']._serialized_start=2503
-  _globals['_USEREMBEDDINGSERVICE']._serialized_end=2783
-  _globals['_ADMINSERVICE']._serialized_start=2785
-  _globals['_ADMINSERVICE']._serialized_end=2879
+  _globals['_SCORECOLUMN']._serialized_end=1473
+  _globals['_INDEXINFO']._serialized_start=1475
+  _globals['_INDEXINFO']._serialized_end=1588
+  _globals['_GETMODELINFORESPONSE']._serialized_start=1591
+  _globals['_GETMODELINFORESPONSE']._serialized_end=1732
+  _globals['_GETAUDIENCEREQUEST']._serialized_start=1735
+  _globals['_GETAUDIENCEREQUEST']._serialized_end=1902
+  _globals['_GETAUDIENCERESPONSE']._serialized_start=1904
+  _globals['_GETAUDIENCERESPONSE']._serialized_end=2026
+  _globals['_FORGETUSERSREQUEST']._serialized_start=2028
+  _globals['_FORGETUSERSREQUEST']._serialized_end=2066
+  _globals['_FORGETUSERSRESPONSE']._serialized_start=2068
+  _globals['_FORGETUSERSRESPONSE']._serialized_end=2192
+  _globals['_USEREMBEDDINGSERVICE']._serialized_start=2815
+  _globals['_USEREMBEDDINGSERVICE']._serialized_end=3175
+  _globals['_ADMINSERVICE']._serialized_start=3177
+  _globals['_ADMINSERVICE']._serialized_end=3271
 # @@protoc_insertion_point(module_scope)

@@ -181,14 +181,16 @@ class ModelVersion(_message.Message):
     def __init__(self, version: _Optional[str] = ..., state: _Optional[_Union[ModelVersionState, str]] = ..., score_columns: _Optional[_Iterable[_Union[ScoreColumn, _Mapping]]] = ...) -> None: ...
 
 class ScoreColumn(_message.Message):
-    __slots__ = ("outcome", "horizon_ms", "calibrated")
+    __slots__ = ("outcome", "horizon_ms", "calibrated", "audience")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     HORIZON_MS_FIELD_NUMBER: _ClassVar[int]
     CALIBRATED_FIELD_NUMBER: _ClassVar[int]
+    AUDIENCE_FIELD_NUMBER: _ClassVar[int]
     outcome: str
     horizon_ms: int
     calibrated: bool
-    def __init__(self, outcome: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., calibrated: _Optional[bool] = ...) -> None: ...
+    audience: bool
+    def __init__(self, outcome: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., calibrated: _Optional[bool] = ..., audience: _Optional[bool] = ...) -> None: ...
 
 class IndexInfo(_message.Message):
     __slots__ = ("model_version", "size", "kind", "seconds_since_update", "lag_records")
@@ -215,6 +217,38 @@ class GetModelInfoResponse(_message.Message):
     dim: int
     index: IndexInfo
     def __init__(self, active_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., dim: _Optional[int] = ..., index: _Optional[_Union[IndexInfo, _Mapping]] = ...) -> None: ...
+
+class GetAudienceRequest(_message.Message):
+    __slots__ = ("outcome", "horizon_ms", "min_score", "top_n", "page_size", "page_token", "model_version")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
+    TOP_N_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    horizon_ms: int
+    min_score: float
+    top_n: int
+    page_size: int
+    page_token: str
+    model_version: str
+    def __init__(self, outcome: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., min_score: _Optional[float] = ..., top_n: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+
+class GetAudienceResponse(_message.Message):
+    __slots__ = ("model_version", "user_ids", "scores", "next_page_token", "threshold")
+    MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    USER_IDS_FIELD_NUMBER: _ClassVar[int]
+    SCORES_FIELD_NUMBER: _ClassVar[int]
+    NEXT_PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    model_version: str
+    user_ids: _containers.RepeatedScalarFieldContainer[str]
+    scores: _containers.RepeatedScalarFieldContainer[float]
+    next_page_token: str
+    threshold: float
+    def __init__(self, model_version: _Optional[str] = ..., user_ids: _Optional[_Iterable[str]] = ..., scores: _Optional[_Iterable[float]] = ..., next_page_token: _Optional[str] = ..., threshold: _Optional[float] = ...) -> None: ...
 
 class ForgetUsersRequest(_message.Message):
     __slots__ = ("user_ids",)

@@ -49,6 +49,11 @@ class UserEmbeddingServiceStub:
                 request_serializer=persona_dot_v1_dot_service__pb2.GetModelInfoRequest.SerializeToString,
                 response_deserializer=persona_dot_v1_dot_service__pb2.GetModelInfoResponse.FromString,
                 _registered_method=True)
+        self.GetAudience = channel.unary_unary(
+                '/persona.v1.UserEmbeddingService/GetAudience',
+                request_serializer=persona_dot_v1_dot_service__pb2.GetAudienceRequest.SerializeToString,
+                response_deserializer=persona_dot_v1_dot_service__pb2.GetAudienceResponse.FromString,
+                _registered_method=True)
 
 
 class UserEmbeddingServiceServicer:
@@ -76,6 +81,14 @@ class UserEmbeddingServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetAudience(self, request, context):
+        """The users whose calibrated outcome score is at least a threshold, or the top N, for
+        one outcome and horizon, a page at a time (next_page_token until it is empty).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_UserEmbeddingServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -93,6 +106,11 @@ def add_UserEmbeddingServiceServicer_to_server(servicer, server):
                     servicer.GetModelInfo,
                     request_deserializer=persona_dot_v1_dot_service__pb2.GetModelInfoRequest.FromString,
                     response_serializer=persona_dot_v1_dot_service__pb2.GetModelInfoResponse.SerializeToString,
+            ),
+            'GetAudience': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetAudience,
+                    request_deserializer=persona_dot_v1_dot_service__pb2.GetAudienceRequest.FromString,
+                    response_serializer=persona_dot_v1_dot_service__pb2.GetAudienceResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -176,6 +194,33 @@ class UserEmbeddingService:
             '/persona.v1.UserEmbeddingService/GetModelInfo',
             persona_dot_v1_dot_service__pb2.GetModelInfoRequest.SerializeToString,
             persona_dot_v1_dot_service__pb2.GetModelInfoResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetAudience(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/persona.v1.UserEmbeddingService/GetAudience',
+            persona_dot_v1_dot_service__pb2.GetAudienceRequest.SerializeToString,
+            persona_dot_v1_dot_service__pb2.GetAudienceResponse.FromString,
             options,
             channel_credentials,
             insecure,

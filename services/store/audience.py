@@ -1,0 +1,105 @@
+"""Audiences by propensity: the users of a model version whose outcome score is at least a
+threshold, read from the per-bucket sorted sets `write_vectors.lua` keeps (LAYOUT.md,
+"Audiences"): `p:{B}:a:<ver>:<column>`, member = user id, score = the user's newest
+probability for score column `column` of the version.
+
+Work happens in two pipelined passes over the 1024 buckets: `counts` (one ZCOUNT per
+bucket) says how many members each bucket holds at or above the threshold, the caller cuts
+a page out of those counts as spans `(bucket, offset, count)`, and `members` reads just
+those spans (ZRANGE BYSCORE REV LIMIT), best first within a bucket. `threshold_for_top`
+finds the score of the N-th best user by bisecting on `counts`.
+
+Example (3 users in bucket 7 at 0.9, 0.5, 0.2; threshold 0.4)::
+
+    counts(...)[7] == 2
+    members(..., [(7, 0, 2)]) == [(["u1", "u2"], [0.9, 0.5])]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from contract.versions import check_version
+from services.store import layout
+from services.store.router import StoreRouter, raise_first
+
+Span = tuple[int, int, int]  # bucket, offset within the bucket's members (best first), count
+
+
+def audience_key(bucket: int, version: str, column: int) -> bytes:
+    return b"p:{%d}:a:%s:%d" % (bucket, check_version(version).encode(), column)
+
+
+def counts(router: StoreRouter, version: str, column: int, min_score: float) -> np.ndarray:
+    """(BUCKETS,) int64: members of each bucket with score >= min_score."""
+    keys = [audience_key(b, version, column) for b in range(layout.BUCKETS)]
+    got = router.execute([(k, ("ZCOUNT", k, repr(float(min_score)), "+inf")) for k in keys])
+    raise_first(got)
+    return np.asarray(got, np.int64)
+
+
+def members(
+    router: StoreRouter, version: str, column: int, min_score: float, spans: Sequence[Span]
+) -> list[tuple[list[str], list[float]]]:
+    """Per span, its users and scores, best first (ties: the larger id first)."""
+    calls = []
+    for b, offset, n in spans:
+        k = audience_key(b, version, column)
+        cmd = ("ZRANGE", k, "+inf", repr(float(min_score)), "BYSCORE", "REV", "LIMIT",
+               offset, n, "WITHSCORES")  # fmt: skip
+        calls.append((k, cmd))
+    got = router.execute(calls)
+    raise_first(got)
+    out = []
+    for reply in got:
+        pairs = _pairs(reply)
+        out.append(([u.decode("utf-8", "replace") for u, _ in pairs], [float(s) for _, s in pairs]))
+    return out
+
+
+def _pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
+    """ZRANGE WITHSCORES as redis-py returns it: (member, score) pairs, or a flat list."""
+    if reply and isinstance(reply[0], list | tuple):
+        return [(m, float(s)) for m, s in reply]
+    return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
+
+
+def threshold_for_top(
+    router: StoreRouter, version: str, column: int, n: int, probes: int = 24
+) -> float:
+    """The highest threshold t with at least `n` members at or above it (0.0 when the whole
+    audience is smaller than n): bisection on `counts`, `probes` rounds of 1024 ZCOUNTs."""
+    lo, hi = 0.0, 1.0 + 1e-9  # scores are probabilities
+    if int(counts(router, version, column, hi).sum()) >= n:
+        return hi
+    for _ in range(probes):
+        mid = (lo + hi) / 2
+        if int(counts(router, version, column, mid).sum()) >= n:
+            lo = mid
+        else:
+            hi = mid
+    return lo
+
+
+def page_spans(per_bucket: np.ndarray, bucket: int, offset: int, size: int) -> list[Span]:
+    """Cut a page of up to `size` members out of `per_bucket` counts, from (bucket,
+    offset) on, in bucket order.
+
+    >>> page_spans(np.array([2, 0, 3]), 0, 1, 3)
+    [(0, 1, 1), (2, 0, 2)]
+    """
+    spans: list[Span] = []
+    left = size
+    for b in range(bucket, len(per_bucket)):
+        avail = int(per_bucket[b]) - (offset if b == bucket else 0)
+        if avail <= 0:
+            continue
+        take = min(avail, left)
+        spans.append((b, offset if b == bucket else 0, take))
+        left -= take
+        if left == 0:
+            break
+    return spans
