@@ -119,20 +119,8 @@ def _first(
     if q.top_n is not None and q.top_n < 1:
         raise invalid("top_n must be >= 1")
     version = versions.resolve(q.model_version, budget)
-    cols = versions.score_columns(version, budget)
-    if not cols:
-        raise precondition(f"model version {version} stores no outcome scores")
-    match = [
-        j for j, c in enumerate(cols) if c.outcome == q.outcome and c.horizon_ms == q.horizon_ms
-    ]
-    if not match:
-        known = sorted({c.outcome for c in cols})
-        horizons = sorted({c.horizon_ms for c in cols})
-        raise invalid(
-            f"no score column ({q.outcome[:80]!r}, {q.horizon_ms} ms) in version {version}; "
-            f"outcomes: {', '.join(known[:20])}; horizons_ms: {horizons}"
-        )
-    column = match[0]
+    column = versions.column_of(version, q.outcome, q.horizon_ms, budget)
+    cols = versions.score_columns(version, budget)  # cached by column_of
     if not cols[column].audience:
         raise precondition(
             f"score column ({q.outcome[:80]!r}, {q.horizon_ms} ms) of version {version} is not"

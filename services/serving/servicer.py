@@ -19,7 +19,7 @@ from services.serving.audiences import AudienceQuery, get_audience
 from services.serving.config import ServeConfig
 from services.serving.embeddings import STATUSES, EmbeddingsQuery, get_embeddings
 from services.serving.errors import ServingError
-from services.serving.lookalikes import LookalikeQuery, find_lookalikes, model_info
+from services.serving.lookalikes import LookalikeQuery, ScoreRange, find_lookalikes, model_info
 from services.serving.metrics import ServingMetrics
 from services.serving.ports import AudienceReader, IndexSource, VectorReader
 from services.serving.responses import (
@@ -136,6 +136,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             min_score=request.min_score if request.HasField("min_score") else None,
             model_version=request.model_version,
             seed_mode="union" if request.seed_mode == pb.SEED_MODE_UNION else "mean",
+            score_range=_score_range(request),
         )
         r = self._call(find_lookalikes, q, context)
         self._m.neighbors.observe(len(r.neighbors))
@@ -181,6 +182,18 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             next_page_token=r.next_token,
             threshold=r.threshold,
         )
+
+
+def _score_range(request: pb.FindLookalikesRequest) -> ScoreRange | None:
+    if not request.HasField("score_range"):
+        return None
+    r = request.score_range
+    return ScoreRange(
+        outcome=r.outcome,
+        horizon_ms=r.horizon_ms,
+        lo=r.min if r.HasField("min") else None,
+        hi=r.max if r.HasField("max") else None,
+    )
 
 
 def _known_enum(context: grpc.ServicerContext, field: str, value: int, enum: Any) -> None:

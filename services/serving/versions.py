@@ -117,3 +117,20 @@ class VersionResolver:
                 self._columns.clear()
             self._columns[version] = (cols, time.monotonic())
         return cols
+
+    def column_of(self, version: str, outcome: str, horizon_ms: int, budget: Budget) -> int:
+        """Index of the version's score column (outcome, horizon_ms): FAILED_PRECONDITION
+        when the version stores no scores, INVALID_ARGUMENT (listing the known outcomes and
+        horizons) when it has no such column."""
+        cols = self.score_columns(version, budget)
+        if not cols:
+            raise precondition(f"model version {version} stores no outcome scores")
+        for j, c in enumerate(cols):
+            if c.outcome == outcome and c.horizon_ms == horizon_ms:
+                return j
+        known = sorted({c.outcome for c in cols})
+        horizons = sorted({c.horizon_ms for c in cols})
+        raise invalid(
+            f"no score column ({outcome[:80]!r}, {horizon_ms} ms) in version {version}; "
+            f"outcomes: {', '.join(known[:20])}; horizons_ms: {horizons}"
+        )

@@ -121,7 +121,7 @@ class UserList(_message.Message):
     def __init__(self, user_ids: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class FindLookalikesRequest(_message.Message):
-    __slots__ = ("user_id", "vector", "seeds", "k", "exclude_seeds", "min_score", "model_version", "seed_mode")
+    __slots__ = ("user_id", "vector", "seeds", "k", "exclude_seeds", "min_score", "model_version", "seed_mode", "score_range")
     USER_ID_FIELD_NUMBER: _ClassVar[int]
     VECTOR_FIELD_NUMBER: _ClassVar[int]
     SEEDS_FIELD_NUMBER: _ClassVar[int]
@@ -130,6 +130,7 @@ class FindLookalikesRequest(_message.Message):
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     SEED_MODE_FIELD_NUMBER: _ClassVar[int]
+    SCORE_RANGE_FIELD_NUMBER: _ClassVar[int]
     user_id: str
     vector: VectorQuery
     seeds: UserList
@@ -138,7 +139,20 @@ class FindLookalikesRequest(_message.Message):
     min_score: float
     model_version: str
     seed_mode: SeedMode
-    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Union[VectorQuery, _Mapping]] = ..., seeds: _Optional[_Union[UserList, _Mapping]] = ..., k: _Optional[int] = ..., exclude_seeds: _Optional[bool] = ..., min_score: _Optional[float] = ..., model_version: _Optional[str] = ..., seed_mode: _Optional[_Union[SeedMode, str]] = ...) -> None: ...
+    score_range: ScoreRange
+    def __init__(self, user_id: _Optional[str] = ..., vector: _Optional[_Union[VectorQuery, _Mapping]] = ..., seeds: _Optional[_Union[UserList, _Mapping]] = ..., k: _Optional[int] = ..., exclude_seeds: _Optional[bool] = ..., min_score: _Optional[float] = ..., model_version: _Optional[str] = ..., seed_mode: _Optional[_Union[SeedMode, str]] = ..., score_range: _Optional[_Union[ScoreRange, _Mapping]] = ...) -> None: ...
+
+class ScoreRange(_message.Message):
+    __slots__ = ("outcome", "horizon_ms", "min", "max")
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    HORIZON_MS_FIELD_NUMBER: _ClassVar[int]
+    MIN_FIELD_NUMBER: _ClassVar[int]
+    MAX_FIELD_NUMBER: _ClassVar[int]
+    outcome: str
+    horizon_ms: int
+    min: float
+    max: float
+    def __init__(self, outcome: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class VectorQuery(_message.Message):
     __slots__ = ("values",)
