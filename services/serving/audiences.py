@@ -99,6 +99,8 @@ def get_audience(
         if not spans or len(ids) < want or cur.owed == len(ids):
             return ids, scores, ""
         b, o, n = spans[-1]
+        if int(per_bucket[b]) <= o + n and not per_bucket[b + 1 :].any():
+            return ids, scores, ""  # this page took the last members: no empty page after it
         nxt = _Cursor(cur.version, cur.column, cur.threshold, b, o + n,
                       -1 if cur.owed < 0 else cur.owed - len(ids))  # fmt: skip
         return ids, scores, nxt.encode()

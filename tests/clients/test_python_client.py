@@ -131,6 +131,13 @@ def test_outcome_scores(running: Running, vstore: VectorStore) -> None:
         assert half.scores.dtype == np.float16
         np.testing.assert_array_equal(half.scores[0], sc[1])
         info = client.model_info()
+        (outcome, horizon), *_ = _COLUMNS
+        pages = list(client.audience(outcome, horizon, min_score=0.0, model_version=V2,
+                                     page_size=1))  # fmt: skip
+        assert pages == [(["sc"], [0.25])]  # u1 has no scores, so no place in an audience
+        assert list(client.audience(outcome, horizon, top_n=1, model_version=V2)) == pages
+        with pytest.raises(ValueError):
+            next(client.audience(outcome, horizon))
     assert score_columns(info, V2) == _COLUMNS and score_columns(info, V1) == []
     with pytest.raises(KeyError):
         score_columns(info, "v-none")

@@ -15,7 +15,7 @@ each call and when they happen).
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from typing import Literal
 
 import grpc
@@ -131,6 +131,44 @@ class PersonaClient:
             req, timeout=self._timeout(timeout_s), metadata=self._metadata
         )
         return Lookalikes.from_proto(resp)
+
+    def audience(
+        self,
+        outcome: str,
+        horizon_ms: int,
+        *,
+        min_score: float | None = None,
+        top_n: int | None = None,
+        page_size: int = 0,
+        model_version: str = "",
+        timeout_s: float | None = None,
+    ) -> Iterator[tuple[list[str], list[float]]]:
+        """The audience of one score column, page by page: (user ids, their scores) per page,
+        until the server says it was the last. Give `min_score` (P >= it) or `top_n`.
+        All pages read the version the first page resolved (the page token pins it).
+
+        Args:
+            page_size: users per page (0: the server's default, 10,000).
+            timeout_s: each page's deadline (default `config.timeout_s`).
+        """
+        if (min_score is None) == (top_n is None):
+            raise ValueError("give exactly one of min_score and top_n")
+        token = ""
+        while True:
+            req = pb.GetAudienceRequest(
+                outcome=outcome, horizon_ms=horizon_ms, page_size=page_size,
+                page_token=token, model_version=model_version,
+            )  # fmt: skip
+            if min_score is not None:
+                req.min_score = min_score
+            else:
+                req.top_n = int(top_n or 0)
+            resp = self.stub.GetAudience(
+                req, timeout=self._timeout(timeout_s), metadata=self._metadata
+            )
+            yield list(resp.user_ids), list(resp.scores)
+            if not (token := resp.next_page_token):
+                return
 
     def model_info(self, *, timeout_s: float | None = None) -> pb.GetModelInfoResponse:
         """The active version, the known versions and their states, dim, the index."""
