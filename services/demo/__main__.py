@@ -165,6 +165,28 @@ def show(client: PersonaClient, ds: object, out: Path) -> None:
             f"   (hidden: segment {t.segment}, {t.lifecycle})"
         )
 
+    scored = client.get_embeddings(uids[:4], include_scores=True)
+    cols = [(c.outcome, c.horizon_ms) for v in info.versions if v.version == scored.model_version
+            for c in v.score_columns]  # fmt: skip
+    if cols:
+        print("\nOutcome scores with the vectors (GetEmbeddings include_scores):")
+        shown = [j for j, (o, h) in enumerate(cols) if o == "(any)"]
+        names = "  ".join(f"P(any, {_span(h)})" for _, h in (cols[j] for j in shown))
+        print(f"  {'user':<10} {names}")
+        for i, uid in enumerate(scored.user_ids):
+            row = "  ".join(f"{scored.scores[i, j]:>{len(n)}.3f}" for j, n in
+                            zip(shown, names.split("  "), strict=True))  # fmt: skip
+            print(f"  {uid:<10} {row}   (hidden: {truth[uid].lifecycle})")
+        outcome, horizon = cols[shown[-2] if len(shown) > 1 else shown[0]]
+        members = [u for page, _ in client.audience(outcome, horizon, top_n=100) for u in page]
+        life = Counter(truth[u].lifecycle for u in members if u in truth)
+        base = Counter(truth[u].lifecycle for u in uids)
+        print(
+            f"  the 100 users most likely to act within {_span(horizon)} (GetAudience top_n): "
+            f"hidden lifecycle {dict(life.most_common())}; all {len(uids)} users: "
+            f"{dict(base.most_common())}"
+        )
+
     print("\nWhat an audience team sees (FindLookalikes):")
     probe = uids[0]
     seg = truth[probe].segment
@@ -204,6 +226,14 @@ def show(client: PersonaClient, ds: object, out: Path) -> None:
         )
         lengths = Counter(len(p) for p in paths)
         print(f"    wrote {png} (history points per highlighted user: {dict(lengths)})")
+
+
+def _span(ms: int) -> str:
+    """A horizon in words: 3600000 -> "1 h", 604800000 -> "1 w"."""
+    for unit, size in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000)):
+        if ms % size == 0:
+            return f"{ms // size} {unit}"
+    return f"{ms / 3_600_000:.1f} h"
 
 
 if __name__ == "__main__":
