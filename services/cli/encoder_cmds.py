@@ -65,6 +65,8 @@ def _train_spec(args: argparse.Namespace) -> Any:
         )
     if args.features is not None:
         spec = replace(spec, features_file=FeaturesFile.load(args.features))
+    if args.count_top is not None:
+        spec = replace(spec, model=replace(spec.model, count_top=args.count_top))
     return spec
 
 
@@ -287,6 +289,13 @@ def register(subparsers: Any) -> None:
         type=int,
         default=None,
         help="newest events of a window the model reads (default 64)",
+    )
+    p.add_argument(
+        "--count-top",
+        type=int,
+        default=None,
+        help="the vector also reads log counts of the top N types and values of each "
+        "categorical property (default 0: off; see README, Instacart vs synthetic)",
     )
     p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

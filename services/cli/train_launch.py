@@ -25,6 +25,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         ("--features", args.features),
         ("--max-events", args.max_events),
         ("--epochs", args.epochs),
+        ("--count-top", args.count_top),
         ("--device", args.device),
         ("--checkpoint-dir", args.checkpoint_dir),
     ):

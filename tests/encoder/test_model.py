@@ -80,13 +80,25 @@ def test_length_buckets_cover_all_once() -> None:
         assert (len(g) <= 3 and len(g) * max(max(lengths[i] for i in g), 1) <= 256) or len(g) == 1
 
 
-def test_prefix_vectors_end_at_the_vector_and_survive_old_events(setup) -> None:  # type: ignore[no-untyped-def]
+@pytest.mark.parametrize(("count_top", "count_hidden"), [(0, 0), (8, 0), (8, 16)])
+def test_prefix_vectors_end_at_the_vector_and_survive_old_events(
+    setup, count_top, count_hidden
+) -> None:  # type: ignore[no-untyped-def]
     """Training's prefix vectors (running sums; a prefix's decayed bags weigh its events by
-    age at the prefix's own time) end at `forward`'s vector when it is encoded at the newest
-    event's time, and stay finite for events older than exp() can weigh."""
+    age at the prefix's own time; outcome counts of the events up to the prefix) end at
+    `forward`'s vector when it is encoded at the newest event's time, and stay finite for
+    events older than exp() can weigh."""
     _, tok, windows, _ = setup
     torch.manual_seed(1)
-    model = UserEncoder(tok.config, ModelConfig(d_model=32, n_heads=4, d_ff=64, decays_h=(24.0,)))
+    cfg = ModelConfig(
+        d_model=32,
+        n_heads=4,
+        d_ff=64,
+        decays_h=(24.0,),
+        count_top=count_top,
+        count_hidden=count_hidden,
+    )
+    model = UserEncoder(tok.config, cfg)
     model.eval()
     w = max(windows, key=len)[-12:]
     newest = w[-1].ts_ms
@@ -127,3 +139,23 @@ def test_fast_paths_equal_the_reference_modules(setup) -> None:  # type: ignore[
     # the tables are views of the fused matrix: the weights saved are unchanged
     for k, v in model.state_dict().items():
         torch.testing.assert_close(fresh.state_dict()[k], v, atol=0, rtol=0)
+
+
+def test_outcome_counts_count_the_top_values_and_keep_padding_out(setup) -> None:  # type: ignore[no-untyped-def]
+    """`count_top`: the vector reads log counts of the top types/values of its window; a
+    padded window gives the same vector, and the counts are those of the window's events."""
+    model, tok, windows, now = setup
+    counted = UserEncoder(model.tok, replace(model.cfg, count_top=8, count_hidden=16)).eval()
+    assert counted.counts is not None and counted.counts.size > 0
+    short, longest = min(windows, key=len), max(windows, key=len)
+    with torch.inference_mode():
+        alone = counted.encode_batch(tok.encode([short], now))
+        padded = counted.encode_batch(tok.encode([short, longest], now))[:1]
+        batch = tok.encode([short], now)
+        ind = counted.counts.indicators(torch.from_numpy(batch.ids))  # (N, Y)
+    torch.testing.assert_close(alone, padded, atol=1e-5, rtol=0)
+    type_ids = tok.encode([short], now).ids[0]
+    top_type = int(np.bincount(type_ids).argmax())  # the window's most frequent type id
+    slot0 = counted.counts.lut0[top_type]  # its outcome column + 1 (0: not counted)
+    if int(slot0) > 0:
+        assert int(ind[:, int(slot0) - 1].sum()) == int((type_ids == top_type).sum())

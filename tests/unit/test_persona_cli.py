@@ -24,3 +24,16 @@ def test_unreachable_store_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[
     assert main(["window", "u1", "--redis", f"redis://127.0.0.1:{port}"]) == 1
     err = capsys.readouterr().err.strip()
     assert err.startswith("persona window: ConnectionError") and "\n" not in err
+
+
+def test_train_flags_reach_the_spec_and_the_torchrun_children() -> None:
+    """--count-top sets ModelConfig.count_top (off unless given) and is passed to each rank."""
+    from services.cli.encoder_cmds import _train_spec
+    from services.cli.train_launch import child_argv
+
+    off = build_parser().parse_args(["train", "--synthetic"])
+    on = build_parser().parse_args(["train", "--synthetic", "--count-top", "16", "--nproc", "2"])
+    assert _train_spec(off).model.count_top == 0
+    assert _train_spec(on).model.count_top == 16
+    argv = child_argv(on)
+    assert argv[argv.index("--count-top") + 1] == "16" and "--nproc" not in argv
