@@ -21,7 +21,7 @@ from services.serving.errors import invalid, precondition
 from services.serving.ports import AudienceReader
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
-from services.store.audience import page_spans
+from services.store.audience import INF, page_spans
 
 DEFAULT_PAGE, MAX_PAGE = 10_000, 100_000
 
@@ -32,6 +32,7 @@ class AudienceQuery:
     horizon_ms: int = 0
     min_score: float | None = None
     top_n: int | None = None
+    max_score: float | None = None  # with min_score or alone: a range (e.g. churn risk)
     page_size: int = 0
     page_token: str = ""
     model_version: str = ""
@@ -54,17 +55,20 @@ class _Cursor:
     bucket: int
     offset: int
     owed: int  # users still to send (-1: no limit, a threshold audience)
+    ceiling: float = INF  # max_score (inf: none)
 
     def encode(self) -> str:
+        top = None if self.ceiling == INF else self.ceiling
         raw = json.dumps([self.version, self.column, self.threshold, self.bucket, self.offset,
-                          self.owed], separators=(",", ":"))  # fmt: skip
+                          self.owed, top], separators=(",", ":"))  # fmt: skip
         return base64.urlsafe_b64encode(raw.encode()).decode()
 
     @classmethod
     def decode(cls, token: str) -> _Cursor:
         try:
-            v, c, t, b, o, owed = json.loads(base64.urlsafe_b64decode(token.encode()))
-            cur = cls(str(v), int(c), float(t), int(b), int(o), int(owed))
+            v, c, t, b, o, owed, *rest = json.loads(base64.urlsafe_b64decode(token.encode()))
+            top = INF if not rest or rest[0] is None else float(rest[0])
+            cur = cls(str(v), int(c), float(t), int(b), int(o), int(owed), top)
         except Exception:
             raise invalid("page_token is not a token this service issued") from None
         if min(cur.column, cur.bucket, cur.offset) < 0 or not math.isfinite(cur.threshold):
@@ -90,10 +94,10 @@ def get_audience(
         cur = _first(q, store, versions, caller, budget)
 
     def page() -> tuple[list[str], list[float], str]:
-        per_bucket = store.audience_counts(cur.version, cur.column, cur.threshold)
+        per_bucket = store.audience_counts(cur.version, cur.column, cur.threshold, cur.ceiling)
         want = size if cur.owed < 0 else min(size, cur.owed)
         spans = page_spans(per_bucket, cur.bucket, cur.offset, want)
-        got = store.audience_members(cur.version, cur.column, cur.threshold, spans)
+        got = store.audience_members(cur.version, cur.column, cur.threshold, spans, cur.ceiling)
         ids = [u for us, _ in got for u in us]
         scores = [s for _, ss in got for s in ss]
         if not spans or len(ids) < want or cur.owed == len(ids):
@@ -102,7 +106,7 @@ def get_audience(
         if int(per_bucket[b]) <= o + n and not per_bucket[b + 1 :].any():
             return ids, scores, ""  # this page took the last members: no empty page after it
         nxt = _Cursor(cur.version, cur.column, cur.threshold, b, o + n,
-                      -1 if cur.owed < 0 else cur.owed - len(ids))  # fmt: skip
+                      -1 if cur.owed < 0 else cur.owed - len(ids), cur.ceiling)  # fmt: skip
         return ids, scores, nxt.encode()
 
     ids, scores, token = caller.call(page, budget, "read the audience")
@@ -114,10 +118,17 @@ def _first(
     budget: Budget,
 ) -> _Cursor:  # fmt: skip
     """The first page's cursor: version, column, threshold."""
-    if (q.min_score is None) == (q.top_n is None):
-        raise invalid("give exactly one of min_score and top_n")
-    if q.min_score is not None and not 0.0 <= q.min_score <= 1.0:
-        raise invalid(f"min_score must be a probability in [0, 1], got {q.min_score}")
+    if q.top_n is not None and (q.min_score is not None or q.max_score is not None):
+        raise invalid("give top_n, or min_score and/or max_score, not both")
+    if q.top_n is None and q.min_score is None and q.max_score is None:
+        raise invalid("give top_n, or min_score and/or max_score")
+    for name, x in (("min_score", q.min_score), ("max_score", q.max_score)):
+        if x is not None and not 0.0 <= x <= 1.0:  # NaN fails too
+            raise invalid(f"{name} must be a probability in [0, 1], got {x}")
+    lo = 0.0 if q.min_score is None else float(q.min_score)
+    hi = INF if q.max_score is None else float(q.max_score)
+    if lo > hi:
+        raise invalid(f"min_score ({lo}) is above max_score ({hi})")
     if q.top_n is not None and q.top_n < 1:
         raise invalid("top_n must be >= 1")
     version = versions.resolve(q.model_version, budget)
@@ -129,8 +140,7 @@ def _first(
             " kept in audience sets (the refreshers' PERSONA_REFRESH_AUDIENCES)"
         )
     if q.top_n is None:
-        assert q.min_score is not None
-        return _Cursor(version, column, float(q.min_score), 0, 0, -1)
+        return _Cursor(version, column, lo, 0, 0, -1, hi)
     n = int(q.top_n)
     t = caller.call(lambda: store.audience_threshold(version, column, n), budget, "top N")
     return _Cursor(version, column, t, 0, 0, n)

@@ -37,11 +37,14 @@ class VectorReader(Protocol):
 class AudienceReader(Protocol):
     """GetAudience's reads (`services.store.audience` over the store's router)."""
 
-    def audience_counts(self, version: str, column: int, min_score: float) -> np.ndarray: ...
+    def audience_counts(
+        self, version: str, column: int, min_score: float, max_score: float = ...
+    ) -> np.ndarray: ...
 
     def audience_members(
-        self, version: str, column: int, min_score: float, spans: Sequence[tuple[int, int, int]]
-    ) -> list[tuple[list[str], list[float]]]: ...
+        self, version: str, column: int, min_score: float, spans: Sequence[tuple[int, int, int]],
+        max_score: float = ...,
+    ) -> list[tuple[list[str], list[float]]]: ...  # fmt: skip
 
     def audience_threshold(self, version: str, column: int, n: int) -> float: ...
 

@@ -163,6 +163,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             horizon_ms=request.horizon_ms,
             min_score=request.min_score if which == "min_score" else None,
             top_n=request.top_n if which == "top_n" else None,
+            max_score=request.max_score if request.HasField("max_score") else None,
             page_size=request.page_size,
             page_token=request.page_token,
             model_version=request.model_version,

@@ -26,6 +26,7 @@ from contract.versions import check_version
 from services.store import layout
 from services.store.router import StoreRouter, raise_first
 
+INF = float("inf")
 Span = tuple[int, int, int]  # bucket, offset within the bucket's members (best first), count
 
 
@@ -33,22 +34,30 @@ def audience_key(bucket: int, version: str, column: int) -> bytes:
     return b"p:{%d}:a:%s:%d" % (bucket, check_version(version).encode(), column)
 
 
-def counts(router: StoreRouter, version: str, column: int, min_score: float) -> np.ndarray:
-    """(BUCKETS,) int64: members of each bucket with score >= min_score."""
+def _bound(x: float) -> str:
+    return "+inf" if x == float("inf") else repr(float(x))
+
+
+def counts(
+    router: StoreRouter, version: str, column: int, min_score: float, max_score: float = INF
+) -> np.ndarray:
+    """(BUCKETS,) int64: members of each bucket with min_score <= score <= max_score."""
     keys = [audience_key(b, version, column) for b in range(layout.BUCKETS)]
-    got = router.execute([(k, ("ZCOUNT", k, repr(float(min_score)), "+inf")) for k in keys])
+    lo, hi = _bound(min_score), _bound(max_score)
+    got = router.execute([(k, ("ZCOUNT", k, lo, hi)) for k in keys])
     raise_first(got)
     return np.asarray(got, np.int64)
 
 
 def members(
-    router: StoreRouter, version: str, column: int, min_score: float, spans: Sequence[Span]
-) -> list[tuple[list[str], list[float]]]:
+    router: StoreRouter, version: str, column: int, min_score: float, spans: Sequence[Span],
+    max_score: float = INF,
+) -> list[tuple[list[str], list[float]]]:  # fmt: skip
     """Per span, its users and scores, best first (ties: the larger id first)."""
     calls = []
     for b, offset, n in spans:
         k = audience_key(b, version, column)
-        cmd = ("ZRANGE", k, "+inf", repr(float(min_score)), "BYSCORE", "REV", "LIMIT",
+        cmd = ("ZRANGE", k, _bound(max_score), _bound(min_score), "BYSCORE", "REV", "LIMIT",
                offset, n, "WITHSCORES")  # fmt: skip
         calls.append((k, cmd))
     got = router.execute(calls)

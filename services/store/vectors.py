@@ -284,14 +284,17 @@ class VectorStore:
 
     # ----- audiences (audience.py) -------------------------------------------------------
 
-    def audience_counts(self, version: str, column: int, min_score: float) -> np.ndarray:
-        """(BUCKETS,) members of each bucket's audience set with score >= min_score."""
-        return audience.counts(self.router, version, column, min_score)
+    def audience_counts(
+        self, version: str, column: int, min_score: float, max_score: float = audience.INF
+    ) -> np.ndarray:
+        """(BUCKETS,) members of each bucket's audience set with a score in the range."""
+        return audience.counts(self.router, version, column, min_score, max_score)
 
     def audience_members(
-        self, version: str, column: int, min_score: float, spans: Sequence[audience.Span]
-    ) -> list[tuple[list[str], list[float]]]:
-        return audience.members(self.router, version, column, min_score, spans)
+        self, version: str, column: int, min_score: float, spans: Sequence[audience.Span],
+        max_score: float = audience.INF,
+    ) -> list[tuple[list[str], list[float]]]:  # fmt: skip
+        return audience.members(self.router, version, column, min_score, spans, max_score)
 
     def audience_threshold(self, version: str, column: int, n: int) -> float:
         return audience.threshold_for_top(self.router, version, column, n)

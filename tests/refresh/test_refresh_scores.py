@@ -145,6 +145,16 @@ def _audiences(
     scores = np.array([s for r in paged for s in r.scores])
     np.testing.assert_allclose(scores, [p[users.index(u)] for u in got], atol=2e-3)
 
+    # below a ceiling (a churn-risk audience), and a range
+    low = {u for u, keep, q in zip(users, clear, p, strict=True) if keep and q <= t}
+    below = [u for r in pages(max_score=t, page_size=10) for u in r.user_ids]
+    assert low <= set(below) and len(below) == len(set(below))
+    assert all(p[users.index(u)] <= t + 2e-3 for u in below)
+    lo_t = float(np.quantile(p, 0.25))
+    ranged = {u for r in pages(min_score=lo_t, max_score=t) for u in r.user_ids}
+    assert all(lo_t - 2e-3 <= p[users.index(u)] <= t + 2e-3 for u in ranged)
+    assert ranged and ranged <= set(below)
+
     [top] = pages(top_n=5)
     best = np.sort(p)[::-1]
     assert len(top.user_ids) == 5 and top.threshold <= best[4] + 2e-3
@@ -153,7 +163,11 @@ def _audiences(
     for bad in ({"outcome": "type=no-such", "horizon_ms": col.horizon_ms, "min_score": 0.5},
                 {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "min_score": 1.5},
                 {"outcome": col.outcome, "horizon_ms": col.horizon_ms},
-                {"page_token": "garbage", "min_score": 0.1}):  # fmt: skip
+                {"page_token": "garbage", "min_score": 0.1},
+                {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "top_n": 3,
+                 "max_score": 0.5},
+                {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "min_score": 0.6,
+                 "max_score": 0.5}):  # fmt: skip
         with pytest.raises(grpc.RpcError) as err:
             stub.GetAudience(pb.GetAudienceRequest(**bad))  # type: ignore[arg-type]
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad

@@ -139,30 +139,34 @@ class PersonaClient:
         *,
         min_score: float | None = None,
         top_n: int | None = None,
+        max_score: float | None = None,
         page_size: int = 0,
         model_version: str = "",
         timeout_s: float | None = None,
     ) -> Iterator[tuple[list[str], list[float]]]:
         """The audience of one score column, page by page: (user ids, their scores) per page,
-        until the server says it was the last. Give `min_score` (P >= it) or `top_n`.
+        until the server says it was the last. Give `top_n`, or `min_score` (P >= it) and/or
+        `max_score` (P <= it: e.g. churn risk on "(any)").
         All pages read the version the first page resolved (the page token pins it).
 
         Args:
             page_size: users per page (0: the server's default, 10,000).
             timeout_s: each page's deadline (default `config.timeout_s`).
         """
-        if (min_score is None) == (top_n is None):
-            raise ValueError("give exactly one of min_score and top_n")
+        if (top_n is None) == (min_score is None and max_score is None):
+            raise ValueError("give top_n, or min_score and/or max_score")
         token = ""
         while True:
             req = pb.GetAudienceRequest(
                 outcome=outcome, horizon_ms=horizon_ms, page_size=page_size,
                 page_token=token, model_version=model_version,
             )  # fmt: skip
+            if top_n is not None:
+                req.top_n = int(top_n)
             if min_score is not None:
                 req.min_score = min_score
-            else:
-                req.top_n = int(top_n or 0)
+            if max_score is not None:
+                req.max_score = max_score
             resp = self.stub.GetAudience(
                 req, timeout=self._timeout(timeout_s), metadata=self._metadata
             )

@@ -233,7 +233,7 @@ class GetModelInfoResponse(_message.Message):
     def __init__(self, active_version: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., dim: _Optional[int] = ..., index: _Optional[_Union[IndexInfo, _Mapping]] = ...) -> None: ...
 
 class GetAudienceRequest(_message.Message):
-    __slots__ = ("outcome", "horizon_ms", "min_score", "top_n", "page_size", "page_token", "model_version")
+    __slots__ = ("outcome", "horizon_ms", "min_score", "top_n", "page_size", "page_token", "model_version", "max_score")
     OUTCOME_FIELD_NUMBER: _ClassVar[int]
     HORIZON_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_SCORE_FIELD_NUMBER: _ClassVar[int]
@@ -241,6 +241,7 @@ class GetAudienceRequest(_message.Message):
     PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
     PAGE_TOKEN_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MAX_SCORE_FIELD_NUMBER: _ClassVar[int]
     outcome: str
     horizon_ms: int
     min_score: float
@@ -248,7 +249,8 @@ class GetAudienceRequest(_message.Message):
     page_size: int
     page_token: str
     model_version: str
-    def __init__(self, outcome: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., min_score: _Optional[float] = ..., top_n: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., model_version: _Optional[str] = ...) -> None: ...
+    max_score: float
+    def __init__(self, outcome: _Optional[str] = ..., horizon_ms: _Optional[int] = ..., min_score: _Optional[float] = ..., top_n: _Optional[int] = ..., page_size: _Optional[int] = ..., page_token: _Optional[str] = ..., model_version: _Optional[str] = ..., max_score: _Optional[float] = ...) -> None: ...
 
 class GetAudienceResponse(_message.Message):
     __slots__ = ("model_version", "user_ids", "scores", "next_page_token", "threshold")
