@@ -33,6 +33,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 from prometheus_client import CollectorRegistry
+from windows_common import load_windows
 
 from contract.events import Event
 from contract.record import pack_record
@@ -41,7 +42,6 @@ from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import TokenizerConfig
-from encoder.train import group_by_user
 from services.common import kafka as kafka_clients
 from services.config import KafkaConfig, WindowConfig
 from services.refresh.config import RefreshConfig
@@ -56,22 +56,6 @@ from services.store.vectors import VectorStore
 from services.store.windows import PackedUpdate, WindowStore
 
 log = logging.getLogger("bench.refresh")
-
-
-def load_windows(ws: WindowStore, users: int, per_user: float, seed: int) -> dict[str, Event]:
-    """Writes the users' windows; returns each user's newest event."""
-    ds = generate(SyntheticConfig(users=users, events_per_user=per_user, seed=seed))
-    by_user = group_by_user(ds.events)
-    ups = [
-        PackedUpdate(u, 0, b"".join(
-            pack_update(off, ev.event_id.encode(), ev.ts_ms, pack_record(ev))
-            for off, ev in enumerate(evs)
-        ))
-        for u, evs in by_user.items()
-    ]  # fmt: skip
-    for i in range(0, len(ups), 500):
-        ws.apply_packed(ups[i : i + 500])
-    return {u: evs[-1] for u, evs in by_user.items()}
 
 
 def touch(ws: WindowStore, last: dict[str, Event], k: int) -> None:

@@ -37,6 +37,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import numpy as np
+from windows_common import load_windows
 
 from contract.events import Event
 from contract.record import pack_record
@@ -45,7 +46,6 @@ from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import TokenizerConfig
-from encoder.train import group_by_user
 from services.children import die_with_parent
 from services.config import WindowConfig
 from services.stack import EmbeddedStack, StackConfig
@@ -172,28 +172,13 @@ class Workers:
         return out
 
 
-def load_windows(ws: WindowStore, users: int, per_user: float, seed: int) -> list[str]:
-    ds = generate(SyntheticConfig(users=users, events_per_user=per_user, seed=seed))
-    by_user = group_by_user(ds.events)
-    ups = [
-        PackedUpdate(u, 0, b"".join(
-            pack_update(off, ev.event_id.encode(), ev.ts_ms, pack_record(ev))
-            for off, ev in enumerate(evs)
-        ))
-        for u, evs in by_user.items()
-    ]  # fmt: skip
-    for i in range(0, len(ups), 500):
-        ws.apply_packed(ups[i : i + 500])
-    return list(by_user)
-
-
 def throughput(
     ws: WindowStore, vs: VectorStore, args: argparse.Namespace
 ) -> tuple[list[str], float]:
     """The users written and the seconds until none is dirty (a dirty mark goes in the same
     Lua call that writes the vector), then checked: every user has a vector."""
     t0 = time.perf_counter()
-    ids = load_windows(ws, args.users, args.events_per_user, args.seed)
+    ids = list(load_windows(ws, args.users, args.events_per_user, args.seed))
     while ws.dirty_count():
         time.sleep(0.2)
     secs = time.perf_counter() - t0
