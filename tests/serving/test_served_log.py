@@ -42,17 +42,30 @@ def _log(topic: str, bootstrap: str, rate: float) -> Callable[[ServingMetrics], 
     return lambda m: ServedLog(cfg, lambda: producer(KafkaConfig(bootstrap=bootstrap)), m)
 
 
-def test_rate_1_logs_every_answered_id_with_its_version_and_computed_at(
-    stack: EmbeddedStack,
+@pytest.fixture
+def bootstrap(stack: EmbeddedStack) -> str:
+    return stack.addresses.bootstrap
+
+
+@pytest.fixture
+def serve_logged(
     serve: Callable[..., Running],
     vstore: VectorStore,
     holder: IndexHolder,
     users: dict[str, dict[str, np.ndarray]],
+) -> Callable[[Callable[[ServingMetrics], ServedLog]], Running]:
+    """Starts a server over the stored users whose served log the given callable builds."""
+    return lambda served_log: serve(vstore, holder, served_log=served_log)
+
+
+def test_rate_1_logs_every_answered_id_with_its_version_and_computed_at(
+    bootstrap: str,
+    serve_logged: Callable[[Callable[[ServingMetrics], ServedLog]], Running],
+    vstore: VectorStore,
     make_topic: Callable[..., str],
 ) -> None:
-    bootstrap = stack.addresses.bootstrap
     topic = make_topic(bootstrap, 2, "served")
-    r = serve(vstore, holder, served_log=_log(topic, bootstrap, 1.0))
+    r = serve_logged(_log(topic, bootstrap, 1.0))
     asked = {V1: ["u1", "u2", "u3", "nobody"], V2: ["u4", "u1"]}
     for version, ids in asked.items():
         r.stub.GetEmbeddings(
@@ -81,14 +94,10 @@ def test_rate_1_logs_every_answered_id_with_its_version_and_computed_at(
 
 
 def test_rate_0_writes_nothing(
-    stack: EmbeddedStack,
-    serve: Callable[..., Running],
-    vstore: VectorStore,
-    holder: IndexHolder,
-    users: dict[str, dict[str, np.ndarray]],
+    bootstrap: str,
+    serve_logged: Callable[[Callable[[ServingMetrics], ServedLog]], Running],
     make_topic: Callable[..., str],
 ) -> None:
-    bootstrap = stack.addresses.bootstrap
     topic = make_topic(bootstrap, 1, "served")
     opened: list[int] = []
 
@@ -99,7 +108,7 @@ def test_rate_0_writes_nothing(
 
         return ServedLog(ServedLogConfig(rate=0.0, topic=topic), open_producer, m)
 
-    r = serve(vstore, holder, served_log=make)
+    r = serve_logged(make)
     for _ in range(5):
         r.stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=["u1", "u2"]), timeout=10)
     r.server.stop(grace_s=0)
