@@ -45,6 +45,7 @@ from torch import nn
 
 from encoder.model import UserEncoder
 from encoder.objectives import Batch, TrainingHeads
+from encoder.sharded import build_dmp, copy_into_shards
 
 
 class LossModule(nn.Module):
@@ -202,13 +203,7 @@ class Sharded(Local):
         self.rank, self.world = dist.get_rank(self.pg), dist.get_world_size(self.pg)
 
     def setup(self, step: LossModule, tc: Any) -> tuple[Any, list[nn.Parameter]]:
-        from torchrec.distributed.embedding import EmbeddingCollectionSharder
-        from torchrec.distributed.model_parallel import (
-            DefaultDataParallelWrapper,
-            DistributedModelParallel,
-        )
-        from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
-        from torchrec.distributed.types import ShardingEnv
+        from torchrec.distributed.model_parallel import DefaultDataParallelWrapper
         from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
         from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizerWrapper
         from torchrec.optim.optimizers import in_backward_optimizer_filter
@@ -223,17 +218,8 @@ class Sharded(Local):
         table_lr = _adagrad_lr(tc) if adagrad else tc.lr * tc.table_lr_mult
         fused: Any = RowWiseAdagrad if adagrad else torch.optim.Adam
         apply_optimizer_in_backward(fused, step.model.ec.parameters(), {"lr": table_lr})
-        sharders: list[Any] = [EmbeddingCollectionSharder()]
-        topology = Topology(world_size=self.world, compute_device=self.device.type)
-        plan = EmbeddingShardingPlanner(topology=topology).collective_plan(step, sharders, self.pg)
-        self.dmp = DistributedModelParallel(
-            module=step,
-            device=self.device,
-            plan=plan,
-            sharders=sharders,
-            env=ShardingEnv.from_process_group(self.pg),
-            data_parallel_wrapper=DefaultDataParallelWrapper(find_unused_parameters=True),
-        )
+        wrapper = DefaultDataParallelWrapper(find_unused_parameters=True)
+        self.dmp = build_dmp(step, self.device, self.pg, data_parallel_wrapper=wrapper)
         self.step, self.net = step, self.dmp
         named = list(in_backward_optimizer_filter(self.dmp.named_parameters()))
         self.dense = KeyedOptimizerWrapper(dict(named), lambda _: _adamw(named, tc))
@@ -256,8 +242,6 @@ class Sharded(Local):
         return {k: _full(v, self.pg) for k, v in self.dmp.state_dict().items()}
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        from encoder.sharded import copy_into_shards
-
         copy_into_shards(self.dmp.state_dict(), state)
 
     def opt_state(self) -> dict[str, Any]:

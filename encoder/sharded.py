@@ -45,37 +45,49 @@ def copy_into_shards(local: dict[str, Any], full: dict[str, torch.Tensor]) -> No
                 tensor.copy_(src)
 
 
+def build_dmp(
+    module: nn.Module,
+    device: torch.device,
+    pg: Any,
+    constraints: dict[str, Any] | None = None,
+    data_parallel_wrapper: Any = None,
+) -> Any:
+    """TorchRec's planner shards `module`'s EmbeddingCollection tables over `pg` (per-table
+    `constraints` if given); returns `module` wrapped in `DistributedModelParallel`. Shared
+    by `shard_model` (inference) and `encoder.parallel.Sharded` (training)."""
+    from torchrec.distributed.embedding import EmbeddingCollectionSharder
+    from torchrec.distributed.model_parallel import DistributedModelParallel
+    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
+    from torchrec.distributed.types import ShardingEnv
+
+    sharders: list[Any] = [EmbeddingCollectionSharder()]
+    topology = Topology(world_size=dist.get_world_size(pg), compute_device=device.type)
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=constraints)
+    return DistributedModelParallel(
+        module=module,
+        device=device,
+        plan=planner.collective_plan(module, sharders, pg),
+        sharders=sharders,
+        env=ShardingEnv.from_process_group(pg),
+        data_parallel_wrapper=data_parallel_wrapper,
+    )
+
+
 def shard_model(
     model: UserEncoder, device: torch.device, pg: dist.ProcessGroup | None = None
 ) -> nn.Module:
     """Row-wise shard `model`'s tables over the process group; returns the DMP module."""
-    from torchrec.distributed.embedding import EmbeddingCollectionSharder
-    from torchrec.distributed.model_parallel import DistributedModelParallel
-    from torchrec.distributed.planner import EmbeddingShardingPlanner, Topology
     from torchrec.distributed.planner.types import ParameterConstraints
-    from torchrec.distributed.types import ShardingEnv, ShardingType
+    from torchrec.distributed.types import ShardingType
 
     pg = pg or dist.GroupMember.WORLD
     assert pg is not None, "init_process_group first"
-    world = dist.get_world_size(pg)
     full = {k: v.detach().clone() for k, v in model.state_dict().items()}
     constraints = {
         f"t_{k}": ParameterConstraints(sharding_types=[ShardingType.ROW_WISE.value])
         for k in model.keys
     }
-    planner = EmbeddingShardingPlanner(
-        topology=Topology(world_size=world, compute_device=device.type),
-        constraints=constraints,
-    )
-    sharders: list[Any] = [EmbeddingCollectionSharder()]
-    plan = planner.collective_plan(model, sharders, pg)
-    dmp = DistributedModelParallel(
-        module=model,
-        device=device,
-        plan=plan,
-        sharders=sharders,
-        env=ShardingEnv.from_process_group(pg),
-    )
+    dmp = build_dmp(model, device, pg, constraints)
     copy_into_shards(dmp.state_dict(), full)
     return dmp.eval()
 
