@@ -7,7 +7,7 @@ fill the per-bucket audience sets); `persona serve` in its own process.
 
 Rows, each the median of `--rounds`, in the same run:
 - GetAudience threshold: every page (page size `--page`) of the audience at `--min-score`;
-- GetAudience top N: the `--top` best users (bisection for the threshold, then the pages);
+- GetAudience top N: the `--top` best users (two reads for the N-th best score, then the pages);
 - lean read (baseline): the same members read straight from the cluster with redis-py,
   1024 `ZRANGE ... BYSCORE WITHSCORES` pipelined, no paging, no gRPC.
 Issue #16 target: a 100k-user threshold audience streams out in under 2 s.

@@ -7,7 +7,8 @@ Work happens in two pipelined passes over the 1024 buckets: `counts` (one ZCOUNT
 bucket) says how many members each bucket holds at or above the threshold, the caller cuts
 a page out of those counts as spans `(bucket, offset, count)`, and `members` reads just
 those spans (ZRANGE BYSCORE REV LIMIT), best first within a bucket. `threshold_for_top`
-finds the score of the N-th best user by bisecting on `counts`.
+finds the score of the N-th best user in two reads (each bucket's top few, then every
+member above the N-th of those).
 
 Example (3 users in bucket 7 at 0.9, 0.5, 0.2; threshold 0.4)::
 
@@ -76,21 +77,30 @@ def _pairs(reply: list[Any]) -> list[tuple[bytes, float]]:
     return [(reply[i], float(reply[i + 1])) for i in range(0, len(reply), 2)]
 
 
-def threshold_for_top(
-    router: StoreRouter, version: str, column: int, n: int, probes: int = 24
-) -> float:
-    """The highest threshold t with at least `n` members at or above it (0.0 when the whole
-    audience is smaller than n): bisection on `counts`, `probes` rounds of 1024 ZCOUNTs."""
-    lo, hi = 0.0, 1.0 + 1e-9  # scores are probabilities
-    if int(counts(router, version, column, hi).sum()) >= n:
-        return hi
-    for _ in range(probes):
-        mid = (lo + hi) / 2
-        if int(counts(router, version, column, mid).sum()) >= n:
-            lo = mid
-        else:
-            hi = mid
-    return lo
+def threshold_for_top(router: StoreRouter, version: str, column: int, n: int) -> float:
+    """The score of the n-th best member (0.0 when the audience has fewer than n), exact, in
+    two pipelined reads: every bucket's top few scores (4x a bucket's mean share of n) give
+    t1, a score at least n members reach (so the n-th best is >= t1); then every member
+    >= t1 (about n of them, since ids spread evenly over the buckets) gives the n-th best.
+    A bucket's candidates running short (a small audience) falls back to reading it all."""
+    keys = [audience_key(b, version, column) for b in range(layout.BUCKETS)]
+    c = max(2, -(-4 * n // layout.BUCKETS))
+    got = router.execute(
+        [(k, ("ZRANGE", k, "+inf", "-inf", "BYSCORE", "REV", "LIMIT", 0, c, "WITHSCORES"))
+         for k in keys]
+    )  # fmt: skip
+    raise_first(got)
+    top = sorted((s for reply in got for _, s in _pairs(reply)), reverse=True)
+    t1 = top[n - 1] if len(top) >= n else -INF
+    got = router.execute([(k, ("ZRANGE", k, "+inf", _low(t1), "BYSCORE", "REV", "WITHSCORES"))
+                          for k in keys])  # fmt: skip
+    raise_first(got)
+    every = sorted((s for reply in got for _, s in _pairs(reply)), reverse=True)
+    return every[n - 1] if len(every) >= n else 0.0
+
+
+def _low(x: float) -> str:
+    return "-inf" if x == -INF else repr(float(x))
 
 
 def page_spans(per_bucket: np.ndarray, bucket: int, offset: int, size: int) -> list[Span]:
