@@ -15,7 +15,7 @@ from encoder.model import UserEncoder, make_kjt
 from encoder.objectives import Batch, TrainingHeads, batch_to, make_batch
 from encoder.outcomes import OutcomeSpace
 from encoder.parallel import Local, LossModule
-from encoder.propensity import OutcomeHeads, calibrate
+from encoder.propensity import OutcomeHeads, calibrate, refit
 from encoder.tokenizer import Tokenizer
 
 
@@ -108,31 +108,54 @@ def val_loss(
     return total / max(n, 1), {k: round(v / max(n, 1), 4) for k, v in zip(names, sums, strict=True)}
 
 
-def outcome_heads(
+REFIT_EXAMPLES = 20_000  # training examples the heads are refitted on (a sample beyond)
+
+
+def _vectors(
     run: Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
-) -> OutcomeHeads:
-    """The vector's outcome heads, calibrated on the validation examples (`propensity`);
-    ``run.model`` and ``run.heads`` are the final, plain modules on the CPU."""
-    run.model.eval()
-    run.heads.eval()
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Final vectors (N, E), horizon labels (N, K, Y) and their usable mask (N, K)."""
     cpu = torch.device("cpu")
     zs, ys, oks = [], [], []
     with torch.no_grad():
         for idx in batches:
             b, kjt, lengths, age = run.inputs(users[idx], nows[idx], cpu)
-            z = run.model(kjt, lengths, age)[2]
-            zs.append(z.float().numpy())
+            zs.append(run.model(kjt, lengths, age)[2].float().numpy())
             ys.append(b.p_horizon.numpy() > 0.5)
             oks.append(b.p_horizon_ok.numpy())
-    e = run.spec.model.out_dim
-    k, y = run.heads.k, run.heads.y
-    hz, scale = run.heads.vec_hz, float(run.heads.scale.detach())
-    return calibrate(
-        run.space.names,
-        tuple(int(h) for h in run.spec.objectives.horizons_ms),
-        hz.weight.detach().numpy() * scale,
-        hz.bias.detach().numpy(),
+    e, k, y = run.spec.model.out_dim, run.heads.k, run.heads.y
+    return (
         np.concatenate(zs) if zs else np.zeros((0, e), np.float32),
         np.concatenate(ys) if ys else np.zeros((0, k, y), bool),
         np.concatenate(oks) if oks else np.zeros((0, k), bool),
     )
+
+
+def outcome_heads(
+    run: Run,
+    users: np.ndarray,
+    nows: np.ndarray,
+    batches: list[np.ndarray],
+    train: tuple[np.ndarray, np.ndarray] | None = None,
+) -> OutcomeHeads:
+    """The vector's outcome heads, calibrated on the validation examples (`propensity`);
+    with `train` (users, cut times of the training examples), the heads are first refitted
+    on the final vectors of up to REFIT_EXAMPLES of them (`propensity.refit`); without, the
+    trained `vec_hz` heads are kept. ``run.model`` and ``run.heads`` are the final, plain
+    modules on the CPU."""
+    run.model.eval()
+    run.heads.eval()
+    hz, scale = run.heads.vec_hz, float(run.heads.scale.detach())
+    weight, bias = hz.weight.detach().numpy() * scale, hz.bias.detach().numpy()
+    if train is not None and len(train[0]):
+        rng = np.random.default_rng(run.spec.train.seed)
+        pick = np.sort(rng.permutation(len(train[0]))[:REFIT_EXAMPLES])
+        step = run.spec.train.batch_size
+        chunks = [np.arange(i, min(i + step, len(pick))) for i in range(0, len(pick), step)]
+        zt, yt, okt = _vectors(run, train[0][pick], train[1][pick], chunks)
+        weight, bias = refit(zt, yt, okt)
+    z, y, ok = _vectors(run, users, nows, batches)
+    return calibrate(
+        run.space.names, tuple(int(h) for h in run.spec.objectives.horizons_ms),
+        weight, bias, z, y, ok,
+    )  # fmt: skip

@@ -76,6 +76,9 @@ class TrainConfig:
     # lr * table_lr_mult * adagrad_lr_mult (Adagrad's steps shrink as its sums grow)
     table_optimizer: Literal["adamw", "rowwise_adagrad"] = "adamw"
     adagrad_lr_mult: float = 5.0
+    # the outcome heads kept in the version: refitted on the final vectors of (a sample of)
+    # the training examples (`propensity.refit`) before calibration; False: the trained ones
+    refit_heads: bool = True
     seed: int = 0
     progress: bool = True
 
@@ -263,7 +266,8 @@ def train(
     final = where.final().cpu().eval()
     run.model, run.heads = final.model, final.heads
     model, hist = final.model, state.history
-    outcomes = outcome_heads(run, va_u, va_now, val_plan)
+    train_examples = (tr_u, tr_now) if tc.refit_heads else None
+    outcomes = outcome_heads(run, va_u, va_now, val_plan, train_examples)
     metrics: dict[str, Any] = {
         "users": n_users,
         "events": evlog.n_events,

@@ -15,7 +15,7 @@ from encoder.evaluate_outcomes import horizon_labels, write_reliability_png
 from encoder.eventlog import build_log
 from encoder.features import discover
 from encoder.outcomes import OutcomeSpace
-from encoder.propensity import OutcomeHeads, calibrate, fit_platt, reliability
+from encoder.propensity import OutcomeHeads, calibrate, fit_platt, refit, reliability
 from encoder.release import outcomes_eval_version, train_version
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import DAY, Tokenizer, TokenizerConfig
@@ -40,6 +40,34 @@ def test_platt_recovers_a_planted_miscalibration() -> None:
     before = reliability(_sig(s[:, 0, 0]), y[:, 0, 0])["ece"]
     after = reliability(_sig(a[0, 0] * s[:, 0, 0] + b[0, 0]), y[:, 0, 0])["ece"]
     assert before > 0.1 and after < 0.02
+
+
+def test_refit_recovers_planted_linear_heads_and_respects_the_mask() -> None:
+    """Vectors whose outcomes follow known logistic heads: the refitted heads rank as well as
+    the truth and their raw probabilities are calibrated; rows masked out of a horizon
+    (not observable) do not pull its cells."""
+    rng = np.random.default_rng(1)
+    n, e = 20_000, 8
+    z = rng.normal(1.0, 2.0, size=(n, e)).astype(np.float32)  # off-centre, scaled: refit copes
+    w_true = rng.normal(0, 0.6, size=(2, e))  # (K * Y = 2, E)
+    b_true = np.array([-2.0, 0.5])
+    p = _sig(z @ w_true.T + b_true).reshape(n, 2, 1)  # (N, K=2, Y=1)
+    y = rng.random(p.shape) < p
+    ok = np.ones((n, 2), dtype=bool)
+    ok[: n // 2, 1] = False
+    y[: n // 2, 1, 0] = True  # garbage where masked: must not matter
+    w, b = refit(z, y, ok)
+    assert w.shape == (2, e) and b.shape == (2,)
+    heads = calibrate(("x",), (1, 2), w, b, z[:0], y[:0], ok[:0])
+    got = heads.probabilities(z, calibrated=False)  # (N, 2, 1)
+    from sklearn.metrics import roc_auc_score
+
+    for k in range(2):
+        rows = ok[:, k]
+        truth_auc = roc_auc_score(y[rows, k, 0], p[rows, k, 0])
+        assert roc_auc_score(y[rows, k, 0], got[rows, k, 0]) > truth_auc - 0.005
+        assert reliability(got[rows, k, 0], y[rows, k, 0])["ece"] < 0.02
+    assert np.isfinite(w).all() and np.isfinite(b).all()
 
 
 def test_cells_without_both_classes_keep_the_identity() -> None:
