@@ -2,14 +2,17 @@
 -- KEYS[1] = dirty set of the bucket; then per user: meta hash, then one vector list per version.
 -- ARGV[1] = history, ARGV[2] = ttl_ms (0 = none), ARGV[3] = number of versions n;
 -- ARGV[4 .. 3 + n] = per version, its audience mask: '' = every score column, else one
--- character per column, '1' = kept in the audience sets; then per user: uid, expected window version ('' = leave the dirty mark alone),
--- n values (vector records, layout 1 or 2: same header; '' = nothing for that version).
+-- character per column, '1' = kept in the audience sets; then per user: uid, expected
+-- window version ('' = leave the dirty mark alone), n values (vector records, layout 1
+-- or 2: same header; '' = nothing for that version).
 -- Returns per user: cleared (1 cleared, 0 still dirty, -1 not asked), then per version:
 -- the replaced head's computed_at_ms (-1 no head, -2 value skipped: head is newer, -3 no value,
 -- -4 value refused: encoded from a window the user asked to forget, meta `xv`; see LAYOUT.md).
 -- A layout-2 value also puts the user, at each score, into the version's audience sets
 -- p:{B}:a:<ver>:<column> (sorted sets, same slot as the vector list; LAYOUT.md "Audiences"),
 -- in the same step and only when the value is written (a skipped value changes nothing).
+local hist = tonumber(ARGV[1])
+local ttl = tonumber(ARGV[2])
 local function half(h)  -- IEEE half float (u16) -> number
   local sign = 1
   if h >= 32768 then sign, h = -1, h - 32768 end
@@ -28,11 +31,11 @@ local function audience(vk, uid, val, mask)
   for j = 0, ns - 1 do
     if mask == '' or string.byte(mask, j + 1) == 49 then
       redis.call('ZADD', prefix .. j, half(struct.unpack('<I2', val, off + 2 + 2 * j)), uid)
+      -- with a TTL the set lives as long as its version is written (a retired one ages out)
+      if ttl > 0 then redis.call('PEXPIRE', prefix .. j, ttl) end
     end
   end
 end
-local hist = tonumber(ARGV[1])
-local ttl = tonumber(ARGV[2])
 local n = tonumber(ARGV[3])
 local out = {}
 local k = 2

@@ -100,3 +100,9 @@ def test_audience_sets_follow_the_mask_and_forget(client: Client) -> None:
         forgetter.close()
     assert [client.zscore(k, uid) for k in keys] == [None, None, None]
     store.close()
+    # with a TTL the sets a write touches expire with the version's vectors
+    timed = VectorStore(client, ttl_s=100)
+    timed.set_score_columns(ver, json.dumps({"columns": cols}))
+    timed.write([UserWrite(uid, [replace(v, window_version=9)])])
+    assert 0 < int(client.pttl(keys[0])) <= 100_000 and int(client.pttl(keys[1])) == -2
+    timed.close()
