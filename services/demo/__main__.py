@@ -146,6 +146,8 @@ def main() -> None:
 
 
 def show(client: PersonaClient, ds: object, out: Path) -> None:
+    from encoder.explain import human_ms
+
     truth = ds.truth  # type: ignore[attr-defined]
     uids = sorted(truth)
     info = client.model_info()
@@ -171,7 +173,7 @@ def show(client: PersonaClient, ds: object, out: Path) -> None:
     if cols:
         print("\nOutcome scores with the vectors (GetEmbeddings include_scores):")
         shown = [j for j, (o, h) in enumerate(cols) if o == "(any)"]
-        names = "  ".join(f"P(any, {_span(h)})" for _, h in (cols[j] for j in shown))
+        names = "  ".join(f"P(any, {human_ms(h)})" for _, h in (cols[j] for j in shown))
         print(f"  {'user':<10} {names}")
         for i, uid in enumerate(scored.user_ids):
             row = "  ".join(f"{scored.scores[i, j]:>{len(n)}.3f}" for j, n in
@@ -182,7 +184,7 @@ def show(client: PersonaClient, ds: object, out: Path) -> None:
         life = Counter(truth[u].lifecycle for u in members if u in truth)
         base = Counter(truth[u].lifecycle for u in uids)
         print(
-            f"  the 100 users most likely to act within {_span(horizon)} (GetAudience top_n): "
+            f"  the 100 users most likely to act within {human_ms(horizon)} (GetAudience top_n): "
             f"hidden lifecycle {dict(life.most_common())}; all {len(uids)} users: "
             f"{dict(base.most_common())}"
         )
@@ -226,14 +228,6 @@ def show(client: PersonaClient, ds: object, out: Path) -> None:
         )
         lengths = Counter(len(p) for p in paths)
         print(f"    wrote {png} (history points per highlighted user: {dict(lengths)})")
-
-
-def _span(ms: int) -> str:
-    """A horizon in words: 3600000 -> "1 h", 604800000 -> "1 w"."""
-    for unit, size in (("w", 604_800_000), ("d", 86_400_000), ("h", 3_600_000)):
-        if ms % size == 0:
-            return f"{ms // size} {unit}"
-    return f"{ms / 3_600_000:.1f} h"
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass
 
 from services.serving.errors import invalid, precondition
-from services.serving.ports import AudienceReader
+from services.serving.ports import VectorReader
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
 from services.store.audience import INF, page_spans
@@ -79,7 +79,7 @@ class _Cursor:
 def get_audience(
     q: AudienceQuery,
     *,
-    store: AudienceReader,
+    store: VectorReader,
     versions: VersionResolver,
     caller: StoreCaller,
     budget: Budget,
@@ -114,7 +114,7 @@ def get_audience(
 
 
 def _first(
-    q: AudienceQuery, store: AudienceReader, versions: VersionResolver, caller: StoreCaller,
+    q: AudienceQuery, store: VectorReader, versions: VersionResolver, caller: StoreCaller,
     budget: Budget,
 ) -> _Cursor:  # fmt: skip
     """The first page's cursor: version, column, threshold."""

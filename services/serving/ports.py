@@ -33,10 +33,7 @@ class VectorReader(Protocol):
         `services.store.router.DeadlineReached` by `deadline` (time.monotonic())."""
         ...
 
-
-class AudienceReader(Protocol):
-    """GetAudience's reads (`services.store.audience` over the store's router)."""
-
+    # GetAudience's reads (`services.store.audience` over the store's router)
     def audience_counts(
         self, version: str, column: int, min_score: float, max_score: float = ...
     ) -> np.ndarray: ...

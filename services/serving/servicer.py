@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import grpc
 import numpy as np
@@ -21,7 +21,7 @@ from services.serving.embeddings import STATUSES, EmbeddingsQuery, get_embedding
 from services.serving.errors import ServingError
 from services.serving.lookalikes import LookalikeQuery, ScoreRange, find_lookalikes, model_info
 from services.serving.metrics import ServingMetrics
-from services.serving.ports import AudienceReader, IndexSource, VectorReader
+from services.serving.ports import IndexSource, VectorReader
 from services.serving.responses import (
     DTYPES,
     embeddings_response,
@@ -169,11 +169,10 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             model_version=request.model_version,
         )
         budget = self._budget(context)
-        store = cast("AudienceReader", self._store)  # the real store reads audiences too
         r = self._run(
             context,
             lambda: get_audience(
-                q, store=store, versions=self._versions, caller=self._caller, budget=budget
+                q, store=self._store, versions=self._versions, caller=self._caller, budget=budget
             ),
         )
         return pb.GetAudienceResponse(

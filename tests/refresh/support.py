@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import random
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from contract.events import Event
+from services.refresh.refresher import Refresher
 from services.store.windows import WindowStore
 from tests.store_support import UserUpdate, apply_events
 
@@ -27,3 +31,17 @@ def add_events(ws: WindowStore, users: list[str], n_each: int, seed: int, offset
             evs.append((off, Event(uid, f"{uid}-e{off}", ts, rng.choice(["view", "click"]), props)))
         ups.append(UserUpdate(uid, 0, evs))
     apply_events(ws, ups)
+
+
+@contextmanager
+def running(r: Refresher) -> Iterator[Refresher]:
+    """`r.run` on a thread for the body of the `with`; stopped and joined after, also when
+    the body fails."""
+    stop = threading.Event()
+    loop = threading.Thread(target=r.run, args=(stop,))
+    loop.start()
+    try:
+        yield r
+    finally:
+        stop.set()
+        loop.join(30)

@@ -13,7 +13,7 @@ from encoder import registry
 from services.refresh import cutover
 from services.store.vectors import VectorStore
 from tests.refresh.conftest import Env
-from tests.refresh.support import add_events
+from tests.refresh.support import add_events, running
 
 pytestmark = pytest.mark.integration
 
@@ -52,24 +52,20 @@ def test_promote_backfills_then_flips_atomically_rollback_and_pin(env: Env) -> N
     reader = Reader(env.vectors, users)
     reader.start()
     r = env.refresher()
-    stop = threading.Event()
-    loop = threading.Thread(target=r.run, args=(stop,))
-    loop.start()
     try:
-        assert cutover.promote(env.vectors, env.models, env.v2) == "backfilling"
-        assert env.vectors.active_version() == env.v1
-        moved = users[:20]
-        add_events(env.windows, moved, 2, seed=12, offset0=90_000)  # dirtied during the cutover
-        assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
-        deadline = time.monotonic() + 30
-        while env.windows.dirty_count() and time.monotonic() < deadline:
-            time.sleep(0.05)
-        time.sleep(0.3)
-        assert cutover.rollback(env.vectors) == (env.v2, env.v1)
-        time.sleep(0.3)
+        with running(r):
+            assert cutover.promote(env.vectors, env.models, env.v2) == "backfilling"
+            assert env.vectors.active_version() == env.v1
+            moved = users[:20]
+            add_events(env.windows, moved, 2, seed=12, offset0=90_000)  # dirtied during the cutover
+            assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
+            deadline = time.monotonic() + 30
+            while env.windows.dirty_count() and time.monotonic() < deadline:
+                time.sleep(0.05)
+            time.sleep(0.3)
+            assert cutover.rollback(env.vectors) == (env.v2, env.v1)
+            time.sleep(0.3)
     finally:
-        stop.set()
-        loop.join(30)
         reader.stop.set()
         reader.join(30)
     assert not reader.problems, reader.problems[:5]
