@@ -11,6 +11,8 @@ Layout of ``models/``::
         train.json         objectives and training config
         metrics.json       training metrics
         outcomes.json      the calibrated outcome heads (`encoder/propensity.py`)
+        shortterm.npz      the short-term head (`encoder/shortterm.py`), and its parity
+        shortterm_parity.jsonl   sample: nearline vector, new events, expected delta
         eval.json          evaluation report (may be added once, by `persona eval`)
         parity.jsonl       parity windows: {"now_ms": .., "events": [Event JSON, ...]} a line
         parity.npy         (P, E) float32 vectors the trained model gave them
@@ -123,8 +125,10 @@ def write_version(
     parity_windows: Sequence[Sequence[Event]],
     parity_now_ms: Sequence[int],
     parity_vectors: np.ndarray,
+    blobs: dict[str, bytes] | None = None,
 ) -> str:
-    """Write a new immutable version; the first one in an empty registry becomes active."""
+    """Write a new immutable version (`texts` and binary `blobs` by file name); the first
+    one in an empty registry becomes active."""
     import torch
 
     buf = io.BytesIO()
@@ -140,6 +144,8 @@ def write_version(
         (tmp / "weights.pt").write_bytes(weights)
         for name, text in texts.items():
             (tmp / name).write_text(text)
+        for name, data in (blobs or {}).items():
+            (tmp / name).write_bytes(data)
         with (tmp / "parity.jsonl").open("w") as f:
             for w, now in zip(parity_windows, parity_now_ms, strict=True):
                 f.write(json.dumps({"now_ms": int(now), "events": [e.to_json_dict() for e in w]}))

@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from contract.events import Event
-from encoder import registry
+from encoder import registry, shortterm, shortterm_fit
 from encoder.api import Encoder
 from encoder.evaluate import EvalConfig, evaluate, heldout
 from encoder.evaluate_log import LogEvalConfig, evaluate_log
@@ -93,6 +94,17 @@ def train_version(
     if eval_split is not None:
         metrics["eval_split"] = eval_split
     end = int(metrics["data_end_ms"])
+    blobs: dict[str, bytes] = {}
+    short_parity = ""
+    if spec.train.short_term:
+        t0 = time.perf_counter()
+        st = shortterm_fit.fit(
+            model, evlog, Tokenizer(tok_cfg), seed=spec.train.seed, window_ms=spec.train.window_ms
+        )
+        if st is not None:
+            blobs[shortterm.FILE] = st.arrays.to_bytes()
+            short_parity = st.parity
+            metrics["short_term"] = {**st.report, "seconds": round(time.perf_counter() - t0, 2)}
     windows = [evlog.raw[u] for u in sorted(evlog.raw)]
     nows = [end] * len(windows)
     vectors = reference_vectors(model, windows, nows)
@@ -111,7 +123,11 @@ def train_version(
         "metrics.json": json.dumps(metrics, indent=2, sort_keys=True),
         "outcomes.json": outcomes.to_json(),
     }
-    version = registry.write_version(models_dir, model.state_dict(), texts, windows, nows, vectors)
+    if blobs:
+        texts[shortterm.PARITY_FILE] = short_parity
+    version = registry.write_version(
+        models_dir, model.state_dict(), texts, windows, nows, vectors, blobs
+    )
     return version, metrics
 
 

@@ -79,6 +79,9 @@ class TrainConfig:
     # the outcome heads kept in the version: refitted on the final vectors of (a sample of)
     # the training examples (`propensity.refit`) before calibration; False: the trained ones
     refit_heads: bool = True
+    # fit the short-term head (`encoder/shortterm_fit.py`) on the final encoder and keep it
+    # in the version: serving adds what the events since the last refresh change
+    short_term: bool = True
     seed: int = 0
     progress: bool = True
 

@@ -1,0 +1,168 @@
+"""The short-term head (issue #17): what the events since the last refresh add to a vector.
+
+A served vector is as old as the refresh pass that wrote it. The head closes the gap at
+request time, without the Transformer: serving reads, in the same store round trip as the
+vector, the window's events after the newest event the vector saw (the marker), and adds
+
+    delta = W2 relu(sum_i w[rank_i] u_i + W1z z + w1n log1p(n) + b1) + b2     (0 if n = 0)
+    combined = z + delta
+
+z the nearline vector (E), n the new events (at most `max_events`, the newest), u_i the
+event's row ``sum_k Q_k[id_ik]`` over its static token ids (type, categorical and numeric
+bins: the tokenizer of the version), rank_i its place from the newest (0 = newest; ranks past
+the last weight share it). ``Q_k = table_k @ W1e^T`` is the encoder's own (frozen) input
+table of feature k times the head's first layer, so the head needs no tables of its own and
+none of torch: numpy, a gather and two small matrix products per request.
+
+It is trained after the encoder, in the same run, to predict what a refresh would write:
+from the vector of a window cut n events earlier (encoded between those events, as a
+refresher would have) and those n events, the vector of the whole window (distillation,
+`encoder/shortterm_fit.py`). Saved in the version (``shortterm.npz``) with its own parity
+sample (``shortterm_parity.jsonl``: nearline vector, new events, the delta the trained torch
+module gave); `ShortTermHead.load` refuses a head that does not reproduce it.
+
+Example: a user whose vector was written before they opened three ``sku=b2`` pages gets
+``z + delta(z, [3 events])``; with no event since the refresh the combined vector is ``z``.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from contract.events import Event
+from encoder.registry import check_name, event_from_json
+from encoder.tokenizer import Tokenizer, TokenizerConfig
+
+FILE = "shortterm.npz"
+PARITY_FILE = "shortterm_parity.jsonl"
+PARITY_TOL = 1e-4
+
+
+class ShortTermParityError(RuntimeError):
+    """The numpy head does not reproduce the outputs the trained head gave."""
+
+
+@dataclass(frozen=True)
+class HeadArrays:
+    """The head's parameters (float32): Q (rows of all static keys, H) with per-key row
+    offsets, rank weights (R,), W1z (H, E), w1n (H,), b1 (H,), W2 (E, H), b2 (E,)."""
+
+    q: np.ndarray
+    offsets: np.ndarray
+    w_rank: np.ndarray
+    w1z: np.ndarray
+    w1n: np.ndarray
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    max_events: int
+
+    def to_bytes(self) -> bytes:
+        buf = io.BytesIO()
+        np.savez(
+            buf,
+            q=self.q, offsets=self.offsets, w_rank=self.w_rank, w1z=self.w1z, w1n=self.w1n,
+            b1=self.b1, w2=self.w2, b2=self.b2, max_events=np.int64(self.max_events),
+        )  # fmt: skip
+        return buf.getvalue()
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> HeadArrays:
+        with np.load(io.BytesIO(data), allow_pickle=False) as z:
+            f = {k: np.asarray(z[k]) for k in z.files}
+        return cls(
+            **{k: v.astype(np.float32) for k, v in f.items() if k not in ("offsets", "max_events")},
+            offsets=f["offsets"].astype(np.int64),
+            max_events=int(f["max_events"]),
+        )
+
+
+def rank_slots(lengths: np.ndarray, n_slots: int) -> np.ndarray:
+    """(N,) each event's weight slot: its place from its user's newest event (0 = newest),
+    places past the last slot sharing it. lengths: (B,) events per user, users in order."""
+    ends = np.repeat(np.cumsum(lengths), lengths)  # (N,) one past each event's user's last
+    return np.minimum(ends - 1 - np.arange(int(lengths.sum())), n_slots - 1)
+
+
+class ShortTermHead:
+    """A version's short-term head, ready for serving (see the module docstring)."""
+
+    def __init__(self, arrays: HeadArrays, tokenizer: Tokenizer) -> None:
+        self.a = arrays
+        self.tokenizer = tokenizer
+        self.out_dim = int(arrays.w2.shape[0])
+        self.max_events = arrays.max_events
+
+    @classmethod
+    def load(cls, models_dir: Path, version: str) -> ShortTermHead | None:
+        """The head of `version` (None: a version trained without one), checked against its
+        parity sample (ShortTermParityError when it does not reproduce it)."""
+        folder = Path(models_dir) / check_name(version)
+        if not (folder / FILE).exists():
+            return None
+        tok = Tokenizer(TokenizerConfig.from_json((folder / "tokenizer.json").read_text()))
+        head = cls(HeadArrays.from_bytes((folder / FILE).read_bytes()), tok)
+        worst = head.parity_error(folder / PARITY_FILE)
+        if worst > PARITY_TOL:
+            raise ShortTermParityError(
+                f"model version {version}: short-term head parity failed "
+                f"(max |diff| {worst:.3g} > {PARITY_TOL})"
+            )
+        return head
+
+    def parity_error(self, path: Path) -> float:
+        """Largest |delta - expected| over the parity sample at `path`, relative to the
+        largest vector component (at least 1): float32 sums taken in another order."""
+        cases = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        if not cases:
+            return 0.0
+        z = np.asarray([c["nearline"] for c in cases], dtype=np.float32)
+        events = [[event_from_json(e) for e in c["events"]] for c in cases]
+        want = np.asarray([c["delta"] for c in cases], dtype=np.float32)
+        scale = max(1.0, float(np.abs(want).max()), float(np.abs(z).max()))
+        return float(np.abs(self.delta(z, events) - want).max()) / scale
+
+    def delta(self, nearline: np.ndarray, events: Sequence[Sequence[Event]]) -> np.ndarray:
+        """(B, E) nearline vectors and each user's events after the marker (window order)
+        -> (B, E) float32 short-term part; zero rows for users without new events."""
+        m = self.max_events
+        kept = [w[-m:] if len(w) > m else w for w in events]
+        lengths = np.fromiter((len(w) for w in kept), np.int64, len(kept))
+        ids = self.tokenizer.static_matrix([e for w in kept for e in w])  # (N, S)
+        return self.delta_ids(np.asarray(nearline, dtype=np.float32), ids, lengths)
+
+    def delta_ids(self, z: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """`delta` from static ids (N, S) of the users' new events, `lengths` (B,) each."""
+        a = self.a
+        out = np.zeros((len(lengths), self.out_dim), dtype=np.float32)
+        some = lengths > 0
+        if not some.any():
+            return out
+        u = a.q[ids + a.offsets].sum(1)  # (N, H)
+        w = a.w_rank[rank_slots(lengths, len(a.w_rank))]  # (N,)
+        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[some]
+        s = np.add.reduceat(u * w[:, None], starts, axis=0)  # (B', H)
+        n = np.log1p(lengths[some].astype(np.float32))[:, None]
+        hidden = np.maximum(s + z[some] @ a.w1z.T + n * a.w1n + a.b1, 0.0)
+        out[some] = hidden @ a.w2.T + a.b2
+        return out
+
+
+def parity_lines(z: np.ndarray, events: Sequence[Sequence[Event]], delta: np.ndarray) -> str:
+    """The parity sample as JSON lines (nearline vector, new events, expected delta)."""
+    rows: list[dict[str, Any]] = [
+        {
+            "nearline": [float(x) for x in zi],
+            "events": [e.to_json_dict() for e in ev],
+            "delta": [float(x) for x in di],
+        }
+        for zi, ev, di in zip(z, events, delta, strict=True)
+    ]
+    return "".join(json.dumps(r) + "\n" for r in rows)
