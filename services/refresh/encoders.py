@@ -51,7 +51,8 @@ def encode_windows(
     encoders: EncoderCache, windows: Sequence[Window], versions: Sequence[str], at_ms: int
 ) -> dict[str, list[StoredVector | None]]:
     """Per version, one StoredVector per window (None for an empty window), with the
-    calibrated outcome scores when the version has outcome heads."""
+    calibrated outcome scores when the version has outcome heads and the marker of the
+    window's newest event (layout 3: the short-term head folds only the events after it)."""
     out: dict[str, list[StoredVector | None]] = {}
     full = [i for i, w in enumerate(windows) if w.events]
     for ver in versions:
@@ -64,6 +65,8 @@ def encode_windows(
                 w = windows[i]
                 n = min(len(w.events), enc.max_events)
                 sc = None if scores is None else scores[j]
-                rows[i] = StoredVector(w.user_id, ver, vecs[j], at_ms, n, w.version, sc)
+                last = w.events[-1]  # the newest in window order: the vector's marker
+                rows[i] = StoredVector(w.user_id, ver, vecs[j], at_ms, n, w.version, sc,
+                                       (last.ts_ms, last.event_id))  # fmt: skip
         out[ver] = rows
     return out

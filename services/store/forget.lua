@@ -23,9 +23,9 @@ local dirty = redis.call('ZREM', KEYS[1], uid)
 local nvec = 0
 for i = 5, #KEYS do
   -- out of the version's audience sets too (write_vectors.lua): their count is in the
-  -- newest value (layout 2)
+  -- newest value (layouts 2-3)
   local head = redis.call('LINDEX', KEYS[i], 0)
-  if head and #head >= 24 and string.byte(head, 1) == 2 then
+  if head and #head >= 24 and (string.byte(head, 1) == 2 or string.byte(head, 1) == 3) then
     local dim = struct.unpack('<I2', head, 3)
     local off = 25 + dim * ((string.byte(head, 2) == 2) and 2 or 4)
     if #head >= off + 1 then

@@ -5,7 +5,10 @@ into arrays (`decode_batch` -> `VectorBatch`). `vectors.VectorStore` is the stor
 
 Layout 1 is the header and the vector; layout 2 (a version with outcome heads) adds the
 user's outcome scores after the vector (u16 count, then float16 probabilities), so a vector
-and its scores are one value: one write, one history, one read.
+and its scores are one value: one write, one history, one read. Layout 3 is layout 2 (any
+number of scores, 0 included) plus the marker of the newest window event the vector folded
+in (event id, u16 id length, i64 ts_ms, at the very end so that a Lua script finds it from
+the end: `read_recent.lua`, the short-term head's read).
 
 Example::
 
@@ -31,11 +34,13 @@ from services.store.router import Packed
 
 VECTOR_LAYOUT = 1  # header + vector
 SCORED_LAYOUT = 2  # header + vector + u16 n_scores + n_scores float16 probabilities
-LAYOUTS = (VECTOR_LAYOUT, SCORED_LAYOUT)
+MARKED_LAYOUT = 3  # layout 2 + marker: event id bytes, u16 id length, i64 ts_ms
+LAYOUTS = (VECTOR_LAYOUT, SCORED_LAYOUT, MARKED_LAYOUT)
 Dtype = Literal["float32", "float16"]
 
 _HEAD = struct.Struct("<BBHqqI")  # layout, dtype, dim, computed_at_ms, window_version, n_events
 _NSCORES = struct.Struct("<H")
+_MARK = struct.Struct("<Hq")  # the marker's tail: id length, ts_ms (the id bytes before it)
 MAX_SCORES = 4096
 _DTYPES: dict[int, str] = {1: "<f4", 2: "<f2"}
 _CODES: dict[str, int] = {"float32": 1, "float16": 2}
@@ -50,6 +55,9 @@ class StoredVector:
     n_events: int
     window_version: int
     scores: np.ndarray | None = None  # (S,) outcome probabilities (None: layout 1)
+    # the newest window event the vector folded in, in window order (ts_ms, event_id): the
+    # short-term head folds only events after it (None: layouts 1-2, no marker)
+    marker: tuple[int, str] | None = None
 
 
 def vector_key(user_id: str, version: str) -> bytes:
@@ -65,16 +73,26 @@ def pack_vector(v: StoredVector, dtype: Dtype = "float32") -> bytes:
     280
     >>> len(pack_vector(StoredVector("u", "v1", np.zeros(64, np.float32), 0, 0, 0, np.zeros(5))))
     292
+    >>> marked = StoredVector("u", "v1", np.zeros(64, np.float32), 0, 0, 0, None, (5, "e1"))
+    >>> len(pack_vector(marked))  # layout 3: 0 scores, then the marker
+    294
     """
     vec = np.asarray(v.vector, dtype=_DTYPES[_CODES[dtype]]).reshape(-1)
     lay = VECTOR_LAYOUT if v.scores is None else SCORED_LAYOUT
+    if v.marker is not None:
+        lay = MARKED_LAYOUT
     head = _HEAD.pack(lay, _CODES[dtype], vec.size, v.computed_at_ms, v.window_version, v.n_events)
-    if v.scores is None:
+    if lay == VECTOR_LAYOUT:
         return head + vec.tobytes()
-    sc = np.asarray(v.scores, dtype="<f2").reshape(-1)
+    sc = np.asarray(() if v.scores is None else v.scores, dtype="<f2").reshape(-1)
     if sc.size > MAX_SCORES:
         raise ValueError(f"{sc.size} scores; a record holds at most {MAX_SCORES}")
-    return head + vec.tobytes() + _NSCORES.pack(sc.size) + sc.tobytes()
+    body = head + vec.tobytes() + _NSCORES.pack(sc.size) + sc.tobytes()
+    if v.marker is None:
+        return body
+    ts, eid = v.marker
+    raw = eid.encode("utf-8")
+    return body + raw + _MARK.pack(len(raw), ts)
 
 
 def unpack_vector(user_id: str, version: str, rec: bytes) -> StoredVector:
@@ -84,20 +102,36 @@ def unpack_vector(user_id: str, version: str, rec: bytes) -> StoredVector:
         raise ValueError(f"vector record of {len(rec)} bytes is shorter than its header")
     lay, code, dim, ts, wv, n = _HEAD.unpack_from(rec, 0)
     if lay not in LAYOUTS or code not in _DTYPES:
-        raise ValueError(f"vector record layout {lay} dtype {code}; this code reads layouts 1-2")
+        raise ValueError(f"vector record layout {lay} dtype {code}; this code reads layouts 1-3")
     end = _HEAD.size + dim * np.dtype(_DTYPES[code]).itemsize
-    scores = None
-    if lay == SCORED_LAYOUT:
+    scores = marker = None
+    if lay == MARKED_LAYOUT:
+        marker, rec = _marker(rec, end)
+    if lay != VECTOR_LAYOUT:
         if len(rec) < end + _NSCORES.size:
-            raise ValueError(f"layout 2 record of {len(rec)} bytes ends before its scores")
+            raise ValueError(f"layout {lay} record of {len(rec)} bytes ends before its scores")
         (k,) = _NSCORES.unpack_from(rec, end)
         if len(rec) != end + _NSCORES.size + 2 * k:
-            raise ValueError(f"layout 2 record of {len(rec)} bytes, not {dim} values, {k} scores")
-        scores = np.frombuffer(rec, "<f2", k, end + _NSCORES.size).astype(np.float32)
+            raise ValueError(
+                f"layout {lay} record of {len(rec)} bytes, not {dim} values, {k} scores"
+            )
+        if lay == SCORED_LAYOUT or k:
+            scores = np.frombuffer(rec, "<f2", k, end + _NSCORES.size).astype(np.float32)
     elif len(rec) != end:
         raise ValueError(f"vector record of {len(rec)} bytes, header says {dim} values")
     vec = np.frombuffer(rec, dtype=_DTYPES[code], count=dim, offset=_HEAD.size)
-    return StoredVector(user_id, version, vec.astype(np.float32), ts, n, wv, scores)
+    return StoredVector(user_id, version, vec.astype(np.float32), ts, n, wv, scores, marker)
+
+
+def _marker(rec: bytes, end: int) -> tuple[tuple[int, str], bytes]:
+    """A layout-3 record -> (its marker, the record without it). `end`: where the vector ends."""
+    if len(rec) < end + _NSCORES.size + _MARK.size:
+        raise ValueError(f"layout 3 record of {len(rec)} bytes ends before its marker")
+    k, ts = _MARK.unpack_from(rec, len(rec) - _MARK.size)
+    start = len(rec) - _MARK.size - k
+    if start < end + _NSCORES.size:
+        raise ValueError(f"layout 3 record of {len(rec)} bytes, marker id of {k} bytes")
+    return (ts, rec[start : len(rec) - _MARK.size].decode("utf-8")), rec[:start]
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +153,8 @@ class VectorBatch:
     n_events: np.ndarray  # (N, H) int64
     window_version: np.ndarray  # (N, H) int64
     scores: np.ndarray | None = None  # (N, H, S) float32, NaN where a value has none
+    # (N, H) int64: ts_ms of the newest event each value folded in (layout 3), 0 where none
+    marker_ts_ms: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -141,29 +177,44 @@ def _record_dtype(code: int, dim: int, n_scores: int | None) -> np.dtype[Any]:
 
 
 _META_FIELDS = ("computed_at_ms", "n_events", "window_version")
+_MARK_DTYPE = np.dtype([("id_len", "<u2"), ("ts", "<i8")])  # `_MARK`
 
 
-def _uniform(recs: list[bytes]) -> np.ndarray | None:
+def _uniform(recs: list[bytes]) -> tuple[np.ndarray, np.ndarray | None] | None:
     """All records as one structured array, when they share one float32 shape (the common
-    case: one `np.frombuffer` over their concatenation); else None."""
+    case: one `np.frombuffer` over their concatenation), and for layout 3 the markers'
+    ts_ms (R,) (the ids differ in length: each record is cut before its marker); else
+    None."""
     first = recs[0]
     if len(first) < _HEAD.size or first[1] != 1 or first[0] not in LAYOUTS:
         return None
     dim = _HEAD.unpack_from(first, 0)[2]
     n_scores = None
-    if first[0] == SCORED_LAYOUT:
+    if first[0] != VECTOR_LAYOUT:
         at = _HEAD.size + 4 * dim
         if len(first) < at + _NSCORES.size:
             return None
         n_scores = _NSCORES.unpack_from(first, at)[0]
     dt = _record_dtype(1, dim, n_scores)
-    if dt.itemsize != len(first) or any(len(r) != dt.itemsize for r in recs):
-        return None
-    arr = np.frombuffer(b"".join(recs), dtype=dt)
+    marks = None
+    if first[0] == MARKED_LAYOUT:
+        if any(len(r) < dt.itemsize + _MARK.size for r in recs):
+            return None
+        marks = np.frombuffer(b"".join([r[-_MARK.size :] for r in recs]), _MARK_DTYPE)
+        lens = np.fromiter(map(len, recs), np.int64, len(recs))
+        if (lens != dt.itemsize + _MARK.size + marks["id_len"]).any():
+            return None
+        arr = np.frombuffer(b"".join([r[: dt.itemsize] for r in recs]), dtype=dt)
+    else:
+        if dt.itemsize != len(first) or any(len(r) != dt.itemsize for r in recs):
+            return None
+        arr = np.frombuffer(b"".join(recs), dtype=dt)
     same = (arr["layout"] == first[0]) & (arr["dtype"] == 1) & (arr["dim"] == dim)
     if n_scores is not None:
         same &= arr["n_scores"] == n_scores
-    return arr if same.all() else None
+    if not same.all():
+        return None
+    return arr, None if marks is None else marks["ts"].astype(np.int64)
 
 
 def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatch:
@@ -183,12 +234,14 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
     if not recs:
         return VectorBatch(np.zeros((n, h, 0), np.float32), count,
                            **{f: np.zeros((n, h), np.int64) for f in _META_FIELDS})  # fmt: skip
-    arr = _uniform(recs)
+    got = _uniform(recs)
     scores: np.ndarray | None = None  # (R, S)
-    if arr is not None:
+    marks: np.ndarray | None = None  # (R,) marker ts_ms, 0 where none
+    if got is not None:
+        arr, marks = got
         vecs = arr["vector"]  # (R, D)
         cols = {f: arr[f] for f in _META_FIELDS}
-        if "scores" in (arr.dtype.names or ()):
+        if "scores" in (arr.dtype.names or ()) and (arr["layout"][0] == 2 or arr["n_scores"][0]):
             scores = arr["scores"].astype(np.float32)
     else:
         unpacked = [unpack_vector("", "", r) for r in recs]
@@ -203,11 +256,16 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
             for i, v in enumerate(unpacked):
                 if v.scores is not None:
                     scores[i, : v.scores.size] = v.scores
+        if any(v.marker is not None for v in unpacked):
+            marks = np.array([v.marker[0] if v.marker else 0 for v in unpacked], np.int64)
     dim = vecs.shape[1]
     if len(recs) == n * h:  # every user has all H values: the records are the batch, in order
         meta = {f: col.reshape(n, h).astype(np.int64) for f, col in cols.items()}
         sc = None if scores is None else scores.reshape(n, h, -1)
-        return VectorBatch(vecs.reshape(n, h, dim), count, **meta, scores=sc)  # (read-only)
+        mk = None if marks is None else marks.reshape(n, h)
+        return VectorBatch(
+            vecs.reshape(n, h, dim), count, **meta, scores=sc, marker_ts_ms=mk
+        )  # fmt: skip  (read-only)
     meta = {f: np.zeros((n, h), np.int64) for f in _META_FIELDS}
     vectors = np.zeros((n, h, dim), np.float32)  # (N, H, D)
     if h == 1:
@@ -219,11 +277,14 @@ def decode_batch(replies: Sequence[Sequence[bytes]], history: int) -> VectorBatc
     vectors[where] = vecs
     for f, col in cols.items():
         meta[f][where] = col
-    full = None
+    full = mk = None
     if scores is not None:
         full = np.full((n, h, scores.shape[1]), np.nan, np.float32)  # (N, H, S)
         full[where] = scores
-    return VectorBatch(vectors, count, **meta, scores=full)
+    if marks is not None:
+        mk = np.zeros((n, h), np.int64)
+        mk[where] = marks
+    return VectorBatch(vectors, count, **meta, scores=full, marker_ts_ms=mk)
 
 
 def packed_lranges(

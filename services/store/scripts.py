@@ -35,6 +35,11 @@ class Scripts:
         client = self._router.client
         self._sha = {name: str(client.script_load(src)) for name, src in self._src.items()}
 
+    def sha(self, name: str) -> str:
+        """The SHA of a loaded script (for commands packed by the caller, e.g. for
+        `StoreRouter.read_packed`; on NOSCRIPT, `load` and send again)."""
+        return self._sha[name]
+
     def run(self, name: str, calls: Sequence[ScriptCall]) -> list[Any]:
         """EVALSHA `name` once per (keys, args), pipelined per node; the replies in order.
         Raises the first store error (connection, timeout, script error) after the batch."""

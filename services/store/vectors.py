@@ -22,9 +22,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
 import numpy as np
-from redis.exceptions import ResponseError
+from redis.exceptions import NoScriptError, ResponseError
 
+from contract.events import Event
+from contract.record import unpack_record
 from contract.versions import check_version
 from services.store import audience, layout
 from services.store.client import Client
@@ -41,6 +44,7 @@ from services.store.records import (
 from services.store.router import StoreRouter, raise_first
 from services.store.scripts import ScriptCall, Scripts
 
+_pack: Any = hiredis.pack_command  # (its stub types the tuple as one element)
 STATES = ("backfilling", "ready", "active", "retired")
 ACTIVE_KEY = b"p:{models}:active"
 STATES_KEY = b"p:{models}:states"
@@ -104,7 +108,9 @@ class VectorStore:
         self.ttl_s = ttl_s
         self.dtype: Dtype = dtype
         self.router = StoreRouter(client)
-        self._scripts = Scripts(self.router, "write_vectors.lua", "set_active.lua")
+        self._scripts = Scripts(
+            self.router, "write_vectors.lua", "set_active.lua", "read_recent.lua"
+        )
         # version -> its audience mask (write_vectors.lua), from `set_score_columns`; a
         # version this store was not told about keeps every column in its audience sets
         self._masks: dict[str, str] = {}
@@ -281,6 +287,38 @@ class VectorStore:
         path. Same values as `get_batch` (tests/serving/test_read_batch.py holds them
         together)."""
         return decode_batch(self.read_raw(user_ids, version, history, deadline), history)
+
+    def read_recent(
+        self, user_ids: Sequence[str], version: str, history: int, max_events: int,
+        deadline: float,
+    ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
+        """`read_batch`, and per user the window events its newest vector has not folded in
+        (after the layout-3 marker in window order, at most `max_events` of the newest,
+        oldest first; [] without a marker): one `read_recent.lua` call per user, in the
+        same round trip (LAYOUT.md "Vector value, layout 3"). The short-term head's read."""
+        check_version(version)
+        last, most = max(1, history) - 1, max(0, max_events)
+        slots = np.fromiter((layout.BUCKET_SLOTS[layout.bucket(u)] for u in user_ids),
+                            np.int64, len(user_ids))  # fmt: skip
+        for attempt in (0, 1):
+            sha = self._scripts.sha("read_recent.lua")
+            cmds: list[tuple[bytes]] = [
+                (_pack(("EVALSHA", sha, 3, vector_key(u, version), *layout.user_keys(u)[:2],
+                        last, most)),)
+                for u in user_ids
+            ]  # fmt: skip
+            results = self.router.read_packed(slots, cmds, deadline)
+            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
+                self._scripts.load()  # the node lost its script cache (restart, failover)
+                continue
+            break
+        raise_first(results)
+        batch = decode_batch([r[0] for r in results], history)
+        events = [
+            [unpack_record(u, r[j].decode("utf-8"), r[j + 1]) for j in range(1, len(r), 2)]
+            for u, r in zip(user_ids, results, strict=True)
+        ]
+        return batch, events
 
     # ----- audiences (audience.py) -------------------------------------------------------
 

@@ -3,12 +3,12 @@
 -- ARGV[1] = history, ARGV[2] = ttl_ms (0 = none), ARGV[3] = number of versions n;
 -- ARGV[4 .. 3 + n] = per version, its audience mask: '' = every score column, else one
 -- character per column, '1' = kept in the audience sets; then per user: uid, expected
--- window version ('' = leave the dirty mark alone), n values (vector records, layout 1
--- or 2: same header; '' = nothing for that version).
+-- window version ('' = leave the dirty mark alone), n values (vector records, layouts 1
+-- to 3: same header; '' = nothing for that version).
 -- Returns per user: cleared (1 cleared, 0 still dirty, -1 not asked), then per version:
 -- the replaced head's computed_at_ms (-1 no head, -2 value skipped: head is newer, -3 no value,
 -- -4 value refused: encoded from a window the user asked to forget, meta `xv`; see LAYOUT.md).
--- A layout-2 value also puts the user, at each score, into the version's audience sets
+-- A layout-2 or -3 value also puts the user, at each score, into the version's audience sets
 -- p:{B}:a:<ver>:<column> (sorted sets, same slot as the vector list; LAYOUT.md "Audiences"),
 -- in the same step and only when the value is written (a skipped value changes nothing).
 local hist = tonumber(ARGV[1])
@@ -22,7 +22,8 @@ local function half(h)  -- IEEE half float (u16) -> number
   return sign * math.ldexp(m + 1024, e - 25)
 end
 local function audience(vk, uid, val, mask)
-  if string.byte(val, 1) ~= 2 then return end
+  local lay = string.byte(val, 1)
+  if lay ~= 2 and lay ~= 3 then return end  -- layout 3: scores as in 2, then the marker
   local dim = struct.unpack('<I2', val, 3)
   local off = 25 + dim * ((string.byte(val, 2) == 2) and 2 or 4)
   if #val < off + 1 then return end
@@ -59,7 +60,7 @@ while a <= #ARGV do
     if #val >= 24 then
       local head = redis.call('LINDEX', vk, 0)
       local action = 'push'
-      if head and #head >= 24 and (string.byte(head, 1) == 1 or string.byte(head, 1) == 2) then
+      if head and #head >= 24 and string.byte(head, 1) >= 1 and string.byte(head, 1) <= 3 then
         local hts, hwv = struct.unpack('<i8i8', head, 5)
         r = hts
         if hwv > wv then
