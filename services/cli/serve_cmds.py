@@ -225,6 +225,7 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
     from services.serving.metrics import serving_metrics
     from services.serving.processes import ReadyBarrier
     from services.serving.server import ServingServer
+    from services.serving.shortterm import RegistryHeads
     from services.store.client import connect
     from services.store.forget import StoreForgetter
     from services.store.vectors import VectorStore
@@ -264,7 +265,9 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
             cfg.limits.max_batch,
         )
     served_log = _served_log(s, cfg, metrics)
-    server = ServingServer(cfg, store, holder, metrics, admin=admin, served_log=served_log)
+    heads = RegistryHeads(s.process.models)  # each version's short-term head, if it has one
+    server = ServingServer(cfg, store, holder, metrics, admin=admin, served_log=served_log,
+                           heads=heads)  # fmt: skip
     try:
         with metrics_endpoint(s.process, registry):
             if follower is not None:

@@ -1,7 +1,12 @@
 """GetEmbeddings as a plain function: validate, resolve the version once, one batched read
 on the calling thread (`VectorStore.read_batch`, bounded by the request's budget), vectors
 decoded into one (N, D) array in request order; the outcome scores, when asked for, come
-from the same records (LAYOUT.md, layout 2) and the version's score columns."""
+from the same records (LAYOUT.md, layout 2) and the version's score columns.
+
+With a short-term head for the version (`shortterm.py`) and a part other than "nearline",
+the read also brings each user's events after the vector's marker (`read_recent`, same
+round trip) and the rows become nearline + the head's delta ("combined", the default) or
+the delta alone ("short_term"). History rows stay nearline."""
 
 from __future__ import annotations
 
@@ -12,10 +17,12 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
+from contract.events import Event
 from services.serving import validate
 from services.serving.config import Limits
 from services.serving.errors import precondition
 from services.serving.ports import IndexSource, VectorReader
+from services.serving.shortterm import Folded, HeadSource, Part, fold
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import ScoreColumn, VersionResolver
 from services.store.records import VectorBatch
@@ -35,6 +42,7 @@ class EmbeddingsQuery:
     history_depth: int = 0
     fallback: bool = False
     include_scores: bool = False
+    part: Part = "default"  # combined when the version has a head, else nearline
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,6 +59,11 @@ class EmbeddingsResult:
     prior: Prior | None  # set when some row is the fallback
     columns: tuple[ScoreColumn, ...] = ()  # the score columns, when asked for and stored
     scores: np.ndarray | None = None  # (N, 1 + depth, S) float32, NaN where none; S = columns
+    part: Part = "nearline"  # what `rows` hold: nearline, short_term or combined
+    head_events: np.ndarray | None = None  # (N,) int32 events the head folded into each row
+    # (N,) int64 ts_ms of the newest event in each row: the head's newest folded event, else
+    # the stored vector's marker (0: no marker, not found, fallback)
+    newest_event_ms: np.ndarray | None = None
 
     def history_scores(self) -> np.ndarray:
         """The scores of `history_rows`, same order: (R, S)."""
@@ -83,16 +96,32 @@ def get_embeddings(
     limits: Limits,
     dim: int,
     budget: Budget,
+    heads: HeadSource | None = None,
 ) -> EmbeddingsResult:
     ids = validate.user_ids(q.user_ids, "user_ids", limits.max_batch, limits.max_id_bytes)
     depth = validate.int_range(q.history_depth, "history_depth", 0, limits.max_history)
     version = versions.resolve(q.model_version, budget)
+    head = None if q.part == "nearline" or heads is None else heads.head(version)
+    if q.part == "short_term" and head is None:
+        raise precondition(f"model version {version} has no short-term head")
+    if head is not None and head.out_dim != dim:
+        raise precondition(f"the short-term head of {version} has {head.out_dim} components; "
+                           f"this server serves dimension {dim}")  # fmt: skip
     uniq = list(dict.fromkeys(ids))
-    got = caller.call_inline(
-        lambda deadline: store.read_batch(uniq, version, 1 + depth, deadline),
-        budget,
-        "read vectors",
-    )
+    recent: list[list[Event]] | None = None
+    if head is None:
+        got = caller.call_inline(
+            lambda deadline: store.read_batch(uniq, version, 1 + depth, deadline),
+            budget,
+            "read vectors",
+        )
+    else:
+        most = head.max_events
+        got, recent = caller.call_inline(
+            lambda deadline: store.read_recent(uniq, version, 1 + depth, most, deadline),
+            budget,
+            "read vectors and recent events",
+        )
     if got.dim not in (0, dim):
         raise precondition(
             f"stored vectors of version {version} have {got.dim} components; "
@@ -100,7 +129,9 @@ def get_embeddings(
         )
     if len(uniq) != len(ids):  # duplicates: each gets its entry
         at = {u: i for i, u in enumerate(uniq)}
-        got = _take(got, np.fromiter((at[u] for u in ids), np.int64, len(ids)))
+        pos = np.fromiter((at[u] for u in ids), np.int64, len(ids))
+        got = _take(got, pos)
+        recent = None if recent is None else [recent[i] for i in pos.tolist()]
     n = len(ids)
     if got.dim == 0:  # nobody found
         got = replace(got, vectors=np.zeros((n, got.vectors.shape[1], dim), np.float32))
@@ -111,10 +142,23 @@ def get_embeddings(
     if prior is not None:
         rows[missing] = prior.vector
         status[missing] = FALLBACK
-    if not q.include_scores:
-        return EmbeddingsResult(version, status, rows, got, prior)
-    columns = versions.score_columns(version, budget)
-    return EmbeddingsResult(version, status, rows, got, prior, columns, _scores(got, columns))
+    marks = got.marker_ts_ms
+    newest = np.zeros(n, np.int64) if marks is None else np.where(missing, 0, marks[:, 0])
+    part: Part = "nearline"
+    folded: Folded | None = None
+    if head is not None and recent is not None:
+        folded = fold(head, rows, ~missing, recent)
+        newest = np.where(folded.events > 0, folded.newest_ms, newest)
+        part = "short_term" if q.part == "short_term" else "combined"
+        rows = folded.short if part == "short_term" else rows + folded.short
+    head_events = None if folded is None else folded.events
+    columns: tuple[ScoreColumn, ...] = ()
+    scores = None
+    if q.include_scores:
+        columns = versions.score_columns(version, budget)
+        scores = _scores(got, columns)
+    return EmbeddingsResult(version, status, rows, got, prior, columns, scores, part,
+                            head_events, newest)  # fmt: skip
 
 
 def _scores(got: VectorBatch, columns: tuple[ScoreColumn, ...]) -> np.ndarray:
@@ -131,8 +175,9 @@ def _scores(got: VectorBatch, columns: tuple[ScoreColumn, ...]) -> np.ndarray:
 def _take(b: VectorBatch, pos: np.ndarray) -> VectorBatch:
     """The batch's users at `pos` (N',) in that order."""
     scores = None if b.scores is None else b.scores[pos]
+    marks = None if b.marker_ts_ms is None else b.marker_ts_ms[pos]
     return VectorBatch(b.vectors[pos], b.count[pos], b.computed_at_ms[pos], b.n_events[pos],
-                       b.window_version[pos], scores)  # fmt: skip
+                       b.window_version[pos], scores, marks)  # fmt: skip
 
 
 def _prior(index: IndexSource, version: str) -> Prior | None:

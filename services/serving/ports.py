@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
+    from contract.events import Event
     from services.index.holder import ServedIndex
     from services.store.records import StoredVector, VectorBatch
 
@@ -31,6 +32,14 @@ class VectorReader(Protocol):
     ) -> VectorBatch:
         """GetEmbeddings' read; runs on the handler thread, so it must return or raise
         `services.store.router.DeadlineReached` by `deadline` (time.monotonic())."""
+        ...
+
+    def read_recent(
+        self, user_ids: Sequence[str], version: str, history: int, max_events: int,
+        deadline: float,
+    ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
+        """`read_batch` plus each user's window events after the newest vector's marker
+        (the short-term head's input), in the same round trip; same deadline rule."""
         ...
 
     # GetAudience's reads (`services.store.audience` over the store's router)

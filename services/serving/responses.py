@@ -44,18 +44,32 @@ PB_STATE = {
 }
 
 
+PB_PART = {  # shortterm.Part of a result -> the proto's VectorPart
+    "nearline": pb.VECTOR_PART_NEARLINE,
+    "short_term": pb.VECTOR_PART_SHORT_TERM,
+    "combined": pb.VECTOR_PART_COMBINED,
+}
+
+
 def meta_columns(
     computed_at_ms: np.ndarray, n_events: np.ndarray, window_version: np.ndarray,
-    present: np.ndarray, now_s: float,
+    present: np.ndarray, now_s: float, newest_event_ms: np.ndarray | None = None,
+    short_term_events: np.ndarray | None = None,
 ) -> pb.VectorMetaColumns:  # fmt: skip
     """(R,) arrays -> columns; rows not `present` are all 0 (their stored fields are 0
-    already; the age is masked here, since it is measured from now)."""
+    already; the age is masked here, since it is measured from now). `newest_event_ms`,
+    `short_term_events`: None = all 0."""
     ages = np.where(present, np.maximum(0.0, now_s - computed_at_ms / 1000.0), 0.0)  # (R,)
+    zeros = np.zeros(len(computed_at_ms), np.int64)
+    newest = zeros if newest_event_ms is None else newest_event_ms
+    folded = zeros if short_term_events is None else short_term_events
     return pb.VectorMetaColumns(
         computed_at_ms=computed_at_ms.tolist(),
         age_seconds=ages.tolist(),
         n_events=n_events.tolist(),
         window_version=window_version.tolist(),
+        newest_event_ms=newest.tolist(),
+        short_term_events=folded.tolist(),
     )
 
 
@@ -86,7 +100,10 @@ def embeddings_response(
         encoding=named,
         statuses=_STATUS_CODES[r.status].tolist(),
         vectors=r.rows.astype(dtype, copy=False).tobytes(),
-        meta=meta_columns(ts, n_events, window_version, present, now_s),
+        meta=meta_columns(
+            ts, n_events, window_version, present, now_s, r.newest_event_ms, r.head_events
+        ),
+        part=PB_PART[r.part],
     )
     if r.scores is not None and r.columns:
         resp.n_scores = len(r.columns)
@@ -100,9 +117,10 @@ def embeddings_response(
         resp.history_vectors = r.history_rows().astype(dtype, copy=False).tobytes()
         if resp.n_scores:
             resp.history_scores = r.history_scores().astype(dtype, copy=False).tobytes()
+        marks = None if s.marker_ts_ms is None else s.marker_ts_ms[:, 1:][older]
         resp.history_meta.CopyFrom(
             meta_columns(hist_ts, s.n_events[:, 1:][older], s.window_version[:, 1:][older],
-                         np.ones(len(hist_ts), np.bool_), now_s)
+                         np.ones(len(hist_ts), np.bool_), now_s, marks)
         )  # fmt: skip
     return resp
 

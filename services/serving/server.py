@@ -36,6 +36,7 @@ from services.serving.ports import IndexSource, VectorReader
 from services.serving.readiness import Readiness, StoreWatch
 from services.serving.served_log import ServedLog
 from services.serving.servicer import UserEmbeddingServicer
+from services.serving.shortterm import HeadSource
 from services.telemetry import tracer
 
 log = logging.getLogger(__name__)
@@ -66,9 +67,12 @@ class ServingServer:
         tracer_provider: Any = None,
         admin: AdminServicer | None = None,
         served_log: ServedLog | None = None,
+        heads: HeadSource | None = None,
     ) -> None:
-        """`tracer_provider`: a server span per call, joined to the caller's trace (None: the
-        OpenTelemetry global, which records nothing unless `PERSONA_TRACES` set one up).
+        """`heads`: the versions' short-term heads (`shortterm.RegistryHeads`; None: every
+        version served nearline). `tracer_provider`: a server span per call, joined to the
+        caller's trace (None: the OpenTelemetry global, which records nothing unless
+        `PERSONA_TRACES` set one up).
         `admin`: the AdminService (ForgetUsers), served beside, behind the same interceptors
         (None: not served); `stop` closes it. `served_log`: a sample of GetEmbeddings answers
         to Kafka (None: none); `start` starts its thread, `stop` flushes and stops it."""
@@ -101,7 +105,7 @@ class ServingServer:
                 ("grpc.so_reuseport", 1 if config.processes > 1 else 0),  # processes.py
             ],
         )
-        self.servicer = UserEmbeddingServicer(config, store, index, metrics, served_log)
+        self.servicer = UserEmbeddingServicer(config, store, index, metrics, served_log, heads)
         bind_index_gauge(metrics, index)
         add_service(
             self.servicer, self._server, "UserEmbeddingService"

@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -28,6 +29,7 @@ from services.serving.responses import (
     lookalikes_response,
     model_info_response,
 )
+from services.serving.shortterm import PARTS, HeadSource
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import VersionResolver
 
@@ -46,9 +48,12 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         index: IndexSource,
         metrics: ServingMetrics,
         served_log: ServedLog | None = None,
+        heads: HeadSource | None = None,
     ) -> None:
-        """`served_log`: GetEmbeddings answers are offered to it (None: not logged)."""
+        """`served_log`: GetEmbeddings answers are offered to it (None: not logged).
+        `heads`: the versions' short-term heads (None: every version served nearline)."""
         self._cfg = config
+        self._heads = heads
         self._served_log = served_log
         self._store = store
         self._index = index
@@ -102,6 +107,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         if request.encoding not in DTYPES:
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"unknown encoding {request.encoding}")
         _known_enum(context, "fallback", request.fallback, pb.Fallback)
+        _known_enum(context, "part", request.part, pb.VectorPart)
         self._get_batch_size.observe(len(request.user_ids))
         q = EmbeddingsQuery(
             user_ids=request.user_ids,
@@ -109,8 +115,9 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
             history_depth=request.history_depth,
             fallback=request.fallback == pb.FALLBACK_POPULATION_PRIOR,
             include_scores=request.include_scores,
+            part=PARTS[request.part],
         )
-        r = self._call(get_embeddings, q, context)
+        r = self._call(functools.partial(get_embeddings, heads=self._heads), q, context)
         counts = np.bincount(r.status, minlength=len(STATUSES)).tolist()
         for counter, count in zip(self._status_counts, counts, strict=True):
             if count:

@@ -274,3 +274,61 @@ def test_installs_alone_in_a_fresh_venv_without_torch(
     assert not heavy, heavy
     assert got["status"] == [FOUND, NOT_FOUND] and got["near"][0] == "u1"
     np.testing.assert_array_equal(np.float32(got["u1"]), users[V1]["u1"])
+
+
+class _OnesHead:
+    """A stand-in short-term head (client plumbing only; tests/refresh/test_refresh_shortterm
+    serves real trained heads): delta = the number of new events in every component."""
+
+    out_dim, max_events = DIM, 4
+
+    def delta(self, nearline: np.ndarray, events: list[list]) -> np.ndarray:
+        return np.stack([np.full(DIM, len(e), np.float32) for e in events])
+
+
+@pytest.mark.integration
+def test_vector_parts(vstore: VectorStore, holder: IndexHolder) -> None:
+    """part: nearline, short-term, combined (the default with a head); what each row is made
+    of (newest_event_ms, short_term_events) in `Embeddings.meta`."""
+    from prometheus_client import CollectorRegistry
+
+    from contract.events import Event
+    from services.config import WindowConfig
+    from services.serving.metrics import serving_metrics
+    from services.serving.server import ServingServer
+    from services.store.records import StoredVector
+    from services.store.windows import WindowStore
+    from tests.serving.support import BASE, NOW_MS
+    from tests.store_support import UserUpdate, apply_events
+
+    class Heads:
+        def head(self, version: str) -> _OnesHead:
+            return _OnesHead()
+
+    t = NOW_MS - 1000
+    windows = WindowStore(vstore.client, WindowConfig())
+    evs = [Event("pt", f"pt-{k}", t + k, "view") for k in range(3)]
+    apply_events(windows, [UserUpdate("pt", 0, list(enumerate(evs)))])
+    near = np.full(DIM, 0.5, np.float32)
+    vstore.put_batch([StoredVector("pt", V1, near, NOW_MS, 1, 1, None, (t, "pt-0"))])
+    server = ServingServer(BASE, vstore, holder, serving_metrics(CollectorRegistry()),
+                           heads=Heads())  # fmt: skip
+    server.start()
+    try:
+        with PersonaClient(ClientConfig(f"127.0.0.1:{server.port}", timeout_s=5)) as client:
+            got = {p: client.get_embeddings(["pt", "nobody"], part=p)
+                   for p in ("default", "nearline", "short_term", "combined")}  # fmt: skip
+    finally:
+        server.stop(grace_s=0)
+        windows.close()
+    assert {p: e.part for p, e in got.items()} == {
+        "default": "combined", "nearline": "nearline", "short_term": "short_term",
+        "combined": "combined",
+    }  # fmt: skip
+    np.testing.assert_array_equal(got["nearline"].vectors[0], near)
+    np.testing.assert_array_equal(got["short_term"].vectors[0], np.full(DIM, 2.0))
+    np.testing.assert_array_equal(got["default"].vectors[0], near + 2)
+    assert got["default"].meta.short_term_events.tolist() == [2, 0]
+    assert got["default"].meta.newest_event_ms.tolist() == [t + 2, 0]
+    assert got["nearline"].meta.newest_event_ms.tolist() == [t, 0]  # the marker's
+    assert got["nearline"].meta.short_term_events.tolist() == [0, 0]

@@ -11,6 +11,11 @@
 // outcome probabilities (NaN where the row has none); column j is ScoreColumns(info,
 // emb.ModelVersion)[j] from GetModelInfo.
 //
+// Part in the request picks the nearline vector, the short-term part (the version's head
+// over the user's events since the last refresh) or their sum; unset: the sum when the
+// version has a head. emb.Part says which came back; emb.Meta.NewestEventMs[i] and
+// emb.Meta.ShortTermEvents[i] what row i is made of.
+//
 // Retries: grpc-go enables service-config retries by default from v1.40; older releases
 // (Debian 12 packages v1.33) need GRPC_GO_RETRY=on in the environment.
 package persona
@@ -125,6 +130,9 @@ type Embeddings struct {
 	NScores        int
 	Scores         [][]float32 // len(Status) rows of NScores outcome probabilities
 	HistoryScores  [][]float32 // len(HistoryVectors) rows of NScores
+	// What Vectors hold: NEARLINE, SHORT_TERM or COMBINED (history rows are nearline);
+	// UNSPECIFIED from a server older than the parts (nearline).
+	Part personav1.VectorPart
 }
 
 // GetEmbeddings calls GetEmbeddings and decodes the packed vectors.
@@ -165,6 +173,7 @@ func DecodeEmbeddings(resp *personav1.GetEmbeddingsResponse) (*Embeddings, error
 		ModelVersion: resp.GetModelVersion(), Dim: dim, Status: resp.GetStatuses(), Vectors: rows,
 		Meta: resp.GetMeta(), HistoryCounts: resp.GetHistoryCounts(), HistoryVectors: hist,
 		HistoryMeta: resp.GetHistoryMeta(), NScores: nScores, Scores: scores, HistoryScores: histScores,
+		Part: resp.GetPart(),
 	}, nil
 }
 

@@ -69,10 +69,14 @@ func TestDecodeEmbeddingsScores(t *testing.T) {
 		NScores:        3,
 		Scores:         packF32(0.25, 0.5, 0.75, nan, nan, nan),
 		HistoryScores:  packF32(0.125, 0.5, 1),
+		Part:           personav1.VectorPart_VECTOR_PART_COMBINED,
 	}
 	emb, err := DecodeEmbeddings(resp)
 	if err != nil {
 		t.Fatal(err)
+	}
+	if emb.Part != personav1.VectorPart_VECTOR_PART_COMBINED {
+		t.Fatalf("part %v", emb.Part)
 	}
 	if emb.NScores != 3 || len(emb.Scores) != 2 || emb.Scores[0][2] != 0.75 || len(emb.HistoryScores) != 1 || emb.HistoryScores[0][0] != 0.125 {
 		t.Fatalf("scores %v, history %v", emb.Scores, emb.HistoryScores)

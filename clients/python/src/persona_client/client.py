@@ -28,6 +28,12 @@ from persona_client.results import Embeddings, Lookalikes, embeddings_from_proto
 
 _ENCODINGS = {"float32": pb.VECTOR_ENCODING_FLOAT32, "float16": pb.VECTOR_ENCODING_FLOAT16}
 _SEED_MODES = {"mean": pb.SEED_MODE_MEAN, "union": pb.SEED_MODE_UNION}
+_PARTS = {
+    "default": pb.VECTOR_PART_UNSPECIFIED,
+    "nearline": pb.VECTOR_PART_NEARLINE,
+    "short_term": pb.VECTOR_PART_SHORT_TERM,
+    "combined": pb.VECTOR_PART_COMBINED,
+}
 
 
 def open_channel(cfg: ClientConfig) -> grpc.Channel:
@@ -63,6 +69,7 @@ class PersonaClient:
         encoding: Literal["float32", "float16"] = "float32",
         fallback_prior: bool = False,
         include_scores: bool = False,
+        part: Literal["default", "nearline", "short_term", "combined"] = "default",
         timeout_s: float | None = None,
     ) -> Embeddings:
         """Vectors of `user_ids` (request order; duplicates each get a row) under one model
@@ -76,6 +83,10 @@ class PersonaClient:
             include_scores: also the users' calibrated outcome probabilities, read with the
                 vectors: `Embeddings.scores` (N, S), NaN where a row has none; column j is
                 `score_columns(client.model_info(), emb.model_version)[j]`.
+            part: which part of the vector: "nearline" (as the refresher stored it),
+                "short_term" (the version's short-term head over the user's events since
+                then), "combined" (their sum); "default": combined when the version has a
+                head, else nearline. `Embeddings.part` says which came back.
             timeout_s: this call's deadline (default `config.timeout_s`).
         """
         ids = tuple(user_ids)
@@ -86,6 +97,7 @@ class PersonaClient:
             encoding=_ENCODINGS[encoding],
             fallback=pb.FALLBACK_POPULATION_PRIOR if fallback_prior else pb.FALLBACK_NONE,
             include_scores=include_scores,
+            part=_PARTS[part],
         )
         resp = self.stub.GetEmbeddings(
             req, timeout=self._timeout(timeout_s), metadata=self._metadata

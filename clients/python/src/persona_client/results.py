@@ -14,6 +14,10 @@ found::
 With `include_scores` and a version that stores outcome scores, `scores` is (N, S) (NaN
 where a row has none, e.g. "b") and `history_scores` (R, S); column j is the version's
 `score_columns(info, version)[j]` from GetModelInfo. Otherwise both have S = 0 columns.
+
+`part` says what `vectors` holds ("nearline", "short_term" or "combined": the nearline vector
+plus the version's short-term head over the events since it); per row, `meta.newest_event_ms`
+is the newest user event in it and `meta.short_term_events` how many the head folded in.
 """
 
 from __future__ import annotations
@@ -27,6 +31,11 @@ FOUND = pb.EMBEDDING_STATUS_FOUND
 NOT_FOUND = pb.EMBEDDING_STATUS_NOT_FOUND
 FALLBACK_PRIOR = pb.EMBEDDING_STATUS_FALLBACK_PRIOR
 DTYPES = {pb.VECTOR_ENCODING_FLOAT32: "<f4", pb.VECTOR_ENCODING_FLOAT16: "<f2"}
+PARTS = {
+    pb.VECTOR_PART_NEARLINE: "nearline",
+    pb.VECTOR_PART_SHORT_TERM: "short_term",
+    pb.VECTOR_PART_COMBINED: "combined",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,14 +46,21 @@ class VectorMeta:
     age_seconds: np.ndarray  # (R,) float64, by the server's clock when it answered
     n_events: np.ndarray  # (R,) int32, events the vector saw (0 for the prior)
     window_version: np.ndarray  # (R,) int64
+    # (R,) int64 ts_ms of the newest event in the row (the short-term head's newest folded
+    # event, else the nearline vector's newest); 0: unknown (a server or vector from before)
+    newest_event_ms: np.ndarray
+    short_term_events: np.ndarray  # (R,) int32 events the short-term head folded in
 
     @classmethod
     def from_proto(cls, cols: pb.VectorMetaColumns) -> VectorMeta:
+        r = len(cols.computed_at_ms)
         return cls(
             np.array(cols.computed_at_ms, np.int64),
             np.array(cols.age_seconds, np.float64),
             np.array(cols.n_events, np.int32),
             np.array(cols.window_version, np.int64),
+            np.array(cols.newest_event_ms or np.zeros(r), np.int64),  # older servers: none
+            np.array(cols.short_term_events or np.zeros(r), np.int32),
         )
 
 
@@ -64,6 +80,7 @@ class Embeddings:
     history_meta: VectorMeta  # (R,) columns
     scores: np.ndarray  # (N, S) outcome probabilities, NaN where none; S = 0 when not asked
     history_scores: np.ndarray  # (R, S), the history rows' scores
+    part: str = "nearline"  # what `vectors` holds: nearline, short_term or combined
 
     @property
     def found(self) -> np.ndarray:
@@ -122,6 +139,7 @@ def embeddings_from_proto(resp: pb.GetEmbeddingsResponse, user_ids: tuple[str, .
         history_meta=VectorMeta.from_proto(resp.history_meta),
         scores=scores,
         history_scores=history_scores,
+        part=PARTS.get(resp.part, "nearline"),  # unset: a server from before the parts
     )
 
 

@@ -26,6 +26,13 @@ class EmbeddingStatus(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EMBEDDING_STATUS_NOT_FOUND: _ClassVar[EmbeddingStatus]
     EMBEDDING_STATUS_FALLBACK_PRIOR: _ClassVar[EmbeddingStatus]
 
+class VectorPart(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    VECTOR_PART_UNSPECIFIED: _ClassVar[VectorPart]
+    VECTOR_PART_NEARLINE: _ClassVar[VectorPart]
+    VECTOR_PART_SHORT_TERM: _ClassVar[VectorPart]
+    VECTOR_PART_COMBINED: _ClassVar[VectorPart]
+
 class SeedMode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
     SEED_MODE_UNSPECIFIED: _ClassVar[SeedMode]
@@ -49,6 +56,10 @@ EMBEDDING_STATUS_UNSPECIFIED: EmbeddingStatus
 EMBEDDING_STATUS_FOUND: EmbeddingStatus
 EMBEDDING_STATUS_NOT_FOUND: EmbeddingStatus
 EMBEDDING_STATUS_FALLBACK_PRIOR: EmbeddingStatus
+VECTOR_PART_UNSPECIFIED: VectorPart
+VECTOR_PART_NEARLINE: VectorPart
+VECTOR_PART_SHORT_TERM: VectorPart
+VECTOR_PART_COMBINED: VectorPart
 SEED_MODE_UNSPECIFIED: SeedMode
 SEED_MODE_MEAN: SeedMode
 SEED_MODE_UNION: SeedMode
@@ -59,35 +70,41 @@ MODEL_VERSION_STATE_ACTIVE: ModelVersionState
 MODEL_VERSION_STATE_RETIRED: ModelVersionState
 
 class GetEmbeddingsRequest(_message.Message):
-    __slots__ = ("user_ids", "model_version", "history_depth", "encoding", "fallback", "include_scores")
+    __slots__ = ("user_ids", "model_version", "history_depth", "encoding", "fallback", "include_scores", "part")
     USER_IDS_FIELD_NUMBER: _ClassVar[int]
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     HISTORY_DEPTH_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
     FALLBACK_FIELD_NUMBER: _ClassVar[int]
     INCLUDE_SCORES_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     user_ids: _containers.RepeatedScalarFieldContainer[str]
     model_version: str
     history_depth: int
     encoding: VectorEncoding
     fallback: Fallback
     include_scores: bool
-    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., history_depth: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., include_scores: _Optional[bool] = ...) -> None: ...
+    part: VectorPart
+    def __init__(self, user_ids: _Optional[_Iterable[str]] = ..., model_version: _Optional[str] = ..., history_depth: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., fallback: _Optional[_Union[Fallback, str]] = ..., include_scores: _Optional[bool] = ..., part: _Optional[_Union[VectorPart, str]] = ...) -> None: ...
 
 class VectorMetaColumns(_message.Message):
-    __slots__ = ("computed_at_ms", "age_seconds", "n_events", "window_version")
+    __slots__ = ("computed_at_ms", "age_seconds", "n_events", "window_version", "newest_event_ms", "short_term_events")
     COMPUTED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     AGE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     N_EVENTS_FIELD_NUMBER: _ClassVar[int]
     WINDOW_VERSION_FIELD_NUMBER: _ClassVar[int]
+    NEWEST_EVENT_MS_FIELD_NUMBER: _ClassVar[int]
+    SHORT_TERM_EVENTS_FIELD_NUMBER: _ClassVar[int]
     computed_at_ms: _containers.RepeatedScalarFieldContainer[int]
     age_seconds: _containers.RepeatedScalarFieldContainer[float]
     n_events: _containers.RepeatedScalarFieldContainer[int]
     window_version: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, computed_at_ms: _Optional[_Iterable[int]] = ..., age_seconds: _Optional[_Iterable[float]] = ..., n_events: _Optional[_Iterable[int]] = ..., window_version: _Optional[_Iterable[int]] = ...) -> None: ...
+    newest_event_ms: _containers.RepeatedScalarFieldContainer[int]
+    short_term_events: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, computed_at_ms: _Optional[_Iterable[int]] = ..., age_seconds: _Optional[_Iterable[float]] = ..., n_events: _Optional[_Iterable[int]] = ..., window_version: _Optional[_Iterable[int]] = ..., newest_event_ms: _Optional[_Iterable[int]] = ..., short_term_events: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class GetEmbeddingsResponse(_message.Message):
-    __slots__ = ("model_version", "dim", "encoding", "statuses", "vectors", "meta", "history_counts", "history_vectors", "history_meta", "n_scores", "scores", "history_scores")
+    __slots__ = ("model_version", "dim", "encoding", "statuses", "vectors", "meta", "history_counts", "history_vectors", "history_meta", "n_scores", "scores", "history_scores", "part")
     MODEL_VERSION_FIELD_NUMBER: _ClassVar[int]
     DIM_FIELD_NUMBER: _ClassVar[int]
     ENCODING_FIELD_NUMBER: _ClassVar[int]
@@ -100,6 +117,7 @@ class GetEmbeddingsResponse(_message.Message):
     N_SCORES_FIELD_NUMBER: _ClassVar[int]
     SCORES_FIELD_NUMBER: _ClassVar[int]
     HISTORY_SCORES_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
     model_version: str
     dim: int
     encoding: VectorEncoding
@@ -112,7 +130,8 @@ class GetEmbeddingsResponse(_message.Message):
     n_scores: int
     scores: bytes
     history_scores: bytes
-    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., statuses: _Optional[_Iterable[_Union[EmbeddingStatus, str]]] = ..., vectors: _Optional[bytes] = ..., meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., history_counts: _Optional[_Iterable[int]] = ..., history_vectors: _Optional[bytes] = ..., history_meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., n_scores: _Optional[int] = ..., scores: _Optional[bytes] = ..., history_scores: _Optional[bytes] = ...) -> None: ...
+    part: VectorPart
+    def __init__(self, model_version: _Optional[str] = ..., dim: _Optional[int] = ..., encoding: _Optional[_Union[VectorEncoding, str]] = ..., statuses: _Optional[_Iterable[_Union[EmbeddingStatus, str]]] = ..., vectors: _Optional[bytes] = ..., meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., history_counts: _Optional[_Iterable[int]] = ..., history_vectors: _Optional[bytes] = ..., history_meta: _Optional[_Union[VectorMetaColumns, _Mapping]] = ..., n_scores: _Optional[int] = ..., scores: _Optional[bytes] = ..., history_scores: _Optional[bytes] = ..., part: _Optional[_Union[VectorPart, str]] = ...) -> None: ...
 
 class UserList(_message.Message):
     __slots__ = ("user_ids",)
