@@ -169,6 +169,11 @@ class StoreRouter:
         assert isinstance(self.client, RedisCluster)
         return self.client
 
+    def relearn(self) -> None:
+        """Learn the cluster's slot map again (a no-op on a single node): for a caller whose
+        cross-slot script met a key its node no longer serves (no MOVED for that)."""
+        self._relearn()
+
     def _relearn(self) -> None:
         if isinstance(self.client, RedisCluster):
             self.client.nodes_manager.initialize()  # the slot map moved: learn it again

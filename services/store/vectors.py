@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import json
+import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -290,34 +291,55 @@ class VectorStore:
 
     def read_recent(
         self, user_ids: Sequence[str], version: str, history: int, max_events: int,
-        deadline: float,
+        deadline: float, users_per_call: int = 128,
     ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
         """`read_batch`, and per user the window events its newest vector has not folded in
         (after the layout-3 marker in window order, at most `max_events` of the newest,
-        oldest first; [] without a marker): one `read_recent.lua` call per user, in the
-        same round trip (LAYOUT.md "Vector value, layout 3"). The short-term head's read."""
+        oldest first; [] without a marker), in the same round trip: `read_recent.lua`, one
+        call per node and chunk of `users_per_call` users, all written before any reply is
+        read (`StoreRouter.read_packed`). The short-term head's read (LAYOUT.md "Vector
+        value, layout 3")."""
         check_version(version)
         last, most = max(1, history) - 1, max(0, max_events)
-        slots = np.fromiter((layout.BUCKET_SLOTS[layout.bucket(u)] for u in user_ids),
-                            np.int64, len(user_ids))  # fmt: skip
+        raws = list(map(str.encode, user_ids))  # UTF-8
+        n = len(raws)
+        buckets = (np.fromiter(map(zlib.crc32, raws), np.int64, n) % layout.BUCKETS).tolist()
+        slots = [layout.BUCKET_SLOTS[b] for b in buckets]
+        results: list[Any] = []
         for attempt in (0, 1):
             sha = self._scripts.sha("read_recent.lua")
-            cmds: list[tuple[bytes]] = [
-                (_pack(("EVALSHA", sha, 3, vector_key(u, version), *layout.user_keys(u)[:2],
-                        last, most)),)
-                for u in user_ids
-            ]  # fmt: skip
-            results = self.router.read_packed(slots, cmds, deadline)
-            if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
-                self._scripts.load()  # the node lost its script cache (restart, failover)
+            chunks = [
+                group[lo : lo + users_per_call]
+                for group in self.router.node_groups(slots)
+                for lo in range(0, len(group), users_per_call)
+            ]
+            cmds: list[tuple[bytes]] = []
+            for chunk in chunks:
+                args: list[Any] = ["EVALSHA", sha, 1, vector_key(user_ids[chunk[0]], version),
+                                   version, last, most]  # fmt: skip
+                for i in chunk:
+                    args += (buckets[i], raws[i])
+                cmds.append((_pack(tuple(args)),))
+            firsts = np.array([slots[c[0]] for c in chunks], np.int64)
+            results = self.router.read_packed(firsts, cmds, deadline)
+            if attempt == 0 and any(isinstance(r, ResponseError) for r in results):
+                if any(isinstance(r, NoScriptError) for r in results):
+                    self._scripts.load()  # a node lost its script cache (restart, failover)
+                else:  # e.g. a key of another slot than the node serves: the map moved
+                    self.router.relearn()
                 continue
             break
         raise_first(results)
-        batch = decode_batch([r[0] for r in results], history)
+        replies: list[Any] = [None] * n
+        for chunk, r in zip(chunks, results, strict=True):
+            for i, got in zip(chunk, r, strict=True):
+                replies[i] = got
+        batch = decode_batch([r[0] for r in replies], history)
         events = [
             [unpack_record(u, r[j].decode("utf-8"), r[j + 1]) for j in range(1, len(r), 2)]
-            for u, r in zip(user_ids, results, strict=True)
-        ]
+            if len(r) > 1 else []
+            for u, r in zip(user_ids, replies, strict=True)
+        ]  # fmt: skip
         return batch, events
 
     # ----- audiences (audience.py) -------------------------------------------------------

@@ -310,7 +310,8 @@ def test_vector_parts(vstore: VectorStore, holder: IndexHolder) -> None:
     evs = [Event("pt", f"pt-{k}", t + k, "view") for k in range(3)]
     apply_events(windows, [UserUpdate("pt", 0, list(enumerate(evs)))])
     near = np.full(DIM, 0.5, np.float32)
-    vstore.put_batch([StoredVector("pt", V1, near, NOW_MS, 1, 1, None, (t, "pt-0"))])
+    # window version 0: encoded before the three events were applied (meta `v` is 1 now)
+    vstore.put_batch([StoredVector("pt", V1, near, NOW_MS, 1, 0, None, (t, "pt-0"))])
     server = ServingServer(BASE, vstore, holder, serving_metrics(CollectorRegistry()),
                            heads=Heads())  # fmt: skip
     server.start()

@@ -57,7 +57,9 @@ def _events(uid: str, spec: list[tuple[int, str]], offset0: int = 0) -> UserUpda
                                for k, (dt, eid) in enumerate(spec)])  # fmt: skip
 
 
-def _vector(uid: str, marker: tuple[int, str] | None, wv: int = 1) -> StoredVector:
+def _vector(uid: str, marker: tuple[int, str] | None, wv: int = 0) -> StoredVector:
+    """`wv`: the window version encoded (meta `v` then); the store's is 1 after one apply, so
+    0 says "encoded before that apply" (the script then looks at the window)."""
     return StoredVector(uid, VER, np.full(4, wv, np.float32), T, 3, wv, None, marker)
 
 
@@ -73,7 +75,7 @@ def test_events_after_the_marker_in_window_order(stores: tuple[WindowStore, Vect
     # b: everything folded (the marker is the newest); c: no marker (layout 1)
     apply_events(windows, [_events("rr-b", [(0, "b0"), (5, "b1")]),
                            _events("rr-c", [(0, "c0"), (5, "c1")])])  # fmt: skip
-    vectors.put_batch([_vector("rr-a", (T + 10, "e2")), _vector("rr-b", (T + 5, "b1")),
+    vectors.put_batch([_vector("rr-a", (T + 10, "e2")), _vector("rr-b", (T + 5, "b1"), wv=1),
                        _vector("rr-c", None)])  # fmt: skip
     deadline = time.monotonic() + 5
     ids = ["rr-a", "rr-b", "rr-c", "rr-d"]  # d: nothing stored
