@@ -10,8 +10,9 @@ Order of work (`outcome_report`):
 3. for every (horizon, outcome) cell with at least `min_class` positives and negatives:
    ROC AUC of the calibrated probability and of a linear probe fitted on the same vectors
    (5-fold; the issue's bar: the heads within 0.01 of it), expected calibration error
-   (ECE, 10 equal-width bins) before and after calibration; pooled over those cells, the
-   reliability diagram (`write_reliability_png`).
+   (ECE, 10 equal-width bins) before and after calibration, and the ECE's noise floor (what
+   a perfectly calibrated predictor shows on these users: `propensity.ece_floor`); pooled
+   over those cells, the reliability diagram (`write_reliability_png`).
 
 The calibration was fitted on the training's validation users; this split is another
 held-out set (later in time), so the ECE here is the honest one.
@@ -29,7 +30,7 @@ from contract.events import Event
 from encoder.evaluate_log import probe_aucs
 from encoder.eventlog import EventLog, build_log
 from encoder.outcomes import OutcomeSpace, occurred
-from encoder.propensity import OutcomeHeads, reliability
+from encoder.propensity import OutcomeHeads, ece_floor, reliability
 from encoder.tokenizer import DAY, Tokenizer, TokenizerConfig
 
 Source = Callable[[], Iterable[Event]]
@@ -107,6 +108,7 @@ def score_outcomes(
                 "auc": round(float(roc_auc_score(y[:, k, j], cal[:, k, j])), 4),
                 "ece_before": reliability(raw[:, k, j], y[:, k, j])["ece"],
                 "ece_after": reliability(cal[:, k, j], y[:, k, j])["ece"],
+                "ece_floor": ece_floor(cal[:, k, j].astype(np.float64)),
                 "calibrated": bool(heads.calibrated[k, j]),
             }
         )
@@ -127,6 +129,7 @@ def score_outcomes(
         "mean_probe_auc": mean("probe_auc"),
         "mean_ece_before": mean("ece_before"),
         "mean_ece_after": mean("ece_after"),
+        "mean_ece_floor": mean("ece_floor"),
         "reliability_before": reliability(raw[m], y[m]),
         "reliability_after": reliability(cal[m], y[m]),
         "per_cell": rows,
@@ -138,18 +141,22 @@ def format_outcome_table(report: dict[str, Any], horizons_ms: tuple[int, ...]) -
     (cross-validated), mean ECE before and after calibration."""
     lines = [
         f"{'horizon':>8s} {'cells':>6s} {'AUC':>7s} {'probe':>7s} {'ECE raw':>8s} {'ECE cal':>8s}"
+        f" {'floor':>7s}"
     ]
-    keys = ("auc", "probe_auc", "ece_before", "ece_after")
+    keys = ("auc", "probe_auc", "ece_before", "ece_after", "ece_floor")
     for h in horizons_ms:
         rows = [r for r in report["per_cell"] if r["horizon_ms"] == h]
         if not rows:
             continue
-        auc, pr, e0, e1 = (np.mean([r[k] for r in rows]) for k in keys)
-        lines.append(f"{_human(h):>8s} {len(rows):6d} {auc:7.4f} {pr:7.4f} {e0:8.4f} {e1:8.4f}")
+        auc, pr, e0, e1, fl = (np.mean([r.get(k, np.nan) for r in rows]) for k in keys)
+        lines.append(
+            f"{_human(h):>8s} {len(rows):6d} {auc:7.4f} {pr:7.4f} {e0:8.4f} {e1:8.4f} {fl:7.4f}"
+        )
     lines.append(
         f"{'all':>8s} {report['cells']:6d} {report['mean_auc']:7.4f} "
         f"{report['mean_probe_auc']:7.4f} "
-        f"{report['mean_ece_before']:8.4f} {report['mean_ece_after']:8.4f}"
+        f"{report['mean_ece_before']:8.4f} {report['mean_ece_after']:8.4f} "
+        f"{report.get('mean_ece_floor', float('nan')):7.4f}"
     )
     return "\n".join(lines)
 

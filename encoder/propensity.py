@@ -200,6 +200,21 @@ def reliability(p: np.ndarray, y: np.ndarray, bins: int = 10) -> dict[str, Any]:
     return {"ece": round(ece, 5), "bins": [[round(a, 5), round(o, 5), c] for a, o, c in pts]}
 
 
+def ece_floor(p: np.ndarray, bins: int = 10, draws: int = 200, seed: int = 0) -> float:
+    """The ECE a perfectly calibrated predictor shows on this sample: mean `reliability`
+    ECE of `p` (N,) against labels drawn as Bernoulli(p). ECE over N examples is biased
+    upward by sampling noise alone; a measured ECE near this floor cannot be told from
+    perfect calibration at this N (more held-out users lower the floor)."""
+    if not len(p):
+        return float("nan")
+    rng = np.random.default_rng(seed)
+    edges = np.minimum((p * bins).astype(np.int64), bins - 1)
+    mp = np.bincount(edges, weights=p, minlength=bins)
+    ys = rng.random((draws, len(p))) < p  # (R, N)
+    my = np.stack([np.bincount(edges, weights=y, minlength=bins) for y in ys])  # (R, bins)
+    return round(float(np.abs(my - mp).sum(1).mean() / len(p)), 5)
+
+
 def cell_ece(probs: np.ndarray, y: np.ndarray, ok: np.ndarray, cells: np.ndarray) -> float:
     """Mean ECE over the cells marked in `cells` (K, Y); probs, y: (N, K, Y), ok: (N, K)."""
     out = [

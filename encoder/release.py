@@ -49,6 +49,8 @@ class ParityResult:
     max_abs_diff: float
     windows: int
     tampered_files: tuple[str, ...]
+    # the short-term head's own sample (relative |diff|; None: a version without a head)
+    short_term_diff: float | None = None
 
 
 def reference_vectors(
@@ -132,8 +134,18 @@ def train_version(
 
 
 def parity_check(models_dir: Path, version: str, tol: float = PARITY_TOL) -> ParityResult:
-    """Does the serving path, loading the version from disk, reproduce the parity sample?"""
+    """Does the serving path, loading the version from disk, reproduce the parity sample
+    (the encoder's, and the short-term head's when the version has one)?"""
     tampered = tuple(registry.verify_manifest(models_dir, version))
+    head_diff: float | None = None
+    if (models_dir / version / shortterm.FILE).exists():
+        try:
+            head = shortterm.ShortTermHead.read(models_dir, version)
+            assert head is not None
+            head_diff = head.parity_error(models_dir / version / shortterm.PARITY_FILE)
+        except Exception as exc:  # an unreadable head fails parity, it does not crash
+            log.error("parity: the short-term head of %s failed: %s", version, exc)
+            head_diff = float("inf")
     windows, nows, expected = registry.load_parity(models_dir, version)
     try:
         enc = Encoder.load(models_dir, version, device="cpu")
@@ -142,7 +154,10 @@ def parity_check(models_dir: Path, version: str, tol: float = PARITY_TOL) -> Par
     except Exception as exc:  # unreadable weights are a parity failure, not a crash
         log.error("parity: loading %s failed: %s", version, exc)
         diff = float("inf")
-    return ParityResult(diff <= tol and not tampered, diff, len(windows), tampered)
+    head_ok = head_diff is None or head_diff <= shortterm.PARITY_TOL
+    return ParityResult(
+        diff <= tol and head_ok and not tampered, diff, len(windows), tampered, head_diff
+    )
 
 
 def eval_version(

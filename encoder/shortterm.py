@@ -101,15 +101,22 @@ class ShortTermHead:
         self.max_events = arrays.max_events
 
     @classmethod
-    def load(cls, models_dir: Path, version: str) -> ShortTermHead | None:
-        """The head of `version` (None: a version trained without one), checked against its
-        parity sample (ShortTermParityError when it does not reproduce it)."""
+    def read(cls, models_dir: Path, version: str) -> ShortTermHead | None:
+        """The head of `version` as stored (None: a version trained without one), unchecked."""
         folder = Path(models_dir) / check_name(version)
         if not (folder / FILE).exists():
             return None
         tok = Tokenizer(TokenizerConfig.from_json((folder / "tokenizer.json").read_text()))
-        head = cls(HeadArrays.from_bytes((folder / FILE).read_bytes()), tok)
-        worst = head.parity_error(folder / PARITY_FILE)
+        return cls(HeadArrays.from_bytes((folder / FILE).read_bytes()), tok)
+
+    @classmethod
+    def load(cls, models_dir: Path, version: str) -> ShortTermHead | None:
+        """`read`, checked against the version's parity sample (ShortTermParityError when
+        the head does not reproduce it)."""
+        head = cls.read(models_dir, version)
+        if head is None:
+            return None
+        worst = head.parity_error(Path(models_dir) / version / PARITY_FILE)
         if worst > PARITY_TOL:
             raise ShortTermParityError(
                 f"model version {version}: short-term head parity failed "

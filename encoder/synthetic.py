@@ -86,6 +86,10 @@ class SyntheticConfig:
     events_per_session: float = 7.0
     session_gap_shape: float = 0.5  # Gamma shape of gaps between sessions (< 1: bursty)
     min_sessions: int = 2
+    # an intent switch: this share of users take up another segment's tastes (types, items,
+    # campaigns, pages) in the last `switch_days` of the window (`UserTruth.switched_at_ms`)
+    switch_share: float = 0.0
+    switch_days: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class UserTruth:
     lifecycle: str  # new|engaged|fading|churned at end_ms
     converts: bool  # a purchase within 7 days after end_ms
     churns: bool  # no events within 14 days after end_ms
+    switched_at_ms: int | None = None  # when the user switched segment (None: never)
+    switched_to: int | None = None
 
 
 @dataclass(frozen=True)
@@ -246,6 +252,7 @@ class _UserPlan:
     signup: float  # days after the window start (may be negative)
     activity: float
     traj: list[tuple[float, str]]
+    switch: tuple[float, int] | None = None  # (day, new segment)
 
 
 def _plan_users(
@@ -262,7 +269,13 @@ def _plan_users(
             signup = rng.uniform(-40.0, cfg.days - 6.0)
         activity = float(np.exp(rng.normal(0.0, 0.4)))
         traj = _trajectory(rng, signup, cfg.days + 14.0)
-        plans.append(_UserPlan(seg, signup, activity, traj))
+        plan = _UserPlan(seg, signup, activity, traj)
+        if cfg.switch_share > 0:  # its own stream: users who do not switch stay byte-equal
+            srng = np.random.default_rng([cfg.seed, cfg.first_user + len(plans), 7])
+            if srng.random() < cfg.switch_share:
+                seg2 = (seg + 1 + int(srng.integers(0, cfg.segments - 1))) % cfg.segments
+                plan.switch = (cfg.days - float(srng.uniform(0.0, cfg.switch_days)), seg2)
+        plans.append(plan)
         bounds = [*(t for t, _ in traj[1:]), cfg.days]
         for (ta, s), tb in zip(traj, bounds, strict=False):
             lo, hi = max(ta, 0.0), min(tb, cfg.days)
@@ -270,6 +283,24 @@ def _plan_users(
                 expected += (hi - lo) * _RATE[s] * _LEN[s] * activity
     scale = cfg.events_per_user * cfg.users / max(expected * cfg.events_per_session, 1e-9)
     return plans, scale
+
+
+def _switched(
+    cfg: SyntheticConfig, world: _World, plan: _UserPlan, n: int, src: np.ndarray
+) -> tuple[np.ndarray, ...]:
+    """Types, items, campaigns, pages (N,) of the segment a switching user moves to."""
+    assert plan.switch is not None
+    seg = plan.switch[1]
+    rng = np.random.default_rng([cfg.seed, int(plan.switch[0] * 1e6), seg, 11])
+    pool, cp, pp = world.item_pools[seg], world.campaign_pools[seg], world.page_pools[seg]
+    own = rng.random(size=(3, n)) < cfg.in_segment
+    zipf = np.minimum(np.searchsorted(world.item_cdf[seg], rng.random(n)), len(pool) - 1)
+    return (
+        rng.choice(len(EVENT_TYPES), size=n, p=world.type_probs[seg]),
+        np.where(own[0], pool[zipf], rng.integers(0, cfg.items, size=n))[src],
+        np.where(own[1], cp[rng.integers(0, len(cp), n)], rng.integers(0, cfg.campaigns, n)),
+        np.where(own[2], pp[rng.integers(0, len(pp), n)], rng.integers(0, cfg.pages, n)),
+    )
 
 
 def _user_events(
@@ -322,6 +353,12 @@ def _user_events(
     rep = (rng.random(n) < 0.3) & (np.arange(n) != first[sid])
     src = np.maximum.accumulate(np.where(rep, 0, np.arange(n)))
     items = items[src]
+    after = (
+        np.zeros(n, dtype=bool) if plan.switch is None else np.array(sess)[sid] >= plan.switch[0]
+    )
+    alt = _switched(cfg, world, plan, n, src) if after.any() else None
+    if alt is not None:
+        types, items = np.where(after, alt[0], types), np.where(after, alt[1], items)
     for k, kind in enumerate(kinds):
         a, b = int(first[k]), int(first[k] + n_s[k])
         if kind == 1:  # purchase intent: the session circles one item, ending in a cart add
@@ -336,6 +373,8 @@ def _user_events(
     cp, pp = world.campaign_pools[seg], world.page_pools[seg]
     camps = np.where(own[1], cp[rng.integers(0, len(cp), n)], rng.integers(0, cfg.campaigns, n))
     pages = np.where(own[2], pp[rng.integers(0, len(pp), n)], rng.integers(0, cfg.pages, n))
+    if alt is not None:
+        camps, pages = np.where(after, alt[2], camps), np.where(after, alt[3], pages)
     fz = fade[sid]  # (N,)
     gaps = np.exp(rng.normal(np.log(25.0) + 1.2 * fz, 1.0, size=n)) * 1000.0  # ms in a session
     gaps[first] = 0.0
@@ -419,7 +458,11 @@ def generate(cfg: SyntheticConfig) -> SyntheticDataset:
             else:
                 future.append(ev)
                 churns = False
-        truth[uid] = UserTruth(uid, plan.seg, lifecycle, converts, churns)
+        sw = plan.switch
+        at = None if sw is None else cfg.end_ms - int((cfg.days - sw[0]) * DAY_MS)
+        truth[uid] = UserTruth(
+            uid, plan.seg, lifecycle, converts, churns, at, None if sw is None else sw[1]
+        )
     events.sort(key=Event.sort_key)
     future.sort(key=Event.sort_key)
     return SyntheticDataset(config=cfg, events=events, truth=truth, future_events=future)

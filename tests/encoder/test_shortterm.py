@@ -12,7 +12,7 @@ import pytest
 
 from encoder import registry
 from encoder.api import Encoder
-from encoder.release import train_version
+from encoder.release import parity_check, train_version
 from encoder.shortterm import PARITY_FILE, ShortTermHead, ShortTermParityError
 from encoder.synthetic import SyntheticDataset
 from encoder.train import TrainSpec, group_by_user
@@ -28,6 +28,8 @@ def test_version_keeps_a_head_that_reproduces_its_parity_sample(registry_with_tw
     assert metrics["explained_share"]["all"] > 0.3
     assert head.parity_error(models / v1 / PARITY_FILE) < 1e-5
     assert len((models / v1 / PARITY_FILE).read_text().splitlines()) > 0
+    gate = parity_check(models, v1)  # the promotion gate checks the head too
+    assert gate.ok and gate.short_term_diff is not None and gate.short_term_diff < 1e-5
 
 
 def test_delta_moves_a_stale_vector_towards_the_refreshed_one(

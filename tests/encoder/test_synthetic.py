@@ -66,3 +66,24 @@ def test_segments_have_distinct_tastes() -> None:
     segs = sorted(seg_items)
     a, b = seg_items[segs[0]], seg_items[segs[1]]
     assert len(a & b) < 0.5 * min(len(a), len(b))
+
+
+def test_intent_switch_changes_only_the_switchers_after_their_switch() -> None:
+    from encoder.synthetic import SyntheticConfig, generate
+
+    plain = generate(SyntheticConfig(users=60, seed=3))
+    switched = generate(SyntheticConfig(users=60, seed=3, switch_share=0.5))
+    movers = {u for u, t in switched.truth.items() if t.switched_at_ms is not None}
+    assert 10 <= len(movers) <= 50
+    a, b = plain.windows(), switched.windows()
+    assert all(a[u] == b[u] for u in a if u not in movers)  # the rest stay byte-equal
+    seen_after = 0
+    for u in movers:
+        t = switched.truth[u]
+        assert t.switched_to is not None and t.switched_to != t.segment
+        at = t.switched_at_ms
+        assert at is not None
+        before = [e for e in b[u] if e.ts_ms < at]
+        assert before == [e for e in a[u] if e.ts_ms < at]  # the history is untouched
+        seen_after += len(b[u]) > len(before)
+    assert seen_after > 0

@@ -11,7 +11,7 @@ LIMIT = 400
 EXCEPTIONS = {
     # the synthetic world with planted truth (owned by the encoder work in progress, left
     # as it is here); the world and lifecycle vs the per-user event sampling would split it
-    "encoder/synthetic.py": 450,
+    "encoder/synthetic.py": 470,
 }
 
 
