@@ -97,6 +97,7 @@ bench: install  ## run every benchmark at a quick size (README gives the full-si
 	$(PY) benchmarks/ann.py --n 100000
 	$(PY) benchmarks/serve.py --users 20000 --lookalike-n 200000 --seconds 5
 	$(PY) benchmarks/serve_processes.py --users 20000 --seconds 5
+	$(PY) benchmarks/realtime.py --users 600 --train-users 300 --seconds 10 --cost-seconds 2
 
 # Feast, the serving benchmark's peer, in a virtualenv of its own: no Persona dependency, no
 # lock of Persona's touched. benchmarks/serve.py runs its Feast side there when it exists.
