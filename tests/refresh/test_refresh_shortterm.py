@@ -6,14 +6,16 @@ nearline + the version's head delta over them. Real Valkey, real broker, real ti
 versions (each with its head): an event applied after the refresh changes the served vector
 by exactly the head's delta; right after a refresh the combined vector is the nearline one
 (the refresher's events are never folded again); the three parts; a cutover switches the
-head with the vectors; a version without a head serves nearline.
+head with the vectors; a version without a head serves nearline; an event produced to the
+events topic and applied by the ingest consumer is served.
 """
 
 from __future__ import annotations
 
 import shutil
 import threading
-from collections.abc import Iterator
+import uuid
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from pathlib import Path
@@ -26,7 +28,11 @@ from persona.v1 import service_pb2_grpc
 from prometheus_client import CollectorRegistry
 
 from encoder.shortterm import FILE, PARITY_FILE, ShortTermHead
+from services.config import KafkaConfig, WindowConfig
 from services.index.holder import IndexHolder
+from services.ingest.consumer import Ingestor
+from services.ingest.metrics import ingest_metrics
+from services.ingest.produce import produce_events
 from services.refresh import cutover
 from services.serving.metrics import serving_metrics
 from services.serving.server import ServingServer
@@ -55,7 +61,7 @@ def _served(env: Env, models: Path) -> Iterator[Stub]:
 
 
 def _get(
-    stub: Stub, ids: list[str], part: int = 0, version: str = ""
+    stub: Stub, ids: list[str], part: pb.VectorPart = pb.VECTOR_PART_UNSPECIFIED, version: str = ""
 ) -> tuple[np.ndarray, pb.GetEmbeddingsResponse]:
     resp = stub.GetEmbeddings(
         pb.GetEmbeddingsRequest(user_ids=ids, part=part, model_version=version)
@@ -175,3 +181,32 @@ def test_cutover_switches_the_head_and_a_version_without_one_serves_nearline(
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
         got, resp = _get(stub, users, version=env.v1)  # v1 kept its head
         assert resp.part == pb.VECTOR_PART_COMBINED
+
+
+def test_an_event_ingested_from_the_topic_reaches_the_served_vector(
+    env: Env, make_topic: Callable[..., str]
+) -> None:
+    """The freshness path end to end: an event produced to the events topic after the
+    refresh, applied by the ingest consumer, is in the next GetEmbeddings (no refresh)."""
+    users = [f"st{i:03d}" for i in range(4)]
+    add_events(env.windows, users, 4, seed=51)
+    env.refresher().run(threading.Event(), until_idle=True)
+    head = ShortTermHead.load(env.models, env.v1)
+    assert head is not None
+    near = _nearline(env, env.v1, users)
+    last = env.windows.read(users[:1])[0].events[-1]
+    ev = replace(last, event_id="from-the-topic", ts_ms=last.ts_ms + 1000)
+    kcfg = KafkaConfig(bootstrap=env.bootstrap, topic=make_topic(env.bootstrap, 2, "ev"),
+                       group_id=f"g-{uuid.uuid4().hex}")  # fmt: skip
+    assert produce_events(kcfg, [ev]) == 1
+    ing = Ingestor(kcfg, WindowConfig(), env.windows, ingest_metrics(CollectorRegistry()))
+    assert ing.run(threading.Event(), until_idle=True, poll_ms=100).applied == 1
+    stored = env.windows.read(users[:1])[0].events[-1]
+    assert stored.event_id == "from-the-topic"
+    with _served(env, env.models) as stub:
+        got, resp = _get(stub, users)
+    np.testing.assert_allclose(got[0], near[0] + head.delta(near[:1], [[stored]])[0],
+                               rtol=0, atol=1e-6)  # fmt: skip
+    np.testing.assert_array_equal(got[1:], near[1:])
+    assert list(resp.meta.short_term_events) == [1, 0, 0, 0]
+    assert resp.meta.newest_event_ms[0] == ev.ts_ms
