@@ -214,6 +214,7 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
     from dataclasses import replace
 
     from prometheus_client import CollectorRegistry
+    from redis.exceptions import RedisError
 
     from services.cli.runtime import metrics_endpoint, service_logging, stop_on_signals
     from services.common.kafka import producer
@@ -266,6 +267,11 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
         )
     served_log = _served_log(s, cfg, metrics)
     heads = RegistryHeads(s.process.models)  # each version's short-term head, if it has one
+    try:  # the active version's head loaded now, not by the first request
+        if (active := store.active_version()) is not None:
+            heads.head(active)
+    except RedisError as exc:  # the store's absence is readiness's business (StoreWatch)
+        log.warning("active version not read at start (%s); heads load on first use", exc)
     server = ServingServer(cfg, store, holder, metrics, admin=admin, served_log=served_log,
                            heads=heads)  # fmt: skip
     try:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,40 +55,50 @@ class RegistryHeads:
     """Heads loaded from a model registry folder (`persona serve`'s models dir), one per
     version, kept for good (a version never changes; at most `keep` versions).
 
-    A version without a head (files absent), missing from this replica's registry, or whose
-    head fails its parity check is served nearline only (logged once per version): serving
-    the wrong numbers would be worse than serving older ones."""
+    A version without a head (trained before heads) is served nearline only. So is one this
+    replica's registry lacks, or whose head fails to load or its parity check (serving the
+    wrong numbers would be worse than serving older ones): logged, and tried again after
+    `retry_s` (the files may arrive later)."""
 
-    def __init__(self, models_dir: Path, keep: int = 16) -> None:
+    def __init__(self, models_dir: Path, keep: int = 16, retry_s: float = 60.0) -> None:
         self.models_dir = Path(models_dir)
         self._keep = keep
+        self._retry_s = retry_s
         self._lock = threading.Lock()
-        self._heads: dict[str, Head | None] = {}
+        self._heads: dict[str, tuple[Head | None, float]] = {}  # version -> (head, retry at)
 
     def head(self, version: str) -> Head | None:
         with self._lock:  # one load per version, also when requests race for it
-            if version in self._heads:
-                return self._heads[version]
-            got = self._load(version)
-            if len(self._heads) >= self._keep:
+            got = self._heads.get(version)
+            if got is not None and time.monotonic() < got[1]:
+                return got[0]
+            head, final = self._load(version)
+            if version not in self._heads and len(self._heads) >= self._keep:
                 self._heads.pop(next(iter(self._heads)))  # the oldest loaded
-            self._heads[version] = got
-            return got
+            retry_at = float("inf") if final else time.monotonic() + self._retry_s
+            self._heads[version] = (head, retry_at)
+            return head
 
-    def _load(self, version: str) -> Head | None:
+    def _load(self, version: str) -> tuple[Head | None, bool]:
+        """(the head or None, whether that is final for this version)."""
         from encoder.shortterm import ShortTermHead  # numpy only (no torch)
 
+        if not (self.models_dir / version).is_dir():
+            log.warning("model %s is not in %s: served nearline only (tried again in %.0f s)",
+                        version, self.models_dir, self._retry_s)  # fmt: skip
+            return None, False
         try:
             got = ShortTermHead.load(self.models_dir, version)
-        except Exception as exc:  # parity failure, missing or unreadable files
-            log.error("model %s: short-term head not served (nearline only): %s", version, exc)
-            return None
+        except Exception as exc:  # parity failure, unreadable files
+            log.error("model %s: short-term head not served (nearline only; tried again in"
+                      " %.0f s): %s", version, self._retry_s, exc)  # fmt: skip
+            return None, False
         if got is None:
             log.info("model %s has no short-term head: served nearline only", version)
         else:
             log.info("model %s: short-term head loaded (%d events at most)", version,
                      got.max_events)  # fmt: skip
-        return got
+        return got, True
 
 
 @dataclass(frozen=True, slots=True)
