@@ -170,11 +170,8 @@ class StoreRouter:
         return self.client
 
     def relearn(self) -> None:
-        """Learn the cluster's slot map again (a no-op on a single node): for a caller whose
-        cross-slot script met a key its node no longer serves (no MOVED for that)."""
-        self._relearn()
-
-    def _relearn(self) -> None:
+        """Learn the cluster's slot map again (no-op on a node): after MOVED, or a cross-slot
+        script that met a key its node no longer serves (no MOVED for that)."""
         if isinstance(self.client, RedisCluster):
             self.client.nodes_manager.initialize()  # the slot map moved: learn it again
 
@@ -203,7 +200,7 @@ class StoreRouter:
                         retry.append(i)
             if not retry or attempt == _ATTEMPTS - 1:
                 break
-            self._relearn()
+            self.relearn()
             todo = np.array(retry, np.int64)
         return results
 
@@ -223,7 +220,7 @@ class StoreRouter:
             redirected = self._read_once(slots, cmds, todo, deadline, results)
             if not len(redirected) or attempt == _ATTEMPTS - 1:
                 break
-            self._relearn()
+            self.relearn()
             todo = redirected
         return results
 
