@@ -5,6 +5,7 @@ drives the loop; `encoder/parallel.py` says where the steps run.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -109,6 +110,27 @@ def val_loss(
 
 
 REFIT_EXAMPLES = 20_000  # training examples the heads are refitted on (a sample beyond)
+CALIBRATION_TIMES = 8  # fixed times the validation users are calibrated at, a day apart
+DAY_MS = 86_400_000
+MIN_FIXED = 200  # fewer fixed-time examples than this (a short log): calibrate on the cuts
+
+
+def fixed_time_cuts(
+    evlog: EventLog, users: np.ndarray, end_ms: int, horizon_ms: int, times: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Every user (with an event before it) cut at each of `times` fixed times, a day apart,
+    the latest ``end - horizon`` (every horizon observable): the population a held-out
+    split scores (all users at one time, whatever their state), unlike the training cuts
+    (uniform over each user's own span)."""
+    users = np.unique(users)
+    first = evlog.ts[evlog.offsets[users]]
+    us, nows = [], []
+    for j in range(times):
+        t = end_ms - horizon_ms - j * DAY_MS
+        sel = users[first < t]
+        us.append(sel)
+        nows.append(np.full(len(sel), t, dtype=np.int64))
+    return np.concatenate(us), np.concatenate(nows)
 
 
 def _vectors(
@@ -137,8 +159,10 @@ def outcome_heads(
     nows: np.ndarray,
     batches: list[np.ndarray],
     train: tuple[np.ndarray, np.ndarray] | None = None,
+    calibrate_at: str = "fixed",
 ) -> OutcomeHeads:
-    """The vector's outcome heads, calibrated on the validation examples (`propensity`);
+    """The vector's outcome heads, calibrated on the validation users (`propensity`): at
+    `fixed_time_cuts` (``calibrate_at="fixed"``) or at their training-style cuts ("cuts");
     with `train` (users, cut times of the training examples), the heads are first refitted
     on the final vectors of up to REFIT_EXAMPLES of them (`propensity.refit`); without, the
     trained `vec_hz` heads are kept. ``run.model`` and ``run.heads`` are the final, plain
@@ -154,8 +178,16 @@ def outcome_heads(
         chunks = [np.arange(i, min(i + step, len(pick))) for i in range(0, len(pick), step)]
         zt, yt, okt = _vectors(run, train[0][pick], train[1][pick], chunks)
         weight, bias = refit(zt, yt, okt)
+    hmax = max(int(h) for h in run.spec.objectives.horizons_ms)
+    fu, fn = fixed_time_cuts(run.log, users, run.end, hmax, CALIBRATION_TIMES)
+    on = "fixed times" if calibrate_at == "fixed" and len(fu) >= MIN_FIXED else "cuts"
+    if on == "fixed times":  # else the validation users' training-style cuts
+        step = run.spec.train.batch_size
+        users, nows = fu, fn
+        batches = [np.arange(i, min(i + step, len(users))) for i in range(0, len(users), step)]
     z, y, ok = _vectors(run, users, nows, batches)
-    return calibrate(
+    heads = calibrate(
         run.space.names, tuple(int(h) for h in run.spec.objectives.horizons_ms),
         weight, bias, z, y, ok,
     )  # fmt: skip
+    return replace(heads, report={**heads.report, "calibrated_on": on})

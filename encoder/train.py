@@ -79,6 +79,9 @@ class TrainConfig:
     # the outcome heads kept in the version: refitted on the final vectors of (a sample of)
     # the training examples (`propensity.refit`) before calibration; False: the trained ones
     refit_heads: bool = True
+    # what the heads are Platt-calibrated on: the validation users at fixed times a day
+    # apart ("fixed": the population a held-out split scores) or at their training cuts
+    calibrate_at: Literal["fixed", "cuts"] = "fixed"
     # fit the short-term head (`encoder/shortterm_fit.py`) on the final encoder and keep it
     # in the version: serving adds what the events since the last refresh change
     short_term: bool = True
@@ -270,7 +273,7 @@ def train(
     run.model, run.heads = final.model, final.heads
     model, hist = final.model, state.history
     train_examples = (tr_u, tr_now) if tc.refit_heads else None
-    outcomes = outcome_heads(run, va_u, va_now, val_plan, train_examples)
+    outcomes = outcome_heads(run, va_u, va_now, val_plan, train_examples, tc.calibrate_at)
     metrics: dict[str, Any] = {
         "users": n_users,
         "events": evlog.n_events,

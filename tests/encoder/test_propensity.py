@@ -156,3 +156,29 @@ def test_held_out_report_and_diagram(calibrated_version: tuple[Path, str], tmp_p
     png = tmp_path / "r.png"
     write_reliability_png(rep, png, "test")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_ece_floor_is_what_a_calibrated_predictor_shows_and_falls_with_more_users() -> None:
+    from encoder.propensity import ece_floor
+
+    rng = np.random.default_rng(3)
+    p = rng.beta(1.0, 6.0, size=1000)
+    measured = np.mean([reliability(p, rng.random(1000) < p)["ece"] for _ in range(100)])
+    assert abs(ece_floor(p) - measured) < 0.003
+    assert ece_floor(rng.beta(1.0, 6.0, size=20_000)) < ece_floor(p) / 3
+
+
+def test_calibration_cuts_every_user_at_fixed_times_a_day_apart() -> None:
+    from encoder.steps import DAY_MS, fixed_time_cuts
+
+    ds = generate(SyntheticConfig(users=40, events_per_user=30.0, seed=5))
+    log = build_log(ds.events, Tokenizer(TokenizerConfig(features=discover(ds.events))))
+    end, horizon = log.end_ms, 14 * DAY_MS
+    users = np.arange(len(log.users))
+    u, nows = fixed_time_cuts(log, np.concatenate([users, users]), end, horizon, times=3)
+    assert set(nows.tolist()) == {end - horizon - j * DAY_MS for j in range(3)}
+    first = log.ts[log.offsets[u]]
+    assert (first < nows).all()  # a user is cut only at times after its first event
+    for t in set(nows.tolist()):  # and then exactly once per time
+        sel = u[nows == t]
+        assert len(sel) == len(set(sel.tolist())) == int((log.ts[log.offsets[users]] < t).sum())
