@@ -89,6 +89,11 @@ def test_events_after_the_marker_in_window_order(stores: tuple[WindowStore, Vect
     same = vectors.read_batch(ids, VER, 2, deadline)  # the vectors are read_batch's
     assert np.array_equal(same.vectors, batch.vectors) and same.count.tolist() == [1, 1, 1, 0]
 
+    # chunks of 2 users a call: the same answer, in request order
+    chunked = vectors.read_recent(ids[::-1], VER, 2, 8, deadline, users_per_call=2)
+    assert [_ids(r) for r in chunked[1]] == [[], [], [], ["e3", "e4", "e5"]]
+    assert np.array_equal(chunked[0].vectors, batch.vectors[::-1])
+
     # at most max_events, the newest
     _, recent = vectors.read_recent(["rr-a"], VER, 1, 2, deadline)
     assert _ids(recent[0]) == ["e4", "e5"]
