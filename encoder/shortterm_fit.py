@@ -35,7 +35,8 @@ class ShortTermConfig:
     max_new: int = 16  # new events per example: 1 .. max_new
     examples: int = 8000
     val_share: float = 0.15  # of the users
-    epochs: int = 60
+    epochs: int = 60  # at most: stops after `patience` epochs without a better validation
+    patience: int = 8
     batch_size: int = 256
     lr: float = 3e-3
     parity_n: int = 32
@@ -171,6 +172,8 @@ def fit(
         err = _errors(head, data["val"])
         if best is None or err[0] < best[0]:
             best = (err[0], epoch, {k: v.detach().clone() for k, v in head.state_dict().items()})
+        elif epoch - best[1] >= cfg.patience:
+            break
     assert best is not None
     head.load_state_dict(best[2])
     head.eval()
@@ -179,6 +182,7 @@ def fit(
     report = {
         "examples": sizes,
         "epoch_kept": best[1] + 1,
+        "epochs_run": epoch + 1,
         "explained_share": shares,
         "note": "share of the change a refresh makes that the head recovers, validation users",
     }
