@@ -181,14 +181,15 @@ def _softmax_probe(z: np.ndarray, targets: list[list[int]], n: int, seed: int) -
 
 def recall_at_10(
     predict: Any, vocab: dict[str, int], z: np.ndarray, truth: list[set[str]]
-) -> float:
+) -> np.ndarray:
+    """Per case (with something that follows): share of what follows in the top 10."""
     top = np.argsort(-predict(z), axis=1)[:, :10]
     out = []
     for c, row in enumerate(top):
         want = {vocab[t] for t in truth[c] if t in vocab}
         if truth[c]:
             out.append(len(want & set(row.tolist())) / min(10, len(truth[c])))
-    return float(np.mean(out))
+    return np.asarray(out)
 
 
 def type_auc(predict: Any, vocab: dict[str, int], z: np.ndarray, truth: list[str]) -> float:
@@ -245,12 +246,18 @@ def main() -> None:
     tvocab = {t: i for i, t in enumerate(sorted(set(ptypes)))}
     item_probe = _softmax_probe(pz, [[ivocab[t] for t in s] for s in pitems], len(ivocab), 0)
     type_probe = _softmax_probe(pz, [[tvocab[t]] for t in ptypes], len(tvocab), 1)
-    rows = {}
+    rows: dict[str, dict[str, float]] = {}
+    per_case = {}
     for name, z in (("nearline", nearline), ("combined", combined), ("refreshed", refreshed)):
+        per_case[name] = recall_at_10(item_probe, ivocab, z, cases.items)
         rows[name] = {
-            "recall_at_10": round(recall_at_10(item_probe, ivocab, z, cases.items), 4),
+            "recall_at_10": round(float(per_case[name].mean()), 4),
             "next_type_auc": round(type_auc(type_probe, tvocab, z, cases.types), 4),
         }
+    for name in ("combined", "refreshed"):  # paired over the same cases
+        d = per_case[name] - per_case["nearline"]
+        rows[name]["gain"] = round(float(d.mean()), 4)
+        rows[name]["gain_se"] = round(float(d.std(ddof=1) / np.sqrt(len(d))), 4)
     report = {
         "data": args.data,
         "seed": args.seed,
@@ -262,9 +269,10 @@ def main() -> None:
         "seconds": round(time.perf_counter() - t0, 1),
     }
     print(f"{args.data} seed {args.seed}: {len(cases.new)} held-out cases, {len(pz)} probe users")
-    print(f"{'vector':<10} {'recall@10':>10} {'type AUC':>9}")
+    print(f"{'vector':<10} {'recall@10':>10} {'type AUC':>9} {'gain over nearline (se)':>24}")
     for name, r in rows.items():
-        print(f"{name:<10} {r['recall_at_10']:>10.4f} {r['next_type_auc']:>9.4f}")
+        gain = f"{r['gain']:+.4f} ({r['gain_se']:.4f})" if "gain" in r else ""
+        print(f"{name:<10} {r['recall_at_10']:>10.4f} {r['next_type_auc']:>9.4f} {gain:>24}")
     print(
         "head on validation:", json.dumps((metrics.get("short_term") or {}).get("explained_share"))
     )
