@@ -61,6 +61,10 @@ class ModelConfig:
     # property over the window and its recent spans (`encoder/counts.py`); 0: none
     count_top: int = 0
     count_hidden: int = 0  # and the output of an MLP of that width over those counts; 0: none
+    # the vector also reads the mean over the window of each event's other embeddings
+    # (numeric bins, gap, age): how the events look (slower clicks, shorter dwell) beside
+    # what they are (the bags)
+    manner_bag: bool = False
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)
@@ -85,6 +89,7 @@ class Bags:
     raw: torch.Tensor
     hours: torch.Tensor
     counted: torch.Tensor | None = None  # (B, T, Y) `OutcomeCounts.indicators`, padded
+    manner: torch.Tensor | None = None  # (B, T, D) the other embeddings (`manner_bag`), padded
 
     def weight(self, tau_h: float, dtype: torch.dtype | None = None) -> torch.Tensor:
         """(B, T, 1) ``exp(-hours / tau)``."""
@@ -169,7 +174,7 @@ class UserEncoder(nn.Module):
         # the bags sum what an event is: its type and categorical values (numeric bins and
         # gaps in the bags drowned the values' counts: 0.69 against 0.78 mean AUC, Instacart)
         self.bag_keys = tuple(k for k in self.keys if k == "type" or k.startswith("c"))
-        n_summaries = 4 + len(cfg.decays_h)
+        n_summaries = 4 + len(cfg.decays_h) + int(cfg.manner_bag)
         spans = 1 + len(_COUNT_SPANS_H)
         self.counts = (
             OutcomeCounts(tok, cfg.count_top, spans, cfg.count_hidden) if cfg.count_top else None
@@ -224,6 +229,7 @@ class UserEncoder(nn.Module):
         """Sum of feature embeddings, padded: x (B, T, D), the pad mask (B, T), True = pad,
         and what the window's bags are made of (`Bags`)."""
         static, summed = self._lookup(kjt)  # (N, D) each
+        plain = summed
         if self.age_lin is not None and age_h is not None:
             summed = summed + self.age_lin(age_h.to(summed.dtype).unsqueeze(-1) / 4.0)  # (N, D)
         b = lengths.shape[0]
@@ -235,6 +241,10 @@ class UserEncoder(nn.Module):
         d = summed.shape[-1]
         x = summed.view(b, t, d) if full else _pad(summed, real)  # (B, T, D)
         raw = static.view(b, t, d) if full else _pad(static, real)  # (B, T, D)
+        manner = None
+        if self.cfg.manner_bag:
+            rest = plain - static  # numeric bins, gap, age (before the exact age)
+            manner = rest.view(b, t, d) if full else _pad(rest, real)
         hours = torch.zeros(b, t, dtype=torch.float64, device=x.device)  # (B, T)
         if age_h is not None:
             hours[real] = torch.expm1(age_h.to(torch.float64))
@@ -244,7 +254,7 @@ class UserEncoder(nn.Module):
         if self.counts is not None:
             ind = self.counts.indicators(kjt.values().view(len(self.keys), -1))  # (N, Y)
             counted = ind.view(b, t, -1) if full else _pad(ind, real)  # (B, T, Y)
-        return self.norm_in(x), ~real, Bags(raw, hours, counted)
+        return self.norm_in(x), ~real, Bags(raw, hours, counted, manner)
 
     def forward(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None = None
@@ -271,6 +281,9 @@ class UserEncoder(nn.Module):
         recent = [((bags.hours <= w) & real).sum(1) for w in _COUNT_SPANS_H]  # (B,) each
         dense = self._dense(recency, torch.stack([lengths.to(recent[0].dtype), *recent], -1))
         parts = [pooled, hsum, newest, bags.raw.sum(1), *decayed, dense]
+        if bags.manner is not None:
+            n = lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, 1)
+            parts.insert(4, bags.manner.sum(1) / n)
         if bags.counted is not None:
             masks = [real] + [(bags.hours <= w) & real for w in _COUNT_SPANS_H]
             parts.append(self._counts().window(bags.counted, masks).to(h.dtype))
@@ -294,6 +307,10 @@ class UserEncoder(nn.Module):
         hsum = (torch.cumsum(h.float() * realf, dim=1) / self.cfg.max_events).to(h.dtype)
         raw64 = bags.raw.to(torch.float64)
         parts = [pooled, hsum, h, torch.cumsum(raw64, dim=1).to(h.dtype)]
+        if bags.manner is not None:
+            seen = torch.cumsum((~pad).to(torch.float64), dim=1).clamp(min=1).unsqueeze(-1)
+            mean = torch.cumsum(bags.manner.to(torch.float64), dim=1) / seen
+            parts.append(mean.to(h.dtype))
         for tau in self.cfg.decays_h:
             scaled = torch.cumsum(raw64 * bags.weight(tau, torch.float64), dim=1)  # (B, T, D)
             back = torch.exp(bags.hours.clamp(max=_MAX_DECAY * tau) / tau).unsqueeze(-1)

@@ -67,6 +67,8 @@ def _train_spec(args: argparse.Namespace) -> Any:
         spec = replace(spec, features_file=FeaturesFile.load(args.features))
     if args.count_top is not None:
         spec = replace(spec, model=replace(spec.model, count_top=args.count_top))
+    if getattr(args, "manner_bag", False):
+        spec = replace(spec, model=replace(spec.model, manner_bag=True))
     return spec
 
 
@@ -296,6 +298,12 @@ def register(subparsers: Any) -> None:
         default=None,
         help="the vector also reads log counts of the top N types and values of each "
         "categorical property (default 0: off; see README, Instacart vs synthetic)",
+    )
+    p.add_argument(
+        "--manner-bag",
+        action="store_true",
+        help="the vector also reads the window's mean of each event's numeric-bin, gap and "
+        "age embeddings (ModelConfig.manner_bag; see README)",
     )
     p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

@@ -80,9 +80,12 @@ def test_length_buckets_cover_all_once() -> None:
         assert (len(g) <= 3 and len(g) * max(max(lengths[i] for i in g), 1) <= 256) or len(g) == 1
 
 
-@pytest.mark.parametrize(("count_top", "count_hidden"), [(0, 0), (8, 0), (8, 16)])
+@pytest.mark.parametrize(
+    ("count_top", "count_hidden", "manner"),
+    [(0, 0, False), (8, 0, False), (8, 16, False), (0, 0, True)],
+)
 def test_prefix_vectors_end_at_the_vector_and_survive_old_events(
-    setup, count_top, count_hidden
+    setup, count_top, count_hidden, manner
 ) -> None:  # type: ignore[no-untyped-def]
     """Training's prefix vectors (running sums; a prefix's decayed bags weigh its events by
     age at the prefix's own time; outcome counts of the events up to the prefix) end at
@@ -97,6 +100,7 @@ def test_prefix_vectors_end_at_the_vector_and_survive_old_events(
         decays_h=(24.0,),
         count_top=count_top,
         count_hidden=count_hidden,
+        manner_bag=manner,
     )
     model = UserEncoder(tok.config, cfg)
     model.eval()
