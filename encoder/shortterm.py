@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from contract.events import Event
+from encoder.propensity import OutcomeHeads
 from encoder.registry import check_name, event_from_json
 from encoder.tokenizer import Tokenizer, TokenizerConfig
 
@@ -94,9 +95,12 @@ def rank_slots(lengths: np.ndarray, n_slots: int) -> np.ndarray:
 class ShortTermHead:
     """A version's short-term head, ready for serving (see the module docstring)."""
 
-    def __init__(self, arrays: HeadArrays, tokenizer: Tokenizer) -> None:
+    def __init__(
+        self, arrays: HeadArrays, tokenizer: Tokenizer, outcomes: OutcomeHeads | None = None
+    ) -> None:
         self.a = arrays
         self.tokenizer = tokenizer
+        self.outcomes = outcomes  # the version's outcome heads: scores of a combined vector
         self.out_dim = int(arrays.w2.shape[0])
         self.max_events = arrays.max_events
 
@@ -107,7 +111,9 @@ class ShortTermHead:
         if not (folder / FILE).exists():
             return None
         tok = Tokenizer(TokenizerConfig.from_json((folder / "tokenizer.json").read_text()))
-        return cls(HeadArrays.from_bytes((folder / FILE).read_bytes()), tok)
+        heads = folder / "outcomes.json"
+        outcomes = OutcomeHeads.from_json(heads.read_text()) if heads.exists() else None
+        return cls(HeadArrays.from_bytes((folder / FILE).read_bytes()), tok, outcomes)
 
     @classmethod
     def load(cls, models_dir: Path, version: str) -> ShortTermHead | None:
@@ -135,6 +141,11 @@ class ShortTermHead:
         want = np.asarray([c["delta"] for c in cases], dtype=np.float32)
         scale = max(1.0, float(np.abs(want).max()), float(np.abs(z).max()))
         return float(np.abs(self.delta(z, events) - want).max()) / scale
+
+    def scores(self, z: np.ndarray) -> np.ndarray | None:
+        """(B, E) combined vectors -> (B, S) calibrated probabilities of the version's served
+        score columns (`OutcomeHeads.scores`, the refresher's order); None without heads."""
+        return None if self.outcomes is None else self.outcomes.scores(z).astype(np.float32)
 
     def delta(self, nearline: np.ndarray, events: Sequence[Sequence[Event]]) -> np.ndarray:
         """(B, E) nearline vectors and each user's events after the marker (window order)

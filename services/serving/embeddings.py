@@ -22,7 +22,7 @@ from services.serving import validate
 from services.serving.config import Limits
 from services.serving.errors import precondition
 from services.serving.ports import IndexSource, VectorReader
-from services.serving.shortterm import Folded, HeadSource, Part, fold
+from services.serving.shortterm import Folded, Head, HeadSource, Part, fold
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import ScoreColumn, VersionResolver
 from services.store.records import VectorBatch
@@ -157,6 +157,8 @@ def get_embeddings(
     if q.include_scores:
         columns = versions.score_columns(version, budget)
         scores = _scores(got, columns)
+        if folded is not None and head is not None:
+            _rescore(head, scores, got.vectors[:, 0] + folded.short, folded.events > 0)
     return EmbeddingsResult(version, status, rows, got, prior, columns, scores, part,
                             head_events, newest)  # fmt: skip
 
@@ -170,6 +172,19 @@ def _scores(got: VectorBatch, columns: tuple[ScoreColumn, ...]) -> np.ndarray:
         w = min(got.scores.shape[2], len(columns))
         out[:, :, :w] = got.scores[:, :, :w]
     return out
+
+
+def _rescore(head: Head, scores: np.ndarray, combined: np.ndarray, moved: np.ndarray) -> None:
+    """The newest scores of the rows the head `moved` ((N,) bool), in place: the version's
+    outcome heads applied to the combined vectors (N, D), so propensities follow the user's
+    newest events as the vector does; unchanged where the version has no outcome heads or
+    its stored columns are another number than the heads serve."""
+    rows = np.flatnonzero(moved)
+    if not len(rows):
+        return
+    fresh = head.scores(combined[rows])
+    if fresh is not None and fresh.shape[1] == scores.shape[2]:
+        scores[rows, 0] = fresh
 
 
 def _take(b: VectorBatch, pos: np.ndarray) -> VectorBatch:

@@ -43,6 +43,10 @@ class Head(Protocol):
 
     def delta(self, nearline: np.ndarray, events: Sequence[Sequence[Event]]) -> np.ndarray: ...
 
+    def scores(self, z: np.ndarray) -> np.ndarray | None:
+        """(B, E) combined vectors -> (B, S) the version's served score columns, or None."""
+        ...
+
 
 class HeadSource(Protocol):
     def head(self, version: str) -> Head | None:

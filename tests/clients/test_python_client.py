@@ -285,6 +285,9 @@ class _OnesHead:
     def delta(self, nearline: np.ndarray, events: list[list]) -> np.ndarray:
         return np.stack([np.full(DIM, len(e), np.float32) for e in events])
 
+    def scores(self, z: np.ndarray) -> None:
+        return None  # no outcome heads: stored scores are served
+
 
 @pytest.mark.integration
 def test_vector_parts(vstore: VectorStore, holder: IndexHolder) -> None:

@@ -128,6 +128,16 @@ def test_new_events_reach_the_served_vector_once(env: Env) -> None:
         hist = stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=users[:2], history_depth=1))
         assert hist.part == pb.VECTOR_PART_COMBINED and not any(hist.history_meta.short_term_events)
 
+        # scores follow the combined vector where the head moved it, stored ones elsewhere
+        sc = stub.GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=users, include_scores=True))
+        scores = np.frombuffer(sc.scores, "<f4").reshape(len(users), sc.n_scores)
+        fresh = head.scores(want[:6])
+        assert fresh is not None and fresh.shape[1] == sc.n_scores
+        np.testing.assert_allclose(scores[:6], fresh, rtol=0, atol=1e-6)
+        stored = env.vectors.get_batch(users[6:], v1)
+        np.testing.assert_allclose(scores[6:], [vs[0].scores for vs in stored], atol=1e-3)
+        assert not np.allclose(scores[:6], head.scores(near[:6]), atol=1e-4)
+
         # 4. the next refresh folds those events into the nearline vector: none folded twice
         env.refresher().run(threading.Event(), until_idle=True)
         near2 = _nearline(env, v1, users)

@@ -376,10 +376,12 @@ type GetEmbeddingsRequest struct {
 	Encoding     VectorEncoding `protobuf:"varint,4,opt,name=encoding,proto3,enum=persona.v1.VectorEncoding" json:"encoding,omitempty"`
 	Fallback     Fallback       `protobuf:"varint,5,opt,name=fallback,proto3,enum=persona.v1.Fallback" json:"fallback,omitempty"`
 	// Also return each user's calibrated outcome probabilities (`scores`), stored with the
-	// vector by the same write. Unset: no scores, and no cost for them.
+	// vector by the same write; where the short-term head folded events into a row, the
+	// version's outcome heads applied to the combined vector instead (they follow the
+	// user's newest events as the vector does). Unset: no scores, and no cost for them.
 	IncludeScores bool `protobuf:"varint,6,opt,name=include_scores,json=includeScores,proto3" json:"include_scores,omitempty"`
 	// Which part of the vector to return (VectorPart); unset: combined when the version has
-	// a short-term head, else nearline. Scores are always the nearline vector's.
+	// a short-term head, else nearline. Scores: see include_scores.
 	Part VectorPart `protobuf:"varint,7,opt,name=part,proto3,enum=persona.v1.VectorPart" json:"part,omitempty"`
 }
 
