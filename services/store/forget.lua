@@ -25,13 +25,11 @@ for i = 5, #KEYS do
   -- out of the version's audience sets too (write_vectors.lua): their count is in the
   -- newest value (layouts 2-3)
   local head = redis.call('LINDEX', KEYS[i], 0)
-  if head and #head >= 24 and (string.byte(head, 1) == 2 or string.byte(head, 1) == 3) then
-    local dim = struct.unpack('<I2', head, 3)
-    local off = 25 + dim * ((string.byte(head, 2) == 2) and 2 or 4)
-    if #head >= off + 1 then
-      local prefix = string.gsub(string.sub(KEYS[i], 1, #KEYS[i] - #uid), '^(p:{%d+}):v:', '%1:a:', 1)
-      for j = 0, struct.unpack('<I2', head, off) - 1 do redis.call('ZREM', prefix .. j, uid) end
-    end
+  local off, ns = nil, 0
+  if head then off, ns = score_block(head) end
+  if off ~= nil then
+    local prefix = audience_prefix(KEYS[i], uid)
+    for j = 0, ns - 1 do redis.call('ZREM', prefix .. j, uid) end
   end
   nvec = nvec + redis.call('DEL', KEYS[i])
 end

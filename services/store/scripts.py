@@ -1,7 +1,9 @@
 """The stores' Lua scripts (the `.lua` files beside this module): loaded by SHA, run with
 EVALSHA, pipelined per node through the router, reloaded once when a node lost its script
 cache (NOSCRIPT: a restart, a failover, SCRIPT FLUSH). Every script is idempotent, so a batch
-redone after a reload changes nothing that already ran.
+redone after a reload changes nothing that already ran. Each script is sent with
+`prelude.lua` in front (Lua scripts cannot import): what several of them read of a vector
+record is written once there.
 
 Example::
 
@@ -20,13 +22,25 @@ from redis.exceptions import NoScriptError, ResponseError
 from services.store.router import StoreRouter, raise_first
 
 ScriptCall = tuple[Sequence[bytes], Sequence[Any]]  # (keys, args); keys[0] routes the call
+PRELUDE = "prelude.lua"  # functions more than one script uses (record offsets, key prefixes)
+
+
+def with_prelude(src: str, prelude: str) -> str:
+    """`src` with `prelude` prepended, after its `#!lua` flags line when it has one (that
+    line must stay first)."""
+    if src.startswith("#!"):
+        first, _, rest = src.partition("\n")
+        return f"{first}\n{prelude}{rest}"
+    return prelude + src
 
 
 class Scripts:
     def __init__(self, router: StoreRouter, *names: str) -> None:
         self._router = router
         folder = resources.files("services.store")
-        self._src = {name: folder.joinpath(name).read_text() for name in names}
+        prelude = folder.joinpath(PRELUDE).read_text()
+        self._src = {name: with_prelude(folder.joinpath(name).read_text(), prelude)
+                     for name in names}  # fmt: skip
         self._sha: dict[str, str] = {}
         self.load()
 

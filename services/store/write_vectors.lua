@@ -22,13 +22,9 @@ local function half(h)  -- IEEE half float (u16) -> number
   return sign * math.ldexp(m + 1024, e - 25)
 end
 local function audience(vk, uid, val, mask)
-  local lay = string.byte(val, 1)
-  if lay ~= 2 and lay ~= 3 then return end  -- layout 3: scores as in 2, then the marker
-  local dim = struct.unpack('<I2', val, 3)
-  local off = 25 + dim * ((string.byte(val, 2) == 2) and 2 or 4)
-  if #val < off + 1 then return end
-  local ns = struct.unpack('<I2', val, off)
-  local prefix = string.gsub(string.sub(vk, 1, #vk - #uid), '^(p:{%d+}):v:', '%1:a:', 1)
+  local off, ns = score_block(val)  -- layout 3: scores as in 2, then the marker
+  if off == nil then return end
+  local prefix = audience_prefix(vk, uid)
   for j = 0, ns - 1 do
     if mask == '' or string.byte(mask, j + 1) == 49 then
       redis.call('ZADD', prefix .. j, half(struct.unpack('<I2', val, off + 2 + 2 * j)), uid)
