@@ -73,14 +73,16 @@ def _items(events: Sequence[Event], prop: str) -> set[str]:
     return {str(e.props[prop]) for e in events if prop in e.props}
 
 
-def synthetic_cases(seed: int, quick: bool, k: int) -> tuple[list[Event], Cases, str]:
+def synthetic_cases(
+    seed: int, quick: bool, k: int, held_users: int = 1500
+) -> tuple[list[Event], Cases, str]:
     """Training users of a world where 30% switch segment in their last 3 days; held-out
     users who all switch: history before the switch, its first `k` events new, the next
     10 what follows."""
     n = 800 if quick else 2000
     train = generate(SyntheticConfig(users=n, seed=seed, switch_share=0.3))
     held = generate(
-        SyntheticConfig(users=1500, seed=seed + 1, first_user=500_000, switch_share=1.0)
+        SyntheticConfig(users=held_users, seed=seed + 1, first_user=500_000, switch_share=1.0)
     )
     wins = held.windows()
     cases = Cases([], [], [], [])
@@ -211,6 +213,7 @@ def main() -> None:
     ap.add_argument("--data", choices=["synthetic", "instacart"], default="synthetic")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a small model and fewer users")
+    ap.add_argument("--held-users", type=int, default=1500, help="synthetic held-out users")
     ap.add_argument("--new-events", type=int, default=4, help="synthetic: events after the switch")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "persona")
     ap.add_argument("--json", type=Path, default=None)
@@ -218,7 +221,9 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.perf_counter()
     if args.data == "synthetic":
-        train_events, cases, prop = synthetic_cases(args.seed, args.quick, args.new_events)
+        train_events, cases, prop = synthetic_cases(
+            args.seed, args.quick, args.new_events, args.held_users
+        )
     else:
         train_events, cases, prop = instacart_cases(args.seed, args.cache)
     spec = TrainSpec()

@@ -35,11 +35,11 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Protocol
 
 import numpy as np
 from confluent_kafka import KafkaException
 
-from services.common.kafka import AckedProducer
 from services.common.log_limit import LogLimit
 from services.serving.config import ServedLogConfig
 from services.serving.embeddings import FOUND, STATUSES, EmbeddingsResult
@@ -48,6 +48,18 @@ from services.telemetry import REQUEST_ID
 
 log = logging.getLogger(__name__)
 SCHEMA = 1
+
+
+class Producer(Protocol):
+    """What the served log uses of `services.common.kafka.AckedProducer`."""
+
+    def send(self, topic: str, value: bytes | None, key: bytes | None = None) -> None: ...
+
+    def flush(self, timeout_s: float | None = None) -> None: ...
+
+    def close(self, timeout_s: float = 30.0) -> None: ...
+
+
 RETRY_S = 5.0  # between attempts to open the producer
 BATCH_ITEMS = 512  # queue items sent between two flushes
 FLUSH_S = 10.0  # longest wait for the acks of one batch
@@ -89,7 +101,7 @@ class ServedLog:
     def __init__(
         self,
         config: ServedLogConfig,
-        open_producer: Callable[[], AckedProducer],
+        open_producer: Callable[[], Producer],
         metrics: ServingMetrics,
         seed: int | None = None,
     ) -> None:
@@ -169,7 +181,7 @@ class ServedLog:
                 break
         return batch
 
-    def _send(self, producer: AckedProducer, batch: list[Sample]) -> None:
+    def _send(self, producer: Producer, batch: list[Sample]) -> None:
         rows = 0
         try:
             for s in batch:

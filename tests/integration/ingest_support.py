@@ -7,6 +7,7 @@ import threading
 import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
@@ -58,7 +59,9 @@ def read_topic(bootstrap: str, topic: str) -> list[tuple[int, int, bytes | None,
             idle = 0 if batch else idle + 1
             for m in batch:
                 if m.error() is None:
-                    out.append((m.partition(), m.offset(), m.value(), list(m.headers() or [])))
+                    part, off = m.partition(), m.offset()  # set on every consumed record
+                    assert part is not None and off is not None
+                    out.append((part, off, m.value(), list(m.headers() or [])))
             if all(_read_to_end(c, tp) for tp in tps):
                 break
         return sorted(out, key=lambda r: (r[0], r[1]))
@@ -144,10 +147,10 @@ def ingest_until_idle(
     return Run(stats, registry, ing)
 
 
-def kcfg_for(bootstrap: str, topic: str, group: str, **kw: object) -> KafkaConfig:
+def kcfg_for(bootstrap: str, topic: str, group: str, **kw: Any) -> KafkaConfig:
     return KafkaConfig(
         bootstrap=bootstrap, topic=topic, dlq_topic=topic + ".dlq", group_id=group, **kw
-    )  # type: ignore[arg-type]
+    )
 
 
 def sample(registry: CollectorRegistry, name: str, labels: dict[str, str] | None = None) -> float:
