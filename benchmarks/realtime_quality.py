@@ -14,10 +14,10 @@ that the last refresh did not see:
 
 Cases. Synthetic, a planted intent switch (`SyntheticConfig.switch_share`: the user takes
 up another segment's tastes in the last 3 days; 30% of the training users do, every
-held-out user does): the history before the switch, its first 4 events (--new-events) as
-the new ones, the next 10 events as what follows. Instacart: a held-out user's orders up to the
-second last (nearline), the last but one order's lines as the new events, the last order's
-products as what follows.
+held-out user does; 6,000 of them): the history before the switch, its first 4 events
+(--new-events) as the new ones, the next 10 events as what follows. Instacart: a held-out
+user's orders up to the second last (nearline), the last but one order's lines as the new
+events, the last order's products as what follows.
 
 Predictors, linear softmax probes fitted on the training users' refreshed vectors (each
 window cut at up to 8 random places, labelled with what came next) and applied to all
@@ -74,7 +74,7 @@ def _items(events: Sequence[Event], prop: str) -> set[str]:
 
 
 def synthetic_cases(
-    seed: int, quick: bool, k: int, held_users: int = 1500
+    seed: int, quick: bool, k: int, held_users: int = 6000
 ) -> tuple[list[Event], Cases, str]:
     """Training users of a world where 30% switch segment in their last 3 days; held-out
     users who all switch: history before the switch, its first `k` events new, the next
@@ -213,7 +213,7 @@ def main() -> None:
     ap.add_argument("--data", choices=["synthetic", "instacart"], default="synthetic")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--quick", action="store_true", help="a small model and fewer users")
-    ap.add_argument("--held-users", type=int, default=1500, help="synthetic held-out users")
+    ap.add_argument("--held-users", type=int, default=6000, help="synthetic held-out users")
     ap.add_argument("--new-events", type=int, default=4, help="synthetic: events after the switch")
     ap.add_argument("--cache", type=Path, default=Path.home() / ".cache" / "persona")
     ap.add_argument("--json", type=Path, default=None)
