@@ -27,13 +27,15 @@ from encoder.model import UserEncoder
 from encoder.shortterm import HeadArrays, parity_lines, rank_slots
 from encoder.tokenizer import Tokenizer
 
+MIN_EXAMPLES = 1000
+
 
 @dataclass(frozen=True)
 class ShortTermConfig:
     hidden: int = 64
     rank_slots: int = 8  # weights by place from the newest new event; the last is shared
     max_new: int = 16  # new events per example: 1 .. max_new
-    examples: int = 8000
+    examples: int = 8000  # at most (a log of fewer than 16,000 events: half its events)
     val_share: float = 0.15  # of the users
     epochs: int = 60  # at most: stops after `patience` epochs without a better validation
     patience: int = 8
@@ -139,8 +141,9 @@ def fit(
     perm = rng.permutation(len(evlog.users))
     n_val = max(1, round(cfg.val_share * len(perm))) if len(perm) > 1 else 0
     parts = {"val": np.sort(perm[:n_val]), "fit": np.sort(perm[n_val:])}
-    n_val_ex = max(1, round(cfg.examples * cfg.val_share))
-    sizes = {"fit": cfg.examples - n_val_ex, "val": n_val_ex}
+    total = min(cfg.examples, max(MIN_EXAMPLES, evlog.n_events // 2))  # small logs: fewer
+    n_val_ex = max(1, round(total * cfg.val_share))
+    sizes = {"fit": total - n_val_ex, "val": n_val_ex}
     table, offsets = _tables(model)
     data: dict[str, tuple[torch.Tensor, ...]] = {}
     for name, users in parts.items():
