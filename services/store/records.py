@@ -337,3 +337,24 @@ class _KeyHeads:
 def _key_heads(version: str) -> _KeyHeads:
     of = tuple(b"p:{%d}:v:%s:" % (b, version.encode()) for b in range(layout.BUCKETS))
     return _KeyHeads(of, np.fromiter(map(len, of), np.int64, len(of)))
+
+
+def merge_rows(batch: VectorBatch, got: VectorBatch, rows: np.ndarray) -> VectorBatch | None:
+    """`batch` with `got`'s users at `rows` ((M,) indices, M = len(got.count)); None when
+    their arrays differ in shape (dimension, history, scores)."""
+    names = ("vectors", "count", "computed_at_ms", "n_events", "window_version", "scores",
+             "marker_ts_ms")  # fmt: skip
+    out: dict[str, np.ndarray | None] = {}
+    for name in names:
+        a, b = getattr(batch, name), getattr(got, name)
+        if (a is None) != (b is None):
+            return None
+        if a is None or b is None:
+            out[name] = None
+            continue
+        if a.shape[1:] != b.shape[1:]:
+            return None
+        a = np.array(a)  # decoded arrays may be read-only views of the replies
+        a[rows] = b
+        out[name] = a
+    return VectorBatch(**out)  # type: ignore[arg-type]

@@ -37,6 +37,7 @@ from services.store.records import (
     StoredVector,
     VectorBatch,
     decode_batch,
+    merge_rows,
     pack_vector,
     packed_lranges,
     unpack_vector,
@@ -295,10 +296,44 @@ class VectorStore:
     ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
         """`read_batch`, and per user the window events its newest vector has not folded in
         (after the layout-3 marker in window order, at most `max_events` of the newest,
-        oldest first; [] without a marker), in the same round trip: `read_recent.lua`, one
-        call per node and chunk of `users_per_call` users, all written before any reply is
-        read (`StoreRouter.read_packed`). The short-term head's read (LAYOUT.md "Vector
-        value, layout 3")."""
+        oldest first; [] without a marker): the short-term head's read (LAYOUT.md "Vector
+        value, layout 3"). First `read_raw`'s plain LRANGEs with each user's window version
+        (`HGET` meta `v`) in the same pipelined round trip; then `read_recent.lua` only for
+        the users whose window changed since their newest vector (v != its window version):
+        a window unchanged since the refresh, the common case, costs no script."""
+        last = max(1, history) - 1
+        slots, cmds = packed_lranges(user_ids, version, last)
+        metas = [(_pack((b"HGET", layout.meta_key(u), b"v")),) for u in user_ids]
+        both = self.router.read_packed(np.concatenate([slots, slots]), [*cmds, *metas], deadline)
+        raise_first(both)
+        n = len(user_ids)
+        batch = decode_batch(both[:n], history)
+        events: list[list[Event]] = [[] for _ in range(n)]
+        if batch.marker_ts_ms is None:  # no layout-3 value: nothing to fold
+            return batch, events
+        v = np.fromiter((int(r or 0) for r in both[n:]), np.int64, n)
+        changed = (batch.count > 0) & (batch.marker_ts_ms[:, 0] > 0)
+        rows = np.flatnonzero(changed & (v != batch.window_version[:, 0]))
+        if not len(rows):
+            return batch, events
+        sub = [user_ids[i] for i in rows.tolist()]
+        got, new = self._read_recent_script(sub, version, history, max_events, deadline,
+                                            users_per_call)  # fmt: skip
+        merged = merge_rows(batch, got, rows)
+        if merged is None:  # another shape (a rewrite between the reads)
+            return self._read_recent_script(user_ids, version, history, max_events, deadline,
+                                            users_per_call)  # fmt: skip
+        batch = merged
+        for i, evs in zip(rows.tolist(), new, strict=True):
+            events[i] = evs
+        return batch, events
+
+    def _read_recent_script(
+        self, user_ids: Sequence[str], version: str, history: int, max_events: int,
+        deadline: float, users_per_call: int,
+    ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
+        """`read_recent` by `read_recent.lua` alone: one call per node and chunk of
+        `users_per_call` users, all written before any reply is read."""
         check_version(version)
         last, most = max(1, history) - 1, max(0, max_events)
         raws = list(map(str.encode, user_ids))  # UTF-8
