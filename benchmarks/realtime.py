@@ -12,11 +12,12 @@ the marker of its newest event); then no refresher runs. `persona serve --no-ind
 and `persona ingest` run as child processes, as in production.
 
 - Cost: every user of one third gets `--new-events` (3) events after its refresh (applied to
-  the window store); GetEmbeddings of 100 ids, taking turns for `--cost-seconds` x 3:
+  the window store); GetEmbeddings of 100 ids, taking turns for `--cost-seconds` x 4:
   `part` NEARLINE (the plain read, no events), COMBINED for users with no new event (the
-  read script, no delta), COMBINED for users with new events (the read script, the events'
-  records decoded, one head delta over 100 users). Target (issue #17): p50 with the head
-  <= +0.5 ms over nearline alone.
+  plain read with each user's meta `v`, no script, no delta), COMBINED for 100 users of
+  whom 10 have new events (the script for those 10), COMBINED for users who all have new
+  events (the script, the events' records decoded, one head delta over 100 users). Target
+  (issue #17): p50 with the head <= +0.5 ms over nearline alone.
 - Freshness: a producer sends `--rate` events a second, each for a random user of another
   third (types and values from that user's window), to the events topic (protobuf, key =
   user id, librdkafka defaults of `services.common.kafka.producer`: linger 5 ms); `persona
@@ -124,7 +125,8 @@ def later(ev: Event, eid: str, ts_ms: int) -> Event:
 def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
          groups: tuple[list[str], list[str]], by_user: dict[str, list[Event]],
          args: argparse.Namespace) -> dict[str, list[float]]:  # fmt: skip
-    """GetEmbeddings of 100 ids: nearline, combined without and with new events."""
+    """GetEmbeddings of 100 ids: nearline, combined without new events, with 10 of the 100
+    users having new events, and with all of them."""
     fresh, quiet = groups
     now = int(time.time() * 1000)
     ups = [PackedUpdate(u, "cost", b"".join(
@@ -140,9 +142,16 @@ def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
         picks = [list(rng.choice(ids, BATCH, replace=False)) for _ in range(64)]
         return [pb.GetEmbeddingsRequest(user_ids=p, part=part) for p in picks]
 
+    def mixed(share: float) -> list[pb.GetEmbeddingsRequest]:
+        k = round(BATCH * share)  # k users with new events, the rest without
+        picks = [[*rng.choice(fresh, k, replace=False), *rng.choice(quiet, BATCH - k,
+                  replace=False)] for _ in range(64)]  # fmt: skip
+        return [pb.GetEmbeddingsRequest(user_ids=p, part=pb.VECTOR_PART_COMBINED) for p in picks]
+
     calls = {
         "nearline (part NEARLINE)": reqs(fresh, pb.VECTOR_PART_NEARLINE),
         "combined, no new event": reqs(quiet, pb.VECTOR_PART_COMBINED),
+        f"combined, 10 of {BATCH} users with {args.new_events} new events": mixed(0.1),
         f"combined, {args.new_events} new events each": reqs(fresh, pb.VECTOR_PART_COMBINED),
     }
     check = stub.GetEmbeddings(calls[f"combined, {args.new_events} new events each"][0])
@@ -154,7 +163,7 @@ def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
             stub.GetEmbeddings(rs[i % len(rs)], timeout=5).vectors, "<f4"
         )
 
-    return interleaved({k: call(v) for k, v in calls.items()}, 3 * args.cost_seconds)
+    return interleaved({k: call(v) for k, v in calls.items()}, len(calls) * args.cost_seconds)
 
 
 def freshness(stub: service_pb2_grpc.UserEmbeddingServiceStub, bootstrap: str, topic: str,
@@ -302,7 +311,7 @@ def report(args: argparse.Namespace, version: str, head: ShortTermHead, fresh: l
     print(f"\n{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), loopback, "
           f"Tansu + 3-node Valkey cluster, {args.users:,} users, version {version} (dim "
           f"{head.out_dim}, head folds at most {head.max_events} events)")  # fmt: skip
-    print(f"\nCost: GetEmbeddings of {BATCH} ids, taking turns, {3 * args.cost_seconds:.0f} s\n")
+    print(f"\nCost: GetEmbeddings of {BATCH} ids, taking turns, {4 * args.cost_seconds:.0f} s\n")
     print("| request | calls | p50 ms | p99 ms |")
     print("| --- | ---: | ---: | ---: |")
     p50s = {}
