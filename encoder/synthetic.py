@@ -31,6 +31,7 @@ from typing import Literal
 import numpy as np
 
 from contract.events import Event, PropValue
+from encoder.synthetic_lifecycle import LEN, RATE, sessions, sigmoid, state_at, trajectory
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
@@ -171,79 +172,8 @@ def _make_world(cfg: SyntheticConfig) -> _World:
     )
 
 
-# Relative session rate (sessions a day before scaling) and session length by state.
-# "fading" ends in churn; "slowing" (reported as lifecycle "fading" too) recovers. Both are
-# equally quiet; only the doomed ones show it in how they use the product (see `_user_events`).
-_RATE = {"new": 1.6, "engaged": 1.0, "fading": 0.18, "slowing": 0.18, "churned": 0.0}
-_LEN = {"new": 1.0, "engaged": 1.15, "fading": 0.7, "slowing": 0.7, "churned": 0.7}
-
-
-def _trajectory(rng: np.random.Generator, start: float, stop: float) -> list[tuple[float, str]]:
-    """Lifecycle (time in days, state) change points from `start` up to `stop`."""
-    out: list[tuple[float, str]] = [(start, "new")]
-    t = start + rng.uniform(2.0, 6.0)
-
-    def quiet() -> str:  # a quiet spell either ends in churn or recovers, decided on entry
-        return "fading" if rng.random() < 0.5 else "slowing"
-
-    state = "engaged" if rng.random() < 0.75 else quiet()
-    while t < stop:
-        out.append((t, state))
-        if state == "engaged":
-            t += rng.exponential(40.0)
-            state = quiet()
-        elif state in ("fading", "slowing"):
-            t += rng.exponential(10.0)
-            state = "churned" if state == "fading" else "engaged"
-        else:
-            break
-    return out
-
-
-def _state_at(traj: list[tuple[float, str]], t: float) -> str:
-    state = traj[0][1]
-    for t0, s in traj:
-        if t0 > t:
-            break
-        state = s
-    return state
-
-
-def _sessions(
-    rng: np.random.Generator,
-    traj: list[tuple[float, str]],
-    start: float,
-    stop: float,
-    rate_scale: float,
-    shape: float,
-) -> list[float]:
-    """Session start times (days) in [start, stop): Gamma-gap renewal, restarted per state."""
-    out: list[float] = []
-    changes = [t0 for t0, _ in traj[1:]] + [stop]
-    t = start
-    while t < stop:
-        nxt = next(c for c in changes if c > t) if t < changes[-1] else stop
-        rate = _RATE[_state_at(traj, t)] * rate_scale
-        if rate <= 0.0:
-            if nxt >= stop:
-                break
-            t = nxt
-            continue
-        gap = rng.gamma(shape, 1.0 / (rate * shape))
-        if t + gap >= nxt:  # the state changed first: the new state's rate takes over
-            t = nxt
-            continue
-        t += gap
-        out.append(t)
-    return out
-
-
 _CONVERT_STATE = {"new": 0.0, "engaged": 0.4, "fading": -0.8, "slowing": -0.8, "churned": -3.0}
 _T = {name: k for k, name in enumerate(EVENT_TYPES)}
-
-
-def _sigmoid(x: float) -> float:
-    return float(1.0 / (1.0 + np.exp(-x)))
 
 
 @dataclass
@@ -268,7 +198,7 @@ def _plan_users(
         else:
             signup = rng.uniform(-40.0, cfg.days - 6.0)
         activity = float(np.exp(rng.normal(0.0, 0.4)))
-        traj = _trajectory(rng, signup, cfg.days + 14.0)
+        traj = trajectory(rng, signup, cfg.days + 14.0)
         plan = _UserPlan(seg, signup, activity, traj)
         if cfg.switch_share > 0:  # its own stream: users who do not switch stay byte-equal
             srng = np.random.default_rng([cfg.seed, cfg.first_user + len(plans), 7])
@@ -280,7 +210,7 @@ def _plan_users(
         for (ta, s), tb in zip(traj, bounds, strict=False):
             lo, hi = max(ta, 0.0), min(tb, cfg.days)
             if hi > lo:
-                expected += (hi - lo) * _RATE[s] * _LEN[s] * activity
+                expected += (hi - lo) * RATE[s] * LEN[s] * activity
     scale = cfg.events_per_user * cfg.users / max(expected * cfg.events_per_session, 1e-9)
     return plans, scale
 
@@ -314,9 +244,9 @@ def _user_events(
 ) -> tuple[list[tuple[int, str, dict[str, PropValue]]], bool, str]:
     """All events of one user (window and the 14 days after), `converts`, lifecycle at end."""
     span, seg, traj = cfg.days, plan.seg, plan.traj
-    state_end = _state_at(traj, span)
+    state_end = state_at(traj, span)
     start = max(plan.signup, 0.0)
-    sess = _sessions(
+    sess = sessions(
         rng, traj, start, span + 14.0, rate_scale * plan.activity, cfg.session_gap_shape
     )
     n_in = sum(1 for t in sess if t <= span)
@@ -326,19 +256,19 @@ def _user_events(
     intent_item = int(
         pool[min(int(np.searchsorted(world.item_cdf[seg], rng.random())), len(pool) - 1)]
     )
-    intent = state_end != "churned" and rng.random() < _sigmoid(world.propensity[seg] - 0.7)
+    intent = state_end != "churned" and rng.random() < sigmoid(world.propensity[seg] - 0.7)
     if intent:
         sess.append(span - rng.uniform(0.0, 2.0))
         kinds.append(1)
     logit = world.propensity[seg] + 1.8 * intent + _CONVERT_STATE[state_end] - 0.4
-    converts = bool(rng.random() < _sigmoid(logit))
+    converts = bool(rng.random() < sigmoid(logit))
     if converts:
         sess.append(span + rng.uniform(0.01, 7.0))
         kinds.append(2)
 
     # session lengths (S,), then every per-event draw at once (N,)
-    states = [_state_at(traj, t) for t in sess]
-    lens = np.array([_LEN[st] for st in states]) * cfg.events_per_session
+    states = [state_at(traj, t) for t in sess]
+    lens = np.array([LEN[st] for st in states]) * cfg.events_per_session
     # a user on the way out is distracted: slower clicks, shorter dwell (invisible to counts)
     fade = np.array([st in ("fading", "churned") for st in states], dtype=np.float64)
     n_s = np.maximum(rng.geometric(1.0 / lens), np.where(np.array(kinds) > 0, 3, 1))
