@@ -11,21 +11,24 @@ written into the store and refreshed once by the refresher (layout 3: each vecto
 the marker of its newest event); then no refresher runs. `persona serve --no-index --models`
 and `persona ingest` run as child processes, as in production.
 
-- Cost: every user of one third gets `--new-events` (3) events after its refresh (applied to
-  the window store); GetEmbeddings of 100 ids, taking turns for `--cost-seconds` x 4:
-  `part` NEARLINE (the plain read, no events), COMBINED for users with no new event (the
-  plain read with each user's meta `v`, no script, no delta), COMBINED for 100 users of
-  whom 10 have new events (the script for those 10), COMBINED for users who all have new
-  events (the script, the events' records decoded, one head delta over 100 users). Target
-  (issue #17): p50 with the head <= +0.5 ms over nearline alone.
+- Cost: every user of one third gets `--new-events` (3) events after its refresh, applied to
+  the window store with the short-term state for half of them (as `persona ingest --models`
+  does) and without it for the other half (ingest without the models); GetEmbeddings of 100
+  ids, taking turns for `--cost-seconds` x 5: `part` NEARLINE (the plain read, no events),
+  COMBINED for users with no new event (the plain read with each user's meta `v` and state,
+  no script, no delta), COMBINED for 100 users of whom 10 have new events (their rows from
+  the state), COMBINED for users who all have new events (from the state: no script, no
+  event decoding; one head delta over 100 users), and the same without the state (the
+  script reads the windows and the events' records are decoded). Target (issue #17): p50
+  with the head <= +0.5 ms over nearline alone.
 - Freshness: a producer sends `--rate` events a second, each for a random user of another
   third (types and values from that user's window), to the events topic (protobuf, key =
   user id, librdkafka defaults of `services.common.kafka.producer`: linger 5 ms); `persona
-  ingest` applies them; a poller calls GetEmbeddings (COMBINED, every pending user in one
-  call, back to back) until each event is reflected: the row's `newest_event_ms` reaches
-  the event's time with the head folding events in. The time from the producer's send to
-  the first response that reflects it; p50, p99, max over `--seconds`. Target (issue #17):
-  p99 <= 1 s.
+  ingest --models` applies them and keeps the short-term state; a poller calls GetEmbeddings
+  (COMBINED, every pending user in one call, back to back) until each event is reflected:
+  the row's `newest_event_ms` reaches the event's time with the head folding events in. The
+  time from the producer's send to the first response that reflects it; p50, p99, max over
+  `--seconds`. Target (issue #17): p99 <= 1 s.
 """
 
 from __future__ import annotations
@@ -65,7 +68,9 @@ from encoder.shortterm import ShortTermHead
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.train import TrainSpec, group_by_user
 from services.common import kafka as kafka_clients
+from services.common.heads import RegistryHeads
 from services.config import KafkaConfig, WindowConfig
+from services.ingest.states import StateKeeper
 from services.refresh.config import RefreshConfig
 from services.refresh.encoders import EncoderCache
 from services.refresh.publish import Publisher
@@ -78,6 +83,8 @@ from services.store.windows import PackedUpdate, WindowStore
 
 log = logging.getLogger("bench.realtime")
 BATCH = 100
+NEARLINE = "nearline (part NEARLINE)"
+FULL = "combined, every user with new events (from the short-term state)"
 CLI = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
 
 
@@ -124,16 +131,29 @@ def later(ev: Event, eid: str, ts_ms: int) -> Event:
 
 def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
          groups: tuple[list[str], list[str]], by_user: dict[str, list[Event]],
-         args: argparse.Namespace) -> dict[str, list[float]]:  # fmt: skip
+         keeper: StateKeeper, args: argparse.Namespace) -> dict[str, list[float]]:  # fmt: skip
     """GetEmbeddings of 100 ids: nearline, combined without new events, with 10 of the 100
-    users having new events, and with all of them."""
+    users having new events, with all of them, and with all of them but applied without the
+    short-term state (the window read)."""
     fresh, quiet = groups
+    kept, bare = fresh[0::2], fresh[1::2]  # new events with the state / without
     now = int(time.time() * 1000)
-    ups = [PackedUpdate(u, "cost", b"".join(
-               pack_update(k, f"{u}-new{k}".encode(), now + k,
-                           pack_record(later(like(by_user[u], k), f"{u}-new{k}", now + k)))
-               for k in range(args.new_events)))
-           for u in fresh]  # fmt: skip
+    new = {u: [later(like(by_user[u], k), f"{u}-new{k}", now + k) for k in range(args.new_events)]
+           for u in fresh}  # fmt: skip
+    spec, rows = keeper.rows([e for u in kept for e in new[u]])
+    if spec is None or rows is None:
+        raise RuntimeError("no short-term state kept: the version has no head?")
+    per = rows.reshape(len(kept), -1)
+    ups = [PackedUpdate(u, "cost", b"".join(pack_update(k, e.event_id.encode(), e.ts_ms,
+                                                        pack_record(e))
+                                            for k, e in enumerate(new[u])), r.tobytes())
+           for u, r in zip(kept, per, strict=True)]  # fmt: skip
+    for i in range(0, len(ups), 500):
+        ws.apply_packed(ups[i : i + 500], states=spec)
+    ups = [PackedUpdate(u, "cost", b"".join(pack_update(k, e.event_id.encode(), e.ts_ms,
+                                                        pack_record(e))
+                                            for k, e in enumerate(new[u])))
+           for u in bare]  # fmt: skip
     for i in range(0, len(ups), 500):
         ws.apply_packed(ups[i : i + 500])
     rng = np.random.default_rng(1)
@@ -144,19 +164,24 @@ def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
 
     def mixed(share: float) -> list[pb.GetEmbeddingsRequest]:
         k = round(BATCH * share)  # k users with new events, the rest without
-        picks = [[*rng.choice(fresh, k, replace=False), *rng.choice(quiet, BATCH - k,
+        picks = [[*rng.choice(kept, k, replace=False), *rng.choice(quiet, BATCH - k,
                   replace=False)] for _ in range(64)]  # fmt: skip
         return [pb.GetEmbeddingsRequest(user_ids=p, part=pb.VECTOR_PART_COMBINED) for p in picks]
 
+    n = args.new_events
     calls = {
-        "nearline (part NEARLINE)": reqs(fresh, pb.VECTOR_PART_NEARLINE),
+        NEARLINE: reqs(fresh, pb.VECTOR_PART_NEARLINE),
         "combined, no new event": reqs(quiet, pb.VECTOR_PART_COMBINED),
-        f"combined, 10 of {BATCH} users with {args.new_events} new events": mixed(0.1),
-        f"combined, {args.new_events} new events each": reqs(fresh, pb.VECTOR_PART_COMBINED),
+        f"combined, 10 of {BATCH} users with {n} new events": mixed(0.1),
+        FULL: reqs(kept, pb.VECTOR_PART_COMBINED),
+        "combined, every user with new events, applied without the state (window read)": reqs(
+            bare, pb.VECTOR_PART_COMBINED
+        ),
     }
-    check = stub.GetEmbeddings(calls[f"combined, {args.new_events} new events each"][0])
-    if set(check.meta.short_term_events) != {args.new_events}:
-        raise RuntimeError(f"head folded {set(check.meta.short_term_events)} events")
+    for name in (FULL, list(calls)[-1]):
+        check = stub.GetEmbeddings(calls[name][0])
+        if set(check.meta.short_term_events) != {n}:
+            raise RuntimeError(f"{name}: head folded {set(check.meta.short_term_events)} events")
 
     def call(rs: list[pb.GetEmbeddingsRequest]) -> Callable[[int], object]:
         return lambda i: np.frombuffer(
@@ -285,15 +310,17 @@ def run(args: argparse.Namespace, stack: EmbeddedStack, models: Path,
     serve = [*CLI, "serve", "--no-index", "--host", "127.0.0.1", "--port", str(port),
              "--redis", a.redis, "--dim", "64", "--bootstrap", a.bootstrap,
              "--models", str(models)]  # fmt: skip
-    ingest = [*CLI, "ingest", "--bootstrap", a.bootstrap, "--redis", a.redis,
-              "--topic", a.topic, "--group", f"bench-{uuid.uuid4().hex[:8]}"]  # fmt: skip
+    ingest = [*CLI, "ingest", "--bootstrap", a.bootstrap, "--redis", a.redis, "--models",
+              str(models), "--topic", a.topic,
+              "--group", f"bench-{uuid.uuid4().hex[:8]}"]  # fmt: skip
     procs = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
              for c in (serve, ingest)]  # fmt: skip
     try:
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             wait_healthy(ch, lambda: procs[0].poll() is None, 60)
             stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
-            costs = cost(stub, ws, thirds[:2], by_user, args)
+            keeper = StateKeeper(vectors.versions, RegistryHeads(models), every_s=0.0)
+            costs = cost(stub, ws, thirds[:2], by_user, keeper, args)
             fresh, missed = freshness(stub, a.bootstrap, a.topic, thirds[2], by_user, args)
     finally:
         for p in procs:
@@ -319,7 +346,7 @@ def report(args: argparse.Namespace, version: str, head: ShortTermHead, fresh: l
         p50, p99 = percentiles(samples)
         p50s[name] = p50
         print(f"| {name} | {len(samples):,} | {p50:.2f} | {p99:.2f} |")
-    base, *_, full = p50s.values()
+    base, full = p50s[NEARLINE], p50s[FULL]
     print(f"\nhead cost, p50: +{full - base:.2f} ms (target <= +0.5 ms)")
     p50, p99 = percentiles(fresh)
     worst = max(fresh) * 1000 if fresh else float("nan")

@@ -153,17 +153,35 @@ class ShortTermHead:
         m = self.max_events
         kept = [w[-m:] if len(w) > m else w for w in events]
         lengths = np.fromiter((len(w) for w in kept), np.int64, len(kept))
-        ids = self.tokenizer.static_matrix([e for w in kept for e in w])  # (N, S)
-        return self.delta_ids(np.asarray(nearline, dtype=np.float32), ids, lengths)
+        rows = self.event_rows([e for w in kept for e in w])
+        return self.delta_rows(np.asarray(nearline, dtype=np.float32), rows, lengths)
 
-    def delta_ids(self, z: np.ndarray, ids: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-        """`delta` from static ids (N, S) of the users' new events, `lengths` (B,) each."""
+    @property
+    def row_dim(self) -> int:
+        """H: the length of an event's row (`event_rows`)."""
+        return int(self.a.q.shape[1])
+
+    def event_rows(self, events: Sequence[Event]) -> np.ndarray:
+        """(N, H) float32: each event's row u = sum_k Q_k[id_k], the head's input. Depends on
+        the event alone (not on its user's other events), so ingest computes it once per
+        event and version and stores it beside the window (the short-term state, LAYOUT.md);
+        `delta_rows` over stored rows gives what `delta` gives over the events."""
+        if not events:
+            return np.zeros((0, self.row_dim), dtype=np.float32)
+        return self.ids_rows(self.tokenizer.static_matrix(list(events)))
+
+    def ids_rows(self, ids: np.ndarray) -> np.ndarray:
+        """`event_rows` from static ids (N, S)."""
+        return self.a.q[ids + self.a.offsets].sum(1)
+
+    def delta_rows(self, z: np.ndarray, u: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        """`delta` from the rows (N, H) of the users' new events (`event_rows`, each user's
+        oldest first), `lengths` (B,) each (at most `max_events`)."""
         a = self.a
         out = np.zeros((len(lengths), self.out_dim), dtype=np.float32)
         some = lengths > 0
         if not some.any():
             return out
-        u = a.q[ids + a.offsets].sum(1)  # (N, H)
         w = a.w_rank[rank_slots(lengths, len(a.w_rank))]  # (N,)
         starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[some]
         s = np.add.reduceat(u * w[:, None], starts, axis=0)  # (B', H)

@@ -9,7 +9,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from services.config import add_connection_args, add_metrics_arg, setting_flag
+from services.config import add_connection_args, add_metrics_arg, add_models_arg, setting_flag
 
 if TYPE_CHECKING:
     from services.cli.settings import Settings
@@ -31,9 +31,17 @@ def register(sub: Any) -> None:
     p.add_argument("--format", choices=("proto", "json"), default="proto", help="wire format")
     p.set_defaults(func=cmd_produce)
 
-    p = sub.add_parser("ingest", help="consume events into per-user windows")
+    p = sub.add_parser(
+        "ingest",
+        help="consume events into per-user windows",
+        description="Consume events into per-user windows. When the --models folder exists,"
+        " also keep the short-term state of every written model version with a short-term"
+        " head (its row of each new event, beside the window): serving then folds new"
+        " events without reading the window (LAYOUT.md 'Short-term state').",
+    )
     add_connection_args(p)
     add_metrics_arg(p)
+    add_models_arg(p)
     setting_flag(p, "kafka.group_id", "--group", metavar="GROUP")
     p.add_argument(
         "--until-idle",
@@ -96,9 +104,12 @@ def cmd_ingest(args: argparse.Namespace) -> int:
 
     from prometheus_client import CollectorRegistry
 
+    from services.common.heads import RegistryHeads
     from services.ingest.consumer import Ingestor
     from services.ingest.metrics import ingest_metrics
+    from services.ingest.states import StateKeeper
     from services.store.client import connect
+    from services.store.vectors import VectorStore
     from services.store.windows import WindowStore
     from services.telemetry import tracer
 
@@ -109,16 +120,20 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     metrics = ingest_metrics(registry)
     client = connect(s.store.redis)
     windows = WindowStore(client, s.window)
+    vectors = VectorStore(client)
+    states = None
+    if s.process.models.is_dir():
+        states = StateKeeper(vectors.versions, RegistryHeads(s.process.models))
     try:
         with metrics_endpoint(s.process, registry):
-            ingestor = Ingestor(
-                s.kafka, s.window, windows, metrics, rebuild=args.rebuild, tracer=tracer()
-            )
+            ingestor = Ingestor(s.kafka, s.window, windows, metrics, rebuild=args.rebuild,
+                                tracer=tracer(), states=states)  # fmt: skip
             t0 = time.perf_counter()
             stats = ingestor.run(stop, until_idle=args.until_idle)
             dt = time.perf_counter() - t0
     finally:
         windows.close()
+        vectors.close()
         client.close()
     out = {**stats.__dict__, "seconds": round(dt, 2)}
     print(json.dumps(out))

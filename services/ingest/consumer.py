@@ -32,7 +32,8 @@ from services.ingest.dead_letters import (
 from services.ingest.idle import UntilIdle
 from services.ingest.metrics import IngestMetrics
 from services.ingest.source import DeadLetters, EventSource, offset_of
-from services.store.layout import pack_update
+from services.ingest.states import StateKeeper
+from services.store.layout import StateSpec, pack_update
 from services.store.protocols import Windows
 from services.store.windows import PackedUpdate, source_label
 from services.telemetry import links_from_headers
@@ -49,6 +50,7 @@ class Prepared:
     updates: list[PackedUpdate]
     bad: list[tuple[Message, BadRecord]]
     offsets: dict[int, int]
+    states: StateSpec | None = None  # the versions whose short-term state `updates` feed
 
 
 @dataclass
@@ -83,6 +85,8 @@ class Ingestor:
         clock_ms: wall clock in ms (for the future-timestamp check); injectable for tests.
         rebuild: apply with event-id dedup alone, ignoring stored offsets (`persona ingest
             --rebuild` with a fresh group refills a shard that lost its data).
+        states: keeps the short-term state of the written versions with a head beside the
+            windows (services/ingest/states.py); None: no state (serving reads windows).
     """
 
     def __init__(
@@ -94,8 +98,10 @@ class Ingestor:
         clock_ms: Callable[[], int] = lambda: int(time.time() * 1000),
         rebuild: bool = False,
         tracer: Tracer | None = None,
+        states: StateKeeper | None = None,
     ) -> None:
         self.tracer = tracer
+        self.states = states
         self.rebuild = rebuild
         self.kcfg = kafka_cfg
         self.wcfg = window_cfg
@@ -220,7 +226,7 @@ class Ingestor:
         windows were written."""
         if batch.bad:
             self._dead_letter(dlq, batch.bad)
-        return self._apply_with_retry(batch.updates, stop)
+        return self._apply_with_retry(batch.updates, stop, batch.states)
 
     def _topic_id(self) -> str | None:
         """The events topic's id (None if the broker gives none), fetched again after an
@@ -265,6 +271,8 @@ class Ingestor:
         recreated (it is read again from 0)."""
         now = self.clock_ms()
         groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
+        stored: dict[tuple[str, str], list[tuple[str, bytes, bytes]]] = defaultdict(list)
+        keep = self.states is not None
         bad: list[tuple[Message, BadRecord]] = []
         commit: dict[int, int] = {}
         n = 0
@@ -303,13 +311,23 @@ class Ingestor:
                 groups[(d.user_id, p)].append(
                     pack_update(offset_of(r), d.event_id, d.ts_ms, d.record)
                 )
+                if keep:
+                    stored[(d.user_id, p)].append((d.user_id, d.event_id, d.record))
             n += len(records)
             commit[part] = offset_of(records[-1]) + 1
         self.metrics.consumed.inc(n)
         self.metrics.batch_records.observe(n)
         self.stats.consumed += n
-        updates = [PackedUpdate(uid, p, b"".join(parts)) for (uid, p), parts in groups.items()]
-        return Prepared(updates, bad, commit)
+        spec, rows = None, None
+        if self.states is not None:  # the rows of every event, in `groups`' order
+            spec, rows = self.states.record_rows([x for k in groups for x in stored[k]])
+        updates, lo = [], 0
+        for (uid, p), parts in groups.items():
+            hi = lo + len(parts)
+            ups = b"" if rows is None else rows[lo:hi].tobytes()
+            updates.append(PackedUpdate(uid, p, b"".join(parts), ups))
+            lo = hi
+        return Prepared(updates, bad, commit, spec)
 
     def _decode_bug(self, r: Message, exc: Exception) -> BadRecord:
         """A decoder exception other than `BadRecord` (a bug: tests/unit/test_codec_fuzz.py
@@ -325,12 +343,14 @@ class Ingestor:
         """Whole, by reference, or logged and skipped (services/ingest/dead_letters.py)."""
         self.stats.dead_lettered += dead_letter(dlq, bad, self.metrics)  # raises: step 1
 
-    def _apply_with_retry(self, updates: list[PackedUpdate], stop: threading.Event) -> bool:
+    def _apply_with_retry(
+        self, updates: list[PackedUpdate], stop: threading.Event, states: StateSpec | None
+    ) -> bool:
         delay = 0.1
         while True:
             t0 = time.perf_counter()
             try:
-                res = self.store.apply_packed(updates, rebuild=self.rebuild)
+                res = self.store.apply_packed(updates, rebuild=self.rebuild, states=states)
             except RedisError as exc:
                 self.metrics.store_errors.inc()
                 log.warning("window write failed (%s); retrying in %.1f s", exc, delay)

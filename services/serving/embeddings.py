@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
-from contract.events import Event
 from services.serving import validate
 from services.serving.config import Limits
 from services.serving.errors import precondition
@@ -25,6 +24,7 @@ from services.serving.ports import IndexSource, VectorReader
 from services.serving.shortterm import Folded, Head, HeadSource, Part, fold
 from services.serving.store_calls import Budget, StoreCaller
 from services.serving.versions import ScoreColumn, VersionResolver
+from services.store.recent import Recent
 from services.store.records import VectorBatch
 
 if TYPE_CHECKING:
@@ -108,7 +108,7 @@ def get_embeddings(
         raise precondition(f"the short-term head of {version} has {head.out_dim} components; "
                            f"this server serves dimension {dim}")  # fmt: skip
     uniq = list(dict.fromkeys(ids))
-    recent: list[list[Event]] | None = None
+    recent: Recent | None = None
     if head is None:
         got = caller.call_inline(
             lambda deadline: store.read_batch(uniq, version, 1 + depth, deadline),
@@ -116,9 +116,9 @@ def get_embeddings(
             "read vectors",
         )
     else:
-        most = head.max_events
+        most, h = head.max_events, head.row_dim
         got, recent = caller.call_inline(
-            lambda deadline: store.read_recent(uniq, version, 1 + depth, most, deadline),
+            lambda deadline: store.read_recent(uniq, version, 1 + depth, most, deadline, row_dim=h),
             budget,
             "read vectors and recent events",
         )
@@ -131,7 +131,7 @@ def get_embeddings(
         at = {u: i for i, u in enumerate(uniq)}
         pos = np.fromiter((at[u] for u in ids), np.int64, len(ids))
         got = _take(got, pos)
-        recent = None if recent is None else [recent[i] for i in pos.tolist()]
+        recent = None if recent is None else recent.take(pos)
     n = len(ids)
     if got.dim == 0:  # nobody found
         got = replace(got, vectors=np.zeros((n, got.vectors.shape[1], dim), np.float32))

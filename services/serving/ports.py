@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Protocol
 if TYPE_CHECKING:
     import numpy as np
 
-    from contract.events import Event
     from services.index.holder import ServedIndex
+    from services.store.recent import Recent
     from services.store.records import StoredVector, VectorBatch
 
 
@@ -36,10 +36,11 @@ class VectorReader(Protocol):
 
     def read_recent(
         self, user_ids: Sequence[str], version: str, history: int, max_events: int,
-        deadline: float,
-    ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
-        """`read_batch` plus each user's window events after the newest vector's marker
-        (the short-term head's input), in the same round trip; same deadline rule."""
+        deadline: float, row_dim: int = 0,
+    ) -> tuple[VectorBatch, Recent]:  # fmt: skip
+        """`read_batch` plus what each user's window gained after the newest vector's marker
+        (the short-term head's input: the events, or with `row_dim` their rows from the
+        short-term state), in the same round trip; same deadline rule."""
         ...
 
     # GetAudience's reads (`services.store.audience` over the store's router)

@@ -2,12 +2,13 @@
 add to a served vector.
 
 Each model version may carry a head (`encoder.shortterm.ShortTermHead`, trained and saved
-with the encoder). `RegistryHeads` loads a version's head from the registry once, checks it
-against its parity sample there, and keeps it: the head is per version, so a response read
-under one version gets that version's head, and a cutover switches head and vectors
-together. `combine` adds the head's output for the users with events after their vector's
-marker (LAYOUT.md, vector layout 3; read in the same store round trip as the vectors,
-`VectorStore.read_recent`).
+with the encoder). `RegistryHeads` (services/common/heads.py) loads a version's head from
+the registry once, checks it against its parity sample there, and keeps it: the head is per
+version, so a response read under one version gets that version's head, and a cutover
+switches head and vectors together. `fold` adds the head's output for the users with events
+after their vector's marker (LAYOUT.md, vector layout 3; read in the same store round trip
+as the vectors, `VectorStore.read_recent`: their rows from the short-term state ingest
+keeps, or the events themselves).
 
 Example: a user whose stored vector z folded in events up to (ts 100, "e7"), and who has
 since had events e8, e9: the combined row is z + head.delta(z, [[e8, e9]]), its
@@ -17,92 +18,18 @@ newest event is the marker's.
 
 from __future__ import annotations
 
-import logging
-import threading
-import time
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal, Protocol
+from typing import Literal
 
 import numpy as np
 
-from contract.events import Event
+from services.common.heads import Head, HeadSource, RegistryHeads
+from services.store.recent import Recent
 
-log = logging.getLogger(__name__)
+__all__ = ["PARTS", "Folded", "Head", "HeadSource", "Part", "RegistryHeads", "fold"]
 
 Part = Literal["default", "nearline", "short_term", "combined"]
 PARTS: tuple[Part, ...] = ("default", "nearline", "short_term", "combined")
-
-
-class Head(Protocol):
-    """What serving uses of `encoder.shortterm.ShortTermHead`."""
-
-    out_dim: int
-    max_events: int
-
-    def delta(self, nearline: np.ndarray, events: Sequence[Sequence[Event]]) -> np.ndarray: ...
-
-    def scores(self, z: np.ndarray) -> np.ndarray | None:
-        """(B, E) combined vectors -> (B, S) the version's served score columns, or None."""
-        ...
-
-
-class HeadSource(Protocol):
-    def head(self, version: str) -> Head | None:
-        """The version's head; None when the version has none (trained before heads) or
-        it could not be loaded (logged)."""
-        ...
-
-
-class RegistryHeads:
-    """Heads loaded from a model registry folder (`persona serve`'s models dir), one per
-    version, kept for good (a version never changes; at most `keep` versions).
-
-    A version without a head (trained before heads) is served nearline only. So is one this
-    replica's registry lacks, or whose head fails to load or its parity check (serving the
-    wrong numbers would be worse than serving older ones): logged, and tried again after
-    `retry_s` (the files may arrive later)."""
-
-    def __init__(self, models_dir: Path, keep: int = 16, retry_s: float = 60.0) -> None:
-        self.models_dir = Path(models_dir)
-        self._keep = keep
-        self._retry_s = retry_s
-        self._lock = threading.Lock()
-        self._heads: dict[str, tuple[Head | None, float]] = {}  # version -> (head, retry at)
-
-    def head(self, version: str) -> Head | None:
-        with self._lock:  # one load per version, also when requests race for it
-            got = self._heads.get(version)
-            if got is not None and time.monotonic() < got[1]:
-                return got[0]
-            head, final = self._load(version)
-            if version not in self._heads and len(self._heads) >= self._keep:
-                self._heads.pop(next(iter(self._heads)))  # the oldest loaded
-            retry_at = float("inf") if final else time.monotonic() + self._retry_s
-            self._heads[version] = (head, retry_at)
-            return head
-
-    def _load(self, version: str) -> tuple[Head | None, bool]:
-        """(the head or None, whether that is final for this version)."""
-        from encoder.shortterm import ShortTermHead  # numpy only (no torch)
-
-        if not (self.models_dir / version).is_dir():
-            log.warning("model %s is not in %s: served nearline only (tried again in %.0f s)",
-                        version, self.models_dir, self._retry_s)  # fmt: skip
-            return None, False
-        try:
-            got = ShortTermHead.load(self.models_dir, version)
-        except Exception as exc:  # parity failure, unreadable files
-            log.error("model %s: short-term head not served (nearline only; tried again in"
-                      " %.0f s): %s", version, self._retry_s, exc)  # fmt: skip
-            return None, False
-        if got is None:
-            log.info("model %s has no short-term head: served nearline only", version)
-        else:
-            log.info("model %s: short-term head loaded (%d events at most)", version,
-                     got.max_events)  # fmt: skip
-        return got, True
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,19 +42,27 @@ class Folded:
     newest_ms: np.ndarray
 
 
-def fold(head: Head, nearline: np.ndarray, found: np.ndarray,
-         recent: Sequence[Sequence[Event]]) -> Folded:  # fmt: skip
-    """The head's output for the `found` rows ((N,) bool) of `nearline` (N, D) with events
-    in `recent` (per row, after the marker, oldest first); one `delta` call for all."""
-    n = nearline.shape[0]
-    counts = np.fromiter(map(len, recent), np.int64, n)
-    rows = np.flatnonzero(found & (counts > 0))
+def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) -> Folded:
+    """The head's output for the `found` rows ((N,) bool) of `nearline` (N, D) with new
+    events in `recent` (per row: the events after the marker, oldest first, or their rows
+    from the short-term state; a row has one source or none); one `delta_rows` call."""
+    n, m = nearline.shape[0], head.max_events
+    ev_len = np.fromiter((min(len(e), m) for e in recent.events), np.int64, n)
+    ev_len[~found] = 0
+    st_len = np.where(found, recent.lengths, 0)
+    lengths = ev_len + st_len
     short = np.zeros_like(nearline)
-    newest = np.zeros(n, np.int64)
-    events = np.zeros(n, np.int32)
-    if len(rows):
-        take = [recent[i][-head.max_events :] for i in rows.tolist()]
-        short[rows] = head.delta(nearline[rows], take)
-        events[rows] = [len(t) for t in take]
-        newest[rows] = [t[-1].ts_ms for t in take]
-    return Folded(short, events, newest)
+    newest = np.where(st_len > 0, recent.newest_ms, 0)
+    rows = np.flatnonzero(lengths)
+    if not len(rows):
+        return Folded(short, lengths.astype(np.int32), newest)
+    by_events = np.flatnonzero(ev_len).tolist()
+    from_events = head.event_rows([e for i in by_events for e in recent.events[i][-m:]])
+    from_state = recent.rows[np.repeat(found, recent.lengths)].reshape(-1, head.row_dim)
+    # both sources' rows in user order (each is in user order already)
+    owner = np.concatenate([np.repeat(np.arange(n), st_len), np.repeat(np.arange(n), ev_len)])
+    u = np.concatenate([from_state, from_events])[np.argsort(owner, kind="stable")]
+    short[rows] = head.delta_rows(nearline[rows], u, lengths[rows])
+    for i in by_events:
+        newest[i] = recent.events[i][-1].ts_ms
+    return Folded(short, lengths.astype(np.int32), newest)

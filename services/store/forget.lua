@@ -1,6 +1,7 @@
 -- Forget one user (see LAYOUT.md "Forgetting a user"), in one atomic step.
 -- KEYS[1] = the bucket's dirty set; KEYS[2..4] = the user's window, events and meta keys;
 -- KEYS[5..] = the user's vector list under every model version the store knows.
+-- (The short-term state lives in the meta hash: it goes with it.)
 -- ARGV[1] = uid; ARGV[2] = forget time ms (events with ts_ms <= it are refused from now on);
 -- ARGV[3] = '' to forget unconditionally, or a cutoff ms (expiry): forget only when the
 -- window's newest event (meta `t`) is older than the cutoff, and then at that newest time.

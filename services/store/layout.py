@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from dataclasses import dataclass
 
 from redis.crc import key_slot
 
@@ -51,3 +52,31 @@ def pack_update(offset: int, event_id: bytes, ts_ms: int, record: bytes) -> byte
     """One event in the per-user argument of apply.lua (see its header); `record` is the
     stored event record (`contract.record`)."""
     return _UPD.pack(offset, ts_ms, len(event_id)) + event_id + _U16.pack(len(record)) + record
+
+
+# ----- the short-term state (LAYOUT.md "Short-term state") ------------------------------
+
+STATE_CAP = 32  # entries kept per user and version (the newest applied)
+STATE_ENTRY = struct.Struct("<qqII")  # ts_ms, window version after the apply, events it
+# added for the user, H; then the row (H float32): every entry of a version has one size
+
+
+@dataclass(frozen=True, slots=True)
+class StateSpec:
+    """Which versions' short-term state an APPLY keeps: (version, row length H) each, the
+    rows of `PackedUpdate.rows` in this order."""
+
+    versions: tuple[tuple[str, int], ...]
+    cap: int = STATE_CAP
+
+    def args(self) -> list[str | int]:
+        """apply.lua's ARGV[4 ...] (see its header)."""
+        out: list[str | int] = [len(self.versions)]
+        for version, h in self.versions:
+            out += [version, 4 * h]
+        return [*out, self.cap]
+
+
+def state_field(version: str) -> bytes:
+    """`s<ver>`: the meta hash field holding the user's short-term state under `version`."""
+    return b"s" + version.encode()

@@ -61,7 +61,12 @@ class MemoryWindows:
         self._dirty: dict[str, int] = {}  # uid -> dirty ts (ZADD NX: the first one stays)
         self._lock = threading.Lock()
 
-    def apply_packed(self, updates: Iterable[PackedUpdate], rebuild: bool = False) -> ApplyResult:
+    def apply_packed(
+        self, updates: Iterable[PackedUpdate], rebuild: bool = False,
+        states: layout.StateSpec | None = None,
+    ) -> ApplyResult:  # fmt: skip
+        """apply.lua's window rules; no short-term state (`states` is ignored: the serving
+        read over this store folds the window's events, LAYOUT.md)."""
         total = ApplyResult()
         with self._lock:
             for u in updates:

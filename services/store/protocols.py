@@ -22,6 +22,7 @@ from collections.abc import Collection, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from services.store.forget import ForgetResult
+from services.store.layout import StateSpec
 from services.store.records import StoredVector, VectorBatch
 from services.store.vectors import UserWrite, WriteResult
 from services.store.windows import ApplyResult, PackedUpdate, Window
@@ -29,8 +30,9 @@ from services.store.windows import ApplyResult, PackedUpdate, Window
 
 class Windows(Protocol):
     def apply_packed(
-        self, updates: Iterable[PackedUpdate], rebuild: bool = False
-    ) -> ApplyResult: ...
+        self, updates: Iterable[PackedUpdate], rebuild: bool = False,
+        states: StateSpec | None = None,
+    ) -> ApplyResult: ...  # fmt: skip
 
     def read(self, user_ids: Sequence[str]) -> list[Window]: ...
 

@@ -17,7 +17,6 @@ Example::
 from __future__ import annotations
 
 import json
-import zlib
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -25,19 +24,17 @@ from typing import Any
 
 import hiredis
 import numpy as np
-from redis.exceptions import NoScriptError, ResponseError
+from redis.exceptions import ResponseError
 
-from contract.events import Event
-from contract.record import unpack_record
 from contract.versions import check_version
-from services.store import audience, layout
+from services.store import audience, layout, recent
 from services.store.client import Client
+from services.store.recent import Recent
 from services.store.records import (
     Dtype,
     StoredVector,
     VectorBatch,
     decode_batch,
-    merge_rows,
     pack_vector,
     packed_lranges,
     unpack_vector,
@@ -292,90 +289,19 @@ class VectorStore:
 
     def read_recent(
         self, user_ids: Sequence[str], version: str, history: int, max_events: int,
-        deadline: float, users_per_call: int = 128,
-    ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
-        """`read_batch`, and per user the window events its newest vector has not folded in
-        (after the layout-3 marker in window order, at most `max_events` of the newest,
-        oldest first; [] without a marker): the short-term head's read (LAYOUT.md "Vector
-        value, layout 3"). First `read_raw`'s plain LRANGEs with each user's window version
-        (`HGET` meta `v`) in the same pipelined round trip; then `read_recent.lua` only for
-        the users whose window changed since their newest vector (v != its window version):
-        a window unchanged since the refresh, the common case, costs no script."""
-        last = max(1, history) - 1
-        slots, cmds = packed_lranges(user_ids, version, last)
-        metas = [(_pack((b"HGET", layout.meta_key(u), b"v")),) for u in user_ids]
-        both = self.router.read_packed(np.concatenate([slots, slots]), [*cmds, *metas], deadline)
-        raise_first(both)
-        n = len(user_ids)
-        batch = decode_batch(both[:n], history)
-        events: list[list[Event]] = [[] for _ in range(n)]
-        if batch.marker_ts_ms is None:  # no layout-3 value: nothing to fold
-            return batch, events
-        v = np.fromiter((int(r or 0) for r in both[n:]), np.int64, n)
-        changed = (batch.count > 0) & (batch.marker_ts_ms[:, 0] > 0)
-        rows = np.flatnonzero(changed & (v != batch.window_version[:, 0]))
-        if not len(rows):
-            return batch, events
-        sub = [user_ids[i] for i in rows.tolist()]
-        got, new = self._read_recent_script(sub, version, history, max_events, deadline,
-                                            users_per_call)  # fmt: skip
-        merged = merge_rows(batch, got, rows)
-        if merged is None:  # another shape (a rewrite between the reads)
-            return self._read_recent_script(user_ids, version, history, max_events, deadline,
-                                            users_per_call)  # fmt: skip
-        batch = merged
-        for i, evs in zip(rows.tolist(), new, strict=True):
-            events[i] = evs
-        return batch, events
-
-    def _read_recent_script(
-        self, user_ids: Sequence[str], version: str, history: int, max_events: int,
-        deadline: float, users_per_call: int,
-    ) -> tuple[VectorBatch, list[list[Event]]]:  # fmt: skip
-        """`read_recent` by `read_recent.lua` alone: one call per node and chunk of
-        `users_per_call` users, all written before any reply is read."""
-        check_version(version)
-        last, most = max(1, history) - 1, max(0, max_events)
-        raws = list(map(str.encode, user_ids))  # UTF-8
-        n = len(raws)
-        buckets = (np.fromiter(map(zlib.crc32, raws), np.int64, n) % layout.BUCKETS).tolist()
-        slots = [layout.BUCKET_SLOTS[b] for b in buckets]
-        results: list[Any] = []
-        for attempt in (0, 1):
-            sha = self._scripts.sha("read_recent.lua")
-            chunks = [
-                group[lo : lo + users_per_call]
-                for group in self.router.node_groups(slots)
-                for lo in range(0, len(group), users_per_call)
-            ]
-            cmds: list[tuple[bytes]] = []
-            for chunk in chunks:
-                args: list[Any] = ["EVALSHA", sha, 1, vector_key(user_ids[chunk[0]], version),
-                                   version, last, most]  # fmt: skip
-                for i in chunk:
-                    args += (buckets[i], raws[i])
-                cmds.append((_pack(tuple(args)),))
-            firsts = np.array([slots[c[0]] for c in chunks], np.int64)
-            results = self.router.read_packed(firsts, cmds, deadline)
-            if attempt == 0 and any(isinstance(r, ResponseError) for r in results):
-                if any(isinstance(r, NoScriptError) for r in results):
-                    self._scripts.load()  # a node lost its script cache (restart, failover)
-                else:  # e.g. a key of another slot than the node serves: the map moved
-                    self.router.relearn()
-                continue
-            break
-        raise_first(results)
-        replies: list[Any] = [None] * n
-        for chunk, r in zip(chunks, results, strict=True):
-            for i, got in zip(chunk, r, strict=True):
-                replies[i] = got
-        batch = decode_batch([r[0] for r in replies], history)
-        events = [
-            [unpack_record(u, r[j].decode("utf-8"), r[j + 1]) for j in range(1, len(r), 2)]
-            if len(r) > 1 else []
-            for u, r in zip(user_ids, replies, strict=True)
-        ]  # fmt: skip
-        return batch, events
+        deadline: float, row_dim: int = 0, users_per_call: int = 128,
+    ) -> tuple[VectorBatch, Recent]:  # fmt: skip
+        """`read_batch`, and per user what its newest vector has not folded in: the window
+        events after the layout-3 marker (window order, at most `max_events` of the newest,
+        oldest first; none without a marker), or, with `row_dim` (the head's row length H),
+        their rows from the short-term state when it accounts for them (`recent.Recent`).
+        First the plain LRANGEs with each user's window version (meta `v`) and, with
+        `row_dim`, its state (meta `s<ver>`) in the same pipelined round trip; then
+        `read_recent.lua` only for the users whose window changed since their newest vector
+        and whose state does not account for it (LAYOUT.md "Vector value, layout 3",
+        "Short-term state"; `services/store/recent.py`)."""
+        return recent.read_recent(self.router, self._scripts, user_ids, version, history,
+                                  max_events, deadline, users_per_call, row_dim)  # fmt: skip
 
     # ----- audiences (audience.py) -------------------------------------------------------
 

@@ -44,6 +44,9 @@ class PackedUpdate:
     user_id: str
     source: str | int
     blob: bytes
+    # per event in `blob`'s order, its short-term rows for the versions of the call's
+    # `layout.StateSpec`, one after the other (float32); empty: no state for this user
+    rows: bytes = b""
 
 
 @dataclass(slots=True)
@@ -92,7 +95,10 @@ class WindowStore:
         self.router = StoreRouter(client)
         self._scripts = Scripts(self.router, "apply.lua", "read.lua")
 
-    def apply_packed(self, updates: Iterable[PackedUpdate], rebuild: bool = False) -> ApplyResult:
+    def apply_packed(
+        self, updates: Iterable[PackedUpdate], rebuild: bool = False,
+        states: layout.StateSpec | None = None,
+    ) -> ApplyResult:  # fmt: skip
         """Apply updates atomically per user; idempotent under replay of the same offsets.
 
         Args:
@@ -101,12 +107,17 @@ class WindowStore:
                 distinct events within the horizon of everything ever applied, so applying
                 already-seen events again changes nothing, and lost ones come back.
 
+            states: the versions whose short-term state the updates' `rows` feed (LAYOUT.md
+                "Short-term state"): an entry per added event (not for replays, duplicates,
+                refused events), in the same atomic step as the window.
+
         Either way, a forgotten user's events at or before the forget time are refused
         (`ApplyResult.forgotten`; LAYOUT.md "Forgetting a user").
         """
         ups = list(updates)
         buckets = [layout.bucket(u.user_id) for u in ups]
-        head: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms, int(rebuild)]
+        head: list[Any] = [self.cfg.max_events, self.cfg.horizon_ms, int(rebuild),
+                           *(states or layout.StateSpec(())).args()]  # fmt: skip
         calls: list[ScriptCall] = []
         slots = [layout.BUCKET_SLOTS[b] for b in buckets]
         for group in self.router.node_groups(slots):
@@ -115,7 +126,7 @@ class WindowStore:
                 args = list(head)
                 for i in chunk:
                     u = ups[i]
-                    args += [buckets[i], u.user_id, u.source, u.blob]
+                    args += [buckets[i], u.user_id, u.source, u.blob, u.rows if states else b""]
                 calls.append(([layout.dirty_key(buckets[chunk[0]])], args))
         total = ApplyResult()
         for r in self._scripts.run("apply.lua", calls):

@@ -10,7 +10,8 @@
 -- -4 value refused: encoded from a window the user asked to forget, meta `xv`; see LAYOUT.md).
 -- A layout-2 or -3 value also puts the user, at each score, into the version's audience sets
 -- p:{B}:a:<ver>:<column> (sorted sets, same slot as the vector list; LAYOUT.md "Audiences"),
--- in the same step and only when the value is written (a skipped value changes nothing).
+-- in the same step and only when the value is written (a skipped value changes nothing); a
+-- written value drops the entries it folded in from the version's short-term state.
 local hist = tonumber(ARGV[1])
 local ttl = tonumber(ARGV[2])
 local function half(h)  -- IEEE half float (u16) -> number
@@ -31,6 +32,24 @@ local function audience(vk, uid, val, mask)
       -- with a TTL the set lives as long as its version is written (a retired one ages out)
       if ttl > 0 then redis.call('PEXPIRE', prefix .. j, ttl) end
     end
+  end
+end
+-- The version's short-term state (meta field s<ver>, LAYOUT.md) keeps only the entries of
+-- window versions after `wv`, the newest written vector's: the others are folded in it.
+local function fold_state(mk, vk, wv)
+  local field = 's' .. string.match(vk, '^p:{%d+}:v:([^:]*):')
+  local st = redis.call('HGET', mk, field)
+  if not st then return end
+  if #st < 24 then return end
+  local esize = 24 + 4 * struct.unpack('<I4', st, 21)  -- every entry has the first's size
+  local p = 1
+  while p + esize - 1 <= #st and struct.unpack('<i8', st, p + 8) <= wv do
+    p = p + esize
+  end
+  if p > #st then
+    redis.call('HDEL', mk, field)
+  elseif p > 1 then
+    redis.call('HSET', mk, field, string.sub(st, p))
   end
 end
 local n = tonumber(ARGV[3])
@@ -73,7 +92,10 @@ while a <= #ARGV do
         redis.call('LSET', vk, 0, val)
       end
       if action ~= 'skip' and ttl > 0 then redis.call('PEXPIRE', vk, ttl) end
-      if action ~= 'skip' then audience(vk, uid, val, ARGV[3 + j]) end
+      if action ~= 'skip' then
+        audience(vk, uid, val, ARGV[3 + j])
+        fold_state(mk, vk, wv)
+      end
     end
     res[j] = r
   end

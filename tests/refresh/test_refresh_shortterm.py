@@ -46,8 +46,9 @@ Stub = service_pb2_grpc.UserEmbeddingServiceStub
 
 
 @contextmanager
-def _served(env: Env, models: Path) -> Iterator[Stub]:
-    dim = next(iter(env.vectors.get_batch(["st000"], env.v1)[0])).vector.size
+def _served(env: Env, models: Path, probe: str = "st000") -> Iterator[Stub]:
+    """A server over `env` (its dimension: `probe`'s stored vector's)."""
+    dim = next(iter(env.vectors.get_batch([probe], env.v1)[0])).vector.size
     metrics = serving_metrics(CollectorRegistry())
     server = ServingServer(replace(BASE, dim=dim), env.vectors, IndexHolder(), metrics,
                            heads=RegistryHeads(models))  # fmt: skip

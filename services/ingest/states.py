@@ -1,0 +1,95 @@
+"""The short-term state ingest keeps beside the windows (issue #17; LAYOUT.md "Short-term
+state"): for each model version that is written (active, ready, back-filling) and has a
+short-term head, the head's row of every event an APPLY adds, in the same atomic step.
+Serving then folds a user's new events from those rows (read with the vector, no script, no
+event decoding) instead of reading the window.
+
+`StateKeeper.rows(events)` gives the `StateSpec` (which versions, each row's length) and the
+(N, sum H) float32 rows of a batch's events; the versions are read from the store every
+`every_s` (a cutover's new version gets rows from then on; until then, and for events
+applied without rows, serving reads the window: slower, the same answer). A failure here
+(store, registry, tokenizer) is logged and costs the state, never the batch.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+from contract.events import Event
+from contract.record import unpack_record
+from services.common.heads import Head, HeadSource
+from services.store.layout import StateSpec
+
+log = logging.getLogger(__name__)
+WRITTEN = ("active", "ready", "backfilling")  # the version states the refreshers write
+
+
+class StateKeeper:
+    """Which versions' short-term state ingest keeps, and each event's rows for them.
+
+    Args:
+        versions: the store's model versions and their states (`VectorStore.versions`).
+        heads: the versions' heads (`RegistryHeads` over the model registry).
+        every_s: how often the versions are read again.
+    """
+
+    def __init__(
+        self, versions: Callable[[], dict[str, str]], heads: HeadSource, every_s: float = 5.0
+    ) -> None:
+        self._versions = versions
+        self._heads = heads
+        self._every_s = every_s
+        self._current: list[tuple[str, Head]] = []
+        self._read_at = -float("inf")
+        self._logged_at = -float("inf")
+
+    def current(self) -> list[tuple[str, Head]]:
+        """The written versions with a head, in name order (read again every `every_s`)."""
+        now = time.monotonic()
+        if now - self._read_at >= self._every_s:
+            self._read_at = now
+            try:
+                states = self._versions()
+                got = [(v, self._heads.head(v)) for v in sorted(states) if states[v] in WRITTEN]
+                self._current = [(v, h) for v, h in got if h is not None]
+            except Exception as exc:  # the store away: keep the versions known
+                self._log("reading the model versions failed", exc)
+        return self._current
+
+    def record_rows(
+        self, records: Sequence[tuple[str, bytes, bytes]]
+    ) -> tuple[StateSpec | None, np.ndarray | None]:
+        """`rows` of stored records: (user id, event id, record) each (what ingest writes)."""
+        if not self.current():
+            return None, None
+        try:
+            events = [unpack_record(u, e.decode("utf-8"), r) for u, e, r in records]
+        except Exception as exc:
+            self._log("decoding records for short-term rows failed", exc)
+            return None, None
+        return self.rows(events)
+
+    def rows(self, events: Sequence[Event]) -> tuple[StateSpec | None, np.ndarray | None]:
+        """(the spec, (N, sum H) float32 rows of `events` per version one after the other),
+        or (None, None): no version keeps a state, or computing the rows failed (logged)."""
+        heads = self.current()
+        if not heads or not events:
+            return None, None
+        try:
+            mats = [h.event_rows(events) for _, h in heads]
+        except Exception as exc:  # a tokenizer bug must not stop ingest: no state this batch
+            self._log("computing short-term rows failed", exc)
+            return None, None
+        spec = StateSpec(tuple((v, h.row_dim) for v, h in heads))
+        return spec, np.ascontiguousarray(np.concatenate(mats, axis=1), dtype="<f4")
+
+    def _log(self, what: str, exc: Exception) -> None:
+        now = time.monotonic()
+        if now - self._logged_at > 60:
+            self._logged_at = now
+            log.warning("%s (no short-term state meanwhile; serving reads windows): %s",
+                        what, exc)  # fmt: skip
