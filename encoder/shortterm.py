@@ -182,11 +182,20 @@ class ShortTermHead:
         some = lengths > 0
         if not some.any():
             return out
-        w = a.w_rank[rank_slots(lengths, len(a.w_rank))]  # (N,)
-        starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])[some]
-        s = np.add.reduceat(u * w[:, None], starts, axis=0)  # (B', H)
-        n = np.log1p(lengths[some].astype(np.float32))[:, None]
-        hidden = np.maximum(s + z[some] @ a.w1z.T + n * a.w1n + a.b1, 0.0)
+        # the users with events only (a float32 matmul's result may depend on its row
+        # count), their rank-weighted sums over a (B', L, H) padding: a batched mat-vec
+        # (few numpy calls; np.add.reduceat costs ~1 us a user)
+        part = lengths[some]
+        b, n = len(part), int(part.sum())
+        owner = np.repeat(np.arange(b), part)
+        place = np.arange(n) - np.repeat(np.cumsum(part) - part, part)
+        w = np.zeros((b, int(part.max())), dtype=np.float32)
+        w[owner, place] = a.w_rank[rank_slots(part, len(a.w_rank))]
+        padded = np.zeros((*w.shape, u.shape[1]), dtype=np.float32)
+        padded[owner, place] = u
+        s = np.einsum("bl,blh->bh", w, padded)  # (B', H)
+        n_log = np.log1p(part.astype(np.float32))[:, None]
+        hidden = np.maximum(s + z[some] @ a.w1z.T + n_log * a.w1n + a.b1, 0.0)
         out[some] = hidden @ a.w2.T + a.b2
         return out
 

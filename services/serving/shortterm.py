@@ -46,23 +46,21 @@ def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) ->
     """The head's output for the `found` rows ((N,) bool) of `nearline` (N, D) with new
     events in `recent` (per row: the events after the marker, oldest first, or their rows
     from the short-term state; a row has one source or none); one `delta_rows` call."""
-    n, m = nearline.shape[0], head.max_events
-    ev_len = np.fromiter((min(len(e), m) for e in recent.events), np.int64, n)
+    n = nearline.shape[0]
+    ev_len = np.minimum(np.fromiter(map(len, recent.events), np.int64, n), head.max_events)
     ev_len[~found] = 0
     st_len = np.where(found, recent.lengths, 0)
     lengths = ev_len + st_len
-    short = np.zeros_like(nearline)
     newest = np.where(st_len > 0, recent.newest_ms, 0)
-    rows = np.flatnonzero(lengths)
-    if not len(rows):
-        return Folded(short, lengths.astype(np.int32), newest)
-    by_events = np.flatnonzero(ev_len).tolist()
-    from_events = head.event_rows([e for i in by_events for e in recent.events[i][-m:]])
-    from_state = recent.rows[np.repeat(found, recent.lengths)].reshape(-1, head.row_dim)
-    # both sources' rows in user order (each is in user order already)
-    owner = np.concatenate([np.repeat(np.arange(n), st_len), np.repeat(np.arange(n), ev_len)])
-    u = np.concatenate([from_state, from_events])[np.argsort(owner, kind="stable")]
-    short[rows] = head.delta_rows(nearline[rows], u, lengths[rows])
-    for i in by_events:
-        newest[i] = recent.events[i][-1].ts_ms
-    return Folded(short, lengths.astype(np.int32), newest)
+    if not lengths.any():
+        return Folded(np.zeros_like(nearline), lengths.astype(np.int32), newest)
+    u = recent.rows if found.all() else recent.rows[np.repeat(found, recent.lengths)]
+    if ev_len.any():  # users read from their windows: their events' rows, merged in
+        by_events = np.flatnonzero(ev_len).tolist()
+        m = head.max_events
+        rows = head.event_rows([e for i in by_events for e in recent.events[i][-m:]])
+        owner = np.concatenate([np.repeat(np.arange(n), st_len), np.repeat(np.arange(n), ev_len)])
+        u = np.concatenate([u.reshape(-1, rows.shape[1]), rows])[np.argsort(owner, kind="stable")]
+        for i in by_events:
+            newest[i] = recent.events[i][-1].ts_ms
+    return Folded(head.delta_rows(nearline, u, lengths), lengths.astype(np.int32), newest)

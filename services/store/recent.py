@@ -105,7 +105,8 @@ def state_batch(
     user = np.repeat(np.arange(k), sizes // esize)
     ok &= np.bincount(user, arr["h"] != row_dim, minlength=k) == 0
     keep = (arr["v"] > since[user]) & (arr["v"] <= now[user])
-    arr, user = arr[keep], user[keep]
+    if not keep.all():
+        arr, user = arr[keep], user[keep]
     n = len(arr)
     first = np.ones(n, bool)  # each user's first kept entry
     first[1:] = user[1:] != user[:-1]
@@ -117,12 +118,13 @@ def state_batch(
     before = np.where(first, marker_ts[user], np.concatenate([[0], arr["ts"][:-1]]))
     ok &= np.bincount(user, arr["ts"] <= before, minlength=k) == 0
     sel = ok[user]
-    arr, user = arr[sel], user[sel]
-    counts = np.bincount(user, minlength=k)
-    ends = np.cumsum(counts)
-    newest = (ends[user] - 1 - np.arange(len(arr))) < most  # the newest `most` of each user
-    arr, user = arr[newest], user[newest]
+    if not sel.all():
+        arr, user = arr[sel], user[sel]
     lengths = np.bincount(user, minlength=k)
+    if lengths.max(initial=0) > most:  # the newest `most` of each user
+        newest = (np.cumsum(lengths)[user] - 1 - np.arange(len(arr))) < most
+        arr, user = arr[newest], user[newest]
+        lengths = np.bincount(user, minlength=k)
     last = np.cumsum(lengths) - 1
     newest_ms = np.where(lengths > 0, arr["ts"][np.maximum(last, 0)] if len(arr) else 0, 0)
     return ok, lengths, np.ascontiguousarray(arr["row"], np.float32), newest_ms
