@@ -11,7 +11,13 @@ or the last commit (full). The machine is shared, so the two run in turn for `--
 rounds (the store flushed before each full run); `ratio:` is the median of the per-round
 full / bare librdkafka loop ratios.
 
+With `--models DIR --version V` (a version with a short-term head) each round also runs the
+full path keeping the short-term state of V (as `persona ingest --models`: each event's head
+row computed and appended by APPLY; services/ingest/states.py), and `state ratio:` is the
+median of the per-round state / full ratios.
+
     .venv/bin/python benchmarks/ingest.py [--users 2000] [--events 200000] [--rounds 3] [--single]
+        [--models DIR --version V]
 """
 
 from __future__ import annotations
@@ -24,18 +30,22 @@ import statistics
 import threading
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
 from encoder.synthetic import SyntheticConfig, generate
 from services.common import kafka as kafka_clients
+from services.common.heads import RegistryHeads
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.consumer import Ingestor
 from services.ingest.metrics import ingest_metrics
 from services.ingest.produce import produce_events
+from services.ingest.states import StateKeeper
 from services.stack import EmbeddedStack, StackConfig
 from services.store.client import connect
+from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 
 
@@ -68,10 +78,19 @@ def bare_rdkafka_loop(cfg: KafkaConfig, n: int) -> float:
         consumer.close()
 
 
-def full_path(cfg: KafkaConfig, redis_url: str, profile: bool) -> tuple[float, int]:
+def full_path(
+    cfg: KafkaConfig, redis_url: str, profile: bool, state: tuple[Path, str] | None = None
+) -> tuple[float, int]:
     client = connect(redis_url)
     store = WindowStore(client, WindowConfig())
-    ing = Ingestor(cfg, WindowConfig(), store, ingest_metrics(CollectorRegistry()))
+    keeper, vectors = None, None
+    if state is not None:  # the version active in the store, its head from the registry
+        vectors = VectorStore(client)
+        vectors.set_active(state[1])
+        keeper = StateKeeper(vectors.versions, RegistryHeads(state[0]))
+        if [v for v, _ in keeper.current()] != [state[1]]:
+            raise SystemExit(f"{state[1]} in {state[0]} has no short-term head")
+    ing = Ingestor(cfg, WindowConfig(), store, ingest_metrics(CollectorRegistry()), states=keeper)
     prof = cProfile.Profile() if profile else None
     try:
         if prof:
@@ -81,6 +100,9 @@ def full_path(cfg: KafkaConfig, redis_url: str, profile: bool) -> tuple[float, i
             prof.disable()
             pstats.Stats(prof).sort_stats("cumulative").print_stats(25)
     finally:
+        store.close()
+        if vectors is not None:
+            vectors.close()
         client.close()
     return stats.applied / stats.busy_seconds, stats.applied
 
@@ -92,7 +114,10 @@ def main() -> None:
     ap.add_argument("--single", action="store_true", help="one Valkey node instead of a cluster")
     ap.add_argument("--rounds", type=int, default=3, help="bare/full pairs, median ratio")
     ap.add_argument("--profile", action="store_true", help="cProfile the full path")
+    ap.add_argument("--models", type=Path, default=None, help="registry (with --version)")
+    ap.add_argument("--version", default="", help="a version with a short-term head")
     args = ap.parse_args()
+    state = (args.models, args.version) if args.models and args.version else None
     logging.basicConfig(level=logging.WARNING)
     ds = generate(SyntheticConfig(users=args.users, events_per_user=args.events / args.users))
     with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:
@@ -100,12 +125,18 @@ def main() -> None:
         base = KafkaConfig(bootstrap=a.bootstrap, topic=a.topic, dlq_topic=a.dlq_topic)
         n = produce_events(base, ds.events)
         rounds: list[tuple[float, float]] = []
+        kept: list[float] = []
         for _ in range(args.rounds):
             flush(a.redis)
             bare_rd = bare_rdkafka_loop(group(base, "r"), n)
             full, applied = full_path(group(base, "f"), a.redis, args.profile)
             assert applied == n, f"applied {applied} of {n}"
             rounds.append((bare_rd, full))
+            if state is not None:
+                flush(a.redis)
+                with_state, applied = full_path(group(base, "s"), a.redis, False, state)
+                assert applied == n, f"applied {applied} of {n}"
+                kept.append(with_state)
     store = "1 Valkey node" if args.single else "3-node Valkey cluster"
     print(f"\n{n} events, {args.users} users, protobuf, {store}, one process\n")
     print("| round | bare librdkafka loop, events/s | full ingest (librdkafka; decode, validate,"
@@ -114,6 +145,14 @@ def main() -> None:
     for i, (bare_rd, full) in enumerate(rounds, 1):
         print(f"| {i} | {bare_rd:,.0f} | {full:,.0f} | {full / bare_rd:.2f} |")
     print(f"\nratio: {statistics.median(f / r for r, f in rounds):.2f}")
+    if kept:
+        print("\n| round | full ingest, events/s | full + short-term state of one version,"
+              " events/s | state / full |")  # fmt: skip
+        print("| ---: | ---: | ---: | ---: |")
+        for i, ((_, full), st) in enumerate(zip(rounds, kept, strict=True), 1):
+            print(f"| {i} | {full:,.0f} | {st:,.0f} | {st / full:.2f} |")
+        ratio = statistics.median(st / f for (_, f), st in zip(rounds, kept, strict=True))
+        print(f"\nstate ratio: {ratio:.2f}")
 
 
 def group(base: KafkaConfig, prefix: str) -> KafkaConfig:
