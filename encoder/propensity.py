@@ -7,7 +7,9 @@ group weights (`OutcomeSpace.weights`: rare outcomes count as much as frequent o
 their raw sigmoids are not probabilities. After training, Platt scaling per (horizon,
 outcome), fitted on the validation users (held out of every gradient step), maps them to
 probabilities: ``p = sigmoid(a * logit + b)``. A cell with fewer than `min_class`
-positives or negatives keeps ``a = 1, b = 0`` and says so (``calibrated[k, y]`` false).
+positives or negatives gets the scaling fitted on its horizon's cells pooled
+(`fit_platt_pooled`; a real log's few validation users leave most cells there), or, when
+even those are too few, keeps ``a = 1, b = 0`` and says so (``calibrated[k, y]`` false).
 
 Shapes: B users, E vector dimensions, K horizons, Y outcomes.
 """
@@ -119,6 +121,25 @@ class OutcomeHeads:
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 0.5 * (1.0 + np.tanh(0.5 * x))  # no overflow warnings for large |x|
+
+
+def fit_platt_pooled(
+    s: np.ndarray, y: np.ndarray, ok: np.ndarray, min_class: int = 10
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`fit_platt`, and for the cells with too few positives or negatives of their own the
+    Platt scaling of their horizon's cells pooled (one slope and intercept per horizon over
+    every outcome's logits: the shift and spread they share, e.g. a base rate that moved),
+    where the pooled examples have enough. Small validation sets (a real log's few users)
+    leave most cells to it. Returns a, b, and (K, Y) int8: 1 own fit, 2 pooled, 0 none."""
+    a, b, fitted = fit_platt(s, y, ok, min_class)
+    n, k, ny = s.shape
+    sp = s.transpose(0, 2, 1).reshape(n * ny, k, 1)  # every outcome's logit, per horizon
+    yp = y.transpose(0, 2, 1).reshape(n * ny, k, 1)
+    okp = np.repeat(ok, ny, axis=0)
+    pa, pb, pooled = fit_platt(sp, yp, okp, min_class)  # (K, 1)
+    use = ~fitted & pooled  # (K, Y)
+    how = np.where(fitted, 1, np.where(use, 2, 0)).astype(np.int8)
+    return np.where(use, pa, a), np.where(use, pb, b), how
 
 
 def fit_platt(
@@ -296,13 +317,15 @@ def calibrate(
     )
     if len(z) == 0:
         return replace(raw, report={"examples": 0})
-    a, b, fitted = fit_platt(raw.logits(z), y, ok, min_class)
-    out = replace(raw, a=a, b=b, calibrated=fitted)
+    a, b, how = fit_platt_pooled(raw.logits(z), y, ok, min_class)
+    fitted = how == 1
+    out = replace(raw, a=a, b=b, calibrated=how > 0)
     before, after = raw.probabilities(z, calibrated=False), out.probabilities(z)
     report = {
         "examples": len(z),
         "cells": int(fitted.size),
         "cells_calibrated": int(fitted.sum()),
+        "cells_pooled": int((how == 2).sum()),
         "ece_before": cell_ece(before, y, ok, fitted),
         "ece_after": cell_ece(after, y, ok, fitted),
         "log_loss_before": log_loss(before, y, ok, fitted),

@@ -15,7 +15,14 @@ from encoder.evaluate_outcomes import horizon_labels, write_reliability_png
 from encoder.eventlog import build_log
 from encoder.features import discover
 from encoder.outcomes import OutcomeSpace
-from encoder.propensity import OutcomeHeads, calibrate, fit_platt, refit, reliability
+from encoder.propensity import (
+    OutcomeHeads,
+    calibrate,
+    fit_platt,
+    fit_platt_pooled,
+    refit,
+    reliability,
+)
 from encoder.release import outcomes_eval_version, train_version
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import DAY, Tokenizer, TokenizerConfig
@@ -77,6 +84,31 @@ def test_cells_without_both_classes_keep_the_identity() -> None:
     a, b, fitted = fit_platt(s, y, np.ones((200, 1), dtype=bool), min_class=10)
     assert fitted[0, 0] and not fitted[0, 1]
     assert (a[0, 1], b[0, 1]) == (1.0, 0.0)
+
+
+def test_small_cells_get_their_horizons_pooled_scaling() -> None:
+    """Rare outcomes share one miscalibration (a = 0.5, b = -1): none has 10
+    positives of its own, together they have plenty; a horizon whose outcomes never happen
+    keeps the identity."""
+    rng = np.random.default_rng(1)
+    n, y_n = 100, 24
+    s = rng.normal(-4.0, 2.0, size=(n, 2, y_n))  # (N, K=2, Y=24)
+    truth = _sig(0.5 * s - 1.0)
+    y = rng.random(truth.shape) < truth
+    y[:, 1] = False  # horizon 1: nothing ever happens
+    ok = np.ones((n, 2), dtype=bool)
+    assert (y[:, 0].sum(0) < 10).sum() >= 12 and y[:, 0].sum() >= 100
+    a, b, how = fit_platt_pooled(s, y, ok, min_class=10)
+    small = y[:, 0].sum(0) < 10
+    assert (how[0][small] == 2).all() and (how[0][~small] == 1).all()
+    assert (how[1] == 0).all() and (a[1] == 1.0).all() and (b[1] == 0.0).all()
+    np.testing.assert_allclose(a[0][small], 0.5, atol=0.15)
+    np.testing.assert_allclose(b[0][small], -1.0, atol=0.3)
+    raw, cal = _sig(s[:, 0][:, small]), _sig(a[0][small] * s[:, 0][:, small] + b[0][small])
+    assert (
+        np.abs(cal.mean(0) - truth[:, 0][:, small].mean(0)).mean()
+        < np.abs(raw.mean(0) - truth[:, 0][:, small].mean(0)).mean()
+    ), "the pooled scaling brings each small cell's mean towards its true rate"
 
 
 def test_ece_of_known_cases() -> None:
