@@ -35,9 +35,10 @@ EVENTS = [Event("u", f"e{k}", 1000 + k, "view", {}) for k in range(3)]
 
 def test_rows_for_every_written_version_with_a_head() -> None:
     states = {"va": "active", "vb": "backfilling", "vc": "ready", "vr": "retired", "vn": "active"}
+    # vn has no head, vr is retired: neither gets rows
     heads = _Heads(
         {"va": _Head(2, 1.0), "vb": _Head(3, 2.0), "vc": _Head(1, 3.0), "vr": _Head(2, 4.0)}
-    )  # fmt: skip  (vn: no head)
+    )
     keeper = StateKeeper(lambda: states, heads, every_s=0.0)
     spec, rows = keeper.rows(EVENTS)
     assert spec is not None and rows is not None
