@@ -280,10 +280,13 @@ class _OnesHead:
     """A stand-in short-term head (client plumbing only; tests/refresh/test_refresh_shortterm
     serves real trained heads): delta = the number of new events in every component."""
 
-    out_dim, max_events = DIM, 4
+    out_dim, max_events, row_dim = DIM, 4, 1
 
-    def delta(self, nearline: np.ndarray, events: list[list]) -> np.ndarray:
-        return np.stack([np.full(DIM, len(e), np.float32) for e in events])
+    def event_rows(self, events: list) -> np.ndarray:
+        return np.ones((len(events), 1), np.float32)
+
+    def delta_rows(self, z: np.ndarray, u: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+        return np.repeat(lengths.astype(np.float32)[:, None], DIM, axis=1)
 
     def scores(self, z: np.ndarray) -> None:
         return None  # no outcome heads: stored scores are served
