@@ -45,6 +45,7 @@ from services.ingest.produce import produce_events
 from services.ingest.states import StateKeeper
 from services.stack import EmbeddedStack, StackConfig
 from services.store.client import connect
+from services.store.layout import STATE_CAP
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 
@@ -79,15 +80,17 @@ def bare_rdkafka_loop(cfg: KafkaConfig, n: int) -> float:
 
 
 def full_path(
-    cfg: KafkaConfig, redis_url: str, profile: bool, state: tuple[Path, str] | None = None
+    cfg: KafkaConfig, redis_url: str, profile: bool, state: tuple[Path, str, int] | None = None
 ) -> tuple[float, int]:
+    """Events/s of the full ingest path (with `state`: (registry, version, cap), keeping
+    that version's short-term state) and the events applied."""
     client = connect(redis_url)
     store = WindowStore(client, WindowConfig())
     keeper, vectors = None, None
     if state is not None:  # the version active in the store, its head from the registry
         vectors = VectorStore(client)
         vectors.set_active(state[1])
-        keeper = StateKeeper(vectors.versions, RegistryHeads(state[0]))
+        keeper = StateKeeper(vectors.versions, RegistryHeads(state[0]), cap=state[2])
         if [v for v, _ in keeper.current()] != [state[1]]:
             raise SystemExit(f"{state[1]} in {state[0]} has no short-term head")
     ing = Ingestor(cfg, WindowConfig(), store, ingest_metrics(CollectorRegistry()), states=keeper)
@@ -116,8 +119,10 @@ def main() -> None:
     ap.add_argument("--profile", action="store_true", help="cProfile the full path")
     ap.add_argument("--models", type=Path, default=None, help="registry (with --version)")
     ap.add_argument("--version", default="", help="a version with a short-term head")
+    ap.add_argument("--state-cap", type=int, default=STATE_CAP, help="entries a state keeps")
     args = ap.parse_args()
-    state = (args.models, args.version) if args.models and args.version else None
+    on = args.models and args.version
+    state = (args.models, args.version, args.state_cap) if on else None
     logging.basicConfig(level=logging.WARNING)
     ds = generate(SyntheticConfig(users=args.users, events_per_user=args.events / args.users))
     with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:

@@ -22,7 +22,7 @@ import numpy as np
 from contract.events import Event
 from contract.record import unpack_record
 from services.common.heads import Head, HeadSource
-from services.store.layout import StateSpec
+from services.store.layout import STATE_CAP, StateSpec
 
 log = logging.getLogger(__name__)
 WRITTEN = ("active", "ready", "backfilling")  # the version states the refreshers write
@@ -35,11 +35,14 @@ class StateKeeper:
         versions: the store's model versions and their states (`VectorStore.versions`).
         heads: the versions' heads (`RegistryHeads` over the model registry).
         every_s: how often the versions are read again.
+        cap: entries a user's state keeps per version (LAYOUT.md).
     """
 
     def __init__(
-        self, versions: Callable[[], dict[str, str]], heads: HeadSource, every_s: float = 5.0
-    ) -> None:
+        self, versions: Callable[[], dict[str, str]], heads: HeadSource, every_s: float = 5.0,
+        cap: int = STATE_CAP,
+    ) -> None:  # fmt: skip
+        self.cap = cap
         self._versions = versions
         self._heads = heads
         self._every_s = every_s
@@ -84,7 +87,7 @@ class StateKeeper:
         except Exception as exc:  # a tokenizer bug must not stop ingest: no state this batch
             self._log("computing short-term rows failed", exc)
             return None, None
-        spec = StateSpec(tuple((v, h.row_dim) for v, h in heads))
+        spec = StateSpec(tuple((v, h.row_dim) for v, h in heads), self.cap)
         return spec, np.ascontiguousarray(np.concatenate(mats, axis=1), dtype="<f4")
 
     def _log(self, what: str, exc: Exception) -> None:
