@@ -28,11 +28,12 @@ from services.ingest.consumer import Ingestor
 from services.ingest.metrics import ingest_metrics
 from services.ingest.produce import produce_events
 from services.ingest.states import StateKeeper
+from services.refresh import cutover
 from services.store import layout
 from services.store.forget import StoreForgetter
 from services.store.recent import Recent
 from tests.refresh.conftest import Env
-from tests.refresh.support import T0, add_events
+from tests.refresh.support import T0, add_events, running
 from tests.refresh.test_refresh_shortterm import _after, _get, _nearline, _served
 from tests.store_support import UserUpdate, packed
 
@@ -191,3 +192,36 @@ def test_the_ingest_consumer_keeps_the_state(env: Env, make_topic: Callable[...,
                                rtol=0, atol=1e-6)  # fmt: skip
     np.testing.assert_array_equal(got[1:], near[1:])
     assert list(resp.meta.short_term_events) == [2, 0, 0]
+
+
+def test_after_a_cutover_each_written_version_keeps_its_own_state(env: Env) -> None:
+    """v2 active, v1 ready (still written): ingest keeps both states, each with its own
+    head's rows, and each version's GetEmbeddings folds its own from the state."""
+    users = [f"sc{i:03d}" for i in range(6)]
+    add_events(env.windows, users, 4, seed=91)
+    env.refresher().run(threading.Event(), until_idle=True)
+    with running(env.refresher()):
+        assert cutover.promote(env.vectors, env.models, env.v2) == "backfilling"
+        assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
+    keeper = _keeper(env)
+    assert sorted(v for v, _ in keeper.current()) == sorted([env.v1, env.v2])
+    add_events(env.windows, users[:3], 2, seed=92, offset0=1000, states=keeper)
+    new = _after(env, users[:3], 2)
+    with _served(env, env.models, users[0]) as stub:
+        for pinned, ver in (("", env.v2), (env.v1, env.v1)):
+            head = ShortTermHead.load(env.models, ver)
+            assert head is not None
+            deadline = time.monotonic() + 30  # a bound on waiting, not a timing check
+            _, recent = env.vectors.read_recent(
+                users, ver, 1, head.max_events, deadline, row_dim=head.row_dim
+            )
+            assert recent.lengths.tolist() == [2, 2, 2, 0, 0, 0], f"{ver}: from its state"
+            np.testing.assert_array_equal(
+                recent.rows, head.event_rows([e for evs in new for e in evs])
+            )
+            near = _nearline(env, ver, users)
+            got, resp = _get(stub, users, version=pinned)
+            assert resp.model_version == ver
+            np.testing.assert_allclose(got[:3], near[:3] + head.delta(near[:3], new),
+                                       rtol=0, atol=1e-6)  # fmt: skip
+            np.testing.assert_array_equal(got[3:], near[3:])
