@@ -25,6 +25,7 @@ class ServingMetrics:
     latency: Histogram  # labels: service, method
     batch_size: Histogram  # labels: method (user ids per GetEmbeddings, seeds per lookalike)
     embeddings: Counter  # labels: status (found | not_found | fallback)
+    short_term: Counter  # labels: source (state | window): users the head folded events for
     store_errors: Counter  # labels: kind (timeout | unavailable | error)
     neighbors: Histogram  # neighbours returned per FindLookalikes
     index_size: Gauge  # users in the served lookalike index (read at scrape)
@@ -58,6 +59,15 @@ def serving_metrics(registry: CollectorRegistry) -> ServingMetrics:
             "persona_serving_embeddings_total",
             "Per-user GetEmbeddings results, by status.",
             ["status"],
+            registry=registry,
+        ),
+        short_term=Counter(
+            "persona_serving_short_term_users_total",
+            "Users whose new events the short-term head folded into GetEmbeddings rows, by where"
+            " the events came from: state (the short-term state ingest keeps) or window (read"
+            " from the window by script: ingest without the models, or a state that does not"
+            " account for every change).",
+            ["source"],
             registry=registry,
         ),
         store_errors=Counter(

@@ -63,6 +63,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         )
         self._versions = VersionResolver(store, self._caller, config.version_cache_s)
         self._status_counts = [metrics.embeddings.labels(s) for s in STATUSES]
+        self._short_term = [metrics.short_term.labels(s) for s in ("state", "window")]
         self._get_batch_size = metrics.batch_size.labels("GetEmbeddings")
         self._log_limit = LogLimit(10.0)  # a traceback per error type at most every 10 s
 
@@ -120,6 +121,9 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         r = self._call(functools.partial(get_embeddings, heads=self._heads), q, context)
         counts = np.bincount(r.status, minlength=len(STATUSES)).tolist()
         for counter, count in zip(self._status_counts, counts, strict=True):
+            if count:
+                counter.inc(count)
+        for counter, count in zip(self._short_term, r.short_term_sources, strict=True):
             if count:
                 counter.inc(count)
         if self._served_log is not None:

@@ -40,6 +40,8 @@ class Folded:
     short: np.ndarray
     events: np.ndarray
     newest_ms: np.ndarray
+    from_state: int = 0  # rows whose new events came from the short-term state
+    from_window: int = 0  # ... from the window (read by script)
 
 
 def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) -> Folded:
@@ -63,4 +65,5 @@ def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) ->
         u = np.concatenate([u.reshape(-1, rows.shape[1]), rows])[np.argsort(owner, kind="stable")]
         for i in by_events:
             newest[i] = recent.events[i][-1].ts_ms
-    return Folded(head.delta_rows(nearline, u, lengths), lengths.astype(np.int32), newest)
+    return Folded(head.delta_rows(nearline, u, lengths), lengths.astype(np.int32), newest,
+                  int(np.count_nonzero(st_len)), int(np.count_nonzero(ev_len)))  # fmt: skip

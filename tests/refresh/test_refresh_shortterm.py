@@ -46,10 +46,13 @@ Stub = service_pb2_grpc.UserEmbeddingServiceStub
 
 
 @contextmanager
-def _served(env: Env, models: Path, probe: str = "st000") -> Iterator[Stub]:
-    """A server over `env` (its dimension: `probe`'s stored vector's)."""
+def _served(
+    env: Env, models: Path, probe: str = "st000", registry: CollectorRegistry | None = None
+) -> Iterator[Stub]:
+    """A server over `env` (its dimension: `probe`'s stored vector's; its metrics in
+    `registry`)."""
     dim = next(iter(env.vectors.get_batch([probe], env.v1)[0])).vector.size
-    metrics = serving_metrics(CollectorRegistry())
+    metrics = serving_metrics(registry or CollectorRegistry())
     server = ServingServer(replace(BASE, dim=dim), env.vectors, IndexHolder(), metrics,
                            heads=RegistryHeads(models))  # fmt: skip
     server.start()

@@ -142,10 +142,16 @@ def test_the_window_is_read_when_the_state_does_not_account_for_it(env: Env) -> 
     new = _after(env, users, 3)
     new = [new[0][-2:], new[1][-1:], new[2], [], new[4][-2:]]
     want = near + head.delta(near, new)
-    with _served(env, env.models, users[0]) as stub:
+    metrics = CollectorRegistry()
+    with _served(env, env.models, users[0], metrics) as stub:
         got, resp = _get(stub, users)
     np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
     assert list(resp.meta.short_term_events) == [2, 1, 3, 0, 2]
+    sources = {
+        src: metrics.get_sample_value("persona_serving_short_term_users_total", {"source": src})
+        for src in ("state", "window")
+    }
+    assert sources == {"state": 1.0, "window": 3.0}, "users 1 / 0, 2, 4 (the metric SREs watch)"
 
     # a version no longer kept loses its field at the user's next APPLY with a state
     meta, field = layout.meta_key(users[3]), layout.state_field(env.v1)
