@@ -120,9 +120,9 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     metrics = ingest_metrics(registry)
     client = connect(s.store.redis)
     windows = WindowStore(client, s.window)
-    vectors = VectorStore(client)
-    states = None
-    if s.process.models.is_dir():
+    vectors, states = None, None
+    if s.process.models.is_dir():  # the short-term state needs the versions and their heads
+        vectors = VectorStore(client)
         states = StateKeeper(vectors.versions, RegistryHeads(s.process.models))
     try:
         with metrics_endpoint(s.process, registry):
@@ -133,7 +133,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
             dt = time.perf_counter() - t0
     finally:
         windows.close()
-        vectors.close()
+        if vectors is not None:
+            vectors.close()
         client.close()
     out = {**stats.__dict__, "seconds": round(dt, 2)}
     print(json.dumps(out))

@@ -20,7 +20,7 @@ from confluent_kafka import KafkaException, Message
 from opentelemetry.trace import SpanKind, Tracer
 from redis.exceptions import RedisError
 
-from contract.codec import BadRecord, decode_for_store
+from contract.codec import BadRecord, Decoded, decode_for_store
 from services.config import KafkaConfig, WindowConfig
 from services.ingest.dead_letters import (
     DLQ_DETAIL,
@@ -270,9 +270,7 @@ class Ingestor:
         """Decode and validate a batch. None: the batch was dropped because the topic was
         recreated (it is read again from 0)."""
         now = self.clock_ms()
-        groups: dict[tuple[str, str], list[bytes]] = defaultdict(list)
-        stored: dict[tuple[str, str], list[tuple[str, bytes, bytes]]] = defaultdict(list)
-        keep = self.states is not None
+        groups: dict[tuple[str, str], list[tuple[int, Decoded]]] = defaultdict(list)
         bad: list[tuple[Message, BadRecord]] = []
         commit: dict[int, int] = {}
         n = 0
@@ -308,11 +306,7 @@ class Ingestor:
                 except Exception as exc:  # a decoder bug must not stop the partition
                     bad.append((r, self._decode_bug(r, exc)))
                     continue
-                groups[(d.user_id, p)].append(
-                    pack_update(offset_of(r), d.event_id, d.ts_ms, d.record)
-                )
-                if keep:
-                    stored[(d.user_id, p)].append((d.user_id, d.event_id, d.record))
+                groups[(d.user_id, p)].append((offset_of(r), d))
             n += len(records)
             commit[part] = offset_of(records[-1]) + 1
         self.metrics.consumed.inc(n)
@@ -320,13 +314,13 @@ class Ingestor:
         self.stats.consumed += n
         spec, rows = None, None
         if self.states is not None:  # the rows of every event, in `groups`' order
-            spec, rows = self.states.record_rows([x for k in groups for x in stored[k]])
+            spec, rows = self.states.record_rows([d for evs in groups.values() for _, d in evs])
         updates, lo = [], 0
-        for (uid, p), parts in groups.items():
-            hi = lo + len(parts)
-            ups = b"" if rows is None else rows[lo:hi].tobytes()
-            updates.append(PackedUpdate(uid, p, b"".join(parts), ups))
-            lo = hi
+        for (uid, p), evs in groups.items():
+            blob = b"".join(pack_update(off, d.event_id, d.ts_ms, d.record) for off, d in evs)
+            ups = b"" if rows is None else rows[lo : lo + len(evs)].tobytes()
+            updates.append(PackedUpdate(uid, p, blob, ups))
+            lo += len(evs)
         return Prepared(updates, bad, commit, spec)
 
     def _decode_bug(self, r: Message, exc: Exception) -> BadRecord:

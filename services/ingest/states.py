@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
+from contract.codec import Decoded
 from contract.events import Event
 from contract.record import unpack_record
 from services.common.heads import Head, HeadSource
@@ -63,14 +64,13 @@ class StateKeeper:
                 self._log("reading the model versions failed", exc)
         return self._current
 
-    def record_rows(
-        self, records: Sequence[tuple[str, bytes, bytes]]
-    ) -> tuple[StateSpec | None, np.ndarray | None]:
-        """`rows` of stored records: (user id, event id, record) each (what ingest writes)."""
+    def record_rows(self, records: Sequence[Decoded]) -> tuple[StateSpec | None, np.ndarray | None]:
+        """`rows` of the records ingest decoded for the store (`decode_for_store`)."""
         if not self.current():
             return None, None
         try:
-            events = [unpack_record(u, e.decode("utf-8"), r) for u, e, r in records]
+            events = [unpack_record(d.user_id, d.event_id.decode("utf-8"), d.record)
+                      for d in records]  # fmt: skip
         except Exception as exc:
             self._log("decoding records for short-term rows failed", exc)
             return None, None

@@ -53,7 +53,7 @@ local function state_args(mk, m, rows, nev, added_ev, ver, hargs)
       if not keep[name] then redis.call('HDEL', mk, 's' .. name) end
     end
   end
-  hargs[#hargs + 1], hargs[#hargs + 2] = 'sv', svlist
+  if had ~= svlist then hargs[#hargs + 1], hargs[#hargs + 2] = 'sv', svlist end
   if #rows ~= stride * nev then return end  -- no rows (one per event of the call): no entries
   for k = 1, nstate do
     local esize = 24 + ssizes[k]

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
 from redis.crc import key_slot
 
 BUCKETS = 1024
@@ -20,6 +22,11 @@ _UPD = struct.Struct("<qqH")  # offset, ts_ms, len(event id)
 
 def bucket(user_id: str) -> int:
     return zlib.crc32(user_id.encode("utf-8")) % BUCKETS
+
+
+def buckets(raw_ids: Sequence[bytes]) -> np.ndarray:
+    """(N,) int64 `bucket` of each UTF-8 encoded user id (C-level crc32, no per-id frame)."""
+    return np.fromiter(map(zlib.crc32, raw_ids), np.int64, len(raw_ids)) % BUCKETS
 
 
 BUCKET_SLOTS = tuple(key_slot(b"{%d}" % b) for b in range(BUCKETS))  # cluster slot per bucket

@@ -21,7 +21,6 @@ the newest `max_events`, oldest first; and the same rows of them, bit for bit
 from __future__ import annotations
 
 import functools
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import repeat
@@ -68,11 +67,11 @@ class Recent:
 
     def take(self, pos: np.ndarray) -> Recent:
         """The users at `pos` ((K,) indices into the N), in that order."""
-        ends = np.cumsum(self.lengths)
         lengths = self.lengths[pos]
-        # each kept row's index: its user's start + its place in the user's rows
-        offsets = np.repeat(ends[pos] - lengths - np.cumsum(lengths) + lengths, lengths)
-        idx = offsets + np.arange(int(lengths.sum()))
+        # a kept row's index: its user's start in `rows` + its place in the user's rows, i.e.
+        # the user's end in `rows` minus its end in the result, plus its place in the result
+        shift = np.cumsum(self.lengths)[pos] - np.cumsum(lengths)
+        idx = np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
         return Recent([self.events[i] for i in pos.tolist()], lengths, self.rows[idx],
                       self.newest_ms[pos])  # fmt: skip
 
@@ -180,28 +179,19 @@ def packed_metas(user_ids: Sequence[str], state_field: bytes | None) -> list[Pac
     """`HGET meta_key(u) v`, or with `state_field` `HMGET meta_key(u) v <field>`, for every
     id, packed in RESP as `records.packed_lranges` packs its LRANGEs (same slots)."""
     raws = list(map(str.encode, user_ids))
-    n = len(raws)
-    buckets = (np.fromiter(map(zlib.crc32, raws), np.int64, n) % layout.BUCKETS).tolist()
-    if state_field is None:
-        tail = b"\r\n$1\r\nv\r\n"
-        head = _meta_head3
-    else:
-        tail = b"\r\n$1\r\nv\r\n$%d\r\n%s\r\n" % (len(state_field), state_field)
-        head = _meta_head4
-    lens = [len(r) for r in raws]
-    return list(zip(map(head, buckets, lens), raws, repeat(tail)))
+    fields = (b"v",) if state_field is None else (b"v", state_field)
+    tail = b"".join(b"\r\n$%d\r\n%s" % (len(f), f) for f in fields) + b"\r\n"
+    head = functools.partial(_meta_head, b"HGET" if state_field is None else b"HMGET",
+                             2 + len(fields))  # fmt: skip
+    return list(zip(map(head, layout.buckets(raws).tolist(), map(len, raws)), raws, repeat(tail)))
 
 
 @functools.lru_cache(maxsize=8192)
-def _meta_head3(bucket: int, uid_len: int) -> bytes:
+def _meta_head(cmd: bytes, argc: int, bucket: int, uid_len: int) -> bytes:
+    """The RESP of `cmd` up to the meta key of a user of `bucket` whose id is `uid_len`
+    bytes (cached: a hit costs no Python frame of its own)."""
     key = b"p:{%d}:m:" % bucket
-    return b"*3\r\n$4\r\nHGET\r\n$%d\r\n%s" % (len(key) + uid_len, key)
-
-
-@functools.lru_cache(maxsize=8192)
-def _meta_head4(bucket: int, uid_len: int) -> bytes:
-    key = b"p:{%d}:m:" % bucket
-    return b"*4\r\n$5\r\nHMGET\r\n$%d\r\n%s" % (len(key) + uid_len, key)
+    return b"*%d\r\n$%d\r\n%s\r\n$%d\r\n%s" % (argc, len(cmd), cmd, len(key) + uid_len, key)
 
 
 def read_recent_script(
@@ -214,7 +204,7 @@ def read_recent_script(
     last, most = max(1, history) - 1, max(0, max_events)
     raws = list(map(str.encode, user_ids))  # UTF-8
     n = len(raws)
-    buckets = (np.fromiter(map(zlib.crc32, raws), np.int64, n) % layout.BUCKETS).tolist()
+    buckets = layout.buckets(raws).tolist()
     slots = [layout.BUCKET_SLOTS[b] for b in buckets]
     results: list[Any] = []
     for attempt in (0, 1):

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import functools
 import struct
-import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import chain, repeat
@@ -306,7 +305,7 @@ def packed_lranges(
     heads = _key_heads(check_version(version))
     raws = list(map(str.encode, user_ids))  # UTF-8
     n = len(raws)
-    buckets = np.fromiter(map(zlib.crc32, raws), np.int64, n) % layout.BUCKETS  # (N,)
+    buckets = layout.buckets(raws)  # (N,)
     key_lens = heads.lens[buckets] + np.fromiter(map(len, raws), np.int64, n)  # (N,)
     n_last = b"%d" % last
     tail = b"\r\n$1\r\n0\r\n$%d\r\n%s\r\n" % (len(n_last), n_last)  # "0", last

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from contract.codec import Decoded
 from contract.events import Event
 from services.ingest.states import StateKeeper
 
@@ -64,6 +65,6 @@ def test_failures_cost_the_state_not_the_batch() -> None:
     assert spec is not None and spec.versions == (("va", 2),)
     broken = StateKeeper(lambda: states, _Heads({"va": _Head(2, 1.0, fail=True)}), every_s=0.0)
     assert broken.rows(EVENTS) == (None, None)
-    assert broken.record_rows([("u", b"e0", b"\xff not a record")]) == (None, None)
+    assert broken.record_rows([Decoded("u", b"e0", 0, b"\xff not a record")]) == (None, None)
     none = StateKeeper(lambda: {}, _Heads({}), every_s=0.0)
-    assert none.record_rows([("u", b"e0", b"")]) == (None, None)
+    assert none.record_rows([Decoded("u", b"e0", 0, b"")]) == (None, None)

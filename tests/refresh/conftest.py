@@ -16,6 +16,7 @@ from encoder.tokenizer import TokenizerConfig
 from encoder.train import TrainConfig, TrainSpec
 from services.common.kafka import producer
 from services.config import KafkaConfig, WindowConfig
+from services.refresh import cutover
 from services.refresh.config import RefreshConfig
 from services.refresh.encoders import EncoderCache
 from services.refresh.metrics import RefreshMetrics
@@ -25,6 +26,7 @@ from services.stack import EmbeddedStack
 from services.store.client import Client, connect
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
+from tests.refresh.support import running
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
@@ -92,6 +94,13 @@ class Env:
             EncoderCache(self.models, "cpu"),
             metrics,
         )
+
+    def cut_over_to_v2(self) -> None:
+        """`promote` v2 with a refresher running until it is active (back-filled, flipped;
+        v1 stays written as "ready")."""
+        with running(self.refresher()):
+            assert cutover.promote(self.vectors, self.models, self.v2) == "backfilling"
+            assert cutover.wait_active(self.vectors, self.v2, timeout_s=60, poll_s=0.05)
 
 
 @pytest.fixture

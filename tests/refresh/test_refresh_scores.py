@@ -21,13 +21,12 @@ from prometheus_client import CollectorRegistry
 
 from encoder.api import Encoder
 from services.index.holder import IndexHolder
-from services.refresh import cutover
 from services.serving.metrics import serving_metrics
 from services.serving.server import ServingServer
 from services.serving.versions import parse_columns
 from services.store.forget import StoreForgetter
 from tests.refresh.conftest import Env
-from tests.refresh.support import add_events, running
+from tests.refresh.support import add_events
 from tests.serving.support import BASE
 
 pytestmark = pytest.mark.integration
@@ -63,9 +62,7 @@ def test_scores_written_with_vectors_and_served_by_version_through_a_cutover(env
     assert ((stored >= 0) & (stored <= 1)).all()
 
     # 2. a cutover to v2: back-filled with v2's scores, then flipped
-    with running(env.refresher()):
-        assert cutover.promote(env.vectors, env.models, env.v2) == "backfilling"
-        assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
+    env.cut_over_to_v2()
     _, want2 = _expected(env, env.v2, users)
     assert not np.allclose(want1, want2, atol=1e-3), "two seeds, two sets of heads"
 

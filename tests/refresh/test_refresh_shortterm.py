@@ -33,12 +33,11 @@ from services.index.holder import IndexHolder
 from services.ingest.consumer import Ingestor
 from services.ingest.metrics import ingest_metrics
 from services.ingest.produce import produce_events
-from services.refresh import cutover
 from services.serving.metrics import serving_metrics
 from services.serving.server import ServingServer
 from services.serving.shortterm import RegistryHeads
 from tests.refresh.conftest import Env
-from tests.refresh.support import add_events, running
+from tests.refresh.support import add_events
 from tests.serving.support import BASE
 
 pytestmark = pytest.mark.integration
@@ -157,9 +156,7 @@ def test_cutover_switches_the_head_and_a_version_without_one_serves_nearline(
     users = [f"st{i:03d}" for i in range(8)]
     add_events(env.windows, users, 4, seed=41)
     env.refresher().run(threading.Event(), until_idle=True)
-    with running(env.refresher()):
-        assert cutover.promote(env.vectors, env.models, env.v2) == "backfilling"
-        assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
+    env.cut_over_to_v2()
     add_events(env.windows, users[:4], 1, seed=42, offset0=1000)  # after every refresh
     new = _after(env, users[:4], 1)
     heads = {v: ShortTermHead.load(env.models, v) for v in (env.v1, env.v2)}

@@ -28,12 +28,11 @@ from services.ingest.consumer import Ingestor
 from services.ingest.metrics import ingest_metrics
 from services.ingest.produce import produce_events
 from services.ingest.states import StateKeeper
-from services.refresh import cutover
 from services.store import layout
 from services.store.forget import StoreForgetter
 from services.store.recent import Recent
 from tests.refresh.conftest import Env
-from tests.refresh.support import T0, add_events, running
+from tests.refresh.support import T0, add_events
 from tests.refresh.test_refresh_shortterm import _after, _get, _nearline, _served
 from tests.store_support import UserUpdate, packed
 
@@ -206,9 +205,7 @@ def test_after_a_cutover_each_written_version_keeps_its_own_state(env: Env) -> N
     users = [f"sc{i:03d}" for i in range(6)]
     add_events(env.windows, users, 4, seed=91)
     env.refresher().run(threading.Event(), until_idle=True)
-    with running(env.refresher()):
-        assert cutover.promote(env.vectors, env.models, env.v2) == "backfilling"
-        assert cutover.wait_active(env.vectors, env.v2, timeout_s=60, poll_s=0.05)
+    env.cut_over_to_v2()
     keeper = _keeper(env)
     assert sorted(v for v, _ in keeper.current()) == sorted([env.v1, env.v2])
     add_events(env.windows, users[:3], 2, seed=92, offset0=1000, states=keeper)
