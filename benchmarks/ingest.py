@@ -13,8 +13,10 @@ full / bare librdkafka loop ratios.
 
 With `--models DIR --version V` (a version with a short-term head) each round also runs the
 full path keeping the short-term state of V (as `persona ingest --models`: each event's head
-row computed and appended by APPLY; services/ingest/states.py), and `state ratio:` is the
-median of the per-round state / full ratios.
+row computed and appended by APPLY, then each applied user's delta computed and stored;
+services/ingest/states.py), every user having a vector of V written before the run (so that
+every delta is computed: the worst case, no refresh folds anything meanwhile), and `state
+ratio:` is the median of the per-round state / full ratios.
 
     .venv/bin/python benchmarks/ingest.py [--users 2000] [--events 200000] [--rounds 3] [--single]
         [--models DIR --version V]
@@ -30,8 +32,10 @@ import statistics
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Consumer
 from prometheus_client import CollectorRegistry
 
@@ -46,6 +50,7 @@ from services.ingest.states import StateKeeper
 from services.stack import EmbeddedStack, StackConfig
 from services.store.client import connect
 from services.store.layout import STATE_CAP
+from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 
@@ -80,19 +85,26 @@ def bare_rdkafka_loop(cfg: KafkaConfig, n: int) -> float:
 
 
 def full_path(
-    cfg: KafkaConfig, redis_url: str, profile: bool, state: tuple[Path, str, int] | None = None
-) -> tuple[float, int]:
+    cfg: KafkaConfig, redis_url: str, profile: bool, state: tuple[Path, str, int] | None = None,
+    users: Sequence[str] = (),
+) -> tuple[float, int]:  # fmt: skip
     """Events/s of the full ingest path (with `state`: (registry, version, cap), keeping
-    that version's short-term state) and the events applied."""
+    that version's short-term state and the deltas of `users`, who get a vector first) and
+    the events applied."""
     client = connect(redis_url)
     store = WindowStore(client, WindowConfig())
     keeper, vectors = None, None
     if state is not None:  # the version active in the store, its head from the registry
         vectors = VectorStore(client)
         vectors.set_active(state[1])
-        keeper = StateKeeper(vectors.versions, RegistryHeads(state[0]), cap=state[2])
-        if [v for v, _ in keeper.current()] != [state[1]]:
+        keeper = StateKeeper(vectors.versions, RegistryHeads(state[0]), cap=state[2],
+                             store=vectors)  # fmt: skip
+        got = keeper.current()
+        if [v for v, _ in got] != [state[1]]:
             raise SystemExit(f"{state[1]} in {state[0]} has no short-term head")
+        dim = got[0][1].out_dim  # a vector before every event (marker at ts 1, window v 0)
+        vectors.put_batch([StoredVector(u, state[1], np.zeros(dim, np.float32), 1, 0, 0, None,
+                                        (1, "0")) for u in users])  # fmt: skip
     ing = Ingestor(cfg, WindowConfig(), store, ingest_metrics(CollectorRegistry()), states=keeper)
     prof = cProfile.Profile() if profile else None
     try:
@@ -139,7 +151,9 @@ def main() -> None:
             rounds.append((bare_rd, full))
             if state is not None:
                 flush(a.redis)
-                with_state, applied = full_path(group(base, "s"), a.redis, False, state)
+                with_state, applied = full_path(
+                    group(base, "s"), a.redis, False, state, sorted({e.user_id for e in ds.events})
+                )
                 assert applied == n, f"applied {applied} of {n}"
                 kept.append(with_state)
     store = "1 Valkey node" if args.single else "3-node Valkey cluster"

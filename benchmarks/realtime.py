@@ -12,15 +12,17 @@ the marker of its newest event); then no refresher runs. `persona serve --no-ind
 and `persona ingest` run as child processes, as in production.
 
 - Cost: every user of one third gets `--new-events` (3) events after its refresh, applied to
-  the window store with the short-term state for half of them (as `persona ingest --models`
-  does) and without it for the other half (ingest without the models); GetEmbeddings of 100
-  ids, taking turns for `--cost-seconds` x 5: `part` NEARLINE (the plain read, no events),
-  COMBINED for users with no new event (the plain read with each user's meta `v` and state,
-  no script, no delta), COMBINED for 100 users of whom 10 have new events (their rows from
-  the state), COMBINED for users who all have new events (from the state: no script, no
-  event decoding; one head delta over 100 users), and the same without the state (the
-  script reads the windows and the events' records are decoded). Target (issue #17): p50
-  with the head <= +0.5 ms over nearline alone.
+  the window store as `persona ingest --models` does (the short-term state kept in the
+  APPLY, then each user's delta computed and stored) for a third of them, with the state
+  only for another third (the moment between the APPLY and ingest's delta write), and
+  without either for the last (ingest without the models); GetEmbeddings of 100 ids, taking
+  turns for `--cost-seconds` x 6: `part` NEARLINE (the plain read, no events), COMBINED for
+  users with no new event (the plain read with each user's meta `v` and delta field), COMBINED
+  for 100 users of whom 10 have new events (from their deltas), COMBINED for users who all
+  have new events (from their deltas: serving adds them), the same before the deltas (the
+  state read in a second round trip and folded: one head delta over 100 users), and the same
+  without the state (the script reads the windows, the events' records are decoded). Target
+  (issue #17): p50 with the head <= +0.5 ms over nearline alone (the deltas' row).
 - Freshness: a producer sends `--rate` events a second, each for a random user of another
   third (types and values from that user's window), to the events topic (protobuf, key =
   user id, librdkafka defaults of `services.common.kafka.producer`: linger 5 ms); `persona
@@ -84,7 +86,8 @@ from services.store.windows import PackedUpdate, WindowStore
 log = logging.getLogger("bench.realtime")
 BATCH = 100
 NEARLINE = "nearline (part NEARLINE)"
-FULL = "combined, every user with new events (from the short-term state)"
+FULL = "combined, every user with new events (ingest's deltas)"
+FULL_STATE = "combined, every user with new events, before ingest's deltas (the state folded)"
 CLI = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
 
 
@@ -133,23 +136,28 @@ def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
          groups: tuple[list[str], list[str]], by_user: dict[str, list[Event]],
          keeper: StateKeeper, args: argparse.Namespace) -> dict[str, list[float]]:  # fmt: skip
     """GetEmbeddings of 100 ids: nearline, combined without new events, with 10 of the 100
-    users having new events, with all of them, and with all of them but applied without the
-    short-term state (the window read)."""
+    users having new events, with all of them (ingest's deltas stored), with all of them
+    before ingest stored their deltas (the state folded at request time), and with all of
+    them applied without the short-term state (the window read)."""
     fresh, quiet = groups
-    kept, bare = fresh[0::2], fresh[1::2]  # new events with the state / without
+    # new events with the state and ingest's delta / with the state only / without either
+    folded, kept, bare = fresh[0::3], fresh[1::3], fresh[2::3]
     now = int(time.time() * 1000)
     new = {u: [later(like(by_user[u], k), f"{u}-new{k}", now + k) for k in range(args.new_events)]
            for u in fresh}  # fmt: skip
-    spec, rows = keeper.rows([e for u in kept for e in new[u]])
+    stated = folded + kept
+    spec, rows = keeper.rows([e for u in stated for e in new[u]])
     if spec is None or rows is None:
         raise RuntimeError("no short-term state kept: the version has no head?")
-    per = rows.reshape(len(kept), -1)
+    per = rows.reshape(len(stated), -1)
     ups = [PackedUpdate(u, "cost", b"".join(pack_update(k, e.event_id.encode(), e.ts_ms,
                                                         pack_record(e))
                                             for k, e in enumerate(new[u])), r.tobytes())
-           for u, r in zip(kept, per, strict=True)]  # fmt: skip
+           for u, r in zip(stated, per, strict=True)]  # fmt: skip
     for i in range(0, len(ups), 500):
         ws.apply_packed(ups[i : i + 500], states=spec)
+    for i in range(0, len(folded), 500):  # what `persona ingest --models` does next
+        keeper.fold_deltas(folded[i : i + 500])
     ups = [PackedUpdate(u, "cost", b"".join(pack_update(k, e.event_id.encode(), e.ts_ms,
                                                         pack_record(e))
                                             for k, e in enumerate(new[u])))
@@ -164,7 +172,7 @@ def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
 
     def mixed(share: float) -> list[pb.GetEmbeddingsRequest]:
         k = round(BATCH * share)  # k users with new events, the rest without
-        picks = [[*rng.choice(kept, k, replace=False), *rng.choice(quiet, BATCH - k,
+        picks = [[*rng.choice(folded, k, replace=False), *rng.choice(quiet, BATCH - k,
                   replace=False)] for _ in range(64)]  # fmt: skip
         return [pb.GetEmbeddingsRequest(user_ids=p, part=pb.VECTOR_PART_COMBINED) for p in picks]
 
@@ -173,12 +181,13 @@ def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
         NEARLINE: reqs(fresh, pb.VECTOR_PART_NEARLINE),
         "combined, no new event": reqs(quiet, pb.VECTOR_PART_COMBINED),
         f"combined, 10 of {BATCH} users with {n} new events": mixed(0.1),
-        FULL: reqs(kept, pb.VECTOR_PART_COMBINED),
+        FULL: reqs(folded, pb.VECTOR_PART_COMBINED),
+        FULL_STATE: reqs(kept, pb.VECTOR_PART_COMBINED),
         "combined, every user with new events, applied without the state (window read)": reqs(
             bare, pb.VECTOR_PART_COMBINED
         ),
     }
-    for name in (FULL, list(calls)[-1]):
+    for name in (FULL, FULL_STATE, list(calls)[-1]):
         check = stub.GetEmbeddings(calls[name][0])
         if set(check.meta.short_term_events) != {n}:
             raise RuntimeError(f"{name}: head folded {set(check.meta.short_term_events)} events")
@@ -319,7 +328,8 @@ def run(args: argparse.Namespace, stack: EmbeddedStack, models: Path,
         with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
             wait_healthy(ch, lambda: procs[0].poll() is None, 60)
             stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
-            keeper = StateKeeper(vectors.versions, RegistryHeads(models), every_s=0.0)
+            keeper = StateKeeper(vectors.versions, RegistryHeads(models), every_s=0.0,
+                                 store=vectors)  # fmt: skip
             costs = cost(stub, ws, thirds[:2], by_user, keeper, args)
             fresh, missed = freshness(stub, a.bootstrap, a.topic, thirds[2], by_user, args)
     finally:
@@ -338,7 +348,10 @@ def report(args: argparse.Namespace, version: str, head: ShortTermHead, fresh: l
     print(f"\n{os.cpu_count()} CPUs ({platform.processor() or platform.machine()}), loopback, "
           f"Tansu + 3-node Valkey cluster, {args.users:,} users, version {version} (dim "
           f"{head.out_dim}, head folds at most {head.max_events} events)")  # fmt: skip
-    print(f"\nCost: GetEmbeddings of {BATCH} ids, taking turns, {4 * args.cost_seconds:.0f} s\n")
+    print(
+        f"\nCost: GetEmbeddings of {BATCH} ids, taking turns, "
+        f"{len(costs) * args.cost_seconds:.0f} s\n"
+    )
     print("| request | calls | p50 ms | p99 ms |")
     print("| --- | ---: | ---: | ---: |")
     p50s = {}

@@ -123,7 +123,7 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     vectors, states = None, None
     if s.process.models.is_dir():  # the short-term state needs the versions and their heads
         vectors = VectorStore(client)
-        states = StateKeeper(vectors.versions, RegistryHeads(s.process.models))
+        states = StateKeeper(vectors.versions, RegistryHeads(s.process.models), store=vectors)
     try:
         with metrics_endpoint(s.process, registry):
             ingestor = Ingestor(s.kafka, s.window, windows, metrics, rebuild=args.rebuild,

@@ -226,7 +226,11 @@ class Ingestor:
         windows were written."""
         if batch.bad:
             self._dead_letter(dlq, batch.bad)
-        return self._apply_with_retry(batch.updates, stop, batch.states)
+        if not self._apply_with_retry(batch.updates, stop, batch.states):
+            return False
+        if batch.states is not None and self.states is not None:  # serving then only adds
+            self.states.fold_deltas([u.user_id for u in batch.updates])
+        return True
 
     def _topic_id(self) -> str | None:
         """The events topic's id (None if the broker gives none), fetched again after an

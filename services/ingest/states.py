@@ -7,8 +7,16 @@ event decoding) instead of reading the window.
 `StateKeeper.rows(events)` gives the `StateSpec` (which versions, each row's length) and the
 (N, sum H) float32 rows of a batch's events; the versions are read from the store every
 `every_s` (a cutover's new version gets rows from then on; until then, and for events
-applied without rows, serving reads the window: slower, the same answer). A failure here
-(store, registry, tokenizer) is logged and costs the state, never the batch.
+applied without rows, serving reads the window: slower, the same answer).
+
+After the APPLY, `StateKeeper.fold_deltas(users)` goes one step further for those users:
+it reads each one's vector and state as serving would, computes the head's output and
+stores it as the user's delta (LAYOUT.md "Short-term delta"), so that serving only adds it
+(no state parse, no matmul on the request path). Until it is stored, and whenever an APPLY
+or a refresh has moved past it, serving folds the state itself: the same answer.
+
+A failure here (store, registry, tokenizer) is logged and costs the state or the delta,
+never the batch.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
+from typing import Protocol
 
 import numpy as np
 
@@ -23,10 +32,27 @@ from contract.codec import Decoded
 from contract.events import Event
 from contract.record import unpack_record
 from services.common.heads import Head, HeadSource
+from services.store import deltas
+from services.store.folding import fold
 from services.store.layout import STATE_CAP, StateSpec
+from services.store.recent import Recent
+from services.store.records import VectorBatch
 
 log = logging.getLogger(__name__)
 WRITTEN = ("active", "ready", "backfilling")  # the version states the refreshers write
+
+
+class DeltaStore(Protocol):
+    """What `fold_deltas` uses of `services.store.vectors.VectorStore`."""
+
+    def read_recent(
+        self, user_ids: Sequence[str], version: str, history: int, max_events: int,
+        deadline: float, *, row_dim: int = 0, use_deltas: bool = True,
+    ) -> tuple[VectorBatch, Recent]: ...  # fmt: skip
+
+    def write_deltas(
+        self, version: str, user_ids: Sequence[str], covered: np.ndarray, values: list[bytes]
+    ) -> int: ...
 
 
 class StateKeeper:
@@ -37,13 +63,17 @@ class StateKeeper:
         heads: the versions' heads (`RegistryHeads` over the model registry).
         every_s: how often the versions are read again.
         cap: entries a user's state keeps per version (LAYOUT.md).
+        store: where `fold_deltas` reads vectors and states and writes deltas (None: no
+            deltas; serving folds the state).
     """
 
     def __init__(
         self, versions: Callable[[], dict[str, str]], heads: HeadSource, every_s: float = 5.0,
-        cap: int = STATE_CAP,
+        cap: int = STATE_CAP, store: DeltaStore | None = None, timeout_s: float = 5.0,
     ) -> None:  # fmt: skip
         self.cap = cap
+        self.store = store
+        self.timeout_s = timeout_s
         self._versions = versions
         self._heads = heads
         self._every_s = every_s
@@ -89,6 +119,41 @@ class StateKeeper:
             return None, None
         spec = StateSpec(tuple((v, h.row_dim) for v, h in heads), self.cap)
         return spec, np.ascontiguousarray(np.concatenate(mats, axis=1), dtype="<f4")
+
+    def fold_deltas(self, user_ids: Sequence[str]) -> int:
+        """After an APPLY of `user_ids`' events: for every kept version, the head's output
+        for each user's events since its vector, stored as the user's delta where meta `v`
+        has not moved since the read (`deltas.write_deltas`). Returns the deltas written;
+        0 without a store, and on a failure (logged: serving folds the state instead)."""
+        if self.store is None or not user_ids:
+            return 0
+        users = list(dict.fromkeys(user_ids))
+        written = 0
+        for version, head in self.current():
+            try:
+                written += self._fold_one(version, head, users)
+            except Exception as exc:  # the store away, a tokenizer bug: serving folds itself
+                self._log(f"computing short-term deltas of {version} failed", exc)
+        return written
+
+    def _fold_one(self, version: str, head: Head, users: list[str]) -> int:
+        assert self.store is not None
+        deadline = time.monotonic() + self.timeout_s
+        # right after the APPLY a stored delta rarely covers the window: read the state with
+        # meta v in one round trip
+        batch, recent = self.store.read_recent(users, version, 1, head.max_events, deadline,
+                                               row_dim=head.row_dim, use_deltas=False)  # fmt: skip
+        if batch.dim == 0 or recent.window_v is None:
+            return 0
+        folded = fold(head, np.ascontiguousarray(batch.vectors[:, 0]), batch.count > 0, recent)
+        idx = np.flatnonzero(folded.events > 0)
+        if not len(idx):
+            return 0
+        values = deltas.pack_deltas(batch.window_version[idx, 0], recent.window_v[idx],
+                                    folded.newest_ms[idx], folded.events[idx],
+                                    folded.short[idx])  # fmt: skip
+        picked = [users[i] for i in idx.tolist()]
+        return self.store.write_deltas(version, picked, recent.window_v[idx], values)
 
     def _log(self, what: str, exc: Exception) -> None:
         now = time.monotonic()

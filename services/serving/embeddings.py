@@ -64,8 +64,9 @@ class EmbeddingsResult:
     # (N,) int64 ts_ms of the newest event in each row: the head's newest folded event, else
     # the stored vector's marker (0: no marker, not found, fallback)
     newest_event_ms: np.ndarray | None = None
-    # users whose new events the head folded from the short-term state / from the window
-    short_term_sources: tuple[int, int] = (0, 0)
+    # users whose new events the head folded from the short-term state / from the window /
+    # that ingest had folded already (its delta)
+    short_term_sources: tuple[int, int, int] = (0, 0, 0)
 
     def history_scores(self) -> np.ndarray:
         """The scores of `history_rows`, same order: (R, S)."""
@@ -161,7 +162,9 @@ def get_embeddings(
         scores = _scores(got, columns)
         if folded is not None and head is not None:
             _rescore(head, scores, got.vectors[:, 0] + folded.short, folded.events > 0)
-    sources = (0, 0) if folded is None else (folded.from_state, folded.from_window)
+    sources = (
+        (0, 0, 0) if folded is None else (folded.from_state, folded.from_window, folded.from_delta)
+    )
     return EmbeddingsResult(version, status, rows, got, prior, columns, scores, part,
                             head_events, newest, sources)  # fmt: skip
 

@@ -64,9 +64,10 @@ def serving_metrics(registry: CollectorRegistry) -> ServingMetrics:
         short_term=Counter(
             "persona_serving_short_term_users_total",
             "Users whose new events the short-term head folded into GetEmbeddings rows, by where"
-            " the events came from: state (the short-term state ingest keeps) or window (read"
-            " from the window by script: ingest without the models, or a state that does not"
-            " account for every change).",
+            " the events came from: ingest (the delta ingest computed: serving only adds it),"
+            " state (the short-term state ingest keeps: an APPLY or refresh since the delta) or"
+            " window (read from the window by script: ingest without the models, or a state"
+            " that does not account for every change).",
             ["source"],
             registry=registry,
         ),

@@ -63,7 +63,7 @@ class UserEmbeddingServicer(pb_grpc.UserEmbeddingServiceServicer):
         )
         self._versions = VersionResolver(store, self._caller, config.version_cache_s)
         self._status_counts = [metrics.embeddings.labels(s) for s in STATUSES]
-        self._short_term = [metrics.short_term.labels(s) for s in ("state", "window")]
+        self._short_term = [metrics.short_term.labels(s) for s in ("state", "window", "ingest")]
         self._get_batch_size = metrics.batch_size.labels("GetEmbeddings")
         self._log_limit = LogLimit(10.0)  # a traceback per error type at most every 10 s
 

@@ -50,7 +50,7 @@ local function state_args(mk, m, rows, nev, added_ev, ver, hargs)
     local keep = {}
     for k = 1, nstate do keep[svers[k]] = true end
     for name in string.gmatch(had, '[^,]+') do
-      if not keep[name] then redis.call('HDEL', mk, 's' .. name) end
+      if not keep[name] then redis.call('HDEL', mk, 's' .. name, 'd' .. name) end
     end
   end
   if had ~= svlist then hargs[#hargs + 1], hargs[#hargs + 2] = 'sv', svlist end

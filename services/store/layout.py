@@ -87,3 +87,13 @@ class StateSpec:
 def state_field(version: str) -> bytes:
     """`s<ver>`: the meta hash field holding the user's short-term state under `version`."""
     return b"s" + version.encode()
+
+
+DELTA_HEAD = struct.Struct("<qqqII")  # the vector's window version, the window version
+# covered (meta `v`), ts_ms of the newest folded event, events folded, E; then E float32
+
+
+def delta_field(version: str) -> bytes:
+    """`d<ver>`: the meta hash field holding the head's output for the user's events since
+    its newest vector under `version`, computed by ingest (LAYOUT.md "Short-term delta")."""
+    return b"d" + version.encode()

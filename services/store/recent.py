@@ -1,19 +1,25 @@
 """The short-term head's read (issue #17): each user's vectors and what the window gained
 since the newest of them was encoded, for `VectorStore.read_recent`.
 
-Two sources, one answer (LAYOUT.md "Vector value, layout 3" and "Short-term state"):
+Three sources, one answer (LAYOUT.md "Vector value, layout 3", "Short-term state" and
+"Short-term delta"):
+- the **delta** ingest computed after its APPLY (meta field `d<ver>`, `deltas.py`): the
+  head's output itself, read with meta `v` (one `HMGET`) in the same pipelined round trip
+  as the vectors; used when it was computed on the user's newest vector and covers the
+  window as read. Serving then only adds it.
 - the **short-term state** kept by ingest in the user's meta hash (field `s<ver>`): the
   head's row of every event an APPLY added since the version's newest vector, tagged with
-  the event's time and the window version the APPLY made. Read with the meta `v` (one
-  `HMGET`) in the same pipelined round trip as the vectors, and parsed for all users at once
-  (`state_batch`, numpy over fixed-size entries): no script, no event decoding.
+  the event's time and the window version the APPLY made. Read (one `HGET` each, one more
+  round trip) for the users whose delta does not answer (an APPLY since ingest's last
+  delta, a refresh racing it), parsed for all of them at once (`state_batch`, numpy over
+  fixed-size entries): no script, no event decoding.
 - the window's events after the marker, read by `read_recent.lua`, for the users whose
   state does not account for every window change since their vector (ingest without the
   models, a cutover's first seconds, more applies than the state keeps, a forget) or whose
   new events are not in time order after the marker (a late event, equal timestamps: their
   order needs the event ids, which the state does not keep).
 
-Both give the same events: strictly after the marker in window order `(ts_ms, event id)`,
+The last two give the same events: strictly after the marker in window order `(ts_ms, event id)`,
 the newest `max_events`, oldest first; and the same rows of them, bit for bit
 (`encoder.shortterm.ShortTermHead.event_rows` depends on the event alone).
 """
@@ -22,7 +28,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import repeat
 from typing import Any
 
@@ -33,7 +39,7 @@ from redis.exceptions import NoScriptError, ResponseError
 from contract.events import Event
 from contract.record import unpack_record
 from contract.versions import check_version
-from services.store import layout
+from services.store import deltas, layout
 from services.store.records import (
     VectorBatch,
     decode_batch,
@@ -59,6 +65,11 @@ class Recent:
     lengths: np.ndarray
     rows: np.ndarray
     newest_ms: np.ndarray
+    # from the delta ingest computed (`deltas.py`): (N,) events it folded (0: none) and
+    # (N, E) the head's output; None: no user's delta answered
+    delta_n: np.ndarray | None = None
+    deltas: np.ndarray | None = None
+    window_v: np.ndarray | None = None  # (N,) meta `v` as read (None: not read)
 
     @classmethod
     def nothing(cls, n: int, row_dim: int = 0) -> Recent:
@@ -73,7 +84,8 @@ class Recent:
         shift = np.cumsum(self.lengths)[pos] - np.cumsum(lengths)
         idx = np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
         return Recent([self.events[i] for i in pos.tolist()], lengths, self.rows[idx],
-                      self.newest_ms[pos])  # fmt: skip
+                      self.newest_ms[pos], *(None if a is None else a[pos]
+                      for a in (self.delta_n, self.deltas, self.window_v)))  # fmt: skip
 
 
 def state_batch(
@@ -132,14 +144,16 @@ def state_batch(
 def read_recent(
     router: StoreRouter, scripts: Scripts, user_ids: Sequence[str], version: str,
     history: int, max_events: int, deadline: float, users_per_call: int = 128,
-    row_dim: int = 0,
+    row_dim: int = 0, use_deltas: bool = True,
 ) -> tuple[VectorBatch, Recent]:  # fmt: skip
     """See `VectorStore.read_recent`."""
     last = max(1, history) - 1
     slots, cmds = packed_lranges(user_ids, version, last)
     n = len(user_ids)
-    metas = packed_metas(user_ids, layout.state_field(version) if row_dim else None)
-    got = router.read_packed(np.concatenate([slots, slots]), [*cmds, *metas], deadline)
+    second = layout.delta_field(version) if use_deltas else layout.state_field(version)
+    fields = (b"v", second) if row_dim else (b"v",)
+    got = router.read_packed(np.concatenate([slots, slots]),
+                             [*cmds, *packed_metas(user_ids, fields)], deadline)  # fmt: skip
     raise_first(got)
     batch = decode_batch(got[:n], history)
     out = Recent.nothing(n, row_dim)
@@ -151,16 +165,34 @@ def read_recent(
     wv = batch.window_version[:, 0]
     marks = batch.marker_ts_ms[:, 0]
     rows = np.flatnonzero((batch.count > 0) & (marks > 0) & (v != wv))
+    lengths, newest, state = out.lengths, out.newest_ms, out.rows
+    d_n, d_rows = None, None
+    if row_dim > 0 and len(rows) and use_deltas:
+        # 1. the delta ingest computed, when it covers the window as read
+        ok, d_got, d_new, d_vec = deltas.delta_batch([meta[i][1] for i in rows.tolist()],
+                                                     wv[rows], v[rows], batch.dim)  # fmt: skip
+        if ok.any():
+            d_n, d_rows = np.zeros(n, np.int32), np.zeros((n, batch.dim), np.float32)
+            d_n[rows], d_rows[rows], newest[rows] = d_got, d_vec, d_new
+            rows = rows[~ok]
     if row_dim > 0 and len(rows):
-        states = [meta[i][1] for i in rows.tolist()]
-        ok, lengths, state, newest = state_batch(states, wv[rows], v[rows], marks[rows],
-                                                 max_events, row_dim)  # fmt: skip
-        out.lengths[rows] = lengths
-        out.newest_ms[rows] = newest
-        out = Recent(out.events, out.lengths, state, out.newest_ms)
+        # 2. the short-term state's rows (read with meta v without deltas; else a second
+        # round trip, for those users only)
+        if use_deltas:
+            field = (layout.state_field(version),)
+            sub_ids = [user_ids[i] for i in rows.tolist()]
+            got_st = router.read_packed(slots[rows], packed_metas(sub_ids, field), deadline)
+            raise_first(got_st)
+        else:
+            got_st = [meta[i][1] for i in rows.tolist()]
+        ok, got_len, state, got_new = state_batch(got_st, wv[rows], v[rows], marks[rows],
+                                                  max_events, row_dim)  # fmt: skip
+        lengths[rows], newest[rows] = got_len, got_new
         rows = rows[~ok]
+    out = Recent(out.events, lengths, state, newest, d_n, d_rows, v)
     if not len(rows):
         return batch, out
+    # 3. the window's events after the marker, read by script
     sub = [user_ids[i] for i in rows.tolist()]
     got_s, new = read_recent_script(router, scripts, sub, version, history, max_events,
                                     deadline, users_per_call)  # fmt: skip
@@ -169,19 +201,19 @@ def read_recent(
         whole, events = read_recent_script(router, scripts, user_ids, version, history,
                                            max_events, deadline, users_per_call)  # fmt: skip
         none = Recent.nothing(n, row_dim)
-        return whole, Recent(list(events), none.lengths, none.rows, none.newest_ms)
+        return whole, replace(none, events=list(events), window_v=v)
     for i, evs in zip(rows.tolist(), new, strict=True):
         out.events[i] = evs
     return merged, out
 
 
-def packed_metas(user_ids: Sequence[str], state_field: bytes | None) -> list[Packed]:
-    """`HGET meta_key(u) v`, or with `state_field` `HMGET meta_key(u) v <field>`, for every
-    id, packed in RESP as `records.packed_lranges` packs its LRANGEs (same slots)."""
+def packed_metas(user_ids: Sequence[str], fields: Sequence[bytes]) -> list[Packed]:
+    """`HGET meta_key(u) <field>`, or with several fields `HMGET meta_key(u) <fields...>`,
+    for every id, packed in RESP as `records.packed_lranges` packs its LRANGEs (same
+    slots)."""
     raws = list(map(str.encode, user_ids))
-    fields = (b"v",) if state_field is None else (b"v", state_field)
     tail = b"".join(b"\r\n$%d\r\n%s" % (len(f), f) for f in fields) + b"\r\n"
-    head = functools.partial(_meta_head, b"HGET" if state_field is None else b"HMGET",
+    head = functools.partial(_meta_head, b"HGET" if len(fields) == 1 else b"HMGET",
                              2 + len(fields))  # fmt: skip
     return list(zip(map(head, layout.buckets(raws).tolist(), map(len, raws)), raws, repeat(tail)))
 

@@ -27,7 +27,7 @@ import numpy as np
 from redis.exceptions import ResponseError
 
 from contract.versions import check_version
-from services.store import audience, layout, recent
+from services.store import audience, deltas, layout, recent
 from services.store.client import Client
 from services.store.recent import Recent
 from services.store.records import (
@@ -108,7 +108,7 @@ class VectorStore:
         self.dtype: Dtype = dtype
         self.router = StoreRouter(client)
         self._scripts = Scripts(
-            self.router, "write_vectors.lua", "set_active.lua", "read_recent.lua"
+            self.router, "write_vectors.lua", "set_active.lua", "read_recent.lua", "write_delta.lua"
         )
         # version -> its audience mask (write_vectors.lua), from `set_score_columns`; a
         # version this store was not told about keeps every column in its audience sets
@@ -289,19 +289,31 @@ class VectorStore:
 
     def read_recent(
         self, user_ids: Sequence[str], version: str, history: int, max_events: int,
-        deadline: float, row_dim: int = 0, users_per_call: int = 128,
+        deadline: float, row_dim: int = 0, users_per_call: int = 128, use_deltas: bool = True,
     ) -> tuple[VectorBatch, Recent]:  # fmt: skip
         """`read_batch`, and per user what its newest vector has not folded in: the window
         events after the layout-3 marker (window order, at most `max_events` of the newest,
         oldest first; none without a marker), or, with `row_dim` (the head's row length H),
-        their rows from the short-term state when it accounts for them (`recent.Recent`).
-        First the plain LRANGEs with each user's window version (meta `v`) and, with
-        `row_dim`, its state (meta `s<ver>`) in the same pipelined round trip; then
+        the delta ingest stored when it covers them, else their rows from the short-term
+        state when it accounts for them (`recent.Recent`). First the plain LRANGEs with each
+        user's window version (meta `v`) and, with `row_dim`, its delta (meta `d<ver>`; or
+        with `use_deltas` False its state, meta `s<ver>`) in the same pipelined round trip;
+        the states of the users whose delta does not answer in a second one; then
         `read_recent.lua` only for the users whose window changed since their newest vector
         and whose state does not account for it (LAYOUT.md "Vector value, layout 3",
-        "Short-term state"; `services/store/recent.py`)."""
+        "Short-term state", "Short-term delta"; `services/store/recent.py`)."""
         return recent.read_recent(self.router, self._scripts, user_ids, version, history,
-                                  max_events, deadline, users_per_call, row_dim)  # fmt: skip
+                                  max_events, deadline, users_per_call, row_dim,
+                                  use_deltas)  # fmt: skip
+
+    def write_deltas(
+        self, version: str, user_ids: Sequence[str], covered: np.ndarray, values: list[bytes]
+    ) -> int:
+        """Store the short-term deltas ingest computed (`deltas.pack_deltas`) as the users'
+        meta `d<version>`, each only where meta `v` still equals `covered` (LAYOUT.md
+        "Short-term delta"); the number written."""
+        return deltas.write_deltas(self.router, self._scripts, check_version(version),
+                                   user_ids, covered, values)  # fmt: skip
 
     # ----- audiences (audience.py) -------------------------------------------------------
 

@@ -37,7 +37,9 @@ end
 -- The version's short-term state (meta field s<ver>, LAYOUT.md) keeps only the entries of
 -- window versions after `wv`, the newest written vector's: the others are folded in it.
 local function fold_state(mk, vk, wv)
-  local field = 's' .. string.match(vk, '^p:{%d+}:v:([^:]*):')
+  local ver = string.match(vk, '^p:{%d+}:v:([^:]*):')
+  redis.call('HDEL', mk, 'd' .. ver)  -- ingest's delta was computed on an older vector
+  local field = 's' .. ver
   local st = redis.call('HGET', mk, field)
   if not st then return end
   if #st < 24 then return end

@@ -1,12 +1,13 @@
 """The short-term state (issue #17; LAYOUT.md "Short-term state"): ingest keeps each new
 event's head row beside the window, and serving folds a user's new events from those rows,
-read with the vector in one pipelined round trip, instead of reading the window by script.
+read with the vector, instead of reading the window by script.
 
 Real Valkey, real tiny trained versions with heads: the served vectors from the state are
 the ones the events give (nearline + head.delta over the events after the marker); the
 state is used only when it accounts for every window change since the vector (events
 applied without rows, more than the state keeps, a late event: the window is read, the
-answer the same); forgetting a user deletes its state; the ingest consumer keeps it.
+answer the same); forgetting a user deletes its state; the ingest consumer keeps it, and
+the deltas serving adds (tests/refresh/test_refresh_delta.py).
 """
 
 from __future__ import annotations
@@ -174,7 +175,11 @@ def test_the_window_is_read_when_the_state_does_not_account_for_it(env: Env) -> 
     assert env.client.hget(meta, field) is None
 
 
-def test_the_ingest_consumer_keeps_the_state(env: Env, make_topic: Callable[..., str]) -> None:
+def test_the_ingest_consumer_keeps_the_state_and_deltas(
+    env: Env, make_topic: Callable[..., str]
+) -> None:
+    """As `persona ingest --models` runs it: the state in the APPLY, then each applied user's
+    delta (LAYOUT.md "Short-term delta"), which serving adds."""
     users = [f"si{i:03d}" for i in range(3)]
     add_events(env.windows, users, 4, seed=81)
     env.refresher().run(threading.Event(), until_idle=True)
@@ -185,11 +190,15 @@ def test_the_ingest_consumer_keeps_the_state(env: Env, make_topic: Callable[...,
     kcfg = KafkaConfig(bootstrap=env.bootstrap, topic=make_topic(env.bootstrap, 2, "ev"),
                        group_id=f"g-{uuid.uuid4().hex}")  # fmt: skip
     assert produce_events(kcfg, evs) == 2
+    keeper = StateKeeper(env.vectors.versions, RegistryHeads(env.models), every_s=0.0,
+                         store=env.vectors)  # fmt: skip
     ing = Ingestor(kcfg, WindowConfig(), env.windows, ingest_metrics(CollectorRegistry()),
-                   states=_keeper(env))  # fmt: skip
+                   states=keeper)  # fmt: skip
     assert ing.run(threading.Event(), until_idle=True, poll_ms=100).applied == 2
     recent = _recent(env, users, head, head.row_dim)
-    assert recent.lengths.tolist() == [2, 0, 0] and recent.events == [[]] * 3
+    assert recent.delta_n is not None and recent.delta_n.tolist() == [2, 0, 0]
+    assert not recent.lengths.any() and recent.events == [[]] * 3
+    assert env.client.hget(layout.meta_key(users[0]), layout.state_field(env.v1))
     stored = _after(env, users[:1], 2)
     with _served(env, env.models, users[0]) as stub:
         got, resp = _get(stub, users)
