@@ -12,11 +12,13 @@ rounds (the store flushed before each full run); `ratio:` is the median of the p
 full / bare librdkafka loop ratios.
 
 With `--models DIR --version V` (a version with a short-term head) each round also runs the
-full path keeping the short-term state of V (as `persona ingest --models`: each event's head
-row computed and appended by APPLY, then each applied user's delta computed and stored;
-services/ingest/states.py), every user having a vector of V written before the run (so that
-every delta is computed: the worst case, no refresh folds anything meanwhile), and `state
-ratio:` is the median of the per-round state / full ratios.
+full path keeping the short-term state of V (each event's head row computed and appended by
+APPLY; services/ingest/states.py), once without and once with the deltas (each applied
+user's delta computed and stored after the APPLY, as `persona ingest --models` does), every
+user having a vector of V written before the run (so that every delta is computed; no
+refresh folds anything meanwhile, so a user with more than the state's 32 applies has its
+window read by script: keep the events per user small, e.g. `--users 20000`); `state
+ratio:` and `delta ratio:` are the medians of the per-round ratios to the full path.
 
     .venv/bin/python benchmarks/ingest.py [--users 2000] [--events 200000] [--rounds 3] [--single]
         [--models DIR --version V]
@@ -86,11 +88,11 @@ def bare_rdkafka_loop(cfg: KafkaConfig, n: int) -> float:
 
 def full_path(
     cfg: KafkaConfig, redis_url: str, profile: bool, state: tuple[Path, str, int] | None = None,
-    users: Sequence[str] = (),
+    users: Sequence[str] = (), deltas: bool = False,
 ) -> tuple[float, int]:  # fmt: skip
     """Events/s of the full ingest path (with `state`: (registry, version, cap), keeping
-    that version's short-term state and the deltas of `users`, who get a vector first) and
-    the events applied."""
+    that version's short-term state, and with `deltas` the deltas of `users`, who get a
+    vector first) and the events applied."""
     client = connect(redis_url)
     store = WindowStore(client, WindowConfig())
     keeper, vectors = None, None
@@ -98,7 +100,7 @@ def full_path(
         vectors = VectorStore(client)
         vectors.set_active(state[1])
         keeper = StateKeeper(vectors.versions, RegistryHeads(state[0]), cap=state[2],
-                             store=vectors)  # fmt: skip
+                             store=vectors if deltas else None)  # fmt: skip
         got = keeper.current()
         if [v for v, _ in got] != [state[1]]:
             raise SystemExit(f"{state[1]} in {state[0]} has no short-term head")
@@ -142,7 +144,7 @@ def main() -> None:
         base = KafkaConfig(bootstrap=a.bootstrap, topic=a.topic, dlq_topic=a.dlq_topic)
         n = produce_events(base, ds.events)
         rounds: list[tuple[float, float]] = []
-        kept: list[float] = []
+        kept: list[tuple[float, float]] = []
         for _ in range(args.rounds):
             flush(a.redis)
             bare_rd = bare_rdkafka_loop(group(base, "r"), n)
@@ -150,12 +152,15 @@ def main() -> None:
             assert applied == n, f"applied {applied} of {n}"
             rounds.append((bare_rd, full))
             if state is not None:
-                flush(a.redis)
-                with_state, applied = full_path(
-                    group(base, "s"), a.redis, False, state, sorted({e.user_id for e in ds.events})
-                )
-                assert applied == n, f"applied {applied} of {n}"
-                kept.append(with_state)
+                users = sorted({e.user_id for e in ds.events})
+                got = []
+                for deltas in (False, True):
+                    flush(a.redis)
+                    rate, applied = full_path(group(base, "s"), a.redis, False, state, users,
+                                              deltas)  # fmt: skip
+                    assert applied == n, f"applied {applied} of {n}"
+                    got.append(rate)
+                kept.append((got[0], got[1]))
     store = "1 Valkey node" if args.single else "3-node Valkey cluster"
     print(f"\n{n} events, {args.users} users, protobuf, {store}, one process\n")
     print("| round | bare librdkafka loop, events/s | full ingest (librdkafka; decode, validate,"
@@ -165,13 +170,16 @@ def main() -> None:
         print(f"| {i} | {bare_rd:,.0f} | {full:,.0f} | {full / bare_rd:.2f} |")
     print(f"\nratio: {statistics.median(f / r for r, f in rounds):.2f}")
     if kept:
-        print("\n| round | full ingest, events/s | full + short-term state of one version,"
-              " events/s | state / full |")  # fmt: skip
-        print("| ---: | ---: | ---: | ---: |")
-        for i, ((_, full), st) in enumerate(zip(rounds, kept, strict=True), 1):
-            print(f"| {i} | {full:,.0f} | {st:,.0f} | {st / full:.2f} |")
-        ratio = statistics.median(st / f for (_, f), st in zip(rounds, kept, strict=True))
-        print(f"\nstate ratio: {ratio:.2f}")
+        print("\n| round | full ingest, events/s | + short-term state of one version | state /"
+              " full | + its deltas | deltas / full |")  # fmt: skip
+        print("| ---: | ---: | ---: | ---: | ---: | ---: |")
+        pairs = list(zip(rounds, kept, strict=True))
+        for i, ((_, full), (st, de)) in enumerate(pairs, 1):
+            print(f"| {i} | {full:,.0f} | {st:,.0f} | {st / full:.2f} | {de:,.0f} |"
+                  f" {de / full:.2f} |")  # fmt: skip
+        ratio = statistics.median(st / f for (_, f), (st, _) in pairs)
+        dratio = statistics.median(de / f for (_, f), (_, de) in pairs)
+        print(f"\nstate ratio: {ratio:.2f}, delta ratio: {dratio:.2f}")
 
 
 def group(base: KafkaConfig, prefix: str) -> KafkaConfig:

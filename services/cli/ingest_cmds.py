@@ -36,8 +36,9 @@ def register(sub: Any) -> None:
         help="consume events into per-user windows",
         description="Consume events into per-user windows. When the --models folder exists,"
         " also keep the short-term state of every written model version with a short-term"
-        " head (its row of each new event, beside the window): serving then folds new"
-        " events without reading the window (LAYOUT.md 'Short-term state').",
+        " head (its row of each new event, beside the window), and after each write the"
+        " head's output for the users written (their delta): serving then adds it without"
+        " reading the window (LAYOUT.md 'Short-term state', 'Short-term delta').",
     )
     add_connection_args(p)
     add_metrics_arg(p)
@@ -55,6 +56,15 @@ def register(sub: Any) -> None:
         action="store_true",
         help="ignore stored offsets (event-id dedup only): with a new --group, re-reads the"
         " topic to refill windows after a store shard lost its data",
+    )
+    p.add_argument(
+        "--no-short-term-deltas",
+        dest="short_term_deltas",
+        action="store_false",
+        help="with the models: keep the short-term state only, without computing each applied"
+        " user's delta after the write (ingest's throughput ~1.5x; serving folds the state"
+        " itself: ~+1 ms a 100-id call where every user has new events; LAYOUT.md"
+        " 'Short-term delta')",
     )
     p.set_defaults(func=cmd_ingest)
 
@@ -123,7 +133,8 @@ def cmd_ingest(args: argparse.Namespace) -> int:
     vectors, states = None, None
     if s.process.models.is_dir():  # the short-term state needs the versions and their heads
         vectors = VectorStore(client)
-        states = StateKeeper(vectors.versions, RegistryHeads(s.process.models), store=vectors)
+        states = StateKeeper(vectors.versions, RegistryHeads(s.process.models),
+                             store=vectors if args.short_term_deltas else None)  # fmt: skip
     try:
         with metrics_endpoint(s.process, registry):
             ingestor = Ingestor(s.kafka, s.window, windows, metrics, rebuild=args.rebuild,

@@ -68,3 +68,19 @@ def test_failures_cost_the_state_not_the_batch() -> None:
     assert broken.record_rows([Decoded("u", b"e0", 0, b"\xff not a record")]) == (None, None)
     none = StateKeeper(lambda: {}, _Heads({}), every_s=0.0)
     assert none.record_rows([Decoded("u", b"e0", 0, b"")]) == (None, None)
+
+
+class _AwayStore:
+    def read_recent(self, *args: object, **kw: object) -> None:
+        raise ConnectionError("store away")
+
+    def write_deltas(self, *args: object) -> int:
+        raise AssertionError("nothing read, nothing to write")
+
+
+def test_a_failing_delta_costs_the_delta_not_the_batch() -> None:
+    keeper = StateKeeper(lambda: {"va": "active"}, _Heads({"va": _Head(2, 1.0)}), every_s=0.0,
+                         store=_AwayStore())  # fmt: skip
+    assert keeper.fold_deltas(["u1", "u2"]) == 0, "logged; serving folds the state instead"
+    bare = StateKeeper(lambda: {"va": "active"}, _Heads({"va": _Head(2, 1.0)}), every_s=0.0)
+    assert bare.fold_deltas(["u1"]) == 0, "no store: no deltas"
