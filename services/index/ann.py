@@ -102,13 +102,13 @@ class LookalikeIndex:
     @property
     def size(self) -> int:
         """Number of users held."""
-        return len(self._rows.row_of)
+        return len(self._rows)
 
     def __len__(self) -> int:
         return self.size
 
     def __contains__(self, user_id: object) -> bool:
-        return user_id in self._rows.row_of
+        return isinstance(user_id, str) and self._rows.get(user_id) is not None
 
     @property
     def kind(self) -> IndexKind:
@@ -131,7 +131,7 @@ class LookalikeIndex:
     def vector_of(self, user_id: str) -> np.ndarray | None:
         """A copy of the user's stored (unit) vector, or None."""
         with self._lock.read():
-            row = self._rows.row_of.get(user_id)
+            row = self._rows.get(user_id)
             return None if row is None else self._built.reconstruct(np.array([row]))[0]
 
     def sum_of(self, user_ids: Iterable[str]) -> np.ndarray:
@@ -155,7 +155,8 @@ class LookalikeIndex:
             return self._snapshot()[1]
 
     def _held(self, user_ids: Iterable[str]) -> list[int]:
-        return [r for r in map(self._rows.row_of.get, user_ids) if r is not None]
+        rows = self._rows.find(list(user_ids))
+        return rows[rows >= 0].tolist()
 
     def memory(self) -> dict[str, int]:
         """Estimated bytes by part: `vectors` (the faiss structure: codes, ids, id map,
@@ -237,7 +238,7 @@ class LookalikeIndex:
         q = unit_queries(queries, self._dim)
         self._lock.acquire_read()
         try:
-            table = self._rows.users if as_str else self._rows.ids
+            table = self._rows.ids
             built = self._built
             if exclude or built.n_stale or built.rerank > 1 or k > built.fast_k:
                 banned = np.asarray(self._held(exclude or ()), dtype=np.int64)
@@ -250,6 +251,9 @@ class LookalikeIndex:
         if min_score is not None:
             below = scores < min_score
             hits[below], scores[below] = table[-1], EMPTY_SCORE
+        if as_str:  # the hits' str (None for the empty slots): only these are decoded
+            return np.array([[h.decode() if h else None for h in row] for row in hits.tolist()],
+                            dtype=object).reshape(hits.shape), scores  # fmt: skip
         return hits, scores
 
     # ----- writes ------------------------------------------------------------------------
@@ -273,13 +277,15 @@ class LookalikeIndex:
             return
         with self._lock.write():
             table, in_place = self._rows, self._in_place()
-            held = [table.row_of.get(u) for u in ids]
+            found = table.find(ids)
+            held = [None if r < 0 else r for r in found.tolist()]
             old = [r for r in held if r is not None]
             if in_place:  # held users keep their rows; their entries are replaced
                 moved = [i for i, r in enumerate(held) if r is None]
             else:  # every user moves to a new row; the old entries stay hidden
                 moved = list(range(len(ids)))
-                table.release(old, reuse_now=False)
+                again = [u for u, r in zip(ids, held, strict=True) if r is not None]
+                table.release(table.forget(again), reuse_now=False)
             rows = np.asarray([-1 if r is None else r for r in held], dtype=np.int64)
             if moved:
                 rows[moved] = table.assign([ids[i] for i in moved])
@@ -289,8 +295,7 @@ class LookalikeIndex:
     def delete(self, user_ids: Iterable[str]) -> int:
         """Removes the users; unknown ids are ignored. Returns how many were removed."""
         with self._lock.write():
-            pop = self._rows.row_of.pop
-            rows = [r for r in (pop(u, None) for u in user_ids) if r is not None]
+            rows = self._rows.forget(list(dict.fromkeys(user_ids)))
             if not rows:
                 return 0
             self._rows.release(rows, reuse_now=self._in_place())

@@ -8,10 +8,8 @@ fused norm for the batch and the checks done on it, with the detailed checks of
 
 from __future__ import annotations
 
-import itertools
 import math
-import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import faiss
@@ -44,25 +42,84 @@ class RowCopy:
 
 
 class RowTable:
-    """The index's rows: the user holding each, as str (`users`, for `search()`) and as
-    UTF-8 bytes (`ids`, the batch gather of `search_arrays()`), each vector's length as
-    given, and the float16 copy where the structure needs one.
+    """The index's rows: the user holding each as UTF-8 bytes (`ids`: the batch gather of
+    the search paths), each vector's length as given, and the float16 copy where the
+    structure needs one; and the lookup from user id to row.
 
-    The last slot of `users` and `ids` stays empty (None, b""), so faiss's -1 maps to no
-    user. Freed rows go to `free` (reusable at once) or, where a structure may still hold
-    their entries, to `pending` until a rebuild has dropped them. Capacity grows by a
-    quarter at a time. Callers hold the index's write lock for changes.
+    The lookup keeps no Python object per user: the ids' 64-bit `hash` values sorted, with
+    their rows (16 bytes a user; a dict of str -> int held ~110 bytes a user and the ids'
+    str objects besides, a third of the index's memory at 1M users). A lookup is a binary
+    search and a comparison with `ids`; the rare id whose hash another held id has already
+    is kept in a small dict (`_extra`). Inserts and removals move the sorted arrays (a
+    memmove of 16 bytes a user per batch).
+
+    The last slot of `ids` stays empty (b""), so faiss's -1 maps to no user. Freed rows go
+    to `free` (reusable at once) or, where a structure may still hold their entries, to
+    `pending` until a rebuild has dropped them. Capacity grows by a quarter at a time.
+    Callers hold the index's write lock for changes.
     """
 
-    def __init__(self, dim: int, with_copy: bool) -> None:
-        self.users = np.full(1, None, dtype=object)  # (capacity + 1,)
+    def __init__(self, dim: int, with_copy: bool, hasher: Callable[[str], int] = hash) -> None:
+        self._hash = hasher  # (tests hand in one that clashes)
         self.ids = np.zeros(1, dtype="S1")  # (capacity + 1,)
         self.lengths = np.zeros(0, dtype=np.float64)  # (capacity,)
         self.copy = RowCopy(dim) if with_copy else None
-        self.row_of: dict[str, int] = {}
+        self._keys = np.zeros(0, dtype=np.int64)  # sorted hash() of the held ids ...
+        self._krows = np.zeros(0, dtype=np.int64)  # ... and their rows
+        self._extra: dict[str, int] = {}  # held ids whose hash is another held id's key
         self.next_row = 0
         self.free: list[int] = []
         self.pending: list[int] = []
+
+    def __len__(self) -> int:
+        """Users held."""
+        return len(self._keys) + len(self._extra)
+
+    def get(self, user_id: str) -> int | None:
+        """The user's row, or None."""
+        keys, h = self._keys, self._hash(user_id)
+        at = int(keys.searchsorted(h))
+        if at < len(keys) and keys[at] == h:
+            row = int(self._krows[at])
+            if self.ids[row] == user_id.encode():
+                return row
+        return self._extra.get(user_id)
+
+    def find(self, user_ids: Sequence[str]) -> np.ndarray:
+        """(N,) the users' rows, -1 where not held."""
+        n = len(user_ids)
+        out = np.full(n, -1, dtype=np.int64)
+        keys = self._keys
+        if n and len(keys):
+            h = np.fromiter(map(self._hash, user_ids), np.int64, n)
+            at = np.minimum(keys.searchsorted(h), len(keys) - 1)
+            hit = np.flatnonzero(keys[at] == h)
+            rows = self._krows[at[hit]]
+            want = np.array([user_ids[i].encode() for i in hit.tolist()], dtype=bytes)
+            same = self.ids[rows] == want if len(hit) else np.zeros(0, bool)
+            out[hit[same]] = rows[same]
+        if self._extra:
+            for i in np.flatnonzero(out < 0).tolist():
+                out[i] = self._extra.get(user_ids[i], -1)
+        return out
+
+    def forget(self, user_ids: Sequence[str]) -> list[int]:
+        """Drops the held ones of `user_ids` (distinct) from the lookup; their rows (the
+        caller releases them)."""
+        rows = self.find(user_ids)
+        held = np.flatnonzero(rows >= 0)
+        if not len(held):
+            return []
+        in_keys = []
+        for i in held.tolist():
+            if self._extra.pop(user_ids[i], None) is None:
+                in_keys.append(i)
+        if in_keys:
+            h = np.fromiter((self._hash(user_ids[i]) for i in in_keys), np.int64, len(in_keys))
+            at = self._keys.searchsorted(h)
+            self._keys = np.delete(self._keys, at)
+            self._krows = np.delete(self._krows, at)
+        return rows[held].tolist()
 
     def assign(self, users: list[str]) -> np.ndarray:
         """New rows (N,) for these users (not yet held), recorded under their ids."""
@@ -75,19 +132,34 @@ class RowTable:
             self._grow(max(1024, self.next_row + fresh, len(self.lengths) * 5 // 4))
         rows[reuse:] = np.arange(self.next_row, self.next_row + fresh)
         self.next_row += fresh
-        self.row_of.update(zip(users, rows.tolist(), strict=True))
-        self.users[rows] = users
         encoded = [u.encode() for u in users]
         width = max(map(len, encoded), default=1)
         if width > self.ids.itemsize:  # a longer id than any before: widen the table
             self.ids = self.ids.astype(f"S{width}")
         self.ids[rows] = encoded
+        self._insert(users, rows)
         return rows
 
+    def _insert(self, users: list[str], rows: np.ndarray) -> None:
+        """Adds (distinct, not held) users at `rows` to the lookup."""
+        h = np.fromiter(map(self._hash, users), np.int64, len(users))
+        order = np.argsort(h, kind="stable")
+        h, rows = h[order], rows[order]
+        clash = np.zeros(len(h), dtype=bool)  # the key is taken: by a held id, or one before
+        clash[1:] = h[1:] == h[:-1]
+        keys = self._keys
+        if len(keys):
+            at = np.minimum(keys.searchsorted(h), len(keys) - 1)
+            clash |= keys[at] == h
+        for i in np.flatnonzero(clash).tolist():
+            self._extra[users[int(order[i])]] = int(rows[i])
+        h, rows = h[~clash], rows[~clash]
+        at = keys.searchsorted(h)
+        self._keys, self._krows = np.insert(keys, at, h), np.insert(self._krows, at, rows)
+
     def release(self, rows: list[int], reuse_now: bool) -> None:
-        """Rows whose users left them (their ids were dropped from `row_of` already)."""
+        """Rows whose users left them (dropped from the lookup already: `forget`)."""
         if rows:
-            self.users[rows] = None
             self.ids[rows] = b""
             (self.free if reuse_now else self.pending).extend(rows)
 
@@ -99,14 +171,9 @@ class RowTable:
         return np.flatnonzero(self.live(np.arange(self.next_row)))
 
     def bytes(self) -> dict[str, int]:
-        """Estimated bytes held: `ids` (the two id tables, the id -> row dict, the id str
-        objects, sampled, and the row ints), `rows` (lengths) and `copy`."""
-        row_of = self.row_of
-        sample = list(itertools.islice(row_of, 1000))
-        # pymalloc hands out 16-byte multiples; row numbers above 256 are int objects of 32
-        per_id = sum((sys.getsizeof(u) + 15) & ~15 for u in sample) / max(len(sample), 1)
-        ids = self.users.nbytes + self.ids.nbytes + sys.getsizeof(row_of)
-        ids += round(per_id * len(row_of)) + 32 * max(0, len(row_of) - 257)
+        """Bytes held: `ids` (the id table and the lookup's arrays; the rare clashes' dict
+        estimated at 200 bytes an entry), `rows` (lengths) and `copy`."""
+        ids = self.ids.nbytes + self._keys.nbytes + self._krows.nbytes + 200 * len(self._extra)
         copy = self.copy.data.nbytes if self.copy is not None else 0
         return {"ids": ids, "rows": self.lengths.nbytes, "copy": copy}
 
@@ -119,7 +186,7 @@ class RowTable:
             return out
 
         extra = capacity - len(self.lengths)
-        self.users, self.ids = longer(self.users, extra), longer(self.ids, extra)
+        self.ids = longer(self.ids, extra)
         self.lengths = np.concatenate([self.lengths, np.zeros(extra, np.float64)])
         if self.copy is not None:
             self.copy.grow(capacity)

@@ -66,15 +66,19 @@ def test_reported_memory_is_what_the_process_holds(
     held, parts = measured[kind]
     print(f"\n{kind}: held {held / 2**20:.1f} MiB, reported {sum(parts.values()) / 2**20:.1f}")
     assert set(parts) == {"vectors", "ids", "rows", "copy"}
-    assert 0.85 * held <= sum(parts.values()) <= 1.15 * held
+    # within 15 %, or a few MiB that faiss and the allocator keep and no part names (2.4 MiB
+    # with IVF-Flat, 4.5 with IVF-PQ at 100k when measured)
+    slack = 6 * 2**20
+    assert 0.85 * held - slack <= sum(parts.values()) <= 1.15 * held
     # The parts say where it goes: 64 float32 (IVF-Flat) or 16 code bytes and a float16 copy
-    # (IVF-PQ) a vector, each with an 8-byte id; the id strings and their maps.
+    # (IVF-PQ) a vector, each with an 8-byte id; the id bytes and their lookup (16 bytes a
+    # user: no Python object per user).
     if kind == "ivf":
         assert N * (256 + 8) <= parts["vectors"] <= N * (256 + 8 + 80) and parts["copy"] == 0
     else:
         assert N * (16 + 8) <= parts["vectors"] <= N * (16 + 8 + 16)
         assert N * 128 <= parts["copy"] <= 1.25 * N * 128
-    assert N * 50 <= parts["ids"] <= N * 250
+    assert N * (16 + 8) <= parts["ids"] <= N * 48
 
 
 def test_the_lean_option_holds_less(measured: dict[str, tuple[int, dict[str, int]]]) -> None:
