@@ -81,7 +81,7 @@ class RowTable:
         at = int(keys.searchsorted(h))
         if at < len(keys) and keys[at] == h:
             row = int(self._krows[at])
-            if self.ids[row] == user_id.encode():
+            if self.ids[row] == user_id.encode("utf-8", "surrogatepass"):
                 return row
         return self._extra.get(user_id)
 
@@ -95,7 +95,9 @@ class RowTable:
             at = np.minimum(keys.searchsorted(h), len(keys) - 1)
             hit = np.flatnonzero(keys[at] == h)
             rows = self._krows[at[hit]]
-            want = np.array([user_ids[i].encode() for i in hit.tolist()], dtype=bytes)
+            want = np.array(
+                [user_ids[i].encode("utf-8", "surrogatepass") for i in hit.tolist()], dtype=bytes
+            )
             same = self.ids[rows] == want if len(hit) else np.zeros(0, bool)
             out[hit[same]] = rows[same]
         if self._extra:

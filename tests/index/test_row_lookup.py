@@ -23,12 +23,12 @@ def test_lookup_matches_a_dict_also_when_hashes_clash() -> None:
         add = [u for u in rng.sample(pool, 25) if u not in want]
         rows = table.assign(add)
         want.update(zip(add, rows.tolist(), strict=True))
-        gone = rng.sample(sorted(want), min(len(want), 10)) + ["nobody"]
+        gone = [*rng.sample(sorted(want), min(len(want), 10)), "nobody"]
         freed = table.forget(gone)
         assert sorted(freed) == sorted(want.pop(u) for u in gone if u in want)
         table.release(freed, reuse_now=step % 2 == 0)
         assert len(table) == len(want)
-        probe = pool[:150] + ["nobody", "u1u1u1u1"]
+        probe = [*pool[:150], "nobody", "u1u1u1u1"]
         got = table.find(probe)
         assert got.tolist() == [want.get(u, -1) for u in probe]
         assert [table.get(u) for u in probe] == [want.get(u) for u in probe]
@@ -45,3 +45,4 @@ def test_lookup_with_the_real_hash() -> None:
     assert table.get("é") == int(rows[-2]) and table.get("nobody") is None
     assert table.forget(["user-1", "user-1x"]) == [int(rows[1])]
     assert table.get("user-1") is None and len(table) == len(ids) - 1
+    assert table.get("\ud800") is None and table.find(["\ud800"]).tolist() == [-1], "never held"
