@@ -229,7 +229,11 @@ class Ingestor:
         if not self._apply_with_retry(batch.updates, stop, batch.states):
             return False
         if batch.states is not None and self.states is not None:  # serving then only adds
-            self.states.fold_deltas([u.user_id for u in batch.updates])
+            written, failed = self.states.fold_deltas([u.user_id for u in batch.updates])
+            if written:
+                self.metrics.short_term_deltas.labels("written").inc(written)
+            if failed:
+                self.metrics.short_term_deltas.labels("failed").inc(failed)
         return True
 
     def _topic_id(self) -> str | None:

@@ -19,6 +19,7 @@ class IngestMetrics:
     dead_letters_by_reference: Counter
     skipped: Counter
     store_errors: Counter
+    short_term_deltas: Counter  # label result
     lag: Gauge
     batch_write_seconds: Histogram
     batch_records: Histogram
@@ -76,6 +77,14 @@ def ingest_metrics(registry: CollectorRegistry) -> IngestMetrics:
         store_errors=Counter(
             "persona_ingest_store_errors",
             "Failed window writes (retried; offsets not committed)",
+            registry=registry,
+        ),
+        short_term_deltas=Counter(
+            "persona_ingest_short_term_deltas",
+            "Short-term deltas after a window write (LAYOUT.md 'Short-term delta'), by result:"
+            " written (users), failed (model versions whose deltas of a batch could not be"
+            " computed or stored: serving folds their states instead; logged)",
+            ["result"],
             registry=registry,
         ),
         lag=Gauge(

@@ -120,21 +120,23 @@ class StateKeeper:
         spec = StateSpec(tuple((v, h.row_dim) for v, h in heads), self.cap)
         return spec, np.ascontiguousarray(np.concatenate(mats, axis=1), dtype="<f4")
 
-    def fold_deltas(self, user_ids: Sequence[str]) -> int:
+    def fold_deltas(self, user_ids: Sequence[str]) -> tuple[int, int]:
         """After an APPLY of `user_ids`' events: for every kept version, the head's output
         for each user's events since its vector, stored as the user's delta where meta `v`
-        has not moved since the read (`deltas.write_deltas`). Returns the deltas written;
-        0 without a store, and on a failure (logged: serving folds the state instead)."""
+        has not moved since the read (`deltas.write_deltas`). Returns (deltas written,
+        versions that failed: logged, serving folds their states instead); (0, 0) without a
+        store."""
         if self.store is None or not user_ids:
-            return 0
+            return 0, 0
         users = list(dict.fromkeys(user_ids))
-        written = 0
+        written = failed = 0
         for version, head in self.current():
             try:
                 written += self._fold_one(version, head, users)
             except Exception as exc:  # the store away, a tokenizer bug: serving folds itself
+                failed += 1
                 self._log(f"computing short-term deltas of {version} failed", exc)
-        return written
+        return written, failed
 
     def _fold_one(self, version: str, head: Head, users: list[str]) -> int:
         assert self.store is not None

@@ -81,6 +81,6 @@ class _AwayStore:
 def test_a_failing_delta_costs_the_delta_not_the_batch() -> None:
     keeper = StateKeeper(lambda: {"va": "active"}, _Heads({"va": _Head(2, 1.0)}), every_s=0.0,
                          store=_AwayStore())  # fmt: skip
-    assert keeper.fold_deltas(["u1", "u2"]) == 0, "logged; serving folds the state instead"
+    assert keeper.fold_deltas(["u1", "u2"]) == (0, 1), "logged; serving folds the state instead"
     bare = StateKeeper(lambda: {"va": "active"}, _Heads({"va": _Head(2, 1.0)}), every_s=0.0)
-    assert bare.fold_deltas(["u1"]) == 0, "no store: no deltas"
+    assert bare.fold_deltas(["u1"]) == (0, 0), "no store: no deltas"

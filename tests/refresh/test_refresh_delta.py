@@ -61,14 +61,14 @@ def test_the_delta_is_served_while_it_covers_the_window(env: Env) -> None:
     head, keeper = _head(env), _keeper(env)
     near = _nearline(env, env.v1, users)
     add_events(env.windows, users[:4], 2, seed=102, offset0=1000, states=keeper)
-    assert keeper.fold_deltas(users) == 4, "users 4, 5 have no new event: no delta"
+    assert keeper.fold_deltas(users) == (4, 0), "users 4, 5 have no new event: no delta"
     new = _after(env, users[:4], 2)
     recent = _recent(env, users, head)
     assert recent.delta_n is not None and recent.delta_n.tolist() == [2, 2, 2, 2, 0, 0]
     assert not recent.lengths.any() and recent.events == [[]] * 6, "no state, no window read"
     field = layout.delta_field(env.v1)
     before = [env.client.hget(layout.meta_key(u), field) for u in users[:4]]
-    assert keeper.fold_deltas(users) == 4, "ingest computes them again from the states"
+    assert keeper.fold_deltas(users) == (4, 0), "ingest computes them again from the states"
     assert [env.client.hget(layout.meta_key(u), field) for u in users[:4]] == before
 
     want = near.copy()
@@ -92,7 +92,7 @@ def test_the_delta_is_served_while_it_covers_the_window(env: Env) -> None:
         np.testing.assert_allclose(got[1:], want[1:], rtol=0, atol=1e-5)
         assert list(resp.meta.short_term_events) == [3] + [2] * 3 + [0, 0]
         assert _sources(metrics) == {"ingest": 7.0, "state": 1.0, "window": 0.0}
-        assert keeper.fold_deltas(users[:1]) == 1
+        assert keeper.fold_deltas(users[:1]) == (1, 0)
         again, _ = _get(stub, users)
         np.testing.assert_allclose(again, got, rtol=0, atol=1e-5)
         assert _sources(metrics)["ingest"] == 11.0

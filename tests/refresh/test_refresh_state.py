@@ -192,9 +192,13 @@ def test_the_ingest_consumer_keeps_the_state_and_deltas(
     assert produce_events(kcfg, evs) == 2
     keeper = StateKeeper(env.vectors.versions, RegistryHeads(env.models), every_s=0.0,
                          store=env.vectors)  # fmt: skip
-    ing = Ingestor(kcfg, WindowConfig(), env.windows, ingest_metrics(CollectorRegistry()),
-                   states=keeper)  # fmt: skip
+    registry = CollectorRegistry()
+    ing = Ingestor(kcfg, WindowConfig(), env.windows, ingest_metrics(registry), states=keeper)
     assert ing.run(threading.Event(), until_idle=True, poll_ms=100).applied == 2
+    name = "persona_ingest_short_term_deltas_total"
+    written = registry.get_sample_value(name, {"result": "written"})
+    assert written is not None and written >= 1
+    assert registry.get_sample_value(name, {"result": "failed"}) is None
     recent = _recent(env, users, head, head.row_dim)
     assert recent.delta_n is not None and recent.delta_n.tolist() == [2, 0, 0]
     assert not recent.lengths.any() and recent.events == [[]] * 3
@@ -225,7 +229,7 @@ def test_after_a_cutover_each_written_version_keeps_its_own_state(env: Env) -> N
                                    ("delta", "", env.v2), ("delta", env.v1, env.v1)):  # fmt: skip
             if phase == "delta" and ver == env.v2:
                 keeper.store = env.vectors  # as `persona ingest --models` runs it
-                assert keeper.fold_deltas(users) == 6, "3 users x 2 versions"
+                assert keeper.fold_deltas(users) == (6, 0), "3 users x 2 versions"
             head = ShortTermHead.load(env.models, ver)
             assert head is not None
             deadline = time.monotonic() + 30  # a bound on waiting, not a timing check
