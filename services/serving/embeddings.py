@@ -130,11 +130,14 @@ def get_embeddings(
             f"stored vectors of version {version} have {got.dim} components; "
             f"this server serves dimension {dim}"
         )
+    first = None  # with duplicates: each id's first entry (what the metrics count)
     if len(uniq) != len(ids):  # duplicates: each gets its entry
         at = {u: i for i, u in enumerate(uniq)}
         pos = np.fromiter((at[u] for u in ids), np.int64, len(ids))
         got = _take(got, pos)
         recent = None if recent is None else recent.take(pos)
+        first = np.zeros(len(ids), bool)
+        first[np.unique(pos, return_index=True)[1]] = True
     n = len(ids)
     if got.dim == 0:  # nobody found
         got = replace(got, vectors=np.zeros((n, got.vectors.shape[1], dim), np.float32))
@@ -150,7 +153,7 @@ def get_embeddings(
     part: Part = "nearline"
     folded: Folded | None = None
     if head is not None and recent is not None:
-        folded = fold(head, rows, ~missing, recent)
+        folded = fold(head, rows, ~missing, recent, first)
         newest = np.where(folded.events > 0, folded.newest_ms, newest)
         part = "short_term" if q.part == "short_term" else "combined"
         rows = folded.short if part == "short_term" else rows + folded.short

@@ -28,11 +28,15 @@ class Folded:
     from_delta: int = 0  # ... folded by ingest already (its delta)
 
 
-def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) -> Folded:
+def fold(
+    head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent,
+    counted: np.ndarray | None = None,
+) -> Folded:  # fmt: skip
     """The head's output for the `found` rows ((N,) bool) of `nearline` (N, D) with new
     events in `recent` (per row: ingest's delta, or the events after the marker, oldest
     first, or their rows from the short-term state; a row has one source or none); one
-    `delta_rows` call for the rows without a delta."""
+    `delta_rows` call for the rows without a delta. `counted` ((N,) bool): the rows the
+    `from_*` counts count (default all; a request's repeated ids count once)."""
     n = nearline.shape[0]
     ev_len = np.minimum(np.fromiter(map(len, recent.events), np.int64, n), head.max_events)
     ev_len[~found] = 0
@@ -40,7 +44,8 @@ def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) ->
     lengths = ev_len + st_len
     newest = np.where(st_len > 0, recent.newest_ms, 0)
     d_n = np.zeros(n, np.int32) if recent.delta_n is None else np.where(found, recent.delta_n, 0)
-    from_delta = int(np.count_nonzero(d_n))
+    c = slice(None) if counted is None else counted
+    from_delta = int(np.count_nonzero(d_n[c]))
     if not lengths.any():
         if not from_delta:
             return Folded(np.zeros_like(nearline), lengths.astype(np.int32), newest)
@@ -63,5 +68,5 @@ def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) ->
         short[moved] = recent.deltas[moved]
         lengths = np.where(moved, d_n, lengths)
         newest = np.where(moved, recent.newest_ms, newest)
-    return Folded(short, lengths.astype(np.int32), newest, int(np.count_nonzero(st_len)),
-                  int(np.count_nonzero(ev_len)), from_delta)  # fmt: skip
+    return Folded(short, lengths.astype(np.int32), newest, int(np.count_nonzero(st_len[c])),
+                  int(np.count_nonzero(ev_len[c])), from_delta)  # fmt: skip

@@ -96,6 +96,9 @@ def test_the_delta_is_served_while_it_covers_the_window(env: Env) -> None:
         again, _ = _get(stub, users)
         np.testing.assert_allclose(again, got, rtol=0, atol=1e-5)
         assert _sources(metrics)["ingest"] == 11.0
+        twice, _ = _get(stub, [users[1], users[1], users[2]])  # a repeated id counts once
+        np.testing.assert_array_equal(twice[0], twice[1])
+        assert _sources(metrics)["ingest"] == 13.0
 
     # a delta computed before a newer APPLY is refused by the store
     meta = layout.meta_key(users[1])
