@@ -130,17 +130,17 @@ def get_embeddings(
             f"stored vectors of version {version} have {got.dim} components; "
             f"this server serves dimension {dim}"
         )
-    first = None  # with duplicates: each id's first entry (what the metrics count)
+    if got.dim == 0:  # nobody found
+        got = replace(got, vectors=np.zeros((len(uniq), got.vectors.shape[1], dim), np.float32))
+    folded: Folded | None = None
+    if head is not None and recent is not None:  # once per distinct id (and counted so)
+        folded = fold(head, got.vectors[:, 0], got.count > 0, recent)
     if len(uniq) != len(ids):  # duplicates: each gets its entry
         at = {u: i for i, u in enumerate(uniq)}
         pos = np.fromiter((at[u] for u in ids), np.int64, len(ids))
         got = _take(got, pos)
-        recent = None if recent is None else recent.take(pos)
-        first = np.zeros(len(ids), bool)
-        first[np.unique(pos, return_index=True)[1]] = True
+        folded = None if folded is None else folded.take(pos)
     n = len(ids)
-    if got.dim == 0:  # nobody found
-        got = replace(got, vectors=np.zeros((n, got.vectors.shape[1], dim), np.float32))
     rows = got.vectors[:, 0].copy()  # (N, D), zeros where not found
     missing = got.count == 0  # (N,)
     status = np.where(missing, NOT_FOUND, FOUND).astype(np.uint8)
@@ -151,9 +151,7 @@ def get_embeddings(
     marks = got.marker_ts_ms
     newest = np.zeros(n, np.int64) if marks is None else np.where(missing, 0, marks[:, 0])
     part: Part = "nearline"
-    folded: Folded | None = None
-    if head is not None and recent is not None:
-        folded = fold(head, rows, ~missing, recent, first)
+    if folded is not None:
         newest = np.where(folded.events > 0, folded.newest_ms, newest)
         part = "short_term" if q.part == "short_term" else "combined"
         rows = folded.short if part == "short_term" else rows + folded.short

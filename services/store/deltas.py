@@ -19,7 +19,7 @@ import numpy as np
 
 from services.store import layout
 from services.store.router import StoreRouter
-from services.store.scripts import ScriptCall, Scripts
+from services.store.scripts import ScriptCall, Scripts, node_chunks
 
 
 def _dtype(dim: int) -> np.dtype:
@@ -73,11 +73,9 @@ def write_deltas(
     buckets = layout.buckets([u.encode() for u in user_ids]).tolist()
     slots = [layout.BUCKET_SLOTS[b] for b in buckets]
     calls: list[ScriptCall] = []
-    for group in router.node_groups(slots):
-        for lo in range(0, len(group), users_per_call):
-            chunk = group[lo : lo + users_per_call]
-            args: list[object] = [version]
-            for i in chunk:
-                args += [buckets[i], user_ids[i], int(covered[i]), values[i]]
-            calls.append(([layout.meta_key(user_ids[chunk[0]])], args))
+    for chunk in node_chunks(router, slots, users_per_call):
+        args: list[object] = [version]
+        for i in chunk:
+            args += [buckets[i], user_ids[i], int(covered[i]), values[i]]
+        calls.append(([layout.meta_key(user_ids[chunk[0]])], args))
     return sum(int(r) for r in scripts.run("write_delta.lua", calls))

@@ -27,31 +27,28 @@ class Folded:
     from_window: int = 0  # ... from the window (read by script)
     from_delta: int = 0  # ... folded by ingest already (its delta)
 
+    def take(self, pos: np.ndarray) -> Folded:
+        """The rows at `pos` ((K,) indices, repeats allowed), the counts as they are."""
+        return Folded(self.short[pos], self.events[pos], self.newest_ms[pos], self.from_state,
+                      self.from_window, self.from_delta)  # fmt: skip
 
-def fold(
-    head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent,
-    counted: np.ndarray | None = None,
-) -> Folded:  # fmt: skip
+
+def fold(head: Head, nearline: np.ndarray, found: np.ndarray, recent: Recent) -> Folded:
     """The head's output for the `found` rows ((N,) bool) of `nearline` (N, D) with new
     events in `recent` (per row: ingest's delta, or the events after the marker, oldest
     first, or their rows from the short-term state; a row has one source or none); one
-    `delta_rows` call for the rows without a delta. `counted` ((N,) bool): the rows the
-    `from_*` counts count (default all; a request's repeated ids count once)."""
+    `delta_rows` call for the rows without a delta."""
     n = nearline.shape[0]
     ev_len = np.minimum(np.fromiter(map(len, recent.events), np.int64, n), head.max_events)
     ev_len[~found] = 0
     st_len = np.where(found, recent.lengths, 0)
-    lengths = ev_len + st_len
-    newest = np.where(st_len > 0, recent.newest_ms, 0)
     d_n = np.zeros(n, np.int32) if recent.delta_n is None else np.where(found, recent.delta_n, 0)
-    c = slice(None) if counted is None else counted
-    from_delta = int(np.count_nonzero(d_n[c]))
+    lengths = ev_len + st_len + d_n  # a row has one source: these add to its events
+    # the state's and the deltas' newest times come with them; the windows' below
+    newest = np.where((st_len > 0) | (d_n > 0), recent.newest_ms, 0)
+    counts = [int(np.count_nonzero(x)) for x in (st_len, ev_len, d_n)]
     if not lengths.any():
-        if not from_delta:
-            return Folded(np.zeros_like(nearline), lengths.astype(np.int32), newest)
-        assert recent.deltas is not None
-        short = np.where(d_n[:, None] > 0, recent.deltas, 0).astype(nearline.dtype)
-        return Folded(short, d_n, np.where(d_n > 0, recent.newest_ms, newest), 0, 0, from_delta)
+        return Folded(np.zeros_like(nearline), lengths.astype(np.int32), newest)
     u = recent.rows if found.all() else recent.rows[np.repeat(found, recent.lengths)]
     if ev_len.any():  # users read from their windows: their events' rows, merged in
         by_events = np.flatnonzero(ev_len).tolist()
@@ -61,12 +58,9 @@ def fold(
         u = np.concatenate([u.reshape(-1, rows.shape[1]), rows])[np.argsort(owner, kind="stable")]
         for i in by_events:
             newest[i] = recent.events[i][-1].ts_ms
-    short = head.delta_rows(nearline, u, lengths)
-    if from_delta:
+    short = head.delta_rows(nearline, u, lengths - d_n)
+    if counts[2]:  # ingest folded these already
         assert recent.deltas is not None
         moved = d_n > 0
         short[moved] = recent.deltas[moved]
-        lengths = np.where(moved, d_n, lengths)
-        newest = np.where(moved, recent.newest_ms, newest)
-    return Folded(short, lengths.astype(np.int32), newest, int(np.count_nonzero(st_len[c])),
-                  int(np.count_nonzero(ev_len[c])), from_delta)  # fmt: skip
+    return Folded(short, lengths.astype(np.int32), newest, *counts)

@@ -48,7 +48,7 @@ from services.store.records import (
     vector_key,
 )
 from services.store.router import Packed, StoreRouter, raise_first
-from services.store.scripts import Scripts
+from services.store.scripts import Scripts, node_chunks
 
 _pack: Any = hiredis.pack_command  # (its stub types the tuple as one element)
 
@@ -75,17 +75,6 @@ class Recent:
     def nothing(cls, n: int, row_dim: int = 0) -> Recent:
         return cls([[] for _ in range(n)], np.zeros(n, np.int64),
                    np.zeros((0, row_dim), np.float32), np.zeros(n, np.int64))  # fmt: skip
-
-    def take(self, pos: np.ndarray) -> Recent:
-        """The users at `pos` ((K,) indices into the N), in that order."""
-        lengths = self.lengths[pos]
-        # a kept row's index: its user's start in `rows` + its place in the user's rows, i.e.
-        # the user's end in `rows` minus its end in the result, plus its place in the result
-        shift = np.cumsum(self.lengths)[pos] - np.cumsum(lengths)
-        idx = np.repeat(shift, lengths) + np.arange(int(lengths.sum()))
-        return Recent([self.events[i] for i in pos.tolist()], lengths, self.rows[idx],
-                      self.newest_ms[pos], *(None if a is None else a[pos]
-                      for a in (self.delta_n, self.deltas, self.window_v)))  # fmt: skip
 
 
 def state_batch(
@@ -241,11 +230,7 @@ def read_recent_script(
     results: list[Any] = []
     for attempt in (0, 1):
         sha = scripts.sha("read_recent.lua")
-        chunks = [
-            group[lo : lo + users_per_call]
-            for group in router.node_groups(slots)
-            for lo in range(0, len(group), users_per_call)
-        ]
+        chunks = node_chunks(router, slots, users_per_call)
         cmds: list[tuple[bytes]] = []
         for chunk in chunks:
             args: list[Any] = ["EVALSHA", sha, 1, vector_key(user_ids[chunk[0]], version),

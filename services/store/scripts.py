@@ -34,6 +34,14 @@ def with_prelude(src: str, prelude: str) -> str:
     return prelude + src
 
 
+def node_chunks(router: StoreRouter, slots: Sequence[int], size: int) -> list[list[int]]:
+    """`router.node_groups`, each cut into chunks of at most `size` indices: one call per
+    chunk of a script with the allow-cross-slot-keys flag (apply.lua, read_recent.lua,
+    write_delta.lua)."""
+    return [group[lo : lo + size] for group in router.node_groups(slots)
+            for lo in range(0, len(group), size)]  # fmt: skip
+
+
 class Scripts:
     def __init__(self, router: StoreRouter, *names: str) -> None:
         self._router = router

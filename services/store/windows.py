@@ -18,7 +18,7 @@ from services.config import WindowConfig
 from services.store import layout
 from services.store.client import Client
 from services.store.router import StoreRouter, raise_first
-from services.store.scripts import ScriptCall, Scripts
+from services.store.scripts import ScriptCall, Scripts, node_chunks
 
 _META_MATCH = "p:{*}:m:*"  # every user with a window has a meta hash
 
@@ -120,14 +120,12 @@ class WindowStore:
                            *(states or layout.StateSpec(())).args()]  # fmt: skip
         calls: list[ScriptCall] = []
         slots = [layout.BUCKET_SLOTS[b] for b in buckets]
-        for group in self.router.node_groups(slots):
-            for lo in range(0, len(group), self.users_per_call):
-                chunk = group[lo : lo + self.users_per_call]
-                args = list(head)
-                for i in chunk:
-                    u = ups[i]
-                    args += [buckets[i], u.user_id, u.source, u.blob, u.rows if states else b""]
-                calls.append(([layout.dirty_key(buckets[chunk[0]])], args))
+        for chunk in node_chunks(self.router, slots, self.users_per_call):
+            args = list(head)
+            for i in chunk:
+                u = ups[i]
+                args += [buckets[i], u.user_id, u.source, u.blob, u.rows if states else b""]
+            calls.append(([layout.dirty_key(buckets[chunk[0]])], args))
         total = ApplyResult()
         for r in self._scripts.run("apply.lua", calls):
             a, d, rp, t, f = (int(x) for x in r[:5])
