@@ -1,7 +1,7 @@
 """One built faiss structure and what the lookalike index needs to know about it.
 
-Kept apart from `ann.py` so the faiss specifics (factory strings, direct maps, GPU cloning,
-which structures can remove ids, how vectors are read back) live in one place.
+Kept apart from `ann.py` so the faiss specifics (which structures can remove ids, how
+vectors are read back, how much they hold) live in one place; `building.py` makes them.
 
 The structure is the master copy of the vectors (chosen by measurement, see
 `benchmarks/ann.py` and docs/benchmarks.md): flat and IVF-Flat hold every vector in float32
@@ -26,9 +26,8 @@ from typing import Any
 import faiss
 import numpy as np
 
-from services.index.calibrate import Calibration, calibrate, ivf_rank_guess
+from services.index.calibrate import Calibration
 from services.index.config import IndexConfig, IndexKind
-from services.index.neighbours import rerank
 
 log = logging.getLogger(__name__)
 
@@ -85,6 +84,7 @@ class BuiltIndex:
     gather: Gather | None = None
     n_stale: int = 0
     params: dict[int, Any] = field(default_factory=dict)  # k -> faiss.SearchParameters
+    kmeans_iterations: int = 0  # IVF: k-means iterations its lists' centroids took
 
     @property
     def ntotal(self) -> int:
@@ -122,7 +122,7 @@ class BuiltIndex:
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """queries: (Q, D) unit float32, C-contiguous -> scores (Q, k) float32, rows (Q, k)
-        int64 (-1 where none), with the calibrated setting for k. Calls faiss's C entry
+        int64 (-1 where none), with the setting installed for k (`tuning.py`). Calls faiss's C entry
         directly (faiss's Python `search` re-checks and re-converts what callers checked)."""
         n = len(queries)
         omp_threads_for(n)
@@ -199,163 +199,3 @@ def _ivf_contents(ivf: Any) -> tuple[np.ndarray, np.ndarray]:
 def _ivf_bytes(ivf: Any) -> int:
     n = sum(ivf.invlists.list_size(i) for i in range(ivf.nlist))
     return int(n * (ivf.code_size + 8))
-
-
-def build(
-    cfg: IndexConfig,
-    vectors: np.ndarray,
-    rows: np.ndarray,
-    gpu_resources: Any | None,
-    gather: Gather | None = None,
-) -> BuiltIndex:
-    """Builds the structure `cfg.kind_for(len(vectors))` over vectors (N, D) with ids rows
-    (N,), then calibrates its search setting (`calibrate.py`) unless the config pins it.
-
-    `gather` reads vectors back by row for the kinds that cannot (IVF-PQ). `gpu_resources`
-    (a `faiss.StandardGpuResources`) moves flat and IVF searches to GPU 0.
-    """
-    n, dim = vectors.shape
-    kind = cfg.kind_for(n)
-    ip = faiss.METRIC_INNER_PRODUCT
-    if kind == "flat":
-        master = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
-        built = BuiltIndex(master, master, kind, False, True, n)
-        built.add(vectors, rows)
-    elif kind in ("ivf", "ivfpq"):
-        built = _build_ivf(cfg, kind, vectors, rows, gather)
-    else:
-        master = faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, cfg.hnsw_m, ip))
-        hnsw = fx.downcast_index(master.index).hnsw
-        hnsw.efConstruction = cfg.hnsw_ef_construction
-        built = BuiltIndex(master, master, kind, False, False, n)
-        built.add(vectors, rows)
-        _calibrate_hnsw(cfg, built, vectors, rows)
-    if gpu_resources is not None and kind in ("flat", "ivf"):
-        built.index = faiss.index_cpu_to_gpu(gpu_resources, 0, built.master)
-        if built.calibration is not None:  # GPU search takes the setting as an attribute
-            built.index.nprobe = max(built.calibration.params.values())
-        built.params, built.on_gpu, built.removable = {}, True, False
-    return built
-
-
-def _build_ivf(
-    cfg: IndexConfig, kind: IndexKind, vectors: np.ndarray, rows: np.ndarray, gather: Gather | None
-) -> BuiltIndex:
-    n, dim = vectors.shape
-    nlist = cfg.nlist_for(n)
-    code = "Flat" if kind == "ivf" else f"PQ{cfg.pq_bytes_for(dim)}np"  # np: no polysemous
-    ivf: Any = faiss.index_factory(dim, f"IVF{nlist},{code}", faiss.METRIC_INNER_PRODUCT)
-    ivf.cp.niter = cfg.ivf_kmeans_iters
-    if kind == "ivfpq":  # one 256-centroid k-means per code byte: a smaller sample, fewer rounds
-        ivf.pq.cp.niter, ivf.pq.cp.max_points_per_centroid = cfg.ivf_kmeans_iters, 64
-    train = cfg.ivf_train_per_list * nlist
-    ivf.train(_training_sample(vectors, max(train, 64 * 256 if kind == "ivfpq" else 0)))
-    _, assigned = ivf.quantizer.search(vectors, 1)
-    list_of = assigned[:, 0]  # (N,) each vector's list
-    _add_by_list(ivf, vectors, rows, list_of)
-    if kind == "ivf":
-        ivf.set_direct_map_type(fx.DirectMap.Hashtable)
-        built = BuiltIndex(ivf, ivf, kind, False, True, n)
-    else:
-        built = BuiltIndex(ivf, None, kind, False, False, n, rerank=cfg.ivfpq_rerank)
-        built.gather = gather
-    if cfg.ivf_nprobe is not None:
-        built.params = {1: fx.SearchParametersIVF(nprobe=min(cfg.ivf_nprobe, nlist))}
-        return built
-    guess = ivf_rank_guess(ivf.quantizer, list_of, nlist, cfg.recall_target)
-
-    def search_at(q: np.ndarray, k: int, nprobe: int) -> np.ndarray:
-        built.params = {1: fx.SearchParametersIVF(nprobe=nprobe)}
-        return _reranked(built, q, k)
-
-    _calibrate(cfg, built, vectors, rows, search_at, guess, nlist)
-    built.params = {k: fx.SearchParametersIVF(nprobe=p) for k, p in _params(built).items()}
-    return built
-
-
-def _calibrate_hnsw(
-    cfg: IndexConfig, built: BuiltIndex, vectors: np.ndarray, rows: np.ndarray
-) -> None:
-    def params(ef: int) -> Any:
-        p = fx.SearchParametersHNSW()
-        p.efSearch = ef
-        return p
-
-    if cfg.hnsw_ef_search is not None:
-        built.params = {1: params(cfg.hnsw_ef_search)}
-        return
-
-    def search_at(q: np.ndarray, k: int, ef: int) -> np.ndarray:
-        built.params = {1: params(max(ef, k))}
-        return built.search(q, k)[1]
-
-    _calibrate(cfg, built, vectors, rows, search_at, min(cfg.recall_ks), HNSW_MAX_EF)
-    built.params = {k: params(max(ef, k)) for k, ef in _params(built).items()}
-
-
-def _calibrate(
-    cfg: IndexConfig,
-    built: BuiltIndex,
-    vectors: np.ndarray,
-    rows: np.ndarray,
-    search_at: Callable[[np.ndarray, int, int], np.ndarray],
-    first: Any,
-    most: int,
-) -> None:
-    if len(vectors) < 2:
-        return
-    built.calibration = calibrate(
-        vectors,
-        rows,
-        search_at,
-        target=cfg.recall_target,
-        ks=cfg.recall_ks,
-        sample=cfg.recall_sample,
-        first=first,
-        most=most,
-    )
-
-
-def _params(built: BuiltIndex) -> dict[int, int]:
-    return built.calibration.params if built.calibration is not None else {}
-
-
-def _reranked(built: BuiltIndex, queries: np.ndarray, k: int) -> np.ndarray:
-    """Rows (Q, k) of a search, re-scored from the exact copy where the codes are lossy."""
-    if built.rerank <= 1 or built.gather is None:
-        return built.search(queries, k)[1]
-    _, found = built.search(queries, min(built.max_k, k * built.rerank))
-    return rerank(queries, found, built.gather, k)[1]
-
-
-def _add_by_list(ivf: Any, vectors: np.ndarray, rows: np.ndarray, list_of: np.ndarray) -> None:
-    """Fills each IVF list in one `add_entries` call, so each list's buffer is its exact size
-    (faiss's `add` grows them by doubling). vectors (N, D), rows (N,), list_of (N,)."""
-    order = np.argsort(list_of, kind="stable")
-    sp, n = faiss.swig_ptr, len(rows)
-    if isinstance(ivf, faiss.IndexIVFFlat):
-        codes = np.ascontiguousarray(vectors[order]).view(np.uint8)  # (N, D * 4)
-    else:  # (N, code_size) the codes `add` would store (PQ of the residuals)
-        codes = np.empty((n, ivf.code_size), dtype=np.uint8)
-        x, lists = np.ascontiguousarray(vectors[order]), np.ascontiguousarray(list_of[order])
-        ivf.encode_vectors(n, sp(x), sp(lists), sp(codes))
-    ids = np.ascontiguousarray(rows[order], dtype=np.int64)
-    counts = np.bincount(list_of, minlength=ivf.nlist)
-    invlists, at = ivf.invlists, 0
-    for lst in np.flatnonzero(counts).tolist():
-        c = int(counts[lst])
-        invlists.add_entries(lst, c, sp(ids[at : at + c]), sp(codes[at : at + c]))
-        at += c
-    ivf.ntotal = len(rows)
-
-
-def _training_sample(vectors: np.ndarray, at_most: int) -> np.ndarray:
-    """At most `at_most` rows of vectors (N, D), chosen with a fixed seed.
-
-    k-means cost grows with points x lists: on 1M vectors and 4000 lists faiss's own
-    cap (256 a list) keeps all 1M points and training took ~400 s on 2 busy cores.
-    """
-    if len(vectors) <= at_most:
-        return vectors
-    rows = np.random.default_rng(0).choice(len(vectors), size=at_most, replace=False)
-    return vectors[np.sort(rows)]

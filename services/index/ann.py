@@ -20,9 +20,10 @@ Example:
 
 Concurrency. Searches take a shared lock; upserts, deletes and the swap at the end of a
 rebuild take it exclusively. `rebuild()` copies the live vectors under the shared lock,
-builds and calibrates without any lock (searches and upserts go on against the old index),
-then, under the exclusive lock, replays onto the new index what changed meanwhile and swaps
-it in.
+builds and measures its search setting on a small sample without any lock (searches and
+upserts go on against the old index), then, under the exclusive lock, replays onto the new
+index what changed meanwhile and swaps it in; the full sample is measured after, each of
+its searches under the shared lock (`tuning.py`).
 """
 
 from __future__ import annotations
@@ -31,17 +32,19 @@ import logging
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from services.index._built import BuiltIndex, build, gpu_available
+from services.index._built import BuiltIndex, gpu_available
 from services.index._rwlock import RWLock
+from services.index.building import build
 from services.index.config import IndexConfig, IndexKind
 from services.index.filtered import filtered_search
 from services.index.neighbours import EMPTY_SCORE, Neighbours, hit_lists
+from services.index.rebuilding import BuildInfo, Journal, replay
 from services.index.rows import RowTable, checked_ids, checked_vectors, unit_queries
+from services.index.tuning import Tuner
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +53,6 @@ _new_tuple = tuple.__new__
 
 def _neighbours(fields: tuple[np.ndarray, np.ndarray]) -> Neighbours:
     return _new_tuple(Neighbours, fields)  # C-level; NamedTuple's __new__ is Python
-
-
-@dataclass(frozen=True, slots=True)
-class BuildInfo:
-    """What a `rebuild()` produced: for approximate kinds, the search setting chosen for each
-    calibrated k (`params`: nprobe or efSearch) and the recall@k measured with it."""
-
-    kind: IndexKind
-    size: int
-    seconds: float
-    on_gpu: bool
-    params: dict[int, int] = field(default_factory=dict)
-    recall: dict[int, float] = field(default_factory=dict)
-
-
-@dataclass(slots=True)
-class _Journal:
-    """Rows retired and added while a rebuild was building, and rows it will free."""
-
-    removable: bool  # whether the structure being built can remove ids
-    releasing: list[int]
-    retired: list[np.ndarray] = field(default_factory=list)
-    added: list[np.ndarray] = field(default_factory=list)
 
 
 class LookalikeIndex:
@@ -89,9 +69,9 @@ class LookalikeIndex:
 
             self._gpu_res = faiss.StandardGpuResources()
         self._rows = RowTable(self._dim, with_copy=self.config.kind == "ivfpq")
-        self._journal: _Journal | None = None
+        self._journal: Journal | None = None
         self._changes_since_build = 0
-        self._built = self._build(np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64))
+        self._built = self._build(np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64))[0]
 
     # ----- reads -------------------------------------------------------------------------
 
@@ -269,28 +249,30 @@ class LookalikeIndex:
         vecs, lengths = checked_vectors(vectors, self._dim, "vectors")
         if len(ids) != len(vecs):
             raise ValueError(f"{len(ids)} user ids but {len(vecs)} vectors")
-        last = {u: i for i, u in enumerate(ids)}
-        if len(last) != len(ids):
+        if len(set(ids)) != len(ids):
+            last = {u: i for i, u in enumerate(ids)}
             pick = list(last.values())
             ids, vecs, lengths = list(last), vecs[pick], lengths[pick]
         if not ids:
             return
         with self._lock.write():
-            table, in_place = self._rows, self._in_place()
-            found = table.find(ids)
-            held = [None if r < 0 else r for r in found.tolist()]
-            old = [r for r in held if r is not None]
-            if in_place:  # held users keep their rows; their entries are replaced
-                moved = [i for i, r in enumerate(held) if r is None]
+            table = self._rows
+            rows = table.find(ids)  # (N,) -1 where not held
+            held = rows >= 0
+            old = rows[held]
+            if self._in_place():  # held users keep their rows; their entries are replaced
+                moved = np.flatnonzero(~held)
             else:  # every user moves to a new row; the old entries stay hidden
-                moved = list(range(len(ids)))
-                again = [u for u, r in zip(ids, held, strict=True) if r is not None]
-                table.release(table.forget(again), reuse_now=False)
-            rows = np.asarray([-1 if r is None else r for r in held], dtype=np.int64)
-            if moved:
-                rows[moved] = table.assign([ids[i] for i in moved])
+                moved = np.arange(len(ids))
+                if len(old):
+                    again = [ids[i] for i in np.flatnonzero(held).tolist()]
+                    table.release(table.forget(again), reuse_now=False)
+            if len(moved) == len(ids):
+                rows = table.assign(ids)
+            elif len(moved):
+                rows[moved] = table.assign([ids[i] for i in moved.tolist()])
             table.lengths[rows] = lengths
-            self._apply(np.asarray(old, dtype=np.int64), rows, vecs)
+            self._apply(old, rows, vecs)
 
     def delete(self, user_ids: Iterable[str]) -> int:
         """Removes the users; unknown ids are ignored. Returns how many were removed."""
@@ -306,55 +288,74 @@ class LookalikeIndex:
         """Builds a fresh structure from the stored vectors and swaps it in atomically.
 
         Picks the kind for the current size, retrains IVF lists, drops hidden entries and
-        chooses the search setting from the recall target. Searches and writes proceed
-        during the build; writes made meanwhile are replayed onto the new structure before
-        the swap. One rebuild runs at a time.
+        chooses the search setting from the recall target: on `recall_sample_first` vectors
+        before the swap, on `recall_sample` after it while the new structure serves
+        (`tuning.py`). Searches and writes proceed throughout; writes made during the build
+        are replayed onto the new structure before the swap. One rebuild runs at a time.
         """
+        cfg = self.config
         with self._rebuild_lock:
             t0 = time.perf_counter()
             with self._lock.read():  # no writer runs, so the journal starts consistent
                 rows, vecs = self._snapshot()
-                removable = self.config.kind_for(len(rows)) in ("flat", "ivf")
-                journal = _Journal(removable and self._gpu_res is None, self._rows.pending)
+                removable = cfg.kind_for(len(rows)) in ("flat", "ivf")
+                journal = Journal(removable and self._gpu_res is None, self._rows.pending)
                 self._journal, self._rows.pending = journal, []
             try:
-                new = self._build(vecs, rows)
+                new, tuner = self._build(vecs, rows)
                 del vecs
+                if tuner is not None:
+                    tuner.install(tuner.measure(min(cfg.recall_sample_first, cfg.recall_sample)))
             except BaseException:  # a failed build leaves the old structure in place
                 with self._lock.write():
                     self._rows.pending.extend(journal.releasing)
                     self._journal = None
                 raise
             with self._lock.write():
-                self._replay(new, journal, rows)
+                replay(new, journal, rows, self._rows, self._built)
                 self._built, self._journal = new, None
                 self._rows.free.extend(journal.releasing)
                 self._changes_since_build = 0
-            cal = new.calibration
-            info = BuildInfo(
-                new.kind,
-                new.ntotal - new.n_stale,
-                time.perf_counter() - t0,
-                new.on_gpu,
-                dict(cal.params) if cal else {},
-                dict(cal.recall) if cal else {},
-            )
+            serving_s = time.perf_counter() - t0
+            if tuner is not None and cfg.recall_sample > cfg.recall_sample_first:
+                try:
+                    tuner.install(tuner.measure(cfg.recall_sample, self._lock.read))
+                except Exception:  # the new structure serves on with the first setting
+                    log.exception("measuring the rebuilt index's recall on the full sample")
+            del tuner
+            info = self._build_info(new, time.perf_counter() - t0, serving_s)
         settings = "".join(
             f"; k={k}: setting {p}, recall {info.recall[k]:.3f}" for k, p in info.params.items()
         )
         log.info(
-            "index rebuilt: %s over %d vectors in %.2f s%s%s",
+            "index rebuilt: %s over %d vectors, serving after %.2f s, setting measured after"
+            " %.2f s%s%s",
             info.kind,
             info.size,
+            info.serving_s,
             info.seconds,
             " on GPU" if info.on_gpu else "",
             settings,
         )
         return info
 
+    @staticmethod
+    def _build_info(new: BuiltIndex, seconds: float, serving_s: float) -> BuildInfo:
+        cal = new.calibration
+        return BuildInfo(
+            new.kind,
+            new.ntotal - new.n_stale,
+            seconds,
+            new.on_gpu,
+            dict(cal.params) if cal else {},
+            dict(cal.recall) if cal else {},
+            serving_s,
+            new.kmeans_iterations,
+        )
+
     # ----- internals ---------------------------------------------------------------------
 
-    def _build(self, vecs: np.ndarray, rows: np.ndarray) -> BuiltIndex:
+    def _build(self, vecs: np.ndarray, rows: np.ndarray) -> tuple[BuiltIndex, Tuner | None]:
         copy = self._rows.copy
         return build(self.config, vecs, rows, self._gpu_res, copy.gather if copy else None)
 
@@ -387,13 +388,3 @@ class LookalikeIndex:
         if self._journal is not None:
             self._journal.retired.append(retired)
             self._journal.added.append(added)
-
-    def _replay(self, new: BuiltIndex, journal: _Journal, snapshot_rows: np.ndarray) -> None:
-        """Applies to `new` (built from snapshot_rows) the writes recorded during the build."""
-        if journal.retired:
-            retired = np.unique(np.concatenate(journal.retired))
-            new.remove(retired[np.isin(retired, snapshot_rows)])
-        if journal.added:
-            added = np.unique(np.concatenate(journal.added))
-            live = added[self._rows.live(added)]
-            new.add(self._built.reconstruct(live), live)

@@ -38,8 +38,9 @@ class IndexConfig:
         ivf_nlist_max: most IVF lists, whatever ivf_nlist says.
         ivf_nprobe: lists visited per query; None chooses it at each build from recall_target.
         ivf_train_per_list: k-means training sample, points per list (faiss warns below 39).
-        ivf_kmeans_iters: k-means iterations (faiss's default 25; 10 gave the same recall at
-            the same nprobe on 1M clustered vectors, in 40 % of the time).
+        ivf_kmeans_iters: most k-means iterations (faiss IVF's own 10).
+        ivf_kmeans_tol: k-means stops after an iteration that raised its objective by less
+            than this share (`kmeans.py`); 0 runs `ivf_kmeans_iters`.
         pq_bytes: bytes of an IVF-PQ code (0: dim / 4); must divide dim.
         ivfpq_rerank: IVF-PQ candidates re-scored per result wanted.
         hnsw_m, hnsw_ef_construction: HNSW graph parameters.
@@ -48,7 +49,10 @@ class IndexConfig:
         recall_ks: the k values calibrated; a search of k uses the setting of the smallest
             calibrated k >= k (the largest's beyond them).
         recall_sample: indexed vectors measured as queries at each build (exact search over
-            all vectors for each: ~4 s for 1000 at 1M on 2 cores).
+            all vectors for each: ~5 s for 1000 at 1M on 2 cores), while the new structure
+            already serves with the setting measured on `recall_sample_first` (`tuning.py`).
+        recall_sample_first: the sample measured before the new structure serves; at least
+            `recall_sample` measures once, before.
         gpu: "auto" moves flat and IVF indexes to GPU 0 when faiss sees a GPU.
         rebuild_growth: `needs_rebuild()` once the size passes this multiple of the size at
             the last build (IVF lists were trained for the smaller set).
@@ -67,6 +71,7 @@ class IndexConfig:
     ivf_nprobe: int | None = None
     ivf_train_per_list: int = 64
     ivf_kmeans_iters: int = 10
+    ivf_kmeans_tol: float = 1e-3
     pq_bytes: int = 0
     ivfpq_rerank: int = 4
     hnsw_m: int = 32
@@ -75,6 +80,7 @@ class IndexConfig:
     recall_target: float = 0.95
     recall_ks: tuple[int, ...] = (10, 50)
     recall_sample: int = 1000
+    recall_sample_first: int = 100
     gpu: Literal["auto", "off"] = "auto"
     rebuild_growth: float = 2.0
     max_stale_fraction: float = 0.2
@@ -102,8 +108,10 @@ class IndexConfig:
             raise ValueError(f"recall_target must be in (0, 1], got {self.recall_target}")
         if not self.recall_ks or min(self.recall_ks) < 1:
             raise ValueError(f"recall_ks must be positive ints, got {self.recall_ks}")
-        if self.recall_sample < 10:
-            raise ValueError(f"recall_sample must be >= 10, got {self.recall_sample}")
+        if min(self.recall_sample, self.recall_sample_first) < 10:
+            raise ValueError("recall_sample and recall_sample_first must be >= 10")
+        if self.ivf_kmeans_tol < 0:
+            raise ValueError(f"ivf_kmeans_tol must be >= 0, got {self.ivf_kmeans_tol}")
         if self.probe_every_s < 0 or self.probe_queries < 1:
             raise ValueError("probe_every_s must be >= 0 and probe_queries >= 1")
         if self.rebuild_growth <= 1.0:

@@ -1,0 +1,125 @@
+"""Building a faiss structure over a snapshot of the index's vectors (`BuiltIndex`).
+
+Flat: every vector, exact. IVF and IVF-PQ: coarse centroids by k-means on a sample
+(`kmeans.py`, stopped once it stops improving), each vector assigned to its list, each
+list filled in one call at its exact size. HNSW: the graph, built by faiss. An approximate
+structure whose setting is not pinned comes with a `tuning.Tuner`: the caller measures
+and installs its setting (before serving on a small sample, after on the full one).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import faiss
+import numpy as np
+
+from services.index._built import BuiltIndex, Gather, fx
+from services.index.calibrate import ivf_rank_guess
+from services.index.config import IndexConfig, IndexKind
+from services.index.kmeans import spherical_kmeans
+from services.index.tuning import Tuner, hnsw_tuner, ivf_tuner
+
+
+def build(
+    cfg: IndexConfig,
+    vectors: np.ndarray,
+    rows: np.ndarray,
+    gpu_resources: Any | None,
+    gather: Gather | None = None,
+) -> tuple[BuiltIndex, Tuner | None]:
+    """Builds the structure `cfg.kind_for(len(vectors))` over vectors (N, D) with ids rows
+    (N,); returns it and, unless the config pins its setting, the tuner that chooses it.
+
+    `gather` reads vectors back by row for the kinds that cannot (IVF-PQ). `gpu_resources`
+    (a `faiss.StandardGpuResources`) moves flat and IVF searches to GPU 0.
+    """
+    n, dim = vectors.shape
+    kind = cfg.kind_for(n)
+    tuner: Tuner | None = None
+    if kind == "flat":
+        master = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+        built = BuiltIndex(master, master, kind, False, True, n)
+        built.add(vectors, rows)
+    elif kind in ("ivf", "ivfpq"):
+        built, tuner = _build_ivf(cfg, kind, vectors, rows, gather)
+    else:
+        master = faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT))
+        fx.downcast_index(master.index).hnsw.efConstruction = cfg.hnsw_ef_construction
+        built = BuiltIndex(master, master, kind, False, False, n)
+        built.add(vectors, rows)
+        tuner = hnsw_tuner(cfg, built, vectors, rows)
+        if cfg.hnsw_ef_search is not None:
+            built.params, tuner = {1: tuner.make(1, cfg.hnsw_ef_search)}, None
+    if gpu_resources is not None and kind in ("flat", "ivf"):
+        pinned = built.params.get(1)
+        built.index = faiss.index_cpu_to_gpu(gpu_resources, 0, built.master)
+        if pinned is not None:  # GPU search takes the setting as an attribute
+            built.index.nprobe = pinned.nprobe
+        built.params, built.on_gpu, built.removable = {}, True, False
+    return built, tuner
+
+
+def _build_ivf(
+    cfg: IndexConfig, kind: IndexKind, vectors: np.ndarray, rows: np.ndarray, gather: Gather | None
+) -> tuple[BuiltIndex, Tuner | None]:
+    n, dim = vectors.shape
+    nlist = cfg.nlist_for(n)
+    code = "Flat" if kind == "ivf" else f"PQ{cfg.pq_bytes_for(dim)}np"  # np: no polysemous
+    ivf: Any = faiss.index_factory(dim, f"IVF{nlist},{code}", faiss.METRIC_INNER_PRODUCT)
+    if kind == "ivfpq":  # one 256-centroid k-means per code byte: a smaller sample, fewer rounds
+        ivf.pq.cp.niter, ivf.pq.cp.max_points_per_centroid = cfg.ivf_kmeans_iters, 64
+    sample = _training_sample(vectors, max(cfg.ivf_train_per_list * nlist,
+                                           64 * 256 if kind == "ivfpq" else 0))  # fmt: skip
+    centroids = spherical_kmeans(sample, nlist, cfg.ivf_kmeans_iters, cfg.ivf_kmeans_tol)
+    ivf.quantizer.add(centroids.centroids)  # IVF's train skips a quantizer holding nlist
+    ivf.train(sample)  # IVF-PQ: the codes' quantizers on the residuals; IVF-Flat: nothing
+    del sample
+    _, assigned = ivf.quantizer.search(vectors, 1)
+    list_of = assigned[:, 0]  # (N,) each vector's list
+    _add_by_list(ivf, vectors, rows, list_of)
+    if kind == "ivf":
+        ivf.set_direct_map_type(fx.DirectMap.Hashtable)
+        built = BuiltIndex(ivf, ivf, kind, False, True, n)
+    else:
+        built = BuiltIndex(ivf, None, kind, False, False, n, rerank=cfg.ivfpq_rerank)
+        built.gather = gather
+    built.kmeans_iterations = centroids.iterations
+    if cfg.ivf_nprobe is not None:
+        built.params = {1: fx.SearchParametersIVF(nprobe=min(cfg.ivf_nprobe, nlist))}
+        return built, None
+    guess = ivf_rank_guess(ivf.quantizer, list_of, nlist, cfg.recall_target)
+    return built, ivf_tuner(cfg, built, vectors, rows, guess, nlist)
+
+
+def _add_by_list(ivf: Any, vectors: np.ndarray, rows: np.ndarray, list_of: np.ndarray) -> None:
+    """Fills each IVF list in one `add_entries` call, so each list's buffer is its exact size
+    (faiss's `add` grows them by doubling). vectors (N, D), rows (N,), list_of (N,)."""
+    order = np.argsort(list_of, kind="stable")
+    sp, n = faiss.swig_ptr, len(rows)
+    if isinstance(ivf, faiss.IndexIVFFlat):
+        codes = np.ascontiguousarray(vectors[order]).view(np.uint8)  # (N, D * 4)
+    else:  # (N, code_size) the codes `add` would store (PQ of the residuals)
+        codes = np.empty((n, ivf.code_size), dtype=np.uint8)
+        x, lists = np.ascontiguousarray(vectors[order]), np.ascontiguousarray(list_of[order])
+        ivf.encode_vectors(n, sp(x), sp(lists), sp(codes))
+    ids = np.ascontiguousarray(rows[order], dtype=np.int64)
+    counts = np.bincount(list_of, minlength=ivf.nlist)
+    invlists, at = ivf.invlists, 0
+    for lst in np.flatnonzero(counts).tolist():
+        c = int(counts[lst])
+        invlists.add_entries(lst, c, sp(ids[at : at + c]), sp(codes[at : at + c]))
+        at += c
+    ivf.ntotal = len(rows)
+
+
+def _training_sample(vectors: np.ndarray, at_most: int) -> np.ndarray:
+    """At most `at_most` rows of vectors (N, D), chosen with a fixed seed.
+
+    k-means cost grows with points x lists: on 1M vectors and 4000 lists faiss's own
+    cap (256 a list) keeps all 1M points and training took ~400 s on 2 busy cores.
+    """
+    if len(vectors) <= at_most:
+        return vectors
+    rows = np.random.default_rng(0).choice(len(vectors), size=at_most, replace=False)
+    return vectors[np.sort(rows)]
