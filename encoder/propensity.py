@@ -299,11 +299,15 @@ def calibrate(
     y: np.ndarray,
     ok: np.ndarray,
     min_class: int = 10,
+    extra: tuple[np.ndarray, np.ndarray, np.ndarray] | None = None,
 ) -> OutcomeHeads:
     """Fit the calibration of linear heads ``(weight, bias)`` on held-out vectors.
 
     Args:
         z: (N, E) held-out user vectors; y: (N, K, Y) labels; ok: (N, K) usable labels.
+        extra: more calibration examples scored elsewhere: logits (M, K, Y) of heads that
+            never saw them (cross-fitted), labels (M, K, Y), usable (M, K). The report's
+            ECE stays measured on `z` alone.
     """
     raw = OutcomeHeads(
         names,
@@ -317,12 +321,16 @@ def calibrate(
     )
     if len(z) == 0:
         return replace(raw, report={"examples": 0})
-    a, b, how = fit_platt_pooled(raw.logits(z), y, ok, min_class)
+    s, yy, oo = raw.logits(z), y, ok
+    if extra is not None and len(extra[0]):
+        s, yy, oo = (np.concatenate([a, b]) for a, b in zip((s, y, ok), extra, strict=True))
+    a, b, how = fit_platt_pooled(s, yy, oo, min_class)
     fitted = how == 1
     out = replace(raw, a=a, b=b, calibrated=how > 0)
     before, after = raw.probabilities(z, calibrated=False), out.probabilities(z)
     report = {
         "examples": len(z),
+        "extra_examples": 0 if extra is None else len(extra[0]),
         "cells": int(fitted.size),
         "cells_calibrated": int(fitted.sum()),
         "cells_pooled": int((how == 2).sum()),

@@ -113,6 +113,7 @@ REFIT_EXAMPLES = 20_000  # training examples the heads are refitted on (a sample
 CALIBRATION_TIMES = 8  # fixed times the validation users are calibrated at, a day apart
 DAY_MS = 86_400_000
 MIN_FIXED = 200  # fewer fixed-time examples than this (a short log): calibrate on the cuts
+CROSSFIT_USERS = 2_000  # training users whose out-of-fold logits join the calibration
 
 
 def fixed_time_cuts(
@@ -160,13 +161,16 @@ def outcome_heads(
     batches: list[np.ndarray],
     train: tuple[np.ndarray, np.ndarray] | None = None,
     calibrate_at: str = "fixed",
+    crossfit: int = 0,
 ) -> OutcomeHeads:
     """The vector's outcome heads, calibrated on the validation users (`propensity`): at
     `fixed_time_cuts` (``calibrate_at="fixed"``) or at their training-style cuts ("cuts");
     with `train` (users, cut times of the training examples), the heads are first refitted
     on the final vectors of up to REFIT_EXAMPLES of them (`propensity.refit`); without, the
-    trained `vec_hz` heads are kept. ``run.model`` and ``run.heads`` are the final, plain
-    modules on the CPU."""
+    trained `vec_hz` heads are kept. With `crossfit` >= 2 (and refitted heads), the
+    calibration also sees up to CROSSFIT_USERS training users at the same fixed times,
+    scored by heads refitted without their fold (`_out_of_fold`). ``run.model`` and
+    ``run.heads`` are the final, plain modules on the CPU."""
     run.model.eval()
     run.heads.eval()
     hz, scale = run.heads.vec_hz, float(run.heads.scale.detach())
@@ -181,6 +185,10 @@ def outcome_heads(
     hmax = max(int(h) for h in run.spec.objectives.horizons_ms)
     fu, fn = fixed_time_cuts(run.log, users, run.end, hmax, CALIBRATION_TIMES)
     on = "fixed times" if calibrate_at == "fixed" and len(fu) >= MIN_FIXED else "cuts"
+    extra = None
+    if crossfit >= 2 and train is not None and len(train[0]) and on == "fixed times":
+        extra = _out_of_fold(run, train[0][pick], zt, yt, okt, hmax, crossfit)
+        on += f" + {len(extra[0])} out-of-fold training examples"
     if on == "fixed times":  # else the validation users' training-style cuts
         step = run.spec.train.batch_size
         users, nows = fu, fn
@@ -188,6 +196,44 @@ def outcome_heads(
     z, y, ok = _vectors(run, users, nows, batches)
     heads = calibrate(
         run.space.names, tuple(int(h) for h in run.spec.objectives.horizons_ms),
-        weight, bias, z, y, ok,
+        weight, bias, z, y, ok, extra=extra,
     )  # fmt: skip
     return replace(heads, report={**heads.report, "calibrated_on": on})
+
+
+def _out_of_fold(
+    run: Run,
+    ex_users: np.ndarray,
+    zt: np.ndarray,
+    yt: np.ndarray,
+    okt: np.ndarray,
+    hmax: int,
+    folds: int,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Cross-fitted calibration data from the training users (CalibratedClassifierCV's
+    scheme): the users split into `folds` at random; each fold's users, cut at the fixed
+    times, scored by heads refitted (`refit`) on the other folds' examples (zt, yt, okt of
+    the users `ex_users`). Returns logits (N, K, Y), labels (N, K, Y), usable (N, K).
+
+    The heads never saw these users' examples; the encoder did (their vectors are in-sample
+    for it), as it saw every user of a time split's evaluation."""
+    rng = np.random.default_rng(run.spec.train.seed + 1)
+    users = np.unique(ex_users)
+    fold = np.empty(len(users), np.int64)
+    fold[rng.permutation(len(users))] = np.arange(len(users)) % folds
+    scored = np.sort(rng.permutation(users)[:CROSSFIT_USERS])
+    fu, fn = fixed_time_cuts(run.log, scored, run.end, hmax, CALIBRATION_TIMES)
+    step = run.spec.train.batch_size
+    chunks = [np.arange(i, min(i + step, len(fu))) for i in range(0, len(fu), step)]
+    z, y, ok = _vectors(run, fu, fn, chunks)
+    ex_fold, fu_fold = fold[np.searchsorted(users, ex_users)], fold[np.searchsorted(users, fu)]
+    logits = np.zeros((len(fu), yt.shape[1] * yt.shape[2]), np.float64)
+    done = np.zeros(len(fu), bool)
+    for f in range(folds):
+        rest, mine = ex_fold != f, fu_fold == f
+        if not rest.any() or not mine.any():  # one user only: nothing to score it with
+            continue
+        w, b = refit(zt[rest], yt[rest], okt[rest])
+        logits[mine] = z[mine] @ w.T.astype(np.float64) + b
+        done |= mine
+    return logits[done].reshape(-1, *y.shape[1:]), y[done], ok[done]

@@ -69,6 +69,8 @@ def _train_spec(args: argparse.Namespace) -> Any:
         spec = replace(spec, model=replace(spec.model, count_top=args.count_top))
     if getattr(args, "manner_bag", False):
         spec = replace(spec, model=replace(spec.model, manner_bag=True))
+    if getattr(args, "calibrate_crossfit", None) is not None:
+        spec = replace(spec, train=replace(spec.train, calibrate_crossfit=args.calibrate_crossfit))
     return spec
 
 
@@ -304,6 +306,14 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="the vector also reads the window's mean of each event's numeric-bin, gap and "
         "age embeddings (ModelConfig.manner_bag; see README)",
+    )
+    p.add_argument(
+        "--calibrate-crossfit",
+        type=int,
+        default=None,
+        metavar="FOLDS",
+        help="the outcome heads' calibration also sees training users, scored by heads "
+        "refitted without their fold (TrainConfig.calibrate_crossfit; default 5, 0: off)",
     )
     p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")

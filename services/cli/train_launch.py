@@ -26,11 +26,13 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         ("--max-events", args.max_events),
         ("--epochs", args.epochs),
         ("--count-top", args.count_top),
+        ("--calibrate-crossfit", getattr(args, "calibrate_crossfit", None)),
         ("--device", args.device),
         ("--checkpoint-dir", args.checkpoint_dir),
     ):
         if value is not None:
             out += [flag, str(value)]
+    out += ["--manner-bag"] if getattr(args, "manner_bag", False) else []
     return out + (["--quiet"] if args.quiet else [])
 
 

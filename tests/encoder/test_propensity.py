@@ -111,6 +111,31 @@ def test_small_cells_get_their_horizons_pooled_scaling() -> None:
     ), "the pooled scaling brings each small cell's mean towards its true rate"
 
 
+def test_cross_fitted_examples_join_the_calibration() -> None:
+    """Ten validation users cannot calibrate a cell (< 10 positives); 2,000 cross-fitted
+    training examples carrying the same planted miscalibration (a = 0.5, b = -1) can, and
+    the report's ECE stays measured on the validation users."""
+    rng = np.random.default_rng(2)
+    w, bias = np.eye(1, 4, dtype=np.float32), np.zeros(1, np.float32)  # logit = z[:, 0]
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        z = rng.normal(0.0, 2.0, size=(n, 4)).astype(np.float32)
+        y = rng.random((n, 1, 1)) < _sig(0.5 * z[:, :1, None] - 1.0)
+        return z, y, np.ones((n, 1), bool)
+
+    z, y, ok = draw(10)
+    alone = calibrate(("(any)",), (DAY,), w, bias, z, y, ok)
+    assert not alone.calibrated.any()
+    zx, yx, okx = draw(2_000)
+    logits = zx[:, :1, None].astype(np.float64)  # what heads that never saw them say
+    both = calibrate(("(any)",), (DAY,), w, bias, z, y, ok, extra=(logits, yx, okx))
+    assert both.calibrated.all() and both.report["extra_examples"] == 2_000
+    assert both.report["examples"] == 10
+    assert both.a[0, 0] == pytest.approx(0.5, abs=0.1) and both.b[0, 0] == pytest.approx(
+        -1, abs=0.2
+    )
+
+
 def test_ece_of_known_cases() -> None:
     assert reliability(np.full(50, 0.9), np.zeros(50, dtype=bool))["ece"] == pytest.approx(0.9)
     p = np.repeat([0.25, 0.75], 400)
@@ -167,6 +192,25 @@ def test_heads_are_saved_calibrated_and_reload_identically(
     p = heads.probabilities(z)
     assert p.shape == (5, len(heads.horizons_ms), len(heads.names))
     assert ((p >= 0) & (p <= 1)).all()
+
+
+def test_cross_fitting_adds_the_training_users_at_the_fixed_times(
+    tmp_path: Path, tiny_spec: TrainSpec
+) -> None:
+    """A 60-day world: enough validation users started before the fixed calibration times
+    (14-21 days before the end), so the training users' out-of-fold examples join them (the
+    default, `calibrate_crossfit` 5): 9 training users to each validation user."""
+    ds = generate(SyntheticConfig(users=500, events_per_user=30.0, days=60.0, seed=6))
+    assert tiny_spec.train.calibrate_crossfit == 5
+    version, _ = train_version(ds.events, tiny_spec, tmp_path, ds.config.end_ms, parity_n=16)
+    heads = Encoder.load(tmp_path, version).outcomes
+    assert heads is not None
+    rep = heads.report
+    assert (
+        rep["calibrated_on"]
+        == f"fixed times + {rep['extra_examples']} out-of-fold training examples"
+    )
+    assert rep["extra_examples"] > 5 * rep["examples"] > 0
 
 
 def test_uncalibrated_heads_say_so() -> None:

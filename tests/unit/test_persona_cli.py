@@ -37,3 +37,9 @@ def test_train_flags_reach_the_spec_and_the_torchrun_children() -> None:
     assert _train_spec(on).model.count_top == 16
     argv = child_argv(on)
     assert argv[argv.index("--count-top") + 1] == "16" and "--nproc" not in argv
+    more = ["train", "--synthetic", "--manner-bag", "--calibrate-crossfit", "0", "--nproc", "2"]
+    on = build_parser().parse_args(more)
+    assert _train_spec(off).train.calibrate_crossfit == 5 and not _train_spec(off).model.manner_bag
+    assert _train_spec(on).train.calibrate_crossfit == 0 and _train_spec(on).model.manner_bag
+    argv = child_argv(on)
+    assert "--manner-bag" in argv and argv[argv.index("--calibrate-crossfit") + 1] == "0"
