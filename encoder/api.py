@@ -54,6 +54,15 @@ def length_buckets(lengths: Sequence[int], max_tokens: int, max_batch: int) -> l
     return out
 
 
+# Tokens (windows x events) encoded in one forward pass. On the CPU a smaller batch keeps
+# each layer's activations in cache and in the allocator's reused heap (a 256 x 64-event
+# batch's 32 MiB feed-forward tensors are mmapped and page-faulted afresh every call):
+# 512 windows of 64 events, trained version, 2 threads (benchmarks/encode.py, 2026-12-03):
+# 2,048 tokens 2,417 users/s, 4,096 2,354, 8,192 1,696, 16,384 1,637 (medians of 4 rounds).
+CPU_MAX_TOKENS = 4_096
+CUDA_MAX_TOKENS = 16_384  # a GPU wants the larger batch (not measured here: no GPU yet)
+
+
 class Encoder:
     """A loaded model version, ready for inference."""
 
@@ -63,7 +72,7 @@ class Encoder:
         model: UserEncoder,
         tokenizer: Tokenizer,
         device: torch.device,
-        max_tokens: int = 16_384,
+        max_tokens: int | None = None,
         max_batch: int = 256,
         outcomes: OutcomeHeads | None = None,
         fuse_tables: bool = True,
@@ -77,6 +86,8 @@ class Encoder:
         self.device = device
         self.dim = model.cfg.out_dim
         self.max_events = tokenizer.config.max_events
+        if max_tokens is None:
+            max_tokens = CUDA_MAX_TOKENS if device.type == "cuda" else CPU_MAX_TOKENS
         self.max_tokens, self.max_batch = max_tokens, max_batch
 
     @classmethod
