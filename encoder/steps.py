@@ -134,6 +134,12 @@ def fixed_time_cuts(
     return np.concatenate(us), np.concatenate(nows)
 
 
+def _chunks(run: Run, n: int) -> list[np.ndarray]:
+    """Positions 0..n-1 cut into batches of the run's batch size."""
+    step = run.spec.train.batch_size
+    return [np.arange(i, min(i + step, n)) for i in range(0, n, step)]
+
+
 def _vectors(
     run: Run, users: np.ndarray, nows: np.ndarray, batches: list[np.ndarray]
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -178,9 +184,7 @@ def outcome_heads(
     if train is not None and len(train[0]):
         rng = np.random.default_rng(run.spec.train.seed)
         pick = np.sort(rng.permutation(len(train[0]))[:REFIT_EXAMPLES])
-        step = run.spec.train.batch_size
-        chunks = [np.arange(i, min(i + step, len(pick))) for i in range(0, len(pick), step)]
-        zt, yt, okt = _vectors(run, train[0][pick], train[1][pick], chunks)
+        zt, yt, okt = _vectors(run, train[0][pick], train[1][pick], _chunks(run, len(pick)))
         weight, bias = refit(zt, yt, okt)
     hmax = max(int(h) for h in run.spec.objectives.horizons_ms)
     fu, fn = fixed_time_cuts(run.log, users, run.end, hmax, CALIBRATION_TIMES)
@@ -190,9 +194,7 @@ def outcome_heads(
         extra = _out_of_fold(run, train[0][pick], zt, yt, okt, hmax, crossfit)
         on += f" + {len(extra[0])} out-of-fold training examples"
     if on == "fixed times":  # else the validation users' training-style cuts
-        step = run.spec.train.batch_size
-        users, nows = fu, fn
-        batches = [np.arange(i, min(i + step, len(users))) for i in range(0, len(users), step)]
+        users, nows, batches = fu, fn, _chunks(run, len(fu))
     z, y, ok = _vectors(run, users, nows, batches)
     heads = calibrate(
         run.space.names, tuple(int(h) for h in run.spec.objectives.horizons_ms),
@@ -223,9 +225,7 @@ def _out_of_fold(
     fold[rng.permutation(len(users))] = np.arange(len(users)) % folds
     scored = np.sort(rng.permutation(users)[:CROSSFIT_USERS])
     fu, fn = fixed_time_cuts(run.log, scored, run.end, hmax, CALIBRATION_TIMES)
-    step = run.spec.train.batch_size
-    chunks = [np.arange(i, min(i + step, len(fu))) for i in range(0, len(fu), step)]
-    z, y, ok = _vectors(run, fu, fn, chunks)
+    z, y, ok = _vectors(run, fu, fn, _chunks(run, len(fu)))
     ex_fold, fu_fold = fold[np.searchsorted(users, ex_users)], fold[np.searchsorted(users, fu)]
     logits = np.zeros((len(fu), yt.shape[1] * yt.shape[2]), np.float64)
     done = np.zeros(len(fu), bool)
