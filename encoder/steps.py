@@ -188,14 +188,14 @@ def outcome_heads(
         weight, bias = refit(zt, yt, okt)
     hmax = max(int(h) for h in run.spec.objectives.horizons_ms)
     fu, fn = fixed_time_cuts(run.log, users, run.end, hmax, CALIBRATION_TIMES)
-    on = "fixed times" if calibrate_at == "fixed" and len(fu) >= MIN_FIXED else "cuts"
-    extra = None
-    if crossfit >= 2 and train is not None and len(train[0]) and on == "fixed times":
-        extra = _out_of_fold(run, train[0][pick], zt, yt, okt, hmax, crossfit)
-        on += f" + {len(extra[0])} out-of-fold training examples"
-    if on == "fixed times":  # else the validation users' training-style cuts
+    fixed = calibrate_at == "fixed" and len(fu) >= MIN_FIXED
+    if fixed:  # else the validation users' training-style cuts
         users, nows, batches = fu, fn, _chunks(run, len(fu))
     z, y, ok = _vectors(run, users, nows, batches)
+    on, extra = "fixed times" if fixed else "cuts", None
+    if crossfit >= 2 and train is not None and len(train[0]) and fixed:
+        extra = _out_of_fold(run, train[0][pick], zt, yt, okt, hmax, crossfit)
+        on += f" + {len(extra[0])} out-of-fold training examples"
     heads = calibrate(
         run.space.names, tuple(int(h) for h in run.spec.objectives.horizons_ms),
         weight, bias, z, y, ok, extra=extra,
