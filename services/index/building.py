@@ -18,7 +18,7 @@ from services.index._built import BuiltIndex, Gather, fx
 from services.index.calibrate import ivf_rank_guess
 from services.index.config import IndexConfig, IndexKind
 from services.index.kmeans import spherical_kmeans
-from services.index.tuning import Tuner, hnsw_tuner, ivf_tuner
+from services.index.tuning import Tuner, hnsw_params, hnsw_tuner, ivf_params, ivf_tuner
 
 
 def build(
@@ -48,9 +48,10 @@ def build(
         fx.downcast_index(master.index).hnsw.efConstruction = cfg.hnsw_ef_construction
         built = BuiltIndex(master, master, kind, False, False, n)
         built.add(vectors, rows)
-        tuner = hnsw_tuner(cfg, built, vectors, rows)
         if cfg.hnsw_ef_search is not None:
-            built.params, tuner = {1: tuner.make(1, cfg.hnsw_ef_search)}, None
+            built.params = {1: hnsw_params(1, cfg.hnsw_ef_search)}
+        else:
+            tuner = hnsw_tuner(cfg, built, vectors, rows)
     if gpu_resources is not None and kind in ("flat", "ivf"):
         pinned = built.params.get(1)
         built.index = faiss.index_cpu_to_gpu(gpu_resources, 0, built.master)
@@ -86,7 +87,7 @@ def _build_ivf(
         built.gather = gather
     built.kmeans_iterations = centroids.iterations
     if cfg.ivf_nprobe is not None:
-        built.params = {1: fx.SearchParametersIVF(nprobe=min(cfg.ivf_nprobe, nlist))}
+        built.params = {1: ivf_params(1, min(cfg.ivf_nprobe, nlist))}
         return built, None
     guess = ivf_rank_guess(ivf.quantizer, list_of, nlist, cfg.recall_target)
     return built, ivf_tuner(cfg, built, vectors, rows, guess, nlist)

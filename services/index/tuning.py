@@ -77,21 +77,25 @@ class Tuner:
         b.calibration = cal
 
 
+def ivf_params(k: int, nprobe: int) -> Any:
+    """faiss's search parameters of an IVF search of k with `nprobe` lists."""
+    return fx.SearchParametersIVF(nprobe=nprobe)
+
+
+def hnsw_params(k: int, ef: int) -> Any:
+    """faiss's search parameters of an HNSW search of k (efSearch never below k)."""
+    p = fx.SearchParametersHNSW()
+    p.efSearch = max(ef, k)
+    return p
+
+
 def ivf_tuner(cfg: IndexConfig, built: BuiltIndex, vectors: np.ndarray, rows: np.ndarray,
               guess: Guess, nlist: int) -> Tuner:  # fmt: skip
-    def make(k: int, nprobe: int) -> Any:
-        return fx.SearchParametersIVF(nprobe=nprobe)
-
-    return Tuner(cfg, built, vectors, rows, guess, nlist, make)
+    return Tuner(cfg, built, vectors, rows, guess, nlist, ivf_params)
 
 
 def hnsw_tuner(cfg: IndexConfig, built: BuiltIndex, vectors: np.ndarray, rows: np.ndarray) -> Tuner:
-    def make(k: int, ef: int) -> Any:
-        p = fx.SearchParametersHNSW()
-        p.efSearch = max(ef, k)
-        return p
-
-    return Tuner(cfg, built, vectors, rows, min(cfg.recall_ks), HNSW_MAX_EF, make)
+    return Tuner(cfg, built, vectors, rows, min(cfg.recall_ks), HNSW_MAX_EF, hnsw_params)
 
 
 def _reranked(built: BuiltIndex, queries: np.ndarray, k: int, params: Any) -> np.ndarray:
