@@ -85,7 +85,7 @@ class TrainConfig:
     # >= 2: the calibration also sees training users at the same fixed times, scored by
     # heads refitted without their fold (cross-fitting; `steps._out_of_fold`); 0: off.
     # Instacart: held-out ECE 0.043 -> 0.040 (its 59 validation users alone are few);
-    # synthetic seed 1: 0.029 -> 0.030 (within noise). See README "Outcome propensities".
+    # synthetic seed 1: 0.0293 -> 0.0294 (noise). See README "Outcome propensities".
     calibrate_crossfit: int = 5
     # fit the short-term head (`encoder/shortterm_fit.py`) on the final encoder and keep it
     # in the version: serving adds what the events since the last refresh change
