@@ -8,10 +8,13 @@ round's ratios and its own matmul peak are what to compare):
 - reference: the same windows and weights through the reference forward the fast paths
   replace (event-by-event tokenising, one lookup per table, `nn.TransformerEncoder` with
   causal and key-padding masks);
-- naive: one user at a time through the batch path.
+- naive: one user at a time through the batch path;
+- compiled (CPU, when a C++ compiler is present): the batch path with its Transformer
+  layers compiled (`Encoder(compile=True)`, `encoder/compiled.py`).
 
 Prints users/s, the useful FLOP/s against a 2048^2 matmul measured in the same round (the
-machine's practical peak), and the median of the per-round batch / reference ratios. On a
+machine's practical peak), and the medians of the per-round batch / reference and
+compiled / batch ratios. On a
 GPU (when present) the same on CUDA with bf16 autocast.
 
     .venv/bin/python benchmarks/encode.py [--users 256] [--rounds 3] [--models DIR]
@@ -104,10 +107,20 @@ def timed(fn: object) -> float:
     return time.perf_counter() - t0
 
 
-def bench(enc: Encoder, windows: list[list[Event]], now: int, naive_n: int) -> dict[str, float]:
+def copy_of(enc: Encoder, compile: bool) -> Encoder:
+    """Another encoder of the same weights (compiled when asked: encoder/compiled.py)."""
+    model = UserEncoder(enc.model.tok, enc.model.cfg)
+    model.load_state_dict(enc.model.state_dict())
+    return Encoder(enc.version, model, enc.tokenizer, enc.device, compile=compile)
+
+
+def bench(
+    paths: dict[str, Encoder], windows: list[list[Event]], now: int, naive_n: int
+) -> dict[str, float]:
+    """users/s of each path (the encoders take turns), of `naive`, and the matmul peak."""
+    enc = paths["batch"]
     dev = enc.device
-    ref = reference_encoder(enc)
-    for e in (enc, ref):
+    for e in paths.values():
         e.encode(windows[:8], now)  # warm up
 
     def run(e: Encoder) -> None:
@@ -121,13 +134,8 @@ def bench(enc: Encoder, windows: list[list[Event]], now: int, naive_n: int) -> d
         _sync(dev)
 
     peak = matmul_peak(dev, torch.bfloat16 if dev.type == "cuda" else torch.float32)
-    batch_s, ref_s, naive_s = timed(lambda: run(enc)), timed(lambda: run(ref)), timed(naive)
-    return {
-        "batch_ups": len(windows) / batch_s,
-        "ref_ups": len(windows) / ref_s,
-        "naive_ups": naive_n / naive_s,
-        "peak": peak,
-    }
+    out = {name: len(windows) / timed(lambda e=e: run(e)) for name, e in paths.items()}
+    return {**out, "naive": naive_n / timed(naive), "peak": peak}
 
 
 def main() -> None:
@@ -158,18 +166,31 @@ def main() -> None:
             f" model d={cfg.d_model} layers={cfg.n_layers} heads={cfg.n_heads}, reads the"
             f" newest {enc.max_events} events ({enc.version}), {fl / 1e6:.1f} MFLOP/user"
         )
+        paths = {"batch": enc, "reference": reference_encoder(enc)}
+        if enc.device.type == "cpu":
+            t0 = time.perf_counter()
+            fast = copy_of(enc, compile=True)
+            if fast.compiled:
+                paths = {"compiled": fast, **paths}
+                print(f"compiled path: layers compiled in {time.perf_counter() - t0:.1f} s")
+            else:
+                print("compiled path: not compiled (see the warning); left out")
         print(
             f"{'round':>5s} {'path':9s} {'users/s':>9s} {'GFLOP/s':>8s} {'peak':>6s} {'% peak':>7s}"
         )
-        ratios = []
+        ratios: dict[str, list[float]] = {"batch / reference": [], "compiled / batch": []}
         for rnd in range(1, args.rounds + 1):
-            r = bench(enc, windows, now, naive_n=min(len(windows), 64))
-            for path in ("batch", "ref", "naive"):
-                ups = r[f"{path}_ups"]
+            r = bench(paths, windows, now, naive_n=min(len(windows), 64))
+            for path in (*paths, "naive"):
+                ups = r[path]
                 gf, pk = ups * fl / 1e9, r["peak"] / 1e9
                 print(f"{rnd:5d} {path:9s} {ups:8.1f} {gf:8.2f} {pk:8.1f} {100 * gf / pk:7.1f}%")
-            ratios.append(r["batch_ups"] / r["ref_ups"])
-        print(f"batch / reference, median of {len(ratios)} rounds: {np.median(ratios):.2f}x")
+            ratios["batch / reference"].append(r["batch"] / r["reference"])
+            if "compiled" in r:
+                ratios["compiled / batch"].append(r["compiled"] / r["batch"])
+        for name, rs in ratios.items():
+            if rs:
+                print(f"{name}, median of {len(rs)} rounds: {np.median(rs):.2f}x")
 
 
 if __name__ == "__main__":

@@ -169,7 +169,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from encoder.eventlog import build_log
     from encoder.io import iter_events, write_vectors
 
-    enc = Encoder.load(args.models, args.model, args.device)
+    enc = Encoder.load(args.models, args.model, args.device, args.compile)
     evlog = build_log(iter_events(args.events), enc.tokenizer)
     if not evlog.n_events:
         log.error("no events in %s", args.events)
@@ -347,6 +347,12 @@ def register(subparsers: Any) -> None:
     p.add_argument("--model", default=None, help="version (default: active)")
     p.add_argument("--now-ms", type=int, default=None, help="encode time (default: newest event)")
     p.add_argument("--device", default=None, help="cpu / cuda (default: cuda when present)")
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="compile the encoder's layers (CPU: ~1.4x the encode rate after seconds of"
+        " compiling; needs a C++ compiler)",
+    )
     add_models_arg(p)
     p.set_defaults(func=guarded(cmd_encode))
 

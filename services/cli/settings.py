@@ -145,6 +145,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("refresh.dtype", "VECTOR_DTYPE"),
     S("refresh.embeddings_topic", "EMBEDDINGS_TOPIC"),
     S("refresh.device", "DEVICE", none_if=("",)),
+    S("refresh.compile", "ENCODER_COMPILE"),
     S("refresh.backfill_batch", "REFRESH_BACKFILL_BATCH"),
     S("refresh.follow_registry", "REFRESH_FOLLOW_REGISTRY"),
     S("refresh.max_publish_wait_s", "REFRESH_MAX_PUBLISH_WAIT_S"),

@@ -25,6 +25,10 @@ class RefreshConfig:
         dtype: value encoding in the store.
         embeddings_topic: the update log.
         device: encoder device ("cpu", "cuda"); None: CUDA when present.
+        compile: compile the encoder's layers on the CPU (`encoder/compiled.py`: ~1.4x the
+            encode rate, seconds per version loaded, needs a C++ compiler; without one, or
+            on CUDA, a warning and the eager layers). Off here (tests and the embedded
+            stack load many versions); the CPU refresher of k8s/ sets it.
         backfill_batch: users per back-fill chunk (chunks interleave with dirty passes).
         follow_registry: start a cutover when the registry's ACTIVE changes (see cutover.py).
         max_publish_wait_s: flush timeout of the update-log producer per batch.
@@ -66,6 +70,7 @@ class RefreshConfig:
     dtype: Literal["float32", "float16"] = "float32"
     embeddings_topic: str = topics.EMBEDDINGS
     device: str | None = None
+    compile: bool = False
     backfill_batch: int = 1024
     follow_registry: bool = True
     max_publish_wait_s: float = 30.0

@@ -22,19 +22,21 @@ class EncoderCache:
     """`get(version)` loads a version from the registry once and keeps it; `keep(versions)`
     drops the ones no longer written (a retired version frees its memory)."""
 
-    def __init__(self, models_dir: Path, device: str | None = None) -> None:
+    def __init__(self, models_dir: Path, device: str | None = None, compile: bool = False) -> None:
         self.models_dir = Path(models_dir)
         self.device = device
+        self.compile = compile  # compile each loaded version's layers (CPU; encoder/compiled.py)
         self._loaded: dict[str, Encoder] = {}
 
     def get(self, version: str) -> Encoder:
         enc = self._loaded.get(version)
         if enc is None:
             try:
-                enc = Encoder.load(self.models_dir, version, self.device)
+                enc = Encoder.load(self.models_dir, version, self.device, self.compile)
             except Exception as exc:
                 raise ModelLoadError(f"model {version} from {self.models_dir}: {exc}") from exc
-            log.info("loaded model %s on %s (dim %d)", version, enc.device, enc.dim)
+            log.info("loaded model %s on %s (dim %d%s)", version, enc.device, enc.dim,
+                     ", compiled" if enc.compiled else "")  # fmt: skip
             self._loaded[version] = enc
         return enc
 

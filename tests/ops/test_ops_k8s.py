@@ -22,6 +22,7 @@ from typing import Any
 
 import pytest
 
+from services.cli import settings
 from tests.ops.support import K8S, RUNTIME_ENV, env_vars_read_by_code, parse_persona, yaml_docs
 
 CRDS = K8S / "crds"
@@ -175,7 +176,7 @@ def test_serving_runs_one_process_per_requested_core() -> None:
     assert procs > 1 and procs == int(c["resources"]["requests"]["cpu"])
 
 
-def test_gpu_placement_and_cpu_variant() -> None:
+def test_gpu_placement_and_cpu_variant(monkeypatch: pytest.MonkeyPatch) -> None:
     deps = _by_kind("Deployment")
     gpu = deps["persona-refresh"]["spec"]["template"]["spec"]
     (c,) = gpu["containers"]
@@ -187,6 +188,10 @@ def test_gpu_placement_and_cpu_variant() -> None:
     (cc,) = cpu["containers"]
     assert "nvidia.com/gpu" not in cc["resources"]["limits"]
     assert {"name": "PERSONA_DEVICE", "value": "cpu"} in cc["env"]
+    # the CPU refresher compiles its encoder's layers, and the setting it sets parses
+    assert {"name": "PERSONA_ENCODER_COMPILE", "value": "true"} in cc["env"]
+    monkeypatch.setenv("PERSONA_ENCODER_COMPILE", "true")
+    assert settings.load().refresh.compile is True
 
 
 def test_refreshers_scale_by_replicas_in_one_share_group() -> None:

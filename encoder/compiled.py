@@ -1,0 +1,107 @@
+"""The encoder's Transformer layers compiled for the CPU (TorchInductor, frozen weights).
+
+    from encoder.compiled import compile_layers
+    compile_layers(model)  # True: model.layers now runs the compiled graph
+
+Frozen: the weights become constants of the compiled graph (Inductor's `freezing`), which
+lets it pack them for oneDNN and fuse the bias, ReLU and residual adds into the matmuls
+instead of a pass over each activation tensor for each. The layers are most of an encode
+(per the profiler, the matmuls and attention ~85 %); measured in `benchmarks/encode.py`.
+Inference only: a frozen graph never sees later changes to the weights, so only an
+`Encoder` (whose model is never trained again) compiles.
+
+One graph serves every batch: batch size and window length are symbolic. Batches of one
+window or one event run the eager layers (Dynamo specialises sizes 0 and 1: each would
+compile a graph of its own, for the cheapest batches there are).
+
+Compiling needs a C++ compiler (``$CXX``, else ``g++``; the CPU image installs one) and
+takes seconds to tens of seconds once per process and version (Inductor's cache, under
+``$TORCHINDUCTOR_CACHE_DIR`` or the temp dir, shortens it for the next process). When it
+fails, a warning, and the model keeps its eager layers: an encoder is never lost to it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import types
+from collections.abc import Callable
+
+import torch
+import torch._dynamo
+import torch._inductor.config
+
+from encoder.model import UserEncoder
+
+log = logging.getLogger(__name__)
+
+# torch documents these where they live, in its private modules
+_mark_dynamic = torch._dynamo.mark_dynamic  # noqa: SLF001
+_inductor_config = torch._inductor.config  # noqa: SLF001
+# Patched around every call, not passed as torch.compile(options=...): there `freezing` is
+# ignored (measured: addmm and bias copies again). One compiling thread: Inductor may keep
+# a pool of compile worker processes when it compiles with more.
+_INDUCTOR = {"freezing": True, "compile_threads": 1}
+
+
+class CompiledLayers:
+    """Callable in place of `UserEncoder.layers`: the compiled graph for batches of at least
+    2 windows and 2 events, the eager layers otherwise. (B, T, D) -> (B, T, D)."""
+
+    def __init__(self, eager: Callable[[torch.Tensor], torch.Tensor]) -> None:
+        self.eager = eager
+        self.own = _own_code(eager)  # what Dynamo compiles (its graphs live on its code)
+        self.graph = torch.compile(self.own, dynamic=False)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[0] < 2 or x.shape[1] < 2:
+            return self.eager(x)
+        _mark_dynamic(x, 0)  # batch size
+        _mark_dynamic(x, 1)  # window length
+        with _inductor_config.patch(_INDUCTOR):
+            out: torch.Tensor = self.graph(x)
+        return out
+
+
+def _own_code(method: Callable[..., torch.Tensor]) -> types.MethodType:
+    """The bound method again, over a copy of its code object. Dynamo keeps compiled graphs
+    (and their frozen weights) on the code object: on the class's shared one they would
+    outlive the encoder (a refresher loads a version at each cutover); on a copy they go
+    with it."""
+    assert isinstance(method, types.MethodType)
+    f = method.__func__
+    code = f.__code__.replace()  # an equal, separate code object
+    g = types.FunctionType(code, f.__globals__, f.__name__, f.__defaults__, f.__closure__)
+    return types.MethodType(g, method.__self__)
+
+
+def compiler() -> str | None:
+    """The C++ compiler Inductor would call, or None when there is none."""
+    return shutil.which(os.environ.get("CXX") or "g++")
+
+
+def compile_layers(model: UserEncoder) -> bool:
+    """Compile the model's Transformer layers (CPU, inference) and warm them on a small
+    batch, checked against the eager layers. Returns False, with a warning, when there is
+    no compiler or compiling fails; the model is then unchanged."""
+    if model.training or model.pos.weight.device.type != "cpu":
+        raise ValueError("compile_layers: a CPU model in eval mode (inference only)")
+    if compiler() is None:
+        log.warning("encoder compile: no C++ compiler ($CXX or g++): eager layers")
+        return False
+    layers = CompiledLayers(model.layers)
+    # distinct sizes: Dynamo gives equal sizes one symbol, and a graph for B == T only
+    try:
+        with torch.inference_mode():  # as `Encoder` calls it (its tensors are inference ones)
+            x = torch.randn(3, 5, model.cfg.d_model)
+            got, want = layers(x), model.layers(x)
+    except Exception as exc:  # any compiler failure: the eager layers
+        log.warning("encoder compile failed, eager layers: %s", str(exc).splitlines()[0])
+        return False
+    if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
+        err = float((got - want).abs().max())
+        log.warning("encoder compile: output differs from eager by %.2g: eager layers", err)
+        return False
+    model.layers = layers  # type: ignore[method-assign]
+    return True

@@ -1,0 +1,102 @@
+"""Compiled encoder layers (encoder/compiled.py): the same vectors as the eager layers for
+every batch shape, one graph for all of them, and eager layers when compiling cannot work."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+from encoder import compiled
+from encoder.api import Encoder
+from encoder.features import discover
+from encoder.model import ModelConfig, UserEncoder
+from encoder.synthetic import SyntheticConfig, generate
+from encoder.tokenizer import Tokenizer, TokenizerConfig
+
+needs_compiler = pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")
+
+
+@pytest.fixture(scope="module")
+def setup():  # type: ignore[no-untyped-def]
+    ds = generate(SyntheticConfig(users=40, events_per_user=30.0, seed=3))
+    tok = TokenizerConfig(features=discover(ds.events), max_events=64)
+    torch.manual_seed(0)
+    model = UserEncoder(tok, ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_events=64))
+    windows = [w for _, w in sorted(ds.windows(64).items())]
+    return model.eval(), tok, windows, ds.config.end_ms
+
+
+def _encoder(setup, compile: bool, **kw) -> Encoder:  # type: ignore[no-untyped-def]
+    model, tok, _, _ = setup
+    fresh = UserEncoder(tok, model.cfg)
+    fresh.load_state_dict(model.state_dict())
+    return Encoder("v", fresh, Tokenizer(tok), torch.device("cpu"), compile=compile, **kw)
+
+
+@needs_compiler
+def test_compiled_layers_encode_what_the_eager_ones_do(  # type: ignore[no-untyped-def]
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    _, _, windows, now = setup
+    eager = _encoder(setup, compile=False)
+    fast = _encoder(setup, compile=True, max_tokens=256)
+    assert fast.compiled and not eager.compiled
+    assert isinstance(fast.model.layers, compiled.CompiledLayers)
+    rng = np.random.default_rng(0)
+    # every batch shape: ragged lengths 1..64, one window, one event each, an empty window
+    batches = [
+        [w[-int(rng.integers(1, 65)) :] for w in windows],
+        windows[:1],
+        [w[-1:] for w in windows[:5]],
+        [windows[0], [], windows[1][-3:]],
+        windows,
+    ]
+    for ws in batches:
+        np.testing.assert_allclose(fast.encode(ws, now), eager.encode(ws, now), atol=1e-5, rtol=0)
+    # batch size and length are symbolic: every batch above ran one compiled graph
+    code = fast.model.layers.own.__func__.__code__
+    assert code is not UserEncoder.layers.__code__  # its graphs go with this encoder
+    assert len(_debug_get_cache_entry_list(code)) == 1
+
+
+def test_no_compiler_keeps_the_eager_layers(  # type: ignore[no-untyped-def]
+    setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    with caplog.at_level(logging.WARNING, logger="encoder.compiled"):
+        enc = _encoder(setup, compile=True)
+    assert not enc.compiled and not isinstance(enc.model.layers, compiled.CompiledLayers)
+    assert "no C++ compiler" in caplog.text
+    _, _, windows, now = setup
+    np.testing.assert_array_equal(
+        enc.encode(windows, now), _encoder(setup, compile=False).encode(windows, now)
+    )
+
+
+def test_a_failing_compile_keeps_the_eager_layers(  # type: ignore[no-untyped-def]
+    setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def broken(fn, **kw):  # type: ignore[no-untyped-def]
+        def run(x):  # type: ignore[no-untyped-def]
+            raise RuntimeError("InductorError: C++ compile error\nmore lines")
+
+        return run
+
+    monkeypatch.setattr(compiled.torch, "compile", broken)
+    monkeypatch.setattr(compiled, "compiler", lambda: "/usr/bin/g++")
+    with caplog.at_level(logging.WARNING, logger="encoder.compiled"):
+        enc = _encoder(setup, compile=True)
+    assert not enc.compiled and "C++ compile error" in caplog.text
+    assert "more lines" not in caplog.text  # the first line only
+
+
+def test_compile_refuses_a_model_in_training_mode(setup) -> None:  # type: ignore[no-untyped-def]
+    model, tok, _, _ = setup
+    with pytest.raises(ValueError, match="eval mode"):
+        compiled.compile_layers(UserEncoder(tok, model.cfg).train())
