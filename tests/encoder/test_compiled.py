@@ -100,3 +100,19 @@ def test_compile_refuses_a_model_in_training_mode(setup) -> None:  # type: ignor
     model, tok, _, _ = setup
     with pytest.raises(ValueError, match="eval mode"):
         compiled.compile_layers(UserEncoder(tok, model.cfg).train())
+
+
+@needs_compiler
+def test_refresh_loads_versions_compiled_when_asked(  # type: ignore[no-untyped-def]
+    registry_with_two, small_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from services.refresh.encoders import EncoderCache
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    models, v1, _ = registry_with_two
+    fast = EncoderCache(models, "cpu", compile=True).get(v1)
+    plain = EncoderCache(models, "cpu").get(v1)
+    assert fast.compiled and not plain.compiled
+    windows = list(small_data.windows(64).values())
+    now = small_data.config.end_ms
+    np.testing.assert_allclose(fast.encode(windows, now), plain.encode(windows, now), atol=1e-5)
