@@ -35,6 +35,7 @@ from encoder.synthetic_lifecycle import LEN, RATE, sessions, sigmoid, state_at, 
 
 DAY_MS = 86_400_000
 HOUR_MS = 3_600_000
+SYNTHETIC_FUTURE_MS = 14 * DAY_MS  # the future drawn past end_ms (`future_events`, outcomes)
 
 Lifecycle = Literal["new", "engaged", "fading", "churned"]
 LIFECYCLES: tuple[Lifecycle, ...] = ("new", "engaged", "fading", "churned")
@@ -373,7 +374,7 @@ def generate(cfg: SyntheticConfig) -> SyntheticDataset:
     events: list[Event] = []
     future: list[Event] = []
     truth: dict[str, UserTruth] = {}
-    end_future_ms = cfg.end_ms + 14 * DAY_MS
+    end_future_ms = cfg.end_ms + SYNTHETIC_FUTURE_MS
     for i, (rng, plan) in enumerate(zip(rngs, plans, strict=True)):
         uid = f"u{cfg.first_user + i:06d}"
         rows, converts, lifecycle = _user_events(rng, cfg, world, names, uid, plan, rate_scale)

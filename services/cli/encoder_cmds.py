@@ -101,7 +101,7 @@ def _train(args: argparse.Namespace, where: Any) -> int:
     from encoder.features import Profile
     from encoder.io import events_source
     from encoder.release import file_sha256, train_version
-    from encoder.synthetic import SyntheticConfig, generate
+    from encoder.synthetic import SYNTHETIC_FUTURE_MS, SyntheticConfig, generate
 
     spec = _train_spec(args)
     extra: dict[str, Any] = {}
@@ -126,11 +126,16 @@ def _train(args: argparse.Namespace, where: Any) -> int:
                 file=sys.stderr,
             )
     else:
+        # The world's events through its 14 days after end_ms (`future_events`): the data
+        # ends where the outcomes of held-out users scored at end_ms are read, so the
+        # calibration's fixed-time cuts include that moment (README, outcome propensities)
         cfg = SyntheticConfig(users=args.users, seed=args.seed)
-        source = generate(cfg).events
-        end = cfg.end_ms
+        ds = generate(cfg)
+        source = sorted(ds.events + ds.future_events, key=lambda e: e.sort_key())
+        end = cfg.end_ms + SYNTHETIC_FUTURE_MS
         extra.update(
-            source=f"synthetic(users={cfg.users}, seed={cfg.seed})", source_kind="synthetic"
+            source=f"synthetic(users={cfg.users}, seed={cfg.seed}, through end + 14 d)",
+            source_kind="synthetic",
         )
     try:
         version, metrics = train_version(
