@@ -15,7 +15,7 @@ N times with drift off and N times on, taking turns (a loaded machine's noise fa
 alike); it prints the median users/s of each and the drift observed.
 
     .venv/bin/python benchmarks/refresh.py [--users 4000] [--events-per-user 60] [--single]
-        [--drift-rounds 3]
+        [--drift-rounds 3] [--compile]
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from encoder.api import Encoder
 from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, generate
-from encoder.tokenizer import TokenizerConfig
+from encoder.tokenizer import Tokenizer, TokenizerConfig
 from services.common import kafka as kafka_clients
 from services.config import KafkaConfig, WindowConfig
 from services.refresh.config import RefreshConfig
@@ -90,16 +90,20 @@ def main() -> None:
     ap.add_argument("--single", action="store_true", help="one Valkey node, not a cluster")
     ap.add_argument("--models", type=Path, default=None, help="registry (default: untrained)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument(
+        "--compile", action="store_true", help="compile the encoder's layers (encoder/compiled.py)"
+    )
     ap.add_argument("--drift-rounds", type=int, default=0, help="passes with drift off / on")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.models:
-        enc = Encoder.load(args.models)
+        enc = Encoder.load(args.models, compile=args.compile)
     else:
         torch.manual_seed(args.seed)
         tok = TokenizerConfig(features=discover(generate(SyntheticConfig(users=200)).events))
         model = UserEncoder(tok, ModelConfig(dropout=0.0))
-        enc = Encoder.from_model(model, version="vbench")
+        cpu = torch.device("cpu")
+        enc = Encoder("vbench", model, Tokenizer(tok), cpu, compile=args.compile)
     with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:
         a = stack.addresses
         client = connect(a.redis)
@@ -154,7 +158,8 @@ def main() -> None:
     store = "3-node Valkey cluster" if not args.single else "1 Valkey node"
     print(
         f"\n{n} users, mean window {mean_len:.0f} events, batch {args.batch_size}, "
-        f"{store}, Tansu, {enc.device} ({torch.get_num_threads()} threads)\n"
+        f"{store}, Tansu, {enc.device} ({torch.get_num_threads()} threads)"
+        f"{', compiled layers' if enc.compiled else ''}\n"
     )
     print("| path | seconds | users/s | vs encoder alone |")
     print("| --- | ---: | ---: | ---: |")
