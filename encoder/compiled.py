@@ -97,7 +97,8 @@ def compile_layers(model: UserEncoder) -> bool:
             x = torch.randn(3, 5, model.cfg.d_model)
             got, want = layers(x), model.layers(x)
     except Exception as exc:  # any compiler failure: the eager layers
-        log.warning("encoder compile failed, eager layers: %s", str(exc).splitlines()[0])
+        first = (str(exc).splitlines() or [type(exc).__name__])[0]
+        log.warning("encoder compile failed, eager layers: %s", first)
         return False
     if not torch.allclose(got, want, rtol=1e-4, atol=1e-4):
         err = float((got - want).abs().max())
