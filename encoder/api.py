@@ -109,7 +109,7 @@ class Encoder:
     ) -> Encoder:
         """Load `version` (None: the active one) from the registry; a version whose files do
         not match its manifest is refused (RegistryError). `compile`: compile the layers on
-        the CPU (`encoder/compiled.py`; seconds at load, ~1.4x the encode rate)."""
+        the CPU (`encoder/compiled.py`; seconds at load, ~1.3x the encode rate)."""
         v = registry.open_version(Path(models_dir), version)
         folder = Path(models_dir) / v
         try:

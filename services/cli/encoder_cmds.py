@@ -355,7 +355,7 @@ def register(subparsers: Any) -> None:
     p.add_argument(
         "--compile",
         action="store_true",
-        help="compile the encoder's layers (CPU: ~1.4x the encode rate after seconds of"
+        help="compile the encoder's layers (CPU: ~1.3x the encode rate after seconds of"
         " compiling; needs a C++ compiler)",
     )
     add_models_arg(p)

@@ -46,7 +46,7 @@ def register(sub: Any) -> None:
         "refresh.compile",
         "--compile",
         const=True,
-        help="compile the encoder's layers (CPU: ~1.4x the encode rate, seconds per version"
+        help="compile the encoder's layers (CPU: ~1.3x the encode rate, seconds per version"
         " loaded; needs a C++ compiler)",
     )
     setting_flag(p, "refresh.embeddings_topic", "--embeddings-topic", metavar="TOPIC")

@@ -84,6 +84,8 @@ def test_precedence_flag_then_env_then_default(monkeypatch: pytest.MonkeyPatch) 
     assert (args.settings.refresh.batch_size, args.batch_size) == (64, 64)
     assert parse(["refresh", "--batch-size", "8"]).settings.refresh.batch_size == 8
     assert parse(["refresh", "--float16"]).settings.refresh.dtype == "float16"
+    assert parse(["refresh"]).settings.refresh.compile is False
+    assert parse(["refresh", "--compile"]).settings.refresh.compile is True
     assert parse(["refresh", "--ttl-s", "0"]).settings.refresh.ttl_s is None
     monkeypatch.setenv("PERSONA_TOPIC", "t")
     s = parse(["ingest"]).settings.kafka
