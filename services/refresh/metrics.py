@@ -54,6 +54,7 @@ class RefreshMetrics:
     unknown_properties: Counter
     drift: Histogram  # labels: version
     norm_ratio: Gauge  # labels: version
+    encoder_compiled: Gauge  # labels: version
 
 
 def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
@@ -165,6 +166,14 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
             "persona_refresh_vector_norm_ratio",
             "Mean vector length of the last refresh batch over that of the version's parity"
             " sample (its training windows); 1 = as in training",
+            ["version"],
+            registry=registry,
+        ),
+        encoder_compiled=Gauge(
+            "persona_refresh_encoder_compiled",
+            "With PERSONA_ENCODER_COMPILE: 1 when the version's encoder runs compiled layers,"
+            " 0 when compiling failed and it runs the eager ones (slower; the log says why);"
+            " absent when compiling was not asked",
             ["version"],
             registry=registry,
         ),

@@ -293,11 +293,15 @@ class Refresher:
         return Prepared(writes, flat, started=t0, span=span)
 
     def _describe(self, versions: Sequence[str]) -> None:
-        """Record each version's score columns in the store once, before its first vector
-        with scores is written (serving names the columns from it)."""
+        """Once per version, before its first batch: record its score columns in the store
+        (serving names the columns from them) and, when compiling was asked, whether its
+        encoder runs compiled (metric)."""
         for ver in versions:
             if ver not in self._described:
-                heads = self.encoders.get(ver).outcomes
+                enc = self.encoders.get(ver)
+                if self.metrics and self.encoders.compile:
+                    self.metrics.encoder_compiled.labels(version=ver).set(float(enc.compiled))
+                heads = enc.outcomes
                 if heads is not None:
                     cols = heads.columns_json(self.cfg.audiences)
                     self.vectors.set_score_columns(ver, cols)

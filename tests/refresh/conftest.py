@@ -91,7 +91,7 @@ class Env:
             self.windows,
             VectorStore(self.client, cfg.history, cfg.ttl_s, cfg.dtype),
             pub,
-            EncoderCache(self.models, "cpu"),
+            EncoderCache(self.models, "cpu", cfg.compile),
             metrics,
         )
 

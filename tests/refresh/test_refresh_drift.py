@@ -112,3 +112,31 @@ def test_observe_matches_users_by_id_and_skips_those_without_a_previous_vector(
     assert reg.get_sample_value(DRIFT + "_sum", {"version": "v1-d"}) == pytest.approx(1.0)
     ratio = reg.get_sample_value("persona_refresh_vector_norm_ratio", {"version": "v1-d"})
     assert ratio == pytest.approx((1 + 1 + 1 + 4) / 4 / 2)
+
+
+@pytest.mark.integration
+def test_the_compiled_metric_says_whether_each_version_runs_compiled(
+    env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With compiling asked: 1 for a version whose layers compiled, 0 for one that fell back
+    to the eager layers (no compiler), and the users are refreshed either way; without it:
+    no series."""
+    from encoder.compiled import compiler
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    users = [f"u{i:03d}" for i in range(40)]
+    name, lbl = "persona_refresh_encoder_compiled", {"version": env.v1}
+    cases: list[tuple[bool, str | None, float | None]] = [(False, None, None)]
+    if compiler() is not None:
+        cases.append((True, None, 1.0))
+    cases.append((True, "/nonexistent/c++", 0.0))
+    for i, (compile_, cxx, want) in enumerate(cases):
+        if cxx is not None:
+            monkeypatch.setenv("CXX", cxx)
+        add_events(env.windows, users, 2, seed=3 + i, offset0=10_000 * i)  # dirty again
+        reg = CollectorRegistry()
+        cfg = RefreshConfig(embeddings_topic=env.topic, batch_size=64, compile=compile_)
+        env.refresher(cfg, refresh_metrics(reg)).run(threading.Event(), until_idle=True)
+        assert reg.get_sample_value(name, lbl) == want
+        written = reg.get_sample_value("persona_refresh_vectors_written_total")
+        assert written == len(users)
