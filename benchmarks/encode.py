@@ -112,10 +112,10 @@ def timed(fn: object) -> float:
 
 
 def copy_of(enc: Encoder, compile: bool) -> Encoder:
-    """Another encoder of the same weights (compiled when asked: encoder/compiled.py)."""
+    """Another CPU encoder of the same weights (compiled when asked: encoder/compiled.py)."""
     model = UserEncoder(enc.model.tok, enc.model.cfg)
     model.load_state_dict(enc.model.state_dict())
-    return Encoder(enc.version, model, enc.tokenizer, enc.device, compile=compile)
+    return Encoder.from_model(model, enc.version, compile=compile)
 
 
 def bench(

@@ -41,7 +41,7 @@ from encoder.api import Encoder
 from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, generate
-from encoder.tokenizer import Tokenizer, TokenizerConfig
+from encoder.tokenizer import TokenizerConfig
 from services.common import kafka as kafka_clients
 from services.config import KafkaConfig, WindowConfig
 from services.refresh.config import RefreshConfig
@@ -102,8 +102,7 @@ def main() -> None:
         torch.manual_seed(args.seed)
         tok = TokenizerConfig(features=discover(generate(SyntheticConfig(users=200)).events))
         model = UserEncoder(tok, ModelConfig(dropout=0.0))
-        cpu = torch.device("cpu")
-        enc = Encoder("vbench", model, Tokenizer(tok), cpu, compile=args.compile)
+        enc = Encoder.from_model(model, version="vbench", compile=args.compile)
     with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:
         a = stack.addresses
         client = connect(a.redis)

@@ -127,9 +127,15 @@ class Encoder:
 
     @classmethod
     def from_model(
-        cls, model: UserEncoder, version: str = "unsaved", outcomes: OutcomeHeads | None = None
+        cls,
+        model: UserEncoder,
+        version: str = "unsaved",
+        outcomes: OutcomeHeads | None = None,
+        compile: bool = False,
     ) -> Encoder:
-        return cls(version, model, Tokenizer(model.tok), pick_device("cpu"), outcomes=outcomes)
+        """An in-memory model on the CPU (`compile`: as in `load`)."""
+        tok = Tokenizer(model.tok)
+        return cls(version, model, tok, pick_device("cpu"), outcomes=outcomes, compile=compile)
 
     def encode(self, windows: Sequence[Sequence[Event]], now_ms: int | Sequence[int]) -> np.ndarray:
         """Vectors for windows (each oldest first; the last `max_events` are used).

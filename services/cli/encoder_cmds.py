@@ -128,10 +128,12 @@ def _train(args: argparse.Namespace, where: Any) -> int:
     else:
         # The world's events through its 14 days after end_ms (`future_events`): the data
         # ends where the outcomes of held-out users scored at end_ms are read, so the
-        # calibration's fixed-time cuts include that moment (README, outcome propensities)
+        # calibration's fixed-time cuts include that moment (README, outcome propensities).
+        # Both lists are in window order and every future event is after end_ms: the
+        # concatenation is in window order already.
         cfg = SyntheticConfig(users=args.users, seed=args.seed)
         ds = generate(cfg)
-        source = sorted(ds.events + ds.future_events, key=lambda e: e.sort_key())
+        source = ds.events + ds.future_events
         end = cfg.end_ms + SYNTHETIC_FUTURE_MS
         extra.update(
             source=f"synthetic(users={cfg.users}, seed={cfg.seed}, through end + 14 d)",

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
-from encoder.model import ModelConfig
+from encoder.features import discover
+from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, SyntheticDataset, generate
 from encoder.tokenizer import TokenizerConfig
 from encoder.train import TrainConfig, TrainSpec
@@ -28,6 +30,18 @@ TINY_SPEC = TrainSpec(
 @pytest.fixture(scope="session")
 def tiny_spec() -> TrainSpec:
     return TINY_SPEC
+
+
+@pytest.fixture(scope="module")
+def tiny_model():  # type: ignore[no-untyped-def]
+    """A small untrained 2-layer model (eval mode) over 24 synthetic users: (model, its
+    TokenizerConfig, the users' windows, their end time). One per test module."""
+    ds = generate(SyntheticConfig(users=24, events_per_user=30.0, seed=2))
+    tok = TokenizerConfig(features=discover(ds.events), max_events=64)
+    torch.manual_seed(0)
+    model = UserEncoder(tok, ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_events=64))
+    windows = [w for _, w in sorted(ds.windows(64).items())]
+    return model.eval(), tok, windows, ds.config.end_ms
 
 
 @pytest.fixture(scope="session")

@@ -13,22 +13,15 @@ from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from encoder import compiled
 from encoder.api import Encoder
-from encoder.features import discover
-from encoder.model import ModelConfig, UserEncoder
-from encoder.synthetic import SyntheticConfig, generate
-from encoder.tokenizer import Tokenizer, TokenizerConfig
+from encoder.model import UserEncoder
+from encoder.tokenizer import Tokenizer
 
 needs_compiler = pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")
 
 
 @pytest.fixture(scope="module")
-def setup():  # type: ignore[no-untyped-def]
-    ds = generate(SyntheticConfig(users=40, events_per_user=30.0, seed=3))
-    tok = TokenizerConfig(features=discover(ds.events), max_events=64)
-    torch.manual_seed(0)
-    model = UserEncoder(tok, ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_events=64))
-    windows = [w for _, w in sorted(ds.windows(64).items())]
-    return model.eval(), tok, windows, ds.config.end_ms
+def setup(tiny_model):  # type: ignore[no-untyped-def]
+    return tiny_model  # conftest.py: (model, TokenizerConfig, windows, now)
 
 
 def _encoder(setup, compile: bool, **kw) -> Encoder:  # type: ignore[no-untyped-def]

@@ -9,20 +9,14 @@ import pytest
 import torch
 
 from encoder.api import Encoder, length_buckets
-from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder, make_kjt
-from encoder.synthetic import SyntheticConfig, generate
-from encoder.tokenizer import Tokenizer, TokenizerConfig
+from encoder.tokenizer import Tokenizer
 
 
 @pytest.fixture(scope="module")
-def setup():  # type: ignore[no-untyped-def]
-    ds = generate(SyntheticConfig(users=24, events_per_user=30.0, seed=2))
-    tok = TokenizerConfig(features=discover(ds.events), max_events=64)
-    torch.manual_seed(0)
-    model = UserEncoder(tok, ModelConfig(d_model=32, n_layers=2, n_heads=4, d_ff=64, max_events=64))
-    windows = [w for _, w in sorted(ds.windows(64).items())]
-    return model.eval(), Tokenizer(tok), windows, ds.config.end_ms
+def setup(tiny_model):  # type: ignore[no-untyped-def]
+    model, tok, windows, now = tiny_model  # conftest.py
+    return model, Tokenizer(tok), windows, now
 
 
 def test_shapes_and_norms(setup) -> None:  # type: ignore[no-untyped-def]
