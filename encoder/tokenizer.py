@@ -26,12 +26,15 @@ import json
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
+from operator import attrgetter
 
 import numpy as np
 
-from contract.events import Event
+from contract.events import Event, PropValue
+from encoder.columnar import Columns
 from encoder.features import FeatureSpec, hash_value, value_key
 
 SECOND = 1000
@@ -61,6 +64,7 @@ DURATION_EDGES_MS: tuple[int, ...] = (
 OOV = 1  # type id of an event type not in the vocabulary
 FORMAT = 2  # tokenizer.json format; 1 (fixed property names) is no longer loadable
 MAX_UNKNOWN_NAMES = 64
+_TYPE, _TS = attrgetter("type"), attrgetter("ts_ms")
 
 
 class TokenizerFormatError(ValueError):
@@ -217,12 +221,15 @@ class Tokenizer:
         self._edges = np.asarray(config.duration_edges_ms, dtype=np.int64)
         self._hashed: dict[tuple[int, str], int] = {}
         self.unknown: Counter[str] = Counter()
+        self._columns = Columns(spec)
 
     @property
     def n_static(self) -> int:
         return 1 + len(self._cats) + len(self._nums)
 
-    def _cat_id(self, c: int, key: str) -> int:
+    def cat_id(self, c: int, key: str) -> int:
+        """Id of the key `key` (`value_key` of a value) of categorical property c: its
+        vocabulary id, else its hashed bucket."""
         _, vocab, base, buckets = self._cats[c]
         i = vocab.get(key)
         if i is not None:
@@ -247,7 +254,7 @@ class Tokenizer:
             found += 1
             key = v if isinstance(v, str) else value_key(v)
             i = vocab.get(key)
-            row.append(i if i is not None else self._cat_id(c, key))
+            row.append(i if i is not None else self.cat_id(c, key))
         for name, edges in self._nums:
             v = props.get(name)
             if v is None:
@@ -275,21 +282,32 @@ class Tokenizer:
         return out
 
     def static_matrix(self, events: Sequence[Event]) -> np.ndarray:
-        """(N, S) int32 static ids of `events`: `static_ids` of each, column by column (one
-        pass over the events per property, numeric bins by one `searchsorted`: ~2x faster
-        than event by event on a batch)."""
+        """(N, S) int32 static ids of `events`: `static_ids` of each, column by column: the
+        properties converted in C (`encoder/columnar.py`), else, for a batch with a value of
+        the other kind, one Python pass over the events per property."""
         n = len(events)
         out = np.zeros((n, self.n_static), dtype=np.int32)
         if not n:
             return out
         props = [e.props for e in events]
-        type_id = self._type_id.get
-        out[:, 0] = np.fromiter((type_id(e.type, OOV) for e in events), np.int32, n)
+        types = map(self._type_id.get, map(_TYPE, events), repeat(OOV))  # C-level loops
+        out[:, 0] = np.fromiter(types, np.int32, n)
+        found = self._columns.fill(props, out, self.cat_id)
+        if found is None:
+            found = self._python_columns(props, out)
+        sizes = np.fromiter(map(len, props), np.int64, n)
+        for i in np.flatnonzero(found < sizes):
+            self._count_unknown(props[i])
+        return out
+
+    def _python_columns(self, props: list[Mapping[str, PropValue]], out: np.ndarray) -> np.ndarray:
+        """`Columns.fill` in Python: any value of any kind, ~2x faster than event by event."""
+        n = len(props)
         found = np.zeros(n, dtype=np.int64)
         col = 1
         for c, (name, vocab, _, _) in enumerate(self._cats):
             vals = [p.get(name) for p in props]
-            get, cat_id = vocab.get, self._cat_id
+            get, cat_id = vocab.get, self.cat_id
             out[:, col] = np.fromiter(
                 (
                     0
@@ -316,10 +334,7 @@ class Tokenizer:
             out[:, col] = np.where(ok, bins, 0)
             found += np.fromiter((v is not None for v in vals), np.bool_, n)
             col += 1
-        sizes = np.fromiter((len(p) for p in props), np.int64, n)
-        for i in np.flatnonzero(found < sizes):
-            self._count_unknown(props[i])
-        return out
+        return found
 
     def encode(
         self, windows: Sequence[Sequence[Event]], now_ms: int | Sequence[int] | np.ndarray
@@ -335,5 +350,5 @@ class Tokenizer:
         flat = [e for w in cut for e in w]
         nows = np.broadcast_to(np.asarray(now_ms, dtype=np.int64), (len(windows),))
         lengths = np.fromiter((len(w) for w in cut), dtype=np.int64, count=len(cut))
-        ts = np.fromiter((e.ts_ms for e in flat), dtype=np.int64, count=len(flat))
+        ts = np.fromiter(map(_TS, flat), dtype=np.int64, count=len(flat))
         return assemble(self.static_matrix(flat), ts, lengths, nows, self._edges)

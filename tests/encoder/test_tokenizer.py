@@ -9,11 +9,13 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.events import Event
+from encoder.columnar import Columns
 from encoder.features import Categorical, FeatureSpec, Numeric, hash_value
 from encoder.tokenizer import (
     DAY,
@@ -164,3 +166,46 @@ def test_static_matrix_equals_static_ids_event_by_event(rows: list) -> None:  # 
     assert got.shape == (len(events), batch.n_static)
     assert got.tolist() == want
     assert batch.take_unknown() == single.take_unknown()
+
+
+_TYPED = st.fixed_dictionaries(
+    {},
+    optional={
+        "item": st.one_of(st.sampled_from(["i7", "i8", "x", ""]), st.text(max_size=3)),
+        "member": st.one_of(st.booleans(), st.sampled_from([0, 1, 0.0, 1.0, 2, 0.5])),
+        "price": st.one_of(st.integers(-50, 50), st.floats(allow_nan=True)),
+        "zz": st.text(max_size=2),
+    },
+)
+
+
+@given(st.lists(st.tuples(st.sampled_from(["view", "cart", "new"]), _TYPED), max_size=12))
+def test_arrow_columns_equal_static_ids(rows: list) -> None:  # type: ignore[type-arg]
+    """Values of the spec's kinds (strings; a bool property's numbers; numbers, NaN and
+    infinities) go through the Arrow conversion, and get the event-by-event ids and the
+    same unknown-property counts."""
+    events = [Event("u", f"e{i}", i, t, p) for i, (t, p) in enumerate(rows)]
+    cfg = TokenizerConfig(features=SPEC)
+    batch, single = Tokenizer(cfg), Tokenizer(cfg)
+    out = np.zeros((len(events), batch.n_static), dtype=np.int32)
+    found = Columns(SPEC).fill([e.props for e in events], out, batch.cat_id)
+    assert (found is None) == (not events)  # taken whenever there is a batch
+    got = batch.static_matrix(events)
+    assert got.tolist() == [single.static_ids(e) for e in events]
+    assert batch.take_unknown() == single.take_unknown()
+
+
+def test_a_value_of_the_other_kind_tokenises_the_batch_in_python() -> None:
+    good = Event("u", "e1", 1, "view", {"item": "i8", "price": 9.5, "member": True})
+    odd = [
+        Event("u", "e2", 2, "view", {"item": 7.0}),  # a number in a string column
+        Event("u", "e3", 3, "view", {"price": "n/a"}),  # a string in a numeric one
+        Event("u", "e4", 4, "view", {"member": "yes"}),  # a string in a bool one
+        Event("u", "e5", 5, "view", {"price": 2**70}),  # past int64
+    ]
+    tok = Tokenizer(TokenizerConfig(features=SPEC))
+    for e in odd:
+        out = np.zeros((2, tok.n_static), dtype=np.int32)
+        assert Columns(SPEC).fill([good.props, e.props], out, tok.cat_id) is None
+        assert not out.any()  # left as it was
+        assert tok.static_matrix([good, e]).tolist() == [tok.static_ids(x) for x in (good, e)]
