@@ -24,6 +24,7 @@ from contract.events import Event
 from encoder.tokenizer import TokenBatch, Tokenizer, assemble
 
 CHUNK = 200_000
+TOKENIZE_EVERY = 16_384  # events tokenised together (`Tokenizer.static_matrix`)
 
 
 @dataclass
@@ -122,28 +123,36 @@ class _Chunks:
         self.u: list[int] = []
         self.t: list[int] = []
         self.e: list[bytes] = []
-        self.rows: list[list[int]] = []
+        self.pending: list[Event] = []  # not yet tokenised (a batch at a time: columnar)
+        self.rows: list[np.ndarray] = []
         self.n: list[list[float]] = []
 
     def add(self, uidx: int, e: Event) -> None:
         self.u.append(uidx)
         self.t.append(e.ts_ms)
         self.e.append(e.event_id.encode("utf-8", "surrogatepass"))
-        self.rows.append(self.tok.static_ids(e))
+        self.pending.append(e)
+        if len(self.pending) >= TOKENIZE_EVERY:
+            self._tokenize()
         if self.names:
             p = e.props
             self.n.append([_num(p.get(k)) for k in self.names])
         if len(self.u) >= CHUNK:
             self.flush()
 
+    def _tokenize(self) -> None:
+        self.rows.append(self.tok.static_matrix(self.pending))
+        self.pending = []
+
     def flush(self) -> None:
         if not self.u:
             return
+        self._tokenize()
         s = self.tok.n_static
         self.cols["u"].append(np.asarray(self.u, dtype=np.int32))
         self.cols["t"].append(np.asarray(self.t, dtype=np.int64))
         self.cols["e"].append(np.asarray(self.e, dtype=np.bytes_))
-        self.cols["s"].append(np.asarray(self.rows, dtype=np.int32).reshape(-1, s))
+        self.cols["s"].append(np.concatenate(self.rows).reshape(-1, s))
         m = len(self.names)
         n = np.asarray(self.n, dtype=np.float32) if m else np.zeros((len(self.u), 0), np.float32)
         self.cols["n"].append(n.reshape(len(self.u), m))

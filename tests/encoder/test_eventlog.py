@@ -79,3 +79,18 @@ def test_streams_jsonl_and_parquet(tmp_path: Path) -> None:
     bad.write_text(jl.read_text().splitlines()[0] + "\n{not json\n")
     with pytest.raises(EventFileError, match="line 2"):
         list(iter_events(bad))
+
+
+def test_tokenised_in_batches_as_event_by_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Events are tokenised a batch at a time (`TOKENIZE_EVERY`, within `CHUNK`): every
+    row holds its event's `static_ids`, whatever the batch and chunk sizes."""
+    import encoder.eventlog as eventlog
+
+    ds = generate(SyntheticConfig(users=20, events_per_user=30.0, seed=5))
+    tok = Tokenizer(TokenizerConfig(features=discover(ds.events)))
+    monkeypatch.setattr(eventlog, "TOKENIZE_EVERY", 7)
+    monkeypatch.setattr(eventlog, "CHUNK", 50)
+    log = build_log(ds.events, tok)
+    by_user = group_by_user(ds.events)
+    want = [tok.static_ids(e) for u in log.users for e in by_user[u]]
+    assert len(want) > 100 and log.static.tolist() == want
