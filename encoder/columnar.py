@@ -9,11 +9,12 @@ against the column-by-column Python path on 16k events, 2 cores: 1.35-1.9x on th
 synthetic schema (6 categorical, 2 numeric properties, ~3 on an event), 2.2x on Instacart's
 (2 categorical, 5 numeric, all on every event); docs/benchmarks.md, 2026-12-03.
 
-The conversion is strict where the Python path is lenient: a number in a string-valued
+The conversion is strict where tokenising is lenient: a number in a string-valued
 categorical column (a bool property's numbers are read as numbers), a string in a numeric
-or bool column, an integer past int64, a non-dict mapping or a string Arrow cannot encode
-makes `fill` return None, and the caller tokenises that batch in Python, which gives every
-such value its id. Both paths give the same ids (tests/encoder/test_tokenizer.py).
+or bool column, an integer past int64 or a string Arrow cannot encode makes the batch's
+conversion fail; the columns are then converted one by one, and a column that still fails
+is read in Python (one pass over the batch per such column), which gives every such value
+its id. Either way the ids are `Tokenizer.static_ids`' (tests/encoder/test_tokenizer.py).
 
 Example: spec ``c0 = sku`` with vocab ``(a1, a2)`` and 8 buckets, ``n0 = amount`` with
 edges ``(5, 20)``; props ``[{"sku": "a2"}, {"sku": "zz", "amount": 9.5}, {"other": "q"}]``
@@ -23,6 +24,7 @@ third event's unknown property is the caller's to count).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -40,62 +42,91 @@ CatId = Callable[[int, str], int]  # (categorical column, value key) -> its id
 
 
 class Columns:
-    """Vectorised static ids for one `FeatureSpec` (the categorical and numeric columns)."""
+    """Static ids of a batch for one `FeatureSpec` (its categorical and numeric columns)."""
 
     def __init__(self, spec: FeatureSpec) -> None:
-        names = spec.property_names
-        self.usable = len(set(names)) == len(names)  # one Arrow field per property
+        self._names = spec.property_names
+        self.usable = len(set(self._names)) == len(self._names)  # one Arrow field each
         # a bool property's values are numbers (0 / 1, true / false): read as float64 and
         # keyed like the Python path (`value_key`), every other categorical as strings
         self._bool = [c.kind == "bool" for c in spec.categorical]
-        self._type = pa.struct(
-            [
-                (c.name, pa.float64() if b else pa.string())
-                for c, b in zip(spec.categorical, self._bool, strict=True)
-            ]
-            + [(n.name, pa.float64()) for n in spec.numeric]
-        )
+        self._types = [pa.float64() if b else pa.string() for b in self._bool] + [
+            pa.float64() for _ in spec.numeric
+        ]
+        self._struct = pa.struct(list(zip(self._names, self._types, strict=True)))
         self._vocabs = [pa.array(list(c.vocab), pa.string()) for c in spec.categorical]
         self._edges = [np.asarray(n.edges, dtype=np.float64) for n in spec.numeric]
+        self.python: tuple[str, ...] = ()  # the last batch's columns read in Python
 
     def fill(
         self, props: Sequence[Mapping[str, Any]], out: np.ndarray, cat_id: CatId
-    ) -> np.ndarray | None:
+    ) -> np.ndarray:
         """Write the categorical then numeric ids into ``out[:, 1:]`` (N, S) and return how
-        many of the spec's properties each event carries (N,), or None, leaving `out` as it
-        was, when a value needs the Python path (see the module docstring)."""
-        if not self.usable or not props:
-            return None
-        try:
-            struct = pa.array(props, type=self._type)
-        except _REFUSED:
-            return None
+        many of the spec's properties each event carries (N,)."""
         found = np.zeros(len(props), dtype=np.int64)
+        arrays = self._arrays(props)
+        self.python = tuple(n for n, a in zip(self._names, arrays, strict=True) if a is None)
         col = 1
         for c, vocab in enumerate(self._vocabs):
-            values = struct.field(c)
-            valid = values.is_valid().to_numpy(zero_copy_only=False)
-            found += valid
-            if self._bool[c]:
-                out[:, col] = _numbers_as_keys(c, values, valid, cat_id)
-                col += 1
-                continue
-            idx = pc.fill_null(pc.index_in(values, value_set=vocab), -1).to_numpy()
-            ids = (idx + 1).astype(np.int32)
-            ids[~valid] = 0
-            oov = valid & (idx < 0)
-            if oov.any():
-                ids[oov] = _hashed(c, values.filter(pa.array(oov)), cat_id)
+            values = arrays[c]
+            if values is None:
+                ids, valid = _python_keys(c, [p.get(self._names[c]) for p in props], cat_id)
+            else:
+                valid = values.is_valid().to_numpy(zero_copy_only=False)
+                if self._bool[c]:
+                    ids = _numbers_as_keys(c, values, valid, cat_id)
+                else:
+                    ids = _vocab_ids(c, values, valid, vocab, cat_id)
             out[:, col] = ids
+            found += valid
             col += 1
         for j, edges in enumerate(self._edges):
-            values = struct.field(len(self._vocabs) + j)
-            found += values.is_valid().to_numpy(zero_copy_only=False)
-            x = values.to_numpy(zero_copy_only=False)  # nulls -> NaN
+            values = arrays[len(self._vocabs) + j]
+            if values is None:
+                name = self._names[len(self._vocabs) + j]
+                x, valid = _python_numbers([p.get(name) for p in props])
+            else:
+                x = values.to_numpy(zero_copy_only=False)  # nulls -> NaN
+                valid = values.is_valid().to_numpy(zero_copy_only=False)
             bins = np.searchsorted(edges, x, side="right") + 1
             out[:, col] = np.where(np.isfinite(x), bins, 0)
+            found += valid
             col += 1
         return found
+
+    def _arrays(self, props: Sequence[Mapping[str, Any]]) -> list[pa.Array | None]:
+        """Each property's column: one struct conversion, else column by column (None: a
+        column Arrow refuses)."""
+        if not self.usable:
+            return [None] * len(self._names)
+        try:
+            struct = pa.array(props, type=self._struct)
+            return [struct.field(i) for i in range(len(self._names))]
+        except _REFUSED:
+            pass
+        out: list[pa.Array | None] = []
+        for name, typ in zip(self._names, self._types, strict=True):
+            try:
+                out.append(pa.array([p.get(name) for p in props], type=typ))
+            except _REFUSED:
+                out.append(None)
+        return out
+
+
+def _vocab_ids(
+    c: int, values: pa.Array, valid: np.ndarray, vocab: pa.Array, cat_id: CatId
+) -> np.ndarray:
+    """Ids of a string column: vocabulary ids, each distinct other value hashed once."""
+    idx = pc.fill_null(pc.index_in(values, value_set=vocab), -1).to_numpy()
+    ids = (idx + 1).astype(np.int32)
+    ids[~valid] = 0
+    oov = valid & (idx < 0)
+    if oov.any():
+        rest = values.filter(pa.array(oov))
+        distinct = pc.unique(rest)
+        keyed = np.fromiter((cat_id(c, v) for v in distinct.to_pylist()), np.int32, len(distinct))
+        ids[oov] = keyed[pc.index_in(rest, value_set=distinct).to_numpy()]
+    return ids
 
 
 def _numbers_as_keys(c: int, values: pa.Array, valid: np.ndarray, cat_id: CatId) -> np.ndarray:
@@ -109,8 +140,18 @@ def _numbers_as_keys(c: int, values: pa.Array, valid: np.ndarray, cat_id: CatId)
     return ids
 
 
-def _hashed(c: int, values: pa.Array, cat_id: CatId) -> np.ndarray:
-    """Ids of out-of-vocabulary values, each distinct value hashed once."""
-    distinct = pc.unique(values)
-    ids = np.fromiter((cat_id(c, v) for v in distinct.to_pylist()), np.int32, len(distinct))
-    return ids[pc.index_in(values, value_set=distinct).to_numpy()]
+def _python_keys(c: int, vals: list[Any], cat_id: CatId) -> tuple[np.ndarray, np.ndarray]:
+    """Ids and presence of a categorical column of any values, in Python."""
+    n = len(vals)
+    keys = (None if v is None else v if isinstance(v, str) else value_key(v) for v in vals)
+    ids = np.fromiter((0 if k is None else cat_id(c, k) for k in keys), np.int32, n)
+    return ids, np.fromiter((v is not None for v in vals), np.bool_, n)
+
+
+def _python_numbers(vals: list[Any]) -> tuple[np.ndarray, np.ndarray]:
+    """Values (NaN: absent or not a number) and presence of a numeric column, in Python."""
+    n = len(vals)
+    x = np.fromiter(
+        (math.nan if v is None or isinstance(v, str) else float(v) for v in vals), np.float64, n
+    )
+    return x, np.fromiter((v is not None for v in vals), np.bool_, n)

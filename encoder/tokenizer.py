@@ -26,14 +26,14 @@ import json
 import math
 from bisect import bisect_right
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from itertools import repeat
 from operator import attrgetter
 
 import numpy as np
 
-from contract.events import Event, PropValue
+from contract.events import Event
 from encoder.columnar import Columns
 from encoder.features import FeatureSpec, hash_value, value_key
 
@@ -282,9 +282,8 @@ class Tokenizer:
         return out
 
     def static_matrix(self, events: Sequence[Event]) -> np.ndarray:
-        """(N, S) int32 static ids of `events`: `static_ids` of each, column by column: the
-        properties converted in C (`encoder/columnar.py`), else, for a batch with a value of
-        the other kind, one Python pass over the events per property."""
+        """(N, S) int32 static ids of `events`: `static_ids` of each, column by column (the
+        properties converted to Arrow columns in C: `encoder/columnar.py`)."""
         n = len(events)
         out = np.zeros((n, self.n_static), dtype=np.int32)
         if not n:
@@ -293,48 +292,10 @@ class Tokenizer:
         types = map(self._type_id.get, map(_TYPE, events), repeat(OOV))  # C-level loops
         out[:, 0] = np.fromiter(types, np.int32, n)
         found = self._columns.fill(props, out, self.cat_id)
-        if found is None:
-            found = self._python_columns(props, out)
         sizes = np.fromiter(map(len, props), np.int64, n)
         for i in np.flatnonzero(found < sizes):
             self._count_unknown(props[i])
         return out
-
-    def _python_columns(self, props: list[Mapping[str, PropValue]], out: np.ndarray) -> np.ndarray:
-        """`Columns.fill` in Python: any value of any kind, ~2x faster than event by event."""
-        n = len(props)
-        found = np.zeros(n, dtype=np.int64)
-        col = 1
-        for c, (name, vocab, _, _) in enumerate(self._cats):
-            vals = [p.get(name) for p in props]
-            get, cat_id = vocab.get, self.cat_id
-            out[:, col] = np.fromiter(
-                (
-                    0
-                    if v is None
-                    else (get(v) or cat_id(c, v))
-                    if isinstance(v, str)
-                    else cat_id(c, value_key(v))
-                    for v in vals
-                ),
-                np.int32,
-                n,
-            )
-            found += np.fromiter((v is not None for v in vals), np.bool_, n)
-            col += 1
-        for name, edges in self._nums:
-            vals = [p.get(name) for p in props]
-            x = np.fromiter(
-                (math.nan if v is None or isinstance(v, str) else float(v) for v in vals),
-                np.float64,
-                n,
-            )
-            ok = np.isfinite(x)
-            bins = np.searchsorted(np.asarray(edges, dtype=np.float64), x, side="right") + 1
-            out[:, col] = np.where(ok, bins, 0)
-            found += np.fromiter((v is not None for v in vals), np.bool_, n)
-            col += 1
-        return found
 
     def encode(
         self, windows: Sequence[Sequence[Event]], now_ms: int | Sequence[int] | np.ndarray

@@ -9,13 +9,11 @@ import math
 import subprocess
 import sys
 
-import numpy as np
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.events import Event
-from encoder.columnar import Columns
 from encoder.features import Categorical, FeatureSpec, Numeric, hash_value
 from encoder.tokenizer import (
     DAY,
@@ -182,30 +180,28 @@ _TYPED = st.fixed_dictionaries(
 @given(st.lists(st.tuples(st.sampled_from(["view", "cart", "new"]), _TYPED), max_size=12))
 def test_arrow_columns_equal_static_ids(rows: list) -> None:  # type: ignore[type-arg]
     """Values of the spec's kinds (strings; a bool property's numbers; numbers, NaN and
-    infinities) go through the Arrow conversion, and get the event-by-event ids and the
-    same unknown-property counts."""
+    infinities) are all read as Arrow columns, and get the event-by-event ids and the same
+    unknown-property counts."""
     events = [Event("u", f"e{i}", i, t, p) for i, (t, p) in enumerate(rows)]
     cfg = TokenizerConfig(features=SPEC)
     batch, single = Tokenizer(cfg), Tokenizer(cfg)
-    out = np.zeros((len(events), batch.n_static), dtype=np.int32)
-    found = Columns(SPEC).fill([e.props for e in events], out, batch.cat_id)
-    assert (found is None) == (not events)  # taken whenever there is a batch
     got = batch.static_matrix(events)
     assert got.tolist() == [single.static_ids(e) for e in events]
     assert batch.take_unknown() == single.take_unknown()
+    if events:
+        assert batch._columns.python == ()  # noqa: SLF001 (no column left to Python)
 
 
-def test_a_value_of_the_other_kind_tokenises_the_batch_in_python() -> None:
+def test_a_value_of_the_other_kind_leaves_only_its_column_to_python() -> None:
     good = Event("u", "e1", 1, "view", {"item": "i8", "price": 9.5, "member": True})
     odd = [
-        Event("u", "e2", 2, "view", {"item": 7.0}),  # a number in a string column
-        Event("u", "e3", 3, "view", {"price": "n/a"}),  # a string in a numeric one
-        Event("u", "e4", 4, "view", {"member": "yes"}),  # a string in a bool one
-        Event("u", "e5", 5, "view", {"price": 2**70}),  # past int64
+        (Event("u", "e2", 2, "view", {"item": 7.0}), ("item",)),  # a number in a string column
+        (Event("u", "e3", 3, "view", {"price": "n/a"}), ("price",)),  # a string, numeric one
+        (Event("u", "e4", 4, "view", {"member": "yes"}), ("member",)),  # a string, bool one
+        (Event("u", "e5", 5, "view", {"price": 2**70, "item": 3}), ("item", "price")),
     ]
     tok = Tokenizer(TokenizerConfig(features=SPEC))
-    for e in odd:
-        out = np.zeros((2, tok.n_static), dtype=np.int32)
-        assert Columns(SPEC).fill([good.props, e.props], out, tok.cat_id) is None
-        assert not out.any()  # left as it was
-        assert tok.static_matrix([good, e]).tolist() == [tok.static_ids(x) for x in (good, e)]
+    for e, columns in odd:
+        got = tok.static_matrix([good, e])
+        assert tok._columns.python == columns  # noqa: SLF001
+        assert got.tolist() == [tok.static_ids(x) for x in (good, e)]
