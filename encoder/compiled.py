@@ -39,9 +39,12 @@ log = logging.getLogger(__name__)
 # torch documents these where they live, in its private modules
 _mark_dynamic = torch._dynamo.mark_dynamic  # noqa: SLF001
 _inductor_config = torch._inductor.config  # noqa: SLF001
-# Patched around every call, not passed as torch.compile(options=...): there `freezing` is
-# ignored (measured: addmm and bias copies again). One compiling thread: Inductor may keep
-# a pool of compile worker processes when it compiles with more.
+# Set process-wide when a model is first compiled, not passed as torch.compile(options=...):
+# there `freezing` is ignored (measured: addmm and bias copies again); nor patched around
+# each call: `config.patch` sets the same global state, and a thread compiling one version in
+# the background while another thread encodes with a compiled one would have each restore
+# the other's values mid-compile. One compiling thread: Inductor may keep a pool of compile
+# worker processes when it compiles with more. Only this module compiles in our processes.
 _INDUCTOR = {"freezing": True, "compile_threads": 1}
 
 
@@ -59,8 +62,7 @@ class CompiledLayers:
             return self.eager(x)
         _mark_dynamic(x, 0)  # batch size
         _mark_dynamic(x, 1)  # window length
-        with _inductor_config.patch(_INDUCTOR):
-            out: torch.Tensor = self.graph(x)
+        out: torch.Tensor = self.graph(x)
         return out
 
 
@@ -90,6 +92,8 @@ def compile_layers(model: UserEncoder) -> bool:
     if compiler() is None:
         log.warning("encoder compile: no C++ compiler ($CXX or g++): eager layers")
         return False
+    for key, value in _INDUCTOR.items():
+        setattr(_inductor_config, key, value)
     layers = CompiledLayers(model.layers)
     # distinct sizes: Dynamo gives equal sizes one symbol, and a graph for B == T only
     try:

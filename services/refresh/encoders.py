@@ -20,25 +20,40 @@ class ModelLoadError(RuntimeError):
 
 class EncoderCache:
     """`get(version)` loads a version from the registry once and keeps it; `keep(versions)`
-    drops the ones no longer written (a retired version frees its memory)."""
+    drops the ones no longer written (a retired version frees its memory). With `compile`,
+    a loaded version encodes with its eager layers at once while its layers compile in a
+    thread (`Encoder.compile_in_background`); `close` waits for those threads."""
 
     def __init__(self, models_dir: Path, device: str | None = None, compile: bool = False) -> None:
         self.models_dir = Path(models_dir)
         self.device = device
         self.compile = compile  # compile each loaded version's layers (CPU; encoder/compiled.py)
         self._loaded: dict[str, Encoder] = {}
+        self._all: list[Encoder] = []  # the loaded ones and dropped ones still compiling
 
     def get(self, version: str) -> Encoder:
         enc = self._loaded.get(version)
         if enc is None:
             try:
-                enc = Encoder.load(self.models_dir, version, self.device, self.compile)
+                enc = Encoder.load(self.models_dir, version, self.device)
             except Exception as exc:
                 raise ModelLoadError(f"model {version} from {self.models_dir}: {exc}") from exc
             log.info("loaded model %s on %s (dim %d%s)", version, enc.device, enc.dim,
-                     ", compiled" if enc.compiled else "")  # fmt: skip
+                     ", compiling its layers" if self.compile else "")  # fmt: skip
+            if self.compile:
+                enc.compile_in_background()
             self._loaded[version] = enc
+            self._all.append(enc)
         return enc
+
+    def wait_compiled(self, timeout: float | None = None) -> None:
+        """Wait for every loaded version's background compile (tests, benchmarks, close)."""
+        for enc in self._all:
+            enc.wait_compiled(timeout)
+
+    def close(self) -> None:
+        """Wait for the compile threads (a compiler child process is never left behind)."""
+        self.wait_compiled()
 
     def put(self, enc: Encoder) -> None:
         """Use an already built encoder for its version (tests, benchmarks)."""
@@ -47,6 +62,7 @@ class EncoderCache:
     def keep(self, versions: set[str]) -> None:
         for v in set(self._loaded) - versions:
             del self._loaded[v]
+        self._all = [e for e in self._all if e.version in self._loaded or e.compiling]
 
 
 def encode_windows(

@@ -293,14 +293,16 @@ class Refresher:
         return Prepared(writes, flat, started=t0, span=span)
 
     def _describe(self, versions: Sequence[str]) -> None:
-        """Once per version, before its first batch: record its score columns in the store
-        (serving names the columns from them) and, when compiling was asked, whether its
-        encoder runs compiled (metric)."""
+        """Before each batch, when compiling was asked: whether each version's encoder runs
+        compiled yet (metric; it compiles in the background). Once per version, before its
+        first batch: record its score columns in the store (serving names the columns from
+        them)."""
         for ver in versions:
+            if self.metrics and self.encoders.compile:
+                enc = self.encoders.get(ver)
+                self.metrics.encoder_compiled.labels(version=ver).set(float(enc.compiled))
             if ver not in self._described:
                 enc = self.encoders.get(ver)
-                if self.metrics and self.encoders.compile:
-                    self.metrics.encoder_compiled.labels(version=ver).set(float(enc.compiled))
                 heads = enc.outcomes
                 if heads is not None:
                     cols = heads.columns_json(self.cfg.audiences)
@@ -389,5 +391,6 @@ class Refresher:
         try:
             self._reader.shutdown(wait=True)
             self._writer.shutdown(wait=True)
+            self.encoders.close()
         finally:
             self.publisher.close()

@@ -107,9 +107,34 @@ def test_refresh_loads_versions_compiled_when_asked(  # type: ignore[no-untyped-
 
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     models, v1, _ = registry_with_two
-    fast = EncoderCache(models, "cpu", compile=True).get(v1)
+    cache = EncoderCache(models, "cpu", compile=True)
+    fast = cache.get(v1)
     plain = EncoderCache(models, "cpu").get(v1)
+    cache.close()  # waits for the background compile
     assert fast.compiled and not plain.compiled
     windows = list(small_data.windows(64).values())
     now = small_data.config.end_ms
     np.testing.assert_allclose(fast.encode(windows, now), plain.encode(windows, now), atol=1e-5)
+
+
+@needs_compiler
+def test_a_background_compile_encodes_eagerly_meanwhile(  # type: ignore[no-untyped-def]
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`compile_in_background`: the encoder answers at once with its eager layers, then with
+    the compiled ones (same vectors); a compile that fails leaves it eager, still answering."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    _, _, windows, now = setup
+    want = _encoder(setup, compile=False).encode(windows, now)
+    enc = _encoder(setup, compile=False)
+    enc.compile_in_background()
+    during = enc.encode(windows, now)  # while compiling (or just after)
+    assert enc.wait_compiled(120) and enc.compiled and not enc.compiling
+    assert isinstance(enc.model.layers, compiled.CompiledLayers)
+    np.testing.assert_allclose(during, want, atol=1e-5)
+    np.testing.assert_allclose(enc.encode(windows, now), want, atol=1e-5)
+    monkeypatch.setenv("CXX", "/nonexistent/c++")
+    broken = _encoder(setup, compile=False)
+    broken.compile_in_background()
+    assert not broken.wait_compiled(120) and not broken.compiled
+    np.testing.assert_allclose(broken.encode(windows, now), want, atol=1e-5)

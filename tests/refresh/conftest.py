@@ -79,6 +79,7 @@ class Env:
         metrics: RefreshMetrics | None = None,
         cls: type[Refresher] = Refresher,
         publisher: Publisher | None = None,
+        encoders: EncoderCache | None = None,
     ) -> Refresher:
         cfg = cfg or RefreshConfig(
             embeddings_topic=self.topic, batch_size=64, interval_s=0.2, check_every_s=0.05
@@ -91,7 +92,7 @@ class Env:
             self.windows,
             VectorStore(self.client, cfg.history, cfg.ttl_s, cfg.dtype),
             pub,
-            EncoderCache(self.models, "cpu", cfg.compile),
+            encoders or EncoderCache(self.models, "cpu", cfg.compile),
             metrics,
         )
 
