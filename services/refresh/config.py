@@ -26,7 +26,8 @@ class RefreshConfig:
         embeddings_topic: the update log.
         device: encoder device ("cpu", "cuda"); None: CUDA when present.
         compile: compile the encoder's layers on the CPU (`encoder/compiled.py`: ~1.3x the
-            encode rate, seconds per version loaded, needs a C++ compiler; without one, or
+            encode rate; each version compiles in a thread for seconds after it is loaded
+            and encodes eagerly meanwhile; needs a C++ compiler; without one, or
             on CUDA, a warning and the eager layers). Off here (tests and the embedded
             stack load many versions); the CPU refresher of k8s/ sets it.
         backfill_batch: users per back-fill chunk (chunks interleave with dirty passes).
