@@ -17,7 +17,10 @@ machine's practical peak), and the medians of the per-round batch / reference an
 compiled / batch ratios. On a
 GPU (when present) the same on CUDA with bf16 autocast.
 
-    .venv/bin/python benchmarks/encode.py [--users 256] [--rounds 3] [--models DIR]
+`--stages` then times one forward pass of the fastest path stage by stage (tokenise, embed,
+layers, pooling and bags) as its best of 15.
+
+    .venv/bin/python benchmarks/encode.py [--users 256] [--rounds 3] [--models DIR] [--stages]
 """
 
 from __future__ import annotations
@@ -150,6 +153,43 @@ def bench(
     return {**out, "naive": paired(naive, naive_n)}
 
 
+def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -> None:
+    """Where one forward pass's time goes (its best of `reps`, the stages timed apart):
+    the first `CPU_MAX_TOKENS` worth of windows, as `Encoder.encode` cuts them."""
+    from encoder.model import make_kjt
+
+    m, dev = enc.model, enc.device
+    group = windows[: max(1, enc.max_tokens // enc.max_events)]
+    peak = matmul_peak(dev, torch.float32 if dev.type == "cpu" else torch.bfloat16)
+
+    def best(fn: object) -> float:
+        return min(timed(fn) for _ in range(reps)) * 1e3
+
+    with torch.inference_mode():
+        batch = enc.tokenizer.encode(group, now)
+        kjt = make_kjt(batch, m.keys, dev)
+        lengths, age = torch.from_numpy(batch.lengths), torch.from_numpy(batch.age_h)
+        x = m.embed(kjt, lengths, age)[0]
+        t = {
+            "tokenise": best(lambda: enc.tokenizer.encode(group, now)),
+            "embed": best(lambda: m.embed(kjt, lengths, age)),
+            "layers": best(lambda: m.layers(x)),
+            "forward": best(lambda: m(kjt, lengths, age)),
+            "encode": best(lambda: enc.encode(group, now)),
+        }
+    cfg = m.cfg
+    d, f, n = cfg.d_model, cfg.d_ff, int(batch.lengths.sum())
+    layer_fl = n * cfg.n_layers * (2 * (4 * d * d + 2 * d * f) + 4 * int(batch.lengths.max()) * d)
+    rest = t["forward"] - t["embed"] - t["layers"]
+    print(
+        f"stages of one pass ({len(group)} windows, {n} events, {enc.version}), best of {reps}:"
+        f" tokenise {t['tokenise']:.2f} ms, embed {t['embed']:.2f}, layers {t['layers']:.2f}"
+        f" ({100 * layer_fl / (t['layers'] / 1e3) / peak:.0f} % of the matmul),"
+        f" pooling and bags {rest:.2f}; the whole encode {t['encode']:.2f} ms (the stages"
+        f" timed together: {t['encode'] - t['tokenise'] - t['forward']:+.2f} ms)"
+    )
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--users", type=int, default=256)
@@ -157,6 +197,7 @@ def main() -> None:
     ap.add_argument("--models", type=Path, default=None, help="load the active version from here")
     ap.add_argument("--device", default=None)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--stages", action="store_true", help="also time one pass's stages")
     args = ap.parse_args()
     devices = (
         [args.device] if args.device else ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -207,6 +248,8 @@ def main() -> None:
                 print(f"{name}, median of {len(rs)} rounds: {np.median(rs):.2f}x")
         for path, pcts in shares.items():
             print(f"{path}: median {np.median(pcts):.1f} % of the matmul over {len(pcts)} rounds")
+        if args.stages:
+            stages(next(iter(paths.values())), windows, now)
 
 
 if __name__ == "__main__":
