@@ -39,20 +39,28 @@ import torch
 from contract.events import Event
 from encoder.api import Encoder
 from encoder.features import discover
-from encoder.model import ModelConfig, UserEncoder
+from encoder.model import ModelConfig, UserEncoder, make_kjt
 from encoder.synthetic import SyntheticConfig, generate
 from encoder.tokenizer import Tokenizer, TokenizerConfig
 
 
-def flops_per_user(cfg: ModelConfig, t: int) -> float:
-    """Forward FLOPs of the dense part for one window of t events (matmuls only)."""
+def layer_flops(cfg: ModelConfig, t: int) -> float:
+    """Forward FLOPs of the Transformer layers for one window of t events (matmuls only)."""
     d, f = cfg.d_model, cfg.d_ff
     per_token_layer = 2 * (4 * d * d + 2 * d * f) + 2 * 2 * t * d  # projections, FF, attention
-    return float(t * cfg.n_layers * per_token_layer + t * 2 * d + 2 * d * cfg.out_dim)
+    return float(t * cfg.n_layers * per_token_layer)
 
 
-def matmul_peak(device: torch.device, dtype: torch.dtype, n: int = 2048, reps: int = 3) -> float:
-    """FLOP/s of an n x n matmul, the best of `reps` (as each encode path is timed)."""
+def flops_per_user(cfg: ModelConfig, t: int) -> float:
+    """Forward FLOPs of the dense part for one window of t events (matmuls only)."""
+    d = cfg.d_model
+    return layer_flops(cfg, t) + t * 2 * d + 2 * d * cfg.out_dim
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 3) -> float:
+    """FLOP/s of an n x n matmul, the best of `reps` (as each encode path is timed): float32
+    on the CPU, bf16 on CUDA (the dtype each device's encoder computes in)."""
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -131,7 +139,6 @@ def bench(
     peak measured minutes away from the encode it divides swung the ratio by 1.5x."""
     enc = paths["batch"]
     dev = enc.device
-    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     for e in paths.values():
         e.encode(windows[:8], now)  # warm up
 
@@ -146,7 +153,7 @@ def bench(
         _sync(dev)
 
     def paired(fn: object, users: int) -> tuple[float, float]:
-        runs = [(matmul_peak(dev, dtype, reps=1), timed(fn)) for _ in range(3)]
+        runs = [(matmul_peak(dev, reps=1), timed(fn)) for _ in range(3)]
         return users / min(t for _, t in runs), max(p for p, _ in runs)
 
     out = {name: paired(lambda e=e: run(e), len(windows)) for name, e in paths.items()}
@@ -156,11 +163,9 @@ def bench(
 def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -> None:
     """Where one forward pass's time goes (its best of `reps`, the stages timed apart):
     the first `CPU_MAX_TOKENS` worth of windows, as `Encoder.encode` cuts them."""
-    from encoder.model import make_kjt
-
     m, dev = enc.model, enc.device
     group = windows[: max(1, enc.max_tokens // enc.max_events)]
-    peak = matmul_peak(dev, torch.float32 if dev.type == "cpu" else torch.bfloat16)
+    peak = matmul_peak(dev)
 
     def best(fn: object) -> float:
         return min(timed(fn) for _ in range(reps)) * 1e3
@@ -177,9 +182,8 @@ def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -
             "forward": best(lambda: m(kjt, lengths, age)),
             "encode": best(lambda: enc.encode(group, now)),
         }
-    cfg = m.cfg
-    d, f, n = cfg.d_model, cfg.d_ff, int(batch.lengths.sum())
-    layer_fl = n * cfg.n_layers * (2 * (4 * d * d + 2 * d * f) + 4 * int(batch.lengths.max()) * d)
+    n = int(batch.lengths.sum())
+    layer_fl = sum(layer_flops(m.cfg, int(t)) for t in batch.lengths)
     rest = t["forward"] - t["embed"] - t["layers"]
     print(
         f"stages of one pass ({len(group)} windows, {n} events, {enc.version}), best of {reps}:"

@@ -95,11 +95,9 @@ class Encoder:
         # the Transformer layers compiled (encoder/compiled.py; CPU only): False when not
         # asked, on CUDA, or when compiling failed (a warning; the eager layers run)
         self.compiled = False
-        if compile and device.type != "cpu":
-            log.warning("encoder compile: CPU only, %s runs the eager layers", device)
-        elif compile:
-            self.compiled = compile_layers(self.model)
         self._compiling: threading.Thread | None = None
+        if compile and self._on_cpu():
+            self.compiled = compile_layers(self.model)
 
     @classmethod
     def load(
@@ -145,10 +143,7 @@ class Encoder:
         place (one attribute swap), and stays False if compiling fails (a warning). The
         refresher loads a version this way: a cutover's new version encodes at once instead
         of after a 5-15 s compile. `wait_compiled` joins the thread."""
-        if self.device.type != "cpu":
-            log.warning("encoder compile: CPU only, %s runs the eager layers", self.device)
-            return
-        if self._compiling is not None or self.compiled:
+        if self._compiling is not None or self.compiled or not self._on_cpu():
             return
 
         def run() -> None:
@@ -156,6 +151,12 @@ class Encoder:
 
         self._compiling = threading.Thread(target=run, name=f"compile-{self.version}")
         self._compiling.start()
+
+    def _on_cpu(self) -> bool:
+        """Compiling is for the CPU; elsewhere a warning (the eager layers run)."""
+        if self.device.type != "cpu":
+            log.warning("encoder compile: CPU only, %s runs the eager layers", self.device)
+        return self.device.type == "cpu"
 
     @property
     def compiling(self) -> bool:

@@ -46,7 +46,6 @@ class Columns:
 
     def __init__(self, spec: FeatureSpec) -> None:
         self._names = spec.property_names
-        self.usable = len(set(self._names)) == len(self._names)  # one Arrow field each
         # a bool property's values are numbers (0 / 1, true / false): read as float64 and
         # keyed like the Python path (`value_key`), every other categorical as strings
         self._bool = [c.kind == "bool" for c in spec.categorical]
@@ -64,13 +63,15 @@ class Columns:
         """Write the categorical then numeric ids into ``out[:, 1:]`` (N, S) and return how
         many of the spec's properties each event carries (N,)."""
         found = np.zeros(len(props), dtype=np.int64)
-        arrays = self._arrays(props)
-        self.python = tuple(n for n, a in zip(self._names, arrays, strict=True) if a is None)
+        columns = self._columns(props)
+        self.python = tuple(
+            n for n, a in zip(self._names, columns, strict=True) if isinstance(a, list)
+        )
         col = 1
         for c, vocab in enumerate(self._vocabs):
-            values = arrays[c]
-            if values is None:
-                ids, valid = _python_keys(c, [p.get(self._names[c]) for p in props], cat_id)
+            values = columns[c]
+            if isinstance(values, list):
+                ids, valid = _python_keys(c, values, cat_id)
             else:
                 valid = values.is_valid().to_numpy(zero_copy_only=False)
                 if self._bool[c]:
@@ -81,10 +82,9 @@ class Columns:
             found += valid
             col += 1
         for j, edges in enumerate(self._edges):
-            values = arrays[len(self._vocabs) + j]
-            if values is None:
-                name = self._names[len(self._vocabs) + j]
-                x, valid = _python_numbers([p.get(name) for p in props])
+            values = columns[len(self._vocabs) + j]
+            if isinstance(values, list):
+                x, valid = _python_numbers(values)
             else:
                 x = values.to_numpy(zero_copy_only=False)  # nulls -> NaN
                 valid = values.is_valid().to_numpy(zero_copy_only=False)
@@ -94,22 +94,21 @@ class Columns:
             col += 1
         return found
 
-    def _arrays(self, props: Sequence[Mapping[str, Any]]) -> list[pa.Array | None]:
-        """Each property's column: one struct conversion, else column by column (None: a
-        column Arrow refuses)."""
-        if not self.usable:
-            return [None] * len(self._names)
+    def _columns(self, props: Sequence[Mapping[str, Any]]) -> list[pa.Array | list[Any]]:
+        """Each property's column: one struct conversion, else column by column; a column
+        Arrow refuses stays the Python list of its values (None: absent)."""
         try:
             struct = pa.array(props, type=self._struct)
             return [struct.field(i) for i in range(len(self._names))]
         except _REFUSED:
             pass
-        out: list[pa.Array | None] = []
+        out: list[pa.Array | list[Any]] = []
         for name, typ in zip(self._names, self._types, strict=True):
+            values = [p.get(name) for p in props]
             try:
-                out.append(pa.array([p.get(name) for p in props], type=typ))
+                out.append(pa.array(values, type=typ))
             except _REFUSED:
-                out.append(None)
+                out.append(values)
         return out
 
 
@@ -118,8 +117,7 @@ def _vocab_ids(
 ) -> np.ndarray:
     """Ids of a string column: vocabulary ids, each distinct other value hashed once."""
     idx = pc.fill_null(pc.index_in(values, value_set=vocab), -1).to_numpy()
-    ids = (idx + 1).astype(np.int32)
-    ids[~valid] = 0
+    ids = (idx + 1).astype(np.int32)  # 0: absent (null) or not in the vocabulary
     oov = valid & (idx < 0)
     if oov.any():
         rest = values.filter(pa.array(oov))

@@ -298,11 +298,10 @@ class Refresher:
         first batch: record its score columns in the store (serving names the columns from
         them)."""
         for ver in versions:
+            enc = self.encoders.get(ver)
             if self.metrics and self.encoders.compile:
-                enc = self.encoders.get(ver)
                 self.metrics.encoder_compiled.labels(version=ver).set(float(enc.compiled))
             if ver not in self._described:
-                enc = self.encoders.get(ver)
                 heads = enc.outcomes
                 if heads is not None:
                     cols = heads.columns_json(self.cfg.audiences)
