@@ -222,6 +222,7 @@ def train(
     ckpt = Checkpoint(checkpoint_dir, spec, where.world, len(tr_u)) if checkpoint_dir else None
     if ckpt is not None and ckpt.resume(state, where, sched):
         log.warning("resuming from %s after epoch %d", ckpt.path, state.epochs_run)
+    resumed_steps = len(state.history)  # steps a checkpoint restored, not trained by this run
     from encoder.progress import progress_bar
 
     bar = progress_bar(total_steps, "train", tc.progress and where.rank == 0)
@@ -288,6 +289,7 @@ def train(
         "validation_users": n_val,
         "validation_examples": len(va_u),
         "steps": len(state.history),
+        "steps_resumed": resumed_steps,
         "epochs_run": state.epochs_run,
         "epoch_kept": kept + 1,
         "stopped": state.stop,
