@@ -10,10 +10,11 @@ Order of work (`evaluate_log`):
    categorical property (`encoder/outcomes.py`) are the candidate outcomes, plus ``(any)``
    ("is the user active at all"); each user's label is "does it happen in the future
    part"; outcomes with fewer than `min_class` positives or negatives are left out;
-3. each user with history gets one window at ``T``: its newest `window_events` events of
-   the last `window_ms` (what the store would hold at ``T``). The embedding is the model's
-   vector of that window through the batch encoder the refresher uses; the aggregates are
-   computed from the same window (`aggregates`);
+3. each user with history gets one window at ``T``: its newest `window_events` events,
+   none older than `window_ms` before its newest one (what the store would hold at ``T``:
+   it trims from each user's newest event, so an idle user keeps its last activity). The
+   embedding is the model's vector of that window through the batch encoder the refresher
+   uses; the aggregates are computed from the same window (`aggregates`);
 4. linear probes (`probe_aucs`: ridge regression on standardised inputs, its penalty
    chosen per outcome by leave-one-out inside each of `folds` cross-validation folds) give
    ROC AUC per outcome for the embedding, the aggregates and both together;
@@ -72,8 +73,9 @@ def aggregates(
 ) -> tuple[np.ndarray, list[str]]:
     """Hand-made per-user features of the windows ``rows lo[b]:hi[b]`` at ``now_ms``.
 
-    Counts of every outcome (the top types and values, and all events) over three spans
-    (1/30, 1/4 and all of `window_ms`: 1, 7.5 and 30 days for the store's default), recency
+    Counts of every outcome (the top types and values, and all events) over the last 1/30
+    and 1/4 of `window_ms` before ``now_ms`` (1 and 7.5 days for the store's default) and
+    over the whole window (up to `window_ms` before the user's newest event), recency
     and tenure within the window, distinct values of each categorical property, sum and
     mean of each numeric property. Counts are log1p'd. Returns (B, F) and the names."""
     b = len(lo)
@@ -84,7 +86,7 @@ def aggregates(
     feats: list[np.ndarray] = []
     names: list[str] = []
     for frac, tag in ((1 / 30, "short"), (1 / 4, "mid"), (1.0, "all")):
-        inside = age <= window_ms * frac
+        inside = age <= window_ms * frac if frac < 1 else np.ones(len(age), dtype=bool)
         counts = np.zeros((b, space.size))
         r, col = np.nonzero((labels >= 0) & inside[:, None])
         np.add.at(counts, (seg[r], labels[r, col]), 1.0)

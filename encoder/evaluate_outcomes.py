@@ -3,8 +3,8 @@
 Order of work (`outcome_report`):
 
 1. every user with events before the split ``T`` gets its window at ``T`` (the newest
-   `window_events` events of the last `window_ms`, as the store holds them) and the
-   version's vector of it;
+   `window_events` events, none older than `window_ms` before its newest one, as the store
+   holds them) and the version's vector of it;
 2. for each horizon ``h`` with ``T + h`` inside the log, each outcome's label is "it happens
    in ``[T, T + h)``" (the version's own outcome space: its tokenizer reads the future);
 3. for every (horizon, outcome) cell with at least `min_class` positives and negatives:

@@ -82,12 +82,16 @@ class EventLog:
         strict: bool = False,
         horizon_ms: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """(lo, hi) rows of each user's window at ``now``: at most `max_events` events,
-        none older than ``now - horizon_ms`` when given."""
+        """(lo, hi) rows of each user's window at ``now``: at most `max_events` events, and
+        when `horizon_ms` is given none older than ``horizon_ms`` before the window's newest
+        event, as the store trims (`services/store`): a user idle since long ago keeps the
+        last stretch of activity, not an empty window."""
         hi = self.positions(users, nows, strict)
-        lo = np.maximum(self.offsets[users], hi - max_events)
+        first = self.offsets[users]
+        lo = np.maximum(first, hi - max_events)
         if horizon_ms is not None:
-            oldest = self.positions(users, nows - horizon_ms, strict=True)
+            newest = np.where(hi > first, self.ts[np.maximum(hi - 1, 0)], nows)
+            oldest = self.positions(users, newest - horizon_ms, strict=True)
             lo = np.maximum(lo, oldest)
         return lo, np.maximum(hi, lo)
 

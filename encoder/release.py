@@ -188,6 +188,12 @@ def file_sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+# bumped when `evaluate_log` computes other numbers from the same split and config, so a
+# cached report of the old method is not reused (2: windows trimmed from each user's
+# newest event, as the store trims, not from the split)
+LOG_EVAL_METHOD = 2
+
+
 def log_eval_version(
     models_dir: Path, version: str, split: dict[str, Any], cfg: LogEvalConfig | None = None
 ) -> dict[str, Any]:
@@ -195,7 +201,7 @@ def log_eval_version(
     cached in the version's ``eval_log.json``. ``leak`` says the version was trained on
     events at or after the split (its numbers are then optimistic)."""
     cfg = replace(cfg or LogEvalConfig(), split_at=int(split["split_at_ms"]))
-    key = {"split": split, "config": asdict(cfg)}
+    key = {"split": split, "config": asdict(cfg), "method": LOG_EVAL_METHOD}
     saved = registry.read_json(models_dir, version, "eval_log.json")
     if saved.get("key") == key:
         return saved

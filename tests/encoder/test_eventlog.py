@@ -63,7 +63,15 @@ def test_windows_match_the_event_path() -> None:
     lo_s, hi_s = log.window_bounds(users[:1], np.array([at]), 100, strict=True)
     assert (log.ts[lo_s[0] : hi_s[0]] < at).all()
     lo_h, hi_h = log.window_bounds(users[:1], np.array([now]), 100, horizon_ms=86_400_000)
-    assert (log.ts[lo_h[0] : hi_h[0]] >= now - 86_400_000).all()
+    newest = int(log.ts[hi_h[0] - 1])
+    assert (log.ts[lo_h[0] : hi_h[0]] >= newest - 86_400_000).all()
+    assert lo_h[0] == log.offsets[0] or log.ts[lo_h[0] - 1] < newest - 86_400_000
+    # the horizon counts back from the window's newest event, as the store trims: a user
+    # idle for longer than the horizon keeps its last day of events, not an empty window
+    later = np.array([int(log.ts[log.offsets[1] - 1]) + 90 * 86_400_000])
+    lo_i, hi_i = log.window_bounds(users[:1], later, 100, horizon_ms=86_400_000)
+    assert hi_i[0] == log.offsets[1] and hi_i[0] > lo_i[0]
+    assert log.ts[lo_i[0]] >= log.ts[hi_i[0] - 1] - 86_400_000
 
 
 def test_streams_jsonl_and_parquet(tmp_path: Path) -> None:
