@@ -131,14 +131,14 @@ def movielens_events(wheel: Path) -> Iterator[Event]:
         items = z.read(MOVIELENS_DIR + ".item").decode("latin-1").splitlines()
     movies: dict[str, tuple[str, str]] = {}
     for line in items[1:]:
-        item, _title, year, classes = [*line.split("\t"), "", "", ""][:4]
-        movies[item] = (year.strip(), "|".join(classes.split()))
+        mid, _title, year, classes = [*line.split("\t"), "", "", ""][:4]
+        movies[mid] = (year.strip(), "|".join(classes.split()))
     rows = []
     for line in inter[1:]:
         if not line.strip():
             continue
-        user, item, rating, ts = line.split("\t")[:4]
-        rows.append((int(user), int(float(ts)), int(item), float(rating)))
+        f = line.split("\t")
+        rows.append((int(f[0]), int(float(f[3])), int(f[1]), float(f[2])))
     rows.sort()
     for user, ts, item, rating in rows:
         year, genres = movies.get(str(item), ("", ""))

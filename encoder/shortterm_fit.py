@@ -113,15 +113,15 @@ def _examples(
     now_f = ts[hi - 1]
     now_s = ts[mid - 1] + (rng.random(n) * (ts[mid] - ts[mid - 1])).astype(np.int64)
 
-    def lo_at(end: np.ndarray, now: np.ndarray) -> np.ndarray:
+    def lo_at(end: np.ndarray) -> np.ndarray:  # the store trims from the newest event
         lo = np.maximum(off, end - max_events)
         if window_ms is not None:
-            lo = np.maximum(lo, evlog.positions(u, now - window_ms, strict=True))
+            lo = np.maximum(lo, evlog.positions(u, ts[end - 1] - window_ms, strict=True))
         return np.minimum(lo, end)
 
     return {
-        "lo_s": lo_at(mid, now_s), "mid": mid, "now_s": now_s,
-        "lo_f": lo_at(hi, now_f), "hi": hi, "now_f": now_f, "k": k,
+        "lo_s": lo_at(mid), "mid": mid, "now_s": now_s,
+        "lo_f": lo_at(hi), "hi": hi, "now_f": now_f, "k": k,
     }  # fmt: skip
 
 

@@ -157,6 +157,8 @@ SETTINGS: tuple[Setting, ...] = (
     S("refresh.share_session_timeout_ms", "REFRESH_SESSION_TIMEOUT_MS"),
     S("refresh.drift", "REFRESH_DRIFT"),
     S("refresh.audiences", "REFRESH_AUDIENCES"),
+    S("refresh.rescore_after_s", "REFRESH_RESCORE_AFTER_S", none_if=_MANY),
+    S("refresh.rescore_until_s", "REFRESH_RESCORE_UNTIL_S"),
     S("serve.host", "SERVE_HOST"),
     S("serve.port", "SERVE_PORT", default=50051),
     S("serve.dim", "DIM", default=0),

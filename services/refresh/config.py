@@ -59,6 +59,14 @@ class RefreshConfig:
             refresher (the version's score columns record it when first written).
         drift: measure how far refreshed vectors moved from the users' previous ones (one
             more pipelined store read per batch and version; services/refresh/drift.py).
+        rescore_after_s: a user without new events is encoded again this long after its
+            newest event, then at doubling gaps (2x, 4x, ... as long idle), so the vector and
+            outcome scores of an idle user follow its idleness (a churn audience finds it;
+            the window is the same, its ages are not). None: users are encoded only after new
+            events and in back-fills. Each rescore costs one encode and write per user:
+            about log2(rescore_until_s / rescore_after_s) + 1 per idle spell (5 by default).
+        rescore_until_s: no rescore once a user has been idle longer than this (default 30
+            days: past the longest outcome horizon, two weeks, the scores change little).
     """
 
     interval_s: float = 30.0
@@ -83,6 +91,8 @@ class RefreshConfig:
     share_session_timeout_ms: int = 6000
     drift: bool = True
     audiences: str = "(any)"
+    rescore_after_s: float | None = 86_400.0
+    rescore_until_s: float = 30 * 86_400.0
 
     def __post_init__(self) -> None:
         if self.batch_size < 1 or self.candidates_per_bucket < 1 or self.backfill_batch < 1:
@@ -95,3 +105,7 @@ class RefreshConfig:
             raise ValueError("share_session_timeout_ms must be >= 1000")
         if self.expire_after_days is not None and self.expire_after_days <= 0:
             raise ValueError("expire_after_days must be > 0 (unset: no expiry)")
+        if self.rescore_after_s is not None and not (
+            0 < self.rescore_after_s <= self.rescore_until_s
+        ):
+            raise ValueError("rescore_after_s must be > 0 and <= rescore_until_s (unset: off)")

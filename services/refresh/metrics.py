@@ -7,9 +7,13 @@ The index's own metrics (size, rebuild duration, update-log lag) live in
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from services.store.records import StoredVector
+from services.store.vectors import UserWrite, WriteResult
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
 _DRIFT = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0)
@@ -30,6 +34,7 @@ class RefreshStats:
     cutovers: int = 0
     errors: int = 0
     expired: int = 0  # users forgotten for inactivity (expire_after_days)
+    rescored: int = 0  # users encoded again without new events (rescore_after_s)
     refused_forgotten: int = 0  # vectors refused: encoded from a window since forgotten
 
 
@@ -46,6 +51,7 @@ class RefreshMetrics:
     vectors_skipped: Counter
     vectors_published: Counter
     users_expired: Counter
+    users_rescored: Counter
     still_dirty: Counter
     backfilled: Counter
     cutovers: Counter
@@ -111,6 +117,12 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
         users_expired=Counter(
             "persona_refresh_users_expired",
             "Users forgotten because they had no events for expire_after_days",
+            registry=registry,
+        ),
+        users_rescored=Counter(
+            "persona_refresh_users_rescored",
+            "Users encoded again without new events, their rescore time having come "
+            "(rescore_after_s)",
             registry=registry,
         ),
         vectors_published=Counter(
@@ -179,3 +191,59 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
             registry=registry,
         ),
     )
+
+
+def account_batch(
+    s: RefreshStats,
+    m: RefreshMetrics | None,
+    writes: Sequence[UserWrite],
+    vectors: Sequence[StoredVector],
+    res: WriteResult,
+    seconds: tuple[float, float, float],
+    dirty_ts: Sequence[int],
+    now_ms: int,
+) -> None:
+    """Count one committed batch: `seconds` = (publish, store write, total since the read);
+    `dirty_ts` = the dirty times of a round's users (empty for a back-fill or a rescore)."""
+    s.batches += 1
+    s.users += len(writes)
+    s.vectors_published += len(vectors)
+    s.vectors_written += res.written
+    s.skipped += res.skipped
+    s.still_dirty += res.still_dirty
+    if m is None:
+        return
+    pub, wr, total = seconds
+    m.batch_users.observe(len(writes))
+    m.stage_seconds.labels(stage="publish").observe(pub)
+    m.stage_seconds.labels(stage="write").observe(wr)
+    m.stage_seconds.labels(stage="total").observe(total)
+    by_ver: dict[str, int] = {}
+    for v in vectors:
+        by_ver[v.model_version] = by_ver.get(v.model_version, 0) + 1
+    for ver, k in by_ver.items():
+        m.vectors_published.labels(version=ver).inc(k)
+    m.vectors_written.inc(res.written)
+    m.vectors_skipped.inc(res.skipped)
+    m.still_dirty.inc(res.still_dirty)
+    for ts in res.replaced_computed_at_ms:
+        m.staleness_seconds.observe(max(0, now_ms - ts) / 1000)
+    for ts in dirty_ts:
+        m.event_to_vector_seconds.observe(max(0, now_ms - ts) / 1000)
+
+
+def error_kind(exc: BaseException) -> str:
+    """The `kind` label of `persona_refresh_errors_total`: which dependency failed."""
+    from confluent_kafka import KafkaException
+    from redis.exceptions import RedisError
+
+    from encoder.registry import RegistryError
+    from services.refresh.encoders import ModelLoadError
+
+    if isinstance(exc, RedisError):
+        return "store"
+    if isinstance(exc, KafkaException):
+        return "broker"
+    if isinstance(exc, ModelLoadError | RegistryError):
+        return "model"
+    return "other"

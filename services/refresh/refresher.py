@@ -7,7 +7,8 @@ every version in the write set (active, back-filling, ready); a writer thread co
 batch before (publish, then store) while the next one is encoded. Between passes the loop
 waits for `interval_s`, or less when the backlog passes `drain_threshold`, and works on a
 pending back-fill in chunks (see `cutover.py`); every `expire_every_s` it forgets the users
-inactive for `expire_after_days`, when set (see `forget.py`).
+inactive for `expire_after_days`, when set (see `forget.py`). After the dirty users, a pass
+encodes again the users whose rescore time has come (idle users: `Refresher.rescore`).
 
 Several refreshers divide the work when they share a group (`share.py`): each scans, encodes
 and back-fills only the buckets its share holds now, and claims each batch from the share,
@@ -29,38 +30,23 @@ from typing import Any
 
 from opentelemetry import trace
 
-from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
 from services.refresh.cutover import Cutover
 from services.refresh.drift import Drift, Previous
-from services.refresh.encoders import EncoderCache, ModelLoadError, encode_windows
+from services.refresh.encoders import EncoderCache, encode_windows
 from services.refresh.forget import expire_inactive
-from services.refresh.metrics import RefreshMetrics, RefreshStats
+from services.refresh.metrics import RefreshMetrics, RefreshStats, account_batch, error_kind
 from services.refresh.publish import Publisher
 from services.refresh.share import AllBuckets
 from services.store.protocols import Forgetter, Vectors, Windows
 from services.store.records import StoredVector
-from services.store.vectors import UserWrite, WriteResult
+from services.store.vectors import NO_RESCORE, UserWrite, WriteResult
 from services.store.windows import Window
 from services.telemetry import kafka_headers
 
 log = logging.getLogger(__name__)
 
 WRITTEN_STATES = ("active", "backfilling", "ready")
-
-
-def error_kind(exc: BaseException) -> str:
-    """The `kind` label of `persona_refresh_errors_total`: which dependency failed."""
-    from confluent_kafka import KafkaException
-    from redis.exceptions import RedisError
-
-    if isinstance(exc, RedisError):
-        return "store"
-    if isinstance(exc, KafkaException):
-        return "broker"
-    if isinstance(exc, ModelLoadError | RegistryError):
-        return "model"
-    return "other"
 
 
 def now_ms() -> int:
@@ -203,16 +189,41 @@ class Refresher:
             if not cands:
                 break
             done += self.round(cands, self.write_set(), stop)
+        done += self.rescore(stop)
         self.stats.passes_done += 1
         if self.metrics and done:
             self.metrics.users_per_second.set(done / max(time.perf_counter() - t0, 1e-9))
         return done
 
+    def rescore(self, stop: threading.Event) -> int:
+        """Rounds over the users due to be encoded again without new events (their rescore
+        time, `RefreshConfig.rescore_after_s`, has come): their windows are encoded at the
+        present time, so the vectors and outcome scores of idle users follow their idleness.
+        Each write sets the next time or ends the schedule. Returns users encoded."""
+        done = 0
+        while self.cfg.rescore_after_s is not None and not stop.is_set():
+            due = self.vectors.due_rescores(
+                self.cfg.candidates_per_bucket, now_ms(), self.share.owned()
+            )
+            n = self.round([(u, 0) for u in due], self.write_set(), stop, rescore=True)
+            done += n
+            if not n:
+                break
+        self.stats.rescored += done
+        if self.metrics and done:
+            self.metrics.users_rescored.inc(done)
+        return done
+
     def round(
-        self, cands: Sequence[tuple[str, int]], versions: Sequence[str], stop: threading.Event
+        self,
+        cands: Sequence[tuple[str, int]],
+        versions: Sequence[str],
+        stop: threading.Event,
+        rescore: bool = False,
     ) -> int:
-        """Encode `cands` in batches. Three stages overlap: batch k+1's windows are read and
-        batch k-1 is committed while batch k is encoded."""
+        """Encode `cands` (user, dirty ts) in batches. Three stages overlap: batch k+1's
+        windows are read and batch k-1 is committed while batch k is encoded. `rescore`:
+        the users are due to be encoded again, not dirty (no event-to-vector time)."""
         if not versions:
             raise RuntimeError("no active model version in the store; see `persona cutover`")
         pending: Future[WriteResult] | None = None
@@ -237,7 +248,7 @@ class Refresher:
                 try:
                     wins = [wins[i] for i in keep]
                     prepared = self.prepare_windows(wins, versions, clear_dirty=True, t0=t0)
-                    prepared.dirty_ts = [chunk[i][1] for i in keep]
+                    prepared.dirty_ts = [] if rescore else [chunk[i][1] for i in keep]
                     prepared.previous = previous
                     if pending is not None:
                         pending.result()
@@ -280,7 +291,8 @@ class Refresher:
         flat: list[StoredVector] = []
         for i, w in enumerate(wins):
             vs = [v for row in by_ver.values() if (v := row[i]) is not None]
-            writes.append(UserWrite(w.user_id, vs, w.version if clear_dirty else None))
+            due = self.next_rescore(at, w.events[-1].ts_ms) if w.events else NO_RESCORE
+            writes.append(UserWrite(w.user_id, vs, w.version if clear_dirty else None, due))
             flat += vs
         if self.metrics:
             self.metrics.stage_seconds.labels(stage="read").observe(t1 - t0)
@@ -291,6 +303,16 @@ class Refresher:
                 for prop, n in unknown.items():
                     self.metrics.unknown_properties.labels(version=ver, property=prop).inc(n)
         return Prepared(writes, flat, started=t0, span=span)
+
+    def next_rescore(self, at_ms: int, newest_ms: int) -> int:
+        """When a user encoded at `at_ms`, newest event at `newest_ms`, is due again if no
+        event comes: `rescore_after_s` after its newest event, then at doubling gaps (each
+        time as long again as it has been idle), none past `rescore_until_s` of idleness."""
+        after = self.cfg.rescore_after_s
+        if after is None:
+            return NO_RESCORE
+        due = at_ms + max(int(after * 1000), at_ms - newest_ms)
+        return due if due - newest_ms <= self.cfg.rescore_until_s * 1000 else NO_RESCORE
 
     def _describe(self, versions: Sequence[str]) -> None:
         """Before each batch, when compiling was asked: whether each version's encoder runs
@@ -356,33 +378,8 @@ class Refresher:
     def _account(
         self, batch: Prepared, res: WriteResult, pub: float, wr: float, total: float
     ) -> None:
-        s = self.stats
-        s.batches += 1
-        s.users += len(batch.writes)
-        s.vectors_published += len(batch.vectors)
-        s.vectors_written += res.written
-        s.skipped += res.skipped
-        s.still_dirty += res.still_dirty
-        m = self.metrics
-        if m is None:
-            return
-        m.batch_users.observe(len(batch.writes))
-        m.stage_seconds.labels(stage="publish").observe(pub)
-        m.stage_seconds.labels(stage="write").observe(wr)
-        m.stage_seconds.labels(stage="total").observe(total)
-        by_ver: dict[str, int] = {}
-        for v in batch.vectors:
-            by_ver[v.model_version] = by_ver.get(v.model_version, 0) + 1
-        for ver, k in by_ver.items():
-            m.vectors_published.labels(version=ver).inc(k)
-        m.vectors_written.inc(res.written)
-        m.vectors_skipped.inc(res.skipped)
-        m.still_dirty.inc(res.still_dirty)
-        now = now_ms()
-        for ts in res.replaced_computed_at_ms:
-            m.staleness_seconds.observe(max(0, now - ts) / 1000)
-        for ts in batch.dirty_ts:
-            m.event_to_vector_seconds.observe(max(0, now - ts) / 1000)
+        account_batch(self.stats, self.metrics, batch.writes, batch.vectors, res,
+                      (pub, wr, total), batch.dirty_ts, now_ms())  # fmt: skip
         if self.drift is not None and batch.dirty_ts:  # a round's batch, not a back-fill
             self.drift.observe(batch.previous, batch.vectors)
 

@@ -1,6 +1,7 @@
 -- Forget one user (see LAYOUT.md "Forgetting a user"), in one atomic step.
 -- KEYS[1] = the bucket's dirty set; KEYS[2..4] = the user's window, events and meta keys;
--- KEYS[5..] = the user's vector list under every model version the store knows.
+-- KEYS[5] = the bucket's rescore set; KEYS[6..] = the user's vector list under every model
+-- version the store knows.
 -- (The short-term state lives in the meta hash: it goes with it.)
 -- ARGV[1] = uid; ARGV[2] = forget time ms (events with ts_ms <= it are refused from now on);
 -- ARGV[3] = '' to forget unconditionally, or a cutoff ms (expiry): forget only when the
@@ -21,8 +22,9 @@ if prev > at then at = prev end
 local had = redis.call('EXISTS', KEYS[2])
 redis.call('DEL', KEYS[2], KEYS[3], KEYS[4])
 local dirty = redis.call('ZREM', KEYS[1], uid)
+redis.call('ZREM', KEYS[5], uid)
 local nvec = 0
-for i = 5, #KEYS do
+for i = 6, #KEYS do
   -- out of the version's audience sets too (write_vectors.lua): their count is in the
   -- newest value (layouts 2-3)
   local head = redis.call('LINDEX', KEYS[i], 0)

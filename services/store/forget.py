@@ -25,7 +25,8 @@ import redis
 
 from services.store import layout
 from services.store.client import Client
-from services.store.memory import MemoryVectors, MemoryWindows
+from services.store.memory import MemoryWindows
+from services.store.memory_vectors import MemoryVectors
 from services.store.records import vector_key
 from services.store.router import StoreRouter
 from services.store.scripts import ScriptCall, Scripts
@@ -90,7 +91,8 @@ class StoreForgetter:
         uids = list(dict.fromkeys(user_ids))
         calls: list[ScriptCall] = []
         for uid in uids:
-            keys = [layout.dirty_key(layout.bucket(uid)), *layout.user_keys(uid)]
+            b = layout.bucket(uid)
+            keys = [layout.dirty_key(b), *layout.user_keys(uid), layout.rescore_key(b)]
             keys += [vector_key(uid, v) for v in res.versions]
             calls.append((keys, [uid, at_ms, cutoff]))
         for uid, reply in zip(uids, self._scripts.run("forget.lua", calls), strict=True):

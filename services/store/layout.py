@@ -10,6 +10,7 @@ import struct
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 from redis.crc import key_slot
@@ -46,6 +47,20 @@ def meta_key(user_id: str) -> bytes:
 
 def dirty_key(b: int) -> bytes:
     return b"p:{%d}:dirty" % b
+
+
+def rescore_key(b: int) -> bytes:
+    """Bucket B's users due to be encoded again without new events (LAYOUT.md)."""
+    return b"p:{%d}:rescore" % b
+
+
+def zpairs(raw: Any) -> list[tuple[bytes, float]]:
+    """ZRANGE .. WITHSCORES as pairs, whether the client parsed them or not (RESP2/3)."""
+    if not raw:
+        return []
+    if isinstance(raw[0], list | tuple):
+        return [(m, float(s)) for m, s in raw]
+    return [(raw[i], float(raw[i + 1])) for i in range(0, len(raw), 2)]
 
 
 def user_keys(user_id: str) -> tuple[bytes, bytes, bytes]:

@@ -76,6 +76,10 @@ class Vectors(Protocol):
 
     def write(self, users: Sequence[UserWrite]) -> WriteResult: ...
 
+    def due_rescores(
+        self, per_bucket: int, now_ms: int, buckets: Collection[int] | None = None
+    ) -> list[str]: ...
+
     def get_batch(
         self, user_ids: Sequence[str], version: str, history: int = 1
     ) -> list[list[StoredVector]]: ...
@@ -99,7 +103,8 @@ class Forgetter(Protocol):
 
 if TYPE_CHECKING:  # mypy holds every implementation to its Protocol
     from services.store.forget import MemoryForgetter, StoreForgetter
-    from services.store.memory import MemoryVectors, MemoryWindows
+    from services.store.memory import MemoryWindows
+    from services.store.memory_vectors import MemoryVectors
     from services.store.vectors import VectorStore
     from services.store.windows import WindowStore
 

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -68,11 +68,17 @@ class CutoverError(RuntimeError):
 @dataclass(frozen=True, slots=True)
 class UserWrite:
     """Vectors of one user (at most one per version); `expect_window_version` set: clear the
-    user's dirty mark if the meta `v` still equals it (the refresher's write)."""
+    user's dirty mark if the meta `v` still equals it (the refresher's write);
+    `rescore_at_ms` set: when the user is due to be encoded again without new events
+    (`NO_RESCORE`: never; None: leave the schedule as it is)."""
 
     user_id: str
     vectors: Sequence[StoredVector]
     expect_window_version: int | None = None
+    rescore_at_ms: int | None = None
+
+
+NO_RESCORE = -1  # UserWrite.rescore_at_ms: take the user out of the rescore set
 
 
 @dataclass(slots=True)
@@ -220,7 +226,7 @@ class VectorStore:
         planned: list[tuple[list[UserWrite], list[str]]] = []
         for b, group in by_bucket.items():
             vers = sorted({check_version(v.model_version) for u in group for v in u.vectors})
-            keys: list[bytes] = [layout.dirty_key(b)]
+            keys: list[bytes] = [layout.dirty_key(b), layout.rescore_key(b)]
             args: list[Any] = [self.history, ttl_ms, len(vers)]
             args += [self._masks.get(ver, "") for ver in vers]
             for u in group:
@@ -228,7 +234,8 @@ class VectorStore:
                 keys.append(layout.meta_key(u.user_id))
                 keys += [vector_key(u.user_id, ver) for ver in vers]
                 expect = "" if u.expect_window_version is None else str(u.expect_window_version)
-                args += [u.user_id, expect]
+                due = "" if u.rescore_at_ms is None else str(u.rescore_at_ms)
+                args += [u.user_id, expect, due]
                 args += [
                     pack_vector(by_ver[ver], self.dtype) if ver in by_ver else b"" for ver in vers
                 ]
@@ -252,6 +259,19 @@ class VectorStore:
                     elif c == -4:
                         res.forgotten.append((u.user_id, ver))
         return res
+
+    def due_rescores(
+        self, per_bucket: int, now_ms: int, buckets: Collection[int] | None = None
+    ) -> list[str]:
+        """Up to `per_bucket` users of every bucket in `buckets` (None: all) whose rescore
+        time is at or before `now_ms`, longest due first. One pipelined read per node."""
+        keys = [layout.rescore_key(b) for b in (range(layout.BUCKETS) if buckets is None
+                                                else sorted(buckets))]  # fmt: skip
+        cmd = ("ZRANGE", "-inf", now_ms, "BYSCORE", "LIMIT", 0, per_bucket, "WITHSCORES")
+        results = self.router.execute([(k, (cmd[0], k, *cmd[1:])) for k in keys])
+        raise_first(results)
+        pairs = [(float(s), m.decode("utf-8")) for r in results for m, s in layout.zpairs(r)]
+        return [uid for _, uid in sorted(pairs)]
 
     def get_batch(
         self, user_ids: Sequence[str], version: str, history: int = 1

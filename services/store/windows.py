@@ -175,7 +175,7 @@ class WindowStore:
             [(k, ("ZRANGE", k, 0, per_bucket - 1, "WITHSCORES")) for k in keys]
         )
         raise_first(results)
-        out = [(m.decode("utf-8"), int(s)) for r in results for m, s in _pairs(r)]
+        out = [(m.decode("utf-8"), int(s)) for r in results for m, s in layout.zpairs(r)]
         out.sort(key=lambda p: (p[1], p[0]))
         return out
 
@@ -194,12 +194,3 @@ class WindowStore:
 
 def _buckets(buckets: Collection[int] | None) -> Iterable[int]:
     return range(layout.BUCKETS) if buckets is None else sorted(buckets)
-
-
-def _pairs(raw: Any) -> list[tuple[bytes, float]]:
-    """ZRANGE .. WITHSCORES as pairs, whether the client parsed them or not (RESP2/3)."""
-    if not raw:
-        return []
-    if isinstance(raw[0], list | tuple):
-        return [(m, float(s)) for m, s in raw]
-    return [(raw[i], float(raw[i + 1])) for i in range(0, len(raw), 2)]

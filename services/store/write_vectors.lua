@@ -1,10 +1,13 @@
 -- Write vectors of the users of one bucket (one hash slot); see LAYOUT.md "Vectors".
--- KEYS[1] = dirty set of the bucket; then per user: meta hash, then one vector list per version.
+-- KEYS[1] = dirty set of the bucket, KEYS[2] = its rescore set; then per user: meta hash,
+-- then one vector list per version.
 -- ARGV[1] = history, ARGV[2] = ttl_ms (0 = none), ARGV[3] = number of versions n;
 -- ARGV[4 .. 3 + n] = per version, its audience mask: '' = every score column, else one
 -- character per column, '1' = kept in the audience sets; then per user: uid, expected
--- window version ('' = leave the dirty mark alone), n values (vector records, layouts 1
--- to 3: same header; '' = nothing for that version).
+-- window version ('' = leave the dirty mark alone), rescore time ms ('' = leave the
+-- rescore set alone, '-1' = out of it; a user forgotten since is taken out whatever it
+-- says), n values (vector records, layouts 1 to 3: same header; '' = nothing for that
+-- version).
 -- Returns per user: cleared (1 cleared, 0 still dirty, -1 not asked), then per version:
 -- the replaced head's computed_at_ms (-1 no head, -2 value skipped: head is newer, -3 no value,
 -- -4 value refused: encoded from a window the user asked to forget, meta `xv`; see LAYOUT.md).
@@ -56,15 +59,16 @@ local function fold_state(mk, vk, wv)
 end
 local n = tonumber(ARGV[3])
 local out = {}
-local k = 2
+local k = 3
 local a = 4 + n
 while a <= #ARGV do
-  local uid, expect = ARGV[a], ARGV[a + 1]
+  local uid, expect, due = ARGV[a], ARGV[a + 1], ARGV[a + 2]
   local mk = KEYS[k]
   local res = {}
   local xv = tonumber(redis.call('HGET', mk, 'xv') or '0')
+  local forgotten = false
   for j = 1, n do
-    local vk, val = KEYS[k + j], ARGV[a + 1 + j]
+    local vk, val = KEYS[k + j], ARGV[a + 2 + j]
     local r, wv = -3, 0
     if #val >= 24 then
       r = -1
@@ -72,6 +76,7 @@ while a <= #ARGV do
       if wv < xv then
         r = -4
         val = ''
+        forgotten = true
       end
     end
     if #val >= 24 then
@@ -109,9 +114,14 @@ while a <= #ARGV do
       cleared = 1
     end
   end
+  if due == '-1' or (due ~= '' and forgotten) then
+    redis.call('ZREM', KEYS[2], uid)
+  elseif due ~= '' then
+    redis.call('ZADD', KEYS[2], due, uid)
+  end
   out[#out + 1] = cleared
   for j = 1, n do out[#out + 1] = res[j] end
   k = k + 1 + n
-  a = a + 2 + n
+  a = a + 3 + n
 end
 return out

@@ -39,7 +39,7 @@ from services.serving.metrics import serving_metrics
 from services.serving.server import ServingServer
 from services.stack import EmbeddedStack
 from services.store.client import connect
-from services.store.memory import MemoryVectors
+from services.store.memory_vectors import MemoryVectors
 from services.store.records import StoredVector
 from services.store.windows import WindowStore
 from services.telemetry import REQUEST_ID, kafka_headers, links_from_headers, setup_logging

@@ -202,7 +202,7 @@ def test_error_kinds() -> None:
     from redis.exceptions import ConnectionError as RedisConnectionError
 
     from services.refresh.encoders import ModelLoadError
-    from services.refresh.refresher import error_kind
+    from services.refresh.metrics import error_kind
 
     assert error_kind(RedisConnectionError("down")) == "store"
     assert error_kind(KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT))) == "broker"

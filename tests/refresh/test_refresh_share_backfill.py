@@ -16,7 +16,8 @@ from services.refresh.cutover import Cutover, promote
 from services.refresh.metrics import RefreshStats
 from services.refresh.share import AllBuckets, bucket_range
 from services.store import layout
-from services.store.memory import MemoryVectors, MemoryWindows
+from services.store.memory import MemoryWindows
+from services.store.memory_vectors import MemoryVectors
 from services.store.records import StoredVector
 from services.store.vectors import UserWrite
 from services.store.windows import Window

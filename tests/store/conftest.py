@@ -13,7 +13,8 @@ import pytest
 from services.config import WindowConfig
 from services.stack import EmbeddedStack
 from services.store.client import connect
-from services.store.memory import MemoryVectors, MemoryWindows
+from services.store.memory import MemoryWindows
+from services.store.memory_vectors import MemoryVectors
 from services.store.protocols import Vectors, Windows
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore

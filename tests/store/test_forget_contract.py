@@ -12,10 +12,11 @@ import pytest
 
 from contract.events import Event
 from services.store.forget import MemoryForgetter, StoreForgetter
-from services.store.memory import MemoryVectors, MemoryWindows
+from services.store.memory import MemoryWindows
+from services.store.memory_vectors import MemoryVectors
 from services.store.protocols import Forgetter
 from services.store.records import StoredVector
-from services.store.vectors import UserWrite
+from services.store.vectors import NO_RESCORE, UserWrite
 from tests.store.conftest import Stores
 from tests.store_support import UserUpdate, packed
 
@@ -157,3 +158,34 @@ def test_expiry_forgets_only_users_without_events_since_the_cutoff(
     # forgotten as of its newest event (T0+2): a replay stays out, anything newer comes in
     r = _apply(stores, [_events(gone, range(4))], rebuild=True)
     assert (r.applied, r.forgotten) == (1, 3)
+
+
+def test_rescore_times_are_kept_taken_out_and_forgotten(
+    stores: Stores, forgetter: Forgetter
+) -> None:
+    """write_vectors.lua's rescore set: a write sets or ends a user's rescore time; a forget
+    (and a write refused because of one) takes the user out."""
+    gone, stays, v = _ids()
+    third = stays + "-3"
+    _setup(stores, gone, stays, [v])
+
+    def due(at: int) -> list[str]:
+        mine = {gone, stays, third}
+        return [u for u in stores.vectors.due_rescores(10_000, at) if u in mine]
+
+    stores.vectors.write(
+        [UserWrite(gone, [_vec(gone, v, 2)], None, T0 + 100),
+         UserWrite(stays, [_vec(stays, v, 2)], None, T0 + 50),
+         UserWrite(third, [_vec(third, v, 1)], None, T0 + 70)]
+    )  # fmt: skip
+    assert due(T0 + 10) == [] and due(T0 + 60) == [stays]
+    assert due(T0 + 100) == [stays, third, gone]  # longest due first
+    stores.vectors.write([UserWrite(third, [_vec(third, v, 1)], None, NO_RESCORE)])
+    stores.vectors.write([UserWrite(stays, [], None, None)])  # None: left as it is
+    assert due(T0 + 100) == [stays, gone]
+
+    forgetter.forget([gone], at_ms=T0 + 10)
+    assert due(T0 + 100) == [stays]
+    (w,) = stores.windows.read([stays])  # the window version a refresher would have read
+    res = stores.vectors.write([UserWrite(gone, [_vec(gone, v, w.version)], None, T0 + 100)])
+    assert res.forgotten == [(gone, v)] and due(T0 + 100) == [stays]
