@@ -102,3 +102,33 @@ def test_tokenised_in_batches_as_event_by_event(monkeypatch: pytest.MonkeyPatch)
     by_user = group_by_user(ds.events)
     want = [tok.static_ids(e) for u in log.users for e in by_user[u]]
     assert len(want) > 100 and log.static.tolist() == want
+
+
+def test_windows_with_a_horizon_are_what_the_store_holds() -> None:
+    """`window_bounds` with a horizon (what `persona eval` and training use) keeps the events
+    the store's windows keep at the same time: the newest `max_events`, none older than the
+    horizon before the user's newest event (services/store/memory.py: apply.lua's rules),
+    for active and long-idle users alike."""
+    from services.config import WindowConfig
+    from services.store.memory import MemoryWindows
+    from tests.store_support import UserUpdate, apply_events
+
+    ds = generate(SyntheticConfig(users=40, events_per_user=60.0, seed=6))
+    split = ds.config.end_ms - 20 * 86_400_000  # many users idle for weeks by then
+    horizon, max_events = 7 * 86_400_000, 32
+    before = [e for e in ds.events if e.ts_ms < split]
+    tok = Tokenizer(TokenizerConfig(features=discover(ds.events), max_events=max_events))
+    log = build_log(before, tok)
+    users = np.arange(len(log.users))
+    lo, hi = log.window_bounds(
+        users, np.full(len(users), split), max_events, strict=True, horizon_ms=horizon
+    )
+    store = MemoryWindows(WindowConfig(max_events=max_events, horizon_ms=horizon))
+    by_user = group_by_user(before)
+    apply_events(store, [UserUpdate(u, 0, list(enumerate(by_user[u]))) for u in log.users])
+    held = {w.user_id: w.events for w in store.read(log.users)}
+    idle = 0
+    for b, uid in enumerate(log.users):
+        assert log.ts[lo[b] : hi[b]].tolist() == [e.ts_ms for e in held[uid]], uid
+        idle += int(split - held[uid][-1].ts_ms > horizon)
+    assert idle > 0  # some windows would have been empty had the horizon counted from T
