@@ -6,8 +6,10 @@ Valkey cluster unless --single) and marked dirty; then
   reads, encode, publish to the update log (waiting for acks), Lua write + dirty clear;
 - encoder alone: the same windows, read once beforehand, through `Encoder.encode` in
   batches of the same size.
-The ratio full / encoder shows what the I/O costs. The model is the default architecture
-(untrained weights cost the same FLOPs) unless --models names a registry.
+The ratio full / encoder shows what the I/O costs. Beside them, reading the same windows
+whole and only their newest `max_events` (what the refresher reads), taking turns. The model
+is the default architecture (untrained weights cost the same FLOPs) unless --models names a
+registry.
 
 `--drift-rounds N` then measures what the drift signal costs (services/refresh/drift.py:
 one more pipelined read per batch): every user gets one new event and is refreshed again,
@@ -72,6 +74,21 @@ def touch(ws: WindowStore, last: dict[str, Event], k: int) -> None:
         ws.apply_packed(ups[i : i + 500])
 
 
+def read_newest_vs_full(
+    ws: WindowStore, ids: list[str], batch: int, newest: int, rounds: int = 3
+) -> tuple[float, float]:
+    """Seconds to read (and decode) every window whole and only its newest `newest` events,
+    as the refresher does for an encoder reading `newest`: best of `rounds`, taking turns."""
+    best = {0: float("inf"), newest: float("inf")}
+    for _ in range(rounds):
+        for n in best:
+            t0 = time.perf_counter()
+            for i in range(0, len(ids), batch):
+                ws.read(ids[i : i + batch], n or None)
+            best[n] = min(best[n], time.perf_counter() - t0)
+    return best[0], best[newest]
+
+
 def encoder_alone(enc: Encoder, ws: WindowStore, ids: list[str], batch: int) -> float:
     wins = [w.events for w in ws.read(ids)]
     now = time.time_ns() // 1_000_000
@@ -130,6 +147,7 @@ def main() -> None:
         full_s = time.perf_counter() - t0
         assert stats.users == len(ids), stats
         alone_s = encoder_alone(enc, ws, ids, args.batch_size)
+        read_full_s, read_newest_s = read_newest_vs_full(ws, ids, args.batch_size, enc.max_events)
         rates: dict[bool, list[float]] = {False: [], True: []}
         regs = {False: CollectorRegistry(), True: CollectorRegistry()}
         metrics = {on: refresh_metrics(reg) for on, reg in regs.items()}
@@ -166,6 +184,12 @@ def main() -> None:
     print(
         f"| full refresh (read, encode, publish, write) | {full_s:.2f} | {n / full_s:,.0f} "
         f"| {alone_s / full_s:.2f} |"
+    )
+    print(
+        f"| reading the windows whole (decode included) | {read_full_s:.2f} "
+        f"| {n / read_full_s:,.0f} | |\n"
+        f"| reading their newest {enc.max_events} events (what the refresher reads) "
+        f"| {read_newest_s:.2f} | {n / read_newest_s:,.0f} | |"
     )
     print("\nfull-path stage seconds (publish + write overlap the next batch's encode):")
     print(" ".join(f"{k}={v:.2f}" for k, v in stages.items()))

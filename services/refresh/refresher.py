@@ -231,7 +231,8 @@ class Refresher:
             cands[i : i + self.cfg.batch_size] for i in range(0, len(cands), self.cfg.batch_size)
         ]
         first = [u for u, _ in chunks[0]] if chunks else []
-        reads = [self._reader.submit(self._read, first, versions)] if chunks else []
+        newest = max(self.encoders.get(v).max_events for v in versions)
+        reads = [self._reader.submit(self._read, first, versions, newest)] if chunks else []
         n = 0
         try:
             for k, chunk in enumerate(chunks):
@@ -241,7 +242,7 @@ class Refresher:
                 wins, previous = reads[k].result()  # read while the batch before was encoded
                 if k + 1 < len(chunks):
                     nxt = [u for u, _ in chunks[k + 1]]
-                    reads.append(self._reader.submit(self._read, nxt, versions))
+                    reads.append(self._reader.submit(self._read, nxt, versions, newest))
                 keep = self.share.claim([u for u, _ in chunk])  # buckets still ours
                 if not keep:
                     continue
@@ -263,11 +264,13 @@ class Refresher:
         return n
 
     def _read(
-        self, uids: list[str], versions: Sequence[str]
+        self, uids: list[str], versions: Sequence[str], newest: int
     ) -> tuple[list[Window], Previous | None]:
-        """The read stage: the windows, and the users' vectors before when drift is on."""
+        """The read stage: each window's `newest` events, those the versions' encoders read
+        (the store keeps more for longer models; reading and decoding them all can cost more
+        than the encode), and the users' vectors before when drift is on."""
         previous = self.drift.read(uids, versions) if self.drift is not None else None
-        return self.windows.read(uids), previous
+        return self.windows.read(uids, newest), previous
 
     # ----- one batch ---------------------------------------------------------------------
 

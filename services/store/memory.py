@@ -100,8 +100,9 @@ class MemoryWindows:
         st.records = {e: st.records[e] for e in keep}
         return gone
 
-    def read(self, user_ids: Sequence[str]) -> list[Window]:
+    def read(self, user_ids: Sequence[str], newest: int | None = None) -> list[Window]:
         out = []
+        keep = None if newest is None else -max(1, newest)
         with self._lock:
             for uid in user_ids:
                 st = self._users.get(uid)
@@ -109,6 +110,7 @@ class MemoryWindows:
                     out.append(Window(uid, 0, []))
                     continue
                 order = sorted(st.records.items(), key=lambda kv: (kv[1][0], kv[0]))
+                order = order if keep is None else order[keep:]
                 events = [unpack_record(uid, e.decode("utf-8"), rec) for e, (_, rec) in order]
                 out.append(Window(uid, st.version, events))
         return out

@@ -132,9 +132,11 @@ class WindowStore:
             total.add(ApplyResult(a, d, rp, t, f, [int(x) for x in r[5:]]))
         return total
 
-    def read(self, user_ids: Sequence[str]) -> list[Window]:
-        """Windows of `user_ids`, in request order; an unknown user has an empty window."""
-        calls: list[ScriptCall] = [(layout.user_keys(uid), []) for uid in user_ids]
+    def read(self, user_ids: Sequence[str], newest: int | None = None) -> list[Window]:
+        """Windows of `user_ids`, in request order; an unknown user has an empty window.
+        `newest`: only each window's newest `newest` events (the version is the window's)."""
+        arg = [] if newest is None else [max(1, newest)]
+        calls: list[ScriptCall] = [(layout.user_keys(uid), arg) for uid in user_ids]
         out = []
         for uid, r in zip(user_ids, self._scripts.run("read.lua", calls), strict=True):
             events = [

@@ -208,3 +208,20 @@ def test_error_kinds() -> None:
     assert error_kind(KafkaException(KafkaError(KafkaError.REQUEST_TIMED_OUT))) == "broker"
     assert error_kind(ModelLoadError("gone")) == "model"
     assert error_kind(ZeroDivisionError()) == "other"
+
+
+def test_windows_longer_than_the_model_reads_give_the_full_windows_vectors(env: Env) -> None:
+    """The refresher reads only each window's newest `max_events` (32 for these versions):
+    the vectors, scores and n_events equal those of the whole window's encode."""
+    from encoder.api import Encoder
+
+    users = [f"long{i}" for i in range(6)]
+    add_events(env.windows, users, 50, seed=11)
+    env.refresher().run(threading.Event(), until_idle=True)
+    enc = Encoder.load(env.models, env.v1)
+    wins = env.windows.read(users)
+    assert all(len(w.events) == 50 for w in wins) and enc.max_events == 32
+    for w, [v] in zip(wins, env.vectors.get_batch(users, env.v1), strict=True):
+        want = enc.encode([w.events], v.computed_at_ms)[0]
+        np.testing.assert_allclose(v.vector, want, rtol=1e-5, atol=1e-6)
+        assert v.n_events == 32 and v.window_version == w.version

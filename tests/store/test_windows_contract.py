@@ -55,6 +55,11 @@ def test_matches_the_reference_rules_under_replays_duplicates_and_disorder(
     for uid, w in zip(uids, stores.windows.read(uids), strict=True):
         assert w.events == ref.window(uid), uid
         assert dict(store.offsets(uid)) == ref.users[uid].offsets
+    # the newest n only (what the refresher reads for an encoder of n events), same version
+    full = stores.windows.read(uids)
+    for n in (1, 3, CFG.max_events + 5):
+        for f, w in zip(full, stores.windows.read(uids, newest=n), strict=True):
+            assert w.events == f.events[-n:] and w.version == f.version
 
 
 def test_unknown_user_has_an_empty_window(stores: Stores) -> None:
