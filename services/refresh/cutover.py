@@ -135,7 +135,10 @@ class Cutover:
         stats: RefreshStats,
         metrics: RefreshMetrics | None = None,
         share: AllBuckets | None = None,
+        reads: Callable[[str], int | None] = lambda version: None,
     ) -> None:
+        """`reads(version)`: the newest events of a window the version's encoder reads (the
+        back-fill reads no more of the window; None: all of it)."""
         self.cfg = cfg
         self.store = store
         self.windows = windows
@@ -144,6 +147,7 @@ class Cutover:
         self.stats = stats
         self.metrics = metrics
         self.share = share or AllBuckets()
+        self.reads = reads
         self._scans: dict[tuple[str, range], Iterator[str]] = {}  # (version, range): its SCAN
 
     def sync(self) -> None:
@@ -222,7 +226,7 @@ class Cutover:
 
     def _backfill_claimed(self, ver: str, users: list[str]) -> None:
         t0 = time.perf_counter()
-        wins = self.windows.read(users)
+        wins = self.windows.read(users, self.reads(ver))
         heads = self.store.get_batch(users, ver)
         todo = [
             w

@@ -108,6 +108,7 @@ class Refresher:
         cutover = Cutover(
             self.cfg, self.vectors, self.windows, self.encoders.models_dir,
             self.encode_and_commit, self.stats, self.metrics, self.share,
+            lambda ver: self.encoders.get(ver).max_events,
         )  # fmt: skip
         last_pass = last_expiry = -float("inf")
         errors = 0
