@@ -211,8 +211,8 @@ def test_error_kinds() -> None:
 
 
 def test_windows_longer_than_the_model_reads_give_the_full_windows_vectors(env: Env) -> None:
-    """The refresher reads only each window's newest `max_events` (32 for these versions):
-    the vectors, scores and n_events equal those of the whole window's encode."""
+    """The refresher (rounds and back-fill) reads only each window's newest `max_events` (32
+    for these versions): vectors and n_events equal those of the whole window's encode."""
     from encoder.api import Encoder
 
     users = [f"long{i}" for i in range(6)]
@@ -221,7 +221,10 @@ def test_windows_longer_than_the_model_reads_give_the_full_windows_vectors(env: 
     enc = Encoder.load(env.models, env.v1)
     wins = env.windows.read(users)
     assert all(len(w.events) == 50 for w in wins) and enc.max_events == 32
-    for w, [v] in zip(wins, env.vectors.get_batch(users, env.v1), strict=True):
-        want = enc.encode([w.events], v.computed_at_ms)[0]
-        np.testing.assert_allclose(v.vector, want, rtol=1e-5, atol=1e-6)
-        assert v.n_events == 32 and v.window_version == w.version
+    env.cut_over_to_v2()  # the back-fill reads the same way
+    for ver in (env.v1, env.v2):
+        enc = Encoder.load(env.models, ver)
+        for w, [v] in zip(wins, env.vectors.get_batch(users, ver), strict=True):
+            want = enc.encode([w.events], v.computed_at_ms)[0]
+            np.testing.assert_allclose(v.vector, want, rtol=1e-5, atol=1e-6)
+            assert v.n_events == 32 and v.window_version == w.version
