@@ -265,10 +265,12 @@ class VectorStore:
     ) -> list[str]:
         """Up to `per_bucket` users of every bucket in `buckets` (None: all) whose rescore
         time is at or before `now_ms`, longest due first. One pipelined read per node."""
-        keys = [layout.rescore_key(b) for b in (range(layout.BUCKETS) if buckets is None
-                                                else sorted(buckets))]  # fmt: skip
-        cmd = ("ZRANGE", "-inf", now_ms, "BYSCORE", "LIMIT", 0, per_bucket, "WITHSCORES")
-        results = self.router.execute([(k, (cmd[0], k, *cmd[1:])) for k in keys])
+        owned = range(layout.BUCKETS) if buckets is None else sorted(buckets)
+        keys = [layout.rescore_key(b) for b in owned]
+        results = self.router.execute(
+            [(k, ("ZRANGE", k, "-inf", now_ms, "BYSCORE", "LIMIT", 0, per_bucket, "WITHSCORES"))
+             for k in keys]
+        )  # fmt: skip
         raise_first(results)
         pairs = [(float(s), m.decode("utf-8")) for r in results for m, s in layout.zpairs(r)]
         return [uid for _, uid in sorted(pairs)]
