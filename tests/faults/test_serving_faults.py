@@ -226,10 +226,19 @@ def test_slow_store_answers_within_deadline_or_fails_fast_and_in_flight_is_bound
         assert threads1 <= threads0 + 40, (threads0, threads1)
         assert rss1 - rss0 < 50 * 1024, (rss0, rss1)
 
-        # 4. The store heals: the next call answers.
+        # 4. The store heals: calls answer again without a restart. The replies the flood
+        #    left queued in the proxy (each mid-sleep one still waits its 300 ms) drain
+        #    first, so a call right after the heal can still meet the 200 ms store timeout
+        #    on a loaded machine (seen in CI): the bound is on recovering, not on one call.
         served.proxy.delay_s = 0.0
-        t_heal = time.monotonic()
-        assert len(stub.GetEmbeddings(req, timeout=2).statuses) == 20
+        t_heal, answered = time.monotonic(), None
+        while answered is None and time.monotonic() - t_heal < 10.0:
+            try:
+                answered = stub.GetEmbeddings(req, timeout=2)
+            except grpc.RpcError as exc:
+                assert exc.code() == grpc.StatusCode.UNAVAILABLE, exc.code()
+                time.sleep(0.1)
+        assert answered is not None and len(answered.statuses) == 20
         heal_s = time.monotonic() - t_heal
     finally:
         ch.close()
