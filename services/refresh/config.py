@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from contract import topics
-from services.store.layout import BUCKETS
+from services.store.layout import BUCKETS, NO_RESCORE
 
 
 @dataclass(frozen=True)
@@ -109,3 +109,14 @@ class RefreshConfig:
             0 < self.rescore_after_s <= self.rescore_until_s
         ):
             raise ValueError("rescore_after_s must be > 0 and <= rescore_until_s (unset: off)")
+
+    def next_rescore(self, at_ms: int, newest_ms: int) -> int:
+        """When a user encoded at `at_ms`, newest event at `newest_ms`, is due again if no
+        event comes: `rescore_after_s` after its newest event, then at doubling gaps (each
+        time as long again as it has been idle), none past `rescore_until_s` of idleness
+        (`NO_RESCORE`)."""
+        after = self.rescore_after_s
+        if after is None:
+            return NO_RESCORE
+        due = at_ms + max(int(after * 1000), at_ms - newest_ms)
+        return due if due - newest_ms <= self.rescore_until_s * 1000 else NO_RESCORE

@@ -46,6 +46,11 @@ class EncoderCache:
             self._all.append(enc)
         return enc
 
+    def reads(self, versions: Sequence[str]) -> int:
+        """How many of a window's newest events the versions' encoders read (the most of
+        them): all a refresh or back-fill needs to read of a window."""
+        return max(self.get(v).max_events for v in versions)
+
     def wait_compiled(self, timeout: float | None = None) -> None:
         """Wait for every loaded version's background compile (tests, benchmarks, close)."""
         for enc in self._all:

@@ -38,9 +38,10 @@ from services.refresh.forget import expire_inactive
 from services.refresh.metrics import RefreshMetrics, RefreshStats, account_batch, error_kind
 from services.refresh.publish import Publisher
 from services.refresh.share import AllBuckets
+from services.store.layout import NO_RESCORE
 from services.store.protocols import Forgetter, Vectors, Windows
 from services.store.records import StoredVector
-from services.store.vectors import NO_RESCORE, UserWrite, WriteResult
+from services.store.vectors import UserWrite, WriteResult
 from services.store.windows import Window
 from services.telemetry import kafka_headers
 
@@ -108,7 +109,7 @@ class Refresher:
         cutover = Cutover(
             self.cfg, self.vectors, self.windows, self.encoders.models_dir,
             self.encode_and_commit, self.stats, self.metrics, self.share,
-            lambda ver: self.encoders.get(ver).max_events,
+            lambda ver: self.encoders.reads([ver]),
         )  # fmt: skip
         last_pass = last_expiry = -float("inf")
         errors = 0
@@ -232,7 +233,7 @@ class Refresher:
             cands[i : i + self.cfg.batch_size] for i in range(0, len(cands), self.cfg.batch_size)
         ]
         first = [u for u, _ in chunks[0]] if chunks else []
-        newest = max(self.encoders.get(v).max_events for v in versions)
+        newest = self.encoders.reads(versions)
         reads = [self._reader.submit(self._read, first, versions, newest)] if chunks else []
         n = 0
         try:
@@ -295,7 +296,7 @@ class Refresher:
         flat: list[StoredVector] = []
         for i, w in enumerate(wins):
             vs = [v for row in by_ver.values() if (v := row[i]) is not None]
-            due = self.next_rescore(at, w.events[-1].ts_ms) if w.events else NO_RESCORE
+            due = self.cfg.next_rescore(at, w.events[-1].ts_ms) if w.events else NO_RESCORE
             writes.append(UserWrite(w.user_id, vs, w.version if clear_dirty else None, due))
             flat += vs
         if self.metrics:
@@ -307,16 +308,6 @@ class Refresher:
                 for prop, n in unknown.items():
                     self.metrics.unknown_properties.labels(version=ver, property=prop).inc(n)
         return Prepared(writes, flat, started=t0, span=span)
-
-    def next_rescore(self, at_ms: int, newest_ms: int) -> int:
-        """When a user encoded at `at_ms`, newest event at `newest_ms`, is due again if no
-        event comes: `rescore_after_s` after its newest event, then at doubling gaps (each
-        time as long again as it has been idle), none past `rescore_until_s` of idleness."""
-        after = self.cfg.rescore_after_s
-        if after is None:
-            return NO_RESCORE
-        due = at_ms + max(int(after * 1000), at_ms - newest_ms)
-        return due if due - newest_ms <= self.cfg.rescore_until_s * 1000 else NO_RESCORE
 
     def _describe(self, versions: Sequence[str]) -> None:
         """Before each batch, when compiling was asked: whether each version's encoder runs

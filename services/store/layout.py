@@ -49,6 +49,9 @@ def dirty_key(b: int) -> bytes:
     return b"p:{%d}:dirty" % b
 
 
+NO_RESCORE = -1  # a write's rescore time (`vectors.UserWrite`): out of the rescore set
+
+
 def rescore_key(b: int) -> bytes:
     """Bucket B's users due to be encoded again without new events (LAYOUT.md)."""
     return b"p:{%d}:rescore" % b

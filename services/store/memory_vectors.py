@@ -9,6 +9,7 @@ from collections.abc import Collection, Iterable, Sequence
 
 from contract.versions import check_version
 from services.store import layout
+from services.store.layout import NO_RESCORE
 from services.store.memory import MemoryWindows
 from services.store.records import (
     Dtype,
@@ -19,7 +20,7 @@ from services.store.records import (
     unpack_vector,
 )
 from services.store.router import DeadlineReached
-from services.store.vectors import NO_RESCORE, STATES, CutoverError, UserWrite, WriteResult
+from services.store.vectors import STATES, CutoverError, UserWrite, WriteResult
 
 _HEAD = struct.Struct("<qq")  # computed_at_ms, window_version at byte 4 of a vector record
 _HISTORY_MAX = 16  # versions kept on the rollback history (set_active.lua)

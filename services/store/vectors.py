@@ -70,15 +70,12 @@ class UserWrite:
     """Vectors of one user (at most one per version); `expect_window_version` set: clear the
     user's dirty mark if the meta `v` still equals it (the refresher's write);
     `rescore_at_ms` set: when the user is due to be encoded again without new events
-    (`NO_RESCORE`: never; None: leave the schedule as it is)."""
+    (`layout.NO_RESCORE`: never; None: leave the schedule as it is)."""
 
     user_id: str
     vectors: Sequence[StoredVector]
     expect_window_version: int | None = None
     rescore_at_ms: int | None = None
-
-
-NO_RESCORE = -1  # UserWrite.rescore_at_ms: take the user out of the rescore set
 
 
 @dataclass(slots=True)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import threading
 import time
-from types import SimpleNamespace
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -13,9 +12,9 @@ from prometheus_client import CollectorRegistry
 from contract.events import Event
 from services.refresh.config import RefreshConfig
 from services.refresh.metrics import refresh_metrics
-from services.refresh.refresher import Refresher, now_ms
+from services.refresh.refresher import now_ms
 from services.store.forget import StoreForgetter
-from services.store.vectors import NO_RESCORE
+from services.store.layout import NO_RESCORE
 from tests.refresh.conftest import Env
 from tests.store_support import UserUpdate, apply_events
 
@@ -24,7 +23,7 @@ DAY = 86_400_000
 
 def _due(after_s: float | None, at: int, newest: int, until_s: float = 30 * 86_400.0) -> int:
     cfg = RefreshConfig(rescore_after_s=after_s, rescore_until_s=until_s)
-    return Refresher.next_rescore(SimpleNamespace(cfg=cfg), at, newest)  # type: ignore[arg-type]
+    return cfg.next_rescore(at, newest)
 
 
 def test_the_schedule_doubles_the_idle_time_and_ends_past_the_limit() -> None:

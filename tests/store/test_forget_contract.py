@@ -12,11 +12,12 @@ import pytest
 
 from contract.events import Event
 from services.store.forget import MemoryForgetter, StoreForgetter
+from services.store.layout import NO_RESCORE
 from services.store.memory import MemoryWindows
 from services.store.memory_vectors import MemoryVectors
 from services.store.protocols import Forgetter
 from services.store.records import StoredVector
-from services.store.vectors import NO_RESCORE, UserWrite
+from services.store.vectors import UserWrite
 from tests.store.conftest import Stores
 from tests.store_support import UserUpdate, packed
 
