@@ -16,8 +16,9 @@ Order of work (`evaluate_log`):
    embedding is the model's vector of that window through the batch encoder the refresher
    uses; the aggregates are computed from the same window (`aggregates`);
 4. linear probes (`probe_aucs`: ridge regression on standardised inputs, its penalty
-   chosen per outcome by leave-one-out inside each of `folds` cross-validation folds) give
-   ROC AUC per outcome for the embedding, the aggregates and both together;
+   chosen per outcome by leave-one-out inside each of `folds` cross-validation folds,
+   the whole cross-validation repeated over `repeats` shuffles) give ROC AUC per outcome
+   for the embedding, the aggregates and both together;
 5. lookalike score: the mean Jaccard similarity of a user's future outcome set with those
    of its `k` nearest users (cosine on embeddings, Euclidean on standardised aggregates),
    against `k` random users.
@@ -51,6 +52,9 @@ class LogEvalConfig:
     top_values: int = 8
     min_class: int = 10  # an outcome needs this many positives and negatives
     folds: int = 5
+    # cross-validation shuffles averaged: at a few hundred users one shuffle's mean AUC moves
+    # by +-0.01 (MovieLens seed 0, shuffles 0-2: "both - aggregates" +0.017 / +0.002 / +0.002)
+    repeats: int = 5
     k: int = 10
     seed: int = 0
 
@@ -117,13 +121,23 @@ def aggregates(
     return np.concatenate(feats, axis=1), names
 
 
-def probe_aucs(x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+def probe_aucs(
+    x: np.ndarray, y: np.ndarray, folds: int, seed: int = 0, repeats: int = 1
+) -> np.ndarray:
     """Cross-validated ROC AUC of a linear probe for every column of `y` at once.
 
     The probe is ridge regression on standardised `x` with its penalty chosen per outcome by
     efficient leave-one-out on each training fold (`RidgeCV`): a regularised linear read-out
     whose strength adapts to the feature set, so more features cannot make it worse by
-    overfitting, and cheap enough for dozens of outcomes. x: (U, F), y: (U, Y) -> (Y,)."""
+    overfitting, and cheap enough for dozens of outcomes. With `repeats` > 1 the whole
+    cross-validation runs over that many shuffles (seeds ``seed ...``) and the AUCs are
+    averaged (repeated k-fold: the same expectation, less of one shuffle's luck).
+    x: (U, F), y: (U, Y) -> (Y,)."""
+    runs = [_probe_aucs_once(x, y, folds, seed + r) for r in range(max(repeats, 1))]
+    return np.mean(runs, axis=0)
+
+
+def _probe_aucs_once(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
     from sklearn.linear_model import RidgeCV
     from sklearn.metrics import roc_auc_score
     from sklearn.model_selection import KFold
@@ -263,7 +277,7 @@ def score(data: EvalData, cfg: LogEvalConfig) -> dict[str, Any]:
     both = np.concatenate([emb, agg], axis=1)
     cols = np.flatnonzero(keep)
     aucs = {
-        name: probe_aucs(x, y_all[:, cols], cfg.folds, cfg.seed)
+        name: probe_aucs(x, y_all[:, cols], cfg.folds, cfg.seed, cfg.repeats)
         for name, x in (("embedding", emb), ("aggregates", agg), ("both", both))
     }
     outcomes: list[dict[str, Any]] = []

@@ -13,7 +13,7 @@ from contract.events import Event
 from encoder import registry
 from encoder.datasets import synthetic_log
 from encoder.evaluate import EvalConfig
-from encoder.evaluate_log import LogEvalConfig, default_split, prepare, score
+from encoder.evaluate_log import LogEvalConfig, default_split, prepare, probe_aucs, score
 from encoder.eventlog import EventLog
 from encoder.features import discover
 from encoder.io import events_source, write_events_jsonl
@@ -64,6 +64,17 @@ def test_nothing_at_or_after_the_split_reaches_windows_or_aggregates() -> None:
     assert b.labels[:, a.outcomes.index("(any)")].all()
     report = score(a, cfg)
     assert {o["outcome"] for o in report["outcomes"]} >= {"(any)", "sku=s0"}
+
+
+def test_repeated_probes_average_shuffles_and_read_real_signal() -> None:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 6))
+    y = np.stack([x[:, 0] + rng.normal(size=200) > 0, rng.random(200) < 0.3], axis=1)
+    once = [probe_aucs(x, y, 5, seed=s) for s in (3, 4, 5)]
+    np.testing.assert_allclose(probe_aucs(x, y, 5, seed=3, repeats=3), np.mean(once, axis=0))
+    assert min(a[0] for a in once) > 0.7  # the planted signal
+    assert all(abs(a[1] - 0.5) < 0.15 for a in once)  # noise stays near chance
+    assert len({round(float(a[0]), 6) for a in once}) > 1  # the shuffles differ
 
 
 def test_default_split() -> None:
