@@ -133,8 +133,12 @@ def probe_aucs(
     cross-validation runs over that many shuffles (seeds ``seed ...``) and the AUCs are
     averaged (repeated k-fold: the same expectation, less of one shuffle's luck).
     x: (U, F), y: (U, Y) -> (Y,)."""
-    runs = [_probe_aucs_once(x, y, folds, seed + r) for r in range(max(repeats, 1))]
-    return np.mean(runs, axis=0)
+    return probe_auc_runs(x, y, folds, seed, repeats).mean(axis=0)
+
+
+def probe_auc_runs(x: np.ndarray, y: np.ndarray, folds: int, seed: int, repeats: int) -> np.ndarray:
+    """(R, Y): `probe_aucs` of each of the R = max(repeats, 1) shuffles (seeds ``seed ...``)."""
+    return np.stack([_probe_aucs_once(x, y, folds, seed + r) for r in range(max(repeats, 1))])
 
 
 def _probe_aucs_once(x: np.ndarray, y: np.ndarray, folds: int, seed: int) -> np.ndarray:
@@ -276,10 +280,17 @@ def score(data: EvalData, cfg: LogEvalConfig) -> dict[str, Any]:
     keep = (pos >= cfg.min_class) & (n - pos >= cfg.min_class)
     both = np.concatenate([emb, agg], axis=1)
     cols = np.flatnonzero(keep)
-    aucs = {
-        name: probe_aucs(x, y_all[:, cols], cfg.folds, cfg.seed, cfg.repeats)
+    runs = {
+        name: probe_auc_runs(x, y_all[:, cols], cfg.folds, cfg.seed, cfg.repeats)
         for name, x in (("embedding", emb), ("aggregates", agg), ("both", both))
-    }
+    }  # (R, Y) each
+    aucs = {name: r.mean(axis=0) for name, r in runs.items()}
+    # how far one shuffle's mean AUC strays: the instrument's own noise (not the users')
+    per_shuffle = {name: np.nanmean(r, axis=1) for name, r in runs.items()}  # (R,)
+    per_shuffle["both - aggregates"] = per_shuffle["both"] - per_shuffle["aggregates"]
+    per_shuffle["embedding - aggregates"] = per_shuffle["embedding"] - per_shuffle["aggregates"]
+    spread = {k: round(float(v.std()), 4) if len(cols) else float("nan")
+              for k, v in per_shuffle.items()}  # fmt: skip
     outcomes: list[dict[str, Any]] = []
     for i, j in enumerate(cols):
         row: dict[str, Any] = {
@@ -304,6 +315,7 @@ def score(data: EvalData, cfg: LogEvalConfig) -> dict[str, Any]:
 
     return {
         "mean_auc": {k_: mean(k_) for k_ in ("embedding", "aggregates", "both")},
+        "mean_auc_shuffle_sd": spread,  # standard deviation over the probes' shuffles
         "lookalike_jaccard_at_k": look,
         "outcomes": outcomes,
         "left_out_outcomes": [data.outcomes[j] for j in np.flatnonzero(~keep)],
@@ -332,6 +344,13 @@ def format_log_table(report: dict[str, Any]) -> str:
     lines.append(
         f"{'mean AUC':34s} {'':6s} {m['embedding']:10.4f} {m['aggregates']:11.4f} {m['both']:7.4f}"
     )
+    sd = report.get("mean_auc_shuffle_sd")
+    if sd is not None and report["config"].get("repeats", 1) > 1:
+        lines.append(
+            f"{'  sd over ' + str(report['config']['repeats']) + ' shuffles':34s} {'':6s} "
+            f"{sd['embedding']:10.4f} {sd['aggregates']:11.4f} {sd['both']:7.4f}  "
+            f"(both - aggregates {sd['both - aggregates']:.4f})"
+        )
     look = report["lookalike_jaccard_at_k"]
     lines.append(
         f"lookalike Jaccard@{report['config']['k']}: embedding {look['embedding']:.4f}, "

@@ -191,8 +191,8 @@ def file_sha256(path: Path) -> str:
 # bumped when `evaluate_log` computes other numbers from the same split and config, so a
 # cached report of the old method is not reused (2: windows trimmed from each user's
 # newest event, as the store trims, not from the split; 3: probe AUCs averaged over
-# `LogEvalConfig.repeats` cross-validation shuffles)
-LOG_EVAL_METHOD = 3
+# `LogEvalConfig.repeats` cross-validation shuffles; 4: with their spread)
+LOG_EVAL_METHOD = 4
 
 
 def log_eval_version(

@@ -13,7 +13,15 @@ from contract.events import Event
 from encoder import registry
 from encoder.datasets import synthetic_log
 from encoder.evaluate import EvalConfig
-from encoder.evaluate_log import LogEvalConfig, default_split, prepare, probe_aucs, score
+from encoder.evaluate_log import (
+    EvalData,
+    LogEvalConfig,
+    default_split,
+    format_log_table,
+    prepare,
+    probe_aucs,
+    score,
+)
 from encoder.eventlog import EventLog
 from encoder.features import discover
 from encoder.io import events_source, write_events_jsonl
@@ -75,6 +83,29 @@ def test_repeated_probes_average_shuffles_and_read_real_signal() -> None:
     assert min(a[0] for a in once) > 0.7  # the planted signal
     assert all(abs(a[1] - 0.5) < 0.15 for a in once)  # noise stays near chance
     assert len({round(float(a[0]), 6) for a in once}) > 1  # the shuffles differ
+
+
+def test_the_report_gives_the_spread_over_shuffles() -> None:
+    rng = np.random.default_rng(1)
+    n = 120
+    signal = rng.normal(size=n)
+    labels = np.stack([signal + rng.normal(size=n) > 0, rng.random(n) < 0.5], axis=1)
+    data = EvalData(
+        users=[f"u{i}" for i in range(n)],
+        embedding=np.stack([signal, rng.normal(size=n)], axis=1),
+        aggregates=rng.normal(size=(n, 3)),
+        labels=labels,
+        outcomes=("type=buy", "sku=s1"),
+        split={"split_at_ms": SPLIT},
+    )
+    one = score(data, LogEvalConfig(repeats=1, k=5))
+    assert set(one["mean_auc_shuffle_sd"].values()) == {0.0}
+    three = score(data, LogEvalConfig(repeats=3, k=5))
+    sd = three["mean_auc_shuffle_sd"]
+    assert all(0.0 <= v < 0.1 for v in sd.values()) and sd["both - aggregates"] > 0.0
+    assert three["mean_auc"]["embedding"] > three["mean_auc"]["aggregates"] + 0.1  # the signal
+    assert "sd over 3 shuffles" in format_log_table(three)
+    assert "sd over" not in format_log_table(one)
 
 
 def test_default_split() -> None:
