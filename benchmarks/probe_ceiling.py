@@ -38,7 +38,8 @@ from scipy.sparse import csr_matrix
 from contract.events import Event
 from encoder import registry
 from encoder.api import Encoder
-from encoder.evaluate_log import EvalData, LogEvalConfig, prepare, probe_aucs
+from encoder.evaluate_log import EvalData, LogEvalConfig, prepare, probe_aucs, probed
+from encoder.eventlog import EventLog
 from encoder.io import events_source
 from encoder.tokenizer import HOUR
 
@@ -46,7 +47,7 @@ Window = list[tuple[int, list[str]]]  # (ts_ms, ["type=...", "prop=value", ...])
 
 
 def windows(path: Path, users: list[str], cfg: LogEvalConfig) -> dict[str, Window]:
-    """Each user's events before the split, trimmed as the evaluation trims them (the newest
+    """Each user's events before the split, trimmed by the evaluation's own rule (the newest
     `window_events`, none older than `window_ms` before the user's newest one); an event
     becomes its type and its categorical (string) values."""
     split = int(cfg.split_at or 0)
@@ -59,13 +60,24 @@ def windows(path: Path, users: list[str], cfg: LogEvalConfig) -> dict[str, Windo
                 f"{k}={v}" for k, v in e.props.items() if isinstance(v, str)
             ]
             seen[e.user_id].append((e.ts_ms, vals))
-    out: dict[str, Window] = {}
-    for u, evs in seen.items():
+    users = list(seen)
+    for evs in seen.values():
         evs.sort(key=lambda x: x[0])  # stable: equal times keep the file's order
-        if cfg.window_ms is not None:
-            evs = [x for x in evs if x[0] >= evs[-1][0] - cfg.window_ms]
-        out[u] = evs[-cfg.window_events :]
-    return out
+    # the trim is the evaluation's own (`EventLog.window_bounds`), on these times alone
+    sizes = [len(seen[u]) for u in users]
+    log = EventLog(
+        users=users,
+        offsets=np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64),
+        ts=np.asarray([ts for u in users for ts, _ in seen[u]], dtype=np.int64),
+        static=np.zeros((sum(sizes), 0), dtype=np.int32),
+        numbers=np.zeros((sum(sizes), 0), dtype=np.float32),
+    )
+    idx = np.arange(len(users))
+    lo, hi = log.window_bounds(
+        idx, np.full(len(users), split), cfg.window_events, strict=True, horizon_ms=cfg.window_ms
+    )
+    first = log.offsets[:-1]
+    return {u: seen[u][int(lo[i] - first[i]) : int(hi[i] - first[i])] for i, u in enumerate(users)}
 
 
 def bag_svd(wins: list[Window], dims: int = 64) -> np.ndarray:
@@ -117,8 +129,7 @@ def main(argv: list[str] | None = None) -> int:
     enc = Encoder.load(args.models, version)
     data: EvalData = prepare(enc.encode_rows, enc.tokenizer.config, events_source(path), cfg)
     n = len(data.users)
-    pos = data.labels.sum(0)
-    keep = (pos >= cfg.min_class) & (n - pos >= cfg.min_class)
+    keep = probed(data.labels, cfg.min_class)
     y = data.labels[:, keep]
     outcomes = [o for o, k in zip(data.outcomes, keep, strict=True) if k]
     by_user = windows(path, data.users, cfg)
@@ -139,9 +150,10 @@ def main(argv: list[str] | None = None) -> int:
           f"{cfg.folds}-fold probes x {cfg.repeats} shuffles")  # fmt: skip
     print("\n| features | mean probe AUC | - aggregates |")
     print("| --- | ---: | ---: |")
-    base = float(np.nanmean(probe_aucs(agg, y, cfg.folds, cfg.seed, cfg.repeats)))
-    for name, x in sets.items():
+    base = None
+    for name, x in sets.items():  # "aggregates" first: the base of the last column
         auc = float(np.nanmean(probe_aucs(x, y, cfg.folds, cfg.seed, cfg.repeats)))
+        base = auc if base is None else base
         print(f"| {name} | {auc:.4f} | {auc - base:+.4f} |", flush=True)
     return 0
 

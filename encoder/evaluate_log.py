@@ -272,12 +272,18 @@ def prepare(
     )
 
 
+def probed(labels: np.ndarray, min_class: int) -> np.ndarray:
+    """(Y,) bool: the outcomes of labels (U, Y) with at least `min_class` positives and
+    negatives, those the probes score (the rest are left out)."""
+    pos = labels.sum(0)
+    return (pos >= min_class) & (len(labels) - pos >= min_class)
+
+
 def score(data: EvalData, cfg: LogEvalConfig) -> dict[str, Any]:
     """Steps 4-5 of the module docstring: the report."""
     emb, agg, y_all = data.embedding, data.aggregates, data.labels
     n = len(data.users)
-    pos = y_all.sum(0)
-    keep = (pos >= cfg.min_class) & (n - pos >= cfg.min_class)
+    keep = probed(y_all, cfg.min_class)
     both = np.concatenate([emb, agg], axis=1)
     cols = np.flatnonzero(keep)
     runs = {
