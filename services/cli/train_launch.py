@@ -6,6 +6,11 @@ through the environment), waits, and returns its exit code; a Ctrl-C or SIGTERM 
 torchrun, which stops its workers. Each worker sees ``WORLD_SIZE`` and trains its share
 (`encoder/parallel.py`); rank 0 writes the version. Several machines: run the printed
 ``torchrun`` line on each with ``--nnodes`` and a rendezvous endpoint instead.
+
+torchrun keeps its workers' error files in a log directory, by default a new
+``torchelastic_*`` directory in the temp dir that it never removes; here it is a temporary
+directory of the parent's, removed when the run ends (a failed worker's error is printed by
+torchrun before it exits).
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import argparse
 import os
 import subprocess
 import sys
+import tempfile
 
 
 def child_argv(args: argparse.Namespace) -> list[str]:
@@ -37,7 +43,12 @@ def child_argv(args: argparse.Namespace) -> list[str]:
 
 
 def launch(args: argparse.Namespace) -> int:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    with tempfile.TemporaryDirectory(prefix="persona-train-") as logs:
+        return _run(args, logs)
+
+
+def _run(args: argparse.Namespace, logs: str) -> int:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--log-dir", logs]
     cmd += [f"--nproc-per-node={args.nproc}", "-m", "services.cli", *child_argv(args)]
     print("persona train: " + " ".join(cmd[1:]), file=sys.stderr)
     env = dict(os.environ)  # each rank its share of the cores (torchrun would say 1, loudly)

@@ -12,8 +12,9 @@ In order:
    with the parent, and runs the one-process serve: its own store client, its own index
    follower and index replica, its own metrics on a loopback port;
 3. a member's readiness (health of the Persona service) says SERVING only once every
-   member is ready (`ReadyBarrier`: one mark file per ready member in a directory of the
-   parent's), so a probe that lands on any member speaks for all of them;
+   member is ready (`ReadyBarrier`: one flag per member in memory the parent shares with
+   them, so nothing is left on disk even when the parent is killed), so a probe that lands
+   on any member speaks for all of them;
 4. the parent's /metrics shows every member's series with a `process` label
    (`MemberMetrics` scrapes the members when it is scraped): sum them without `process`;
 5. SIGTERM/SIGINT: the parent sends SIGTERM to every member (each drains and stops as a
@@ -31,13 +32,11 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from prometheus_client.metrics_core import Metric
@@ -57,7 +56,8 @@ class Member:
         count: how many members share the port.
         port: the shared gRPC port.
         parent_pid: the parent, whose death kills the member.
-        ready_dir: where members mark themselves ready (`ReadyBarrier`).
+        ready: one byte per member, 1 once it is ready (`ReadyBarrier`): a
+            `multiprocessing` RawArray of the parent's, shared with every member.
         metrics_port: its own /metrics on 127.0.0.1 (0: none), scraped by the parent.
     """
 
@@ -65,7 +65,7 @@ class Member:
     count: int
     port: int
     parent_pid: int
-    ready_dir: Path
+    ready: Any
     metrics_port: int = 0
 
     def enter(self) -> None:
@@ -81,21 +81,18 @@ class Member:
 class ReadyBarrier:
     """`ready(timeout_s)` for `ServingServer.start`: True once this member's own readiness
     (`own`, e.g. `IndexHolder.wait_ready`; None: ready at once) said so and every member
-    has marked itself ready in `ready_dir`."""
+    has flagged itself ready in `member.ready`."""
 
     def __init__(self, member: Member, own: Callable[[float], bool] | None) -> None:
         self.member = member
         self.own = own
         self.marked = False
 
-    def _mark(self) -> Path:
-        return self.member.ready_dir / f"{self.member.index}.ready"
-
     def __call__(self, timeout_s: float) -> bool:
         if not self.marked:
             if self.own is not None and not self.own(timeout_s):
                 return False
-            self._mark().touch()
+            self.member.ready[self.member.index] = 1
             self.marked = True
         if self.all_ready():
             return True
@@ -103,8 +100,7 @@ class ReadyBarrier:
         return self.all_ready()
 
     def all_ready(self) -> bool:
-        d = self.member.ready_dir
-        return all((d / f"{i}.ready").exists() for i in range(self.member.count))
+        return all(self.member.ready[i] for i in range(self.member.count))
 
 
 class MemberMetrics:
@@ -178,14 +174,14 @@ def run_members(
     (the parent's /metrics endpoint) and left after they stopped."""
     ctx = mp.get_context("spawn")
     procs: list[Any] = []
-    marks = tempfile.TemporaryDirectory(prefix="persona-serve-")
-    with reserve_port(host, port) as held, marks as d:
+    ready = ctx.RawArray("b", count)  # anonymous shared memory: nothing on disk to clean up
+    with reserve_port(host, port) as held:
         port = held.getsockname()[1]
         ports = free_ports(count) if metrics else [0] * count
         rc = 0
         try:
             for i in range(count):
-                member = Member(i, count, port, os.getpid(), Path(d), ports[i])
+                member = Member(i, count, port, os.getpid(), ready, ports[i])
                 p = ctx.Process(target=target, args=(payload, member), name=f"persona-serve-{i}")
                 p.start()
                 procs.append(p)

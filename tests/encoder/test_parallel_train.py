@@ -138,21 +138,28 @@ def test_resume_repeats_an_uninterrupted_run(
 @pytest.mark.slow
 def test_persona_train_nproc_2_writes_a_version_and_resumes(tmp_path: Path) -> None:
     """The command line: torchrun starts 2 ranks, rank 0 writes the version; the same
-    command again finds the finished run's checkpoint and trains no further step."""
+    command again finds the finished run's checkpoint and trains no further step; the runs
+    leave nothing in the temp dir (torchrun's log directory is the parent's, removed)."""
+    import os
     import subprocess
     import sys
 
-    models, ckpt = tmp_path / "models", tmp_path / "ckpt"
+    models, ckpt, tmp = tmp_path / "models", tmp_path / "ckpt", tmp_path / "tmp"
+    tmp.mkdir()
     cmd = [sys.executable, "-m", "services.cli", "train", "--synthetic", "--users", "150"]
     cmd += ["--epochs", "1", "--nproc", "2", "--quiet"]
     cmd += ["--models", str(models), "--checkpoint-dir", str(ckpt)]
-    runs = [subprocess.run(cmd, capture_output=True, text=True, timeout=600) for _ in range(2)]
+    env = {**os.environ, "TMPDIR": str(tmp)}
+    runs = [
+        subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env) for _ in range(2)
+    ]
     versions = []
     for r in runs:
         assert r.returncode == 0, r.stderr[-3000:]
         lines = r.stdout.split()
         assert len(lines) == 1, r.stdout  # one version id, printed by rank 0 only
         versions.append(lines[0])
+    assert not [p.name for p in tmp.iterdir() if not p.name.startswith("torchinductor")]
     first, again = (json.loads((models / v / "metrics.json").read_text()) for v in versions)
     assert first["processes"] == 2 and first["steps"] > 0
     assert "resuming from" not in runs[0].stderr and "resuming from" in runs[1].stderr

@@ -10,6 +10,7 @@ the shared Valkey; they wait on conditions (with a generous deadline), never on 
 from __future__ import annotations
 
 import contextlib
+import multiprocessing
 import os
 import signal
 import socket
@@ -43,10 +44,11 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 # -- the parts, in this process ---------------------------------------------------------------
 
 
-def test_a_member_is_ready_only_once_every_member_is(tmp_path: Path) -> None:
+def test_a_member_is_ready_only_once_every_member_is() -> None:
     own_ready = [False]
-    first = ReadyBarrier(Member(0, 2, 1, os.getpid(), tmp_path), None)
-    second = ReadyBarrier(Member(1, 2, 1, os.getpid(), tmp_path), lambda _t: own_ready[0])
+    flags = multiprocessing.get_context("spawn").RawArray("b", 2)  # as run_members shares it
+    first = ReadyBarrier(Member(0, 2, 1, os.getpid(), flags), None)
+    second = ReadyBarrier(Member(1, 2, 1, os.getpid(), flags), lambda _t: own_ready[0])
     assert not first(0.0)  # itself ready, its sibling not yet
     assert not second(0.0)  # its own readiness (the index) says no: no mark
     assert not first(0.0)
@@ -153,10 +155,13 @@ def _health(port: int) -> int:
 
 
 class Parent:
-    def __init__(self, proc: subprocess.Popen[bytes], port: int, metrics_port: int) -> None:
+    def __init__(
+        self, proc: subprocess.Popen[bytes], port: int, metrics_port: int, tmp: Path
+    ) -> None:
         self.proc = proc
         self.port = port
         self.metrics_port = metrics_port
+        self.tmp = tmp
         self.members: set[int] = set()
 
     def metrics(self) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
@@ -182,9 +187,12 @@ def parent(
            "--redis", f"{stack.addresses.redis}/{DB}", "--dim", str(DIM),
            "--grace-s", "1"]  # fmt: skip
     log = tmp_path / "serve.log"
+    tmp = tmp_path / "tmp"  # the parent's temp dir: nothing may be left in it (Parent.tmp)
+    tmp.mkdir()
+    env = {**os.environ, "TMPDIR": str(tmp)}
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT)
-    p = Parent(proc, port, metrics_port)
+        proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+    p = Parent(proc, port, metrics_port, tmp)
     try:
         _until("SERVING", lambda: proc.poll() is not None or _health(port) == SERVING)
         assert proc.poll() is None, log.read_text()
@@ -239,6 +247,7 @@ def test_sigterm_to_the_parent_stops_every_member_and_frees_the_port(parent: Par
     _until("every member gone", lambda: not any(_alive(pid) for pid in members))
     assert not _listening(parent.port)
     assert not _listening(parent.metrics_port)
+    assert not list(parent.tmp.iterdir())
 
 
 @pytest.mark.integration
@@ -249,6 +258,7 @@ def test_a_killed_parent_leaves_no_member_behind(parent: Parent) -> None:
     parent.proc.wait(30)
     _until("every member gone", lambda: not any(_alive(pid) for pid in members))
     _until("the port free", lambda: not _listening(parent.port))
+    assert not list(parent.tmp.iterdir())  # nothing on disk that only the parent would remove
 
 
 @pytest.mark.integration
