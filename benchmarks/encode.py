@@ -10,15 +10,18 @@ round's ratios and its own matmul peak are what to compare):
   causal and key-padding masks);
 - naive: one user at a time through the batch path;
 - compiled (CPU, when a C++ compiler is present): the batch path with its Transformer
-  layers compiled (`Encoder(compile=True)`, `encoder/compiled.py`).
+  layers compiled (`Encoder(compile=True)`, `encoder/compiled.py`);
+- bf16, compiled bf16 (a CPU with native bf16, `encoder.api.cpu_bf16`): the batch and
+  compiled paths in bf16 autocast (`Encoder(bf16=True)`); their "% peak" is still against
+  the float32 matmul, and the run prints the bf16 matmul's rate beside it.
 
 Prints users/s, the useful FLOP/s against a 2048^2 matmul measured in the same round (the
 machine's practical peak), and the medians of the per-round batch / reference and
 compiled / batch ratios. On a
 GPU (when present) the same on CUDA with bf16 autocast.
 
-`--stages` then times one forward pass of the fastest path stage by stage (tokenise, embed,
-layers, pooling and bags) as its best of 15.
+`--stages` then times one forward pass of the first path (compiled bf16, else compiled)
+stage by stage (tokenise, embed, layers, pooling and bags) as its best of 15.
 
     .venv/bin/python benchmarks/encode.py [--users 256] [--rounds 3] [--models DIR] [--stages]
 """
@@ -37,7 +40,7 @@ import numpy as np
 import torch
 
 from contract.events import Event
-from encoder.api import Encoder
+from encoder.api import Encoder, cpu_bf16
 from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder, make_kjt
 from encoder.synthetic import SyntheticConfig, generate
@@ -57,10 +60,12 @@ def flops_per_user(cfg: ModelConfig, t: int) -> float:
     return layer_flops(cfg, t) + t * 2 * d + 2 * d * cfg.out_dim
 
 
-def matmul_peak(device: torch.device, n: int = 2048, reps: int = 3) -> float:
+def matmul_peak(
+    device: torch.device, n: int = 2048, reps: int = 3, dtype: torch.dtype | None = None
+) -> float:
     """FLOP/s of an n x n matmul, the best of `reps` (as each encode path is timed): float32
-    on the CPU, bf16 on CUDA (the dtype each device's encoder computes in)."""
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    on the CPU, bf16 on CUDA (the dtype each device's encoder computes in by default)."""
+    dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     a = torch.randn(n, n, device=device, dtype=dtype)
     b = torch.randn(n, n, device=device, dtype=dtype)
     a @ b
@@ -122,11 +127,12 @@ def timed(fn: object) -> float:
     return time.perf_counter() - t0
 
 
-def copy_of(enc: Encoder, compile: bool) -> Encoder:
-    """Another CPU encoder of the same weights (compiled when asked: encoder/compiled.py)."""
+def copy_of(enc: Encoder, compile: bool, bf16: bool = False) -> Encoder:
+    """Another CPU encoder of the same weights (compiled when asked: encoder/compiled.py;
+    in bf16 autocast when asked)."""
     model = UserEncoder(enc.model.tok, enc.model.cfg)
     model.load_state_dict(enc.model.state_dict())
-    return Encoder.from_model(model, enc.version, compile=compile)
+    return Encoder.from_model(model, enc.version, compile=compile, bf16=bf16)
 
 
 def bench(
@@ -170,7 +176,7 @@ def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -
     def best(fn: object) -> float:
         return min(timed(fn) for _ in range(reps)) * 1e3
 
-    with torch.inference_mode():
+    with torch.inference_mode(), enc.autocast():
         batch = enc.tokenizer.encode(group, now)
         kjt = make_kjt(batch, m.keys, dev)
         lengths, age = torch.from_numpy(batch.lengths), torch.from_numpy(batch.age_h)
@@ -186,7 +192,8 @@ def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -
     layer_fl = sum(layer_flops(m.cfg, int(t)) for t in batch.lengths)
     rest = t["forward"] - t["embed"] - t["layers"]
     print(
-        f"stages of one pass ({len(group)} windows, {n} events, {enc.version}), best of {reps}:"
+        f"stages of one pass ({len(group)} windows, {n} events, {enc.version},"
+        f" {'bf16' if enc.bf16 else 'float32'}), best of {reps}:"
         f" tokenise {t['tokenise']:.2f} ms, embed {t['embed']:.2f}, layers {t['layers']:.2f}"
         f" ({100 * layer_fl / (t['layers'] / 1e3) / peak:.0f} % of the matmul),"
         f" pooling and bags {rest:.2f}; the whole encode {t['encode']:.2f} ms (the stages"
@@ -232,10 +239,26 @@ def main() -> None:
                 print(f"compiled path: layers compiled in {time.perf_counter() - t0:.1f} s")
             else:
                 print("compiled path: not compiled (see the warning); left out")
+            if cpu_bf16():
+                low = {"bf16": copy_of(enc, compile=False, bf16=True)}
+                if fast.compiled:
+                    low = {"comp bf16": copy_of(enc, compile=True, bf16=True), **low}
+                paths = {**low, **paths}
+                bf = matmul_peak(enc.device, dtype=torch.bfloat16)
+                a, b = low["bf16"].encode(windows, now), enc.encode(windows, now)
+                cos = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+                print(
+                    f"bf16 paths: this CPU's bf16 2048^2 matmul runs at {bf / 1e9:.0f} GFLOP/s;"
+                    f" bf16 vectors against float32: lowest cosine {cos.min():.7f}"
+                )
         print(
             f"{'round':>5s} {'path':9s} {'users/s':>9s} {'GFLOP/s':>8s} {'peak':>6s} {'% peak':>7s}"
         )
-        ratios: dict[str, list[float]] = {"batch / reference": [], "compiled / batch": []}
+        ratios: dict[str, list[float]] = {
+            "batch / reference": [],
+            "compiled / batch": [],
+            "comp bf16 / compiled": [],
+        }
         shares: dict[str, list[float]] = {}
         for rnd in range(1, args.rounds + 1):
             r = bench(paths, windows, now, naive_n=min(len(windows), 64))
@@ -247,6 +270,8 @@ def main() -> None:
             ratios["batch / reference"].append(r["batch"][0] / r["reference"][0])
             if "compiled" in r:
                 ratios["compiled / batch"].append(r["compiled"][0] / r["batch"][0])
+            if "comp bf16" in r:
+                ratios["comp bf16 / compiled"].append(r["comp bf16"][0] / r["compiled"][0])
         for name, rs in ratios.items():
             if rs:
                 print(f"{name}, median of {len(rs)} rounds: {np.median(rs):.2f}x")

@@ -17,7 +17,7 @@ N times with drift off and N times on, taking turns (a loaded machine's noise fa
 alike); it prints the median users/s of each and the drift observed.
 
     .venv/bin/python benchmarks/refresh.py [--users 4000] [--events-per-user 60] [--single]
-        [--drift-rounds 3] [--compile]
+        [--drift-rounds 3] [--compile] [--bf16]
 """
 
 from __future__ import annotations
@@ -110,16 +110,17 @@ def main() -> None:
     ap.add_argument(
         "--compile", action="store_true", help="compile the encoder's layers (encoder/compiled.py)"
     )
+    ap.add_argument("--bf16", action="store_true", help="bf16 autocast on a CPU with native bf16")
     ap.add_argument("--drift-rounds", type=int, default=0, help="passes with drift off / on")
     args = ap.parse_args()
     logging.basicConfig(level=logging.WARNING)
     if args.models:
-        enc = Encoder.load(args.models, compile=args.compile)
+        enc = Encoder.load(args.models, compile=args.compile, bf16=args.bf16)
     else:
         torch.manual_seed(args.seed)
         tok = TokenizerConfig(features=discover(generate(SyntheticConfig(users=200)).events))
         model = UserEncoder(tok, ModelConfig(dropout=0.0))
-        enc = Encoder.from_model(model, version="vbench", compile=args.compile)
+        enc = Encoder.from_model(model, version="vbench", compile=args.compile, bf16=args.bf16)
     with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:
         a = stack.addresses
         client = connect(a.redis)
@@ -176,7 +177,7 @@ def main() -> None:
     print(
         f"\n{n} users, mean window {mean_len:.0f} events, batch {args.batch_size}, "
         f"{store}, Tansu, {enc.device} ({torch.get_num_threads()} threads)"
-        f"{', compiled layers' if enc.compiled else ''}\n"
+        f"{', compiled layers' if enc.compiled else ''}{', bf16' if enc.bf16 else ''}\n"
     )
     print("| path | seconds | users/s | vs encoder alone |")
     print("| --- | ---: | ---: | ---: |")

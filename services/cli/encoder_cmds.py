@@ -176,7 +176,7 @@ def cmd_encode(args: argparse.Namespace) -> int:
     from encoder.eventlog import build_log
     from encoder.io import iter_events, write_vectors
 
-    enc = Encoder.load(args.models, args.model, args.device, args.compile)
+    enc = Encoder.load(args.models, args.model, args.device, args.compile, args.bf16)
     evlog = build_log(iter_events(args.events), enc.tokenizer)
     if not evlog.n_events:
         log.error("no events in %s", args.events)
@@ -359,6 +359,12 @@ def register(subparsers: Any) -> None:
         action="store_true",
         help="compile the encoder's layers (CPU: ~1.3x the encode rate after seconds of"
         " compiling; needs a C++ compiler)",
+    )
+    p.add_argument(
+        "--bf16",
+        action="store_true",
+        help="encode in bf16 on a CPU with native bf16 (AVX512-BF16 / AMX: 1.4-2x the encode"
+        " rate, vectors within a cosine of 0.99999; float32 with a warning elsewhere)",
     )
     add_models_arg(p)
     p.set_defaults(func=guarded(cmd_encode))

@@ -24,10 +24,17 @@ class EncoderCache:
     a loaded version encodes with its eager layers at once while its layers compile in a
     thread (`Encoder.compile_in_background`); `close` waits for those threads."""
 
-    def __init__(self, models_dir: Path, device: str | None = None, compile: bool = False) -> None:
+    def __init__(
+        self,
+        models_dir: Path,
+        device: str | None = None,
+        compile: bool = False,
+        bf16: bool = False,
+    ) -> None:
         self.models_dir = Path(models_dir)
         self.device = device
         self.compile = compile  # compile each loaded version's layers (CPU; encoder/compiled.py)
+        self.bf16 = bf16  # bf16 autocast on a CPU with native bf16 (encoder/api.py)
         self._loaded: dict[str, Encoder] = {}
         self._all: list[Encoder] = []  # the loaded ones and dropped ones still compiling
 
@@ -35,10 +42,11 @@ class EncoderCache:
         enc = self._loaded.get(version)
         if enc is None:
             try:
-                enc = Encoder.load(self.models_dir, version, self.device)
+                enc = Encoder.load(self.models_dir, version, self.device, bf16=self.bf16)
             except Exception as exc:
                 raise ModelLoadError(f"model {version} from {self.models_dir}: {exc}") from exc
-            log.info("loaded model %s on %s (dim %d%s)", version, enc.device, enc.dim,
+            log.info("loaded model %s on %s (dim %d, %s%s)", version, enc.device, enc.dim,
+                     "bf16" if enc.bf16 else "float32",
                      ", compiling its layers" if self.compile else "")  # fmt: skip
             if self.compile:
                 enc.compile_in_background()
