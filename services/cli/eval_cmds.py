@@ -77,7 +77,8 @@ def _eval_log(args: argparse.Namespace, version: str) -> int:
 def _propensities(
     args: argparse.Namespace, version: str, split: dict[str, Any] | None
 ) -> dict[str, Any] | None:
-    """Print the outcome propensities' AUC and calibration; write the reliability diagram."""
+    """Print the outcome propensities' AUC and calibration; write the reliability diagram
+    where `--reliability` says (nothing is written into the working directory unasked)."""
     from encoder.evaluate_outcomes import format_outcome_table, write_reliability_png
     from encoder.release import outcomes_eval_version
 
@@ -90,9 +91,11 @@ def _propensities(
     if rep["cells"] == 0:
         print(f"no outcome and horizon has {rep['min_class']} positives and negatives")
         return rep
-    png = args.reliability or Path(f"reliability-{version}.png")
-    write_reliability_png(rep, png, f"{version}: outcome propensities, held out")
-    print(f"reliability diagram: {png}")
+    if args.reliability is None:
+        print("reliability diagram: --reliability PNG draws it")
+        return rep
+    write_reliability_png(rep, args.reliability, f"{version}: outcome propensities, held out")
+    print(f"reliability diagram: {args.reliability}")
     return rep
 
 
@@ -174,7 +177,7 @@ def register(subparsers: Any) -> None:
         "--reliability",
         type=Path,
         default=None,
-        help="PNG of the propensities' reliability diagram (default: reliability-VERSION.png)",
+        help="write the propensities' reliability diagram to this PNG (default: none)",
     )
     p.add_argument(
         "--eval-users",

@@ -94,6 +94,11 @@ def test_train_encode_eval_model_commands(
     prop = rep["propensities"]  # the version's calibrated heads, on the same split
     assert prop["split_at_ms"] == int(split) and prop["users"] == rep["split"]["users"]
     assert prop["cells"] > 0 and png.read_bytes()[:4] == b"\x89PNG"
+    cwd = tmp_path / "cwd"  # without --reliability: no diagram, nothing in the working dir
+    cwd.mkdir()
+    monkeypatch.chdir(cwd)
+    assert main(argv_eval) == 0
+    assert "--reliability PNG draws it" in capsys.readouterr().out and not list(cwd.iterdir())
     assert main(["model", "validate", held, "--models", str(models), "--tolerance", "1"]) == 0
     assert str(events.resolve()) in capsys.readouterr().out
 
