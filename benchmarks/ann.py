@@ -8,8 +8,9 @@ held-out queries from the same clusters; truth from exact search (faiss IndexFla
 Recall@k as faiss contrib's knn_intersection_measure.
 
 Contenders, all in this process, built one after another:
-- Persona: `LookalikeIndex` at its defaults (the search setting chosen at the build from the
-  recall target), searched with `search_arrays` (ids mapped, lock taken). Build = upsert of
+- Persona: `LookalikeIndex` at its defaults, or of `--kind` (e.g. `ivfsq`, the 8-bit IVF
+  option; the search setting chosen at the build from the recall target), searched with
+  `search_arrays` (ids mapped, lock taken). Build = upsert of
   string ids + rebuild (k-means, filling, the setting measured on 100 vectors, the swap,
   then on 1,000); "serving after" stops at the swap, "build" at the final setting. The
   `search()` tuples row adds the Python (user, score) pair per hit.
@@ -123,11 +124,13 @@ def persona_lean(base: np.ndarray) -> Contender:
     return lean
 
 
-def persona(base: np.ndarray) -> tuple[Contender, Contender, Contender, LookalikeIndex]:
+def persona(
+    base: np.ndarray, kind: str = "auto"
+) -> tuple[Contender, Contender, Contender, LookalikeIndex]:
     infos: list[BuildInfo] = []
 
     def build() -> LookalikeIndex:
-        idx = LookalikeIndex(IndexConfig(dim=base.shape[1], gpu="off"))
+        idx = LookalikeIndex(IndexConfig(dim=base.shape[1], kind=kind, gpu="off"))  # type: ignore[arg-type]
         idx.upsert([str(i) for i in range(len(base))], base)
         infos.append(idx.rebuild())
         return idx
@@ -247,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-ef-construction", type=int, default=100)
     p.add_argument("--skip-hnswlib", action="store_true")
     p.add_argument("--lean", action="store_true", help="also Persona's kind=ivfpq")
+    p.add_argument("--kind", default="auto", help="Persona's index kind (default: auto)")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 
@@ -265,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return knn_intersection_measure(rows_of(found, k), truth[:, :k])
 
     log.info("Persona")
-    arrays, tuples, under, idx = persona(base)
+    arrays, tuples, under, idx = persona(base, args.kind)
     per_list = idx.config.ivf_train_per_list
     contenders = [arrays, tuples, under]
     log.info("faiss IVF-Flat")

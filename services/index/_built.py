@@ -8,8 +8,9 @@ The structure is the master copy of the vectors (chosen by measurement, see
 and give it back by id (`reconstruct`), so no second copy is kept beside them. IVF lists are
 filled one list at a time with each list's exact size (faiss's own `add` grows each list's
 buffer by doubling: ~1.4x the vectors' bytes at 1M), and an id -> (list, offset) hash map
-makes removal and read-back O(ids). HNSW stores its vectors flat too. IVF-PQ cannot give
-its vectors back: its index keeps a float16 copy (`rows.RowCopy`) and re-ranks with it.
+makes removal and read-back O(ids). HNSW stores its vectors flat too. IVF-PQ and IVF-SQ
+cannot give their vectors back exactly: their index keeps a float16 copy (`rows.RowCopy`);
+IVF-PQ re-ranks with it, IVF-SQ's 8-bit scores stand (config.py: how close they are).
 A GPU index searches a clone; the CPU structure stays the master.
 
 faiss ids are the index's row numbers; -1 means "no hit".
@@ -168,9 +169,10 @@ class BuiltIndex:
         does not say; the id hash map counted at 60 bytes an entry: a 32-byte node and ~1.5
         buckets of 8, as measured against the process's resident memory)."""
         m, d = self.master, self.index.d
-        if m is None:
+        if m is None:  # IVF-PQ, IVF-SQ: codes; IVF-SQ's id hash map as IVF-Flat's
             ivf = faiss.extract_index_ivf(self.index)
-            return _ivf_bytes(ivf) + ivf.quantizer.ntotal * d * 4
+            hashed = ivf.direct_map.type == fx.DirectMap.Hashtable
+            return _ivf_bytes(ivf) + ivf.quantizer.ntotal * d * 4 + hashed * ivf.ntotal * 60
         if isinstance(m, faiss.IndexIVF):
             return _ivf_bytes(m) + m.quantizer.ntotal * d * 4 + m.ntotal * 60
         inner = faiss.downcast_index(m.index)

@@ -68,7 +68,7 @@ class LookalikeIndex:
             import faiss
 
             self._gpu_res = faiss.StandardGpuResources()
-        self._rows = RowTable(self._dim, with_copy=self.config.kind == "ivfpq")
+        self._rows = RowTable(self._dim, with_copy=self.config.kind in ("ivfpq", "ivfsq"))
         self._journal: Journal | None = None
         self._changes_since_build = 0
         self._built = self._build(np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64))[0]
@@ -298,7 +298,7 @@ class LookalikeIndex:
             t0 = time.perf_counter()
             with self._lock.read():  # no writer runs, so the journal starts consistent
                 rows, vecs = self._snapshot()
-                removable = cfg.kind_for(len(rows)) in ("flat", "ivf")
+                removable = cfg.kind_for(len(rows)) in ("flat", "ivf", "ivfsq")
                 journal = Journal(removable and self._gpu_res is None, self._rows.pending)
                 self._journal, self._rows.pending = journal, []
             try:

@@ -1,6 +1,6 @@
 """Building a faiss structure over a snapshot of the index's vectors (`BuiltIndex`).
 
-Flat: every vector, exact. IVF and IVF-PQ: coarse centroids by k-means on a sample
+Flat: every vector, exact. IVF, IVF-SQ and IVF-PQ: coarse centroids by k-means on a sample
 (`kmeans.py`, stopped once it stops improving), each vector assigned to its list, each
 list filled in one call at its exact size. HNSW: the graph, built by faiss. An approximate
 structure whose setting is not pinned comes with a `tuning.Tuner`: the caller measures
@@ -41,7 +41,7 @@ def build(
         master = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
         built = BuiltIndex(master, master, kind, False, True, n)
         built.add(vectors, rows)
-    elif kind in ("ivf", "ivfpq"):
+    elif kind in ("ivf", "ivfsq", "ivfpq"):
         built, tuner = _build_ivf(cfg, kind, vectors, rows, gather)
     else:
         master = faiss.IndexIDMap2(faiss.IndexHNSWFlat(dim, cfg.hnsw_m, faiss.METRIC_INNER_PRODUCT))
@@ -66,7 +66,8 @@ def _build_ivf(
 ) -> tuple[BuiltIndex, Tuner | None]:
     n, dim = vectors.shape
     nlist = cfg.nlist_for(n)
-    code = "Flat" if kind == "ivf" else f"PQ{cfg.pq_bytes_for(dim)}np"  # np: no polysemous
+    codes = {"ivf": "Flat", "ivfsq": "SQ8", "ivfpq": f"PQ{cfg.pq_bytes_for(dim)}np"}
+    code = codes[kind]  # SQ8: residuals to the centroid, 8 bits a component; np: no polysemous
     ivf: Any = faiss.index_factory(dim, f"IVF{nlist},{code}", faiss.METRIC_INNER_PRODUCT)
     if kind == "ivfpq":  # one 256-centroid k-means per code byte: a smaller sample, fewer rounds
         ivf.pq.cp.niter, ivf.pq.cp.max_points_per_centroid = cfg.ivf_kmeans_iters, 64
@@ -74,7 +75,7 @@ def _build_ivf(
                                            64 * 256 if kind == "ivfpq" else 0))  # fmt: skip
     centroids = spherical_kmeans(sample, nlist, cfg.ivf_kmeans_iters, cfg.ivf_kmeans_tol)
     ivf.quantizer.add(centroids.centroids)  # IVF's train skips a quantizer holding nlist
-    ivf.train(sample)  # IVF-PQ: the codes' quantizers on the residuals; IVF-Flat: nothing
+    ivf.train(sample)  # IVF-PQ / -SQ: the codes' quantizers on the residuals; IVF-Flat: none
     del sample
     _, assigned = ivf.quantizer.search(vectors, 1)
     list_of = assigned[:, 0]  # (N,) each vector's list
@@ -82,6 +83,10 @@ def _build_ivf(
     if kind == "ivf":
         ivf.set_direct_map_type(fx.DirectMap.Hashtable)
         built = BuiltIndex(ivf, ivf, kind, False, True, n)
+    elif kind == "ivfsq":  # removes ids in place (hash map); read-backs from the float16 copy
+        ivf.set_direct_map_type(fx.DirectMap.Hashtable)
+        built = BuiltIndex(ivf, None, kind, False, True, n)
+        built.gather = gather
     else:
         built = BuiltIndex(ivf, None, kind, False, False, n, rerank=cfg.ivfpq_rerank)
         built.gather = gather

@@ -45,7 +45,7 @@ def measured() -> dict[str, tuple[int, dict[str, int]]]:
     has free room, so new allocations need not raise the resident size (make test saw
     held < reported)."""
     out = {}
-    for kind in ("ivf", "ivfpq"):
+    for kind in ("ivf", "ivfsq", "ivfpq"):
         code = (
             f"import json, sys; sys.path[:0] = [{str(ROOT)!r}, {str(HERE)!r}]; "
             f"from test_index_memory import held_and_reported; "
@@ -59,7 +59,7 @@ def measured() -> dict[str, tuple[int, dict[str, int]]]:
     return out
 
 
-@pytest.mark.parametrize("kind", ["ivf", "ivfpq"])
+@pytest.mark.parametrize("kind", ["ivf", "ivfsq", "ivfpq"])
 def test_reported_memory_is_what_the_process_holds(
     kind: str, measured: dict[str, tuple[int, dict[str, int]]]
 ) -> None:
@@ -75,6 +75,9 @@ def test_reported_memory_is_what_the_process_holds(
     # user: no Python object per user).
     if kind == "ivf":
         assert N * (256 + 8) <= parts["vectors"] <= N * (256 + 8 + 80) and parts["copy"] == 0
+    elif kind == "ivfsq":  # 64 code bytes, the id and its hash-map entry, the float16 copy
+        assert N * (64 + 8) <= parts["vectors"] <= N * (64 + 8 + 80)
+        assert N * 128 <= parts["copy"] <= 1.25 * N * 128
     else:
         assert N * (16 + 8) <= parts["vectors"] <= N * (16 + 8 + 16)
         assert N * 128 <= parts["copy"] <= 1.25 * N * 128
@@ -83,3 +86,4 @@ def test_reported_memory_is_what_the_process_holds(
 
 def test_the_lean_option_holds_less(measured: dict[str, tuple[int, dict[str, int]]]) -> None:
     assert measured["ivfpq"][0] <= 0.8 * measured["ivf"][0]
+    assert measured["ivfsq"][0] <= measured["ivf"][0]  # a quarter of the codes, a float16 copy
