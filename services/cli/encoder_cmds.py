@@ -67,6 +67,10 @@ def _train_spec(args: argparse.Namespace) -> Any:
         spec = replace(spec, features_file=FeaturesFile.load(args.features))
     if args.count_top is not None:
         spec = replace(spec, model=replace(spec.model, count_top=args.count_top))
+    if getattr(args, "count_hidden", None) is not None:
+        if not spec.model.count_top or args.count_hidden < 0:
+            raise SystemExit("persona train: --count-hidden N (N >= 0) needs --count-top N (N > 0)")
+        spec = replace(spec, model=replace(spec.model, count_hidden=args.count_hidden))
     if getattr(args, "manner_bag", False):
         spec = replace(spec, model=replace(spec.model, manner_bag=True))
     if getattr(args, "calibrate_crossfit", None) is not None:
@@ -307,6 +311,13 @@ def register(subparsers: Any) -> None:
         default=None,
         help="the vector also reads log counts of the top N types and values of each "
         "categorical property (default 0: off; see README, Instacart vs synthetic)",
+    )
+    p.add_argument(
+        "--count-hidden",
+        type=int,
+        default=None,
+        help="with --count-top: the vector also reads an MLP of this width over those counts "
+        "(ModelConfig.count_hidden; default 0: off; see README, Instacart)",
     )
     p.add_argument(
         "--manner-bag",

@@ -32,6 +32,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         ("--max-events", args.max_events),
         ("--epochs", args.epochs),
         ("--count-top", args.count_top),
+        ("--count-hidden", getattr(args, "count_hidden", None)),
         ("--calibrate-crossfit", getattr(args, "calibrate_crossfit", None)),
         ("--device", args.device),
         ("--checkpoint-dir", args.checkpoint_dir),

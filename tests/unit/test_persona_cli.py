@@ -27,7 +27,8 @@ def test_unreachable_store_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[
 
 
 def test_train_flags_reach_the_spec_and_the_torchrun_children() -> None:
-    """--count-top sets ModelConfig.count_top (off unless given) and is passed to each rank."""
+    """--count-top / --count-hidden set ModelConfig.count_top / count_hidden (off unless
+    given; the MLP only over counts) and are passed to each rank."""
     from services.cli.encoder_cmds import _train_spec
     from services.cli.train_launch import child_argv
 
@@ -37,6 +38,14 @@ def test_train_flags_reach_the_spec_and_the_torchrun_children() -> None:
     assert _train_spec(on).model.count_top == 16
     argv = child_argv(on)
     assert argv[argv.index("--count-top") + 1] == "16" and "--nproc" not in argv
+    mlp = build_parser().parse_args(["train", "--synthetic", "--count-top", "16",
+                                     "--count-hidden", "64", "--nproc", "2"])  # fmt: skip
+    assert _train_spec(off).model.count_hidden == 0 and _train_spec(mlp).model.count_hidden == 64
+    argv = child_argv(mlp)
+    assert argv[argv.index("--count-hidden") + 1] == "64"
+    alone = build_parser().parse_args(["train", "--synthetic", "--count-hidden", "64"])
+    with pytest.raises(SystemExit, match="needs --count-top"):
+        _train_spec(alone)
     more = ["train", "--synthetic", "--manner-bag", "--calibrate-crossfit", "0", "--nproc", "2"]
     on = build_parser().parse_args(more)
     assert _train_spec(off).train.calibrate_crossfit == 5 and not _train_spec(off).model.manner_bag
