@@ -12,6 +12,7 @@ vectors agree with float32's to a cosine of 0.99999; measured in `benchmarks/enc
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 from collections.abc import Sequence
@@ -36,6 +37,7 @@ def active_version(models_dir: Path) -> str | None:
     return registry.active_version(models_dir)
 
 
+@functools.cache
 def cpu_bf16() -> bool:
     """Does this CPU compute bf16 natively (AVX512-BF16 or AMX-BF16, Linux's cpuinfo)? On
     others bf16 is emulated, slower than float32."""

@@ -169,12 +169,10 @@ class BuiltIndex:
         does not say; the id hash map counted at 60 bytes an entry: a 32-byte node and ~1.5
         buckets of 8, as measured against the process's resident memory)."""
         m, d = self.master, self.index.d
-        if m is None:  # IVF-PQ, IVF-SQ: codes; IVF-SQ's id hash map as IVF-Flat's
-            ivf = faiss.extract_index_ivf(self.index)
-            hashed = ivf.direct_map.type == fx.DirectMap.Hashtable
+        if m is None or isinstance(m, faiss.IndexIVF):  # codes (IVF-PQ, -SQ) or IVF-Flat
+            ivf = faiss.extract_index_ivf(self.index) if m is None else m
+            hashed = ivf.direct_map.type == fx.DirectMap.Hashtable  # IVF-Flat's and -SQ's
             return _ivf_bytes(ivf) + ivf.quantizer.ntotal * d * 4 + hashed * ivf.ntotal * 60
-        if isinstance(m, faiss.IndexIVF):
-            return _ivf_bytes(m) + m.quantizer.ntotal * d * 4 + m.ntotal * 60
         inner = faiss.downcast_index(m.index)
         graph = 0
         if isinstance(inner, faiss.IndexHNSW):

@@ -39,7 +39,7 @@ import numpy as np
 from services.index._built import BuiltIndex, gpu_available
 from services.index._rwlock import RWLock
 from services.index.building import build
-from services.index.config import IndexConfig, IndexKind
+from services.index.config import COPY_KINDS, REMOVABLE_KINDS, IndexConfig, IndexKind
 from services.index.filtered import filtered_search
 from services.index.neighbours import EMPTY_SCORE, Neighbours, hit_lists
 from services.index.rebuilding import BuildInfo, Journal, replay
@@ -68,7 +68,7 @@ class LookalikeIndex:
             import faiss
 
             self._gpu_res = faiss.StandardGpuResources()
-        self._rows = RowTable(self._dim, with_copy=self.config.kind in ("ivfpq", "ivfsq"))
+        self._rows = RowTable(self._dim, with_copy=self.config.kind in COPY_KINDS)
         self._journal: Journal | None = None
         self._changes_since_build = 0
         self._built = self._build(np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64))[0]
@@ -298,7 +298,7 @@ class LookalikeIndex:
             t0 = time.perf_counter()
             with self._lock.read():  # no writer runs, so the journal starts consistent
                 rows, vecs = self._snapshot()
-                removable = cfg.kind_for(len(rows)) in ("flat", "ivf", "ivfsq")
+                removable = cfg.kind_for(len(rows)) in REMOVABLE_KINDS
                 journal = Journal(removable and self._gpu_res is None, self._rows.pending)
                 self._journal, self._rows.pending = journal, []
             try:

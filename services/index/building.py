@@ -16,7 +16,7 @@ import numpy as np
 
 from services.index._built import BuiltIndex, Gather, fx
 from services.index.calibrate import ivf_rank_guess
-from services.index.config import IndexConfig, IndexKind
+from services.index.config import COPY_KINDS, REMOVABLE_KINDS, IndexConfig, IndexKind
 from services.index.kmeans import spherical_kmeans
 from services.index.tuning import Tuner, hnsw_params, hnsw_tuner, ivf_params, ivf_tuner
 
@@ -80,16 +80,12 @@ def _build_ivf(
     _, assigned = ivf.quantizer.search(vectors, 1)
     list_of = assigned[:, 0]  # (N,) each vector's list
     _add_by_list(ivf, vectors, rows, list_of)
-    if kind == "ivf":
+    removable, copied = kind in REMOVABLE_KINDS, kind in COPY_KINDS
+    if removable:  # an id -> (list, offset) hash map: removal and read-back by id
         ivf.set_direct_map_type(fx.DirectMap.Hashtable)
-        built = BuiltIndex(ivf, ivf, kind, False, True, n)
-    elif kind == "ivfsq":  # removes ids in place (hash map); read-backs from the float16 copy
-        ivf.set_direct_map_type(fx.DirectMap.Hashtable)
-        built = BuiltIndex(ivf, None, kind, False, True, n)
-        built.gather = gather
-    else:
-        built = BuiltIndex(ivf, None, kind, False, False, n, rerank=cfg.ivfpq_rerank)
-        built.gather = gather
+    rerank = cfg.ivfpq_rerank if kind == "ivfpq" else 1  # IVF-SQ's 8-bit scores stand
+    built = BuiltIndex(ivf, None if copied else ivf, kind, False, removable, n, rerank=rerank)
+    built.gather = gather if copied else None  # read-backs from the float16 copy
     built.kmeans_iterations = centroids.iterations
     if cfg.ivf_nprobe is not None:
         built.params = {1: ivf_params(1, min(cfg.ivf_nprobe, nlist))}

@@ -7,6 +7,14 @@ from dataclasses import dataclass
 from typing import Literal
 
 IndexKind = Literal["flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
+# the kinds whose CPU structure removes ids (replaced or deleted entries leave nothing
+# hidden); the others hide them until a rebuild
+REMOVABLE_KINDS: frozenset[str] = frozenset({"flat", "ivf", "ivfsq"})
+# the kinds whose codes cannot give the vectors back: the index keeps a float16 copy
+COPY_KINDS: frozenset[str] = frozenset({"ivfsq", "ivfpq"})
+# below this many vectors a kind builds flat (IVF-PQ trains 256 points a sub-quantizer,
+# IVF-SQ's 8-bit ranges want a few points a list)
+_FLAT_BELOW = {"ivf": 2, "ivfsq": 1_000, "ivfpq": 10_000}
 
 
 @dataclass(frozen=True, slots=True)
@@ -125,13 +133,11 @@ class IndexConfig:
             raise ValueError(f"rebuild_growth must be > 1, got {self.rebuild_growth}")
 
     def kind_for(self, n: int) -> IndexKind:
-        """The structure a build over n vectors uses. IVF needs training data (IVF-PQ 256
-        points a sub-quantizer, the 8-bit ranges of IVF-SQ a few per list), so a small set is
-        flat whatever the kind."""
+        """The structure a build over n vectors uses. IVF needs training data, so a small set
+        is flat whatever the kind (`_FLAT_BELOW`)."""
         if self.kind == "auto":
             return "flat" if n < self.exact_below else "ivf"
-        small = {"ivf": 2, "ivfsq": 1_000, "ivfpq": 10_000}
-        if n < small.get(self.kind, 0):
+        if n < _FLAT_BELOW.get(self.kind, 0):
             return "flat"
         return self.kind
 

@@ -86,21 +86,20 @@ class ReadyBarrier:
     def __init__(self, member: Member, own: Callable[[float], bool] | None) -> None:
         self.member = member
         self.own = own
-        self.marked = False
 
     def __call__(self, timeout_s: float) -> bool:
-        if not self.marked:
+        m = self.member
+        if not m.ready[m.index]:
             if self.own is not None and not self.own(timeout_s):
                 return False
-            self.member.ready[self.member.index] = 1
-            self.marked = True
+            m.ready[m.index] = 1
         if self.all_ready():
             return True
         time.sleep(min(timeout_s, 0.05))  # the caller loops: don't spin
         return self.all_ready()
 
     def all_ready(self) -> bool:
-        return all(self.member.ready[i] for i in range(self.member.count))
+        return all(self.member.ready[: self.member.count])
 
 
 class MemberMetrics:
