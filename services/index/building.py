@@ -71,14 +71,19 @@ def _build_ivf(
     ivf: Any = faiss.index_factory(dim, f"IVF{nlist},{code}", faiss.METRIC_INNER_PRODUCT)
     if kind == "ivfpq":  # one 256-centroid k-means per code byte: a smaller sample, fewer rounds
         ivf.pq.cp.niter, ivf.pq.cp.max_points_per_centroid = cfg.ivf_kmeans_iters, 64
-    sample = _training_sample(vectors, max(cfg.ivf_train_per_list * nlist,
-                                           64 * 256 if kind == "ivfpq" else 0))  # fmt: skip
+    picked = _training_rows(n, max(cfg.ivf_train_per_list * nlist,
+                                   64 * 256 if kind == "ivfpq" else 0))  # fmt: skip
+    sample = vectors if picked is None else vectors[picked]
     centroids = spherical_kmeans(sample, nlist, cfg.ivf_kmeans_iters, cfg.ivf_kmeans_tol)
-    ivf.quantizer.add(centroids.centroids)  # IVF's train skips a quantizer holding nlist
-    ivf.train(sample)  # IVF-PQ / -SQ: the codes' quantizers on the residuals; IVF-Flat: none
-    del sample
+    ivf.quantizer.add(centroids.centroids)
     _, assigned = ivf.quantizer.search(vectors, 1)
     list_of = assigned[:, 0]  # (N,) each vector's list
+    if kind != "ivf":  # IVF-Flat's codes are the vectors: nothing to train
+        _train_codes(
+            ivf, centroids.centroids, sample, list_of if picked is None else list_of[picked]
+        )
+    ivf.is_trained = True  # its quantizer holds the centroids, its codes are trained
+    del sample
     _add_by_list(ivf, vectors, rows, list_of)
     removable, copied = kind in REMOVABLE_KINDS, kind in COPY_KINDS
     if removable:  # an id -> (list, offset) hash map: removal and read-back by id
@@ -92,6 +97,22 @@ def _build_ivf(
         return built, None
     guess = ivf_rank_guess(ivf.quantizer, list_of, nlist, cfg.recall_target)
     return built, ivf_tuner(cfg, built, vectors, rows, guess, nlist)
+
+
+def _train_codes(ivf: Any, centroids: np.ndarray, sample: np.ndarray, lists: np.ndarray) -> None:
+    """Trains the codes' quantizers (IVF-PQ's sub-quantizers, IVF-SQ's ranges) on the
+    residuals of sample (S, D) to its lists (S,) of centroids (nlist, D), on the subsample
+    `ivf.train` would take. `ivf.train` would search the sample against the lists again;
+    the full assignment of every vector has just found them."""
+    cap = ivf.train_encoder_num_vectors()  # IVF-PQ: 256 centroids x 64 points; SQ8: 100k
+    if 0 < cap < len(sample):
+        sub = _training_rows(len(sample), cap)
+        sample, lists = sample[sub], lists[sub]
+    assign = np.ascontiguousarray(lists, dtype=np.int64)
+    x = np.ascontiguousarray(sample, dtype=np.float32)
+    if ivf.by_residual:  # as `ivf.train` does: the codes quantise residuals to the centroid
+        x = x - centroids[assign]
+    ivf.train_encoder(len(x), faiss.swig_ptr(x), faiss.swig_ptr(assign))
 
 
 def _add_by_list(ivf: Any, vectors: np.ndarray, rows: np.ndarray, list_of: np.ndarray) -> None:
@@ -115,13 +136,12 @@ def _add_by_list(ivf: Any, vectors: np.ndarray, rows: np.ndarray, list_of: np.nd
     ivf.ntotal = len(rows)
 
 
-def _training_sample(vectors: np.ndarray, at_most: int) -> np.ndarray:
-    """At most `at_most` rows of vectors (N, D), chosen with a fixed seed.
+def _training_rows(n: int, at_most: int) -> np.ndarray | None:
+    """At most `at_most` sorted rows of n, chosen with a fixed seed; None: all of them.
 
     k-means cost grows with points x lists: on 1M vectors and 4000 lists faiss's own
     cap (256 a list) keeps all 1M points and training took ~400 s on 2 busy cores.
     """
-    if len(vectors) <= at_most:
-        return vectors
-    rows = np.random.default_rng(0).choice(len(vectors), size=at_most, replace=False)
-    return vectors[np.sort(rows)]
+    if n <= at_most:
+        return None
+    return np.sort(np.random.default_rng(0).choice(n, size=at_most, replace=False))

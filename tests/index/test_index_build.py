@@ -1,4 +1,5 @@
-"""Building the index: k-means that stops once it stops improving (`kmeans.py`), and the
+"""Building the index: k-means that stops once it stops improving (`kmeans.py`), the codes
+trained on the full assignment's lists (`building.py`), and the
 search setting measured on a small sample before the swap, on the full one after
 (`tuning.py`, `LookalikeIndex.rebuild`)."""
 
@@ -11,6 +12,7 @@ import numpy as np
 import pytest
 
 from services.index import IndexConfig, LookalikeIndex
+from services.index.building import _train_codes
 from services.index.kmeans import spherical_kmeans
 from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
 from services.index.tuning import Tuner
@@ -23,6 +25,22 @@ def test_kmeans_without_a_tolerance_is_faiss_ivf_training() -> None:
     got = spherical_kmeans(vecs, 64, max_iters=ivf.cp.niter, tol=0.0)
     assert got.iterations == ivf.cp.niter == len(got.objective)
     np.testing.assert_allclose(got.centroids, ivf.quantizer.reconstruct_n(0, 64), atol=1e-6)
+
+
+def test_codes_trained_on_the_assignment_are_faiss_ivf_sq_training() -> None:
+    """IVF-SQ's 8-bit ranges from the sample's residuals to the lists the build already
+    assigned equal those of faiss's `train`, which searches the sample against them again."""
+    vecs, _ = clustered_unit_vectors(20_000, 0, ClusteredSpec(dim=16, n_clusters=50, seed=4))
+    centroids = vecs[:64].copy()
+    want: Any = faiss.index_factory(16, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
+    want.quantizer.add(centroids)
+    want.train(vecs)
+    got: Any = faiss.index_factory(16, "IVF64,SQ8", faiss.METRIC_INNER_PRODUCT)
+    got.quantizer.add(centroids)
+    _train_codes(got, centroids, vecs, got.quantizer.search(vecs, 1)[1][:, 0])
+    ranges = faiss.vector_to_array(got.sq.trained)
+    assert len(ranges) == 2 * 16 and np.ptp(ranges) > 0  # a min and a range a component
+    np.testing.assert_array_equal(ranges, faiss.vector_to_array(want.sq.trained))
 
 
 @pytest.mark.parametrize("spread", [0.3, 1.5])  # tight clusters settle fast, wide ones slower
