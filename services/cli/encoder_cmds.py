@@ -14,7 +14,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from services.cli import train_options
 from services.config import add_models_arg
 
 log = logging.getLogger("persona.encoder")
@@ -45,9 +44,41 @@ def split_arg(text: str) -> int | None:
     return None if text == "none" else int(text)
 
 
+def _train_spec(args: argparse.Namespace) -> Any:
+    from dataclasses import replace
+
+    from encoder.features import FeaturesFile
+    from encoder.train import TrainSpec
+
+    spec = TrainSpec()
+    tc = replace(spec.train, seed=args.seed, progress=not args.quiet)
+    if args.epochs is not None:
+        tc = replace(tc, epochs=args.epochs)
+    spec = replace(spec, train=tc)
+    if args.max_events is not None:
+        m = args.max_events
+        spec = replace(
+            spec,
+            tokenizer=replace(spec.tokenizer, max_events=m),
+            model=replace(spec.model, max_events=m),
+            train=replace(spec.train, train_max_events=m),
+        )
+    if args.features is not None:
+        spec = replace(spec, features_file=FeaturesFile.load(args.features))
+    if args.count_top is not None:
+        spec = replace(spec, model=replace(spec.model, count_top=args.count_top))
+    if getattr(args, "count_hidden", None) is not None:
+        if not spec.model.count_top or args.count_hidden < 0:
+            raise SystemExit("persona train: --count-hidden N (N >= 0) needs --count-top N (N > 0)")
+        spec = replace(spec, model=replace(spec.model, count_hidden=args.count_hidden))
+    if getattr(args, "manner_bag", False):
+        spec = replace(spec, model=replace(spec.model, manner_bag=True))
+    if getattr(args, "calibrate_crossfit", None) is not None:
+        spec = replace(spec, train=replace(spec.train, calibrate_crossfit=args.calibrate_crossfit))
+    return spec
+
+
 def cmd_train(args: argparse.Namespace) -> int:
-    if (why := train_options.choose_refused(args)) is not None:
-        raise SystemExit(f"persona train: {why}")
     if args.nproc > 1 and "WORLD_SIZE" not in os.environ:
         from services.cli.train_launch import launch
 
@@ -76,7 +107,7 @@ def _train(args: argparse.Namespace, where: Any) -> int:
     from encoder.release import file_sha256, train_version
     from encoder.synthetic import SYNTHETIC_FUTURE_MS, SyntheticConfig, generate
 
-    spec = train_options.spec_from_args(args)
+    spec = _train_spec(args)
     extra: dict[str, Any] = {}
     split = None
     eval_split = None
@@ -112,10 +143,6 @@ def _train(args: argparse.Namespace, where: Any) -> int:
             source=f"synthetic(users={cfg.users}, seed={cfg.seed}, through end + 14 d)",
             source_kind="synthetic",
         )
-    if getattr(args, "choose", False):
-        if (chosen := train_options.choose(source, spec, split)) is None:
-            return 2
-        spec, extra["choice"] = chosen
     try:
         version, metrics = train_version(
             source,
@@ -291,13 +318,6 @@ def register(subparsers: Any) -> None:
         default=None,
         help="with --count-top: the vector also reads an MLP of this width over those counts "
         "(ModelConfig.count_hidden; default 0: off; see README, Instacart)",
-    )
-    p.add_argument(
-        "--choose",
-        action="store_true",
-        help="with --events: measure the defaults, counts in the vector (--count-top 16 "
-        "--count-hidden 64) and 128-event windows on an earlier cut of the training events "
-        "(persona eval's probe) and train the best (encoder/choose.py; 4 trainings)",
     )
     p.add_argument(
         "--manner-bag",

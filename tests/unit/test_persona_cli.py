@@ -29,7 +29,7 @@ def test_unreachable_store_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[
 def test_train_flags_reach_the_spec_and_the_torchrun_children() -> None:
     """--count-top / --count-hidden set ModelConfig.count_top / count_hidden (off unless
     given; the MLP only over counts) and are passed to each rank."""
-    from services.cli.train_options import spec_from_args as _train_spec
+    from services.cli.encoder_cmds import _train_spec
     from services.cli.train_launch import child_argv
 
     off = build_parser().parse_args(["train", "--synthetic"])
