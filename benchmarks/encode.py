@@ -9,8 +9,8 @@ round's ratios and its own matmul peak are what to compare):
   replace (event-by-event tokenising, one lookup per table, `nn.TransformerEncoder` with
   causal and key-padding masks);
 - naive: one user at a time through the batch path;
-- compiled (CPU, when a C++ compiler is present): the batch path with its Transformer
-  layers compiled (`Encoder(compile=True)`, `encoder/compiled.py`);
+- compiled (CPU, when a C++ compiler is present): the batch path with everything after
+  its table lookups compiled as one graph (`Encoder(compile=True)`, `encoder/compiled.py`);
 - bf16, compiled bf16 (a CPU with native bf16, `encoder.api.cpu_bf16`): the batch and
   compiled paths in bf16 autocast (`Encoder(bf16=True)`); their "% peak" is still against
   the float32 matmul, and the run prints the bf16 matmul's rate beside it.
@@ -21,7 +21,8 @@ compiled / batch ratios. On a
 GPU (when present) the same on CUDA with bf16 autocast.
 
 `--stages` then times one forward pass of the first path (compiled bf16, else compiled)
-stage by stage (tokenise, embed, layers, pooling and bags) as its best of 15.
+stage by stage (tokenise, the table lookups, then the compiled graph, beside the eager
+placing, layers and pooling and bags) as its best of 15.
 
     .venv/bin/python benchmarks/encode.py [--users 256] [--rounds 3] [--models DIR] [--stages]
 """
@@ -168,7 +169,8 @@ def bench(
 
 def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -> None:
     """Where one forward pass's time goes (its best of `reps`, the stages timed apart):
-    the first `CPU_MAX_TOKENS` worth of windows, as `Encoder.encode` cuts them."""
+    the first `CPU_MAX_TOKENS` worth of windows, as `Encoder.encode` cuts them. A compiled
+    encoder's stages after the table lookups are one graph (`encoder/compiled.py`)."""
     m, dev = enc.model, enc.device
     group = windows[: max(1, enc.max_tokens // enc.max_events)]
     peak = matmul_peak(dev)
@@ -180,24 +182,32 @@ def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -
         batch = enc.tokenizer.encode(group, now)
         kjt = make_kjt(batch, m.keys, dev)
         lengths, age = torch.from_numpy(batch.lengths), torch.from_numpy(batch.age_h)
-        x = m.embed(kjt, lengths, age)[0]
+        w = m.lookups(kjt, lengths, age)
+        x = m.place(w)[0]
         t = {
             "tokenise": best(lambda: enc.tokenizer.encode(group, now)),
-            "embed": best(lambda: m.embed(kjt, lengths, age)),
+            "lookups": best(lambda: m.lookups(kjt, lengths, age)),
+            "place": best(lambda: m.place(w)),
             "layers": best(lambda: m.layers(x)),
-            "forward": best(lambda: m(kjt, lengths, age)),
+            "vectors": best(lambda: m.vectors(w)),
             "encode": best(lambda: enc.encode(group, now)),
         }
+        if m.tail is not None:
+            t["graph"] = best(lambda: m.tail(w))
     n = int(batch.lengths.sum())
     layer_fl = sum(layer_flops(m.cfg, int(t)) for t in batch.lengths)
-    rest = t["forward"] - t["embed"] - t["layers"]
+    pooling = t["vectors"] - t["place"] - t["layers"]
+    eager = (
+        f"eager: placing {t['place']:.2f}, layers {t['layers']:.2f}"
+        f" ({100 * layer_fl / (t['layers'] / 1e3) / peak:.0f} % of the matmul),"
+        f" pooling and bags {pooling:.2f}"
+    )
+    after = f"compiled graph {t['graph']:.2f} ms ({eager})" if "graph" in t else eager
     print(
         f"stages of one pass ({len(group)} windows, {n} events, {enc.version},"
         f" {'bf16' if enc.bf16 else 'float32'}), best of {reps}:"
-        f" tokenise {t['tokenise']:.2f} ms, embed {t['embed']:.2f}, layers {t['layers']:.2f}"
-        f" ({100 * layer_fl / (t['layers'] / 1e3) / peak:.0f} % of the matmul),"
-        f" pooling and bags {rest:.2f}; the whole encode {t['encode']:.2f} ms (the stages"
-        f" timed together: {t['encode'] - t['tokenise'] - t['forward']:+.2f} ms)"
+        f" tokenise {t['tokenise']:.2f} ms, table lookups {t['lookups']:.2f}, {after};"
+        f" the whole encode {t['encode']:.2f} ms"
     )
 
 
@@ -236,7 +246,7 @@ def main() -> None:
             fast = copy_of(enc, compile=True)
             if fast.compiled:
                 paths = {"compiled": fast, **paths}
-                print(f"compiled path: layers compiled in {time.perf_counter() - t0:.1f} s")
+                print(f"compiled path: compiled in {time.perf_counter() - t0:.1f} s")
             else:
                 print("compiled path: not compiled (see the warning); left out")
             if cpu_bf16():

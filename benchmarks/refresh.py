@@ -177,7 +177,7 @@ def main() -> None:
     print(
         f"\n{n} users, mean window {mean_len:.0f} events, batch {args.batch_size}, "
         f"{store}, Tansu, {enc.device} ({torch.get_num_threads()} threads)"
-        f"{', compiled layers' if enc.compiled else ''}{', bf16' if enc.bf16 else ''}\n"
+        f"{', compiled' if enc.compiled else ''}{', bf16' if enc.bf16 else ''}\n"
     )
     print("| path | seconds | users/s | vs encoder alone |")
     print("| --- | ---: | ---: | ---: |")

@@ -24,7 +24,7 @@ import torch
 
 from contract.events import Event
 from encoder import registry
-from encoder.compiled import compile_layers
+from encoder.compiled import compile_model
 from encoder.eventlog import EventLog
 from encoder.model import ModelConfig, UserEncoder
 from encoder.propensity import OutcomeHeads
@@ -112,12 +112,12 @@ class Encoder:
         self.bf16 = device.type == "cuda" or (bf16 and device.type == "cpu" and cpu_bf16())
         if bf16 and not self.bf16:
             log.warning("encoder bf16: %s has no native bf16 (AVX512-BF16/AMX): float32", device)
-        # the Transformer layers compiled (encoder/compiled.py; CPU only): False when not
-        # asked, on CUDA, or when compiling failed (a warning; the eager layers run)
+        # the model after its table lookups compiled (encoder/compiled.py; CPU only): False
+        # when not asked, on CUDA, or when compiling failed (a warning; the eager model runs)
         self.compiled = False
         self._compiling: threading.Thread | None = None
         if compile and self._on_cpu():
-            self.compiled = compile_layers(self.model, self.autocast)
+            self.compiled = compile_model(self.model, self.autocast)
 
     @classmethod
     def load(
@@ -129,8 +129,8 @@ class Encoder:
         bf16: bool = False,
     ) -> Encoder:
         """Load `version` (None: the active one) from the registry; a version whose files do
-        not match its manifest is refused (RegistryError). `compile`: compile the layers on
-        the CPU (`encoder/compiled.py`; seconds at load, ~1.3x the encode rate); `bf16`:
+        not match its manifest is refused (RegistryError). `compile`: compile the model on
+        the CPU (`encoder/compiled.py`; seconds at load, ~1.4x the encode rate); `bf16`:
         bf16 autocast on a CPU with native bf16 (see the module docstring)."""
         v = registry.open_version(Path(models_dir), version)
         folder = Path(models_dir) / v
@@ -162,22 +162,22 @@ class Encoder:
         return cls(version, model, tok, dev, outcomes=outcomes, compile=compile, bf16=bf16)
 
     def compile_in_background(self) -> None:
-        """Compile the layers (as `compile=True` does) in a thread while this encoder keeps
-        encoding with the eager ones; `compiled` turns True once the compiled layers are in
-        place (one attribute swap), and stays False if compiling fails (a warning). The
+        """Compile the model (as `compile=True` does) in a thread while this encoder keeps
+        encoding eagerly; `compiled` turns True once the compiled graph is in place (one
+        attribute swap), and stays False if compiling fails (a warning). The
         refresher loads a version this way: a cutover's new version encodes at once instead
         of after a 5-15 s compile. `wait_compiled` joins the thread."""
         if self._compiling is not None or self.compiled or not self._on_cpu():
             return
 
         def run() -> None:
-            self.compiled = compile_layers(self.model, self.autocast)
+            self.compiled = compile_model(self.model, self.autocast)
 
         self._compiling = threading.Thread(target=run, name=f"compile-{self.version}")
         self._compiling.start()
 
     def _on_cpu(self) -> bool:
-        """Compiling is for the CPU; elsewhere a warning (the eager layers run)."""
+        """Compiling is for the CPU; elsewhere a warning (the eager model runs)."""
         if self.device.type != "cpu":
             log.warning("encoder compile: CPU only, %s runs the eager layers", self.device)
         return self.device.type == "cpu"

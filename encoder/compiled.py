@@ -1,23 +1,28 @@
-"""The encoder's Transformer layers compiled for the CPU (TorchInductor, frozen weights).
+"""The encoder compiled for the CPU (TorchInductor, frozen weights): everything after the
+table lookups as one graph.
 
-    from encoder.compiled import compile_layers
-    compile_layers(model)  # True: model.layers now runs the compiled graph
+    from encoder.compiled import compile_model
+    compile_model(model)  # True: model.encode_batch now runs the compiled graph
 
-Frozen: the weights become constants of the compiled graph (Inductor's `freezing`), which
+What compiles is `UserEncoder.vectors`: the events' sums placed in their windows with
+positions and ages, the Transformer layers, the attention pooling, the bags and the
+projection. Frozen: the weights become constants of the graph (Inductor's `freezing`), which
 lets it pack them for oneDNN and fuse the bias, ReLU and residual adds into the matmuls
-instead of a pass over each activation tensor for each. The layers are most of an encode
-(per the profiler, the matmuls and attention ~85 %); measured in `benchmarks/encode.py`.
+instead of a pass over each activation tensor for each; around the layers, Inductor fuses
+the ~50 small operations of the placing, pooling and bags into a few loops (each of them,
+eager, woke the sleeping OpenMP workers for a few microseconds of work). The table lookups
+(`embedding_bag`) stay eager. Measured in `benchmarks/encode.py`.
 Inference only: a frozen graph never sees later changes to the weights, so only an
 `Encoder` (whose model is never trained again) compiles.
 
-One graph serves every batch: batch size and window length are symbolic. Batches of one
-window or one event run the eager layers (Dynamo specialises sizes 0 and 1: each would
-compile a graph of its own, for the cheapest batches there are).
+One graph serves every batch: batch size, window length and event count are symbolic.
+Batches of one window, one position or one event run eagerly (Dynamo specialises sizes 0
+and 1: each would compile a graph of its own, for the cheapest batches there are).
 
 Compiling needs a C++ compiler (``$CXX``, else ``g++``; the CPU image installs one) and
 takes seconds to tens of seconds once per process and version (Inductor's cache, under
 ``$TORCHINDUCTOR_CACHE_DIR`` or the temp dir, shortens it for the next process). When it
-fails, a warning, and the model keeps its eager layers: an encoder is never lost to it.
+fails, a warning, and the model stays eager: an encoder is never lost to it.
 """
 
 from __future__ import annotations
@@ -33,7 +38,7 @@ import torch
 import torch._dynamo
 import torch._inductor.config
 
-from encoder.model import UserEncoder
+from encoder.model import Lookups, UserEncoder
 
 log = logging.getLogger(__name__)
 
@@ -49,21 +54,22 @@ _inductor_config = torch._inductor.config  # noqa: SLF001
 _INDUCTOR = {"freezing": True, "compile_threads": 1}
 
 
-class CompiledLayers:
-    """Callable in place of `UserEncoder.layers`: the compiled graph for batches of at least
-    2 windows and 2 events, the eager layers otherwise. (B, T, D) -> (B, T, D)."""
+class CompiledVectors:
+    """Callable in place of `UserEncoder.vectors` (`Lookups` in): the compiled graph for
+    batches of at least 2 windows, 2 positions and 2 events, the eager method otherwise."""
 
-    def __init__(self, eager: Callable[[torch.Tensor], torch.Tensor]) -> None:
+    def __init__(self, eager: Callable[..., torch.Tensor]) -> None:
         self.eager = eager
         self.own = _own_code(eager)  # what Dynamo compiles (its graphs live on its code)
         self.graph = torch.compile(self.own, dynamic=False)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if x.shape[0] < 2 or x.shape[1] < 2:
-            return self.eager(x)
-        _mark_dynamic(x, 0)  # batch size
-        _mark_dynamic(x, 1)  # window length
-        out: torch.Tensor = self.graph(x)
+    def __call__(self, w: Lookups) -> torch.Tensor:
+        if w.lengths.shape[0] < 2 or w.ar.shape[0] < 2 or w.static.shape[0] < 2:
+            return self.eager(w)
+        for x in w:
+            if x is not None:
+                _mark_dynamic(x, 0)  # events, windows, positions: symbolic
+        out: torch.Tensor = self.graph(w)
         return out
 
 
@@ -84,30 +90,34 @@ def compiler() -> str | None:
     return shutil.which(os.environ.get("CXX") or "g++")
 
 
-def compile_layers(
+def compile_model(
     model: UserEncoder,
     precision: Callable[[], contextlib.AbstractContextManager[object]] = contextlib.nullcontext,
 ) -> bool:
-    """Compile the model's Transformer layers (CPU, inference) and warm them on a small
-    batch under `precision()` (the encoder's autocast: Dynamo compiles a graph per autocast
-    state, and the first real call must find this one), checked against the eager layers.
-    Returns False, with a warning, when there is no compiler or compiling fails; the model
-    is then unchanged."""
+    """Compile the model's `vectors` (CPU, inference; `encode_batch` then calls the graph)
+    and warm it on a small batch under `precision()` (the encoder's autocast: Dynamo
+    compiles a graph per autocast state, and the first real call must find this one),
+    checked against the eager method. Returns False, with a warning, when there is no
+    compiler or compiling fails; the model is then unchanged."""
     if model.training or model.pos.weight.device.type != "cpu":
-        raise ValueError("compile_layers: a CPU model in eval mode (inference only)")
+        raise ValueError("compile_model: a CPU model in eval mode (inference only)")
     if compiler() is None:
         log.warning("encoder compile: no C++ compiler ($CXX or g++): eager layers")
         return False
     for key, value in _INDUCTOR.items():
         setattr(_inductor_config, key, value)
-    layers = CompiledLayers(model.layers)
-    # distinct sizes: Dynamo gives equal sizes one symbol, and a graph for B == T only
+    tail = CompiledVectors(model.vectors)
+    d, n, counts = model.cfg.d_model, 11, model.counts
     try:
-        with torch.inference_mode(), precision():  # as `Encoder` calls it
-            x = torch.randn(3, 5, model.cfg.d_model)
-            got, want = layers(x), model.layers(x)
+        with torch.inference_mode(), precision():  # as `Encoder` calls it (inference tensors)
+            # distinct sizes (Dynamo gives equal sizes one symbol): 3 windows, 5 positions,
+            # 11 events; dtypes as the tokenizer's batches give them
+            counted = None if counts is None else (torch.rand(n, counts.size) < 0.3).float()
+            w = Lookups(torch.randn(n, d), torch.randn(n, d), torch.tensor([5, 4, 2]),
+                        torch.arange(5), torch.rand(n) * 3, counted)  # fmt: skip
+            got, want = tail(w), model.vectors(w)
             low = torch.is_autocast_enabled("cpu")  # bf16: 8 bits of mantissa
-    except Exception as exc:  # any compiler failure: the eager layers
+    except Exception as exc:  # any compiler failure: the eager model
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
         log.warning("encoder compile failed, eager layers: %s", first)
         return False
@@ -116,5 +126,5 @@ def compile_layers(
         err = float((got - want).abs().max())
         log.warning("encoder compile: output differs from eager by %.2g: eager layers", err)
         return False
-    model.layers = layers  # type: ignore[method-assign]
+    model.tail = tail
     return True

@@ -25,14 +25,18 @@ The EmbeddingCollection is the only part that grows with the data (item buckets 
 it is what `DistributedModelParallel` shards (see `encoder/sharded.py`); the dense part is
 replicated. Padding never changes a vector: padded positions are masked in attention and
 pooling, and positions are counted from the newest event, not from the padded end.
+
+This module holds the tables, the placing of events in windows and the layers; what the
+vector reads after them is `encoder/summaries.py`, the sizes `encoder/model_config.py`.
+For inference, everything after the table lookups is `UserEncoder.vectors`, which
+`encoder/compiled.py` compiles as one graph.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from dataclasses import asdict, dataclass
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -40,61 +44,11 @@ from torch import nn
 from torchrec import EmbeddingCollection, EmbeddingConfig, KeyedJaggedTensor
 
 from encoder.counts import OutcomeCounts
+from encoder.model_config import ModelConfig
+from encoder.summaries import COUNT_SPANS_H, Bags, Summaries
 from encoder.tokenizer import TokenBatch, TokenizerConfig
 
-
-@dataclass(frozen=True)
-class ModelConfig:
-    d_model: int = 128
-    n_layers: int = 2
-    n_heads: int = 4
-    d_ff: int = 256
-    dropout: float = 0.1
-    out_dim: int = 64
-    max_events: int = 64
-    dense_age: bool = True  # add the exact log age (a Linear of one number) to each event
-    normalize: bool = False  # unit vectors (cosine only) or vectors whose length carries counts
-    # time scales (hours) of bags decayed by age, beside the plain bag; none by default: on
-    # Instacart (1, 7, 30 days) measured 0.773 against 0.776 mean AUC without
-    decays_h: tuple[float, ...] = ()
-    # the vector reads log counts of this many top types and top values of each categorical
-    # property over the window and its recent spans (`encoder/counts.py`); 0: none
-    count_top: int = 0
-    count_hidden: int = 0  # and the output of an MLP of that width over those counts; 0: none
-    # the vector also reads the mean over the window of each event's other embeddings
-    # (numeric bins, gap, age): how the events look (slower clicks, shorter dwell) beside
-    # what they are (the bags)
-    manner_bag: bool = False
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2, sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> ModelConfig:
-        d = json.loads(text)
-        return cls(**{**d, "decays_h": tuple(d.get("decays_h", ()))})
-
-
-_COUNT_SPANS_H = (24.0, 168.0, 720.0)  # the vector reads event counts of the last 1 d, 1 w, 30 d
-_MAX_DECAY = 600.0  # exp(600) fits a float64: older events weigh exp(-600), i.e. nothing
-
-
-@dataclass
-class Bags:
-    """What the window's bags are made of: raw (B, T, D) each event's embeddings apart from
-    its age (type, properties, gap), zero at padding; hours (B, T) float64 its age at
-    ``now``. The user vector reads the plain sum of raw (counts of what the window holds)
-    and sums decayed by age at each time scale of `ModelConfig.decays_h` (recent counts)."""
-
-    raw: torch.Tensor
-    hours: torch.Tensor
-    counted: torch.Tensor | None = None  # (B, T, Y) `OutcomeCounts.indicators`, padded
-    manner: torch.Tensor | None = None  # (B, T, D) the other embeddings (`manner_bag`), padded
-
-    def weight(self, tau_h: float, dtype: torch.dtype | None = None) -> torch.Tensor:
-        """(B, T, 1) ``exp(-hours / tau)``."""
-        w = torch.exp(-self.hours.clamp(max=_MAX_DECAY * tau_h) / tau_h).unsqueeze(-1)
-        return w.to(dtype or self.raw.dtype)
+__all__ = ["Bags", "Lookups", "ModelConfig", "UserEncoder", "make_kjt", "positions"]
 
 
 def make_kjt(batch: TokenBatch, keys: tuple[str, ...], device: torch.device) -> KeyedJaggedTensor:
@@ -116,11 +70,39 @@ def _sum(parts: list[torch.Tensor]) -> torch.Tensor:
     return acc
 
 
-def _pad(flat: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
-    """(N, D) jagged rows -> (B, T, D), zero where `real` (B, T) is False."""
-    out = flat.new_zeros(*real.shape, flat.shape[-1])
-    out[real] = flat
-    return out
+def _rows_at(flat: torch.Tensor, at: torch.Tensor, real: torch.Tensor) -> torch.Tensor:
+    """(N, ...) jagged rows -> (B, T, ...): row ``at[b, t]``, zero where `real` (B, T) is
+    False. For inference a gather of computed indices, not a masked scatter: no shape
+    depends on the data, so one compiled graph serves every batch (`encoder/compiled.py`).
+    In training the scatter (its backward is a gather; the gather's, a slower index_add)."""
+    if flat.requires_grad:
+        if flat.shape[0] == real.numel():  # every window T long: no padding to place
+            return flat.view(*real.shape, *flat.shape[1:])
+        out = flat.new_zeros(*real.shape, *flat.shape[1:])
+        out[real] = flat
+        return out
+    if flat.shape[0] == 0:  # no events at all: every position is padding
+        return flat.new_zeros(*real.shape, *flat.shape[1:])
+    got = flat[at.clamp(max=flat.shape[0] - 1)]  # (B, T, ...)
+    keep = real.view(*real.shape, *([1] * (flat.dim() - 1)))
+    return torch.where(keep, got, torch.zeros((), dtype=got.dtype, device=got.device))
+
+
+class Lookups(NamedTuple):
+    """A batch after its table lookups: N events in B windows of at most T positions."""
+
+    static: torch.Tensor  # (N, D) each event's bag-key embeddings summed (`_lookup`)
+    summed: torch.Tensor  # (N, D) all its embeddings summed
+    lengths: torch.Tensor  # (B,) int64 events per window
+    ar: torch.Tensor  # (T,) 0..T-1 (`positions`): T as a shape, symbolic when compiled
+    age_h: torch.Tensor | None  # (N,) float32 log1p hours before now
+    counted: torch.Tensor | None  # (N, Y) `OutcomeCounts.indicators` (`count_top`)
+
+
+def positions(lengths: torch.Tensor) -> torch.Tensor:
+    """(T,) 0..T-1, T the longest window of the batch (at least 1)."""
+    t = max(int(lengths.max().item()) if lengths.shape[0] else 0, 1)
+    return torch.arange(t, device=lengths.device)
 
 
 def _pos_bucket(rev: Any) -> Any:
@@ -133,7 +115,7 @@ def _pos_bucket(rev: Any) -> Any:
     return torch.where(rev < 4, rev, (2 * torch.log2(r)).long())
 
 
-class UserEncoder(nn.Module):
+class UserEncoder(Summaries, nn.Module):
     """Windows of token ids in, one L2-normalised vector per window out.
 
     Args:
@@ -175,15 +157,18 @@ class UserEncoder(nn.Module):
         # gaps in the bags drowned the values' counts: 0.69 against 0.78 mean AUC, Instacart)
         self.bag_keys = tuple(k for k in self.keys if k == "type" or k.startswith("c"))
         n_summaries = 4 + len(cfg.decays_h) + int(cfg.manner_bag)
-        spans = 1 + len(_COUNT_SPANS_H)
+        spans = 1 + len(COUNT_SPANS_H)
         self.counts = (
             OutcomeCounts(tok, cfg.count_top, spans, cfg.count_hidden) if cfg.count_top else None
         )
         n_counted = self.counts.out_size if self.counts else 0
         self.proj = nn.Linear(
-            n_summaries * cfg.d_model + 2 + len(_COUNT_SPANS_H) + n_counted, cfg.out_dim
+            n_summaries * cfg.d_model + 2 + len(COUNT_SPANS_H) + n_counted, cfg.out_dim
         )
         self._init_tables()
+        # inference: `vectors` compiled (`encoder/compiled.py`), which `encode_batch` calls
+        # after the table lookups instead of `forward`; None: `forward`
+        self.tail: Callable[[Lookups], torch.Tensor] | None = None
 
     @torch.no_grad()
     def _init_tables(self) -> None:
@@ -228,32 +213,37 @@ class UserEncoder(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, Bags]:
         """Sum of feature embeddings, padded: x (B, T, D), the pad mask (B, T), True = pad,
         and what the window's bags are made of (`Bags`)."""
+        return self.place(self.lookups(kjt, lengths, age_h))
+
+    def lookups(
+        self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None
+    ) -> Lookups:
+        """The table lookups of a batch (and the counted outcomes' indicators)."""
         static, summed = self._lookup(kjt)  # (N, D) each
-        plain = summed
-        if self.age_lin is not None and age_h is not None:
-            summed = summed + self.age_lin(age_h.to(summed.dtype).unsqueeze(-1) / 4.0)  # (N, D)
-        b = lengths.shape[0]
-        t = int(lengths.max().item()) if b else 0
-        t = max(t, 1)
-        ar = torch.arange(t, device=lengths.device)  # (T,)
-        real = ar.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
-        full = summed.shape[0] == b * t  # every window t long: no padding to place
-        d = summed.shape[-1]
-        x = summed.view(b, t, d) if full else _pad(summed, real)  # (B, T, D)
-        raw = static.view(b, t, d) if full else _pad(static, real)  # (B, T, D)
-        manner = None
-        if self.cfg.manner_bag:
-            rest = plain - static  # numeric bins, gap, age (before the exact age)
-            manner = rest.view(b, t, d) if full else _pad(rest, real)
-        hours = torch.zeros(b, t, dtype=torch.float64, device=x.device)  # (B, T)
-        if age_h is not None:
-            hours[real] = torch.expm1(age_h.to(torch.float64))
-        rev = (lengths.unsqueeze(1) - 1 - ar.unsqueeze(0)).clamp(min=0)  # (B, T) 0 = newest
-        x = x + self.pos(_pos_bucket(rev)) * real.unsqueeze(-1)
         counted = None
         if self.counts is not None:
-            ind = self.counts.indicators(kjt.values().view(len(self.keys), -1))  # (N, Y)
-            counted = ind.view(b, t, -1) if full else _pad(ind, real)  # (B, T, Y)
+            counted = self.counts.indicators(kjt.values().view(len(self.keys), -1))
+        return Lookups(static, summed, lengths, positions(lengths), age_h, counted)
+
+    def place(self, w: Lookups) -> tuple[torch.Tensor, torch.Tensor, Bags]:
+        """`embed` after the table lookups: the events' (N, D) sums placed in their windows
+        (B, T = len(w.ar), D) with positions and ages; see `embed`."""
+        lengths, ar, age_h = w.lengths, w.ar, w.age_h
+        summed = w.summed
+        if self.age_lin is not None and age_h is not None:
+            summed = summed + self.age_lin(age_h.to(summed.dtype).unsqueeze(-1) / 4.0)  # (N, D)
+        real = ar.unsqueeze(0) < lengths.unsqueeze(1)  # (B, T)
+        at = (torch.cumsum(lengths, 0) - lengths).unsqueeze(1) + ar.unsqueeze(0)  # (B, T)
+        x = _rows_at(summed, at, real)  # (B, T, D)
+        raw = _rows_at(w.static, at, real)  # (B, T, D)
+        manner = _rows_at(w.summed - w.static, at, real) if self.cfg.manner_bag else None
+        if age_h is not None:  # (B, T) hours before now, 0 at padding
+            hours = _rows_at(torch.expm1(age_h.to(torch.float64)), at, real)
+        else:
+            hours = torch.zeros(real.shape, dtype=torch.float64, device=x.device)
+        rev = (lengths.unsqueeze(1) - 1 - ar.unsqueeze(0)).clamp(min=0)  # (B, T) 0 = newest
+        x = x + self.pos(_pos_bucket(rev)) * real.unsqueeze(-1)
+        counted = None if w.counted is None else _rows_at(w.counted, at, real)  # (B, T, Y)
         return self.norm_in(x), ~real, Bags(raw, hours, counted, manner)
 
     def forward(
@@ -267,66 +257,14 @@ class UserEncoder(nn.Module):
         window's recency through its age feature), and the bags (`Bags`)."""
         x, pad, bags = self.embed(kjt, lengths, age_h)  # (B, T, D), (B, T)
         h = self.norm_out(self.layers(x))  # (B, T, D)
-        score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
-        w = torch.softmax(score, dim=1).nan_to_num(0.0)  # empty windows pool to zero
-        pooled = torch.einsum("bt,btd->bd", w.to(h.dtype), h)  # (B, D)
-        realf = (~pad).unsqueeze(-1).to(h.dtype)  # (B, T, 1)
-        hsum = (h * realf).sum(1) / self.cfg.max_events  # (B, D)
-        last = (lengths - 1).clamp(min=0)  # (B,) the newest event saw the whole window
-        newest = h[torch.arange(h.shape[0], device=h.device), last]  # (B, D)
-        newest = newest * (lengths > 0).unsqueeze(-1).to(h.dtype)
-        decayed = [(bags.raw * bags.weight(tau)).sum(1) for tau in self.cfg.decays_h]
-        real = ~pad
-        recency = bags.hours.gather(1, last.unsqueeze(1)).squeeze(1)  # (B,)
-        recent = [((bags.hours <= w) & real).sum(1) for w in _COUNT_SPANS_H]  # (B,) each
-        dense = self._dense(recency, torch.stack([lengths.to(recent[0].dtype), *recent], -1))
-        parts = [pooled, hsum, newest, bags.raw.sum(1), *decayed, dense]
-        if bags.manner is not None:
-            n = lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, 1)
-            parts.insert(4, bags.manner.sum(1) / n)
-        if bags.counted is not None:
-            masks = [real] + [(bags.hours <= w) & real for w in _COUNT_SPANS_H]
-            parts.append(self._counts().window(bags.counted, masks).to(h.dtype))
-        return h, pad, self._out(torch.cat(parts, -1)), bags
+        return h, pad, self.summarise(h, pad, lengths, bags), bags
 
-    def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
-        """The user vector of every prefix (training only): z_t as if the window ended at t.
-
-        Attention pooling and the bags as running sums, so z at the newest position equals
-        `forward`'s. A decayed bag at t weighs event i by ``exp(-(ts_t - ts_i) / tau)``,
-        i.e. its weight at ``now`` rescaled by ``exp((now - ts_t) / tau)``.
-        h: (B, T, D), pad: (B, T) -> (B, T, E).
-        """
-        score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
-        m = score.max(dim=1, keepdim=True).values.clamp(min=-1e4)  # (B, 1)
-        e = torch.exp(score - m).masked_fill(pad, 0.0)  # (B, T)
-        num = torch.cumsum(e.unsqueeze(-1) * h.float(), dim=1)  # (B, T, D)
-        den = torch.cumsum(e, dim=1).clamp(min=1e-30).unsqueeze(-1)  # (B, T, 1)
-        pooled = (num / den).to(h.dtype)  # (B, T, D)
-        realf = (~pad).unsqueeze(-1).to(h.float().dtype)  # (B, T, 1)
-        hsum = (torch.cumsum(h.float() * realf, dim=1) / self.cfg.max_events).to(h.dtype)
-        raw64 = bags.raw.to(torch.float64)
-        parts = [pooled, hsum, h, torch.cumsum(raw64, dim=1).to(h.dtype)]
-        if bags.manner is not None:
-            seen = torch.cumsum((~pad).to(torch.float64), dim=1).clamp(min=1).unsqueeze(-1)
-            mean = torch.cumsum(bags.manner.to(torch.float64), dim=1) / seen
-            parts.append(mean.to(h.dtype))
-        for tau in self.cfg.decays_h:
-            scaled = torch.cumsum(raw64 * bags.weight(tau, torch.float64), dim=1)  # (B, T, D)
-            back = torch.exp(bags.hours.clamp(max=_MAX_DECAY * tau) / tau).unsqueeze(-1)
-            parts.append((scaled * back).to(h.dtype))
-        # at prefix t (the vector at event t's time): recency 0, events i <= t counted
-        # within each span of t's time (their age then: hours_i - hours_t)
-        t = h.shape[1]
-        before = torch.tril(torch.ones(t, t, dtype=torch.bool, device=h.device))  # (t, i)
-        seen = before.unsqueeze(0) & (~pad).unsqueeze(1)  # (B, t, i)
-        age = bags.hours.unsqueeze(1) - bags.hours.unsqueeze(2)  # (B, t, i)
-        counts = [seen.sum(-1)] + [(seen & (age <= w)).sum(-1) for w in _COUNT_SPANS_H]
-        dense = self._dense(torch.zeros_like(bags.hours), torch.stack(counts, -1))
-        parts.append(dense.to(h.dtype))  # (B, T, 1 + 1 + spans)
-        if bags.counted is not None:
-            parts.append(self._counts().prefixes(bags.counted, counts).to(h.dtype))
-        return self._out(torch.cat(parts, -1))  # (B, T, E)
+    def vectors(self, w: Lookups) -> torch.Tensor:
+        """`forward`'s user vectors (B, E) from the table lookups on: the part of an encode
+        `encoder/compiled.py` compiles as one graph."""
+        x, pad, bags = self.place(w)
+        h = self.norm_out(self.layers(x))  # (B, T, D)
+        return self.summarise(h, pad, w.lengths, bags)
 
     def layers(self, x: torch.Tensor) -> torch.Tensor:
         """The Transformer layers (pre-norm, causal) with fused causal attention.
@@ -352,27 +290,12 @@ class UserEncoder(nn.Module):
             x = x + layer.dropout2(ff)
         return x
 
-    def _counts(self) -> OutcomeCounts:
-        assert self.counts is not None
-        return self.counts
-
-    @staticmethod
-    def _dense(recency_h: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
-        """(...), (..., C) -> (..., 1 + C): log1p of the hours since the newest event and of
-        the window's event counts (all, then within each of `_COUNT_SPANS_H`): recency,
-        size and recent activity read straight into the vector (churn is mostly these)."""
-        rec = torch.log1p(recency_h.clamp(min=0.0).float()).unsqueeze(-1)
-        return torch.cat([rec, torch.log1p(counts.float())], -1)
-
-    def _out(self, summary: torch.Tensor) -> torch.Tensor:
-        """(..., S) summaries -> (..., E) user vectors (L2-normalised if configured)."""
-        z = self.proj(summary).float()
-        return F.normalize(z, dim=-1) if self.cfg.normalize else z
-
     def encode_batch(self, batch: TokenBatch) -> torch.Tensor:
         """Token batch to user vectors (B, E), on this module's device."""
         dev = self.pos.weight.device
         kjt = make_kjt(batch, self.keys, dev)
         age = torch.from_numpy(batch.age_h).to(dev)  # (N,)
-        _, _, z, _ = self(kjt, torch.from_numpy(batch.lengths).to(dev), age)
-        return z
+        lengths = torch.from_numpy(batch.lengths).to(dev)
+        if self.tail is None:
+            return self(kjt, lengths, age)[2]
+        return self.tail(self.lookups(kjt, lengths, age))

@@ -25,7 +25,7 @@ class RefreshConfig:
         dtype: value encoding in the store.
         embeddings_topic: the update log.
         device: encoder device ("cpu", "cuda"); None: CUDA when present.
-        compile: compile the encoder's layers on the CPU (`encoder/compiled.py`: ~1.3x the
+        compile: compile the encoder on the CPU (`encoder/compiled.py`: ~1.4x the
             encode rate; each version compiles in a thread for seconds after it is loaded
             and encodes eagerly meanwhile; needs a C++ compiler; without one, or
             on CUDA, a warning and the eager layers). Off here (tests and the embedded

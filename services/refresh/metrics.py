@@ -183,9 +183,9 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
         ),
         encoder_compiled=Gauge(
             "persona_refresh_encoder_compiled",
-            "With PERSONA_ENCODER_COMPILE: 1 when the version's encoder runs compiled layers,"
-            " 0 while they compile in the background (seconds after a version is loaded) or"
-            " when compiling failed and it runs the eager ones (slower; the log says why);"
+            "With PERSONA_ENCODER_COMPILE: 1 when the version's encoder runs compiled,"
+            " 0 while it compiles in the background (seconds after a version is loaded) or"
+            " when compiling failed and it runs eagerly (slower; the log says why);"
             " absent when compiling was not asked",
             ["version"],
             registry=registry,

@@ -1,9 +1,10 @@
-"""Compiled encoder layers (encoder/compiled.py): the same vectors as the eager layers for
+"""The compiled encoder (encoder/compiled.py): the same vectors as the eager model for
 every batch shape, one graph for all of them, and eager layers when compiling cannot work."""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -40,7 +41,7 @@ def test_compiled_layers_encode_what_the_eager_ones_do(  # type: ignore[no-untyp
     eager = _encoder(setup, compile=False)
     fast = _encoder(setup, compile=True, max_tokens=256)
     assert fast.compiled and not eager.compiled
-    assert isinstance(fast.model.layers, compiled.CompiledLayers)
+    assert isinstance(fast.model.tail, compiled.CompiledVectors)
     rng = np.random.default_rng(0)
     # every batch shape: ragged lengths 1..64, one window, one event each, an empty window
     batches = [
@@ -53,9 +54,30 @@ def test_compiled_layers_encode_what_the_eager_ones_do(  # type: ignore[no-untyp
     for ws in batches:
         np.testing.assert_allclose(fast.encode(ws, now), eager.encode(ws, now), atol=1e-5, rtol=0)
     # batch size and length are symbolic: every batch above ran one compiled graph
-    code = fast.model.layers.own.__func__.__code__
-    assert code is not UserEncoder.layers.__code__  # its graphs go with this encoder
+    code = fast.model.tail.own.__func__.__code__
+    assert code is not UserEncoder.vectors.__code__  # its graphs go with this encoder
     assert len(_debug_get_cache_entry_list(code)) == 1
+
+
+@needs_compiler
+def test_every_summary_option_compiles_to_the_eager_vectors(  # type: ignore[no-untyped-def]
+    setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The graph holds what the options add after the layers: counts of the top values and
+    their MLP (`count_top`, `count_hidden`), decayed bags, the manner bag."""
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    model, tok, windows, now = setup
+    cfg = replace(model.cfg, count_top=4, count_hidden=8, decays_h=(24.0,), manner_bag=True)
+    torch.manual_seed(1)
+    full = UserEncoder(tok, cfg).eval()
+    eager = Encoder("v", full, Tokenizer(tok), torch.device("cpu"))
+    twin = UserEncoder(tok, cfg)
+    twin.load_state_dict(full.state_dict())
+    fast = Encoder("v", twin.eval(), Tokenizer(tok), torch.device("cpu"), compile=True)
+    assert fast.compiled and isinstance(fast.model.tail, compiled.CompiledVectors)
+    rng = np.random.default_rng(1)
+    ragged = [w[-int(rng.integers(2, 65)) :] for w in windows]
+    np.testing.assert_allclose(fast.encode(ragged, now), eager.encode(ragged, now), atol=1e-5)
 
 
 def test_no_compiler_keeps_the_eager_layers(  # type: ignore[no-untyped-def]
@@ -64,7 +86,7 @@ def test_no_compiler_keeps_the_eager_layers(  # type: ignore[no-untyped-def]
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     with caplog.at_level(logging.WARNING, logger="encoder.compiled"):
         enc = _encoder(setup, compile=True)
-    assert not enc.compiled and not isinstance(enc.model.layers, compiled.CompiledLayers)
+    assert not enc.compiled and enc.model.tail is None
     assert "no C++ compiler" in caplog.text
     _, _, windows, now = setup
     np.testing.assert_array_equal(
@@ -80,7 +102,7 @@ def test_a_failing_compile_keeps_the_eager_layers(  # type: ignore[no-untyped-de
     setup, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, message, logged
 ) -> None:
     def broken(fn, **kw):  # type: ignore[no-untyped-def]
-        def run(x):  # type: ignore[no-untyped-def]
+        def run(*args):  # type: ignore[no-untyped-def]
             raise RuntimeError(message)
 
         return run
@@ -96,7 +118,7 @@ def test_a_failing_compile_keeps_the_eager_layers(  # type: ignore[no-untyped-de
 def test_compile_refuses_a_model_in_training_mode(setup) -> None:  # type: ignore[no-untyped-def]
     model, tok, _, _ = setup
     with pytest.raises(ValueError, match="eval mode"):
-        compiled.compile_layers(UserEncoder(tok, model.cfg).train())
+        compiled.compile_model(UserEncoder(tok, model.cfg).train())
 
 
 @needs_compiler
@@ -130,7 +152,7 @@ def test_a_background_compile_encodes_eagerly_meanwhile(  # type: ignore[no-unty
     enc.compile_in_background()
     during = enc.encode(windows, now)  # while compiling (or just after)
     assert enc.wait_compiled(120) and enc.compiled and not enc.compiling
-    assert isinstance(enc.model.layers, compiled.CompiledLayers)
+    assert isinstance(enc.model.tail, compiled.CompiledVectors)
     np.testing.assert_allclose(during, want, atol=1e-5)
     np.testing.assert_allclose(enc.encode(windows, now), want, atol=1e-5)
     monkeypatch.setenv("CXX", "/nonexistent/c++")

@@ -1,0 +1,39 @@
+"""The sequence model's sizes and options (`UserEncoder`, encoder/model.py), saved with each
+version as ``model.json``."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    d_model: int = 128
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+    dropout: float = 0.1
+    out_dim: int = 64
+    max_events: int = 64
+    dense_age: bool = True  # add the exact log age (a Linear of one number) to each event
+    normalize: bool = False  # unit vectors (cosine only) or vectors whose length carries counts
+    # time scales (hours) of bags decayed by age, beside the plain bag; none by default: on
+    # Instacart (1, 7, 30 days) measured 0.773 against 0.776 mean AUC without
+    decays_h: tuple[float, ...] = ()
+    # the vector reads log counts of this many top types and top values of each categorical
+    # property over the window and its recent spans (`encoder/counts.py`); 0: none
+    count_top: int = 0
+    count_hidden: int = 0  # and the output of an MLP of that width over those counts; 0: none
+    # the vector also reads the mean over the window of each event's other embeddings
+    # (numeric bins, gap, age): how the events look (slower clicks, shorter dwell) beside
+    # what they are (the bags)
+    manner_bag: bool = False
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelConfig:
+        d = json.loads(text)
+        return cls(**{**d, "decays_h": tuple(d.get("decays_h", ()))})
