@@ -45,7 +45,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import faiss
 import numpy as np
@@ -55,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.index import BuildInfo, IndexConfig, LookalikeIndex
 from services.index._built import omp_threads_for
+from services.index.config import IndexKind
 from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
 
 log = logging.getLogger("benchmarks.ann")
@@ -250,7 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-ef-construction", type=int, default=100)
     p.add_argument("--skip-hnswlib", action="store_true")
     p.add_argument("--lean", action="store_true", help="also Persona's kind=ivfpq")
-    p.add_argument("--kind", default="auto", help="Persona's index kind (default: auto)")
+    kinds = ["auto", *get_args(IndexKind)]
+    p.add_argument("--kind", default="auto", choices=kinds, help="Persona's index kind")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
 

@@ -157,3 +157,23 @@ def test_outcome_counts_count_the_top_values_and_keep_padding_out(setup) -> None
     slot0 = counted.counts.lut0[top_type]  # its outcome column + 1 (0: not counted)
     if int(slot0) > 0:
         assert int(ind[:, int(slot0) - 1].sum()) == int((type_ids == top_type).sum())
+
+
+@pytest.mark.parametrize("lengths", [[3, 0, 5, 1], [4, 4], [0, 0]])
+def test_events_are_placed_alike_by_the_gather_and_the_training_scatter(lengths) -> None:  # type: ignore[no-untyped-def]
+    """Inference places the events by a gather (one compiled graph for every shape),
+    training by a masked scatter (cheaper backward): the same (B, T, ...) either way, with
+    empty windows, windows all of one length and a batch without events."""
+    from encoder.model import _rows_at, positions
+
+    n = torch.tensor(lengths)
+    ar = positions(n)
+    real = ar.unsqueeze(0) < n.unsqueeze(1)
+    at = (torch.cumsum(n, 0) - n).unsqueeze(1) + ar.unsqueeze(0)
+    flat = torch.randn(int(n.sum()), 3)
+    gathered = _rows_at(flat, at, real)
+    scattered = _rows_at(flat.clone().requires_grad_(True), at, real)
+    assert scattered.requires_grad and gathered.shape == (len(lengths), len(ar), 3)
+    torch.testing.assert_close(gathered, scattered.detach(), rtol=0, atol=0)
+    assert not gathered[~real].any()  # padding is zero
+    assert torch.equal(gathered[real], flat)  # each event once, in window order
