@@ -119,9 +119,9 @@ def test_observe_matches_users_by_id_and_skips_those_without_a_previous_vector(
 def test_the_compiled_metric_says_whether_each_version_runs_compiled(
     env: Env, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """With compiling asked: 1 for a version whose layers compiled (in the background: the
+    """With compiling asked: 1 for a version whose encoder compiled (in the background: the
     first pass may run eagerly; the pass after the compile reads 1), 0 for one that fell back
-    to the eager layers (no compiler), and the users are refreshed either way; without it:
+    to the eager model (no compiler), and the users are refreshed either way; without it:
     no series."""
     from encoder.compiled import compiler
 
