@@ -169,7 +169,7 @@ def bench(
 
 def stages(enc: Encoder, windows: list[list[Event]], now: int, reps: int = 15) -> None:
     """Where one forward pass's time goes (its best of `reps`, the stages timed apart):
-    the first `CPU_MAX_TOKENS` worth of windows, as `Encoder.encode` cuts them. A compiled
+    the first `Encoder.max_tokens` worth of windows, as `Encoder.encode` cuts them. A compiled
     encoder's stages after the table lookups are one graph (`encoder/compiled.py`)."""
     m, dev = enc.model, enc.device
     group = windows[: max(1, enc.max_tokens // enc.max_events)]

@@ -77,6 +77,13 @@ def length_buckets(lengths: Sequence[int], max_tokens: int, max_batch: int) -> l
 # 512 windows of 64 events, trained version, 2 threads (benchmarks/encode.py, 2026-12-03):
 # 2,048 tokens 2,417 users/s, 4,096 2,354, 8,192 1,696, 16,384 1,637 (medians of 4 rounds).
 CPU_MAX_TOKENS = 4_096
+# Compiled bf16 on the CPU: half the bytes a token and the graph's fused loops, so twice the
+# tokens fit what 4,096 did. 512 windows of 64 events, rounds 2-3 of 3 (2026-12-03, Intel
+# Xeon AMX): 2,048 tokens 6,201-6,204 users/s, 4,096 7,337-7,357, 8,192 8,031-8,093, 16,384
+# 7,019-7,326. Not for the others: compiled float32 read 4,074 against 4,944 at 8,192 in
+# its first round (5,069-5,146 against 4,868-4,879 after), eager bf16 3,953-4,038 against
+# 5,388-5,453.
+CPU_COMPILED_BF16_MAX_TOKENS = 8_192
 CUDA_MAX_TOKENS = 16_384  # a GPU wants the larger batch (not measured here: no GPU yet)
 
 
@@ -105,11 +112,9 @@ class Encoder:
         self.device = device
         self.dim = model.cfg.out_dim
         self.max_events = tokenizer.config.max_events
-        if max_tokens is None:
-            max_tokens = CUDA_MAX_TOKENS if device.type == "cuda" else CPU_MAX_TOKENS
-        self.max_tokens, self.max_batch = max_tokens, max_batch
         # bf16 autocast: always on CUDA; on the CPU when asked and the CPU has native bf16
         self.bf16 = device.type == "cuda" or (bf16 and device.type == "cpu" and cpu_bf16())
+        self._max_tokens, self.max_batch = max_tokens, max_batch
         if bf16 and not self.bf16:
             log.warning("encoder bf16: %s has no native bf16 (AVX512-BF16/AMX): float32", device)
         # the model after its table lookups compiled (encoder/compiled.py; CPU only): False
@@ -181,6 +186,21 @@ class Encoder:
         if self.device.type != "cpu":
             log.warning("encoder compile: CPU only, %s runs the eager layers", self.device)
         return self.device.type == "cpu"
+
+    @property
+    def max_tokens(self) -> int:
+        """Tokens (windows x events) a forward pass takes: as given, else by device and path
+        (`CUDA_MAX_TOKENS`, `CPU_COMPILED_BF16_MAX_TOKENS` once compiled in bf16,
+        `CPU_MAX_TOKENS`)."""
+        if self._max_tokens is not None:
+            return self._max_tokens
+        if self.device.type == "cuda":
+            return CUDA_MAX_TOKENS
+        return CPU_COMPILED_BF16_MAX_TOKENS if self.compiled and self.bf16 else CPU_MAX_TOKENS
+
+    @max_tokens.setter
+    def max_tokens(self, value: int) -> None:
+        self._max_tokens = value
 
     @property
     def compiling(self) -> bool:

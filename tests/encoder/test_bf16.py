@@ -92,3 +92,19 @@ def test_the_refresher_loads_versions_in_the_precision_asked(  # type: ignore[no
     models, v1, _ = registry_with_two
     assert EncoderCache(models, "cpu", bf16=True).get(v1).bf16
     assert not EncoderCache(models, "cpu").get(v1).bf16
+
+
+def test_a_forward_pass_takes_twice_the_tokens_once_compiled_in_bf16(  # type: ignore[no-untyped-def]
+    setup, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Compiled bf16 encodes 8,192 tokens a pass (measured faster there); float32 and eager
+    bf16 keep 4,096 (slower at 8,192); a size given stays as given."""
+    monkeypatch.setattr(api, "cpu_bf16", lambda: True)
+    enc = _encoder(setup, bf16=True)
+    assert enc.bf16 and not enc.compiled and enc.max_tokens == api.CPU_MAX_TOKENS == 4_096
+    enc.compiled = True  # as a finished (background) compile leaves it
+    assert enc.max_tokens == api.CPU_COMPILED_BF16_MAX_TOKENS == 8_192
+    plain = _encoder(setup)
+    plain.compiled = True
+    assert plain.max_tokens == 4_096
+    assert _encoder(setup, bf16=True, max_tokens=256).max_tokens == 256
