@@ -184,7 +184,7 @@ class Encoder:
     def _on_cpu(self) -> bool:
         """Compiling is for the CPU; elsewhere a warning (the eager model runs)."""
         if self.device.type != "cpu":
-            log.warning("encoder compile: CPU only, %s runs the eager layers", self.device)
+            log.warning("encoder compile: CPU only, %s runs the eager model", self.device)
         return self.device.type == "cpu"
 
     @property

@@ -102,7 +102,7 @@ def compile_model(
     if model.training or model.pos.weight.device.type != "cpu":
         raise ValueError("compile_model: a CPU model in eval mode (inference only)")
     if compiler() is None:
-        log.warning("encoder compile: no C++ compiler ($CXX or g++): eager layers")
+        log.warning("encoder compile: no C++ compiler ($CXX or g++): eager model")
         return False
     for key, value in _INDUCTOR.items():
         setattr(_inductor_config, key, value)
@@ -119,12 +119,12 @@ def compile_model(
             low = torch.is_autocast_enabled("cpu")  # bf16: 8 bits of mantissa
     except Exception as exc:  # any compiler failure: the eager model
         first = (str(exc).splitlines() or [type(exc).__name__])[0]
-        log.warning("encoder compile failed, eager layers: %s", first)
+        log.warning("encoder compile failed, eager model: %s", first)
         return False
     tol = 5e-2 if low else 1e-4
     if not torch.allclose(got.float(), want.float(), rtol=tol, atol=tol):
         err = float((got - want).abs().max())
-        log.warning("encoder compile: output differs from eager by %.2g: eager layers", err)
+        log.warning("encoder compile: output differs from eager by %.2g: eager model", err)
         return False
     model.tail = tail
     return True

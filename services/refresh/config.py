@@ -28,7 +28,7 @@ class RefreshConfig:
         compile: compile the encoder on the CPU (`encoder/compiled.py`: ~1.4x the
             encode rate; each version compiles in a thread for seconds after it is loaded
             and encodes eagerly meanwhile; needs a C++ compiler; without one, or
-            on CUDA, a warning and the eager layers). Off here (tests and the embedded
+            on CUDA, a warning and the eager model). Off here (tests and the embedded
             stack load many versions); the CPU refresher of k8s/ sets it.
         bf16: encode in bf16 autocast on a CPU that computes bf16 natively (AVX512-BF16 or
             AMX; `encoder.api.cpu_bf16`): 1.4-2x the float32 encode rate on such a CPU,

@@ -21,8 +21,8 @@ class ModelLoadError(RuntimeError):
 class EncoderCache:
     """`get(version)` loads a version from the registry once and keeps it; `keep(versions)`
     drops the ones no longer written (a retired version frees its memory). With `compile`,
-    a loaded version encodes with its eager layers at once while its layers compile in a
-    thread (`Encoder.compile_in_background`); `close` waits for those threads."""
+    a loaded version encodes eagerly at once while it compiles in a thread
+    (`Encoder.compile_in_background`); `close` waits for those threads."""
 
     def __init__(
         self,

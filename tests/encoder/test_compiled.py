@@ -1,5 +1,5 @@
 """The compiled encoder (encoder/compiled.py): the same vectors as the eager model for
-every batch shape, one graph for all of them, and eager layers when compiling cannot work."""
+every batch shape, one graph for all of them, and the eager model when compiling cannot work."""
 
 from __future__ import annotations
 
@@ -143,8 +143,8 @@ def test_refresh_loads_versions_compiled_when_asked(  # type: ignore[no-untyped-
 def test_a_background_compile_encodes_eagerly_meanwhile(  # type: ignore[no-untyped-def]
     setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """`compile_in_background`: the encoder answers at once with its eager layers, then with
-    the compiled ones (same vectors); a compile that fails leaves it eager, still answering."""
+    """`compile_in_background`: the encoder answers at once eagerly, then compiled (same
+    vectors); a compile that fails leaves it eager, still answering."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     _, _, windows, now = setup
     want = _encoder(setup, compile=False).encode(windows, now)
