@@ -55,7 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from services.index import BuildInfo, IndexConfig, LookalikeIndex
 from services.index._built import omp_threads_for
-from services.index.config import IndexKind
+from services.index.config import KindSetting
 from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
 
 log = logging.getLogger("benchmarks.ann")
@@ -126,12 +126,12 @@ def persona_lean(base: np.ndarray) -> Contender:
 
 
 def persona(
-    base: np.ndarray, kind: str = "auto"
+    base: np.ndarray, kind: KindSetting = "auto"
 ) -> tuple[Contender, Contender, Contender, LookalikeIndex]:
     infos: list[BuildInfo] = []
 
     def build() -> LookalikeIndex:
-        idx = LookalikeIndex(IndexConfig(dim=base.shape[1], kind=kind, gpu="off"))  # type: ignore[arg-type]
+        idx = LookalikeIndex(IndexConfig(dim=base.shape[1], kind=kind, gpu="off"))
         idx.upsert([str(i) for i in range(len(base))], base)
         infos.append(idx.rebuild())
         return idx
@@ -251,7 +251,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--hnsw-ef-construction", type=int, default=100)
     p.add_argument("--skip-hnswlib", action="store_true")
     p.add_argument("--lean", action="store_true", help="also Persona's kind=ivfpq")
-    kinds = ["auto", *get_args(IndexKind)]
+    kinds = get_args(KindSetting)
     p.add_argument("--kind", default="auto", choices=kinds, help="Persona's index kind")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

@@ -102,8 +102,8 @@ class ReferenceModel(UserEncoder):
     """The reference forward: one lookup per table (the encoder is made with
     ``fuse_tables=False``), `nn.TransformerEncoder` with masks."""
 
-    def embed(self, kjt, lengths, age_h=None):
-        x, pad, bags = super().embed(kjt, lengths, age_h)
+    def place(self, w):
+        x, pad, bags = super().place(w)
         self._pad = pad
         return x, pad, bags
 

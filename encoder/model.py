@@ -167,7 +167,7 @@ class UserEncoder(Summaries, nn.Module):
         )
         self._init_tables()
         # inference: `vectors` compiled (`encoder/compiled.py`), which `encode_batch` calls
-        # after the table lookups instead of `forward`; None: `forward`
+        # after the table lookups in its place; None: `vectors` itself
         self.tail: Callable[[Lookups], torch.Tensor] | None = None
 
     @torch.no_grad()
@@ -296,6 +296,4 @@ class UserEncoder(Summaries, nn.Module):
         kjt = make_kjt(batch, self.keys, dev)
         age = torch.from_numpy(batch.age_h).to(dev)  # (N,)
         lengths = torch.from_numpy(batch.lengths).to(dev)
-        if self.tail is None:
-            return self(kjt, lengths, age)[2]
-        return self.tail(self.lookups(kjt, lengths, age))
+        return (self.tail or self.vectors)(self.lookups(kjt, lengths, age))

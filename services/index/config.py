@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 IndexKind = Literal["flat", "ivf", "ivfsq", "ivfpq", "hnsw"]
+KindSetting = Literal["auto", IndexKind]  # what `IndexConfig.kind` takes
 # the kinds whose CPU structure removes ids (replaced or deleted entries leave nothing
 # hidden); the others hide them until a rebuild
 REMOVABLE_KINDS: frozenset[str] = frozenset({"flat", "ivf", "ivfsq"})
@@ -79,7 +80,7 @@ class IndexConfig:
     """
 
     dim: int = 64
-    kind: Literal["auto", "flat", "ivf", "ivfsq", "ivfpq", "hnsw"] = "auto"
+    kind: KindSetting = "auto"
     exact_below: int = 50_000
     ivf_nlist: int | None = None
     ivf_nlist_max: int = 65_536
