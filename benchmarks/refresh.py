@@ -17,7 +17,7 @@ N times with drift off and N times on, taking turns (a loaded machine's noise fa
 alike); it prints the median users/s of each and the drift observed.
 
     .venv/bin/python benchmarks/refresh.py [--users 4000] [--events-per-user 60] [--single]
-        [--drift-rounds 3] [--compile] [--bf16]
+        [--drift-rounds 3] [--compile] [--bf16] [--encode-streams N]
 """
 
 from __future__ import annotations
@@ -112,15 +112,17 @@ def main() -> None:
     )
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast on a CPU with native bf16")
     ap.add_argument("--drift-rounds", type=int, default=0, help="passes with drift off / on")
+    ap.add_argument("--encode-streams", type=int, default=1, help="passes at once (CPU)")
     args = ap.parse_args()
+    how = {"compile": args.compile, "bf16": args.bf16, "streams": args.encode_streams}
     logging.basicConfig(level=logging.WARNING)
     if args.models:
-        enc = Encoder.load(args.models, compile=args.compile, bf16=args.bf16)
+        enc = Encoder.load(args.models, **how)
     else:
         torch.manual_seed(args.seed)
         tok = TokenizerConfig(features=discover(generate(SyntheticConfig(users=200)).events))
         model = UserEncoder(tok, ModelConfig(dropout=0.0))
-        enc = Encoder.from_model(model, version="vbench", compile=args.compile, bf16=args.bf16)
+        enc = Encoder.from_model(model, version="vbench", **how)
     with EmbeddedStack(StackConfig(cluster=not args.single)) as stack:
         a = stack.addresses
         client = connect(a.redis)
@@ -172,12 +174,14 @@ def main() -> None:
             for s in ("read", "encode", "publish", "write")
         }
         client.close()
+    enc.close()
     n = len(ids)
     store = "3-node Valkey cluster" if not args.single else "1 Valkey node"
     print(
         f"\n{n} users, mean window {mean_len:.0f} events, batch {args.batch_size}, "
         f"{store}, Tansu, {enc.device} ({torch.get_num_threads()} threads)"
-        f"{', compiled' if enc.compiled else ''}{', bf16' if enc.bf16 else ''}\n"
+        f"{', compiled' if enc.compiled else ''}{', bf16' if enc.bf16 else ''}"
+        f"{f', {args.encode_streams} streams' if args.encode_streams > 1 else ''}\n"
     )
     print("| path | seconds | users/s | vs encoder alone |")
     print("| --- | ---: | ---: | ---: |")

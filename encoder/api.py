@@ -28,6 +28,7 @@ from encoder.compiled import compile_model
 from encoder.eventlog import EventLog
 from encoder.model import ModelConfig, UserEncoder
 from encoder.propensity import OutcomeHeads
+from encoder.streams import Streams
 from encoder.tokenizer import TokenBatch, Tokenizer, TokenizerConfig, TokenizerFormatError
 
 log = logging.getLogger(__name__)
@@ -102,6 +103,7 @@ class Encoder:
         fuse_tables: bool = True,
         compile: bool = False,
         bf16: bool = False,
+        streams: int = 1,
     ) -> None:
         self.version = version
         self.outcomes = outcomes  # calibrated outcome heads (None: a version without them)
@@ -121,8 +123,32 @@ class Encoder:
         # when not asked, on CUDA, or when compiling failed (a warning; the eager model runs)
         self.compiled = False
         self._compiling: threading.Thread | None = None
+        # CPU passes on `streams` threads at once (encoder/streams.py); None: the caller's,
+        # assumed to run this thread's torch thread count (a background compile's)
+        self._streams = Streams(streams) if streams > 1 and device.type == "cpu" else None
+        self._threads = torch.get_num_threads()
         if compile and self._on_cpu():
-            self.compiled = compile_model(self.model, self.autocast)
+            self.compiled = self._in_stream(self._compile)
+
+    @property
+    def threads_per_pass(self) -> int | None:
+        """Torch threads each stream's pass runs on; None: passes run on the caller's
+        thread, one at a time."""
+        return None if self._streams is None else self._streams.threads
+
+    def _compile(self) -> bool:
+        return compile_model(self.model, self.autocast)
+
+    def _in_stream(self, fn: Any) -> Any:
+        """`fn()` where the passes run: a stream thread, else this one (a compiled graph
+        serves the torch thread count it was compiled under: encoder/streams.py)."""
+        return fn() if self._streams is None else self._streams.call(fn)
+
+    def close(self) -> None:
+        """Stop the stream threads (if any) once a background compile is done."""
+        self.wait_compiled()
+        if self._streams is not None:
+            self._streams.close()
 
     @classmethod
     def load(
@@ -132,11 +158,13 @@ class Encoder:
         device: str | None = None,
         compile: bool = False,
         bf16: bool = False,
+        streams: int = 1,
     ) -> Encoder:
         """Load `version` (None: the active one) from the registry; a version whose files do
         not match its manifest is refused (RegistryError). `compile`: compile the model on
         the CPU (`encoder/compiled.py`; seconds at load, ~1.4x the encode rate); `bf16`:
-        bf16 autocast on a CPU with native bf16 (see the module docstring)."""
+        bf16 autocast on a CPU with native bf16 (see the module docstring); `streams`: run
+        that many CPU passes at once, each on its own thread (`encoder/streams.py`)."""
         v = registry.open_version(Path(models_dir), version)
         folder = Path(models_dir) / v
         try:
@@ -150,7 +178,8 @@ class Encoder:
         heads = folder / "outcomes.json"
         outcomes = OutcomeHeads.from_json(heads.read_text()) if heads.exists() else None
         dev = pick_device(device)
-        return cls(v, model, Tokenizer(tok_cfg), dev, outcomes=outcomes, compile=compile, bf16=bf16)
+        return cls(v, model, Tokenizer(tok_cfg), dev, outcomes=outcomes, compile=compile,
+                   bf16=bf16, streams=streams)  # fmt: skip
 
     @classmethod
     def from_model(
@@ -160,11 +189,13 @@ class Encoder:
         outcomes: OutcomeHeads | None = None,
         compile: bool = False,
         bf16: bool = False,
+        streams: int = 1,
     ) -> Encoder:
-        """An in-memory model on the CPU (`compile`, `bf16`: as in `load`)."""
+        """An in-memory model on the CPU (`compile`, `bf16`, `streams`: as in `load`)."""
         tok = Tokenizer(model.tok)
         dev = pick_device("cpu")
-        return cls(version, model, tok, dev, outcomes=outcomes, compile=compile, bf16=bf16)
+        return cls(version, model, tok, dev, outcomes=outcomes, compile=compile, bf16=bf16,
+                   streams=streams)  # fmt: skip
 
     def compile_in_background(self) -> None:
         """Compile the model (as `compile=True` does) in a thread while this encoder keeps
@@ -175,8 +206,13 @@ class Encoder:
         if self._compiling is not None or self.compiled or not self._on_cpu():
             return
 
-        def run() -> None:
-            self.compiled = compile_model(self.model, self.autocast)
+        def run() -> None:  # compiled for the thread count the passes run on
+            default = torch.get_num_threads()  # a new thread's: the process default
+            torch.set_num_threads(self._threads if self._streams is None else self._streams.threads)
+            try:
+                self.compiled = self._compile()
+            finally:
+                torch.set_num_threads(default)  # the default of later threads, as it was
 
         self._compiling = threading.Thread(target=run, name=f"compile-{self.version}")
         self._compiling.start()
@@ -250,9 +286,17 @@ class Encoder:
 
     def _run(self, lengths: Sequence[int], batch: Any) -> np.ndarray:
         out = np.zeros((len(lengths), self.dim), dtype=np.float32)
-        with torch.inference_mode(), self.autocast():
-            for idx in length_buckets(lengths, self.max_tokens, self.max_batch):
+
+        def run(idx: list[int]) -> None:
+            with torch.inference_mode(), self.autocast():  # per thread
                 z = self.model.encode_batch(batch(idx))  # (b, E)
                 out[idx] = z.float().cpu().numpy()
+
+        groups = length_buckets(lengths, self.max_tokens, self.max_batch)
+        if self._streams is None:
+            for idx in groups:
+                run(idx)
+        else:
+            self._streams.map(run, groups)
         out[np.asarray(lengths) == 0] = 0.0
         return out

@@ -261,8 +261,13 @@ class UserEncoder(Summaries, nn.Module):
 
     def vectors(self, w: Lookups) -> torch.Tensor:
         """`forward`'s user vectors (B, E) from the table lookups on: the part of an encode
-        `encoder/compiled.py` compiles as one graph."""
+        `encoder/compiled.py` compiles as one graph. Under autocast (a bf16 encoder) the
+        residual stream is in bf16 too: autocast keeps it in float32, and its adds and
+        norms then move twice the bytes (the norms still compute in float32)."""
         x, pad, bags = self.place(w)
+        dev = x.device.type
+        if torch.is_autocast_enabled(dev):
+            x = x.to(torch.get_autocast_dtype(dev))
         h = self.norm_out(self.layers(x))  # (B, T, D)
         return self.summarise(h, pad, w.lengths, bags)
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 from bisect import bisect_right
 from collections import Counter
 from collections.abc import Iterable, Sequence
@@ -221,6 +222,7 @@ class Tokenizer:
         self._edges = np.asarray(config.duration_edges_ms, dtype=np.int64)
         self._hashed: dict[tuple[int, str], int] = {}
         self.unknown: Counter[str] = Counter()
+        self._counting = threading.Lock()  # an encoder's stream threads share this tokenizer
         self._columns = Columns(spec)
 
     @property
@@ -267,18 +269,21 @@ class Tokenizer:
             self._count_unknown(props)
         return row
 
-    def _count_unknown(self, props: Iterable[str]) -> None:
-        for k in props:
-            if k not in self._known:
-                if k in self.unknown or len(self.unknown) < MAX_UNKNOWN_NAMES:
-                    self.unknown[k] += 1
-                else:
-                    self.unknown["(other)"] += 1
+    def _count_unknown(self, *events_props: Iterable[str]) -> None:
+        with self._counting:
+            for props in events_props:
+                for k in props:
+                    if k not in self._known:
+                        if k in self.unknown or len(self.unknown) < MAX_UNKNOWN_NAMES:
+                            self.unknown[k] += 1
+                        else:
+                            self.unknown["(other)"] += 1
 
     def take_unknown(self) -> dict[str, int]:
         """Counts of unknown properties since the last call (and reset them)."""
-        out = dict(self.unknown)
-        self.unknown.clear()
+        with self._counting:
+            out = dict(self.unknown)
+            self.unknown.clear()
         return out
 
     def static_matrix(self, events: Sequence[Event]) -> np.ndarray:
@@ -293,8 +298,7 @@ class Tokenizer:
         out[:, 0] = np.fromiter(types, np.int32, n)
         found = self._columns.fill(props, out, self.cat_id)
         sizes = np.fromiter(map(len, props), np.int64, n)
-        for i in np.flatnonzero(found < sizes):
-            self._count_unknown(props[i])
+        self._count_unknown(*(props[i] for i in np.flatnonzero(found < sizes)))
         return out
 
     def encode(

@@ -57,6 +57,14 @@ def register(sub: Any) -> None:
         help="encode in bf16 on a CPU with native bf16 (AVX512-BF16 / AMX: 1.4-2x the encode"
         " rate; float32 with a warning elsewhere)",
     )
+    setting_flag(
+        p,
+        "refresh.encode_streams",
+        "--encode-streams",
+        metavar="N",
+        help="encode N batches at once on the CPU, each on its own thread (one per core:"
+        " ~1.16-1.18x the compiled bf16 rate on 2 cores); default 1",
+    )
     setting_flag(p, "refresh.embeddings_topic", "--embeddings-topic", metavar="TOPIC")
     setting_flag(
         p,
@@ -138,7 +146,9 @@ def cmd_refresh(args: argparse.Namespace) -> int:
                 windows,
                 vectors,
                 Publisher(producer(s.kafka), cfg.embeddings_topic, cfg.max_publish_wait_s),
-                EncoderCache(s.process.models, cfg.device, cfg.compile, cfg.bf16),
+                EncoderCache(
+                    s.process.models, cfg.device, cfg.compile, cfg.bf16, cfg.encode_streams
+                ),
                 refresh_metrics(registry),
                 tracer(),
                 forgetter,

@@ -147,6 +147,7 @@ SETTINGS: tuple[Setting, ...] = (
     S("refresh.device", "DEVICE", none_if=("",)),
     S("refresh.compile", "ENCODER_COMPILE"),
     S("refresh.bf16", "ENCODER_BF16"),
+    S("refresh.encode_streams", "ENCODER_STREAMS"),
     S("refresh.backfill_batch", "REFRESH_BACKFILL_BATCH"),
     S("refresh.follow_registry", "REFRESH_FOLLOW_REGISTRY"),
     S("refresh.max_publish_wait_s", "REFRESH_MAX_PUBLISH_WAIT_S"),

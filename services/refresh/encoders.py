@@ -22,7 +22,10 @@ class EncoderCache:
     """`get(version)` loads a version from the registry once and keeps it; `keep(versions)`
     drops the ones no longer written (a retired version frees its memory). With `compile`,
     a loaded version encodes eagerly at once while it compiles in a thread
-    (`Encoder.compile_in_background`); `close` waits for those threads."""
+    (`Encoder.compile_in_background`); with `streams` > 1 each runs that many CPU passes at
+    once (`encoder/streams.py`). `close` waits for the compile threads and stops the stream
+    threads; a dropped version's stream threads stop at the `keep` that drops it (or, while
+    it compiles, at a later one)."""
 
     def __init__(
         self,
@@ -30,11 +33,13 @@ class EncoderCache:
         device: str | None = None,
         compile: bool = False,
         bf16: bool = False,
+        streams: int = 1,
     ) -> None:
         self.models_dir = Path(models_dir)
         self.device = device
         self.compile = compile  # compile each loaded version's layers (CPU; encoder/compiled.py)
         self.bf16 = bf16  # bf16 autocast on a CPU with native bf16 (encoder/api.py)
+        self.streams = streams  # CPU passes at once (encoder/streams.py)
         self._loaded: dict[str, Encoder] = {}
         self._all: list[Encoder] = []  # the loaded ones and dropped ones still compiling
 
@@ -42,7 +47,8 @@ class EncoderCache:
         enc = self._loaded.get(version)
         if enc is None:
             try:
-                enc = Encoder.load(self.models_dir, version, self.device, bf16=self.bf16)
+                enc = Encoder.load(self.models_dir, version, self.device, bf16=self.bf16,
+                                   streams=self.streams)  # fmt: skip
             except Exception as exc:
                 raise ModelLoadError(f"model {version} from {self.models_dir}: {exc}") from exc
             log.info("loaded model %s on %s (dim %d, %s%s)", version, enc.device, enc.dim,
@@ -65,8 +71,14 @@ class EncoderCache:
             enc.wait_compiled(timeout)
 
     def close(self) -> None:
-        """Wait for the compile threads (a compiler child process is never left behind)."""
-        self.wait_compiled()
+        """Wait for the compile threads (a compiler child process is never left behind) and
+        stop the stream threads. The versions it loaded are loaded again if asked for after
+        (those given to `put` stay)."""
+        for enc in self._all:
+            enc.close()
+            if self._loaded.get(enc.version) is enc:
+                del self._loaded[enc.version]
+        self._all = []
 
     def put(self, enc: Encoder) -> None:
         """Use an already built encoder for its version (tests, benchmarks)."""
@@ -75,7 +87,13 @@ class EncoderCache:
     def keep(self, versions: set[str]) -> None:
         for v in set(self._loaded) - versions:
             del self._loaded[v]
-        self._all = [e for e in self._all if e.version in self._loaded or e.compiling]
+        live = []
+        for e in self._all:
+            if e.version in self._loaded or e.compiling:
+                live.append(e)
+            else:
+                e.close()  # a dropped version: its stream threads stop
+        self._all = live
 
 
 def encode_windows(

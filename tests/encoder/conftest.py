@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
+from encoder.api import Encoder
 from encoder.features import discover
 from encoder.model import ModelConfig, UserEncoder
 from encoder.synthetic import SyntheticConfig, SyntheticDataset, generate
-from encoder.tokenizer import TokenizerConfig
+from encoder.tokenizer import Tokenizer, TokenizerConfig
 from encoder.train import TrainConfig, TrainSpec
 
 TINY_SPEC = TrainSpec(
@@ -30,6 +32,14 @@ TINY_SPEC = TrainSpec(
 @pytest.fixture(scope="session")
 def tiny_spec() -> TrainSpec:
     return TINY_SPEC
+
+
+def encoder_of(tiny: tuple[Any, ...], **kw: Any) -> Encoder:
+    """A CPU `Encoder` of a copy of `tiny_model`'s weights (kw: `Encoder`'s options)."""
+    model, tok = tiny[0], tiny[1]
+    fresh = UserEncoder(tok, model.cfg)
+    fresh.load_state_dict(model.state_dict())
+    return Encoder("v", fresh, Tokenizer(tok), torch.device("cpu"), **kw)
 
 
 @pytest.fixture(scope="module")

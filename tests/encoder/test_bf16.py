@@ -9,13 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from torch._dynamo.eval_frame import _debug_get_cache_entry_list
 
 from encoder import api, compiled
-from encoder.api import Encoder
-from encoder.model import UserEncoder
-from encoder.tokenizer import Tokenizer
+from tests.encoder.conftest import encoder_of
 
 needs_bf16 = pytest.mark.skipif(
     not api.cpu_bf16(), reason="this CPU has no native bf16 (AVX512-BF16 / AMX)"
@@ -28,11 +25,7 @@ def setup(tiny_model):  # type: ignore[no-untyped-def]
     return tiny_model  # conftest.py: (model, TokenizerConfig, windows, now)
 
 
-def _encoder(setup, **kw) -> Encoder:  # type: ignore[no-untyped-def]
-    model, tok, _, _ = setup
-    fresh = UserEncoder(tok, model.cfg)
-    fresh.load_state_dict(model.state_dict())
-    return Encoder("v", fresh, Tokenizer(tok), torch.device("cpu"), **kw)
+_encoder = encoder_of  # conftest.py
 
 
 def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -92,7 +92,7 @@ class Env:
             self.windows,
             VectorStore(self.client, cfg.history, cfg.ttl_s, cfg.dtype),
             pub,
-            encoders or EncoderCache(self.models, "cpu", cfg.compile),
+            encoders or EncoderCache(self.models, "cpu", cfg.compile, streams=cfg.encode_streams),
             metrics,
         )
 

@@ -228,3 +228,20 @@ def test_windows_longer_than_the_model_reads_give_the_full_windows_vectors(env: 
             want = enc.encode([w.events], v.computed_at_ms)[0]
             np.testing.assert_allclose(v.vector, want, rtol=1e-5, atol=1e-6)
             assert v.n_events == 32 and v.window_version == w.version
+
+
+def test_a_refresher_on_two_encode_streams_writes_the_same_vectors(env: Env) -> None:
+    """`encode_streams=2`: every pass on a stream thread, the vectors those of a plain
+    encoder at the same time; the stream threads stop with the refresher."""
+    from encoder.api import Encoder
+
+    users = [f"st{i:03d}" for i in range(100)]
+    add_events(env.windows, users, 4, seed=12)
+    cfg = RefreshConfig(embeddings_topic=env.topic, batch_size=64, encode_streams=2)
+    stats = env.refresher(cfg).run(threading.Event(), until_idle=True)
+    assert stats.vectors_written == 100
+    assert not [t for t in threading.enumerate() if t.name.startswith("encode-stream")]
+    enc = Encoder.load(env.models, env.v1)
+    for w, [v] in zip(env.windows.read(users), env.vectors.get_batch(users, env.v1), strict=True):
+        want = enc.encode([w.events], v.computed_at_ms)[0]
+        np.testing.assert_allclose(v.vector, want, rtol=1e-5, atol=1e-6)
