@@ -126,6 +126,8 @@ class Encoder:
         # CPU passes on `streams` threads at once (encoder/streams.py); None: the caller's,
         # assumed to run this thread's torch thread count (a background compile's)
         self._streams = Streams(streams) if streams > 1 and device.type == "cpu" else None
+        if streams > 1 and self._streams is None:
+            log.warning("encoder streams: CPU only, %s runs one pass at a time", device)
         self._threads = torch.get_num_threads()
         if compile and self._on_cpu():
             self.compiled = self._in_stream(self._compile)

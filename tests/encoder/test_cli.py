@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
@@ -66,6 +67,13 @@ def test_train_encode_eval_model_commands(
     table = pq.read_table(out).to_pylist()
     assert len(table) == 120 and table[0]["model_version"] == version
     assert len(table[0]["vector"]) == 64 and table[0]["n_events"] > 0
+    out2 = tmp_path / "vecs2.parquet"  # two passes at once: the same vectors
+    assert main(["encode", "--events", str(events), "--out", str(out2), "--models", str(models),
+                 "--streams", "2"]) == 0  # fmt: skip
+    again = pq.read_table(out2).to_pylist()
+    assert [r["user_id"] for r in again] == [r["user_id"] for r in table]
+    np.testing.assert_allclose([r["vector"] for r in again], [r["vector"] for r in table],
+                               atol=1e-5)  # fmt: skip
 
     capsys.readouterr()
     assert main(["model", "list", "--models", str(models)]) == 0
