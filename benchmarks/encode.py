@@ -150,7 +150,7 @@ def bench(
     Each path is timed as its best of 3 encodes, each right after a 2048^2 matmul (whose
     best of the 3 is that path's peak: the machine is shared, and a peak measured minutes
     away from the encode it divides swung the ratio by 1.5x) and one untimed encode: the
-    first encode after the matmul ran 15-20 % slower than the next (44.5-46.2 ms against
+    first encode after the matmul ran 12-17 % slower than the next (44.5-46.2 ms against
     39.2-39.9 for 256 windows, compiled bf16; after touching 48 MB instead, 40.3: the
     matmul's 48 MB of operands evict the encoder's working set, and more), where a
     refresher encodes batch after batch."""
