@@ -147,7 +147,8 @@ class Encoder:
         return fn() if self._streams is None else self._streams.call(fn)
 
     def close(self) -> None:
-        """Stop the stream threads (if any) once a background compile is done."""
+        """Stop the stream threads (if any) once a background compile is done; an encode
+        after it starts them again."""
         self.wait_compiled()
         if self._streams is not None:
             self._streams.close()

@@ -47,36 +47,49 @@ def _own_threads(n: int) -> None:
 
 
 class Streams:
-    """`n` threads that run forward passes, each with `threads` torch threads."""
+    """`n` threads that run forward passes, each with `threads` torch threads. `close` stops
+    them; the next `map` or `call` starts them again (same counts: the same compiled graph)."""
 
     def __init__(self, n: int, threads: int | None = None) -> None:
         if n < 2:
             raise ValueError(f"streams: at least 2 (1 is the caller's thread), got {n}")
         self.n = n
         self.threads = threads or default_threads(n)
-        here = torch.get_num_threads()
-        self._pool = ThreadPoolExecutor(
-            n,
-            thread_name_prefix="encode-stream",
-            initializer=_own_threads,
-            initargs=(self.threads,),
-        )
-        up = threading.Barrier(n + 1, timeout=60)
-        for _ in range(n):  # each waits: the pool starts all n threads now
-            self._pool.submit(up.wait)
-        up.wait()
-        torch.set_num_threads(here)  # the default of later threads, as it was
+        self._lock = threading.Lock()
+        self._pool: ThreadPoolExecutor | None = None
+        self._started()
+
+    def _started(self) -> ThreadPoolExecutor:
+        with self._lock:
+            if self._pool is None:
+                here = torch.get_num_threads()
+                pool = ThreadPoolExecutor(
+                    self.n,
+                    thread_name_prefix="encode-stream",
+                    initializer=_own_threads,
+                    initargs=(self.threads,),
+                )
+                up = threading.Barrier(self.n + 1, timeout=60)
+                for _ in range(self.n):  # each waits: the pool starts all n threads now
+                    pool.submit(up.wait)
+                up.wait()
+                torch.set_num_threads(here)  # the default of later threads, as it was
+                self._pool = pool
+            return self._pool
 
     def map(self, fn: Callable[[T], object], items: Iterable[T]) -> None:
         """`fn` of every item, `n` at a time; the first exception is raised here (after
         the passes already running finish)."""
-        for _ in self._pool.map(fn, items):
+        for _ in self._started().map(fn, items):
             pass
 
     def call(self, fn: Callable[[], T]) -> T:
         """`fn()` on a stream thread (a compile: see the module docstring)."""
-        return self._pool.submit(fn).result()
+        return self._started().submit(fn).result()
 
     def close(self) -> None:
         """Stop the threads (after the passes already submitted)."""
-        self._pool.shutdown(wait=True)
+        with self._lock:
+            pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=True)

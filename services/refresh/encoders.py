@@ -24,8 +24,8 @@ class EncoderCache:
     a loaded version encodes eagerly at once while it compiles in a thread
     (`Encoder.compile_in_background`); with `streams` > 1 each runs that many CPU passes at
     once (`encoder/streams.py`). `close` waits for the compile threads and stops the stream
-    threads; a dropped version's stream threads stop at the `keep` that drops it (or, while
-    it compiles, at a later one)."""
+    threads (a later `get` and encode start them again); a dropped version's stream threads
+    stop at the `keep` that drops it (or, while it compiles, at a later one)."""
 
     def __init__(
         self,
@@ -72,13 +72,9 @@ class EncoderCache:
 
     def close(self) -> None:
         """Wait for the compile threads (a compiler child process is never left behind) and
-        stop the stream threads. The versions it loaded are loaded again if asked for after
-        (those given to `put` stay)."""
+        stop the stream threads (an encoder used again starts them again)."""
         for enc in self._all:
             enc.close()
-            if self._loaded.get(enc.version) is enc:
-                del self._loaded[enc.version]
-        self._all = []
 
     def put(self, enc: Encoder) -> None:
         """Use an already built encoder for its version (tests, benchmarks)."""

@@ -149,7 +149,7 @@ def test_the_refresher_loads_versions_on_streams_and_stops_them(  # type: ignore
     assert len(_stream_threads()) == 2
     cache.close()
     assert not _stream_threads()
-    again = cache.get(v2)  # loaded again after close, on live threads
+    again = cache.get(v2)  # the same encoder after close: its threads start again
     assert again.encode([[]], 0).shape == (1, again.dim) and len(_stream_threads()) == 2
     cache.close()
     assert not _stream_threads()
