@@ -68,7 +68,9 @@ class LookalikeIndex:
             import faiss
 
             self._gpu_res = faiss.StandardGpuResources()
-        self._rows = RowTable(self._dim, with_copy=self.config.kind in COPY_KINDS)
+        # the kinds whose codes cannot give vectors back need a float16 copy from the start
+        copy = self.config.large_kind(self._gpu_res is not None) in COPY_KINDS
+        self._rows = RowTable(self._dim, with_copy=copy)
         self._journal: Journal | None = None
         self._changes_since_build = 0
         self._built = self._build(np.zeros((0, self._dim), np.float32), np.zeros(0, np.int64))[0]
@@ -152,7 +154,7 @@ class LookalikeIndex:
         for this size, the size passed `rebuild_growth` times the built size, or too many
         hidden entries accumulated."""
         cfg, built, n = self.config, self._built, self.size
-        if cfg.kind_for(n) != built.kind:
+        if cfg.kind_for(n, self._gpu_res is not None) != built.kind:
             return True
         if built.kind != "flat" and n > cfg.rebuild_growth * max(built.built_size, 1):
             return True
@@ -298,7 +300,7 @@ class LookalikeIndex:
             t0 = time.perf_counter()
             with self._lock.read():  # no writer runs, so the journal starts consistent
                 rows, vecs = self._snapshot()
-                removable = cfg.kind_for(len(rows)) in REMOVABLE_KINDS
+                removable = cfg.kind_for(len(rows), self._gpu_res is not None) in REMOVABLE_KINDS
                 journal = Journal(removable and self._gpu_res is None, self._rows.pending)
                 self._journal, self._rows.pending = journal, []
             try:

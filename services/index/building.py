@@ -28,14 +28,14 @@ def build(
     gpu_resources: Any | None,
     gather: Gather | None = None,
 ) -> tuple[BuiltIndex, Tuner | None]:
-    """Builds the structure `cfg.kind_for(len(vectors))` over vectors (N, D) with ids rows
+    """Builds the structure `cfg.kind_for(len(vectors), gpu)` over vectors (N, D) with ids rows
     (N,); returns it and, unless the config pins its setting, the tuner that chooses it.
 
     `gather` reads vectors back by row for the kinds that cannot (IVF-PQ). `gpu_resources`
     (a `faiss.StandardGpuResources`) moves flat and IVF searches to GPU 0.
     """
     n, dim = vectors.shape
-    kind = cfg.kind_for(n)
+    kind = cfg.kind_for(n, gpu_resources is not None)
     tuner: Tuner | None = None
     if kind == "flat":
         master = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))

@@ -106,9 +106,21 @@ def test_auto_kind_switches_on_rebuild() -> None:
     assert idx.kind == "flat" and not idx.needs_rebuild()
     idx.upsert(["b", "c"], unit(rng, 2))
     assert idx.needs_rebuild()
-    assert idx.rebuild().kind == "ivf" and idx.kind == "ivf" and not idx.needs_rebuild()
+    assert idx.rebuild().kind == "ivfsq" and idx.kind == "ivfsq" and not idx.needs_rebuild()
+    got = idx.vector_of("b")  # read back from the float16 copy kept since the first upsert
+    assert got is not None and got.shape == (DIM,)
     idx.delete([f"a{i}" for i in range(100)])
     assert idx.needs_rebuild() and idx.rebuild().kind == "flat"
+
+
+def test_auto_picks_ivfsq_on_the_cpu_ivf_on_a_gpu_or_above_its_recall_cap() -> None:
+    cfg = IndexConfig(exact_below=50_000)
+    assert [cfg.kind_for(n) for n in (49_999, 50_000)] == ["flat", "ivfsq"]
+    assert cfg.kind_for(50_000, gpu=True) == "ivf"  # no SQ on the GPU path
+    assert IndexConfig(recall_target=0.99).kind_for(50_000) == "ivf"  # past SQ8's recall cap
+    small = IndexConfig(exact_below=100)  # too few points a list for SQ8's ranges
+    assert [small.kind_for(n) for n in (99, 500, 1_000)] == ["flat", "ivf", "ivfsq"]
+    assert IndexConfig(kind="ivf").kind_for(10**6) == "ivf"  # a kind asked is kept
 
 
 def test_empty_and_duplicates() -> None:

@@ -15,14 +15,14 @@ N, N_QUERIES, KS = 100_000, 1_000, (10, 50)
 
 def test_default_index_reaches_the_recall_target_on_held_out_queries() -> None:
     cfg = IndexConfig(gpu="off")  # defaults; GPU off so CI and GPU hosts measure the same index
-    assert cfg.kind_for(N) == "ivf" and cfg.ivf_nprobe is None, "the default must calibrate"
+    assert cfg.kind_for(N) == "ivfsq" and cfg.ivf_nprobe is None, "the default must calibrate"
     base, queries = clustered_unit_vectors(N, N_QUERIES)  # (N, 64), (Q, 64)
     truth = exact_top(base, queries, max(KS))  # (Q, 50) row numbers
 
     idx = LookalikeIndex(cfg)
     idx.upsert([str(i) for i in range(N)], base)
     info = idx.rebuild()
-    assert info.kind == idx.kind == "ivf"
+    assert info.kind == idx.kind == "ivfsq"
     assert set(info.params) == set(KS)
     for k in KS:
         # The build's own measurement (on indexed vectors) reached the target ...
