@@ -15,7 +15,7 @@ round's ratios and its own matmul peak are what to compare):
   compiled paths in bf16 autocast (`Encoder(bf16=True)`); their "% peak" is still against
   the float32 matmul, and the run prints the bf16 matmul's rate beside it;
 - streams: the fastest of those with `--streams` passes at once (default: one per core),
-  each on its own thread with cores / streams torch threads (`Encoder(streams=N)`,
+  each on its own thread with 1/streams of the torch threads (`Encoder(streams=N)`,
   `encoder/streams.py`).
 
 Prints users/s, the useful FLOP/s against a 2048^2 matmul measured in the same round (the

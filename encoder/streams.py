@@ -1,6 +1,6 @@
 """Forward passes on several CPU threads at once, each with its own few intra-op threads.
 
-    streams = Streams(2)  # 2 threads, each running passes with cores // 2 torch threads
+    streams = Streams(2)  # 2 threads, each running passes with half this thread's torch threads
     streams.map(run_pass, groups)  # the groups' passes, two at a time
     streams.close()
 
@@ -23,7 +23,6 @@ the one the passes find.
 
 from __future__ import annotations
 
-import os
 import threading
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -35,8 +34,10 @@ T = TypeVar("T")
 
 
 def default_threads(n: int) -> int:
-    """Torch threads per stream when `n` streams share this process's CPUs."""
-    return max(1, (os.cpu_count() or 1) // n)
+    """Torch threads per stream when `n` streams share what one pass would use: this
+    thread's torch thread count (`OMP_NUM_THREADS`, else torch's default: the machine's
+    cores, which in a container with a CPU limit are the node's, so set it there)."""
+    return max(1, torch.get_num_threads() // n)
 
 
 def _own_threads(n: int) -> None:

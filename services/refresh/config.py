@@ -36,7 +36,7 @@ class RefreshConfig:
             other CPUs a warning and float32. CUDA always encodes in bf16. Off here; the
             CPU refresher of k8s/ sets it.
         encode_streams: encode that many batches at once on the CPU, each on its own thread
-            with cores / streams torch threads (`encoder/streams.py`): one per core took
+            with 1/streams of the torch threads (`encoder/streams.py`): one per core took
             1.16-1.18x the compiled bf16 encode rate on 2 cores (a median 69.1 % of the
             float32 matmul against 57.9 %, `benchmarks/encode.py`). A batch of `batch_size`
             windows splits into passes of 8,192 tokens (4,096 uncompiled or float32), so the
