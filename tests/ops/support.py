@@ -32,6 +32,7 @@ RUNTIME_ENV = {
     "PYTHONUNBUFFERED",
     "OMP_WAIT_POLICY",  # OpenMP / OpenBLAS thread behaviour (Makefile, ENVIRONMENT.md)
     "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",  # torch's intra-op threads (k8s/refresh-cpu.yaml: the pod's CPU limit)
 }
 
 # Labels Prometheus attaches at scrape time (or histogram internals), valid in any query.
