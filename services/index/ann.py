@@ -201,7 +201,9 @@ class LookalikeIndex:
                 built = self._built
                 if not built.n_stale and built.rerank == 1 and k <= built.fast_k:
                     scores, rows = built.search(q, k)
-                    return _neighbours((self._rows.ids[rows], scores))
+                    # np.take: half the time of fancy indexing on a bytes array (-1 -> the
+                    # table's last entry, the empty id, as indexing gives)
+                    return _neighbours((np.take(self._rows.ids, rows), scores))
             finally:
                 lock.release_read()
         return Neighbours(*self._search(queries, k, exclude, min_score, as_str=False))
@@ -227,7 +229,7 @@ class LookalikeIndex:
                 rows, scores = filtered_search(built, self._rows, q, k, banned, min_score)
             else:
                 scores, rows = built.search(q, k)
-            hits = table[rows]
+            hits = np.take(table, rows)
         finally:
             self._lock.release_read()
         if min_score is not None:
