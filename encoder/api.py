@@ -129,8 +129,10 @@ class Encoder:
         if streams > 1 and self._streams is None:
             log.warning("encoder streams: CPU only, %s runs one pass at a time", device)
         self._threads = torch.get_num_threads()
-        if compile and self._on_cpu():
-            self.compiled = self._in_stream(self._compile)
+        if compile and self._on_cpu():  # where the passes run: a compiled graph serves the
+            # torch thread count it was compiled under (encoder/streams.py)
+            on = self._streams
+            self.compiled = self._compile() if on is None else on.call(self._compile)
 
     @property
     def threads_per_pass(self) -> int | None:
@@ -140,11 +142,6 @@ class Encoder:
 
     def _compile(self) -> bool:
         return compile_model(self.model, self.autocast)
-
-    def _in_stream(self, fn: Any) -> Any:
-        """`fn()` where the passes run: a stream thread, else this one (a compiled graph
-        serves the torch thread count it was compiled under: encoder/streams.py)."""
-        return fn() if self._streams is None else self._streams.call(fn)
 
     def close(self) -> None:
         """Stop the stream threads (if any) once a background compile is done; an encode
