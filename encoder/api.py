@@ -123,12 +123,13 @@ class Encoder:
         # when not asked, on CUDA, or when compiling failed (a warning; the eager model runs)
         self.compiled = False
         self._compiling: threading.Thread | None = None
-        # CPU passes on `streams` threads at once (encoder/streams.py); None: the caller's,
-        # assumed to run this thread's torch thread count (a background compile's)
+        # CPU passes on `streams` threads at once (encoder/streams.py); None: the caller's
         self._streams = Streams(streams) if streams > 1 and device.type == "cpu" else None
         if streams > 1 and self._streams is None:
             log.warning("encoder streams: CPU only, %s runs one pass at a time", device)
-        self._threads = torch.get_num_threads()
+        # the torch threads a pass runs on (a stream's, else this thread's, as the caller's
+        # is assumed to be): what a background compile compiles for
+        self._threads = self._streams.threads if self._streams else torch.get_num_threads()
         if compile and self._on_cpu():  # where the passes run: a compiled graph serves the
             # torch thread count it was compiled under (encoder/streams.py)
             on = self._streams
@@ -208,7 +209,7 @@ class Encoder:
 
         def run() -> None:  # compiled for the thread count the passes run on
             default = torch.get_num_threads()  # a new thread's: the process default
-            torch.set_num_threads(self._threads if self._streams is None else self._streams.threads)
+            torch.set_num_threads(self._threads)
             try:
                 self.compiled = self._compile()
             finally:

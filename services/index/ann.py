@@ -149,12 +149,16 @@ class LookalikeIndex:
             out = {"vectors": self._built.structure_bytes(), **self._rows.bytes()}
         return out
 
+    def _kind_for(self, n: int) -> IndexKind:
+        """The structure a build over n vectors uses here (on this index's device)."""
+        return self.config.kind_for(n, self._gpu_res is not None)
+
     def needs_rebuild(self) -> bool:
         """True when the structure no longer fits the data: the config wants another kind
         for this size, the size passed `rebuild_growth` times the built size, or too many
         hidden entries accumulated."""
         cfg, built, n = self.config, self._built, self.size
-        if cfg.kind_for(n, self._gpu_res is not None) != built.kind:
+        if self._kind_for(n) != built.kind:
             return True
         if built.kind != "flat" and n > cfg.rebuild_growth * max(built.built_size, 1):
             return True
@@ -302,7 +306,7 @@ class LookalikeIndex:
             t0 = time.perf_counter()
             with self._lock.read():  # no writer runs, so the journal starts consistent
                 rows, vecs = self._snapshot()
-                removable = cfg.kind_for(len(rows), self._gpu_res is not None) in REMOVABLE_KINDS
+                removable = self._kind_for(len(rows)) in REMOVABLE_KINDS
                 journal = Journal(removable and self._gpu_res is None, self._rows.pending)
                 self._journal, self._rows.pending = journal, []
             try:

@@ -16,6 +16,7 @@ from encoder import compiled
 from encoder.api import Encoder
 from encoder.model import UserEncoder
 from encoder.tokenizer import Tokenizer
+from tests.encoder.conftest import encoder_of
 
 needs_compiler = pytest.mark.skipif(compiled.compiler() is None, reason="no C++ compiler")
 
@@ -25,11 +26,7 @@ def setup(tiny_model):  # type: ignore[no-untyped-def]
     return tiny_model  # conftest.py: (model, TokenizerConfig, windows, now)
 
 
-def _encoder(setup, compile: bool, **kw) -> Encoder:  # type: ignore[no-untyped-def]
-    model, tok, _, _ = setup
-    fresh = UserEncoder(tok, model.cfg)
-    fresh.load_state_dict(model.state_dict())
-    return Encoder("v", fresh, Tokenizer(tok), torch.device("cpu"), compile=compile, **kw)
+_encoder = encoder_of  # conftest.py
 
 
 @needs_compiler
