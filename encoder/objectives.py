@@ -51,6 +51,11 @@ class ObjectiveConfig:
     max_value_targets: int = 4  # next-value targets: the most common properties with ...
     min_target_distinct: int = 32  # ... at least this many distinct values
     vocab_targets_only: bool = False  # next-value / bag targets only among vocabulary values
+    # multi-horizon targets of positions t (the hidden states, the prefix vectors) count the
+    # events after t's time, and only a position that is the last of the events sharing its
+    # timestamp has them: a window at a time holds every event up to it, never part of an
+    # order whose lines share one timestamp (the horizon would then be the order's rest)
+    whole_times: bool = True
 
 
 def value_targets(spec: FeatureSpec, obj: ObjectiveConfig) -> tuple[int, ...]:
@@ -150,11 +155,13 @@ def make_batch(
         for q, col in enumerate(cols):
             v = np.where(has, log.static[safe, col], 0)
             nv[q, i, :n] = np.where((v > 0) & (v <= limit[q]), v, IGNORE)
-        # positions: events strictly after position t, up to t's time + H
+        # positions: events after position t's time, up to t's time + H
         stop = np.searchsorted(seq_ts, seq_ts[:n, None] + hs[None, :], side="right")  # (n, K)
-        starts = np.repeat(np.arange(1, n + 1), k)
-        hz[i, :n] = occurred(labels, starts, stop.reshape(-1), y).reshape(n, k, y)
+        after = np.searchsorted(seq_ts, seq_ts[:n], side="right")  # (n,) first later row
+        hz[i, :n] = occurred(labels, np.repeat(after, k), stop.reshape(-1), y).reshape(n, k, y)
         hok[i, :n] = seq_ts[:n, None] + hs[None, :] <= data_end_ms
+        if obj.whole_times:  # only a position that ends its time's events is a window
+            hok[i, :n] &= (after == np.arange(1, n + 1))[:, None]
         # the user vector at now: events after now, up to now + H
         now = int(nows[i])
         p_stop = np.searchsorted(seq_ts, now + hs, side="right")  # (K,)
