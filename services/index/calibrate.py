@@ -7,8 +7,8 @@ whose recall@k reaches `IndexConfig.recall_target`, for each k in `IndexConfig.r
 
 Order of work (`calibrate`):
 1. Sample S of the N indexed vectors (fixed seed) as queries.
-2. Exact top-(k_max + 1) of each among all N (`faiss.knn`, inner product, BLAS), the
-   query's own row dropped: its k_max true neighbours.
+2. Exact top-(k_max + 1) of each among all N (inner product, `exact.py`), the query's
+   own row dropped: its k_max true neighbours.
 3. A first guess of the parameter, where the structure can give one without searching
    (`guess`): for IVF the rank, in the query's own list order, of the list holding each
    true neighbour; IVF scans the lists it probes exhaustively, so the recall@k of
@@ -23,7 +23,7 @@ The sample's queries are indexed vectors with themselves excluded; the golden te
 queries.
 
 Example: 1M clustered 64-d vectors, IVF 4000 lists: exact top-51 of 1000 sampled vectors
-(~4 s on 2 cores), list ranks give nprobe 4 for recall@10 >= 0.95, one search of the
+(~3 s on 2 cores), list ranks give nprobe 4 for recall@10 >= 0.95, one search of the
 sample measures 0.96, so nprobe 4 is kept for k <= 10.
 """
 
@@ -36,6 +36,8 @@ from dataclasses import dataclass
 
 import faiss
 import numpy as np
+
+from services.index.exact import exact_knn
 
 LADDER_STEP = 1.25  # each real-search retry asks for 25 % more (at least one more)
 
@@ -72,8 +74,7 @@ class Calibration:
 def exact_neighbours(vectors: np.ndarray, rows: np.ndarray, k: int) -> np.ndarray:
     """Positions (S, k) of the k nearest vectors (inner product) to vectors[rows], each
     query's own position left out. vectors: (N, D) float32, rows: (S,), k < N."""
-    _, found = faiss.knn(vectors[rows], vectors, k + 1, metric=faiss.METRIC_INNER_PRODUCT)
-    return _drop(found, rows, k)
+    return _drop(exact_knn(vectors[rows], vectors, k + 1), rows, k)
 
 
 def _drop(found: np.ndarray, own: np.ndarray, k: int) -> np.ndarray:

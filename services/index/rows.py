@@ -30,8 +30,11 @@ class RowCopy:
         self.data = np.zeros((0, dim), dtype=np.float16)
 
     def grow(self, capacity: int) -> None:
-        extra = np.zeros((capacity - len(self.data), self.data.shape[1]), np.float16)
-        self.data = np.concatenate([self.data, extra])
+        """Room for `capacity` rows; the new ones hold nothing until `put` (every row is
+        put when it is assigned, before any read)."""
+        data = np.empty((capacity, self.data.shape[1]), np.float16)
+        data[: len(self.data)] = self.data
+        self.data = data
 
     def put(self, rows: np.ndarray, vectors: np.ndarray) -> None:
         self.data[rows] = vectors

@@ -17,6 +17,7 @@ from services.index.calibrate import (
     ivf_rank_guess,
     recall_at,
 )
+from services.index.exact import exact_knn
 from services.index.synthetic import ClusteredSpec, clustered_unit_vectors
 
 
@@ -44,6 +45,25 @@ def test_exact_neighbours_leave_out_the_query_itself() -> None:
     assert got.shape == (20, 5) and not (got == rows[:, None]).any()
     scores = np.einsum("sd,skd->sk", vecs[rows], vecs[got])
     assert (np.diff(scores, axis=1) <= 1e-6).all()  # best first
+
+
+@pytest.mark.parametrize(("n", "k"), [(40_000, 7), (200_000, 1), (40, 40), (3, 1)])
+def test_exact_knn_is_the_brute_force_top_k(n: int, k: int) -> None:
+    """Across the blocks' edges (16,384 base rows, 128 queries): the top k by a full sort
+    of every inner product, best first (200,000 x k=1: candidates merged on the way)."""
+    rng = np.random.default_rng(n)
+    base = rng.standard_normal((n, 8)).astype(np.float32)
+    queries = rng.standard_normal((300, 8)).astype(np.float32)
+    got = exact_knn(queries, base, k)
+    scores = queries @ base.T  # (300, n)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]  # the k best, any order
+    want = np.take_along_axis(part, np.argsort(-np.take_along_axis(scores, part, 1)), 1)
+    assert got.shape == (300, k) and (got >= 0).all()
+    # the same scores in the same order (two rows a rounding apart may trade places)
+    np.testing.assert_allclose(np.take_along_axis(scores, got, 1),
+                               np.take_along_axis(scores, want, 1), atol=1e-5)  # fmt: skip
+    assert (got == want).mean() > 0.99
+    assert all(len(set(r)) == k for r in got.tolist())  # no row twice
 
 
 def ivf(vecs: np.ndarray, nlist: int) -> tuple[Any, np.ndarray]:
