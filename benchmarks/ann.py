@@ -25,8 +25,8 @@ Speeds: "batched" = all queries in one call (every core); "single" = one query p
 one thread (faiss with one OpenMP thread in the calling thread, hnswlib num_threads=1; a
 single-query search with 2 OpenMP threads spends most of its time waking them), p50/p99
 over `--single` queries, each query put to every contender in turn. Batched calls are timed
-in turns (`--rounds`, order alternating), medians kept, so a load change on a shared machine
-hits all alike. Memory: anonymous RSS
+in turns (`--batched` calls each in every one of `--rounds` rounds, order alternating), the
+median kept, so a load change on a shared machine hits all alike. Memory: anonymous RSS
 growth over the build (after malloc_trim), the data arrays excluded; Persona's own
 accounting (`LookalikeIndex.memory()`) beside it.
 """
@@ -221,14 +221,18 @@ def hnswlib_peer(base: np.ndarray, m: int, ef_construction: int) -> Contender:
     return peer
 
 
-def time_round(contenders: list[Contender], queries: np.ndarray, k: int, single: int) -> None:
-    """One batched call each (in the given order), then `single` queries one at a time, each
-    query put to every contender in turn (a load change mid-loop hits all of them alike)."""
-    for c in contenders:
-        assert c.batched is not None
-        t0 = time.perf_counter()
-        c.batched(queries, k)
-        c.qps.setdefault(k, []).append(len(queries) / (time.perf_counter() - t0))
+def time_round(
+    contenders: list[Contender], queries: np.ndarray, k: int, single: int, batched: int
+) -> None:
+    """`batched` batched calls each, the contenders taking turns (each pass in the other
+    order), then `single` queries one at a time, each query put to every contender in turn
+    (a load change mid-loop hits all of them alike)."""
+    for b in range(batched):
+        for c in contenders if b % 2 == 0 else contenders[::-1]:
+            assert c.batched is not None
+            t0 = time.perf_counter()
+            c.batched(queries, k)
+            c.qps.setdefault(k, []).append(len(queries) / (time.perf_counter() - t0))
     calls = [(c.single, c.lat.setdefault(k, [])) for c in contenders]
     clock = time.perf_counter
     for i in range(single):
@@ -246,6 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--queries", type=int, default=2_000)
     p.add_argument("--single", type=int, default=1_000, help="queries timed one by one")
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--batched", type=int, default=6, help="batched calls a round, each")
     p.add_argument("--dim", type=int, default=64)
     p.add_argument("--hnsw-m", type=int, default=16)
     p.add_argument("--hnsw-ef-construction", type=int, default=100)
@@ -291,7 +296,8 @@ def main(argv: list[str] | None = None) -> int:
     log.info("timing: %d rounds", args.rounds)
     for r in range(args.rounds):
         for k in KS:
-            time_round(contenders if r % 2 == 0 else contenders[::-1], queries, k, single)
+            time_round(contenders if r % 2 == 0 else contenders[::-1], queries, k, single,
+                       args.batched)  # fmt: skip
     total = time.perf_counter() - t_start
     report(args, contenders, idx, single)
     _command(total, argv)
@@ -306,7 +312,8 @@ def report(
 ) -> None:
     print(
         f"\nn {args.n:,} x dim {args.dim}, {args.queries} held-out queries ({single} timed "
-        f"singly), {args.rounds} rounds; {os.cpu_count()} CPUs "
+        f"singly), {args.rounds} rounds of {args.batched} batched calls each; "
+        f"{os.cpu_count()} CPUs "
         f"({platform.processor() or platform.machine()}), faiss {faiss.__version__}, "
         f"OPENBLAS_NUM_THREADS={os.getenv('OPENBLAS_NUM_THREADS')}\n"
     )
