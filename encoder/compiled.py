@@ -107,7 +107,8 @@ def compile_model(
     for key, value in _INDUCTOR.items():
         setattr(_inductor_config, key, value)
     tail = CompiledVectors(model.vectors)
-    d, n, counts = model.cfg.d_model, 11, model.counts
+    d, n = model.cfg.d_model, 11
+    counts = model.counts if model.cfg.counts_in_vector else None  # as `lookups` at inference
     try:
         with torch.inference_mode(), precision():  # as `Encoder` calls it (inference tensors)
             # distinct sizes (Dynamo gives equal sizes one symbol): 3 windows, 5 positions,

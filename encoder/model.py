@@ -161,7 +161,10 @@ class UserEncoder(Summaries, nn.Module):
         self.counts = (
             OutcomeCounts(tok, cfg.count_top, spans, cfg.count_hidden) if cfg.count_top else None
         )
-        n_counted = self.counts.out_size if self.counts else 0
+        n_counted = self.counts.out_size if self.counts and cfg.counts_in_vector else 0
+        # the counts feed the training loss too (`ObjectiveConfig.w_residual`): set by the
+        # training run; False: encoding reads them only where the vector does
+        self.counts_for_loss = False
         self.proj = nn.Linear(
             n_summaries * cfg.d_model + 2 + len(COUNT_SPANS_H) + n_counted, cfg.out_dim
         )
@@ -221,7 +224,7 @@ class UserEncoder(Summaries, nn.Module):
         """The table lookups of a batch (and the counted outcomes' indicators)."""
         static, summed = self._lookup(kjt)  # (N, D) each
         counted = None
-        if self.counts is not None:
+        if self.counts is not None and (self.cfg.counts_in_vector or self.counts_for_loss):
             counted = self.counts.indicators(kjt.values().view(len(self.keys), -1))
         return Lookups(static, summed, lengths, positions(lengths), age_h, counted)
 

@@ -66,7 +66,11 @@ class LossModule(nn.Module):
     ) -> tuple[torch.Tensor, dict[str, float]]:
         h, pad, z, bags = self.model(kjt, lengths, age_h)
         z_prefix = self.model.prefix_vectors(h, pad, bags) if self.w_prefix > 0 else None
-        return self.heads.loss(h, pad, z, batch, gen, z_prefix)
+        counts = None
+        if self.heads.residual and bags.counted is not None:
+            c_pre = self.model.prefix_count_features(pad, bags) if z_prefix is not None else None
+            counts = (self.model.count_features(pad, bags), c_pre)
+        return self.heads.loss(h, pad, z, batch, gen, z_prefix, counts)
 
 
 def _groups(named: list[tuple[str, nn.Parameter]], tc: Any) -> list[dict[str, Any]]:

@@ -39,7 +39,9 @@ class Run:
             spec.model.d_model,
             spec.model.out_dim,
             spec.model.normalize,
+            self.model.counts.out_size if self.model.counts is not None else 0,
         )
+        self.model.counts_for_loss = self.heads.residual
         self.step = LossModule(self.model, self.heads, spec.objectives.w_prefix)
 
     def epoch_seed(self, epoch: int, gen: torch.Generator) -> None:

@@ -70,10 +70,30 @@ class Summaries:
         if bags.manner is not None:
             n = lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, 1)
             parts.insert(4, bags.manner.sum(1) / n)
-        if bags.counted is not None:
-            masks = [real] + [(bags.hours <= w) & real for w in COUNT_SPANS_H]
-            parts.append(self._counts().window(bags.counted, masks).to(h.dtype))
+        if bags.counted is not None and self.cfg.counts_in_vector:
+            parts.append(self.count_features(pad, bags).to(h.dtype))
         return self._out(torch.cat(parts, -1))
+
+    def count_features(self, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
+        """(B, out_size) the window's outcome counts (`count_top`)."""
+        assert bags.counted is not None
+        real = ~pad
+        masks = [real] + [(bags.hours <= w) & real for w in COUNT_SPANS_H]
+        return self._counts().window(bags.counted, masks)
+
+    def prefix_count_features(self, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
+        """(B, T, out_size) the outcome counts of every prefix."""
+        assert bags.counted is not None
+        return self._counts().prefixes(bags.counted, self._prefix_counts(pad, bags))
+
+    @staticmethod
+    def _prefix_counts(pad: torch.Tensor, bags: Bags) -> list[torch.Tensor]:
+        """Events seen by each position t (B, T): all, then within each span of t's time."""
+        t = pad.shape[1]
+        before = torch.tril(torch.ones(t, t, dtype=torch.bool, device=pad.device))  # (t, i)
+        seen = before.unsqueeze(0) & (~pad).unsqueeze(1)  # (B, t, i)
+        age = bags.hours.unsqueeze(1) - bags.hours.unsqueeze(2)  # (B, t, i)
+        return [seen.sum(-1)] + [(seen & (age <= w)).sum(-1) for w in COUNT_SPANS_H]
 
     def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
         """The user vector of every prefix (training only): z_t as if the window ended at t.
@@ -103,14 +123,10 @@ class Summaries:
             parts.append((scaled * back).to(h.dtype))
         # at prefix t (the vector at event t's time): recency 0, events i <= t counted
         # within each span of t's time (their age then: hours_i - hours_t)
-        t = h.shape[1]
-        before = torch.tril(torch.ones(t, t, dtype=torch.bool, device=h.device))  # (t, i)
-        seen = before.unsqueeze(0) & (~pad).unsqueeze(1)  # (B, t, i)
-        age = bags.hours.unsqueeze(1) - bags.hours.unsqueeze(2)  # (B, t, i)
-        counts = [seen.sum(-1)] + [(seen & (age <= w)).sum(-1) for w in COUNT_SPANS_H]
+        counts = self._prefix_counts(pad, bags)
         dense = self._dense(torch.zeros_like(bags.hours), torch.stack(counts, -1))
         parts.append(dense.to(h.dtype))  # (B, T, 1 + 1 + spans)
-        if bags.counted is not None:
+        if bags.counted is not None and self.cfg.counts_in_vector:
             parts.append(self._counts().prefixes(bags.counted, counts).to(h.dtype))
         return self._out(torch.cat(parts, -1))  # (B, T, E)
 

@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from services.cli.train_spec import add_model_flags, train_spec
 from services.config import add_models_arg
 
 log = logging.getLogger("persona.encoder")
@@ -42,40 +43,6 @@ def split_arg(text: str) -> int | None:
     if text == "auto":
         return AUTO
     return None if text == "none" else int(text)
-
-
-def _train_spec(args: argparse.Namespace) -> Any:
-    from dataclasses import replace
-
-    from encoder.features import FeaturesFile
-    from encoder.train import TrainSpec
-
-    spec = TrainSpec()
-    tc = replace(spec.train, seed=args.seed, progress=not args.quiet)
-    if args.epochs is not None:
-        tc = replace(tc, epochs=args.epochs)
-    spec = replace(spec, train=tc)
-    if args.max_events is not None:
-        m = args.max_events
-        spec = replace(
-            spec,
-            tokenizer=replace(spec.tokenizer, max_events=m),
-            model=replace(spec.model, max_events=m),
-            train=replace(spec.train, train_max_events=m),
-        )
-    if args.features is not None:
-        spec = replace(spec, features_file=FeaturesFile.load(args.features))
-    if args.count_top is not None:
-        spec = replace(spec, model=replace(spec.model, count_top=args.count_top))
-    if getattr(args, "count_hidden", None) is not None:
-        if not spec.model.count_top or args.count_hidden < 0:
-            raise SystemExit("persona train: --count-hidden N (N >= 0) needs --count-top N (N > 0)")
-        spec = replace(spec, model=replace(spec.model, count_hidden=args.count_hidden))
-    if getattr(args, "manner_bag", False):
-        spec = replace(spec, model=replace(spec.model, manner_bag=True))
-    if getattr(args, "calibrate_crossfit", None) is not None:
-        spec = replace(spec, train=replace(spec.train, calibrate_crossfit=args.calibrate_crossfit))
-    return spec
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -107,7 +74,7 @@ def _train(args: argparse.Namespace, where: Any) -> int:
     from encoder.release import file_sha256, train_version
     from encoder.synthetic import SYNTHETIC_FUTURE_MS, SyntheticConfig, generate
 
-    spec = _train_spec(args)
+    spec = train_spec(args)
     extra: dict[str, Any] = {}
     split = None
     eval_split = None
@@ -300,40 +267,7 @@ def register(subparsers: Any) -> None:
         default=None,
         help="JSON file that pins, excludes or sizes properties (encoder/features.py)",
     )
-    p.add_argument(
-        "--max-events",
-        type=int,
-        default=None,
-        help="newest events of a window the model reads (default 64)",
-    )
-    p.add_argument(
-        "--count-top",
-        type=int,
-        default=None,
-        help="the vector also reads log counts of the top N types and values of each "
-        "categorical property (default 0: off; see README, Instacart vs synthetic)",
-    )
-    p.add_argument(
-        "--count-hidden",
-        type=int,
-        default=None,
-        help="with --count-top: the vector also reads an MLP of this width over those counts "
-        "(ModelConfig.count_hidden; default 0: off; see README, Instacart)",
-    )
-    p.add_argument(
-        "--manner-bag",
-        action="store_true",
-        help="the vector also reads the window's mean of each event's numeric-bin, gap and "
-        "age embeddings (ModelConfig.manner_bag; see README)",
-    )
-    p.add_argument(
-        "--calibrate-crossfit",
-        type=int,
-        default=None,
-        metavar="FOLDS",
-        help="the outcome heads' calibration also sees training users, scored by heads "
-        "refitted without their fold (TrainConfig.calibrate_crossfit; default 5, 0: off)",
-    )
+    add_model_flags(p)
     p.add_argument("--users", type=int, default=2000, help="synthetic users (default 2000)")
     p.add_argument("--seed", type=int, default=0, help="training seed (default 0)")
     p.add_argument(

@@ -33,6 +33,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         ("--epochs", args.epochs),
         ("--count-top", args.count_top),
         ("--count-hidden", getattr(args, "count_hidden", None)),
+        ("--residual", getattr(args, "residual", None)),
         ("--calibrate-crossfit", getattr(args, "calibrate_crossfit", None)),
         ("--device", args.device),
         ("--checkpoint-dir", args.checkpoint_dir),
@@ -40,6 +41,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         if value is not None:
             out += [flag, str(value)]
     out += ["--manner-bag"] if getattr(args, "manner_bag", False) else []
+    out += ["--counts-in-vector"] if getattr(args, "counts_in_vector", False) else []
     return out + (["--quiet"] if args.quiet else [])
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -59,7 +59,11 @@ def world(
 ) -> World:
     models = tmp_path_factory.mktemp("models")
     end = small_data.config.end_ms
-    version, _ = train_version(small_data.events, tiny_spec, models, end, parity_n=16)
+    # a tiny model learns the quiet days' change in most seeds, not all (default objectives,
+    # seeds 0-5: 5 of 6 at one epoch and at four); these tests read explain's account of a
+    # model that learned it, so the seed is one that did (seed 0 shifts most at event 31)
+    spec = replace(tiny_spec, train=replace(tiny_spec.train, seed=1))
+    version, _ = train_version(small_data.events, spec, models, end, parity_n=16)
     start = end - 20 * DAY
     planted = _user("planted", start, (19.0, 19.5, 19.9))  # 9 quiet days before event 90
     steady = _user("steady", start, (10.0, 10.25, 10.5))  # the sessions go on as before

@@ -177,3 +177,15 @@ def test_events_are_placed_alike_by_the_gather_and_the_training_scatter(lengths)
     torch.testing.assert_close(gathered, scattered.detach(), rtol=0, atol=0)
     assert not gathered[~real].any()  # padding is zero
     assert torch.equal(gathered[real], flat)  # each event once, in window order
+
+
+def test_a_version_saved_before_counts_in_vector_keeps_its_counts_in_the_vector() -> None:
+    """model.json without `counts_in_vector` (saved when counts always fed the vector) loads
+    with it True; a new one round-trips."""
+    import json
+
+    old = json.loads(ModelConfig(count_top=16).to_json())
+    del old["counts_in_vector"]
+    assert ModelConfig.from_json(json.dumps(old)).counts_in_vector
+    new = ModelConfig(count_top=8, counts_in_vector=False, decays_h=(24.0,))
+    assert ModelConfig.from_json(new.to_json()) == new

@@ -55,3 +55,49 @@ def test_without_whole_times_every_position_has_targets_after_its_time() -> None
     sku = {n.split("=")[1]: i for i, n in enumerate(space.names) if n.startswith("sku=")}
     first = b.horizon[0, 0, 0].numpy() > 0.5  # the first line: the rest of its order is
     assert not first[sku["b"]] and first[sku["d"]]  # at its own time, not after it
+
+
+def test_the_residual_objective_trains_the_vector_beside_the_counts(tiny_spec) -> None:  # type: ignore[no-untyped-def]
+    """`w_residual`: the vector's horizon targets also through a head that adds the window's
+    outcome counts; its loss reaches the vector's weights and both of its heads. The counts
+    stay out of the vector (`counts_in_vector` False), so an encode, outside training, does
+    not compute them and gives the same vector as the training model."""
+    import torch
+
+    from encoder.model import UserEncoder, make_kjt
+    from encoder.parallel import Local
+    from encoder.steps import Run
+    from encoder.synthetic import SyntheticConfig, generate
+
+    ds = generate(SyntheticConfig(users=16, events_per_user=30.0, seed=3))
+    tok = Tokenizer(TokenizerConfig(features=discover(ds.events), max_events=64))
+    assert tiny_spec.model.count_top > 0 and not tiny_spec.model.counts_in_vector
+    assert tiny_spec.objectives.w_residual > 0
+    torch.manual_seed(0)
+    run = Run(tiny_spec, tok, build_log(ds.events, tok), ds.config.end_ms, Local())
+    run.where.setup(run.step, tiny_spec.train)
+    assert run.heads.residual and run.model.counts_for_loss
+    users = np.arange(8)
+    nows = np.full(8, ds.config.end_ms - 3 * 86_400_000)
+    loss, parts = run.loss(users, nows, torch.Generator().manual_seed(0))
+    assert parts["residual"] > 0
+    loss.backward()
+    for name, p in (("res_hz", run.heads.res_hz.weight), ("cnt_hz", run.heads.cnt_hz.weight),
+                    ("proj", run.model.proj.weight)):  # fmt: skip
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    off = replace(tiny_spec, objectives=replace(tiny_spec.objectives, w_residual=0.0))
+    torch.manual_seed(0)
+    plain = Run(off, tok, build_log(ds.events, tok), ds.config.end_ms, Local())
+    plain.where.setup(plain.step, off.train)
+    assert not plain.heads.residual and not hasattr(plain.heads, "res_hz")
+    assert plain.loss(users, nows, torch.Generator().manual_seed(0))[1]["residual"] == 0
+    served = UserEncoder(tok.config, run.model.cfg).eval()
+    served.load_state_dict(run.model.state_dict())
+    run.model.eval()
+    batch = tok.encode([w for _, w in sorted(ds.windows(64).items())][:4], ds.config.end_ms)
+    kjt = make_kjt(batch, served.keys, torch.device("cpu"))
+    lengths, age = torch.from_numpy(batch.lengths), torch.from_numpy(batch.age_h)
+    with torch.inference_mode():
+        assert served.lookups(kjt, lengths, age).counted is None
+        assert run.model.lookups(kjt, lengths, age).counted is not None
+        torch.testing.assert_close(served(kjt, lengths, age)[2], run.model(kjt, lengths, age)[2])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from services.cli import build_parser, main
@@ -27,28 +29,43 @@ def test_unreachable_store_is_one_line_and_exit_1(capsys: pytest.CaptureFixture[
 
 
 def test_train_flags_reach_the_spec_and_the_torchrun_children() -> None:
-    """--count-top / --count-hidden set ModelConfig.count_top / count_hidden (off unless
-    given; the MLP only over counts) and are passed to each rank."""
-    from services.cli.encoder_cmds import _train_spec
+    """--count-top / --counts-in-vector / --count-hidden / --residual set ModelConfig's
+    count_top / counts_in_vector / count_hidden and ObjectiveConfig.w_residual (defaults:
+    16 counted, not in the vector, no MLP, residual 3) and are passed to each rank."""
     from services.cli.train_launch import child_argv
+    from services.cli.train_spec import train_spec
 
-    off = build_parser().parse_args(["train", "--synthetic"])
-    on = build_parser().parse_args(["train", "--synthetic", "--count-top", "16", "--nproc", "2"])
-    assert _train_spec(off).model.count_top == 0
-    assert _train_spec(on).model.count_top == 16
+    def spec(*flags: str) -> Any:
+        return train_spec(build_parser().parse_args(["train", "--synthetic", *flags]))
+
+    off = spec()
+    assert off.model.count_top == 16 and not off.model.counts_in_vector
+    assert off.model.count_hidden == 0 and off.objectives.w_residual == 3.0
+    flags = ["--count-top", "8", "--counts-in-vector", "--count-hidden", "64", "--residual", "0"]
+    on = build_parser().parse_args(["train", "--synthetic", *flags, "--nproc", "2"])
+    got = train_spec(on)
+    assert (got.model.count_top, got.model.counts_in_vector, got.model.count_hidden) == (
+        8,
+        True,
+        64,
+    )
+    assert got.objectives.w_residual == 0.0
     argv = child_argv(on)
-    assert argv[argv.index("--count-top") + 1] == "16" and "--nproc" not in argv
-    mlp = build_parser().parse_args(["train", "--synthetic", "--count-top", "16",
-                                     "--count-hidden", "64", "--nproc", "2"])  # fmt: skip
-    assert _train_spec(off).model.count_hidden == 0 and _train_spec(mlp).model.count_hidden == 64
-    argv = child_argv(mlp)
-    assert argv[argv.index("--count-hidden") + 1] == "64"
-    alone = build_parser().parse_args(["train", "--synthetic", "--count-hidden", "64"])
-    with pytest.raises(SystemExit, match="needs --count-top"):
-        _train_spec(alone)
+    assert "--nproc" not in argv and "--counts-in-vector" in argv
+    for flag, value in (("--count-top", "8"), ("--count-hidden", "64"), ("--residual", "0.0")):
+        assert argv[argv.index(flag) + 1] == value
+    assert train_spec(build_parser().parse_args(argv)) == got
+    for bad, why in (
+        (["--count-top", "0", "--count-hidden", "64"], "needs --count-top"),
+        (["--count-top", "0", "--counts-in-vector"], "needs --count-top"),
+        (["--residual", "-1"], "W >= 0"),
+        (["--count-top", "-1"], "N >= 0"),
+    ):
+        with pytest.raises(SystemExit, match=why):
+            spec(*bad)
     more = ["train", "--synthetic", "--manner-bag", "--calibrate-crossfit", "0", "--nproc", "2"]
     on = build_parser().parse_args(more)
-    assert _train_spec(off).train.calibrate_crossfit == 5 and not _train_spec(off).model.manner_bag
-    assert _train_spec(on).train.calibrate_crossfit == 0 and _train_spec(on).model.manner_bag
+    assert off.train.calibrate_crossfit == 5 and not off.model.manner_bag
+    assert train_spec(on).train.calibrate_crossfit == 0 and train_spec(on).model.manner_bag
     argv = child_argv(on)
     assert "--manner-bag" in argv and argv[argv.index("--calibrate-crossfit") + 1] == "0"
