@@ -41,6 +41,19 @@ def _loadable(models: Path, version: str) -> bool:
     return True
 
 
+def _promote(version: str, active: str, env: dict[str, str]) -> str:
+    """Put a retrained version through the promotion gate (`persona model promote`: parity,
+    then no regression against the active one on held-out users); the version serving after."""
+    try:
+        run(["model", "promote", version], env)
+    except RuntimeError as e:  # refused: the active version stays, as in production
+        reason = [ln for ln in str(e).splitlines() if ln.startswith("refused")]
+        print(f"    the gate kept {active}: {reason[0] if reason else e}")
+        return active
+    print(f"    promoted {version} (was {active})")
+    return version
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--users", type=int, default=800)
@@ -64,8 +77,11 @@ def main() -> None:
         if version:
             print(f"    reusing {version} from {models}")
         else:
+            before = registry.active_version(models)
             version = run(["train", "--synthetic"], env, quiet=False).strip().splitlines()[-1]
             print(f"    trained {version}")
+            if before is not None and before != version:  # --retrain: a version was active
+                version = _promote(version, before, env)
     with step("quality on held-out synthetic users (embedding vs hand-made aggregates)"):
         print(run(["eval", "--reliability", str(args.out / "reliability.png")], env).rstrip())
 
