@@ -108,7 +108,7 @@ def compile_model(
         setattr(_inductor_config, key, value)
     tail = CompiledVectors(model.vectors)
     d, n = model.cfg.d_model, 11
-    counts = model.counts if model.cfg.counts_in_vector else None  # as `lookups` at inference
+    counts = model.counts if model.reads_counts else None  # as `lookups` gives them
     try:
         with torch.inference_mode(), precision():  # as `Encoder` calls it (inference tensors)
             # distinct sizes (Dynamo gives equal sizes one symbol): 3 windows, 5 positions,

@@ -218,13 +218,20 @@ class UserEncoder(Summaries, nn.Module):
         and what the window's bags are made of (`Bags`)."""
         return self.place(self.lookups(kjt, lengths, age_h))
 
+    @property
+    def reads_counts(self) -> bool:
+        """Whether `lookups` computes the counted outcomes' indicators: the vector reads
+        them, or the training loss does (`counts_for_loss`)."""
+        return self.counts is not None and (self.cfg.counts_in_vector or self.counts_for_loss)
+
     def lookups(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None
     ) -> Lookups:
         """The table lookups of a batch (and the counted outcomes' indicators)."""
         static, summed = self._lookup(kjt)  # (N, D) each
         counted = None
-        if self.counts is not None and (self.cfg.counts_in_vector or self.counts_for_loss):
+        if self.reads_counts:
+            assert self.counts is not None
             counted = self.counts.indicators(kjt.values().view(len(self.keys), -1))
         return Lookups(static, summed, lengths, positions(lengths), age_h, counted)
 

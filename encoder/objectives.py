@@ -310,8 +310,8 @@ class TrainingHeads(nn.Module):
         vec = o.w_next_type * p_type + o.w_next_value * p_value + o.w_vec_horizon * p_hz
         total = seq + o.w_pooled * vec + o.w_bag * p_bag
         pre = z.sum() * 0.0
-        if z_prefix is not None and o.w_prefix > 0:
-            zp = z_prefix * self.scale  # (B, T, E)
+        zp = z_prefix * self.scale if z_prefix is not None and o.w_prefix > 0 else None
+        if zp is not None:  # (B, T, E)
             pre_type = F.cross_entropy(
                 self.vec_type(zp).reshape(b * t, -1),
                 batch.next_type.reshape(-1),
@@ -323,16 +323,16 @@ class TrainingHeads(nn.Module):
         res = z.sum() * 0.0
         if self.residual and counts is not None:
             c_now, c_pre = counts  # (B, C), (B, T, C)
-            off = self.cnt_hz(c_now.float())
+
+            def logits(zz: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+                return self.res_hz(zz) + self.cnt_hz(c.float())
+
             res = self._horizon(
-                (self.res_hz(zs) + off).reshape(b, self.k, self.y),
-                batch.p_horizon, batch.p_horizon_ok,
-            )  # fmt: skip
-            if z_prefix is not None and c_pre is not None and o.w_prefix > 0:
-                zp_res = self.res_hz(z_prefix * self.scale) + self.cnt_hz(c_pre.float())
-                res = res + o.w_prefix * self._horizon(
-                    zp_res.reshape(b, t, self.k, self.y), batch.horizon, ok
-                )
+                logits(zs, c_now).reshape(b, self.k, self.y), batch.p_horizon, batch.p_horizon_ok
+            )
+            if zp is not None and c_pre is not None:
+                zp_res = logits(zp, c_pre).reshape(b, t, self.k, self.y)
+                res = res + o.w_prefix * self._horizon(zp_res, batch.horizon, ok)
             total = total + o.w_residual * o.w_vec_horizon * res
         named = {
             "type": l_type,

@@ -65,10 +65,11 @@ class LossModule(nn.Module):
         gen: torch.Generator,
     ) -> tuple[torch.Tensor, dict[str, float]]:
         h, pad, z, bags = self.model(kjt, lengths, age_h)
-        z_prefix = self.model.prefix_vectors(h, pad, bags) if self.w_prefix > 0 else None
+        seen = self.model.prefix_counts(pad, bags) if self.w_prefix > 0 else None  # once
+        z_prefix = None if seen is None else self.model.prefix_vectors(h, pad, bags, seen)
         counts = None
         if self.heads.residual and bags.counted is not None:
-            c_pre = self.model.prefix_count_features(pad, bags) if z_prefix is not None else None
+            c_pre = None if seen is None else self.model.prefix_count_features(bags, seen)
             counts = (self.model.count_features(pad, bags), c_pre)
         return self.heads.loss(h, pad, z, batch, gen, z_prefix, counts)
 

@@ -81,13 +81,13 @@ class Summaries:
         masks = [real] + [(bags.hours <= w) & real for w in COUNT_SPANS_H]
         return self._counts().window(bags.counted, masks)
 
-    def prefix_count_features(self, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
-        """(B, T, out_size) the outcome counts of every prefix."""
+    def prefix_count_features(self, bags: Bags, seen: list[torch.Tensor]) -> torch.Tensor:
+        """(B, T, out_size) the outcome counts of every prefix (`seen`: `prefix_counts`)."""
         assert bags.counted is not None
-        return self._counts().prefixes(bags.counted, self._prefix_counts(pad, bags))
+        return self._counts().prefixes(bags.counted, seen)
 
     @staticmethod
-    def _prefix_counts(pad: torch.Tensor, bags: Bags) -> list[torch.Tensor]:
+    def prefix_counts(pad: torch.Tensor, bags: Bags) -> list[torch.Tensor]:
         """Events seen by each position t (B, T): all, then within each span of t's time."""
         t = pad.shape[1]
         before = torch.tril(torch.ones(t, t, dtype=torch.bool, device=pad.device))  # (t, i)
@@ -95,13 +95,20 @@ class Summaries:
         age = bags.hours.unsqueeze(1) - bags.hours.unsqueeze(2)  # (B, t, i)
         return [seen.sum(-1)] + [(seen & (age <= w)).sum(-1) for w in COUNT_SPANS_H]
 
-    def prefix_vectors(self, h: torch.Tensor, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
+    def prefix_vectors(
+        self,
+        h: torch.Tensor,
+        pad: torch.Tensor,
+        bags: Bags,
+        seen: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         """The user vector of every prefix (training only): z_t as if the window ended at t.
 
         Attention pooling and the bags as running sums, so z at the newest position equals
         `forward`'s. A decayed bag at t weighs event i by ``exp(-(ts_t - ts_i) / tau)``,
         i.e. its weight at ``now`` rescaled by ``exp((now - ts_t) / tau)``.
-        h: (B, T, D), pad: (B, T) -> (B, T, E).
+        h: (B, T, D), pad: (B, T) -> (B, T, E); `seen`: `prefix_counts(pad, bags)` when the
+        caller has them.
         """
         score = self.pool(h).squeeze(-1).float().masked_fill(pad, float("-inf"))  # (B, T)
         m = score.max(dim=1, keepdim=True).values.clamp(min=-1e4)  # (B, 1)
@@ -114,8 +121,8 @@ class Summaries:
         raw64 = bags.raw.to(torch.float64)
         parts = [pooled, hsum, h, torch.cumsum(raw64, dim=1).to(h.dtype)]
         if bags.manner is not None:
-            seen = torch.cumsum((~pad).to(torch.float64), dim=1).clamp(min=1).unsqueeze(-1)
-            mean = torch.cumsum(bags.manner.to(torch.float64), dim=1) / seen
+            n = torch.cumsum((~pad).to(torch.float64), dim=1).clamp(min=1).unsqueeze(-1)
+            mean = torch.cumsum(bags.manner.to(torch.float64), dim=1) / n
             parts.append(mean.to(h.dtype))
         for tau in self.cfg.decays_h:
             scaled = torch.cumsum(raw64 * bags.weight(tau, torch.float64), dim=1)  # (B, T, D)
@@ -123,11 +130,11 @@ class Summaries:
             parts.append((scaled * back).to(h.dtype))
         # at prefix t (the vector at event t's time): recency 0, events i <= t counted
         # within each span of t's time (their age then: hours_i - hours_t)
-        counts = self._prefix_counts(pad, bags)
-        dense = self._dense(torch.zeros_like(bags.hours), torch.stack(counts, -1))
+        seen = self.prefix_counts(pad, bags) if seen is None else seen
+        dense = self._dense(torch.zeros_like(bags.hours), torch.stack(seen, -1))
         parts.append(dense.to(h.dtype))  # (B, T, 1 + 1 + spans)
         if bags.counted is not None and self.cfg.counts_in_vector:
-            parts.append(self._counts().prefixes(bags.counted, counts).to(h.dtype))
+            parts.append(self.prefix_count_features(bags, seen).to(h.dtype))
         return self._out(torch.cat(parts, -1))  # (B, T, E)
 
     def _counts(self) -> OutcomeCounts:
