@@ -148,14 +148,20 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{version}: {n} users, {len(outcomes)} outcomes, split {cfg.split_at}, "
           f"{cfg.folds}-fold probes x {cfg.repeats} shuffles")  # fmt: skip
+    print_auc_table(sets, y, cfg)
+    return 0
+
+
+def print_auc_table(sets: dict[str, np.ndarray], y: np.ndarray, cfg: LogEvalConfig) -> None:
+    """The mean probe AUC of each feature set for the outcomes `y` (U, Y), as a Markdown
+    table; the first set is the base of the "- aggregates" column."""
     print("\n| features | mean probe AUC | - aggregates |")
     print("| --- | ---: | ---: |")
     base = None
-    for name, x in sets.items():  # "aggregates" first: the base of the last column
+    for name, x in sets.items():
         auc = float(np.nanmean(probe_aucs(x, y, cfg.folds, cfg.seed, cfg.repeats)))
         base = auc if base is None else base
         print(f"| {name} | {auc:.4f} | {auc - base:+.4f} |", flush=True)
-    return 0
 
 
 if __name__ == "__main__":

@@ -105,6 +105,8 @@ class UserTruth:
     churns: bool  # no events within 14 days after end_ms
     switched_at_ms: int | None = None  # when the user switched segment (None: never)
     switched_to: int | None = None
+    state: str = ""  # the hidden state at end_ms (lifecycle's "fading" is fading or slowing)
+    activity: float = 1.0  # the user's hidden session-rate multiplier
 
 
 @dataclass(frozen=True)
@@ -353,10 +355,8 @@ def _user_events(
 
 
 def generate(cfg: SyntheticConfig) -> SyntheticDataset:
-    """Draw a data set. Deterministic under (`world_seed`, `seed`) and the rest of `cfg`.
-
-    Args:
-        cfg: sizes and seeds.
+    """Draw a data set of `cfg`'s sizes. Deterministic under (`world_seed`, `seed`) and the
+    rest of `cfg`.
 
     Returns:
         events up to ``end_ms`` sorted by (ts_ms, event_id), per-user truth, and the
@@ -391,9 +391,9 @@ def generate(cfg: SyntheticConfig) -> SyntheticDataset:
                 churns = False
         sw = plan.switch
         at = None if sw is None else cfg.end_ms - int((cfg.days - sw[0]) * DAY_MS)
-        truth[uid] = UserTruth(
-            uid, plan.seg, lifecycle, converts, churns, at, None if sw is None else sw[1]
-        )
+        state = state_at(plan.traj, cfg.days)
+        truth[uid] = UserTruth(uid, plan.seg, lifecycle, converts, churns, at,
+                               None if sw is None else sw[1], state, plan.activity)  # fmt: skip
     events.sort(key=Event.sort_key)
     future.sort(key=Event.sort_key)
     return SyntheticDataset(config=cfg, events=events, truth=truth, future_events=future)

@@ -48,6 +48,9 @@ def test_outcomes_match_future_events() -> None:
         if t.converts:
             assert uid in buyers
         assert t.lifecycle in ("new", "engaged", "fading", "churned")
+        # the hidden state behind the lifecycle: a quiet spell that recovers reads "fading"
+        assert t.lifecycle == {"slowing": "fading"}.get(t.state, t.state)
+        assert t.activity > 0
     # churned users churn far more often than engaged ones (truth drawn from the hidden state)
     by = {
         lc: [t.churns for t in ds.truth.values() if t.lifecycle == lc]
@@ -55,6 +58,14 @@ def test_outcomes_match_future_events() -> None:
     }
     assert sum(by["churned"]) / max(1, len(by["churned"])) > 0.8
     assert sum(by["engaged"]) / max(1, len(by["engaged"])) < 0.2
+    # a quiet spell that ends in churn churns more often than one that recovers
+    quiet = {
+        s: [t.churns for t in ds.truth.values() if t.state == s] for s in ("fading", "slowing")
+    }
+    assert all(quiet.values())
+    assert sum(quiet["fading"]) / len(quiet["fading"]) > sum(quiet["slowing"]) / len(
+        quiet["slowing"]
+    )
 
 
 def test_segments_have_distinct_tastes() -> None:
