@@ -16,7 +16,9 @@ bounds what "aggregates + embedding" can reach with these probes (up to what a l
 read-out of the state leaves out). With `--models` (a version trained on the same log:
 `persona train --events LOG --split-at T`) the embedding is probed beside both. A
 hand-made row reads what the generator plants in the sessions of a quiet spell that ends in
-churn (slower clicks, shorter dwell): the last in-session gaps and numeric values.
+churn (slower clicks, shorter dwell): the last in-session gaps and numeric values. A second
+table probes, among the users in a quiet spell, the state itself ("it ends in churn") from
+each feature set: does the embedding see what the generator planted?
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from encoder.evaluate_log import (
     EvalData,
     LogEvalConfig,
     prepare,
+    probe_aucs,
     probed,
 )
 from encoder.eventlog import EventLog
@@ -126,7 +129,24 @@ def main(argv: list[str] | None = None) -> int:
           f"users, {y.shape[1]} outcomes, split {split}, {cfg.folds}-fold probes x "
           f"{cfg.repeats} shuffles")  # fmt: skip
     print_auc_table(sets, y, cfg)
+    print_quiet_spells([by_id[u].state for u in data.users], sets, cfg)
     return 0
+
+
+def print_quiet_spells(states: list[str], sets: dict[str, np.ndarray], cfg: LogEvalConfig) -> None:
+    """Among the users in a quiet spell at the split, how well each feature set (without the
+    hidden state) tells the spell that ends in churn from the one that recovers: the probe's
+    AUC with the state itself as the label."""
+    st = np.asarray(states)
+    quiet = (st == "fading") | (st == "slowing")
+    y = (st[quiet] == "fading")[:, None]
+    print(f"\n{int(quiet.sum())} users in a quiet spell; probe AUC of 'it ends in churn':")
+    print("\n| features | AUC |")
+    print("| --- | ---: |")
+    for name, x in sets.items():
+        if "truth" not in name:
+            auc = float(probe_aucs(x[quiet], y, cfg.folds, cfg.seed, cfg.repeats)[0])
+            print(f"| {name} | {auc:.3f} |", flush=True)
 
 
 if __name__ == "__main__":
