@@ -47,8 +47,10 @@ def _promote(version: str, active: str, env: dict[str, str]) -> str:
     try:
         run(["model", "promote", version], env)
     except RuntimeError as e:  # refused: the active version stays, as in production
-        reason = [ln for ln in str(e).splitlines() if ln.startswith("refused")]
-        print(f"    the gate kept {active}: {reason[0] if reason else e}")
+        reason = [ln for ln in str(e).splitlines() if ln.startswith("refused: ")]
+        if not reason:  # the command failed (not the gate's verdict): the demo stops here
+            raise
+        print(f"    the gate kept {active}: {reason[0]}")
         return active
     print(f"    promoted {version} (was {active})")
     return version
