@@ -9,9 +9,8 @@ float32) written with VectorStore. Rows:
 - "bare read, redis-py pipeline": the issue's baseline, redis-py alone: `client.pipeline()`
   with one `LRANGE key 0 0` per id (keys made beforehand), raw bytes, no decoding. redis-py's
   cluster pipeline writes every shard's commands, then reads the replies shard by shard.
-- "bare read, redis-py connections": a leaner redis-py read of the same keys: one
-  connection per shard kept, each shard's commands packed in one write, then
-  `read_response` per reply (the service's read until session 4).
+- "bare read, redis-py connections" (`serve_reads.py`): a leaner redis-py read of the same
+  keys: a kept connection per shard, each shard's commands in one write, `read_response`.
 - "StoreRouter.read_packed": the read GetEmbeddings does (`services/store/router.py`), the
   commands packed beforehand (`records.packed_lranges`): the same writes, routed with numpy,
   the replies parsed by one hiredis reader fed straight from each socket.
@@ -28,6 +27,8 @@ float32) written with VectorStore. Rows:
   store read): what a Python gRPC round trip costs on this machine, for the decomposition.
 The paired difference is GetEmbeddings minus the faster of the two bare redis-py reads, in
 the same round.
+- "Go front": the same GetEmbeddings through persona-front (front/go, `serve_front.py`)
+  before the same server, which it answers from the store; skipped, saying why, without Go.
 - "FindLookalikes": a server in a child process holding an IVF index (the index's "auto"
   choice) over `--lookalike-n` clustered unit vectors; queries are held-out vectors.
 Latency: one call in flight, p50/p99 over `--seconds`. Sustained rate: `--concurrency`
@@ -52,7 +53,6 @@ import platform
 import shlex
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -60,11 +60,11 @@ from typing import Any
 
 import grpc
 import numpy as np
-from redis.crc import key_slot
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import serve_feast
+import serve_front
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc
 from serve_common import (
@@ -81,6 +81,7 @@ from serve_common import (
     user_vectors,
     write_users,
 )
+from serve_reads import LeanRedisPyRead
 
 from services.stack import EmbeddedStack, StackConfig, free_ports
 from services.store.client import connect
@@ -89,42 +90,6 @@ from services.store.router import StoreRouter
 from services.store.vectors import VectorStore
 
 log = logging.getLogger("benchmarks.serve")
-
-
-class LeanRedisPyRead:
-    """redis-py alone, lean: one kept connection per shard; every shard's LRANGEs packed by
-    redis-py into one write, all shards written first, then `read_response` per reply."""
-
-    def __init__(self, client: Any, router: StoreRouter) -> None:
-        self.client = client
-        self.router = router
-        self.local = threading.local()  # .conns: node name -> connection, per thread
-        self.taken: list[tuple[Any, Any]] = []  # (pool, connection), to give back
-
-    def read(self, keys: list[bytes]) -> list[Any]:
-        conns = getattr(self.local, "conns", None)
-        if conns is None:
-            conns = self.local.conns = {}
-        groups: dict[str, list[bytes]] = {}
-        slots = np.fromiter(map(key_slot, keys), np.int64, len(keys))
-        for k, name in zip(keys, self.router.primary_names(slots), strict=True):
-            groups.setdefault(name, []).append(k)
-        sent = []
-        for name, ks in groups.items():
-            conn = conns.get(name)
-            if conn is None:
-                pool = self.client.get_redis_connection(
-                    self.client.get_node(node_name=name)
-                ).connection_pool
-                conn = conns[name] = pool.get_connection()
-                self.taken.append((pool, conn))
-            conn.send_packed_command(conn.pack_commands([("LRANGE", k, 0, 0) for k in ks]))
-            sent.append((conn, len(ks)))
-        return [conn.read_response() for conn, n in sent for _ in range(n)]
-
-    def close(self) -> None:
-        for pool, conn in self.taken:
-            pool.release(conn)
 
 
 def lookalike_server(redis_url: str, n: int, port: int, ready: Any) -> None:
@@ -173,12 +138,16 @@ def wait_healthy(channel: grpc.Channel, proc_alive: Callable[[], bool], timeout_
 
 
 Row = tuple[str, str, float, float, float]  # path, request, p50 ms, p99 ms, sustained req/s
+Getter = Callable[[int], object]
+FRONT_ROW = "GetEmbeddings (gRPC, Go front persona-front before the same server)"
 
 
 def read_rows(args: argparse.Namespace, client: Any, store: VectorStore,
               batches: list[list[str]], stub: Any, get: Callable[[int], object],
-              get_scored: Callable[[int], object]) -> tuple[list[Row], str]:  # fmt: skip
-    """The store reads, GetEmbeddings and GetModelInfo, timed in turn; (rows, the notes)."""
+              get_scored: Callable[[int], object],
+              front: tuple[Any, Getter] | None) -> tuple[list[Row], str]:  # fmt: skip
+    """The store reads, GetEmbeddings and GetModelInfo, timed in turn; (rows, the notes).
+    `front`: the Go front's stub and GetEmbeddings call (the last row), or None."""
     keys = [[vector_key(u, VERSION) for u in b] for b in batches]
     packs = [packed_lranges(b, VERSION, 0) for b in batches]
     router = StoreRouter(client)
@@ -213,8 +182,11 @@ def read_rows(args: argparse.Namespace, client: Any, store: VectorStore,
         "GetEmbeddings without scores (gRPC, persona serve)",
         "GetModelInfo (gRPC, same server; no store read: the round trip's floor)",
         f"GetEmbeddings with scores (gRPC, include_scores, {N_SCORES} scores)",
-    )
-    fns = (pipeline, connections, scatter, decoded, get, info, get_scored)
+        FRONT_ROW,
+    )[: 8 if front else 7]
+    fns = [pipeline, connections, scatter, decoded, get, info, get_scored]
+    if front:
+        fns.append(front[1])
     try:
         samples = interleaved(dict(zip(names, fns, strict=True)), 3 * args.seconds)
         pair = interleaved({"without": get, "with": get_scored}, 2 * args.seconds)
@@ -240,6 +212,10 @@ def read_rows(args: argparse.Namespace, client: Any, store: VectorStore,
                 args.concurrency,
             )
         )
+        if front:
+            fstub = front[0]
+            rates.append(future_rate(lambda i: fstub.GetEmbeddings.future(reqs[i % 256], timeout=5),
+                                     args.seconds, args.concurrency))  # fmt: skip
     finally:
         router.close()
         lean.close()
@@ -266,6 +242,11 @@ def read_rows(args: argparse.Namespace, client: Any, store: VectorStore,
         f"{with_p50 - without_p50:+.2f} ms; median of paired differences: {scored_ms:+.2f} ms "
         f"(issue #16 target: at most +0.2 ms)"
     )
+    if front:
+        fr = float(np.median(np.asarray(samples[names[7]]) - bare)) * 1000
+        notes += (f"\nGo front GetEmbeddings p50 minus the faster bare read's p50: "
+                  f"{rows[7][2] - bare_p50:+.2f} ms; median of paired differences: {fr:+.2f} ms"
+                  " (issue #19 target: at most +0.5 ms)")  # fmt: skip
     rows.insert(5, rows.pop(6))  # with scores beside without
     return rows, notes
 
@@ -361,11 +342,35 @@ def main(argv: list[str] | None = None) -> int:
                     raise RuntimeError("GetEmbeddings returned other vectors than were written")
                 if not np.allclose(got_s, want_s, atol=1e-3):  # float16 in the store
                     raise RuntimeError("GetEmbeddings returned other scores than were written")
-                if not args.feast_only:
-                    rows, notes = read_rows(args, client, store, batches, stub, get, get_scored)
-                work = serve_feast.Workload(ids, vecs, batches)
-                feast = serve_feast.compare(get, args.feast_python, nodes, work,
-                                            args.feast_rounds, args.seconds)  # fmt: skip
+                front = serve_front.GoFront.start(port, nodes, DIM)
+                fch = None if isinstance(front, str) else grpc.insecure_channel(front.address)
+                try:
+                    gets: dict[str, Callable[[int], object]] = {serve_feast.PERSONA: get}
+                    fpair = None
+                    if fch is not None:
+                        fstub = service_pb2_grpc.UserEmbeddingServiceStub(fch)
+
+                        def get_front(i: int) -> np.ndarray:
+                            r = fstub.GetEmbeddings(reqs[i % 256], timeout=5)
+                            return np.frombuffer(r.vectors, "<f4").reshape(len(r.statuses), r.dim)
+
+                        get_front(0)  # forwarded: teaches the front the version has no head
+                        if not np.array_equal(get_front(0), vecs[at]):
+                            raise RuntimeError("the Go front returned other vectors than stored")
+                        gets[serve_feast.FRONT], fpair = get_front, (fstub, get_front)
+                    if not args.feast_only:
+                        rows, notes = read_rows(args, client, store, batches, stub, get,
+                                                get_scored, fpair)  # fmt: skip
+                    if isinstance(front, str):
+                        notes += f"\n{front}"
+                    work = serve_feast.Workload(ids, vecs, batches)
+                    feast = serve_feast.compare(gets, args.feast_python, nodes, work,
+                                                args.feast_rounds, args.seconds)  # fmt: skip
+                finally:
+                    if fch is not None:
+                        fch.close()
+                    if not isinstance(front, str):
+                        front.stop()
         finally:
             proc.terminate()
             proc.wait(20)

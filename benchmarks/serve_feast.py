@@ -32,10 +32,11 @@ from serve_common import percentiles, timed
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_PYTHON = ROOT / ".venv-feast" / "bin" / "python"
-PERSONA, SDK, HTTP = "persona", "sdk", "http"
+PERSONA, FRONT, SDK, HTTP = "persona", "front", "sdk", "http"
 TARGETS = {SDK: 0.5, HTTP: 0.1}  # GetEmbeddings p50 / the Feast path's p50 at most (issue #19)
 LABELS = {
     PERSONA: "GetEmbeddings (gRPC, persona serve)",
+    FRONT: "GetEmbeddings (gRPC, Go front persona-front)",
     SDK: "Feast SDK `get_online_features` (in process)",
     HTTP: "`feast serve` (HTTP POST /get-online-features, 1 worker)",
 }
@@ -109,15 +110,17 @@ class FeastPeer:
                 shutil.rmtree(self.tmp, ignore_errors=True)
 
 
-def rounds_of(get: Callable[[int], object], peer: FeastPeer, rounds: int,
+def rounds_of(gets: dict[str, Callable[[int], object]], peer: FeastPeer, rounds: int,
               seconds: float) -> dict[str, list[list[float]]]:  # fmt: skip
     """Each path's samples by round; within a round the paths take turns, the first path
     turning by one each round (persona, sdk, http; then sdk, http, persona; ...)."""
-    order = [PERSONA, SDK, HTTP]
+    order = [*gets, SDK, HTTP]
     out: dict[str, list[list[float]]] = {p: [] for p in order}
     for r in range(rounds):
-        for path in order[r % 3 :] + order[: r % 3]:
-            out[path].append(timed(get, seconds) if path == PERSONA else peer.time(path, seconds))
+        turn = r % len(order)
+        for path in order[turn:] + order[:turn]:
+            got = timed(gets[path], seconds) if path in gets else peer.time(path, seconds)
+            out[path].append(got)
     return out
 
 
@@ -131,8 +134,8 @@ def summary(samples: dict[str, list[list[float]]]) -> dict[str, dict[str, Any]]:
         out[path] = {"p50": p50, "p99": p99, "calls": len(pooled),
                      "rounds": [percentiles(r)[0] for r in by_round]}  # fmt: skip
     for path, target in TARGETS.items():
-        ratio = out[PERSONA]["p50"] / out[path]["p50"]
-        out[path].update(ratio=ratio, target=target, met=ratio <= target)
+        ratios = {p: out[p]["p50"] / out[path]["p50"] for p in (PERSONA, FRONT) if p in out}
+        out[path].update(ratios=ratios, target=target)
     return out
 
 
@@ -143,24 +146,26 @@ def table(s: dict[str, dict[str, Any]], head: str) -> str:
              "| --- | ---: | ---: | ---: | --- | --- |"]  # fmt: skip
     for path, row in s.items():
         rounds = " / ".join(f"{x:.2f}" for x in row["rounds"])
-        vs = ""
-        if "ratio" in row:
-            verdict = "met" if row["met"] else "not met"
-            vs = f"{row['ratio']:.3f} (target <= {row['target']}: {verdict})"
+        vs = "; ".join(
+            f"{'Go front ' if p == FRONT else ''}{r:.3f} (target <= {row['target']}: "
+            f"{'met' if r <= row['target'] else 'not met'})"
+            for p, r in row.get("ratios", {}).items()
+        )
         lines.append(f"| {LABELS[path]} | {row['p50']:.2f} | {row['p99']:.2f} |"
                      f" {row['calls']:,} | {rounds} | {vs} |")  # fmt: skip
     return "\n".join(lines)
 
 
-def compare(get: Callable[[int], object], python: Path, nodes: list[str], work: Workload,
-            rounds: int, seconds: float) -> str:  # fmt: skip
+def compare(gets: dict[str, Callable[[int], object]], python: Path, nodes: list[str],
+            work: Workload, rounds: int, seconds: float) -> str:  # fmt: skip
     """The whole comparison as text to print; a message instead when the Feast virtualenv is
     absent.
-    `nodes` are the Valkey cluster's `host:port`s; `get(i)` one GetEmbeddings call."""
+    `nodes` are the Valkey cluster's `host:port`s; `gets[path](i)` one GetEmbeddings call
+    of each Persona path (PERSONA, and FRONT when the Go front runs)."""
     if not python.exists():
         return f"\nFeast rows skipped: no {python} (`make bench-feast-env` makes it)"
     with FeastPeer(python, nodes, work) as peer:
-        samples = rounds_of(get, peer, rounds, seconds)
+        samples = rounds_of(gets, peer, rounds, seconds)
         version = peer.version
     store = "3-node Valkey cluster (redis_type: redis_cluster)" if len(nodes) > 1 else "node"
     head = (f"GetEmbeddings beside Feast {version}: {len(work.batches[0])} ids a call, the same"

@@ -1,0 +1,248 @@
+package front
+
+import (
+	"encoding/binary"
+	"math"
+	"sync"
+	"time"
+
+	pb "persona/clients/go/personav1"
+	"persona/front/go/resp"
+	"persona/front/go/store"
+)
+
+// Limits are services/serving/config.py Limits (the GetEmbeddings ones).
+type Limits struct {
+	MaxBatch, MaxHistory, MaxIDBytes int
+}
+
+// heads remembers, per version, whether the upstream serves it with a short-term head,
+// learnt from the `part` of the GetEmbeddings answers it forwarded (a default or combined
+// request answered NEARLINE: no head). Until known, or after ttl, such requests go up.
+type heads struct {
+	ttl time.Duration
+	mu  sync.Mutex
+	of  map[string]headSeen
+}
+
+type headSeen struct {
+	has bool
+	at  time.Time
+}
+
+func (h *heads) learn(version string, has bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if len(h.of) > 256 {
+		h.of = map[string]headSeen{}
+	}
+	h.of[version] = headSeen{has, time.Now()}
+}
+
+// noHead: known (within ttl) to be served without a head.
+func (h *heads) noHead(version string) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	s, ok := h.of[version]
+	return ok && !s.has && time.Since(s.at) < h.ttl
+}
+
+// valid mirrors the servicer's and validate.py's checks; anything they would refuse is
+// forwarded, so the error is Python's own.
+func valid(req *pb.GetEmbeddingsRequest, lim Limits) bool {
+	if req.Encoding < 0 || req.Encoding > pb.VectorEncoding_VECTOR_ENCODING_FLOAT16 {
+		return false
+	}
+	if _, ok := pb.Fallback_name[int32(req.Fallback)]; !ok {
+		return false
+	}
+	if _, ok := pb.VectorPart_name[int32(req.Part)]; !ok {
+		return false
+	}
+	if len(req.UserIds) == 0 || len(req.UserIds) > lim.MaxBatch {
+		return false
+	}
+	for _, u := range req.UserIds {
+		if u == "" || len(u) > lim.MaxIDBytes {
+			return false
+		}
+	}
+	return int64(req.HistoryDepth) <= int64(lim.MaxHistory)
+}
+
+// localPart: whether the request's part can be answered nearline by the front.
+func (f *Front) localPart(req *pb.GetEmbeddingsRequest, version string) bool {
+	switch req.Part {
+	case pb.VectorPart_VECTOR_PART_NEARLINE:
+		return true
+	case pb.VectorPart_VECTOR_PART_UNSPECIFIED, pb.VectorPart_VECTOR_PART_COMBINED:
+		return f.heads.noHead(version)
+	}
+	return false
+}
+
+// answer is services/serving/embeddings.py get_embeddings + responses.embeddings_response
+// for the nearline path, or errForward.
+func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.GetEmbeddingsResponse, error) {
+	dim := int(f.dim.Load())
+	if dim <= 0 || !valid(req, f.limits) {
+		return nil, errForward
+	}
+	version, err := f.versions.resolve(req.ModelVersion, deadline)
+	if err != nil || !f.localPart(req, version) {
+		return nil, errForward
+	}
+	nColumns := 0
+	if req.IncludeScores {
+		if nColumns, err = f.versions.scoreColumns(version, deadline); err != nil {
+			return nil, errForward
+		}
+	}
+	h := 1 + int(req.HistoryDepth)
+	last := []byte(itoa(h - 1))
+	at := map[string]int{}
+	var cmds []resp.Cmd
+	for _, u := range req.UserIds {
+		if _, ok := at[u]; !ok {
+			at[u] = len(cmds)
+			key := store.VectorKey(u, version)
+			cmds = append(cmds, resp.Cmd{Slot: resp.KeySlot(key),
+				Args: [][]byte{[]byte("LRANGE"), key, []byte("0"), last}})
+		}
+	}
+	replies, err := f.store.Do(cmds, deadline)
+	if err != nil {
+		return nil, errForward
+	}
+	stored := make([][]store.Vector, len(cmds))
+	for i, r := range replies {
+		if r.Kind != '*' || len(r.Array) > h {
+			return nil, errForward
+		}
+		for _, rec := range r.Array {
+			v, err := store.Decode(rec.Str)
+			if err != nil || len(v.Values) != dim || v.NEvents > math.MaxInt32 {
+				return nil, errForward // Python: an error or another dimension
+			}
+			stored[i] = append(stored[i], v)
+		}
+	}
+	n := len(req.UserIds)
+	if req.Fallback == pb.Fallback_FALLBACK_POPULATION_PRIOR {
+		for _, u := range req.UserIds {
+			if len(stored[at[u]]) == 0 {
+				return nil, errForward // the prior is the index's
+			}
+		}
+	}
+	f16 := req.Encoding == pb.VectorEncoding_VECTOR_ENCODING_FLOAT16
+	enc := pb.VectorEncoding_VECTOR_ENCODING_FLOAT32
+	if f16 {
+		enc = pb.VectorEncoding_VECTOR_ENCODING_FLOAT16
+	}
+	now := float64(time.Now().UnixNano()) / 1e9
+	out := &pb.GetEmbeddingsResponse{
+		ModelVersion: version, Dim: int32(dim), Encoding: enc,
+		Statuses: make([]pb.EmbeddingStatus, n),
+		Meta:     &pb.VectorMetaColumns{},
+		Part:     pb.VectorPart_VECTOR_PART_NEARLINE,
+	}
+	if nColumns > 0 {
+		out.NScores = int32(nColumns)
+	}
+	var vecs, scores, hvecs, hscores []byte
+	hist := &pb.VectorMetaColumns{}
+	zeros := make([]float32, dim)
+	for i, u := range req.UserIds {
+		vs := stored[at[u]]
+		if len(vs) == 0 {
+			out.Statuses[i] = pb.EmbeddingStatus_EMBEDDING_STATUS_NOT_FOUND
+			vecs = appendFloats(vecs, zeros, f16)
+			addMeta(out.Meta, nil, now)
+			if nColumns > 0 {
+				scores = appendScores(scores, nil, nColumns, f16)
+			}
+		} else {
+			out.Statuses[i] = pb.EmbeddingStatus_EMBEDDING_STATUS_FOUND
+			vecs = appendFloats(vecs, vs[0].Values, f16)
+			addMeta(out.Meta, &vs[0], now)
+			if nColumns > 0 {
+				scores = appendScores(scores, vs[0].Scores, nColumns, f16)
+			}
+		}
+		if h > 1 {
+			older := 0
+			if len(vs) > 1 {
+				older = len(vs) - 1
+			}
+			out.HistoryCounts = append(out.HistoryCounts, uint32(older))
+			for j := 1; j < len(vs); j++ {
+				hvecs = appendFloats(hvecs, vs[j].Values, f16)
+				addMeta(hist, &vs[j], now)
+				if nColumns > 0 {
+					hscores = appendScores(hscores, vs[j].Scores, nColumns, f16)
+				}
+			}
+		}
+	}
+	out.Vectors, out.Scores = vecs, scores
+	if h > 1 {
+		out.HistoryVectors, out.HistoryScores, out.HistoryMeta = hvecs, hscores, hist
+	}
+	return out, nil
+}
+
+// addMeta appends one row of meta columns (v nil: a user not found, all 0).
+func addMeta(m *pb.VectorMetaColumns, v *store.Vector, now float64) {
+	var ts, wv, newest int64
+	var nev int32
+	age := 0.0
+	if v != nil {
+		ts, wv, nev = v.ComputedAtMs, v.WindowVersion, int32(v.NEvents)
+		age = math.Max(0, now-float64(ts)/1000.0)
+		if v.HasMarker {
+			newest = v.MarkerTsMs
+		}
+	}
+	m.ComputedAtMs = append(m.ComputedAtMs, ts)
+	m.AgeSeconds = append(m.AgeSeconds, age)
+	m.NEvents = append(m.NEvents, nev)
+	m.WindowVersion = append(m.WindowVersion, wv)
+	m.NewestEventMs = append(m.NewestEventMs, newest)
+	m.ShortTermEvents = append(m.ShortTermEvents, 0)
+}
+
+// appendScores appends n score columns: the stored ones, NaN where the record holds none
+// (embeddings._scores).
+func appendScores(buf []byte, s []float32, n int, f16 bool) []byte {
+	nan := math.Float32frombits(0x7fc00000)
+	for j := 0; j < n; j++ {
+		x := nan
+		if j < len(s) {
+			x = s[j]
+		}
+		buf = appendFloat(buf, x, f16)
+	}
+	return buf
+}
+
+func appendFloats(buf []byte, xs []float32, f16 bool) []byte {
+	for _, x := range xs {
+		buf = appendFloat(buf, x, f16)
+	}
+	return buf
+}
+
+func appendFloat(buf []byte, x float32, f16 bool) []byte {
+	if f16 {
+		return binary.LittleEndian.AppendUint16(buf, store.FloatToHalf(x))
+	}
+	return binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
+}
+
+func itoa(i int) string {
+	if i < 10 {
+		return string(rune('0' + i))
+	}
+	return itoa(i/10) + string(rune('0'+i%10))
+}

@@ -1,0 +1,234 @@
+// Package front is the Go front of persona serve: GetEmbeddings answered from the store
+// on the nearline path, everything else (and every GetEmbeddings it cannot answer the way
+// Python would) forwarded unchanged to the Python upstream.
+package front
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/subtle"
+	"encoding/hex"
+	"io"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+
+	pb "persona/clients/go/personav1"
+	"persona/front/go/resp"
+)
+
+// GetEmbeddingsMethod is the one method the front may answer itself.
+const GetEmbeddingsMethod = "/persona.v1.UserEmbeddingService/GetEmbeddings"
+
+const requestIDKey = "x-request-id"
+
+// frame is a message as its wire bytes.
+type frame struct{ b []byte }
+
+// rawCodec passes frames through untouched (server side and client side).
+type rawCodec struct{}
+
+func (rawCodec) Marshal(v interface{}) ([]byte, error) { return v.(*frame).b, nil }
+func (rawCodec) Unmarshal(data []byte, v interface{}) error {
+	v.(*frame).b = append([]byte(nil), data...)
+	return nil
+}
+func (rawCodec) Name() string   { return "proto" }
+func (rawCodec) String() string { return "proto" }
+
+// Config of a Front.
+type Config struct {
+	Limits      Limits
+	Dim         int           // served dimension; 0: learnt from upstream answers
+	VersionTTL  time.Duration // as persona serve's version_cache_s
+	HeadTTL     time.Duration // how long "version has no head" is believed
+	StoreBudget time.Duration // longest store read of a local answer
+	AuthToken   string        // upstream's bearer token ("" = none required)
+}
+
+// Front is the server's behaviour.
+type Front struct {
+	upstream *grpc.ClientConn
+	store    *resp.Store
+	limits   Limits
+	versions *versions
+	heads    *heads
+	dim      atomic.Int32
+	budget   time.Duration
+	auth     []byte
+
+	Local, Forwarded atomic.Int64 // GetEmbeddings answered here / sent up
+}
+
+// New makes a Front over an upstream connection and a store.
+func New(upstream *grpc.ClientConn, st *resp.Store, cfg Config) *Front {
+	f := &Front{upstream: upstream, store: st, limits: cfg.Limits,
+		versions: newVersions(st, cfg.VersionTTL),
+		heads:    &heads{ttl: cfg.HeadTTL, of: map[string]headSeen{}},
+		budget:   cfg.StoreBudget}
+	if cfg.AuthToken != "" {
+		f.auth = []byte("Bearer " + cfg.AuthToken)
+	}
+	f.dim.Store(int32(cfg.Dim))
+	return f
+}
+
+// ServerOptions route every call to the front's handler as raw bytes.
+func (f *Front) ServerOptions() []grpc.ServerOption {
+	return []grpc.ServerOption{grpc.CustomCodec(rawCodec{}), grpc.UnknownServiceHandler(f.handle)}
+}
+
+func (f *Front) handle(_ interface{}, ss grpc.ServerStream) error {
+	method, ok := grpc.MethodFromServerStream(ss)
+	if !ok {
+		return status.Error(codes.Internal, "no method")
+	}
+	if method == GetEmbeddingsMethod {
+		return f.getEmbeddings(ss)
+	}
+	return f.forwardStream(method, ss)
+}
+
+// outgoing is the caller's metadata for the upstream call (deadline and cancellation come
+// with ctx).
+func outgoing(ctx context.Context) context.Context {
+	md, _ := metadata.FromIncomingContext(ctx)
+	md = md.Copy()
+	delete(md, ":authority")
+	delete(md, "user-agent")
+	return metadata.NewOutgoingContext(ctx, md)
+}
+
+func (f *Front) authorized(ctx context.Context) bool {
+	if f.auth == nil {
+		return true
+	}
+	md, _ := metadata.FromIncomingContext(ctx)
+	got := md.Get("authorization")
+	return len(got) > 0 && subtle.ConstantTimeCompare([]byte(got[0]), f.auth) == 1
+}
+
+func (f *Front) getEmbeddings(ss grpc.ServerStream) error {
+	ctx := ss.Context()
+	in := &frame{}
+	if err := ss.RecvMsg(in); err != nil {
+		return err
+	}
+	req := &pb.GetEmbeddingsRequest{}
+	if proto.Unmarshal(in.b, req) == nil && f.authorized(ctx) {
+		deadline := time.Now().Add(f.budget)
+		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+			deadline = d.Add(-2 * time.Millisecond)
+		}
+		if out, err := f.answer(req, deadline); err == nil {
+			b, err := proto.Marshal(out)
+			if err == nil {
+				f.Local.Add(1)
+				_ = ss.SendHeader(metadata.Pairs(requestIDKey, requestID(ctx)))
+				return ss.SendMsg(&frame{b})
+			}
+		}
+	} else {
+		req = nil
+	}
+	f.Forwarded.Add(1)
+	var header, trailer metadata.MD
+	out := &frame{}
+	err := f.upstream.Invoke(outgoing(ctx), GetEmbeddingsMethod, in, out, grpc.Header(&header),
+		grpc.Trailer(&trailer), grpc.ForceCodec(rawCodec{}))
+	if len(header) > 0 {
+		_ = ss.SendHeader(header)
+	}
+	ss.SetTrailer(trailer)
+	if err != nil {
+		return err
+	}
+	if req != nil {
+		f.learn(req, out.b)
+	}
+	return ss.SendMsg(out)
+}
+
+// learn the served dimension and whether the version has a short-term head from an
+// upstream answer.
+func (f *Front) learn(req *pb.GetEmbeddingsRequest, raw []byte) {
+	got := &pb.GetEmbeddingsResponse{}
+	if proto.Unmarshal(raw, got) != nil || got.Dim <= 0 {
+		return
+	}
+	f.dim.Store(got.Dim)
+	switch req.Part {
+	case pb.VectorPart_VECTOR_PART_UNSPECIFIED, pb.VectorPart_VECTOR_PART_COMBINED:
+		f.heads.learn(got.ModelVersion, got.Part != pb.VectorPart_VECTOR_PART_NEARLINE)
+	}
+}
+
+// requestID is the caller's x-request-id (at most 64 characters) or a new one, as the
+// Python RequestIdInterceptor gives.
+func requestID(ctx context.Context) string {
+	md, _ := metadata.FromIncomingContext(ctx)
+	if got := md.Get(requestIDKey); len(got) > 0 && got[0] != "" {
+		r := []rune(got[0])
+		if len(r) > 64 {
+			r = r[:64]
+		}
+		return string(r)
+	}
+	var b [8]byte
+	_, _ = rand.Read(b[:])
+	return hex.EncodeToString(b[:])
+}
+
+// forwardStream proxies any call (unary or streaming) to the upstream: messages both
+// ways as bytes, headers and trailers back, the upstream's status returned as is.
+func (f *Front) forwardStream(method string, ss grpc.ServerStream) error {
+	ctx, cancel := context.WithCancel(ss.Context())
+	defer cancel()
+	desc := &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
+	cs, err := f.upstream.NewStream(outgoing(ctx), desc, method, grpc.ForceCodec(rawCodec{}))
+	if err != nil {
+		return err
+	}
+	go func() {
+		for {
+			m := &frame{}
+			if err := ss.RecvMsg(m); err != nil {
+				if err == io.EOF {
+					_ = cs.CloseSend()
+				} else {
+					cancel()
+				}
+				return
+			}
+			if cs.SendMsg(m) != nil {
+				return // the upstream ended the call: its status comes from RecvMsg
+			}
+		}
+	}()
+	first := true
+	for {
+		m := &frame{}
+		err := cs.RecvMsg(m)
+		if first {
+			first = false
+			if h, herr := cs.Header(); herr == nil && len(h) > 0 {
+				_ = ss.SendHeader(h)
+			}
+		}
+		if err != nil {
+			ss.SetTrailer(cs.Trailer())
+			if err == io.EOF {
+				return nil
+			}
+			return err
+		}
+		if err := ss.SendMsg(m); err != nil {
+			return err
+		}
+	}
+}

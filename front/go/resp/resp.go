@@ -1,0 +1,252 @@
+// Package resp is a small RESP2 client for the front's store reads: commands appended to
+// one buffer per node and written in one write, replies read in order from a buffered
+// reader. Connections are pooled per node; a connection that saw any error is closed.
+package resp
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"strconv"
+	"time"
+)
+
+// Reply is one RESP2 reply. Kind: '+' simple string, '-' error, ':' integer, '$' bulk
+// string, '*' array. Nil is set for a null bulk string or null array.
+type Reply struct {
+	Kind  byte
+	Str   []byte
+	Int   int64
+	Array []Reply
+	Nil   bool
+}
+
+// Err is the error reply's message, or "".
+func (r *Reply) Err() string {
+	if r.Kind == '-' {
+		return string(r.Str)
+	}
+	return ""
+}
+
+// AppendCommand appends args as a RESP array of bulk strings.
+func AppendCommand(buf []byte, args ...[]byte) []byte {
+	buf = append(buf, '*')
+	buf = strconv.AppendInt(buf, int64(len(args)), 10)
+	buf = append(buf, '\r', '\n')
+	for _, a := range args {
+		buf = append(buf, '$')
+		buf = strconv.AppendInt(buf, int64(len(a)), 10)
+		buf = append(buf, '\r', '\n')
+		buf = append(buf, a...)
+		buf = append(buf, '\r', '\n')
+	}
+	return buf
+}
+
+// ErrProtocol is returned for bytes that are not RESP2.
+var ErrProtocol = errors.New("resp: protocol error")
+
+const maxBulk = 512 << 20
+
+// ReadReply reads one reply.
+func ReadReply(r *bufio.Reader) (Reply, error) {
+	line, err := readLine(r)
+	if err != nil {
+		return Reply{}, err
+	}
+	if len(line) == 0 {
+		return Reply{}, ErrProtocol
+	}
+	kind, rest := line[0], line[1:]
+	switch kind {
+	case '+', '-':
+		return Reply{Kind: kind, Str: append([]byte(nil), rest...)}, nil
+	case ':':
+		n, err := strconv.ParseInt(string(rest), 10, 64)
+		if err != nil {
+			return Reply{}, ErrProtocol
+		}
+		return Reply{Kind: kind, Int: n}, nil
+	case '$':
+		n, err := strconv.ParseInt(string(rest), 10, 64)
+		if err != nil || n < -1 || n > maxBulk {
+			return Reply{}, ErrProtocol
+		}
+		if n == -1 {
+			return Reply{Kind: kind, Nil: true}, nil
+		}
+		buf := make([]byte, n+2)
+		if _, err := io.ReadFull(r, buf); err != nil {
+			return Reply{}, err
+		}
+		if buf[n] != '\r' || buf[n+1] != '\n' {
+			return Reply{}, ErrProtocol
+		}
+		return Reply{Kind: kind, Str: buf[:n:n]}, nil
+	case '*':
+		n, err := strconv.ParseInt(string(rest), 10, 64)
+		if err != nil || n < -1 || n > 1<<24 {
+			return Reply{}, ErrProtocol
+		}
+		if n == -1 {
+			return Reply{Kind: kind, Nil: true}, nil
+		}
+		arr := make([]Reply, n)
+		for i := range arr {
+			if arr[i], err = ReadReply(r); err != nil {
+				return Reply{}, err
+			}
+		}
+		return Reply{Kind: kind, Array: arr}, nil
+	}
+	return Reply{}, ErrProtocol
+}
+
+func readLine(r *bufio.Reader) ([]byte, error) {
+	line, err := r.ReadSlice('\n')
+	if err == bufio.ErrBufferFull {
+		return nil, ErrProtocol
+	}
+	if err != nil {
+		return nil, err
+	}
+	if len(line) < 2 || line[len(line)-2] != '\r' {
+		return nil, ErrProtocol
+	}
+	return line[:len(line)-2], nil
+}
+
+// Conn is one connection to a node.
+type Conn struct {
+	net  net.Conn
+	r    *bufio.Reader
+	Addr string
+}
+
+// Auth is what a new connection sends before use: AUTH when Password is set, SELECT when
+// DB is not 0.
+type Auth struct {
+	Username, Password string
+	DB                 int
+}
+
+// Dial connects to addr and authenticates / selects the database.
+func Dial(addr string, auth Auth, timeout time.Duration) (*Conn, error) {
+	nc, err := net.DialTimeout("tcp", addr, timeout)
+	if err != nil {
+		return nil, err
+	}
+	if tc, ok := nc.(*net.TCPConn); ok {
+		_ = tc.SetNoDelay(true)
+	}
+	c := &Conn{net: nc, r: bufio.NewReaderSize(nc, 64<<10), Addr: addr}
+	var hello [][][]byte
+	if auth.Password != "" {
+		if auth.Username != "" {
+			hello = append(hello, [][]byte{[]byte("AUTH"), []byte(auth.Username), []byte(auth.Password)})
+		} else {
+			hello = append(hello, [][]byte{[]byte("AUTH"), []byte(auth.Password)})
+		}
+	}
+	if auth.DB != 0 {
+		hello = append(hello, [][]byte{[]byte("SELECT"), []byte(strconv.Itoa(auth.DB))})
+	}
+	if len(hello) > 0 {
+		var buf []byte
+		for _, h := range hello {
+			buf = AppendCommand(buf, h...)
+		}
+		replies, err := c.Do(buf, len(hello), time.Now().Add(timeout))
+		if err == nil {
+			for _, r := range replies {
+				if e := r.Err(); e != "" {
+					err = fmt.Errorf("%s: %s", addr, e)
+				}
+			}
+		}
+		if err != nil {
+			c.Close()
+			return nil, err
+		}
+	}
+	return c, nil
+}
+
+// Write writes packed commands (one write) with the deadline set.
+func (c *Conn) Write(buf []byte, deadline time.Time) error {
+	if err := c.net.SetDeadline(deadline); err != nil {
+		return err
+	}
+	_, err := c.net.Write(buf)
+	return err
+}
+
+// Read reads n replies in order.
+func (c *Conn) Read(n int) ([]Reply, error) {
+	out := make([]Reply, n)
+	for i := range out {
+		var err error
+		if out[i], err = ReadReply(c.r); err != nil {
+			return nil, err
+		}
+	}
+	return out, nil
+}
+
+// Do writes packed commands and reads their n replies.
+func (c *Conn) Do(buf []byte, n int, deadline time.Time) ([]Reply, error) {
+	if err := c.Write(buf, deadline); err != nil {
+		return nil, err
+	}
+	return c.Read(n)
+}
+
+// Close closes the connection.
+func (c *Conn) Close() { _ = c.net.Close() }
+
+// Pool keeps idle connections to one node (LIFO up to its capacity).
+type Pool struct {
+	addr    string
+	auth    Auth
+	timeout time.Duration
+	idle    chan *Conn
+}
+
+// NewPool makes a pool of at most size idle connections to addr.
+func NewPool(addr string, auth Auth, dialTimeout time.Duration, size int) *Pool {
+	return &Pool{addr: addr, auth: auth, timeout: dialTimeout, idle: make(chan *Conn, size)}
+}
+
+// Get returns an idle connection or dials a new one.
+func (p *Pool) Get() (*Conn, error) {
+	select {
+	case c := <-p.idle:
+		return c, nil
+	default:
+		return Dial(p.addr, p.auth, p.timeout)
+	}
+}
+
+// Put keeps a healthy connection (or closes it when the pool is full).
+func (p *Pool) Put(c *Conn) {
+	select {
+	case p.idle <- c:
+	default:
+		c.Close()
+	}
+}
+
+// Close closes the idle connections.
+func (p *Pool) Close() {
+	for {
+		select {
+		case c := <-p.idle:
+			c.Close()
+		default:
+			return
+		}
+	}
+}

@@ -1,0 +1,104 @@
+"""Fixtures of the Go front's tests: the binary (front/go/cmd/persona-front, built in GOPATH
+mode beside the Go client's toolchain checks) and a running front before a test's server."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import grpc
+import pytest
+
+from tests.clients.conftest import go_env, holder, running, serve, users
+from tests.clients.conftest import vstore as vstore
+
+__all__ = ["Front", "build", "front_bin", "go_env", "holder", "running", "serve", "start_front",
+           "users", "vstore"]  # fmt: skip
+
+ROOT = Path(__file__).resolve().parents[2]
+FRONT_DIR = ROOT / "front" / "go"
+
+
+def build(go_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    """front/go/build.sh (GOPATH mode over Debian's packaged sources) with `args`."""
+    return subprocess.run([str(FRONT_DIR / "build.sh"), *args], env=go_env, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+
+
+@pytest.fixture(scope="session")
+def front_bin(go_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("front") / "persona-front"
+    proc = build(go_env, str(out))
+    assert proc.returncode == 0, proc.stderr
+    return out
+
+
+class Front:
+    """A started persona-front: its process, address and channel."""
+
+    def __init__(self, proc: subprocess.Popen[str], info: dict[str, Any]) -> None:
+        self.proc = proc
+        self.address: str = info["listen"]
+        self.cluster: bool = info["cluster"]
+        self.channel = grpc.insecure_channel(self.address)
+        self.stderr: str | None = None
+
+    def stop(self) -> str:
+        """SIGTERM, wait (kill after 10 s); the process's stderr. Idempotent."""
+        if self.stderr is not None:
+            return self.stderr
+        self.channel.close()
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.stderr = self.proc.stderr.read() if self.proc.stderr else ""
+        for f in (self.proc.stdout, self.proc.stderr):
+            if f:
+                f.close()
+        return self.stderr
+
+    def counts(self) -> tuple[int, int]:
+        """Stops the front: (GetEmbeddings answered locally, forwarded)."""
+        err = self.stop()
+        assert "local " in err, err
+        local, forwarded = err.split("local ")[1].split(")")[0].split(", forwarded ")
+        return int(local), int(forwarded)
+
+
+@pytest.fixture
+def start_front(front_bin: Path) -> Iterator[Callable[..., Front]]:
+    """`start_front(upstream_port, store_url, *flags)` -> a running Front; every one stopped
+    after the test, whatever its outcome."""
+    started: list[Front] = []
+
+    def start(upstream_port: int, store: str, *flags: str) -> Front:
+        proc = subprocess.Popen(
+            [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{upstream_port}",
+             "-store", store, *flags],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
+        )  # fmt: skip
+        front: Front | None = None
+        try:
+            line = proc.stdout.readline() if proc.stdout else ""
+            assert line, f"persona-front exited: {proc.stderr.read() if proc.stderr else ''}"
+            front = Front(proc, json.loads(line))
+        finally:
+            if front is None:
+                proc.kill()
+                proc.wait(10)
+        started.append(front)
+        return front
+
+    try:
+        yield start
+    finally:
+        for f in started:
+            f.stop()
