@@ -8,16 +8,35 @@ import os
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import grpc
 import pytest
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc as pb_grpc
 
 from tests.clients.conftest import go_env, holder, running, serve, users
 from tests.clients.conftest import vstore as vstore
 
-__all__ = ["Front", "build", "front_bin", "go_env", "holder", "running", "serve", "start_front",
-           "users", "vstore"]  # fmt: skip
+if TYPE_CHECKING:
+    from services.store.vectors import VectorStore
+
+__all__ = [
+    "Front",
+    "both",
+    "build",
+    "front_bin",
+    "go_env",
+    "holder",
+    "plain",
+    "running",
+    "serve",
+    "start_front",
+    "store_address",
+    "stub",
+    "users",
+    "vstore",
+]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
 FRONT_DIR = ROOT / "front" / "go"
@@ -102,3 +121,32 @@ def start_front(front_bin: Path) -> Iterator[Callable[..., Front]]:
     finally:
         for f in started:
             f.stop()
+
+
+def store_address(vstore: VectorStore) -> str:
+    """`host:port` of the test's single Valkey (db `tests.serving.support.DB`)."""
+    kw = vstore.client.get_connection_kwargs()
+    return f"{kw['host']}:{kw['port']}"
+
+
+def stub(ch: grpc.Channel) -> Any:
+    return pb_grpc.UserEmbeddingServiceStub(ch)
+
+
+def plain(resp: pb.GetEmbeddingsResponse) -> pb.GetEmbeddingsResponse:
+    """The answer without its `age_seconds` columns (they follow the clock)."""
+    out = pb.GetEmbeddingsResponse()
+    out.CopyFrom(resp)
+    del out.meta.age_seconds[:]
+    del out.history_meta.age_seconds[:]
+    return out
+
+
+def both(front: Front, upstream: Any, req: pb.GetEmbeddingsRequest) -> pb.GetEmbeddingsResponse:
+    """The front's answer, asserted equal to the Python server's (`upstream`, a Running) and
+    not empty (an empty answer must not match an empty answer by accident)."""
+    got = plain(stub(front.channel).GetEmbeddings(req, timeout=10))
+    want = plain(upstream.stub.GetEmbeddings(req, timeout=10))
+    assert got == want, f"request {req}"
+    assert len(got.statuses) == len(req.user_ids) and got.dim > 0 and got.vectors
+    return got

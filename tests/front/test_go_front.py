@@ -16,12 +16,11 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from persona.v1 import service_pb2 as pb
-from persona.v1 import service_pb2_grpc as pb_grpc
 
 from services.index.holder import IndexHolder
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
-from tests.front.conftest import Front, build
+from tests.front.conftest import Front, both, build, plain, store_address, stub
 from tests.serving.support import DB, DIM, NOW_MS, V1, V2, Running
 
 pytestmark = pytest.mark.integration
@@ -75,30 +74,8 @@ def front(
     start_front: Callable[..., Front], running: Running, vstore: VectorStore,
     extra_users: list[str],
 ) -> Front:  # fmt: skip
-    url = vstore.client.get_connection_kwargs()
-    return start_front(running.server.port, f"{url['host']}:{url['port']}", "-db", str(DB),
+    return start_front(running.server.port, store_address(vstore), "-db", str(DB),
                        "-max-batch", "300", "-version-cache", "0s")  # fmt: skip
-
-
-def _stub(ch: grpc.Channel) -> Any:
-    return pb_grpc.UserEmbeddingServiceStub(ch)
-
-
-def _plain(resp: pb.GetEmbeddingsResponse) -> pb.GetEmbeddingsResponse:
-    out = pb.GetEmbeddingsResponse()
-    out.CopyFrom(resp)
-    del out.meta.age_seconds[:]
-    del out.history_meta.age_seconds[:]
-    return out
-
-
-def _both(front: Front, running: Running, req: pb.GetEmbeddingsRequest) -> None:
-    """The front's answer equals the Python server's (the one compared both ways, so that
-    an empty answer cannot match an empty answer by accident)."""
-    got = _plain(_stub(front.channel).GetEmbeddings(req, timeout=10))
-    want = _plain(running.stub.GetEmbeddings(req, timeout=10))
-    assert got == want, f"request {req}"
-    assert got.statuses and got.dim == DIM
 
 
 def _requests(extra: list[str]) -> list[pb.GetEmbeddingsRequest]:
@@ -127,21 +104,21 @@ def _requests(extra: list[str]) -> list[pb.GetEmbeddingsRequest]:
 
 def test_answers_equal_python(front: Front, running: Running, extra_users: list[str]) -> None:
     for req in _requests(extra_users):
-        _both(front, running, req)
+        both(front, running, req)
     # the same again: default and combined parts are now known to be nearline (no head)
     for req in _requests(extra_users):
-        _both(front, running, req)
+        both(front, running, req)
     local, forwarded = front.counts()
     assert local > forwarded > 0
 
 
 def test_request_id_comes_back(front: Front, running: Running) -> None:
     req = pb.GetEmbeddingsRequest(user_ids=["u1"], part=NEARLINE)
-    _, call = _stub(front.channel).GetEmbeddings.with_call(
+    _, call = stub(front.channel).GetEmbeddings.with_call(
         req, metadata=(("x-request-id", "rid-123"),), timeout=10
     )
     assert ("x-request-id", "rid-123") in call.initial_metadata()
-    _, call = _stub(front.channel).GetEmbeddings.with_call(req, timeout=10)
+    _, call = stub(front.channel).GetEmbeddings.with_call(req, timeout=10)
     assert any(k == "x-request-id" and v for k, v in call.initial_metadata())
 
 
@@ -167,7 +144,7 @@ def test_refusals_equal_python(
     errors = []
     for ch in (front.channel, running.channel):
         with pytest.raises(grpc.RpcError) as exc:
-            _stub(ch).GetEmbeddings(req, timeout=10)
+            stub(ch).GetEmbeddings(req, timeout=10)
         errors.append((exc.value.code(), exc.value.details()))
     assert errors[0] == errors[1]
     assert errors[0][0] in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.FAILED_PRECONDITION)
@@ -175,17 +152,17 @@ def test_refusals_equal_python(
 
 def test_other_methods_go_through(front: Front, running: Running, holder: IndexHolder) -> None:
     for ch_a, ch_b in ((front.channel, running.channel),):
-        got = _stub(ch_a).FindLookalikes(pb.FindLookalikesRequest(user_id="u4", k=5), timeout=10)
-        want = _stub(ch_b).FindLookalikes(pb.FindLookalikesRequest(user_id="u4", k=5), timeout=10)
+        got = stub(ch_a).FindLookalikes(pb.FindLookalikesRequest(user_id="u4", k=5), timeout=10)
+        want = stub(ch_b).FindLookalikes(pb.FindLookalikesRequest(user_id="u4", k=5), timeout=10)
         assert got == want and len(got.neighbors) == 5
-        info = [_stub(c).GetModelInfo(pb.GetModelInfoRequest(), timeout=10) for c in (ch_a, ch_b)]
+        info = [stub(c).GetModelInfo(pb.GetModelInfoRequest(), timeout=10) for c in (ch_a, ch_b)]
         for i in info:
             i.index.seconds_since_update = 0
         assert info[0] == info[1] and info[0].active_version == V1
         health = health_pb2_grpc.HealthStub(ch_a).Check(health_pb2.HealthCheckRequest(), timeout=10)
         assert health.status == health_pb2.HealthCheckResponse.SERVING
     with pytest.raises(grpc.RpcError) as exc:
-        _stub(front.channel).FindLookalikes(pb.FindLookalikesRequest(user_id="u4", k=0), timeout=10)
+        stub(front.channel).FindLookalikes(pb.FindLookalikesRequest(user_id="u4", k=0), timeout=10)
     with pytest.raises(grpc.RpcError) as direct:
         running.stub.FindLookalikes(pb.FindLookalikesRequest(user_id="u4", k=0), timeout=10)
     assert (exc.value.code(), exc.value.details()) == (direct.value.code(), direct.value.details())
@@ -199,19 +176,18 @@ def test_nearline_answered_without_upstream(
     holder: IndexHolder, extra_users: list[str],
 ) -> None:  # fmt: skip
     upstream = serve(vstore, holder)
-    url = vstore.client.get_connection_kwargs()
-    front = start_front(upstream.server.port, f"{url['host']}:{url['port']}", "-db", str(DB),
+    front = start_front(upstream.server.port, store_address(vstore), "-db", str(DB),
                         "-version-cache", "0s")  # fmt: skip
     req = pb.GetEmbeddingsRequest(user_ids=["u1", "fh", "nobody"], history_depth=1, part=NEARLINE)
-    want = _plain(upstream.stub.GetEmbeddings(req, timeout=10))  # also teaches the dimension
-    _stub(front.channel).GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=["u1"]), timeout=10)
+    want = plain(upstream.stub.GetEmbeddings(req, timeout=10))  # also teaches the dimension
+    stub(front.channel).GetEmbeddings(pb.GetEmbeddingsRequest(user_ids=["u1"]), timeout=10)
     upstream.server.stop(grace_s=0)
     time.sleep(0.2)
-    assert _plain(_stub(front.channel).GetEmbeddings(req, timeout=10)) == want
+    assert plain(stub(front.channel).GetEmbeddings(req, timeout=10)) == want
     default = pb.GetEmbeddingsRequest(user_ids=["u1"])  # learnt: V1 has no head
-    assert _stub(front.channel).GetEmbeddings(default, timeout=10).part == NEARLINE
+    assert stub(front.channel).GetEmbeddings(default, timeout=10).part == NEARLINE
     with pytest.raises(grpc.RpcError) as exc:  # anything forwarded fails now
-        _stub(front.channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+        stub(front.channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
     assert exc.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
@@ -236,7 +212,7 @@ def test_cluster_answers_equal_python(
         assert front.cluster
         ids = [f"c{i}" for i in range(0, 130, 3)] + ["c1", "c1"]
         for depth in (0, 2, 0, 1):
-            _both(front, upstream, pb.GetEmbeddingsRequest(user_ids=ids, history_depth=depth,
+            both(front, upstream, pb.GetEmbeddingsRequest(user_ids=ids, history_depth=depth,
                                                            part=NEARLINE))  # fmt: skip
         assert front.counts() == (3, 1)  # the first taught the dimension
     finally:

@@ -3,7 +3,6 @@ package front
 import (
 	"encoding/binary"
 	"math"
-	"sync"
 	"time"
 
 	pb "persona/clients/go/personav1"
@@ -14,37 +13,6 @@ import (
 // Limits are services/serving/config.py Limits (the GetEmbeddings ones).
 type Limits struct {
 	MaxBatch, MaxHistory, MaxIDBytes int
-}
-
-// heads remembers, per version, whether the upstream serves it with a short-term head,
-// learnt from the `part` of the GetEmbeddings answers it forwarded (a default or combined
-// request answered NEARLINE: no head). Until known, or after ttl, such requests go up.
-type heads struct {
-	ttl time.Duration
-	mu  sync.Mutex
-	of  map[string]headSeen
-}
-
-type headSeen struct {
-	has bool
-	at  time.Time
-}
-
-func (h *heads) learn(version string, has bool) {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	if len(h.of) > 256 {
-		h.of = map[string]headSeen{}
-	}
-	h.of[version] = headSeen{has, time.Now()}
-}
-
-// noHead: known (within ttl) to be served without a head.
-func (h *heads) noHead(version string) bool {
-	h.mu.Lock()
-	defer h.mu.Unlock()
-	s, ok := h.of[version]
-	return ok && !s.has && time.Since(s.at) < h.ttl
 }
 
 // valid mirrors the servicer's and validate.py's checks; anything they would refuse is
@@ -70,26 +38,20 @@ func valid(req *pb.GetEmbeddingsRequest, lim Limits) bool {
 	return int64(req.HistoryDepth) <= int64(lim.MaxHistory)
 }
 
-// localPart: whether the request's part can be answered nearline by the front.
-func (f *Front) localPart(req *pb.GetEmbeddingsRequest, version string) bool {
-	switch req.Part {
-	case pb.VectorPart_VECTOR_PART_NEARLINE:
-		return true
-	case pb.VectorPart_VECTOR_PART_UNSPECIFIED, pb.VectorPart_VECTOR_PART_COMBINED:
-		return f.heads.noHead(version)
-	}
-	return false
-}
-
 // answer is services/serving/embeddings.py get_embeddings + responses.embeddings_response
-// for the nearline path, or errForward.
+// for the nearline path and, under a version with a short-term head, for users whose
+// rows the ingest's delta (or nothing) answers; else errForward.
 func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.GetEmbeddingsResponse, error) {
 	dim := int(f.dim.Load())
 	if dim <= 0 || !valid(req, f.limits) {
 		return nil, errForward
 	}
 	version, err := f.versions.resolve(req.ModelVersion, deadline)
-	if err != nil || !f.localPart(req, version) {
+	if err != nil {
+		return nil, errForward
+	}
+	m, ok := f.localMode(req, version)
+	if !ok {
 		return nil, errForward
 	}
 	nColumns := 0
@@ -110,12 +72,21 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 				Args: [][]byte{[]byte("LRANGE"), key, []byte("0"), last}})
 		}
 	}
+	distinct := len(cmds)
+	if m != nearline { // read_recent: each user's meta v and delta in the same round trip
+		field := store.DeltaField(version)
+		for _, u := range req.UserIds {
+			if at[u] == len(cmds)-distinct {
+				cmds = append(cmds, metaCmd(u, field))
+			}
+		}
+	}
 	replies, err := f.store.Do(cmds, deadline)
 	if err != nil {
 		return nil, errForward
 	}
-	stored := make([][]store.Vector, len(cmds))
-	for i, r := range replies {
+	stored := make([][]store.Vector, distinct)
+	for i, r := range replies[:distinct] {
 		if r.Kind != '*' || len(r.Array) > h {
 			return nil, errForward
 		}
@@ -125,6 +96,15 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 				return nil, errForward // Python: an error or another dimension
 			}
 			stored[i] = append(stored[i], v)
+		}
+	}
+	folds := make([]folded, distinct)
+	if m != nearline {
+		if folds, err = foldFromDeltas(stored, replies[distinct:], dim); err != nil {
+			return nil, err
+		}
+		if req.IncludeScores && anyFolded(folds) {
+			return nil, errForward // rescored by the version's outcome heads
 		}
 	}
 	n := len(req.UserIds)
@@ -147,28 +127,38 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 		Meta:     &pb.VectorMetaColumns{},
 		Part:     pb.VectorPart_VECTOR_PART_NEARLINE,
 	}
+	switch m {
+	case combined:
+		out.Part = pb.VectorPart_VECTOR_PART_COMBINED
+	case shortTerm:
+		out.Part = pb.VectorPart_VECTOR_PART_SHORT_TERM
+	}
 	if nColumns > 0 {
 		out.NScores = int32(nColumns)
 	}
 	var vecs, scores, hvecs, hscores []byte
 	hist := &pb.VectorMetaColumns{}
-	zeros := make([]float32, dim)
+	zeros, sum := make([]float32, dim), make([]float32, dim)
 	for i, u := range req.UserIds {
-		vs := stored[at[u]]
+		vs, fo := stored[at[u]], &folds[at[u]]
 		if len(vs) == 0 {
 			out.Statuses[i] = pb.EmbeddingStatus_EMBEDDING_STATUS_NOT_FOUND
-			vecs = appendFloats(vecs, zeros, f16)
+			vecs = appendFloats(vecs, fo.row(m, zeros, zeros, sum), f16)
 			addMeta(out.Meta, nil, now)
 			if nColumns > 0 {
 				scores = appendScores(scores, nil, nColumns, f16)
 			}
 		} else {
 			out.Statuses[i] = pb.EmbeddingStatus_EMBEDDING_STATUS_FOUND
-			vecs = appendFloats(vecs, vs[0].Values, f16)
+			vecs = appendFloats(vecs, fo.row(m, vs[0].Values, zeros, sum), f16)
 			addMeta(out.Meta, &vs[0], now)
 			if nColumns > 0 {
 				scores = appendScores(scores, vs[0].Scores, nColumns, f16)
 			}
+		}
+		if fo.events > 0 { // folding.fold: the delta's events and newest event
+			last := len(out.Meta.NewestEventMs) - 1
+			out.Meta.NewestEventMs[last], out.Meta.ShortTermEvents[last] = fo.newest, fo.events
 		}
 		if h > 1 {
 			older := 0

@@ -46,7 +46,7 @@ type Config struct {
 	Limits      Limits
 	Dim         int           // served dimension; 0: learnt from upstream answers
 	VersionTTL  time.Duration // as persona serve's version_cache_s
-	HeadTTL     time.Duration // how long "version has no head" is believed
+	HeadTTL     time.Duration // how long "version has (no) head" is believed
 	StoreBudget time.Duration // longest store read of a local answer
 	AuthToken   string        // upstream's bearer token ("" = none required)
 }
@@ -164,7 +164,16 @@ func (f *Front) learn(req *pb.GetEmbeddingsRequest, raw []byte) {
 	f.dim.Store(got.Dim)
 	switch req.Part {
 	case pb.VectorPart_VECTOR_PART_UNSPECIFIED, pb.VectorPart_VECTOR_PART_COMBINED:
-		f.heads.learn(got.ModelVersion, got.Part != pb.VectorPart_VECTOR_PART_NEARLINE)
+		switch got.Part {
+		case pb.VectorPart_VECTOR_PART_NEARLINE:
+			f.heads.learn(got.ModelVersion, false)
+		case pb.VectorPart_VECTOR_PART_COMBINED:
+			f.heads.learn(got.ModelVersion, true)
+		}
+	case pb.VectorPart_VECTOR_PART_SHORT_TERM:
+		if got.Part == pb.VectorPart_VECTOR_PART_SHORT_TERM {
+			f.heads.learn(got.ModelVersion, true)
+		}
 	}
 }
 

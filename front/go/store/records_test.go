@@ -34,15 +34,20 @@ type fixtures struct {
 	} `json:"keys"`
 }
 
-func load(t *testing.T) fixtures {
+// readFixtures decodes testdata/records.json (written by testdata/gen_fixtures.py) into v.
+func readFixtures(t *testing.T, v interface{}) {
 	raw, err := os.ReadFile("../testdata/records.json")
 	if err != nil {
 		t.Fatal(err)
 	}
-	var f fixtures
-	if err := json.Unmarshal(raw, &f); err != nil {
+	if err := json.Unmarshal(raw, v); err != nil {
 		t.Fatal(err)
 	}
+}
+
+func load(t *testing.T) fixtures {
+	var f fixtures
+	readFixtures(t, &f)
 	return f
 }
 

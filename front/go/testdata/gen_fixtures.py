@@ -17,6 +17,7 @@ from redis.crc import key_slot
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
+from services.store import deltas, layout  # noqa: E402
 from services.store.records import (  # noqa: E402
     StoredVector,
     pack_vector,
@@ -71,8 +72,41 @@ def main() -> None:
     keys = [{"uid": u, "version": "v1-serve", "key_hex": vector_key(u, "v1-serve").hex(),
              "slot": key_slot(vector_key(u, "v1-serve"))} for u in IDS]  # fmt: skip
     with OUT.open("w") as f:
-        json.dump({"records": cases, "bad_records": bad, "halves": halves, "keys": keys}, f,
-                  indent=1)  # fmt: skip
+        json.dump({"records": cases, "bad_records": bad, "halves": halves, "keys": keys,
+                   **short_term()}, f, indent=1)  # fmt: skip
+
+
+def short_term() -> dict[str, Any]:
+    """The short-term delta's fixtures: meta keys and fields, `d<ver>` values and what
+    `delta_batch` makes of them, float32 sums (combined = nearline + delta) as numpy adds."""
+    rng = np.random.default_rng(11)
+    metas = [{"uid": u, "key_hex": layout.meta_key(u).hex(), "slot": key_slot(layout.meta_key(u)),
+              "field_hex": layout.delta_field("v1-serve").hex()} for u in IDS]  # fmt: skip
+    dim, k = 4, 6
+    vals = rng.normal(size=(k, dim)).astype(np.float32)
+    wv = np.array([5, 5, 5, 5, 5, 5])
+    v = np.array([9, 9, 9, 9, 9, 9])
+    n = np.array([3, 0, 3, 3, 3, 2**32 - 1])  # 0 events: never answers
+    packed = deltas.pack_deltas(wv, v, np.arange(k) + 1_700_000_000_000, n, vals)
+    packed[4] = packed[4][:-1]  # another size: never answers
+    want_wv = np.array([5, 5, 6, 5, 5, 5])  # the 3rd: computed on another vector
+    want_v = np.array([9, 9, 9, 10, 9, 9])  # the 4th: the window moved since
+    ok, events, newest, got = deltas.delta_batch(packed, want_wv, want_v, dim)
+    cases = [{"hex": b.hex(), "wv": int(a), "v": int(c), "dim": dim, "ok": bool(o),
+              "events": int(e), "newest": int(t), "delta_bits": bits(d, np.uint32)}
+             for b, a, c, o, e, t, d in zip(packed, want_wv, want_v, ok, events, newest, got,
+                                            strict=True)]  # fmt: skip
+    z = np.concatenate([rng.normal(size=300).astype(np.float32) * 10.0 ** rng.integers(-8, 8, 300),
+                        np.array([-0.0, 0.0, -0.0, np.nan, np.inf, -np.inf, 3e38, -1e-45, 1.0],
+                                 np.float32)]).astype(np.float32)  # fmt: skip
+    d = np.concatenate([rng.normal(size=300).astype(np.float32) * 10.0 ** rng.integers(-8, 8, 300),
+                        np.array([0.0, -0.0, -0.0, 1.0, -np.inf, 1.0, 3e38, 1e-45, 2**-24],
+                                 np.float32)]).astype(np.float32)  # fmt: skip
+    with np.errstate(over="ignore", invalid="ignore"):
+        s = z + d
+    sums = {"a_bits": bits(z, np.uint32), "b_bits": bits(d, np.uint32),
+            "sum_bits": bits(s, np.uint32)}  # fmt: skip
+    return {"meta_keys": metas, "deltas": cases, "sums": sums}
 
 
 if __name__ == "__main__":

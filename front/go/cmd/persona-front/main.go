@@ -37,7 +37,7 @@ func main() {
 	versionCache := flag.Duration("version-cache", time.Second,
 		"active version and states cached this long (persona serve's version_cache_s)")
 	headTTL := flag.Duration("head-ttl", time.Minute,
-		"a version learnt to have no short-term head is believed this long")
+		"whether a version has a short-term head, as learnt from upstream answers, is believed this long")
 	storeTimeout := flag.Duration("store-timeout", time.Second, "longest store read")
 	grace := flag.Duration("grace", 5*time.Second, "in-flight calls may finish this long on SIGTERM")
 	flag.Parse()
