@@ -22,7 +22,9 @@ and `persona ingest` run as child processes, as in production.
   have new events (from their deltas: serving adds them), the same before the deltas (the
   state read in a second round trip and folded: one head delta over 100 users), and the same
   without the state (the script reads the windows, the events' records are decoded). Target
-  (issue #17): p50 with the head <= +0.5 ms over nearline alone (the deltas' row).
+  (issue #17): p50 with the head <= +0.5 ms over nearline alone (the deltas' row). With Go
+  installed, every request set also through the Go front (`serve_front.py`, front/go), in the
+  same turns: it answers the first four itself and forwards the state and window ones.
 - Freshness: a producer sends `--rate` events a second, each for a random user of another
   third (types and values from that user's window), to the events topic (protobuf, key =
   user id, librdkafka defaults of `services.common.kafka.producer`: linger 5 ms); `persona
@@ -50,12 +52,14 @@ import uuid
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import grpc
 import numpy as np
+import serve_front
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc
 from serve import wait_healthy
@@ -88,6 +92,7 @@ BATCH = 100
 NEARLINE = "nearline (part NEARLINE)"
 FULL = "combined, every user with new events (ingest's deltas)"
 FULL_STATE = "combined, every user with new events, before ingest's deltas (the state folded)"
+VIA_FRONT = ", through the Go front"  # the same requests through persona-front (front/go)
 CLI = [sys.executable, "-c", "import sys; from services.cli import main; sys.exit(main())"]
 
 
@@ -132,13 +137,14 @@ def later(ev: Event, eid: str, ts_ms: int) -> Event:
     return replace(ev, event_id=eid, ts_ms=ts_ms)
 
 
-def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
-         groups: tuple[list[str], list[str]], by_user: dict[str, list[Event]],
-         keeper: StateKeeper, args: argparse.Namespace) -> dict[str, list[float]]:  # fmt: skip
+def cost(stub: Any, ws: WindowStore, groups: tuple[list[str], list[str]],
+         by_user: dict[str, list[Event]], keeper: StateKeeper, args: argparse.Namespace,
+         front: Any) -> dict[str, list[float]]:  # fmt: skip
     """GetEmbeddings of 100 ids: nearline, combined without new events, with 10 of the 100
     users having new events, with all of them (ingest's deltas stored), with all of them
     before ingest stored their deltas (the state folded at request time), and with all of
-    them applied without the short-term state (the window read)."""
+    them applied without the short-term state (the window read). With `front`, each request
+    set also through the Go front (which answers the first four itself, the rest forwarded)."""
     fresh, quiet = groups
     # new events with the state and ingest's delta / with the state only / without either
     folded, kept, bare = fresh[0::3], fresh[1::3], fresh[2::3]
@@ -192,12 +198,21 @@ def cost(stub: service_pb2_grpc.UserEmbeddingServiceStub, ws: WindowStore,
         if set(check.meta.short_term_events) != {n}:
             raise RuntimeError(f"{name}: head folded {set(check.meta.short_term_events)} events")
 
-    def call(rs: list[pb.GetEmbeddingsRequest]) -> Callable[[int], object]:
-        return lambda i: np.frombuffer(
-            stub.GetEmbeddings(rs[i % len(rs)], timeout=5).vectors, "<f4"
-        )
+    def call(st: Any, rs: list[pb.GetEmbeddingsRequest]) -> Callable[[int], object]:
+        return lambda i: np.frombuffer(st.GetEmbeddings(rs[i % len(rs)], timeout=5).vectors, "<f4")
 
-    return interleaved({k: call(v) for k, v in calls.items()}, len(calls) * args.cost_seconds)
+    paths = {k: call(stub, v) for k, v in calls.items()}
+    if front is not None:
+        front.GetEmbeddings(calls[FULL][0])  # forwarded: teaches the front the version's head
+        for name, rs in calls.items():
+            got, want = front.GetEmbeddings(rs[0]), stub.GetEmbeddings(rs[0])
+            if (got.vectors, got.meta.short_term_events) != (
+                want.vectors,
+                want.meta.short_term_events,
+            ):
+                raise RuntimeError(f"{name}: the Go front answered otherwise")
+            paths[name + VIA_FRONT] = call(front, rs)
+    return interleaved(paths, len(paths) * args.cost_seconds)
 
 
 def freshness(stub: service_pb2_grpc.UserEmbeddingServiceStub, bootstrap: str, topic: str,
@@ -330,7 +345,9 @@ def run(args: argparse.Namespace, stack: EmbeddedStack, models: Path,
             stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
             keeper = StateKeeper(vectors.versions, RegistryHeads(models), every_s=0.0,
                                  store=vectors)  # fmt: skip
-            costs = cost(stub, ws, thirds[:2], by_user, keeper, args)
+            front = serve_front.GoFront.start(port, [n[8:] for n in a.redis_nodes], 64)
+            with serve_front.channel(front) as fstub:  # None: no Go (logged)
+                costs = cost(stub, ws, thirds[:2], by_user, keeper, args, fstub)
             fresh, missed = freshness(stub, a.bootstrap, a.topic, thirds[2], by_user, args)
     finally:
         for p in procs:
@@ -361,6 +378,12 @@ def report(args: argparse.Namespace, version: str, head: ShortTermHead, fresh: l
         print(f"| {name} | {len(samples):,} | {p50:.2f} | {p99:.2f} |")
     base, full = p50s[NEARLINE], p50s[FULL]
     print(f"\nhead cost, p50: +{full - base:.2f} ms (target <= +0.5 ms)")
+    if FULL + VIA_FRONT in p50s:
+        near_f, full_f = p50s[NEARLINE + VIA_FRONT], p50s[FULL + VIA_FRONT]
+        print(
+            f"through the Go front: +{full_f - near_f:.2f} ms over its own nearline; "
+            f"{full_f:.2f} ms against persona serve's {full:.2f} ms"
+        )
     p50, p99 = percentiles(fresh)
     worst = max(fresh) * 1000 if fresh else float("nan")
     print(f"\nFreshness: {len(fresh)} events at {args.rate:g}/s for {args.seconds:g} s, send ->"

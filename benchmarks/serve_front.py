@@ -11,15 +11,22 @@ other call to the Python server: front/go/README.md.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import shutil
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import grpc
+from persona.v1 import service_pb2_grpc
+
 ROOT = Path(__file__).resolve().parents[1]
 BUILD = ROOT / "front" / "go" / "build.sh"
+log = logging.getLogger("benchmarks.serve_front")
 
 
 class GoFront:
@@ -73,3 +80,18 @@ class GoFront:
                 self.proc.stdout.close()
         finally:
             shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def channel(front: GoFront | str) -> Iterator[Any]:
+    """A UserEmbeddingService stub on the front (None, the reason logged, when `front` is
+    why there is none); the channel closed and the front stopped on exit."""
+    if isinstance(front, str):
+        log.warning("%s", front)
+        yield None
+        return
+    try:
+        with grpc.insecure_channel(front.address) as ch:
+            yield service_pb2_grpc.UserEmbeddingServiceStub(ch)
+    finally:
+        front.stop()
