@@ -63,6 +63,7 @@ class Front:
         self.proc = proc
         self.address: str = info["listen"]
         self.cluster: bool = info["cluster"]
+        self.metrics: str | None = info.get("metrics")  # with -metrics-listen: HOST:PORT
         self.channel = grpc.insecure_channel(self.address)
         self.stderr: str | None = None
 

@@ -40,24 +40,27 @@ func valid(req *pb.GetEmbeddingsRequest, lim Limits) bool {
 
 // answer is services/serving/embeddings.py get_embeddings + responses.embeddings_response
 // for the nearline path and, under a version with a short-term head, for users whose
-// rows the ingest's delta (or nothing) answers; else errForward.
+// rows the ingest's delta (or nothing) answers; else a forwardError, or the store's error.
 func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.GetEmbeddingsResponse, error) {
 	dim := int(f.dim.Load())
-	if dim <= 0 || !valid(req, f.limits) {
-		return nil, errForward
+	if !valid(req, f.limits) {
+		return nil, errInvalid
+	}
+	if dim <= 0 {
+		return nil, errDimUnknown
 	}
 	version, err := f.versions.resolve(req.ModelVersion, deadline)
 	if err != nil {
-		return nil, errForward
+		return nil, err
 	}
 	m, ok := f.localMode(req, version)
 	if !ok {
-		return nil, errForward
+		return nil, errPartOrHead
 	}
 	nColumns := 0
 	if req.IncludeScores {
 		if nColumns, err = f.versions.scoreColumns(version, deadline); err != nil {
-			return nil, errForward
+			return nil, err
 		}
 	}
 	h := 1 + int(req.HistoryDepth)
@@ -83,17 +86,20 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 	}
 	replies, err := f.store.Do(cmds, deadline)
 	if err != nil {
-		return nil, errForward
+		return nil, err
 	}
 	stored := make([][]store.Vector, distinct)
 	for i, r := range replies[:distinct] {
+		if r.Err() != "" {
+			return nil, errStoreReply // e.g. WRONGTYPE: Python's store error
+		}
 		if r.Kind != '*' || len(r.Array) > h {
-			return nil, errForward
+			return nil, errRecord
 		}
 		for _, rec := range r.Array {
 			v, err := store.Decode(rec.Str)
 			if err != nil || len(v.Values) != dim || v.NEvents > math.MaxInt32 {
-				return nil, errForward // Python: an error or another dimension
+				return nil, errRecord // Python: an error or another dimension
 			}
 			stored[i] = append(stored[i], v)
 		}
@@ -104,14 +110,14 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 			return nil, err
 		}
 		if req.IncludeScores && anyFolded(folds) {
-			return nil, errForward // rescored by the version's outcome heads
+			return nil, errRescore // rescored by the version's outcome heads
 		}
 	}
 	n := len(req.UserIds)
 	if req.Fallback == pb.Fallback_FALLBACK_POPULATION_PRIOR {
 		for _, u := range req.UserIds {
 			if len(stored[at[u]]) == 0 {
-				return nil, errForward // the prior is the index's
+				return nil, errFallback // the prior is the index's
 			}
 		}
 	}

@@ -19,6 +19,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	pb "persona/clients/go/personav1"
+	"persona/front/go/metrics"
 	"persona/front/go/resp"
 )
 
@@ -44,11 +45,12 @@ func (rawCodec) String() string { return "proto" }
 // Config of a Front.
 type Config struct {
 	Limits      Limits
-	Dim         int           // served dimension; 0: learnt from upstream answers
-	VersionTTL  time.Duration // as persona serve's version_cache_s
-	HeadTTL     time.Duration // how long "version has (no) head" is believed
-	StoreBudget time.Duration // longest store read of a local answer
-	AuthToken   string        // upstream's bearer token ("" = none required)
+	Dim         int               // served dimension; 0: learnt from upstream answers
+	VersionTTL  time.Duration     // as persona serve's version_cache_s
+	HeadTTL     time.Duration     // how long "version has (no) head" is believed
+	StoreBudget time.Duration     // longest store read of a local answer
+	AuthToken   string            // upstream's bearer token ("" = none required)
+	Metrics     *metrics.Registry // where the front's series go (nil: a registry of its own)
 }
 
 // Front is the server's behaviour.
@@ -61,6 +63,7 @@ type Front struct {
 	dim      atomic.Int32
 	budget   time.Duration
 	auth     []byte
+	m        *frontMetrics
 
 	Local, Forwarded atomic.Int64 // GetEmbeddings answered here / sent up
 }
@@ -75,12 +78,32 @@ func New(upstream *grpc.ClientConn, st *resp.Store, cfg Config) *Front {
 		f.auth = []byte("Bearer " + cfg.AuthToken)
 	}
 	f.dim.Store(int32(cfg.Dim))
+	reg := cfg.Metrics
+	if reg == nil {
+		reg = &metrics.Registry{}
+	}
+	f.m = newFrontMetrics(reg, f)
+	if st != nil {
+		st.OnRelearn = f.m.relearnt
+	}
 	return f
 }
 
-// ServerOptions route every call to the front's handler as raw bytes.
+// MaxMessageBytes is the Python server's limit both ways (services/serving/server.py
+// MAX_MESSAGE_BYTES); grpc-go's default receive limit is 4 MiB.
+const MaxMessageBytes = 16 << 20
+
+// ServerOptions route every call to the front's handler as raw bytes, messages up to
+// MaxMessageBytes as the upstream takes them.
 func (f *Front) ServerOptions() []grpc.ServerOption {
-	return []grpc.ServerOption{grpc.CustomCodec(rawCodec{}), grpc.UnknownServiceHandler(f.handle)}
+	return []grpc.ServerOption{grpc.CustomCodec(rawCodec{}), grpc.UnknownServiceHandler(f.handle),
+		grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}
+}
+
+// DialOptions for the upstream connection: the same message limits.
+func DialOptions() []grpc.DialOption {
+	return []grpc.DialOption{grpc.WithInsecure(), grpc.WithDefaultCallOptions(
+		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes))}
 }
 
 func (f *Front) handle(_ interface{}, ss grpc.ServerStream) error {
@@ -91,7 +114,9 @@ func (f *Front) handle(_ interface{}, ss grpc.ServerStream) error {
 	if method == GetEmbeddingsMethod {
 		return f.getEmbeddings(ss)
 	}
-	return f.forwardStream(method, ss)
+	err := f.forwardStream(method, ss)
+	f.m.forwardedCall(method, status.Code(err))
+	return err
 }
 
 // outgoing is the caller's metadata for the upstream call (deadline and cancellation come
@@ -119,24 +144,42 @@ func (f *Front) getEmbeddings(ss grpc.ServerStream) error {
 	if err := ss.RecvMsg(in); err != nil {
 		return err
 	}
+	t0 := time.Now()
 	req := &pb.GetEmbeddingsRequest{}
-	if proto.Unmarshal(in.b, req) == nil && f.authorized(ctx) {
-		deadline := time.Now().Add(f.budget)
+	var why error = errInvalid
+	if proto.Unmarshal(in.b, req) != nil {
+		req = nil
+	} else if !f.authorized(ctx) {
+		req, why = nil, errAuth
+	} else {
+		deadline := t0.Add(f.budget)
 		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 			deadline = d.Add(-2 * time.Millisecond)
 		}
-		if out, err := f.answer(req, deadline); err == nil {
+		var out *pb.GetEmbeddingsResponse
+		if out, why = f.answer(req, deadline); why == nil {
 			b, err := proto.Marshal(out)
 			if err == nil {
 				f.Local.Add(1)
 				_ = ss.SendHeader(metadata.Pairs(requestIDKey, requestID(ctx)))
-				return ss.SendMsg(&frame{b})
+				err = ss.SendMsg(&frame{b})
+				f.m.localAnswer(out, time.Since(t0))
+				return err
 			}
+			why = errOther
 		}
-	} else {
-		req = nil
 	}
 	f.Forwarded.Add(1)
+	f.m.forwardedFor(f.m.forwardReason(why))
+	err := f.forwardUnary(ctx, in, req, ss)
+	f.m.forwardedCall(GetEmbeddingsMethod, status.Code(err))
+	return err
+}
+
+// forwardUnary sends a GetEmbeddings up as it came (learning from the answer when req, its
+// parsed form, is not nil) and returns the upstream's answer, headers, trailers and status.
+func (f *Front) forwardUnary(ctx context.Context, in *frame, req *pb.GetEmbeddingsRequest,
+	ss grpc.ServerStream) error {
 	var header, trailer metadata.MD
 	out := &frame{}
 	err := f.upstream.Invoke(outgoing(ctx), GetEmbeddingsMethod, in, out, grpc.Header(&header),

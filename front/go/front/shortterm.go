@@ -94,23 +94,27 @@ type folded struct {
 // user (`vs` its stored values, newest first; `meta` its HMGET reply): a user not found,
 // whose newest value has no marker (or a marker ts_ms <= 0), or whose meta v equals that
 // value's window_version has nothing to fold; one whose delta answers (deltas.delta_batch)
-// folds it. Any other user needs the short-term state or read_recent.lua: errForward, as
-// for a meta reply Python would fail on (not an array of two, a v that is not an integer).
+// folds it. Any other user needs the short-term state or read_recent.lua: errShortTerm; a
+// meta reply Python would fail on (not an array of two, a v that is not an integer) is
+// errRecord, an error reply errStoreReply.
 func foldFromDeltas(stored [][]store.Vector, metas []resp.Reply, dim int) ([]folded, error) {
 	out := make([]folded, len(stored))
 	for i, vs := range stored {
 		m := metas[i]
+		if m.Err() != "" {
+			return nil, errStoreReply
+		}
 		if m.Kind != '*' || m.Nil || len(m.Array) != 2 {
-			return nil, errForward
+			return nil, errRecord
 		}
 		v := int64(0)
 		if raw := m.Array[0]; !raw.Nil && len(raw.Str) > 0 {
 			if raw.Kind != '$' {
-				return nil, errForward
+				return nil, errRecord
 			}
 			n, err := strconv.ParseInt(string(raw.Str), 10, 64)
 			if err != nil {
-				return nil, errForward // int() may take it, or fail: Python's answer
+				return nil, errRecord // int() may take it, or fail: Python's answer
 			}
 			v = n
 		}
@@ -118,11 +122,11 @@ func foldFromDeltas(stored [][]store.Vector, metas []resp.Reply, dim int) ([]fol
 			continue
 		}
 		if m.Array[1].Nil || m.Array[1].Kind != '$' {
-			return nil, errForward // no delta: the state or the window
+			return nil, errShortTerm // no delta: the state or the window
 		}
 		d, ok := store.DecodeDelta(m.Array[1].Str, dim)
 		if !ok || !d.Answers(vs[0].WindowVersion, v, dim) || d.NEvents > math.MaxInt32 {
-			return nil, errForward
+			return nil, errShortTerm
 		}
 		out[i] = folded{events: int32(d.NEvents), newest: d.NewestMs, delta: d.Values}
 	}

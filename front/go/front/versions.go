@@ -2,16 +2,12 @@ package front
 
 import (
 	"encoding/json"
-	"errors"
 	"sync"
 	"time"
 
 	"persona/front/go/resp"
 	"persona/front/go/store"
 )
-
-// errForward: the front does not answer this request itself (Python answers it).
-var errForward = errors.New("forward")
 
 var modelsSlot = resp.KeySlot([]byte(store.ActiveKey))
 
@@ -53,13 +49,13 @@ func (v *versions) get(deadline time.Time, args ...string) (resp.Reply, error) {
 		return resp.Reply{}, err
 	}
 	if rs[0].Err() != "" {
-		return resp.Reply{}, errForward
+		return resp.Reply{}, errStoreReply
 	}
 	return rs[0], nil
 }
 
-// resolve is VersionResolver.resolve; every error case (no active version, malformed,
-// unknown or retired version, a store error) is errForward.
+// resolve is VersionResolver.resolve; no active version, a malformed, unknown or retired
+// version is errVersion, a store error is returned as it is.
 func (v *versions) resolve(pinned string, deadline time.Time) (string, error) {
 	if pinned == "" {
 		v.mu.Lock()
@@ -79,7 +75,7 @@ func (v *versions) resolve(pinned string, deadline time.Time) (string, error) {
 		return nonEmpty(string(r.Str))
 	}
 	if !store.IsVersion(pinned) {
-		return "", errForward
+		return "", errVersion
 	}
 	states, err := v.statesOf(deadline, false)
 	if err != nil {
@@ -92,14 +88,14 @@ func (v *versions) resolve(pinned string, deadline time.Time) (string, error) {
 	}
 	s, ok := states[pinned]
 	if !ok || s == "retired" {
-		return "", errForward
+		return "", errVersion
 	}
 	return pinned, nil
 }
 
 func nonEmpty(s string) (string, error) {
 	if s == "" {
-		return "", errForward
+		return "", errVersion
 	}
 	return s, nil
 }
@@ -133,7 +129,7 @@ type scoreColumn struct {
 }
 
 // scoreColumns is the number of the version's score columns (VersionResolver.score_columns
-// and parse_columns; a value parse_columns would fail on is errForward).
+// and parse_columns; a value parse_columns would fail on is errRecord).
 func (v *versions) scoreColumns(version string, deadline time.Time) (int, error) {
 	v.mu.Lock()
 	if e, ok := v.columns[version]; ok && (e.n > 0 || v.fresh(e.at)) {
@@ -151,11 +147,11 @@ func (v *versions) scoreColumns(version string, deadline time.Time) (int, error)
 			Columns *[]scoreColumn `json:"columns"`
 		}
 		if err := json.Unmarshal(r.Str, &doc); err != nil || doc.Columns == nil {
-			return 0, errForward
+			return 0, errRecord
 		}
 		for _, c := range *doc.Columns {
 			if c.Outcome == nil || c.HorizonMs == nil || c.Calibrated == nil {
-				return 0, errForward
+				return 0, errRecord
 			}
 		}
 		n = len(*doc.Columns)

@@ -82,6 +82,10 @@ type Store struct {
 	pools map[string]*Pool
 
 	relearning sync.Mutex
+
+	// OnRelearn, when set before the first Do, is told how each relearn a redirect started
+	// ended (nil: the new slot map is in place).
+	OnRelearn func(error)
 }
 
 // Open connects to addrs (one node, or seed nodes of a cluster) and decides the mode the
@@ -246,7 +250,12 @@ func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 	for i := range out {
 		if redirected(out[i].Err()) {
 			if s.cluster {
-				go func() { _ = s.Relearn() }()
+				go func() {
+					err := s.Relearn()
+					if s.OnRelearn != nil {
+						s.OnRelearn(err)
+					}
+				}()
 			}
 			return nil, ErrRedirect
 		}

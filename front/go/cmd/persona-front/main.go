@@ -4,6 +4,7 @@
 //
 //	persona-front -listen 127.0.0.1:50052 -upstream 127.0.0.1:50051 -store 127.0.0.1:6379 -db 9
 //	persona-front -upstream ... -store 10.0.0.1:7000,10.0.0.2:7000   # cluster seed nodes
+//	persona-front ... -metrics-listen 0.0.0.0:9104                  # GET /metrics (Prometheus)
 package main
 
 import (
@@ -11,6 +12,7 @@ import (
 	"fmt"
 	"log"
 	"net"
+	"net/http"
 	"os"
 	"os/signal"
 	"strconv"
@@ -21,6 +23,7 @@ import (
 	"google.golang.org/grpc"
 
 	"persona/front/go/front"
+	"persona/front/go/metrics"
 	"persona/front/go/resp"
 )
 
@@ -40,6 +43,8 @@ func main() {
 		"whether a version has a short-term head, as learnt from upstream answers, is believed this long")
 	storeTimeout := flag.Duration("store-timeout", time.Second, "longest store read")
 	grace := flag.Duration("grace", 5*time.Second, "in-flight calls may finish this long on SIGTERM")
+	metricsListen := flag.String("metrics-listen", "",
+		"serve GET /metrics (Prometheus text format) on HOST:PORT (empty: off)")
 	flag.Parse()
 	if *upstream == "" || *storeAddrs == "" {
 		fmt.Fprintln(os.Stderr, "persona-front: -upstream and -store are required")
@@ -63,11 +68,12 @@ func main() {
 		log.Fatalf("persona-front: store: %v", err)
 	}
 	defer st.Close()
-	conn, err := grpc.Dial(*upstream, grpc.WithInsecure())
+	conn, err := grpc.Dial(*upstream, front.DialOptions()...)
 	if err != nil {
 		log.Fatalf("persona-front: upstream: %v", err)
 	}
 	defer conn.Close()
+	reg := &metrics.Registry{}
 	f := front.New(conn, st, front.Config{
 		Limits:      front.Limits{MaxBatch: *maxBatch, MaxHistory: *maxHistory, MaxIDBytes: *maxIDBytes},
 		Dim:         *dim,
@@ -75,10 +81,28 @@ func main() {
 		HeadTTL:     *headTTL,
 		StoreBudget: *storeTimeout,
 		AuthToken:   os.Getenv("PERSONA_FRONT_AUTH_TOKEN"),
+		Metrics:     reg,
 	})
 	lis, err := net.Listen("tcp", *listen)
 	if err != nil {
 		log.Fatalf("persona-front: listen: %v", err)
+	}
+	metricsAddr := ""
+	if *metricsListen != "" {
+		mlis, err := net.Listen("tcp", *metricsListen)
+		if err != nil {
+			log.Fatalf("persona-front: metrics listen: %v", err)
+		}
+		metricsAddr = mlis.Addr().String()
+		mux := http.NewServeMux()
+		mux.Handle("/metrics", reg)
+		hs := &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+		go func() {
+			if err := hs.Serve(mlis); err != nil && err != http.ErrServerClosed {
+				log.Printf("persona-front: metrics: %v", err)
+			}
+		}()
+		defer hs.Close()
 	}
 	srv := grpc.NewServer(f.ServerOptions()...)
 	stop := make(chan os.Signal, 1)
@@ -93,8 +117,12 @@ func main() {
 			srv.Stop()
 		}
 	}()
-	// the line tests and scripts wait for: the bound address
-	fmt.Printf("{\"listen\": %q, \"cluster\": %v}\n", lis.Addr().String(), st.Cluster())
+	// the line tests and scripts wait for: the bound addresses
+	line := fmt.Sprintf("{\"listen\": %q, \"cluster\": %v", lis.Addr().String(), st.Cluster())
+	if metricsAddr != "" {
+		line += fmt.Sprintf(", \"metrics\": %q", metricsAddr)
+	}
+	fmt.Println(line + "}")
 	if err := srv.Serve(lis); err != nil {
 		log.Fatalf("persona-front: %v", err)
 	}
