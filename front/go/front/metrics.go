@@ -108,7 +108,7 @@ func newFrontMetrics(r *metrics.Registry, f *Front) *frontMetrics {
 		m.storeErrors[k] = se.With(k)
 	}
 	rl := r.NewCounter("persona_front_store_slot_map_relearns_total",
-		"Cluster slot maps read again after a redirect, by outcome.", "outcome")
+		"Cluster slot maps read again after start (MOVED, connection error, uncovered slot, 10 s refresh), by outcome.", "outcome")
 	m.relearnOK, m.relearnFailed = rl.With("ok"), rl.With("error")
 	r.NewGaugeFunc("persona_front_dim_known",
 		"1 once the front knows the served dimension (-dim, or learnt from an upstream"+

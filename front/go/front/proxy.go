@@ -9,11 +9,15 @@ import (
 	"crypto/subtle"
 	"encoding/hex"
 	"io"
+	"log"
+	"runtime/debug"
 	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	_ "google.golang.org/grpc/encoding/gzip" // gzip-compressed calls, as Python accepts them
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
@@ -50,6 +54,7 @@ type Config struct {
 	HeadTTL     time.Duration     // how long "version has (no) head" is believed
 	StoreBudget time.Duration     // longest store read of a local answer
 	AuthToken   string            // upstream's bearer token ("" = none required)
+	Margin      time.Duration     // kept back from the call's deadline (deadline_margin_s)
 	Metrics     *metrics.Registry // where the front's series go (nil: a registry of its own)
 }
 
@@ -62,8 +67,15 @@ type Front struct {
 	heads    *heads
 	dim      atomic.Int32
 	budget   time.Duration
+	margin   time.Duration
 	auth     []byte
 	m        *frontMetrics
+
+	// authRefused: the upstream refused (UNAUTHENTICATED) a call the front would have
+	// authorized (no token configured, or a token the upstream does not share): from then
+	// on every GetEmbeddings is forwarded, so the upstream decides (fails closed).
+	authRefused atomic.Bool
+	testHook    func() // tests: run before a local answer is tried
 
 	Local, Forwarded atomic.Int64 // GetEmbeddings answered here / sent up
 }
@@ -73,7 +85,7 @@ func New(upstream *grpc.ClientConn, st *resp.Store, cfg Config) *Front {
 	f := &Front{upstream: upstream, store: st, limits: cfg.Limits,
 		versions: newVersions(st, cfg.VersionTTL),
 		heads:    &heads{ttl: cfg.HeadTTL, of: map[string]headSeen{}},
-		budget:   cfg.StoreBudget}
+		budget:   cfg.StoreBudget, margin: cfg.Margin}
 	if cfg.AuthToken != "" {
 		f.auth = []byte("Bearer " + cfg.AuthToken)
 	}
@@ -100,23 +112,51 @@ func (f *Front) ServerOptions() []grpc.ServerOption {
 		grpc.MaxRecvMsgSize(MaxMessageBytes), grpc.MaxSendMsgSize(MaxMessageBytes)}
 }
 
-// DialOptions for the upstream connection: the same message limits.
+// UpstreamBackoff: reconnection to a restarted upstream is tried at least once a second
+// (grpc-go's default backs off up to 120 s).
+var UpstreamBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6,
+	Jitter: 0.2, MaxDelay: time.Second}
+
+// DialOptions for the upstream connection: the same message limits, reconnection backoff
+// of at most UpstreamBackoff.MaxDelay.
 func DialOptions() []grpc.DialOption {
 	return []grpc.DialOption{grpc.WithInsecure(), grpc.WithDefaultCallOptions(
-		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes))}
+		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: UpstreamBackoff,
+			MinConnectTimeout: 5 * time.Second})}
 }
 
-func (f *Front) handle(_ interface{}, ss grpc.ServerStream) error {
+func (f *Front) handle(_ interface{}, ss grpc.ServerStream) (err error) {
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
 		return status.Error(codes.Internal, "no method")
 	}
+	defer func() {
+		if p := recover(); p != nil { // a bug in the front: the call fails, the front serves on
+			log.Printf("persona-front: panic in %s: %v\n%s", method, p, debug.Stack())
+			err = status.Error(codes.Internal, "internal error in persona-front")
+		}
+	}()
 	if method == GetEmbeddingsMethod {
 		return f.getEmbeddings(ss)
 	}
-	err := f.forwardStream(method, ss)
+	err = f.forwardStream(method, ss)
+	f.upstreamSaid(ss.Context(), err)
 	f.m.forwardedCall(method, status.Code(err))
 	return err
+}
+
+// upstreamSaid notes an UNAUTHENTICATED the upstream gave a call the front would have
+// authorized: the front then forwards every GetEmbeddings (logged once).
+func (f *Front) upstreamSaid(ctx context.Context, err error) {
+	if status.Code(err) != codes.Unauthenticated || !f.authorized(ctx) || f.authRefused.Load() {
+		return
+	}
+	if f.authRefused.CompareAndSwap(false, true) {
+		log.Printf("persona-front: the upstream refused a call the front would have authorized" +
+			" (UNAUTHENTICATED): it requires a bearer token the front does not check" +
+			" (PERSONA_AUTH_TOKEN / -auth-token-file); every GetEmbeddings is forwarded from now on")
+	}
 }
 
 // outgoing is the caller's metadata for the upstream call (deadline and cancellation come
@@ -144,36 +184,68 @@ func (f *Front) getEmbeddings(ss grpc.ServerStream) error {
 	if err := ss.RecvMsg(in); err != nil {
 		return err
 	}
-	t0 := time.Now()
-	req := &pb.GetEmbeddingsRequest{}
-	var why error = errInvalid
-	if proto.Unmarshal(in.b, req) != nil {
-		req = nil
-	} else if !f.authorized(ctx) {
-		req, why = nil, errAuth
-	} else {
-		deadline := t0.Add(f.budget)
-		if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-			deadline = d.Add(-2 * time.Millisecond)
-		}
-		var out *pb.GetEmbeddingsResponse
-		if out, why = f.answer(req, deadline); why == nil {
-			b, err := proto.Marshal(out)
-			if err == nil {
-				f.Local.Add(1)
-				_ = ss.SendHeader(metadata.Pairs(requestIDKey, requestID(ctx)))
-				err = ss.SendMsg(&frame{b})
-				f.m.localAnswer(out, time.Since(t0))
-				return err
-			}
-			why = errOther
-		}
+	req, why, done, err := f.tryLocal(ss, in)
+	if done {
+		return err
 	}
 	f.Forwarded.Add(1)
 	f.m.forwardedFor(f.m.forwardReason(why))
-	err := f.forwardUnary(ctx, in, req, ss)
+	err = f.forwardUnary(ctx, in, req, ss)
+	f.upstreamSaid(ctx, err)
 	f.m.forwardedCall(GetEmbeddingsMethod, status.Code(err))
 	return err
+}
+
+// tryLocal answers a GetEmbeddings from the store when it can (done: the answer, or the
+// error sending it, is err), else says why not and gives the parsed request (nil when it
+// must not be learnt from). A panic before anything was sent forwards the call (reason
+// other); after, the call fails INTERNAL.
+func (f *Front) tryLocal(ss grpc.ServerStream, in *frame) (
+	req *pb.GetEmbeddingsRequest, why error, done bool, err error) {
+	ctx := ss.Context()
+	t0 := time.Now()
+	sent := false
+	defer func() {
+		if p := recover(); p != nil {
+			log.Printf("persona-front: panic answering GetEmbeddings: %v\n%s", p, debug.Stack())
+			if sent {
+				req, why, done = nil, nil, true
+				err = status.Error(codes.Internal, "internal error in persona-front")
+				return
+			}
+			req, why, done, err = nil, errOther, false, nil
+		}
+	}()
+	if f.testHook != nil {
+		f.testHook()
+	}
+	req = &pb.GetEmbeddingsRequest{}
+	why = errInvalid
+	if proto.Unmarshal(in.b, req) != nil {
+		return nil, why, false, nil
+	}
+	if !f.authorized(ctx) || f.authRefused.Load() {
+		return nil, errAuth, false, nil
+	}
+	// Python's Budget.make: the store timeout, or what the deadline leaves less the margin
+	deadline := t0.Add(f.budget)
+	if d, ok := ctx.Deadline(); ok && d.Add(-f.margin).Before(deadline) {
+		deadline = d.Add(-f.margin)
+	}
+	var out *pb.GetEmbeddingsResponse
+	if out, why = f.answer(req, deadline); why != nil {
+		return req, why, false, nil
+	}
+	b, merr := proto.Marshal(out)
+	if merr != nil {
+		return req, errOther, false, nil
+	}
+	f.Local.Add(1)
+	sent = true
+	_ = ss.SendHeader(metadata.Pairs(requestIDKey, requestID(ctx)))
+	err = ss.SendMsg(&frame{b})
+	f.m.localAnswer(out, time.Since(t0))
+	return req, nil, true, err
 }
 
 // forwardUnary sends a GetEmbeddings up as it came (learning from the answer when req, its
@@ -205,6 +277,9 @@ func (f *Front) learn(req *pb.GetEmbeddingsRequest, raw []byte) {
 		return
 	}
 	f.dim.Store(got.Dim)
+	if req.ModelVersion == "" { // a cutover: the active version is read again
+		f.versions.activeSeen(got.ModelVersion)
+	}
 	switch req.Part {
 	case pb.VectorPart_VECTOR_PART_UNSPECIFIED, pb.VectorPart_VECTOR_PART_COMBINED:
 		switch got.Part {

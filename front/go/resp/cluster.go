@@ -4,57 +4,11 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
-	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
-
-// Slots is the number of cluster hash slots.
-const Slots = 16384
-
-var crcTable = func() (t [256]uint16) {
-	for i := range t {
-		c := uint16(i) << 8
-		for j := 0; j < 8; j++ {
-			if c&0x8000 != 0 {
-				c = c<<1 ^ 0x1021
-			} else {
-				c <<= 1
-			}
-		}
-		t[i] = c
-	}
-	return t
-}()
-
-// CRC16 is the CRC16-CCITT (XMODEM) of the cluster spec.
-func CRC16(b []byte) uint16 {
-	var crc uint16
-	for _, x := range b {
-		crc = crc<<8 ^ crcTable[byte(crc>>8)^x]
-	}
-	return crc
-}
-
-// KeySlot is the cluster slot of key: of its hash tag, the bytes between the first "{"
-// and the next "}" when they are not empty, else of the whole key.
-func KeySlot(key []byte) int {
-	for i, c := range key {
-		if c == '{' {
-			for j := i + 1; j < len(key); j++ {
-				if key[j] == '}' {
-					if j > i+1 {
-						key = key[i+1 : j]
-					}
-					return int(CRC16(key) % Slots)
-				}
-			}
-			break
-		}
-	}
-	return int(CRC16(key) % Slots)
-}
 
 // Cmd is one command and the slot that routes it (ignored on a single node).
 type Cmd struct {
@@ -62,12 +16,47 @@ type Cmd struct {
 	Args [][]byte
 }
 
-// ErrRedirect: a reply was MOVED / ASK / TRYAGAIN / CLUSTERDOWN; the slot map is learnt
-// again, the caller answers this request some other way.
+// ErrRedirect: a reply was MOVED / ASK / TRYAGAIN / CLUSTERDOWN; the caller answers this
+// request some other way (after a MOVED the slot map is learnt again).
 var ErrRedirect = errors.New("resp: cluster redirect")
 
 // ErrUncovered: no node serves a command's slot in the current map.
 var ErrUncovered = errors.New("resp: slot not covered")
+
+// RelearnInterval: slot maps are read again at most this often on demand (MOVED, a
+// connection error in cluster mode, a slot not covered); RefreshInterval: and this often
+// regardless.
+const (
+	RelearnInterval = time.Second
+	RefreshInterval = 10 * time.Second
+)
+
+// relearner lets one slot-map read run at a time, at most once per min: begin says
+// whether the caller starts one now (no queue: a caller that is refused just goes on).
+type relearner struct {
+	min     time.Duration
+	now     func() time.Time
+	running atomic.Bool
+	mu      sync.Mutex
+	last    time.Time // when the last one began
+}
+
+func (r *relearner) begin() bool {
+	if !r.running.CompareAndSwap(false, true) {
+		return false
+	}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	now := r.now()
+	if !r.last.IsZero() && now.Sub(r.last) < r.min {
+		r.running.Store(false)
+		return false
+	}
+	r.last = now
+	return true
+}
+
+func (r *relearner) end() { r.running.Store(false) }
 
 // Store sends commands to a single node or to the primaries of a cluster.
 type Store struct {
@@ -81,18 +70,30 @@ type Store struct {
 	owner [Slots]string // cluster: primary address per slot ("" = not covered)
 	pools map[string]*Pool
 
-	relearning sync.Mutex
+	relearns relearner
+	slots    func(addr string) ([Slots]string, error) // CLUSTER SLOTS of a node (tests: a fake)
+	done     chan struct{}
+	closing  sync.Once
 
-	// OnRelearn, when set before the first Do, is told how each relearn a redirect started
-	// ended (nil: the new slot map is in place).
+	// OnRelearn, when set before the first Do, is told how each relearn started after
+	// Open ended (nil: the new slot map is in place).
 	OnRelearn func(error)
+}
+
+func newStore(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int) *Store {
+	s := &Store{seeds: addrs, auth: auth, timeout: dialTimeout, size: poolSize,
+		pools: map[string]*Pool{}, done: make(chan struct{}),
+		relearns: relearner{min: RelearnInterval, now: time.Now}}
+	s.slots = s.slotsFrom
+	return s
 }
 
 // Open connects to addrs (one node, or seed nodes of a cluster) and decides the mode the
 // way the Python client does (INFO cluster: cluster_enabled). The database is only
-// selected on a single node.
+// selected on a single node. A cluster's slot map is read again every RefreshInterval
+// until Close.
 func Open(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int) (*Store, error) {
-	s := &Store{seeds: addrs, auth: auth, timeout: dialTimeout, size: poolSize, pools: map[string]*Pool{}}
+	s := newStore(addrs, auth, dialTimeout, poolSize)
 	var lastErr error
 	for _, a := range addrs {
 		c, err := Dial(a, Auth{Username: auth.Username, Password: auth.Password}, dialTimeout)
@@ -113,77 +114,17 @@ func Open(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int) (*
 			return s, nil
 		}
 		s.auth.DB = 0
-		return s, s.Relearn()
+		if err := s.Relearn(); err != nil {
+			return nil, err
+		}
+		go s.refresh()
+		return s, nil
 	}
 	return nil, fmt.Errorf("no store node answered: %v", lastErr)
 }
 
 // Cluster says whether the store is a cluster.
 func (s *Store) Cluster() bool { return s.cluster }
-
-// Relearn reads CLUSTER SLOTS from a known node and replaces the slot map.
-func (s *Store) Relearn() error {
-	s.relearning.Lock()
-	defer s.relearning.Unlock()
-	tried := append([]string(nil), s.seeds...)
-	s.mu.RLock()
-	for a := range s.pools {
-		tried = append(tried, a)
-	}
-	s.mu.RUnlock()
-	var lastErr error
-	for _, a := range tried {
-		owner, err := s.slotsFrom(a)
-		if err != nil {
-			lastErr = err
-			continue
-		}
-		s.mu.Lock()
-		s.owner = owner
-		for _, o := range owner {
-			if o != "" && s.pools[o] == nil {
-				s.pools[o] = NewPool(o, s.auth, s.timeout, s.size)
-			}
-		}
-		s.mu.Unlock()
-		return nil
-	}
-	return fmt.Errorf("CLUSTER SLOTS: %v", lastErr)
-}
-
-func (s *Store) slotsFrom(addr string) (owner [Slots]string, err error) {
-	c, err := Dial(addr, s.auth, s.timeout)
-	if err != nil {
-		return owner, err
-	}
-	defer c.Close()
-	rs, err := c.Do(AppendCommand(nil, []byte("CLUSTER"), []byte("SLOTS")), 1, time.Now().Add(s.timeout))
-	if err != nil {
-		return owner, err
-	}
-	if e := rs[0].Err(); e != "" || rs[0].Kind != '*' {
-		return owner, fmt.Errorf("%s: CLUSTER SLOTS: %s", addr, e)
-	}
-	host := addr[:strings.LastIndex(addr, ":")]
-	for _, r := range rs[0].Array {
-		if len(r.Array) < 3 || len(r.Array[2].Array) < 2 {
-			return owner, ErrProtocol
-		}
-		lo, hi, node := r.Array[0].Int, r.Array[1].Int, r.Array[2].Array
-		h := string(node[0].Str)
-		if h == "" || h == "?" {
-			h = host
-		}
-		a := h + ":" + strconv.FormatInt(node[1].Int, 10)
-		if strings.Contains(h, ":") {
-			a = "[" + h + "]:" + strconv.FormatInt(node[1].Int, 10)
-		}
-		for sl := lo; sl <= hi && sl < Slots; sl++ {
-			owner[sl] = a
-		}
-	}
-	return owner, nil
-}
 
 type nodeBatch struct {
 	pool *Pool
@@ -194,9 +135,9 @@ type nodeBatch struct {
 }
 
 // Do sends every command (one pipelined write per node, all nodes written before any
-// reply is read) and returns the replies in command order. A redirect reply starts a
-// relearn of the slot map in the background and returns ErrRedirect; error replies are
-// returned as replies.
+// reply is read) and returns the replies in command order. A redirect reply returns
+// ErrRedirect; a MOVED, a connection error (cluster) or a slot no node serves also starts
+// a relearn of the slot map in the background. Error replies are returned as replies.
 func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 	batches := map[string]*nodeBatch{}
 	s.mu.RLock()
@@ -205,13 +146,15 @@ func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 		if s.cluster {
 			addr = s.owner[c.Slot]
 		}
-		if addr == "" {
+		p := s.pools[addr]
+		if addr == "" || p == nil {
 			s.mu.RUnlock()
+			s.maybeRelearn()
 			return nil, ErrUncovered
 		}
 		b := batches[addr]
 		if b == nil {
-			b = &nodeBatch{pool: s.pools[addr]}
+			b = &nodeBatch{pool: p}
 			batches[addr] = b
 		}
 		b.idx = append(b.idx, i)
@@ -219,9 +162,9 @@ func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 	}
 	s.mu.RUnlock()
 	for _, b := range batches {
-		if b.conn, b.err = b.pool.Get(); b.err == nil {
+		if b.conn, b.err = b.pool.Get(deadline); b.err == nil {
 			if b.err = b.conn.Write(b.buf, deadline); b.err != nil {
-				b.conn.Close()
+				b.pool.Discard(b.conn)
 				b.conn = nil
 			}
 		}
@@ -237,7 +180,7 @@ func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 					out[i] = rs[j]
 				}
 			} else {
-				b.conn.Close()
+				b.pool.Discard(b.conn)
 			}
 		}
 		if b.err != nil && firstErr == nil {
@@ -245,17 +188,16 @@ func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 		}
 	}
 	if firstErr != nil {
+		var busy *PoolWaitError
+		if !errors.As(firstErr, &busy) {
+			s.maybeRelearn() // a node gone or failed over (cluster only)
+		}
 		return nil, firstErr
 	}
 	for i := range out {
-		if redirected(out[i].Err()) {
-			if s.cluster {
-				go func() {
-					err := s.Relearn()
-					if s.OnRelearn != nil {
-						s.OnRelearn(err)
-					}
-				}()
+		if e := out[i].Err(); redirected(e) {
+			if strings.HasPrefix(e, "MOVED ") {
+				s.maybeRelearn()
 			}
 			return nil, ErrRedirect
 		}
@@ -272,8 +214,9 @@ func redirected(e string) bool {
 	return false
 }
 
-// Close closes every idle connection.
+// Close stops the periodic refresh and closes every idle connection.
 func (s *Store) Close() {
+	s.closing.Do(func() { close(s.done) })
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	for _, p := range s.pools {

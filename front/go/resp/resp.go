@@ -9,7 +9,9 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"strconv"
+	"sync/atomic"
 	"time"
 )
 
@@ -133,9 +135,16 @@ type Auth struct {
 	DB                 int
 }
 
-// Dial connects to addr and authenticates / selects the database.
+// Dial connects to addr and authenticates / selects the database within timeout.
 func Dial(addr string, auth Auth, timeout time.Duration) (*Conn, error) {
-	nc, err := net.DialTimeout("tcp", addr, timeout)
+	return DialBy(addr, auth, time.Now().Add(timeout))
+}
+
+// DialBy connects to addr and authenticates / selects the database, all of it before
+// deadline.
+func DialBy(addr string, auth Auth, deadline time.Time) (*Conn, error) {
+	d := net.Dialer{Deadline: deadline}
+	nc, err := d.Dial("tcp", addr)
 	if err != nil {
 		return nil, err
 	}
@@ -159,7 +168,7 @@ func Dial(addr string, auth Auth, timeout time.Duration) (*Conn, error) {
 		for _, h := range hello {
 			buf = AppendCommand(buf, h...)
 		}
-		replies, err := c.Do(buf, len(hello), time.Now().Add(timeout))
+		replies, err := c.Do(buf, len(hello), deadline)
 		if err == nil {
 			for _, r := range replies {
 				if e := r.Err(); e != "" {
@@ -207,44 +216,116 @@ func (c *Conn) Do(buf []byte, n int, deadline time.Time) ([]Reply, error) {
 // Close closes the connection.
 func (c *Conn) Close() { _ = c.net.Close() }
 
-// Pool keeps idle connections to one node (LIFO up to its capacity).
+// PoolWaitError: every connection a pool may open to its node was in use until the
+// call's deadline (a timeout: errors.Is(err, os.ErrDeadlineExceeded)).
+type PoolWaitError struct{ Addr string }
+
+func (e *PoolWaitError) Error() string {
+	return "resp: " + e.Addr + ": no free connection before the deadline"
+}
+
+// Is makes the error a deadline exceeded.
+func (e *PoolWaitError) Is(t error) bool { return t == os.ErrDeadlineExceeded }
+
+// Timeout is true (net.Error's).
+func (e *PoolWaitError) Timeout() bool { return true }
+
+// Pool keeps idle connections to one node (LIFO up to its capacity) and caps the
+// connections open to it, idle and in use together, at its size: a burst of calls waits
+// for a free connection (up to each call's deadline) instead of opening thousands.
 type Pool struct {
 	addr    string
 	auth    Auth
 	timeout time.Duration
 	idle    chan *Conn
+	sem     chan struct{} // one token per open connection
+	closed  atomic.Bool
 }
 
-// NewPool makes a pool of at most size idle connections to addr.
+// NewPool makes a pool of at most size connections to addr.
 func NewPool(addr string, auth Auth, dialTimeout time.Duration, size int) *Pool {
-	return &Pool{addr: addr, auth: auth, timeout: dialTimeout, idle: make(chan *Conn, size)}
+	if size < 1 {
+		size = 1
+	}
+	return &Pool{addr: addr, auth: auth, timeout: dialTimeout, idle: make(chan *Conn, size),
+		sem: make(chan struct{}, size)}
 }
 
-// Get returns an idle connection or dials a new one.
-func (p *Pool) Get() (*Conn, error) {
+// Get returns an idle connection, else dials a new one when fewer than size are open,
+// else waits for either until deadline (an error wrapping os.ErrDeadlineExceeded). A new
+// connection is dialled, authenticated and its database selected before the earlier of
+// deadline and now + the dial timeout.
+func (p *Pool) Get(deadline time.Time) (*Conn, error) {
 	select {
 	case c := <-p.idle:
 		return c, nil
 	default:
-		return Dial(p.addr, p.auth, p.timeout)
 	}
-}
-
-// Put keeps a healthy connection (or closes it when the pool is full).
-func (p *Pool) Put(c *Conn) {
+	if p.closed.Load() {
+		return nil, fmt.Errorf("resp: %s: pool closed", p.addr)
+	}
 	select {
-	case p.idle <- c:
+	case c := <-p.idle:
+		return c, nil
+	case p.sem <- struct{}{}:
 	default:
-		c.Close()
+		wait := time.Until(deadline)
+		if wait <= 0 {
+			return nil, &PoolWaitError{p.addr}
+		}
+		t := time.NewTimer(wait)
+		defer t.Stop()
+		select {
+		case c := <-p.idle:
+			return c, nil
+		case p.sem <- struct{}{}:
+		case <-t.C:
+			return nil, &PoolWaitError{p.addr}
+		}
+	}
+	d := time.Now().Add(p.timeout)
+	if !deadline.IsZero() && deadline.Before(d) {
+		d = deadline
+	}
+	c, err := DialBy(p.addr, p.auth, d)
+	if err != nil {
+		<-p.sem
+		return nil, err
+	}
+	return c, nil
+}
+
+// Put keeps a healthy connection of Get's (or closes it when the pool is closed or full).
+func (p *Pool) Put(c *Conn) {
+	if !p.closed.Load() {
+		select {
+		case p.idle <- c:
+			return
+		default:
+		}
+	}
+	p.Discard(c)
+}
+
+// Discard closes a connection of Get's (one that saw an error) and frees its place.
+func (p *Pool) Discard(c *Conn) {
+	c.Close()
+	select {
+	case <-p.sem:
+	default:
 	}
 }
 
-// Close closes the idle connections.
+// Open is the number of connections open to the node (idle and in use).
+func (p *Pool) Open() int { return len(p.sem) }
+
+// Close closes the idle connections; connections in use are closed when put back.
 func (p *Pool) Close() {
+	p.closed.Store(true)
 	for {
 		select {
 		case c := <-p.idle:
-			c.Close()
+			p.Discard(c)
 		default:
 			return
 		}

@@ -13,6 +13,7 @@ import (
 	"log"
 	"net"
 	"net/http"
+	"net/url"
 	"os"
 	"os/signal"
 	"strconv"
@@ -21,6 +22,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	_ "google.golang.org/grpc/encoding/gzip" // gzip-compressed calls, as Python accepts them
 
 	"persona/front/go/front"
 	"persona/front/go/metrics"
@@ -45,12 +47,26 @@ func main() {
 	grace := flag.Duration("grace", 5*time.Second, "in-flight calls may finish this long on SIGTERM")
 	metricsListen := flag.String("metrics-listen", "",
 		"serve GET /metrics (Prometheus text format) on HOST:PORT (empty: off)")
+	authTokenFile := flag.String("auth-token-file", "",
+		"file holding the bearer token clients must send (or env PERSONA_AUTH_TOKEN), as persona serve's")
+	margin := flag.Duration("deadline-margin", 2*time.Millisecond,
+		"kept back from a call's deadline for the store read (persona serve's deadline_margin_s)")
+	poolSize := flag.Int("store-pool", 64, "connections to one store node at most")
+	dialTimeout := flag.Duration("store-dial-timeout", 2*time.Second,
+		"longest connect + AUTH / SELECT to a store node (a call's deadline cuts it shorter)")
 	flag.Parse()
 	if *upstream == "" || *storeAddrs == "" {
 		fmt.Fprintln(os.Stderr, "persona-front: -upstream and -store are required")
 		os.Exit(2)
 	}
-	addrs, urlDB := parseStore(*storeAddrs)
+	token, err := authToken(*authTokenFile)
+	if err != nil {
+		log.Fatalf("persona-front: %v", err)
+	}
+	addrs, urlDB, urlAuth, err := parseStore(*storeAddrs)
+	if err != nil {
+		log.Fatalf("persona-front: -store: %v", err)
+	}
 	if *db == 0 {
 		*db = urlDB
 	}
@@ -63,7 +79,10 @@ func main() {
 		}
 		auth.Password = strings.TrimSpace(string(b))
 	}
-	st, err := resp.Open(addrs, auth, 2*time.Second, 64)
+	if urlAuth != nil { // as services/store/client.py: credentials in the URL win
+		auth.Username, auth.Password = urlAuth.Username, urlAuth.Password
+	}
+	st, err := resp.Open(addrs, auth, *dialTimeout, *poolSize)
 	if err != nil {
 		log.Fatalf("persona-front: store: %v", err)
 	}
@@ -80,7 +99,8 @@ func main() {
 		VersionTTL:  *versionCache,
 		HeadTTL:     *headTTL,
 		StoreBudget: *storeTimeout,
-		AuthToken:   os.Getenv("PERSONA_FRONT_AUTH_TOKEN"),
+		AuthToken:   token,
+		Margin:      *margin,
 		Metrics:     reg,
 	})
 	lis, err := net.Listen("tcp", *listen)
@@ -130,27 +150,83 @@ func main() {
 		f.Local.Load(), f.Forwarded.Load())
 }
 
-// parseStore splits "a:1,b:2" or "redis://a:1/9" into addresses and a database.
-func parseStore(s string) ([]string, int) {
+// authToken is persona serve's bearer token, read from the same places
+// (services/cli/serve_cmds.py _token): the file's (stripped; an empty file is refused),
+// else PERSONA_AUTH_TOKEN's (set but blank is refused: it reads as "auth on" to whoever
+// set it); "" when neither is given. PERSONA_FRONT_AUTH_TOKEN, read by earlier fronts, is
+// refused so that a deployment relying on it does not silently run without a token.
+func authToken(file string) (string, error) {
+	if _, ok := os.LookupEnv("PERSONA_FRONT_AUTH_TOKEN"); ok {
+		return "", fmt.Errorf("PERSONA_FRONT_AUTH_TOKEN is no longer read: set PERSONA_AUTH_TOKEN" +
+			" or -auth-token-file, as for persona serve")
+	}
+	if file != "" {
+		b, err := os.ReadFile(file)
+		if err != nil {
+			return "", fmt.Errorf("-auth-token-file: %v", err)
+		}
+		t := strings.TrimSpace(string(b))
+		if t == "" {
+			return "", fmt.Errorf("%s is empty", file)
+		}
+		return t, nil
+	}
+	v, ok := os.LookupEnv("PERSONA_AUTH_TOKEN")
+	if ok && strings.TrimSpace(v) == "" {
+		return "", fmt.Errorf("PERSONA_AUTH_TOKEN is set but empty: set the token, or unset the" +
+			" variable to serve without one")
+	}
+	return v, nil
+}
+
+// parseStore splits "a:1,b:2" or "redis://[user:password@]a:1/9" into addresses, a
+// database and the URL's credentials (nil when no URL carries any). rediss:// (TLS) and
+// other schemes are refused.
+func parseStore(s string) ([]string, int, *resp.Auth, error) {
 	db := 0
 	var out []string
+	var creds *resp.Auth
 	for _, a := range strings.Split(s, ",") {
 		a = strings.TrimSpace(a)
-		if i := strings.Index(a, "://"); i >= 0 {
-			a = a[i+3:]
+		if a == "" {
+			continue
 		}
-		if i := strings.LastIndex(a, "@"); i >= 0 {
-			a = a[i+1:]
-		}
-		if i := strings.Index(a, "/"); i >= 0 {
-			if n, err := strconv.Atoi(a[i+1:]); err == nil {
-				db = n
+		if !strings.Contains(a, "://") {
+			if strings.ContainsAny(a, "@/") {
+				return nil, 0, nil, fmt.Errorf("%q: give HOST:PORT or a redis:// URL", a)
 			}
-			a = a[:i]
-		}
-		if a != "" {
 			out = append(out, a)
+			continue
 		}
+		u, err := url.Parse(a)
+		if err != nil {
+			return nil, 0, nil, fmt.Errorf("%q: %v", a, err)
+		}
+		switch u.Scheme {
+		case "redis":
+		case "rediss":
+			return nil, 0, nil, fmt.Errorf("%q: rediss:// (TLS) is not supported by persona-front", a)
+		default:
+			return nil, 0, nil, fmt.Errorf("%q: scheme %q is not supported (redis://)", a, u.Scheme)
+		}
+		if u.User != nil {
+			p, _ := u.User.Password()
+			creds = &resp.Auth{Username: u.User.Username(), Password: p}
+		}
+		if path := strings.Trim(u.Path, "/"); path != "" {
+			n, err := strconv.Atoi(path)
+			if err != nil || n < 0 {
+				return nil, 0, nil, fmt.Errorf("%q: database %q is not a number", a, path)
+			}
+			db = n
+		}
+		if u.Host == "" {
+			return nil, 0, nil, fmt.Errorf("%q: no HOST:PORT", a)
+		}
+		out = append(out, u.Host)
 	}
-	return out, db
+	if len(out) == 0 {
+		return nil, 0, nil, fmt.Errorf("no address in %q", s)
+	}
+	return out, db, creds, nil
 }

@@ -1,0 +1,136 @@
+"""The Go front after review: it fails closed when the upstream requires a bearer token
+the front does not check, reads the token where persona serve does, forwards a malformed
+active pointer to Python, and takes gzip-compressed calls."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from persona.v1 import service_pb2 as pb
+
+from services.index.holder import IndexHolder
+from services.store.vectors import VectorStore
+from tests.front.conftest import Front, plain, store_address, stub
+from tests.serving.support import DB, DIM, Running
+
+pytestmark = pytest.mark.integration
+
+ACTIVE_KEY = "p:{models}:active"
+NEARLINE = pb.VECTOR_PART_NEARLINE
+
+
+def _error(ch: grpc.Channel, req: pb.GetEmbeddingsRequest) -> tuple[grpc.StatusCode, str]:
+    with pytest.raises(grpc.RpcError) as exc:
+        stub(ch).GetEmbeddings(req, timeout=10)
+    return exc.value.code(), exc.value.details()
+
+
+def test_fails_closed_when_upstream_requires_a_token(
+    start_front: Callable[..., Front], serve: Callable[..., Running], vstore: VectorStore,
+    holder: IndexHolder, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A front without a token before a server with one: once a forwarded call is refused,
+    a GetEmbeddings without the token is refused as Python refuses it, not answered."""
+    upstream = serve(vstore, holder, auth_token="s3cret-token")
+    monkeypatch.delenv("PERSONA_AUTH_TOKEN", raising=False)
+    monkeypatch.delenv("PERSONA_FRONT_AUTH_TOKEN", raising=False)
+    front = start_front(upstream.server.port, store_address(vstore), "-db", str(DB),
+                        "-dim", str(DIM), "-version-cache", "0s")  # fmt: skip
+    good = (("authorization", "Bearer s3cret-token"),)
+    req = pb.GetEmbeddingsRequest(user_ids=["u1"], part=NEARLINE)
+    with pytest.raises(grpc.RpcError) as exc:  # forwarded, refused by Python
+        stub(front.channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)
+    assert exc.value.code() == grpc.StatusCode.UNAUTHENTICATED
+    assert _error(front.channel, req) == _error(upstream.channel, req)
+    assert _error(front.channel, req)[0] == grpc.StatusCode.UNAUTHENTICATED
+    # with the token the caller gets Python's answer (forwarded)
+    got = stub(front.channel).GetEmbeddings(req, metadata=good, timeout=10)
+    assert plain(got) == plain(upstream.stub.GetEmbeddings(req, metadata=good, timeout=10))
+    local, forwarded = front.counts()
+    assert local == 0 and forwarded == 3
+    assert "every GetEmbeddings is forwarded" in (front.stderr or "")
+
+
+def test_front_reads_persona_auth_token(
+    start_front: Callable[..., Front], serve: Callable[..., Running], vstore: VectorStore,
+    holder: IndexHolder, monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    upstream = serve(vstore, holder, auth_token="s3cret-token")
+    monkeypatch.setenv("PERSONA_AUTH_TOKEN", "s3cret-token")
+    front = start_front(upstream.server.port, store_address(vstore), "-db", str(DB),
+                        "-dim", str(DIM), "-version-cache", "0s")  # fmt: skip
+    req = pb.GetEmbeddingsRequest(user_ids=["u1"], part=NEARLINE)
+    assert _error(front.channel, req) == _error(upstream.channel, req)  # no token: refused
+    good = (("authorization", "Bearer s3cret-token"),)
+    got = stub(front.channel).GetEmbeddings(req, metadata=good, timeout=10)
+    assert plain(got) == plain(upstream.stub.GetEmbeddings(req, metadata=good, timeout=10))
+    assert front.counts() == (1, 1)  # the token checked by the front, the answer local
+
+
+@pytest.mark.parametrize("how", ["env", "env-blank", "file", "old-env"])
+def test_empty_token_refused(
+    front_bin: Path, tmp_path: Path, how: str, vstore: VectorStore
+) -> None:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("PERSONA_AUTH_TOKEN", "PERSONA_FRONT_AUTH_TOKEN")}  # fmt: skip
+    args = [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", "127.0.0.1:1",
+            "-store", store_address(vstore)]  # fmt: skip
+    if how == "env":
+        env["PERSONA_AUTH_TOKEN"] = ""
+    elif how == "env-blank":
+        env["PERSONA_AUTH_TOKEN"] = "  "
+    elif how == "file":
+        (tmp_path / "tok").write_text("\n")
+        args += ["-auth-token-file", str(tmp_path / "tok")]
+    else:
+        env["PERSONA_FRONT_AUTH_TOKEN"] = "x"
+    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=30)
+    assert proc.returncode != 0 and proc.stdout == ""
+    assert "empty" in proc.stderr or "no longer read" in proc.stderr
+
+
+def test_malformed_active_pointer_forwarded(
+    start_front: Callable[..., Front], running: Running, vstore: VectorStore
+) -> None:
+    front = start_front(running.server.port, store_address(vstore), "-db", str(DB),
+                        "-dim", str(DIM), "-version-cache", "0s")  # fmt: skip
+    req = pb.GetEmbeddingsRequest(user_ids=["u1"], part=NEARLINE)
+    ok = plain(stub(front.channel).GetEmbeddings(req, timeout=10))
+    old = vstore.client.get(ACTIVE_KEY)
+    try:
+        vstore.client.set(ACTIVE_KEY, "a/b")
+        time.sleep(1.2)  # Python's version cache
+        got, want = _error(front.channel, req), _error(running.channel, req)
+        assert got == want, (got, want)
+    finally:
+        vstore.client.set(ACTIVE_KEY, old)
+    time.sleep(1.2)
+    assert plain(stub(front.channel).GetEmbeddings(req, timeout=10)) == ok
+    assert front.counts() == (2, 1)
+
+
+def test_gzip_calls_accepted(
+    start_front: Callable[..., Front], running: Running, vstore: VectorStore
+) -> None:
+    front = start_front(running.server.port, store_address(vstore), "-db", str(DB),
+                        "-dim", str(DIM), "-version-cache", "0s")  # fmt: skip
+    req = pb.GetEmbeddingsRequest(user_ids=["u1", "nobody", "u2"], part=NEARLINE)
+    ch = grpc.insecure_channel(front.address, compression=grpc.Compression.Gzip)
+    up = grpc.insecure_channel(f"127.0.0.1:{running.server.port}",
+                               compression=grpc.Compression.Gzip)  # fmt: skip
+    try:
+        for _ in range(2):
+            got = plain(stub(ch).GetEmbeddings(req, timeout=10))
+            assert got == plain(stub(up).GetEmbeddings(req, timeout=10)) and got.vectors
+        info = stub(ch).GetModelInfo(pb.GetModelInfoRequest(), timeout=10)  # forwarded
+        assert info.active_version
+    finally:
+        ch.close()
+        up.close()
+    assert front.counts() == (2, 0)
