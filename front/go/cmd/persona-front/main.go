@@ -55,8 +55,12 @@ func main() {
 	dialTimeout := flag.Duration("store-dial-timeout", 2*time.Second,
 		"longest connect + AUTH / SELECT to a store node (a call's deadline cuts it shorter)")
 	flag.Parse()
+	if err := applyEnv(flag.CommandLine, os.Getenv); err != nil {
+		fmt.Fprintf(os.Stderr, "persona-front: %v\n", err)
+		os.Exit(2)
+	}
 	if *upstream == "" || *storeAddrs == "" {
-		fmt.Fprintln(os.Stderr, "persona-front: -upstream and -store are required")
+		fmt.Fprintln(os.Stderr, "persona-front: -upstream and -store (or PERSONA_REDIS) are required")
 		os.Exit(2)
 	}
 	token, err := authToken(*authTokenFile)

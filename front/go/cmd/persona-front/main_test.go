@@ -1,9 +1,12 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 func TestParseStore(t *testing.T) {
@@ -54,5 +57,45 @@ func TestAuthToken(t *testing.T) {
 	t.Setenv("PERSONA_FRONT_AUTH_TOKEN", "x")
 	if _, err := authToken(""); err == nil {
 		t.Fatal("the old variable accepted")
+	}
+}
+
+func TestApplyEnv(t *testing.T) {
+	fs := flag.NewFlagSet("t", flag.ContinueOnError)
+	batch := fs.Int("max-batch", 1000, "")
+	hist := fs.Int("max-history", 3, "")
+	cache := fs.Duration("version-cache", time.Second, "")
+	margin := fs.Duration("deadline-margin", 2*time.Millisecond, "")
+	store := fs.String("store", "", "")
+	for _, name := range []string{"dim", "max-id-bytes"} {
+		fs.Int(name, 0, "")
+	}
+	if err := fs.Parse([]string{"-max-history", "2"}); err != nil {
+		t.Fatal(err)
+	}
+	env := map[string]string{"PERSONA_MAX_BATCH": " 500 ", "PERSONA_MAX_HISTORY": "1",
+		"PERSONA_VERSION_CACHE_S": "0.25", "PERSONA_DEADLINE_MARGIN_MS": "5",
+		"PERSONA_REDIS": "redis://h:1/9"}
+	if err := applyEnv(fs, func(k string) string { return env[k] }); err != nil {
+		t.Fatal(err)
+	}
+	// the flag given wins over the variable; the others come from the environment
+	if *batch != 500 || *hist != 2 || *cache != 250*time.Millisecond ||
+		*margin != 5*time.Millisecond || *store != "redis://h:1/9" {
+		t.Fatal(*batch, *hist, *cache, *margin, *store)
+	}
+	for k, v := range map[string]string{"PERSONA_MAX_BATCH": "many", "PERSONA_VERSION_CACHE_S": "-1"} {
+		fresh := flag.NewFlagSet("t", flag.ContinueOnError)
+		fresh.Int("max-batch", 1000, "")
+		fresh.Duration("version-cache", time.Second, "")
+		err := applyEnv(fresh, func(n string) string {
+			if n == k {
+				return v
+			}
+			return ""
+		})
+		if err == nil || !strings.Contains(err.Error(), k) {
+			t.Fatalf("%s=%s: %v", k, v, err)
+		}
 	}
 }
