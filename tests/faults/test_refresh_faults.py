@@ -28,7 +28,7 @@ from services.store.client import connect
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 from tests.faults.support import wait_for
-from tests.refresh.conftest import ROOT_DIR, TINY
+from tests.refresh.conftest import ROOT_DIR, tiny_version
 from tests.refresh.support import add_events
 
 pytestmark = [pytest.mark.integration, pytest.mark.faults]
@@ -39,13 +39,8 @@ USERS = 3000
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A registry with one tiny active version (a few seconds of training on the CPU)."""
-    from encoder.release import train_version
-    from encoder.synthetic import SyntheticConfig, generate
-
-    ds = generate(SyntheticConfig(users=40, events_per_user=20.0, seed=5))
     root: Path = tmp_path_factory.mktemp("fault-models")
-    version, _ = train_version(ds.events, TINY, root, ds.config.end_ms, parity_n=4)
-    return root, version
+    return root, tiny_version(root)
 
 
 def _refresh(redis: str, bootstrap: str, models: Path, *extra: str) -> subprocess.Popen[str]:

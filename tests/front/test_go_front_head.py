@@ -4,7 +4,7 @@ is the nearline vector plus ingest's delta (`d<ver>`, LAYOUT.md "Short-term delt
 nothing new since the vector, equal to the Python server's answers (age_seconds aside, bit
 for bit otherwise); a request with a user that needs the short-term state or the window
 (`read_recent.lua`), or scores to rescore, forwarded. A real tiny trained version with its
-head (tests/refresh/conftest.py's TINY), windows and states written as ingest writes them
+head (tests/refresh/conftest.py's `tiny_version`), windows and states written as ingest writes them
 (`add_events` with a `StateKeeper`), deltas by `StateKeeper.fold_deltas`."""
 
 from __future__ import annotations
@@ -21,7 +21,6 @@ from persona.v1 import service_pb2 as pb
 from prometheus_client import CollectorRegistry
 
 from encoder.shortterm import ShortTermHead
-from encoder.synthetic import SyntheticConfig, generate
 from services.config import WindowConfig
 from services.index.holder import IndexHolder
 from services.ingest.states import StateKeeper
@@ -33,7 +32,7 @@ from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 from tests.front.conftest import Front, both, store_address
-from tests.refresh.conftest import TINY
+from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
 from tests.serving.support import BASE, DB, NOW_MS, Running
 
@@ -61,12 +60,8 @@ class Headed:
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
     """A registry with one tiny trained version (with its short-term head)."""
-    from encoder.release import train_version
-
-    ds = generate(SyntheticConfig(users=40, events_per_user=20.0, seed=5))
     root: Path = tmp_path_factory.mktemp("models")
-    version, _ = train_version(ds.events, TINY, root, ds.config.end_ms, parity_n=4)
-    return root, version
+    return root, tiny_version(root)
 
 
 @pytest.fixture(scope="module")

@@ -48,17 +48,22 @@ ROOT_DIR = Path(__file__).resolve().parents[2]
 _db = itertools.cycle((3, 4, 5, 6, 7, 8, 14, 15))
 
 
-@pytest.fixture(scope="session")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
-    """A registry with two tiny versions (v1 active, v2 another seed)."""
+def tiny_version(root: Path, seed: int = 0) -> str:
+    """Train a TINY version (with its short-term head) on 40 synthetic users into the
+    registry at `root` (a few seconds on the CPU); its id."""
     from encoder.release import train_version
 
     ds = generate(SyntheticConfig(users=40, events_per_user=20.0, seed=5))
+    spec = TINY if seed == 0 else replace(TINY, train=replace(TINY.train, seed=seed))
+    version, _ = train_version(ds.events, spec, root, ds.config.end_ms, parity_n=4)
+    return version
+
+
+@pytest.fixture(scope="session")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, str]:
+    """A registry with two tiny versions (v1 active, v2 another seed)."""
     root: Path = tmp_path_factory.mktemp("models")
-    v1, _ = train_version(ds.events, TINY, root, ds.config.end_ms, parity_n=4)
-    spec2 = replace(TINY, train=replace(TINY.train, seed=1))
-    v2, _ = train_version(ds.events, spec2, root, ds.config.end_ms, parity_n=4)
-    return root, v1, v2
+    return root, tiny_version(root), tiny_version(root, seed=1)
 
 
 @dataclass

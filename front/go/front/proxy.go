@@ -13,6 +13,7 @@ import (
 	"runtime/debug"
 	"sync/atomic"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -20,6 +21,7 @@ import (
 	_ "google.golang.org/grpc/encoding/gzip" // gzip-compressed calls, as Python accepts them
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	pb "persona/clients/go/personav1"
@@ -269,11 +271,57 @@ func (f *Front) forwardUnary(ctx context.Context, in *frame, req *pb.GetEmbeddin
 	return ss.SendMsg(out)
 }
 
+// head of a GetEmbeddingsResponse: the fields learn reads.
+type head struct {
+	ModelVersion string
+	Dim          int32
+	Part         pb.VectorPart
+}
+
+// answerHead is what learn reads of a forwarded GetEmbeddingsResponse: model_version (1),
+// dim (2) and part (13), scanned off the wire without decoding the vectors and columns
+// (an answer can be megabytes); ok false for bytes that do not parse.
+func answerHead(raw []byte) (got head, ok bool) {
+	for len(raw) > 0 {
+		num, typ, n := protowire.ConsumeTag(raw)
+		if n < 0 {
+			return got, false
+		}
+		raw = raw[n:]
+		switch {
+		case num == 1 && typ == protowire.BytesType:
+			v, m := protowire.ConsumeBytes(raw)
+			if m < 0 || !utf8.Valid(v) {
+				return got, false
+			}
+			got.ModelVersion, n = string(v), m
+		case (num == 2 || num == 13) && typ == protowire.VarintType:
+			v, m := protowire.ConsumeVarint(raw)
+			if m < 0 {
+				return got, false
+			}
+			if num == 2 {
+				got.Dim = int32(v)
+			} else {
+				got.Part = pb.VectorPart(int32(v))
+			}
+			n = m
+		default:
+			n = protowire.ConsumeFieldValue(num, typ, raw)
+		}
+		if n < 0 {
+			return got, false
+		}
+		raw = raw[n:]
+	}
+	return got, true
+}
+
 // learn the served dimension and whether the version has a short-term head from an
 // upstream answer.
 func (f *Front) learn(req *pb.GetEmbeddingsRequest, raw []byte) {
-	got := &pb.GetEmbeddingsResponse{}
-	if proto.Unmarshal(raw, got) != nil || got.Dim <= 0 {
+	got, ok := answerHead(raw)
+	if !ok || got.Dim <= 0 {
 		return
 	}
 	f.dim.Store(got.Dim)

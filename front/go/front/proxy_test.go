@@ -143,3 +143,26 @@ func TestUpstreamBackoff(t *testing.T) {
 		t.Fatal(UpstreamBackoff)
 	}
 }
+
+func TestAnswerHeadReadsWhatUnmarshalReads(t *testing.T) {
+	full := &pb.GetEmbeddingsResponse{
+		ModelVersion: "v1-x", Dim: 64, Part: pb.VectorPart_VECTOR_PART_COMBINED,
+		Vectors:  make([]byte, 4*64*3),
+		Statuses: []pb.EmbeddingStatus{pb.EmbeddingStatus_EMBEDDING_STATUS_FOUND},
+		Meta:     &pb.VectorMetaColumns{ComputedAtMs: []int64{1, 2}, AgeSeconds: []float64{0.5}},
+	}
+	raw, err := proto.Marshal(full)
+	if err != nil {
+		t.Fatal(err)
+	}
+	got, ok := answerHead(raw)
+	if !ok || got.ModelVersion != "v1-x" || got.Dim != 64 || got.Part != full.Part {
+		t.Fatalf("%+v %v", got, ok)
+	}
+	if _, ok := answerHead(raw[:len(raw)-1]); ok {
+		t.Fatal("a cut answer parsed")
+	}
+	if got, ok := answerHead(nil); !ok || got.Dim != 0 {
+		t.Fatal("an empty answer")
+	}
+}
