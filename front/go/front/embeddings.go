@@ -3,6 +3,7 @@ package front
 import (
 	"encoding/binary"
 	"math"
+	"strconv"
 	"time"
 
 	pb "persona/clients/go/personav1"
@@ -64,7 +65,7 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 		}
 	}
 	h := 1 + int(req.HistoryDepth)
-	last := []byte(itoa(h - 1))
+	last := strconv.AppendInt(nil, int64(h-1), 10)
 	at := map[string]int{}
 	var cmds []resp.Cmd
 	for _, u := range req.UserIds {
@@ -234,11 +235,4 @@ func appendFloat(buf []byte, x float32, f16 bool) []byte {
 		return binary.LittleEndian.AppendUint16(buf, store.FloatToHalf(x))
 	}
 	return binary.LittleEndian.AppendUint32(buf, math.Float32bits(x))
-}
-
-func itoa(i int) string {
-	if i < 10 {
-		return string(rune('0' + i))
-	}
-	return itoa(i/10) + string(rune('0'+i%10))
 }
