@@ -345,7 +345,7 @@ def run(args: argparse.Namespace, stack: EmbeddedStack, models: Path,
             stub = service_pb2_grpc.UserEmbeddingServiceStub(ch)
             keeper = StateKeeper(vectors.versions, RegistryHeads(models), every_s=0.0,
                                  store=vectors)  # fmt: skip
-            front = serve_front.GoFront.start(port, [n[8:] for n in a.redis_nodes], 64)
+            front = serve_front.GoFront.start(port, list(a.redis_nodes), 64)
             with serve_front.channel(front) as fstub:  # None: no Go (logged)
                 costs = cost(stub, ws, thirds[:2], by_user, keeper, args, fstub)
             fresh, missed = freshness(stub, a.bootstrap, a.topic, thirds[2], by_user, args)

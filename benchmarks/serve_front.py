@@ -1,8 +1,8 @@
 """The Go front (`front/go`, persona-front) for the serving benchmark: built with
 `front/go/build.sh` into a temp dir, started before the benchmark's `persona serve` on the
 same Valkey nodes, stopped (and the temp dir removed) on exit. Without Go and Debian's
-packaged grpc-go (deploy/ensure-client-tools.sh installs them) `GoFront.start` returns None
-and says why, and the benchmark measures the rest.
+packaged grpc-go (deploy/ensure-client-tools.sh installs them) `GoFront.start` returns the
+reason instead, and the benchmark measures the rest.
 
 The front answers the benchmark's GetEmbeddings itself (nearline: the benchmark's version
 has no short-term head; the first call is forwarded and teaches it so) and forwards every
@@ -37,8 +37,9 @@ class GoFront:
 
     @classmethod
     def start(cls, upstream_port: int, nodes: list[str], dim: int) -> GoFront | str:
-        """The front before 127.0.0.1:`upstream_port`, reading `nodes` (`host:port`s); or
-        why it could not be built or started."""
+        """The front before 127.0.0.1:`upstream_port`, reading `nodes` (`host:port`s or
+        redis:// URLs: the front's `-store` takes both); or why it could not be built or
+        started."""
         if shutil.which("go") is None:
             return "Go front rows skipped: no `go` (deploy/ensure-client-tools.sh installs it)"
         tmp = Path(tempfile.mkdtemp(prefix="persona-front-"))
