@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from persona.v1 import service_pb2_grpc as pb_grpc
 
 from tests.clients.conftest import go_env, holder, running, serve, users
 from tests.clients.conftest import vstore as vstore
+from tests.tls_support import channel_creds, make_certs
 
 if TYPE_CHECKING:
     from services.store.vectors import VectorStore
@@ -34,6 +36,8 @@ __all__ = [
     "start_front",
     "store_address",
     "stub",
+    "tls_certs",
+    "tls_creds",
     "users",
     "vstore",
 ]  # fmt: skip
@@ -64,6 +68,7 @@ class Front:
         self.address: str = info["listen"]
         self.cluster: bool = info["cluster"]
         self.metrics: str | None = info.get("metrics")  # with -metrics-listen: HOST:PORT
+        self.tls: str | None = info.get("tls")  # the listener's: plaintext, TLS or mTLS
         self.channel = grpc.insecure_channel(self.address)
         self.stderr: str | None = None
 
@@ -151,3 +156,14 @@ def both(front: Front, upstream: Any, req: pb.GetEmbeddingsRequest) -> pb.GetEmb
     assert got == want, f"request {req}"
     assert len(got.statuses) == len(req.user_ids) and got.dim > 0 and got.vectors
     return got
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The PEM files of tests/tls_support.py (CAs ca and rogue; server, client, intruder)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    return make_certs(tmp_path_factory.mktemp("certs"))
+
+
+tls_creds = channel_creds

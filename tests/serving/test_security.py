@@ -8,7 +8,6 @@ signed, and a client certificate of another CA that the server must refuse.
 from __future__ import annotations
 
 import shutil
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
 from services.store.vectors import VectorStore
 from tests.serving.support import V1, Running
+from tests.tls_support import channel_creds, make_certs
 
 pytestmark = [
     pytest.mark.integration,
@@ -29,40 +29,12 @@ pytestmark = [
 ]
 
 
-def _ssl(*args: str, cwd: Path) -> None:
-    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True, timeout=60)
-
-
-def _ca(d: Path, name: str) -> None:
-    _ssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", f"/CN={name}",
-         "-keyout", f"{name}.key", "-out", f"{name}.pem", cwd=d)  # fmt: skip
-
-
-def _leaf(d: Path, name: str, ca: str, san: str | None) -> None:
-    _ssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}",
-         "-keyout", f"{name}.key", "-out", f"{name}.csr", cwd=d)  # fmt: skip
-    ext = d / f"{name}.ext"
-    ext.write_text(f"subjectAltName={san}\n" if san else "basicConstraints=CA:FALSE\n")
-    _ssl("x509", "-req", "-in", f"{name}.csr", "-CA", f"{ca}.pem", "-CAkey", f"{ca}.key",
-         "-CAcreateserial", "-days", "2", "-extfile", ext.name, "-out", f"{name}.pem",
-         cwd=d)  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("certs")
-    _ca(d, "ca")
-    _ca(d, "rogue")
-    _leaf(d, "server", "ca", "DNS:localhost,IP:127.0.0.1")
-    _leaf(d, "client", "ca", None)
-    _leaf(d, "intruder", "rogue", None)
-    return d
+    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
-def creds(d: Path, client: str | None = None, ca: str = "ca") -> grpc.ChannelCredentials:
-    key = (d / f"{client}.key").read_bytes() if client else None
-    chain = (d / f"{client}.pem").read_bytes() if client else None
-    return grpc.ssl_channel_credentials((d / f"{ca}.pem").read_bytes(), key, chain)
+creds = channel_creds
 
 
 def model_info(

@@ -71,7 +71,10 @@ type frontMetrics struct {
 	storeErrors      map[string]*metrics.Counter
 	relearnOK        *metrics.Counter
 	relearnFailed    *metrics.Counter
-	methods          map[string][2]string // known full method -> service, method
+	// calls refused before they were read: more than -max-concurrent-rpcs in the front
+	rejectedConcurrency *metrics.Counter
+	methods             map[string][2]string // known full method -> service, method
+	served              *metrics.CounterVec  // served-log rows by outcome (series made when on)
 }
 
 func newFrontMetrics(r *metrics.Registry, f *Front) *frontMetrics {
@@ -110,6 +113,18 @@ func newFrontMetrics(r *metrics.Registry, f *Front) *frontMetrics {
 	rl := r.NewCounter("persona_front_store_slot_map_relearns_total",
 		"Cluster slot maps read again after start (MOVED, connection error, uncovered slot, 10 s refresh), by outcome.", "outcome")
 	m.relearnOK, m.relearnFailed = rl.With("ok"), rl.With("error")
+	m.served = r.NewCounter("persona_front_served_log_records_total",
+		"Sampled rows of the GetEmbeddings the front answered itself, in the served log, by"+
+			" outcome: sent (acknowledged by Kafka), dropped (its queue was full), failed (not"+
+			" acknowledged).", "outcome")
+	m.rejectedConcurrency = r.NewCounter("persona_front_rejected_total",
+		"Calls the front refused before reading them, by reason: concurrency (-max-concurrent-rpcs"+
+			" calls already in the front; RESOURCE_EXHAUSTED, as persona serve refuses them).",
+		"reason").With("concurrency")
+	r.NewGaugeFunc("persona_front_in_flight_calls",
+		"Calls in the front now (answered here or forwarded, streams included): what"+
+			" -max-concurrent-rpcs bounds.",
+		func() float64 { return float64(f.calls.inFlight()) })
 	r.NewGaugeFunc("persona_front_dim_known",
 		"1 once the front knows the served dimension (-dim, or learnt from an upstream"+
 			" answer), else 0: every GetEmbeddings is forwarded until then.",

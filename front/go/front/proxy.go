@@ -18,6 +18,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	_ "google.golang.org/grpc/encoding/gzip" // gzip-compressed calls, as Python accepts them
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -58,6 +59,10 @@ type Config struct {
 	AuthToken   string            // upstream's bearer token ("" = none required)
 	Margin      time.Duration     // kept back from the call's deadline (deadline_margin_s)
 	Metrics     *metrics.Registry // where the front's series go (nil: a registry of its own)
+	ServedLog   ServedLogConfig   // the served log of local answers (rate 0: off)
+	// MaxConcurrentRPCs: calls in the front at most, as persona serve's max_concurrent_rpcs;
+	// beyond, a call gets RESOURCE_EXHAUSTED (0: no limit)
+	MaxConcurrentRPCs int
 }
 
 // Front is the server's behaviour.
@@ -72,6 +77,7 @@ type Front struct {
 	margin   time.Duration
 	auth     []byte
 	m        *frontMetrics
+	calls    limiter // calls in flight, at most Config.MaxConcurrentRPCs
 
 	// authRefused: the upstream refused (UNAUTHENTICATED) a call the front would have
 	// authorized (no token configured, or a token the upstream does not share): from then
@@ -80,6 +86,8 @@ type Front struct {
 	testHook    func() // tests: run before a local answer is tried
 
 	Local, Forwarded atomic.Int64 // GetEmbeddings answered here / sent up
+
+	served *servedLog // the served log of local answers (nil: off)
 }
 
 // New makes a Front over an upstream connection and a store.
@@ -88,6 +96,7 @@ func New(upstream *grpc.ClientConn, st *resp.Store, cfg Config) *Front {
 		versions: newVersions(st, cfg.VersionTTL),
 		heads:    &heads{ttl: cfg.HeadTTL, of: map[string]headSeen{}},
 		budget:   cfg.StoreBudget, margin: cfg.Margin}
+	f.calls.max = int64(cfg.MaxConcurrentRPCs)
 	if cfg.AuthToken != "" {
 		f.auth = []byte("Bearer " + cfg.AuthToken)
 	}
@@ -97,6 +106,7 @@ func New(upstream *grpc.ClientConn, st *resp.Store, cfg Config) *Front {
 		reg = &metrics.Registry{}
 	}
 	f.m = newFrontMetrics(reg, f)
+	f.served = startServedLog(cfg.ServedLog, f.m.served)
 	if st != nil {
 		st.OnRelearn = f.m.relearnt
 	}
@@ -119,16 +129,25 @@ func (f *Front) ServerOptions() []grpc.ServerOption {
 var UpstreamBackoff = backoff.Config{BaseDelay: 100 * time.Millisecond, Multiplier: 1.6,
 	Jitter: 0.2, MaxDelay: time.Second}
 
-// DialOptions for the upstream connection: the same message limits, reconnection backoff
-// of at most UpstreamBackoff.MaxDelay.
-func DialOptions() []grpc.DialOption {
-	return []grpc.DialOption{grpc.WithInsecure(), grpc.WithDefaultCallOptions(
+// DialOptions for the upstream connection: TLS with creds (nil: plaintext), the same
+// message limits, reconnection backoff of at most UpstreamBackoff.MaxDelay.
+func DialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
+	security := grpc.WithInsecure()
+	if creds != nil {
+		security = grpc.WithTransportCredentials(creds)
+	}
+	return []grpc.DialOption{security, grpc.WithDefaultCallOptions(
 		grpc.MaxCallRecvMsgSize(MaxMessageBytes), grpc.MaxCallSendMsgSize(MaxMessageBytes)),
 		grpc.WithConnectParams(grpc.ConnectParams{Backoff: UpstreamBackoff,
 			MinConnectTimeout: 5 * time.Second})}
 }
 
 func (f *Front) handle(_ interface{}, ss grpc.ServerStream) (err error) {
+	if !f.calls.acquire() { // as grpcio refuses it: before the request is read
+		f.m.rejectedConcurrency.Inc()
+		return errConcurrency
+	}
+	defer f.calls.release() // before the status goes out: the caller may call again at once
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
 		return status.Error(codes.Internal, "no method")
@@ -244,9 +263,11 @@ func (f *Front) tryLocal(ss grpc.ServerStream, in *frame) (
 	}
 	f.Local.Add(1)
 	sent = true
-	_ = ss.SendHeader(metadata.Pairs(requestIDKey, requestID(ctx)))
+	rid := requestID(ctx)
+	_ = ss.SendHeader(metadata.Pairs(requestIDKey, rid))
 	err = ss.SendMsg(&frame{b})
 	f.m.localAnswer(out, time.Since(t0))
+	f.served.offer(req.UserIds, out, rid) // as Python: whether or not the answer got out
 	return req, nil, true, err
 }
 

@@ -41,7 +41,7 @@ func upstreamAnswering(t *testing.T, answer error) *grpc.ClientConn {
 		}
 		return ss.SendMsg(&frame{[]byte("up")})
 	})
-	conn, err := grpc.Dial(addr, DialOptions()...)
+	conn, err := grpc.Dial(addr, DialOptions(nil)...)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -5,9 +5,12 @@
 //	persona-front -listen 127.0.0.1:50052 -upstream 127.0.0.1:50051 -store 127.0.0.1:6379 -db 9
 //	persona-front -upstream ... -store 10.0.0.1:7000,10.0.0.2:7000   # cluster seed nodes
 //	persona-front ... -metrics-listen 0.0.0.0:9104                  # GET /metrics (Prometheus)
+//	persona-front ... -tls-cert s.pem -tls-key s.key [-tls-client-ca ca.pem]  # TLS / mTLS
+//	persona-front ... -print-settings   # the resolved settings as JSON; nothing dialled
 package main
 
 import (
+	"errors"
 	"flag"
 	"fmt"
 	"log"
@@ -30,90 +33,80 @@ import (
 )
 
 func main() {
-	listen := flag.String("listen", "127.0.0.1:50052", "where the front listens (HOST:PORT)")
-	upstream := flag.String("upstream", "", "the Python persona serve (HOST:PORT)")
-	storeAddrs := flag.String("store", "", "Valkey / Redis: one node or cluster seed nodes, "+
-		"comma-separated HOST:PORT (a redis://HOST:PORT/DB URL is accepted too)")
-	db := flag.Int("db", 0, "database to SELECT on a single node")
-	maxBatch := flag.Int("max-batch", 1000, "user ids per GetEmbeddings (as persona serve's)")
-	maxHistory := flag.Int("max-history", 3, "history_depth at most (as persona serve's)")
-	maxIDBytes := flag.Int("max-id-bytes", 256, "UTF-8 bytes of one user id (as persona serve's)")
-	dim := flag.Int("dim", 0, "served dimension (0: learnt from the upstream's answers)")
-	versionCache := flag.Duration("version-cache", time.Second,
-		"active version and states cached this long (persona serve's version_cache_s)")
-	headTTL := flag.Duration("head-ttl", time.Minute,
-		"whether a version has a short-term head, as learnt from upstream answers, is believed this long")
-	storeTimeout := flag.Duration("store-timeout", time.Second, "longest store read")
-	grace := flag.Duration("grace", 5*time.Second, "in-flight calls may finish this long on SIGTERM")
-	metricsListen := flag.String("metrics-listen", "",
-		"serve GET /metrics (Prometheus text format) on HOST:PORT (empty: off)")
-	authTokenFile := flag.String("auth-token-file", "",
-		"file holding the bearer token clients must send (or env PERSONA_AUTH_TOKEN), as persona serve's")
-	margin := flag.Duration("deadline-margin", 2*time.Millisecond,
-		"kept back from a call's deadline for the store read (persona serve's deadline_margin_s)")
-	poolSize := flag.Int("store-pool", 64, "connections to one store node at most")
-	dialTimeout := flag.Duration("store-dial-timeout", 2*time.Second,
-		"longest connect + AUTH / SELECT to a store node (a call's deadline cuts it shorter)")
-	flag.Parse()
-	if err := applyEnv(flag.CommandLine, os.Getenv); err != nil {
+	s, err := loadSettings(os.Args[1:], os.LookupEnv)
+	switch {
+	case errors.Is(err, flag.ErrHelp):
+		os.Exit(0)
+	case errors.Is(err, errUsage): // the flag package said why
+		os.Exit(2)
+	case err != nil:
 		fmt.Fprintf(os.Stderr, "persona-front: %v\n", err)
 		os.Exit(2)
 	}
-	if *upstream == "" || *storeAddrs == "" {
-		fmt.Fprintln(os.Stderr, "persona-front: -upstream and -store (or PERSONA_REDIS) are required")
-		os.Exit(2)
-	}
-	token, err := authToken(*authTokenFile)
-	if err != nil {
-		log.Fatalf("persona-front: %v", err)
-	}
-	addrs, urlDB, urlAuth, err := parseStore(*storeAddrs)
-	if err != nil {
-		log.Fatalf("persona-front: -store: %v", err)
-	}
-	if *db == 0 {
-		*db = urlDB
-	}
-	auth := resp.Auth{Username: os.Getenv("PERSONA_REDIS_USERNAME"),
-		Password: os.Getenv("PERSONA_REDIS_PASSWORD"), DB: *db}
-	if path := os.Getenv("PERSONA_REDIS_PASSWORD_FILE"); path != "" {
-		b, err := os.ReadFile(path)
-		if err != nil || strings.TrimSpace(string(b)) == "" {
-			log.Fatalf("persona-front: PERSONA_REDIS_PASSWORD_FILE %s unreadable or empty", path)
+	if s.printSettings {
+		if err := printSettings(os.Stdout, s); err != nil {
+			log.Fatalf("persona-front: %v", err)
 		}
-		auth.Password = strings.TrimSpace(string(b))
+		return
 	}
-	if urlAuth != nil { // as services/store/client.py: credentials in the URL win
-		auth.Username, auth.Password = urlAuth.Username, urlAuth.Password
+	run(s)
+}
+
+// refuse a setting at start (exit 2, as a bad flag).
+func refuse(format string, args ...interface{}) {
+	fmt.Fprintf(os.Stderr, "persona-front: "+format+"\n", args...)
+	os.Exit(2)
+}
+
+// run reads the secrets and certificates the settings name, opens the store, dials the
+// upstream and serves until SIGTERM / SIGINT.
+func run(s *settings) {
+	token, err := authToken(s.authTokenFile, s.lookup)
+	if err != nil {
+		refuse("%v", err)
 	}
-	st, err := resp.Open(addrs, auth, *dialTimeout, *poolSize)
+	auth, err := storeAuth(s)
+	if err != nil {
+		refuse("%v", err)
+	}
+	serverCreds, err := s.tls.serverCreds()
+	if err != nil {
+		refuse("%v", err)
+	}
+	upstreamCreds, err := s.tls.upstreamCreds()
+	if err != nil {
+		refuse("%v", err)
+	}
+	st, err := resp.Open(s.addrs, auth, s.dialTO, s.pool)
 	if err != nil {
 		log.Fatalf("persona-front: store: %v", err)
 	}
 	defer st.Close()
-	conn, err := grpc.Dial(*upstream, front.DialOptions()...)
+	conn, err := grpc.Dial(s.upstream, front.DialOptions(upstreamCreds)...)
 	if err != nil {
 		log.Fatalf("persona-front: upstream: %v", err)
 	}
 	defer conn.Close()
 	reg := &metrics.Registry{}
 	f := front.New(conn, st, front.Config{
-		Limits:      front.Limits{MaxBatch: *maxBatch, MaxHistory: *maxHistory, MaxIDBytes: *maxIDBytes},
-		Dim:         *dim,
-		VersionTTL:  *versionCache,
-		HeadTTL:     *headTTL,
-		StoreBudget: *storeTimeout,
-		AuthToken:   token,
-		Margin:      *margin,
-		Metrics:     reg,
+		Limits:            front.Limits{MaxBatch: s.maxBatch, MaxHistory: s.maxHistory, MaxIDBytes: s.maxIDBytes},
+		Dim:               s.dim,
+		VersionTTL:        s.versionCache,
+		HeadTTL:           s.headTTL,
+		StoreBudget:       s.storeTimeout,
+		AuthToken:         token,
+		Margin:            s.margin,
+		Metrics:           reg,
+		MaxConcurrentRPCs: s.maxCalls,
+		ServedLog:         s.served.config(),
 	})
-	lis, err := net.Listen("tcp", *listen)
+	lis, err := net.Listen("tcp", s.listen)
 	if err != nil {
 		log.Fatalf("persona-front: listen: %v", err)
 	}
 	metricsAddr := ""
-	if *metricsListen != "" {
-		mlis, err := net.Listen("tcp", *metricsListen)
+	if s.metricsListen != "" {
+		mlis, err := net.Listen("tcp", s.metricsListen)
 		if err != nil {
 			log.Fatalf("persona-front: metrics listen: %v", err)
 		}
@@ -128,7 +121,11 @@ func main() {
 		}()
 		defer hs.Close()
 	}
-	srv := grpc.NewServer(f.ServerOptions()...)
+	opts := f.ServerOptions()
+	if serverCreds != nil {
+		opts = append(opts, grpc.Creds(serverCreds))
+	}
+	srv := grpc.NewServer(opts...)
 	stop := make(chan os.Signal, 1)
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
@@ -137,12 +134,13 @@ func main() {
 		go func() { srv.GracefulStop(); close(done) }()
 		select {
 		case <-done:
-		case <-time.After(*grace):
+		case <-time.After(s.grace):
 			srv.Stop()
 		}
 	}()
-	// the line tests and scripts wait for: the bound addresses
-	line := fmt.Sprintf("{\"listen\": %q, \"cluster\": %v", lis.Addr().String(), st.Cluster())
+	// the line tests and scripts wait for: the bound addresses, the listener's TLS mode
+	line := fmt.Sprintf("{\"listen\": %q, \"cluster\": %v, \"tls\": %q", lis.Addr().String(),
+		st.Cluster(), s.tls.mode())
 	if metricsAddr != "" {
 		line += fmt.Sprintf(", \"metrics\": %q", metricsAddr)
 	}
@@ -152,17 +150,55 @@ func main() {
 	}
 	log.Printf("persona-front: stopped (GetEmbeddings local %d, forwarded %d)",
 		f.Local.Load(), f.Forwarded.Load())
+	closeServedLog(f, s.served.rate > 0) // what it holds sent within a bound
+}
+
+// storeAuth: the store's credentials, as every persona command reads them
+// (PERSONA_REDIS_USERNAME, PERSONA_REDIS_PASSWORD_FILE / PERSONA_REDIS_PASSWORD; those of
+// a redis:// URL win, as services/store/client.py), and the database.
+func storeAuth(s *settings) (resp.Auth, error) {
+	user, _ := s.lookup("PERSONA_REDIS_USERNAME")
+	password, _ := s.lookup("PERSONA_REDIS_PASSWORD")
+	auth := resp.Auth{Username: user, Password: password, DB: s.db}
+	if path, _ := s.lookup("PERSONA_REDIS_PASSWORD_FILE"); path != "" {
+		b, err := os.ReadFile(path)
+		if err != nil || strings.TrimSpace(string(b)) == "" {
+			return auth, fmt.Errorf("PERSONA_REDIS_PASSWORD_FILE %s unreadable or empty", path)
+		}
+		auth.Password = strings.TrimSpace(string(b))
+	}
+	if s.urlAuth != nil {
+		auth.Username, auth.Password = s.urlAuth.Username, s.urlAuth.Password
+	}
+	return auth, nil
+}
+
+// checkAuth: authToken's checks that read no file (the file must exist); whether a token
+// is set. PERSONA_FRONT_AUTH_TOKEN, read by earlier fronts, is refused so that a deployment
+// relying on it does not silently run without a token.
+func checkAuth(file string, lookup func(string) (string, bool)) (bool, error) {
+	if _, ok := lookup("PERSONA_FRONT_AUTH_TOKEN"); ok {
+		return false, fmt.Errorf("PERSONA_FRONT_AUTH_TOKEN is no longer read: set PERSONA_AUTH_TOKEN" +
+			" or -auth-token-file, as for persona serve")
+	}
+	if file != "" {
+		return true, exists("-auth-token-file", file)
+	}
+	v, ok := lookup("PERSONA_AUTH_TOKEN")
+	if ok && strings.TrimSpace(v) == "" {
+		return false, fmt.Errorf("PERSONA_AUTH_TOKEN is set but empty: set the token, or unset the" +
+			" variable to serve without one")
+	}
+	return ok, nil
 }
 
 // authToken is persona serve's bearer token, read from the same places
 // (services/cli/serve_cmds.py _token): the file's (stripped; an empty file is refused),
 // else PERSONA_AUTH_TOKEN's (set but blank is refused: it reads as "auth on" to whoever
-// set it); "" when neither is given. PERSONA_FRONT_AUTH_TOKEN, read by earlier fronts, is
-// refused so that a deployment relying on it does not silently run without a token.
-func authToken(file string) (string, error) {
-	if _, ok := os.LookupEnv("PERSONA_FRONT_AUTH_TOKEN"); ok {
-		return "", fmt.Errorf("PERSONA_FRONT_AUTH_TOKEN is no longer read: set PERSONA_AUTH_TOKEN" +
-			" or -auth-token-file, as for persona serve")
+// set it); "" when neither is given.
+func authToken(file string, lookup func(string) (string, bool)) (string, error) {
+	if _, err := checkAuth(file, lookup); err != nil {
+		return "", err
 	}
 	if file != "" {
 		b, err := os.ReadFile(file)
@@ -175,11 +211,7 @@ func authToken(file string) (string, error) {
 		}
 		return t, nil
 	}
-	v, ok := os.LookupEnv("PERSONA_AUTH_TOKEN")
-	if ok && strings.TrimSpace(v) == "" {
-		return "", fmt.Errorf("PERSONA_AUTH_TOKEN is set but empty: set the token, or unset the" +
-			" variable to serve without one")
-	}
+	v, _ := lookup("PERSONA_AUTH_TOKEN")
 	return v, nil
 }
 

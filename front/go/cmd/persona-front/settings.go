@@ -1,12 +1,144 @@
 package main
 
 import (
+	"encoding/json"
+	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"strconv"
 	"strings"
 	"time"
+
+	"persona/front/go/resp"
 )
+
+// settings: the flags, their PERSONA_* defaults, and what they resolve to before anything
+// is dialled or read (loadSettings); the secrets and certificates are read by run.
+type settings struct {
+	listen, upstream, storeFlag, metricsListen, authTokenFile  string
+	db, dim, maxBatch, maxHistory, maxIDBytes, pool, maxCalls  int
+	versionCache, headTTL, storeTimeout, grace, margin, dialTO time.Duration
+	printSettings                                              bool
+	tls                                                        tlsFlags
+	served                                                     servedFlags // served log (servedlog.go)
+
+	addrs   []string   // -store's HOST:PORT list
+	urlAuth *resp.Auth // credentials of a redis:// URL in -store (nil: none)
+	auth    bool       // a bearer token is set (-auth-token-file or PERSONA_AUTH_TOKEN)
+	lookup  func(string) (string, bool)
+}
+
+// errUsage: the flags did not parse (the flag package has said why).
+var errUsage = errors.New("usage")
+
+// loadSettings parses args (without the program's name) and the environment (lookup:
+// os.LookupEnv) as the front starts with them and checks them: the errors are the start's
+// (exit 2); no file is read, named files must exist.
+func loadSettings(args []string, lookup func(string) (string, bool)) (*settings, error) {
+	s := &settings{lookup: lookup}
+	fs := flag.NewFlagSet("persona-front", flag.ContinueOnError)
+	fs.StringVar(&s.listen, "listen", "127.0.0.1:50052", "where the front listens (HOST:PORT)")
+	fs.StringVar(&s.upstream, "upstream", "", "the Python persona serve (HOST:PORT)")
+	fs.StringVar(&s.storeFlag, "store", "", "Valkey / Redis: one node or cluster seed nodes, "+
+		"comma-separated HOST:PORT (a redis://HOST:PORT/DB URL is accepted too)")
+	fs.IntVar(&s.db, "db", 0, "database to SELECT on a single node")
+	fs.IntVar(&s.maxBatch, "max-batch", 1000, "user ids per GetEmbeddings (as persona serve's)")
+	fs.IntVar(&s.maxHistory, "max-history", 3, "history_depth at most (as persona serve's)")
+	fs.IntVar(&s.maxIDBytes, "max-id-bytes", 256, "UTF-8 bytes of one user id (as persona serve's)")
+	fs.IntVar(&s.dim, "dim", 0, "served dimension (0: learnt from the upstream's answers)")
+	fs.DurationVar(&s.versionCache, "version-cache", time.Second,
+		"active version and states cached this long (persona serve's version_cache_s)")
+	fs.DurationVar(&s.headTTL, "head-ttl", time.Minute,
+		"whether a version has a short-term head, as learnt from upstream answers, is believed this long")
+	fs.DurationVar(&s.storeTimeout, "store-timeout", time.Second, "longest store read")
+	fs.DurationVar(&s.grace, "grace", 5*time.Second, "in-flight calls may finish this long on SIGTERM")
+	fs.StringVar(&s.metricsListen, "metrics-listen", "",
+		"serve GET /metrics (Prometheus text format) on HOST:PORT (empty: off)")
+	fs.StringVar(&s.authTokenFile, "auth-token-file", "",
+		"file holding the bearer token clients must send (or env PERSONA_AUTH_TOKEN), as persona serve's")
+	fs.DurationVar(&s.margin, "deadline-margin", 2*time.Millisecond,
+		"kept back from a call's deadline for the store read (persona serve's deadline_margin_s)")
+	fs.IntVar(&s.pool, "store-pool", 64, "connections to one store node at most")
+	fs.DurationVar(&s.dialTO, "store-dial-timeout", 2*time.Second,
+		"longest connect + AUTH / SELECT to a store node (a call's deadline cuts it shorter)")
+	fs.IntVar(&s.maxCalls, "max-concurrent-rpcs", 64, "beyond this many calls in the front,"+
+		" new ones get RESOURCE_EXHAUSTED, as persona serve's (0: no limit)")
+	fs.BoolVar(&s.printSettings, "print-settings", false,
+		"print the resolved settings as one JSON object and exit (nothing dialled)")
+	s.tls.define(fs)
+	s.served.define(fs)
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return nil, err
+		}
+		return nil, errUsage
+	}
+	if fs.NArg() > 0 {
+		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
+	}
+	if err := applyEnv(fs, lookup); err != nil {
+		return nil, err
+	}
+	if s.upstream == "" || s.storeFlag == "" {
+		return nil, errors.New("-upstream and -store (or PERSONA_REDIS) are required")
+	}
+	if s.maxCalls < 0 {
+		return nil, fmt.Errorf("-max-concurrent-rpcs (PERSONA_MAX_CONCURRENT_RPCS) %d: give 0"+
+			" (no limit) or more", s.maxCalls)
+	}
+	var err error
+	urlDB := 0
+	if s.addrs, urlDB, s.urlAuth, err = parseStore(s.storeFlag); err != nil {
+		return nil, fmt.Errorf("-store: %v", err)
+	}
+	if s.db == 0 {
+		s.db = urlDB
+	}
+	if err := s.tls.check(); err != nil {
+		return nil, err
+	}
+	if err := s.served.check(lookup); err != nil {
+		return nil, err
+	}
+	if path, _ := lookup("PERSONA_REDIS_PASSWORD_FILE"); path != "" {
+		if err := exists("PERSONA_REDIS_PASSWORD_FILE", path); err != nil {
+			return nil, err
+		}
+	}
+	s.auth, err = checkAuth(s.authTokenFile, lookup)
+	return s, err
+}
+
+// printSettings writes the resolved settings as one JSON line (no secret: whether a token
+// is set, not the token; the store's HOST:PORT, not a URL's credentials).
+func printSettings(w io.Writer, s *settings) error {
+	ms := func(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+	b, err := json.Marshal(struct {
+		Listen        string   `json:"listen"`
+		Upstream      string   `json:"upstream"`
+		Store         []string `json:"store"`
+		DB            int      `json:"db"`
+		Dim           int      `json:"dim"`
+		MetricsListen string   `json:"metrics_listen"`
+		MaxBatch      int      `json:"max_batch"`
+		MaxHistory    int      `json:"max_history"`
+		MaxIDBytes    int      `json:"max_id_bytes"`
+		VersionCacheS float64  `json:"version_cache_s"`
+		MarginMS      float64  `json:"deadline_margin_ms"`
+		StoreTimeout  float64  `json:"store_timeout_ms"`
+		MaxCalls      int      `json:"max_concurrent_rpcs"`
+		TLS           string   `json:"tls"`
+		UpstreamTLS   bool     `json:"upstream_tls"`
+		Auth          bool     `json:"auth"`
+	}{s.listen, s.upstream, s.addrs, s.db, s.dim, s.metricsListen, s.maxBatch, s.maxHistory,
+		s.maxIDBytes, s.versionCache.Seconds(), ms(s.margin), ms(s.storeTimeout), s.maxCalls,
+		s.tls.mode(), s.tls.upstream(), s.auth})
+	if err == nil {
+		_, err = fmt.Fprintf(w, "%s\n", b)
+	}
+	return err
+}
 
 // envFlag: a flag whose default is a PERSONA_* variable persona serve reads
 // (services/cli/settings.py), so that a pod giving both containers the same environment
@@ -15,17 +147,24 @@ import (
 type envFlag struct {
 	flag, env string
 	conv      func(string) (string, error) // the variable's value as the flag's text
+	blank     string                       // the flag's text for a set but blank variable ("": ignored)
 }
 
 var envFlags = []envFlag{
-	{"store", "PERSONA_REDIS", verbatim},
-	{"dim", "PERSONA_DIM", verbatim},
-	{"max-batch", "PERSONA_MAX_BATCH", verbatim},
-	{"max-history", "PERSONA_MAX_HISTORY", verbatim},
-	{"max-id-bytes", "PERSONA_SERVE_MAX_ID_BYTES", verbatim},
-	{"version-cache", "PERSONA_VERSION_CACHE_S", unit(time.Second)},
-	{"deadline-margin", "PERSONA_DEADLINE_MARGIN_MS", unit(time.Millisecond)},
-	{"store-timeout", "PERSONA_STORE_TIMEOUT_MS", unit(time.Millisecond)},
+	{"store", "PERSONA_REDIS", verbatim, ""},
+	{"dim", "PERSONA_DIM", verbatim, ""},
+	{"max-batch", "PERSONA_MAX_BATCH", verbatim, ""},
+	{"max-history", "PERSONA_MAX_HISTORY", verbatim, ""},
+	{"max-id-bytes", "PERSONA_SERVE_MAX_ID_BYTES", verbatim, ""},
+	{"version-cache", "PERSONA_VERSION_CACHE_S", unit(time.Second), ""},
+	{"deadline-margin", "PERSONA_DEADLINE_MARGIN_MS", unit(time.Millisecond), ""},
+	{"store-timeout", "PERSONA_STORE_TIMEOUT_MS", unit(time.Millisecond), ""},
+	// "" and "0" are no limit (settings.py none_if=_MANY)
+	{"max-concurrent-rpcs", "PERSONA_MAX_CONCURRENT_RPCS", verbatim, "0"},
+	{"served-log-rate", "PERSONA_SERVED_LOG_RATE", verbatim, ""},
+	{"served-topic", "PERSONA_SERVED_TOPIC", verbatim, ""},
+	{"served-log-queue", "PERSONA_SERVED_LOG_QUEUE", verbatim, ""},
+	{"kafka", "PERSONA_BOOTSTRAP", verbatim, ""},
 }
 
 func verbatim(v string) (string, error) { return v, nil }
@@ -42,16 +181,20 @@ func unit(u time.Duration) func(string) (string, error) {
 }
 
 // applyEnv sets every flag of envFlags not given on the command line from its variable
-// (getenv: os.Getenv); an unusable value is an error naming the variable.
-func applyEnv(fs *flag.FlagSet, getenv func(string) string) error {
+// (lookup: os.LookupEnv); an unusable value is an error naming the variable.
+func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 	given := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { given[f.Name] = true })
 	for _, e := range envFlags {
-		v := strings.TrimSpace(getenv(e.env))
-		if v == "" || given[e.flag] {
+		raw, set := lookup(e.env)
+		v := strings.TrimSpace(raw)
+		if !set || given[e.flag] || (v == "" && e.blank == "") {
 			continue
 		}
-		s, err := e.conv(v)
+		s, err := e.blank, error(nil)
+		if v != "" {
+			s, err = e.conv(v)
+		}
 		if err == nil {
 			err = fs.Set(e.flag, s)
 		}
