@@ -53,7 +53,8 @@ class GoFront:
                 return f"Go front rows skipped: front/go/build.sh failed: {built.stderr[-500:]}"
             proc = subprocess.Popen(
                 [str(exe), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{upstream_port}",
-                 "-store", ",".join(nodes), "-dim", str(dim)],
+                 "-store", ",".join(nodes), "-dim", str(dim),
+                 "-served-log-rate", "0"],  # as the benchmarks' persona serve: no served log
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             )  # fmt: skip
             line = proc.stdout.readline() if proc.stdout else ""

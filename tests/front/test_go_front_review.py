@@ -1,10 +1,11 @@
 """The Go front after review: it fails closed when the upstream requires a bearer token
 the front does not check, reads the token where persona serve does, forwards a malformed
-active pointer to Python, and takes gzip-compressed calls."""
+active pointer to Python, takes gzip-compressed calls, and drains on SIGTERM."""
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from collections.abc import Callable
@@ -134,3 +135,21 @@ def test_gzip_calls_accepted(
         ch.close()
         up.close()
     assert front.counts() == (2, 0)
+
+
+def test_sigterm_drains_then_stops(
+    start_front: Callable[..., Front], running: Running, vstore: VectorStore
+) -> None:
+    """With -drain (PERSONA_DRAIN_S, as persona serve's drain_s) the front keeps answering
+    after SIGTERM, local and forwarded calls alike, while the endpoints drop the pod; a
+    second signal ends the drain (the test's way to not wait on a duration), then it stops."""
+    front = start_front(running.server.port, store_address(vstore), "-db", str(DB),
+                        "-dim", str(DIM), "-drain", "10m", "-grace", "5s")  # fmt: skip
+    front.proc.send_signal(signal.SIGTERM)
+    req = pb.GetEmbeddingsRequest(user_ids=["u1"], part=NEARLINE)
+    assert plain(stub(front.channel).GetEmbeddings(req, timeout=10)).vectors
+    assert stub(front.channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10).active_version
+    assert front.proc.poll() is None
+    front.proc.send_signal(signal.SIGTERM)
+    assert front.proc.wait(30) == 0
+    assert "draining for 10m0s" in front.stop()

@@ -195,7 +195,8 @@ def test_print_settings(front_bin: Path, tls_certs: Path) -> None:
         "metrics_listen": "0.0.0.0:9104", "max_batch": 200, "max_history": 3,
         "max_id_bytes": 256, "version_cache_s": 0.5, "deadline_margin_ms": 2,
         "store_timeout_ms": 250, "max_concurrent_rpcs": 0, "tls": "mTLS", "upstream_tls": True,
-        "auth": True,
+        "auth": True, "upstream_conns": 1, "drain_s": 0, "grace_s": 5,
+        "served_log_rate": 0.01, "served_topic": "persona.served", "kafka": "127.0.0.1:9092",
     }  # fmt: skip
     proc = _run(front_bin, "-print-settings", PERSONA_REDIS="h:1", PERSONA_MAX_CONCURRENT_RPCS="8")
     assert proc.returncode == 0, proc.stderr

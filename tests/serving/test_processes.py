@@ -1,7 +1,7 @@
 """`persona serve --processes N` (services/serving/processes.py): members share one port,
 health speaks for all of them, the parent's /metrics shows each, no member outlives the
 parent, whether it is stopped (SIGTERM) or killed (SIGKILL), and a member that dies takes the
-others and the parent down with it (exit 1).
+others and the parent down with it (exit 1); the Go front before them reaches both.
 
 The integration tests run the parent as a real `python -m services.cli serve` process against
 the shared Valkey; they wait on conditions (with a generous deadline), never on durations.
@@ -10,6 +10,7 @@ the shared Valkey; they wait on conditions (with a generous deadline), never on 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
 import signal
@@ -35,7 +36,10 @@ from services.serving.config import ServeConfig
 from services.serving.processes import Member, MemberMetrics, ReadyBarrier, reserve_port
 from services.serving.server import SERVICE_NAME
 from services.stack import EmbeddedStack
+from tests.front.conftest import front_bin, go_env
 from tests.serving.support import DB, DIM, V1
+
+__all__ = ["front_bin", "go_env"]  # fixtures: the Go front before the members
 
 ROOT = Path(__file__).resolve().parents[2]
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -270,3 +274,35 @@ def test_a_member_that_dies_stops_the_others_and_the_parent_exits_1(parent: Pare
     assert parent.proc.wait(60) == 1  # the pod restarts whole, not with a member short
     _until("every member gone", lambda: not any(_alive(pid) for pid in members))
     _until("the port free", lambda: not _listening(parent.port))
+
+
+@pytest.mark.integration
+def test_the_go_front_spreads_forwarded_calls_over_every_member(
+    parent: Parent, front_bin: Path, stack: EmbeddedStack
+) -> None:
+    """persona-front before `persona serve --processes 2` (the serving pod of k8s/serve.yaml):
+    its calls forwarded over `-upstream-conns` connections in turn reach both members, where
+    one connection would give every call to one (the kernel places connections, not calls).
+    16 connections all on one member: 2^-15."""
+    cmd = [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{parent.port}",
+           "-store", f"{stack.addresses.redis}/{DB}", "-upstream-conns", "16",
+           "-served-log-rate", "0"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    try:
+        address = json.loads(proc.stdout.readline() if proc.stdout else "{}")["listen"]
+        calls = 64
+        with grpc.insecure_channel(address) as ch:  # one client connection to the front
+            info = service_pb2_grpc.UserEmbeddingServiceStub(ch).GetModelInfo
+            for _ in range(calls):
+                with contextlib.suppress(grpc.RpcError):  # --no-index: any answer counts
+                    info(pb.GetModelInfoRequest(), timeout=10)
+    finally:
+        proc.terminate()
+        proc.wait(30)
+    served: dict[str, float] = {}
+    for (name, labels), value in parent.metrics().items():
+        got = dict(labels)
+        if name == "persona_serving_requests_total" and got.get("method") == "GetModelInfo":
+            served[got["process"]] = served.get(got["process"], 0.0) + value
+    assert set(served) == {"0", "1"} and all(v > 0 for v in served.values()), served
+    assert sum(served.values()) == calls

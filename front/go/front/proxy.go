@@ -67,7 +67,7 @@ type Config struct {
 
 // Front is the server's behaviour.
 type Front struct {
-	upstream *grpc.ClientConn
+	upstream grpc.ClientConnInterface // Conns, or one *grpc.ClientConn
 	store    *resp.Store
 	limits   Limits
 	versions *versions
@@ -91,7 +91,7 @@ type Front struct {
 }
 
 // New makes a Front over an upstream connection and a store.
-func New(upstream *grpc.ClientConn, st *resp.Store, cfg Config) *Front {
+func New(upstream grpc.ClientConnInterface, st *resp.Store, cfg Config) *Front {
 	f := &Front{upstream: upstream, store: st, limits: cfg.Limits,
 		versions: newVersions(st, cfg.VersionTTL),
 		heads:    &heads{ttl: cfg.HeadTTL, of: map[string]headSeen{}},

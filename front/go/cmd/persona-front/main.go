@@ -82,13 +82,16 @@ func run(s *settings) {
 		log.Fatalf("persona-front: store: %v", err)
 	}
 	defer st.Close()
-	conn, err := grpc.Dial(s.upstream, front.DialOptions(upstreamCreds)...)
-	if err != nil {
-		log.Fatalf("persona-front: upstream: %v", err)
+	conns := make([]*grpc.ClientConn, s.upstreamConns)
+	for i := range conns {
+		if conns[i], err = grpc.Dial(s.upstream, front.DialOptions(upstreamCreds)...); err != nil {
+			log.Fatalf("persona-front: upstream: %v", err)
+		}
 	}
-	defer conn.Close()
+	upstream := front.NewConns(conns)
+	defer upstream.Close()
 	reg := &metrics.Registry{}
-	f := front.New(conn, st, front.Config{
+	f := front.New(upstream, st, front.Config{
 		Limits:            front.Limits{MaxBatch: s.maxBatch, MaxHistory: s.maxHistory, MaxIDBytes: s.maxIDBytes},
 		Dim:               s.dim,
 		VersionTTL:        s.versionCache,
@@ -130,6 +133,13 @@ func run(s *settings) {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		<-stop
+		if s.drain > 0 { // keep answering while the endpoints drop the pod; a second signal ends it
+			log.Printf("persona-front: draining for %v", s.drain)
+			select {
+			case <-time.After(s.drain):
+			case <-stop:
+			}
+		}
 		done := make(chan struct{})
 		go func() { srv.GracefulStop(); close(done) }()
 		select {

@@ -132,7 +132,9 @@ func TestPrintSettings(t *testing.T) {
 	want := `{"listen":"127.0.0.1:50052","upstream":"127.0.0.1:50051","store":["h:1"],"db":0,` +
 		`"dim":0,"metrics_listen":"","max_batch":1000,"max_history":3,"max_id_bytes":256,` +
 		`"version_cache_s":1,"deadline_margin_ms":2,"store_timeout_ms":1000,` +
-		`"max_concurrent_rpcs":64,"tls":"plaintext","upstream_tls":false,"auth":false}` + "\n"
+		`"max_concurrent_rpcs":64,"tls":"plaintext","upstream_tls":false,"auth":false,` +
+		`"upstream_conns":1,"drain_s":0,"grace_s":5,"served_log_rate":0.01,` +
+		`"served_topic":"persona.served","kafka":"127.0.0.1:9092"}` + "\n"
 	if got != want {
 		t.Fatalf("defaults:\n%s\nwant\n%s", got, want)
 	}
@@ -146,13 +148,16 @@ func TestPrintSettings(t *testing.T) {
 		"PERSONA_DIM": "64", "PERSONA_MAX_BATCH": "500", "PERSONA_MAX_HISTORY": "1",
 		"PERSONA_SERVE_MAX_ID_BYTES": "128", "PERSONA_VERSION_CACHE_S": "0.5",
 		"PERSONA_DEADLINE_MARGIN_MS": "3", "PERSONA_STORE_TIMEOUT_MS": "250",
-		"PERSONA_MAX_CONCURRENT_RPCS": "", "PERSONA_AUTH_TOKEN": "s3cret"}
+		"PERSONA_MAX_CONCURRENT_RPCS": "", "PERSONA_AUTH_TOKEN": "s3cret",
+		"PERSONA_SERVE_PROCESSES": "2", "PERSONA_DRAIN_S": "5", "PERSONA_GRACE_S": "10",
+		"PERSONA_SERVED_LOG_RATE": "0", "PERSONA_BOOTSTRAP": "kafka:9092"}
 	got = printed(t, args, env)
 	want = `{"listen":"0.0.0.0:50052","upstream":"localhost:50051",` +
 		`"store":["valkey:6379","valkey-2:6380"],"db":3,"dim":64,"metrics_listen":"0.0.0.0:9104",` +
 		`"max_batch":500,"max_history":2,"max_id_bytes":128,"version_cache_s":0.5,` +
 		`"deadline_margin_ms":3,"store_timeout_ms":250,"max_concurrent_rpcs":0,"tls":"mTLS",` +
-		`"upstream_tls":true,"auth":true}` + "\n"
+		`"upstream_tls":true,"auth":true,"upstream_conns":16,"drain_s":5,"grace_s":10,` +
+		`"served_log_rate":0,"served_topic":"persona.served","kafka":"kafka:9092"}` + "\n"
 	if got != want {
 		t.Fatalf("container:\n%s\nwant\n%s", got, want)
 	}
@@ -201,6 +206,9 @@ func TestSettingsRefused(t *testing.T) {
 		{[]string{"-max-concurrent-rpcs", "-1"}, nil, "-max-concurrent-rpcs"},
 		{nil, map[string]string{"PERSONA_MAX_CONCURRENT_RPCS": "many"}, "PERSONA_MAX_CONCURRENT_RPCS"},
 		{[]string{"-store", "rediss://h:1"}, nil, "rediss://"},
+		{[]string{"-upstream-conns", "0"}, nil, "-upstream-conns 0"},
+		{nil, map[string]string{"PERSONA_SERVE_PROCESSES": "0"}, "PERSONA_SERVE_PROCESSES"},
+		{nil, map[string]string{"PERSONA_DRAIN_S": "-1"}, "PERSONA_DRAIN_S"},
 		{[]string{"stray"}, nil, "unexpected argument"},
 	} {
 		args := c.args

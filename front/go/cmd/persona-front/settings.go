@@ -18,7 +18,9 @@ import (
 type settings struct {
 	listen, upstream, storeFlag, metricsListen, authTokenFile  string
 	db, dim, maxBatch, maxHistory, maxIDBytes, pool, maxCalls  int
+	upstreamConns                                              int
 	versionCache, headTTL, storeTimeout, grace, margin, dialTO time.Duration
+	drain                                                      time.Duration
 	printSettings                                              bool
 	tls                                                        tlsFlags
 	served                                                     servedFlags // served log (servedlog.go)
@@ -52,7 +54,12 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 	fs.DurationVar(&s.headTTL, "head-ttl", time.Minute,
 		"whether a version has a short-term head, as learnt from upstream answers, is believed this long")
 	fs.DurationVar(&s.storeTimeout, "store-timeout", time.Second, "longest store read")
-	fs.DurationVar(&s.grace, "grace", 5*time.Second, "in-flight calls may finish this long on SIGTERM")
+	fs.DurationVar(&s.grace, "grace", 5*time.Second,
+		"in-flight calls may finish this long on SIGTERM, after -drain (persona serve's grace_s)")
+	fs.DurationVar(&s.drain, "drain", 0, "on SIGTERM keep serving this long before stopping, while"+
+		" the endpoints drop the pod (persona serve's drain_s)")
+	fs.IntVar(&s.upstreamConns, "upstream-conns", 1, "connections to the upstream, calls sent over"+
+		" them in turn (default from PERSONA_SERVE_PROCESSES: 8 per process when more than one)")
 	fs.StringVar(&s.metricsListen, "metrics-listen", "",
 		"serve GET /metrics (Prometheus text format) on HOST:PORT (empty: off)")
 	fs.StringVar(&s.authTokenFile, "auth-token-file", "",
@@ -82,6 +89,9 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 	}
 	if s.upstream == "" || s.storeFlag == "" {
 		return nil, errors.New("-upstream and -store (or PERSONA_REDIS) are required")
+	}
+	if s.upstreamConns < 1 {
+		return nil, fmt.Errorf("-upstream-conns %d: give 1 or more", s.upstreamConns)
 	}
 	if s.maxCalls < 0 {
 		return nil, fmt.Errorf("-max-concurrent-rpcs (PERSONA_MAX_CONCURRENT_RPCS) %d: give 0"+
@@ -131,9 +141,16 @@ func printSettings(w io.Writer, s *settings) error {
 		TLS           string   `json:"tls"`
 		UpstreamTLS   bool     `json:"upstream_tls"`
 		Auth          bool     `json:"auth"`
+		UpstreamConns int      `json:"upstream_conns"`
+		DrainS        float64  `json:"drain_s"`
+		GraceS        float64  `json:"grace_s"`
+		ServedRate    float64  `json:"served_log_rate"`
+		ServedTopic   string   `json:"served_topic"`
+		Kafka         string   `json:"kafka"`
 	}{s.listen, s.upstream, s.addrs, s.db, s.dim, s.metricsListen, s.maxBatch, s.maxHistory,
 		s.maxIDBytes, s.versionCache.Seconds(), ms(s.margin), ms(s.storeTimeout), s.maxCalls,
-		s.tls.mode(), s.tls.upstream(), s.auth})
+		s.tls.mode(), s.tls.upstream(), s.auth, s.upstreamConns, s.drain.Seconds(),
+		s.grace.Seconds(), s.served.rate, s.served.topic, s.served.bootstrap})
 	if err == nil {
 		_, err = fmt.Fprintf(w, "%s\n", b)
 	}
@@ -165,6 +182,24 @@ var envFlags = []envFlag{
 	{"served-topic", "PERSONA_SERVED_TOPIC", verbatim, ""},
 	{"served-log-queue", "PERSONA_SERVED_LOG_QUEUE", verbatim, ""},
 	{"kafka", "PERSONA_BOOTSTRAP", verbatim, ""},
+	{"drain", "PERSONA_DRAIN_S", unit(time.Second), ""},
+	{"grace", "PERSONA_GRACE_S", unit(time.Second), ""},
+	{"upstream-conns", "PERSONA_SERVE_PROCESSES", connsPerProcesses, ""},
+}
+
+// connsPerProcesses: upstream connections for persona serve --processes N: one for a
+// single process, else 8 per process, so that the kernel's hash of each connection leaves
+// no process without one (with 2 processes, 16 connections miss one with probability
+// 2^-15) and the calls spread about evenly.
+func connsPerProcesses(v string) (string, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return "", fmt.Errorf("not a whole number of processes, 1 or more")
+	}
+	if n == 1 {
+		return "1", nil
+	}
+	return strconv.Itoa(8 * n), nil
 }
 
 func verbatim(v string) (string, error) { return v, nil }
