@@ -7,7 +7,10 @@
   the values Persona depends on (topics, partitions, scale target).
 - Each Persona container runs a real `persona` command line with its ConfigMap/env applied;
   every PERSONA_* it gets is read by the code; its ports and probe ports are the ones that
-  configuration opens; the serving readiness probe names the real gRPC service.
+  configuration opens; the serving readiness probe names the real gRPC service. The Go
+  front's container is resolved by the built binary (`persona-front -print-settings`): it
+  listens on the public port and forwards to persona serve's port in the same pod; the
+  PodMonitor scrapes every metrics port.
 - Placement and hygiene: the GPU refresher requests nvidia.com/gpu on GPU nodes, every
   container has requests and limits and runs as non-root; Service, PDB and HPA point at the
   serving Deployment; NetworkPolicy ports match the container ports.
@@ -15,6 +18,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 from pathlib import Path
@@ -23,7 +27,11 @@ from typing import Any
 import pytest
 
 from services.cli import settings
+from tests.front.conftest import front_bin, go_env
 from tests.ops.support import K8S, RUNTIME_ENV, env_vars_read_by_code, parse_persona, yaml_docs
+
+__all__ = ["front_bin", "go_env"]  # fixtures: the Go front built for its container's test
+FRONT_COMMAND = "persona-front"
 
 CRDS = K8S / "crds"
 PLAIN = sorted(p for p in K8S.rglob("*.yaml") if CRDS not in p.parents)
@@ -130,6 +138,16 @@ def test_custom_resources_parse_with_known_kinds() -> None:
     assert trigger["consumerGroup"] == _config()["PERSONA_GROUP"]
 
 
+def test_pod_monitor_scrapes_every_metrics_port() -> None:
+    (mon,) = [d for d in _docs(sorted(CRDS.glob("*.yaml"))) if d["kind"] == "PodMonitor"]
+    scraped = {e["port"] for e in mon["spec"]["podMetricsEndpoints"]}
+    declared = {
+        p["name"] for _, _, c in _persona_containers() for p in c["ports"]
+        if p["name"].endswith("metrics")
+    }  # fmt: skip
+    assert declared == scraped
+
+
 def test_containers_run_real_commands_with_read_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     read = env_vars_read_by_code()
     seen = set()
@@ -137,6 +155,8 @@ def test_containers_run_real_commands_with_read_settings(monkeypatch: pytest.Mon
         env = _container_env(c)
         unknown = set(env) - read - RUNTIME_ENV
         assert not unknown, f"{name} sets variables no code reads: {sorted(unknown)}"
+        if c.get("command") == [FRONT_COMMAND]:
+            continue  # the Go front's settings: test_front_container_settings
         with monkeypatch.context() as m:
             for key in [k for k in os.environ if k.startswith("PERSONA_")]:
                 m.delenv(key)
@@ -160,18 +180,62 @@ def test_containers_run_real_commands_with_read_settings(monkeypatch: pytest.Mon
     assert seen == {"ingest", "refresh", "serve"}
 
 
+def _serving(name: str) -> dict[str, Any]:
+    """The serving pod's container `name` (serve, front)."""
+    pod = _by_kind("Deployment")["persona-serve"]["spec"]["template"]["spec"]
+    (c,) = [c for c in pod["containers"] if c["name"] == name]
+    return c
+
+
 def test_serving_probes_use_grpc_health() -> None:
+    """Readiness is the Persona service's health: persona serve's own, and the same answer
+    forwarded through the front; the front's liveness is its own listener."""
     from persona.v1 import service_pb2
 
     full = service_pb2.DESCRIPTOR.services_by_name["UserEmbeddingService"].full_name
-    (c,) = _by_kind("Deployment")["persona-serve"]["spec"]["template"]["spec"]["containers"]
-    assert "grpc" in c["livenessProbe"] and "grpc" in c["readinessProbe"]
-    assert c["readinessProbe"]["grpc"]["service"] == full
+    serve, front = _serving("serve"), _serving("front")
+    assert "grpc" in serve["livenessProbe"] and "grpc" in serve["readinessProbe"]
+    for c in (serve, front):
+        assert c["readinessProbe"]["grpc"]["service"] == full, c["name"]
+    assert front["livenessProbe"]["tcpSocket"]["port"] == front["readinessProbe"]["grpc"]["port"]
+
+
+def test_front_container_settings(front_bin: Path) -> None:
+    """The front container's command line and environment, resolved by the built binary
+    (`-print-settings`): it listens on the pod's public gRPC port (the Services' target,
+    the NetworkPolicy's port), forwards to persona serve's port in the same pod, opens the
+    metrics port it declares, and reads the same store and token as persona serve."""
+    front, serve = _serving("front"), _serving("serve")
+    env = _container_env(front)
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    proc = subprocess.run(
+        [str(front_bin), *front["args"], "-print-settings"],
+        env={**clean, **env}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    ports = {p["name"]: p["containerPort"] for p in front["ports"]}
+    assert int(got["listen"].rsplit(":", 1)[1]) == ports["grpc"] == int(env["PERSONA_SERVE_PORT"])
+    assert int(got["metrics_listen"].rsplit(":", 1)[1]) == ports["front-metrics"]
+    upstream = {p["name"]: p["containerPort"] for p in serve["ports"]}["upstream"]
+    assert got["upstream"] == f"127.0.0.1:{upstream}"
+    assert int(_container_env(serve)["PERSONA_SERVE_PORT"]) == upstream
+    (store,) = got["store"]  # the node address, out of persona serve's redis:// URL
+    assert store and env["PERSONA_REDIS"].removeprefix("redis://").startswith(store)
+    assert got["auth"] == ("PERSONA_AUTH_TOKEN" in env)
+    # every serving process gets forwarded calls; the pod drains and stops as serve does
+    procs = int(_container_env(serve)["PERSONA_SERVE_PROCESSES"])
+    assert got["upstream_conns"] >= 8 * procs if procs > 1 else got["upstream_conns"] >= 1
+    assert got["drain_s"] == float(env["PERSONA_DRAIN_S"]) > 0
+    assert got["grace_s"] <= float(env["PERSONA_GRACE_S"])
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        spec = front[probe]
+        assert (spec.get("grpc") or spec.get("tcpSocket"))["port"] == ports["grpc"], probe
 
 
 def test_serving_runs_one_process_per_requested_core() -> None:
     """`persona serve --processes N` answers from N cores: N follows the CPU request."""
-    (c,) = _by_kind("Deployment")["persona-serve"]["spec"]["template"]["spec"]["containers"]
+    c = _serving("serve")
     procs = int(_container_env(c)["PERSONA_SERVE_PROCESSES"])
     assert procs > 1 and procs == int(c["resources"]["requests"]["cpu"])
 
@@ -221,8 +285,8 @@ def test_resources_and_security() -> None:
 def test_service_pdb_hpa_point_at_serving() -> None:
     dep = _by_kind("Deployment")["persona-serve"]
     labels = dep["spec"]["template"]["metadata"]["labels"]
-    (c,) = dep["spec"]["template"]["spec"]["containers"]
-    port_names = {p["name"] for p in c["ports"]}
+    containers = dep["spec"]["template"]["spec"]["containers"]
+    port_names = {p["name"] for c in containers for p in c["ports"]}
     for svc in _by_kind("Service").values():
         if svc["metadata"]["namespace"] != "persona":
             continue
@@ -245,7 +309,8 @@ def test_network_policy_ports_match_containers() -> None:
     }
     assert grpc_ports == {int(cfg["PERSONA_SERVE_PORT"])}
     metrics = {p["port"] for r in pols["persona-metrics"]["spec"]["ingress"] for p in r["ports"]}
-    assert metrics == {int(cfg["PERSONA_METRICS_PORT"])}
+    front = {p["containerPort"] for p in _serving("front")["ports"] if p["name"] != "grpc"}
+    assert metrics == {int(cfg["PERSONA_METRICS_PORT"])} | front
     egress = {p["port"] for r in pols["persona-egress"]["spec"]["egress"] for p in r["ports"]}
     kafka_port = int(cfg["PERSONA_BOOTSTRAP"].rsplit(":", 1)[1])
     redis_port = int(cfg["PERSONA_REDIS"].rsplit(":", 1)[1].split("/")[0])

@@ -1,6 +1,7 @@
 """Every metric the dashboard and the alert rules name is one the code really exports.
 
-Path taken per service: all three run for real. `persona ingest`, `persona serve` (which
+Path taken per service: all three run for real, and the Go front (`persona-front`, built
+from front/go) before the scraped `persona serve`. `persona ingest`, `persona serve` (which
 also carries the lookalike index's `persona_index_*` metrics through its update-log
 follower) and `persona refresh` are started as processes against the embedded `stack`
 fixture, each with `--metrics-port`, and `http://127.0.0.1:PORT/metrics` is scraped; names
@@ -19,7 +20,9 @@ waits for a model and still serves /metrics). All are stopped (SIGTERM, then SIG
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -27,11 +30,16 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import grpc
 import pytest
 import yaml
+from persona.v1 import service_pb2 as pb
+from persona.v1 import service_pb2_grpc as pb_grpc
 
 from services.stack import EmbeddedStack, free_ports
+from tests.front.conftest import front_bin, go_env
 from tests.ops.support import (
     PROM,
     PROMETHEUS_SERIES,
@@ -48,20 +56,57 @@ from tests.ops.support import (
 )
 
 pytestmark = pytest.mark.integration
+__all__ = ["front_bin", "go_env"]  # fixtures: the Go front, scraped beside persona serve
 
 STARTUP_S = 120.0  # refresh imports torch: ~20 s on 2 busy cores
 
 
-def _scrape(port: int) -> str:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as resp:
+def _scrape(port: int | str) -> str:
+    """/metrics on 127.0.0.1:`port`, or on `port` given as HOST:PORT."""
+    where = port if isinstance(port, str) else f"127.0.0.1:{port}"
+    with urllib.request.urlopen(f"http://{where}/metrics", timeout=2) as resp:
         return resp.read().decode()
+
+
+def _start_front(front_bin: Path, grpc_port: int, redis: str, env: dict[str, str]) -> tuple[
+    subprocess.Popen[str], str
+]:  # fmt: skip
+    """persona-front before the module's persona serve, with one GetEmbeddings through it
+    (forwarded: no version is active), so its labelled counters have children to read the
+    label names from. -> (process, its metrics HOST:PORT)."""
+    proc = subprocess.Popen(
+        [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{grpc_port}",
+         "-store", f"{redis}/13", "-dim", "16", "-metrics-listen", "127.0.0.1:0"],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )  # fmt: skip
+    line = proc.stdout.readline() if proc.stdout else ""
+    if not line:
+        proc.kill()
+        proc.wait(5)
+        pytest.fail("persona-front did not start")
+    info = json.loads(line)
+    with grpc.insecure_channel(info["listen"]) as ch, contextlib.suppress(grpc.RpcError):
+        req = pb.GetEmbeddingsRequest(user_ids=["u1"])
+        pb_grpc.UserEmbeddingServiceStub(ch).GetEmbeddings(req, timeout=30, wait_for_ready=True)
+    return proc, info["metrics"]
+
+
+def _sample_labels(text: str) -> dict[str, set[str]]:
+    """Base metric name -> label names, from a page's sample lines (the Go front's: its
+    metrics are not Python objects `code_metric_labels` can build)."""
+    out: dict[str, set[str]] = {}
+    for m in re.finditer(r"(?m)^([a-zA-Z_:][\w:]*)\{([^}]*)\}", text):
+        names = set(re.findall(r'(\w+)="', m.group(2))) - {"le"}
+        out.setdefault(base_metric(m.group(1)), set()).update(names)
+    return out
 
 
 @pytest.fixture(scope="module")
 def scraped(
-    stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory
+    stack: EmbeddedStack, tmp_path_factory: pytest.TempPathFactory, front_bin: Path
 ) -> Iterator[dict[str, str]]:
-    """{service: /metrics text} from live ingest, serve and refresh processes."""
+    """{service: /metrics text} from live ingest, serve and refresh processes, and the Go
+    front before that persona serve."""
     a = stack.addresses
     tag = f"ops-{os.getpid()}-{time.monotonic_ns() % 1_000_000}"
     models = tmp_path_factory.mktemp("models")
@@ -84,7 +129,7 @@ def scraped(
     env = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
     env |= {"PERSONA_PARTITIONS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     logs = {name: tmp_path_factory.mktemp("logs") / f"{name}.log" for name in commands}
-    procs: dict[str, subprocess.Popen[bytes]] = {}
+    procs: dict[str, subprocess.Popen[Any]] = {}
     try:
         for name, cmd in commands.items():
             with logs[name].open("wb") as log:
@@ -104,8 +149,9 @@ def scraped(
         assert not missing, f"no /metrics from {missing}: " + " | ".join(
             _tail(logs[n]) for n in missing
         )
+        procs["front"], front_metrics = _start_front(front_bin, grpc_port, a.redis, env)
         time.sleep(1.0)  # let ingest set its per-partition lag once, then scrape again
-        yield {name: _scrape(ports[name]) for name in commands}
+        yield {name: _scrape(ports[name]) for name in commands} | {"front": _scrape(front_metrics)}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
@@ -148,6 +194,7 @@ def test_each_service_exports_its_family(scraped: dict[str, str]) -> None:
     assert "persona_serving_requests_total" in scraped["serve"]
     assert "persona_index_update_log_lag_records" in scraped["serve"]
     assert "persona_refresh_event_to_vector_seconds" in scraped["refresh"]
+    assert 'persona_front_get_embeddings_total{outcome="forwarded"} 1' in scraped["front"]
 
 
 def test_dashboard_and_rules_name_exported_metrics(exported: set[str]) -> None:
@@ -163,8 +210,8 @@ def test_dashboard_and_rules_name_exported_metrics(exported: set[str]) -> None:
         assert family in dash, f"no dashboard panel for {family}*"
 
 
-def test_labels_in_queries_exist(exported: set[str]) -> None:
-    labels = code_metric_labels()
+def test_labels_in_queries_exist(exported: set[str], scraped: dict[str, str]) -> None:
+    labels = code_metric_labels() | _sample_labels(scraped["front"])
     assert {base_metric(n) for n in exported if n.startswith("persona_")} >= set(labels)
     problems = []
     for where, expr in _used().items():
