@@ -206,7 +206,9 @@ def test_dashboard_and_rules_name_exported_metrics(exported: set[str]) -> None:
     assert not unknown, f"names no service exports: {unknown}"
     # and the dashboard covers every family
     dash = " ".join(e for _, e in dashboard_exprs())
-    for family in ("persona_ingest_", "persona_refresh_", "persona_serving_", "persona_index_"):
+    families = ("persona_ingest_", "persona_refresh_", "persona_serving_", "persona_index_",
+                "persona_front_")  # fmt: skip
+    for family in families:
         assert family in dash, f"no dashboard panel for {family}*"
 
 
