@@ -7,18 +7,24 @@
 - every PERSONA_* variable it sets is one the code reads;
 - every published port is the service's gRPC or metrics port, and Prometheus scrapes each
   service on the metrics port it really opens;
-- the files it mounts exist, and Grafana's datasource uid is the one the dashboard uses.
+- the files it mounts exist, and Grafana's datasource uid is the one the dashboard uses;
+- the Go front's service (entrypoint `persona-front`) resolves, with the built binary's
+  `-print-settings`, to the published gRPC port, persona-serve's port as its upstream, the
+  metrics port Prometheus scrapes, and persona serve's own environment.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from tests.front.conftest import front_bin, go_env
 from tests.ops.support import (
     DASHBOARD,
     DEPLOY,
@@ -27,6 +33,8 @@ from tests.ops.support import (
     env_vars_read_by_code,
     parse_persona,
 )
+
+__all__ = ["front_bin", "go_env"]  # fixtures: the Go front's settings resolved by its binary
 
 COMPOSE = DEPLOY / "compose.yaml"
 PERSONA = {"persona-ingest": "ingest", "persona-refresh": "refresh", "persona-serve": "serve"}
@@ -39,12 +47,14 @@ def services() -> dict[str, Any]:
 
 
 def _persona_services(services: dict[str, Any]) -> dict[str, Any]:
+    """The services that run a `persona` command line (the Go front's is its own binary)."""
     return {
         name: svc
         for name, svc in services.items()
-        if str(svc.get("image", "")).startswith("persona:")
-        or svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile"
-    }
+        if (str(svc.get("image", "")).startswith("persona:")
+            or svc.get("build", {}).get("dockerfile") == "deploy/Dockerfile")
+        and svc.get("entrypoint") != ["persona-front"]
+    }  # fmt: skip
 
 
 def _env(svc: dict[str, Any]) -> dict[str, str]:
@@ -144,3 +154,34 @@ def test_dashboard_filters_by_job_and_namespace() -> None:
         }
         assert promql_metric_names(expr) <= selected, f"{title}: {expr}"
         assert "$job" in expr and "$namespace" in expr, title
+
+
+def _port(hostport: str) -> int:
+    return int(hostport.rsplit(":", 1)[1])
+
+
+def test_front_resolves_to_the_published_ports_and_serve_upstream(
+    services: dict[str, Any], front_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front, serve = services["persona-front"], services["persona-serve"]
+    assert front["entrypoint"] == ["persona-front"] and front["image"] == serve["image"]
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    proc = subprocess.run(
+        [str(front_bin), *front["command"], "-print-settings"],
+        env={**clean, **_env(front)}, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    got = json.loads(proc.stdout)
+    published = {int(str(m).split(":")[-1]) for m in front["ports"]}
+    assert published == {_port(got["listen"]), _port(got["metrics_listen"])}
+    with monkeypatch.context() as m:
+        serve_args = _parsed(serve, m)
+    assert got["upstream"] == f"persona-serve:{serve_args.port}"
+    assert _env(front) == _env(serve), "the front and persona serve read one environment"
+    scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())
+    (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "persona-serve"]
+    targets = {t for sc in job["static_configs"] for t in sc["targets"]}
+    assert f"persona-front:{_port(got['metrics_listen'])}" in targets
+    assert not any(str(m).endswith(f":{serve_args.port}") for m in serve["ports"]), (
+        "persona serve's gRPC port is published: callers would bypass the front"
+    )
