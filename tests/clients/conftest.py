@@ -7,7 +7,6 @@ needs one skips, saying what is missing and how to install it, only when it is a
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -15,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.go_support import ENSURE, GO_DIR, GO_IMPORT, go_env
 from tests.serving.conftest import holder, running, serve, users, vstore
 from tests.serving.support import unit
 
@@ -24,48 +24,7 @@ __all__ = [
 ]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
-GO_DIR = ROOT / "clients" / "go"
 NODE_DIR = ROOT / "clients" / "node"
-GO_IMPORT = "persona/clients/go"  # the go_package prefix of proto/persona/v1
-DEBIAN_GOPATH = Path("/usr/share/gocode")
-ENSURE = "deploy/ensure-client-tools.sh (run by `make test`; apt-get and npm)"
-
-
-def _go_missing() -> str | None:
-    for tool in ("go", "protoc", "protoc-gen-go", "protoc-gen-go-grpc"):
-        if shutil.which(tool) is None:
-            return f"{tool} not installed: {ENSURE} installs Debian's Go toolchain"
-    src = DEBIAN_GOPATH / "src"
-    if not (src / "google.golang.org" / "grpc").is_dir():
-        return f"grpc-go sources missing under {DEBIAN_GOPATH}: {ENSURE} (golang-google-grpc-dev)"
-    if not (src / "github.com" / "golang" / "protobuf" / "proto" / "registry.go").is_file():
-        return (
-            f"github.com/golang/protobuf under {DEBIAN_GOPATH} is 1.3 (cannot decode "
-            f"protoc-gen-go 1.28 messages): {ENSURE} (golang-github-golang-protobuf-1-5-dev)"
-        )
-    return None
-
-
-@pytest.fixture(scope="session")
-def go_env() -> dict[str, str]:
-    """GOPATH mode over Debian's packaged sources: clients/go appears at its import path
-    in a GOPATH of its own (clients/go/.gopath, git-ignored), beside /usr/share/gocode."""
-    why = _go_missing()
-    if why:
-        pytest.skip(why)
-    gopath = GO_DIR / ".gopath"
-    link = gopath / "src" / GO_IMPORT
-    link.parent.mkdir(parents=True, exist_ok=True)
-    if not link.is_symlink():
-        link.symlink_to(GO_DIR, target_is_directory=True)
-    return {
-        **os.environ,
-        "GOPATH": f"{gopath}:{DEBIAN_GOPATH}",
-        "GO111MODULE": "off",
-        "GOFLAGS": "",
-        "GOCACHE": str(gopath / "cache"),
-        "GRPC_GO_RETRY": "on",  # grpc-go < 1.40 applies service-config retries only so
-    }
 
 
 @pytest.fixture(scope="session")

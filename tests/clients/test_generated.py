@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.clients.conftest import GO_DIR, ROOT
+from tests.clients.conftest import ROOT
+from tests.go_support import GO_DIR
 
 PY_OUT = ROOT / "clients" / "python" / "src" / "persona" / "v1"
 BUF = ROOT / "deploy" / "tools" / "node_modules" / ".bin" / "buf"

@@ -14,7 +14,8 @@ import pytest
 
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
-from tests.clients.conftest import GO_IMPORT, check_neighbors
+from tests.clients.conftest import check_neighbors
+from tests.go_support import GO_IMPORT
 from tests.serving.support import DIM, NOW_MS, V1, V2, Running
 
 pytestmark = pytest.mark.integration

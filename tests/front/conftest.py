@@ -16,8 +16,9 @@ import pytest
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 
-from tests.clients.conftest import go_env, holder, running, serve, users
+from tests.clients.conftest import holder, running, serve, users
 from tests.clients.conftest import vstore as vstore
+from tests.go_support import build, front_bin, go_env
 from tests.tls_support import channel_creds, make_certs
 
 if TYPE_CHECKING:
@@ -43,21 +44,6 @@ __all__ = [
 ]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
-FRONT_DIR = ROOT / "front" / "go"
-
-
-def build(go_env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    """front/go/build.sh (GOPATH mode over Debian's packaged sources) with `args`."""
-    return subprocess.run([str(FRONT_DIR / "build.sh"), *args], env=go_env, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def front_bin(go_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
-    out = tmp_path_factory.mktemp("front") / "persona-front"
-    proc = build(go_env, str(out))
-    assert proc.returncode == 0, proc.stderr
-    return out
 
 
 class Front:

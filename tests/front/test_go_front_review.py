@@ -4,6 +4,7 @@ active pointer to Python, takes gzip-compressed calls, and drains on SIGTERM."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import signal
 import subprocess
@@ -146,10 +147,22 @@ def test_sigterm_drains_then_stops(
     front = start_front(running.server.port, store_address(vstore), "-db", str(DB),
                         "-dim", str(DIM), "-drain", "10m", "-grace", "5s")  # fmt: skip
     front.proc.send_signal(signal.SIGTERM)
+    # the calls below go out once the front said it drains: they are answered during it
+    said = concurrent.futures.ThreadPoolExecutor(1).submit(_line_with, front, "draining for")
+    assert "draining for 10m0s" in said.result(timeout=30)
     req = pb.GetEmbeddingsRequest(user_ids=["u1"], part=NEARLINE)
     assert plain(stub(front.channel).GetEmbeddings(req, timeout=10)).vectors
     assert stub(front.channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10).active_version
     assert front.proc.poll() is None
     front.proc.send_signal(signal.SIGTERM)
     assert front.proc.wait(30) == 0
-    assert "draining for 10m0s" in front.stop()
+    assert "stopped" in front.stop()
+
+
+def _line_with(front: Front, text: str) -> str:
+    """The first line of the front's stderr holding `text` (read until it comes)."""
+    assert front.proc.stderr is not None
+    for line in front.proc.stderr:
+        if text in line:
+            return line
+    raise AssertionError(f"the front's stderr ended without {text!r}")

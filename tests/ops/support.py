@@ -33,6 +33,8 @@ RUNTIME_ENV = {
     "OMP_WAIT_POLICY",  # OpenMP / OpenBLAS thread behaviour (Makefile, ENVIRONMENT.md)
     "OPENBLAS_NUM_THREADS",
     "OMP_NUM_THREADS",  # torch's intra-op threads (k8s/refresh-cpu.yaml: the pod's CPU limit)
+    "GOMAXPROCS",  # the Go front's runtime (k8s/serve.yaml: its CPU limit)
+    "GOMEMLIMIT",
 }
 
 # Labels Prometheus attaches at scrape time (or histogram internals), valid in any query.

@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from pathlib import Path
 
-from tests.front.conftest import build, go_env
+from tests.go_support import build, go_env
 from tests.ops.support import DEPLOY
 
 __all__ = ["go_env"]  # fixture

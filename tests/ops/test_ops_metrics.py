@@ -39,7 +39,7 @@ from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 
 from services.stack import EmbeddedStack, free_ports
-from tests.front.conftest import front_bin, go_env
+from tests.go_support import front_bin, go_env
 from tests.ops.support import (
     PROM,
     PROMETHEUS_SERIES,

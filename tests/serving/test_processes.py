@@ -36,7 +36,7 @@ from services.serving.config import ServeConfig
 from services.serving.processes import Member, MemberMetrics, ReadyBarrier, reserve_port
 from services.serving.server import SERVICE_NAME
 from services.stack import EmbeddedStack
-from tests.front.conftest import front_bin, go_env
+from tests.go_support import front_bin, go_env
 from tests.serving.support import DB, DIM, V1
 
 __all__ = ["front_bin", "go_env"]  # fixtures: the Go front before the members

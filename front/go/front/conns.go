@@ -5,6 +5,7 @@ import (
 	"sync/atomic"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 )
 
 // Conns sends calls over several upstream connections in turn. `persona serve --processes
@@ -25,8 +26,19 @@ func NewConns(cs []*grpc.ClientConn) *Conns {
 	return &Conns{cs: cs}
 }
 
+// pick: the next connection in turn, passing over those in TRANSIENT_FAILURE (reconnecting
+// after persona serve restarted) while another may answer: a call sent on one would fail
+// UNAVAILABLE at once. When every one is failing, the next in turn.
 func (c *Conns) pick() *grpc.ClientConn {
-	return c.cs[(c.next.Add(1)-1)%uint64(len(c.cs))]
+	n := uint64(len(c.cs))
+	first := c.next.Add(1) - 1
+	for i := uint64(0); i < n; i++ {
+		cc := c.cs[(first+i)%n]
+		if cc.GetState() != connectivity.TransientFailure {
+			return cc
+		}
+	}
+	return c.cs[first%n]
 }
 
 // Invoke is grpc.ClientConnInterface's, on the next connection.

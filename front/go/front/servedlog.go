@@ -41,10 +41,13 @@ type ServedLogConfig struct {
 	Producer Producer // to the topic (PERSONA_SERVED_TOPIC)
 }
 
-// served_log.py's BATCH_ITEMS and FLUSH_S.
+// served_log.py's BATCH_ITEMS and FLUSH_S; ServedMaxRows bounds the rows queued as well
+// as the answers (Python bounds answers only, in a 12 GiB container; at rate 1 and 1,000
+// ids a call, 10,000 answers would hold ~0.6 GB here): 500,000 rows are ~50 MB.
 const (
 	ServedBatchItems = 512
 	ServedFlush      = 10 * time.Second
+	ServedMaxRows    = 500_000
 )
 
 type servedLog struct {
@@ -57,6 +60,7 @@ type servedLog struct {
 	dropped *metrics.Counter
 	failed  *metrics.Counter
 	closed  atomic.Bool
+	rows    atomic.Int64  // rows queued now (at most ServedMaxRows)
 	closing chan struct{} // closed by close: send what is queued, no retries
 	hard    context.Context
 	cut     context.CancelFunc // the close bound passed: stop sending
@@ -118,9 +122,15 @@ func (s *servedLog) offer(userIDs []string, out *pb.GetEmbeddingsResponse, reque
 			it.computedAt[k] = out.Meta.ComputedAtMs[i]
 		}
 	}
+	if s.rows.Add(int64(len(rows))) > ServedMaxRows {
+		s.rows.Add(-int64(len(rows)))
+		s.dropped.Add(uint64(len(rows)))
+		return
+	}
 	select {
 	case s.q <- it:
 	default:
+		s.rows.Add(-int64(len(rows)))
 		s.dropped.Add(uint64(len(rows)))
 	}
 }
@@ -160,6 +170,9 @@ more:
 			break more
 		}
 	}
+	for _, it := range batch {
+		s.rows.Add(-int64(len(it.userIDs)))
+	}
 	if s.hard.Err() != nil {
 		for {
 			for _, it := range batch {
@@ -167,6 +180,7 @@ more:
 			}
 			select {
 			case it := <-s.q:
+				s.rows.Add(-int64(len(it.userIDs)))
 				batch = []*sample{it}
 			default:
 				return nil
@@ -213,6 +227,17 @@ func (s *servedLog) close(bound time.Duration) {
 		log.Printf("persona-front: served log: not stopped %v after the close bound", time.Second)
 	}
 	s.cut()
+	// an offer that passed its closed check just before close (a handler still running
+	// after the gRPC server's stop) may have queued after the goroutine's last look
+	for {
+		select {
+		case it := <-s.q:
+			s.rows.Add(-int64(len(it.userIDs)))
+			s.dropped.Add(uint64(len(it.userIDs)))
+		default:
+			return
+		}
+	}
 }
 
 // logLimit: services/common/log_limit.py's LogLimit, the first line of a kind then one

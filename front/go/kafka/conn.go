@@ -3,9 +3,11 @@ package kafka
 import (
 	"context"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
+	"sync/atomic"
 	"time"
 )
 
@@ -31,6 +33,7 @@ type conn struct {
 	nc       net.Conn
 	corr     int32
 	versions map[int16][2]int16 // api key -> the broker's min, max
+	used     atomic.Int64       // unix ns of the last answer read (alive then)
 }
 
 // dial connects to addr within dialTimeout (or ctx's deadline, if sooner) and asks the
@@ -86,6 +89,24 @@ func (c *conn) version(api int16) (int16, error) {
 
 func (c *conn) close() { _ = c.nc.Close() }
 
+// idle: how long since the connection last carried an answer.
+func (c *conn) idle() time.Duration { return time.Since(time.Unix(0, c.used.Load())) }
+
+// alive says whether the broker still holds the connection, before a request is written
+// on one that has been idle: a broker closes idle connections (connections.max.idle.ms,
+// 10 min by default), a restarted broker or a NAT drops them, and a request written on a
+// half-closed socket is "maybe written" (not sent again: its records would count failed
+// though the broker never read them). A broker never sends unasked, so a read that finds
+// no data within a millisecond means alive; EOF, a reset or unasked bytes mean not.
+func (c *conn) alive() bool {
+	_ = c.nc.SetReadDeadline(time.Now().Add(time.Millisecond))
+	var one [1]byte
+	n, err := c.nc.Read(one[:])
+	_ = c.nc.SetReadDeadline(time.Time{})
+	var ne net.Error
+	return n == 0 && errors.As(err, &ne) && ne.Timeout()
+}
+
 // roundTrip sends one request (header v1: api key, version, correlation id, client id) and
 // reads its response (header v0), within ctx's deadline; cancelling ctx cuts the I/O. On
 // any error the connection is closed (a connError), and must not be used again.
@@ -138,5 +159,6 @@ func (c *conn) roundTrip(ctx context.Context, api, version int16, body []byte) (
 	if got := int32(binary.BigEndian.Uint32(resp)); got != c.corr {
 		return fail(true, fmt.Errorf("correlation id %d, want %d", got, c.corr))
 	}
+	c.used.Store(time.Now().UnixNano())
 	return resp[4:], nil
 }

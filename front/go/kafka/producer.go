@@ -16,6 +16,7 @@ type Config struct {
 	ClientID      string        // "" : persona-front
 	DialTimeout   time.Duration // connect + ApiVersions at most (0: 5 s)
 	MaxBatchBytes int           // one RecordBatch at most about this (0: 256 KiB, as batch.size)
+	IdleProbe     time.Duration // a connection idle this long is probed before use (0: 1 s)
 }
 
 // Producer writes keyed records to one topic, acks=-1 (all in-sync replicas). Records go
@@ -195,8 +196,20 @@ func (p *Producer) conn(ctx context.Context, addr string) (*conn, error) {
 	p.cmu.Lock()
 	c := p.conns[addr]
 	p.cmu.Unlock()
-	if c != nil {
+	probe := p.cfg.IdleProbe
+	if probe <= 0 {
+		probe = time.Second
+	}
+	if c != nil && (c.idle() < probe || c.alive()) {
 		return c, nil
+	}
+	if c != nil { // closed by the broker while idle: a new one, nothing was written
+		c.close()
+		p.cmu.Lock()
+		if p.conns[addr] == c {
+			delete(p.conns, addr)
+		}
+		p.cmu.Unlock()
 	}
 	c, err := dial(ctx, addr, p.cfg.ClientID, p.cfg.DialTimeout)
 	if err != nil {

@@ -27,6 +27,17 @@ type fakeBroker struct {
 	got      map[int32][]Record // what was written, by partition
 	calls    map[int16]int      // requests by api key
 	seen     map[int16]int16    // the version of each api used
+	conns    []net.Conn         // accepted, for closeAll
+}
+
+// closeAll closes the broker's side of every connection (its idle timeout, a restart).
+func (b *fakeBroker) closeAll() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.conns {
+		c.Close()
+	}
+	b.conns = nil
 }
 
 func newFakeBroker(t *testing.T, topic string, parts int) *fakeBroker {
@@ -44,6 +55,9 @@ func newFakeBroker(t *testing.T, topic string, parts int) *fakeBroker {
 			if err != nil {
 				return
 			}
+			b.mu.Lock()
+			b.conns = append(b.conns, c)
+			b.mu.Unlock()
 			go b.serve(c)
 		}
 	}()
@@ -258,9 +272,10 @@ func TestProduceRelearnsAfterNotLeader(t *testing.T) {
 func TestProduceUnknownTopicFailsAfterTheBound(t *testing.T) {
 	b := newFakeBroker(t, "served", 2)
 	b.known = false
-	n, err, took := produce(t, b, records(5), 700*time.Millisecond, nil)
+	// 2 s: room for 3 metadata rounds (backoffs 100, 200 ms) on a loaded machine
+	n, err, took := produce(t, b, records(5), 2*time.Second, nil)
 	b.settled()
-	if n != 0 || !errors.Is(err, ErrUnknownTopic) || took < 600*time.Millisecond ||
+	if n != 0 || !errors.Is(err, ErrUnknownTopic) || took < 1900*time.Millisecond ||
 		b.calls[apiMetadata] < 3 || b.calls[apiProduce] != 0 {
 		t.Fatalf("sent %d, %v in %v; metadata %d, produce %d", n, err, took,
 			b.calls[apiMetadata], b.calls[apiProduce])

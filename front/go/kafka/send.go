@@ -85,8 +85,11 @@ func (p *Producer) sendTo(ctx context.Context, addr string, recs []Record,
 		for _, ch := range send {
 			code, ok := codes[ch.part]
 			switch {
-			case perr != nil || !ok:
+			case perr != nil:
 				r.err, stopped[ch.part] = fmt.Errorf("kafka %s: produce answer: %v", addr, perr), true
+			case !ok:
+				r.err, stopped[ch.part] = fmt.Errorf("kafka %s: partition %d missing from the produce"+
+					" answer", addr, ch.part), true
 			case code == errNone:
 				r.sent += len(ch.idx)
 			case retriable(code):
