@@ -13,6 +13,7 @@ Layout of ``models/``::
         outcomes.json      the calibrated outcome heads (`encoder/propensity.py`)
         shortterm.npz      the short-term head (`encoder/shortterm.py`), and its parity
         shortterm_parity.jsonl   sample: nearline vector, new events, expected delta
+        shortterm_rows_parity.jsonl   the same: nearline vector, the events' rows, delta_rows
         eval.json          evaluation report (may be added once, by `persona eval`)
         parity.jsonl       parity windows: {"now_ms": .., "events": [Event JSON, ...]} a line
         parity.npy         (P, E) float32 vectors the trained model gave them

@@ -127,6 +127,10 @@ def train_version(
     }
     if blobs:
         texts[shortterm.PARITY_FILE] = short_parity
+        head = shortterm.ShortTermHead(
+            shortterm.HeadArrays.from_bytes(blobs[shortterm.FILE]), Tokenizer(tok_cfg)
+        )
+        texts[shortterm.ROWS_PARITY_FILE] = shortterm.rows_parity_lines(head, short_parity)
     version = registry.write_version(
         models_dir, model.state_dict(), texts, windows, nows, vectors, blobs
     )

@@ -19,7 +19,10 @@ from the vector of a window cut n events earlier (encoded between those events, 
 refresher would have) and those n events, the vector of the whole window (distillation,
 `encoder/shortterm_fit.py`). Saved in the version (``shortterm.npz``) with its own parity
 sample (``shortterm_parity.jsonl``: nearline vector, new events, the delta the trained torch
-module gave); `ShortTermHead.load` refuses a head that does not reproduce it.
+module gave); `ShortTermHead.load` refuses a head that does not reproduce it. Beside it,
+``shortterm_rows_parity.jsonl``: the same cases as the head's input rows (`event_rows` of the
+kept events, oldest first) and the delta `delta_rows` gives them, for readers of the
+short-term state without the tokenizer (the Go front checks its head against it).
 
 Example: a user whose vector was written before they opened three ``sku=b2`` pages gets
 ``z + delta(z, [3 events])``; with no event since the refresh the combined vector is ``z``.
@@ -43,6 +46,8 @@ from encoder.tokenizer import Tokenizer, TokenizerConfig
 
 FILE = "shortterm.npz"
 PARITY_FILE = "shortterm_parity.jsonl"
+# the same sample as the head's input rows: what a reader of the state (the Go front) checks
+ROWS_PARITY_FILE = "shortterm_rows_parity.jsonl"
 PARITY_TOL = 1e-4
 
 
@@ -219,3 +224,26 @@ def parity_lines(z: np.ndarray, events: Sequence[Sequence[Event]], delta: np.nda
         for zi, ev, di in zip(z, events, delta, strict=True)
     ]
     return "".join(json.dumps(r) + "\n" for r in rows)
+
+
+def rows_parity_lines(head: ShortTermHead, parity: str) -> str:
+    """The rows parity sample (`ROWS_PARITY_FILE`) of a parity sample's text (`parity_lines`):
+    per case, the nearline vector, the rows of its new events as the head keeps them (the
+    newest `max_events`, oldest first) and `delta_rows` of them, one case at a time."""
+    out = []
+    for line in parity.splitlines():
+        if not line.strip():
+            continue
+        case = json.loads(line)
+        z = np.asarray([case["nearline"]], dtype=np.float32)
+        events = [event_from_json(e) for e in case["events"]]
+        m = head.max_events
+        kept = events[-m:] if len(events) > m else events
+        rows = head.event_rows(kept)
+        delta = head.delta_rows(z, rows, np.asarray([len(kept)], np.int64))
+        out.append(json.dumps({
+            "nearline": [float(x) for x in z[0]],
+            "rows": [[float(x) for x in r] for r in rows],
+            "delta": [float(x) for x in delta[0]],
+        }) + "\n")  # fmt: skip
+    return "".join(out)

@@ -15,7 +15,7 @@ ln -sfn "${HERE}/../../clients/go" "${GOPATH_DIR}/src/persona/clients/go"
 export GOPATH="${GOPATH_DIR}:/usr/share/gocode" GO111MODULE=off GOFLAGS= \
     GOCACHE="${GOCACHE:-${GOPATH_DIR}/cache}"  # the caller's (the tests share the client's)
 # `./...` does not follow the symlink: the packages by name
-PACKAGES=(persona/front/go/resp persona/front/go/store persona/front/go/metrics persona/front/go/kafka
+PACKAGES=(persona/front/go/resp persona/front/go/store persona/front/go/shortterm persona/front/go/metrics persona/front/go/kafka
           persona/front/go/front persona/front/go/cmd/persona-front)
 if [ "${1:-}" = "--test" ]; then
     go test "${PACKAGES[@]}"

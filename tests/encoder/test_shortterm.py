@@ -13,7 +13,12 @@ import pytest
 from encoder import registry
 from encoder.api import Encoder
 from encoder.release import parity_check, train_version
-from encoder.shortterm import PARITY_FILE, ShortTermHead, ShortTermParityError
+from encoder.shortterm import (
+    PARITY_FILE,
+    ROWS_PARITY_FILE,
+    ShortTermHead,
+    ShortTermParityError,
+)
 from encoder.synthetic import SyntheticDataset
 from encoder.train import TrainSpec, group_by_user
 
@@ -30,6 +35,30 @@ def test_version_keeps_a_head_that_reproduces_its_parity_sample(registry_with_tw
     assert len((models / v1 / PARITY_FILE).read_text().splitlines()) > 0
     gate = parity_check(models, v1)  # the promotion gate checks the head too
     assert gate.ok and gate.short_term_diff is not None and gate.short_term_diff < 1e-5
+
+
+def test_version_keeps_its_rows_parity_sample(registry_with_two) -> None:
+    """Training writes the rows parity sample (what the Go front checks its head against):
+    the parity sample's cases as the head's input rows, which numpy's `delta_rows`
+    reproduces, and whose deltas are the parity sample's own (rows = `event_rows`)."""
+    models, v1, _ = registry_with_two
+    head = ShortTermHead.load(models, v1)
+    assert head is not None
+    rows_cases = [json.loads(x) for x in (models / v1 / ROWS_PARITY_FILE).read_text().splitlines()]
+    cases = [json.loads(x) for x in (models / v1 / PARITY_FILE).read_text().splitlines()]
+    assert len(rows_cases) == len(cases) > 0
+    assert registry.verify_manifest(models, v1) == []  # listed in the manifest, read-only
+    assert ((models / v1 / ROWS_PARITY_FILE).stat().st_mode & 0o222) == 0
+    for rc, c in zip(rows_cases, cases, strict=True):
+        assert rc["nearline"] == c["nearline"]
+        kept = c["events"][-head.max_events :]
+        z = np.asarray([rc["nearline"]], np.float32)
+        rows = np.asarray(rc["rows"], np.float32).reshape(len(kept), head.row_dim)
+        events = [registry.event_from_json(e) for e in kept]
+        np.testing.assert_array_equal(rows, head.event_rows(events))
+        got = head.delta_rows(z, rows, np.asarray([len(rows)]))[0]
+        np.testing.assert_array_equal(got, np.asarray(rc["delta"], np.float32))
+        np.testing.assert_allclose(got, np.asarray(c["delta"], np.float32), rtol=0, atol=1e-4)
 
 
 def test_delta_moves_a_stale_vector_towards_the_refreshed_one(

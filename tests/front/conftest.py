@@ -32,6 +32,7 @@ __all__ = [
     "go_env",
     "holder",
     "plain",
+    "request_grid",
     "running",
     "serve",
     "start_front",
@@ -153,3 +154,23 @@ def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 tls_creds = channel_creds
+
+
+def request_grid(
+    mixes: list[list[str]], version: str, depths: tuple[int, ...]
+) -> list[pb.GetEmbeddingsRequest]:
+    """Every GetEmbeddings the head tests send: each mix of ids under every part, encoding,
+    history depth of `depths`, with and without scores, unpinned and pinned to `version`."""
+    return [
+        pb.GetEmbeddingsRequest(
+            user_ids=ids, part=part, encoding=enc, history_depth=depth, include_scores=scores,
+            model_version=v,
+        )
+        for ids in mixes
+        for part in (pb.VECTOR_PART_UNSPECIFIED, pb.VECTOR_PART_COMBINED,
+                     pb.VECTOR_PART_SHORT_TERM, pb.VECTOR_PART_NEARLINE)
+        for enc in (pb.VECTOR_ENCODING_UNSPECIFIED, pb.VECTOR_ENCODING_FLOAT16)
+        for depth in depths
+        for scores in (False, True)
+        for v in ("", version)
+    ]  # fmt: skip

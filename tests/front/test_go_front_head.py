@@ -31,7 +31,7 @@ from services.store import layout
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
-from tests.front.conftest import Front, both, store_address
+from tests.front.conftest import Front, both, request_grid, store_address
 from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
 from tests.serving.support import BASE, DB, NOW_MS, Running
@@ -124,8 +124,9 @@ def upstream(vstore: VectorStore, models: tuple[Path, str], headed: Headed) -> I
 
 @pytest.fixture
 def front(start_front: Callable[..., Front], upstream: Running, vstore: VectorStore) -> Front:
+    # no -models (whatever PERSONA_MODELS says): the short-term state stays Python's
     return start_front(upstream.server.port, store_address(vstore), "-db", str(DB),
-                       "-max-batch", "300", "-version-cache", "0s")  # fmt: skip
+                       "-max-batch", "300", "-version-cache", "0s", "-models", "")  # fmt: skip
 
 
 def _local(req: pb.GetEmbeddingsRequest) -> bool:
@@ -147,22 +148,7 @@ def test_head_answers_equal_python(front: Front, upstream: Running, headed: Head
         ["h0", *STALE],
         ["h6", *WINDOW],
     ]
-    reqs = [
-        pb.GetEmbeddingsRequest(
-            user_ids=ids,
-            part=part,
-            encoding=enc,
-            history_depth=depth,
-            include_scores=scores,
-            model_version=version,
-        )
-        for ids in mixes
-        for part in (UNSPECIFIED, COMBINED, SHORT_TERM, NEARLINE)
-        for enc in (pb.VECTOR_ENCODING_UNSPECIFIED, pb.VECTOR_ENCODING_FLOAT16)
-        for depth in (0, 1)
-        for scores in (False, True)
-        for version in ("", headed.version)
-    ]
+    reqs = request_grid(mixes, headed.version, (0, 1))
     for req in reqs:
         got = both(front, upstream, req)
         want_part = NEARLINE if req.part == NEARLINE else req.part or COMBINED

@@ -25,8 +25,8 @@ pytestmark = pytest.mark.integration
 SERVICE = "persona.v1.UserEmbeddingService"
 NEARLINE = pb.VECTOR_PART_NEARLINE
 REASONS = ["invalid", "auth", "dim_unknown", "version", "part_or_head", "fallback",
-           "scores_rescore", "short_term_state", "record", "store_error", "redirect",
-           "other"]  # fmt: skip
+           "scores_rescore", "short_term_state", "head_unverified", "record", "store_error",
+           "redirect", "other"]  # fmt: skip
 
 
 def scrape(front: Front) -> tuple[dict[tuple[str, frozenset[tuple[str, str]]], float], str]:

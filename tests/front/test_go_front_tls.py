@@ -185,7 +185,7 @@ def test_print_settings(front_bin: Path, tls_certs: Path) -> None:
                 PERSONA_REDIS="redis://user:pa55word@127.0.0.1:1/9,127.0.0.1:2",
                 PERSONA_DIM="64", PERSONA_MAX_BATCH="500", PERSONA_VERSION_CACHE_S="0.5",
                 PERSONA_STORE_TIMEOUT_MS="250", PERSONA_MAX_CONCURRENT_RPCS="",
-                PERSONA_AUTH_TOKEN="s3cret-token")  # fmt: skip
+                PERSONA_AUTH_TOKEN="s3cret-token", PERSONA_MODELS="/models")  # fmt: skip
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.count("\n") == 1 and "s3cret" not in proc.stdout
     assert "pa55word" not in proc.stdout
@@ -197,12 +197,13 @@ def test_print_settings(front_bin: Path, tls_certs: Path) -> None:
         "store_timeout_ms": 250, "max_concurrent_rpcs": 0, "tls": "mTLS", "upstream_tls": True,
         "auth": True, "upstream_conns": 1, "drain_s": 0, "grace_s": 5,
         "served_log_rate": 0.01, "served_topic": "persona.served", "kafka": "127.0.0.1:9092",
+        "models": "/models",
     }  # fmt: skip
     proc = _run(front_bin, "-print-settings", PERSONA_REDIS="h:1", PERSONA_MAX_CONCURRENT_RPCS="8")
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
-    assert (got["max_concurrent_rpcs"], got["tls"], got["upstream_tls"], got["auth"]) == (
-        8, "plaintext", False, False)  # fmt: skip
+    assert (got["max_concurrent_rpcs"], got["tls"], got["upstream_tls"], got["auth"],
+            got["models"]) == (8, "plaintext", False, False, "")  # fmt: skip
 
 
 class _Holding(grpc.GenericRpcHandler):

@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 import yaml
 
-from tests.front.conftest import front_bin, go_env
+from tests.go_support import front_bin, go_env
 from tests.ops.support import (
     DASHBOARD,
     DEPLOY,
@@ -178,6 +178,9 @@ def test_front_resolves_to_the_published_ports_and_serve_upstream(
         serve_args = _parsed(serve, m)
     assert got["upstream"] == f"persona-serve:{serve_args.port}"
     assert _env(front) == _env(serve), "the front and persona serve read one environment"
+    # the versions' short-term heads: persona serve's registry volume, read only
+    assert f"models:{got['models']}:ro" in front["volumes"]
+    assert any(str(v).startswith(f"models:{got['models']}") for v in serve["volumes"])
     scrape = yaml.safe_load((PROM / "prometheus.yml").read_text())
     (job,) = [j for j in scrape["scrape_configs"] if j["job_name"] == "persona-serve"]
     targets = {t for sc in job["static_configs"] for t in sc["targets"]}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from services.cli import settings
-from tests.front.conftest import front_bin, go_env
+from tests.go_support import front_bin, go_env
 from tests.ops.support import K8S, RUNTIME_ENV, env_vars_read_by_code, parse_persona, yaml_docs
 
 __all__ = ["front_bin", "go_env"]  # fixtures: the Go front built for its container's test
@@ -223,14 +223,50 @@ def test_front_container_settings(front_bin: Path) -> None:
     (store,) = got["store"]  # the node address, out of persona serve's redis:// URL
     assert store and env["PERSONA_REDIS"].removeprefix("redis://").startswith(store)
     assert got["auth"] == ("PERSONA_AUTH_TOKEN" in env)
+    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
+        spec = front[probe]
+        assert (spec.get("grpc") or spec.get("tcpSocket"))["port"] == ports["grpc"], probe
+    # the versions' short-term heads: the registry persona serve reads, mounted read only
+    mounts = {m["mountPath"]: m for m in front["volumeMounts"]}
+    assert got["models"] and mounts[got["models"]]["readOnly"] is True
+    serve_mounts = {m["name"]: m["mountPath"] for m in serve["volumeMounts"]}
+    assert serve_mounts[mounts[got["models"]]["name"]] == _container_env(serve)["PERSONA_MODELS"]
+    # only readiness asks persona serve (forwarded): a slow upstream never restarts the front
+    assert "tcpSocket" in front["startupProbe"] and "tcpSocket" in front["livenessProbe"]
     # every serving process gets forwarded calls; the pod drains and stops as serve does
     procs = int(_container_env(serve)["PERSONA_SERVE_PROCESSES"])
     assert got["upstream_conns"] >= 8 * procs if procs > 1 else got["upstream_conns"] >= 1
     assert got["drain_s"] == float(env["PERSONA_DRAIN_S"]) > 0
     assert got["grace_s"] <= float(env["PERSONA_GRACE_S"])
-    for probe in ("startupProbe", "livenessProbe", "readinessProbe"):
-        spec = front[probe]
-        assert (spec.get("grpc") or spec.get("tcpSocket"))["port"] == ports["grpc"], probe
+
+
+def test_serving_pod_stops_in_order_within_its_grace_period() -> None:
+    """SIGTERM reaches both containers at once: serve drains longer than the front (a call
+    the front takes at the end of its drain is not forwarded into a stopping serve), and
+    the pod's grace period covers each one's drain + grace (+ the front's served-log close,
+    5 s: front/go/README.md) before the kubelet kills what is left."""
+    front, serve = _container_env(_serving("front")), _container_env(_serving("serve"))
+    f_drain, s_drain = float(front["PERSONA_DRAIN_S"]), float(serve["PERSONA_DRAIN_S"])
+    assert s_drain > f_drain > 0
+    f_end = f_drain + float(front["PERSONA_GRACE_S"]) + 5
+    s_end = s_drain + float(serve["PERSONA_GRACE_S"])
+    pod = _by_kind("Deployment")["persona-serve"]["spec"]["template"]["spec"]
+    assert pod["terminationGracePeriodSeconds"] > max(f_end, s_end)
+
+
+def test_front_go_runtime_follows_its_limits() -> None:
+    """Go 1.19 reads neither cgroup limit: GOMAXPROCS from the CPU limit, GOMEMLIMIT under
+    the memory limit."""
+    c = _serving("front")
+    env = {e["name"]: e for e in c["env"]}
+    assert env["GOMAXPROCS"]["valueFrom"]["resourceFieldRef"]["resource"] == "limits.cpu"
+    units = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30}
+
+    def size(v: str) -> float:
+        v = v.removesuffix("B")
+        return float(v[:-2]) * units[v[-2:]]
+
+    assert size(env["GOMEMLIMIT"]["value"]) < size(c["resources"]["limits"]["memory"])
 
 
 def test_serving_runs_one_process_per_requested_core() -> None:

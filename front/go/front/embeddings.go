@@ -41,7 +41,8 @@ func valid(req *pb.GetEmbeddingsRequest, lim Limits) bool {
 
 // answer is services/serving/embeddings.py get_embeddings + responses.embeddings_response
 // for the nearline path and, under a version with a short-term head, for users whose
-// rows the ingest's delta (or nothing) answers; else a forwardError, or the store's error.
+// rows the ingest's delta, the short-term state (with -models: states.go) or nothing
+// answers; else a forwardError, or the store's error.
 func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.GetEmbeddingsResponse, error) {
 	dim := int(f.dim.Load())
 	if !valid(req, f.limits) {
@@ -68,9 +69,11 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 	last := strconv.AppendInt(nil, int64(h-1), 10)
 	at := map[string]int{}
 	var cmds []resp.Cmd
+	var uniq []string
 	for _, u := range req.UserIds {
 		if _, ok := at[u]; !ok {
 			at[u] = len(cmds)
+			uniq = append(uniq, u)
 			key := store.VectorKey(u, version)
 			cmds = append(cmds, resp.Cmd{Slot: resp.KeySlot(key),
 				Args: [][]byte{[]byte("LRANGE"), key, []byte("0"), last}})
@@ -107,11 +110,18 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 	}
 	folds := make([]folded, distinct)
 	if m != nearline {
-		if folds, err = foldFromDeltas(stored, replies[distinct:], dim); err != nil {
+		var need []int
+		var v []int64
+		if folds, need, v, err = foldFromDeltas(stored, replies[distinct:], dim); err != nil {
 			return nil, err
 		}
-		if req.IncludeScores && anyFolded(folds) {
+		if req.IncludeScores && (anyFolded(folds) || len(need) > 0) {
 			return nil, errRescore // rescored by the version's outcome heads
+		}
+		if len(need) > 0 { // read_recent's second round trip: the short-term state
+			if err = f.foldFromStates(folds, need, uniq, stored, v, version, dim, deadline); err != nil {
+				return nil, err
+			}
 		}
 	}
 	n := len(req.UserIds)

@@ -55,6 +55,7 @@ type Config struct {
 	Dim         int               // served dimension; 0: learnt from upstream answers
 	VersionTTL  time.Duration     // as persona serve's version_cache_s
 	HeadTTL     time.Duration     // how long "version has (no) head" is believed
+	ModelsDir   string            // the registry's folder: short-term heads (""; none: states.go)
 	StoreBudget time.Duration     // longest store read of a local answer
 	AuthToken   string            // upstream's bearer token ("" = none required)
 	Margin      time.Duration     // kept back from the call's deadline (deadline_margin_s)
@@ -72,6 +73,7 @@ type Front struct {
 	limits   Limits
 	versions *versions
 	heads    *heads
+	models   *modelHeads // verified heads from Config.ModelsDir (nil: none)
 	dim      atomic.Int32
 	budget   time.Duration
 	margin   time.Duration
@@ -95,6 +97,7 @@ func New(upstream grpc.ClientConnInterface, st *resp.Store, cfg Config) *Front {
 	f := &Front{upstream: upstream, store: st, limits: cfg.Limits,
 		versions: newVersions(st, cfg.VersionTTL),
 		heads:    &heads{ttl: cfg.HeadTTL, of: map[string]headSeen{}},
+		models:   newModelHeads(cfg.ModelsDir),
 		budget:   cfg.StoreBudget, margin: cfg.Margin}
 	f.calls.max = int64(cfg.MaxConcurrentRPCs)
 	if cfg.AuthToken != "" {

@@ -94,43 +94,47 @@ type folded struct {
 // user (`vs` its stored values, newest first; `meta` its HMGET reply): a user not found,
 // whose newest value has no marker (or a marker ts_ms <= 0), or whose meta v equals that
 // value's window_version has nothing to fold; one whose delta answers (deltas.delta_batch)
-// folds it. Any other user needs the short-term state or read_recent.lua: errShortTerm; a
-// meta reply Python would fail on (not an array of two, a v that is not an integer) is
-// errRecord, an error reply errStoreReply.
-func foldFromDeltas(stored [][]store.Vector, metas []resp.Reply, dim int) ([]folded, error) {
-	out := make([]folded, len(stored))
+// folds it. The others need the short-term state or read_recent.lua: `need` lists them,
+// `v` holds every user's meta v as read. A meta reply Python would fail on (not an array
+// of two, a v that is not an integer) is errRecord, an error reply errStoreReply.
+func foldFromDeltas(stored [][]store.Vector, metas []resp.Reply, dim int) (out []folded, need []int, v []int64, err error) {
+	out, v = make([]folded, len(stored)), make([]int64, len(stored))
 	for i, vs := range stored {
 		m := metas[i]
 		if m.Err() != "" {
-			return nil, errStoreReply
+			return nil, nil, nil, errStoreReply
 		}
 		if m.Kind != '*' || m.Nil || len(m.Array) != 2 {
-			return nil, errRecord
+			return nil, nil, nil, errRecord
 		}
-		v := int64(0)
 		if raw := m.Array[0]; !raw.Nil && len(raw.Str) > 0 {
 			if raw.Kind != '$' {
-				return nil, errRecord
+				return nil, nil, nil, errRecord
 			}
 			n, err := strconv.ParseInt(string(raw.Str), 10, 64)
 			if err != nil {
-				return nil, errRecord // int() may take it, or fail: Python's answer
+				return nil, nil, nil, errRecord // int() may take it, or fail: Python's answer
 			}
-			v = n
+			v[i] = n
 		}
-		if len(vs) == 0 || !vs[0].HasMarker || vs[0].MarkerTsMs <= 0 || v == vs[0].WindowVersion {
+		if len(vs) == 0 || !vs[0].HasMarker || vs[0].MarkerTsMs <= 0 || v[i] == vs[0].WindowVersion {
 			continue
 		}
 		if m.Array[1].Nil || m.Array[1].Kind != '$' {
-			return nil, errShortTerm // no delta: the state or the window
+			need = append(need, i) // no delta: the state or the window
+			continue
 		}
 		d, ok := store.DecodeDelta(m.Array[1].Str, dim)
-		if !ok || !d.Answers(vs[0].WindowVersion, v, dim) || d.NEvents > math.MaxInt32 {
-			return nil, errShortTerm
+		if !ok || !d.Answers(vs[0].WindowVersion, v[i], dim) {
+			need = append(need, i) // a stale delta, or one of another size
+			continue
+		}
+		if d.NEvents > math.MaxInt32 {
+			return nil, nil, nil, errShortTerm // Python's int32 count wraps
 		}
 		out[i] = folded{events: int32(d.NEvents), newest: d.NewestMs, delta: d.Values}
 	}
-	return out, nil
+	return out, need, v, nil
 }
 
 // anyFolded: some user's row moves (include_scores then rescores it with the outcome

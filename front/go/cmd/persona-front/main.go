@@ -96,6 +96,7 @@ func run(s *settings) {
 		Dim:               s.dim,
 		VersionTTL:        s.versionCache,
 		HeadTTL:           s.headTTL,
+		ModelsDir:         s.models,
 		StoreBudget:       s.storeTimeout,
 		AuthToken:         token,
 		Margin:            s.margin,

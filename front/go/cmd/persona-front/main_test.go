@@ -134,7 +134,7 @@ func TestPrintSettings(t *testing.T) {
 		`"version_cache_s":1,"deadline_margin_ms":2,"store_timeout_ms":1000,` +
 		`"max_concurrent_rpcs":64,"tls":"plaintext","upstream_tls":false,"auth":false,` +
 		`"upstream_conns":1,"drain_s":0,"grace_s":5,"served_log_rate":0.01,` +
-		`"served_topic":"persona.served","kafka":"127.0.0.1:9092"}` + "\n"
+		`"served_topic":"persona.served","kafka":"127.0.0.1:9092","models":""}` + "\n"
 	if got != want {
 		t.Fatalf("defaults:\n%s\nwant\n%s", got, want)
 	}
@@ -150,14 +150,16 @@ func TestPrintSettings(t *testing.T) {
 		"PERSONA_DEADLINE_MARGIN_MS": "3", "PERSONA_STORE_TIMEOUT_MS": "250",
 		"PERSONA_MAX_CONCURRENT_RPCS": "", "PERSONA_AUTH_TOKEN": "s3cret",
 		"PERSONA_SERVE_PROCESSES": "2", "PERSONA_DRAIN_S": "5", "PERSONA_GRACE_S": "10",
-		"PERSONA_SERVED_LOG_RATE": "0", "PERSONA_BOOTSTRAP": "kafka:9092"}
+		"PERSONA_SERVED_LOG_RATE": "0", "PERSONA_BOOTSTRAP": "kafka:9092",
+		"PERSONA_MODELS": "/models"}
 	got = printed(t, args, env)
 	want = `{"listen":"0.0.0.0:50052","upstream":"localhost:50051",` +
 		`"store":["valkey:6379","valkey-2:6380"],"db":3,"dim":64,"metrics_listen":"0.0.0.0:9104",` +
 		`"max_batch":500,"max_history":2,"max_id_bytes":128,"version_cache_s":0.5,` +
 		`"deadline_margin_ms":3,"store_timeout_ms":250,"max_concurrent_rpcs":0,"tls":"mTLS",` +
 		`"upstream_tls":true,"auth":true,"upstream_conns":16,"drain_s":5,"grace_s":10,` +
-		`"served_log_rate":0,"served_topic":"persona.served","kafka":"kafka:9092"}` + "\n"
+		`"served_log_rate":0,"served_topic":"persona.served","kafka":"kafka:9092",` +
+		`"models":"/models"}` + "\n"
 	if got != want {
 		t.Fatalf("container:\n%s\nwant\n%s", got, want)
 	}

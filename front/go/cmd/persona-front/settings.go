@@ -17,6 +17,7 @@ import (
 // is dialled or read (loadSettings); the secrets and certificates are read by run.
 type settings struct {
 	listen, upstream, storeFlag, metricsListen, authTokenFile  string
+	models                                                     string // -models: the registry
 	db, dim, maxBatch, maxHistory, maxIDBytes, pool, maxCalls  int
 	upstreamConns                                              int
 	versionCache, headTTL, storeTimeout, grace, margin, dialTO time.Duration
@@ -53,6 +54,9 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 		"active version and states cached this long (persona serve's version_cache_s)")
 	fs.DurationVar(&s.headTTL, "head-ttl", time.Minute,
 		"whether a version has a short-term head, as learnt from upstream answers, is believed this long")
+	fs.StringVar(&s.models, "models", "", "the model registry folder (read only): versions'"+
+		" short-term heads, for the users whose short-term state a request needs (empty: such"+
+		" requests are forwarded; default from PERSONA_MODELS)")
 	fs.DurationVar(&s.storeTimeout, "store-timeout", time.Second, "longest store read")
 	fs.DurationVar(&s.grace, "grace", 5*time.Second,
 		"in-flight calls may finish this long on SIGTERM, after -drain (persona serve's grace_s)")
@@ -147,10 +151,11 @@ func printSettings(w io.Writer, s *settings) error {
 		ServedRate    float64  `json:"served_log_rate"`
 		ServedTopic   string   `json:"served_topic"`
 		Kafka         string   `json:"kafka"`
+		Models        string   `json:"models"`
 	}{s.listen, s.upstream, s.addrs, s.db, s.dim, s.metricsListen, s.maxBatch, s.maxHistory,
 		s.maxIDBytes, s.versionCache.Seconds(), ms(s.margin), ms(s.storeTimeout), s.maxCalls,
 		s.tls.mode(), s.tls.upstream(), s.auth, s.upstreamConns, s.drain.Seconds(),
-		s.grace.Seconds(), s.served.rate, s.served.topic, s.served.bootstrap})
+		s.grace.Seconds(), s.served.rate, s.served.topic, s.served.bootstrap, s.models})
 	if err == nil {
 		_, err = fmt.Fprintf(w, "%s\n", b)
 	}
@@ -185,6 +190,7 @@ var envFlags = []envFlag{
 	{"drain", "PERSONA_DRAIN_S", unit(time.Second), ""},
 	{"grace", "PERSONA_GRACE_S", unit(time.Second), ""},
 	{"upstream-conns", "PERSONA_SERVE_PROCESSES", connsPerProcesses, ""},
+	{"models", "PERSONA_MODELS", verbatim, ""},
 }
 
 // connsPerProcesses: upstream connections for persona serve --processes N: one for a
