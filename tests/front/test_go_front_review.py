@@ -1,12 +1,14 @@
 """The Go front after review: it fails closed when the upstream requires a bearer token
 the front does not check, reads the token where persona serve does, forwards a malformed
-active pointer to Python, takes gzip-compressed calls, and drains on SIGTERM."""
+active pointer to Python, takes gzip-compressed calls, drains on SIGTERM, and starts while
+the store is down."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import os
 import signal
+import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -14,6 +16,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from persona.v1 import service_pb2 as pb
 
 from services.index.holder import IndexHolder
@@ -142,8 +145,9 @@ def test_sigterm_drains_then_stops(
     start_front: Callable[..., Front], running: Running, vstore: VectorStore
 ) -> None:
     """With -drain (PERSONA_DRAIN_S, as persona serve's drain_s) the front keeps answering
-    after SIGTERM, local and forwarded calls alike, while the endpoints drop the pod; a
-    second signal ends the drain (the test's way to not wait on a duration), then it stops."""
+    after SIGTERM, local and forwarded calls alike, while its health says NOT_SERVING and the
+    endpoints drop the pod; a second signal ends the drain (the test's way to not wait on a
+    duration), then it stops."""
     front = start_front(running.server.port, store_address(vstore), "-db", str(DB),
                         "-dim", str(DIM), "-drain", "10m", "-grace", "5s")  # fmt: skip
     front.proc.send_signal(signal.SIGTERM)
@@ -153,6 +157,13 @@ def test_sigterm_drains_then_stops(
     req = pb.GetEmbeddingsRequest(user_ids=["u1"], part=NEARLINE)
     assert plain(stub(front.channel).GetEmbeddings(req, timeout=10)).vectors
     assert stub(front.channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10).active_version
+    # health says NOT_SERVING from the front itself (persona serve still says SERVING), so
+    # the pod leaves the endpoints even when only the front stops
+    check = health_pb2.HealthCheckRequest(service="persona.v1.UserEmbeddingService")
+    not_serving = health_pb2.HealthCheckResponse.NOT_SERVING
+    assert health_pb2_grpc.HealthStub(front.channel).Check(check, timeout=10).status == not_serving
+    up = health_pb2_grpc.HealthStub(running.channel).Check(check, timeout=10)
+    assert up.status == health_pb2.HealthCheckResponse.SERVING
     assert front.proc.poll() is None
     front.proc.send_signal(signal.SIGTERM)
     assert front.proc.wait(30) == 0
@@ -166,3 +177,23 @@ def _line_with(front: Front, text: str) -> str:
         if text in line:
             return line
     raise AssertionError(f"the front's stderr ended without {text!r}")
+
+
+def test_starts_and_forwards_while_the_store_is_down(
+    start_front: Callable[..., Front], running: Running
+) -> None:
+    """A store that does not answer at start: the front still takes the pod's port and
+    forwards every call (GetEmbeddings for reason store_error) while it tries again, rather
+    than exiting and leaving the port down."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        dead = f"127.0.0.1:{s.getsockname()[1]}"
+    front = start_front(running.server.port, dead, "-dim", str(DIM))
+    req = pb.GetEmbeddingsRequest(user_ids=["u1", "nobody"], part=NEARLINE)
+    assert plain(stub(front.channel).GetEmbeddings(req, timeout=10)) == plain(
+        stub(running.channel).GetEmbeddings(req, timeout=10)
+    )
+    assert stub(front.channel).GetModelInfo(pb.GetModelInfoRequest(), timeout=10).active_version
+    err = front.stop()
+    assert "store not reachable yet" in err
+    assert front.counts() == (0, 1)

@@ -206,9 +206,13 @@ def test_print_settings(front_bin: Path, tls_certs: Path) -> None:
             got["models"]) == (8, "plaintext", False, False, "")  # fmt: skip
 
 
+STREAM = "/persona.test.Held/Stream"  # a streaming method of no service the front knows
+
+
 class _Holding(grpc.GenericRpcHandler):
-    """A fake persona serve (bytes in, bytes out): GetModelInfo and health Watch are held
-    until `release` (`entered` set once one is in), any other call answered at once."""
+    """A fake persona serve (bytes in, bytes out): GetModelInfo and the streaming method
+    `STREAM` are held until `release` (`entered` set once one is in), any other call
+    answered at once (health Check: an empty answer)."""
 
     def __init__(self) -> None:
         self.entered, self.release = threading.Event(), threading.Event()
@@ -217,8 +221,8 @@ class _Holding(grpc.GenericRpcHandler):
         method = details.method
         if method.endswith("/GetModelInfo"):
             return grpc.unary_unary_rpc_method_handler(self._held)
-        if method.endswith("/Watch"):
-            return grpc.unary_stream_rpc_method_handler(self._watch)
+        if method == STREAM:
+            return grpc.unary_stream_rpc_method_handler(self._stream)
         return grpc.unary_unary_rpc_method_handler(lambda request, context: b"")
 
     def _held(self, request: bytes, context: Any) -> bytes:
@@ -226,9 +230,8 @@ class _Holding(grpc.GenericRpcHandler):
         self.release.wait(60)
         return b""
 
-    def _watch(self, request: bytes, context: Any) -> Iterator[bytes]:
-        yield health_pb2.HealthCheckResponse(status=health_pb2.HealthCheckResponse.SERVING) \
-            .SerializeToString()  # fmt: skip
+    def _stream(self, request: bytes, context: Any) -> Iterator[bytes]:
+        yield b"first"
         self.entered.set()
         self.release.wait(60)
 
@@ -253,8 +256,9 @@ def test_concurrency_limit(
     users: object, held: str,
 ) -> None:  # fmt: skip
     """-max-concurrent-rpcs 1: while a forwarded call is in the front, every new call (a
-    GetEmbeddings it answers from the store, a forwarded one, health) gets RESOURCE_EXHAUSTED
-    with grpcio's message, counted; once it ends, calls are answered again."""
+    GetEmbeddings it answers from the store, a forwarded one) gets RESOURCE_EXHAUSTED with
+    grpcio's message, counted; health checks pass (a full front must not fail its probes);
+    once it ends, calls are answered again."""
     upstream, port = holding
     front = start_front(port, store_address(vstore), "-db", str(DB), "-dim", str(DIM),
                         "-max-concurrent-rpcs", "1", "-metrics-listen", "127.0.0.1:0")  # fmt: skip
@@ -263,18 +267,19 @@ def test_concurrency_limit(
     if held == "unary":
         first: Any = stub(front.channel).GetModelInfo.future(pb.GetModelInfoRequest(), timeout=60)
     else:
-        first = health.Watch(check, timeout=60)
-        assert next(first).status == health_pb2.HealthCheckResponse.SERVING
+        first = front.channel.unary_stream(STREAM)(b"", timeout=60)
+        assert next(first) == b"first"
     assert upstream.entered.wait(30)
+    health.Check(check, timeout=10)  # passes the limit (forwarded: the fake's empty answer)
     calls = [lambda: stub(front.channel).GetEmbeddings(REQ, timeout=10),
-             _model_info(front.channel), lambda: health.Check(check, timeout=10)]  # fmt: skip
+             _model_info(front.channel)]  # fmt: skip
     for call in calls:
         with pytest.raises(grpc.RpcError) as exc:
             call()
         assert exc.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert exc.value.details() == LIMIT_MESSAGE
     samples, _ = scrape(front)
-    assert value(samples, "persona_front_rejected_total", reason="concurrency") == 3
+    assert value(samples, "persona_front_rejected_total", reason="concurrency") == 2
     assert value(samples, "persona_front_in_flight_calls") == 1
     upstream.release.set()
     if held == "unary":
@@ -285,6 +290,6 @@ def test_concurrency_limit(
     for call in calls[1:]:
         call()  # forwarded: the fake's empty answers
     samples, _ = scrape(front)
-    assert value(samples, "persona_front_rejected_total", reason="concurrency") == 3
+    assert value(samples, "persona_front_rejected_total", reason="concurrency") == 2
     assert value(samples, "persona_front_in_flight_calls") == 0
     assert front.counts() == (1, 0)

@@ -11,15 +11,32 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
-func TestConnsTakeTurns(t *testing.T) {
+// liveConns: n connections to a live gRPC server, READY (a connection to a closed port
+// falls into TRANSIENT_FAILURE at once, which pick passes over).
+func liveConns(t *testing.T, n int) []*grpc.ClientConn {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := grpc.NewServer()
+	go srv.Serve(lis)
+	t.Cleanup(srv.Stop)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
 	var cs []*grpc.ClientConn
-	for i := 0; i < 3; i++ {
-		cc, err := grpc.Dial("127.0.0.1:1", grpc.WithInsecure()) // not connected until used
+	for i := 0; i < n; i++ {
+		cc, err := grpc.DialContext(ctx, lis.Addr().String(), grpc.WithInsecure(), grpc.WithBlock())
 		if err != nil {
 			t.Fatal(err)
 		}
 		cs = append(cs, cc)
 	}
+	return cs
+}
+
+func TestConnsTakeTurns(t *testing.T) {
+	cs := liveConns(t, 3)
 	c := NewConns(cs)
 	defer c.Close()
 	seen := map[*grpc.ClientConn]int{}
@@ -46,10 +63,7 @@ func TestConnsPassOverFailingOnes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	good, err := grpc.Dial("127.0.0.1:1", grpc.WithInsecure()) // IDLE: never used
-	if err != nil {
-		t.Fatal(err)
-	}
+	good := liveConns(t, 1)[0]
 	c := NewConns([]*grpc.ClientConn{bad, good})
 	defer c.Close()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)

@@ -8,12 +8,11 @@ import (
 	"crypto/rand"
 	"crypto/subtle"
 	"encoding/hex"
-	"io"
 	"log"
 	"runtime/debug"
+	"strings"
 	"sync/atomic"
 	"time"
-	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
@@ -22,7 +21,6 @@ import (
 	_ "google.golang.org/grpc/encoding/gzip" // gzip-compressed calls, as Python accepts them
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/proto"
 
 	pb "persona/clients/go/personav1"
@@ -89,6 +87,8 @@ type Front struct {
 
 	Local, Forwarded atomic.Int64 // GetEmbeddings answered here / sent up
 
+	draining atomic.Bool // SIGTERM seen: health checks answer NOT_SERVING (Drain)
+
 	served *servedLog // the served log of local answers (nil: off)
 }
 
@@ -146,14 +146,20 @@ func DialOptions(creds credentials.TransportCredentials) []grpc.DialOption {
 }
 
 func (f *Front) handle(_ interface{}, ss grpc.ServerStream) (err error) {
-	if !f.calls.acquire() { // as grpcio refuses it: before the request is read
-		f.m.rejectedConcurrency.Inc()
-		return errConcurrency
-	}
-	defer f.calls.release() // before the status goes out: the caller may call again at once
 	method, ok := grpc.MethodFromServerStream(ss)
 	if !ok {
 		return status.Error(codes.Internal, "no method")
+	}
+	if method == healthCheck && f.draining.Load() {
+		return drainingHealth(ss)
+	}
+	// health checks pass the limit: a full front must not read as down to its probes
+	if !strings.HasPrefix(method, healthPrefix) {
+		if !f.calls.acquire() { // as grpcio refuses it: before the request is read
+			f.m.rejectedConcurrency.Inc()
+			return errConcurrency
+		}
+		defer f.calls.release() // before the status goes out: the caller may call at once
 	}
 	defer func() {
 		if p := recover(); p != nil { // a bug in the front: the call fails, the front serves on
@@ -181,16 +187,6 @@ func (f *Front) upstreamSaid(ctx context.Context, err error) {
 			" (UNAUTHENTICATED): it requires a bearer token the front does not check" +
 			" (PERSONA_AUTH_TOKEN / -auth-token-file); every GetEmbeddings is forwarded from now on")
 	}
-}
-
-// outgoing is the caller's metadata for the upstream call (deadline and cancellation come
-// with ctx).
-func outgoing(ctx context.Context) context.Context {
-	md, _ := metadata.FromIncomingContext(ctx)
-	md = md.Copy()
-	delete(md, ":authority")
-	delete(md, "user-agent")
-	return metadata.NewOutgoingContext(ctx, md)
 }
 
 func (f *Front) authorized(ctx context.Context) bool {
@@ -274,99 +270,6 @@ func (f *Front) tryLocal(ss grpc.ServerStream, in *frame) (
 	return req, nil, true, err
 }
 
-// forwardUnary sends a GetEmbeddings up as it came (learning from the answer when req, its
-// parsed form, is not nil) and returns the upstream's answer, headers, trailers and status.
-func (f *Front) forwardUnary(ctx context.Context, in *frame, req *pb.GetEmbeddingsRequest,
-	ss grpc.ServerStream) error {
-	var header, trailer metadata.MD
-	out := &frame{}
-	err := f.upstream.Invoke(outgoing(ctx), GetEmbeddingsMethod, in, out, grpc.Header(&header),
-		grpc.Trailer(&trailer), grpc.ForceCodec(rawCodec{}))
-	if len(header) > 0 {
-		_ = ss.SendHeader(header)
-	}
-	ss.SetTrailer(trailer)
-	if err != nil {
-		return err
-	}
-	if req != nil {
-		f.learn(req, out.b)
-	}
-	return ss.SendMsg(out)
-}
-
-// head of a GetEmbeddingsResponse: the fields learn reads.
-type head struct {
-	ModelVersion string
-	Dim          int32
-	Part         pb.VectorPart
-}
-
-// answerHead is what learn reads of a forwarded GetEmbeddingsResponse: model_version (1),
-// dim (2) and part (13), scanned off the wire without decoding the vectors and columns
-// (an answer can be megabytes); ok false for bytes that do not parse.
-func answerHead(raw []byte) (got head, ok bool) {
-	for len(raw) > 0 {
-		num, typ, n := protowire.ConsumeTag(raw)
-		if n < 0 {
-			return got, false
-		}
-		raw = raw[n:]
-		switch {
-		case num == 1 && typ == protowire.BytesType:
-			v, m := protowire.ConsumeBytes(raw)
-			if m < 0 || !utf8.Valid(v) {
-				return got, false
-			}
-			got.ModelVersion, n = string(v), m
-		case (num == 2 || num == 13) && typ == protowire.VarintType:
-			v, m := protowire.ConsumeVarint(raw)
-			if m < 0 {
-				return got, false
-			}
-			if num == 2 {
-				got.Dim = int32(v)
-			} else {
-				got.Part = pb.VectorPart(int32(v))
-			}
-			n = m
-		default:
-			n = protowire.ConsumeFieldValue(num, typ, raw)
-		}
-		if n < 0 {
-			return got, false
-		}
-		raw = raw[n:]
-	}
-	return got, true
-}
-
-// learn the served dimension and whether the version has a short-term head from an
-// upstream answer.
-func (f *Front) learn(req *pb.GetEmbeddingsRequest, raw []byte) {
-	got, ok := answerHead(raw)
-	if !ok || got.Dim <= 0 {
-		return
-	}
-	f.dim.Store(got.Dim)
-	if req.ModelVersion == "" { // a cutover: the active version is read again
-		f.versions.activeSeen(got.ModelVersion)
-	}
-	switch req.Part {
-	case pb.VectorPart_VECTOR_PART_UNSPECIFIED, pb.VectorPart_VECTOR_PART_COMBINED:
-		switch got.Part {
-		case pb.VectorPart_VECTOR_PART_NEARLINE:
-			f.heads.learn(got.ModelVersion, false)
-		case pb.VectorPart_VECTOR_PART_COMBINED:
-			f.heads.learn(got.ModelVersion, true)
-		}
-	case pb.VectorPart_VECTOR_PART_SHORT_TERM:
-		if got.Part == pb.VectorPart_VECTOR_PART_SHORT_TERM {
-			f.heads.learn(got.ModelVersion, true)
-		}
-	}
-}
-
 // requestID is the caller's x-request-id (at most 64 characters) or a new one, as the
 // Python RequestIdInterceptor gives.
 func requestID(ctx context.Context) string {
@@ -383,51 +286,23 @@ func requestID(ctx context.Context) string {
 	return hex.EncodeToString(b[:])
 }
 
-// forwardStream proxies any call (unary or streaming) to the upstream: messages both
-// ways as bytes, headers and trailers back, the upstream's status returned as is.
-func (f *Front) forwardStream(method string, ss grpc.ServerStream) error {
-	ctx, cancel := context.WithCancel(ss.Context())
-	defer cancel()
-	desc := &grpc.StreamDesc{ServerStreams: true, ClientStreams: true}
-	cs, err := f.upstream.NewStream(outgoing(ctx), desc, method, grpc.ForceCodec(rawCodec{}))
-	if err != nil {
+const (
+	healthPrefix = "/grpc.health.v1.Health/"
+	healthCheck  = healthPrefix + "Check"
+)
+
+// Drain: from now on grpc.health.v1 Check answers NOT_SERVING here instead of asking the
+// upstream, so that the pod leaves the endpoints even when only the front stops (a liveness
+// restart of the front alone: persona serve still says SERVING); every other call is
+// answered or forwarded as before, until the server stops.
+func (f *Front) Drain() { f.draining.Store(true) }
+
+// drainingHealth answers a health Check NOT_SERVING (HealthCheckResponse{status: 2}, as
+// bytes: the request, whatever service it names, is read and dropped).
+func drainingHealth(ss grpc.ServerStream) error {
+	var in frame
+	if err := ss.RecvMsg(&in); err != nil {
 		return err
 	}
-	go func() {
-		for {
-			m := &frame{}
-			if err := ss.RecvMsg(m); err != nil {
-				if err == io.EOF {
-					_ = cs.CloseSend()
-				} else {
-					cancel()
-				}
-				return
-			}
-			if cs.SendMsg(m) != nil {
-				return // the upstream ended the call: its status comes from RecvMsg
-			}
-		}
-	}()
-	first := true
-	for {
-		m := &frame{}
-		err := cs.RecvMsg(m)
-		if first {
-			first = false
-			if h, herr := cs.Header(); herr == nil && len(h) > 0 {
-				_ = ss.SendHeader(h)
-			}
-		}
-		if err != nil {
-			ss.SetTrailer(cs.Trailer())
-			if err == io.EOF {
-				return nil
-			}
-			return err
-		}
-		if err := ss.SendMsg(m); err != nil {
-			return err
-		}
-	}
+	return ss.SendMsg(&frame{b: []byte{0x08, 0x02}})
 }

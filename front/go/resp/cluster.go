@@ -23,6 +23,12 @@ var ErrRedirect = errors.New("resp: cluster redirect")
 // ErrUncovered: no node serves a command's slot in the current map.
 var ErrUncovered = errors.New("resp: slot not covered")
 
+// ErrNotOpen: the store has not answered yet (OpenLater keeps trying).
+var ErrNotOpen = errors.New("resp: the store has not answered yet")
+
+// OpenRetry: how often OpenLater tries again.
+const OpenRetry = time.Second
+
 // RelearnInterval: slot maps are read again at most this often on demand (MOVED, a
 // connection error in cluster mode, a slot not covered); RefreshInterval: and this often
 // regardless.
@@ -60,6 +66,7 @@ func (r *relearner) end() { r.running.Store(false) }
 
 // Store sends commands to a single node or to the primaries of a cluster.
 type Store struct {
+	open    atomic.Bool // Open ended: the mode, seeds and pools are set
 	cluster bool
 	seeds   []string
 	auth    Auth
@@ -94,37 +101,83 @@ func newStore(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int
 // until Close.
 func Open(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int) (*Store, error) {
 	s := newStore(addrs, auth, dialTimeout, poolSize)
+	if err := s.connect(); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+// OpenLater is Open that does not fail: a store no node of addrs answers yet is returned
+// not open (every Do fails ErrNotOpen) and tried again every OpenRetry until it answers or
+// Close; onErr (nil: none) hears each failed try. The front starts without its store this
+// way: it forwards every call meanwhile instead of leaving the pod's port down.
+func OpenLater(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int,
+	onErr func(error)) *Store {
+	s := newStore(addrs, auth, dialTimeout, poolSize)
+	err := s.connect()
+	if err == nil {
+		return s
+	}
+	go func() {
+		t := time.NewTicker(OpenRetry)
+		defer t.Stop()
+		for ; err != nil; err = s.connect() {
+			if onErr != nil {
+				onErr(err)
+			}
+			select {
+			case <-s.done:
+				return
+			case <-t.C:
+			}
+		}
+	}()
+	return s
+}
+
+// connect decides the mode (INFO cluster: cluster_enabled) from the first node of the seeds
+// that answers, reads a cluster's slot map (again every RefreshInterval until Close), and
+// marks the store open.
+func (s *Store) connect() error {
 	var lastErr error
-	for _, a := range addrs {
-		c, err := Dial(a, Auth{Username: auth.Username, Password: auth.Password}, dialTimeout)
+	for _, a := range s.seeds {
+		c, err := Dial(a, Auth{Username: s.auth.Username, Password: s.auth.Password}, s.timeout)
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		rs, err := c.Do(AppendCommand(nil, []byte("INFO"), []byte("cluster")), 1, time.Now().Add(dialTimeout))
+		rs, err := c.Do(AppendCommand(nil, []byte("INFO"), []byte("cluster")), 1, time.Now().Add(s.timeout))
 		c.Close()
 		if err != nil {
 			lastErr = err
 			continue
 		}
-		s.cluster = strings.Contains(string(rs[0].Str), "cluster_enabled:1")
-		if !s.cluster {
+		if !strings.Contains(string(rs[0].Str), "cluster_enabled:1") {
+			s.mu.Lock()
 			s.seeds = []string{a}
-			s.pools[a] = NewPool(a, auth, dialTimeout, poolSize)
-			return s, nil
+			s.pools[a] = NewPool(a, s.auth, s.timeout, s.size)
+			s.mu.Unlock()
+			s.open.Store(true)
+			return nil
 		}
-		s.auth.DB = 0
+		s.mu.Lock()
+		s.cluster, s.auth.DB = true, 0
+		s.mu.Unlock()
 		if err := s.Relearn(); err != nil {
-			return nil, err
+			return err
 		}
+		s.open.Store(true)
 		go s.refresh()
-		return s, nil
+		return nil
 	}
-	return nil, fmt.Errorf("no store node answered: %v", lastErr)
+	return fmt.Errorf("no store node answered: %v", lastErr)
 }
 
-// Cluster says whether the store is a cluster.
-func (s *Store) Cluster() bool { return s.cluster }
+// Open says whether the store has answered (OpenLater: false until then).
+func (s *Store) Open() bool { return s.open.Load() }
+
+// Cluster: the store is open and a cluster.
+func (s *Store) Cluster() bool { return s.open.Load() && s.cluster }
 
 type nodeBatch struct {
 	pool *Pool
@@ -139,6 +192,9 @@ type nodeBatch struct {
 // ErrRedirect; a MOVED, a connection error (cluster) or a slot no node serves also starts
 // a relearn of the slot map in the background. Error replies are returned as replies.
 func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
+	if !s.open.Load() {
+		return nil, ErrNotOpen
+	}
 	batches := map[string]*nodeBatch{}
 	s.mu.RLock()
 	for i, c := range cmds {

@@ -51,6 +51,7 @@ func TestRelearnerSingleFlightMinInterval(t *testing.T) {
 func TestRelearnTriesLiveNodesFirstAndDropsGonePools(t *testing.T) {
 	s := newStore([]string{"seed:1"}, Auth{}, time.Second, 2)
 	s.cluster = true
+	s.open.Store(true)
 	var asked []string
 	var owner [Slots]string
 	for i := range owner {

@@ -77,10 +77,15 @@ func run(s *settings) {
 	if err != nil {
 		refuse("%v", err)
 	}
-	st, err := resp.Open(s.addrs, auth, s.dialTO, s.pool)
-	if err != nil {
-		log.Fatalf("persona-front: store: %v", err)
-	}
+	// a store that does not answer yet: every GetEmbeddings is forwarded (store_error) until
+	// it does, rather than the pod's gRPC port staying down with the store
+	var lastSaid time.Time
+	st := resp.OpenLater(s.addrs, auth, s.dialTO, s.pool, func(err error) {
+		if time.Since(lastSaid) >= 30*time.Second {
+			lastSaid = time.Now()
+			log.Printf("persona-front: store not reachable yet (forwarding every call): %v", err)
+		}
+	})
 	defer st.Close()
 	conns := make([]*grpc.ClientConn, s.upstreamConns)
 	for i := range conns {
@@ -134,6 +139,7 @@ func run(s *settings) {
 	signal.Notify(stop, syscall.SIGTERM, syscall.SIGINT)
 	go func() {
 		<-stop
+		f.Drain()        // health checks say NOT_SERVING from now on
 		if s.drain > 0 { // keep answering while the endpoints drop the pod; a second signal ends it
 			log.Printf("persona-front: draining for %v", s.drain)
 			select {
@@ -150,8 +156,8 @@ func run(s *settings) {
 		}
 	}()
 	// the line tests and scripts wait for: the bound addresses, the listener's TLS mode
-	line := fmt.Sprintf("{\"listen\": %q, \"cluster\": %v, \"tls\": %q", lis.Addr().String(),
-		st.Cluster(), s.tls.mode())
+	line := fmt.Sprintf("{\"listen\": %q, \"cluster\": %v, \"store_open\": %v, \"tls\": %q",
+		lis.Addr().String(), st.Cluster(), st.Open(), s.tls.mode())
 	if metricsAddr != "" {
 		line += fmt.Sprintf(", \"metrics\": %q", metricsAddr)
 	}

@@ -163,9 +163,14 @@ func TestPrintSettings(t *testing.T) {
 	if got != want {
 		t.Fatalf("container:\n%s\nwant\n%s", got, want)
 	}
+	// persona serve's limit is per process: 16 x PERSONA_SERVE_PROCESSES 2, unless given
 	env["PERSONA_MAX_CONCURRENT_RPCS"] = "16"
 	if got := printed(t, args[:len(args)-3], env); !strings.Contains(got,
-		`"max_concurrent_rpcs":16,"tls":"mTLS","upstream_tls":false`) {
+		`"max_concurrent_rpcs":32,"tls":"mTLS","upstream_tls":false`) {
+		t.Fatal(got)
+	}
+	given := append([]string{"-max-concurrent-rpcs", "16"}, args[:len(args)-3]...)
+	if got := printed(t, given, env); !strings.Contains(got, `"max_concurrent_rpcs":16,`) {
 		t.Fatal(got)
 	}
 	if got := printed(t, args[:len(args)-5], env); !strings.Contains(got, `"tls":"TLS",`) {

@@ -74,7 +74,9 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 	fs.DurationVar(&s.dialTO, "store-dial-timeout", 2*time.Second,
 		"longest connect + AUTH / SELECT to a store node (a call's deadline cuts it shorter)")
 	fs.IntVar(&s.maxCalls, "max-concurrent-rpcs", 64, "beyond this many calls in the front,"+
-		" new ones get RESOURCE_EXHAUSTED, as persona serve's (0: no limit)")
+		" new ones get RESOURCE_EXHAUSTED, as persona serve's (0: no limit; from"+
+		" PERSONA_MAX_CONCURRENT_RPCS times PERSONA_SERVE_PROCESSES when not given:"+
+		" persona serve's limit is per process); health checks pass it")
 	fs.BoolVar(&s.printSettings, "print-settings", false,
 		"print the resolved settings as one JSON object and exit (nothing dialled)")
 	s.tls.define(fs)
@@ -88,8 +90,15 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 	if fs.NArg() > 0 {
 		return nil, fmt.Errorf("unexpected argument %q", fs.Arg(0))
 	}
+	limitGiven := false
+	fs.Visit(func(f *flag.Flag) { limitGiven = limitGiven || f.Name == "max-concurrent-rpcs" })
 	if err := applyEnv(fs, lookup); err != nil {
 		return nil, err
+	}
+	if !limitGiven { // persona serve applies its limit per process: the pod admits N times it
+		if n, err := strconv.Atoi(strings.TrimSpace(lookupOr(lookup, "PERSONA_SERVE_PROCESSES"))); err == nil && n > 1 {
+			s.maxCalls *= n
+		}
 	}
 	if s.upstream == "" || s.storeFlag == "" {
 		return nil, errors.New("-upstream and -store (or PERSONA_REDIS) are required")
@@ -244,4 +253,10 @@ func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 	}
 	return nil
+}
+
+// lookupOr: the variable's value, "" when unset.
+func lookupOr(lookup func(string) (string, bool), name string) string {
+	v, _ := lookup(name)
+	return v
 }
