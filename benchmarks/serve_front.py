@@ -36,10 +36,11 @@ class GoFront:
         self.proc, self.tmp, self.address = proc, tmp, address
 
     @classmethod
-    def start(cls, upstream_port: int, nodes: list[str], dim: int) -> GoFront | str:
+    def start(cls, upstream_port: int, nodes: list[str], dim: int, *flags: str) -> GoFront | str:
         """The front before 127.0.0.1:`upstream_port`, reading `nodes` (`host:port`s or
-        redis:// URLs: the front's `-store` takes both); or why it could not be built or
-        started."""
+        redis:// URLs: the front's `-store` takes both), with `flags` after the defaults
+        (no served log, no models: `-models DIR` turns the short-term state path on); or
+        why it could not be built or started."""
         if shutil.which("go") is None:
             return "Go front rows skipped: no `go` (deploy/ensure-client-tools.sh installs it)"
         tmp = Path(tempfile.mkdtemp(prefix="persona-front-"))
@@ -54,7 +55,8 @@ class GoFront:
             proc = subprocess.Popen(
                 [str(exe), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{upstream_port}",
                  "-store", ",".join(nodes), "-dim", str(dim),
-                 "-served-log-rate", "0"],  # as the benchmarks' persona serve: no served log
+                 "-served-log-rate", "0",  # as the benchmarks' persona serve: no served log
+                 "-models", "", *flags],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
             )  # fmt: skip
             line = proc.stdout.readline() if proc.stdout else ""
