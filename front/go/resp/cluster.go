@@ -141,7 +141,8 @@ func OpenLater(addrs []string, auth Auth, dialTimeout time.Duration, poolSize in
 func (s *Store) connect() error {
 	var lastErr error
 	for _, a := range s.seeds {
-		c, err := Dial(a, Auth{Username: s.auth.Username, Password: s.auth.Password}, s.timeout)
+		c, err := Dial(a, Auth{Username: s.auth.Username, Password: s.auth.Password, TLS: s.auth.TLS},
+			s.timeout)
 		if err != nil {
 			lastErr = err
 			continue

@@ -5,6 +5,7 @@ package resp
 
 import (
 	"bufio"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -133,6 +134,9 @@ type Conn struct {
 type Auth struct {
 	Username, Password string
 	DB                 int
+	// TLS: connections are TLS with this config (rediss://), the server name set from the
+	// node's host when empty; nil: plain TCP
+	TLS *tls.Config
 }
 
 // Dial connects to addr and authenticates / selects the database within timeout.
@@ -150,6 +154,11 @@ func DialBy(addr string, auth Auth, deadline time.Time) (*Conn, error) {
 	}
 	if tc, ok := nc.(*net.TCPConn); ok {
 		_ = tc.SetNoDelay(true)
+	}
+	if auth.TLS != nil {
+		if nc, err = handshake(nc, addr, auth.TLS, deadline); err != nil {
+			return nil, err
+		}
 	}
 	c := &Conn{net: nc, r: bufio.NewReaderSize(nc, 64<<10), Addr: addr}
 	var hello [][][]byte
@@ -330,4 +339,27 @@ func (p *Pool) Close() {
 			return
 		}
 	}
+}
+
+// handshake runs the TLS handshake on nc before deadline, verifying the node's certificate
+// for its host (redis-py's rediss:// defaults: ssl_cert_reqs required, ssl_check_hostname
+// true, the system's CAs, which SSL_CERT_FILE / SSL_CERT_DIR extend for both).
+func handshake(nc net.Conn, addr string, cfg *tls.Config, deadline time.Time) (net.Conn, error) {
+	c := cfg.Clone()
+	if c.ServerName == "" {
+		host, _, err := net.SplitHostPort(addr)
+		if err != nil {
+			nc.Close()
+			return nil, err
+		}
+		c.ServerName = host
+	}
+	tc := tls.Client(nc, c)
+	_ = tc.SetDeadline(deadline)
+	if err := tc.Handshake(); err != nil {
+		tc.Close()
+		return nil, fmt.Errorf("%s: TLS: %w", addr, err)
+	}
+	_ = tc.SetDeadline(time.Time{})
+	return tc, nil
 }

@@ -10,6 +10,7 @@
 package main
 
 import (
+	"crypto/tls"
 	"errors"
 	"flag"
 	"fmt"
@@ -185,7 +186,10 @@ func storeAuth(s *settings) (resp.Auth, error) {
 		auth.Password = strings.TrimSpace(string(b))
 	}
 	if s.urlAuth != nil {
-		auth.Username, auth.Password = s.urlAuth.Username, s.urlAuth.Password
+		if s.urlAuth.Username != "" || s.urlAuth.Password != "" {
+			auth.Username, auth.Password = s.urlAuth.Username, s.urlAuth.Password
+		}
+		auth.TLS = s.urlAuth.TLS
 	}
 	return auth, nil
 }
@@ -233,12 +237,13 @@ func authToken(file string, lookup func(string) (string, bool)) (string, error) 
 }
 
 // parseStore splits "a:1,b:2" or "redis://[user:password@]a:1/9" into addresses, a
-// database and the URL's credentials (nil when no URL carries any). rediss:// (TLS) and
-// other schemes are refused.
+// database and the URL's credentials (nil when no URL carries any); creds.TLS is set for
+// rediss:// (TLS: every address then, a mix is refused). Other schemes are refused.
 func parseStore(s string) ([]string, int, *resp.Auth, error) {
 	db := 0
 	var out []string
 	var creds *resp.Auth
+	schemes := map[string]bool{}
 	for _, a := range strings.Split(s, ",") {
 		a = strings.TrimSpace(a)
 		if a == "" {
@@ -256,9 +261,8 @@ func parseStore(s string) ([]string, int, *resp.Auth, error) {
 			return nil, 0, nil, fmt.Errorf("%q: %v", a, err)
 		}
 		switch u.Scheme {
-		case "redis":
-		case "rediss":
-			return nil, 0, nil, fmt.Errorf("%q: rediss:// (TLS) is not supported by persona-front", a)
+		case "redis", "rediss":
+			schemes[u.Scheme] = true
 		default:
 			return nil, 0, nil, fmt.Errorf("%q: scheme %q is not supported (redis://)", a, u.Scheme)
 		}
@@ -280,6 +284,15 @@ func parseStore(s string) ([]string, int, *resp.Auth, error) {
 	}
 	if len(out) == 0 {
 		return nil, 0, nil, fmt.Errorf("no address in %q", s)
+	}
+	if schemes["rediss"] {
+		if schemes["redis"] || len(schemes) == 1 && strings.Count(s, "://") < len(out) {
+			return nil, 0, nil, fmt.Errorf("%q: rediss:// (TLS) for some nodes only", s)
+		}
+		if creds == nil {
+			creds = &resp.Auth{}
+		}
+		creds.TLS = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
 	return out, db, creds, nil
 }

@@ -21,7 +21,16 @@ func TestParseStore(t *testing.T) {
 	if _, _, creds, err := parseStore("h:1,h:2"); err != nil || creds != nil {
 		t.Fatal(creds, err)
 	}
-	for _, bad := range []string{"rediss://h:1", "unix:///tmp/s", "redis://h:1/x", "u:p@h:1", ""} {
+	// rediss://: TLS for every node (a mix is refused); URL credentials as for redis://
+	addrs, _, creds, err = parseStore("rediss://h1:7000,rediss://u:pw@h2:7001")
+	if err != nil || len(addrs) != 2 || creds == nil || creds.TLS == nil || creds.Password != "pw" {
+		t.Fatalf("%v %+v %v", addrs, creds, err)
+	}
+	if _, _, creds, err := parseStore("redis://h:1"); err != nil || creds != nil {
+		t.Fatal("TLS without rediss://", creds, err)
+	}
+	for _, bad := range []string{"rediss://h:1,h:2", "rediss://h:1,redis://h:2", "unix:///tmp/s",
+		"redis://h:1/x", "u:p@h:1", ""} {
 		if _, _, _, err := parseStore(bad); err == nil {
 			t.Fatalf("%q accepted", bad)
 		}
@@ -212,7 +221,7 @@ func TestSettingsRefused(t *testing.T) {
 		{nil, map[string]string{"PERSONA_REDIS_PASSWORD_FILE": "/nonexistent"}, "PERSONA_REDIS_PASSWORD_FILE: stat "},
 		{[]string{"-max-concurrent-rpcs", "-1"}, nil, "-max-concurrent-rpcs"},
 		{nil, map[string]string{"PERSONA_MAX_CONCURRENT_RPCS": "many"}, "PERSONA_MAX_CONCURRENT_RPCS"},
-		{[]string{"-store", "rediss://h:1"}, nil, "rediss://"},
+		{[]string{"-store", "rediss://h:1,redis://h:2"}, nil, "rediss:// (TLS) for some nodes only"},
 		{[]string{"-upstream-conns", "0"}, nil, "-upstream-conns 0"},
 		{nil, map[string]string{"PERSONA_SERVE_PROCESSES": "0"}, "PERSONA_SERVE_PROCESSES"},
 		{nil, map[string]string{"PERSONA_DRAIN_S": "-1"}, "PERSONA_DRAIN_S"},
