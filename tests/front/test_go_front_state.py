@@ -170,12 +170,34 @@ def close(
     return got
 
 
+def walk(
+    front: Front, reqs: list[pb.GetEmbeddingsRequest],
+    answer: Callable[[pb.GetEmbeddingsRequest], object],
+    is_local: Callable[[pb.GetEmbeddingsRequest], bool],
+) -> tuple[int, dict[str, int]]:  # fmt: skip
+    """Each request `answer`ed in turn, the front's counts checked after each: one more local
+    answer where `is_local`, else one more forwarded for a user needing the window; the
+    counts at the end."""
+    local, reasons = counts(front)
+    for req in reqs:
+        answer(req)
+        now_local, now_reasons = counts(front)
+        if is_local(req):
+            assert (now_local, now_reasons) == (local + 1, reasons), f"request {req}"
+        else:
+            why = "short_term_state"
+            assert now_local == local and now_reasons == {**reasons, why: reasons[why] + 1}, (
+                f"request {req}: {now_reasons}"
+            )
+        local, reasons = now_local, now_reasons
+    return local, reasons
+
+
 def _local(req: pb.GetEmbeddingsRequest) -> bool:
     """Whether the front answers `req` itself (once it knows the version has a head)."""
     if req.part == NEARLINE:
         return True
-    ids = set(req.user_ids)
-    return ids <= set(LOCAL) and not (req.include_scores and ids & set(FOLDED))
+    return set(req.user_ids) <= set(LOCAL)  # scores too: rescored (test_go_front_scores.py)
 
 
 def test_state_answers_equal_python(
@@ -193,20 +215,14 @@ def test_state_answers_equal_python(
     reqs = request_grid(mixes, data.version, (0, 2))
     local, reasons = counts(front)
     assert local == 0 and sum(reasons.values()) == 1
-    for req in reqs:
+
+    def answer(req: pb.GetEmbeddingsRequest) -> None:
         got = close(front, upstream, req)
         assert got.part == (NEARLINE if req.part == NEARLINE else req.part or COMBINED)
-        now_local, now_reasons = counts(front)
-        if _local(req):
-            assert (now_local, now_reasons) == (local + 1, reasons), f"request {req}"
-        else:
-            why = "scores_rescore" if req.include_scores else "short_term_state"
-            assert now_local == local and now_reasons == {**reasons, why: reasons[why] + 1}, (
-                f"request {req}: {now_reasons}"
-            )
-        local, reasons = now_local, now_reasons
+
+    local, reasons = walk(front, reqs, answer, _local)
     assert local == sum(map(_local, reqs)) > 0
-    assert reasons["head_unverified"] == 0
+    assert reasons["head_unverified"] == 0 and reasons["scores_rescore"] == 0
 
 
 def test_state_rows_are_nearline_plus_the_heads_delta(

@@ -8,6 +8,7 @@ import (
 
 	pb "persona/clients/go/personav1"
 	"persona/front/go/resp"
+	"persona/front/go/shortterm"
 	"persona/front/go/store"
 )
 
@@ -42,7 +43,8 @@ func valid(req *pb.GetEmbeddingsRequest, lim Limits) bool {
 // answer is services/serving/embeddings.py get_embeddings + responses.embeddings_response
 // for the nearline path and, under a version with a short-term head, for users whose
 // rows the ingest's delta, the short-term state (with -models: states.go) or nothing
-// answers; else a forwardError, or the store's error.
+// answers, with include_scores the moved rows rescored (with -models: rescore.go); else
+// a forwardError, or the store's error.
 func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.GetEmbeddingsResponse, error) {
 	dim := int(f.dim.Load())
 	if !valid(req, f.limits) {
@@ -109,6 +111,7 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 		}
 	}
 	folds := make([]folded, distinct)
+	var oc *shortterm.Outcomes // with include_scores: the heads that rescore moved rows
 	if m != nearline {
 		var need []int
 		var v []int64
@@ -116,7 +119,9 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 			return nil, err
 		}
 		if req.IncludeScores && (anyFolded(folds) || len(need) > 0) {
-			return nil, errRescore // rescored by the version's outcome heads
+			if oc, err = f.outcomes(version, dim); err != nil {
+				return nil, err // no outcome heads the front is sure of: Python rescores
+			}
 		}
 		if len(need) > 0 { // read_recent's second round trip: the short-term state
 			if err = f.foldFromStates(folds, need, uniq, stored, v, version, dim, deadline); err != nil {
@@ -156,6 +161,10 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 	var vecs, scores, hvecs, hscores []byte
 	hist := &pb.VectorMetaColumns{}
 	zeros, sum := make([]float32, dim), make([]float32, dim)
+	var fresh, combinedRow []float32 // rescored scores (nColumns), nearline + delta (dim)
+	if oc != nil {
+		fresh, combinedRow = make([]float32, oc.N()), make([]float32, dim)
+	}
 	for i, u := range req.UserIds {
 		vs, fo := stored[at[u]], &folds[at[u]]
 		if len(vs) == 0 {
@@ -170,7 +179,8 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 			vecs = appendFloats(vecs, fo.row(m, vs[0].Values, zeros, sum), f16)
 			addMeta(out.Meta, &vs[0], now)
 			if nColumns > 0 {
-				scores = appendScores(scores, vs[0].Scores, nColumns, f16)
+				scores = appendScores(scores, newestScores(oc, fo, &vs[0], nColumns, fresh,
+					combinedRow), nColumns, f16)
 			}
 		}
 		if fo.events > 0 { // folding.fold: the delta's events and newest event

@@ -28,7 +28,7 @@ var (
 	errVersion    = &forwardError{"version"}          // no active, unknown, malformed, retired
 	errPartOrHead = &forwardError{"part_or_head"}     // head not known, SHORT_TERM without one
 	errFallback   = &forwardError{"fallback"}         // POPULATION_PRIOR with a user missing
-	errRescore    = &forwardError{"scores_rescore"}   // include_scores and a row folded a delta
+	errRescore    = &forwardError{"scores_rescore"}   // include_scores, moved rows, no heads read
 	errShortTerm  = &forwardError{"short_term_state"} // a user needs the state or the window
 	// the state is needed and -models has no verified head for the version (states.go)
 	errHeadUnverified = &forwardError{"head_unverified"}

@@ -27,6 +27,12 @@ type modelHead struct {
 	h      *shortterm.Head
 	retry  time.Time // a failed load is tried again from then on
 	logged bool      // the failure was logged
+	// the version's outcome heads (outcomes.json; outKnown: loaded, or known absent),
+	// loaded apart from the head's verification: the delta path rescores without it
+	out       *shortterm.Outcomes
+	outKnown  bool
+	outRetry  time.Time
+	outLogged bool
 }
 
 func newModelHeads(dir string) *modelHeads {
@@ -45,13 +51,7 @@ func (m *modelHeads) head(version string) *shortterm.Head {
 		return got.h
 	}
 	h, lines, err := shortterm.Load(m.dir, version)
-	if got == nil {
-		if len(m.of) >= 16 { // versions seen at most (a version's head never changes)
-			m.of = map[string]*modelHead{}
-		}
-		got = &modelHead{}
-		m.of[version] = got
-	}
+	got = m.entry(version)
 	got.h = h
 	if err != nil {
 		got.retry = time.Now().Add(headRetry)
@@ -66,4 +66,53 @@ func (m *modelHeads) head(version string) *shortterm.Head {
 	log.Printf("persona-front: model %s: short-term head loaded from %s (%d events at most;"+
 		" %d rows parity lines reproduced)", version, m.dir, h.MaxEvents, lines)
 	return h
+}
+
+// entry is the version's cache entry, made when missing (callers hold mu).
+func (m *modelHeads) entry(version string) *modelHead {
+	got := m.of[version]
+	if got == nil {
+		if len(m.of) >= 16 { // versions seen at most (a version's files never change)
+			m.of = map[string]*modelHead{}
+		}
+		got = &modelHead{}
+		m.of[version] = got
+	}
+	return got
+}
+
+// outcomes are the version's outcome heads as Python's head holds them
+// (ShortTermHead.read: outcomes.json beside shortterm.npz, read once with the head and
+// kept): ok and nil where the head file is there and outcomes.json is not (Python does
+// not rescore); not ok where the front cannot be sure of Python's (no head file yet, a
+// file that does not read or parse as the front reads it): tried again every minute,
+// said once per version in the log.
+func (m *modelHeads) outcomes(version string) (o *shortterm.Outcomes, ok bool) {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	got := m.of[version]
+	if got != nil && (got.outKnown || time.Now().Before(got.outRetry)) {
+		return got.out, got.outKnown
+	}
+	o, err := shortterm.LoadOutcomes(m.dir, version)
+	got = m.entry(version)
+	if err != nil {
+		got.outRetry = time.Now().Add(headRetry)
+		if !got.outLogged {
+			got.outLogged = true
+			log.Printf("persona-front: model %s: outcome heads not read, include_scores requests"+
+				" with rows the head moved are forwarded (tried again every %s): %v", version,
+				headRetry, err)
+		}
+		return nil, false
+	}
+	got.out, got.outKnown = o, true
+	if o == nil {
+		log.Printf("persona-front: model %s: no %s: rows the head moves keep their stored"+
+			" scores, as Python's", version, shortterm.OutcomesFile)
+	} else {
+		log.Printf("persona-front: model %s: outcome heads loaded (%d score columns)", version,
+			o.N())
+	}
+	return o, true
 }

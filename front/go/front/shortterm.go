@@ -137,8 +137,8 @@ func foldFromDeltas(stored [][]store.Vector, metas []resp.Reply, dim int) (out [
 	return out, need, v, nil
 }
 
-// anyFolded: some user's row moves (include_scores then rescores it with the outcome
-// heads, which only Python has).
+// anyFolded: some user's row moves (include_scores then rescores it with the version's
+// outcome heads: rescore.go).
 func anyFolded(fs []folded) bool {
 	for _, f := range fs {
 		if f.events > 0 {

@@ -1,8 +1,9 @@
 """Writes front/go/testdata/head.json: the fixtures the Go front's short-term head
 (front/go/head) is held to, from the Python code: .npy / .npz files numpy wrote (the head's
 own `HeadArrays.to_bytes`, a compressed one, dtypes and orders the reader must refuse),
-`ShortTermHead.delta_rows` over stored rows, and `recent.state_batch` over crafted short-term
-states. Run from the repository root:
+`ShortTermHead.delta_rows` over stored rows, `recent.state_batch` over crafted short-term
+states, and `OutcomeHeads.scores` of outcomes.json texts (`from_json`, as serving loads them;
+texts the front must refuse). Run from the repository root:
 
     .venv/bin/python front/go/testdata/gen_head.py
 """
@@ -20,6 +21,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[3]
 sys.path.insert(0, str(ROOT))
 
+from encoder.propensity import MAX_SERVED, OutcomeHeads  # noqa: E402
 from encoder.shortterm import HeadArrays, ShortTermHead  # noqa: E402
 from services.store import layout  # noqa: E402
 from services.store.recent import state_batch  # noqa: E402
@@ -134,6 +136,58 @@ def state_cases(rng: np.random.Generator) -> list[dict[str, Any]]:
             for i, c in enumerate(crafted)]  # fmt: skip
 
 
+def outcome_heads(rng: np.random.Generator, types: int) -> OutcomeHeads:
+    """K = 3 horizons, "(any)", a property outcome (not served) and `types` event types;
+    slopes from 0 to 40 (saturated sigmoids)."""
+    names = ("(any)", "prop=x", *(f"type=t{i}" for i in range(types)))
+    k, y = 3, len(names)
+    a = rng.uniform(0.0, 3.0, size=(k, y))
+    a[0, :4] = [40.0, 0.0, 25.0, 1.0]
+    return OutcomeHeads(
+        names=names, horizons_ms=(3_600_000, 86_400_000, 604_800_000),
+        weight=rng.normal(size=(k * y, E)).astype(np.float32),
+        bias=rng.normal(size=k * y).astype(np.float32), a=a, b=rng.normal(size=(k, y)),
+        calibrated=rng.uniform(size=(k, y)) < 0.5, report={"ece": 0.1},
+    )  # fmt: skip
+
+
+def outcome_cases(rng: np.random.Generator) -> dict[str, Any]:
+    """outcomes.json texts: read by from_json and scored over `z` (float32 bits), or ones
+    the front refuses (`ok` false: from_json or scores() may fail, or numpy may read them
+    otherwise than the front). "many": 273 served cells, cut to MAX_SERVED."""
+    many, small = outcome_heads(rng, 90), outcome_heads(rng, 2)
+    assert len(many.score_columns()) == MAX_SERVED
+    z = (rng.normal(size=(5, E)) * np.array([[1], [3], [10], [0], [0.1]])).astype(np.float32)
+    ints = json.loads(small.to_json())  # Python ints where floats were: numpy reads them
+    ints["weight"][0][:3] = [1, 0, -2]
+    ints["bias"][0] = 0
+    ints["a"][0][0], ints["b"][0][0] = 2, -1
+    texts = [("many", many.to_json()), ("small", small.to_json()), ("ints", json.dumps(ints))]
+    read = [(n, t, OutcomeHeads.from_json(t)) for n, t in texts]
+    out = [{"name": n, "json": t, "ok": True, "n": len(o.score_columns()),
+            "scores_bits": bits(o.scores(z))} for n, t, o in read]  # fmt: skip
+
+    def bad(name: str, change: Any) -> None:
+        d = json.loads(small.to_json())
+        change(d)
+        out.append({"name": name, "json": json.dumps(d), "ok": False})
+
+    bad("no_calibrated", lambda d: d.pop("calibrated"))
+    bad("no_weight", lambda d: d.pop("weight"))
+    bad("null_weight", lambda d: d["weight"][1].__setitem__(0, None))  # numpy: NaN
+    bad("nan_bias", lambda d: d["bias"].__setitem__(0, float("nan")))
+    bad("ragged_weight", lambda d: d["weight"][2].pop())
+    bad("weight_rows", lambda d: d["weight"].pop())
+    bad("flat_a", lambda d: d.__setitem__("a", d["a"][0]))
+    bad("number_name", lambda d: d["names"].__setitem__(0, 7))
+    bad("string_number", lambda d: d["b"][0].__setitem__(0, "1.5"))
+    bad("no_horizons", lambda d: d.__setitem__("horizons_ms", []))
+    bad("weight_is_null", lambda d: d.__setitem__("weight", None))
+    out.append({"name": "not_an_object", "json": "[1, 2]", "ok": False})
+    out.append({"name": "not_json", "json": "{", "ok": False})
+    return {"e": E, "z_bits": bits(z), "cases": out}
+
+
 def main() -> None:
     rng = np.random.default_rng(23)
     a = arrays(rng)
@@ -152,6 +206,7 @@ def main() -> None:
         "npy": npy_cases(rng),
         "delta": delta_cases(head, rng),
         "states": state_cases(rng),
+        "outcomes": outcome_cases(rng),
     }  # fmt: skip
     with OUT.open("w") as f:
         json.dump(out, f, indent=1)

@@ -1,0 +1,72 @@
+package front
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+
+	"persona/front/go/shortterm"
+	"persona/front/go/store"
+)
+
+const outcomesText = `{"names": ["(any)", "p"], "horizons_ms": [1], "weight": [[1, 2], [3, 4]],` +
+	` "bias": [0.5, 1], "a": [[1, 1]], "b": [[0, 0]], "calibrated": [[true, false]]}`
+
+// The outcome heads' cache: not sure without the head file (tried again after headRetry),
+// known absent beside it (kept, as Python's head keeps none), loaded once there.
+func TestModelOutcomes(t *testing.T) {
+	dir := t.TempDir()
+	folder := filepath.Join(dir, "v1")
+	if err := os.Mkdir(folder, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	m := newModelHeads(dir)
+	if o, ok := m.outcomes("v1"); ok || o != nil {
+		t.Fatal("no head file: want not ok")
+	}
+	if err := os.WriteFile(filepath.Join(folder, shortterm.File), []byte("x"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := m.outcomes("v1"); ok {
+		t.Error("the failure is kept until headRetry")
+	}
+	m.of["v1"].outRetry = m.of["v1"].outRetry.Add(-2 * headRetry)
+	if o, ok := m.outcomes("v1"); !ok || o != nil {
+		t.Errorf("no outcomes.json: %v %v, want nil, true", o, ok)
+	}
+	if err := os.WriteFile(filepath.Join(folder, shortterm.OutcomesFile), []byte(outcomesText),
+		0o644); err != nil {
+		t.Fatal(err)
+	}
+	if o, ok := m.outcomes("v1"); !ok || o != nil {
+		t.Error("known absent: kept (a version never changes)")
+	}
+	m2 := newModelHeads(dir)
+	o, ok := m2.outcomes("v1")
+	if !ok || o == nil || o.N() != 1 || o.E != 2 {
+		t.Fatalf("%v %v", o, ok)
+	}
+	if m2.head("v1") != nil {
+		t.Error("an unreadable head file: no head")
+	}
+	if o2, ok := m2.outcomes("v1"); o2 != o || !ok {
+		t.Error("the outcome heads are kept beside the failed head")
+	}
+	// newestScores: stored unless the row moved and the heads serve the stored count
+	v := &store.Vector{Values: []float32{1, -1}, Scores: []float32{0.25}}
+	moved := &folded{events: 1, delta: []float32{0, 1}}
+	buf, sum := make([]float32, 1), make([]float32, 2)
+	if got := newestScores(o, &folded{}, v, 1, buf, sum); got[0] != 0.25 {
+		t.Errorf("nothing moved: %v", got)
+	}
+	if got := newestScores(o, moved, v, 2, buf, sum); got[0] != 0.25 {
+		t.Errorf("another column count: %v", got)
+	}
+	if got := newestScores(nil, moved, v, 1, buf, sum); got[0] != 0.25 {
+		t.Errorf("no outcome heads: %v", got)
+	}
+	got := newestScores(o, moved, v, 1, buf, sum) // sigmoid(1*1 + 0*2 + 0.5)
+	if want := float32(0.81757448); got[0] != want {
+		t.Errorf("moved: %v, want %v", got[0], want)
+	}
+}
