@@ -127,6 +127,7 @@ def train_version(
     }
     if blobs:
         texts[shortterm.PARITY_FILE] = short_parity
+    if shortterm.FILE in blobs:  # the same sample as rows, for readers without the tokenizer
         head = shortterm.ShortTermHead(
             shortterm.HeadArrays.from_bytes(blobs[shortterm.FILE]), Tokenizer(tok_cfg)
         )

@@ -72,8 +72,11 @@ func (m *modelHeads) head(version string) *shortterm.Head {
 func (m *modelHeads) entry(version string) *modelHead {
 	got := m.of[version]
 	if got == nil {
-		if len(m.of) >= 16 { // versions seen at most (a version's files never change)
-			m.of = map[string]*modelHead{}
+		if len(m.of) >= 16 { // versions kept at most (a version's files never change)
+			for v := range m.of { // one out (any: the active versions come back at once)
+				delete(m.of, v)
+				break
+			}
 		}
 		got = &modelHead{}
 		m.of[version] = got

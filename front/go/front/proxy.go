@@ -10,7 +10,6 @@ import (
 	"encoding/hex"
 	"log"
 	"runtime/debug"
-	"strings"
 	"sync/atomic"
 	"time"
 
@@ -111,7 +110,7 @@ func New(upstream grpc.ClientConnInterface, st *resp.Store, cfg Config) *Front {
 	f.m = newFrontMetrics(reg, f)
 	f.served = startServedLog(cfg.ServedLog, f.m.served)
 	if st != nil {
-		st.OnRelearn = f.m.relearnt
+		st.SetOnRelearn(f.m.relearnt)
 	}
 	return f
 }
@@ -153,8 +152,9 @@ func (f *Front) handle(_ interface{}, ss grpc.ServerStream) (err error) {
 	if method == healthCheck && f.draining.Load() {
 		return drainingHealth(ss)
 	}
-	// health checks pass the limit: a full front must not read as down to its probes
-	if !strings.HasPrefix(method, healthPrefix) {
+	// health checks pass the limit: a full front must not read as down to its probes (a
+	// Watch stream holds a place as any call does)
+	if method != healthCheck {
 		if !f.calls.acquire() { // as grpcio refuses it: before the request is read
 			f.m.rejectedConcurrency.Inc()
 			return errConcurrency

@@ -82,9 +82,7 @@ type Store struct {
 	done     chan struct{}
 	closing  sync.Once
 
-	// OnRelearn, when set before the first Do, is told how each relearn started after
-	// Open ended (nil: the new slot map is in place).
-	OnRelearn func(error)
+	onRelearn atomic.Pointer[func(error)] // SetOnRelearn
 }
 
 func newStore(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int) *Store {
@@ -109,7 +107,7 @@ func Open(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int) (*
 
 // OpenLater is Open that does not fail: a store no node of addrs answers yet is returned
 // not open (every Do fails ErrNotOpen) and tried again every OpenRetry until it answers or
-// Close; onErr (nil: none) hears each failed try. The front starts without its store this
+// Close; onErr (nil: none) hears each failed try, and nil once a later try opened it. The front starts without its store this
 // way: it forwards every call meanwhile instead of leaving the pod's port down.
 func OpenLater(addrs []string, auth Auth, dialTimeout time.Duration, poolSize int,
 	onErr func(error)) *Store {
@@ -129,6 +127,14 @@ func OpenLater(addrs []string, auth Auth, dialTimeout time.Duration, poolSize in
 			case <-s.done:
 				return
 			case <-t.C:
+			}
+		}
+		select {
+		case <-s.done: // closed while the last try ran: what it opened is closed again
+			s.Close()
+		default:
+			if onErr != nil {
+				onErr(nil)
 			}
 		}
 	}()
@@ -173,6 +179,10 @@ func (s *Store) connect() error {
 	}
 	return fmt.Errorf("no store node answered: %v", lastErr)
 }
+
+// SetOnRelearn: f is told how each background relearn ended (nil: the new slot map is in
+// place); safe at any time, also while OpenLater's background open runs.
+func (s *Store) SetOnRelearn(f func(error)) { s.onRelearn.Store(&f) }
 
 // Open says whether the store has answered (OpenLater: false until then).
 func (s *Store) Open() bool { return s.open.Load() }

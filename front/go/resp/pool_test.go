@@ -90,7 +90,7 @@ func TestRelearnTriesLiveNodesFirstAndDropsGonePools(t *testing.T) {
 	s.mu.Unlock()
 	var relearnt atomic.Int32
 	done := make(chan struct{}, 4)
-	s.OnRelearn = func(error) { relearnt.Add(1); done <- struct{}{} }
+	s.SetOnRelearn(func(error) { relearnt.Add(1); done <- struct{}{} })
 	s.relearns.last = time.Time{}
 	for i := 0; i < 3; i++ {
 		if _, err := s.Do([]Cmd{{Slot: 5, Args: [][]byte{[]byte("GET"), []byte("k")}}},

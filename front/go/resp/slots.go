@@ -76,8 +76,8 @@ func (s *Store) maybeRelearn() {
 	go func() {
 		err := s.Relearn()
 		s.relearns.end()
-		if s.OnRelearn != nil {
-			s.OnRelearn(err)
+		if f := s.onRelearn.Load(); f != nil && *f != nil {
+			(*f)(err)
 		}
 	}()
 }

@@ -115,8 +115,8 @@ func sameShape(a []int, b []int) bool {
 
 // Delta sets out (E) to ShortTermHead.delta_rows of one user: z (E) the nearline vector,
 // rows (n x H, oldest first) the rows of its n new events; zeros when n is 0. Float32 as
-// numpy computes it, operation by operation; the matrix products' sums are taken in
-// float64 (OpenBLAS sums float32 in its own order: the results differ in the last bits).
+// numpy computes it, operation by operation; the matrix products' sums over eight float32
+// partial sums (dot; OpenBLAS sums in its own order: the results differ in the last bits).
 func (h *Head) Delta(out, z, rows []float32, n int) {
 	if n <= 0 {
 		for i := range out {
@@ -212,7 +212,11 @@ func (h *Head) Verify(text []byte) (lines int, worst float64, err error) {
 		h.Delta(out, f32s(c.Nearline), rows, len(c.Rows))
 		for e, want := range c.Delta {
 			d := math.Abs(float64(out[e]) - float64(float32(want)))
-			if !(d <= worst) { // NaN too
+			if math.IsNaN(d) { // a later match must not hide it
+				return lines, 0, fmt.Errorf("line %d: the head gave NaN (or the sample holds one)",
+					lines+1)
+			}
+			if d > worst {
 				worst = d
 			}
 		}
@@ -243,6 +247,11 @@ func Load(dir, version string) (*Head, int, error) {
 		return nil, 0, fmt.Errorf("%q is not a model version name", version)
 	}
 	folder := filepath.Join(dir, version)
+	// the parity file first: without it (a version trained before it) the head, whose npz
+	// holds the input tables too (MBs), is not read at all
+	if _, err := os.Stat(filepath.Join(folder, RowsParityFile)); err != nil {
+		return nil, 0, err
+	}
 	raw, err := os.ReadFile(filepath.Join(folder, File))
 	if err != nil {
 		return nil, 0, err

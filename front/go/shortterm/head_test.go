@@ -247,3 +247,18 @@ func TestLoadChecksTheRowsParity(t *testing.T) {
 		}
 	}
 }
+
+// A head that gives NaN fails its parity check even when a later element matches (a NaN
+// difference is never "at most" the tolerance, and must not be forgotten).
+func TestVerifyRefusesNaN(t *testing.T) {
+	h := &Head{E: 2, H: 2, WRank: []float32{1}, W1z: make([]float32, 4), W1n: make([]float32, 2),
+		B1: make([]float32, 2), W2: make([]float32, 4), B2: []float32{float32(math.NaN()), 2}}
+	line := []byte(`{"nearline": [0, 0], "rows": [[0, 0]], "delta": [0, 2]}` + "\n")
+	if _, _, err := h.Verify(line); err == nil || !strings.Contains(err.Error(), "NaN") {
+		t.Fatalf("a NaN delta verified: %v", err)
+	}
+	h.B2[0] = 0
+	if n, worst, err := h.Verify(line); err != nil || n != 1 || worst != 0 {
+		t.Fatalf("the same head without NaN: %d %v %v", n, worst, err)
+	}
+}

@@ -1,5 +1,5 @@
 """Writes front/go/testdata/head.json: the fixtures the Go front's short-term head
-(front/go/head) is held to, from the Python code: .npy / .npz files numpy wrote (the head's
+(front/go/shortterm) is held to, from the Python code: .npy / .npz files numpy wrote (the head's
 own `HeadArrays.to_bytes`, a compressed one, dtypes and orders the reader must refuse),
 `ShortTermHead.delta_rows` over stored rows, `recent.state_batch` over crafted short-term
 states, and `OutcomeHeads.scores` of outcomes.json texts (`from_json`, as serving loads them;

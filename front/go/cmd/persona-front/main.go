@@ -82,6 +82,10 @@ func run(s *settings) {
 	// it does, rather than the pod's gRPC port staying down with the store
 	var lastSaid time.Time
 	st := resp.OpenLater(s.addrs, auth, s.dialTO, s.pool, func(err error) {
+		if err == nil {
+			log.Printf("persona-front: store reachable: GetEmbeddings answered here again")
+			return
+		}
 		if time.Since(lastSaid) >= 30*time.Second {
 			lastSaid = time.Now()
 			log.Printf("persona-front: store not reachable yet (forwarding every call): %v", err)
