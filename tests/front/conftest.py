@@ -19,7 +19,7 @@ from persona.v1 import service_pb2_grpc as pb_grpc
 from tests.clients.conftest import holder, running, serve, users
 from tests.clients.conftest import vstore as vstore
 from tests.go_support import build, front_bin, go_env
-from tests.tls_support import channel_creds, make_certs
+from tests.tls_support import make_certs
 
 if TYPE_CHECKING:
     from services.store.vectors import VectorStore
@@ -39,7 +39,6 @@ __all__ = [
     "store_address",
     "stub",
     "tls_certs",
-    "tls_creds",
     "users",
     "vstore",
 ]  # fmt: skip
@@ -151,9 +150,6 @@ def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     if shutil.which("openssl") is None:
         pytest.skip("needs the openssl CLI")
     return make_certs(tmp_path_factory.mktemp("certs"))
-
-
-tls_creds = channel_creds
 
 
 def request_grid(

@@ -11,21 +11,17 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from persona.v1 import service_pb2 as pb
-from prometheus_client import CollectorRegistry
 
 from encoder.shortterm import ShortTermHead
 from services.config import WindowConfig
 from services.index.holder import IndexHolder
 from services.ingest.states import StateKeeper
-from services.serving.metrics import serving_metrics
-from services.serving.server import ServingServer
 from services.serving.shortterm import RegistryHeads
 from services.store import layout
 from services.store.records import StoredVector
@@ -34,7 +30,7 @@ from services.store.windows import WindowStore
 from tests.front.conftest import Front, both, request_grid, store_address
 from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
-from tests.serving.support import BASE, DB, NOW_MS, Running
+from tests.serving.support import DB, NOW_MS, Running
 
 pytestmark = pytest.mark.integration
 
@@ -107,19 +103,11 @@ def headed(vstore: VectorStore, models: tuple[Path, str]) -> Iterator[Headed]:
 
 
 @pytest.fixture
-def upstream(vstore: VectorStore, models: tuple[Path, str], headed: Headed) -> Iterator[Running]:
+def upstream(
+    serve: Callable[..., Running], vstore: VectorStore, models: tuple[Path, str], headed: Headed
+) -> Running:  # fmt: skip
     """persona serve over db 9 with the registry's heads."""
-    registry = CollectorRegistry()
-    metrics = serving_metrics(registry)
-    server = ServingServer(replace(BASE, dim=headed.dim), vstore, IndexHolder(), metrics,
-                           heads=RegistryHeads(models[0]))  # fmt: skip
-    server.start()
-    channel = grpc.insecure_channel(f"localhost:{server.port}")
-    try:
-        yield Running(server, channel, registry, metrics)
-    finally:
-        channel.close()
-        server.stop(grace_s=0)
+    return serve(vstore, IndexHolder(), heads=RegistryHeads(models[0]), dim=headed.dim)
 
 
 @pytest.fixture

@@ -14,22 +14,18 @@ from __future__ import annotations
 import json
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from persona.v1 import service_pb2 as pb
-from prometheus_client import CollectorRegistry
 
 from encoder.propensity import OutcomeHeads
 from encoder.shortterm import ShortTermHead
 from services.config import WindowConfig
 from services.index.holder import IndexHolder
 from services.ingest.states import StateKeeper
-from services.serving.metrics import serving_metrics
-from services.serving.server import ServingServer
 from services.serving.shortterm import RegistryHeads
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
@@ -38,7 +34,7 @@ from tests.front.conftest import Front, plain, request_grid, store_address, stub
 from tests.front.test_go_front_state import counts, walk
 from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
-from tests.serving.support import BASE, DB, NOW_MS, Running
+from tests.serving.support import DB, NOW_MS, Running
 
 pytestmark = pytest.mark.integration
 
@@ -106,31 +102,20 @@ def data(vstore: VectorStore, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 @pytest.fixture
 def serve_and_front(
-    start_front: Callable[..., Front], vstore: VectorStore, data: Data
-) -> Iterator[Callable[[Path], tuple[Running, Front]]]:  # fmt: skip
+    serve: Callable[..., Running], start_front: Callable[..., Front], vstore: VectorStore,
+    data: Data,
+) -> Callable[[Path], tuple[Running, Front]]:  # fmt: skip
     """`start(models)`: persona serve with the heads of registry `models` and the front
-    before it with `-models models`."""
-    running: list[Running] = []
+    before it with `-models models` (both stopped after the test)."""
 
     def start(models: Path) -> tuple[Running, Front]:
-        registry = CollectorRegistry()
-        metrics = serving_metrics(registry)
-        server = ServingServer(replace(BASE, dim=data.dim), vstore, IndexHolder(), metrics,
-                               heads=RegistryHeads(models))  # fmt: skip
-        server.start()
-        up = Running(server, grpc.insecure_channel(f"localhost:{server.port}"), registry, metrics)
-        running.append(up)
-        front = start_front(server.port, store_address(vstore), "-db", str(DB), "-max-batch",
+        up = serve(vstore, IndexHolder(), heads=RegistryHeads(models), dim=data.dim)
+        front = start_front(up.server.port, store_address(vstore), "-db", str(DB), "-max-batch",
                             "300", "-version-cache", "0s", "-metrics-listen", "127.0.0.1:0",
                             "-models", str(models))  # fmt: skip
         return up, front
 
-    try:
-        yield start
-    finally:
-        for up in running:
-            up.channel.close()
-            up.server.stop(grace_s=0)
+    return start
 
 
 def close(

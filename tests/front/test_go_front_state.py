@@ -14,22 +14,18 @@ import json
 import shutil
 import urllib.request
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 from persona.v1 import service_pb2 as pb
-from prometheus_client import CollectorRegistry
 from prometheus_client.parser import text_string_to_metric_families
 
 from encoder.shortterm import ROWS_PARITY_FILE, ShortTermHead
 from services.config import WindowConfig
 from services.index.holder import IndexHolder
 from services.ingest.states import StateKeeper
-from services.serving.metrics import serving_metrics
-from services.serving.server import ServingServer
 from services.serving.shortterm import RegistryHeads
 from services.store import layout
 from services.store.records import StoredVector
@@ -38,7 +34,7 @@ from services.store.windows import WindowStore
 from tests.front.conftest import Front, plain, request_grid, store_address, stub
 from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
-from tests.serving.support import BASE, DB, NOW_MS, Running
+from tests.serving.support import DB, NOW_MS, Running
 
 pytestmark = pytest.mark.integration
 
@@ -109,19 +105,9 @@ def data(vstore: VectorStore, tmp_path_factory: pytest.TempPathFactory) -> Itera
 
 
 @pytest.fixture
-def upstream(vstore: VectorStore, data: Data) -> Iterator[Running]:
+def upstream(serve: Callable[..., Running], vstore: VectorStore, data: Data) -> Running:
     """persona serve over db 9 with the registry's heads."""
-    registry = CollectorRegistry()
-    metrics = serving_metrics(registry)
-    server = ServingServer(replace(BASE, dim=data.dim), vstore, IndexHolder(), metrics,
-                           heads=RegistryHeads(data.root))  # fmt: skip
-    server.start()
-    channel = grpc.insecure_channel(f"localhost:{server.port}")
-    try:
-        yield Running(server, channel, registry, metrics)
-    finally:
-        channel.close()
-        server.stop(grace_s=0)
+    return serve(vstore, IndexHolder(), heads=RegistryHeads(data.root), dim=data.dim)
 
 
 @pytest.fixture

@@ -26,9 +26,10 @@ from persona.v1 import service_pb2 as pb
 from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
 from services.store.vectors import VectorStore
-from tests.front.conftest import Front, plain, store_address, stub, tls_creds
+from tests.front.conftest import Front, plain, store_address, stub
 from tests.front.test_go_front_metrics import scrape, value
 from tests.serving.support import DB, DIM, Running
+from tests.tls_support import channel_creds
 
 pytestmark = pytest.mark.integration
 
@@ -70,11 +71,11 @@ def test_tls_front_serves_clients_trusting_its_ca(
                         "-dim", str(DIM), *_tls_flags(tls_certs))  # fmt: skip
     assert front.tls == "TLS"
     target = f"localhost:{front.address.rsplit(':', 1)[1]}"
-    with grpc.secure_channel(target, tls_creds(tls_certs)) as ch:
+    with grpc.secure_channel(target, channel_creds(tls_certs)) as ch:
         _served(front, running, ch)
     with grpc.insecure_channel(target) as ch:  # plaintext
         assert _code(_model_info(ch)) == grpc.StatusCode.UNAVAILABLE
-    with grpc.secure_channel(target, tls_creds(tls_certs, ca="rogue")) as ch:
+    with grpc.secure_channel(target, channel_creds(tls_certs, ca="rogue")) as ch:
         assert _code(_model_info(ch)) == grpc.StatusCode.UNAVAILABLE
     assert front.counts() == (1, 0)
 
@@ -87,11 +88,11 @@ def test_mtls_front_refuses_clients_without_a_certificate_of_its_ca(
     assert front.tls == "mTLS"
     target = f"localhost:{front.address.rsplit(':', 1)[1]}"
     for who in (None, "intruder"):
-        with grpc.secure_channel(target, tls_creds(tls_certs, who)) as ch:
+        with grpc.secure_channel(target, channel_creds(tls_certs, who)) as ch:
             assert _code(_model_info(ch)) == grpc.StatusCode.UNAVAILABLE, who
             req = lambda ch=ch: stub(ch).GetEmbeddings(REQ, timeout=10)  # noqa: E731
             assert _code(req) == grpc.StatusCode.UNAVAILABLE, who
-    with grpc.secure_channel(target, tls_creds(tls_certs, "client")) as ch:
+    with grpc.secure_channel(target, channel_creds(tls_certs, "client")) as ch:
         _served(front, running, ch)
     assert front.counts() == (1, 0)
 
@@ -107,7 +108,7 @@ def test_front_dials_a_tls_upstream(
     d = tls_certs
     client_ca = d / "ca.pem" if how == "mTLS" else None
     tls = TLSConfig(d / "server.pem", d / "server.key", client_ca=client_ca)
-    upstream = serve(vstore, holder, channel_creds=tls_creds(d, "client"), tls=tls)
+    upstream = serve(vstore, holder, channel_creds=channel_creds(d, "client"), tls=tls)
     flags = ["-upstream-tls-ca", str(d / "ca.pem")]
     if how == "server-name":
         flags += ["-upstream-tls-server-name", "localhost"]
@@ -129,7 +130,7 @@ def test_front_refuses_an_upstream_it_cannot_verify(
     d = tls_certs
     client_ca = d / "ca.pem" if how == "no-client-cert" else None
     tls = TLSConfig(d / "server.pem", d / "server.key", client_ca=client_ca)
-    upstream = serve(vstore, holder, channel_creds=tls_creds(d, "client"), tls=tls)
+    upstream = serve(vstore, holder, channel_creds=channel_creds(d, "client"), tls=tls)
     flags = {"plaintext": [], "rogue-ca": ["-upstream-tls-ca", str(d / "rogue.pem")],
              "no-client-cert": ["-upstream-tls-ca", str(d / "ca.pem")]}[how]  # fmt: skip
     front = start_front(upstream.server.port, store_address(vstore), "-db", str(DB), *flags)

@@ -60,8 +60,9 @@ def holder(users: dict[str, dict[str, np.ndarray]]) -> IndexHolder:
 
 @pytest.fixture
 def serve() -> Iterator[Callable[..., Running]]:
-    """`serve(store, index, channel_creds=None, ready=None, served_log=None, **config_overrides)`
-    -> a Running server (`ready`: see `ServingServer.start`); all stopped after."""
+    """`serve(store, index, channel_creds=None, ready=None, served_log=None, heads=None,
+    **config_overrides)` -> a Running server (`ready`: see `ServingServer.start`; `heads`:
+    its `HeadSource`, e.g. `RegistryHeads(models)`); all stopped after."""
     started: list[Running] = []
 
     def start(
@@ -70,12 +71,14 @@ def serve() -> Iterator[Callable[..., Running]]:
         channel_creds: Any = None,
         ready: Any = None,
         served_log: Callable[[ServingMetrics], Any] | None = None,
+        heads: Any = None,
         **over: Any,
     ) -> Running:
         registry = CollectorRegistry()
         metrics = serving_metrics(registry)
         log = served_log(metrics) if served_log is not None else None
-        server = ServingServer(replace(BASE, **over), store, index, metrics, served_log=log)
+        server = ServingServer(replace(BASE, **over), store, index, metrics, served_log=log,
+                               heads=heads)  # fmt: skip
         server.start(ready=ready)
         target = f"localhost:{server.port}"
         channel = (

@@ -34,9 +34,6 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_certs(tmp_path_factory.mktemp("certs"))
 
 
-creds = channel_creds
-
-
 def model_info(
     stub: service_pb2_grpc.UserEmbeddingServiceStub, **kw: object
 ) -> pb.GetModelInfoResponse:
@@ -54,14 +51,14 @@ def test_tls_serves_trusting_clients_and_refuses_plaintext(
     serve: Callable[..., Running], store_and_index: tuple, certs: Path
 ) -> None:
     tls = TLSConfig(certs / "server.pem", certs / "server.key")
-    r = serve(*store_and_index, channel_creds=creds(certs), tls=tls)
+    r = serve(*store_and_index, channel_creds=channel_creds(certs), tls=tls)
     assert model_info(r.stub).active_version == V1
     with grpc.insecure_channel(f"localhost:{r.server.port}") as plain:
         with pytest.raises(grpc.RpcError) as ei:
             model_info(service_pb2_grpc.UserEmbeddingServiceStub(plain))
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
     # a client that does not trust the server's CA refuses the server
-    with grpc.secure_channel(f"localhost:{r.server.port}", creds(certs, ca="rogue")) as ch:
+    with grpc.secure_channel(f"localhost:{r.server.port}", channel_creds(certs, ca="rogue")) as ch:
         with pytest.raises(grpc.RpcError) as ei:
             model_info(service_pb2_grpc.UserEmbeddingServiceStub(ch))
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
@@ -71,10 +68,10 @@ def test_mtls_refuses_clients_without_a_trusted_certificate(
     serve: Callable[..., Running], store_and_index: tuple, certs: Path
 ) -> None:
     tls = TLSConfig(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
-    r = serve(*store_and_index, channel_creds=creds(certs, "client"), tls=tls)
+    r = serve(*store_and_index, channel_creds=channel_creds(certs, "client"), tls=tls)
     assert model_info(r.stub).active_version == V1
     for who in (None, "intruder"):
-        with grpc.secure_channel(f"localhost:{r.server.port}", creds(certs, who)) as ch:
+        with grpc.secure_channel(f"localhost:{r.server.port}", channel_creds(certs, who)) as ch:
             with pytest.raises(grpc.RpcError) as ei:
                 model_info(service_pb2_grpc.UserEmbeddingServiceStub(ch))
             assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, who

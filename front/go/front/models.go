@@ -24,15 +24,38 @@ type modelHeads struct {
 }
 
 type modelHead struct {
-	h      *shortterm.Head
-	retry  time.Time // a failed load is tried again from then on
-	logged bool      // the failure was logged
-	// the version's outcome heads (outcomes.json; outKnown: loaded, or known absent),
-	// loaded apart from the head's verification: the delta path rescores without it
-	out       *shortterm.Outcomes
-	outKnown  bool
-	outRetry  time.Time
-	outLogged bool
+	h   loaded[*shortterm.Head]     // verified against its rows parity sample
+	out loaded[*shortterm.Outcomes] // outcomes.json, apart from the head's verification:
+	// the delta path rescores without it (nil and known: absent beside the head file)
+}
+
+// loaded is one of a version's files as the cache holds it: known (read, or known
+// absent) and kept, or failed and tried again from retry on, the failure logged once.
+type loaded[T any] struct {
+	v      T
+	known  bool
+	retry  time.Time
+	logged bool
+}
+
+// get: the value when known, else read it (once a headRetry at most): on failure the
+// zero value and false, `failed` logging the error the first time.
+func (l *loaded[T]) get(read func() (T, error), failed func(error)) (T, bool) {
+	if l.known || time.Now().Before(l.retry) {
+		return l.v, l.known
+	}
+	v, err := read()
+	if err != nil {
+		l.retry = time.Now().Add(headRetry)
+		if !l.logged {
+			l.logged = true
+			failed(err)
+		}
+		var zero T
+		return zero, false
+	}
+	l.v, l.known = v, true
+	return v, true
 }
 
 func newModelHeads(dir string) *modelHeads {
@@ -46,25 +69,21 @@ func newModelHeads(dir string) *modelHeads {
 func (m *modelHeads) head(version string) *shortterm.Head {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	got := m.of[version]
-	if got != nil && (got.h != nil || time.Now().Before(got.retry)) {
-		return got.h
-	}
-	h, lines, err := shortterm.Load(m.dir, version)
-	got = m.entry(version)
-	got.h = h
-	if err != nil {
-		got.retry = time.Now().Add(headRetry)
-		if !got.logged {
-			got.logged = true
-			log.Printf("persona-front: model %s: short-term head not used, requests that need"+
-				" its short-term state are forwarded (tried again every %s): %v", version,
-				headRetry, err)
+	h, ok := m.entry(version).h.get(func() (*shortterm.Head, error) {
+		h, lines, err := shortterm.Load(m.dir, version)
+		if err == nil {
+			log.Printf("persona-front: model %s: short-term head loaded from %s (%d events at"+
+				" most; %d rows parity lines reproduced)", version, m.dir, h.MaxEvents, lines)
 		}
+		return h, err
+	}, func(err error) {
+		log.Printf("persona-front: model %s: short-term head not used, requests that need"+
+			" its short-term state are forwarded (tried again every %s): %v", version,
+			headRetry, err)
+	})
+	if !ok {
 		return nil
 	}
-	log.Printf("persona-front: model %s: short-term head loaded from %s (%d events at most;"+
-		" %d rows parity lines reproduced)", version, m.dir, h.MaxEvents, lines)
 	return h
 }
 
@@ -90,32 +109,24 @@ func (m *modelHeads) entry(version string) *modelHead {
 // not rescore); not ok where the front cannot be sure of Python's (no head file yet, a
 // file that does not read or parse as the front reads it): tried again every minute,
 // said once per version in the log.
-func (m *modelHeads) outcomes(version string) (o *shortterm.Outcomes, ok bool) {
+func (m *modelHeads) outcomes(version string) (*shortterm.Outcomes, bool) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	got := m.of[version]
-	if got != nil && (got.outKnown || time.Now().Before(got.outRetry)) {
-		return got.out, got.outKnown
-	}
-	o, err := shortterm.LoadOutcomes(m.dir, version)
-	got = m.entry(version)
-	if err != nil {
-		got.outRetry = time.Now().Add(headRetry)
-		if !got.outLogged {
-			got.outLogged = true
-			log.Printf("persona-front: model %s: outcome heads not read, include_scores requests"+
-				" with rows the head moved are forwarded (tried again every %s): %v", version,
-				headRetry, err)
+	return m.entry(version).out.get(func() (*shortterm.Outcomes, error) {
+		o, err := shortterm.LoadOutcomes(m.dir, version)
+		switch {
+		case err != nil:
+		case o == nil:
+			log.Printf("persona-front: model %s: no %s: rows the head moves keep their stored"+
+				" scores, as Python's", version, shortterm.OutcomesFile)
+		default:
+			log.Printf("persona-front: model %s: outcome heads loaded (%d score columns)",
+				version, o.N())
 		}
-		return nil, false
-	}
-	got.out, got.outKnown = o, true
-	if o == nil {
-		log.Printf("persona-front: model %s: no %s: rows the head moves keep their stored"+
-			" scores, as Python's", version, shortterm.OutcomesFile)
-	} else {
-		log.Printf("persona-front: model %s: outcome heads loaded (%d score columns)", version,
-			o.N())
-	}
-	return o, true
+		return o, err
+	}, func(err error) {
+		log.Printf("persona-front: model %s: outcome heads not read, include_scores requests"+
+			" with rows the head moved are forwarded (tried again every %s): %v", version,
+			headRetry, err)
+	})
 }

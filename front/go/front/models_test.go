@@ -30,7 +30,7 @@ func TestModelOutcomes(t *testing.T) {
 	if _, ok := m.outcomes("v1"); ok {
 		t.Error("the failure is kept until headRetry")
 	}
-	m.of["v1"].outRetry = m.of["v1"].outRetry.Add(-2 * headRetry)
+	m.of["v1"].out.retry = m.of["v1"].out.retry.Add(-2 * headRetry)
 	if o, ok := m.outcomes("v1"); !ok || o != nil {
 		t.Errorf("no outcomes.json: %v %v, want nil, true", o, ok)
 	}

@@ -69,6 +69,10 @@ func (s *sample) appendRecords(out []kafka.Record) []kafka.Record {
 	return out
 }
 
+// pyEscapes: the ASCII characters json.dumps escapes by name, and the name.
+var pyEscapes = [utf8.RuneSelf]byte{'"': '"', '\\': '\\', '\b': 'b', '\f': 'f', '\n': 'n', '\r': 'r',
+	'\t': 't'}
+
 // appendPyString appends s as Python's json.dumps(s, ensure_ascii=False) writes it
 // (Lib/json/encoder.py py_encode_basestring, and _json.c's): `"` and `\` escaped, \b \f \n
 // \r \t by name, every other character below 0x20 as \u00xx (lowercase hex); everything
@@ -89,27 +93,13 @@ func appendPyString(b []byte, s string) []byte {
 			i += n
 			continue
 		}
-		switch c {
-		case '"':
-			b = append(b, '\\', '"')
-		case '\\':
-			b = append(b, '\\', '\\')
-		case '\b':
-			b = append(b, '\\', 'b')
-		case '\f':
-			b = append(b, '\\', 'f')
-		case '\n':
-			b = append(b, '\\', 'n')
-		case '\r':
-			b = append(b, '\\', 'r')
-		case '\t':
-			b = append(b, '\\', 't')
+		switch e := pyEscapes[c]; {
+		case e != 0:
+			b = append(b, '\\', e)
+		case c < 0x20:
+			b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
 		default:
-			if c < 0x20 {
-				b = append(b, '\\', 'u', '0', '0', hex[c>>4], hex[c&0xf])
-			} else {
-				b = append(b, c)
-			}
+			b = append(b, c)
 		}
 		i++
 	}

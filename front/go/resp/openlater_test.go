@@ -40,15 +40,7 @@ func TestOpenLaterOpensWhenTheStoreAnswers(t *testing.T) {
 		t.Skipf("port %s taken meanwhile: %v", addr, err)
 	}
 	defer lis.Close()
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go answerInfo(c)
-		}
-	}()
+	go answerAll(lis)
 	for deadline := time.Now().Add(10 * time.Second); !s.Open(); time.Sleep(10 * time.Millisecond) {
 		if time.Now().After(deadline) {
 			t.Fatal("not open 10 s after the node came up")
@@ -56,6 +48,17 @@ func TestOpenLaterOpensWhenTheStoreAnswers(t *testing.T) {
 	}
 	if s.Cluster() {
 		t.Fatal("a single node read as a cluster")
+	}
+}
+
+// answerAll answers every connection lis accepts with answerInfo, until lis is closed.
+func answerAll(lis net.Listener) {
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			return
+		}
+		go answerInfo(c)
 	}
 }
 

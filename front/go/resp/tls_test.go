@@ -39,15 +39,7 @@ func tlsNode(t *testing.T) (string, *x509.CertPool) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { lis.Close() })
-	go func() {
-		for {
-			c, err := lis.Accept()
-			if err != nil {
-				return
-			}
-			go answerInfo(c)
-		}
-	}()
+	go answerAll(lis)
 	return lis.Addr().String(), pool
 }
 

@@ -96,7 +96,8 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 		return nil, err
 	}
 	if !limitGiven { // persona serve applies its limit per process: the pod admits N times it
-		if n, err := strconv.Atoi(strings.TrimSpace(lookupOr(lookup, "PERSONA_SERVE_PROCESSES"))); err == nil && n > 1 {
+		procs, _ := lookup("PERSONA_SERVE_PROCESSES")
+		if n, err := strconv.Atoi(strings.TrimSpace(procs)); err == nil && n > 1 {
 			s.maxCalls *= n
 		}
 	}
@@ -253,10 +254,4 @@ func applyEnv(fs *flag.FlagSet, lookup func(string) (string, bool)) error {
 		}
 	}
 	return nil
-}
-
-// lookupOr: the variable's value, "" when unset.
-func lookupOr(lookup func(string) (string, bool), name string) string {
-	v, _ := lookup(name)
-	return v
 }
