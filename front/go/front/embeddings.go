@@ -110,6 +110,14 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 			stored[i] = append(stored[i], v)
 		}
 	}
+	if req.Fallback == pb.Fallback_FALLBACK_POPULATION_PRIOR {
+		for _, u := range req.UserIds {
+			if len(stored[at[u]]) == 0 {
+				return nil, errFallback // the prior is the index's (checked before the
+				// deltas and states are read: a forwarded request does not pay for them)
+			}
+		}
+	}
 	folds := make([]folded, distinct)
 	var oc *shortterm.Outcomes // with include_scores: the heads that rescore moved rows
 	if m != nearline {
@@ -130,13 +138,6 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 		}
 	}
 	n := len(req.UserIds)
-	if req.Fallback == pb.Fallback_FALLBACK_POPULATION_PRIOR {
-		for _, u := range req.UserIds {
-			if len(stored[at[u]]) == 0 {
-				return nil, errFallback // the prior is the index's
-			}
-		}
-	}
 	f16 := req.Encoding == pb.VectorEncoding_VECTOR_ENCODING_FLOAT16
 	enc := pb.VectorEncoding_VECTOR_ENCODING_FLOAT32
 	if f16 {

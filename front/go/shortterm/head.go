@@ -17,7 +17,7 @@ const (
 	File           = "shortterm.npz"
 	RowsParityFile = "shortterm_rows_parity.jsonl"
 	// ParityTol is shortterm.PARITY_TOL: the largest |delta - expected| a head may give
-	// its rows parity sample.
+	// its rows parity sample, relative to the sample's largest component (Verify).
 	ParityTol = 1e-4
 )
 
@@ -184,12 +184,14 @@ type parityCase struct {
 
 // Verify computes the head's delta of every line of a rows parity sample (its nearline
 // vector and new events' rows -> the delta the numpy head gave); it returns the lines and
-// the largest |difference|, or an error for a file that is missing, empty, or that does
-// not parse or fit the head.
+// the largest |difference| relative to the sample's largest component (at least 1:
+// shortterm.parity_error's measure), or an error for a file that is missing, empty, or
+// that does not parse or fit the head.
 func (h *Head) Verify(text []byte) (lines int, worst float64, err error) {
 	sc := bufio.NewScanner(bytes.NewReader(text))
 	sc.Buffer(nil, 64<<20)
 	out := make([]float32, h.E)
+	scale := 1.0
 	for sc.Scan() {
 		line := bytes.TrimSpace(sc.Bytes())
 		if len(line) == 0 {
@@ -211,6 +213,8 @@ func (h *Head) Verify(text []byte) (lines int, worst float64, err error) {
 		}
 		h.Delta(out, f32s(c.Nearline), rows, len(c.Rows))
 		for e, want := range c.Delta {
+			scale = math.Max(scale, math.Max(math.Abs(float64(float32(want))),
+				math.Abs(float64(float32(c.Nearline[e])))))
 			d := math.Abs(float64(out[e]) - float64(float32(want)))
 			if math.IsNaN(d) { // a later match must not hide it
 				return lines, 0, fmt.Errorf("line %d: the head gave NaN (or the sample holds one)",
@@ -228,7 +232,7 @@ func (h *Head) Verify(text []byte) (lines int, worst float64, err error) {
 	if lines == 0 {
 		return 0, 0, errors.New("no parity lines")
 	}
-	return lines, worst, nil
+	return lines, worst / scale, nil
 }
 
 func f32s(xs []float64) []float32 {
@@ -269,7 +273,7 @@ func Load(dir, version string) (*Head, int, error) {
 		return nil, 0, fmt.Errorf("%s: %v", RowsParityFile, err)
 	}
 	if !(worst <= ParityTol) {
-		return nil, lines, fmt.Errorf("%s: parity failed (max |diff| %.3g > %g)",
+		return nil, lines, fmt.Errorf("%s: parity failed (max relative |diff| %.3g > %g)",
 			RowsParityFile, worst, ParityTol)
 	}
 	return h, lines, nil

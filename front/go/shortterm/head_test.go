@@ -232,7 +232,15 @@ func TestLoadChecksTheRowsParity(t *testing.T) {
 	off := strings.Replace(lines[1], `"delta":[`, `"delta":[1000,`, 1)
 	var c parityCase
 	_ = json.Unmarshal([]byte(lines[1]), &c)
-	c.Delta[0] += 2e-4
+	big := 1.0 // the tolerance is relative to the sample's largest component
+	for _, l := range lines[1:] {
+		var o parityCase
+		_ = json.Unmarshal([]byte(l), &o)
+		for _, x := range append(append([]float64{}, o.Delta...), o.Nearline...) {
+			big = math.Max(big, math.Abs(x))
+		}
+	}
+	c.Delta[0] += 2e-4 * big
 	moved, _ := json.Marshal(c)
 	for name, text := range map[string]string{
 		"moved":      strings.Join(append([]string{string(moved)}, lines[2:]...), "\n"),
@@ -260,5 +268,59 @@ func TestVerifyRefusesNaN(t *testing.T) {
 	h.B2[0] = 0
 	if n, worst, err := h.Verify(line); err != nil || n != 1 || worst != 0 {
 		t.Fatalf("the same head without NaN: %d %v %v", n, worst, err)
+	}
+}
+
+// The parity measure is shortterm.parity_error's: the largest |difference| over the
+// sample's largest component (at least 1), so float32 sums in another order pass at any
+// scale and a wrong head fails at any scale.
+func TestVerifyIsRelative(t *testing.T) {
+	h := &Head{E: 2, H: 2, WRank: []float32{1}, W1z: make([]float32, 4), W1n: make([]float32, 2),
+		B1: make([]float32, 2), W2: make([]float32, 4), B2: []float32{100, 0.5}}
+	for _, c := range []struct {
+		want string
+		ok   bool
+	}{
+		{"[100.005, 0.5]", true}, // |diff| 5e-3, relative 5e-5
+		{"[100.02, 0.5]", false}, // relative 2e-4
+		{"[100, 0.5002]", true},  // |diff| 2e-4 beside a component of 100: 2e-6 relative
+	} {
+		line := []byte(`{"nearline": [0, 0], "rows": [[0, 0]], "delta": ` + c.want + "}\n")
+		_, worst, err := h.Verify(line)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := worst <= ParityTol; got != c.ok {
+			t.Errorf("%s: relative |diff| %g, passes %v", c.want, worst, got)
+		}
+	}
+}
+
+// The header's shape is a Python tuple literal (np.lib.format reads it with
+// ast.literal_eval and refuses anything else): "(2)" is an int, "(,2)" no literal.
+func TestNpyShapeIsATuple(t *testing.T) {
+	npy := func(shape string, n int) []byte {
+		head := fmt.Sprintf("{'descr': '<f4', 'fortran_order': False, 'shape': %s, }\n", shape)
+		b := append([]byte("\x93NUMPY\x01\x00"), byte(len(head)), byte(len(head)>>8))
+		return append(append(b, head...), make([]byte, 4*n)...)
+	}
+	for _, c := range []struct {
+		shape string
+		n     int
+		want  string // "" refused
+	}{
+		{"()", 1, "[]"}, {"( )", 1, "[]"}, {"(2,)", 2, "[2]"}, {"(1, 2)", 2, "[1 2]"},
+		{"(1, 2,)", 2, "[1 2]"}, {"(2)", 2, ""}, {"(,2)", 2, ""}, {"(2,,)", 2, ""},
+		{"(1,,2)", 2, ""}, {"(,)", 0, ""},
+	} {
+		a, err := ReadNpy(npy(c.shape, c.n))
+		switch {
+		case c.want == "" && err == nil:
+			t.Errorf("%s: read as %v, want refused", c.shape, a.Shape)
+		case c.want != "" && err != nil:
+			t.Errorf("%s: %v", c.shape, err)
+		case c.want != "" && fmt.Sprint(a.Shape) != c.want:
+			t.Errorf("%s: shape %v, want %s", c.shape, a.Shape, c.want)
+		}
 	}
 }

@@ -72,10 +72,18 @@ func parseHeader(b []byte) (header, error) {
 		return h, fmt.Errorf(".npy shape %q", shape)
 	}
 	h.size = 1
-	for _, p := range strings.Split(shape[1:len(shape)-1], ",") {
-		if p = strings.TrimSpace(p); p == "" {
-			continue
-		}
+	// a Python tuple literal, as numpy writes it and reads it back: "()", "(3,)", "(2, 3)"
+	// (one trailing comma at most, needed after a single element; no empty element)
+	parts := strings.Split(shape[1:len(shape)-1], ",")
+	if last := len(parts) - 1; strings.TrimSpace(parts[last]) == "" && last > 0 {
+		parts = parts[:last]
+	} else if len(parts) == 1 && strings.TrimSpace(parts[0]) != "" {
+		return h, fmt.Errorf(".npy shape %q: not a tuple", shape)
+	} else if len(parts) == 1 {
+		parts = nil
+	}
+	for _, p := range parts {
+		p = strings.TrimSpace(p)
 		d, err := strconv.Atoi(p)
 		if err != nil || d < 0 || (d > 0 && h.size > math.MaxInt32/d) {
 			return h, fmt.Errorf(".npy shape %q", shape)

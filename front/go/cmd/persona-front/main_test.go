@@ -224,6 +224,7 @@ func TestSettingsRefused(t *testing.T) {
 		{[]string{"-store", "rediss://h:1,redis://h:2"}, nil, "rediss:// (TLS) for some nodes only"},
 		{[]string{"-upstream-conns", "0"}, nil, "-upstream-conns 0"},
 		{nil, map[string]string{"PERSONA_SERVE_PROCESSES": "0"}, "PERSONA_SERVE_PROCESSES"},
+		{[]string{"-upstream-conns", "4"}, map[string]string{"PERSONA_SERVE_PROCESSES": "two"}, "PERSONA_SERVE_PROCESSES"},
 		{nil, map[string]string{"PERSONA_DRAIN_S": "-1"}, "PERSONA_DRAIN_S"},
 		{[]string{"stray"}, nil, "unexpected argument"},
 	} {

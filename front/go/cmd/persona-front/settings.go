@@ -95,11 +95,18 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 	if err := applyEnv(fs, lookup); err != nil {
 		return nil, err
 	}
-	if !limitGiven { // persona serve applies its limit per process: the pod admits N times it
-		procs, _ := lookup("PERSONA_SERVE_PROCESSES")
-		if n, err := strconv.Atoi(strings.TrimSpace(procs)); err == nil && n > 1 {
-			s.maxCalls *= n
+	// read even where -upstream-conns is given (applyEnv then skips it): it also scales
+	// the limit, and a value persona serve would refuse is an error here too
+	procs, _ := lookup("PERSONA_SERVE_PROCESSES")
+	n := 1
+	if v := strings.TrimSpace(procs); v != "" {
+		if _, err := connsPerProcesses(v); err != nil {
+			return nil, fmt.Errorf("PERSONA_SERVE_PROCESSES=%q: %v", v, err)
 		}
+		n, _ = strconv.Atoi(v)
+	}
+	if !limitGiven { // persona serve applies its limit per process: the pod admits N times it
+		s.maxCalls *= n
 	}
 	if s.upstream == "" || s.storeFlag == "" {
 		return nil, errors.New("-upstream and -store (or PERSONA_REDIS) are required")
