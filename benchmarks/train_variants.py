@@ -35,8 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import numpy as np
 
 from encoder.api import Encoder
-from encoder.evaluate_log import LogEvalConfig, default_split, prepare, score
-from encoder.features import Profile
+from encoder.evaluate_log import LogEvalConfig, auto_split, evaluate_log
 from encoder.io import events_source
 from encoder.train import TrainSpec, train
 
@@ -102,8 +101,7 @@ def run_one(path: Path, split: int, spec: TrainSpec, repeats: int) -> dict[str, 
     t0 = time.monotonic()
     model, tok, metrics, _, _ = train(source, spec, until_ms=split)
     cfg = replace(LogEvalConfig(), split_at=split, repeats=repeats)
-    report = score(prepare(Encoder.from_model(model).encode_rows, tok, source, cfg), cfg)
-    auc = report["mean_auc"]
+    auc = evaluate_log(Encoder.from_model(model).encode_rows, tok, source, cfg)["mean_auc"]
     return {
         "embedding": auc["embedding"],
         "aggregates": auc["aggregates"],
@@ -175,10 +173,10 @@ def main(argv: list[str] | None = None) -> int:
         if not path.is_file():
             p.error(f"--log {text}: no such file")
         if split is None:
-            prof = Profile().add_all(events_source(path)())
-            if prof.first_ts is None or prof.last_ts is None:
-                p.error(f"--log {text}: no events")
-            split = default_split(prof.first_ts, prof.last_ts)
+            try:
+                split = auto_split(events_source(path))
+            except ValueError as exc:
+                p.error(f"--log {text}: {exc}")
         logs.append((path, split))
     rows: list[dict[str, Any]] = []
     for path, split in logs:

@@ -26,9 +26,8 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 
 from encoder.api import Encoder  # noqa: E402
-from encoder.evaluate_log import LogEvalConfig, default_split, prepare, score  # noqa: E402
+from encoder.evaluate_log import LogEvalConfig, auto_split, prepare, score  # noqa: E402
 from encoder.eventlog import EventLog  # noqa: E402
-from encoder.features import Profile  # noqa: E402
 from encoder.io import events_source  # noqa: E402
 from encoder.train import TrainSpec, train  # noqa: E402
 
@@ -66,11 +65,7 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
     src = events_source(args.events)
-    split = args.split_at
-    if split is None:
-        p = Profile().add_all(src())
-        assert p.first_ts is not None and p.last_ts is not None
-        split = default_split(p.first_ts, p.last_ts)
+    split = args.split_at if args.split_at is not None else auto_split(src)
     rows = []
     for length in args.lengths:
         t0 = time.perf_counter()

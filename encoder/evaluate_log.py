@@ -67,6 +67,15 @@ def default_split(start_ms: int, end_ms: int) -> int:
     return end_ms - h
 
 
+def auto_split(source: Source) -> int:
+    """`default_split` of the whole log at `source` (``--split-at auto``); ValueError for a
+    log without events."""
+    prof = Profile().add_all(source())
+    if prof.first_ts is None or prof.last_ts is None:
+        raise ValueError("the log has no events")
+    return default_split(prof.first_ts, prof.last_ts)
+
+
 def aggregates(
     log: EventLog,
     lo: np.ndarray,

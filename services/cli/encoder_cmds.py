@@ -68,8 +68,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, where: Any) -> int:
-    from encoder.evaluate_log import default_split
-    from encoder.features import Profile
+    from encoder.evaluate_log import auto_split
     from encoder.io import events_source
     from encoder.release import file_sha256, train_version
     from encoder.synthetic import SYNTHETIC_FUTURE_MS, SyntheticConfig, generate
@@ -84,11 +83,11 @@ def _train(args: argparse.Namespace, where: Any) -> int:
         extra.update(source=str(args.events), source_kind="events")
         split = split_arg(args.split_at)
         if split == AUTO:
-            prof = Profile().add_all(source())
-            if prof.first_ts is None or prof.last_ts is None:
+            try:
+                split = auto_split(source)
+            except ValueError:
                 log.error("no events in %s", args.events)
                 return 2
-            split = default_split(prof.first_ts, prof.last_ts)
         if split is not None:
             path = args.events.resolve()
             eval_split = {"events": str(path), "sha256": file_sha256(path), "split_at_ms": split}

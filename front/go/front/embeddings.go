@@ -84,10 +84,8 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 	distinct := len(cmds)
 	if m != nearline { // read_recent: each user's meta v and delta in the same round trip
 		field := store.DeltaField(version)
-		for _, u := range req.UserIds {
-			if at[u] == len(cmds)-distinct {
-				cmds = append(cmds, metaCmd(u, field))
-			}
+		for _, u := range uniq { // in the LRANGEs' order
+			cmds = append(cmds, metaCmd(u, field))
 		}
 	}
 	replies, err := f.store.Do(cmds, deadline)
@@ -162,9 +160,9 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 	var vecs, scores, hvecs, hscores []byte
 	hist := &pb.VectorMetaColumns{}
 	zeros, sum := make([]float32, dim), make([]float32, dim)
-	var fresh, combinedRow []float32 // rescored scores (nColumns), nearline + delta (dim)
+	var fresh []float32 // rescored scores (nColumns); `sum` is free again by then
 	if oc != nil {
-		fresh, combinedRow = make([]float32, oc.N()), make([]float32, dim)
+		fresh = make([]float32, oc.N())
 	}
 	for i, u := range req.UserIds {
 		vs, fo := stored[at[u]], &folds[at[u]]
@@ -180,8 +178,8 @@ func (f *Front) answer(req *pb.GetEmbeddingsRequest, deadline time.Time) (*pb.Ge
 			vecs = appendFloats(vecs, fo.row(m, vs[0].Values, zeros, sum), f16)
 			addMeta(out.Meta, &vs[0], now)
 			if nColumns > 0 {
-				scores = appendScores(scores, newestScores(oc, fo, &vs[0], nColumns, fresh,
-					combinedRow), nColumns, f16)
+				scores = appendScores(scores, newestScores(oc, fo, &vs[0], nColumns, fresh, sum),
+					nColumns, f16)
 			}
 		}
 		if fo.events > 0 { // folding.fold: the delta's events and newest event

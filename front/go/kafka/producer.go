@@ -47,6 +47,9 @@ func NewProducer(cfg Config) *Producer {
 	if cfg.ClientID == "" {
 		cfg.ClientID = "persona-front"
 	}
+	if cfg.IdleProbe <= 0 {
+		cfg.IdleProbe = time.Second
+	}
 	if cfg.DialTimeout <= 0 {
 		cfg.DialTimeout = 5 * time.Second
 	}
@@ -196,20 +199,11 @@ func (p *Producer) conn(ctx context.Context, addr string) (*conn, error) {
 	p.cmu.Lock()
 	c := p.conns[addr]
 	p.cmu.Unlock()
-	probe := p.cfg.IdleProbe
-	if probe <= 0 {
-		probe = time.Second
-	}
-	if c != nil && (c.idle() < probe || c.alive()) {
+	if c != nil && (c.idle() < p.cfg.IdleProbe || c.alive()) {
 		return c, nil
 	}
 	if c != nil { // closed by the broker while idle: a new one, nothing was written
-		c.close()
-		p.cmu.Lock()
-		if p.conns[addr] == c {
-			delete(p.conns, addr)
-		}
-		p.cmu.Unlock()
+		p.forget(addr, c)
 	}
 	c, err := dial(ctx, addr, p.cfg.ClientID, p.cfg.DialTimeout)
 	if err != nil {
@@ -224,9 +218,13 @@ func (p *Producer) conn(ctx context.Context, addr string) (*conn, error) {
 // drop closes addr's connection after a connection error (others leave it open).
 func (p *Producer) drop(addr string, c *conn, err error) {
 	var ce *connError
-	if !errors.As(err, &ce) {
-		return
+	if errors.As(err, &ce) {
+		p.forget(addr, c)
 	}
+}
+
+// forget closes c and takes it out of the open connections if it is still addr's.
+func (p *Producer) forget(addr string, c *conn) {
 	c.close()
 	p.cmu.Lock()
 	if p.conns[addr] == c {

@@ -23,15 +23,10 @@ func CRC32C(b []byte) uint32 { return crc32.Checksum(b, castagnoli) }
 
 // AppendVarint appends v zigzag-encoded as a base-128 varint (the protocol's varint and
 // varlong: protobuf's sint32 / sint64 encoding).
-func AppendVarint(b []byte, v int64) []byte {
-	return binary.AppendUvarint(b, uint64(v<<1)^uint64(v>>63))
-}
+func AppendVarint(b []byte, v int64) []byte { return binary.AppendVarint(b, v) }
 
 // ReadVarint reads a zigzag varint from b: its value and length (n <= 0: malformed).
-func ReadVarint(b []byte) (int64, int) {
-	u, n := binary.Uvarint(b)
-	return int64(u>>1) ^ -int64(u&1), n
-}
+func ReadVarint(b []byte) (int64, int) { return binary.Varint(b) }
 
 // batch header sizes: baseOffset (8) + batchLength (4), then partitionLeaderEpoch (4) +
 // magic (1) + crc (4); the CRC covers attributes .. the end.

@@ -147,8 +147,9 @@ func OpenLater(addrs []string, auth Auth, dialTimeout time.Duration, poolSize in
 func (s *Store) connect() error {
 	var lastErr error
 	for _, a := range s.seeds {
-		c, err := Dial(a, Auth{Username: s.auth.Username, Password: s.auth.Password, TLS: s.auth.TLS},
-			s.timeout)
+		seed := s.auth // db 0: INFO and CLUSTER SLOTS need no SELECT
+		seed.DB = 0
+		c, err := Dial(a, seed, s.timeout)
 		if err != nil {
 			lastErr = err
 			continue

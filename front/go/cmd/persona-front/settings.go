@@ -100,10 +100,10 @@ func loadSettings(args []string, lookup func(string) (string, bool)) (*settings,
 	procs, _ := lookup("PERSONA_SERVE_PROCESSES")
 	n := 1
 	if v := strings.TrimSpace(procs); v != "" {
-		if _, err := connsPerProcesses(v); err != nil {
+		var err error
+		if n, err = serveProcesses(v); err != nil {
 			return nil, fmt.Errorf("PERSONA_SERVE_PROCESSES=%q: %v", v, err)
 		}
-		n, _ = strconv.Atoi(v)
 	}
 	if !limitGiven { // persona serve applies its limit per process: the pod admits N times it
 		s.maxCalls *= n
@@ -215,14 +215,23 @@ var envFlags = []envFlag{
 // no process without one (with 2 processes, 16 connections miss one with probability
 // 2^-15) and the calls spread about evenly.
 func connsPerProcesses(v string) (string, error) {
-	n, err := strconv.Atoi(v)
-	if err != nil || n < 1 {
-		return "", fmt.Errorf("not a whole number of processes, 1 or more")
+	n, err := serveProcesses(v)
+	if err != nil {
+		return "", err
 	}
 	if n == 1 {
 		return "1", nil
 	}
 	return strconv.Itoa(8 * n), nil
+}
+
+// serveProcesses reads PERSONA_SERVE_PROCESSES as persona serve does: 1 or more.
+func serveProcesses(v string) (int, error) {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 {
+		return 0, fmt.Errorf("not a whole number of processes, 1 or more")
+	}
+	return n, nil
 }
 
 func verbatim(v string) (string, error) { return v, nil }
