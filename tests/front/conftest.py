@@ -145,6 +145,16 @@ def both(front: Front, upstream: Any, req: pb.GetEmbeddingsRequest) -> pb.GetEmb
 
 
 @pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A registry with one tiny trained version (its short-term and outcome heads), shared by
+    the modules that serve it (tests that damage a version copy it first)."""
+    from tests.refresh.conftest import tiny_version
+
+    root: Path = tmp_path_factory.mktemp("models")
+    return root, tiny_version(root)
+
+
+@pytest.fixture(scope="session")
 def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The PEM files of tests/tls_support.py (CAs ca and rogue; server, client, intruder)."""
     if shutil.which("openssl") is None:

@@ -28,7 +28,6 @@ from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 from tests.front.conftest import Front, both, request_grid, store_address
-from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
 from tests.serving.support import DB, NOW_MS, Running
 
@@ -54,10 +53,9 @@ class Headed:
 
 
 @pytest.fixture(scope="module")
-def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+def models(tiny_models: tuple[Path, str]) -> tuple[Path, str]:
     """A registry with one tiny trained version (with its short-term head)."""
-    root: Path = tmp_path_factory.mktemp("models")
-    return root, tiny_version(root)
+    return tiny_models
 
 
 @pytest.fixture(scope="module")

@@ -32,7 +32,6 @@ from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 from tests.front.conftest import Front, plain, request_grid, store_address, stub
 from tests.front.test_go_front_state import counts, walk
-from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
 from tests.serving.support import DB, NOW_MS, Running
 
@@ -62,11 +61,10 @@ class Data:
 
 
 @pytest.fixture(scope="module")
-def data(vstore: VectorStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+def data(vstore: VectorStore, tiny_models: tuple[Path, str]) -> Iterator[Data]:
     """A tiny trained version with its head and outcome heads, active on db 9, its score
     columns recorded, users as named above."""
-    root: Path = tmp_path_factory.mktemp("models")
-    version = tiny_version(root)
+    root, version = tiny_models
     head = ShortTermHead.load(root, version)
     assert head is not None and head.outcomes is not None
     heads = head.outcomes

@@ -32,7 +32,6 @@ from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
 from tests.front.conftest import Front, plain, request_grid, store_address, stub
-from tests.refresh.conftest import tiny_version
 from tests.refresh.support import add_events
 from tests.serving.support import DB, NOW_MS, Running
 
@@ -62,10 +61,9 @@ class Data:
 
 
 @pytest.fixture(scope="module")
-def data(vstore: VectorStore, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Data]:
+def data(vstore: VectorStore, tiny_models: tuple[Path, str]) -> Iterator[Data]:
     """A tiny trained version with its head, active on db 9, users as named above."""
-    root: Path = tmp_path_factory.mktemp("models")
-    version = tiny_version(root)
+    root, version = tiny_models
     head = ShortTermHead.load(root, version)
     assert head is not None and head.row_dim > 0
     dim = head.out_dim
