@@ -7,6 +7,7 @@ import json
 import os
 import shutil
 import subprocess
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -15,6 +16,7 @@ import grpc
 import pytest
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients.conftest import holder, running, serve, users
 from tests.clients.conftest import vstore as vstore
@@ -142,6 +144,25 @@ def both(front: Front, upstream: Any, req: pb.GetEmbeddingsRequest) -> pb.GetEmb
     assert got == want, f"request {req}"
     assert len(got.statuses) == len(req.user_ids) and got.dim > 0 and got.vectors
     return got
+
+
+def scrape(front: Front) -> tuple[dict[tuple[str, frozenset[tuple[str, str]]], float], str]:
+    """(sample name, labels) -> value, and the Content-Type of GET /metrics."""
+    assert front.metrics, "no metrics address in the startup line"
+    with urllib.request.urlopen(f"http://{front.metrics}/metrics", timeout=10) as r:
+        ctype, text = r.headers["Content-Type"], r.read().decode()
+    out = {}
+    for fam in text_string_to_metric_families(text):
+        for s in fam.samples:
+            key = (s.name, frozenset(s.labels.items()))
+            assert key not in out, key
+            out[key] = s.value
+    return out, ctype
+
+
+def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
+          **labels: str) -> float:  # fmt: skip
+    return samples[(name, frozenset(labels.items()))]
 
 
 @pytest.fixture(scope="session")

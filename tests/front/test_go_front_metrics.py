@@ -6,18 +6,16 @@ calls, and the forwarded GetEmbeddings equal to those the Python server counted.
 
 from __future__ import annotations
 
-import urllib.request
 from collections.abc import Callable
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from persona.v1 import service_pb2 as pb
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.store.records import vector_key
 from services.store.vectors import VectorStore
-from tests.front.conftest import Front, store_address, stub
+from tests.front.conftest import Front, scrape, store_address, stub, value
 from tests.serving.support import DB, DIM, V1, V2, Running
 
 pytestmark = pytest.mark.integration
@@ -27,25 +25,6 @@ NEARLINE = pb.VECTOR_PART_NEARLINE
 REASONS = ["invalid", "auth", "dim_unknown", "version", "part_or_head", "fallback",
            "scores_rescore", "short_term_state", "head_unverified", "record", "store_error",
            "redirect", "other"]  # fmt: skip
-
-
-def scrape(front: Front) -> tuple[dict[tuple[str, frozenset[tuple[str, str]]], float], str]:
-    """(sample name, labels) -> value, and the Content-Type of GET /metrics."""
-    assert front.metrics, "no metrics address in the startup line"
-    with urllib.request.urlopen(f"http://{front.metrics}/metrics", timeout=10) as r:
-        ctype, text = r.headers["Content-Type"], r.read().decode()
-    out = {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            key = (s.name, frozenset(s.labels.items()))
-            assert key not in out, key
-            out[key] = s.value
-    return out, ctype
-
-
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str,
-          **labels: str) -> float:  # fmt: skip
-    return samples[(name, frozenset(labels.items()))]
 
 
 def code_of(call: Callable[[], object]) -> str:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import time
-import urllib.request
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +18,6 @@ import numpy as np
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from persona.v1 import service_pb2 as pb
-from prometheus_client.parser import text_string_to_metric_families
 
 from services.common.kafka import producer, rdkafka_config
 from services.config import KafkaConfig
@@ -31,7 +29,7 @@ from services.serving.served_log import Sample, ServedLog
 from services.stack import EmbeddedStack
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
-from tests.front.conftest import Front, store_address, stub
+from tests.front.conftest import Front, scrape, store_address, stub
 from tests.serving.support import DB, DIM, NOW_MS, V1, V2, Running
 
 pytestmark = pytest.mark.integration
@@ -47,14 +45,11 @@ DEADLINE_S = 120.0
 
 
 def metric(front: Front, name: str, **labels: str) -> float:
-    assert front.metrics, "no metrics address in the startup line"
-    with urllib.request.urlopen(f"http://{front.metrics}/metrics", timeout=10) as r:
-        text = r.read().decode()
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == name and s.labels == labels:
-                return s.value
-    raise AssertionError(f"no {name}{labels} in\n{text}")
+    samples = scrape(front)[0]
+    key = (name, frozenset(labels.items()))
+    if key not in samples:
+        raise AssertionError(f"no {name}{labels} in {sorted(samples)}")
+    return samples[key]
 
 
 def wait_for(what: str, ok: Callable[[], bool]) -> None:

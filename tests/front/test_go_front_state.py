@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import urllib.request
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 from persona.v1 import service_pb2 as pb
-from prometheus_client.parser import text_string_to_metric_families
 
 from encoder.shortterm import ROWS_PARITY_FILE, ShortTermHead
 from services.config import WindowConfig
@@ -31,7 +29,7 @@ from services.store import layout
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
-from tests.front.conftest import Front, plain, request_grid, store_address, stub
+from tests.front.conftest import Front, plain, request_grid, scrape, store_address, stub
 from tests.refresh.support import add_events
 from tests.serving.support import DB, NOW_MS, Running
 
@@ -122,15 +120,13 @@ def started(
 
 def counts(front: Front) -> tuple[int, dict[str, int]]:
     """(GetEmbeddings answered locally, forwarded ones by reason) from /metrics."""
-    with urllib.request.urlopen(f"http://{front.metrics}/metrics", timeout=10) as r:
-        text = r.read().decode()
     local, reasons = -1, {}
-    for fam in text_string_to_metric_families(text):
-        for s in fam.samples:
-            if s.name == "persona_front_get_embeddings_total" and s.labels["outcome"] == "local":
-                local = int(s.value)
-            if s.name == "persona_front_get_embeddings_forwarded_total":
-                reasons[s.labels["reason"]] = int(s.value)
+    for (name, labels), v in scrape(front)[0].items():
+        lab = dict(labels)
+        if name == "persona_front_get_embeddings_total" and lab["outcome"] == "local":
+            local = int(v)
+        if name == "persona_front_get_embeddings_forwarded_total":
+            reasons[lab["reason"]] = int(v)
     return local, reasons
 
 

@@ -26,8 +26,7 @@ from persona.v1 import service_pb2 as pb
 from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
 from services.store.vectors import VectorStore
-from tests.front.conftest import Front, plain, store_address, stub
-from tests.front.test_go_front_metrics import scrape, value
+from tests.front.conftest import Front, plain, scrape, store_address, stub, value
 from tests.serving.support import DB, DIM, Running
 from tests.tls_support import channel_creds
 
