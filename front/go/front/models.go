@@ -3,6 +3,7 @@ package front
 import (
 	"log"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"persona/front/go/shortterm"
@@ -19,7 +20,7 @@ const headRetry = time.Minute
 // once per version in the log.
 type modelHeads struct {
 	dir string
-	mu  sync.Mutex
+	mu  sync.Mutex // the map's; a file is read under its own entry's lock, not this one
 	of  map[string]*modelHead
 }
 
@@ -31,18 +32,32 @@ type modelHead struct {
 
 // loaded is one of a version's files as the cache holds it: known (read, or known
 // absent) and kept, or failed and tried again from retry on, the failure logged once.
+// One request reads the file (single flight, under mu, no other version's lock held):
+// the rest find it being read and go up meanwhile instead of waiting for the disk.
 type loaded[T any] struct {
-	v      T
-	known  bool
+	ready  atomic.Pointer[T] // the value once known: the request path reads only this
+	mu     sync.Mutex        // held by the one request reading the file
 	retry  time.Time
 	logged bool
 }
 
-// get: the value when known, else read it (once a headRetry at most): on failure the
-// zero value and false, `failed` logging the error the first time.
+// get: the value when known, else read it (once a headRetry at most, by one request at
+// a time): on failure, or while another request reads it, the zero value and false,
+// `failed` logging the error the first time.
 func (l *loaded[T]) get(read func() (T, error), failed func(error)) (T, bool) {
-	if l.known || time.Now().Before(l.retry) {
-		return l.v, l.known
+	if p := l.ready.Load(); p != nil {
+		return *p, true
+	}
+	var zero T
+	if !l.mu.TryLock() {
+		return zero, false
+	}
+	defer l.mu.Unlock()
+	if p := l.ready.Load(); p != nil { // read by the request that held mu
+		return *p, true
+	}
+	if time.Now().Before(l.retry) {
+		return zero, false
 	}
 	v, err := read()
 	if err != nil {
@@ -51,10 +66,9 @@ func (l *loaded[T]) get(read func() (T, error), failed func(error)) (T, bool) {
 			l.logged = true
 			failed(err)
 		}
-		var zero T
 		return zero, false
 	}
-	l.v, l.known = v, true
+	l.ready.Store(&v)
 	return v, true
 }
 
@@ -67,8 +81,6 @@ func newModelHeads(dir string) *modelHeads {
 
 // head is the version's verified head, or nil.
 func (m *modelHeads) head(version string) *shortterm.Head {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	h, ok := m.entry(version).h.get(func() (*shortterm.Head, error) {
 		h, lines, err := shortterm.Load(m.dir, version)
 		if err == nil {
@@ -87,8 +99,10 @@ func (m *modelHeads) head(version string) *shortterm.Head {
 	return h
 }
 
-// entry is the version's cache entry, made when missing (callers hold mu).
+// entry is the version's cache entry, made when missing.
 func (m *modelHeads) entry(version string) *modelHead {
+	m.mu.Lock()
+	defer m.mu.Unlock()
 	got := m.of[version]
 	if got == nil {
 		if len(m.of) >= 16 { // versions kept at most (a version's files never change)
@@ -110,8 +124,6 @@ func (m *modelHeads) entry(version string) *modelHead {
 // file that does not read or parse as the front reads it): tried again every minute,
 // said once per version in the log.
 func (m *modelHeads) outcomes(version string) (*shortterm.Outcomes, bool) {
-	m.mu.Lock()
-	defer m.mu.Unlock()
 	return m.entry(version).out.get(func() (*shortterm.Outcomes, error) {
 		o, err := shortterm.LoadOutcomes(m.dir, version)
 		switch {

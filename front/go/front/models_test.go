@@ -70,3 +70,41 @@ func TestModelOutcomes(t *testing.T) {
 		t.Errorf("moved: %v, want %v", got[0], want)
 	}
 }
+
+// A file is read by one request at a time: another request for it, meanwhile, goes up
+// (false) instead of waiting, and other versions' files are not held up by it.
+func TestLoadedSingleFlight(t *testing.T) {
+	m := newModelHeads(t.TempDir())
+	reading, release := make(chan struct{}), make(chan struct{})
+	done := make(chan int)
+	slow := func() (*shortterm.Outcomes, error) {
+		close(reading)
+		<-release
+		return &shortterm.Outcomes{E: 7}, nil
+	}
+	fail := func(err error) { t.Error(err) }
+	go func() {
+		o, ok := m.entry("v1").out.get(slow, fail)
+		if !ok || o.E != 7 {
+			t.Errorf("the reader: %v %v", o, ok)
+		}
+		done <- 1
+	}()
+	<-reading
+	never := func() (*shortterm.Outcomes, error) {
+		t.Error("read twice")
+		return nil, nil
+	}
+	if o, ok := m.entry("v1").out.get(never, fail); ok || o != nil {
+		t.Errorf("while being read: %v %v, want nil, false", o, ok)
+	}
+	quick := func() (*shortterm.Outcomes, error) { return &shortterm.Outcomes{E: 3}, nil }
+	if o, ok := m.entry("v2").out.get(quick, fail); !ok || o.E != 3 {
+		t.Errorf("another version meanwhile: %v %v", o, ok)
+	}
+	close(release)
+	<-done
+	if o, ok := m.entry("v1").out.get(never, fail); !ok || o.E != 7 {
+		t.Errorf("after the read: %v %v", o, ok)
+	}
+}

@@ -174,20 +174,26 @@ more:
 		s.rows.Add(-int64(len(it.userIDs)))
 	}
 	if s.hard.Err() != nil {
-		for {
-			for _, it := range batch {
-				s.dropped.Add(uint64(len(it.userIDs)))
-			}
-			select {
-			case it := <-s.q:
-				s.rows.Add(-int64(len(it.userIDs)))
-				batch = []*sample{it}
-			default:
-				return nil
-			}
+		for _, it := range batch {
+			s.dropped.Add(uint64(len(it.userIDs)))
 		}
+		s.dropQueued()
+		return nil
 	}
 	return batch
+}
+
+// dropQueued empties the queue, its rows counted as dropped.
+func (s *servedLog) dropQueued() {
+	for {
+		select {
+		case it := <-s.q:
+			s.rows.Add(-int64(len(it.userIDs)))
+			s.dropped.Add(uint64(len(it.userIDs)))
+		default:
+			return
+		}
+	}
 }
 
 func (s *servedLog) send(batch []*sample) {
@@ -229,15 +235,7 @@ func (s *servedLog) close(bound time.Duration) {
 	s.cut()
 	// an offer that passed its closed check just before close (a handler still running
 	// after the gRPC server's stop) may have queued after the goroutine's last look
-	for {
-		select {
-		case it := <-s.q:
-			s.rows.Add(-int64(len(it.userIDs)))
-			s.dropped.Add(uint64(len(it.userIDs)))
-		default:
-			return
-		}
-	}
+	s.dropQueued()
 }
 
 // logLimit: services/common/log_limit.py's LogLimit, the first line of a kind then one

@@ -247,7 +247,7 @@ func parseStore(s string) ([]string, int, *resp.Auth, error) {
 	db := 0
 	var out []string
 	var creds *resp.Auth
-	schemes := map[string]bool{}
+	tlsNodes := 0
 	for _, a := range strings.Split(s, ",") {
 		a = strings.TrimSpace(a)
 		if a == "" {
@@ -265,8 +265,9 @@ func parseStore(s string) ([]string, int, *resp.Auth, error) {
 			return nil, 0, nil, fmt.Errorf("%q: %v", a, err)
 		}
 		switch u.Scheme {
-		case "redis", "rediss":
-			schemes[u.Scheme] = true
+		case "rediss":
+			tlsNodes++
+		case "redis":
 		default:
 			return nil, 0, nil, fmt.Errorf("%q: scheme %q is not supported (redis://)", a, u.Scheme)
 		}
@@ -289,8 +290,8 @@ func parseStore(s string) ([]string, int, *resp.Auth, error) {
 	if len(out) == 0 {
 		return nil, 0, nil, fmt.Errorf("no address in %q", s)
 	}
-	if schemes["rediss"] {
-		if schemes["redis"] || len(schemes) == 1 && strings.Count(s, "://") < len(out) {
+	if tlsNodes > 0 {
+		if tlsNodes < len(out) {
 			return nil, 0, nil, fmt.Errorf("%q: rediss:// (TLS) for some nodes only", s)
 		}
 		if creds == nil {
