@@ -8,14 +8,27 @@ needs it skips, saying what is missing, only when it is absent."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-__all__ = ["DEBIAN_GOPATH", "ENSURE", "GO_DIR", "GO_IMPORT", "build", "front_bin", "go_env"]
+__all__ = [
+    "DEBIAN_GOPATH",
+    "ENSURE",
+    "GO_DIR",
+    "GO_IMPORT",
+    "build",
+    "front_bin",
+    "go_env",
+    "launch_front",
+    "run_front",
+    "stop_front",
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 FRONT_DIR = ROOT / "front" / "go"
@@ -74,3 +87,58 @@ def front_bin(go_env: dict[str, str], tmp_path_factory: pytest.TempPathFactory) 
     proc = build(go_env, str(out))
     assert proc.returncode == 0, proc.stderr
     return out
+
+
+def run_front(
+    front_bin: Path, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """persona-front run to its end (`-print-settings`, a refused start) in this process's
+    environment without its PERSONA_* variables, plus `env`."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
+    return subprocess.run([str(front_bin), *args], env={**clean, **(env or {})},
+                          capture_output=True, text=True, timeout=30)  # fmt: skip
+
+
+def launch_front(
+    front_bin: Path,
+    upstream_port: int,
+    store: str,
+    *flags: str,
+    stderr: int = subprocess.PIPE,
+    env: dict[str, str] | None = None,
+) -> tuple[subprocess.Popen[str], dict[str, Any]]:
+    """persona-front started on a free port before 127.0.0.1:`upstream_port` and `store`:
+    (the process, its startup line as JSON: listen, metrics, ...). A front that exits before
+    that line is reaped and fails the test; the caller stops the one it gets (`stop_front`).
+    env: the whole environment (default this process's)."""
+    proc = subprocess.Popen(
+        [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{upstream_port}",
+         "-store", store, *flags],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT, env=env,
+    )  # fmt: skip
+    try:
+        line = proc.stdout.readline() if proc.stdout else ""
+        if not line:
+            raise AssertionError(
+                f"persona-front exited: {proc.stderr.read() if proc.stderr else ''}"
+            )
+        return proc, json.loads(line)
+    except BaseException:
+        stop_front(proc)
+        raise
+
+
+def stop_front(proc: subprocess.Popen[str]) -> str:
+    """SIGTERM, wait (kill after 10 s), its pipes closed; its stderr when piped."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+    err = proc.stderr.read() if proc.stderr else ""
+    for f in (proc.stdout, proc.stderr):
+        if f:
+            f.close()
+    return err

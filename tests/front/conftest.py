@@ -3,9 +3,6 @@ mode beside the Go client's toolchain checks) and a running front before a test'
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -20,8 +17,8 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.clients.conftest import holder, running, serve, users
 from tests.clients.conftest import vstore as vstore
-from tests.go_support import build, front_bin, go_env
-from tests.tls_support import make_certs
+from tests.go_support import build, front_bin, go_env, launch_front, stop_front
+from tests.tls_support import tls_certs
 
 if TYPE_CHECKING:
     from services.store.vectors import VectorStore
@@ -62,20 +59,9 @@ class Front:
 
     def stop(self) -> str:
         """SIGTERM, wait (kill after 10 s); the process's stderr. Idempotent."""
-        if self.stderr is not None:
-            return self.stderr
-        self.channel.close()
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(10)
-        self.stderr = self.proc.stderr.read() if self.proc.stderr else ""
-        for f in (self.proc.stdout, self.proc.stderr):
-            if f:
-                f.close()
+        if self.stderr is None:
+            self.channel.close()
+            self.stderr = stop_front(self.proc)
         return self.stderr
 
     def counts(self) -> tuple[int, int]:
@@ -93,20 +79,7 @@ def start_front(front_bin: Path) -> Iterator[Callable[..., Front]]:
     started: list[Front] = []
 
     def start(upstream_port: int, store: str, *flags: str) -> Front:
-        proc = subprocess.Popen(
-            [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{upstream_port}",
-             "-store", store, *flags],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ),
-        )  # fmt: skip
-        front: Front | None = None
-        try:
-            line = proc.stdout.readline() if proc.stdout else ""
-            assert line, f"persona-front exited: {proc.stderr.read() if proc.stderr else ''}"
-            front = Front(proc, json.loads(line))
-        finally:
-            if front is None:
-                proc.kill()
-                proc.wait(10)
+        front = Front(*launch_front(front_bin, upstream_port, store, *flags))
         started.append(front)
         return front
 
@@ -173,14 +146,6 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
 
     root: Path = tmp_path_factory.mktemp("models")
     return root, tiny_version(root)
-
-
-@pytest.fixture(scope="session")
-def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The PEM files of tests/tls_support.py (CAs ca and rogue; server, client, intruder)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI")
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def request_grid(

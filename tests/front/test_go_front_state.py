@@ -131,21 +131,23 @@ def counts(front: Front) -> tuple[int, dict[str, int]]:
 
 
 def close(
-    front: Front, upstream: Running, req: pb.GetEmbeddingsRequest
+    front: Front, upstream: Running, req: pb.GetEmbeddingsRequest, scores_tol: float | None = None
 ) -> pb.GetEmbeddingsResponse:
     """The front's answer: vectors within 1e-5 of the Python server's (float16: within its
-    rounding of them), every other field equal."""
+    rounding of them), scores within `scores_tol` (None: equal), every other field equal."""
     got = plain(stub(front.channel).GetEmbeddings(req, timeout=10))
     want = plain(upstream.stub.GetEmbeddings(req, timeout=10))
     f16 = req.encoding == pb.VECTOR_ENCODING_FLOAT16
     dt = "<f2" if f16 else "<f4"
-    a = np.frombuffer(got.vectors, dt).astype(np.float32)
-    b = np.frombuffer(want.vectors, dt).astype(np.float32)
-    assert a.shape == b.shape and len(a) > 0, f"request {req}"
-    np.testing.assert_allclose(a, b, rtol=2**-10 if f16 else 0, atol=1e-5, err_msg=str(req))
+    near = {"vectors": 1e-5} if scores_tol is None else {"vectors": 1e-5, "scores": scores_tol}
     same = pb.GetEmbeddingsResponse()
     same.CopyFrom(got)
-    same.vectors = want.vectors
+    for field, tol in near.items():
+        a = np.frombuffer(getattr(got, field), dt).astype(np.float32)
+        b = np.frombuffer(getattr(want, field), dt).astype(np.float32)
+        assert a.shape == b.shape and (field != "vectors" or len(a) > 0), f"{field}, {req}"
+        np.testing.assert_allclose(a, b, rtol=2**-10 if f16 else 0, atol=tol, err_msg=str(req))
+        setattr(same, field, getattr(want, field))
     assert same == want, f"request {req}"
     return got
 

@@ -10,7 +10,6 @@ the calls refused while it is held are known without timing anything."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import threading
 from collections.abc import Callable, Iterator
@@ -27,6 +26,7 @@ from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
 from services.store.vectors import VectorStore
 from tests.front.conftest import Front, plain, scrape, store_address, stub, value
+from tests.go_support import run_front
 from tests.serving.support import DB, DIM, Running
 from tests.tls_support import channel_creds
 
@@ -139,10 +139,7 @@ def test_front_refuses_an_upstream_it_cannot_verify(
 def _run(front_bin: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
     """The binary with args before an upstream and a store that answer nothing, in an
     environment without PERSONA_* variables but env's."""
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    return subprocess.run([str(front_bin), "-upstream", "127.0.0.1:1", *args],
-                          env={**clean, **env}, capture_output=True, text=True,
-                          timeout=30)  # fmt: skip
+    return run_front(front_bin, "-upstream", "127.0.0.1:1", *args, env=env)
 
 
 @pytest.mark.parametrize(("flags", "message"), [

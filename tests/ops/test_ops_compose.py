@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from tests.go_support import front_bin, go_env
+from tests.go_support import front_bin, go_env, run_front
 from tests.ops.support import (
     DASHBOARD,
     DEPLOY,
@@ -165,11 +164,7 @@ def test_front_resolves_to_the_published_ports_and_serve_upstream(
 ) -> None:
     front, serve = services["persona-front"], services["persona-serve"]
     assert front["entrypoint"] == ["persona-front"] and front["image"] == serve["image"]
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    proc = subprocess.run(
-        [str(front_bin), *front["command"], "-print-settings"],
-        env={**clean, **_env(front)}, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    proc = run_front(front_bin, *front["command"], "-print-settings", env=_env(front))
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     published = {int(str(m).split(":")[-1]) for m in front["ports"]}

@@ -27,7 +27,7 @@ from typing import Any
 import pytest
 
 from services.cli import settings
-from tests.go_support import front_bin, go_env
+from tests.go_support import front_bin, go_env, run_front
 from tests.ops.support import K8S, RUNTIME_ENV, env_vars_read_by_code, parse_persona, yaml_docs
 
 __all__ = ["front_bin", "go_env"]  # fixtures: the Go front built for its container's test
@@ -207,11 +207,7 @@ def test_front_container_settings(front_bin: Path) -> None:
     metrics port it declares, and reads the same store and token as persona serve."""
     front, serve = _serving("front"), _serving("serve")
     env = _container_env(front)
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("PERSONA_")}
-    proc = subprocess.run(
-        [str(front_bin), *front["args"], "-print-settings"],
-        env={**clean, **env}, capture_output=True, text=True, timeout=30,
-    )  # fmt: skip
+    proc = run_front(front_bin, *front["args"], "-print-settings", env=env)
     assert proc.returncode == 0, proc.stderr
     got = json.loads(proc.stdout)
     ports = {p["name"]: p["containerPort"] for p in front["ports"]}

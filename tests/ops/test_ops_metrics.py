@@ -20,7 +20,6 @@ waits for a model and still serves /metrics). All are stopped (SIGTERM, then SIG
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import re
 import signal
@@ -39,7 +38,7 @@ from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 
 from services.stack import EmbeddedStack, free_ports
-from tests.go_support import front_bin, go_env
+from tests.go_support import front_bin, go_env, launch_front
 from tests.ops.support import (
     PROM,
     PROMETHEUS_SERIES,
@@ -74,17 +73,9 @@ def _start_front(front_bin: Path, grpc_port: int, redis: str, env: dict[str, str
     """persona-front before the module's persona serve, with one GetEmbeddings through it
     (forwarded: no version is active), so its labelled counters have children to read the
     label names from. -> (process, its metrics HOST:PORT)."""
-    proc = subprocess.Popen(
-        [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{grpc_port}",
-         "-store", f"{redis}/13", "-dim", "16", "-metrics-listen", "127.0.0.1:0"],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
-    )  # fmt: skip
-    line = proc.stdout.readline() if proc.stdout else ""
-    if not line:
-        proc.kill()
-        proc.wait(5)
-        pytest.fail("persona-front did not start")
-    info = json.loads(line)
+    proc, info = launch_front(front_bin, grpc_port, f"{redis}/13", "-dim", "16",
+                              "-metrics-listen", "127.0.0.1:0", stderr=subprocess.DEVNULL,
+                              env=env)  # fmt: skip
     with grpc.insecure_channel(info["listen"]) as ch, contextlib.suppress(grpc.RpcError):
         req = pb.GetEmbeddingsRequest(user_ids=["u1"])
         pb_grpc.UserEmbeddingServiceStub(ch).GetEmbeddings(req, timeout=30, wait_for_ready=True)

@@ -10,7 +10,6 @@ the shared Valkey; they wait on conditions (with a generous deadline), never on 
 from __future__ import annotations
 
 import contextlib
-import json
 import multiprocessing
 import os
 import signal
@@ -36,7 +35,7 @@ from services.serving.config import ServeConfig
 from services.serving.processes import Member, MemberMetrics, ReadyBarrier, reserve_port
 from services.serving.server import SERVICE_NAME
 from services.stack import EmbeddedStack
-from tests.go_support import front_bin, go_env
+from tests.go_support import front_bin, go_env, launch_front, stop_front
 from tests.serving.support import DB, DIM, V1
 
 __all__ = ["front_bin", "go_env"]  # fixtures: the Go front before the members
@@ -284,21 +283,18 @@ def test_the_go_front_spreads_forwarded_calls_over_every_member(
     its calls forwarded over `-upstream-conns` connections in turn reach both members, where
     one connection would give every call to one (the kernel places connections, not calls).
     16 connections all on one member: 2^-15."""
-    cmd = [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{parent.port}",
-           "-store", f"{stack.addresses.redis}/{DB}", "-upstream-conns", "16",
-           "-served-log-rate", "0"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    proc, info = launch_front(front_bin, parent.port, f"{stack.addresses.redis}/{DB}",
+                              "-upstream-conns", "16", "-served-log-rate", "0",
+                              stderr=subprocess.DEVNULL)  # fmt: skip
     try:
-        address = json.loads(proc.stdout.readline() if proc.stdout else "{}")["listen"]
         calls = 64
-        with grpc.insecure_channel(address) as ch:  # one client connection to the front
-            info = service_pb2_grpc.UserEmbeddingServiceStub(ch).GetModelInfo
+        with grpc.insecure_channel(info["listen"]) as ch:  # one client connection to the front
+            info_call = service_pb2_grpc.UserEmbeddingServiceStub(ch).GetModelInfo
             for _ in range(calls):
                 with contextlib.suppress(grpc.RpcError):  # --no-index: any answer counts
-                    info(pb.GetModelInfoRequest(), timeout=10)
+                    info_call(pb.GetModelInfoRequest(), timeout=10)
     finally:
-        proc.terminate()
-        proc.wait(30)
+        stop_front(proc)
     served: dict[str, float] = {}
     for (name, labels), value in parent.metrics().items():
         got = dict(labels)

@@ -21,17 +21,14 @@ from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
 from services.store.vectors import VectorStore
 from tests.serving.support import V1, Running
-from tests.tls_support import channel_creds, make_certs
+from tests.tls_support import channel_creds, tls_certs
+
+__all__ = ["tls_certs"]  # the fixture
 
 pytestmark = [
     pytest.mark.integration,
     pytest.mark.skipif(shutil.which("openssl") is None, reason="needs the openssl CLI"),
 ]
-
-
-@pytest.fixture(scope="module")
-def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return make_certs(tmp_path_factory.mktemp("certs"))
 
 
 def model_info(
@@ -48,30 +45,34 @@ def store_and_index(
 
 
 def test_tls_serves_trusting_clients_and_refuses_plaintext(
-    serve: Callable[..., Running], store_and_index: tuple, certs: Path
+    serve: Callable[..., Running], store_and_index: tuple, tls_certs: Path
 ) -> None:
-    tls = TLSConfig(certs / "server.pem", certs / "server.key")
-    r = serve(*store_and_index, channel_creds=channel_creds(certs), tls=tls)
+    tls = TLSConfig(tls_certs / "server.pem", tls_certs / "server.key")
+    r = serve(*store_and_index, channel_creds=channel_creds(tls_certs), tls=tls)
     assert model_info(r.stub).active_version == V1
     with grpc.insecure_channel(f"localhost:{r.server.port}") as plain:
         with pytest.raises(grpc.RpcError) as ei:
             model_info(service_pb2_grpc.UserEmbeddingServiceStub(plain))
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
     # a client that does not trust the server's CA refuses the server
-    with grpc.secure_channel(f"localhost:{r.server.port}", channel_creds(certs, ca="rogue")) as ch:
+    with grpc.secure_channel(
+        f"localhost:{r.server.port}", channel_creds(tls_certs, ca="rogue")
+    ) as ch:
         with pytest.raises(grpc.RpcError) as ei:
             model_info(service_pb2_grpc.UserEmbeddingServiceStub(ch))
         assert ei.value.code() == grpc.StatusCode.UNAVAILABLE
 
 
 def test_mtls_refuses_clients_without_a_trusted_certificate(
-    serve: Callable[..., Running], store_and_index: tuple, certs: Path
+    serve: Callable[..., Running], store_and_index: tuple, tls_certs: Path
 ) -> None:
-    tls = TLSConfig(certs / "server.pem", certs / "server.key", client_ca=certs / "ca.pem")
-    r = serve(*store_and_index, channel_creds=channel_creds(certs, "client"), tls=tls)
+    tls = TLSConfig(
+        tls_certs / "server.pem", tls_certs / "server.key", client_ca=tls_certs / "ca.pem"
+    )
+    r = serve(*store_and_index, channel_creds=channel_creds(tls_certs, "client"), tls=tls)
     assert model_info(r.stub).active_version == V1
     for who in (None, "intruder"):
-        with grpc.secure_channel(f"localhost:{r.server.port}", channel_creds(certs, who)) as ch:
+        with grpc.secure_channel(f"localhost:{r.server.port}", channel_creds(tls_certs, who)) as ch:
             with pytest.raises(grpc.RpcError) as ei:
                 model_info(service_pb2_grpc.UserEmbeddingServiceStub(ch))
             assert ei.value.code() == grpc.StatusCode.UNAVAILABLE, who
