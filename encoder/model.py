@@ -165,8 +165,16 @@ class UserEncoder(Summaries, nn.Module):
         # the counts feed the training loss too (`ObjectiveConfig.w_residual`): set by the
         # training run; False: encoding reads them only where the vector does
         self.counts_for_loss = False
+        if cfg.count_dims and (self.counts is None or cfg.count_dims >= cfg.out_dim):
+            raise ValueError("count_dims needs count_top > 0 and fewer than out_dim components")
+        self.count_proj = (
+            nn.Linear(self.counts.out_size, cfg.count_dims)
+            if self.counts is not None and cfg.count_dims
+            else None
+        )
         self.proj = nn.Linear(
-            n_summaries * cfg.d_model + 2 + len(COUNT_SPANS_H) + n_counted, cfg.out_dim
+            n_summaries * cfg.d_model + 2 + len(COUNT_SPANS_H) + n_counted,
+            cfg.out_dim - cfg.count_dims,
         )
         self._init_tables()
         # inference: `vectors` compiled (`encoder/compiled.py`), which `encode_batch` calls
@@ -222,7 +230,9 @@ class UserEncoder(Summaries, nn.Module):
     def reads_counts(self) -> bool:
         """Whether `lookups` computes the counted outcomes' indicators: the vector reads
         them, or the training loss does (`counts_for_loss`)."""
-        return self.counts is not None and (self.cfg.counts_in_vector or self.counts_for_loss)
+        return self.counts is not None and (
+            self.cfg.counts_in_vector or self.counts_for_loss or self.cfg.count_dims > 0
+        )
 
     def lookups(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None

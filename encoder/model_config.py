@@ -33,6 +33,12 @@ class ModelConfig:
     # (numeric bins, gap, age): how the events look (slower clicks, shorter dwell) beside
     # what they are (the bags)
     manner_bag: bool = False
+    # the last `count_dims` components of the vector are the counts' own summary: a linear
+    # map of them (and of their MLP, `count_hidden`) trained only to predict the horizon
+    # targets; the rest is the encoder's, trained as without it. 0: none (16: Instacart's
+    # embedding alone -0.023 from the aggregates against -0.061, MovieLens "both" +0.018
+    # against +0.033; README "Options off by default")
+    count_dims: int = 0
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), indent=2, sort_keys=True)

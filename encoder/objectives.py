@@ -209,9 +209,14 @@ class TrainingHeads(nn.Module):
         out_dim: int,
         normalized: bool = False,
         n_counts: int = 0,
+        count_dims: int = 0,
     ) -> None:
         super().__init__()
         self.obj = obj
+        # the vector's last count_dims components (`ModelConfig.count_dims`) answer to a
+        # head of their own; every other head reads the rest
+        self.count_dims = count_dims
+        out_dim -= count_dims
         spec = tok.config.features
         n_types = len(spec.event_types) + 2
         self.k, self.y = len(obj.horizons_ms), space.size
@@ -235,6 +240,7 @@ class TrainingHeads(nn.Module):
         if self.residual:
             self.res_hz = nn.Linear(out_dim, self.k * self.y)
             self.cnt_hz = nn.Linear(n_counts, self.k * self.y)
+        self.own_hz = nn.Linear(count_dims, self.k * self.y) if count_dims else None
         # temperature of the user vector (unit vectors need a large one)
         self.scale = nn.Parameter(torch.tensor(10.0 if normalized else 1.0))
 
@@ -284,6 +290,12 @@ class TrainingHeads(nn.Module):
         o = self.obj
         b, t, _ = h.shape
         real = ~pad  # (B, T)
+        own = own_pre = None
+        if self.own_hz is not None:
+            cut = z.shape[-1] - self.count_dims
+            z, own = z[..., :cut], z[..., cut:]
+            if z_prefix is not None:
+                z_prefix, own_pre = z_prefix[..., :cut], z_prefix[..., cut:]
         flat_h = h.reshape(b * t, -1)
         l_type = F.cross_entropy(
             self.seq_type(flat_h), batch.next_type.reshape(-1), ignore_index=IGNORE
@@ -334,6 +346,15 @@ class TrainingHeads(nn.Module):
                 zp_res = logits(zp, c_pre).reshape(b, t, self.k, self.y)
                 res = res + o.w_prefix * self._horizon(zp_res, batch.horizon, ok)
             total = total + o.w_residual * o.w_vec_horizon * res
+        l_own = z.sum() * 0.0
+        if self.own_hz is not None and own is not None:
+            l_own = self._horizon(
+                self.own_hz(own).reshape(b, self.k, self.y), batch.p_horizon, batch.p_horizon_ok
+            )
+            if own_pre is not None and o.w_prefix > 0:
+                own_hz = self.own_hz(own_pre).reshape(b, t, self.k, self.y)
+                l_own = l_own + o.w_prefix * self._horizon(own_hz, batch.horizon, ok)
+            total = total + o.w_vec_horizon * l_own
         named = {
             "type": l_type,
             "value": l_value,
@@ -344,5 +365,6 @@ class TrainingHeads(nn.Module):
             "bag": p_bag,
             "prefix": pre,
             "residual": res,
+            "own_counts": l_own,
         }
         return total, {k: float(v.detach()) for k, v in named.items()}

@@ -40,6 +40,7 @@ class Run:
             spec.model.out_dim,
             spec.model.normalize,
             self.model.counts.out_size if self.model.counts is not None else 0,
+            spec.model.count_dims,
         )
         self.model.counts_for_loss = self.heads.residual
         self.step = LossModule(self.model, self.heads, spec.objectives.w_prefix)

@@ -48,6 +48,7 @@ class Summaries:
     pool: nn.Linear
     proj: nn.Linear
     counts: OutcomeCounts | None
+    count_proj: nn.Linear | None
 
     def summarise(
         self, h: torch.Tensor, pad: torch.Tensor, lengths: torch.Tensor, bags: Bags
@@ -70,9 +71,10 @@ class Summaries:
         if bags.manner is not None:
             n = lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, 1)
             parts.insert(4, bags.manner.sum(1) / n)
-        if bags.counted is not None and self.cfg.counts_in_vector:
-            parts.append(self.count_features(pad, bags).to(h.dtype))
-        return self._out(torch.cat(parts, -1))
+        counted = None
+        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj):
+            counted = self.count_features(pad, bags).to(h.dtype)
+        return self._out(parts, counted)
 
     def count_features(self, pad: torch.Tensor, bags: Bags) -> torch.Tensor:
         """(B, out_size) the window's outcome counts (`count_top`)."""
@@ -133,9 +135,10 @@ class Summaries:
         seen = self.prefix_counts(pad, bags) if seen is None else seen
         dense = self._dense(torch.zeros_like(bags.hours), torch.stack(seen, -1))
         parts.append(dense.to(h.dtype))  # (B, T, 1 + 1 + spans)
-        if bags.counted is not None and self.cfg.counts_in_vector:
-            parts.append(self.prefix_count_features(bags, seen).to(h.dtype))
-        return self._out(torch.cat(parts, -1))  # (B, T, E)
+        counted = None
+        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj):
+            counted = self.prefix_count_features(bags, seen).to(h.dtype)
+        return self._out(parts, counted)  # (B, T, E)
 
     def _counts(self) -> OutcomeCounts:
         assert self.counts is not None
@@ -149,7 +152,13 @@ class Summaries:
         rec = torch.log1p(recency_h.clamp(min=0.0).float()).unsqueeze(-1)
         return torch.cat([rec, torch.log1p(counts.float())], -1)
 
-    def _out(self, summary: torch.Tensor) -> torch.Tensor:
-        """(..., S) summaries -> (..., E) user vectors (L2-normalised if configured)."""
-        z = self.proj(summary).float()
+    def _out(self, parts: list[torch.Tensor], counted: torch.Tensor | None) -> torch.Tensor:
+        """(..., S_i) summaries and the window's outcome counts -> (..., E) user vectors
+        (L2-normalised if configured): the counts join the summaries (`counts_in_vector`)
+        and / or give the last `count_dims` components through `count_proj`."""
+        if counted is not None and self.cfg.counts_in_vector:
+            parts = [*parts, counted]
+        z = self.proj(torch.cat(parts, -1)).float()
+        if self.count_proj is not None and counted is not None:
+            z = torch.cat([z, self.count_proj(counted).float()], -1)
         return F.normalize(z, dim=-1) if self.cfg.normalize else z

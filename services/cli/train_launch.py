@@ -33,6 +33,7 @@ def child_argv(args: argparse.Namespace) -> list[str]:
         ("--epochs", args.epochs),
         ("--count-top", args.count_top),
         ("--count-hidden", getattr(args, "count_hidden", None)),
+        ("--count-dims", getattr(args, "count_dims", None)),
         ("--residual", getattr(args, "residual", None)),
         ("--calibrate-crossfit", getattr(args, "calibrate_crossfit", None)),
         ("--device", args.device),

@@ -45,6 +45,14 @@ def train_spec(args: argparse.Namespace) -> Any:
         if not spec.model.count_top or args.count_hidden < 0:
             raise SystemExit("persona train: --count-hidden N (N >= 0) needs --count-top N (N > 0)")
         spec = replace(spec, model=replace(spec.model, count_hidden=args.count_hidden))
+    if getattr(args, "count_dims", None) is not None:
+        n = args.count_dims
+        if n < 0 or n >= spec.model.out_dim or (n and not spec.model.count_top):
+            raise SystemExit(
+                f"persona train: --count-dims N needs 0 <= N < {spec.model.out_dim} "
+                "(and --count-top N > 0 when N > 0)"
+            )
+        spec = replace(spec, model=replace(spec.model, count_dims=n))
     if getattr(args, "manner_bag", False):
         spec = replace(spec, model=replace(spec.model, manner_bag=True))
     if getattr(args, "calibrate_crossfit", None) is not None:
@@ -79,6 +87,14 @@ def add_model_flags(p: argparse.ArgumentParser) -> None:
         default=None,
         help="the counts also pass through an MLP of this width (ModelConfig.count_hidden; "
         "default 0: off; see README, Instacart)",
+    )
+    p.add_argument(
+        "--count-dims",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the vector's last N components are the counts' own summary, trained only to "
+        "predict the horizon targets (ModelConfig.count_dims; see README)",
     )
     p.add_argument(
         "--residual",

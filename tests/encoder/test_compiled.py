@@ -61,10 +61,12 @@ def test_every_summary_option_compiles_to_the_eager_vectors(  # type: ignore[no-
     setup, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The graph holds what the options add after the layers: counts of the top values and
-    their MLP (`count_top`, `count_hidden`), decayed bags, the manner bag."""
+    their MLP (`count_top`, `count_hidden`), decayed bags, the manner bag, the counts' own
+    components (`count_dims`)."""
     monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
     model, tok, windows, now = setup
-    cfg = replace(model.cfg, count_top=4, count_hidden=8, decays_h=(24.0,), manner_bag=True)
+    cfg = replace(model.cfg, count_top=4, count_hidden=8, decays_h=(24.0,), manner_bag=True,
+                  count_dims=4)  # fmt: skip
     torch.manual_seed(1)
     full = UserEncoder(tok, cfg).eval()
     eager = Encoder("v", full, Tokenizer(tok), torch.device("cpu"))

@@ -75,11 +75,11 @@ def test_length_buckets_cover_all_once() -> None:
 
 
 @pytest.mark.parametrize(
-    ("count_top", "count_hidden", "manner"),
-    [(0, 0, False), (8, 0, False), (8, 16, False), (0, 0, True)],
+    ("count_top", "count_hidden", "manner", "count_dims"),
+    [(0, 0, False, 0), (8, 0, False, 0), (8, 16, False, 0), (0, 0, True, 0), (8, 0, False, 8)],
 )
 def test_prefix_vectors_end_at_the_vector_and_survive_old_events(
-    setup, count_top, count_hidden, manner
+    setup, count_top, count_hidden, manner, count_dims
 ) -> None:  # type: ignore[no-untyped-def]
     """Training's prefix vectors (running sums; a prefix's decayed bags weigh its events by
     age at the prefix's own time; outcome counts of the events up to the prefix) end at
@@ -95,6 +95,7 @@ def test_prefix_vectors_end_at_the_vector_and_survive_old_events(
         count_top=count_top,
         count_hidden=count_hidden,
         manner_bag=manner,
+        count_dims=count_dims,
     )
     model = UserEncoder(tok.config, cfg)
     model.eval()

@@ -101,3 +101,51 @@ def test_the_residual_objective_trains_the_vector_beside_the_counts(tiny_spec) -
         assert served.lookups(kjt, lengths, age).counted is None
         assert run.model.lookups(kjt, lengths, age).counted is not None
         torch.testing.assert_close(served(kjt, lengths, age)[2], run.model(kjt, lengths, age)[2])
+
+
+def test_the_counts_own_components_answer_only_to_their_own_head(tiny_spec) -> None:  # type: ignore[no-untyped-def]
+    """`count_dims`: the vector's last components are a linear map of the window's counts,
+    computed at encode time too; only their own horizon head trains them (with that head
+    silenced their map gets no gradient), and every other head reads the rest."""
+    import torch
+
+    from encoder.model import UserEncoder, make_kjt
+    from encoder.parallel import Local
+    from encoder.steps import Run
+    from encoder.synthetic import SyntheticConfig, generate
+
+    ds = generate(SyntheticConfig(users=16, events_per_user=30.0, seed=3))
+    tok = Tokenizer(TokenizerConfig(features=discover(ds.events), max_events=64))
+    spec = replace(tiny_spec, model=replace(tiny_spec.model, count_dims=8))
+    out = spec.model.out_dim
+    torch.manual_seed(0)
+    run = Run(spec, tok, build_log(ds.events, tok), ds.config.end_ms, Local())
+    run.where.setup(run.step, spec.train)
+    heads, model = run.heads, run.model
+    assert heads.own_hz is not None and model.count_proj is not None
+    assert heads.vec_hz.weight.shape[1] == heads.res_hz.weight.shape[1] == out - 8
+    users, nows = np.arange(8), np.full(8, ds.config.end_ms - 3 * 86_400_000)
+    loss, parts = run.loss(users, nows, torch.Generator().manual_seed(0))
+    assert parts["own_counts"] > 0
+    loss.backward()
+    for name, p in (("own_hz", heads.own_hz.weight), ("count_proj", model.count_proj.weight),
+                    ("proj", model.proj.weight)):  # fmt: skip
+        assert p.grad is not None and float(p.grad.abs().sum()) > 0, name
+    run.step.zero_grad()
+    with torch.no_grad():
+        heads.own_hz.weight.zero_()
+    run.loss(users, nows, torch.Generator().manual_seed(0))[0].backward()
+    assert model.count_proj.weight.grad is not None
+    assert float(model.count_proj.weight.grad.abs().sum()) == 0.0
+    assert float(model.proj.weight.grad.abs().sum()) > 0  # type: ignore[union-attr]
+    served = UserEncoder(tok.config, model.cfg).eval()
+    served.load_state_dict(model.state_dict())
+    batch = tok.encode([w for _, w in sorted(ds.windows(64).items())][:4], ds.config.end_ms)
+    kjt = make_kjt(batch, served.keys, torch.device("cpu"))
+    lengths, age = torch.from_numpy(batch.lengths), torch.from_numpy(batch.age_h)
+    with torch.inference_mode():
+        _, pad, z, bags = served(kjt, lengths, age)
+        own = served.count_proj(served.count_features(pad, bags))  # type: ignore[misc]
+        assert z.shape == (4, out)
+        torch.testing.assert_close(z[:, out - 8 :], own)
+        torch.testing.assert_close(served.encode_batch(batch), z)

@@ -60,12 +60,17 @@ def test_train_flags_reach_the_spec_and_the_torchrun_children() -> None:
         (["--count-top", "0", "--counts-in-vector"], "needs --count-top"),
         (["--residual", "-1"], "W >= 0"),
         (["--count-top", "-1"], "N >= 0"),
+        (["--count-dims", "64"], "0 <= N < 64"),
+        (["--count-top", "0", "--count-dims", "8"], "--count-top N > 0"),
     ):
         with pytest.raises(SystemExit, match=why):
             spec(*bad)
-    more = ["train", "--synthetic", "--manner-bag", "--calibrate-crossfit", "0", "--nproc", "2"]
+    more = ["train", "--synthetic", "--manner-bag", "--calibrate-crossfit", "0", "--nproc", "2",
+            "--count-dims", "16"]  # fmt: skip
     on = build_parser().parse_args(more)
     assert off.train.calibrate_crossfit == 5 and not off.model.manner_bag
+    assert off.model.count_dims == 0 and train_spec(on).model.count_dims == 16
     assert train_spec(on).train.calibrate_crossfit == 0 and train_spec(on).model.manner_bag
     argv = child_argv(on)
     assert "--manner-bag" in argv and argv[argv.index("--calibrate-crossfit") + 1] == "0"
+    assert argv[argv.index("--count-dims") + 1] == "16"
