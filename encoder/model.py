@@ -167,6 +167,8 @@ class UserEncoder(Summaries, nn.Module):
         self.counts_for_loss = False
         if cfg.count_dims and (self.counts is None or cfg.count_dims >= cfg.out_dim):
             raise ValueError("count_dims needs count_top > 0 and fewer than out_dim components")
+        if cfg.count_dims and cfg.normalize:  # one norm over both parts would mix their training
+            raise ValueError("count_dims needs normalize off")
         self.count_proj = (
             nn.Linear(self.counts.out_size, cfg.count_dims)
             if self.counts is not None and cfg.count_dims

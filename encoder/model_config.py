@@ -35,9 +35,8 @@ class ModelConfig:
     manner_bag: bool = False
     # the last `count_dims` components of the vector are the counts' own summary: a linear
     # map of them (and of their MLP, `count_hidden`) trained only to predict the horizon
-    # targets; the rest is the encoder's, trained as without it. 0: none (16: Instacart's
-    # embedding alone -0.023 from the aggregates against -0.061, MovieLens "both" +0.018
-    # against +0.033; README "Options off by default")
+    # targets; the rest is the encoder's, trained as without it (needs normalize off).
+    # 0: none (README "Options off by default" says what 16 gives and costs)
     count_dims: int = 0
 
     def to_json(self) -> str:

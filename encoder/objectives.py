@@ -214,7 +214,9 @@ class TrainingHeads(nn.Module):
         super().__init__()
         self.obj = obj
         # the vector's last count_dims components (`ModelConfig.count_dims`) answer to a
-        # head of their own; every other head reads the rest
+        # head of their own (the horizon targets at the window's end and, weighed
+        # w_prefix, at every prefix; w_vec_horizon times that in all, not w_pooled too:
+        # the weighting measured); every other head reads the rest
         self.count_dims = count_dims
         out_dim -= count_dims
         spec = tok.config.features

@@ -72,7 +72,7 @@ class Summaries:
             n = lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, 1)
             parts.insert(4, bags.manner.sum(1) / n)
         counted = None
-        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj):
+        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj is not None):
             counted = self.count_features(pad, bags).to(h.dtype)
         return self._out(parts, counted)
 
@@ -136,7 +136,7 @@ class Summaries:
         dense = self._dense(torch.zeros_like(bags.hours), torch.stack(seen, -1))
         parts.append(dense.to(h.dtype))  # (B, T, 1 + 1 + spans)
         counted = None
-        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj):
+        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj is not None):
             counted = self.prefix_count_features(bags, seen).to(h.dtype)
         return self._out(parts, counted)  # (B, T, E)
 
@@ -159,6 +159,7 @@ class Summaries:
         if counted is not None and self.cfg.counts_in_vector:
             parts = [*parts, counted]
         z = self.proj(torch.cat(parts, -1)).float()
-        if self.count_proj is not None and counted is not None:
+        if self.count_proj is not None:
+            assert counted is not None, "count_dims: the window's counts were not computed"
             z = torch.cat([z, self.count_proj(counted).float()], -1)
         return F.normalize(z, dim=-1) if self.cfg.normalize else z

@@ -41,6 +41,7 @@ if str(ROOT) not in sys.path:  # `pytest` run as a script does not put the repo 
 
 from services.common.kafka_admin import TopicSpec, ensure_topics  # noqa: E402
 from services.stack import EmbeddedStack, StackConfig  # noqa: E402
+from tests.tls_support import make_certs  # noqa: E402
 
 log = logging.getLogger(__name__)
 _counter = itertools.count()
@@ -122,3 +123,14 @@ def _write_report() -> Iterator[None]:
         with path.open("a") as fh:
             for row in _ROWS:
                 fh.write(json.dumps(row) + "\n")
+
+
+@pytest.fixture(scope="session")
+def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The PEM files of tests/tls_support.py's `make_certs` (CAs ca and rogue; server,
+    client, intruder), made once a session; a test that needs them skips without openssl."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("needs the openssl CLI")
+    return make_certs(tmp_path_factory.mktemp("certs"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import select
 import shutil
 import subprocess
 from pathlib import Path
@@ -106,22 +107,23 @@ def launch_front(
     *flags: str,
     stderr: int = subprocess.PIPE,
     env: dict[str, str] | None = None,
+    startup_s: float = 60.0,
 ) -> tuple[subprocess.Popen[str], dict[str, Any]]:
     """persona-front started on a free port before 127.0.0.1:`upstream_port` and `store`:
-    (the process, its startup line as JSON: listen, metrics, ...). A front that exits before
-    that line is reaped and fails the test; the caller stops the one it gets (`stop_front`).
-    env: the whole environment (default this process's)."""
+    (the process, its startup line as JSON: listen, metrics, ...). A front that exits, or
+    prints no line within `startup_s`, is stopped and fails the test; the caller stops the
+    one it gets (`stop_front`). env: the whole environment (default this process's)."""
     proc = subprocess.Popen(
         [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", f"127.0.0.1:{upstream_port}",
          "-store", store, *flags],
         stdout=subprocess.PIPE, stderr=stderr, text=True, cwd=ROOT, env=env,
     )  # fmt: skip
     try:
-        line = proc.stdout.readline() if proc.stdout else ""
+        assert proc.stdout is not None
+        ready, _, _ = select.select([proc.stdout], [], [], startup_s)
+        line = proc.stdout.readline() if ready else ""
         if not line:
-            raise AssertionError(
-                f"persona-front exited: {proc.stderr.read() if proc.stderr else ''}"
-            )
+            raise AssertionError(f"persona-front printed no startup line: {stop_front(proc)}")
         return proc, json.loads(line)
     except BaseException:
         stop_front(proc)
@@ -129,16 +131,20 @@ def launch_front(
 
 
 def stop_front(proc: subprocess.Popen[str]) -> str:
-    """SIGTERM, wait (kill after 10 s), its pipes closed; its stderr when piped."""
+    """SIGTERM, wait (kill after 10 s), its pipes read and closed: its stderr when piped
+    (read while it stops, so a chatty front cannot block on a full pipe). Idempotent."""
     if proc.poll() is None:
         proc.terminate()
+    try:
         try:
-            proc.wait(10)
+            _, err = proc.communicate(timeout=10)
         except subprocess.TimeoutExpired:
             proc.kill()
-            proc.wait(10)
-    err = proc.stderr.read() if proc.stderr else ""
-    for f in (proc.stdout, proc.stderr):
-        if f:
-            f.close()
-    return err
+            _, err = proc.communicate(timeout=10)
+    except ValueError:  # stopped before: its pipes are closed
+        return ""
+    finally:
+        for f in (proc.stdout, proc.stderr):
+            if f:
+                f.close()
+    return err or ""

@@ -2,16 +2,14 @@
 is not installed here): CAs `ca` and `rogue`, a server certificate `server` for localhost /
 127.0.0.1 and a client certificate `client` signed by ca, and `intruder` signed by rogue,
 which a server trusting ca must refuse. Used by tests/serving/test_security.py and the Go
-front's TLS tests (tests/front), through the session fixture `tls_certs`."""
+front's TLS tests (tests/front), through tests/conftest.py's session fixture `tls_certs`."""
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from pathlib import Path
 
 import grpc
-import pytest
 
 
 def _ssl(*args: str, cwd: Path) -> None:
@@ -48,12 +46,3 @@ def channel_creds(d: Path, client: str | None = None, ca: str = "ca") -> grpc.Ch
     key = (d / f"{client}.key").read_bytes() if client else None
     chain = (d / f"{client}.pem").read_bytes() if client else None
     return grpc.ssl_channel_credentials((d / f"{ca}.pem").read_bytes(), key, chain)
-
-
-@pytest.fixture(scope="session")
-def tls_certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The PEM files of `make_certs`, made once a session (a test that needs them skips
-    without the openssl CLI)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("needs the openssl CLI")
-    return make_certs(tmp_path_factory.mktemp("certs"))

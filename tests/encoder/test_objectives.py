@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 import numpy as np
+import pytest
 
 from contract.events import Event
 from encoder.eventlog import build_log
@@ -149,3 +150,5 @@ def test_the_counts_own_components_answer_only_to_their_own_head(tiny_spec) -> N
         assert z.shape == (4, out)
         torch.testing.assert_close(z[:, out - 8 :], own)
         torch.testing.assert_close(served.encode_batch(batch), z)
+    with pytest.raises(ValueError, match="normalize off"):  # one norm would mix the parts
+        UserEncoder(tok.config, replace(model.cfg, normalize=True))

@@ -3,6 +3,7 @@ mode beside the Go client's toolchain checks) and a running front before a test'
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +19,6 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.clients.conftest import holder, running, serve, users
 from tests.clients.conftest import vstore as vstore
 from tests.go_support import build, front_bin, go_env, launch_front, stop_front
-from tests.tls_support import tls_certs
 
 if TYPE_CHECKING:
     from services.store.vectors import VectorStore
@@ -37,7 +37,6 @@ __all__ = [
     "start_front",
     "store_address",
     "stub",
-    "tls_certs",
     "users",
     "vstore",
 ]  # fmt: skip
@@ -79,15 +78,21 @@ def start_front(front_bin: Path) -> Iterator[Callable[..., Front]]:
     started: list[Front] = []
 
     def start(upstream_port: int, store: str, *flags: str) -> Front:
-        front = Front(*launch_front(front_bin, upstream_port, store, *flags))
+        proc, info = launch_front(front_bin, upstream_port, store, *flags)
+        try:
+            front = Front(proc, info)
+        except BaseException:
+            stop_front(proc)
+            raise
         started.append(front)
         return front
 
     try:
         yield start
     finally:
-        for f in started:
-            f.stop()
+        with contextlib.ExitStack() as stops:  # every front stopped, even if one stop raises
+            for f in started:
+                stops.callback(f.stop)
 
 
 def store_address(vstore: VectorStore) -> str:

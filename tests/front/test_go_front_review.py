@@ -6,10 +6,8 @@ the store is down."""
 from __future__ import annotations
 
 import concurrent.futures
-import os
 import signal
 import socket
-import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,6 +20,7 @@ from persona.v1 import service_pb2 as pb
 from services.index.holder import IndexHolder
 from services.store.vectors import VectorStore
 from tests.front.conftest import Front, plain, store_address, stub
+from tests.go_support import run_front
 from tests.serving.support import DB, DIM, Running
 
 pytestmark = pytest.mark.integration
@@ -82,10 +81,8 @@ def test_front_reads_persona_auth_token(
 def test_empty_token_refused(
     front_bin: Path, tmp_path: Path, how: str, vstore: VectorStore
 ) -> None:
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("PERSONA_AUTH_TOKEN", "PERSONA_FRONT_AUTH_TOKEN")}  # fmt: skip
-    args = [str(front_bin), "-listen", "127.0.0.1:0", "-upstream", "127.0.0.1:1",
-            "-store", store_address(vstore)]  # fmt: skip
+    env: dict[str, str] = {}
+    args = ["-listen", "127.0.0.1:0", "-upstream", "127.0.0.1:1", "-store", store_address(vstore)]
     if how == "env":
         env["PERSONA_AUTH_TOKEN"] = ""
     elif how == "env-blank":
@@ -95,7 +92,7 @@ def test_empty_token_refused(
         args += ["-auth-token-file", str(tmp_path / "tok")]
     else:
         env["PERSONA_FRONT_AUTH_TOKEN"] = "x"
-    proc = subprocess.run(args, env=env, capture_output=True, text=True, timeout=30)
+    proc = run_front(front_bin, *args, env=env)  # no PERSONA_* of this process
     assert proc.returncode != 0 and proc.stdout == ""
     assert "empty" in proc.stderr or "no longer read" in proc.stderr
 

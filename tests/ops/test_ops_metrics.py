@@ -38,7 +38,7 @@ from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 
 from services.stack import EmbeddedStack, free_ports
-from tests.go_support import front_bin, go_env, launch_front
+from tests.go_support import front_bin, go_env, launch_front, stop_front
 from tests.ops.support import (
     PROM,
     PROMETHEUS_SERIES,
@@ -76,10 +76,15 @@ def _start_front(front_bin: Path, grpc_port: int, redis: str, env: dict[str, str
     proc, info = launch_front(front_bin, grpc_port, f"{redis}/13", "-dim", "16",
                               "-metrics-listen", "127.0.0.1:0", stderr=subprocess.DEVNULL,
                               env=env)  # fmt: skip
-    with grpc.insecure_channel(info["listen"]) as ch, contextlib.suppress(grpc.RpcError):
-        req = pb.GetEmbeddingsRequest(user_ids=["u1"])
-        pb_grpc.UserEmbeddingServiceStub(ch).GetEmbeddings(req, timeout=30, wait_for_ready=True)
-    return proc, info["metrics"]
+    try:
+        with grpc.insecure_channel(info["listen"]) as ch, contextlib.suppress(grpc.RpcError):
+            req = pb.GetEmbeddingsRequest(user_ids=["u1"])
+            stub = pb_grpc.UserEmbeddingServiceStub(ch)
+            stub.GetEmbeddings(req, timeout=30, wait_for_ready=True)
+        return proc, info["metrics"]
+    except BaseException:
+        stop_front(proc)
+        raise
 
 
 def _sample_labels(text: str) -> dict[str, set[str]]:
@@ -121,6 +126,7 @@ def scraped(
     env |= {"PERSONA_PARTITIONS": "1", "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     logs = {name: tmp_path_factory.mktemp("logs") / f"{name}.log" for name in commands}
     procs: dict[str, subprocess.Popen[Any]] = {}
+    front: subprocess.Popen[str] | None = None
     try:
         for name, cmd in commands.items():
             with logs[name].open("wb") as log:
@@ -140,10 +146,12 @@ def scraped(
         assert not missing, f"no /metrics from {missing}: " + " | ".join(
             _tail(logs[n]) for n in missing
         )
-        procs["front"], front_metrics = _start_front(front_bin, grpc_port, a.redis, env)
+        front, front_metrics = _start_front(front_bin, grpc_port, a.redis, env)
         time.sleep(1.0)  # let ingest set its per-partition lag once, then scrape again
         yield {name: _scrape(ports[name]) for name in commands} | {"front": _scrape(front_metrics)}
     finally:
+        if front is not None:
+            stop_front(front)  # its pipe closed too
         for proc in procs.values():
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -21,9 +21,7 @@ from services.index.holder import IndexHolder
 from services.serving.config import TLSConfig
 from services.store.vectors import VectorStore
 from tests.serving.support import V1, Running
-from tests.tls_support import channel_creds, tls_certs
-
-__all__ = ["tls_certs"]  # the fixture
+from tests.tls_support import channel_creds
 
 pytestmark = [
     pytest.mark.integration,

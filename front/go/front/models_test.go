@@ -4,6 +4,7 @@ import (
 	"os"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"persona/front/go/shortterm"
 	"persona/front/go/store"
@@ -90,7 +91,14 @@ func TestLoadedSingleFlight(t *testing.T) {
 		}
 		done <- 1
 	}()
-	<-reading
+	wait := func(c <-chan struct{}, what string) {
+		select {
+		case <-c:
+		case <-time.After(10 * time.Second):
+			t.Fatal(what)
+		}
+	}
+	wait(reading, "the first request never read the file")
 	never := func() (*shortterm.Outcomes, error) {
 		t.Error("read twice")
 		return nil, nil
@@ -103,7 +111,11 @@ func TestLoadedSingleFlight(t *testing.T) {
 		t.Errorf("another version meanwhile: %v %v", o, ok)
 	}
 	close(release)
-	<-done
+	select {
+	case <-done:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the reader never returned")
+	}
 	if o, ok := m.entry("v1").out.get(never, fail); !ok || o.E != 7 {
 		t.Errorf("after the read: %v %v", o, ok)
 	}
