@@ -23,8 +23,8 @@ pytestmark = pytest.mark.integration
 SERVICE = "persona.v1.UserEmbeddingService"
 NEARLINE = pb.VECTOR_PART_NEARLINE
 REASONS = ["invalid", "auth", "dim_unknown", "version", "part_or_head", "fallback",
-           "scores_rescore", "short_term_state", "head_unverified", "record", "store_error",
-           "redirect", "other"]  # fmt: skip
+           "scores_rescore", "short_term_state", "head_unverified", "head_loading", "record",
+           "store_error", "redirect", "other"]  # fmt: skip
 
 
 def code_of(call: Callable[[], object]) -> str:

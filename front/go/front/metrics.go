@@ -32,15 +32,16 @@ var (
 	errShortTerm  = &forwardError{"short_term_state"} // a user needs the state or the window
 	// the state is needed and -models has no verified head for the version (states.go)
 	errHeadUnverified = &forwardError{"head_unverified"}
-	errRecord         = &forwardError{"record"}      // a value the front cannot read as Python
-	errStoreReply     = &forwardError{"store_error"} // an error reply (counted kind "error")
-	errOther          = &forwardError{"other"}       // e.g. the answer did not marshal
+	errHeadLoading    = &forwardError{"head_loading"} // another request reads those files now
+	errRecord         = &forwardError{"record"}       // a value the front cannot read as Python
+	errStoreReply     = &forwardError{"store_error"}  // an error reply (counted kind "error")
+	errOther          = &forwardError{"other"}        // e.g. the answer did not marshal
 )
 
 // forwardReasons: every reason label, including store_error and redirect (store errors).
 var forwardReasons = []string{"invalid", "auth", "dim_unknown", "version", "part_or_head",
-	"fallback", "scores_rescore", "short_term_state", "head_unverified", "record", "store_error",
-	"redirect", "other"}
+	"fallback", "scores_rescore", "short_term_state", "head_unverified", "head_loading", "record",
+	"store_error", "redirect", "other"}
 
 // storeErrorKinds: persona_serving_store_errors_total's kinds and the front's redirect.
 var storeErrorKinds = []string{"timeout", "unavailable", "error", "redirect"}

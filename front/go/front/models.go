@@ -16,8 +16,8 @@ const headRetry = time.Minute
 // modelHeads are the versions' short-term heads read from the registry folder (-models),
 // each checked against its rows parity sample before any of it is served; a head that
 // fails (no head file, no rows parity file, a version trained before it, a mismatch) is
-// not used: requests needing the short-term state go up (reason head_unverified), said
-// once per version in the log.
+// not used: requests needing the short-term state go up (reason head_unverified; while
+// another request reads the files, head_loading), said once per version in the log.
 type modelHeads struct {
 	dir string
 	mu  sync.Mutex // the map's; a file is read under its own entry's lock, not this one
@@ -41,23 +41,32 @@ type loaded[T any] struct {
 	logged bool
 }
 
+// fileState is what get found of a file.
+type fileState int
+
+const (
+	fileKnown  fileState = iota // read, or known absent: the value
+	fileBusy                    // another request is reading it now (head_loading)
+	fileFailed                  // not read: failed, tried again from retry on
+)
+
 // get: the value when known, else read it (once a headRetry at most, by one request at
-// a time): on failure, or while another request reads it, the zero value and false,
-// `failed` logging the error the first time.
-func (l *loaded[T]) get(read func() (T, error), failed func(error)) (T, bool) {
+// a time): on failure, or while another request reads it, the zero value, `failed`
+// logging the error the first time.
+func (l *loaded[T]) get(read func() (T, error), failed func(error)) (T, fileState) {
 	if p := l.ready.Load(); p != nil {
-		return *p, true
+		return *p, fileKnown
 	}
 	var zero T
 	if !l.mu.TryLock() {
-		return zero, false
+		return zero, fileBusy
 	}
 	defer l.mu.Unlock()
 	if p := l.ready.Load(); p != nil { // read by the request that held mu
-		return *p, true
+		return *p, fileKnown
 	}
 	if time.Now().Before(l.retry) {
-		return zero, false
+		return zero, fileFailed
 	}
 	v, err := read()
 	if err != nil {
@@ -66,10 +75,10 @@ func (l *loaded[T]) get(read func() (T, error), failed func(error)) (T, bool) {
 			l.logged = true
 			failed(err)
 		}
-		return zero, false
+		return zero, fileFailed
 	}
 	l.ready.Store(&v)
-	return v, true
+	return v, fileKnown
 }
 
 func newModelHeads(dir string) *modelHeads {
@@ -79,9 +88,9 @@ func newModelHeads(dir string) *modelHeads {
 	return &modelHeads{dir: dir, of: map[string]*modelHead{}}
 }
 
-// head is the version's verified head, or nil.
-func (m *modelHeads) head(version string) *shortterm.Head {
-	h, ok := m.entry(version).h.get(func() (*shortterm.Head, error) {
+// head is the version's verified head (nil unless fileKnown).
+func (m *modelHeads) head(version string) (*shortterm.Head, fileState) {
+	return m.entry(version).h.get(func() (*shortterm.Head, error) {
 		h, lines, err := shortterm.Load(m.dir, version)
 		if err == nil {
 			log.Printf("persona-front: model %s: short-term head loaded from %s (%d events at"+
@@ -93,10 +102,6 @@ func (m *modelHeads) head(version string) *shortterm.Head {
 			" its short-term state are forwarded (tried again every %s): %v", version,
 			headRetry, err)
 	})
-	if !ok {
-		return nil
-	}
-	return h
 }
 
 // entry is the version's cache entry, made when missing.
@@ -119,11 +124,11 @@ func (m *modelHeads) entry(version string) *modelHead {
 
 // outcomes are the version's outcome heads as Python's head holds them
 // (ShortTermHead.read: outcomes.json beside shortterm.npz, read once with the head and
-// kept): ok and nil where the head file is there and outcomes.json is not (Python does
-// not rescore); not ok where the front cannot be sure of Python's (no head file yet, a
-// file that does not read or parse as the front reads it): tried again every minute,
-// said once per version in the log.
-func (m *modelHeads) outcomes(version string) (*shortterm.Outcomes, bool) {
+// kept): fileKnown and nil where the head file is there and outcomes.json is not (Python
+// does not rescore); fileFailed where the front cannot be sure of Python's (no head file
+// yet, a file that does not read or parse as the front reads it): tried again every
+// minute, said once per version in the log.
+func (m *modelHeads) outcomes(version string) (*shortterm.Outcomes, fileState) {
 	return m.entry(version).out.get(func() (*shortterm.Outcomes, error) {
 		o, err := shortterm.LoadOutcomes(m.dir, version)
 		switch {

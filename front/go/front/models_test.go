@@ -22,35 +22,35 @@ func TestModelOutcomes(t *testing.T) {
 		t.Fatal(err)
 	}
 	m := newModelHeads(dir)
-	if o, ok := m.outcomes("v1"); ok || o != nil {
+	if o, st := m.outcomes("v1"); st != fileFailed || o != nil {
 		t.Fatal("no head file: want not ok")
 	}
 	if err := os.WriteFile(filepath.Join(folder, shortterm.File), []byte("x"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if _, ok := m.outcomes("v1"); ok {
+	if _, st := m.outcomes("v1"); st != fileFailed {
 		t.Error("the failure is kept until headRetry")
 	}
 	m.of["v1"].out.retry = m.of["v1"].out.retry.Add(-2 * headRetry)
-	if o, ok := m.outcomes("v1"); !ok || o != nil {
-		t.Errorf("no outcomes.json: %v %v, want nil, true", o, ok)
+	if o, st := m.outcomes("v1"); st != fileKnown || o != nil {
+		t.Errorf("no outcomes.json: %v %v, want nil, fileKnown", o, st)
 	}
 	if err := os.WriteFile(filepath.Join(folder, shortterm.OutcomesFile), []byte(outcomesText),
 		0o644); err != nil {
 		t.Fatal(err)
 	}
-	if o, ok := m.outcomes("v1"); !ok || o != nil {
+	if o, st := m.outcomes("v1"); st != fileKnown || o != nil {
 		t.Error("known absent: kept (a version never changes)")
 	}
 	m2 := newModelHeads(dir)
-	o, ok := m2.outcomes("v1")
-	if !ok || o == nil || o.N() != 1 || o.E != 2 {
-		t.Fatalf("%v %v", o, ok)
+	o, st := m2.outcomes("v1")
+	if st != fileKnown || o == nil || o.N() != 1 || o.E != 2 {
+		t.Fatalf("%v %v", o, st)
 	}
-	if m2.head("v1") != nil {
+	if h, st := m2.head("v1"); h != nil || st != fileFailed {
 		t.Error("an unreadable head file: no head")
 	}
-	if o2, ok := m2.outcomes("v1"); o2 != o || !ok {
+	if o2, st := m2.outcomes("v1"); o2 != o || st != fileKnown {
 		t.Error("the outcome heads are kept beside the failed head")
 	}
 	// newestScores: stored unless the row moved and the heads serve the stored count
@@ -85,9 +85,9 @@ func TestLoadedSingleFlight(t *testing.T) {
 	}
 	fail := func(err error) { t.Error(err) }
 	go func() {
-		o, ok := m.entry("v1").out.get(slow, fail)
-		if !ok || o.E != 7 {
-			t.Errorf("the reader: %v %v", o, ok)
+		o, st := m.entry("v1").out.get(slow, fail)
+		if st != fileKnown || o.E != 7 {
+			t.Errorf("the reader: %v %v", o, st)
 		}
 		done <- 1
 	}()
@@ -103,12 +103,12 @@ func TestLoadedSingleFlight(t *testing.T) {
 		t.Error("read twice")
 		return nil, nil
 	}
-	if o, ok := m.entry("v1").out.get(never, fail); ok || o != nil {
-		t.Errorf("while being read: %v %v, want nil, false", o, ok)
+	if o, st := m.entry("v1").out.get(never, fail); st != fileBusy || o != nil {
+		t.Errorf("while being read: %v %v, want nil, fileBusy", o, st)
 	}
 	quick := func() (*shortterm.Outcomes, error) { return &shortterm.Outcomes{E: 3}, nil }
-	if o, ok := m.entry("v2").out.get(quick, fail); !ok || o.E != 3 {
-		t.Errorf("another version meanwhile: %v %v", o, ok)
+	if o, st := m.entry("v2").out.get(quick, fail); st != fileKnown || o.E != 3 {
+		t.Errorf("another version meanwhile: %v %v", o, st)
 	}
 	close(release)
 	select {
@@ -116,7 +116,7 @@ func TestLoadedSingleFlight(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("the reader never returned")
 	}
-	if o, ok := m.entry("v1").out.get(never, fail); !ok || o.E != 7 {
-		t.Errorf("after the read: %v %v", o, ok)
+	if o, st := m.entry("v1").out.get(never, fail); st != fileKnown || o.E != 7 {
+		t.Errorf("after the read: %v %v", o, st)
 	}
 }

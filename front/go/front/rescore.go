@@ -14,8 +14,11 @@ func (f *Front) outcomes(version string, dim int) (*shortterm.Outcomes, error) {
 	if f.models == nil {
 		return nil, errRescore
 	}
-	o, ok := f.models.outcomes(version)
-	if !ok || (o != nil && o.E != dim) {
+	o, st := f.models.outcomes(version)
+	if st == fileBusy {
+		return nil, errHeadLoading
+	}
+	if st != fileKnown || (o != nil && o.E != dim) {
 		return nil, errRescore
 	}
 	return o, nil

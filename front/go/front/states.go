@@ -15,13 +15,17 @@ import (
 // and meta v as read (`v`), then the version's head over the rows it keeps. A user whose
 // state does not answer needs read_recent.lua: the whole request is forwarded
 // (errShortTerm); so is every such request without -models (errShortTerm) or without a
-// verified head for the version (errHeadUnverified).
+// verified head for the version (errHeadUnverified; errHeadLoading while another request
+// reads its files).
 func (f *Front) foldFromStates(folds []folded, need []int, uids []string, stored [][]store.Vector,
 	v []int64, version string, dim int, deadline time.Time) error {
 	if f.models == nil {
 		return errShortTerm
 	}
-	h := f.models.head(version)
+	h, st := f.models.head(version)
+	if st == fileBusy {
+		return errHeadLoading
+	}
 	if h == nil || h.E != dim {
 		return errHeadUnverified
 	}
