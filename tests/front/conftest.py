@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 import pytest
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
@@ -22,11 +23,14 @@ from tests.go_support import build, front_bin, go_env, launch_front, stop_front
 
 if TYPE_CHECKING:
     from services.store.vectors import VectorStore
+    from tests.serving.support import Running
 
 __all__ = [
     "Front",
     "both",
     "build",
+    "close",
+    "counts",
     "front_bin",
     "go_env",
     "holder",
@@ -39,6 +43,7 @@ __all__ = [
     "stub",
     "users",
     "vstore",
+    "walk",
 ]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -122,6 +127,63 @@ def both(front: Front, upstream: Any, req: pb.GetEmbeddingsRequest) -> pb.GetEmb
     assert got == want, f"request {req}"
     assert len(got.statuses) == len(req.user_ids) and got.dim > 0 and got.vectors
     return got
+
+
+def counts(front: Front) -> tuple[int, dict[str, int]]:
+    """(GetEmbeddings answered locally, forwarded ones by reason) from /metrics."""
+    local, reasons = -1, {}
+    for (name, labels), v in scrape(front)[0].items():
+        lab = dict(labels)
+        if name == "persona_front_get_embeddings_total" and lab["outcome"] == "local":
+            local = int(v)
+        if name == "persona_front_get_embeddings_forwarded_total":
+            reasons[lab["reason"]] = int(v)
+    return local, reasons
+
+
+def close(
+    front: Front, upstream: Running, req: pb.GetEmbeddingsRequest, scores_tol: float | None = None
+) -> pb.GetEmbeddingsResponse:
+    """The front's answer: vectors within 1e-5 of the Python server's (float16: within its
+    rounding of them), scores within `scores_tol` (None: equal), every other field equal."""
+    got = plain(stub(front.channel).GetEmbeddings(req, timeout=10))
+    want = plain(upstream.stub.GetEmbeddings(req, timeout=10))
+    f16 = req.encoding == pb.VECTOR_ENCODING_FLOAT16
+    dt = "<f2" if f16 else "<f4"
+    near = {"vectors": 1e-5} if scores_tol is None else {"vectors": 1e-5, "scores": scores_tol}
+    same = pb.GetEmbeddingsResponse()
+    same.CopyFrom(got)
+    for field, tol in near.items():
+        a = np.frombuffer(getattr(got, field), dt).astype(np.float32)
+        b = np.frombuffer(getattr(want, field), dt).astype(np.float32)
+        assert a.shape == b.shape and (field != "vectors" or len(a) > 0), f"{field}, {req}"
+        np.testing.assert_allclose(a, b, rtol=2**-10 if f16 else 0, atol=tol, err_msg=str(req))
+        setattr(same, field, getattr(want, field))
+    assert same == want, f"request {req}"
+    return got
+
+
+def walk(
+    front: Front, reqs: list[pb.GetEmbeddingsRequest],
+    answer: Callable[[pb.GetEmbeddingsRequest], object],
+    is_local: Callable[[pb.GetEmbeddingsRequest], bool],
+) -> tuple[int, dict[str, int]]:  # fmt: skip
+    """Each request `answer`ed in turn, the front's counts checked after each: one more local
+    answer where `is_local`, else one more forwarded for a user needing the window; the
+    counts at the end."""
+    local, reasons = counts(front)
+    for req in reqs:
+        answer(req)
+        now_local, now_reasons = counts(front)
+        if is_local(req):
+            assert (now_local, now_reasons) == (local + 1, reasons), f"request {req}"
+        else:
+            why = "short_term_state"
+            assert now_local == local and now_reasons == {**reasons, why: reasons[why] + 1}, (
+                f"request {req}: {now_reasons}"
+            )
+        local, reasons = now_local, now_reasons
+    return local, reasons
 
 
 def scrape(front: Front) -> tuple[dict[tuple[str, frozenset[tuple[str, str]]], float], str]:

@@ -30,8 +30,7 @@ from services.serving.shortterm import RegistryHeads
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
-from tests.front.conftest import Front, request_grid, store_address
-from tests.front.test_go_front_state import close, counts, walk
+from tests.front.conftest import Front, close, counts, request_grid, store_address, walk
 from tests.refresh.support import add_events
 from tests.serving.support import DB, NOW_MS, Running
 
@@ -116,13 +115,6 @@ def serve_and_front(
     return start
 
 
-def close_s(
-    front: Front, upstream: Running, req: pb.GetEmbeddingsRequest
-) -> pb.GetEmbeddingsResponse:
-    """`close` with the scores within SCORES_TOL of Python's."""
-    return close(front, upstream, req, SCORES_TOL)
-
-
 def _local(req: pb.GetEmbeddingsRequest) -> bool:
     """Whether the front answers `req` itself (once it knows the version has a head)."""
     return req.part == NEARLINE or set(req.user_ids) <= set(LOCAL)
@@ -132,7 +124,8 @@ def test_rescored_answers_equal_python(
     serve_and_front: Callable[[Path], tuple[Running, Front]], data: Data
 ) -> None:  # fmt: skip
     upstream, front = serve_and_front(data.root)
-    close_s(front, upstream, pb.GetEmbeddingsRequest(user_ids=QUIET))  # teaches dim and head
+    # teaches dim and head
+    close(front, upstream, pb.GetEmbeddingsRequest(user_ids=QUIET), SCORES_TOL)
     mixes = [
         [*STATE, "q0", "nobody", "s0"],
         [*DELTA, *HIST, "nobody", *STATE],
@@ -141,7 +134,7 @@ def test_rescored_answers_equal_python(
     ]
     reqs = request_grid(mixes, data.version, (0, 2))
     before, _ = counts(front)
-    local, reasons = walk(front, reqs, lambda req: close_s(front, upstream, req), _local)
+    local, reasons = walk(front, reqs, lambda req: close(front, upstream, req, SCORES_TOL), _local)
     assert local - before == sum(map(_local, reqs)) and reasons["scores_rescore"] == 0
     assert sum(r.include_scores and r.part != NEARLINE and _local(r) for r in reqs) > 20
 
@@ -151,13 +144,13 @@ def test_moved_rows_get_the_outcome_heads_scores(
 ) -> None:  # fmt: skip
     upstream, front = serve_and_front(data.root)
     ids = [*FOLDED, *QUIET, "nobody"]
-    close_s(front, upstream, pb.GetEmbeddingsRequest(user_ids=QUIET))  # teaches the head
+    close(front, upstream, pb.GetEmbeddingsRequest(user_ids=QUIET), SCORES_TOL)  # teaches the head
     n = len(data.heads.score_columns())
     for part in (pb.VECTOR_PART_COMBINED, SHORT_TERM):
         req = pb.GetEmbeddingsRequest(user_ids=ids, part=part, include_scores=True,
                                       history_depth=1)  # fmt: skip
-        got = close_s(front, upstream, req)
-        comb = close_s(front, upstream, replace_part(req))
+        got = close(front, upstream, req, SCORES_TOL)
+        comb = close(front, upstream, replace_part(req), SCORES_TOL)
         rows = np.frombuffer(comb.vectors, "<f4").reshape(len(ids), data.dim)
         scores = np.frombuffer(got.scores, "<f4").reshape(len(ids), n)
         k = len(FOLDED)
@@ -199,19 +192,19 @@ def test_outcome_heads_missing_or_not_read(
         d["weight"][0][0] = None
         path.write_text(json.dumps(d))
     upstream, front = serve_and_front(copy)
-    close_s(front, upstream, pb.GetEmbeddingsRequest(user_ids=QUIET))  # teaches the head
+    close(front, upstream, pb.GetEmbeddingsRequest(user_ids=QUIET), SCORES_TOL)  # teaches the head
     ids = [*FOLDED, *QUIET, "nobody"]
     reqs = [pb.GetEmbeddingsRequest(user_ids=ids, include_scores=True, part=part, encoding=enc)
             for part in (pb.VECTOR_PART_UNSPECIFIED, SHORT_TERM)
             for enc in (pb.VECTOR_ENCODING_UNSPECIFIED, pb.VECTOR_ENCODING_FLOAT16)]  # fmt: skip
     for req in reqs:
-        got = close_s(front, upstream, req)
+        got = close(front, upstream, req, SCORES_TOL)
         if damage == "removed" and req.encoding != pb.VECTOR_ENCODING_FLOAT16:
             want = np.stack([data.stored.get(u, np.full(len(data.stored["q0"]), np.nan))
                              for u in ids])  # fmt: skip
             np.testing.assert_array_equal(np.frombuffer(got.scores, "<f4").reshape(want.shape),
                                           want)  # fmt: skip
-    close_s(front, upstream, pb.GetEmbeddingsRequest(user_ids=ids))  # no scores: local
+    close(front, upstream, pb.GetEmbeddingsRequest(user_ids=ids), SCORES_TOL)  # no scores: local
     local, reasons = counts(front)
     if damage == "removed":
         assert local == 5 and sum(reasons.values()) == 1

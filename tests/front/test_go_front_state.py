@@ -29,7 +29,7 @@ from services.store import layout
 from services.store.records import StoredVector
 from services.store.vectors import VectorStore
 from services.store.windows import WindowStore
-from tests.front.conftest import Front, plain, request_grid, scrape, store_address, stub
+from tests.front.conftest import Front, close, counts, request_grid, store_address, walk
 from tests.refresh.support import add_events
 from tests.serving.support import DB, NOW_MS, Running
 
@@ -116,63 +116,6 @@ def started(
                            "127.0.0.1:0", "-models", str(models))  # fmt: skip
 
     return start
-
-
-def counts(front: Front) -> tuple[int, dict[str, int]]:
-    """(GetEmbeddings answered locally, forwarded ones by reason) from /metrics."""
-    local, reasons = -1, {}
-    for (name, labels), v in scrape(front)[0].items():
-        lab = dict(labels)
-        if name == "persona_front_get_embeddings_total" and lab["outcome"] == "local":
-            local = int(v)
-        if name == "persona_front_get_embeddings_forwarded_total":
-            reasons[lab["reason"]] = int(v)
-    return local, reasons
-
-
-def close(
-    front: Front, upstream: Running, req: pb.GetEmbeddingsRequest, scores_tol: float | None = None
-) -> pb.GetEmbeddingsResponse:
-    """The front's answer: vectors within 1e-5 of the Python server's (float16: within its
-    rounding of them), scores within `scores_tol` (None: equal), every other field equal."""
-    got = plain(stub(front.channel).GetEmbeddings(req, timeout=10))
-    want = plain(upstream.stub.GetEmbeddings(req, timeout=10))
-    f16 = req.encoding == pb.VECTOR_ENCODING_FLOAT16
-    dt = "<f2" if f16 else "<f4"
-    near = {"vectors": 1e-5} if scores_tol is None else {"vectors": 1e-5, "scores": scores_tol}
-    same = pb.GetEmbeddingsResponse()
-    same.CopyFrom(got)
-    for field, tol in near.items():
-        a = np.frombuffer(getattr(got, field), dt).astype(np.float32)
-        b = np.frombuffer(getattr(want, field), dt).astype(np.float32)
-        assert a.shape == b.shape and (field != "vectors" or len(a) > 0), f"{field}, {req}"
-        np.testing.assert_allclose(a, b, rtol=2**-10 if f16 else 0, atol=tol, err_msg=str(req))
-        setattr(same, field, getattr(want, field))
-    assert same == want, f"request {req}"
-    return got
-
-
-def walk(
-    front: Front, reqs: list[pb.GetEmbeddingsRequest],
-    answer: Callable[[pb.GetEmbeddingsRequest], object],
-    is_local: Callable[[pb.GetEmbeddingsRequest], bool],
-) -> tuple[int, dict[str, int]]:  # fmt: skip
-    """Each request `answer`ed in turn, the front's counts checked after each: one more local
-    answer where `is_local`, else one more forwarded for a user needing the window; the
-    counts at the end."""
-    local, reasons = counts(front)
-    for req in reqs:
-        answer(req)
-        now_local, now_reasons = counts(front)
-        if is_local(req):
-            assert (now_local, now_reasons) == (local + 1, reasons), f"request {req}"
-        else:
-            why = "short_term_state"
-            assert now_local == local and now_reasons == {**reasons, why: reasons[why] + 1}, (
-                f"request {req}: {now_reasons}"
-            )
-        local, reasons = now_local, now_reasons
-    return local, reasons
 
 
 def _local(req: pb.GetEmbeddingsRequest) -> bool:
