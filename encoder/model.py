@@ -231,10 +231,8 @@ class UserEncoder(Summaries, nn.Module):
     @property
     def reads_counts(self) -> bool:
         """Whether `lookups` computes the counted outcomes' indicators: the vector reads
-        them, or the training loss does (`counts_for_loss`)."""
-        return self.counts is not None and (
-            self.cfg.counts_in_vector or self.counts_for_loss or self.cfg.count_dims > 0
-        )
+        them (`vector_reads_counts`), or the training loss does (`counts_for_loss`)."""
+        return self.vector_reads_counts or (self.counts is not None and self.counts_for_loss)
 
     def lookups(
         self, kjt: KeyedJaggedTensor, lengths: torch.Tensor, age_h: torch.Tensor | None

@@ -354,8 +354,8 @@ class TrainingHeads(nn.Module):
                 self.own_hz(own).reshape(b, self.k, self.y), batch.p_horizon, batch.p_horizon_ok
             )
             if own_pre is not None and o.w_prefix > 0:
-                own_hz = self.own_hz(own_pre).reshape(b, t, self.k, self.y)
-                l_own = l_own + o.w_prefix * self._horizon(own_hz, batch.horizon, ok)
+                own_pre_hz = self.own_hz(own_pre).reshape(b, t, self.k, self.y)
+                l_own = l_own + o.w_prefix * self._horizon(own_pre_hz, batch.horizon, ok)
             total = total + o.w_vec_horizon * l_own
         named = {
             "type": l_type,

@@ -50,6 +50,14 @@ class Summaries:
     counts: OutcomeCounts | None
     count_proj: nn.Linear | None
 
+    @property
+    def vector_reads_counts(self) -> bool:
+        """Whether the vector reads the window's outcome counts: as summaries
+        (`counts_in_vector`) and / or as its last `count_dims` components."""
+        return self.counts is not None and (
+            self.cfg.counts_in_vector or self.count_proj is not None
+        )
+
     def summarise(
         self, h: torch.Tensor, pad: torch.Tensor, lengths: torch.Tensor, bags: Bags
     ) -> torch.Tensor:
@@ -72,7 +80,7 @@ class Summaries:
             n = lengths.clamp(min=1).unsqueeze(-1).to(h.dtype)  # (B, 1)
             parts.insert(4, bags.manner.sum(1) / n)
         counted = None
-        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj is not None):
+        if bags.counted is not None and self.vector_reads_counts:
             counted = self.count_features(pad, bags).to(h.dtype)
         return self._out(parts, counted)
 
@@ -136,7 +144,7 @@ class Summaries:
         dense = self._dense(torch.zeros_like(bags.hours), torch.stack(seen, -1))
         parts.append(dense.to(h.dtype))  # (B, T, 1 + 1 + spans)
         counted = None
-        if bags.counted is not None and (self.cfg.counts_in_vector or self.count_proj is not None):
+        if bags.counted is not None and self.vector_reads_counts:
             counted = self.prefix_count_features(bags, seen).to(h.dtype)
         return self._out(parts, counted)  # (B, T, E)
 

@@ -122,17 +122,17 @@ def launch_front(
         assert proc.stdout is not None
         ready, _, _ = select.select([proc.stdout], [], [], startup_s)
         line = proc.stdout.readline() if ready else ""
-        if not line:
-            raise AssertionError(f"persona-front printed no startup line: {stop_front(proc)}")
-        return proc, json.loads(line)
+        if line:
+            return proc, json.loads(line)
     except BaseException:
         stop_front(proc)
         raise
+    raise AssertionError(f"persona-front printed no startup line: {stop_front(proc)}")
 
 
 def stop_front(proc: subprocess.Popen[str]) -> str:
     """SIGTERM, wait (kill after 10 s), its pipes read and closed: its stderr when piped
-    (read while it stops, so a chatty front cannot block on a full pipe). Idempotent."""
+    (read while it stops, so a chatty front cannot block on a full pipe). Call it once."""
     if proc.poll() is None:
         proc.terminate()
     try:
@@ -141,8 +141,6 @@ def stop_front(proc: subprocess.Popen[str]) -> str:
         except subprocess.TimeoutExpired:
             proc.kill()
             _, err = proc.communicate(timeout=10)
-    except ValueError:  # stopped before: its pipes are closed
-        return ""
     finally:
         for f in (proc.stdout, proc.stderr):
             if f:

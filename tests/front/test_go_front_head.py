@@ -53,15 +53,9 @@ class Headed:
 
 
 @pytest.fixture(scope="module")
-def models(tiny_models: tuple[Path, str]) -> tuple[Path, str]:
-    """A registry with one tiny trained version (with its short-term head)."""
-    return tiny_models
-
-
-@pytest.fixture(scope="module")
-def headed(vstore: VectorStore, models: tuple[Path, str]) -> Iterator[Headed]:
+def headed(vstore: VectorStore, tiny_models: tuple[Path, str]) -> Iterator[Headed]:
     """The version active on db 9, users as the module's lists name them."""
-    root, version = models
+    root, version = tiny_models
     head = ShortTermHead.load(root, version)
     assert head is not None and head.row_dim > 0
     dim = head.out_dim
@@ -102,10 +96,11 @@ def headed(vstore: VectorStore, models: tuple[Path, str]) -> Iterator[Headed]:
 
 @pytest.fixture
 def upstream(
-    serve: Callable[..., Running], vstore: VectorStore, models: tuple[Path, str], headed: Headed
+    serve: Callable[..., Running], vstore: VectorStore, tiny_models: tuple[Path, str],
+    headed: Headed,
 ) -> Running:  # fmt: skip
     """persona serve over db 9 with the registry's heads."""
-    return serve(vstore, IndexHolder(), heads=RegistryHeads(models[0]), dim=headed.dim)
+    return serve(vstore, IndexHolder(), heads=RegistryHeads(tiny_models[0]), dim=headed.dim)
 
 
 @pytest.fixture
