@@ -17,7 +17,7 @@ from google.protobuf.message import DecodeError
 from persona.v1 import events_pb2
 
 from contract.events import Event, PropValue
-from contract.record import pack_record, record_from_wire
+from contract.record import MAX_RECORD_BYTES, pack_record, record_from_wire
 
 _EVENT = events_pb2.Event
 
@@ -187,12 +187,14 @@ def decode_for_store(value: bytes | None, cfg: Limits, now_ms: int) -> Decoded:
 
     A protobuf value becomes its record without a Python-side event object (the two ids are
     sliced off the wire bytes when they come first, as every protobuf encoder writes them);
-    a JSON value goes through `decode_event`. Same refusals as `decode_event`.
+    a JSON value goes through `decode_event`. Same refusals as `decode_event`, and one
+    more: a stored record longer than the store takes (`_check_record`).
     """
     value = _check_size(value, cfg)
     if _is_json(value):
         ev = decode_event(value, cfg, now_ms)
-        return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, pack_record(ev))
+        record = _check_record(pack_record(ev))
+        return Decoded(ev.user_id, ev.event_id.encode("utf-8"), ev.ts_ms, record)
     msg = _EVENT()
     try:
         msg.ParseFromString(value)
@@ -204,7 +206,16 @@ def decode_for_store(value: bytes | None, cfg: Limits, now_ms: int) -> Decoded:
         _parse_proto(value)  # raises, with the reason
     ts_ms = msg.ts_ms
     _check_msg(msg, cfg, now_ms, value, ts_ms)
-    return Decoded(uid, eid.encode("utf-8"), ts_ms, record_from_wire(value, msg))
+    return Decoded(uid, eid.encode("utf-8"), ts_ms, _check_record(record_from_wire(value, msg)))
+
+
+def _check_record(record: bytes) -> bytes:
+    """A JSON value under `max_payload_bytes` can still make a longer record (protobuf
+    spends bytes on every property's framing), and a limit raised above 64 KiB lets longer
+    protobuf values through: the store takes records up to `MAX_RECORD_BYTES`."""
+    if len(record) > MAX_RECORD_BYTES:
+        raise BadRecord("oversized", f"stored record {len(record)} bytes > {MAX_RECORD_BYTES}")
+    return record
 
 
 def _nbytes(s: str) -> int:

@@ -12,6 +12,9 @@ from persona.v1 import events_pb2
 from contract.events import Event, PropValue
 
 RECORD_VERSION = 1  # the first byte of every stored event record
+# the longest record the window store takes: apply.lua reads each record's length as two
+# bytes (services/store/LAYOUT.md); ingest dead-letters a longer one as "oversized"
+MAX_RECORD_BYTES = 0xFFFF
 _VERSION_BYTE = bytes((RECORD_VERSION,))
 
 

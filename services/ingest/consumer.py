@@ -278,7 +278,8 @@ class Ingestor:
         """Decode and validate a batch. None: the batch was dropped because the topic was
         recreated (it is read again from 0)."""
         now = self.clock_ms()
-        groups: dict[tuple[str, str], list[tuple[int, Decoded]]] = defaultdict(list)
+        # each event with its packed argument of apply.lua, made inside the record's try
+        groups: dict[tuple[str, str], list[tuple[Decoded, bytes]]] = defaultdict(list)
         bad: list[tuple[Message, BadRecord]] = []
         commit: dict[int, int] = {}
         n = 0
@@ -308,13 +309,14 @@ class Ingestor:
             for r in records:
                 try:
                     d = decode_for_store(r.value(), wcfg, now)
+                    packed = pack_update(offset_of(r), d.event_id, d.ts_ms, d.record)
                 except BadRecord as exc:
                     bad.append((r, exc))
                     continue
                 except Exception as exc:  # a decoder bug must not stop the partition
                     bad.append((r, self._decode_bug(r, exc)))
                     continue
-                groups[(d.user_id, p)].append((offset_of(r), d))
+                groups[(d.user_id, p)].append((d, packed))
             n += len(records)
             commit[part] = offset_of(records[-1]) + 1
         self.metrics.consumed.inc(n)
@@ -322,10 +324,10 @@ class Ingestor:
         self.stats.consumed += n
         spec, rows = None, None
         if self.states is not None:  # the rows of every event, in `groups`' order
-            spec, rows = self.states.record_rows([d for evs in groups.values() for _, d in evs])
+            spec, rows = self.states.record_rows([d for evs in groups.values() for d, _ in evs])
         updates, lo = [], 0
         for (uid, p), evs in groups.items():
-            blob = b"".join(pack_update(off, d.event_id, d.ts_ms, d.record) for off, d in evs)
+            blob = b"".join(packed for _, packed in evs)
             ups = b"" if rows is None else rows[lo : lo + len(evs)].tobytes()
             updates.append(PackedUpdate(uid, p, blob, ups))
             lo += len(evs)

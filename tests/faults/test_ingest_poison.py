@@ -19,7 +19,9 @@ import pytest
 from confluent_kafka import Consumer, TopicPartition
 
 import services.ingest.consumer as consumer_module
-from contract.codec import decode_for_store, event_to_json, event_to_proto
+from contract.codec import decode_event, decode_for_store, event_to_json, event_to_proto
+from contract.events import Event
+from contract.record import MAX_RECORD_BYTES, pack_record
 from services.common.kafka import rdkafka_config
 from services.common.kafka_admin import TopicSpec, end_offsets, ensure_topics
 from services.config import WindowConfig
@@ -54,7 +56,21 @@ def _poison(now: int) -> dict[str, bytes]:
         # added; Tansu takes it on the events topic, the dead-letter producer cannot send it
         "value too large to forward": b"\xff" * 1_048_000,
         "decoder bug": BUG,
+        "record longer than the store takes": _long_record(now),
     }
+
+
+def _long_record(now: int) -> bytes:
+    """A valid JSON event under the payload limit whose stored record (protobuf framing on
+    each of its 64 properties) is longer than the store's 2-byte length allows."""
+    for n in range(800, 1000):
+        props = {f"{i:03d}" + "k" * 197: "v" * n for i in range(WCFG.max_props)}
+        value = event_to_json(Event("poison", "long", now, "t", props))
+        if len(value) > WCFG.max_payload_bytes:
+            break
+        if len(pack_record(decode_event(value, WCFG, now))) > MAX_RECORD_BYTES:
+            return value
+    raise AssertionError("no JSON event under the payload limit makes a record that long")
 
 
 def _committed(group: str, bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
@@ -124,7 +140,7 @@ def test_poison_records_are_dead_lettered_and_the_partition_goes_on(
     report(
         scenario="Poison records on one partition: JSON numbers past the float range and past"
         " 4300 digits, a timestamp past the float range, a value too large to forward to the"
-        " dead-letter topic, a record the decoder fails on",
+        " dead-letter topic, a record the decoder fails on, a record longer than the store takes",
         produced=len(values),
         applied=s.applied,
         duplicated=0,

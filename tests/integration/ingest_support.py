@@ -12,7 +12,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from prometheus_client import CollectorRegistry
 
-from contract.codec import BadRecord, decode_event
+from contract.codec import BadRecord, decode_event, decode_for_store
 from contract.events import Event
 from services.common.kafka import rdkafka_config
 from services.common.kafka_admin import topic_id
@@ -106,6 +106,7 @@ def truth(
     now = int(time.time() * 1000)
     for p, o, value, _ in records:
         try:
+            decode_for_store(value, cfg, now)  # the consumer's refusals, the record's length too
             ev = decode_event(value, cfg, now)
         except BadRecord:
             continue

@@ -127,6 +127,44 @@ def test_decode_for_store_gives_the_record_of_the_same_event() -> None:
         assert unpack_record("u1", "e9", d.record) == EV
 
 
+def _longest_json_under_the_limit(value_len: int) -> bytes:
+    props = {f"{i:03d}" + "k" * 197: "v" * value_len for i in range(CFG.max_props)}
+    return event_to_json(Event("u", "e", NOW, "t", props))
+
+
+def test_a_record_longer_than_the_store_takes_is_oversized_not_a_crash() -> None:
+    """The store reads a record's length as 2 bytes: a JSON value under the payload limit
+    whose record (protobuf framing on every property) is longer, and a protobuf value let
+    through by a raised limit, are dead-lettered "oversized" (they once raised struct.error
+    in the consumer's batch step, outside the per-record handling: the partition stalled)."""
+    from contract.codec import decode_for_store
+    from contract.record import MAX_RECORD_BYTES
+
+    value = next(
+        v
+        for n in range(800, 1000)
+        if len(v := _longest_json_under_the_limit(n)) <= CFG.max_payload_bytes
+        and len(pack_json_record(v)) > MAX_RECORD_BYTES
+    )
+    decode_event(value, CFG, NOW)  # a valid event ...
+    with pytest.raises(BadRecord) as info:
+        decode_for_store(value, CFG, NOW)  # ... whose record the store cannot take
+    assert info.value.reason == "oversized" and "stored record" in info.value.detail
+    raised = WindowConfig(max_payload_bytes=200_000, max_value_bytes=100_000)
+    big = event_to_proto(Event("u", "e", NOW, "t", {"blob": "x" * 70_000}))
+    with pytest.raises(BadRecord) as info:
+        decode_for_store(big, raised, NOW)
+    assert info.value.reason == "oversized"
+    fits = event_to_proto(Event("u", "e", NOW, "t", {"blob": "x" * 60_000}))
+    assert len(decode_for_store(fits, raised, NOW).record) <= MAX_RECORD_BYTES
+
+
+def pack_json_record(value: bytes) -> bytes:
+    from contract.record import pack_record
+
+    return pack_record(decode_event(value, CFG, NOW))
+
+
 def test_kafka_security_comes_from_the_environment(tmp_path: object) -> None:
     from pathlib import Path
 
