@@ -106,9 +106,11 @@ def _from_json(value: bytes) -> Event:
         raise BadRecord("bad_props", "props must be an object")
     props: dict[str, PropValue] = {}
     for k, v in raw_props.items():
+        if v is None:  # absent, as in event files (encoder/io.py)
+            continue
         if isinstance(v, str):
             props[k] = v
-        elif isinstance(v, int | float) and not isinstance(v, bool):
+        elif isinstance(v, int | float):  # a bool is the number 0 / 1, as in event files
             try:
                 props[k] = float(v)
             except OverflowError:  # an integer beyond the float range (1e309 and up)

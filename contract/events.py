@@ -3,7 +3,8 @@
 The wire forms (protobuf `persona.v1.Event` and the JSON shape below) are decoded into
 this one type by `contract/codec.py`; the encoder only ever sees `Event`.
 
-JSON shape (string values are categorical, numbers numeric)::
+JSON shape (string values are categorical, numbers numeric, booleans the numbers 0 / 1; a
+null value is absent)::
 
     {"user_id": "u1", "event_id": "e9", "ts_ms": 1732345678123,
      "type": "click", "props": {"item": "i42", "price": 9.99}}

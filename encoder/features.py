@@ -272,7 +272,8 @@ def _numeric_edges(st: PropStats, bins: int) -> tuple[float, ...]:
     vals = np.asarray(st.reservoir, dtype=np.float64)
     distinct = np.unique(vals)
     if len(distinct) <= bins:  # one bin per value: edges halfway between neighbours
-        return tuple(float(x) for x in (distinct[:-1] + distinct[1:]) / 2)
+        # halves first: the sum of two values near the float limit would be infinite
+        return tuple(float(x) for x in distinct[:-1] / 2 + distinct[1:] / 2)
     qs = np.quantile(vals, np.arange(1, bins) / bins)
     return tuple(float(x) for x in np.unique(qs))
 

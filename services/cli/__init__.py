@@ -128,6 +128,14 @@ def _unreachable(exc: BaseException) -> bool:
     return isinstance(exc, ResponseError) and str(exc).startswith(("NOAUTH", "WRONGPASS", "NOPERM"))
 
 
+def _bad_events_file(exc: BaseException) -> bool:
+    """An --events file that is missing, unreadable, or holds something that is not an
+    event (`encoder.io.EventFileError`): a one-line error and exit 2, not a trace."""
+    from encoder.io import EventFileError
+
+    return isinstance(exc, EventFileError)
+
+
 def main(argv: list[str] | None = None) -> int:
     from services.cli.settings import SettingsError
 
@@ -144,6 +152,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"persona {args.command}: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:
+        if _bad_events_file(exc):  # the message names the file and the line or row
+            print(f"persona {args.command}: {exc}", file=sys.stderr)
+            return 2
         if not _unreachable(exc):
             raise
         print(f"persona {args.command}: {type(exc).__name__}: {exc}", file=sys.stderr)

@@ -69,7 +69,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def _train(args: argparse.Namespace, where: Any) -> int:
     from encoder.evaluate_log import auto_split
-    from encoder.io import events_source
+    from encoder.io import EventFileError, events_source
     from encoder.release import file_sha256, train_version
     from encoder.synthetic import SYNTHETIC_FUTURE_MS, SyntheticConfig, generate
 
@@ -85,6 +85,8 @@ def _train(args: argparse.Namespace, where: Any) -> int:
         if split == AUTO:
             try:
                 split = auto_split(source)
+            except EventFileError:
+                raise  # names the line; main() prints it
             except ValueError:
                 log.error("no events in %s", args.events)
                 return 2

@@ -60,10 +60,6 @@ def test_json_shape_of_the_issue_is_accepted() -> None:
             b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": {"a": {"b": 1}}}',
             "bad_props",
         ),
-        (
-            b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": {"a": null}}',
-            "bad_props",
-        ),
         (b'{"user_id": "\\ud800", "event_id": "e", "ts_ms": 5, "type": "t"}', "undecodable"),
         (events_pb2.Event(event_id="e", ts_ms=5, type="t").SerializeToString(), "missing_user_id"),
         (events_pb2.Event(user_id="u", ts_ms=5, type="t").SerializeToString(), "missing_event_id"),
@@ -79,6 +75,18 @@ def test_future_timestamp_is_refused_but_near_future_accepted() -> None:
     assert decode_event(event_to_proto(ok), CFG, NOW) == ok
     far = Event("u", "e", NOW + 2 * day, "t")
     assert reason(event_to_proto(far)) == "future_timestamp"
+
+
+def test_json_booleans_are_numbers_and_nulls_absent_as_in_event_files() -> None:
+    """Train / serve parity with encoder/io.py: a model trained on a file whose `member` is
+    a boolean reads live JSON events carrying it the same way (they were dead-lettered)."""
+    value = b'{"user_id": "u", "event_id": "e", "ts_ms": 5, "type": "t", "props": '
+    value += b'{"member": true, "off": false, "gone": null, "k": "x"}}'
+    want = Event("u", "e", 5, "t", {"member": 1.0, "off": 0.0, "k": "x"})
+    assert decode_event(value, CFG, NOW) == want
+    from contract.codec import decode_for_store
+
+    assert unpack_record("u", "e", decode_for_store(value, CFG, NOW).record) == want
 
 
 def test_oversized_payload_is_refused_before_parsing() -> None:
