@@ -253,7 +253,10 @@ func (f *Front) tryLocal(ss grpc.ServerStream, in *frame) (
 		deadline = d.Add(-f.margin)
 	}
 	var out *pb.GetEmbeddingsResponse
-	if out, why = f.answer(req, deadline); why != nil {
+	if out, why = f.answer(req, deadline); why == errInvalid {
+		return nil, why, false, nil // Python refuses it: not kept alive through the forward
+	}
+	if why != nil {
 		return req, why, false, nil
 	}
 	b, merr := proto.Marshal(out)

@@ -166,3 +166,22 @@ func TestAnswerHeadReadsWhatUnmarshalReads(t *testing.T) {
 		t.Fatal("an empty answer")
 	}
 }
+
+// ctxStream is a server stream with only a context.
+type ctxStream struct {
+	grpc.ServerStream
+	ctx context.Context
+}
+
+func (s ctxStream) Context() context.Context { return s.ctx }
+
+// A request refused as invalid is forwarded without its parsed form: it is not kept alive
+// through the forward, nor learnt from.
+func TestInvalidRequestNotKeptForTheForward(t *testing.T) {
+	f := New(nil, nil, Config{Dim: 4, Limits: Limits{MaxBatch: 1, MaxHistory: 3, MaxIDBytes: 256}})
+	b, _ := proto.Marshal(&pb.GetEmbeddingsRequest{UserIds: []string{"u1", "u2"}})
+	req, why, done, err := f.tryLocal(ctxStream{ctx: context.Background()}, &frame{b})
+	if done || err != nil || why != errInvalid || req != nil {
+		t.Fatalf("req %v why %v done %v err %v", req, why, done, err)
+	}
+}

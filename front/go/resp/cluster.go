@@ -4,6 +4,8 @@ import (
 	"bufio"
 	"errors"
 	"fmt"
+	"os"
+	"sort"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -160,6 +162,9 @@ func (s *Store) connect() error {
 			lastErr = err
 			continue
 		}
+		if e := rs[0].Err(); e != "" { // e.g. an ACL user without INFO: not "not a cluster"
+			return fmt.Errorf("%s: INFO cluster: %s", a, e)
+		}
 		if !strings.Contains(string(rs[0].Str), "cluster_enabled:1") {
 			s.mu.Lock()
 			s.seeds = []string{a}
@@ -202,10 +207,14 @@ type nodeBatch struct {
 // Do sends every command (one pipelined write per node, all nodes written before any
 // reply is read) and returns the replies in command order. A redirect reply returns
 // ErrRedirect; a MOVED, a connection error (cluster) or a slot no node serves also starts
-// a relearn of the slot map in the background. Error replies are returned as replies.
+// a relearn of the slot map in the background. Error replies are returned as replies. A
+// deadline already passed fails at once: no pooled connection is spent on it.
 func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 	if !s.open.Load() {
 		return nil, ErrNotOpen
+	}
+	if time.Until(deadline) <= 0 {
+		return nil, os.ErrDeadlineExceeded
 	}
 	batches := map[string]*nodeBatch{}
 	s.mu.RLock()
@@ -229,7 +238,15 @@ func (s *Store) Do(cmds []Cmd, deadline time.Time) ([]Reply, error) {
 		b.buf = AppendCommand(b.buf, c.Args...)
 	}
 	s.mu.RUnlock()
-	for _, b := range batches {
+	// the nodes' connections taken in one order: two calls never each hold one the other
+	// waits for
+	addrs := make([]string, 0, len(batches))
+	for a := range batches {
+		addrs = append(addrs, a)
+	}
+	sort.Strings(addrs)
+	for _, a := range addrs {
+		b := batches[a]
 		if b.conn, b.err = b.pool.Get(deadline); b.err == nil {
 			if b.err = b.conn.Write(b.buf, deadline); b.err != nil {
 				b.pool.Discard(b.conn)

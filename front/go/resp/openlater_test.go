@@ -1,7 +1,6 @@
 package resp
 
 import (
-	"bufio"
 	"errors"
 	"net"
 	"strconv"
@@ -64,25 +63,6 @@ func answerAll(lis net.Listener) {
 
 // answerInfo answers every command with INFO cluster's reply of a single node.
 func answerInfo(c net.Conn) {
-	defer c.Close()
-	r := bufio.NewReader(c)
-	for {
-		line, err := r.ReadString('\n') // *N
-		if err != nil {
-			return
-		}
-		var n int
-		for _, ch := range line[1 : len(line)-2] {
-			n = n*10 + int(ch-'0')
-		}
-		for i := 0; i < 2*n; i++ { // $len and the argument of each
-			if _, err := r.ReadString('\n'); err != nil {
-				return
-			}
-		}
-		body := "# Cluster\r\ncluster_enabled:0\r\n"
-		if _, err := c.Write([]byte("$" + strconv.Itoa(len(body)) + "\r\n" + body + "\r\n")); err != nil {
-			return
-		}
-	}
+	body := "# Cluster\r\ncluster_enabled:0\r\n"
+	answerWith(c, "$"+strconv.Itoa(len(body))+"\r\n"+body+"\r\n")
 }

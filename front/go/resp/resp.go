@@ -54,8 +54,20 @@ var ErrProtocol = errors.New("resp: protocol error")
 
 const maxBulk = 512 << 20
 
+// A reply's header is not its data: arrays start at most arrayStep long and strings over
+// bulkStep grow as their bytes arrive, so a header alone allocates little; arrays nest at
+// most maxDepth deep (CLUSTER SLOTS: 4).
+const (
+	arrayStep = 1024
+	bulkStep  = 1 << 20
+	maxDepth  = 8
+)
+
 // ReadReply reads one reply.
-func ReadReply(r *bufio.Reader) (Reply, error) {
+func ReadReply(r *bufio.Reader) (Reply, error) { return readReply(r, 0) }
+
+// readReply reads one reply inside depth arrays.
+func readReply(r *bufio.Reader, depth int) (Reply, error) {
 	line, err := readLine(r)
 	if err != nil {
 		return Reply{}, err
@@ -81,8 +93,8 @@ func ReadReply(r *bufio.Reader) (Reply, error) {
 		if n == -1 {
 			return Reply{Kind: kind, Nil: true}, nil
 		}
-		buf := make([]byte, n+2)
-		if _, err := io.ReadFull(r, buf); err != nil {
+		buf, err := readBulk(r, int(n)+2)
+		if err != nil {
 			return Reply{}, err
 		}
 		if buf[n] != '\r' || buf[n+1] != '\n' {
@@ -91,21 +103,46 @@ func ReadReply(r *bufio.Reader) (Reply, error) {
 		return Reply{Kind: kind, Str: buf[:n:n]}, nil
 	case '*':
 		n, err := strconv.ParseInt(string(rest), 10, 64)
-		if err != nil || n < -1 || n > 1<<24 {
+		if err != nil || n < -1 || n > 1<<24 || depth == maxDepth {
 			return Reply{}, ErrProtocol
 		}
 		if n == -1 {
 			return Reply{Kind: kind, Nil: true}, nil
 		}
-		arr := make([]Reply, n)
-		for i := range arr {
-			if arr[i], err = ReadReply(r); err != nil {
+		arr := make([]Reply, 0, minInt(int(n), arrayStep))
+		for i := int64(0); i < n; i++ {
+			e, err := readReply(r, depth+1)
+			if err != nil {
 				return Reply{}, err
 			}
+			arr = append(arr, e)
 		}
 		return Reply{Kind: kind, Array: arr}, nil
 	}
 	return Reply{}, ErrProtocol
+}
+
+// readBulk reads n bytes into a buffer at most bulkStep long at first, grown (at most
+// doubled) only as bytes arrive.
+func readBulk(r *bufio.Reader, n int) ([]byte, error) {
+	buf := make([]byte, minInt(n, bulkStep))
+	for got := 0; ; {
+		k, err := io.ReadFull(r, buf[got:])
+		if got += k; err != nil {
+			return nil, err
+		}
+		if got == n {
+			return buf, nil
+		}
+		buf = append(buf, make([]byte, minInt(n-got, got))...)
+	}
+}
+
+func minInt(a, b int) int {
+	if a < b {
+		return a
+	}
+	return b
 }
 
 func readLine(r *bufio.Reader) ([]byte, error) {

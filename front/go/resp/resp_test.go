@@ -2,6 +2,9 @@ package resp
 
 import (
 	"bytes"
+	"runtime"
+	"strconv"
+	"strings"
 	"testing"
 )
 
@@ -64,5 +67,42 @@ func TestReadReplies(t *testing.T) {
 		if _, err := ParseReplies(bad); err == nil {
 			t.Fatalf("no error for %q", bad)
 		}
+	}
+}
+
+// A reply's header is not its data: a huge array or string announced and then cut short
+// fails without allocating what it announced; a large string sent whole still parses.
+func TestHugeHeadersAllocateLittle(t *testing.T) {
+	for _, raw := range []string{"*16777216\r\n", "$536870912\r\nab", "*2\r\n$536870000\r\n"} {
+		var before, after runtime.MemStats
+		runtime.ReadMemStats(&before)
+		_, err := ParseReplies(raw)
+		runtime.ReadMemStats(&after)
+		if err == nil {
+			t.Fatalf("%q: no error", raw)
+		}
+		if d := after.TotalAlloc - before.TotalAlloc; d > 64<<20 {
+			t.Fatalf("%q: %d MiB allocated", raw, d>>20)
+		}
+	}
+	big := bytes.Repeat([]byte("0123456789abcdef"), 3<<20/16+1)
+	rs, err := ParseReplies("$" + strconv.Itoa(len(big)) + "\r\n" + string(big) + "\r\n:1\r\n")
+	if err != nil || len(rs) != 2 || !bytes.Equal(rs[0].Str, big) || rs[1].Int != 1 {
+		t.Fatalf("a 3 MiB string: %v %d", err, len(rs))
+	}
+}
+
+// Arrays nest at most 8 deep (CLUSTER SLOTS: 4); deeper is a protocol error.
+func TestDeepNestingRefused(t *testing.T) {
+	rs, err := ParseReplies(strings.Repeat("*1\r\n", 8) + ":7\r\n")
+	if err != nil || len(rs) != 1 {
+		t.Fatalf("8 deep: %v", err)
+	}
+	if _, err := ParseReplies(strings.Repeat("*1\r\n", 9) + ":7\r\n"); err != ErrProtocol {
+		t.Fatalf("9 deep: %v", err)
+	}
+	slots := "*1\r\n*3\r\n:0\r\n:16383\r\n*4\r\n$9\r\n127.0.0.1\r\n:7000\r\n$2\r\nid\r\n*2\r\n$8\r\nhostname\r\n$1\r\nh\r\n"
+	if rs, err := ParseReplies(slots); err != nil || rs[0].Array[0].Array[2].Array[3].Array[1].Str[0] != 'h' {
+		t.Fatalf("CLUSTER SLOTS: %v", err)
 	}
 }

@@ -2,9 +2,9 @@ package resp
 
 import (
 	"fmt"
+	"net"
 	"sort"
 	"strconv"
-	"strings"
 	"time"
 )
 
@@ -157,21 +157,24 @@ func (s *Store) slotsFrom(addr string) (owner [Slots]string, err error) {
 	if e := rs[0].Err(); e != "" || rs[0].Kind != '*' {
 		return owner, fmt.Errorf("%s: CLUSTER SLOTS: %s", addr, e)
 	}
-	host := addr[:strings.LastIndex(addr, ":")]
+	host, _, err := net.SplitHostPort(addr)
+	if err != nil {
+		return owner, err
+	}
 	for _, r := range rs[0].Array {
 		if len(r.Array) < 3 || len(r.Array[2].Array) < 2 {
 			return owner, ErrProtocol
 		}
 		lo, hi, node := r.Array[0].Int, r.Array[1].Int, r.Array[2].Array
+		if lo < 0 || hi >= Slots || lo > hi { // not a range of slots: refused, not indexed
+			return owner, ErrProtocol
+		}
 		h := string(node[0].Str)
 		if h == "" || h == "?" {
 			h = host
 		}
-		a := h + ":" + strconv.FormatInt(node[1].Int, 10)
-		if strings.Contains(h, ":") {
-			a = "[" + h + "]:" + strconv.FormatInt(node[1].Int, 10)
-		}
-		for sl := lo; sl <= hi && sl < Slots; sl++ {
+		a := net.JoinHostPort(h, strconv.FormatInt(node[1].Int, 10))
+		for sl := lo; sl <= hi; sl++ {
 			owner[sl] = a
 		}
 	}
