@@ -30,7 +30,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from services.common.kafka import RDKAFKA_LOG, consume_ready, rdkafka_config
 from services.index.ann import LookalikeIndex
 from services.index.metrics import IndexMetrics
-from services.index.updates import decode_batch
+from services.index.updates import Batch, decode_batch
 
 log = logging.getLogger(__name__)
 
@@ -317,7 +317,10 @@ class IndexFollower:
         # Partitions are independent (a key lives in one), so folding across them is safe.
         batch = decode_batch(records, self.index.dim, self.model_version)
         if batch.upserts:
-            self.index.upsert(list(batch.upserts), np.stack(list(batch.upserts.values())))
+            try:
+                self.index.upsert(list(batch.upserts), np.stack(list(batch.upserts.values())))
+            except ValueError:  # an id decode_batch let through: no record may stop the reader
+                upsert_each(self.index, batch)
         deleted = self.index.delete(batch.deletes) if batch.deletes else 0
         if self.metrics is not None:
             self.metrics.updates.labels(op="upsert").inc(len(batch.upserts))
@@ -355,3 +358,15 @@ class IndexFollower:
                 self.metrics.recall.labels(k=str(k)).set(info.recall[k])
             for part, n in self.index.memory().items():
                 self.metrics.memory.labels(part=part).set(n)
+
+
+def upsert_each(index: LookalikeIndex, batch: Batch) -> None:
+    """The batch's upserts one at a time, after the index refused them together: each one
+    it refuses is counted "invalid" and logged, the others applied."""
+    for user, vec in list(batch.upserts.items()):
+        try:
+            index.upsert([user], vec[None, :])
+        except ValueError as exc:
+            del batch.upserts[user]
+            batch.skipped["invalid"] += 1
+            log.warning("update-log record skipped (user %r): %s", user[:64], exc)

@@ -73,7 +73,8 @@ def decode_batch(
             continue
         prefix = f"{mv}/"
         user = raw[len(prefix) :] if raw.startswith(prefix) else raw
-        problem = _shape_problem(update, user, dim)
+        problem = "no user id after the version prefix" if not user else None
+        problem = problem or _shape_problem(update, user, dim)
         if problem:
             _invalid(batch, key, problem)
             continue

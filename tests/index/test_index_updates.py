@@ -101,3 +101,26 @@ def test_versioned_keys_survive_compaction_with_two_live_versions() -> None:
     # With plain user-id keys the same compaction would lose v1 for every user.
     plain = list({k.split(b"/")[1]: (k.split(b"/")[1], v) for k, v in log if v}.values())
     assert decode_batch(plain, DIM, "v1").upserts == {}
+
+
+def test_a_record_without_a_user_after_its_version_is_invalid_not_a_stopped_reader() -> None:
+    """Key `v1/` with a well-formed update: the user id is empty. It once reached the index,
+    whose refusal (ValueError) ended the follower's reader thread on every replica and
+    restart (the compacted log keeps the record). Counted invalid; the run's others apply;
+    and an id the index refuses however it got there is counted, not raised."""
+    from services.index.ann import LookalikeIndex
+    from services.index.config import IndexConfig
+    from services.index.follower import upsert_each
+    from services.index.updates import Batch
+
+    records = [
+        (b"v1/", encode_update("", vec(1), "v1")),
+        (b"v1/a", encode_update("a", vec(2), "v1")),
+    ]
+    batch = decode_batch(records, DIM, "v1")
+    assert list(batch.upserts) == ["a"] and batch.skipped == {"invalid": 1}
+    index = LookalikeIndex(IndexConfig(dim=DIM, exact_below=1000, gpu="off"))
+    let_through = Batch(upserts={"b": vec(3), "bad\x00id": vec(4), "c": vec(5)})
+    upsert_each(index, let_through)
+    assert index.size == 2 and set(let_through.upserts) == {"b", "c"}
+    assert let_through.skipped == {"invalid": 1}
