@@ -249,6 +249,7 @@ def rollback(models_dir: Path) -> tuple[str, str]:
     if not hist or cur is None:
         raise RegistryError("nothing to roll back to")
     prev = hist.pop()
+    open_version(models_dir, prev)  # gone or changed: refused before ACTIVE names it
     _atomic_write(models_dir / HISTORY, json.dumps(hist))
     _atomic_write(models_dir / ACTIVE, prev + "\n")
     return cur, prev

@@ -26,6 +26,7 @@ command needs no store access. It may call `promote(...)` directly to start at o
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -34,7 +35,9 @@ from pathlib import Path
 from typing import Any
 
 from encoder import registry
+from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
+from services.refresh.encoders import ModelLoadError
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.share import AllBuckets
 from services.store import layout
@@ -52,8 +55,8 @@ log = logging.getLogger(__name__)
 def promote(store: Vectors, models_dir: Path | None, version: str) -> str:
     """Request `version` (checked against the registry when `models_dir` is given).
     Returns its state afterwards: "active" (flipped or already) or "backfilling"."""
-    if models_dir is not None:
-        registry.resolve(Path(models_dir), version)
+    if models_dir is not None:  # the manifest too: a corrupt version is never requested
+        registry.open_version(Path(models_dir), version)
     if store.active_version() == version:
         return "active"
     if store.active_version() is None:
@@ -149,6 +152,8 @@ class Cutover:
         self.share = share or AllBuckets()
         self.reads = reads
         self._scans: dict[tuple[str, range], Iterator[str]] = {}  # (version, range): its SCAN
+        self._follow_failed: dict[str, float] = {}  # registry ACTIVE -> when following it failed
+        self._load_failed: dict[str, float] = {}  # back-filling version -> when it failed to load
 
     def sync(self) -> None:
         """Bootstrap the pointer from the registry; follow registry changes."""
@@ -161,21 +166,59 @@ class Cutover:
             self.store.set_registry_seen(reg)
             log.info("active model version initialised from the registry: %s", reg)
         elif self.cfg.follow_registry and reg and reg != self.store.registry_seen():
-            state = promote(self.store, models, reg)
-            self.store.set_registry_seen(reg)
-            log.info("registry ACTIVE changed to %s: %s", reg, state)
+            self._follow(reg)
         m = self.metrics
         if m is not None:
             active = self.store.active_version()
             for v in self.store.versions():
                 m.active_version.labels(version=v).set(1 if v == active else 0)
 
+    def _follow(self, reg: str) -> None:
+        """Request the registry's new ACTIVE. A version the registry cannot open (missing,
+        its files changed) is counted and logged, and tried again after a minute; the
+        refresh of the active version goes on meanwhile (raising here stopped it)."""
+        now = time.monotonic()
+        if self._follow_failed.get(reg, -math.inf) > now - 60.0:
+            return
+        try:
+            state = promote(self.store, self.models_dir, reg)
+        except RegistryError as exc:
+            self._follow_failed[reg] = now
+            self.stats.errors += 1
+            if self.metrics is not None:
+                self.metrics.errors.labels("model").inc()
+            log.error("registry ACTIVE is %s, which cannot be followed: %s", reg, exc)
+            return
+        self._follow_failed.pop(reg, None)
+        self.store.set_registry_seen(reg)
+        log.info("registry ACTIVE changed to %s: %s", reg, state)
+
+    def _loads(self, version: str) -> bool:
+        """Whether a back-filling version's encoder loads (`reads` loads it); one that does
+        not (its files corrupt or gone) is counted, logged and left alone for a minute,
+        so the loop's other work goes on (`Refresher.write_set` leaves it out too)."""
+        now = time.monotonic()
+        if self._load_failed.get(version, -math.inf) > now - 60.0:
+            return False
+        try:
+            self.reads(version)
+        except ModelLoadError as exc:
+            self._load_failed[version] = now
+            self.stats.errors += 1
+            if self.metrics is not None:
+                self.metrics.errors.labels("model").inc()
+            log.error("back-fill of %s waits: %s", version, exc)
+            return False
+        self._load_failed.pop(version, None)
+        return True
+
     def step(self, stop: threading.Event) -> bool:
         """One back-fill chunk of the oldest back-filling version in a range of this share
         that the store does not record as done; else, when a range's scan ends, record it;
         else, when the store records every bucket, the flip. Returns False when none of
         that was to do (nothing back-filling, or this share's ranges all done)."""
-        filling = sorted(v for v, s in self.store.versions().items() if s == "backfilling")
+        states = self.store.versions().items()
+        filling = sorted(v for v, s in states if s == "backfilling" and self._loads(v))
         ranges = self.share.ranges()
         for key in [k for k in self._scans if k[0] not in filling or k[1] not in ranges]:
             del self._scans[key]  # the version flipped or stopped, or the range moved away

@@ -58,6 +58,7 @@ class RefreshMetrics:
     active_version: Gauge
     errors: Counter
     unknown_properties: Counter
+    records_undecodable: Counter
     drift: Histogram  # labels: version
     norm_ratio: Gauge  # labels: version
     encoder_compiled: Gauge  # labels: version
@@ -164,6 +165,12 @@ def refresh_metrics(registry: CollectorRegistry) -> RefreshMetrics:
             "Event properties the model version was not trained on, skipped when encoding, by "
             "name (at most 64 names per version, the rest as '(other)')",
             ["version", "property"],
+            registry=registry,
+        ),
+        records_undecodable=Counter(
+            "persona_refresh_records_undecodable",
+            "Window records left out of encoding: a layout this code does not read (a newer"
+            " ingest during a rolling upgrade) or corrupt; the rest of each window is encoded",
             registry=registry,
         ),
         drift=Histogram(

@@ -21,6 +21,7 @@ the publisher in `finally`.
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from opentelemetry import trace
 from services.refresh.config import RefreshConfig
 from services.refresh.cutover import Cutover
 from services.refresh.drift import Drift, Previous
-from services.refresh.encoders import EncoderCache, encode_windows
+from services.refresh.encoders import EncoderCache, ModelLoadError, encode_windows
 from services.refresh.forget import expire_inactive
 from services.refresh.metrics import RefreshMetrics, RefreshStats, account_batch, error_kind
 from services.refresh.publish import Publisher
@@ -97,6 +98,7 @@ class Refresher:
             Drift(vectors, metrics, encoders.models_dir) if metrics and cfg.drift else None
         )
         self._described: set[str] = set()  # versions whose score columns are recorded
+        self._unloadable: dict[str, float] = {}  # version -> when loading it last failed
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-commit")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-read")
 
@@ -172,15 +174,36 @@ class Refresher:
         n = self.backlog()
         if n or self.share.owned() is None:
             return n == 0
-        states = self.vectors.versions().values()
+        # a back-filling version that does not load (write_set) waits for a fix, not us
+        states = [s for v, s in self.vectors.versions().items() if v not in self._unloadable]
         return self.windows.dirty_count() == 0 and "backfilling" not in states
 
     def write_set(self) -> list[str]:
-        """Versions every refreshed user is encoded with: active, back-filling, ready."""
+        """Versions every refreshed user is encoded with: active, back-filling, ready. A
+        back-filling or ready version that cannot be loaded (its files corrupt or gone) is
+        left out, counted and logged, and tried again after a minute: it must not stop the
+        active version's refresh. The active one failing raises (nothing to write with)."""
         states = self.vectors.versions()
         live = sorted(v for v, s in states.items() if s in WRITTEN_STATES)
         self.encoders.keep(set(live))
-        return live
+        now = time.monotonic()
+        out = []
+        for v in live:
+            if states[v] != "active":
+                if now - self._unloadable.get(v, -math.inf) < 60.0:
+                    continue
+                try:
+                    self.encoders.get(v)
+                except ModelLoadError as exc:
+                    self._unloadable[v] = now
+                    self.stats.errors += 1
+                    if self.metrics:
+                        self.metrics.errors.labels("model").inc()
+                    log.error("%s; version %s is left out of refreshes until it loads", exc, v)
+                    continue
+                self._unloadable.pop(v, None)
+            out.append(v)
+        return out
 
     def drain(self, stop: threading.Event) -> int:
         """Rounds until no user is dirty (or stop). Returns users refreshed."""
@@ -302,6 +325,7 @@ class Refresher:
         if self.metrics:
             self.metrics.stage_seconds.labels(stage="read").observe(t1 - t0)
             self.metrics.stage_seconds.labels(stage="encode").observe(t2 - t1)
+            self.metrics.records_undecodable.inc(sum(w.undecodable for w in wins))
             for ver in versions:
                 self.metrics.users_encoded.labels(version=ver).inc(sum(1 for w in wins if w.events))
                 unknown = self.encoders.get(ver).tokenizer.take_unknown()

@@ -8,6 +8,8 @@ Python model of the same rules, held to the scripts by a parity test.
 
 from __future__ import annotations
 
+import logging
+import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,6 +21,8 @@ from services.store import layout
 from services.store.client import Client
 from services.store.router import StoreRouter, raise_first
 from services.store.scripts import ScriptCall, Scripts, node_chunks
+
+log = logging.getLogger(__name__)
 
 _META_MATCH = "p:{*}:m:*"  # every user with a window has a meta hash
 
@@ -72,6 +76,7 @@ class Window:
     user_id: str
     version: int
     events: list[Event]  # oldest first
+    undecodable: int = 0  # records left out: a layout this code does not read, or corrupt
 
 
 class WindowStore:
@@ -139,10 +144,14 @@ class WindowStore:
         calls: list[ScriptCall] = [(layout.user_keys(uid), arg) for uid in user_ids]
         out = []
         for uid, r in zip(user_ids, self._scripts.run("read.lua", calls), strict=True):
-            events = [
-                unpack_record(uid, r[j].decode("utf-8"), r[j + 1]) for j in range(1, len(r), 2)
-            ]
-            out.append(Window(uid, int(r[0]), events))
+            events, bad = [], 0
+            for j in range(1, len(r), 2):
+                try:
+                    events.append(unpack_record(uid, r[j].decode("utf-8"), r[j + 1]))
+                except ValueError as exc:  # one record must not stall every read of the user
+                    bad += 1
+                    _log_undecodable(uid, exc)
+            out.append(Window(uid, int(r[0]), events, bad))
         return out
 
     def offsets(self, user_id: str, topic_id: str | None = None) -> Mapping[int, int]:
@@ -196,3 +205,16 @@ class WindowStore:
 
 def _buckets(buckets: Collection[int] | None) -> Iterable[int]:
     return range(layout.BUCKETS) if buckets is None else sorted(buckets)
+
+
+_undecodable_logged = [0.0]
+
+
+def _log_undecodable(user_id: str, exc: ValueError) -> None:
+    """A window record this code cannot read (a newer layout during a rolling upgrade, or
+    a corrupt one) is left out of the window, counted (`Window.undecodable`: the refresher's
+    persona_refresh_records_undecodable_total) and logged at most once a minute."""
+    now = time.monotonic()
+    if now - _undecodable_logged[0] >= 60.0:
+        _undecodable_logged[0] = now
+        log.warning("window record of user %r left out: %s", user_id[:64], exc)

@@ -5,12 +5,15 @@ from __future__ import annotations
 import shutil
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 
 from encoder import registry
 from services.refresh import cutover
+from services.refresh.config import RefreshConfig
+from services.refresh.refresher import Refresher
 from services.store.vectors import VectorStore
 from tests.refresh.conftest import Env
 from tests.refresh.support import add_events, running
@@ -98,3 +101,37 @@ def test_registry_change_is_followed(env: Env, tmp_path: Path) -> None:
     registry.rollback(models)  # `persona model rollback`: registry says v1 again -> no-op
     env.refresher().run(threading.Event(), until_idle=True)
     assert env.vectors.active_version() == env.v1
+
+
+def test_a_version_that_cannot_load_never_stops_the_active_ones_refresh(
+    env: Env, tmp_path: Path
+) -> None:
+    """A registry ACTIVE whose files changed, and a back-filling version whose encoder does
+    not load: each is counted as a model error and left alone, and the active version's
+    users are refreshed meanwhile (each once raised on every loop: no user was written)."""
+    models = tmp_path / "models"
+    shutil.copytree(env.models, models)
+    env.models = models
+    users = [f"k{i}" for i in range(20)]
+    add_events(env.windows, users, 2, seed=21)
+    env.refresher().run(threading.Event(), until_idle=True)
+    with (models / env.v2 / "weights.pt").open("ab") as f:
+        f.write(b"corrupt")  # no longer what its MANIFEST.json says
+    registry.set_active(models, env.v2)  # `persona model promote` of a damaged version
+    with pytest.raises(registry.RegistryError, match="MANIFEST"):
+        cutover.promote(env.vectors, models, env.v2)
+
+    def refreshed(r: Refresher) -> None:
+        add_events(env.windows, users, 1, seed=22, offset0=50_000)
+        r.run(threading.Event(), until_idle=True)
+        assert env.vectors.active_version() == env.v1 and env.windows.dirty_count() == 0
+        wins = env.windows.read(users)
+        got = env.vectors.get_batch(users, env.v1)
+        assert [vs[0].window_version for vs in got] == [w.version for w in wins]
+        assert r.stats.errors >= 1
+
+    refreshed(env.refresher())  # following the registry fails; the refresh goes on
+    env.vectors.set_state(env.v2, "backfilling")  # requested before its files were damaged
+    r = env.refresher(cfg=replace(RefreshConfig(embeddings_topic=env.topic), follow_registry=False))
+    refreshed(r)
+    assert env.vectors.versions()[env.v2] == "backfilling" and r.stats.backfilled == 0
