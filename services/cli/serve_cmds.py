@@ -264,6 +264,7 @@ def cmd_serve(args: argparse.Namespace, member: Member | None = None) -> int:
             forgetter,
             lambda: Publisher(producer(s.kafka), rc.embeddings_topic, rc.max_publish_wait_s),
             cfg.limits.max_batch,
+            max_id_bytes=cfg.limits.max_id_bytes,
         )
     served_log = _served_log(s, cfg, metrics)
     heads = RegistryHeads(s.process.models)  # each version's short-term head, if it has one

@@ -17,7 +17,7 @@ import grpc
 from confluent_kafka import KafkaException
 from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from services.refresh.forget import forget_users
 from services.refresh.publish import Publisher
@@ -31,6 +31,8 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
     forgetter: the store's (`services.store.forget.StoreForgetter`); stays the caller's.
     publisher: makes the update-log publisher, once, on the first ForgetUsers.
     max_users: most ids a request may carry (the serving `max_batch`).
+    max_id_bytes: longest id (UTF-8 bytes; the serving `max_id_bytes`): a longer one could
+        be forgotten in the store while its tombstone is too large for the update log.
     clock_ms: the request's time (ms since the epoch); injectable for tests.
     """
 
@@ -40,6 +42,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         publisher: Callable[[], Publisher],
         max_users: int,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
+        max_id_bytes: int = 256,
     ) -> None:
         self._forgetter = forgetter
         self._make_publisher = publisher
@@ -47,15 +50,22 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self._lock = threading.Lock()  # one forget at a time: they are rare, the producer one
         self._max = max_users
         self._clock_ms = clock_ms
+        self._max_id_bytes = max_id_bytes
 
     def ForgetUsers(
         self, request: pb.ForgetUsersRequest, context: grpc.ServicerContext
     ) -> pb.ForgetUsersResponse:
         ids = list(request.user_ids)
+        longest = max((len(u.encode("utf-8")) for u in ids), default=0)
         if not 1 <= len(ids) <= self._max or not all(ids) or any("\x00" in u for u in ids):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"user_ids: 1..{self._max} non-empty ids without NUL, got {len(ids)}",
+            )
+        if longest > self._max_id_bytes:
+            context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT,
+                f"user_ids: an id of {longest} bytes; at most {self._max_id_bytes}",
             )
         at = self._clock_ms()
         try:
@@ -63,9 +73,13 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
                 if self._publisher is None:
                     self._publisher = self._make_publisher()
                 res = forget_users(self._forgetter, self._publisher, ids, at)
-        except (RedisError, KafkaException) as exc:
+        except (RedisError, RedisClusterException, KafkaException) as exc:
+            # RedisClusterException: a slot no node serves (not a RedisError)
             log.warning("ForgetUsers failed (the caller retries): %s", exc)
             context.abort(grpc.StatusCode.UNAVAILABLE, f"store or broker: {exc!s:.200}")
+        except Exception:  # INTERNAL without details, as the serving methods answer
+            log.exception("ForgetUsers failed")
+            context.abort(grpc.StatusCode.INTERNAL, "internal error")
         return pb.ForgetUsersResponse(
             forgotten=len(res.users),
             windows=res.windows,

@@ -24,6 +24,9 @@ from services.serving.versions import VersionResolver
 from services.store.audience import INF, page_spans
 
 DEFAULT_PAGE, MAX_PAGE = 10_000, 100_000
+# top_n's bound: its threshold reads about top_n scores (all of an audience smaller than
+# it) in one call, so uint32's 4e9 read every member; larger audiences page by score bounds
+MAX_TOP_N = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +75,8 @@ class _Cursor:
         except Exception:
             raise invalid("page_token is not a token this service issued") from None
         if min(cur.column, cur.bucket, cur.offset) < 0 or not math.isfinite(cur.threshold):
+            raise invalid("page_token is not a token this service issued")
+        if not (0.0 <= cur.ceiling <= 1.0 or cur.ceiling == INF):  # NaN fails: a forged token
             raise invalid("page_token is not a token this service issued")
         return cur
 
@@ -129,8 +134,10 @@ def _first(
     hi = INF if q.max_score is None else float(q.max_score)
     if lo > hi:
         raise invalid(f"min_score ({lo}) is above max_score ({hi})")
-    if q.top_n is not None and q.top_n < 1:
-        raise invalid("top_n must be >= 1")
+    if q.top_n is not None and not 1 <= q.top_n <= MAX_TOP_N:
+        raise invalid(
+            f"top_n must be 1..{MAX_TOP_N}, got {q.top_n} (a larger audience: min_score, paged)"
+        )
     version = versions.resolve(q.model_version, budget)
     column = versions.column_of(version, q.outcome, q.horizon_ms, budget)
     cols = versions.score_columns(version, budget)  # cached by column_of

@@ -144,7 +144,10 @@ def get_embeddings(
     rows = got.vectors[:, 0].copy()  # (N, D), zeros where not found
     missing = got.count == 0  # (N,)
     status = np.where(missing, NOT_FOUND, FOUND).astype(np.uint8)
-    prior = _prior(index, version) if q.fallback and missing.any() else None
+    # a SHORT_TERM row is the head's part alone: the prior (a nearline vector) is no stand-in
+    # for it (it was written into the rows, then replaced by zeros, labelled FALLBACK_PRIOR)
+    wants_prior = q.fallback and missing.any() and q.part != "short_term"
+    prior = _prior(index, version) if wants_prior else None
     if prior is not None:
         rows[missing] = prior.vector
         status[missing] = FALLBACK

@@ -29,8 +29,12 @@ def _split(method: str) -> tuple[str, str]:
     return service or "unknown", name or "unknown"
 
 
-def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.RpcMethodHandler:
-    """The same kind of handler with its behaviour function passed through `wrap`."""
+def _rewrap(
+    handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any], parse: bool = True
+) -> grpc.RpcMethodHandler:
+    """The same kind of handler with its behaviour function passed through `wrap`; with
+    `parse` False its requests are not deserialized (a refused call's body is never
+    parsed, whatever its size)."""
     h: Any = handler
     kinds = {
         (False, False): ("unary_unary", grpc.unary_unary_rpc_method_handler),
@@ -41,9 +45,16 @@ def _rewrap(handler: grpc.RpcMethodHandler, wrap: Callable[[Any], Any]) -> grpc.
     attr, make = kinds[(bool(h.request_streaming), bool(h.response_streaming))]
     return make(
         wrap(getattr(h, attr)),
-        request_deserializer=h.request_deserializer,
+        request_deserializer=h.request_deserializer if parse else _unparsed,
         response_serializer=h.response_serializer,
     )
+
+
+_UNPARSED = object()  # what a refused call's handler gets (grpc takes None for a failed parse)
+
+
+def _unparsed(_body: bytes) -> object:
+    return _UNPARSED
 
 
 class _PerMethod:
@@ -138,7 +149,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         self._rules = [(HEALTH_PREFIX, None)] + [
             (p, None if t is None else f"Bearer {t}".encode()) for p, t in rules
         ]
-        self._refused = _PerMethod(lambda handler, _method: _rewrap(handler, _deny))
+        self._refused = _PerMethod(lambda handler, _method: _rewrap(handler, _deny, parse=False))
 
     def intercept_service(
         self,

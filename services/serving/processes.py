@@ -27,6 +27,7 @@ Each member holds a full index replica: N times the memory of one, no sharing to
 from __future__ import annotations
 
 import contextlib
+import http.client
 import logging
 import multiprocessing as mp
 import os
@@ -124,12 +125,15 @@ class MemberMetrics:
                     f"http://127.0.0.1:{port}/metrics", timeout=self.timeout_s
                 ) as resp:
                     text = resp.read().decode()
-            except OSError as exc:
+                parsed = list(text_string_to_metric_families(text))
+            except (OSError, http.client.HTTPException, ValueError) as exc:
+                # a member that did not answer, answered half (IncompleteRead) or garbled:
+                # that member is down in this scrape, the others' series still come
                 log.warning("member %d's /metrics (port %d) did not answer: %s", i, port, exc)
                 up.add_sample(up.name, label, 0.0)
                 continue
             up.add_sample(up.name, label, 1.0)
-            for f in text_string_to_metric_families(text):
+            for f in parsed:
                 merged = families.setdefault(f.name, Metric(f.name, f.documentation, f.type))
                 for s in f.samples:
                     merged.add_sample(s.name, {**s.labels, **label}, s.value, s.timestamp)

@@ -24,7 +24,7 @@ from grpc_reflection.v1alpha import reflection
 from persona.v1 import service_pb2
 
 from services.serving.admin import AdminServicer
-from services.serving.config import ServeConfig, TLSConfig
+from services.serving.config import Limits, ServeConfig, TLSConfig
 from services.serving.handlers import add_service
 from services.serving.interceptors import (
     AuthInterceptor,
@@ -43,8 +43,17 @@ log = logging.getLogger(__name__)
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["UserEmbeddingService"].full_name
 ADMIN_SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["AdminService"].full_name
-MAX_MESSAGE_BYTES = 16 * 1024 * 1024
+MAX_MESSAGE_BYTES = 16 * 1024 * 1024  # the largest answer sent (and a client may take)
 LOOPBACK = ("127.0.0.1", "localhost", "[::1]", "::1")
+
+
+def receive_limit(limits: Limits) -> int:
+    """The largest request body the server parses: twice its largest valid one (an id list
+    of max(max_batch, max_seeds) ids of max_id_bytes, 3 bytes of framing each) plus 64 KiB
+    for the rest, and at least 1 MiB. A larger body is refused (RESOURCE_EXHAUSTED) before
+    it is parsed: 16 MiB of one-byte ids took ~90 MB to parse, before any check ran."""
+    ids = max(limits.max_batch, limits.max_seeds) * (limits.max_id_bytes + 3)
+    return max(1 << 20, 2 * ids + (64 << 10))
 
 
 def server_credentials(tls: TLSConfig) -> grpc.ServerCredentials:
@@ -100,7 +109,7 @@ class ServingServer:
             interceptors=interceptors,
             maximum_concurrent_rpcs=config.max_concurrent_rpcs,
             options=[
-                ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                ("grpc.max_receive_message_length", receive_limit(config.limits)),
                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                 ("grpc.so_reuseport", 1 if config.processes > 1 else 0),  # processes.py
             ],

@@ -8,6 +8,7 @@ flag the response carries none. Real Valkey, real broker, real tiny models.
 
 from __future__ import annotations
 
+import base64
 import threading
 import time
 from dataclasses import replace
@@ -150,6 +151,7 @@ def _audiences(
     assert len(top.user_ids) == 5 and top.threshold <= best[4] + 2e-3
     assert all(p[users.index(u)] >= best[5] - 2e-3 for u in top.user_ids)
 
+    forged = base64.urlsafe_b64encode(f'["{env.v2}",0,0.5,0,0,-1,NaN]'.encode()).decode()
     for bad in ({"outcome": "type=no-such", "horizon_ms": col.horizon_ms, "min_score": 0.5},
                 {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "min_score": 1.5},
                 {"outcome": col.outcome, "horizon_ms": col.horizon_ms},
@@ -157,7 +159,11 @@ def _audiences(
                 {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "top_n": 3,
                  "max_score": 0.5},
                 {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "min_score": 0.6,
-                 "max_score": 0.5}):  # fmt: skip
+                 "max_score": 0.5},
+                # uint32's largest: its threshold read every member in one call
+                {"outcome": col.outcome, "horizon_ms": col.horizon_ms, "top_n": 2**32 - 1},
+                # a forged token whose ceiling is NaN read as a store error (UNAVAILABLE)
+                {"page_token": forged, "min_score": 0.1}):  # fmt: skip
         with pytest.raises(grpc.RpcError) as err:
             stub.GetAudience(pb.GetAudienceRequest(**bad))  # type: ignore[arg-type]
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad

@@ -99,6 +99,11 @@ def test_forget_users_rpc(stack: EmbeddedStack, make_topic: Callable[..., str]) 
             stub.ForgetUsers(pb.ForgetUsersRequest(user_ids=[gone, ""]), metadata=TOKEN)
         assert no_token.value.code() == grpc.StatusCode.UNAUTHENTICATED
         assert empty.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        with pytest.raises(grpc.RpcError) as too_long:  # forgettable in the store, but its
+            long_id = "é" * 129  # tombstone's key would be refused by the log forever
+            stub.ForgetUsers(pb.ForgetUsersRequest(user_ids=[long_id]), metadata=TOKEN)
+        assert too_long.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert "258 bytes; at most 256" in (too_long.value.details() or "")
         assert follower.catch_up(30) and follower.index.size == 2  # nothing forgotten yet
 
         got = stub.ForgetUsers(pb.ForgetUsersRequest(user_ids=[gone]), metadata=TOKEN, timeout=30)

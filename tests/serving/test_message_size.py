@@ -1,4 +1,5 @@
-"""An oversized request is refused by the server's max message size, and the server goes on."""
+"""An oversized request is refused by the server's receive limit (`receive_limit`: twice the
+largest valid request, at least 1 MiB) before it is parsed, and the server goes on."""
 
 from __future__ import annotations
 
@@ -6,7 +7,8 @@ import grpc
 import pytest
 from persona.v1 import service_pb2 as pb
 
-from services.serving.server import MAX_MESSAGE_BYTES
+from services.serving.config import Limits
+from services.serving.server import receive_limit
 from tests.serving.support import Running
 
 pytestmark = pytest.mark.integration
@@ -16,7 +18,7 @@ def test_oversized_request_is_refused_and_the_server_keeps_serving(running: Runn
     # The client's own send limit is lifted, so the server's receive limit is what refuses.
     target = running.channel._channel.target().decode()  # type: ignore[attr-defined]  # noqa: SLF001
     big_id = "u" * 1024
-    n = MAX_MESSAGE_BYTES // len(big_id) + 64  # just over the server's limit
+    n = receive_limit(Limits()) // len(big_id) + 64  # just over the server's limit
     opts = [("grpc.max_send_message_length", -1)]
     with grpc.insecure_channel(target, options=opts) as ch:
         stub = running.stub.__class__(ch)

@@ -10,12 +10,14 @@ the shared Valkey; they wait on conditions (with a generous deadline), never on 
 from __future__ import annotations
 
 import contextlib
+import http.server
 import multiprocessing
 import os
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -84,19 +86,37 @@ def test_the_parent_metrics_label_each_member_and_say_which_answered() -> None:
         server, _ = start_http_server(0, addr="127.0.0.1", registry=registry)
         servers.append(server)
         ports.append(server.server_address[1])
+    garbled = _garbled_metrics_server()  # a member answering what is not metrics text
+    servers.append(garbled)
     (gone,) = free_ports(1)
     try:
         parent = CollectorRegistry()
-        parent.register(MemberMetrics([*ports, gone], timeout_s=5))
+        parent.register(MemberMetrics([*ports, gone, garbled.server_address[1]], timeout_s=5))
         assert parent.get_sample_value("persona_x_total", {"process": "0"}) == 3
         assert parent.get_sample_value("persona_x_total", {"process": "1"}) == 5
         up = [parent.get_sample_value("persona_serving_process_up", {"process": str(i)})
-              for i in range(3)]  # fmt: skip
-        assert up == [1, 1, 0]
+              for i in range(4)]  # fmt: skip
+        assert up == [1, 1, 0, 0]  # the scrape survives the garbled one (it raised through)
     finally:
         for server in servers:
             server.shutdown()
             server.server_close()
+
+
+def _garbled_metrics_server() -> http.server.ThreadingHTTPServer:
+
+    class Garbled(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"persona_x_total{process= 3 this is not metrics text\n")
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Garbled)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
 
 
 # -- a real parent with two members ----------------------------------------------------------
