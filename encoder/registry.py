@@ -46,7 +46,9 @@ from contract.events import Event
 
 ACTIVE = "ACTIVE"
 HISTORY = "HISTORY.json"
-_NAME = re.compile(r"v[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+# at most 64 characters: what the store, the update log and the API take as a version id
+# (contract/versions.py; a longer registry name could be promoted but never followed)
+_NAME = re.compile(r"v[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
 
 
 class RegistryError(RuntimeError):
@@ -79,7 +81,8 @@ def versions(models_dir: Path) -> list[str]:
     """Version ids in the registry, oldest first (ids sort by creation time)."""
     if not models_dir.is_dir():
         return []
-    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and p.name.startswith("v"))
+    # a stray folder ("v1 old", a copy) is not a version: listing it broke `model list`
+    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
 
 
 def active_version(models_dir: Path) -> str | None:

@@ -151,7 +151,11 @@ def parity_check(models_dir: Path, version: str, tol: float = PARITY_TOL) -> Par
         except Exception as exc:  # an unreadable head fails parity, it does not crash
             log.error("parity: the short-term head of %s failed: %s", version, exc)
             head_diff = float("inf")
-    windows, nows, expected = registry.load_parity(models_dir, version)
+    try:  # a parity sample gone or unreadable is a parity failure too, not a crash
+        windows, nows, expected = registry.load_parity(models_dir, version)
+    except (OSError, ValueError) as exc:
+        log.error("parity: the parity sample of %s cannot be read: %s", version, exc)
+        return ParityResult(False, float("inf"), 0, tampered, head_diff)
     try:
         enc = Encoder.load(models_dir, version, device="cpu")
         got = enc.encode(windows, nows)

@@ -235,15 +235,18 @@ def cmd_model(args: argparse.Namespace) -> int:
 
 
 def guarded(fn: Any) -> Any:
-    """Registry errors (no active model, unknown version) end the command with exit code 1."""
+    """Registry errors (no active model, unknown version), a version's files missing or
+    unreadable (OSError), or not what they should hold (ValueError: bad JSON, a bad
+    array) end the command with exit code 1 and one line, not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
         from encoder.registry import RegistryError
 
         try:
             return int(fn(args))
-        except RegistryError as exc:
-            log.error("%s", exc)
+        except (RegistryError, OSError, ValueError) as exc:
+            why = exc if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
+            log.error("%s", why)
             return 1
 
     run.__name__ = fn.__name__

@@ -333,16 +333,26 @@ class IndexFollower:
 
     def _maintain_loop(self) -> None:
         last = time.monotonic()
+        failures, retry_at = 0, 0.0  # a failing rebuild waits 2**failures checks, <= 10 min
         while not self._stop.wait(self.config.maintenance_check_s):
             due = time.monotonic() - last >= self.config.rebuild_interval_s
             if not (self.index.needs_rebuild() or (due and self.index.changes_since_build)):
                 if due:
                     last = time.monotonic()
                 continue
+            if time.monotonic() < retry_at:
+                continue
             try:
                 self._rebuild()
+                failures = 0
             except Exception:
-                log.exception("index rebuild failed; the previous index stays in service")
+                failures += 1
+                wait = min(600.0, self.config.maintenance_check_s * 2**failures)
+                retry_at = time.monotonic() + wait
+                if self.metrics is not None:
+                    self.metrics.rebuild_failures.inc()
+                log.exception("index rebuild failed (%d in a row; next try in %.0f s); the"
+                              " previous index stays in service", failures, wait)  # fmt: skip
             finally:
                 last = time.monotonic()
 

@@ -14,6 +14,7 @@ REBUILD_BUCKETS = (0.01, 0.05, 0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0,
 class IndexMetrics:
     size: Gauge
     rebuild_seconds: Histogram
+    rebuild_failures: Counter
     lag_records: Gauge
     updates: Counter  # label op: upsert | delete | ignored (other model version) | invalid
     nprobe: Gauge  # label k
@@ -29,6 +30,12 @@ def index_metrics(registry: CollectorRegistry) -> IndexMetrics:
             "persona_index_rebuild_seconds",
             "Duration of lookalike index rebuilds (build plus swap).",
             buckets=REBUILD_BUCKETS,
+            registry=registry,
+        ),
+        rebuild_failures=Counter(
+            "persona_index_rebuild_failures",
+            "Lookalike index rebuilds that failed (the previous index stays in service; the"
+            " next try waits twice as long after each failure in a row, up to 10 minutes).",
             registry=registry,
         ),
         lag_records=Gauge(

@@ -102,3 +102,32 @@ def test_unknown_version_is_an_error(tmp_path: Path) -> None:
     with pytest.raises(registry.RegistryError):
         Encoder.load(tmp_path)
     assert active_version(tmp_path) is None
+
+
+def test_damaged_registries_give_clear_answers(  # type: ignore[no-untyped-def]
+    registry_with_two, tmp_path: Path, capsys: pytest.CaptureFixture[str], caplog
+) -> None:
+    """A version whose parity sample is gone fails parity (was a traceback out of
+    `model promote`); a stray folder is not listed as a version (it broke `model list`);
+    a rollback to a version removed since is refused before ACTIVE names it (the refresher
+    then failed to follow on every loop); the CLI says what is wrong in one line."""
+    from services.cli import main
+
+    models, v1, v2 = registry_with_two
+    reg = tmp_path / "reg"
+    shutil.copytree(models, reg)
+    (reg / v2 / "parity.jsonl").unlink()
+    res = parity_check(reg, v2)
+    assert not res.ok and res.max_abs_diff == float("inf")
+    (reg / "v1 old").mkdir()
+    assert registry.versions(reg) == [v1, v2]
+    assert main(["model", "list", "--models", str(reg)]) == 0
+    registry.set_active(reg, v2)
+    shutil.rmtree(reg / v1)
+    with pytest.raises(registry.RegistryError, match="not found"):
+        registry.rollback(reg)
+    assert registry.active_version(reg) == v2
+    (reg / v2 / "tokenizer.json").unlink()
+    assert main(["model", "show", v2, "--models", str(reg)]) == 1
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err + caplog.text and "tokenizer.json" in out.err + caplog.text

@@ -124,3 +124,34 @@ def test_a_record_without_a_user_after_its_version_is_invalid_not_a_stopped_read
     upsert_each(index, let_through)
     assert index.size == 2 and set(let_through.upserts) == {"b", "c"}
     assert let_through.skipped == {"invalid": 1}
+
+
+def test_a_failing_rebuild_backs_off_and_is_counted() -> None:
+    """A rebuild that keeps failing (out of memory, a faiss error) is tried again after 2,
+    4, 8 ... maintenance checks, each failure counted; it was tried at every check."""
+    import threading
+    import time
+
+    from services.index.follower import FollowerConfig, IndexFollower
+
+    class Failing:
+        dim, size, changes_since_build, attempts = DIM, 0, 1, 0
+
+        def needs_rebuild(self) -> bool:
+            return True
+
+        def rebuild(self) -> None:
+            self.attempts += 1
+            raise MemoryError("no room for the new lists")
+
+    index = Failing()
+    registry = CollectorRegistry()
+    cfg = FollowerConfig(maintenance_check_s=0.02)
+    follower = IndexFollower("unused:9092", "u", index, "v1", cfg, index_metrics(registry))  # type: ignore[arg-type]
+    loop = threading.Thread(target=follower._maintain_loop)  # noqa: SLF001 (the loop alone)
+    loop.start()
+    time.sleep(1.0)  # 50 checks: tries at ~0.04, 0.12, 0.28, 0.6 s (later on a slow machine)
+    follower._stop.set()  # noqa: SLF001
+    loop.join(10)
+    assert 1 <= index.attempts <= 5
+    assert registry.get_sample_value("persona_index_rebuild_failures_total") == index.attempts
