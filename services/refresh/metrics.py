@@ -36,6 +36,7 @@ class RefreshStats:
     expired: int = 0  # users forgotten for inactivity (expire_after_days)
     rescored: int = 0  # users encoded again without new events (rescore_after_s)
     refused_forgotten: int = 0  # vectors refused: encoded from a window since forgotten
+    republished: int = 0  # stored heads published again after an older vector of theirs
 
 
 @dataclass(frozen=True)

@@ -372,7 +372,10 @@ class Refresher:
            absorbs). The store is therefore never ahead of the log;
         3. vectors the store refused because their user was forgotten after the window was
            read (`WriteResult.forgotten`) get a tombstone, so the log ends with one
-           (services/refresh/forget.py).
+           (services/refresh/forget.py);
+        4. vectors the store skipped as older than its head (`WriteResult.stale`: a batch
+           of the same user from a newer window committed first) have their stored heads
+           published again, so the log ends as the store does (`_republish_heads`).
         """
         if batch.span is None:
             return self._commit(batch)
@@ -390,9 +393,26 @@ class Refresher:
         if res.forgotten:
             self.publisher.tombstones(res.forgotten)
             self.stats.refused_forgotten += len(res.forgotten)
+        if res.stale:
+            self._republish_heads(res.stale, headers)
         t2 = time.perf_counter()
         self._account(batch, res, t1 - t0, t2 - t1, t2 - batch.started)
         return res
+
+    def _republish_heads(
+        self, stale: list[tuple[str, str]], headers: list[tuple[str, bytes]] | None
+    ) -> None:
+        """Vectors the store skipped as older than its head (a batch of the same user from
+        a newer window committed first: two refreshers overlapping on a bucket) were
+        published already, after that head: the log and every index following it would
+        keep the older one. The stored heads are published again after them."""
+        users: dict[str, list[str]] = {}
+        for user, ver in stale:
+            users.setdefault(ver, []).append(user)
+        heads = [vs[0] for ver, us in users.items() for vs in self.vectors.get_batch(us, ver) if vs]
+        if heads:
+            self.publisher.publish(heads, headers)
+            self.stats.republished += len(heads)
 
     def _account(
         self, batch: Prepared, res: WriteResult, pub: float, wr: float, total: float

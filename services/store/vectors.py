@@ -88,6 +88,9 @@ class WriteResult:
     # (user, version) of vectors refused because they were encoded from a window the user
     # asked to forget (LAYOUT.md "Forgetting a user"): the refresher tombstones them
     forgotten: list[tuple[str, str]] = field(default_factory=list)
+    # (user, version) of the skipped ones: their vectors are in the update log already (the
+    # log is written first), after the newer head: the refresher publishes the head again
+    stale: list[tuple[str, str]] = field(default_factory=list)
 
 
 class VectorStore:
@@ -249,7 +252,9 @@ class VectorStore:
                 res.cleared += cleared == 1
                 res.still_dirty += cleared == 0
                 for ver, c in zip(vers, codes[i + 1 : i + 1 + n], strict=True):
-                    res.skipped += c == -2
+                    if c == -2:
+                        res.skipped += 1
+                        res.stale.append((u.user_id, ver))
                     res.written += c >= -1
                     if c >= 0:
                         res.replaced_computed_at_ms.append(c)

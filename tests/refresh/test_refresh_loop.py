@@ -245,3 +245,28 @@ def test_a_refresher_on_two_encode_streams_writes_the_same_vectors(env: Env) -> 
     for w, [v] in zip(env.windows.read(users), env.vectors.get_batch(users, env.v1), strict=True):
         want = enc.encode([w.events], v.computed_at_ms)[0]
         np.testing.assert_allclose(v.vector, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_vector_skipped_as_older_is_followed_in_the_log_by_the_stored_head(env: Env) -> None:
+    """Two batches of one user overlapping (a share's fence ran out, two refreshers on a
+    bucket): the newer window's batch commits first, then the older one's. The store skips
+    the older vector, but the log had it after the newer one (the log is written first);
+    the stored head is published again after it, so the log ends as the store does."""
+    import time
+
+    active = env.vectors.active_version() or env.v1
+    add_events(env.windows, ["race"], 2, seed=41)
+    older = env.windows.read(["race"])
+    add_events(env.windows, ["race"], 1, seed=42, offset0=500)
+    newer = env.windows.read(["race"])
+    assert newer[0].version > older[0].version
+    r = env.refresher()
+    try:
+        r.commit(r.prepare_windows(newer, [active], clear_dirty=True, t0=time.perf_counter()))
+        res = r.commit(r.prepare_windows(older, [active], clear_dirty=True, t0=time.perf_counter()))
+    finally:
+        r.close()
+    assert res.skipped == 1 and res.stale == [("race", active)] and r.stats.republished == 1
+    [[head]] = env.vectors.get_batch(["race"], active)
+    last = _updates(env)["race"]
+    assert head.window_version == newer[0].version == last.window_version
