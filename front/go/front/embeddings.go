@@ -17,6 +17,18 @@ type Limits struct {
 	MaxBatch, MaxHistory, MaxIDBytes int
 }
 
+// bodyLimit is the largest GetEmbeddings body the front parses: Python's receive limit
+// (services/serving/server.py receive_limit: twice an id list of MaxBatch ids of
+// MaxIDBytes, 3 bytes of framing each, plus 64 KiB, at least 1 MiB). A larger one is
+// forwarded unparsed (16 MiB of one-byte ids took 504 MiB to parse) and Python refuses it.
+func (l Limits) bodyLimit() int {
+	n := 2*l.MaxBatch*(l.MaxIDBytes+3) + 64<<10
+	if n < 1<<20 {
+		return 1 << 20
+	}
+	return n
+}
+
 // valid mirrors the servicer's and validate.py's checks; anything they would refuse is
 // forwarded, so the error is Python's own.
 func valid(req *pb.GetEmbeddingsRequest, lim Limits) bool {

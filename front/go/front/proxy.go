@@ -241,6 +241,9 @@ func (f *Front) tryLocal(ss grpc.ServerStream, in *frame) (
 	}
 	req = &pb.GetEmbeddingsRequest{}
 	why = errInvalid
+	if len(in.b) > f.limits.bodyLimit() { // forwarded unparsed: Python refuses it by its size
+		return nil, why, false, nil
+	}
 	if proto.Unmarshal(in.b, req) != nil {
 		return nil, why, false, nil
 	}

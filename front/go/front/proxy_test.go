@@ -3,6 +3,7 @@ package front
 import (
 	"context"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -183,5 +184,31 @@ func TestInvalidRequestNotKeptForTheForward(t *testing.T) {
 	req, why, done, err := f.tryLocal(ctxStream{ctx: context.Background()}, &frame{b})
 	if done || err != nil || why != errInvalid || req != nil {
 		t.Fatalf("req %v why %v done %v err %v", req, why, done, err)
+	}
+}
+
+// A GetEmbeddings body past Python's receive limit is forwarded unparsed: 16 MiB of
+// one-byte ids took 504 MiB to parse before any check ran.
+func TestOversizedBodyForwardedUnparsed(t *testing.T) {
+	lim := Limits{MaxBatch: 1000, MaxHistory: 3, MaxIDBytes: 256}
+	if got := lim.bodyLimit(); got != 1<<20 {
+		t.Fatalf("body limit %d, want 1 MiB (Python's receive_limit at its defaults)", got)
+	}
+	f := New(nil, nil, Config{Dim: 4, Limits: lim})
+	ids := make([]string, 400_000)
+	for i := range ids {
+		ids[i] = "u"
+	}
+	b, _ := proto.Marshal(&pb.GetEmbeddingsRequest{UserIds: ids})
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	req, why, done, err := f.tryLocal(ctxStream{ctx: context.Background()}, &frame{b})
+	runtime.ReadMemStats(&after)
+	if done || err != nil || why != errInvalid || req != nil {
+		t.Fatalf("req %v why %v done %v err %v", req != nil, why, done, err)
+	}
+	if grown := after.TotalAlloc - before.TotalAlloc; grown > 1<<20 {
+		t.Fatalf("%d bytes allocated for a body of %d refused unparsed", grown, len(b))
 	}
 }
