@@ -240,10 +240,13 @@ def guarded(fn: Any) -> Any:
     array) end the command with exit code 1 and one line, not a traceback."""
 
     def run(args: argparse.Namespace) -> int:
+        from encoder.io import EventFileError
         from encoder.registry import RegistryError
 
         try:
             return int(fn(args))
+        except EventFileError:
+            raise  # bad input, not a registry problem: main() prints it, exit 2
         except (RegistryError, OSError, ValueError) as exc:
             why = exc if isinstance(exc, RegistryError) else f"{type(exc).__name__}: {exc}"
             log.error("%s", why)

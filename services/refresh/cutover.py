@@ -37,7 +37,6 @@ from typing import Any
 from encoder import registry
 from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
-from services.refresh.encoders import ModelLoadError
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.share import AllBuckets
 from services.store import layout
@@ -139,9 +138,12 @@ class Cutover:
         metrics: RefreshMetrics | None = None,
         share: AllBuckets | None = None,
         reads: Callable[[str], int | None] = lambda version: None,
+        loads: Callable[[str], bool] = lambda version: True,
     ) -> None:
         """`reads(version)`: the newest events of a window the version's encoder reads (the
-        back-fill reads no more of the window; None: all of it)."""
+        back-fill reads no more of the window; None: all of it). `loads(version)`: whether
+        its encoder loads (`EncoderCache.loads`); a back-filling version that does not is
+        left alone (counted and logged there) while the loop's other work goes on."""
         self.cfg = cfg
         self.store = store
         self.windows = windows
@@ -151,9 +153,9 @@ class Cutover:
         self.metrics = metrics
         self.share = share or AllBuckets()
         self.reads = reads
+        self.loads = loads
         self._scans: dict[tuple[str, range], Iterator[str]] = {}  # (version, range): its SCAN
         self._follow_failed: dict[str, float] = {}  # registry ACTIVE -> when following it failed
-        self._load_failed: dict[str, float] = {}  # back-filling version -> when it failed to load
 
     def sync(self) -> None:
         """Bootstrap the pointer from the registry; follow registry changes."""
@@ -184,33 +186,12 @@ class Cutover:
             state = promote(self.store, self.models_dir, reg)
         except RegistryError as exc:
             self._follow_failed[reg] = now
-            self.stats.errors += 1
-            if self.metrics is not None:
-                self.metrics.errors.labels("model").inc()
+            self.stats.error(self.metrics, "model")
             log.error("registry ACTIVE is %s, which cannot be followed: %s", reg, exc)
             return
         self._follow_failed.pop(reg, None)
         self.store.set_registry_seen(reg)
         log.info("registry ACTIVE changed to %s: %s", reg, state)
-
-    def _loads(self, version: str) -> bool:
-        """Whether a back-filling version's encoder loads (`reads` loads it); one that does
-        not (its files corrupt or gone) is counted, logged and left alone for a minute,
-        so the loop's other work goes on (`Refresher.write_set` leaves it out too)."""
-        now = time.monotonic()
-        if self._load_failed.get(version, -math.inf) > now - 60.0:
-            return False
-        try:
-            self.reads(version)
-        except ModelLoadError as exc:
-            self._load_failed[version] = now
-            self.stats.errors += 1
-            if self.metrics is not None:
-                self.metrics.errors.labels("model").inc()
-            log.error("back-fill of %s waits: %s", version, exc)
-            return False
-        self._load_failed.pop(version, None)
-        return True
 
     def step(self, stop: threading.Event) -> bool:
         """One back-fill chunk of the oldest back-filling version in a range of this share
@@ -218,7 +199,7 @@ class Cutover:
         else, when the store records every bucket, the flip. Returns False when none of
         that was to do (nothing back-filling, or this share's ranges all done)."""
         states = self.store.versions().items()
-        filling = sorted(v for v, s in states if s == "backfilling" and self._loads(v))
+        filling = sorted(v for v, s in states if s == "backfilling" and self.loads(v))
         ranges = self.share.ranges()
         for key in [k for k in self._scans if k[0] not in filling or k[1] not in ranges]:
             del self._scans[key]  # the version flipped or stopped, or the range moved away

@@ -4,7 +4,9 @@ that turns windows into the vectors (and outcome scores) of each."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+import math
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from encoder.api import Encoder
@@ -12,6 +14,9 @@ from services.store.records import StoredVector
 from services.store.windows import Window
 
 log = logging.getLogger(__name__)
+
+
+RETRY_LOAD_S = 60.0  # a version that failed to load is tried again after this long
 
 
 class ModelLoadError(RuntimeError):
@@ -42,6 +47,7 @@ class EncoderCache:
         self.streams = streams  # CPU passes at once (encoder/streams.py)
         self._loaded: dict[str, Encoder] = {}
         self._all: list[Encoder] = []  # the loaded ones and dropped ones still compiling
+        self.failed: dict[str, float] = {}  # version -> when loading it last failed
 
     def get(self, version: str) -> Encoder:
         enc = self._loaded.get(version)
@@ -59,6 +65,24 @@ class EncoderCache:
             self._loaded[version] = enc
             self._all.append(enc)
         return enc
+
+    def loads(self, version: str, on_failure: Callable[[], None] = lambda: None) -> bool:
+        """Whether `version` loads. One that does not (its files corrupt, changed or gone)
+        is logged, `on_failure` called, and not tried again for `RETRY_LOAD_S`: a back-filling
+        or ready version must not stop the active version's refresh (it raised on every
+        loop, and nothing was written)."""
+        now = time.monotonic()
+        if now - self.failed.get(version, -math.inf) < RETRY_LOAD_S:
+            return False
+        try:
+            self.get(version)
+        except ModelLoadError as exc:
+            self.failed[version] = now
+            on_failure()
+            log.error("%s; %s is left alone until it loads (tried each minute)", exc, version)
+            return False
+        self.failed.pop(version, None)
+        return True
 
     def reads(self, versions: Sequence[str]) -> int:
         """How many of a window's newest events the versions' encoders read (the most of

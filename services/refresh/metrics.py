@@ -38,6 +38,13 @@ class RefreshStats:
     refused_forgotten: int = 0  # vectors refused: encoded from a window since forgotten
     republished: int = 0  # stored heads published again after an older vector of theirs
 
+    def error(self, metrics: RefreshMetrics | None, kind: str) -> None:
+        """One failed step, retried or left alone: here and in
+        persona_refresh_errors_total{kind} (`error_kind`)."""
+        self.errors += 1
+        if metrics is not None:
+            metrics.errors.labels(kind).inc()
+
 
 @dataclass(frozen=True)
 class RefreshMetrics:

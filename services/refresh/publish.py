@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from contract.updates import encode_update, log_key
+from services.store.protocols import Vectors
 from services.store.records import StoredVector
 
 log = logging.getLogger(__name__)
@@ -63,3 +64,22 @@ def _value(v: StoredVector) -> bytes:
         v.user_id, v.vector, v.model_version, v.computed_at_ms, v.n_events, v.window_version,
         v.scores,
     )  # fmt: skip
+
+
+def republish_heads(
+    vectors: Vectors,
+    publisher: Publisher,
+    stale: Sequence[tuple[str, str]],
+    headers: list[tuple[str, bytes]] | None = None,
+) -> int:
+    """Vectors the store skipped as older than its head (`WriteResult.stale`: a batch of the
+    same user from a newer window committed first, two refreshers overlapping on a bucket)
+    were published already, after that head: the log and every index following it would
+    keep the older one. The stored heads are published again after them; returns how many."""
+    users: dict[str, list[str]] = {}
+    for user, ver in stale:
+        users.setdefault(ver, []).append(user)
+    heads = [vs[0] for ver, us in users.items() for vs in vectors.get_batch(us, ver) if vs]
+    if heads:
+        publisher.publish(heads, headers)
+    return len(heads)

@@ -21,7 +21,6 @@ the publisher in `finally`.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Sequence
@@ -34,10 +33,10 @@ from opentelemetry import trace
 from services.refresh.config import RefreshConfig
 from services.refresh.cutover import Cutover
 from services.refresh.drift import Drift, Previous
-from services.refresh.encoders import EncoderCache, ModelLoadError, encode_windows
+from services.refresh.encoders import EncoderCache, encode_windows
 from services.refresh.forget import expire_inactive
 from services.refresh.metrics import RefreshMetrics, RefreshStats, account_batch, error_kind
-from services.refresh.publish import Publisher
+from services.refresh.publish import Publisher, republish_heads
 from services.refresh.share import AllBuckets
 from services.store.layout import NO_RESCORE
 from services.store.protocols import Forgetter, Vectors, Windows
@@ -98,7 +97,6 @@ class Refresher:
             Drift(vectors, metrics, encoders.models_dir) if metrics and cfg.drift else None
         )
         self._described: set[str] = set()  # versions whose score columns are recorded
-        self._unloadable: dict[str, float] = {}  # version -> when loading it last failed
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-commit")
         self._reader = ThreadPoolExecutor(max_workers=1, thread_name_prefix="refresh-read")
 
@@ -112,6 +110,7 @@ class Refresher:
             self.cfg, self.vectors, self.windows, self.encoders.models_dir,
             self.encode_and_commit, self.stats, self.metrics, self.share,
             lambda ver: self.encoders.reads([ver]),
+            self.loads,
         )  # fmt: skip
         last_pass = last_expiry = -float("inf")
         errors = 0
@@ -131,9 +130,7 @@ class Refresher:
                     errors = 0
                 except Exception as exc:
                     errors += 1
-                    self.stats.errors += 1
-                    if self.metrics:
-                        self.metrics.errors.labels(error_kind(exc)).inc()
+                    self.stats.error(self.metrics, error_kind(exc))
                     log.exception("refresh failed (%d in a row); retrying", errors)
                     if until_idle and errors >= 5:
                         raise
@@ -170,12 +167,12 @@ class Refresher:
 
     def idle(self) -> bool:
         """Nothing left to do (`run(until_idle=True)` ends): no user dirty; with a share,
-        in no bucket (another member's share may move here) and no back-fill pending."""
+        in no bucket (another member's share may move here) and no back-fill pending (one
+        whose version does not load waits for a fix, not for us)."""
         n = self.backlog()
         if n or self.share.owned() is None:
             return n == 0
-        # a back-filling version that does not load (write_set) waits for a fix, not us
-        states = [s for v, s in self.vectors.versions().items() if v not in self._unloadable]
+        states = [s for v, s in self.vectors.versions().items() if v not in self.encoders.failed]
         return self.windows.dirty_count() == 0 and "backfilling" not in states
 
     def write_set(self) -> list[str]:
@@ -186,24 +183,11 @@ class Refresher:
         states = self.vectors.versions()
         live = sorted(v for v, s in states.items() if s in WRITTEN_STATES)
         self.encoders.keep(set(live))
-        now = time.monotonic()
-        out = []
-        for v in live:
-            if states[v] != "active":
-                if now - self._unloadable.get(v, -math.inf) < 60.0:
-                    continue
-                try:
-                    self.encoders.get(v)
-                except ModelLoadError as exc:
-                    self._unloadable[v] = now
-                    self.stats.errors += 1
-                    if self.metrics:
-                        self.metrics.errors.labels("model").inc()
-                    log.error("%s; version %s is left out of refreshes until it loads", exc, v)
-                    continue
-                self._unloadable.pop(v, None)
-            out.append(v)
-        return out
+        return [v for v in live if states[v] == "active" or self.loads(v)]
+
+    def loads(self, version: str) -> bool:
+        """`EncoderCache.loads`, a failure counted as a model error."""
+        return self.encoders.loads(version, lambda: self.stats.error(self.metrics, "model"))
 
     def drain(self, stop: threading.Event) -> int:
         """Rounds until no user is dirty (or stop). Returns users refreshed."""
@@ -373,9 +357,8 @@ class Refresher:
         3. vectors the store refused because their user was forgotten after the window was
            read (`WriteResult.forgotten`) get a tombstone, so the log ends with one
            (services/refresh/forget.py);
-        4. vectors the store skipped as older than its head (`WriteResult.stale`: a batch
-           of the same user from a newer window committed first) have their stored heads
-           published again, so the log ends as the store does (`_republish_heads`).
+        4. the stored heads of vectors the store skipped as older (`WriteResult.stale`) are
+           published again, so the log ends as the store does (`republish_heads`).
         """
         if batch.span is None:
             return self._commit(batch)
@@ -393,26 +376,10 @@ class Refresher:
         if res.forgotten:
             self.publisher.tombstones(res.forgotten)
             self.stats.refused_forgotten += len(res.forgotten)
-        if res.stale:
-            self._republish_heads(res.stale, headers)
+        self.stats.republished += republish_heads(self.vectors, self.publisher, res.stale, headers)
         t2 = time.perf_counter()
         self._account(batch, res, t1 - t0, t2 - t1, t2 - batch.started)
         return res
-
-    def _republish_heads(
-        self, stale: list[tuple[str, str]], headers: list[tuple[str, bytes]] | None
-    ) -> None:
-        """Vectors the store skipped as older than its head (a batch of the same user from
-        a newer window committed first: two refreshers overlapping on a bucket) were
-        published already, after that head: the log and every index following it would
-        keep the older one. The stored heads are published again after them."""
-        users: dict[str, list[str]] = {}
-        for user, ver in stale:
-            users.setdefault(ver, []).append(user)
-        heads = [vs[0] for ver, us in users.items() for vs in self.vectors.get_batch(us, ver) if vs]
-        if heads:
-            self.publisher.publish(heads, headers)
-            self.stats.republished += len(heads)
 
     def _account(
         self, batch: Prepared, res: WriteResult, pub: float, wr: float, total: float
