@@ -72,7 +72,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     try:
         if args.expired:
             assert days is not None
-            res = expire_inactive(store, pub, now_ms, days)
+            res = expire_inactive(store, pub, now_ms, days, store.versions())  # owed ones too
         else:
             res = forget_users(store, pub, ids, now_ms)
     finally:

@@ -10,8 +10,13 @@ refresher, `RefreshConfig.expire_after_days`) take the same two steps, in order:
 
 Step 2 after step 1: a refresh batch encoded before the forget publishes its vector before
 its store write, which the marker refuses (`WriteResult.forgotten`) and the refresher then
-tombstones again, so the log always ends with a tombstone. A failure in step 2 raises: the
-request must be retried (both steps are idempotent).
+tombstones again, so the log always ends with a tombstone. A failure in step 2 raises (a
+request may be retried: both steps are idempotent), and is not lost either way: the store
+keeps the tombstones owed (meta `xp`, set by step 1 and by a refused vector, removed once
+they are acknowledged), and every expiry cycle publishes the owed ones first
+(`flush_owed`). Left: a vector refused between a forget's tombstones and their
+acknowledgement has its flag cleared with theirs; if its own tombstone then fails, the log
+ends with that vector until the user is forgotten again.
 """
 
 from __future__ import annotations
@@ -35,22 +40,50 @@ def forget_users(
     stay out, through replays and `ingest --rebuild`; later events start a new window)."""
     res = store.forget(user_ids, at_ms)
     publisher.tombstones([(u, v) for u in res.users for v in res.versions])
+    store.tombstoned(res.users)
     log.info("forgot %d users (%d vector lists)", len(res.users), res.vectors)
     return res
 
 
+def flush_owed(store: Forgetter, publisher: Publisher, versions: Sequence[str]) -> int:
+    """Publish the tombstones still owed (a forget, an expiry or a refused vector whose own
+    publish failed), one per user and version in `versions` (every version the store knows:
+    repeats are harmless in a compacted log), then mark them acknowledged. Returns users."""
+    n = 0
+    for users in store.pending():
+        if users:
+            publisher.tombstones([(u, v) for u in users for v in versions])
+            store.tombstoned(users)
+            n += len(users)
+    if n:
+        log.warning("published the owed tombstones of %d forgotten users", n)
+    return n
+
+
 def expire_inactive(
-    store: Forgetter, publisher: Publisher, now_ms: int, after_days: float, chunk: int = 1000
+    store: Forgetter,
+    publisher: Publisher,
+    now_ms: int,
+    after_days: float | None,
+    versions: Sequence[str] = (),
+    chunk: int = 1000,
 ) -> ForgetResult:
-    """Forget every user whose newest event is more than `after_days` older than `now_ms`,
-    each as of its newest event (a replay stays out, any newer event starts a new window)."""
-    before = now_ms - int(after_days * DAY_MS)
+    """The owed tombstones first (`flush_owed`, for `versions`: every version the store
+    knows); then, unless `after_days` is None, forget every user whose newest event is more
+    than `after_days` older than `now_ms`, each as of its newest event (a replay stays
+    out, any newer event starts a new window)."""
+    if versions:
+        flush_owed(store, publisher, versions)
     total = ForgetResult()
+    if after_days is None:
+        return total
+    before = now_ms - int(after_days * DAY_MS)
     for users in store.inactive(before, chunk):
         if not users:
             continue
         res = store.expire(users, before)
         publisher.tombstones([(u, v) for u in res.users for v in res.versions])
+        store.tombstoned(res.users)
         total.users += res.users
         total.windows += res.windows
         total.vectors += res.vectors

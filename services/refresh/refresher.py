@@ -146,13 +146,12 @@ class Refresher:
 
     def expire(self) -> int:
         """Forget the users without events for `expire_after_days` (store, then update-log
-        tombstones); returns how many. Nothing when the expiry is off, or when a share
-        without bucket 0 (one member of a group runs it)."""
-        days = self.cfg.expire_after_days
-        owned = self.share.owned()
-        if self.forgetter is None or days is None or (owned is not None and 0 not in owned):
+        tombstones), after the tombstones still owed; returns how many. Only the owed ones
+        when the expiry is off; nothing in a share without bucket 0 (one member runs it)."""
+        days, owned, vers = self.cfg.expire_after_days, self.share.owned(), self.vectors.versions()
+        if self.forgetter is None or (owned is not None and 0 not in owned):
             return 0
-        n = len(expire_inactive(self.forgetter, self.publisher, now_ms(), days).users)
+        n = len(expire_inactive(self.forgetter, self.publisher, now_ms(), days, sorted(vers)).users)
         self.stats.expired += n
         if self.metrics:
             self.metrics.users_expired.inc(n)

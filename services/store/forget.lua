@@ -37,6 +37,7 @@ for i = 6, #KEYS do
   nvec = nvec + redis.call('DEL', KEYS[i])
 end
 -- the meta keeps only the marker: the window version goes on (a vector encoded from the
--- window before is refused by write_vectors.lua), `x` refuses old events, `xv` old vectors
-redis.call('HSET', KEYS[4], 'v', int(ver), 'x', int(at), 'xv', int(ver))
+-- window before is refused by write_vectors.lua), `x` refuses old events, `xv` old vectors;
+-- `xp`: the update log's tombstones are owed until the caller has them acknowledged
+redis.call('HSET', KEYS[4], 'v', int(ver), 'x', int(at), 'xv', int(ver), 'xp', '1')
 return {1, had, nvec, dirty}

@@ -18,7 +18,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 
 import redis
@@ -28,7 +28,7 @@ from services.store.client import Client
 from services.store.memory import MemoryWindows
 from services.store.memory_vectors import MemoryVectors
 from services.store.records import vector_key
-from services.store.router import StoreRouter
+from services.store.router import StoreRouter, raise_first
 from services.store.scripts import ScriptCall, Scripts
 from services.store.vectors import STATES_KEY
 
@@ -87,7 +87,7 @@ class StoreForgetter:
         return self._run(user_ids, 0, str(before_ms))
 
     def _run(self, user_ids: Sequence[str], at_ms: int, cutoff: str) -> ForgetResult:
-        res = ForgetResult(versions=self._versions())
+        res = ForgetResult(versions=self.versions())
         uids = list(dict.fromkeys(user_ids))
         calls: list[ScriptCall] = []
         for uid in uids:
@@ -99,7 +99,8 @@ class StoreForgetter:
             res.add(uid, reply)
         return res
 
-    def _versions(self) -> list[str]:
+    def versions(self) -> list[str]:
+        """Every model version the store knows (`p:{models}:states`)."""
         raw: list[bytes] = self.client.hkeys(STATES_KEY)  # type: ignore[assignment]
         return sorted(v.decode() for v in raw)
 
@@ -117,20 +118,49 @@ class StoreForgetter:
             if keys:
                 yield self._older(node, keys, before_ms)
 
+    def pending(self, count: int = 1000) -> Iterator[list[str]]:
+        """Forgotten users whose update-log tombstones are still owed (meta `xp`), in chunks
+        of at most `count` (SCAN over the meta hashes, as `inactive`)."""
+        for node in self.router.primaries():
+            keys: list[bytes] = []
+            for key in node.scan_iter(match=_META_MATCH, count=count):
+                keys.append(key)
+                if len(keys) >= count:
+                    yield self._owed(node, keys)
+                    keys = []
+            if keys:
+                yield self._owed(node, keys)
+
+    def tombstoned(self, user_ids: Sequence[str]) -> None:
+        """The users' tombstones are acknowledged: meta `xp` removed (pipelined per node)."""
+        keys = [layout.meta_key(u) for u in dict.fromkeys(user_ids)]
+        raise_first(self.router.execute([(k, ("HDEL", k, "xp")) for k in keys]))
+
     @staticmethod
     def _older(node: redis.Redis, keys: list[bytes], before_ms: int) -> list[str]:
-        pipe = node.pipeline(transaction=False)
-        for k in keys:
-            pipe.hget(k, "t")
-        out = []
-        for k, t in zip(keys, pipe.execute(), strict=True):
-            if t is not None and int(t) < before_ms:
-                out.append(k[k.index(b"}:m:") + 4 :].decode("utf-8"))
-        return out
+        return _users_where(node, keys, "t", lambda t: int(t) < before_ms)
+
+    @staticmethod
+    def _owed(node: redis.Redis, keys: list[bytes]) -> list[str]:
+        return _users_where(node, keys, "xp", lambda _: True)
 
     def close(self) -> None:
         """Stop the router's threads (the client stays open: it is the caller's)."""
         self.router.close()
+
+
+def _users_where(
+    node: redis.Redis, keys: list[bytes], field: str, keep: Callable[[bytes], bool]
+) -> list[str]:
+    """The user ids of the meta hashes `keys` whose `field` is set and kept (one pipeline)."""
+    pipe = node.pipeline(transaction=False)
+    for k in keys:
+        pipe.hget(k, field)
+    return [
+        k[k.index(b"}:m:") + 4 :].decode("utf-8")
+        for k, v in zip(keys, pipe.execute(), strict=True)
+        if v is not None and keep(v)
+    ]
 
 
 class MemoryForgetter:
@@ -155,6 +185,12 @@ class MemoryForgetter:
 
     def inactive(self, before_ms: int, count: int = 1000) -> Iterator[list[str]]:
         return self.windows.inactive(before_ms, count)
+
+    def pending(self, count: int = 1000) -> Iterator[list[str]]:
+        return self.windows.owed(count)
+
+    def tombstoned(self, user_ids: Sequence[str]) -> None:
+        self.windows.settle(user_ids)
 
     def close(self) -> None:
         pass

@@ -37,6 +37,7 @@ class _User:
     version: int = 0
     forgot_at: int = -1  # meta `x`: events at or before it are refused (forget.lua)
     forgot_version: int = 0  # meta `xv`: vectors of an earlier window are refused
+    owed: bool = False  # meta `xp`: the update log's tombstones are owed
 
 
 class MemoryWindows:
@@ -150,7 +151,7 @@ class MemoryWindows:
             had = int(bool(st.records))
             ver = st.version + 1
             self._users[user_id] = _User(
-                version=ver, forgot_at=max(at_ms, st.forgot_at), forgot_version=ver
+                version=ver, forgot_at=max(at_ms, st.forgot_at), forgot_version=ver, owed=True
             )
             return (1, had, 0, int(self._dirty.pop(user_id, None) is not None))
 
@@ -164,6 +165,26 @@ class MemoryWindows:
             ]
         for lo in range(0, len(ids), count):
             yield ids[lo : lo + count]
+
+    def owed(self, count: int = 1000) -> Iterator[list[str]]:
+        """As `StoreForgetter.pending`."""
+        with self._lock:
+            ids = [u for u, st in self._users.items() if st.owed]
+        for lo in range(0, len(ids), count):
+            yield ids[lo : lo + count]
+
+    def owe(self, user_id: str) -> None:
+        """A vector refused as forgotten (write_vectors.lua sets `xp` then)."""
+        with self._lock:
+            if user_id in self._users:
+                self._users[user_id].owed = True
+
+    def settle(self, user_ids: Sequence[str]) -> None:
+        """As `StoreForgetter.tombstoned`."""
+        with self._lock:
+            for u in user_ids:
+                if u in self._users:
+                    self._users[u].owed = False
 
     def clear_dirty(self, user_id: str) -> None:
         with self._lock:

@@ -181,6 +181,7 @@ class MemoryVectors:
     def _put(self, v: StoredVector, res: WriteResult) -> None:
         if self.windows and v.window_version < self.windows.forgotten_version(v.user_id):
             res.forgotten.append((v.user_id, v.model_version))
+            self.windows.owe(v.user_id)
             return
         rec = pack_vector(v, self.dtype)
         vals = self._lists.setdefault((v.model_version, v.user_id), [])

@@ -114,6 +114,7 @@ while a <= #ARGV do
       cleared = 1
     end
   end
+  if forgotten then redis.call('HSET', mk, 'xp', '1') end  -- its tombstone is owed
   if due == '-1' or (due ~= '' and forgotten) then
     redis.call('ZREM', KEYS[2], uid)
   elseif due ~= '' then

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import threading
 import time
+from collections.abc import Sequence
 
 import pytest
 from prometheus_client import CollectorRegistry
@@ -117,3 +118,32 @@ def test_the_loop_expires_users_without_recent_events(
     out = json.loads(capsys.readouterr().out)
     assert (out["forgotten"], out["windows"]) == (1, 1)
     assert [len(w.events) for w in env.windows.read(["x-old2", "x-new"])] == [0, 3]
+
+
+def test_tombstones_a_failed_publish_owed_are_published_by_the_next_cycle(env: Env) -> None:
+    """A forget whose tombstones the broker failed: the request raises, the store keeps them
+    owed, and the refresher's next expiry cycle (the expiry itself off) publishes them, so
+    every replica's index drops the user; nothing is owed after."""
+    users = ["t0", "t1"]
+    add_events(env.windows, users, 3, seed=5)
+    forgetter = StoreForgetter(env.client)
+
+    class BrokerDown(Publisher):
+        def tombstones(self, pairs: Sequence[tuple[str, str]]) -> None:
+            raise RuntimeError("broker unreachable")
+
+    down = BrokerDown(producer(KafkaConfig(bootstrap=env.bootstrap)), env.topic)
+    try:
+        refresher = _refresher(env, forgetter)
+        refresher.run(threading.Event(), until_idle=True)
+        [[v]] = env.vectors.get_batch(["t0"], env.v1)
+        with pytest.raises(RuntimeError, match="unreachable"):
+            forget_users(forgetter, down, ["t0"], time.time_ns() // 1_000_000)
+        assert _indexed(env, users, v.vector.size) == users  # the log still has t0's vector
+        assert "t0" in {u for chunk in forgetter.pending() for u in chunk}
+        _refresher(env, forgetter).run(threading.Event(), until_idle=True)  # one cycle
+        assert _indexed(env, users, v.vector.size) == ["t1"]
+        assert not {u for chunk in forgetter.pending() for u in chunk} & set(users)
+    finally:
+        down.close()
+        forgetter.close()

@@ -190,3 +190,27 @@ def test_rescore_times_are_kept_taken_out_and_forgotten(
     (w,) = stores.windows.read([stays])  # the window version a refresher would have read
     res = stores.vectors.write([UserWrite(gone, [_vec(gone, v, w.version)], None, T0 + 100)])
     assert res.forgotten == [(gone, v)] and due(T0 + 100) == [stays]
+
+
+def test_tombstones_stay_owed_until_acknowledged(stores: Stores, forgetter: Forgetter) -> None:
+    """A forget and an expiry leave the user's tombstones owed (meta `xp`) until the caller
+    says they were acknowledged; a vector refused as forgotten owes them again. (An expiry
+    whose tombstones failed had left its users nowhere to be found: no `t`, so no cycle
+    listed them again, while every index kept their vectors.)"""
+    gone, stays, v = _ids()
+    _setup(stores, gone, stays, [v])
+    (before,) = stores.windows.read([gone])
+
+    def owed() -> set[str]:
+        return {u for chunk in forgetter.pending(count=2) for u in chunk} & {gone, stays}
+
+    assert owed() == set()
+    forgetter.forget([gone], at_ms=T0 + 10)
+    assert owed() == {gone}
+    forgetter.tombstoned([gone])
+    assert owed() == set()
+    stores.vectors.write([UserWrite(gone, [_vec(gone, v, before.version)], before.version)])
+    assert owed() == {gone}  # the refused vector is in the log: its tombstone is owed
+    forgetter.tombstoned([gone, stays])
+    forgetter.expire([stays], before_ms=T0 + 10_000)
+    assert owed() == {stays}
