@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaException, Message
 from opentelemetry.trace import SpanKind, Tracer
-from redis.exceptions import RedisError
+from redis.exceptions import RedisClusterException, RedisError
 
 from contract.codec import BadRecord, Decoded, decode_for_store
 from services.config import KafkaConfig, WindowConfig
@@ -166,6 +166,8 @@ class Ingestor:
                     self._update_lag(consumer)
                 else:
                     self.commit()
+                    if stop.is_set():  # the batch may have stopped unwritten: the idle
+                        break  # check would commit the positions past it
                     lags = self._update_lag(consumer)
                     done = None if idle is None else idle.check(consumer, lags)
                     if done is not None:
@@ -240,7 +242,12 @@ class Ingestor:
         """The events topic's id (None if the broker gives none), fetched again after an
         assignment, when offsets went backwards, and every 10 s."""
         if self._tid_stale or time.monotonic() - self._tid_checked > 10:
-            self._tid = self._consumer.topic_id()  # a blocking metadata request
+            try:
+                self._tid = self._consumer.topic_id()  # a blocking metadata request
+            except KafkaException as exc:
+                if self._tid_stale:  # a new incarnation must be known before applying
+                    raise
+                log.warning("topic id not read again (%s); the known one stays", exc)
             self._tid_stale = False
             self._tid_checked = time.monotonic()
         return self._tid
@@ -250,8 +257,13 @@ class Ingestor:
         position not known yet)."""
         lags: dict[int, int | None] = {}
         for p in consumer.assignment():
-            hw = consumer.highwater(p)
-            pos = consumer.position(p) if hw is not None else None
+            try:
+                hw = consumer.highwater(p)
+                pos = consumer.position(p) if hw is not None else None
+            except KafkaException as exc:  # a broker or coordinator hiccup: the lag may
+                lags[p] = None  # wait, the consumer must not stop for it
+                log.warning("lag of partition %d not read: %s", p, exc)
+                continue
             lag = lags[p] = None if hw is None or pos is None else max(0, hw - pos)
             if lag is not None:
                 label = str(p)
@@ -355,7 +367,9 @@ class Ingestor:
             t0 = time.perf_counter()
             try:
                 res = self.store.apply_packed(updates, rebuild=self.rebuild, states=states)
-            except RedisError as exc:
+            except (RedisError, RedisClusterException) as exc:
+                # RedisClusterException: a slot no node serves, a map that cannot be learnt
+                # (a failover): retried as the store being away, not a crash
                 self.metrics.store_errors.inc()
                 log.warning("window write failed (%s); retrying in %.1f s", exc, delay)
                 if stop.wait(delay):

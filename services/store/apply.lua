@@ -87,6 +87,10 @@ for i = first_user, #ARGV, 5 do
   local rows = ARGV[i + 4]
   local wk, ek, mk = pre .. 'w:' .. uid, pre .. 'e:' .. uid, pre .. 'm:' .. uid
   local field = 'o' .. part
+  -- every key this user's update writes is touched before any write: mid-migration some
+  -- of a slot's keys are on another node, and a write that failed on one of them after
+  -- others went in left half an update the retry took for duplicates (no rollback)
+  redis.call('EXISTS', wk, ek, mk, pre .. 'dirty')
   local m = redis.call('HMGET', mk, field, 'v', 't', 'f', 'n', 'x', unpack(sfields))
   local pos = tonumber(m[1] or '-1')
   local ver, newest = tonumber(m[2] or '0'), tonumber(m[3] or '-1')

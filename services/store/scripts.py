@@ -73,6 +73,10 @@ class Scripts:
             if attempt == 0 and any(isinstance(r, NoScriptError) for r in results):
                 self.load()
                 continue
+            if any(isinstance(r, ResponseError) and "non local key" in str(r) for r in results):
+                # a cross-slot script met a key its node no longer serves: no MOVED comes
+                # for that, so the caller's retry would go to the same node for good
+                self._router.relearn()
             raise_first(results)
             return results
         raise ResponseError("NOSCRIPT after reload")  # pragma: no cover

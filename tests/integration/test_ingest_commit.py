@@ -116,9 +116,13 @@ def test_step_1_dead_letters_fail_nothing_written_or_committed(
     assert _committed(kcfg) == 4
 
 
+@pytest.mark.parametrize("until_idle", [False, True])
 def test_step_2_store_down_offsets_not_committed_replay_exact(
-    stack: EmbeddedStack, topic: str, windows: WindowStore
+    stack: EmbeddedStack, topic: str, windows: WindowStore, until_idle: bool
 ) -> None:
+    """Stopped while the store is down: the batch is neither written nor committed. With
+    --until-idle the idle check committed the positions of the unwritten batch once (its
+    lag read 0): a batch lost with exit code 0."""
     kcfg = kcfg_for(stack.addresses.bootstrap, topic, f"g-{uuid.uuid4().hex}")
     evs = _events(topic, 6)
     produce_raw(kcfg, [event_to_json(e) for e in evs])
@@ -130,7 +134,9 @@ def test_step_2_store_down_offsets_not_committed_replay_exact(
         ing = Ingestor(kcfg, WCFG, slow, ingest_metrics(registry))
         proxy.delay_s = 2.0  # every store reply now comes after the client gave up
         stop = threading.Event()
-        runner = threading.Thread(target=ing.run, args=(stop,), kwargs={"poll_ms": 200})
+        runner = threading.Thread(
+            target=ing.run, args=(stop,), kwargs={"poll_ms": 200, "until_idle": until_idle}
+        )
         runner.start()
         try:
             deadline = time.monotonic() + 60
