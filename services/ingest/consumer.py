@@ -312,8 +312,15 @@ class Ingestor:
                 tid,
             )
             self._known_tid = tid
+            # the batch in flight is the old incarnation's: written, its offsets not committed
+            # (they would place the group past the new incarnation's first records)
+            self.commit(offsets=False)
             self._consumer.seek_to_beginning()
             self._last_offset.clear()
+            try:  # a restart before the next commit reads the new incarnation from 0 too
+                self._consumer.commit({p: 0 for p in self._consumer.assignment()})
+            except KafkaException as exc:
+                log.warning("offsets of the new incarnation not reset (%s)", exc)
             return None
         self._known_tid = tid
         for part, records in batch.items():

@@ -54,3 +54,46 @@ def test_metadata_hiccups_do_not_stop_the_consumer() -> None:
         ing._topic_id()  # noqa: SLF001
     source.down = False
     assert ing._topic_id() == "tid-2"  # noqa: SLF001
+
+
+class Recreated(Flaky):
+    """The topic deleted and created again: a new id; commits and seeks recorded."""
+
+    down = False
+
+    def __init__(self) -> None:
+        self.commits: list[dict[int, int]] = []
+        self.seeks = 0
+
+    def assignment(self) -> list[int]:
+        return [0]
+
+    def commit(self, offsets: dict[int, int]) -> None:
+        self.commits.append(dict(offsets))
+
+    def seek_to_beginning(self) -> None:
+        self.seeks += 1
+
+
+class Msg:
+    def offset(self) -> int:
+        return 5
+
+
+def test_a_recreated_topic_is_read_from_0_and_the_old_batch_not_committed() -> None:
+    """The batch in flight when the topic id changes belongs to the old incarnation: its
+    offsets (here 1000) once got committed on the new topic, so a restart before the next
+    commit resumed there and skipped the new incarnation's first 1000 records."""
+    from concurrent.futures import Future
+    from types import SimpleNamespace
+
+    ing = Ingestor(KafkaConfig(), WindowConfig(), None, ingest_metrics(CollectorRegistry()))  # type: ignore[arg-type]
+    source = Recreated()
+    written: Future[bool] = Future()
+    written.set_result(True)
+    ing._consumer = source  # type: ignore[assignment]  # noqa: SLF001
+    ing._known_tid, ing._tid, ing._tid_stale = "tid-1", "tid-1", True  # noqa: SLF001
+    ing._inflight = (written, SimpleNamespace(offsets={0: 1000}))  # type: ignore[assignment]  # noqa: SLF001
+    assert ing._prepare({0: [Msg()]}) is None  # type: ignore[list-item]  # noqa: SLF001
+    assert source.seeks == 1 and source.commits == [{0: 0}]
+    assert not ing.in_flight
