@@ -4,7 +4,8 @@ Events: JSON lines in the Event JSON shape (see `contract/events.py`), or Parque
 columns ``user_id, event_id, ts_ms, type, props`` where ``props`` is a JSON string, a
 struct or a map. Both are streamed (`iter_events`): nothing reads a whole file into memory;
 JSON lines may be gzip-compressed (``.gz``). Ids are non-empty strings (an integer id is
-taken as its decimal text), ``ts_ms`` integer milliseconds. Property values: strings are
+taken as its decimal text), ``ts_ms`` milliseconds (an integer, a float or decimal whose
+fraction is dropped, or an integer's decimal text). Property values: strings are
 categorical, numbers numeric, booleans the numbers 0 / 1 (as ingest takes them); null and
 NaN are absent. A line or row that is not such an event stops the read with
 `EventFileError` naming it (nothing is dropped silently).
@@ -17,6 +18,7 @@ import gzip
 import json
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +26,9 @@ import numpy as np
 
 from contract.events import Event, PropValue
 
-# the same bounds ingest applies (services.config.WindowConfig's defaults, contract/codec.py):
-# what a file may hold that the live path would refuse is refused here too
+# ids as long as ingest takes them (services.config.WindowConfig's default max_id_bytes).
+# Files are read more leniently than ingest's wire contract (contract/codec.py) in the forms
+# real dumps take: integer ids, float or text times, NaN as absent, Decimal numbers
 MAX_ID_BYTES = 256  # user id, event id, type, property names (UTF-8 bytes)
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
@@ -53,10 +56,13 @@ def _utf8(v: str, what: str) -> bytes:
 
 
 def _ts(v: Any) -> int:
-    """Milliseconds since the epoch: an integer (an integral float is taken), in
-    ``[0, MAX_TS_MS]``."""
-    if isinstance(v, float) and v.is_integer():
+    """Milliseconds since the epoch, in ``[0, MAX_TS_MS]``: an integer, a finite float or
+    decimal (its fraction dropped, as `time.time() * 1000` writes them), or the decimal
+    text of an integer (BigQuery's JSON export writes INT64 as strings)."""
+    if isinstance(v, float | Decimal) and math.isfinite(v):
         v = int(v)
+    elif isinstance(v, str) and v.strip().lstrip("-").isdigit():
+        v = int(v.strip())
     if isinstance(v, bool) or not isinstance(v, int):
         raise ValueError(f"ts_ms must be an integer of milliseconds, got {v!r:.60}")
     if not 0 <= v <= MAX_TS_MS:
@@ -84,7 +90,7 @@ def _props(raw: Any) -> dict[str, PropValue]:
             continue
         if isinstance(v, str):
             out[name] = v if v.isascii() else _utf8(v, f"property {name!r:.60}").decode()
-        elif isinstance(v, int | float):  # bool is an int: 0 / 1
+        elif isinstance(v, int | float | Decimal):  # bool is an int: 0 / 1; Parquet DECIMAL
             try:
                 f = float(v)
             except OverflowError:

@@ -58,6 +58,11 @@ def cmd_forget(args: argparse.Namespace) -> int:
 
     s: Settings = args.settings
     ids = _ids(args)
+    limit = s.window.max_id_bytes  # as ingest takes ids: a longer one was never stored, and
+    long_ids = [u for u in ids if len(u.encode("utf-8")) > limit]  # its tombstone's key
+    if long_ids or any("\x00" in u for u in ids):  # would be refused by the log for good
+        print(f"persona forget: ids must be at most {limit} bytes, without NUL", file=sys.stderr)
+        return 2
     days = s.refresh.expire_after_days
     if args.expired == bool(ids) or (args.expired and days is None):
         print(

@@ -14,9 +14,12 @@ tombstones again, so the log always ends with a tombstone. A failure in step 2 r
 request may be retried: both steps are idempotent), and is not lost either way: the store
 keeps the tombstones owed (meta `xp`, set by step 1 and by a refused vector, removed once
 they are acknowledged), and every expiry cycle publishes the owed ones first
-(`flush_owed`). Left: a vector refused between a forget's tombstones and their
-acknowledgement has its flag cleared with theirs; if its own tombstone then fails, the log
-ends with that vector until the user is forgotten again.
+(`flush_owed`: only for versions the store holds no vector of, so a user who came back keeps
+the new vectors published since). Left: a vector refused between a forget's tombstones and
+their acknowledgement has its flag cleared with theirs; if its own tombstone then fails,
+the log ends with that vector until the user is forgotten again; and a returning user's
+vector published but not yet written when the owed ones are read is hidden by them until
+the user's next refresh (another refresher of the group writing at that instant).
 """
 
 from __future__ import annotations
@@ -48,11 +51,14 @@ def forget_users(
 def flush_owed(store: Forgetter, publisher: Publisher, versions: Sequence[str]) -> int:
     """Publish the tombstones still owed (a forget, an expiry or a refused vector whose own
     publish failed), one per user and version in `versions` (every version the store knows:
-    repeats are harmless in a compacted log), then mark them acknowledged. Returns users."""
+    repeats are harmless in a compacted log) that the store holds no vector of: a user who
+    came back has new vectors, published after the forget, which a tombstone now would hide
+    from every index. Then mark them acknowledged. Returns users."""
     n = 0
     for users in store.pending():
         if users:
-            publisher.tombstones([(u, v) for u in users for v in versions])
+            held = store.held(users, versions)
+            publisher.tombstones([(u, v) for u in users for v in versions if (u, v) not in held])
             store.tombstoned(users)
             n += len(users)
     if n:
@@ -73,7 +79,10 @@ def expire_inactive(
     than `after_days` older than `now_ms`, each as of its newest event (a replay stays
     out, any newer event starts a new window)."""
     if versions:
-        flush_owed(store, publisher, versions)
+        try:  # owed tombstones that keep failing must not hold the expiry back
+            flush_owed(store, publisher, versions)
+        except Exception:
+            log.exception("publishing the owed tombstones failed; tried again next cycle")
     total = ForgetResult()
     if after_days is None:
         return total

@@ -136,6 +136,14 @@ class StoreForgetter:
         keys = [layout.meta_key(u) for u in dict.fromkeys(user_ids)]
         raise_first(self.router.execute([(k, ("HDEL", k, "xp")) for k in keys]))
 
+    def held(self, user_ids: Sequence[str], versions: Sequence[str]) -> set[tuple[str, str]]:
+        """The (user, version) pairs the store holds a vector of (pipelined EXISTS)."""
+        pairs = [(u, v) for u in user_ids for v in versions]
+        keys = [vector_key(u, v) for u, v in pairs]
+        got = self.router.execute([(k, ("EXISTS", k)) for k in keys])
+        raise_first(got)
+        return {p for p, n in zip(pairs, got, strict=True) if int(n)}
+
     @staticmethod
     def _older(node: redis.Redis, keys: list[bytes], before_ms: int) -> list[str]:
         return _users_where(node, keys, "t", lambda t: int(t) < before_ms)
@@ -191,6 +199,14 @@ class MemoryForgetter:
 
     def tombstoned(self, user_ids: Sequence[str]) -> None:
         self.windows.settle(user_ids)
+
+    def held(self, user_ids: Sequence[str], versions: Sequence[str]) -> set[tuple[str, str]]:
+        return {
+            (u, v)
+            for v in versions
+            for u, vs in zip(user_ids, self.vectors.get_batch(user_ids, v), strict=True)
+            if vs
+        }
 
     def close(self) -> None:
         pass

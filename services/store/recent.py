@@ -37,7 +37,6 @@ import numpy as np
 from redis.exceptions import NoScriptError, ResponseError
 
 from contract.events import Event
-from contract.record import unpack_record
 from contract.versions import check_version
 from services.store import deltas, layout
 from services.store.records import (
@@ -49,6 +48,7 @@ from services.store.records import (
 )
 from services.store.router import Packed, StoreRouter, raise_first
 from services.store.scripts import Scripts, node_chunks
+from services.store.windows import decode_records
 
 _pack: Any = hiredis.pack_command  # (its stub types the tuple as one element)
 
@@ -254,8 +254,7 @@ def read_recent_script(
             replies[i] = got
     batch = decode_batch([r[0] for r in replies], history)
     events = [
-        [unpack_record(u, r[j].decode("utf-8"), r[j + 1]) for j in range(1, len(r), 2)]
-        if len(r) > 1 else []
+        decode_records(u, r)[0] if len(r) > 1 else []
         for u, r in zip(user_ids, replies, strict=True)
     ]  # fmt: skip
     return batch, events

@@ -144,13 +144,7 @@ class WindowStore:
         calls: list[ScriptCall] = [(layout.user_keys(uid), arg) for uid in user_ids]
         out = []
         for uid, r in zip(user_ids, self._scripts.run("read.lua", calls), strict=True):
-            events, bad = [], 0
-            for j in range(1, len(r), 2):
-                try:
-                    events.append(unpack_record(uid, r[j].decode("utf-8"), r[j + 1]))
-                except ValueError as exc:  # one record must not stall every read of the user
-                    bad += 1
-                    _log_undecodable(uid, exc)
+            events, bad = decode_records(uid, r)
             out.append(Window(uid, int(r[0]), events, bad))
         return out
 
@@ -205,6 +199,20 @@ class WindowStore:
 
 def _buckets(buckets: Collection[int] | None) -> Iterable[int]:
     return range(layout.BUCKETS) if buckets is None else sorted(buckets)
+
+
+def decode_records(user_id: str, reply: Sequence[Any]) -> tuple[list[Event], int]:
+    """The events of a script reply ``[head, id1, record1, id2, record2, ...]`` (read.lua,
+    read_recent.lua) and how many records were left out: one this code cannot read must
+    not fail every read of the user (the refresher's, serving's) for good."""
+    events, bad = [], 0
+    for j in range(1, len(reply), 2):
+        try:
+            events.append(unpack_record(user_id, reply[j].decode("utf-8"), reply[j + 1]))
+        except ValueError as exc:
+            bad += 1
+            _log_undecodable(user_id, exc)
+    return events, bad
 
 
 _undecodable_logged = [0.0]

@@ -27,7 +27,7 @@ from services.refresh.refresher import Refresher
 from services.store.forget import StoreForgetter
 from services.store.vectors import VectorStore
 from tests.refresh.conftest import Env
-from tests.refresh.support import add_events
+from tests.refresh.support import T0, add_events
 from tests.store_support import UserUpdate, apply_events
 
 pytestmark = pytest.mark.integration
@@ -113,7 +113,8 @@ def test_the_loop_expires_users_without_recent_events(
     add_events(env.windows, ["x-old2"], 2, seed=5, offset0=50)
     conn = ["--redis", env.url, "--bootstrap", env.bootstrap, "--embeddings-topic", env.topic]
     assert main(["forget", *conn]) == 2
-    capsys.readouterr()
+    assert main(["forget", "u" * 257, *conn]) == 2  # its tombstone's key: refused for good
+    assert "at most 256 bytes" in capsys.readouterr().err
     assert main(["forget", "--expired", "--expire-after-days", "7", *conn]) == 0
     out = json.loads(capsys.readouterr().out)
     assert (out["forgotten"], out["windows"]) == (1, 1)
@@ -143,6 +144,37 @@ def test_tombstones_a_failed_publish_owed_are_published_by_the_next_cycle(env: E
         assert "t0" in {u for chunk in forgetter.pending() for u in chunk}
         _refresher(env, forgetter).run(threading.Event(), until_idle=True)  # one cycle
         assert _indexed(env, users, v.vector.size) == ["t1"]
+        assert not {u for chunk in forgetter.pending() for u in chunk} & set(users)
+    finally:
+        down.close()
+        forgetter.close()
+
+
+def test_a_user_back_after_a_forget_keeps_its_new_vector_when_owed_ones_go_out(
+    env: Env,
+) -> None:
+    """A forget whose tombstones failed, then new events from the same user (after the
+    forget time) and a refresh: the owed tombstones go out only for versions the store holds
+    no vector of; the user's new vector stays the log's last word for its version (a
+    tombstone after it had hidden the returning user from every index)."""
+    users = ["b0", "b1"]
+    add_events(env.windows, users, 3, seed=6)
+    forgetter = StoreForgetter(env.client)
+
+    class BrokerDown(Publisher):
+        def tombstones(self, pairs: Sequence[tuple[str, str]]) -> None:
+            raise RuntimeError("broker unreachable")
+
+    down = BrokerDown(producer(KafkaConfig(bootstrap=env.bootstrap)), env.topic)
+    try:
+        _refresher(env, forgetter).run(threading.Event(), until_idle=True)
+        [[v]] = env.vectors.get_batch(["b0"], env.v1)
+        with pytest.raises(RuntimeError, match="unreachable"):
+            forget_users(forgetter, down, ["b0"], T0 + 10_000)  # after its first events
+        add_events(env.windows, ["b0"], 2, seed=7, offset0=100)  # back, after the forget
+        _refresher(env, forgetter).run(threading.Event(), until_idle=True)
+        assert len(env.vectors.get_batch(["b0"], env.v1)[0]) == 1  # its new vector
+        assert _indexed(env, users, v.vector.size) == users
         assert not {u for chunk in forgetter.pending() for u in chunk} & set(users)
     finally:
         down.close()

@@ -175,3 +175,18 @@ def test_the_short_term_state_is_read_with_the_vectors(
     np.testing.assert_array_equal(recent.rows, second)
     state = vectors.client.hget(layout.meta_key("rr-a"), layout.state_field(VER))
     assert state is not None and len(state) == layout.STATE_ENTRY.size + 4 * h
+
+
+def test_a_record_this_code_cannot_read_is_left_out_of_the_recent_events(
+    stores: tuple[WindowStore, VectorStore],
+) -> None:
+    """A newer layout's record after the marker (ingest upgraded first): the read leaves it
+    out instead of raising, which failed every GetEmbeddings naming the user until the
+    refresher, which now encodes around it, moved the marker past it (it never does)."""
+    windows, vectors = stores
+    apply_events(windows, [_events("rr-x", [(0, "x0"), (10, "x1"), (20, "x2")])])
+    vectors.put_batch([_vector("rr-x", (T, "x0"))])
+    client: Any = windows.client
+    client.hset(layout.user_keys("rr-x")[1], "x1", b"\x02newer layout")
+    _, recent = _read(vectors, ["rr-x"], VER, 1, 8, time.monotonic() + 30)
+    assert _ids(recent[0]) == ["x2"]

@@ -207,6 +207,7 @@ def test_tombstones_stay_owed_until_acknowledged(stores: Stores, forgetter: Forg
     assert owed() == set()
     forgetter.forget([gone], at_ms=T0 + 10)
     assert owed() == {gone}
+    assert forgetter.held([gone, stays], [v, "v-none"]) == {(stays, v)}  # what a tombstone skips
     forgetter.tombstoned([gone])
     assert owed() == set()
     stores.vectors.write([UserWrite(gone, [_vec(gone, v, before.version)], before.version)])

@@ -17,10 +17,11 @@ type Limits struct {
 	MaxBatch, MaxHistory, MaxIDBytes int
 }
 
-// bodyLimit is the largest GetEmbeddings body the front parses: Python's receive limit
-// (services/serving/server.py receive_limit: twice an id list of MaxBatch ids of
-// MaxIDBytes, 3 bytes of framing each, plus 64 KiB, at least 1 MiB). A larger one is
-// forwarded unparsed (16 MiB of one-byte ids took 504 MiB to parse) and Python refuses it.
+// bodyLimit is the largest GetEmbeddings body the front parses: Python's receive limit for
+// GetEmbeddings alone (services/serving/server.py receive_limit, which also counts
+// max_seeds: twice an id list of MaxBatch ids of MaxIDBytes, 3 bytes of framing each, plus
+// 64 KiB, at least 1 MiB). A larger one is forwarded unparsed (16 MiB of one-byte ids took
+// 504 MiB to parse) for Python to answer.
 func (l Limits) bodyLimit() int {
 	n := 2*l.MaxBatch*(l.MaxIDBytes+3) + 64<<10
 	if n < 1<<20 {
