@@ -15,6 +15,9 @@ RECORD_VERSION = 1  # the first byte of every stored event record
 # the longest record the window store takes: apply.lua reads each record's length as two
 # bytes (services/store/LAYOUT.md); ingest dead-letters a longer one as "oversized"
 MAX_RECORD_BYTES = 0xFFFF
+# the longest id (user, event, type, property name) in UTF-8 bytes, by default: ingest's
+# (services.config.WindowConfig), serving's and the event files' (encoder/io.py)
+MAX_ID_BYTES = 256
 _VERSION_BYTE = bytes((RECORD_VERSION,))
 
 

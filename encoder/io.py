@@ -25,11 +25,11 @@ from typing import Any
 import numpy as np
 
 from contract.events import Event, PropValue
+from contract.record import MAX_ID_BYTES
 
-# ids as long as ingest takes them (services.config.WindowConfig's default max_id_bytes).
 # Files are read more leniently than ingest's wire contract (contract/codec.py) in the forms
-# real dumps take: integer ids, float or text times, NaN as absent, Decimal numbers
-MAX_ID_BYTES = 256  # user id, event id, type, property names (UTF-8 bytes)
+# real dumps take: integer ids, float or text times, NaN as absent, Decimal numbers; ids
+# as long as ingest takes them (contract.record.MAX_ID_BYTES)
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 
 
@@ -89,7 +89,9 @@ def _props(raw: Any) -> dict[str, PropValue]:
         if v is None:
             continue
         if isinstance(v, str):
-            out[name] = v if v.isascii() else _utf8(v, f"property {name!r:.60}").decode()
+            if not v.isascii():
+                _utf8(v, f"property {name!r:.60}")  # refuses a lone surrogate
+            out[name] = v
         elif isinstance(v, int | float | Decimal):  # bool is an int: 0 / 1; Parquet DECIMAL
             try:
                 f = float(v)

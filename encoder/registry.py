@@ -43,12 +43,17 @@ from typing import Any
 import numpy as np
 
 from contract.events import Event
+from contract.versions import is_version
 
 ACTIVE = "ACTIVE"
 HISTORY = "HISTORY.json"
-# at most 64 characters: what the store, the update log and the API take as a version id
-# (contract/versions.py; a longer registry name could be promoted but never followed)
-_NAME = re.compile(r"v[A-Za-z0-9][A-Za-z0-9._-]{0,62}")
+# a version id as the store, the update log and the API take it (contract/versions.py: at
+# most 64 characters; a longer registry name could be promoted but never followed), led by v
+_NAME = re.compile(r"v[A-Za-z0-9].*")
+
+
+def _is_name(text: str) -> bool:
+    return _NAME.fullmatch(text) is not None and is_version(text)
 
 
 class RegistryError(RuntimeError):
@@ -58,7 +63,7 @@ class RegistryError(RuntimeError):
 def check_name(version: str) -> str:
     """`version` if it names one folder of the registry, else RegistryError ("../x", "/x",
     "v1/../../x" and anything not written by `write_version` are refused)."""
-    if not isinstance(version, str) or not _NAME.fullmatch(version):
+    if not isinstance(version, str) or not _is_name(version):
         raise RegistryError(f"{str(version)[:80]!r} is not a model version name")
     return version
 
@@ -82,7 +87,7 @@ def versions(models_dir: Path) -> list[str]:
     if not models_dir.is_dir():
         return []
     # a stray folder ("v1 old", a copy) is not a version: listing it broke `model list`
-    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and _NAME.fullmatch(p.name))
+    return sorted(p.name for p in models_dir.iterdir() if p.is_dir() and _is_name(p.name))
 
 
 def active_version(models_dir: Path) -> str | None:

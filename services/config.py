@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from contract import topics
+from contract.record import MAX_ID_BYTES
 
 DAY_MS = 86_400_000
 
@@ -73,7 +74,7 @@ class WindowConfig:
     horizon_ms: int = 30 * DAY_MS
     max_future_ms: int = DAY_MS
     max_payload_bytes: int = 64 * 1024
-    max_id_bytes: int = 256
+    max_id_bytes: int = MAX_ID_BYTES
     max_props: int = 64
     max_value_bytes: int = 1024
 

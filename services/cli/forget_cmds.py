@@ -77,7 +77,7 @@ def cmd_forget(args: argparse.Namespace) -> int:
     try:
         if args.expired:
             assert days is not None
-            res = expire_inactive(store, pub, now_ms, days, store.versions())  # owed ones too
+            res = expire_inactive(store, pub, now_ms, days)  # the owed tombstones too
         else:
             res = forget_users(store, pub, ids, now_ms)
     finally:

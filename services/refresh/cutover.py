@@ -26,7 +26,6 @@ command needs no store access. It may call `promote(...)` directly to start at o
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -37,6 +36,7 @@ from typing import Any
 from encoder import registry
 from encoder.registry import RegistryError
 from services.refresh.config import RefreshConfig
+from services.refresh.encoders import Cooldown
 from services.refresh.metrics import RefreshMetrics, RefreshStats
 from services.refresh.share import AllBuckets
 from services.store import layout
@@ -155,7 +155,7 @@ class Cutover:
         self.reads = reads
         self.loads = loads
         self._scans: dict[tuple[str, range], Iterator[str]] = {}  # (version, range): its SCAN
-        self._follow_failed: dict[str, float] = {}  # registry ACTIVE -> when following it failed
+        self._follow_failed = Cooldown()  # registry ACTIVEs that could not be followed
 
     def sync(self) -> None:
         """Bootstrap the pointer from the registry; follow registry changes."""
@@ -179,13 +179,12 @@ class Cutover:
         """Request the registry's new ACTIVE. A version the registry cannot open (missing,
         its files changed) is counted and logged, and tried again after a minute; the
         refresh of the active version goes on meanwhile (raising here stopped it)."""
-        now = time.monotonic()
-        if self._follow_failed.get(reg, -math.inf) > now - 60.0:
+        if self._follow_failed.waiting(reg):
             return
         try:
             state = promote(self.store, self.models_dir, reg)
         except RegistryError as exc:
-            self._follow_failed[reg] = now
+            self._follow_failed.fail(reg)
             self.stats.error(self.metrics, "model")
             log.error("registry ACTIVE is %s, which cannot be followed: %s", reg, exc)
             return

@@ -19,6 +19,21 @@ log = logging.getLogger(__name__)
 RETRY_LOAD_S = 60.0  # a version that failed to load is tried again after this long
 
 
+class Cooldown(dict[str, float]):
+    """Keys (versions) whose last try failed, each left alone for `seconds` after its failure;
+    a key is in it while it has not succeeded since."""
+
+    def __init__(self, seconds: float = RETRY_LOAD_S) -> None:
+        super().__init__()
+        self.seconds = seconds
+
+    def waiting(self, key: str) -> bool:
+        return time.monotonic() - self.get(key, -math.inf) < self.seconds
+
+    def fail(self, key: str) -> None:
+        self[key] = time.monotonic()
+
+
 class ModelLoadError(RuntimeError):
     """A model version the refresher must write could not be loaded from the registry."""
 
@@ -47,7 +62,7 @@ class EncoderCache:
         self.streams = streams  # CPU passes at once (encoder/streams.py)
         self._loaded: dict[str, Encoder] = {}
         self._all: list[Encoder] = []  # the loaded ones and dropped ones still compiling
-        self.failed: dict[str, float] = {}  # version -> when loading it last failed
+        self.failed = Cooldown()  # versions whose loading failed, and when
 
     def get(self, version: str) -> Encoder:
         enc = self._loaded.get(version)
@@ -71,13 +86,12 @@ class EncoderCache:
         is logged, `on_failure` called, and not tried again for `RETRY_LOAD_S`: a back-filling
         or ready version must not stop the active version's refresh (it raised on every
         loop, and nothing was written)."""
-        now = time.monotonic()
-        if now - self.failed.get(version, -math.inf) < RETRY_LOAD_S:
+        if self.failed.waiting(version):
             return False
         try:
             self.get(version)
         except ModelLoadError as exc:
-            self.failed[version] = now
+            self.failed.fail(version)
             on_failure()
             log.error("%s; %s is left alone until it loads (tried each minute)", exc, version)
             return False

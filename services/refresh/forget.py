@@ -48,13 +48,13 @@ def forget_users(
     return res
 
 
-def flush_owed(store: Forgetter, publisher: Publisher, versions: Sequence[str]) -> int:
+def flush_owed(store: Forgetter, publisher: Publisher) -> int:
     """Publish the tombstones still owed (a forget, an expiry or a refused vector whose own
-    publish failed), one per user and version in `versions` (every version the store knows:
-    repeats are harmless in a compacted log) that the store holds no vector of: a user who
+    publish failed), one per user and version the store knows (repeats are harmless in a
+    compacted log) that the store holds no vector of: a user who
     came back has new vectors, published after the forget, which a tombstone now would hide
     from every index. Then mark them acknowledged. Returns users."""
-    n = 0
+    n, versions = 0, store.versions()
     for users in store.pending():
         if users:
             held = store.held(users, versions)
@@ -71,18 +71,15 @@ def expire_inactive(
     publisher: Publisher,
     now_ms: int,
     after_days: float | None,
-    versions: Sequence[str] = (),
     chunk: int = 1000,
 ) -> ForgetResult:
-    """The owed tombstones first (`flush_owed`, for `versions`: every version the store
-    knows); then, unless `after_days` is None, forget every user whose newest event is more
-    than `after_days` older than `now_ms`, each as of its newest event (a replay stays
-    out, any newer event starts a new window)."""
-    if versions:
-        try:  # owed tombstones that keep failing must not hold the expiry back
-            flush_owed(store, publisher, versions)
-        except Exception:
-            log.exception("publishing the owed tombstones failed; tried again next cycle")
+    """The owed tombstones first (`flush_owed`); then, unless `after_days` is None, forget
+    every user whose newest event is more than `after_days` older than `now_ms`, each as of
+    its newest event (a replay stays out, any newer event starts a new window)."""
+    try:  # owed tombstones that keep failing must not hold the expiry back
+        flush_owed(store, publisher)
+    except Exception:
+        log.exception("publishing the owed tombstones failed; tried again next cycle")
     total = ForgetResult()
     if after_days is None:
         return total

@@ -148,10 +148,10 @@ class Refresher:
         """Forget the users without events for `expire_after_days` (store, then update-log
         tombstones), after the tombstones still owed; returns how many. Only the owed ones
         when the expiry is off; nothing in a share without bucket 0 (one member runs it)."""
-        days, owned, vers = self.cfg.expire_after_days, self.share.owned(), self.vectors.versions()
+        days, owned = self.cfg.expire_after_days, self.share.owned()
         if self.forgetter is None or (owned is not None and 0 not in owned):
             return 0
-        n = len(expire_inactive(self.forgetter, self.publisher, now_ms(), days, sorted(vers)).users)
+        n = len(expire_inactive(self.forgetter, self.publisher, now_ms(), days).users)
         self.stats.expired += n
         if self.metrics:
             self.metrics.users_expired.inc(n)

@@ -19,6 +19,7 @@ from persona.v1 import service_pb2 as pb
 from persona.v1 import service_pb2_grpc as pb_grpc
 from redis.exceptions import RedisClusterException, RedisError
 
+from contract.record import MAX_ID_BYTES
 from services.refresh.forget import forget_users
 from services.refresh.publish import Publisher
 from services.store.protocols import Forgetter
@@ -42,7 +43,7 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         publisher: Callable[[], Publisher],
         max_users: int,
         clock_ms: Callable[[], int] = lambda: time.time_ns() // 1_000_000,
-        max_id_bytes: int = 256,
+        max_id_bytes: int = MAX_ID_BYTES,
     ) -> None:
         self._forgetter = forgetter
         self._make_publisher = publisher
@@ -56,12 +57,12 @@ class AdminServicer(pb_grpc.AdminServiceServicer):
         self, request: pb.ForgetUsersRequest, context: grpc.ServicerContext
     ) -> pb.ForgetUsersResponse:
         ids = list(request.user_ids)
-        longest = max((len(u.encode("utf-8")) for u in ids), default=0)
         if not 1 <= len(ids) <= self._max or not all(ids) or any("\x00" in u for u in ids):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"user_ids: 1..{self._max} non-empty ids without NUL, got {len(ids)}",
             )
+        longest = max(len(u.encode("utf-8")) for u in ids)
         if longest > self._max_id_bytes:
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,

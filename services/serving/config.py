@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract import topics
+from contract.record import MAX_ID_BYTES
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,7 +41,7 @@ class Limits:
     max_history: int = 3
     max_k: int = 1000
     max_seeds: int = 1000
-    max_id_bytes: int = 256
+    max_id_bytes: int = MAX_ID_BYTES
 
 
 @dataclass(frozen=True, slots=True)

@@ -108,28 +108,27 @@ class StoreForgetter:
         """Users whose newest event is older than `before_ms`, in chunks of at most `count`
         (SCAN over the meta hashes, node by node; their `t` read pipelined per chunk).
         Forgotten users (no `t`) are not listed."""
-        for node in self.router.primaries():
-            keys: list[bytes] = []
-            for key in node.scan_iter(match=_META_MATCH, count=count):
-                keys.append(key)
-                if len(keys) >= count:
-                    yield self._older(node, keys, before_ms)
-                    keys = []
-            if keys:
-                yield self._older(node, keys, before_ms)
+        return self._scan_meta(count, "t", lambda t: int(t) < before_ms)
 
     def pending(self, count: int = 1000) -> Iterator[list[str]]:
         """Forgotten users whose update-log tombstones are still owed (meta `xp`), in chunks
         of at most `count` (SCAN over the meta hashes, as `inactive`)."""
+        return self._scan_meta(count, "xp", lambda _: True)
+
+    def _scan_meta(
+        self, count: int, field: str, keep: Callable[[bytes], bool]
+    ) -> Iterator[list[str]]:
+        """SCAN every primary's meta hashes; per chunk of `count`, the users whose `field`
+        is set and kept (one pipelined HGET each)."""
         for node in self.router.primaries():
             keys: list[bytes] = []
             for key in node.scan_iter(match=_META_MATCH, count=count):
                 keys.append(key)
                 if len(keys) >= count:
-                    yield self._owed(node, keys)
+                    yield _users_where(node, keys, field, keep)
                     keys = []
             if keys:
-                yield self._owed(node, keys)
+                yield _users_where(node, keys, field, keep)
 
     def tombstoned(self, user_ids: Sequence[str]) -> None:
         """The users' tombstones are acknowledged: meta `xp` removed (pipelined per node)."""
@@ -143,14 +142,6 @@ class StoreForgetter:
         got = self.router.execute([(k, ("EXISTS", k)) for k in keys])
         raise_first(got)
         return {p for p, n in zip(pairs, got, strict=True) if int(n)}
-
-    @staticmethod
-    def _older(node: redis.Redis, keys: list[bytes], before_ms: int) -> list[str]:
-        return _users_where(node, keys, "t", lambda t: int(t) < before_ms)
-
-    @staticmethod
-    def _owed(node: redis.Redis, keys: list[bytes]) -> list[str]:
-        return _users_where(node, keys, "xp", lambda _: True)
 
     def close(self) -> None:
         """Stop the router's threads (the client stays open: it is the caller's)."""
@@ -185,7 +176,7 @@ class MemoryForgetter:
         return self._run(user_ids, 0, before_ms)
 
     def _run(self, user_ids: Sequence[str], at_ms: int, before_ms: int | None) -> ForgetResult:
-        res = ForgetResult(versions=sorted(self.vectors.versions()))
+        res = ForgetResult(versions=self.versions())
         for uid in dict.fromkeys(user_ids):
             done, had, _, dirty = self.windows.forget_user(uid, at_ms, before_ms)
             res.add(uid, (done, had, self.vectors.drop_user(uid) if done else 0, dirty))
@@ -199,6 +190,9 @@ class MemoryForgetter:
 
     def tombstoned(self, user_ids: Sequence[str]) -> None:
         self.windows.settle(user_ids)
+
+    def versions(self) -> list[str]:
+        return sorted(self.vectors.versions())
 
     def held(self, user_ids: Sequence[str], versions: Sequence[str]) -> set[tuple[str, str]]:
         return {

@@ -188,7 +188,6 @@ class MemoryVectors:
         if vals:
             head_ts, head_wv = _HEAD.unpack_from(vals[0], 4)
             if head_wv > v.window_version:
-                res.skipped += 1
                 res.stale.append((v.user_id, v.model_version))
                 return
             res.replaced_computed_at_ms.append(head_ts)

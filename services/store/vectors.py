@@ -81,7 +81,6 @@ class UserWrite:
 @dataclass(slots=True)
 class WriteResult:
     written: int = 0  # vectors pushed or replacing a head of the same window version
-    skipped: int = 0  # vectors older than the stored head (not written)
     cleared: int = 0  # dirty marks removed
     still_dirty: int = 0  # users changed while being encoded (mark kept)
     replaced_computed_at_ms: list[int] = field(default_factory=list)  # heads written over
@@ -91,6 +90,11 @@ class WriteResult:
     # (user, version) of the skipped ones: their vectors are in the update log already (the
     # log is written first), after the newer head: the refresher publishes the head again
     stale: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def skipped(self) -> int:
+        """Vectors older than the stored head (not written)."""
+        return len(self.stale)
 
 
 class VectorStore:
@@ -253,7 +257,6 @@ class VectorStore:
                 res.still_dirty += cleared == 0
                 for ver, c in zip(vers, codes[i + 1 : i + 1 + n], strict=True):
                     if c == -2:
-                        res.skipped += 1
                         res.stale.append((u.user_id, ver))
                     res.written += c >= -1
                     if c >= 0:

@@ -9,13 +9,13 @@ Python model of the same rules, held to the scripts by a parity test.
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from contract.events import Event
 from contract.record import unpack_record
+from services.common.log_limit import LogLimit
 from services.config import WindowConfig
 from services.store import layout
 from services.store.client import Client
@@ -209,20 +209,12 @@ def decode_records(user_id: str, reply: Sequence[Any]) -> tuple[list[Event], int
     for j in range(1, len(reply), 2):
         try:
             events.append(unpack_record(user_id, reply[j].decode("utf-8"), reply[j + 1]))
-        except ValueError as exc:
-            bad += 1
-            _log_undecodable(user_id, exc)
+        except ValueError as exc:  # a newer layout (a rolling upgrade) or a corrupt record:
+            bad += 1  # left out, counted (`Window.undecodable`), logged once a minute
+            if (held := _UNDECODABLE_LOG("undecodable")) is not None:
+                log.warning("window record of user %r left out: %s%s", user_id[:64], exc,
+                            LogLimit.more(held))  # fmt: skip
     return events, bad
 
 
-_undecodable_logged = [0.0]
-
-
-def _log_undecodable(user_id: str, exc: ValueError) -> None:
-    """A window record this code cannot read (a newer layout during a rolling upgrade, or
-    a corrupt one) is left out of the window, counted (`Window.undecodable`: the refresher's
-    persona_refresh_records_undecodable_total) and logged at most once a minute."""
-    now = time.monotonic()
-    if now - _undecodable_logged[0] >= 60.0:
-        _undecodable_logged[0] = now
-        log.warning("window record of user %r left out: %s", user_id[:64], exc)
+_UNDECODABLE_LOG = LogLimit(60.0)

@@ -49,6 +49,18 @@ def _refresher(
     )  # fmt: skip
 
 
+class BrokerDown(Publisher):
+    """A publisher whose tombstones the broker fails (the vectors go out)."""
+
+    def tombstones(self, pairs: Sequence[tuple[str, str]]) -> None:
+        raise RuntimeError("broker unreachable")
+
+
+def _owed(forgetter: StoreForgetter) -> set[str]:
+    """The users whose tombstones the store keeps owed."""
+    return {u for chunk in forgetter.pending() for u in chunk}
+
+
 def _indexed(env: Env, users: list[str], dim: int) -> list[str]:
     """The users a replica started now holds in its index of the active version."""
     index = LookalikeIndex(IndexConfig(dim=dim, exact_below=1000, gpu="off"))
@@ -128,11 +140,6 @@ def test_tombstones_a_failed_publish_owed_are_published_by_the_next_cycle(env: E
     users = ["t0", "t1"]
     add_events(env.windows, users, 3, seed=5)
     forgetter = StoreForgetter(env.client)
-
-    class BrokerDown(Publisher):
-        def tombstones(self, pairs: Sequence[tuple[str, str]]) -> None:
-            raise RuntimeError("broker unreachable")
-
     down = BrokerDown(producer(KafkaConfig(bootstrap=env.bootstrap)), env.topic)
     try:
         refresher = _refresher(env, forgetter)
@@ -141,10 +148,10 @@ def test_tombstones_a_failed_publish_owed_are_published_by_the_next_cycle(env: E
         with pytest.raises(RuntimeError, match="unreachable"):
             forget_users(forgetter, down, ["t0"], time.time_ns() // 1_000_000)
         assert _indexed(env, users, v.vector.size) == users  # the log still has t0's vector
-        assert "t0" in {u for chunk in forgetter.pending() for u in chunk}
+        assert "t0" in _owed(forgetter)
         _refresher(env, forgetter).run(threading.Event(), until_idle=True)  # one cycle
         assert _indexed(env, users, v.vector.size) == ["t1"]
-        assert not {u for chunk in forgetter.pending() for u in chunk} & set(users)
+        assert not _owed(forgetter) & set(users)
     finally:
         down.close()
         forgetter.close()
@@ -160,11 +167,6 @@ def test_a_user_back_after_a_forget_keeps_its_new_vector_when_owed_ones_go_out(
     users = ["b0", "b1"]
     add_events(env.windows, users, 3, seed=6)
     forgetter = StoreForgetter(env.client)
-
-    class BrokerDown(Publisher):
-        def tombstones(self, pairs: Sequence[tuple[str, str]]) -> None:
-            raise RuntimeError("broker unreachable")
-
     down = BrokerDown(producer(KafkaConfig(bootstrap=env.bootstrap)), env.topic)
     try:
         _refresher(env, forgetter).run(threading.Event(), until_idle=True)
@@ -175,7 +177,7 @@ def test_a_user_back_after_a_forget_keeps_its_new_vector_when_owed_ones_go_out(
         _refresher(env, forgetter).run(threading.Event(), until_idle=True)
         assert len(env.vectors.get_batch(["b0"], env.v1)[0]) == 1  # its new vector
         assert _indexed(env, users, v.vector.size) == users
-        assert not {u for chunk in forgetter.pending() for u in chunk} & set(users)
+        assert not _owed(forgetter) & set(users)
     finally:
         down.close()
         forgetter.close()
